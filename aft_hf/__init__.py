@@ -1,0 +1,22 @@
+"""aft_hf: adversarial fine-tuning (AFT) of CLIP image encoders in the Hugging Face ecosystem.
+
+Data flow: ``data`` -> ``model`` -> ``attack`` -> ``train`` -> (``explain`` -> ``evaluate``) -> ``hub``.
+"""
+
+__version__ = "0.1.0"
+
+from .attack import PGDAttacker, UniformNoise, attack_mode, embedding_distance
+from .config import ConfigError, TrainConfig, load_config
+from .model import ImageEncoder, export_pretrained, load_image_encoder, save_tiny_clip
+
+__all__ = [
+    "ConfigError", "ImageEncoder", "PGDAttacker", "TrainConfig", "UniformNoise", "__version__", "attack_mode",
+    "embedding_distance", "export_pretrained", "load_config", "load_image_encoder", "save_tiny_clip", "train",
+]
+
+
+def train(cfg: "TrainConfig"):
+    """Run AFT with a :class:`TrainConfig` (see :func:`aft_hf.train.train`)."""
+    from .train import train as _train
+
+    return _train(cfg)

@@ -1,0 +1,60 @@
+"""The ``aft-hf`` command line. Each subcommand lives next to the code it runs: a module in
+``COMMAND_MODULES`` exposes ``add_subcommand(subparsers)``, which registers a parser whose
+``func(args, extra_args) -> int`` does the work.
+
+    aft-hf train --config configs/tiny_offline.yaml [--section.field value ...]
+    aft-hf push out/final --repo-id me/clip-aft [--private]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Optional
+
+from . import __version__
+
+COMMAND_MODULES = ["aft_hf.train", "aft_hf.hub", "aft_hf.world", "aft_hf.convert", "aft_hf.explain", "aft_hf.evaluate"]
+QUIET_LOGGERS = ("httpx", "httpcore", "urllib3", "filelock", "fsspec", "accelerate.checkpointing",
+                 "accelerate.accelerator")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aft-hf", description="Adversarial fine-tuning (AFT) of CLIP image encoders.")
+    parser.add_argument("--version", action="version", version=f"aft_hf {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_subcommand(sub)
+    return parser
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input: printed as one clear line, exit code 2, no traceback."""
+    from .config import ConfigError
+    from .convert import ConvertError
+    from .data import DataError
+    from .data.images import ImageModeError
+    from .hub import HubError
+    from .evaluate import EvaluationError
+    from .explain import ExplainError
+    from .model import ModelLoadError
+
+    return (ConfigError, ConvertError, DataError, HubError, ModelLoadError, ImageModeError, ExplainError,
+            EvaluationError)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    for noisy in QUIET_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.func(args, extra)
+    except user_errors() as e:
+        print(f"aft-hf {args.command}: error: {e}", file=sys.stderr)
+        return 2

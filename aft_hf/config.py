@@ -1,0 +1,413 @@
+"""One configuration object for a training run, loaded from YAML and overridable from the CLI.
+
+The tree mirrors the data flow of a run (model -> data -> attack -> optim -> checkpoint/logging).
+Every problem found in a config (unknown key, wrong type, bad value) is collected and reported
+together in one :class:`ConfigError`, once, at start-up, before any model is loaded.
+
+Overrides are ``--section.field value`` (or ``--section.field=value``). A bare ``--field value``
+is accepted when ``field`` names exactly one leaf of the tree (``--lr`` means ``--optim.lr``).
+Values are parsed as YAML scalars, so ``--attack.eps 2``, ``--model.output_normalize false`` and
+``--optim.betas [0.9,0.98]`` all work; a boolean flag given without a value means ``true``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+NORMS = ("linf", "l2", "huber", "elastic", "group")
+SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "none", "all")
+
+
+class ConfigError(ValueError):
+    """Raised with every problem in a configuration, one per line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+@dataclass
+class ModelConfig:
+    """Which CLIP to fine-tune and how its embeddings are compared."""
+
+    name_or_path: str = "openai/clip-vit-base-patch16"
+    """Hub id or local folder of a `CLIPModel` or `CLIPVisionModelWithProjection`.
+    `builtin:tiny-clip` builds a tiny random CLIP (offline smoke runs)."""
+    revision: Optional[str] = None
+    output_normalize: bool = True
+    """L2-normalise embeddings before the squared distance (g in METHOD.md)."""
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class DataConfig:
+    """Where training images come from. Labels are never used."""
+
+    dataset: str = "ILSVRC/imagenet-1k"
+    """Hub dataset id, `imagefolder` (with `data_dir`), a local folder, or `builtin:shapes`."""
+    data_dir: Optional[str] = None
+    config_name: Optional[str] = None
+    split: str = "train"
+    image_column: str = "image"
+    streaming: bool = False
+    shuffle_buffer: int = 10_000
+    """Buffer size of the approximate shuffle of a streamed dataset."""
+    num_workers: int = 0
+    max_samples: Optional[int] = None
+    """Use only the first N examples (before shuffling)."""
+
+
+@dataclass
+class AttackConfig:
+    """The inner PGD attack. Budgets are in 1/255 pixel units, as in the papers."""
+
+    norm: str = "linf"
+    eps: float = 4.0
+    eps2: float = 0.0
+    """Second budget: huber and elastic only (see METHOD.md section 2)."""
+    steps: int = 10
+    alpha: float = 1.0
+    momentum: float = 0.9
+    noise_std: float = 1.0
+    """Std of the Gaussian noise added at every attack iteration (1/255 units); 0 disables it."""
+    random_start: bool = True
+    mode: str = "pgd"
+    """`pgd`: the adversarial attack. `noise`: a control that replaces the attack by uniform
+    random noise of the same budget (no gradient), to separate the adversarial effect."""
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser, schedule and batch geometry. `batch_size` is the global batch per optimiser step."""
+
+    lr: float = 1e-5
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    max_steps: int = 20_000
+    warmup_steps: int = 1_400
+    scheduler: str = "cosine"
+    batch_size: int = 128
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: Optional[float] = 1.0
+    mixed_precision: str = "no"
+
+
+@dataclass
+class CheckpointConfig:
+    """Where and how often the run saves itself."""
+
+    output_dir: str = "out"
+    checkpointing_steps: int = 1000
+    checkpoints_total_limit: Optional[int] = 3
+    resume_from_checkpoint: Optional[str] = None
+    """`latest` or a checkpoint folder."""
+
+
+@dataclass
+class LoggingConfig:
+    report_to: str = "tensorboard"
+    log_every: int = 10
+    project_name: str = "aft_hf"
+
+
+@dataclass
+class PerfConfig:
+    """Speed switches; each is measured by ``benchmarks/aft_step.py`` and off/auto by default."""
+
+    freeze_params_in_attack: bool = True
+    """Attack passes compute only d/d delta (no parameter graph): less memory, less work."""
+    fused_adamw: Optional[bool] = None
+    """Fused AdamW kernel; default: on for CUDA, off elsewhere."""
+    compile: bool = False
+    """``torch.compile`` the vision tower (pays a compilation delay first)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the update backward (large models, small memory)."""
+
+
+@dataclass
+class HubConfig:
+    push_to_hub: bool = False
+    hub_model_id: Optional[str] = None
+    private: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """The whole run. Load with :func:`load_config`; every field can be overridden from the CLI."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
+    seed: int = 0
+    cpu: Optional[bool] = None
+    """Force CPU (also for multi-process CPU runs). Default: CPU when no CUDA device exists."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert ints to floats where a float is wanted."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where, problems)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            problems.append(f"{where}: expected a list, got {value!r}")
+            return value
+        return [_coerce(v, item_tp, f"{where}[{i}]", problems) for i, v in enumerate(value)]
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads '1e-5' (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    problems.append(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+    return value
+
+
+def _build(cls, data: Any, where: str, problems: list[str]):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append(f"{where or 'config'}: expected a mapping, got {data!r}")
+        return cls()
+    kwargs = {}
+    types_ = _field_types(cls)
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in types_:
+            problems.append(f"unknown key '{path}' (known: {', '.join(types_)})")
+            continue
+        tp = types_[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, path, problems)
+        else:
+            before = len(problems)
+            coerced = _coerce(value, tp, path, problems)
+            if len(problems) == before:  # a mistyped value keeps the default, so value checks still run
+                kwargs[key] = coerced
+    return cls(**kwargs)
+
+
+def leaf_paths(cls=TrainConfig, prefix: str = "") -> list[str]:
+    """Every dotted field name of the config tree, e.g. ``attack.eps``."""
+    paths = []
+    for name, tp in _field_types(cls).items():
+        path = f"{prefix}{name}"
+        if dataclasses.is_dataclass(tp):
+            paths.extend(leaf_paths(tp, path + "."))
+        else:
+            paths.append(path)
+    return paths
+
+
+def _leaf_type(path: str):
+    cls = TrainConfig
+    *parents, leaf = path.split(".")
+    for p in parents:
+        cls = _field_types(cls)[p]
+    return _field_types(cls)[leaf]
+
+
+def resolve_key(key: str, problems: list[str]) -> Optional[str]:
+    """Map an override key (dotted, or a unique bare leaf name) to its dotted path."""
+    key = key.replace("-", "_")
+    paths = leaf_paths()
+    if key in paths:
+        return key
+    matches = [p for p in paths if p.split(".")[-1] == key]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        problems.append(f"ambiguous override '--{key}': use one of {', '.join('--' + m for m in matches)}")
+    else:
+        problems.append(f"unknown override '--{key}'")
+    return None
+
+
+def parse_overrides(args: list[str]) -> tuple[dict, list[str]]:
+    """Turn ``['--attack.eps', '2', '--lr=1e-4', '--hub.push_to_hub']`` into a nested dict."""
+    problems: list[str] = []
+    nested: dict = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            problems.append(f"unexpected argument '{arg}' (overrides look like --section.field value)")
+            i += 1
+            continue
+        key, eq, raw = arg[2:].partition("=")
+        i += 1
+        path = resolve_key(key, problems)
+        if not eq:
+            if i < len(args) and not args[i].startswith("--"):
+                raw = args[i]
+                i += 1
+            elif path is not None and _leaf_type(path) is bool:
+                raw = "true"
+            else:
+                problems.append(f"override '--{key}' needs a value")
+                continue
+        if path is None:
+            continue
+        tp = _leaf_type(path)
+        if tp in (str, Optional[str]):  # strings stay as typed: '--model.name_or_path 123' is a path
+            value = None if tp != str and raw.lower() in ("null", "none", "~") else raw
+        else:
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                value = raw
+        node = nested
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return nested, problems
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[list[str]] = None) -> TrainConfig:
+    """Read YAML (optional), apply CLI overrides, validate, and return the config.
+
+    Raises :class:`ConfigError` listing every problem found.
+    """
+    problems: list[str] = []
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError([f"config file not found: {path}"])
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError([f"{path}: not valid YAML: {e}"]) from None
+    override_dict, override_problems = parse_overrides(overrides or [])
+    problems.extend(override_problems)
+    if isinstance(data, dict):
+        data = _merge(data, override_dict)
+    cfg = _build(TrainConfig, data, "", problems)
+    problems.extend(validate(cfg))
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> list[str]:
+    """Value checks that need more than a type: returns the list of problems (empty when fine)."""
+    p: list[str] = []
+    a, o, d, c, lg = cfg.attack, cfg.optim, cfg.data, cfg.checkpoint, cfg.logging
+    if a.norm not in NORMS:
+        p.append(f"attack.norm: unknown norm '{a.norm}' (choose from {', '.join(NORMS)})")
+    if a.mode not in ("pgd", "noise"):
+        p.append(f"attack.mode: unknown mode '{a.mode}' (choose pgd or noise)")
+    for name in ("eps", "eps2", "alpha", "noise_std"):
+        if getattr(a, name) < 0:
+            p.append(f"attack.{name}: must be >= 0, got {getattr(a, name)}")
+    if a.norm in ("huber", "elastic") and a.eps2 <= 0:
+        p.append(f"attack.eps2: norm '{a.norm}' needs eps2 > 0, got {a.eps2}")
+    if a.norm != "elastic" and a.eps == 0 and a.steps > 0:
+        p.append(f"attack.eps: must be > 0 for norm '{a.norm}', got {a.eps}")
+    if a.steps < 0:
+        p.append(f"attack.steps: must be >= 0, got {a.steps}")
+    if not 0 <= a.momentum < 1:
+        p.append(f"attack.momentum: must be in [0, 1), got {a.momentum}")
+    if o.lr <= 0:
+        p.append(f"optim.lr: must be > 0, got {o.lr}")
+    if o.weight_decay < 0:
+        p.append(f"optim.weight_decay: must be >= 0, got {o.weight_decay}")
+    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+        p.append(f"optim.betas: expected two numbers in [0, 1), got {o.betas}")
+    if o.max_steps <= 0:
+        p.append(f"optim.max_steps: must be > 0, got {o.max_steps}")
+    if o.warmup_steps < 0:
+        p.append(f"optim.warmup_steps: must be >= 0, got {o.warmup_steps}")
+    elif o.warmup_steps > o.max_steps:
+        p.append(f"optim.warmup_steps ({o.warmup_steps}) is longer than training (optim.max_steps={o.max_steps})")
+    if o.scheduler not in SCHEDULERS:
+        p.append(f"optim.scheduler: unknown scheduler '{o.scheduler}' (choose from {', '.join(SCHEDULERS)})")
+    if o.batch_size <= 0:
+        p.append(f"optim.batch_size: must be > 0, got {o.batch_size}")
+    if o.gradient_accumulation_steps <= 0:
+        p.append(f"optim.gradient_accumulation_steps: must be > 0, got {o.gradient_accumulation_steps}")
+    elif o.batch_size > 0 and o.batch_size % o.gradient_accumulation_steps:
+        p.append(
+            f"optim.batch_size ({o.batch_size}) is not divisible by "
+            f"optim.gradient_accumulation_steps ({o.gradient_accumulation_steps})"
+        )
+    if o.max_grad_norm is not None and o.max_grad_norm <= 0:
+        p.append(f"optim.max_grad_norm: must be > 0 or null, got {o.max_grad_norm}")
+    if o.mixed_precision not in MIXED_PRECISION:
+        p.append(f"optim.mixed_precision: unknown value '{o.mixed_precision}' (choose from {', '.join(MIXED_PRECISION)})")
+    if d.shuffle_buffer <= 0:
+        p.append(f"data.shuffle_buffer: must be > 0, got {d.shuffle_buffer}")
+    if d.num_workers < 0:
+        p.append(f"data.num_workers: must be >= 0, got {d.num_workers}")
+    if d.max_samples is not None and d.max_samples <= 0:
+        p.append(f"data.max_samples: must be > 0 or null, got {d.max_samples}")
+    if not d.image_column:
+        p.append("data.image_column: must not be empty")
+    if c.checkpointing_steps <= 0:
+        p.append(f"checkpoint.checkpointing_steps: must be > 0, got {c.checkpointing_steps}")
+    if c.checkpoints_total_limit is not None and c.checkpoints_total_limit <= 0:
+        p.append(f"checkpoint.checkpoints_total_limit: must be > 0 or null, got {c.checkpoints_total_limit}")
+    if lg.report_to not in TRACKERS:
+        p.append(f"logging.report_to: unknown tracker '{lg.report_to}' (choose from {', '.join(TRACKERS)})")
+    if lg.log_every <= 0:
+        p.append(f"logging.log_every: must be > 0, got {lg.log_every}")
+    if cfg.hub.push_to_hub and not cfg.hub.hub_model_id:
+        p.append("hub.push_to_hub needs hub.hub_model_id (e.g. --hub_model_id me/clip-vit-b16-aft)")
+    if cfg.model.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
+        p.append(f"model.attn_implementation: unknown value '{cfg.model.attn_implementation}'")
+    return p

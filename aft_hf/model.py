@@ -1,0 +1,266 @@
+"""CLIP image encoders that take pixels in [0, 1]: loading, the normalising wrapper, export.
+
+AFT budgets live in pixel space, so CLIP's mean/std normalisation happens *inside*
+:class:`ImageEncoder`. The encoder returns the projected embedding (``image_embeds`` of
+``CLIPVisionModelWithProjection``), optionally L2-normalised (g in METHOD.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import (
+    AutoConfig,
+    CLIPConfig,
+    CLIPModel,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+BUILTIN_PREFIX = "builtin:"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says why and what to do."""
+
+
+class ImageEncoder(nn.Module):
+    """pixels in [0, 1] (B, 3, H, W) -> projected CLIP image embedding (B, D).
+
+    Args:
+        vision: a ``CLIPVisionModelWithProjection``.
+        image_mean, image_std: the processor's normalisation, applied inside ``forward``.
+        normalize: L2-normalise the embedding (``model.output_normalize``).
+    """
+
+    def __init__(
+        self,
+        vision: CLIPVisionModelWithProjection,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+        normalize: bool = True,
+    ):
+        super().__init__()
+        self.vision = vision
+        self.normalize = normalize
+        self.register_buffer("mean", torch.tensor(image_mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(image_std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.source: Optional[str] = None
+        """Where the weights came from (Hub id or folder)."""
+        self.base_is_full_clip = False
+        """True when loaded from a full ``CLIPModel`` checkpoint (export then writes a full CLIPModel)."""
+        self.image_processor = None
+
+    @property
+    def image_size(self) -> int:
+        return self.vision.config.image_size
+
+    @property
+    def patch_size(self) -> int:
+        return self.vision.config.patch_size
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        pixel_values = (pixels - self.mean.to(pixels.dtype)) / self.std.to(pixels.dtype)
+        embeds = self.vision(pixel_values=pixel_values).image_embeds
+        return F.normalize(embeds, dim=-1) if self.normalize else embeds
+
+    def frozen_copy(self) -> "ImageEncoder":
+        """A copy in eval mode with no trainable parameters: f_theta0, the source of AFT targets."""
+        frozen = copy.deepcopy(self).eval()
+        frozen.requires_grad_(False)
+        return frozen
+
+
+# --------------------------------------------------------------------------- building and loading
+
+
+def tiny_clip_config(image_size: int = 32, patch_size: int = 8, projection_dim: int = 32, vocab_size: int = 64) -> CLIPConfig:
+    """A few-thousand-parameter CLIP for tests and offline smoke runs (word-level tokenizer ids)."""
+    from .tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+    cfg = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         vocab_size=vocab_size, max_position_embeddings=16, hidden_act="quick_gelu",
+                         pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=image_size, patch_size=patch_size, hidden_act="quick_gelu"),
+        projection_dim=projection_dim,
+    )
+    cfg.vision_config.projection_dim = projection_dim  # see METHOD.md section 6: the loading trap
+    return cfg
+
+
+def save_tiny_clip(path: Union[str, Path], seed: int = 0, **config_kwargs) -> Path:
+    """Build a random tiny ``CLIPModel`` with image processor and word-level tokenizer; ``save_pretrained`` all."""
+    from transformers import CLIPImageProcessorPil
+
+    from .tokenizer import build_word_tokenizer
+
+    path = Path(path)
+    tokenizer = build_word_tokenizer()
+    config_kwargs.setdefault("vocab_size", len(tokenizer))
+    torch.manual_seed(seed)
+    cfg = tiny_clip_config(**config_kwargs)
+    CLIPModel(cfg).save_pretrained(path)
+    size = cfg.vision_config.image_size
+    CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("AFT_HF_CACHE", Path.home() / ".cache" / "aft_hf"))
+
+
+def resolve_builtin_model(name_or_path: str) -> str:
+    """``builtin:tiny-clip`` -> a local folder built on first use; anything else unchanged."""
+    if not name_or_path.startswith(BUILTIN_PREFIX):
+        return name_or_path
+    name = name_or_path[len(BUILTIN_PREFIX):]
+    if name != "tiny-clip":
+        raise ModelLoadError(f"unknown builtin model '{name_or_path}' (known: builtin:tiny-clip)")
+    path = cache_dir() / "models" / "tiny-clip"
+    if not (path / "config.json").is_file():
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        save_tiny_clip(tmp)
+        try:
+            os.replace(tmp, path)  # atomic; loses the race harmlessly when another process won it
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(path)
+
+
+def _load_image_processor(source: str, revision: Optional[str]):
+    """The saved image processor, if any (its mean/std and size are used; torchvision not needed)."""
+    try:
+        from transformers import CLIPImageProcessorPil
+
+        return CLIPImageProcessorPil.from_pretrained(source, revision=revision)
+    except (OSError, ValueError, ImportError):
+        return None
+
+
+def _vision_from_full_clip(full: CLIPModel) -> CLIPVisionModelWithProjection:
+    vcfg: CLIPVisionConfig = copy.deepcopy(full.config.vision_config)
+    vcfg.projection_dim = full.config.projection_dim
+    vision = CLIPVisionModelWithProjection(vcfg)
+    vision.vision_model.load_state_dict(full.vision_model.state_dict())
+    vision.visual_projection.load_state_dict(full.visual_projection.state_dict())
+    return vision
+
+
+def load_image_encoder(
+    name_or_path: str,
+    revision: Optional[str] = None,
+    normalize: bool = True,
+    attn_implementation: str = "sdpa",
+    token: Optional[str] = None,
+) -> ImageEncoder:
+    """Load a CLIP image encoder from a Hub id or a folder.
+
+    Accepts a ``CLIPVisionModelWithProjection`` checkpoint or a full ``CLIPModel`` (its vision
+    tower and ``visual_projection`` are taken). ``builtin:tiny-clip`` builds a tiny random CLIP.
+    """
+    source = resolve_builtin_model(name_or_path)
+    kwargs = dict(revision=revision, token=token)
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+        if config.model_type == "clip":
+            full = CLIPModel.from_pretrained(source, attn_implementation=attn_implementation, **kwargs)
+            vision = _vision_from_full_clip(full)
+            vision.set_attn_implementation(attn_implementation)
+            del full
+            is_full = True
+        elif config.model_type == "clip_vision_model":
+            vision = CLIPVisionModelWithProjection.from_pretrained(source, attn_implementation=attn_implementation, **kwargs)
+            is_full = False
+        else:
+            raise ModelLoadError(
+                f"'{name_or_path}' is a '{config.model_type}' model; aft_hf fine-tunes CLIP "
+                "(a CLIPModel or CLIPVisionModelWithProjection checkpoint)")
+    except OSError as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        hint = (" HF_HUB_OFFLINE is set: only local folders and models already in the Hub cache can be loaded."
+                if offline else " Check the id, your network, and for gated models `hf auth login` or HF_TOKEN.")
+        raise ModelLoadError(f"could not load model '{name_or_path}': {str(e).rstrip('.')}.{hint}") from e
+    processor = _load_image_processor(source, revision)
+    mean = tuple(processor.image_mean) if processor is not None else CLIP_MEAN
+    std = tuple(processor.image_std) if processor is not None else CLIP_STD
+    encoder = ImageEncoder(vision, mean, std, normalize=normalize)
+    encoder.source, encoder.base_is_full_clip, encoder.image_processor = name_or_path, is_full, processor
+    return encoder
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a fully written folder into place, so a reader never sees a half-written export."""
+    if final.exists():
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def export_pretrained(encoder: ImageEncoder, out_dir: Union[str, Path], extra_files: Optional[dict[str, str]] = None) -> Path:
+    """Write the fine-tuned encoder with ``save_pretrained`` (safetensors) to ``out_dir``.
+
+    A base that was a full ``CLIPModel`` is written as a full ``CLIPModel`` (original text tower,
+    new vision tower, tokenizer/processor files copied), so zero-shot tools work unchanged and
+    ``CLIPVisionModelWithProjection.from_pretrained`` loads the vision part. A vision-only base
+    is written as a ``CLIPVisionModelWithProjection``. ``extra_files`` maps names to text content.
+    """
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    vision = encoder.vision
+    source = resolve_builtin_model(encoder.source) if encoder.source else None
+    if encoder.base_is_full_clip and source is not None:
+        full = CLIPModel.from_pretrained(source)
+        full.vision_model.load_state_dict(vision.vision_model.state_dict())
+        full.visual_projection.load_state_dict(vision.visual_projection.state_dict())
+        full.config.vision_config.projection_dim = full.config.projection_dim
+        full.save_pretrained(tmp)
+        _copy_preprocessing_files(source, tmp)
+    else:
+        vision.save_pretrained(tmp)
+        if encoder.image_processor is not None:
+            encoder.image_processor.save_pretrained(tmp)
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text)
+    _replace_dir(tmp, out_dir)
+    return out_dir
+
+
+_PREPROCESSING_FILES = (
+    "preprocessor_config.json", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "vocab.json", "merges.txt",
+)
+
+
+def _copy_preprocessing_files(source: str, dest: Path) -> None:
+    """Copy tokenizer and processor files of the base (local folder or Hub cache) next to the weights."""
+    for name in _PREPROCESSING_FILES:
+        local = Path(source) / name
+        if not local.is_file():
+            try:
+                from huggingface_hub import hf_hub_download
+
+                local = Path(hf_hub_download(source, name))
+            except Exception:  # the base simply lacks that file
+                continue
+        shutil.copyfile(local, dest / name)

@@ -1,0 +1,78 @@
+"""Shared fixtures: a tiny CLIP saved with save_pretrained and small image sets made on the fly.
+
+Everything runs offline; the aft_hf cache (builtin models and data) goes to a temporary folder.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Builtin models/datasets and the datasets cache live in a temp dir for the whole session."""
+    root = tmp_path_factory.mktemp("cache")
+    old = {k: os.environ.get(k) for k in ("AFT_HF_CACHE", "HF_DATASETS_CACHE")}
+    os.environ["AFT_HF_CACHE"] = str(root / "aft_hf")
+    os.environ["HF_DATASETS_CACHE"] = str(root / "datasets")
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_path(tmp_path_factory):
+    """A full tiny CLIPModel folder (32 px, patch 8) with its image processor, as from the Hub."""
+    from aft_hf.model import save_tiny_clip
+
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_vision_path(tmp_path_factory, tiny_clip_path):
+    """The same model exported as a vision-only CLIPVisionModelWithProjection folder."""
+    from aft_hf.model import load_image_encoder
+
+    enc = load_image_encoder(str(tiny_clip_path))
+    path = tmp_path_factory.mktemp("tiny_vision") / "model"
+    enc.vision.save_pretrained(path)
+    enc.image_processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_clip_path):
+    from aft_hf.model import load_image_encoder
+
+    return load_image_encoder(str(tiny_clip_path))
+
+
+def write_png_folder(folder, n: int, size: int = 40, seed: int = 0):
+    """n random RGB PNGs of varied sizes in one imagefolder class."""
+    rng = np.random.default_rng(seed)
+    (folder / "a").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        h, w = size + int(rng.integers(0, 9)), size + int(rng.integers(0, 9))
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / "a" / f"{i:03d}.png")
+    return folder
+
+
+@pytest.fixture
+def png_folder(tmp_path):
+    return write_png_folder(tmp_path / "images", 16)
+
+
+@pytest.fixture
+def batch():
+    torch.manual_seed(0)
+    return torch.rand(4, 3, 32, 32)

@@ -1,0 +1,86 @@
+"""Config: YAML + overrides reach the run; every class of bad value gives one clear error listing all problems."""
+
+from pathlib import Path
+
+import pytest
+
+from aft_hf.config import ConfigError, TrainConfig, load_config, parse_overrides
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_shipped_configs_are_valid(name):
+    assert isinstance(load_config(CONFIGS / name), TrainConfig)
+
+
+def test_paper_recipe_values():
+    cfg = load_config(CONFIGS / "aft_vit_b16_huber.yaml")
+    assert (cfg.model.name_or_path, cfg.attack.norm, cfg.attack.eps, cfg.attack.eps2) == \
+        ("openai/clip-vit-base-patch16", "huber", 1.0, 1.0)
+    assert (cfg.attack.steps, cfg.attack.alpha, cfg.optim.max_steps, cfg.optim.warmup_steps) == (10, 1.0, 20000, 1400)
+    assert (cfg.optim.batch_size, cfg.optim.lr, cfg.optim.weight_decay, cfg.model.output_normalize) == (128, 1e-5, 1e-4, True)
+    fare = load_config(CONFIGS / "fare4_vit_l14.yaml")
+    assert (fare.model.name_or_path, fare.attack.norm, fare.attack.eps, fare.model.output_normalize) == \
+        ("openai/clip-vit-large-patch14", "linf", 4.0, False)
+
+
+def test_overrides_dotted_bare_and_equals(tmp_path):
+    cfg = load_config(CONFIGS / "tiny_offline.yaml", [
+        "--lr", "2e-5", "--attack.eps", "2", "--optim.betas=[0.8,0.9]", "--resume_from_checkpoint", "latest",
+        "--hub.push_to_hub", "--hub_model_id", "me/x", "--model.output_normalize", "false",
+        "--max_samples", "null", "--output_dir", str(tmp_path)])
+    assert cfg.optim.lr == 2e-5 and cfg.attack.eps == 2.0 and isinstance(cfg.attack.eps, float)
+    assert cfg.optim.betas == [0.8, 0.9]
+    assert cfg.checkpoint.resume_from_checkpoint == "latest"
+    assert cfg.hub.push_to_hub is True and cfg.hub.hub_model_id == "me/x"
+    assert cfg.model.output_normalize is False
+    assert cfg.checkpoint.output_dir == str(tmp_path)
+    assert cfg.data.max_samples is None
+
+
+def test_string_override_stays_a_string():
+    nested, problems = parse_overrides(["--model.name_or_path", "123"])
+    assert not problems and nested == {"model": {"name_or_path": "123"}}
+
+
+def test_every_problem_listed_at_once(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("attack:\n  norm: l3\n  eps: -1\n  steps: ten\noptim:\n  max_steps: 10\n  warmup_steps: 50\n"
+                   "unknown_section: 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad, ["--lr", "-1", "--bogus", "3"])
+    text = str(err.value)
+    for expected in ["unknown override '--bogus'", "unknown key 'unknown_section'", "attack.steps: expected int",
+                     "unknown norm 'l3'", "attack.eps: must be >= 0", "optim.lr: must be > 0",
+                     "warmup_steps (50) is longer than training"]:
+        assert expected in text, expected
+    assert len(err.value.problems) == 7
+
+
+@pytest.mark.parametrize("override,fragment", [
+    (["--attack.norm", "huber", "--attack.eps2", "0"], "needs eps2 > 0"),
+    (["--optim.batch_size", "10", "--optim.gradient_accumulation_steps", "3"], "not divisible"),
+    (["--optim.mixed_precision", "fp8"], "mixed_precision"),
+    (["--hub.push_to_hub", "true"], "needs hub.hub_model_id"),
+    (["--resume", "latest"], "unknown override '--resume'"),
+    (["--model.output_normalize", "maybe"], "expected bool"),
+    (["--lr"], "needs a value"),
+])
+def test_each_bad_value_has_a_clear_error(override, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        load_config(CONFIGS / "tiny_offline.yaml", override)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "x.yaml").write_text("model: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "x.yaml")
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = load_config(CONFIGS / "aft_vit_b16_huber.yaml")
+    (tmp_path / "r.yaml").write_text(cfg.to_yaml())
+    assert load_config(tmp_path / "r.yaml") == cfg

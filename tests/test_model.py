@@ -1,0 +1,101 @@
+"""Model loading (full CLIPModel or vision-only), the [0,1]-pixel wrapper, the frozen copy, export."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import CLIPModel, CLIPVisionModelWithProjection
+
+from aft_hf.model import ImageEncoder, ModelLoadError, export_pretrained, load_image_encoder
+
+
+def test_full_clip_and_vision_only_give_the_same_encoder(tiny_clip_path, tiny_vision_path, batch):
+    full = load_image_encoder(str(tiny_clip_path))
+    vision_only = load_image_encoder(str(tiny_vision_path))
+    assert full.base_is_full_clip and not vision_only.base_is_full_clip
+    clip = CLIPModel.from_pretrained(tiny_clip_path)
+    mean = torch.tensor(full.image_processor.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(full.image_processor.image_std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        ref = F.normalize(clip.get_image_features(pixel_values=(batch - mean) / std).pooler_output, dim=-1)
+        assert torch.allclose(full(batch), ref, atol=1e-5)
+        assert torch.allclose(vision_only(batch), ref, atol=1e-5)
+
+
+def test_normalisation_inside_and_optional_l2(tiny_clip_path, batch):
+    raw = load_image_encoder(str(tiny_clip_path), normalize=False)
+    with torch.no_grad():
+        emb = raw(batch)
+        direct = raw.vision(pixel_values=(batch - raw.mean) / raw.std).image_embeds
+    assert torch.allclose(emb, direct) and not torch.allclose(emb.norm(dim=-1), torch.ones(4))
+    assert raw.mean.flatten().tolist() == pytest.approx([0.48145466, 0.4578275, 0.40821073])
+
+
+def test_processor_statistics_are_used(tiny_clip_path, tmp_path):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_clip_path, folder)
+    cfg = json.loads((folder / "preprocessor_config.json").read_text())
+    cfg["image_mean"], cfg["image_std"] = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+    (folder / "preprocessor_config.json").write_text(json.dumps(cfg))
+    enc = load_image_encoder(str(folder))
+    assert enc.mean.flatten().tolist() == [0.5] * 3 and enc.std.flatten().tolist() == [0.25] * 3
+
+
+def test_frozen_copy_is_independent(tiny_encoder, batch):
+    frozen = tiny_encoder.frozen_copy()
+    assert not any(p.requires_grad for p in frozen.parameters()) and not frozen.training
+    before = [p.clone() for p in frozen.parameters()]
+    opt = torch.optim.SGD(tiny_encoder.parameters(), lr=1.0)
+    tiny_encoder(batch).sum().backward()
+    saved = [p.detach().clone() for p in tiny_encoder.parameters()]
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, frozen.parameters()))
+    with torch.no_grad():  # restore the shared session fixture
+        for p, s in zip(tiny_encoder.parameters(), saved):
+            p.copy_(s)
+            p.grad = None
+
+
+def test_export_full_clip_keeps_text_tower(tiny_clip_path, tmp_path, batch):
+    enc = load_image_encoder(str(tiny_clip_path))
+    with torch.no_grad():
+        enc.vision.visual_projection.weight.add_(0.1)
+    out = export_pretrained(enc, tmp_path / "final", extra_files={"aft_config.yaml": "x: 1\n"})
+    assert (out / "model.safetensors").is_file() and (out / "aft_config.yaml").is_file()
+    assert (out / "tokenizer.json").is_file() and (out / "preprocessor_config.json").is_file()
+    base, new = CLIPModel.from_pretrained(tiny_clip_path), CLIPModel.from_pretrained(out)
+    for (name, a), b in zip(base.text_model.state_dict().items(), new.text_model.state_dict().values()):
+        assert torch.equal(a, b), name
+    vision = CLIPVisionModelWithProjection.from_pretrained(out)
+    assert torch.equal(vision.visual_projection.weight, enc.vision.visual_projection.weight)
+    again = load_image_encoder(str(out))
+    with torch.no_grad():
+        assert torch.allclose(again(batch), enc(batch), atol=1e-6)
+
+
+def test_export_vision_only(tiny_vision_path, tmp_path):
+    enc = load_image_encoder(str(tiny_vision_path))
+    out = export_pretrained(enc, tmp_path / "final")
+    assert json.loads((out / "config.json").read_text())["model_type"] == "clip_vision_model"
+    CLIPVisionModelWithProjection.from_pretrained(out)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(ModelLoadError, match="(?s)could not load model 'me/not-there'.*HF_HUB_OFFLINE"):
+        load_image_encoder("me/not-there")
+    with pytest.raises(ModelLoadError, match="unknown builtin model"):
+        load_image_encoder("builtin:huge")
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)).save_pretrained(tmp_path / "bert")
+    with pytest.raises(ModelLoadError, match="'bert' model; aft_hf fine-tunes CLIP"):
+        load_image_encoder(str(tmp_path / "bert"))
+
+
+def test_builtin_tiny_clip_builds_once_and_loads():
+    enc = load_image_encoder("builtin:tiny-clip")
+    assert isinstance(enc, ImageEncoder) and enc.image_size == 32 and enc.patch_size == 8
