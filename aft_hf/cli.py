@@ -32,17 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input: printed as one clear line, exit code 2, no traceback."""
+    from .card import CardError
     from .config import ConfigError
     from .convert import ConvertError
     from .data import DataError
     from .data.images import ImageModeError
-    from .hub import HubError
     from .evaluate import EvaluationError
     from .explain import ExplainError
+    from .hub import HubError
     from .model import ModelLoadError
 
-    return (ConfigError, ConvertError, DataError, HubError, ModelLoadError, ImageModeError, ExplainError,
-            EvaluationError)
+    return (CardError, ConfigError, ConvertError, DataError, HubError, ModelLoadError, ImageModeError,
+            ExplainError, EvaluationError)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

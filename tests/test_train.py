@@ -141,9 +141,8 @@ def test_two_cpu_ranks_match_one_process(tiny_clip_path, tmp_path):
               "--attack.steps", "3", "--logging.report_to", "none", "--cpu", "true"]
     one = _cli(common + ["--output_dir", str(tmp_path / "one"), "--gradient_accumulation_steps", "2"])
     assert one.returncode == 0, one.stderr[-3000:]
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", "0", "-m", "aft_hf"]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch",
+                "--config_file", str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"), "-m", "aft_hf"]
     two = _cli(common + ["--output_dir", str(tmp_path / "two")], launcher=launcher)
     assert two.returncode == 0, two.stderr[-3000:]
     summary = json.loads((tmp_path / "two" / "train_summary.json").read_text())

@@ -1,0 +1,466 @@
+"""The model card of an AFT checkpoint, built from facts found in the exported folder only.
+
+``huggingface_hub``'s ``ModelCardData``/``ModelCard`` do the format; this module decides the content:
+``config.json`` (architecture), ``aft_config.yaml`` (the training recipe, written by the trainer),
+``aft_import.json`` (provenance of a converted checkpoint), the evaluate report (-> ``model-index``
+through the one table ``EVAL_METRICS``) and figures. A section without data is left out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from . import __version__
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "aft_config.yaml"
+"""The resolved training config, written into the export by the trainer."""
+IMPORT_FILE = "aft_import.json"
+"""Provenance of a converted open_clip checkpoint, written by ``aft_hf.convert``."""
+REPORT_FILE = "eval_report.json"
+"""The evaluate report, copied into the Hub folder so the card's numbers can be traced."""
+AFT_TAGS = ["clip", "adversarial-training", "robustness", "interpretability", "aft"]
+RECIPE_SECTIONS = ("model", "data", "attack", "optim")
+"""Sections of aft_config.yaml that define the recipe (output paths, logging and hub settings do not)."""
+
+
+class CardError(ValueError):
+    """The folder cannot be described by a card (not a CLIP export)."""
+
+
+# --------------------------------------------------------------------------- report -> model-index
+
+Rows = list[tuple[Optional[str], float]]
+"""(setting, value) pairs read from one metric of the report; the setting is None for a plain number."""
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _scalar(v: Any) -> Rows:
+    return [(None, v)] if _is_number(v) else []
+
+
+def _per_key(v: Any) -> Rows:
+    """``{"1/255": 0.4, ...}`` -> one row per key (non-numbers, e.g. NaN written as null, skipped)."""
+    return [(str(k), x) for k, x in v.items() if _is_number(x)] if isinstance(v, dict) else []
+
+
+def _per_method_auc(v: Any) -> Rows:
+    """``{"fractions": [...], "methods": {m: {"auc": x, "curve": [...]}}}`` -> one row per method."""
+    methods = v.get("methods") if isinstance(v, dict) else None
+    return [(m, d["auc"]) for m, d in (methods or {}).items() if isinstance(d, dict) and _is_number(d.get("auc"))]
+
+
+def _per_method_nested(v: Any) -> Rows:
+    """``{m: {"exact": x, "tolerance_15px": y}}`` -> rows "m, exact", "m, tolerance_15px"."""
+    if not isinstance(v, dict):
+        return []
+    return [(f"{m}, {k}", x) for m, d in v.items() if isinstance(d, dict) for k, x in d.items() if _is_number(x)]
+
+
+def _roar(v: Any) -> Rows:
+    """``{"fractions": [f], "accuracy": {m: [acc per f]}}`` -> rows "m @ f"."""
+    if not isinstance(v, dict) or not isinstance(v.get("accuracy"), dict):
+        return []
+    fractions = v.get("fractions") or []
+    return [(f"{m} @ {f:g}", a) for m, curve in v["accuracy"].items() for f, a in zip(fractions, curve or [])
+            if _is_number(a) and _is_number(f)]
+
+
+def _generic(v: Any) -> Rows:
+    return _scalar(v) or _per_key(v)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """How one key of the report's ``metrics`` is shown: results table rows and model-index entries."""
+
+    name: str
+    metric_type: str
+    extract: Callable[[Any], Rows] = _scalar
+    setting: str = "setting"
+    """What the setting of a row is (``eps``, ``saliency``): the key in ``metric_args``."""
+    task_name: Optional[str] = None
+    better: Optional[str] = None
+    """Which direction is better, "higher" or "lower" (a column of the results table)."""
+    model_index: bool = True
+    """Curves (ROAR) go to the results table only."""
+
+
+ZS = "zero-shot-image-classification"
+# The one table to adjust when the evaluate report's schema changes (aft_hf.evaluate.report, schema 1).
+EVAL_METRICS: dict[str, MetricSpec] = {
+    "zeroshot_top1": MetricSpec("Zero-shot top-1 accuracy", "accuracy", task_name="Zero-shot classification",
+                                better="higher"),
+    "zeroshot_top5": MetricSpec("Zero-shot top-5 accuracy", "top_5_accuracy", task_name="Zero-shot classification",
+                                better="higher"),
+    "robust_top1": MetricSpec("Robust zero-shot top-1 accuracy", "robust_accuracy", _per_key, "eps",
+                              "Adversarial robustness", "higher"),
+    "deletion": MetricSpec("Deletion AUC", "deletion_auc", _per_method_auc, "method", "Saliency faithfulness", "lower"),
+    "insertion": MetricSpec("Insertion AUC", "insertion_auc", _per_method_auc, "method", "Saliency faithfulness",
+                            "higher"),
+    "roar": MetricSpec("ROAR accuracy (evaluator retrained)", "roar_accuracy", _roar, "method @ fraction removed",
+                       "Saliency faithfulness (ROAR)", "lower", model_index=False),
+    "pointing_game": MetricSpec("Pointing game", "pointing_game", _per_method_nested, "method",
+                                "Saliency localisation", "higher"),
+    "energy_in_mask": MetricSpec("Energy in mask", "energy_in_mask", _per_method_nested, "method",
+                                 "Saliency localisation"),
+    "gini": MetricSpec("Gini sparseness of saliency", "gini", _per_key, "method", "Saliency sparseness"),
+    "randomisation_spearman": MetricSpec("Spearman correlation after weight randomisation", "randomisation_spearman",
+                                         _per_key, "method", "Saliency sanity check", "lower"),
+}
+NOT_METRICS = ("robust_attack",)
+"""Keys of ``metrics`` that describe the setup (shown in the evaluation text, not as results)."""
+SETUP_FIELDS = (("dataset", "dataset"), ("split", "split"), ("num_samples", "images"),
+                ("skipped_images", "unreadable images skipped"), ("num_classes", "classes"),
+                ("class_names_source", "class names"), ("num_templates", "prompt templates"),
+                ("text_model", "text tower"), ("seed", "seed"))
+
+
+def report_rows(report: dict) -> list[tuple[MetricSpec, Optional[str], float]]:
+    """Every numeric result of the report as (spec, setting, value), in report order.
+
+    Unknown keys are kept when they are a number or a mapping of numbers; other structures are
+    left out (and logged) rather than guessed at.
+    """
+    rows = []
+    for key, value in (report.get("metrics") or {}).items():
+        if key in NOT_METRICS:
+            continue
+        spec = EVAL_METRICS.get(key) or MetricSpec(key, key, _generic)
+        found = spec.extract(value)
+        if not found and value is not None:
+            logger.info("report metric '%s' has no numbers in a known layout: left out of the card", key)
+        rows.extend((spec, setting, v) for setting, v in found)
+    return rows
+
+
+def eval_results_from_report(report: dict) -> list[EvalResult]:
+    """model-index entries for the report's results (values exactly as reported)."""
+    dataset = report.get("dataset")
+    if not dataset:
+        return []  # model-index needs a dataset; the results table in the text still shows the numbers
+    return [
+        EvalResult(
+            task_type=ZS, task_name=spec.task_name, dataset_type=str(dataset), dataset_name=str(dataset),
+            dataset_split=report.get("split"), metric_type=spec.metric_type,
+            metric_name=f"{spec.name}, {spec.setting} {setting}" if setting else spec.name,
+            metric_value=value, metric_config=f"{spec.setting}={setting}" if setting else None,
+            metric_args={spec.setting: setting} if setting else None,
+        )
+        for spec, setting, value in report_rows(report) if spec.model_index
+    ]
+
+
+# --------------------------------------------------------------------------- facts about the folder
+
+
+def _read_yaml(path: Path) -> Optional[dict]:
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_CACHE_PATH = re.compile(r"models--([^/\\]+)--([^/\\]+)[/\\]snapshots")
+
+
+def hub_id_of(name_or_path: Optional[str]) -> Optional[str]:
+    """The Hub repo id a model reference stands for, or None (local folders, builtin models).
+
+    A folder inside the Hub cache (``.../models--org--name/snapshots/...``) maps back to ``org/name``.
+    """
+    if not name_or_path or name_or_path.startswith("builtin:"):
+        return None
+    cached = _CACHE_PATH.search(name_or_path)
+    if cached:
+        return f"{cached.group(1)}/{cached.group(2)}"
+    if Path(name_or_path).exists() or not _HUB_ID.match(name_or_path):
+        return None
+    return name_or_path
+
+
+def _dataset_id(name: Optional[str]) -> Optional[str]:
+    """A Hub dataset id from the recipe's ``data.dataset`` (not ``imagefolder``, builtin or local)."""
+    if not name or name.startswith("builtin:") or Path(name).exists() or not _HUB_ID.match(name):
+        return None
+    return name
+
+
+def base_license(base: Optional[str], allow_network: bool = False) -> Optional[str]:
+    """The license in the base model's card: a local folder's README.md, or the Hub card.
+
+    Without ``allow_network`` only the local Hub cache is consulted, so a dry run never touches
+    the network. Returns None when the license is not known (the card then states none).
+    """
+    if not base or base.startswith("builtin:"):
+        return None
+    readme: Optional[Path] = Path(base) / "README.md" if Path(base).is_dir() else None
+    repo_id = hub_id_of(base)
+    if (readme is None or not readme.is_file()) and repo_id:
+        try:
+            from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+            if allow_network:
+                readme = Path(hf_hub_download(repo_id, "README.md"))
+            else:
+                cached = try_to_load_from_cache(repo_id, "README.md")
+                readme = Path(cached) if isinstance(cached, str) else None
+        except Exception as e:  # no card, no network, gated: the license stays unknown
+            logger.info("license of base '%s' not found (%s)", repo_id, type(e).__name__)
+            readme = None
+    if readme is None or not readme.is_file():
+        return None
+    try:
+        return ModelCard.load(readme).data.license
+    except Exception:  # an unparsable base card: unknown
+        return None
+
+
+def _geometry(config: dict) -> tuple[bool, dict]:
+    """(is a full CLIPModel, the vision tower's config) from ``config.json``."""
+    if config.get("model_type") == "clip":
+        vision = dict(config.get("vision_config") or {})
+        vision.setdefault("projection_dim", config.get("projection_dim"))
+        return True, vision
+    if config.get("model_type") == "clip_vision_model":
+        return False, config
+    raise CardError(f"config.json has model_type '{config.get('model_type')}': aft_hf publishes CLIP models")
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    if _is_number(v) and not isinstance(v, int):
+        return f"{v:.4g}"
+    return str(v).replace("|", "\\|")
+
+
+# --------------------------------------------------------------------------- card text
+
+
+def _attack_sentence(attack: dict) -> str:
+    norm, eps, eps2 = attack.get("norm"), attack.get("eps"), attack.get("eps2")
+    budget = {
+        "linf": f"an L-inf box of radius {_fmt(eps)}/255",
+        "l2": f"an L2 ball of radius {_fmt(eps)}/255",
+        "huber": f"an L-inf box of radius {_fmt(eps)}/255 with a colour-channel L2 penalty (eps2 {_fmt(eps2)}/255)",
+        "elastic": f"an elastic-net budget (eps {_fmt(eps)}/255, eps2 {_fmt(eps2)}/255)",
+        "group": f"a per-patch, per-channel L2 (group) budget of {_fmt(eps)}/255",
+    }.get(norm, f"a '{norm}' budget of {_fmt(eps)}/255")
+    return (f"The perturbation is found by {attack.get('steps')} steps of PGD with momentum "
+            f"(step {_fmt(attack.get('alpha'))}/255) inside {budget}.")
+
+
+def _method_section(recipe: dict, base: str) -> str:
+    model, attack, optim = recipe.get("model", {}), recipe.get("attack", {}), recipe.get("optim", {})
+    normalised = "L2-normalised " if model.get("output_normalize") else ""
+    if attack.get("mode") == "noise":
+        training = ("**This is a control run**: the adversarial attack was replaced by uniform random noise of the "
+                    f"same budget ({attack.get('norm')}, {_fmt(attack.get('eps'))}/255), to separate the adversarial "
+                    "effect from plain noise augmentation. It is not an adversarially trained model.")
+    else:
+        training = _attack_sentence(attack)
+    return "\n".join([
+        "## Method",
+        "",
+        f"The image encoder of `{base}` was fine-tuned with AFT (adversarial fine-tuning, Gong et al., ICLR 2025), "
+        "an unsupervised objective that needs images only, no labels or captions. The fine-tuned encoder "
+        f"f_theta is trained so that its {normalised}embedding of a perturbed image stays close (squared L2 distance) "
+        "to the embedding that the frozen original encoder f_theta0 gives the clean image, the perturbation being "
+        "chosen to push the two apart:",
+        "",
+        "    min_theta E_x || g(f_theta(x + delta*)) - g(f_theta0(x)) ||^2,   "
+        "delta* = argmax_delta || g(f_theta(x + delta)) - g(f_theta0(x)) ||^2 - R(delta)",
+        "",
+        training,
+        f"Optimiser: AdamW, lr {_fmt(optim.get('lr'))}, {optim.get('max_steps')} steps of {optim.get('batch_size')} "
+        f"images, {optim.get('scheduler')} schedule with {optim.get('warmup_steps')} warm-up steps.",
+        "",
+        "The text encoder is not changed, so the model is used for zero-shot classification exactly like its base. "
+        "Adversarial training with a budget penalises the dual norm of the input gradient, which is why AFT gives "
+        "sparser, more object-focused gradient saliency maps than the base model (the paper's finding).",
+    ])
+
+
+def _recipe_section(recipe: dict) -> str:
+    rows = ["## Training recipe", "",
+            f"Exactly as in `{CONFIG_FILE}` in this repository (budgets `eps`, `eps2`, `alpha`, `noise_std` in "
+            "1/255 pixel units; pixels in [0, 1], CLIP's mean/std normalisation inside the model):", "",
+            "| parameter | value |", "|---|---|"]
+    for section in RECIPE_SECTIONS:
+        for key, value in (recipe.get(section) or {}).items():
+            rows.append(f"| `{section}.{key}` | {_fmt(value)} |")
+    if "seed" in recipe:
+        rows.append(f"| `seed` | {_fmt(recipe['seed'])} |")
+    return "\n".join(rows)
+
+
+def _import_section(info: dict) -> str:
+    lines = ["## Conversion", "",
+             f"Converted by `aft-hf import-checkpoint` from the open_clip image-encoder checkpoint "
+             f"`{info.get('source_checkpoint')}`"
+             + (f" (sha256 `{info['sha256']}`)" if info.get("sha256") else "")
+             + f", architecture {info.get('arch')}, fused with the text tower of `{info.get('base')}`.",
+             "The image encoder's weights are those of the checkpoint; the text tower, tokenizer and processor "
+             "are the base model's."]
+    if info.get("ignored_keys"):
+        lines.append(f"Keys of the checkpoint not used: {len(info['ignored_keys'])} "
+                     f"({', '.join(info['ignored_keys'][:5])}{', ...' if len(info['ignored_keys']) > 5 else ''}).")
+    return "\n".join(lines)
+
+
+def _results_section(report: dict) -> Optional[str]:
+    rows = report_rows(report)
+    if not rows:
+        return None
+    setup = [f"{label} `{report[key]}`" for key, label in SETUP_FIELDS if report.get(key) not in (None, "")]
+    attack = (report.get("metrics") or {}).get("robust_attack")
+    if isinstance(attack, dict):
+        setup.append("robust accuracy under " + ", ".join(f"{k} `{_fmt(v)}`" for k, v in attack.items()))
+    lines = ["## Evaluation", "",
+             f"Measured with `aft-hf evaluate` (report: `{REPORT_FILE}`)" + (": " + ", ".join(setup) if setup else "") + ".",
+             "", "| metric | setting | value | better |", "|---|---|---|---|"]
+    lines += [f"| {spec.name} | {_fmt(setting) if setting else ''} | {_fmt(value)} | {spec.better or ''} |"
+              for spec, setting, value in rows]
+    citations = report.get("citations")
+    if isinstance(citations, dict) and citations:
+        lines += ["", "Metric references: " + "; ".join(f"{k}: {_fmt(v)}" for k, v in citations.items()) + "."]
+    return "\n".join(lines)
+
+
+def _usage_section(repo: str, full_clip: bool) -> str:
+    if full_clip:
+        code = f'''```python
+from transformers import CLIPModel, CLIPProcessor, CLIPVisionModelWithProjection, pipeline
+
+model = CLIPModel.from_pretrained("{repo}")            # image + text towers
+processor = CLIPProcessor.from_pretrained("{repo}")
+vision = CLIPVisionModelWithProjection.from_pretrained("{repo}")  # image embeddings only
+
+classifier = pipeline("zero-shot-image-classification", model="{repo}")
+classifier("cat.jpg", candidate_labels=["a photo of a cat", "a photo of a dog"])
+```'''
+    else:
+        code = f'''```python
+from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+vision = CLIPVisionModelWithProjection.from_pretrained("{repo}")
+processor = CLIPImageProcessor.from_pretrained("{repo}")
+embeddings = vision(**processor(images=image, return_tensors="pt")).image_embeds
+```'''
+    return "\n".join([
+        "## Usage", "", code, "",
+        "With `aft_hf` (pixels in [0, 1], normalisation inside; for attacks and saliency maps):", "",
+        f'```python\nfrom aft_hf import load_image_encoder\n\nencoder = load_image_encoder("{repo}")\n'
+        "embeddings = encoder(pixels)  # (B, 3, H, W) in [0, 1] -> L2-normalised image embeddings\n```",
+    ])
+
+
+CITATION = """## Citation
+
+AFT, the method `aft_hf` implements:
+
+```bibtex
+@inproceedings{gong2025boosting,
+  title     = {Boosting the Visual Interpretability of {CLIP} via Adversarial Fine-Tuning},
+  author    = {Gong, Shizhan and Lei, Haoyu and Dou, Qi and Farnia, Farzan},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year      = {2025}
+}
+```
+
+FARE, the unsupervised adversarial fine-tuning objective AFT builds on:
+
+```bibtex
+@inproceedings{schlarmann2024robustclip,
+  title     = {Robust {CLIP}: Unsupervised Adversarial Fine-Tuning of Vision Embeddings for Robust Large Vision-Language Models},
+  author    = {Schlarmann, Christian and Singh, Naman Deep and Croce, Francesco and Hein, Matthias},
+  booktitle = {International Conference on Machine Learning (ICML)},
+  year      = {2024}
+}
+```"""
+
+
+# --------------------------------------------------------------------------- the card
+
+
+def build_model_card(folder: Union[str, Path], repo_id: Optional[str] = None, report: Optional[dict] = None,
+                     figures: Optional[dict[str, str]] = None, license: Optional[str] = None,
+                     allow_network: bool = False, extra_tags: Sequence[str] = ()) -> ModelCard:
+    """The model card of an exported (or converted) folder.
+
+    Args:
+        folder: a folder written by ``export_pretrained`` or ``aft-hf import-checkpoint``.
+        repo_id: the target repo (names the model and the usage snippets); default: the folder name.
+        report: the evaluate report (dict); its numbers become ``eval_results`` and the results table.
+        figures: caption -> image path *relative to the Hub folder* (embedded in the text).
+        license: overrides the license inherited from the base model's card.
+        allow_network: may download the base model's card to read its license.
+        extra_tags: added to the tags (e.g. ``adversarial-training`` for a converted robust checkpoint).
+    """
+    folder = Path(folder)
+    config = _read_json(folder / "config.json")
+    if config is None:
+        raise CardError(f"'{folder}' is not an exported model folder (no config.json)")
+    full_clip, vision = _geometry(config)
+    recipe = _read_yaml(folder / CONFIG_FILE)
+    imported = _read_json(folder / IMPORT_FILE)
+    base = (recipe or {}).get("model", {}).get("name_or_path") or (imported or {}).get("base")
+    base_id = hub_id_of(base)
+    dataset_id = _dataset_id((recipe or {}).get("data", {}).get("dataset"))
+    model_name = (repo_id or folder.resolve().name).split("/")[-1]
+    adversarial = recipe is not None and (recipe.get("attack") or {}).get("mode", "pgd") != "noise"
+    tags = list(AFT_TAGS) if adversarial else ["clip", "aft"] if recipe is not None else ["clip", "open_clip-conversion"]
+    tags += [t for t in extra_tags if t not in tags]
+    results = eval_results_from_report(report) if report else []
+
+    data = ModelCardData(
+        base_model=base_id, datasets=[dataset_id] if dataset_id else None,
+        license=license or base_license(base, allow_network=allow_network),
+        library_name="transformers", pipeline_tag=ZS if full_clip else "image-feature-extraction",
+        tags=tags, model_name=model_name, eval_results=results or None,
+    )
+    base_text = base_id or base or "the base model"
+    arch = (f"Architecture: CLIP ViT, width {vision.get('hidden_size')}, {vision.get('num_hidden_layers')} layers, "
+            f"{vision.get('num_attention_heads')} heads, patch {vision.get('patch_size')}, "
+            f"{vision.get('image_size')} px, projection {vision.get('projection_dim')}"
+            + ("; a full `CLIPModel` (image and text towers)." if full_clip
+               else "; image tower with projection only (`CLIPVisionModelWithProjection`)."))
+    if recipe is not None:
+        intro = (f"`{base_text}` with its image encoder fine-tuned by "
+                 f"{'adversarial fine-tuning (AFT)' if adversarial else 'a noise-control run of AFT'} using `aft_hf`.")
+    elif imported is not None:
+        intro = "A released open_clip image encoder converted to the transformers CLIP format with `aft_hf`."
+    else:
+        intro = "A CLIP model exported with `aft_hf`."
+    sections = [f"# {model_name}", "", intro, "", arch]
+    if recipe is not None:
+        sections += ["", _method_section(recipe, base_text), "", _recipe_section(recipe)]
+    if imported is not None:
+        sections += ["", _import_section(imported)]
+    results_text = _results_section(report) if report else None
+    if results_text:
+        sections += ["", results_text]
+    if figures:
+        sections += ["", "## Figures"]
+        for caption, path in figures.items():
+            sections += ["", f"![{caption}]({path})"]
+    sections += ["", _usage_section(repo_id or model_name, full_clip), "", CITATION, "",
+                 f"<sub>Card generated by aft_hf {__version__} from the files in this repository.</sub>", ""]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(sections))

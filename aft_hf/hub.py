@@ -1,0 +1,233 @@
+"""Publishing to the Hugging Face Hub: a Hub-ready folder with a model card, and the push.
+
+    exported folder (+ evaluate report and its figures, a saliency figure)
+        -> prepare_hub_folder: weights/processor copied, README.md card, report, figures
+        -> push_folder: create_repo(exist_ok=True) + upload_folder (in-progress files ignored)
+
+The card is built with ``huggingface_hub``'s ``ModelCardData``/``ModelCard`` from facts found in the
+folder only: ``config.json`` (architecture), ``aft_config.yaml`` (the training recipe, written by
+the trainer), ``aft_import.json`` (provenance of a converted checkpoint, written by
+``aft_hf.convert``), the evaluate report and the figures. A section without data is left out.
+The token comes from ``HF_TOKEN`` or the login cache; it is never printed, logged or written.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from huggingface_hub import HfApi, get_token
+
+
+logger = logging.getLogger(__name__)
+
+# In-progress training state never goes to the Hub.
+IGNORE_PATTERNS = ["checkpoints/*", "*.tmp*", ".tmp_*", "logs/*"]
+ASSETS_DIR = "assets"
+
+
+class HubError(RuntimeError):
+    """Publishing failed; the message says why (never containing the token)."""
+
+
+# The card lives in aft_hf.card; these names are part of this module's public API too.
+from .card import (  # noqa: E402,F401
+    AFT_TAGS, CONFIG_FILE, EVAL_METRICS, IMPORT_FILE, REPORT_FILE, CardError, build_model_card,
+    eval_results_from_report, hub_id_of, report_rows,
+)
+
+
+# --------------------------------------------------------------------------- the Hub folder
+
+
+def _ignored(rel: str) -> bool:
+    """Whether ``upload_folder(ignore_patterns=IGNORE_PATTERNS)`` would skip this relative path."""
+    return any(fnmatch.fnmatch(rel, p) for p in IGNORE_PATTERNS)
+
+
+def load_report(path: Union[str, Path]) -> dict:
+    """Read an evaluate report (JSON object) with a clear error."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise HubError(f"could not read the report '{path}': {e}") from e
+    if not isinstance(report, dict):
+        raise HubError(f"the report '{path}' is not a JSON object")
+    return report
+
+
+def _copy_figure(src: Path, out: Path) -> str:
+    """Copy a figure into ``out/assets`` after checking it is an image; returns its relative path."""
+    try:
+        from PIL import Image
+
+        with Image.open(src) as im:
+            im.verify()
+    except Exception as e:
+        raise HubError(f"the figure '{src}' is not a readable image: {e}") from e
+    rel, n = f"{ASSETS_DIR}/{src.name}", 1
+    while (out / rel).exists():  # two figures of the same name
+        rel, n = f"{ASSETS_DIR}/{src.stem}_{n}{src.suffix}", n + 1
+    (out / ASSETS_DIR).mkdir(exist_ok=True)
+    shutil.copy2(src, out / rel)
+    return rel
+
+
+def prepare_hub_folder(folder: Union[str, Path], out: Union[str, Path], repo_id: Optional[str] = None,
+                       report: Union[str, Path, dict, None] = None, figure: Union[str, Path, None] = None,
+                       license: Optional[str] = None, overwrite: bool = False, allow_network: bool = False,
+                       tags: Sequence[str] = ()) -> Path:
+    """Build the exact folder that is uploaded: weights and processor files, README.md card, report, figures.
+
+    Files matching ``IGNORE_PATTERNS`` (checkpoints in progress, logs) are not copied. A report
+    read from a file brings its figures (``"figures": {name: path relative to the report}``);
+    ``figure`` adds a saliency figure of your own.
+    """
+    folder, out = Path(folder).resolve(), Path(out).resolve()
+    if not (folder / "config.json").is_file():
+        raise HubError(f"'{folder}' is not an exported model folder (no config.json)")
+    if out == folder or folder in out.parents:
+        raise HubError(f"--out '{out}' must lie outside the model folder '{folder}'")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise HubError(f"'{out}' exists and is not empty (pass --overwrite to replace it)")
+        shutil.rmtree(out)
+    report_dict = load_report(report) if isinstance(report, (str, Path)) else report
+    out.mkdir(parents=True, exist_ok=True)
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_file() and not _ignored(rel) and rel != "README.md":
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, out / rel)
+    figures: dict[str, str] = {}
+    if figure is not None:
+        figures["Saliency maps"] = _copy_figure(Path(figure), out)
+    if report_dict is not None:
+        report_dict = dict(report_dict)
+        report_figures = report_dict.get("figures") if isinstance(report_dict.get("figures"), dict) else {}
+        moved = {}
+        for name, rel in report_figures.items():
+            src = Path(report).parent / str(rel) if isinstance(report, (str, Path)) else None
+            if src is not None and src.is_file():
+                moved[name] = _copy_figure(src, out)
+                figures[f"{name.replace('_', ' ').capitalize()} (aft-hf evaluate)"] = moved[name]
+            else:
+                logger.info("figure '%s' of the report not found: left out of the card", rel)
+        if report_figures:
+            report_dict["figures"] = moved  # paths inside the Hub folder; the numbers are not touched
+        (out / REPORT_FILE).write_text(json.dumps(report_dict, indent=2))
+    try:
+        card = build_model_card(out, repo_id=repo_id, report=report_dict, figures=figures, license=license,
+                                allow_network=allow_network, extra_tags=tags)
+    except CardError as e:
+        raise HubError(str(e)) from e
+    card.save(out / "README.md")
+    return out
+
+
+# --------------------------------------------------------------------------- push
+
+
+def _require_token(token: Optional[str]) -> str:
+    token = token or get_token()
+    if not token:
+        raise HubError("no Hugging Face token: run `hf auth login` or set HF_TOKEN before pushing "
+                       "(or use --dry-run --out DIR to build the folder without uploading)")
+    return token
+
+
+def _explain(e: Exception, token: str) -> str:
+    """A one-line reason for a failed push, with the token scrubbed out of anything echoed."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(e, OfflineModeIsEnabled):
+        why = "HF_HUB_OFFLINE is set, so nothing can be uploaded: unset it, or use --dry-run --out DIR"
+    elif isinstance(e, HfHubHTTPError) and e.response is not None and e.response.status_code in (401, 403):
+        why = (f"the Hub refused the token (HTTP {e.response.status_code}): log in again with `hf auth login` "
+               "and check that the token has write access to this repo")
+    elif isinstance(e, (ConnectionError, TimeoutError)) or "connect" in type(e).__name__.lower() \
+            or "timeout" in type(e).__name__.lower():
+        why = f"could not reach the Hub (no network?): {type(e).__name__}: {e}"
+    else:
+        why = f"{type(e).__name__}: {e}"
+    return why.replace(token, "***")
+
+
+def push_folder(folder: Union[str, Path], repo_id: str, private: bool = False, token: Optional[str] = None,
+                commit_message: str = "Upload AFT fine-tuned CLIP (aft_hf)") -> str:
+    """Upload a folder as it is to ``repo_id`` (``create_repo(exist_ok=True)`` + ``upload_folder``).
+
+    Returns the commit URL. The token comes from the argument, ``HF_TOKEN`` or the login cache.
+    """
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise HubError(f"'{folder}' is not an exported model folder (no config.json)")
+    token = _require_token(token)
+    api = HfApi(token=token)
+    logger.info("uploading %s to %s", folder, repo_id)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
+                                 ignore_patterns=IGNORE_PATTERNS, repo_type="model")
+    except Exception as e:  # offline mode, no network, HTTP errors: one clear message
+        raise HubError(f"could not push '{folder}' to '{repo_id}': {_explain(e, token)}") from None
+    return str(getattr(info, "commit_url", info))
+
+
+def push_model(folder: Union[str, Path], repo_id: str, report: Union[str, Path, dict, None] = None,
+               figure: Union[str, Path, None] = None, private: bool = False, license: Optional[str] = None,
+               token: Optional[str] = None, staging: Union[str, Path, None] = None, overwrite: bool = False,
+               tags: Sequence[str] = ()) -> str:
+    """Build the Hub folder (card included) and upload it; what ``aft-hf push`` and training's push do.
+
+    ``staging`` keeps the built folder there; by default it is built in a temporary folder.
+    """
+    token = _require_token(token)  # fail before any work when there is no token
+    if staging is not None:
+        built = prepare_hub_folder(folder, staging, repo_id, report, figure, license, overwrite, allow_network=True,
+                                   tags=tags)
+        return push_folder(built, repo_id, private=private, token=token)
+    with tempfile.TemporaryDirectory(prefix="aft_hf_hub_") as tmp:
+        built = prepare_hub_folder(folder, Path(tmp) / "hub", repo_id, report, figure, license, allow_network=True,
+                                   tags=tags)
+        return push_folder(built, repo_id, private=private, token=token)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_subcommand(subparsers) -> None:
+    """``aft-hf push FOLDER --repo-id ID [--report R] [--figure F] [--private] [--dry-run --out DIR]``."""
+    p = subparsers.add_parser(
+        "push", help="upload an exported folder to the Hugging Face Hub, with a model card",
+        description="Build the Hub folder (weights, processor, README.md model card with the evaluate report's "
+                    "numbers, saliency figure) and upload it. --dry-run builds it under --out without network.")
+    p.add_argument("folder", help="an exported folder, e.g. out/final, or a converted one")
+    p.add_argument("--repo-id", required=True, help="e.g. me/clip-vit-b16-aft")
+    p.add_argument("--report", help="JSON report of `aft-hf evaluate` (results table and model-index)")
+    p.add_argument("--figure", help="a saliency figure (PNG/JPEG) to embed in the card")
+    p.add_argument("--license", help="license id; default: inherited from the base model's card when known")
+    p.add_argument("--tag", action="append", default=[], help="an extra tag (repeatable)")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="only build the folder (needs --out); no network")
+    p.add_argument("--out", help="where to build the Hub folder (kept)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.set_defaults(func=_cli_push)
+
+
+def _cli_push(args, extra) -> int:
+    if args.dry_run:
+        if not args.out:
+            raise HubError("--dry-run needs --out DIR (where the folder is built)")
+        out = prepare_hub_folder(args.folder, args.out, args.repo_id, args.report, args.figure, args.license,
+                                 overwrite=args.overwrite, tags=args.tag)
+        print(f"built {out} (dry run, nothing uploaded): {', '.join(sorted(p.name for p in out.iterdir()))}")
+        return 0
+    print(push_model(args.folder, args.repo_id, args.report, args.figure, private=args.private,
+                     license=args.license, staging=args.out, overwrite=args.overwrite, tags=args.tag))
+    return 0
