@@ -133,7 +133,7 @@ def prepare_hub_folder(folder: Union[str, Path], out: Union[str, Path], repo_id:
 # --------------------------------------------------------------------------- push
 
 
-def _require_token(token: Optional[str]) -> str:
+def require_token(token: Optional[str]) -> str:
     token = token or get_token()
     if not token:
         raise HubError("no Hugging Face token: run `hf auth login` or set HF_TOKEN before pushing "
@@ -167,7 +167,7 @@ def push_folder(folder: Union[str, Path], repo_id: str, private: bool = False, t
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise HubError(f"'{folder}' is not an exported model folder (no config.json)")
-    token = _require_token(token)
+    token = require_token(token)
     api = HfApi(token=token)
     logger.info("uploading %s to %s", folder, repo_id)
     try:
@@ -187,7 +187,7 @@ def push_model(folder: Union[str, Path], repo_id: str, report: Union[str, Path, 
 
     ``staging`` keeps the built folder there; by default it is built in a temporary folder.
     """
-    token = _require_token(token)  # fail before any work when there is no token
+    token = require_token(token)  # fail before any work when there is no token
     if staging is not None:
         built = prepare_hub_folder(folder, staging, repo_id, report, figure, license, overwrite, allow_network=True,
                                    tags=tags)

@@ -122,12 +122,17 @@ def cache_dir() -> Path:
 
 
 def resolve_builtin_model(name_or_path: str) -> str:
-    """``builtin:tiny-clip`` -> a local folder built on first use; anything else unchanged."""
+    """``builtin:tiny-clip`` -> a local folder built on first use; ``builtin:world-clip`` -> the shipped
+    world base (``aft_hf/world/base``); anything else unchanged."""
     if not name_or_path.startswith(BUILTIN_PREFIX):
         return name_or_path
     name = name_or_path[len(BUILTIN_PREFIX):]
+    if name == "world-clip":  # the small CLIP pretrained in the synthetic world, shipped with the package
+        from .world import BASE_DIR
+
+        return str(BASE_DIR)
     if name != "tiny-clip":
-        raise ModelLoadError(f"unknown builtin model '{name_or_path}' (known: builtin:tiny-clip)")
+        raise ModelLoadError(f"unknown builtin model '{name_or_path}' (known: builtin:tiny-clip, builtin:world-clip)")
     path = cache_dir() / "models" / "tiny-clip"
     if not (path / "config.json").is_file():
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")

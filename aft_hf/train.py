@@ -156,6 +156,62 @@ def apply_perf_options(cfg: TrainConfig, encoder: ImageEncoder) -> None:
 # --------------------------------------------------------------------------- the loop
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def aft_step(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    unwrapped: ImageEncoder,
+    frozen: ImageEncoder,
+    attacker,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    images: torch.Tensor,
+    generator: Optional[torch.Generator] = None,
+    max_grad_norm: Optional[float] = None,
+    timings: Optional[dict] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One AFT micro-batch: frozen targets -> attack -> training forward/backward -> optimiser step.
+
+    The exact step :func:`train` runs (and ``benchmarks/aft_step.py`` times). ``model`` is the
+    prepared (possibly DDP-wrapped) encoder, ``unwrapped`` the same module unwrapped (the attack
+    runs on it so its passes trigger no all-reduce). Returns the mean loss (a detached device
+    tensor: no host sync) and the targets. ``timings``, when given, receives the seconds spent in
+    ``target`` / ``attack`` / ``update``; filling it synchronises the device between phases, so
+    the training loop leaves it ``None``.
+    """
+    clock = time.perf_counter
+    if timings is not None:
+        _sync(images.device)
+        t0 = clock()
+    with accelerator.accumulate(model):
+        with torch.no_grad(), accelerator.autocast():
+            targets = frozen(images)
+        if timings is not None:
+            _sync(images.device)
+            t1 = clock()
+        with accelerator.autocast():
+            adversarial = attacker(unwrapped, images, lambda e: embedding_distance(e, targets), generator)
+            if timings is not None:
+                _sync(images.device)
+                t2 = clock()
+            loss = embedding_distance(model(adversarial), targets).mean()
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    if timings is not None:
+        _sync(images.device)
+        t3 = clock()
+        timings.update(target=t1 - t0, attack=t2 - t1, update=t3 - t2)
+    return loss.detach(), targets
+
+
 def train(cfg: TrainConfig) -> Path:
     """Run AFT as configured; returns the exported folder ``<output_dir>/final``."""
     output_dir = Path(cfg.checkpoint.output_dir)
@@ -171,6 +227,10 @@ def train(cfg: TrainConfig) -> Path:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
     )
     batch_size = per_device_batch_size(cfg, accelerator.num_processes)
+    if cfg.hub.push_to_hub and accelerator.is_main_process:
+        from .hub import require_token
+
+        require_token(None)  # fail now, not after hours of training
     resume_path = resolve_checkpoint(cfg.checkpoint.resume_from_checkpoint, output_dir)
     progress = Progress()
     if resume_path is not None:
@@ -235,19 +295,9 @@ def train(cfg: TrainConfig) -> Path:
             batches = accelerator.skip_first_batches(dataloader, progress.batches_in_epoch)
         for batch in batches:
             images = batch["pixel_values"].to(accelerator.device, non_blocking=True)
-            with accelerator.accumulate(model):
-                with torch.no_grad(), accelerator.autocast():
-                    targets = frozen(images)
-                with accelerator.autocast():
-                    generator = attack_generator(cfg.seed, progress.step, micro_batch, accelerator)
-                    adversarial = attacker(unwrapped, images, lambda e: embedding_distance(e, targets), generator)
-                    loss = embedding_distance(model(adversarial), targets).mean()
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.optim.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+            generator = attack_generator(cfg.seed, progress.step, micro_batch, accelerator)
+            loss, targets = aft_step(accelerator, model, unwrapped, frozen, attacker, optimizer, scheduler,
+                                     images, generator, cfg.optim.max_grad_norm)
             progress.batches_in_epoch += 1
             micro_batch = 0 if accelerator.sync_gradients else micro_batch + 1
             skipped_window += batch["skipped"]

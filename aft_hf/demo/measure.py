@@ -1,0 +1,85 @@
+"""Per-image measurements of one encoder on the held-out world images, and paired statistics.
+
+Every number comes from the package's own metrics (``aft_hf.evaluate``): energy-in-mask (with its
+chance level, the mask's area fraction), pointing game exact and with a tolerance, Gini
+sparseness, deletion AUC on the zero-shot probability of the true class, and zero-shot accuracy
+clean and under the package's L-inf PGD.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ..evaluate import EvalContext, auc, energy_in_mask, gini, perturbation_curve, pointing_game, predict, robust_accuracy
+
+# metric -> True when a larger value is the better (or, for Gini, the sparser) map
+METRIC_DIRECTION = {"energy": True, "pointing": True, "pointing_tol": True, "gini": True, "deletion_auc": False}
+
+
+@dataclass
+class EvalSet:
+    """Held-out images (N, 3, H, W) in [0, 1], masks (N, 1, H, W), labels (N,), class embeddings (C, D)."""
+
+    images: Tensor
+    masks: Tensor
+    labels: Tensor
+    class_weights: Tensor
+    logit_scale: float
+
+
+def measure(encoder: torch.nn.Module, data: EvalSet, methods: Sequence[str], tolerance: int,
+            robust_eps: Sequence[float], robust_steps: int, deletion_steps: int = 20, batch_size: int = 32,
+            seed: int = 0, progress: bool = True) -> dict:
+    """{"per_image": {method: {metric: (N,)}}, "maps": {method: (N,1,H,W)}, "chance": (N,), "accuracy": {...}}."""
+    encoder.eval()
+    ctx = EvalContext(encoder, data.class_weights, data.images, data.labels, list(methods), data.logit_scale,
+                      data.masks, batch_size, seed, progress)
+    per_image, maps, chance = {}, {}, None
+    for method in methods:
+        m = ctx.maps(method)
+        share, chance = energy_in_mask(m, data.masks)
+        fractions, curves = perturbation_curve(ctx.label_probability, data.images, m, data.labels, "deletion",
+                                               deletion_steps, batch_size=batch_size, seed=seed, progress=False)
+        per_image[method] = {
+            "energy": share, "pointing": pointing_game(m, data.masks, 0),
+            "pointing_tol": pointing_game(m, data.masks, tolerance), "gini": gini(m),
+            "deletion_auc": auc(fractions, curves),
+        }
+        maps[method] = m
+    logits = predict(ctx.classifier, data.images, batch_size, progress=False)
+    accuracy = {"clean": (logits.argmax(1) == data.labels).float().mean().item(),
+                "robust": robust_accuracy(ctx.classifier, data.images, data.labels, robust_eps, robust_steps,
+                                          batch_size=batch_size, seed=seed, progress=progress)}
+    return {"per_image": per_image, "maps": maps, "chance": chance, "accuracy": accuracy}
+
+
+def nanmean(x: Tensor) -> float:
+    x = x[~torch.isnan(x)]
+    return x.mean().item() if x.numel() else float("nan")
+
+
+def paired(new: Tensor, old: Tensor, higher_is_better: bool = True) -> dict:
+    """Per-image paired difference new - old: mean, standard error, share of images that improved."""
+    d = (new - old).float()
+    d = d[~torch.isnan(d)]
+    n = d.numel()
+    if n == 0:
+        return {"mean": float("nan"), "se": float("nan"), "improved": float("nan"), "n": 0}
+    se = d.std(unbiased=True).item() / math.sqrt(n) if n > 1 else float("nan")
+    better = (d > 0) if higher_is_better else (d < 0)
+    return {"mean": d.mean().item(), "se": se, "improved": better.float().mean().item(), "n": n}
+
+
+def spread(values: Sequence[float]) -> dict:
+    """Mean and sample standard deviation over seeds (sd 0 for one seed)."""
+    v = [x for x in values if x == x]
+    if not v:
+        return {"mean": float("nan"), "sd": float("nan"), "per_seed": list(values)}
+    mean = sum(v) / len(v)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
+    return {"mean": mean, "sd": sd, "per_seed": list(values)}
