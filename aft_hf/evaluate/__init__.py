@@ -1,0 +1,28 @@
+"""Evaluation of CLIP encoders and their saliency maps: zero-shot accuracy (clean, under PGD),
+faithfulness (deletion/insertion, ROAR with retraining), localisation, complexity, sanity checks.
+"""
+
+from .base import EvalContext, Metric
+from .classnames import clip_templates, imagenet_classnames, resolve_classnames, resolve_templates
+from .complexity import gini
+from .faithfulness import LinearProbe, auc, perturbation_curve, pixel_ranking, remove_top, roar
+from .localisation import boxes_to_masks, energy_in_mask, pointing_game
+from .metrics import METRICS
+from .runner import EvaluationError, evaluate_model, write_outputs
+from .sanity import randomisation_check, randomized_copy, spearman
+from .zeroshot import ZeroShotClassifier, predict, robust_accuracy, topk_accuracy
+
+__all__ = [
+    "METRICS", "EvalContext", "EvaluationError", "LinearProbe", "Metric", "ZeroShotClassifier", "auc",
+    "boxes_to_masks", "clip_templates", "energy_in_mask", "evaluate_model", "gini", "imagenet_classnames",
+    "perturbation_curve", "pixel_ranking", "pointing_game", "predict", "randomisation_check", "randomized_copy",
+    "remove_top", "resolve_classnames", "resolve_templates", "roar", "robust_accuracy", "spearman",
+    "topk_accuracy", "write_outputs", "add_subcommand",
+]
+
+
+def add_subcommand(subparsers) -> None:
+    """Register ``aft-hf evaluate`` (implemented in :mod:`aft_hf.evaluate.cli`)."""
+    from .cli import add_subcommand as _add
+
+    _add(subparsers)

@@ -1,0 +1,86 @@
+"""The shared base of all metrics and the context they read.
+
+Every metric is a :class:`Metric` with a ``name``, a ``family`` (accuracy, faithfulness,
+localisation, complexity, sanity), a ``citation`` and ``compute(ctx) -> dict``. The
+:class:`EvalContext` holds the model, the data and the zero-shot classifier, and computes each
+method's maps once (cached), so several metrics share them.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..explain import Explainer
+from .zeroshot import ZeroShotClassifier
+
+
+@dataclass
+class EvalContext:
+    """Inputs shared by the metrics. ``images`` in [0, 1], ``labels`` class indices, ``masks`` optional."""
+
+    encoder: nn.Module
+    class_weights: Tensor
+    images: Tensor
+    labels: Tensor
+    methods: Sequence[str] = ("saliency",)
+    logit_scale: float = 100.0
+    masks: Optional[Tensor] = None
+    batch_size: int = 16
+    seed: int = 0
+    progress: bool = True
+    options: dict = field(default_factory=dict)
+    _maps: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def classifier(self) -> ZeroShotClassifier:
+        return ZeroShotClassifier(self.encoder, self.class_weights, self.logit_scale)
+
+    def targets(self, labels: Optional[Tensor] = None) -> Tensor:
+        """Per-image target embedding: the class embedding of the image's label."""
+        labels = self.labels if labels is None else labels
+        return self.class_weights[labels.to(self.class_weights.device)]
+
+    def explainer(self, method: str, encoder: Optional[nn.Module] = None) -> Explainer:
+        kwargs = dict(self.options.get("explainer", {}))
+        return Explainer(encoder or self.encoder, method, batch_size=self.batch_size, progress=self.progress, **kwargs)
+
+    def maps(self, method: str, images: Optional[Tensor] = None, labels: Optional[Tensor] = None) -> Tensor:
+        """Maps of ``method`` for the context's images (cached) or for given images."""
+        if images is None:
+            if method not in self._maps:
+                self._maps[method] = self.explainer(method).attribute(self.images, self.targets()).cpu()
+            return self._maps[method]
+        return self.explainer(method).attribute(images, self.targets(labels)).cpu()
+
+    def label_probability(self, images: Tensor, labels: Tensor) -> Tensor:
+        """Zero-shot softmax probability of each image's label (the deletion/insertion score)."""
+        device = self.class_weights.device
+        with torch.no_grad():
+            logits = self.classifier(images.to(device))
+        return F.softmax(logits, dim=1).gather(1, labels.to(device).view(-1, 1)).squeeze(1).cpu()
+
+
+class Metric(abc.ABC):
+    """Base class: subclasses set the class attributes and implement :meth:`compute`."""
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    citation: ClassVar[str] = ""
+    needs_masks: ClassVar[bool] = False
+
+    def __init__(self, **options):
+        self.options = options
+
+    @abc.abstractmethod
+    def compute(self, ctx: EvalContext) -> dict:
+        """The metric's numbers as a JSON-serialisable dict."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.options})"

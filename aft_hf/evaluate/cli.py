@@ -1,0 +1,123 @@
+"""``aft-hf evaluate``: zero-shot accuracy (clean and under PGD) and attribution metrics, as reports.
+
+    aft-hf evaluate --model out/final --dataset ILSVRC/imagenet-1k --split validation \\
+        --max-samples 5000 --metrics zeroshot robust deletion roar --out report/
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ..explain import check_template, resolve_method
+from ..explain.cli import load_models_and_text, pick_device
+from .classnames import resolve_classnames, resolve_templates
+from .data import load_labelled_images
+from .metrics import METRICS
+from .runner import DEFAULT_METRICS, evaluate_model, resolve_metrics, slug, write_outputs
+
+logger = logging.getLogger(__name__)
+
+
+def add_subcommand(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="zero-shot accuracy (clean, under PGD) and saliency metrics "
+                                               "-> JSON/Markdown/PNG",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", action="append", required=True, help="Hub id or folder (repeat to compare models)")
+    p.add_argument("--text-model", help="full CLIP checkpoint for the text tower (default: the first full-CLIP --model)")
+    p.add_argument("--dataset", required=True,
+                   help="Hub id, 'imagefolder' (with --data-dir), a local folder, or builtin:shapes")
+    p.add_argument("--data-dir")
+    p.add_argument("--config-name")
+    p.add_argument("--split", help="default: validation, else test, else train")
+    p.add_argument("--image-column", default="image")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--mask-column", help="image column of object masks (pointing game, energy)")
+    p.add_argument("--box-column", help="column of [x0, y0, x1, y1] boxes in original pixels")
+    p.add_argument("--max-samples", type=int, default=500)
+    p.add_argument("--streaming", action="store_true")
+    p.add_argument("--class-names", help="file with one class name per line (label order)")
+    p.add_argument("--imagenet-classnames", action="store_true", help="use the shipped cleaned ImageNet-1k names")
+    p.add_argument("--templates", help="'simple', 'clip80', a file (one per line) or one template with {} "
+                                       "(default: clip80 for ImageNet names, else simple)")
+    p.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), help=f"from: {', '.join(METRICS)}")
+    p.add_argument("--methods", nargs="+", default=["saliency", "gradcam"], help="attribution methods for the map metrics")
+    p.add_argument("--eps", nargs="+", type=float, default=[1, 2, 4], help="L-inf budgets in 1/255 units")
+    p.add_argument("--attack-steps", type=int, default=10)
+    p.add_argument("--roar-fractions", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9])
+    p.add_argument("--deletion-steps", type=int, default=20)
+    p.add_argument("--deletion-order", choices=["most", "least"], default="most",
+                   help="perturb most-relevant-first (MoRF) or least-relevant-first (LeRF)")
+    p.add_argument("--baseline", choices=["mean", "zero", "blur"], default="mean",
+                   help="what removed pixels become (deletion/insertion)")
+    p.add_argument("--tolerance", type=int, default=15, help="pointing-game tolerance in pixels")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_cli_evaluate)
+
+
+def _cli_evaluate(args, extra) -> int:
+    # check the cheap things before loading models and data
+    resolve_metrics(args.metrics, have_masks=bool(args.mask_column or args.box_column))
+    for method in args.methods:
+        resolve_method(method)
+    if args.templates and args.templates not in ("simple", "clip80") and not Path(args.templates).is_file():
+        check_template(args.templates)
+    device = pick_device(args.device)
+    encoders, text, text_source = load_models_and_text(args.model, args.text_model, device)
+    size = encoders[0].image_size
+    data = load_labelled_images(args.dataset, size, args.split, args.data_dir, args.config_name, args.image_column,
+                                args.label_column, args.max_samples, args.streaming, args.seed,
+                                args.mask_column, args.box_column)
+    names = resolve_classnames(args.class_names, data.label_feature, args.imagenet_classnames)
+    source = ("file " + args.class_names if args.class_names else
+              "shipped cleaned ImageNet-1k names" if args.imagenet_classnames or len(names) == 1000
+              else "dataset ClassLabel")
+    templates = resolve_templates(args.templates or ("clip80" if len(names) == 1000 else "simple"))
+    options = {"robust": {"eps": args.eps, "steps": args.attack_steps}, "roar": {"fractions": args.roar_fractions},
+               "deletion": {"steps": args.deletion_steps, "order": args.deletion_order, "baseline": args.baseline},
+               "insertion": {"steps": args.deletion_steps, "order": args.deletion_order, "baseline": args.baseline},
+               "pointing": {"tolerance": args.tolerance}}
+    out = Path(args.out)
+    reports = {}
+    for name, encoder in zip(args.model, encoders):
+        if encoder.image_size != size:
+            logger.warning("model %s expects %d px; images are re-cropped to it", name, encoder.image_size)
+            data_m = load_labelled_images(args.dataset, encoder.image_size, args.split, args.data_dir, args.config_name,
+                                          args.image_column, args.label_column, args.max_samples, args.streaming,
+                                          args.seed, args.mask_column, args.box_column)
+        else:
+            data_m = data
+        info = {"model": name, "text_model": text_source, "dataset": args.dataset, "split": data_m.split,
+                "skipped_images": data_m.skipped, "class_names_source": source}
+        report, ctx = evaluate_model(encoder, text, names, templates, data_m.images, data_m.labels, args.metrics,
+                                     args.methods, data_m.masks, options, args.batch_size, args.seed, info=info)
+        folder = out if len(args.model) == 1 else out / slug(name)
+        reports[name] = write_outputs(report, ctx, folder, slug(name) if len(args.model) > 1 else "model")
+        print(f"{name}: {folder / 'report.json'}")
+    if len(args.model) > 1:
+        _write_comparison(reports, out)
+    return 0
+
+
+def _write_comparison(reports: dict, out: Path) -> None:
+    from ..figures import perturbation_curves, roar_curves
+
+    roar = {slug(k): r["metrics"]["roar"] for k, r in reports.items() if "accuracy" in r["metrics"].get("roar", {})}
+    if roar:
+        roar_curves(roar, out / "roar.png")
+    pert = {slug(k): {m: r["metrics"][m] for m in ("deletion", "insertion") if m in r["metrics"]}
+            for k, r in reports.items()}
+    if any(pert.values()):
+        perturbation_curves(pert, out / "deletion_insertion.png")
+    lines = ["# Model comparison", "", "| model | zero-shot top-1 | robust top-1 |", "|---|---|---|"]
+    for k, r in reports.items():
+        m = r["metrics"]
+        top1 = m.get("zeroshot_top1")
+        rob = ", ".join(f"{e}: {v:.3f}" for e, v in m.get("robust_top1", {}).items())
+        lines.append(f"| `{k}` | {'n/a' if top1 is None else f'{top1:.3f}'} | {rob or 'n/a'} |")
+    lines += ["", "Per-model reports: " + ", ".join(f"[{slug(k)}]({slug(k)}/report.md)" for k in reports), ""]
+    (out / "comparison.md").write_text("\n".join(lines))

@@ -1,0 +1,192 @@
+"""Faithfulness of attribution maps: deletion/insertion curves and ROAR (with real retraining).
+
+- Deletion and insertion (Petsiuk, Das & Saenko 2018, "RISE: Randomized Input Sampling for
+  Explanation of Black-box Models"): pixels are removed most-relevant-first from the image
+  (deletion: a faithful map makes the score fall fast, low AUC), or inserted most-relevant-first
+  into an uninformative image (insertion: the score rises fast, high AUC). No retraining.
+- ROAR (Hooker, Erhan, Kindermans & Kim 2019, "A Benchmark for Interpretability Methods in Deep
+  Neural Networks"): the top k% pixels of every train and test image are replaced by an
+  uninformative value and a fresh evaluator is *retrained* on the modified train split; test
+  accuracy vs k, against a random ranking. A faithful method makes accuracy fall faster.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Protocol, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+DEFAULT_ROAR_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def pixel_ranking(maps: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Per image, pixel indices (B, H*W) from most to least relevant; ties broken at random."""
+    flat = maps.detach().float().flatten(1)
+    jitter = torch.rand(flat.shape, generator=generator) * 1e-6 * (flat.abs().max().clamp_min(1e-12))
+    return (flat + jitter.to(flat.device)).argsort(dim=1, descending=True)
+
+
+def top_fraction_mask(ranking: Tensor, fraction: float, shape: tuple[int, int]) -> Tensor:
+    """(B, 1, H, W) mask of the top ``fraction`` pixels of each ranking."""
+    b, n = ranking.shape
+    count = int(round(fraction * n))
+    mask = torch.zeros(b, n, device=ranking.device)
+    if count:
+        mask.scatter_(1, ranking[:, :count], 1.0)
+    return mask.view(b, 1, *shape)
+
+
+def uninformative(images: Tensor, kind: str = "mean") -> Tensor:
+    """Fill images: ``mean`` (per image and channel), ``zero`` (black), ``blur`` (heavy box blur)."""
+    if kind == "mean":
+        return images.mean(dim=(2, 3), keepdim=True).expand_as(images)
+    if kind == "zero":
+        return torch.zeros_like(images)
+    if kind == "blur":
+        k = max(3, (min(images.shape[-2:]) // 4) | 1)
+        return F.avg_pool2d(F.pad(images, [k // 2] * 4, mode="replicate"), k, stride=1)
+    raise ValueError(f"unknown baseline '{kind}' (mean, zero, blur)")
+
+
+def auc(fractions: Sequence[float], scores: Tensor) -> Tensor:
+    """Trapezoid area under score(fraction) curves: (B, S) -> (B,)."""
+    x = torch.as_tensor(list(fractions), dtype=torch.float32)
+    return torch.trapezoid(scores.float(), x, dim=-1)
+
+
+@torch.no_grad()
+def perturbation_curve(score_fn: Callable[[Tensor, Tensor], Tensor], images: Tensor, maps: Tensor,
+                       labels: Optional[Tensor] = None, mode: str = "deletion", steps: int = 20,
+                       baseline: str = "mean", batch_size: int = 32, seed: int = 0,
+                       progress: bool = True, order: str = "most") -> tuple[list[float], Tensor]:
+    """Deletion or insertion curve per image.
+
+    ``score_fn(images, labels) -> (B,)`` scores a batch (e.g. the zero-shot probability of the
+    label). ``order="most"`` perturbs most-relevant-first (MoRF, the RISE curves), ``"least"``
+    least-relevant-first (LeRF: a faithful map keeps the deletion score high). Returns (fractions
+    of pixels removed/inserted, scores (N, steps + 1)).
+    """
+    if mode not in ("deletion", "insertion"):
+        raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
+    if order not in ("most", "least"):
+        raise ValueError(f"order must be 'most' or 'least', got {order!r}")
+    maps = maps if order == "most" else -maps
+    generator = torch.Generator().manual_seed(seed)
+    fractions = [i / steps for i in range(steps + 1)]
+    labels = labels if labels is not None else torch.zeros(len(images), dtype=torch.long)
+    rows = []
+    starts = range(0, len(images), batch_size)
+    for s in tqdm(starts, desc=mode, disable=not progress or len(starts) <= 1, leave=False):
+        x, y = images[s:s + batch_size], labels[s:s + batch_size]
+        ranking = pixel_ranking(maps[s:s + batch_size], generator)
+        base = uninformative(x, baseline)
+        scores = []
+        for f in fractions:
+            m = top_fraction_mask(ranking, f, tuple(x.shape[-2:])).to(x)
+            xk = x * (1 - m) + base * m if mode == "deletion" else base * (1 - m) + x * m
+            scores.append(score_fn(xk, y).float().cpu())
+        rows.append(torch.stack(scores, dim=1))
+    return fractions, torch.cat(rows)
+
+
+# --------------------------------------------------------------------------- ROAR
+
+
+class Evaluator(Protocol):
+    """What ROAR retrains: ``fit`` on (images, labels), then ``accuracy`` on held-out data."""
+
+    def fit(self, images: Tensor, labels: Tensor) -> None: ...
+
+    def accuracy(self, images: Tensor, labels: Tensor) -> float: ...
+
+
+class LinearProbe:
+    """Multinomial logistic regression on frozen features (default ROAR evaluator).
+
+    Args:
+        feature_fn: images -> features (B, F), e.g. a frozen CLIP image encoder; ``None`` = raw pixels.
+        weight_decay: L2 penalty on the weights. max_iter: L-BFGS iterations.
+    """
+
+    def __init__(self, feature_fn: Optional[Callable[[Tensor], Tensor]] = None, weight_decay: float = 1e-3,
+                 max_iter: int = 100, batch_size: int = 64):
+        self.feature_fn, self.weight_decay, self.max_iter, self.batch_size = feature_fn, weight_decay, max_iter, batch_size
+        self.linear: Optional[nn.Linear] = None
+
+    @torch.no_grad()
+    def features(self, images: Tensor) -> Tensor:
+        if self.feature_fn is None:
+            return images.flatten(1).float()
+        return torch.cat([self.feature_fn(images[s:s + self.batch_size]).float().cpu()
+                          for s in range(0, len(images), self.batch_size)])
+
+    def fit(self, images: Tensor, labels: Tensor) -> None:
+        feats = self.features(images)
+        self.mu, self.sigma = feats.mean(0), feats.std(0).clamp_min(1e-6)
+        z = (feats - self.mu) / self.sigma
+        num_classes = int(labels.max()) + 1
+        self.linear = nn.Linear(z.shape[1], num_classes)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        opt = torch.optim.LBFGS(self.linear.parameters(), max_iter=self.max_iter, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(self.linear(z), labels) + self.weight_decay * self.linear.weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            opt.step(closure)
+
+    @torch.no_grad()
+    def accuracy(self, images: Tensor, labels: Tensor) -> float:
+        if self.linear is None:
+            raise RuntimeError("fit the probe first")
+        z = (self.features(images) - self.mu) / self.sigma
+        return (self.linear(z).argmax(1) == labels).float().mean().item()
+
+
+def remove_top(images: Tensor, maps: Tensor, fraction: float, fill: Tensor,
+               generator: Optional[torch.Generator] = None) -> Tensor:
+    """Replace each image's top ``fraction`` pixels (by its map) with ``fill`` (3,) or broadcastable."""
+    mask = top_fraction_mask(pixel_ranking(maps, generator), fraction, tuple(images.shape[-2:])).to(images)
+    return images * (1 - mask) + fill.view(1, -1, 1, 1).to(images) * mask
+
+
+def roar(train_images: Tensor, train_labels: Tensor, test_images: Tensor, test_labels: Tensor,
+         train_maps: dict[str, Tensor], test_maps: dict[str, Tensor],
+         fractions: Sequence[float] = DEFAULT_ROAR_FRACTIONS,
+         evaluator_factory: Callable[[], Evaluator] = LinearProbe, random_baseline: bool = True,
+         seed: int = 0, progress: bool = True) -> dict:
+    """RemOve And Retrain. Returns ``{"fractions": [0, k...], "accuracy": {method: [...], "random": [...]}}``.
+
+    The fill value is the per-channel mean of the train images (uninformative, as in Hooker et al.).
+    A fresh evaluator from ``evaluator_factory()`` is trained for every (method, k).
+    """
+    if set(train_maps) != set(test_maps):
+        raise ValueError("train_maps and test_maps must hold the same methods")
+    fractions = [float(f) for f in fractions]
+    if any(not 0 < f < 1 for f in fractions):
+        raise ValueError(f"ROAR fractions must lie in (0, 1), got {fractions}")
+    generator = torch.Generator().manual_seed(seed)
+    train_maps, test_maps = dict(train_maps), dict(test_maps)
+    if random_baseline:
+        train_maps["random"] = torch.rand(train_images.shape[0], 1, *train_images.shape[-2:], generator=generator)
+        test_maps["random"] = torch.rand(test_images.shape[0], 1, *test_images.shape[-2:], generator=generator)
+    fill = train_images.mean(dim=(0, 2, 3))
+    base = evaluator_factory()
+    base.fit(train_images, train_labels)
+    clean = base.accuracy(test_images, test_labels)
+    result = {"fractions": [0.0] + fractions, "accuracy": {}}
+    jobs = [(name, f) for name in train_maps for f in fractions]
+    bar = tqdm(jobs, desc="ROAR retraining", disable=not progress, leave=False)
+    for name, f in bar:
+        evaluator = evaluator_factory()
+        evaluator.fit(remove_top(train_images, train_maps[name], f, fill, generator), train_labels)
+        acc = evaluator.accuracy(remove_top(test_images, test_maps[name], f, fill, generator), test_labels)
+        result["accuracy"].setdefault(name, [clean]).append(acc)
+    return result

@@ -1,0 +1,164 @@
+"""The registered metrics: each wraps a function of the family modules behind :class:`Metric`.
+
+Names accepted by ``aft-hf evaluate --metrics``: zeroshot, robust, deletion, insertion, roar,
+pointing, energy, sparseness, randomisation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import EvalContext, Metric
+from .complexity import gini
+from .faithfulness import DEFAULT_ROAR_FRACTIONS, LinearProbe, auc, perturbation_curve, roar
+from .localisation import energy_in_mask, pointing_game
+from .sanity import randomisation_check
+from .zeroshot import predict, robust_accuracy, topk_accuracy
+
+
+def _mean(t: torch.Tensor) -> float:
+    t = t[~torch.isnan(t)]
+    return t.mean().item() if t.numel() else float("nan")
+
+
+class ZeroShotAccuracy(Metric):
+    name, family = "zeroshot", "accuracy"
+    citation = "Radford et al. 2021, Learning Transferable Visual Models From Natural Language Supervision"
+
+    def compute(self, ctx: EvalContext) -> dict:
+        logits = predict(ctx.classifier, ctx.images, ctx.batch_size, ctx.progress)
+        acc = topk_accuracy(logits, ctx.labels, (1, 5))
+        return {"zeroshot_top1": acc["top1"], "zeroshot_top5": acc["top5"]}
+
+
+class RobustAccuracy(Metric):
+    name, family = "robust", "accuracy"
+    citation = ("Madry et al. 2018 (PGD); protocol of Schlarmann et al. 2024, Robust CLIP (FARE): "
+                "L-inf PGD on the zero-shot cross-entropy")
+
+    def compute(self, ctx: EvalContext) -> dict:
+        eps = self.options.get("eps", (1, 2, 4))
+        steps = self.options.get("steps", 10)
+        acc = robust_accuracy(ctx.classifier, ctx.images, ctx.labels, eps, steps, self.options.get("alpha"),
+                              ctx.batch_size, ctx.seed, ctx.progress)
+        return {"robust_top1": acc, "robust_attack": {"norm": "linf", "steps": steps, "eps": [f"{e:g}/255" for e in eps]}}
+
+
+class _Perturbation(Metric):
+    family = "faithfulness"
+    citation = "Petsiuk, Das & Saenko 2018, RISE: Randomized Input Sampling for Explanation of Black-box Models"
+    mode = "deletion"
+
+    def compute(self, ctx: EvalContext) -> dict:
+        steps = self.options.get("steps", 20)
+        out = {}
+        for method in list(ctx.methods) + ["random"]:
+            if method == "random":
+                generator = torch.Generator().manual_seed(ctx.seed)
+                maps = torch.rand(ctx.images.shape[0], 1, *ctx.images.shape[-2:], generator=generator)
+            else:
+                maps = ctx.maps(method)
+            fractions, scores = perturbation_curve(
+                ctx.label_probability, ctx.images, maps, ctx.labels, self.mode, steps, self.options.get("baseline", "mean"),
+                ctx.batch_size, ctx.seed, ctx.progress, self.options.get("order", "most"))
+            out[method] = {"auc": auc(fractions, scores).mean().item(), "curve": scores.mean(0).tolist()}
+        return {self.mode: {"fractions": fractions, "order": self.options.get("order", "most"), "methods": out}}
+
+
+class Deletion(_Perturbation):
+    name, mode = "deletion", "deletion"
+
+
+class Insertion(_Perturbation):
+    name, mode = "insertion", "insertion"
+
+
+class ROAR(Metric):
+    name, family = "roar", "faithfulness"
+    citation = "Hooker, Erhan, Kindermans & Kim 2019, A Benchmark for Interpretability Methods in Deep Neural Networks"
+
+    def compute(self, ctx: EvalContext) -> dict:
+        n = ctx.images.shape[0]
+        if n < 4 or len(set(ctx.labels.tolist())) < 2:
+            return {"roar": {"skipped": "needs at least 4 images and 2 classes"}}
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(ctx.seed))
+        train, test = order[: n // 2], order[n // 2:]
+        maps = {m: ctx.maps(m) for m in ctx.methods}
+        encoder = ctx.encoder
+        device = ctx.class_weights.device
+
+        def features(x):
+            with torch.no_grad():
+                return encoder(x.to(device)).float()
+
+        result = roar(ctx.images[train], ctx.labels[train], ctx.images[test], ctx.labels[test],
+                      {m: v[train] for m, v in maps.items()}, {m: v[test] for m, v in maps.items()},
+                      self.options.get("fractions", DEFAULT_ROAR_FRACTIONS),
+                      lambda: LinearProbe(features, batch_size=ctx.batch_size), seed=ctx.seed, progress=ctx.progress)
+        result["evaluator"] = "linear probe (L-BFGS logistic regression) on frozen image embeddings"
+        result["split"] = {"train": len(train), "test": len(test)}
+        return {"roar": result}
+
+
+class PointingGame(Metric):
+    name, family, needs_masks = "pointing", "localisation", True
+    citation = "Zhang et al. 2018, Top-down Neural Attention by Excitation Backprop"
+
+    def compute(self, ctx: EvalContext) -> dict:
+        tol = self.options.get("tolerance", 15)
+        return {"pointing_game": {m: {"exact": _mean(pointing_game(ctx.maps(m), ctx.masks, 0)),
+                                      f"tolerance_{tol}px": _mean(pointing_game(ctx.maps(m), ctx.masks, tol))}
+                                  for m in ctx.methods}}
+
+
+class EnergyInMask(Metric):
+    name, family, needs_masks = "energy", "localisation", True
+    citation = "Wang et al. 2020, Score-CAM (energy-based pointing game)"
+
+    def compute(self, ctx: EvalContext) -> dict:
+        out = {}
+        for m in ctx.methods:
+            share, chance = energy_in_mask(ctx.maps(m), ctx.masks)
+            out[m] = {"energy": _mean(share), "chance": _mean(chance)}
+        return {"energy_in_mask": out}
+
+
+class Sparseness(Metric):
+    name, family = "sparseness", "complexity"
+    citation = "Chalasani et al. 2020, Concise Explanations of Neural Networks using Adversarial Training (Gini)"
+
+    def compute(self, ctx: EvalContext) -> dict:
+        return {"gini": {m: gini(ctx.maps(m)).mean().item() for m in ctx.methods}}
+
+
+class Randomisation(Metric):
+    name, family = "randomisation", "sanity"
+    citation = "Adebayo et al. 2018, Sanity Checks for Saliency Maps"
+
+    def compute(self, ctx: EvalContext) -> dict:
+        k = min(self.options.get("max_images", 8), ctx.images.shape[0])
+        images, targets = ctx.images[:k], ctx.targets(ctx.labels[:k])
+        out = {}
+        for m in ctx.methods:
+            res = randomisation_check(ctx.encoder, lambda enc: ctx.explainer(m, enc).attribute(images, targets), ctx.seed)
+            out[m] = res["spearman_mean"]
+        return {"randomisation_spearman": out}
+
+
+METRICS: dict[str, type[Metric]] = {cls.name: cls for cls in (
+    ZeroShotAccuracy, RobustAccuracy, Deletion, Insertion, ROAR, PointingGame, EnergyInMask, Sparseness, Randomisation)}
+ALIASES = {"gini": "sparseness", "complexity": "sparseness", "sanity": "randomisation", "accuracy": "zeroshot",
+           "localisation": "pointing"}
+
+
+def finite(value):
+    """JSON-safe copy: NaN/inf become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value

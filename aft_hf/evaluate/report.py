@@ -1,0 +1,108 @@
+"""Evaluation reports: JSON (machine-readable, schema below, read by the Hub model card) and Markdown.
+
+JSON schema (``schema_version`` 1)::
+
+    {"schema_version": 1, "aft_hf_version": str, "created": ISO-8601 UTC,
+     "model": str, "text_model": str, "dataset": str, "split": str,
+     "num_samples": int, "skipped_images": int, "num_classes": int,
+     "class_names_source": str, "num_templates": int, "methods": [str], "seed": int,
+     "metrics": {                                  # each key present only when requested
+        "zeroshot_top1": float, "zeroshot_top5": float,
+        "robust_top1": {"1/255": float, "2/255": float, "4/255": float},
+        "robust_attack": {"norm": "linf", "steps": int, "eps": [str]},
+        "deletion":  {"fractions": [float], "order": "most"|"least",
+                      "methods": {method|"random": {"auc": float, "curve": [float]}}},
+        "insertion": {... same as deletion ...},
+        "roar": {"fractions": [float], "accuracy": {method|"random": [float]}, "evaluator": str,
+                 "split": {"train": int, "test": int}},
+        "pointing_game": {method: {"exact": float, "tolerance_<N>px": float}},
+        "energy_in_mask": {method: {"energy": float, "chance": float}},
+        "gini": {method: float},
+        "randomisation_spearman": {method: float}},
+     "citations": {metric: str}, "timing_s": {metric: float}, "figures": {name: relative path}}
+
+Accuracies are fractions in [0, 1]; NaN becomes null.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Union
+
+SCHEMA_VERSION = 1
+
+
+def write_json(report: dict, path: Union[str, Path]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def _num(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else (f"{100 * v:.1f}%" if isinstance(v, float) else str(v))
+
+
+def markdown(report: dict) -> str:
+    """A human-readable summary of one report."""
+    m = report["metrics"]
+    lines = [f"# Evaluation of `{report['model']}`", "",
+             f"Dataset `{report['dataset']}` split `{report['split']}`: {report['num_samples']} images "
+             f"({report['skipped_images']} unreadable skipped), {report['num_classes']} classes "
+             f"({report['class_names_source']}), {report['num_templates']} prompt template(s). "
+             f"Text tower: `{report['text_model']}`.", ""]
+    if "zeroshot_top1" in m or "robust_top1" in m:
+        lines += ["## Zero-shot accuracy", "", "| clean top-1 | clean top-5 | " +
+                  " | ".join(f"robust top-1 @ {k}" for k in m.get("robust_top1", {})) + " |",
+                  "|---|---|" + "---|" * len(m.get("robust_top1", {})),
+                  f"| {_fmt(m.get('zeroshot_top1'))} | {_fmt(m.get('zeroshot_top5'))} | " +
+                  " | ".join(_fmt(v) for v in m.get("robust_top1", {}).values()) + " |", ""]
+        if "robust_attack" in m:
+            lines += [f"Attack: L-inf PGD, {m['robust_attack']['steps']} steps; an image counts as robust only when "
+                      "correct clean and at every smaller budget too.", ""]
+    methods = report["methods"]
+    rows = []
+    for title, key in (("deletion AUC (lower better)", "deletion"), ("insertion AUC (higher better)", "insertion")):
+        if key in m:
+            rows.append((title, {k: _num(v["auc"]) for k, v in m[key]["methods"].items()}))
+    if "gini" in m:
+        rows.append(("Gini sparseness", {k: _num(v) for k, v in m["gini"].items()}))
+    if "randomisation_spearman" in m:
+        rows.append(("Spearman vs randomised model (lower better)",
+                     {k: _num(v) for k, v in m["randomisation_spearman"].items()}))
+    if "pointing_game" in m:
+        for sub in next(iter(m["pointing_game"].values()), {}):
+            rows.append((f"pointing game {sub}", {k: _fmt(v[sub]) for k, v in m["pointing_game"].items()}))
+    if "energy_in_mask" in m:
+        rows.append(("energy in mask (chance)",
+                     {k: f"{_fmt(v['energy'])} ({_fmt(v['chance'])})" for k, v in m["energy_in_mask"].items()}))
+    if rows:
+        cols = methods + ["random"]
+        lines += ["## Attribution quality", "", "| metric | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        lines += [f"| {name} | " + " | ".join(vals.get(c, "") for c in cols) + " |" for name, vals in rows]
+        lines.append("")
+    if "roar" in m and "accuracy" in m["roar"]:
+        r = m["roar"]
+        lines += ["## ROAR (remove and retrain)", "",
+                  f"Evaluator: {r['evaluator']}; train/test {r['split']['train']}/{r['split']['test']}.",
+                  "", "| method | " + " | ".join(f"{100 * f:.0f}%" for f in r["fractions"]) + " |",
+                  "|---|" + "---|" * len(r["fractions"])]
+        lines += [f"| {k} | " + " | ".join(_fmt(a) for a in v) + " |" for k, v in r["accuracy"].items()]
+        lines.append("")
+    if report.get("figures"):
+        lines += ["## Figures", ""] + [f"![{k}]({v})" for k, v in report["figures"].items()] + [""]
+    if report.get("citations"):
+        lines += ["## References", ""] + [f"- {k}: {v}" for k, v in report["citations"].items()] + [""]
+    return "\n".join(lines)
+
+
+def write_markdown(report: dict, path: Union[str, Path]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(markdown(report))
+    return path

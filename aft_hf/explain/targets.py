@@ -1,0 +1,126 @@
+"""What a saliency map explains: image-text cosine similarity, or similarity to a reference image.
+
+AFT changes only the image tower, so text targets come from the *original* text tower: the text
+half of a full ``CLIPModel`` checkpoint (the fine-tuned export keeps it), or of another checkpoint
+when the explained model is vision-only (``--text-model``). Every target embedding is
+L2-normalised (METHOD.md section 5: un-normalised text embeddings skew the argmax).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class ExplainError(ValueError):
+    """Bad input to an explanation or evaluation (a message says what and how to fix it)."""
+
+
+class TemplateError(ExplainError):
+    """A prompt template that cannot take a class name."""
+
+
+def check_template(template: str) -> str:
+    """A class prompt template must contain exactly one ``{}`` slot for the class name."""
+    if template.count("{}") != 1:
+        raise TemplateError(
+            f"prompt template {template!r} must contain exactly one '{{}}' where the class name goes, "
+            "e.g. 'a photo of a {}.'")
+    return template
+
+
+class TextTower(nn.Module):
+    """CLIP's text encoder + projection + tokenizer: prompts -> L2-normalised embeddings (N, D)."""
+
+    def __init__(self, clip_model, tokenizer):
+        super().__init__()
+        self.text_model = clip_model.text_model
+        self.text_projection = clip_model.text_projection
+        self.logit_scale = float(clip_model.logit_scale.detach().exp())
+        self.tokenizer = tokenizer
+        self.requires_grad_(False)
+        self.eval()
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str], batch_size: int = 256) -> Tensor:
+        """L2-normalised text embeddings of ``prompts`` (N, D)."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts:
+            raise ExplainError("no prompts to encode")
+        device = self.text_projection.weight.device
+        out = []
+        for i in range(0, len(prompts), batch_size):
+            tok = self.tokenizer(list(prompts[i:i + batch_size]), padding=True, truncation=True, return_tensors="pt")
+            tok = {k: v.to(device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
+            pooled = self.text_model(**tok).pooler_output
+            out.append(F.normalize(self.text_projection(pooled).float(), dim=-1))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def class_embeddings(self, class_names: Sequence[str], templates: Sequence[str] = ("a photo of a {}.",)) -> Tensor:
+        """Zero-shot classifier weights (C, D): per class, the normalised mean of its normalised prompt embeddings."""
+        templates = [check_template(t) for t in templates]
+        if not class_names:
+            raise ExplainError("no class names given")
+        weights = []
+        for name in class_names:
+            emb = self.encode([t.format(name) for t in templates])
+            weights.append(F.normalize(emb.mean(dim=0), dim=-1))
+        return torch.stack(weights)
+
+
+def load_text_tower(name_or_path: str, revision: Optional[str] = None, token: Optional[str] = None) -> TextTower:
+    """The text half of a full CLIP checkpoint (Hub id or folder) with its tokenizer."""
+    from transformers import AutoConfig, AutoTokenizer, CLIPModel
+
+    from ..model import ModelLoadError, resolve_builtin_model
+
+    source = resolve_builtin_model(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(source, revision=revision, token=token)
+    except OSError as e:
+        raise ModelLoadError(f"could not load text model '{name_or_path}': {e}") from e
+    if config.model_type != "clip":
+        raise ModelLoadError(
+            f"'{name_or_path}' is a '{config.model_type}' checkpoint without a text tower; pass a full CLIP "
+            "checkpoint as the text model (e.g. --text-model openai/clip-vit-base-patch16)")
+    try:
+        model = CLIPModel.from_pretrained(source, revision=revision, token=token)
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, token=token)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"could not load the text tower or tokenizer of '{name_or_path}': {e}") from e
+    tower = TextTower(model, tokenizer)
+    del model
+    return tower
+
+
+def is_full_clip(name_or_path: str) -> bool:
+    """True when the checkpoint holds a full CLIPModel (so it has its own text tower)."""
+    from transformers import AutoConfig
+
+    from ..model import resolve_builtin_model
+
+    try:
+        return AutoConfig.from_pretrained(resolve_builtin_model(name_or_path)).model_type == "clip"
+    except (OSError, ValueError):
+        return False
+
+
+def image_targets(encoder: nn.Module, reference: Tensor) -> Tensor:
+    """L2-normalised embedding(s) of reference image(s) (pixels in [0, 1]) as attribution targets."""
+    with torch.no_grad():
+        return F.normalize(encoder(reference).float(), dim=-1)
+
+
+def as_target(target: Union[Tensor, Sequence[float]], batch: int) -> Tensor:
+    """Broadcast a target of shape (D,), (1, D) or (B, D) to (B, D) and L2-normalise it."""
+    t = torch.as_tensor(target, dtype=torch.float32)
+    if t.dim() == 1:
+        t = t.unsqueeze(0)
+    if t.dim() != 2 or t.shape[0] not in (1, batch):
+        raise ExplainError(f"target must have shape (D,), (1, D) or ({batch}, D); got {tuple(t.shape)}")
+    return F.normalize(t.expand(batch, -1), dim=-1)

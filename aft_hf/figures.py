@@ -1,0 +1,102 @@
+"""Figures (matplotlib, PNG): attribution grids with overlays, ROAR curves, deletion/insertion curves.
+
+Images in aft_hf are pixels in [0, 1] and are shown as they are. Images that went through a CLIP
+processor (``pixel_values``) must be un-normalised with CLIP's mean/std, not ImageNet's
+(METHOD.md section 5): pass ``normalized=True`` or call :func:`unnormalize`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from .model import CLIP_MEAN, CLIP_STD  # noqa: E402
+
+
+def unnormalize(pixel_values: Tensor, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> Tensor:
+    """CLIP-normalised ``pixel_values`` (B, 3, H, W) back to [0, 1] pixels for display."""
+    m = torch.tensor(mean, dtype=pixel_values.dtype, device=pixel_values.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=pixel_values.dtype, device=pixel_values.device).view(1, -1, 1, 1)
+    return (pixel_values * s + m).clamp(0, 1)
+
+
+def _save(fig, out: Union[str, Path]) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def attribution_grid(images: Tensor, maps: Mapping[str, Tensor], out: Union[str, Path],
+                     row_titles: Optional[Sequence[str]] = None, normalized: bool = False,
+                     alpha: float = 0.5, cmap: str = "jet", cell: float = 2.0) -> Path:
+    """Rows = images; columns = the image, then one overlay per ``maps`` key (e.g. "model / method").
+
+    ``maps[key]`` is (B, 1, H, W) with values in [0, 1] (post-processed maps); ``images`` (B, 3, H, W).
+    """
+    imgs = unnormalize(images) if normalized else images.clamp(0, 1)
+    imgs = imgs.detach().float().cpu().permute(0, 2, 3, 1).numpy()
+    keys = list(maps)
+    rows, cols = imgs.shape[0], 1 + len(keys)
+    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, cell * rows), squeeze=False)
+    for r in range(rows):
+        axes[r, 0].imshow(imgs[r])
+        axes[r, 0].set_ylabel(row_titles[r] if row_titles else f"image {r}", fontsize=8)
+        for c, key in enumerate(keys, start=1):
+            heat = maps[key][r, 0].detach().float().cpu().numpy()
+            axes[r, c].imshow(imgs[r])
+            axes[r, c].imshow(heat, cmap=cmap, alpha=alpha, vmin=0.0, vmax=max(float(heat.max()), 1e-12))
+        for c in range(cols):
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+    axes[0, 0].set_title("image", fontsize=9)
+    for c, key in enumerate(keys, start=1):
+        axes[0, c].set_title(key, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def roar_curves(results: Mapping[str, dict], out: Union[str, Path]) -> Path:
+    """ROAR test accuracy vs fraction removed; ``results`` = {model: roar() result}. Random dashed."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for model, res in results.items():
+        if "accuracy" not in res:
+            continue
+        x = [100 * f for f in res["fractions"]]
+        for method, acc in res["accuracy"].items():
+            style = "--" if method == "random" else "-"
+            ax.plot(x, acc, style, marker="o", ms=3, label=f"{model} / {method}")
+    ax.set_xlabel("pixels removed and retrained (%)")
+    ax.set_ylabel("test accuracy (retrained probe)")
+    ax.set_title("ROAR (lower = more faithful)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    return _save(fig, out)
+
+
+def perturbation_curves(results: Mapping[str, dict], out: Union[str, Path]) -> Path:
+    """Deletion and/or insertion curves: ``results`` = {model: {"deletion": {...}, "insertion": {...}}}."""
+    modes = [m for m in ("deletion", "insertion") if any(m in r for r in results.values())]
+    fig, axes = plt.subplots(1, max(len(modes), 1), figsize=(5 * max(len(modes), 1), 3.6), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        for model, res in results.items():
+            if mode not in res:
+                continue
+            x = [100 * f for f in res[mode]["fractions"]]
+            for method, val in res[mode]["methods"].items():
+                style = "--" if method == "random" else "-"
+                ax.plot(x, val["curve"], style, label=f"{model} / {method} (AUC {val['auc']:.3f})")
+        ax.set_xlabel(f"pixels {'removed' if mode == 'deletion' else 'inserted'} (%), most relevant first")
+        ax.set_ylabel("zero-shot probability of the label")
+        ax.set_title(f"{mode} ({'lower' if mode == 'deletion' else 'higher'} AUC = better)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    return _save(fig, out)
