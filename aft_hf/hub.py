@@ -35,11 +35,7 @@ class HubError(RuntimeError):
     """Publishing failed; the message says why (never containing the token)."""
 
 
-# The card lives in aft_hf.card; these names are part of this module's public API too.
-from .card import (  # noqa: E402,F401
-    AFT_TAGS, CONFIG_FILE, EVAL_METRICS, IMPORT_FILE, REPORT_FILE, CardError, build_model_card,
-    eval_results_from_report, hub_id_of, report_rows,
-)
+from .card import REPORT_FILE, CardError, build_model_card  # noqa: E402  (the card lives in aft_hf.card)
 
 
 # --------------------------------------------------------------------------- the Hub folder

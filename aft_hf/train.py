@@ -11,7 +11,6 @@ all-reduce); one training forward/backward on the adversarial images; AdamW with
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time

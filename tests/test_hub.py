@@ -10,7 +10,7 @@ import torch
 from huggingface_hub import HfApi, ModelCard
 from PIL import Image
 
-from aft_hf import hub
+from aft_hf import card, hub
 from aft_hf.cli import main
 from aft_hf.config import TrainConfig
 from aft_hf.hub import IGNORE_PATTERNS, HubError, build_model_card, prepare_hub_folder, push_model
@@ -157,9 +157,9 @@ def test_license_inherited_from_local_base(tiny_clip_path, tmp_path, tiny_encode
 
 
 def test_hub_id_of():
-    assert hub.hub_id_of("openai/clip-vit-base-patch16") == "openai/clip-vit-base-patch16"
-    assert hub.hub_id_of("/x/hub/models--openai--clip-vit-base-patch32/snapshots/abc") == "openai/clip-vit-base-patch32"
-    assert hub.hub_id_of("builtin:tiny-clip") is None and hub.hub_id_of("a/b/c") is None
+    assert card.hub_id_of("openai/clip-vit-base-patch16") == "openai/clip-vit-base-patch16"
+    assert card.hub_id_of("/x/hub/models--openai--clip-vit-base-patch32/snapshots/abc") == "openai/clip-vit-base-patch32"
+    assert card.hub_id_of("builtin:tiny-clip") is None and card.hub_id_of("a/b/c") is None
 
 
 def test_noise_control_is_not_called_adversarial(tiny_encoder, tmp_path):

@@ -1,0 +1,119 @@
+"""Speed switches change speed, not results; the benchmarks run and write valid JSON.
+
+Each optimisation switch that runs on CPU (no parameter graph in the attack, SDPA attention,
+fused AdamW, gradient checkpointing) trains a tiny CLIP for a few steps; its final weights must
+match the plain path (reference behaviour: parameter graph in the attack, eager attention,
+for-each AdamW, no checkpointing) within a stated tolerance. ``torch.compile`` is left out: its
+30-45 s compilation does not fit the test budget (``benchmarks/aft_step.py --compile`` measures it).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import CLIPVisionModelWithProjection
+
+from aft_hf.config import load_config
+from aft_hf.train import train
+from tests.conftest import write_png_folder
+
+REPO = Path(__file__).resolve().parents[1]
+PLAIN = ["--perf.freeze_params_in_attack", "false", "--model.attn_implementation", "eager",
+         "--perf.fused_adamw", "false", "--perf.gradient_checkpointing", "false"]
+SWITCHES = {
+    "freeze_params_in_attack": ["--perf.freeze_params_in_attack", "true"],
+    "sdpa": ["--model.attn_implementation", "sdpa"],
+    "fused_adamw": ["--perf.fused_adamw", "true"],
+    "gradient_checkpointing": ["--perf.gradient_checkpointing", "true"],
+}
+# Tolerance on the final weights, relative to how far training moved them (max |w - w0|).
+# Same-math switches (frozen attack, checkpointing) agree to float rounding. Two switches
+# change the order of floating-point sums and that rounding is amplified: SDPA can flip the
+# sign of a near-zero input gradient in the linf attack (a pixel moves by 1/255), and the fused
+# AdamW kernel rounds m / (sqrt(v) + eps) differently, which for an entry whose gradient is
+# near zero changes its step by a visible fraction of lr (measured: 7e-3 of the update).
+TOLERANCE = {"freeze_params_in_attack": 1e-4, "gradient_checkpointing": 1e-4,
+             "fused_adamw": 2e-2, "sdpa": 2e-2, "all": 2e-2}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine tiny ops are 10-100x faster that way."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_clip_path, tmp_path_factory, one_thread):
+    """Final vision weights of the plain run, of each switch alone, and of all switches together."""
+    root = tmp_path_factory.mktemp("perf")
+    data = write_png_folder(root / "imgs", 16)
+
+    def run(name, extra):
+        cfg = load_config(None, [
+            "--model.name_or_path", str(tiny_clip_path), "--data.dataset", str(data),
+            "--output_dir", str(root / name), "--optim.batch_size", "8", "--max_steps", "5",
+            "--warmup_steps", "0", "--scheduler", "constant", "--lr", "1e-3", "--attack.steps", "3",
+            "--logging.report_to", "none", "--log_every", "100", "--checkpointing_steps", "100", *PLAIN, *extra])
+        return CLIPVisionModelWithProjection.from_pretrained(train(cfg)).state_dict()
+
+    weights = {"plain": run("plain", [])}
+    for name, extra in SWITCHES.items():
+        weights[name] = run(name, extra)
+    weights["all"] = run("all", [arg for extra in SWITCHES.values() for arg in extra])
+    initial = CLIPVisionModelWithProjection.from_pretrained(tiny_clip_path).state_dict()
+    return weights, initial
+
+
+def _relative_gap(a: dict, b: dict, initial: dict) -> float:
+    moved = max((b[k].float() - initial[k].float()).abs().max().item() for k in b)
+    gap = max((a[k].float() - b[k].float()).abs().max().item() for k in b)
+    return gap / moved
+
+
+@pytest.mark.parametrize("switch", [*SWITCHES, "all"])
+def test_switch_leaves_trained_weights_within_tolerance(runs, switch):
+    weights, initial = runs
+    moved = max((weights["plain"][k] - initial[k]).abs().max().item() for k in initial)
+    assert moved > 1e-3, "training did not move the weights: the comparison would be vacuous"
+    gap = _relative_gap(weights[switch], weights["plain"], initial)
+    assert gap <= TOLERANCE[switch], f"{switch}: weights differ by {gap:.2e} of the update (tol {TOLERANCE[switch]})"
+
+
+def test_benchmark_smoke_writes_valid_json(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "aft_step.py"), "--model", "tiny", "--batch-size", "2",
+         "--steps", "2", "--repeats", "1", "--threads", "1", "--peak-seconds", "0.1", "--ablate", "freeze",
+         "--json", str(out)],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert "| variant | images/s |" in done.stdout and "speed vs reference loop" in done.stdout
+    assert [v["name"] for v in report["variants"]] == ["optimised", "flip freeze"]
+    main, ref = report["variants"][0], report["reference"]
+    assert main["options"]["freeze_params_in_attack"] and not report["variants"][1]["options"]["freeze_params_in_attack"]
+    assert main["images_per_s"] > 0 and ref["images_per_s"] > 0
+    assert set(main["split_s"]) == {"target", "attack", "update"}
+    # FLOPs are counted, not guessed: tiny ViT (2 layers, 17 tokens), 2 images, K=2, > 1 MFLOP and < 1 GFLOP
+    assert 1e6 < main["flops_per_step"] < 1e9
+    assert any("convolution" in op for op in main["flops_by_op"])
+    assert 0 < main["fraction_of_peak"] < 1.5 and report["matmul_peak"]["flops_per_s"] > 1e8
+    assert main["speedup_vs_reference"] == pytest.approx(main["images_per_s"] / ref["images_per_s"])
+    assert main["memory"]["peak"] > 0 and main["memory_ratio"] > 0.5
+
+
+def test_linear_fit_of_scaling():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from scaling import linear_fit
+
+    fit = linear_fit([1, 2, 5, 10], [1.5, 2.5, 5.5, 10.5])
+    assert fit["a"] == pytest.approx(0.5) and fit["b"] == pytest.approx(1.0) and fit["r2"] == pytest.approx(1.0)
+    assert linear_fit([1, 2, 3], [1.0, 3.0, 1.0])["r2"] < 0.1
