@@ -11,12 +11,7 @@ from .model import ImageEncoder, export_pretrained, load_image_encoder, save_tin
 
 __all__ = [
     "ConfigError", "ImageEncoder", "PGDAttacker", "TrainConfig", "UniformNoise", "__version__", "attack_mode",
-    "embedding_distance", "export_pretrained", "load_config", "load_image_encoder", "save_tiny_clip", "train",
+    "embedding_distance", "export_pretrained", "load_config", "load_image_encoder", "save_tiny_clip",
 ]
-
-
-def train(cfg: "TrainConfig"):
-    """Run AFT with a :class:`TrainConfig` (see :func:`aft_hf.train.train`)."""
-    from .train import train as _train
-
-    return _train(cfg)
+# The training loop is ``aft_hf.train.train`` (a module-level name ``train`` here would be shadowed
+# by the submodule ``aft_hf.train`` as soon as it is imported).

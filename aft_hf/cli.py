@@ -42,9 +42,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .explain import ExplainError
     from .hub import HubError
     from .model import ModelLoadError
+    from .world import WorldError
 
     return (CardError, ConfigError, ConvertError, DataError, HubError, ModelLoadError, ImageModeError,
-            ExplainError, EvaluationError)
+            ExplainError, EvaluationError, WorldError)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

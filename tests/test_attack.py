@@ -95,11 +95,11 @@ def test_attack_runs_in_eval_mode_without_parameter_graph(tiny_encoder, batch):
     tiny_encoder.train()
     seen = {}
 
-    def record(module, inputs, output):
+    def record(module, args, kwargs, output):
         seen["training"] = module.training
-        seen["param_graph"] = output.image_embeds.requires_grad and not inputs[0].requires_grad
+        seen["param_graph"] = output.image_embeds.requires_grad and not kwargs["pixel_values"].requires_grad
 
-    handle = tiny_encoder.vision.register_forward_hook(record)
+    handle = tiny_encoder.vision.register_forward_hook(record, with_kwargs=True)
     fired = []
     hooks = [p.register_hook(lambda g: fired.append(1)) for p in tiny_encoder.parameters()]
     try:
@@ -119,10 +119,15 @@ def test_attack_runs_in_eval_mode_without_parameter_graph(tiny_encoder, batch):
 
 def test_reference_mode_keeps_parameter_graph(tiny_encoder, batch):
     seen = {}
-    handle = tiny_encoder.vision.register_forward_hook(
-        lambda m, i, o: seen.setdefault("param_graph", o.image_embeds.requires_grad))
-    PGDAttacker(steps=1, freeze_params=False)(tiny_encoder, batch.clone(), lambda e: e.pow(2).sum(-1))
-    handle.remove()
+
+    def record(module, args, output):  # returns None: a forward hook's return value replaces the output
+        seen["param_graph"] = output.image_embeds.requires_grad
+
+    handle = tiny_encoder.vision.register_forward_hook(record)
+    try:
+        PGDAttacker(steps=1, freeze_params=False)(tiny_encoder, batch.clone(), lambda e: e.pow(2).sum(-1))
+    finally:
+        handle.remove()
     assert seen["param_graph"]
     tiny_encoder.zero_grad(set_to_none=True)
 

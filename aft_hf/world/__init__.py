@@ -1,0 +1,24 @@
+"""A ground-truth world for saliency: synthetic captioned images with target masks, and a small CLIP
+pretrained in it (shipped under ``aft_hf/world/base``).
+
+    from aft_hf.world import make_dataset, load_world_clip, BASE_DIR
+    ds = make_dataset(200, seed=2)                # image, mask, caption, label
+    model, tokenizer, cfg = load_world_clip()      # the shipped base CLIPModel and its settings
+"""
+
+from .dataset import (CAPTION_TEMPLATE, COLOURS, DISTRACTOR_COLOURS, DISTRACTOR_SHAPES, SHAPES, WorldConfig,
+                      WorldError, WorldSample, generate_arrays, load_imagefolder, make_dataset, mask_array,
+                      render_sample, sample_iter, write_imagefolder)
+from .pretrain import (BASE_DIR, PretrainConfig, accuracies, add_subcommand, build_clip_config,
+                       class_text_embeddings, evaluate_zero_shot, image_embeddings, load_training_record,
+                       load_world_clip, load_world_config, pretrain, save_world_clip, to_pixel_values,
+                       verify_checksums, write_checksums, zero_shot_predict)
+
+__all__ = [
+    "CAPTION_TEMPLATE", "COLOURS", "DISTRACTOR_COLOURS", "DISTRACTOR_SHAPES", "SHAPES", "WorldConfig", "WorldError",
+    "WorldSample", "generate_arrays", "load_imagefolder", "make_dataset", "mask_array", "render_sample", "sample_iter",
+    "write_imagefolder", "BASE_DIR", "PretrainConfig", "accuracies", "add_subcommand", "build_clip_config",
+    "class_text_embeddings", "evaluate_zero_shot", "image_embeddings", "load_training_record", "load_world_clip",
+    "load_world_config", "pretrain", "save_world_clip", "to_pixel_values", "verify_checksums", "write_checksums",
+    "zero_shot_predict",
+]
