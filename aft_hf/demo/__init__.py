@@ -26,12 +26,12 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "world_aft.yaml"
 
 @dataclass
 class DemoOptions:
-    """What the demo runs; the defaults finish in about 15 minutes on 2 CPU cores."""
+    """What the demo runs; the defaults take about 6 minutes on 2 CPU cores."""
 
     out: str = "demo_out"
-    seeds: int = 2
+    seeds: int = 3
     train_images: int = 1024
-    eval_images: int = 64
+    eval_images: int = 128
     methods: Sequence[str] = ("saliency", "gradcam", "attention")
     control: bool = True
     tolerance_px: int = 3
