@@ -146,8 +146,10 @@ def build_optimizer(cfg: TrainConfig, encoder: ImageEncoder, device: torch.devic
 
 def apply_perf_options(cfg: TrainConfig, encoder: ImageEncoder) -> None:
     """Gradient checkpointing and ``torch.compile`` of the vision tower, when asked for."""
-    if cfg.perf.gradient_checkpointing:
-        encoder.vision.gradient_checkpointing_enable()
+    if cfg.perf.gradient_checkpointing:  # renamed in recent transformers; the old name warns
+        enable = getattr(encoder.vision, "activation_checkpointing_enable", None) or \
+            encoder.vision.gradient_checkpointing_enable
+        enable()
     if cfg.perf.compile:
         encoder.vision.compile()
 
