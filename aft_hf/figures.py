@@ -37,10 +37,12 @@ def _save(fig, out: Union[str, Path]) -> Path:
 
 def attribution_grid(images: Tensor, maps: Mapping[str, Tensor], out: Union[str, Path],
                      row_titles: Optional[Sequence[str]] = None, normalized: bool = False,
-                     alpha: float = 0.5, cmap: str = "jet", cell: float = 2.0) -> Path:
+                     alpha: float = 0.5, cmap: str = "jet", cell: float = 2.0,
+                     plain: Sequence[str] = ()) -> Path:
     """Rows = images; columns = the image, then one overlay per ``maps`` key (e.g. "model / method").
 
     ``maps[key]`` is (B, 1, H, W) with values in [0, 1] (post-processed maps); ``images`` (B, 3, H, W).
+    Keys in ``plain`` (e.g. a ground-truth mask) are drawn in grey on their own, not overlaid.
     """
     imgs = unnormalize(images) if normalized else images.clamp(0, 1)
     imgs = imgs.detach().float().cpu().permute(0, 2, 3, 1).numpy()
@@ -52,6 +54,9 @@ def attribution_grid(images: Tensor, maps: Mapping[str, Tensor], out: Union[str,
         axes[r, 0].set_ylabel(row_titles[r] if row_titles else f"image {r}", fontsize=8)
         for c, key in enumerate(keys, start=1):
             heat = maps[key][r, 0].detach().float().cpu().numpy()
+            if key in plain:
+                axes[r, c].imshow(heat, cmap="gray", vmin=0.0, vmax=1.0)
+                continue
             axes[r, c].imshow(imgs[r])
             axes[r, c].imshow(heat, cmap=cmap, alpha=alpha, vmin=0.0, vmax=max(float(heat.max()), 1e-12))
         for c in range(cols):

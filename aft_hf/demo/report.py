@@ -138,7 +138,7 @@ def saliency_grid(images: torch.Tensor, masks: torch.Tensor, original: dict, aft
         label = METHOD_LABELS.get(method, method)
         columns[f"{label}\noriginal"] = original["maps"][method][:k]
         columns[f"{label}\nAFT"] = aft["maps"][method][:k]
-    return attribution_grid(images[:k], columns, out)
+    return attribution_grid(images[:k], columns, out, plain=("target mask",))
 
 
 def write_report(report: dict, out_dir: Path) -> dict:
