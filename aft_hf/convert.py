@@ -15,7 +15,6 @@ of shape (width, embed_dim) applied as ``x @ proj``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import pickle
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
+from huggingface_hub.utils.sha import sha_fileobj
 from torch import Tensor
 
 from .card import IMPORT_FILE
@@ -261,11 +261,8 @@ def _check_base(g: VitGeometry, base_model) -> VitGeometry:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return sha_fileobj(f).hex()
 
 
 def import_checkpoint(checkpoint: Union[str, Path], base: str, out: Union[str, Path], arch: str = "auto",

@@ -30,6 +30,15 @@ def _isolated_cache(tmp_path_factory):
             os.environ[k] = v
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for tiny tensors: thread sync dominates them (10-100x on a shared 2-core CPU)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_path(tmp_path_factory):
     """A full tiny CLIPModel folder (32 px, patch 8) with its image processor, as from the Hub."""

@@ -1,6 +1,5 @@
 """Hand-built models with known answers for the explain/evaluate tests."""
 
-import pytest
 import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -49,12 +48,3 @@ class ColourEncoder(nn.Module):
 
     def forward(self, pixels):
         return pixels.mean(dim=(2, 3)) - 0.5 + 0 * self.dummy
-
-
-@pytest.fixture(scope="module")
-def single_thread():
-    """Tiny tensors: one torch thread avoids thread-sync overhead (severe on a shared 2-core CPU)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.explain_helpers import RegionViT, region_mask, single_thread  # noqa: F401
+from tests.explain_helpers import RegionViT, region_mask
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

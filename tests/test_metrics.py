@@ -12,7 +12,7 @@ from aft_hf.evaluate import (
 )
 from aft_hf.evaluate.report import markdown, write_json
 from aft_hf.evaluate.runner import EvaluationError, resolve_metrics
-from tests.explain_helpers import region_mask, single_thread  # noqa: F401
+from tests.explain_helpers import region_mask
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from transformers import CLIPVisionModelWithProjection
 
 from aft_hf.config import load_config
@@ -41,16 +40,7 @@ TOLERANCE = {"freeze_params_in_attack": 1e-4, "gradient_checkpointing": 1e-4,
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine tiny ops are 10-100x faster that way."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def runs(tiny_clip_path, tmp_path_factory, one_thread):
+def runs(tiny_clip_path, tmp_path_factory, single_thread):
     """Final vision weights of the plain run, of each switch alone, and of all switches together."""
     root = tmp_path_factory.mktemp("perf")
     data = write_png_folder(root / "imgs", 16)

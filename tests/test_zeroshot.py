@@ -11,7 +11,7 @@ from aft_hf.evaluate import (
     robust_accuracy, topk_accuracy,
 )
 from aft_hf.explain import ExplainError, TemplateError, load_text_tower
-from tests.explain_helpers import ColourEncoder, single_thread  # noqa: F401
+from tests.explain_helpers import ColourEncoder
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -13,7 +13,6 @@ embeddings; colour and shape accuracy score the two words of the predicted capti
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -23,6 +22,7 @@ from typing import Any, Union
 
 import numpy as np
 import torch
+from huggingface_hub.utils.sha import sha_fileobj
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -256,11 +256,8 @@ def pretrain(cfg: PretrainConfig, progress: bool = True):
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return sha_fileobj(f).hex()
 
 
 def write_checksums(folder: Union[str, Path]) -> Path:
