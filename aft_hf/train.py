@@ -228,10 +228,10 @@ def train(cfg: TrainConfig) -> Path:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
     )
     batch_size = per_device_batch_size(cfg, accelerator.num_processes)
-    if cfg.hub.push_to_hub and accelerator.is_main_process:
+    if cfg.hub.push_to_hub:  # fail now (on every rank, so none waits for the others), not after training
         from .hub import require_token
 
-        require_token(None)  # fail now, not after hours of training
+        require_token(None)
     resume_path = resolve_checkpoint(cfg.checkpoint.resume_from_checkpoint, output_dir)
     progress = Progress()
     if resume_path is not None:
