@@ -153,3 +153,12 @@ def test_two_cpu_ranks_match_one_process(tiny_clip_path, tmp_path):
     change = sum((a[k] - base[k]).norm() ** 2 for k in a) ** 0.5
     diff = sum((a[k] - b[k]).norm() ** 2 for k in a) ** 0.5
     assert change > 1e-3 and diff < 1e-3 * change, (change, diff)  # float-reduction noise only; no sync: ~50%
+
+
+def test_tensorboard_tracker_logs_metrics(tiny_clip_path, tmp_path):
+    data = write_png_folder(tmp_path / "imgs", 8)
+    train(tiny_cfg(tiny_clip_path, data, tmp_path / "out", "--max_steps", "2", "--logging.report_to", "tensorboard"))
+    events = list((tmp_path / "out" / "logs").rglob("events.out.tfevents.*"))
+    blob = b"".join(p.read_bytes() for p in events)
+    for tag in (b"train/loss", b"train/clean_distance", b"train/lr", b"train/images_per_s", b"data/skipped_images"):
+        assert tag in blob, tag
