@@ -116,7 +116,8 @@ class PGDAttacker(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (f"norm={self.norm}, eps={self.eps * 255:g}/255, eps2={self.eps2 * 255:g}/255, steps={self.steps}, "
+        eps2 = f", eps2={self.eps2 * 255:g}/255" if self.norm in ("huber", "elastic") else ""
+        return (f"norm={self.norm}, eps={self.eps * 255:g}/255{eps2}, steps={self.steps}, "
                 f"alpha={self.alpha * 255:g}/255, momentum={self.momentum}, noise_std={self.noise_std * 255:g}/255")
 
     # ------------------------------------------------------------------ geometry of each norm

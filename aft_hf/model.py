@@ -27,6 +27,8 @@ from transformers import (
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BUILTIN_PREFIX = "builtin:"
+TINY_CLIP_VERSION = 2
+"""Bumped whenever the tiny CLIP's recipe changes, so a copy cached by an older version is not reused."""
 
 
 class ModelLoadError(RuntimeError):
@@ -133,7 +135,7 @@ def resolve_builtin_model(name_or_path: str) -> str:
         return str(BASE_DIR)
     if name != "tiny-clip":
         raise ModelLoadError(f"unknown builtin model '{name_or_path}' (known: builtin:tiny-clip, builtin:world-clip)")
-    path = cache_dir() / "models" / "tiny-clip"
+    path = cache_dir() / "models" / f"tiny-clip-v{TINY_CLIP_VERSION}"
     if not (path / "config.json").is_file():
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         save_tiny_clip(tmp)

@@ -97,3 +97,12 @@ def test_builtin_shapes_dataset():
     assert len(ds) == 256
     with pytest.raises(ValueError, match="unknown builtin dataset"):
         load_image_dataset(DataConfig(dataset="builtin:nope"))
+
+
+def test_folder_without_images_and_unknown_name(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError, match="no images for split 'train' in the folder"):
+        load_image_dataset(DataConfig(dataset=str(tmp_path / "empty")))
+    with pytest.raises(DataError, match="no local folder named 'nodir' either"):
+        load_image_dataset(DataConfig(dataset="nodir"))

@@ -37,7 +37,10 @@ def _load_hub_or_folder(cfg: DataConfig, token: Optional[str]):
     if name == "imagefolder":
         if not data_dir or not Path(data_dir).is_dir():
             raise DataError(f"imagefolder needs data.data_dir pointing to a folder of images, got {data_dir!r}")
-        return datasets.load_dataset("imagefolder", data_dir=data_dir, **kwargs)
+        try:
+            return datasets.load_dataset("imagefolder", data_dir=data_dir, **kwargs)
+        except ValueError as e:  # e.g. 'Instruction "train" corresponds to no data!'
+            raise DataError(f"no images for split '{cfg.split}' in the folder '{data_dir}': {e}") from e
     try:
         return datasets.load_dataset(name, cfg.config_name, token=token, **kwargs)
     except (ConnectionError, OSError) as e:
@@ -48,6 +51,8 @@ def _load_hub_or_folder(cfg: DataConfig, token: Optional[str]):
                 if offline else
                 "check the id and your network; for a gated dataset such as ILSVRC/imagenet-1k accept its "
                 "terms on the Hub and log in (`hf auth login`) or set HF_TOKEN")
+        if "/" not in name and not Path(name).exists():
+            hint += f"; there is no local folder named '{name}' either"
         raise DataError(f"could not load dataset '{cfg.dataset}': {str(e).rstrip('.')}. {hint}") from e
 
 

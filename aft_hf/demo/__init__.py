@@ -75,7 +75,7 @@ def run_demo(opts: DemoOptions) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     base = resolve_builtin_model(opts.base)
     world = load_world_config(base).world
-    overrides = ["--model.name_or_path", base] + list(opts.overrides)
+    overrides = ["--model.name_or_path", opts.base] + list(opts.overrides)  # the name, not a local path
     base_cfg = load_config(opts.config or DEFAULT_CONFIG, overrides)  # validated before any work
 
     train_dir = out / "data" / f"world_train_seed{opts.train_seed}_n{opts.train_images}"

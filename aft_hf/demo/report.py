@@ -121,8 +121,9 @@ def metrics_figure(report: dict, out: Path) -> Path:
         arrow = "↑" if METRIC_DIRECTION[metric] else "↓"
         ax.set_title(f"{METRIC_LABELS[metric]} {arrow}")
         ax.set_xticks(range(len(methods)), [METHOD_LABELS.get(m, m) for m in methods], rotation=15)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
