@@ -177,3 +177,16 @@ def test_evaluate_model_all_metrics_on_the_tiny_model(tiny_encoder, tiny_clip_pa
     assert text["num_samples"] == 8 and text["methods"] == ["saliency", "gradcam"]
     md = markdown(report)
     assert "ROAR" in md and "pointing game exact" in md and "Gini" in md
+
+
+def test_markdown_tables_are_well_formed():
+    report = {"model": "m", "dataset": "d", "split": "s", "num_samples": 3, "skipped_images": 0, "num_classes": 2,
+              "class_names_source": "x", "num_templates": 1, "text_model": "t", "methods": ["saliency"],
+              "metrics": {"zeroshot_top1": 0.5, "zeroshot_top5": 1.0, "gini": {"saliency": 0.4}}}
+    table = []
+    for line in markdown(report).splitlines() + [""]:
+        if line.startswith("|"):
+            table.append(line.count("|"))
+        elif table:
+            assert len(set(table)) == 1, table  # header, separator and rows have the same cell count
+            table = []

@@ -57,11 +57,11 @@ def markdown(report: dict) -> str:
              f"({report['class_names_source']}), {report['num_templates']} prompt template(s). "
              f"Text tower: `{report['text_model']}`.", ""]
     if "zeroshot_top1" in m or "robust_top1" in m:
-        lines += ["## Zero-shot accuracy", "", "| clean top-1 | clean top-5 | " +
-                  " | ".join(f"robust top-1 @ {k}" for k in m.get("robust_top1", {})) + " |",
-                  "|---|---|" + "---|" * len(m.get("robust_top1", {})),
-                  f"| {_fmt(m.get('zeroshot_top1'))} | {_fmt(m.get('zeroshot_top5'))} | " +
-                  " | ".join(_fmt(v) for v in m.get("robust_top1", {}).values()) + " |", ""]
+        robust = m.get("robust_top1", {})
+        header = ["clean top-1", "clean top-5"] + [f"robust top-1 @ {k}" for k in robust]
+        values = [_fmt(m.get("zeroshot_top1")), _fmt(m.get("zeroshot_top5"))] + [_fmt(v) for v in robust.values()]
+        lines += ["## Zero-shot accuracy", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                  "| " + " | ".join(values) + " |", ""]
         if "robust_attack" in m:
             lines += [f"Attack: L-inf PGD, {m['robust_attack']['steps']} steps; an image counts as robust only when "
                       "correct clean and at every smaller budget too.", ""]
@@ -82,7 +82,7 @@ def markdown(report: dict) -> str:
         rows.append(("energy in mask (chance)",
                      {k: f"{_fmt(v['energy'])} ({_fmt(v['chance'])})" for k, v in m["energy_in_mask"].items()}))
     if rows:
-        cols = methods + ["random"]
+        cols = methods + (["random"] if any("random" in vals for _, vals in rows) else [])
         lines += ["## Attribution quality", "", "| metric | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         lines += [f"| {name} | " + " | ".join(vals.get(c, "") for c in cols) + " |" for name, vals in rows]
         lines.append("")
