@@ -145,25 +145,25 @@ def launch(processes: int, args: argparse.Namespace, threads_total: int) -> dict
 # --------------------------------------------------------------------------- main
 
 
+def _sweep_table(rows: list, fit: dict, key: str, column: str, symbol: str, title: str) -> list[str]:
+    """Markdown lines of one sweep: measured step time, images/s and the linear fit's prediction."""
+    lines = ["", f"{title}: fit t = {fit['a']:.3f} + {fit['b']:.3f}*{symbol} s, R^2 = {fit['r2']:.4f}",
+             f"| {column} | step s | images/s | fit s |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r[key]} | {r['step_s_median']:.3f} | {r['images_per_s']:.2f} | "
+                     f"{fit['a'] + fit['b'] * r[key]:.3f} |")
+    return lines
+
+
 def format_tables(report: dict) -> str:
     lines = [f"scaling: model={report['model']} threads={report['threads']} load before/after: "
              f"{report['load_before']} / {report['load_after']}"]
     if report.get("k_sweep"):
-        fit = report["k_fit"]
-        lines += ["", f"time per step vs K (batch {report['batch_size']}): fit t = {fit['a']:.3f} + "
-                  f"{fit['b']:.3f}*K s, R^2 = {fit['r2']:.4f}",
-                  "| K | step s | images/s | fit s |", "|---|---|---|---|"]
-        for r in report["k_sweep"]:
-            lines.append(f"| {r['K']} | {r['step_s_median']:.3f} | {r['images_per_s']:.2f} | "
-                         f"{fit['a'] + fit['b'] * r['K']:.3f} |")
+        lines += _sweep_table(report["k_sweep"], report["k_fit"], "K", "K", "K",
+                              f"time per step vs K (batch {report['batch_size']})")
     if report.get("batch_sweep"):
-        fit = report["batch_fit"]
-        lines += ["", f"time per step vs batch (K {report['batch_k']}): fit t = {fit['a']:.3f} + "
-                  f"{fit['b']:.3f}*B s, R^2 = {fit['r2']:.4f}",
-                  "| batch | step s | images/s | fit s |", "|---|---|---|---|"]
-        for r in report["batch_sweep"]:
-            lines.append(f"| {r['batch_size']} | {r['step_s_median']:.3f} | {r['images_per_s']:.2f} | "
-                         f"{fit['a'] + fit['b'] * r['batch_size']:.3f} |")
+        lines += _sweep_table(report["batch_sweep"], report["batch_fit"], "batch_size", "batch", "B",
+                              f"time per step vs batch (K {report['batch_k']})")
     if report.get("processes"):
         lines += ["", f"processes under accelerate launch (global batch {report['process_batch_size']}, "
                   f"K {report['process_k']}):",
