@@ -19,6 +19,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from . import __version__
+from .errors import AftError
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ RECIPE_SECTIONS = ("model", "data", "attack", "optim")
 """Sections of aft_config.yaml that define the recipe (output paths, logging and hub settings do not)."""
 
 
-class CardError(ValueError):
+class CardError(AftError, ValueError):
     """The folder cannot be described by a card (not a CLIP export)."""
 
 

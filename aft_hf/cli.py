@@ -15,6 +15,7 @@ import sys
 from typing import Optional
 
 from . import __version__
+from .errors import AftError
 
 COMMAND_MODULES = ["aft_hf.train", "aft_hf.hub", "aft_hf.world", "aft_hf.convert", "aft_hf.explain", "aft_hf.evaluate",
                    "aft_hf.demo"]
@@ -31,23 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input: printed as one clear line, exit code 2, no traceback."""
-    from .card import CardError
-    from .config import ConfigError
-    from .convert import ConvertError
-    from .data import DataError
-    from .data.images import ImageModeError
-    from .evaluate import EvaluationError
-    from .explain import ExplainError
-    from .hub import HubError
-    from .model import ModelLoadError
-    from .world import WorldError
-
-    return (CardError, ConfigError, ConvertError, DataError, HubError, ModelLoadError, ImageModeError,
-            ExplainError, EvaluationError, WorldError)
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     for noisy in QUIET_LOGGERS:
@@ -58,6 +42,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args, extra)
-    except user_errors() as e:
+    except AftError as e:  # bad input: one line, no traceback
         print(f"aft-hf {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code

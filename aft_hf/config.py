@@ -21,13 +21,15 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from .errors import AftError
+
 NORMS = ("linf", "l2", "huber", "elastic", "group")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "none", "all")
 
 
-class ConfigError(ValueError):
+class ConfigError(AftError, ValueError):
     """Raised with every problem in a configuration, one per line."""
 
     def __init__(self, problems: list[str]):

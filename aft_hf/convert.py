@@ -29,11 +29,12 @@ from huggingface_hub.utils.sha import sha_fileobj
 from torch import Tensor
 
 from .card import IMPORT_FILE
+from .errors import AftError
 
 logger = logging.getLogger(__name__)
 
 
-class ConvertError(ValueError):
+class ConvertError(AftError, ValueError):
     """A checkpoint could not be converted; the message names the problem."""
 
 

@@ -23,6 +23,8 @@ from typing import Optional, Sequence, Union
 
 from huggingface_hub import HfApi, get_token
 
+from .errors import AftError
+
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ IGNORE_PATTERNS = ["checkpoints/*", "*.tmp*", ".tmp_*", "logs/*"]
 ASSETS_DIR = "assets"
 
 
-class HubError(RuntimeError):
+class HubError(AftError, RuntimeError):
     """Publishing failed; the message says why (never containing the token)."""
 
 

@@ -24,6 +24,8 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
+from .errors import AftError
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BUILTIN_PREFIX = "builtin:"
@@ -31,7 +33,7 @@ TINY_CLIP_VERSION = 2
 """Bumped whenever the tiny CLIP's recipe changes, so a copy cached by an older version is not reused."""
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(AftError, RuntimeError):
     """A model could not be loaded; the message says why and what to do."""
 
 

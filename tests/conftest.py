@@ -5,8 +5,9 @@ Everything runs offline; the aft_hf cache (builtin models and data) goes to a te
 
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Forced, not defaulted: a shell with HF_HUB_OFFLINE=0 must not let the tests reach for the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np

@@ -14,11 +14,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import AftError
+
 # What a broken file raises while PIL decodes it (UnidentifiedImageError is an OSError).
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-class ImageModeError(ValueError):
+class ImageModeError(AftError, ValueError):
     """An image mode that cannot be turned into RGB."""
 
 

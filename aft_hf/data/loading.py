@@ -18,12 +18,13 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ..config import DataConfig
 from .images import DECODE_ERRORS, ImageModeError, preprocess
+from ..errors import AftError
 
 logger = logging.getLogger(__name__)
 MAX_CONSECUTIVE_FAILURES = 100
 
 
-class DataError(RuntimeError):
+class DataError(AftError, RuntimeError):
     """The data set cannot be used; the message says why and what to do."""
 
 

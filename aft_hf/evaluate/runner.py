@@ -17,12 +17,13 @@ from ..figures import attribution_grid, perturbation_curves, roar_curves
 from .base import EvalContext
 from .metrics import ALIASES, METRICS, finite
 from .report import SCHEMA_VERSION, write_json, write_markdown
+from ..errors import AftError
 
 logger = logging.getLogger(__name__)
 DEFAULT_METRICS = ("zeroshot", "robust", "deletion", "insertion", "sparseness")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(AftError, ValueError):
     """Bad evaluation settings (unknown metric, missing masks, ...)."""
 
 

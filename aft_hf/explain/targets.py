@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import AftError
 
-class ExplainError(ValueError):
+
+class ExplainError(AftError, ValueError):
     """Bad input to an explanation or evaluation (a message says what and how to fix it)."""
 
 

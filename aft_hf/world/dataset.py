@@ -21,6 +21,8 @@ from typing import Any, Optional, Union
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..errors import AftError
+
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30), "green": (30, 170, 50), "blue": (40, 70, 225), "yellow": (240, 215, 30),
 }
@@ -36,7 +38,7 @@ DISTRACTOR_SHAPES: tuple[str, ...] = ("ring", "bar")
 CAPTION_TEMPLATE = "a photo of a {colour} {shape}"
 
 
-class WorldError(ValueError):
+class WorldError(AftError, ValueError):
     """Bad world settings; the message names the problem."""
 
 
