@@ -17,8 +17,8 @@ from typing import Optional
 from . import __version__
 from .errors import AftError
 
-COMMAND_MODULES = ["aft_hf.train", "aft_hf.hub", "aft_hf.world", "aft_hf.convert", "aft_hf.explain", "aft_hf.evaluate",
-                   "aft_hf.demo"]
+COMMAND_MODULES = ["aft_hf.train", "aft_hf.hub", "aft_hf.world.cli", "aft_hf.convert", "aft_hf.explain.cli",
+                   "aft_hf.evaluate.cli", "aft_hf.demo"]
 QUIET_LOGGERS = ("httpx", "httpcore", "urllib3", "filelock", "fsspec", "accelerate.checkpointing",
                  "accelerate.accelerator")
 

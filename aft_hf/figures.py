@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from .model import CLIP_MEAN, CLIP_STD  # noqa: E402
+from .constants import CLIP_MEAN, CLIP_STD  # noqa: E402
 
 
 def unnormalize(pixel_values: Tensor, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> Tensor:

@@ -11,7 +11,7 @@ import copy
 import os
 import shutil
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -24,17 +24,22 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
+from .constants import BUILTIN_PREFIX, CLIP_MEAN, CLIP_STD, WORLD_CLIP_DIR
 from .errors import AftError
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-BUILTIN_PREFIX = "builtin:"
 TINY_CLIP_VERSION = 2
 """Bumped whenever the tiny CLIP's recipe changes, so a copy cached by an older version is not reused."""
 
 
 class ModelLoadError(AftError, RuntimeError):
     """A model could not be loaded; the message says why and what to do."""
+
+
+def normalize_pixels(pixels: Tensor, mean=CLIP_MEAN, std=CLIP_STD) -> Tensor:
+    """Pixels in [0, 1] (B, 3, H, W) -> the model's ``pixel_values``: ``(pixels - mean) / std`` per channel."""
+    mean = torch.as_tensor(mean, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
+    return (pixels - mean) / std
 
 
 class ImageEncoder(nn.Module):
@@ -73,7 +78,7 @@ class ImageEncoder(nn.Module):
         return self.vision.config.patch_size
 
     def forward(self, pixels: Tensor) -> Tensor:
-        pixel_values = (pixels - self.mean.to(pixels.dtype)) / self.std.to(pixels.dtype)
+        pixel_values = normalize_pixels(pixels, self.mean, self.std)
         embeds = self.vision(pixel_values=pixel_values).image_embeds
         return F.normalize(embeds, dim=-1) if self.normalize else embeds
 
@@ -87,20 +92,31 @@ class ImageEncoder(nn.Module):
 # --------------------------------------------------------------------------- building and loading
 
 
-def tiny_clip_config(image_size: int = 32, patch_size: int = 8, projection_dim: int = 32, vocab_size: int = 64) -> CLIPConfig:
-    """A few-thousand-parameter CLIP for tests and offline smoke runs (word-level tokenizer ids)."""
+def clip_config(image_size: int = 32, patch_size: int = 8, projection_dim: int = 32, vocab_size: int = 64, *,
+                vision_hidden: int = 32, vision_layers: int = 2, vision_heads: int = 2, vision_mlp: int = 64,
+                text_hidden: int = 32, text_layers: int = 2, text_heads: int = 2, text_mlp: int = 64,
+                max_text_length: int = 16) -> CLIPConfig:
+    """The ``CLIPConfig`` of the package's own small CLIPs (quick_gelu, word-level tokenizer ids: pad 0,
+    bos 2, eos 3, so the text tower pools at eos). The defaults are the tiny test CLIP; the world CLIP
+    (:mod:`aft_hf.world`) passes its sizes."""
     from .tokenizer import BOS_ID, EOS_ID, PAD_ID
 
     cfg = CLIPConfig(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         vocab_size=vocab_size, max_position_embeddings=16, hidden_act="quick_gelu",
-                         pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=image_size, patch_size=patch_size, hidden_act="quick_gelu"),
+        text_config=dict(hidden_size=text_hidden, intermediate_size=text_mlp, num_hidden_layers=text_layers,
+                         num_attention_heads=text_heads, vocab_size=vocab_size, max_position_embeddings=max_text_length,
+                         hidden_act="quick_gelu", pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID),
+        vision_config=dict(hidden_size=vision_hidden, intermediate_size=vision_mlp, num_hidden_layers=vision_layers,
+                           num_attention_heads=vision_heads, image_size=image_size, patch_size=patch_size,
+                           hidden_act="quick_gelu"),
         projection_dim=projection_dim,
     )
-    cfg.vision_config.projection_dim = projection_dim  # see METHOD.md section 6: the loading trap
+    cfg.vision_config.projection_dim = projection_dim  # see docs/method.md#loading-clip-vision-checkpoints
     return cfg
+
+
+def tiny_clip_config(image_size: int = 32, patch_size: int = 8, projection_dim: int = 32, vocab_size: int = 64) -> CLIPConfig:
+    """A few-thousand-parameter CLIP for tests and offline smoke runs (word-level tokenizer ids)."""
+    return clip_config(image_size, patch_size, projection_dim, vocab_size)
 
 
 def save_tiny_clip(path: Union[str, Path], seed: int = 0, **config_kwargs) -> Path:
@@ -125,18 +141,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("AFT_HF_CACHE", Path.home() / ".cache" / "aft_hf"))
 
 
-def resolve_builtin_model(name_or_path: str) -> str:
-    """``builtin:tiny-clip`` -> a local folder built on first use; ``builtin:world-clip`` -> the shipped
-    world base (``aft_hf/world/base``); anything else unchanged."""
-    if not name_or_path.startswith(BUILTIN_PREFIX):
-        return name_or_path
-    name = name_or_path[len(BUILTIN_PREFIX):]
-    if name == "world-clip":  # the small CLIP pretrained in the synthetic world, shipped with the package
-        from .world import BASE_DIR
-
-        return str(BASE_DIR)
-    if name != "tiny-clip":
-        raise ModelLoadError(f"unknown builtin model '{name_or_path}' (known: builtin:tiny-clip, builtin:world-clip)")
+def _tiny_clip_folder() -> str:
+    """The random tiny CLIP, built into the aft_hf cache on first use."""
     path = cache_dir() / "models" / f"tiny-clip-v{TINY_CLIP_VERSION}"
     if not (path / "config.json").is_file():
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -146,6 +152,25 @@ def resolve_builtin_model(name_or_path: str) -> str:
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
     return str(path)
+
+
+BUILTIN_MODELS: dict[str, Callable[[], str]] = {
+    "tiny-clip": _tiny_clip_folder,
+    "world-clip": lambda: str(WORLD_CLIP_DIR),  # pretrained in the synthetic world, shipped as data
+}
+"""``builtin:NAME`` -> a function returning the local folder of that model (a new builtin goes here)."""
+
+
+def resolve_builtin_model(name_or_path: str) -> str:
+    """``builtin:tiny-clip`` -> a local folder built on first use; ``builtin:world-clip`` -> the shipped
+    world base (``aft_hf/world/base``); anything else unchanged."""
+    if not name_or_path.startswith(BUILTIN_PREFIX):
+        return name_or_path
+    name = name_or_path[len(BUILTIN_PREFIX):]
+    if name not in BUILTIN_MODELS:
+        known = ", ".join(BUILTIN_PREFIX + k for k in BUILTIN_MODELS)
+        raise ModelLoadError(f"unknown builtin model '{name_or_path}' (known: {known})")
+    return BUILTIN_MODELS[name]()
 
 
 def _load_image_processor(source: str, revision: Optional[str]):

@@ -17,12 +17,6 @@ __all__ = [
     "boxes_to_masks", "clip_templates", "energy_in_mask", "evaluate_model", "gini", "imagenet_classnames",
     "perturbation_curve", "pixel_ranking", "pointing_game", "predict", "randomisation_check", "randomized_copy",
     "remove_top", "resolve_classnames", "resolve_templates", "roar", "robust_accuracy", "spearman",
-    "topk_accuracy", "write_outputs", "add_subcommand",
+    "topk_accuracy", "write_outputs",
 ]
 
-
-def add_subcommand(subparsers) -> None:
-    """Register ``aft-hf evaluate`` (implemented in :mod:`aft_hf.evaluate.cli`)."""
-    from .cli import add_subcommand as _add
-
-    _add(subparsers)

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from ..explain import check_template, resolve_method
-from ..explain.cli import load_models_and_text, pick_device
+from ..explain.loading import load_models_and_text, pick_device
 from .classnames import resolve_classnames, resolve_templates
 from .data import load_labelled_images
 from .metrics import METRICS

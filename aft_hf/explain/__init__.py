@@ -1,5 +1,10 @@
-"""Saliency maps for CLIP image encoders: targets (text or image similarity) and captum-based methods."""
+"""Saliency maps for CLIP image encoders: targets (text or image similarity) and captum-based methods.
 
+The ``aft-hf explain`` command lives in :mod:`aft_hf.explain.cli`; new methods go in
+:mod:`aft_hf.explain.methods` (one registered class each, see :mod:`aft_hf.explain.base`).
+"""
+
+from .base import AttributionMethod, available_methods, register_method
 from .methods import (
     METHODS, Explainer, SimilarityForward, attention_rollout, check_images, cls_attention, explain, postprocess,
     resolve_method,
@@ -7,14 +12,7 @@ from .methods import (
 from .targets import ExplainError, TemplateError, TextTower, as_target, check_template, image_targets, load_text_tower
 
 __all__ = [
-    "METHODS", "ExplainError", "Explainer", "SimilarityForward", "TemplateError", "TextTower", "as_target",
-    "attention_rollout", "check_images", "check_template", "cls_attention", "explain", "image_targets",
-    "load_text_tower", "postprocess", "resolve_method", "add_subcommand",
+    "METHODS", "AttributionMethod", "ExplainError", "Explainer", "SimilarityForward", "TemplateError", "TextTower",
+    "as_target", "attention_rollout", "available_methods", "check_images", "check_template", "cls_attention",
+    "explain", "image_targets", "load_text_tower", "postprocess", "register_method", "resolve_method",
 ]
-
-
-def add_subcommand(subparsers) -> None:
-    """Register ``aft-hf explain`` (implemented in :mod:`aft_hf.explain.cli`)."""
-    from .cli import add_subcommand as _add
-
-    _add(subparsers)

@@ -16,30 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from ..data.images import load_images
-from ..model import ImageEncoder, ModelLoadError, load_image_encoder
+from .loading import load_models_and_text, pick_device
 from .methods import Explainer, resolve_method
-from .targets import ExplainError, TextTower, check_template, image_targets, is_full_clip, load_text_tower
+from .targets import ExplainError, check_template, image_targets
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-
-
-def pick_device(spec: str = "auto") -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
-
-
-def load_models_and_text(models: Sequence[str], text_model: Optional[str], device: torch.device,
-                         need_text: bool = True) -> tuple[list[ImageEncoder], Optional[TextTower], Optional[str]]:
-    """Image encoders for ``models`` and the (original) text tower: ``text_model`` or the first full-CLIP model."""
-    encoders = [load_image_encoder(m).to(device).eval() for m in models]
-    if not need_text:
-        return encoders, None, None
-    source = text_model or next((m for m in models if is_full_clip(m)), None)
-    if source is None:
-        raise ModelLoadError("no text tower: every --model is vision-only; pass --text-model with a full CLIP "
-                             "checkpoint (the original one, e.g. openai/clip-vit-base-patch16)")
-    return encoders, load_text_tower(source).to(device), source
 
 
 def collect_images(paths: Sequence[str], max_images: Optional[int] = None) -> list[Path]:

@@ -3,8 +3,9 @@
     maps = Explainer(encoder, "saliency").attribute(images, target=text_embeddings)   # (B, 1, H, W)
 
 ``images`` are pixels in [0, 1] (B, 3, H, W); ``target`` holds L2-normalised embeddings (text or
-image), shape (D,), (1, D) or (B, D). The explained scalar is cos(f^(x), t^) (METHOD.md section 4),
-never a single embedding coordinate. Built on captum where captum has the method:
+image), shape (D,), (1, D) or (B, D). The explained scalar is cos(f^(x), t^)
+(docs/method.md#attribution-methods), never a single embedding coordinate. Built on captum where
+captum has the method; each method is one class registered by name (see :mod:`aft_hf.explain.base`):
 
 - ``saliency``: Simple Gradient (captum ``Saliency``), Simonyan et al. 2014.
 - ``integrated_gradients``: captum ``IntegratedGradients`` from a black image, Sundararajan et al. 2017.
@@ -16,91 +17,138 @@ never a single embedding coordinate. Built on captum where captum has the method
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from .targets import ExplainError, as_target
+from .base import (METHODS, AttributionMethod, SimilarityForward, available_methods, check_images,  # noqa: F401
+                   eager_attention, forward_hook, postprocess, register_method, resolve_method, upsample)
+from .targets import ExplainError
 
-GRADIENT_METHODS = ("saliency", "integrated_gradients", "smoothgrad")
-METHODS = GRADIENT_METHODS + ("gradcam", "attention", "rollout")
-ALIASES = {"ig": "integrated_gradients", "simple_gradient": "saliency", "gradient": "saliency",
-           "grad_cam": "gradcam", "attention_rollout": "rollout"}
+# --------------------------------------------------------------------------- gradient methods (any encoder)
 
 
-def resolve_method(name: str) -> str:
-    """Canonical method name; unknown names raise :class:`ExplainError` listing the known ones."""
-    key = name.strip().lower().replace("-", "_")
-    key = ALIASES.get(key, key)
-    if key not in METHODS:
-        raise ExplainError(f"unknown attribution method '{name}' (choose from {', '.join(METHODS)})")
-    return key
+class _GradientMethod(AttributionMethod):
+    """Pixel gradients of the similarity, via a captum attribution over :class:`SimilarityForward`."""
+
+    def raw_maps(self, images: Tensor, targets: Tensor) -> Tensor:
+        inputs = images.clone().requires_grad_(True)
+        with torch.enable_grad():
+            return self.captum_attribute(SimilarityForward(self.encoder), inputs, targets).detach()
+
+    def captum_attribute(self, forward: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+        raise NotImplementedError
 
 
-# --------------------------------------------------------------------------- input checks and post-processing
+@register_method
+class Saliency(_GradientMethod):
+    """Simple Gradient: d cos(f^(x), t^) / dx."""
+
+    name, aliases = "saliency", ("simple_gradient", "gradient")
+
+    def captum_attribute(self, forward, inputs, targets):
+        from captum.attr import Saliency as CaptumSaliency
+
+        return CaptumSaliency(forward).attribute(inputs, abs=False, additional_forward_args=(targets,))
 
 
-def check_images(images: Union[Tensor, Sequence[Tensor]], image_size: Optional[int] = None) -> Tensor:
-    """Validate pixels for attribution: (B, 3, H, W) float in [0, 1].
+@register_method
+class IntegratedGradients(_GradientMethod):
+    """Integrated Gradients from a black image in ``n_steps`` steps."""
 
-    A list of (C, H, W) tensors is stacked (mixed sizes are refused: resize with
-    ``aft_hf.data.load_images``); grayscale (1 channel) is repeated to RGB.
+    name, aliases = "integrated_gradients", ("ig",)
+    options = {"n_steps": 32}
+
+    def captum_attribute(self, forward, inputs, targets):
+        from captum.attr import IntegratedGradients as CaptumIG
+
+        return CaptumIG(forward).attribute(inputs, baselines=torch.zeros_like(inputs), n_steps=self.n_steps,
+                                           additional_forward_args=(targets,),
+                                           internal_batch_size=self.batch_size * 4)
+
+
+@register_method
+class SmoothGrad(_GradientMethod):
+    """Simple Gradient averaged over ``nt_samples`` noisy copies (noise std ``stdevs`` in pixel units)."""
+
+    name = "smoothgrad"
+    options = {"nt_samples": 16, "stdevs": 0.15}
+
+    def captum_attribute(self, forward, inputs, targets):
+        from captum.attr import NoiseTunnel
+        from captum.attr import Saliency as CaptumSaliency
+
+        return NoiseTunnel(CaptumSaliency(forward)).attribute(
+            inputs, nt_type="smoothgrad", nt_samples=self.nt_samples, stdevs=self.stdevs,
+            nt_samples_batch_size=self.nt_samples, abs=False, additional_forward_args=(targets,))
+
+
+# --------------------------------------------------------------------------- ViT methods
+
+
+class _ViTMethod(AttributionMethod):
+    """Methods that read the ViT inside an :class:`aft_hf.model.ImageEncoder` (maps on the patch grid)."""
+
+    needs_vit = True
+
+    def grid_shape(self, images: Tensor) -> tuple[int, int]:
+        p = self.encoder.patch_size
+        return images.shape[-2] // p, images.shape[-1] // p
+
+
+class _TokenGrid(nn.Identity):
+    """Carries ViT patch tokens as a (B, D, h, w) grid, so captum's LayerGradCam weights channels D."""
+
+
+@register_method
+class GradCAM(_ViTMethod):
+    """Grad-CAM on ViT tokens reshaped to the patch grid.
+
+    ``layer``: ``None`` = the last block's ``layer_norm1`` (input of its attention; the last block's
+    *output* has zero patch gradients), ``"penultimate"`` = the second-to-last block's output, a
+    dotted module path inside ``encoder.vision``, or a module.
     """
-    if isinstance(images, (list, tuple)):
-        sizes = sorted({tuple(t.shape[-2:]) for t in images})
-        if len(sizes) > 1:
-            raise ExplainError(f"images have mixed sizes {sizes}; resize them to the model's size first "
-                               "(aft_hf.data.load_images does resize + centre crop)")
-        images = torch.stack([t if t.dim() == 3 else t.unsqueeze(0) for t in images])
-    if not torch.is_tensor(images):
-        raise ExplainError(f"images must be a tensor or a list of tensors, got {type(images).__name__}")
-    if images.dim() == 3:
-        images = images.unsqueeze(0)
-    if images.dim() != 4:
-        raise ExplainError(f"images must have shape (B, C, H, W); got {tuple(images.shape)}")
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
-    if images.shape[1] != 3:
-        raise ExplainError(f"images must have 1 (grayscale) or 3 (RGB) channels; got {images.shape[1]}")
-    images = images.float()
-    if images.numel() and (images.min() < -1e-3 or images.max() > 1 + 1e-3):
-        raise ExplainError(f"pixels must be in [0, 1] (range {images.min().item():.3g}..{images.max().item():.3g}); "
-                           "pass un-normalised images (divide 8-bit data by 255)")
-    if image_size is not None and tuple(images.shape[-2:]) != (image_size, image_size):
-        raise ExplainError(f"images are {tuple(images.shape[-2:])} but the model expects {image_size}x{image_size}")
-    return images
 
+    name, aliases = "gradcam", ("grad_cam",)
+    options = {"layer": None}
 
-def postprocess(maps: Tensor, absolute: bool = True, clip_percentile: Optional[float] = 99.0,
-                minmax: bool = True) -> Tensor:
-    """The standard saliency post-processing: |.|, sum over channels, clip at a per-image percentile, min-max.
+    def resolve_layer(self) -> nn.Module:
+        """The Grad-CAM layer inside ``encoder.vision`` (see the class docstring)."""
+        layers = self.encoder.vision.vision_model.encoder.layers
+        if isinstance(self.layer, nn.Module):
+            return self.layer
+        if self.layer is None or self.layer == "last_ln1":
+            return layers[-1].layer_norm1
+        if self.layer == "penultimate":
+            if len(layers) < 2:
+                raise ExplainError("layer 'penultimate' needs a ViT with at least 2 blocks")
+            return layers[-2]
+        try:
+            return self.encoder.vision.get_submodule(self.layer)
+        except AttributeError as e:
+            raise ExplainError(f"Grad-CAM layer '{self.layer}' not found in the vision model: {e}") from e
 
-    (B, C, H, W) -> (B, 1, H, W). Each step can be switched off; a constant map becomes zeros.
-    """
-    maps = maps.detach().float()
-    if absolute:
-        maps = maps.abs()
-    maps = maps.sum(dim=1, keepdim=True)
-    flat = maps.flatten(1)
-    if clip_percentile is not None and clip_percentile < 100:
-        hi = torch.quantile(flat, clip_percentile / 100.0, dim=1, keepdim=True)
-        flat = torch.minimum(flat, hi)
-    if minmax:
-        lo, hi = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
-        flat = (flat - lo) / (hi - lo).clamp_min(1e-12)
-    return flat.view_as(maps)
+    def raw_maps(self, images: Tensor, targets: Tensor) -> Tensor:
+        from captum.attr import LayerGradCam
 
+        h, w = self.grid_shape(images)
+        grid = _TokenGrid()
 
-def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear upsampling of (B, 1, h, w) patch-grid maps to the image size."""
-    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+        def to_grid(module, inputs, output):
+            tokens = output[0] if isinstance(output, tuple) else output
+            if tokens.dim() != 3 or tokens.shape[1] != 1 + h * w:
+                raise ExplainError(f"Grad-CAM layer output {tuple(tokens.shape)} is not (B, 1+{h * w}, D) ViT tokens")
+            cls, patches = tokens[:, :1], tokens[:, 1:]
+            b, n, d = patches.shape
+            grid_tokens = grid(patches.transpose(1, 2).reshape(b, d, h, w))
+            new = torch.cat([cls, grid_tokens.flatten(2).transpose(1, 2)], dim=1)
+            return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
 
-
-# --------------------------------------------------------------------------- attention maps
+        with forward_hook(self.resolve_layer(), to_grid), torch.enable_grad():
+            cam = LayerGradCam(SimilarityForward(self.encoder), grid).attribute(
+                images, additional_forward_args=(targets,), relu_attributions=True)
+        return upsample(cam.detach().float(), tuple(images.shape[-2:]))
 
 
 def cls_attention(attentions: Sequence[Tensor]) -> Tensor:
@@ -124,37 +172,38 @@ def attention_rollout(attentions: Sequence[Tensor], residual: float = 0.5) -> Te
     return rollout[:, 0, 1:]
 
 
-@contextlib.contextmanager
-def eager_attention(vision: nn.Module) -> Iterator[None]:
-    """Switch a transformers model to eager attention (SDPA returns no weights) and back."""
-    previous = getattr(vision.config, "_attn_implementation", None)
-    if previous == "eager" or not hasattr(vision, "set_attn_implementation"):
-        yield
-        return
-    vision.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        vision.set_attn_implementation(previous)
+@register_method
+class Attention(_ViTMethod):
+    """Last-layer CLS-to-patch attention, averaged over heads (class-agnostic: ``target`` is ignored)."""
+
+    name, needs_target = "attention", False
+
+    def flow(self, attentions: Sequence[Tensor]) -> Tensor:
+        return cls_attention(attentions)
+
+    @torch.no_grad()
+    def raw_maps(self, images: Tensor, targets: Optional[Tensor]) -> Tensor:
+        vision = self.encoder.vision
+        mean, std = self.encoder.mean.to(images), self.encoder.std.to(images)
+        with eager_attention(vision):
+            attentions = vision(pixel_values=(images - mean) / std, output_attentions=True).attentions
+        if not attentions:
+            raise ExplainError("the vision model returned no attention weights (eager attention is required)")
+        h, w = self.grid_shape(images)
+        return upsample(self.flow(attentions).view(-1, 1, h, w), tuple(images.shape[-2:]))
 
 
-# --------------------------------------------------------------------------- the explainer
+@register_method
+class Rollout(Attention):
+    """Attention rollout through all layers (class-agnostic)."""
+
+    name, aliases = "rollout", ("attention_rollout",)
+
+    def flow(self, attentions: Sequence[Tensor]) -> Tensor:
+        return attention_rollout(attentions)
 
 
-class SimilarityForward(nn.Module):
-    """captum-facing forward: (images, targets) -> cos(f^(x), t^) per image (a tensor, shape (B,))."""
-
-    def __init__(self, encoder: nn.Module):
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, images: Tensor, targets: Tensor) -> Tensor:
-        embeds = F.normalize(self.encoder(images).float(), dim=-1)
-        return (embeds * targets.to(embeds.dtype)).sum(dim=-1)
-
-
-class _TokenGrid(nn.Identity):
-    """Carries ViT patch tokens as a (B, D, h, w) grid, so captum's LayerGradCam weights channels D."""
+# --------------------------------------------------------------------------- the public entry point
 
 
 class Explainer:
@@ -163,150 +212,38 @@ class Explainer:
     Args:
         encoder: an :class:`aft_hf.model.ImageEncoder` (``gradcam``/``attention``/``rollout`` need
             its ``.vision`` ViT; gradient methods accept any pixels -> embedding module).
-        method: one of :data:`METHODS`.
+        method: a registered method name or alias (:func:`available_methods`).
         postprocess: apply |.|, 99th-percentile clip and min-max (channels are always summed).
         batch_size: images per internal batch (a progress bar runs over batches).
-        layer: Grad-CAM layer: ``None`` = the last block's ``layer_norm1`` (input of its attention; the
-            last block's *output* has zero patch gradients), ``"penultimate"`` = the second-to-last block's
-            output, a dotted module path inside ``encoder.vision``, or a module.
-        n_steps: Integrated Gradients steps. nt_samples, stdevs: SmoothGrad samples and noise std.
+        layer: Grad-CAM layer (see :class:`GradCAM`). n_steps: Integrated Gradients steps.
+        nt_samples, stdevs: SmoothGrad samples and noise std. These are passed only to the
+            methods that take them; ``**options`` go to the method and must be among its options.
     """
 
     def __init__(self, encoder: nn.Module, method: str = "saliency", postprocess: bool = True,
                  batch_size: int = 8, layer: Union[None, str, nn.Module] = None, n_steps: int = 32,
                  nt_samples: int = 16, stdevs: float = 0.15, clip_percentile: float = 99.0,
-                 progress: bool = True):
-        if batch_size < 1:
-            raise ExplainError(f"batch_size must be >= 1, got {batch_size}")
-        self.encoder, self.method = encoder, resolve_method(method)
-        self.postprocess, self.batch_size, self.layer = postprocess, batch_size, layer
-        self.n_steps, self.nt_samples, self.stdevs = n_steps, nt_samples, stdevs
-        self.clip_percentile, self.progress = clip_percentile, progress
-        if self.method not in GRADIENT_METHODS and not hasattr(encoder, "vision"):
-            raise ExplainError(f"method '{self.method}' needs a ViT image encoder with a `.vision` model "
-                               "(aft_hf.model.load_image_encoder)")
+                 progress: bool = True, **options: Any):
+        self.method = resolve_method(method)
+        cls = METHODS[self.method]
+        shared = {"layer": layer, "n_steps": n_steps, "nt_samples": nt_samples, "stdevs": stdevs}
+        options = {**{k: v for k, v in shared.items() if k in cls.options}, **options}
+        self.impl: AttributionMethod = cls(encoder, postprocess=postprocess, batch_size=batch_size,
+                                           clip_percentile=clip_percentile, progress=progress, **options)
+        self.encoder = encoder
 
     @property
     def needs_target(self) -> bool:
-        return self.method not in ("attention", "rollout")
+        return self.impl.needs_target
 
     def attribute(self, images: Union[Tensor, Sequence[Tensor]], target: Optional[Tensor] = None) -> Tensor:
         """Maps (B, 1, H, W) for ``images`` in [0, 1]; ``target``: normalised embeddings (attention ignores it)."""
-        size = getattr(self.encoder, "image_size", None)
-        images = check_images(images, size if isinstance(size, int) else None)
-        device = next(self.encoder.parameters()).device
-        images = images.to(device)
-        targets = None
-        if self.needs_target:
-            if target is None:
-                raise ExplainError(f"method '{self.method}' explains a similarity: pass target= (text or image embeddings)")
-            targets = as_target(target, images.shape[0]).to(device)
-        was_training = self.encoder.training
-        self.encoder.eval()
-        chunks = range(0, images.shape[0], self.batch_size)
-        out = []
-        try:
-            for start in tqdm(chunks, desc=self.method, disable=not self.progress or len(chunks) <= 1, leave=False):
-                sl = slice(start, start + self.batch_size)
-                out.append(self._attribute_batch(images[sl], None if targets is None else targets[sl]))
-        finally:
-            self.encoder.train(was_training)
-        return torch.cat(out)
+        return self.impl.attribute(images, target)
 
     __call__ = attribute
-
-    # ------------------------------------------------------------------ per method
-
-    def _attribute_batch(self, images: Tensor, targets: Optional[Tensor]) -> Tensor:
-        if self.method in GRADIENT_METHODS:
-            raw = self._gradient(images, targets)
-            if self.postprocess:
-                return postprocess(raw, True, self.clip_percentile, True)
-            return raw.sum(dim=1, keepdim=True)
-        if self.method == "gradcam":
-            maps = self._gradcam(images, targets)
-        else:
-            maps = self._attention(images)
-        if self.postprocess:
-            return postprocess(maps, True, self.clip_percentile, True)
-        return maps
-
-    def _gradient(self, images: Tensor, targets: Tensor) -> Tensor:
-        from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
-
-        forward = SimilarityForward(self.encoder)
-        inputs = images.clone().requires_grad_(True)
-        with torch.enable_grad():
-            if self.method == "saliency":
-                return Saliency(forward).attribute(inputs, abs=False, additional_forward_args=(targets,)).detach()
-            if self.method == "integrated_gradients":
-                return IntegratedGradients(forward).attribute(
-                    inputs, baselines=torch.zeros_like(inputs), n_steps=self.n_steps,
-                    additional_forward_args=(targets,), internal_batch_size=max(self.batch_size, 1) * 4).detach()
-            return NoiseTunnel(Saliency(forward)).attribute(
-                inputs, nt_type="smoothgrad", nt_samples=self.nt_samples, stdevs=self.stdevs,
-                nt_samples_batch_size=self.nt_samples, abs=False, additional_forward_args=(targets,)).detach()
-
-    def grid_shape(self, images: Tensor) -> tuple[int, int]:
-        p = self.encoder.patch_size
-        return images.shape[-2] // p, images.shape[-1] // p
-
-    def resolve_layer(self) -> nn.Module:
-        """The Grad-CAM layer inside ``encoder.vision`` (see ``layer`` in the class docstring)."""
-        layers = self.encoder.vision.vision_model.encoder.layers
-        if isinstance(self.layer, nn.Module):
-            return self.layer
-        if self.layer is None or self.layer == "last_ln1":
-            return layers[-1].layer_norm1
-        if self.layer == "penultimate":
-            if len(layers) < 2:
-                raise ExplainError("layer 'penultimate' needs a ViT with at least 2 blocks")
-            return layers[-2]
-        try:
-            return self.encoder.vision.get_submodule(self.layer)
-        except AttributeError as e:
-            raise ExplainError(f"Grad-CAM layer '{self.layer}' not found in the vision model: {e}") from e
-
-    def _gradcam(self, images: Tensor, targets: Tensor) -> Tensor:
-        from captum.attr import LayerGradCam
-
-        h, w = self.grid_shape(images)
-        grid = _TokenGrid()
-
-        def to_grid(module, inputs, output):
-            tokens = output[0] if isinstance(output, tuple) else output
-            if tokens.dim() != 3 or tokens.shape[1] != 1 + h * w:
-                raise ExplainError(f"Grad-CAM layer output {tuple(tokens.shape)} is not (B, 1+{h * w}, D) ViT tokens")
-            cls, patches = tokens[:, :1], tokens[:, 1:]
-            b, n, d = patches.shape
-            grid_tokens = grid(patches.transpose(1, 2).reshape(b, d, h, w))
-            new = torch.cat([cls, grid_tokens.flatten(2).transpose(1, 2)], dim=1)
-            return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
-
-        handle = self.resolve_layer().register_forward_hook(to_grid)
-        try:
-            with torch.enable_grad():
-                cam = LayerGradCam(SimilarityForward(self.encoder), grid).attribute(
-                    images, additional_forward_args=(targets,), relu_attributions=True)
-        finally:
-            handle.remove()
-        return upsample(cam.detach().float(), tuple(images.shape[-2:]))
-
-    @torch.no_grad()
-    def _attention(self, images: Tensor) -> Tensor:
-        vision = self.encoder.vision
-        mean, std = self.encoder.mean.to(images), self.encoder.std.to(images)
-        with eager_attention(vision):
-            attentions = vision(pixel_values=(images - mean) / std, output_attentions=True).attentions
-        if not attentions:
-            raise ExplainError("the vision model returned no attention weights (eager attention is required)")
-        flow = cls_attention(attentions) if self.method == "attention" else attention_rollout(attentions)
-        h, w = self.grid_shape(images)
-        return upsample(flow.view(-1, 1, h, w), tuple(images.shape[-2:]))
 
 
 def explain(encoder: nn.Module, images: Tensor, target: Optional[Tensor], methods: Sequence[str],
             **kwargs) -> dict[str, Tensor]:
     """Maps for several methods at once: {method: (B, 1, H, W)}."""
     return {resolve_method(m): Explainer(encoder, m, **kwargs).attribute(images, target) for m in methods}
-

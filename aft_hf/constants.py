@@ -1,0 +1,16 @@
+"""Constants shared by several layers (a leaf module: it imports nothing from aft_hf).
+
+``figures`` and ``world`` need CLIP's normalisation and ``model`` needs the shipped world base's
+location; keeping them here means none of them has to import the others.
+"""
+
+from pathlib import Path
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+"""CLIP's per-channel pixel mean (OpenAI), the default when a checkpoint has no image processor."""
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+"""CLIP's per-channel pixel std (OpenAI)."""
+BUILTIN_PREFIX = "builtin:"
+"""Model and dataset names with this prefix are built or shipped by the package, not fetched."""
+WORLD_CLIP_DIR = Path(__file__).resolve().parent / "world" / "base"
+"""The small CLIP pretrained in the synthetic world, shipped with the package (``builtin:world-clip``)."""
