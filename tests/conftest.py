@@ -10,10 +10,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+
+from tests.image_helpers import write_png_folder
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -65,16 +65,6 @@ def tiny_encoder(tiny_clip_path):
     from aft_hf.model import load_image_encoder
 
     return load_image_encoder(str(tiny_clip_path))
-
-
-def write_png_folder(folder, n: int, size: int = 40, seed: int = 0):
-    """n random RGB PNGs of varied sizes in one imagefolder class."""
-    rng = np.random.default_rng(seed)
-    (folder / "a").mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        h, w = size + int(rng.integers(0, 9)), size + int(rng.integers(0, 9))
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / "a" / f"{i:03d}.png")
-    return folder
 
 
 @pytest.fixture

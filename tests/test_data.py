@@ -8,22 +8,7 @@ from PIL import Image
 from aft_hf.config import DataConfig
 from aft_hf.data import DataError, build_dataloader, load_image_dataset, preprocess, to_rgb
 from aft_hf.data.images import resize_center_crop
-
-
-def write_mixed_folder(root):
-    """RGB, grayscale, RGBA, palette, 16-bit and CMYK images, plus one corrupt and one empty file."""
-    folder = root / "mixed" / "a"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(folder / f"rgb{i}.png")
-    Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8), "L").save(folder / "gray.png")
-    Image.fromarray(rng.integers(0, 256, (40, 40, 4), dtype=np.uint8), "RGBA").save(folder / "rgba.png")
-    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).convert("P").save(folder / "palette.png")
-    Image.fromarray(np.full((40, 40), 30000, dtype=np.uint16)).save(folder / "deep16.png")
-    Image.new("CMYK", (40, 40), (0, 255, 255, 0)).save(folder / "cmyk.jpg")
-    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
-    return root / "mixed"
+from tests.image_helpers import write_mixed_folder
 
 
 def test_modes_convert_to_rgb():

@@ -18,7 +18,7 @@ from transformers import CLIPVisionModelWithProjection
 
 from aft_hf.config import load_config
 from aft_hf.train import train
-from tests.conftest import write_png_folder
+from tests.image_helpers import write_png_folder
 
 REPO = Path(__file__).resolve().parents[1]
 PLAIN = ["--perf.freeze_params_in_attack", "false", "--model.attn_implementation", "eager",

@@ -15,8 +15,7 @@ import aft_hf.train as train_mod
 from aft_hf.config import load_config
 from aft_hf.model import ImageEncoder
 from aft_hf.train import list_checkpoints, train
-from tests.conftest import write_png_folder
-from tests.test_data import write_mixed_folder
+from tests.image_helpers import write_mixed_folder, write_png_folder
 
 REPO = Path(__file__).resolve().parents[1]
 

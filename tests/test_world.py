@@ -9,7 +9,7 @@ import torch
 
 from aft_hf.world import (BASE_DIR, DISTRACTOR_COLOURS, DISTRACTOR_SHAPES, PretrainConfig, WorldConfig, WorldError,
                           accuracies, evaluate_zero_shot, generate_arrays, load_imagefolder, load_training_record,
-                          load_world_clip, make_dataset, mask_array, render_sample, verify_checksums,
+                          load_world_clip, load_world_config, make_dataset, mask_array, render_sample, verify_checksums,
                           write_imagefolder)
 
 HELD_OUT_SEED = 12345  # neither the training stream (seed 0) nor the pretraining evaluation set (seed 1)
@@ -227,3 +227,54 @@ def test_pretraining_is_reproducible_from_its_seed():
     (a, ra), (b, rb), (c, _) = run(0), run(0), run(2)
     assert all(torch.equal(a[k], b[k]) for k in a) and ra["final_loss"] == rb["final_loss"]
     assert not torch.equal(a["visual_projection.weight"], c["visual_projection.weight"])
+
+
+# --------------------------------------------------------------------------- which folders are world CLIPs
+
+
+def _aft_finetune(folder):
+    """A folder as `aft-hf train` exports it from the world base (weights unchanged here: only the layout counts)."""
+    from aft_hf.config import TrainConfig
+    from aft_hf.model import export_pretrained, load_image_encoder
+
+    cfg = TrainConfig()
+    cfg.model.name_or_path = "builtin:world-clip"
+    return export_pretrained(load_image_encoder("builtin:world-clip"), folder,
+                             extra_files={"aft_config.yaml": cfg.to_yaml()})
+
+
+def test_world_commands_accept_builtin_names_and_aft_finetunes(tmp_path, capsys):
+    from aft_hf.cli import main
+
+    assert main(["world", "eval", "-n", "4", "--model", "builtin:world-clip"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_images"] == 4
+    finetune = _aft_finetune(tmp_path / "aft")
+    assert load_world_config(finetune).to_dict() == PretrainConfig().to_dict()
+    assert main(["world", "eval", "-n", "4", "--model", str(finetune)]) == 0
+    assert 0 <= json.loads(capsys.readouterr().out)["accuracy"] <= 1
+    assert main(["world", "sample", "-n", "2", "--model", "builtin:world-clip", "--out", str(tmp_path / "s1")]) == 0
+    assert main(["world", "sample", "-n", "2", "--model", str(finetune), "--out", str(tmp_path / "s2")]) == 0
+
+
+def test_world_commands_refuse_what_is_not_a_world_clip_or_no_images(tmp_path, tiny_clip_path, capsys):
+    from aft_hf.cli import main
+
+    assert main(["world", "eval", "-n", "0"]) == 2
+    assert "must be >= 1" in capsys.readouterr().err
+    assert main(["world", "sample", "-n", "0", "--out", str(tmp_path / "s")]) == 2
+    assert main(["world", "eval", "-n", "4", "--model", str(tiny_clip_path)]) == 2
+    assert "not a world CLIP" in capsys.readouterr().err
+    with pytest.raises(WorldError, match=">= 1"):
+        evaluate_zero_shot(None, None, WorldConfig(), num_images=0)
+
+
+def test_world_clip_config_is_the_package_builder_and_matches_the_shipped_base():
+    from aft_hf.tokenizer import build_word_tokenizer
+    from aft_hf.world import build_clip_config
+
+    cfg = PretrainConfig()
+    built = build_clip_config(cfg, len(build_word_tokenizer(cfg.world.words))).to_dict()
+    shipped = json.loads((BASE_DIR / "config.json").read_text())
+    for tower in ("text_config", "vision_config"):
+        assert {k: built[tower][k] for k in shipped[tower]} == shipped[tower]
+    assert built["projection_dim"] == shipped["projection_dim"]

@@ -1,0 +1,98 @@
+"""The layer rule, checked on the source with ast: no import cycles between aft_hf modules (lazy,
+function-level imports included) and no command-line module imported by anything but the entry point."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "aft_hf"
+ENTRY_POINTS = {"aft_hf.cli", "aft_hf.__main__"}
+"""The dispatcher (it loads the ``*.cli`` command modules by name) and ``python -m aft_hf``."""
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in ROOT.rglob("*.py")}
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """aft_hf modules that ``name`` imports anywhere in its body (``from x import y`` counts y if it is a module)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                found.add(sub if sub in known else target)
+    return {m for m in found if m in known and m != name}
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    known = set(modules)
+    return {name: _imports(name, path, known) for name, path in modules.items()}
+
+
+def _is_cli(name: str) -> bool:
+    return name.rpartition(".")[2] == "cli" or name in ENTRY_POINTS
+
+
+def _find_cycle(graph: dict[str, set[str]]):
+    colour: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node):
+        colour[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if colour.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in colour:
+                cycle = visit(nxt)
+                if cycle:
+                    return cycle
+        stack.pop()
+        colour[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in colour:
+            cycle = visit(node)
+            if cycle:
+                return cycle
+    return None
+
+
+def test_the_import_graph_is_read():
+    graph = _graph()
+    assert "aft_hf.model" in graph["aft_hf.world.storage"]  # a module-level import
+    assert "aft_hf.model" in graph["aft_hf.explain.targets"]  # a lazy, function-level import
+
+
+def test_no_import_cycles():
+    cycle = _find_cycle(_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_module_imports_a_command_line_module():
+    """Shared code lives in library modules; a ``cli`` module is reached only through the dispatcher."""
+    bad = [f"{name} imports {dep}" for name, deps in _graph().items() if name not in ENTRY_POINTS
+           for dep in deps if _is_cli(dep)]
+    assert not bad, bad
+
+
+def test_model_and_figures_stay_below_world_and_model_code():
+    graph = _graph()
+    assert not any(dep.startswith("aft_hf.world") for dep in graph["aft_hf.model"])
+    assert "aft_hf.model" not in graph["aft_hf.figures"]
