@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from .constants import BUILTIN_PREFIX, CLIP_MEAN, CLIP_STD, WORLD_CLIP_DIR
+from .env import hub_offline
 from .errors import AftError
 
 TINY_CLIP_VERSION = 2
@@ -222,9 +223,8 @@ def load_image_encoder(
                 f"'{name_or_path}' is a '{config.model_type}' model; aft_hf fine-tunes CLIP "
                 "(a CLIPModel or CLIPVisionModelWithProjection checkpoint)")
     except OSError as e:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         hint = (" HF_HUB_OFFLINE is set: only local folders and models already in the Hub cache can be loaded."
-                if offline else " Check the id, your network, and for gated models `hf auth login` or HF_TOKEN.")
+                if hub_offline() else " Check the id, your network, and for gated models `hf auth login` or HF_TOKEN.")
         raise ModelLoadError(f"could not load model '{name_or_path}': {str(e).rstrip('.')}.{hint}") from e
     processor = _load_image_processor(source, revision)
     mean = tuple(processor.image_mean) if processor is not None else CLIP_MEAN

@@ -58,11 +58,6 @@ def measure(encoder: torch.nn.Module, data: EvalSet, methods: Sequence[str], tol
     return {"per_image": per_image, "maps": maps, "chance": chance, "accuracy": accuracy}
 
 
-def nanmean(x: Tensor) -> float:
-    x = x[~torch.isnan(x)]
-    return x.mean().item() if x.numel() else float("nan")
-
-
 def paired(new: Tensor, old: Tensor, higher_is_better: bool = True) -> dict:
     """Per-image paired difference new - old: mean, standard error, share of images that improved."""
     d = (new - old).float()

@@ -16,8 +16,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from ..evaluate.metrics import finite  # noqa: E402
+from ..evaluate.stats import nanmean  # noqa: E402
 from ..figures import attribution_grid  # noqa: E402
-from .measure import METRIC_DIRECTION, nanmean, paired, spread  # noqa: E402
+from .measure import METRIC_DIRECTION, paired, spread  # noqa: E402
 
 METRIC_LABELS = {"energy": "energy in mask", "pointing": "pointing (exact)", "pointing_tol": "pointing (tolerant)",
                  "gini": "Gini sparseness", "deletion_auc": "deletion AUC"}

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ..config import DataConfig
 from ..data.images import DECODE_ERRORS, ImageModeError, open_image, resize_center_crop, to_rgb, to_tensor
 from ..data.loading import DataError, _load_hub_or_folder
+from .localisation import boxes_to_masks
 
 logger = logging.getLogger(__name__)
 SPLIT_PREFERENCE = ("validation", "test", "train")
@@ -48,10 +49,8 @@ def _mask_tensor(mask_image: Image.Image, size: int) -> Tensor:
 
 def _box_mask(box, image_size: tuple[int, int], size: int) -> Tensor:
     w, h = image_size
-    canvas = np.zeros((h, w), dtype=np.uint8)
-    x0, y0, x1, y1 = (int(round(float(v))) for v in box)
-    canvas[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = 255
-    return _mask_tensor(Image.fromarray(canvas), size)
+    mask = boxes_to_masks([[round(float(v)) for v in box]], h, w)[0, 0]
+    return _mask_tensor(Image.fromarray(mask.numpy().astype(np.uint8) * 255), size)
 
 
 def load_labelled_images(dataset: str, size: int, split: Optional[str] = None, data_dir: Optional[str] = None,

@@ -15,12 +15,8 @@ from .complexity import gini
 from .faithfulness import DEFAULT_ROAR_FRACTIONS, LinearProbe, auc, perturbation_curve, roar
 from .localisation import energy_in_mask, pointing_game
 from .sanity import randomisation_check
+from .stats import nanmean as _mean
 from .zeroshot import predict, robust_accuracy, topk_accuracy
-
-
-def _mean(t: torch.Tensor) -> float:
-    t = t[~torch.isnan(t)]
-    return t.mean().item() if t.numel() else float("nan")
 
 
 class ZeroShotAccuracy(Metric):
