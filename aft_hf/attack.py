@@ -2,7 +2,7 @@
 
 The attacker is independent of CLIP: it perturbs images in [0, 1] for any differentiable
 ``forward`` and any per-sample ``loss_fn``, maximising (training, robustness evaluation) or
-minimising. Formulas follow ``METHOD.md`` section 2:
+minimising. Formulas follow ``docs/method.md`` (#threat-models, #the-inner-attack):
 
     delta <- U(-eps, eps); v <- 0
     repeat K times:

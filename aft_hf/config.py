@@ -46,7 +46,7 @@ class ModelConfig:
     `builtin:tiny-clip` builds a tiny random CLIP (offline smoke runs)."""
     revision: Optional[str] = None
     output_normalize: bool = True
-    """L2-normalise embeddings before the squared distance (g in METHOD.md)."""
+    """L2-normalise embeddings before the squared distance (g in docs/method.md#objective)."""
     attn_implementation: str = "sdpa"
 
 
@@ -75,7 +75,7 @@ class AttackConfig:
     norm: str = "linf"
     eps: float = 4.0
     eps2: float = 0.0
-    """Second budget: huber and elastic only (see METHOD.md section 2)."""
+    """Second budget: huber and elastic only (see docs/method.md#threat-models)."""
     steps: int = 10
     alpha: float = 1.0
     momentum: float = 0.9

@@ -55,7 +55,7 @@ class VitGeometry:
         return (self.image // self.patch) ** 2 + 1
 
 
-# Public config values of the released models (METHOD.md section 6).
+# Public config values of the released models (docs/method.md#model-geometries).
 ARCHS: dict[str, VitGeometry] = {
     "ViT-B-32": VitGeometry(width=768, layers=12, heads=12, mlp=3072, patch=32, image=224, embed=512),
     "ViT-B-16": VitGeometry(width=768, layers=12, heads=12, mlp=3072, patch=16, image=224, embed=512),
@@ -303,7 +303,7 @@ def import_checkpoint(checkpoint: Union[str, Path], base: str, out: Union[str, P
     result = model.load_state_dict({k: v.to(dtype) for k, v in converted.items()}, strict=False)
     if result.unexpected_keys:
         raise ConvertError(f"internal key mapping error, unexpected: {result.unexpected_keys}")
-    model.config.vision_config.projection_dim = model.config.projection_dim  # METHOD.md section 6: loading trap
+    model.config.vision_config.projection_dim = model.config.projection_dim  # docs/method.md#loading-clip-vision-checkpoints
 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

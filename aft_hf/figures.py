@@ -2,7 +2,7 @@
 
 Images in aft_hf are pixels in [0, 1] and are shown as they are. Images that went through a CLIP
 processor (``pixel_values``) must be un-normalised with CLIP's mean/std, not ImageNet's
-(METHOD.md section 5): pass ``normalized=True`` or call :func:`unnormalize`.
+(docs/method.md#traps): pass ``normalized=True`` or call :func:`unnormalize`.
 """
 
 from __future__ import annotations

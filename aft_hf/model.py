@@ -2,7 +2,7 @@
 
 AFT budgets live in pixel space, so CLIP's mean/std normalisation happens *inside*
 :class:`ImageEncoder`. The encoder returns the projected embedding (``image_embeds`` of
-``CLIPVisionModelWithProjection``), optionally L2-normalised (g in METHOD.md).
+``CLIPVisionModelWithProjection``), optionally L2-normalised (g in docs/method.md#objective).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ From one run it prints (and writes as JSON):
   alive (the 1.1x memory target: the attack must not keep K graphs alive);
 * with ``--ablate``: the step again with each optimisation switch flipped, from the same run.
 
-Models are random-weight stand-ins of the real geometries (METHOD.md section 6); speed does
+Models are random-weight stand-ins of the real geometries (docs/method.md#model-geometries); speed does
 not depend on the weights.
 """
 
@@ -41,7 +41,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-# geometries of METHOD.md section 6 (vision tower only: AFT never touches the text tower)
+# geometries of docs/method.md#model-geometries (vision tower only: AFT never touches the text tower)
 GEOMETRIES = {
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                  patch_size=8, image_size=32, projection_dim=32),

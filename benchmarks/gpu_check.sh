@@ -6,7 +6,7 @@
 # Runs from the repository root with the Python already on the machine (torch with CUDA,
 # transformers, accelerate): it installs nothing and needs no network (random-weight models).
 # Writes into $OUT: env.txt, nvidia-smi.txt, b16_bf16_b128.json/.txt, l14_bf16_b128.json/.txt,
-# and b16_fp32_b128.json/.txt (the fp32 number for comparison with the 27 images/s of METHOD.md).
+# and b16_fp32_b128.json/.txt (the fp32 number for comparison with the 27 images/s of docs/method.md#recipes).
 # Each benchmark is time-boxed, so the whole script stays under about 9 minutes on an H200.
 set -uo pipefail
 

@@ -1,4 +1,4 @@
-"""The PGD attacker: it increases its loss, stays in its budget, and each norm behaves as METHOD.md says."""
+"""The PGD attacker: it increases its loss, stays in its budget, and each norm behaves as docs/method.md says."""
 
 import pytest
 import torch

@@ -1,6 +1,6 @@
 """Decoding and preprocessing of single images: any PIL mode in, a [0, 1] RGB tensor out.
 
-Preprocessing follows METHOD.md section 3: bicubic resize of the shortest edge, centre crop,
+Preprocessing follows docs/method.md#preprocessing: bicubic resize of the shortest edge, centre crop,
 to tensor, *no* normalisation (the model wrapper normalises, so attack budgets are in pixels).
 """
 

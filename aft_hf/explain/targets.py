@@ -3,7 +3,7 @@
 AFT changes only the image tower, so text targets come from the *original* text tower: the text
 half of a full ``CLIPModel`` checkpoint (the fine-tuned export keeps it), or of another checkpoint
 when the explained model is vision-only (``--text-model``). Every target embedding is
-L2-normalised (METHOD.md section 5: un-normalised text embeddings skew the argmax).
+L2-normalised (docs/method.md#traps: un-normalised text embeddings skew the argmax).
 """
 
 from __future__ import annotations
