@@ -44,6 +44,26 @@ def _graph() -> dict[str, set[str]]:
     return {name: _imports(name, path, known) for name, path in modules.items()}
 
 
+LAYERS = [
+    {"constants", "errors", "env", "files", "tokenizer"},
+    {"config", "model", "attack", "data"},
+    {"card", "hub", "convert"},
+    {"train"},
+    {"figures", "explain", "evaluate"},
+    {"world", "demo"},
+]
+"""The README's layer diagram, top (imported by everything) to bottom; command modules come last."""
+
+
+def _layer(name: str) -> int:
+    if _is_cli(name):
+        return len(LAYERS)
+    part = name.split(".")[1]
+    found = [i for i, group in enumerate(LAYERS) if part in group]
+    assert found, f"{name} is in no layer: add aft_hf.{part} to LAYERS here and to the README diagram"
+    return found[0]
+
+
 def _is_cli(name: str) -> bool:
     return name.rpartition(".")[2] == "cli" or name in ENTRY_POINTS
 
@@ -89,6 +109,13 @@ def test_no_module_imports_a_command_line_module():
     """Shared code lives in library modules; a ``cli`` module is reached only through the dispatcher."""
     bad = [f"{name} imports {dep}" for name, deps in _graph().items() if name not in ENTRY_POINTS
            for dep in deps if _is_cli(dep)]
+    assert not bad, bad
+
+
+def test_modules_import_only_from_their_layer_or_above():
+    # the package root is exempt: importing any aft_hf module runs aft_hf/__init__ first anyway
+    bad = [f"{name} imports {dep}" for name, deps in _graph().items() if name != "aft_hf"
+           for dep in deps if dep != "aft_hf" and _layer(dep) > _layer(name)]
     assert not bad, bad
 
 
