@@ -96,6 +96,9 @@ def load_world_config(folder: Union[str, Path] = BASE_DIR) -> PretrainConfig:
     fine-tune whose ``aft_config.yaml`` names one of those as its base (followed through chains).
     """
     name, path = str(folder), _folder(folder)
+    if not path.is_dir():
+        raise WorldError(f"world CLIP folder '{name}' does not exist; pass builtin:world-clip, a folder written by "
+                         "`aft-hf world pretrain`, or an AFT fine-tune of one")
     for _ in range(_MAX_BASE_CHAIN):
         if (path / TRAINING_CONFIG_FILE).is_file():
             cfg = PretrainConfig.from_dict(load_training_record(path)["config"])
