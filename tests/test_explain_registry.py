@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from aft_hf.explain import (METHODS, AttributionMethod, Explainer, ExplainError, available_methods, register_method,
-                            resolve_method)
+from aft_hf.explain import (METHODS, AttributionMethod, Explainer, ExplainError, available_methods, method_label,
+                            register_method, resolve_method)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -27,6 +27,7 @@ def toy_method():
 
 def test_a_registered_method_works_through_explainer(toy_method, tiny_encoder, batch):
     assert "red_channel" in available_methods() and resolve_method("Red") == "red_channel"
+    assert method_label("red_channel") == "red_channel"  # figures fall back to the name
     maps = Explainer(tiny_encoder, "red", postprocess=False, gain=2.0, progress=False, batch_size=3).attribute(batch)
     assert maps.shape == (4, 1, 32, 32) and torch.allclose(maps, 2 * batch[:, :1])
     post = Explainer(tiny_encoder, "red_channel", progress=False).attribute(batch)
@@ -40,6 +41,7 @@ def test_builtin_methods_are_registered_with_their_aliases():
                                        "rollout")
     assert resolve_method("IG") == "integrated_gradients" and resolve_method("grad-cam") == "gradcam"
     assert METHODS["rollout"].needs_target is False and METHODS["gradcam"].needs_vit
+    assert method_label("gradcam") == "Grad-CAM" and method_label("saliency") == "Simple Gradient"
 
 
 def test_vit_methods_refuse_a_non_vit_encoder():

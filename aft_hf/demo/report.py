@@ -17,12 +17,12 @@ import torch  # noqa: E402
 
 from ..evaluate.metrics import finite  # noqa: E402
 from ..evaluate.stats import nanmean  # noqa: E402
+from ..explain import method_label  # noqa: E402
 from ..figures import attribution_grid  # noqa: E402
 from .measure import METRIC_DIRECTION, paired, spread  # noqa: E402
 
 METRIC_LABELS = {"energy": "energy in mask", "pointing": "pointing (exact)", "pointing_tol": "pointing (tolerant)",
                  "gini": "Gini sparseness", "deletion_auc": "deletion AUC"}
-METHOD_LABELS = {"saliency": "Simple Gradient", "gradcam": "Grad-CAM", "attention": "attention"}
 
 
 def aggregate(original: dict, runs: dict[str, list[dict]], methods: Sequence[str]) -> dict:
@@ -59,7 +59,7 @@ def verdicts(report: dict) -> list[str]:
         per_seed = aft["per_seed_paired"]
         significant = all(abs(d["mean"]) > 2 * d["se"] for d in per_seed if d["se"] == d["se"])
         direction = "raised" if aft["mean"] > 0 else "lowered"
-        text = (f"{METHOD_LABELS.get(method, method)}: AFT {direction} energy-in-mask by {aft['mean']:+.3f} "
+        text = (f"{method_label(method)}: AFT {direction} energy-in-mask by {aft['mean']:+.3f} "
                 f"(sd over seeds {aft['sd']:.3f}; {'beyond' if significant else 'not beyond'} 2 paired SE in every seed)")
         if ctrl:
             text += f"; the noise control changed it by {ctrl['mean']:+.3f}"
@@ -88,7 +88,7 @@ def markdown(report: dict) -> str:
     for method, rows in report["metrics"].items():
         for metric, row in rows.items():
             arrow = "↑" if row["higher_is_better"] else "↓"
-            cells = [METHOD_LABELS.get(method, method), f"{METRIC_LABELS[metric]} {arrow}", _cell(row["original"])]
+            cells = [method_label(method), f"{METRIC_LABELS[metric]} {arrow}", _cell(row["original"])]
             cells += [_cell(row[v]) for v in variants] + [_cell(row[f"delta_{v}"]) for v in variants]
             lines.append("| " + " | ".join(cells) + " |")
     acc = report["accuracy"]
@@ -121,7 +121,7 @@ def metrics_figure(report: dict, out: Path) -> Path:
             ax.axhline(report["chance_energy"], color="k", ls="--", lw=1, label="chance")
         arrow = "↑" if METRIC_DIRECTION[metric] else "↓"
         ax.set_title(f"{METRIC_LABELS[metric]} {arrow}")
-        ax.set_xticks(range(len(methods)), [METHOD_LABELS.get(m, m) for m in methods], rotation=15)
+        ax.set_xticks(range(len(methods)), [method_label(m) for m in methods], rotation=15)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
@@ -137,7 +137,7 @@ def saliency_grid(images: torch.Tensor, masks: torch.Tensor, original: dict, aft
     k = min(rows, images.shape[0])
     columns = {"target mask": masks[:k].float()}
     for method in methods:
-        label = METHOD_LABELS.get(method, method)
+        label = method_label(method)
         columns[f"{label}\noriginal"] = original["maps"][method][:k]
         columns[f"{label}\nAFT"] = aft["maps"][method][:k]
     return attribution_grid(images[:k], columns, out, plain=("target mask",))

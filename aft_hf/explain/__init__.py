@@ -4,7 +4,7 @@ The ``aft-hf explain`` command lives in :mod:`aft_hf.explain.cli`; new methods g
 :mod:`aft_hf.explain.methods` (one registered class each, see :mod:`aft_hf.explain.base`).
 """
 
-from .base import AttributionMethod, available_methods, register_method
+from .base import AttributionMethod, available_methods, method_label, register_method
 from .methods import (
     METHODS, Explainer, SimilarityForward, attention_rollout, check_images, cls_attention, explain, postprocess,
     resolve_method,
@@ -14,5 +14,5 @@ from .targets import ExplainError, TemplateError, TextTower, as_target, check_te
 __all__ = [
     "METHODS", "AttributionMethod", "ExplainError", "Explainer", "SimilarityForward", "TemplateError", "TextTower",
     "as_target", "attention_rollout", "available_methods", "check_images", "check_template", "cls_attention",
-    "explain", "image_targets", "load_text_tower", "postprocess", "register_method", "resolve_method",
+    "explain", "image_targets", "load_text_tower", "method_label", "postprocess", "register_method", "resolve_method",
 ]

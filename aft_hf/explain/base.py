@@ -44,6 +44,12 @@ def available_methods() -> tuple[str, ...]:
     return tuple(METHODS)
 
 
+def method_label(name: str) -> str:
+    """Display name of a method for figures and reports (``name`` itself when it is not registered)."""
+    key = _key(name)
+    return METHODS[key].label or key if key in METHODS else name
+
+
 def _key(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
@@ -176,6 +182,8 @@ class AttributionMethod:
     """
 
     name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    """Display name in figures and reports (default: ``name``)."""
     aliases: ClassVar[tuple[str, ...]] = ()
     needs_target: ClassVar[bool] = True
     """False for class-agnostic methods (they ignore ``target``)."""

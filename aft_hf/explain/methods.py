@@ -46,6 +46,7 @@ class Saliency(_GradientMethod):
     """Simple Gradient: d cos(f^(x), t^) / dx."""
 
     name, aliases = "saliency", ("simple_gradient", "gradient")
+    label = "Simple Gradient"
 
     def captum_attribute(self, forward, inputs, targets):
         from captum.attr import Saliency as CaptumSaliency
@@ -58,6 +59,7 @@ class IntegratedGradients(_GradientMethod):
     """Integrated Gradients from a black image in ``n_steps`` steps."""
 
     name, aliases = "integrated_gradients", ("ig",)
+    label = "Integrated Gradients"
     options = {"n_steps": 32}
 
     def captum_attribute(self, forward, inputs, targets):
@@ -73,6 +75,7 @@ class SmoothGrad(_GradientMethod):
     """Simple Gradient averaged over ``nt_samples`` noisy copies (noise std ``stdevs`` in pixel units)."""
 
     name = "smoothgrad"
+    label = "SmoothGrad"
     options = {"nt_samples": 16, "stdevs": 0.15}
 
     def captum_attribute(self, forward, inputs, targets):
@@ -111,6 +114,7 @@ class GradCAM(_ViTMethod):
     """
 
     name, aliases = "gradcam", ("grad_cam",)
+    label = "Grad-CAM"
     options = {"layer": None}
 
     def resolve_layer(self) -> nn.Module:
@@ -177,6 +181,7 @@ class Attention(_ViTMethod):
     """Last-layer CLS-to-patch attention, averaged over heads (class-agnostic: ``target`` is ignored)."""
 
     name, needs_target = "attention", False
+    label = "attention"
 
     def flow(self, attentions: Sequence[Tensor]) -> Tensor:
         return cls_attention(attentions)
@@ -198,6 +203,7 @@ class Rollout(Attention):
     """Attention rollout through all layers (class-agnostic)."""
 
     name, aliases = "rollout", ("attention_rollout",)
+    label = "attention rollout"
 
     def flow(self, attentions: Sequence[Tensor]) -> Tensor:
         return attention_rollout(attentions)
