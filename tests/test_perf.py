@@ -144,3 +144,20 @@ def test_matmul_patch_embedding_is_the_convolution(tiny_clip_path, tmp_path):
     assert type(again.vision_model.embeddings.patch_embedding) is nn.Conv2d
     restore_conv_patch_embedding(vision)
     assert type(vision.vision_model.embeddings.patch_embedding) is nn.Conv2d
+
+
+def test_data_pipeline_benchmark_smoke(tmp_path):
+    """The data benchmark decodes real JPEGs through the trainer's loader, skips the corrupt one, writes JSON."""
+    out = tmp_path / "data.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "data_pipeline.py"), "--n-images", "12", "--size", "32",
+         "--batch-size", "4", "--workers", "0", "--batches", "1", "--json", str(out)],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["files"]["n_corrupt"] == 1 and report["per_core"]["failed"] == 1
+    assert report["per_core"]["decoded"] == 11 and report["per_core"]["images_per_s"] > 0
+    assert [(r["streaming"], r["workers"]) for r in report["loaders"]] == [(False, 0), (True, 0)]
+    assert all(r["images"] == 4 for r in report["loaders"])
+    assert report["workers_needed_for_target"] >= 1
