@@ -29,6 +29,7 @@ from .attack import PGDAttacker, UniformNoise, embedding_distance
 from .config import ConfigError, TrainConfig
 from .data import build_dataloader
 from .model import ImageEncoder, export_pretrained, load_image_encoder
+from .perf import use_matmul_patch_embedding
 
 logger = get_logger(__name__)
 PROGRESS_FILE = "progress.json"
@@ -145,7 +146,9 @@ def build_optimizer(cfg: TrainConfig, encoder: ImageEncoder, device: torch.devic
 
 
 def apply_perf_options(cfg: TrainConfig, encoder: ImageEncoder) -> None:
-    """Gradient checkpointing and ``torch.compile`` of the vision tower, when asked for."""
+    """Matmul patch embedding, gradient checkpointing and ``torch.compile`` of the vision tower, when asked for."""
+    if cfg.perf.patch_embedding_matmul:
+        use_matmul_patch_embedding(encoder.vision)
     if cfg.perf.gradient_checkpointing:  # renamed in recent transformers; the old name warns
         enable = getattr(encoder.vision, "activation_checkpointing_enable", None) or \
             encoder.vision.gradient_checkpointing_enable

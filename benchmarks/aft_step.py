@@ -53,7 +53,7 @@ GEOMETRIES = {
                 patch_size=14, image_size=224, projection_dim=768),
 }
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
-ABLATIONS = ("freeze", "attn", "fused", "compile", "checkpointing")
+ABLATIONS = ("freeze", "attn", "fused", "compile", "checkpointing", "patchmm")
 
 
 # --------------------------------------------------------------------------- options
@@ -68,12 +68,14 @@ class StepOptions:
     fused_adamw: Optional[bool] = None
     compile: bool = False
     gradient_checkpointing: bool = False
+    patch_embedding_matmul: bool = True
 
     def label(self) -> str:
         fused = "auto" if self.fused_adamw is None else ("on" if self.fused_adamw else "off")
         return (f"freeze={'on' if self.freeze_params_in_attack else 'off'} attn={self.attn_implementation} "
                 f"fused={fused} compile={'on' if self.compile else 'off'} "
-                f"ckpt={'on' if self.gradient_checkpointing else 'off'}")
+                f"ckpt={'on' if self.gradient_checkpointing else 'off'} "
+                f"patchmm={'on' if self.patch_embedding_matmul else 'off'}")
 
     def flipped(self, switch: str, device: torch.device) -> "StepOptions":
         """The same options with one switch changed (``ABLATIONS``)."""
@@ -89,6 +91,8 @@ class StepOptions:
             new.compile = not self.compile
         elif switch == "checkpointing":
             new.gradient_checkpointing = not self.gradient_checkpointing
+        elif switch == "patchmm":
+            new.patch_embedding_matmul = not self.patch_embedding_matmul
         else:
             raise ValueError(f"unknown switch '{switch}' (choose from {', '.join(ABLATIONS)})")
         return new
@@ -278,6 +282,7 @@ class AftRunner:
         cfg = TrainConfig()
         cfg.perf.compile, cfg.perf.gradient_checkpointing = options.compile, options.gradient_checkpointing
         cfg.perf.fused_adamw = options.fused_adamw
+        cfg.perf.patch_embedding_matmul = options.patch_embedding_matmul
         apply_perf_options(cfg, encoder)
         self.attacker = make_attacker(k, encoder.patch_size, options.freeze_params_in_attack)
         encoder.to(accelerator.device)
