@@ -46,7 +46,7 @@ def _graph() -> dict[str, set[str]]:
 
 LAYERS = [
     {"constants", "errors", "env", "files", "tokenizer"},
-    {"config", "model", "attack", "data"},
+    {"config", "model", "attack", "data", "perf"},
     {"card", "hub", "convert"},
     {"train"},
     {"figures", "explain", "evaluate"},
