@@ -157,14 +157,14 @@ def test_missing_unexpected_and_mismatched_keys_are_named(state, base, tmp_path)
 
     torch.save(state, tmp_path / "s.pt")
     with pytest.raises(ConvertError, match=r"not ViT-B-16: they have width 32, 2 layers.*ViT-B-16 has width 768"):
-        import_checkpoint(tmp_path / "s.pt", str(base), tmp_path / "out", arch="ViT-B-16")
+        import_checkpoint(tmp_path / "s.pt", str(base), tmp_path / "out2", arch="ViT-B-16")
     with pytest.raises(ConvertError, match=r"conv1\.weight: \(32, 3, 8, 8\) \(expected \(32, 3, 16, 16\)\)"):
         check_state_dict(state, VitGeometry(**{**TINY.__dict__, "patch": 16, "image": 64}))
     with pytest.raises(ConvertError, match="unknown --arch"):
-        import_checkpoint(tmp_path / "s.pt", str(base), tmp_path / "out", arch="ViT-H-14")
+        import_checkpoint(tmp_path / "s.pt", str(base), tmp_path / "out2", arch="ViT-H-14")
     torch.save({"epoch": 1, "weights": state}, tmp_path / "w.pt")
     with pytest.raises(ConvertError, match="no state dict found.*epoch, weights"):
-        import_checkpoint(tmp_path / "w.pt", str(base), tmp_path / "out")
+        import_checkpoint(tmp_path / "w.pt", str(base), tmp_path / "out2")
 
 
 def test_base_must_match_and_be_a_full_clip(base, tiny_vision_path, tmp_path):
