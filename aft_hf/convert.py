@@ -296,7 +296,7 @@ def import_checkpoint(checkpoint: Union[str, Path], base: str, out: Union[str, P
     path, repo_id = resolve_checkpoint(checkpoint, filename, revision)
     base_local = Path(base) if Path(base).exists() else None
     try:
-        out = check_output_dir(out, overwrite, inputs=[path if repo_id is None else None, base_local])
+        out = check_output_dir(out, overwrite, inputs=[base_local], input_files=[path if repo_id is None else None])
     except OutputError as e:
         raise ConvertError(str(e)) from None
     state, ignored = extract_visual_state_dict(load_checkpoint_file(path))

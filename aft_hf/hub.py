@@ -124,9 +124,11 @@ def prepare_hub_folder(folder: Union[str, Path], out: Union[str, Path], repo_id:
         raise HubError(f"'{folder}' is not an exported model folder (no config.json)")
     check_repo_id(repo_id)
     check_license(license)
-    inputs = [folder] + [p for p in (report, figure) if isinstance(p, (str, Path))]
+    if figure is not None and not Path(figure).is_file():
+        raise HubError(f"the figure '{figure}' is not a file (give an image file, e.g. saliency.png)")
+    files = [p for p in (report, figure) if isinstance(p, (str, Path))]
     try:
-        out = check_output_dir(out, overwrite, inputs=inputs)
+        out = check_output_dir(out, overwrite, inputs=[folder], input_files=files)
     except OutputError as e:
         raise HubError(str(e)) from None
     report_dict = load_report(report) if isinstance(report, (str, Path)) else report

@@ -46,21 +46,21 @@ def is_marked(folder: PathLike) -> bool:
 
 
 def check_output_dir(out: PathLike, overwrite: bool = False, inputs: Iterable[Optional[PathLike]] = (),
-                     option: str = "--out") -> Path:
+                     option: str = "--out", input_files: Iterable[Optional[PathLike]] = ()) -> Path:
     """Check that ``out`` may be written; returns it resolved. Raises :class:`OutputError` otherwise.
 
     Allowed: a path that does not exist, an empty folder, or (with ``overwrite``) a folder that
-    carries :data:`MARKER`. Refused: an existing file, any other non-empty folder, and a path that
-    is one of ``inputs``, lies inside one or contains one.
+    carries :data:`MARKER`. Refused: an existing file, any other non-empty folder, a path that is
+    one of ``inputs`` or ``input_files``, contains one, or lies inside one of ``inputs`` (folders read).
     """
     out = Path(out).expanduser().resolve()
-    for given in inputs:
+    for given, is_folder in [(g, True) for g in inputs] + [(g, False) for g in input_files]:
         if given is None:
             continue
         src = Path(given).expanduser().resolve()
         if out == src or out in src.parents:
             raise OutputError(f"{option} '{out}' is or contains the input '{src}': choose a separate folder")
-        if src in out.parents:
+        if is_folder and src in out.parents:
             raise OutputError(f"{option} '{out}' lies inside the input '{src}': choose a folder outside it")
     if out.exists() and not out.is_dir():
         raise OutputError(f"{option} '{out}' is an existing file, not a folder: choose another path")
