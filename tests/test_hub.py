@@ -298,3 +298,28 @@ def test_card_of_a_converted_checkpoint(tiny_clip_path, tmp_path):
     assert card.data.tags == ["clip", "open_clip-conversion", "adversarial-training"]
     assert "## Conversion" in card.text and "`fare4.pt` (sha256 `abab" in card.text and "logit_scale" in card.text
     assert "## Method" not in card.text and "## Training recipe" not in card.text
+
+
+def test_export_honours_the_revision(tmp_path, monkeypatch):
+    """A Hub base at a tag: the exported text tower, tokenizer and processor are those of that revision
+    (offline, from a Hub cache holding two revisions)."""
+    import huggingface_hub.constants
+    from transformers import AutoTokenizer, CLIPModel
+
+    from aft_hf.model import export_pretrained, load_image_encoder, save_tiny_clip
+    from tests.test_convert import _fake_hub_repo
+
+    cache = tmp_path / "hf_cache"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    for revision, seed, commit in (("main", 0, "a" * 40), ("v1", 1, "b" * 40)):
+        folder = save_tiny_clip(tmp_path / f"src_{revision}", seed=seed)
+        _fake_hub_repo(cache, "org/tiny-clip", {p.name: p.read_bytes() for p in folder.iterdir()}, revision, commit)
+    encoder = load_image_encoder("org/tiny-clip", revision="v1")
+    out = export_pretrained(encoder, tmp_path / "final", revision="v1")
+    exported, v1, main_ = (CLIPModel.from_pretrained(p) for p in (out, tmp_path / "src_v1", tmp_path / "src_main"))
+    w = "text_model.embeddings.token_embedding.weight"
+    assert torch.equal(exported.state_dict()[w], v1.state_dict()[w])
+    assert not torch.equal(exported.state_dict()[w], main_.state_dict()[w])
+    assert {"tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"} <= {p.name for p in out.iterdir()}
+    assert AutoTokenizer.from_pretrained(out)("a red circle").input_ids == \
+        AutoTokenizer.from_pretrained(tmp_path / "src_v1")("a red circle").input_ids

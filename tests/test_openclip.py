@@ -163,3 +163,31 @@ def test_real_open_clip_model_imports_with_its_activation(open_clip, tmp_path):
     with torch.no_grad():
         bad = CLIPVisionModelWithProjection.from_pretrained(wrong).eval()(pixel_values=_pixels()).image_embeds
     assert (bad - oc.encode_image(_pixels())).abs().max() > 100 * TOL
+
+
+@pytest.mark.parametrize("arch", ["ViT-B-32", "ViT-B-16", "ViT-L-14"])
+def test_named_architectures_match_open_clip_exactly(open_clip, arch):
+    """For each named geometry the exported keys and shapes are exactly those of open_clip's own model of that name
+    (so create_model(arch, pretrained=FILE, force_quick_gelu=True) loads strictly); built on the meta device."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from aft_hf.convert import ARCHS
+    from aft_hf.export_openclip import TEXT_ARCHS, _check_arch, open_clip_model_cfg, text_to_open_clip, \
+        vision_to_open_clip
+
+    g, t = ARCHS[arch], TEXT_ARCHS[arch]
+    config = CLIPConfig(
+        vision_config=dict(hidden_size=g.width, intermediate_size=g.mlp, num_hidden_layers=g.layers,
+                           num_attention_heads=g.heads, patch_size=g.patch, image_size=g.image, hidden_act="quick_gelu"),
+        text_config=dict(hidden_size=t["width"], intermediate_size=4 * t["width"], num_hidden_layers=t["layers"],
+                         num_attention_heads=t["heads"], vocab_size=t["vocab_size"],
+                         max_position_embeddings=t["context_length"], hidden_act="quick_gelu", eos_token_id=2),
+        projection_dim=g.embed)
+    with torch.device("meta"):
+        sd = CLIPModel(config).state_dict()
+        oc = open_clip.create_model(arch, force_quick_gelu=True, device="meta", pretrained_text=False)
+    cfg = open_clip_model_cfg(config, True)
+    assert _check_arch("auto", cfg, True) == arch
+    ours = {f"visual.{k}": tuple(v.shape) for k, v in vision_to_open_clip(sd, g.layers).items()}
+    ours.update({k: tuple(v.shape) for k, v in text_to_open_clip(sd, t["layers"]).items()})
+    assert ours == {k: tuple(v.shape) for k, v in oc.state_dict().items()}
