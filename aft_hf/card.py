@@ -185,15 +185,17 @@ def report_rows(report: dict) -> list[tuple[MetricSpec, Optional[str], float]]:
 def eval_results_from_report(report: dict) -> list[EvalResult]:
     """model-index entries for the report's zero-shot classification results (values exactly as reported).
 
-    Baselines are never entries; a report on a local folder (no dataset id) gives none: the results
-    table in the text still shows every number.
+    Baselines are never entries; a report on a local folder gives none (a path is no dataset id, and
+    the card must not publish it): the results table in the text still shows every number.
     """
-    dataset = report.get("dataset")
-    if not dataset or not _DATASET_NAME.match(str(dataset)) or _is_local_path(str(dataset)):
+    dataset = str(report.get("dataset") or "")
+    if not dataset or _is_local_path(dataset):
         return []
+    # the dataset's Hub id, else a slug of its name (model-index needs an identifier; the name is shown as is)
+    dataset_type = dataset if _DATASET_NAME.match(dataset) else re.sub(r"[^\w.]+", "-", dataset).strip("-").lower()
     return [
         EvalResult(
-            task_type=ZS, task_name=spec.task_name, dataset_type=str(dataset), dataset_name=str(dataset),
+            task_type=ZS, task_name=spec.task_name, dataset_type=dataset_type, dataset_name=dataset,
             dataset_split=report.get("split"), metric_type=spec.metric_type,
             metric_name=f"{spec.name}, {spec.setting} {setting}" if setting else spec.name,
             metric_value=value, metric_config=f"{spec.setting}={setting}" if setting else None,

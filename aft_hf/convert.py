@@ -257,8 +257,10 @@ def checkpoint_activation(option: str, arch: str, open_clip_cfg: Optional[dict])
         return option, "--activation"
     if re.search(r"[-_]quickgelu$", arch, flags=re.I):
         return "quick_gelu", "--arch"
-    if open_clip_cfg is not None:
-        return ("quick_gelu" if open_clip_cfg.get("quick_gelu") else "gelu"), "open_clip_config.json"
+    # only an explicit flag counts: open_clip writes the config of the model *name*, so a fine-tune of OpenAI
+    # weights built as "ViT-L-14" with pretrained="openai" may be saved without quick_gelu although it uses it
+    if open_clip_cfg is not None and isinstance(open_clip_cfg.get("quick_gelu"), bool):
+        return ("quick_gelu" if open_clip_cfg["quick_gelu"] else "gelu"), "open_clip_config.json"
     return None, "base"
 
 

@@ -292,3 +292,5 @@ def test_activation_stated_by_the_user(state, base, tmp_path, caplog):
     from aft_hf.convert import checkpoint_activation
 
     assert checkpoint_activation("auto", "ViT-B-16-quickgelu", None) == ("quick_gelu", "--arch")
+    assert checkpoint_activation("auto", "auto", {"quick_gelu": True}) == ("quick_gelu", "open_clip_config.json")
+    assert checkpoint_activation("auto", "auto", {"embed_dim": 768}) == (None, "base")  # no flag: not guessed

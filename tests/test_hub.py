@@ -323,3 +323,12 @@ def test_export_honours_the_revision(tmp_path, monkeypatch):
     assert {"tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"} <= {p.name for p in out.iterdir()}
     assert AutoTokenizer.from_pretrained(out)("a red circle").input_ids == \
         AutoTokenizer.from_pretrained(tmp_path / "src_v1")("a red circle").input_ids
+
+
+def test_report_on_a_local_folder_stays_out_of_model_index(exported, tmp_path):
+    report = dict(REPORT, dataset=str(tmp_path / "my_images"), text_model=str(tmp_path / "text_tower"))
+    (tmp_path / "my_images").mkdir()
+    card = build_model_card(exported, repo_id="me/x", report=report)
+    assert card.data.eval_results is None and card.data.datasets == ["ILSVRC/imagenet-1k"]
+    assert str(tmp_path) not in str(card) and "dataset `local folder my_images`" in card.text
+    assert "| Zero-shot top-1 accuracy |  | 0.6125 | higher |" in card.text  # the numbers are still in the text

@@ -128,14 +128,14 @@ def test_export_vision_tower_and_import_back(open_clip, tiny_vision_path, tiny_c
 
 
 def test_real_open_clip_model_imports_with_its_activation(open_clip, tmp_path):
-    """A random open_clip CLIP of the tiny geometry with GELU (open_clip's default): its whole state dict,
-    with its open_clip_config.json beside it, imports with GELU and matches open_clip's image embeddings."""
+    """A random open_clip CLIP of the tiny geometry with GELU: its whole state dict, with an open_clip_config.json
+    saying quick_gelu false beside it, imports with GELU and matches open_clip's image embeddings."""
     from transformers import CLIPVisionModelWithProjection
 
     from aft_hf.model import save_tiny_clip
 
     base = save_tiny_clip(tmp_path / "base", seed=1, projection_dim=16)  # a quick_gelu base of the same shape
-    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16,
+    cfg = {"embed_dim": 16, "quick_gelu": False, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16,
                                            "mlp_ratio": 2.0, "patch_size": 8},
            "text_cfg": {"context_length": 16, "vocab_size": 80, "width": 32, "heads": 2, "layers": 2}}
     torch.manual_seed(0)

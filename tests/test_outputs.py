@@ -55,6 +55,8 @@ def test_overwrite_replaces_only_marked_folders(run_dir, tmp_path, capsys):
     assert main(["push", str(final), "--repo-id", "me/x", "--dry-run", "--out", str(hub)]) == 2  # no --overwrite
     assert main(["push", str(final), "--repo-id", "me/y", "--dry-run", "--out", str(hub), "--overwrite"]) == 0
     assert "me/y" in (hub / "README.md").read_text()
+    (hub / MARKER).unlink()  # a Hub folder of an earlier version (no marker): recognised by its card
+    assert main(["push", str(final), "--repo-id", "me/z", "--dry-run", "--out", str(hub), "--overwrite"]) == 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
 
 
