@@ -444,7 +444,8 @@ def _usage_section(repo: str, full_clip: bool) -> str:
         "embeddings = encoder(pixels)  # (B, 3, H, W) in [0, 1] -> L2-normalised image embeddings\n```", "",
         "With open_clip: convert a local copy with `aft-hf export-openclip` (it prints the matching "
         "`open_clip.create_model` call):", "",
-        f"```bash\nhf download {repo} --local-dir model && aft-hf export-openclip model --out model_open_clip.safetensors\n```",
+        f"```bash\nhf download {repo} --local-dir model\n"
+        "aft-hf export-openclip model --out model_open_clip.safetensors\n```",
     ])
 
 

@@ -26,6 +26,7 @@ HUB_CHECKPOINT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.
                         "open_clip_pytorch_model.bin")
 """Weights files of an open_clip model repo on the Hub, in the order open_clip itself prefers them."""
 OPEN_CLIP_CONFIG = "open_clip_config.json"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
 
 class ConvertError(AftError, ValueError):
@@ -102,7 +103,8 @@ def load_checkpoint_file(path: Union[str, Path]) -> object:
         raise ConvertError(
             f"refused '{path}': it holds objects other than tensors and plain containers, which "
             f"torch.load(weights_only=True) will not unpickle ({first}). Loading it fully could run "
-            "arbitrary code; re-save only the weights, e.g. torch.save(model.visual.state_dict(), 'visual.pt')") from None
+            "arbitrary code; re-save only the weights, e.g. "
+            "torch.save(model.visual.state_dict(), 'visual.pt')") from None
     except (EOFError, OSError) as e:
         raise ConvertError(f"'{path}' is truncated or damaged ({type(e).__name__}: {e}): download or "
                                   "save it again") from None
@@ -126,6 +128,8 @@ def resolve_checkpoint(ref: Union[str, Path], filename: Optional[str] = None,
     from huggingface_hub.utils import validate_repo_id
 
     try:
+        if local.suffix in CHECKPOINT_SUFFIXES:  # a file name, not a repo id
+            raise HFValidationError(text)
         validate_repo_id(repo_id)
     except HFValidationError:
         raise ConvertError(f"checkpoint '{ref}' does not exist (give a file, or a Hub repo id such as "

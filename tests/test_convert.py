@@ -279,6 +279,8 @@ def test_import_from_a_hub_repo_offline(state, base, hub_cache, tmp_path, capsys
     assert (got - reference_forward(state, pixel_values, TINY.heads, act="gelu")).abs().max().item() < TOL
     assert main(["import-checkpoint", "someone/not-cached", "--base", str(base), "--out", str(tmp_path / "x")]) == 2
     assert "Offline, only files already in the Hub cache" in capsys.readouterr().err
+    assert main(["import-checkpoint", "ckpts/fare4.pt", "--base", str(base), "--out", str(tmp_path / "y")]) == 2
+    assert "checkpoint 'ckpts/fare4.pt' does not exist" in capsys.readouterr().err  # a typo, not a repo id
 
 
 def test_activation_stated_by_the_user(state, base, tmp_path, caplog):

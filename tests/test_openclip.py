@@ -89,7 +89,8 @@ def test_export_full_clip_loads_in_open_clip(open_clip, tiny_clip_path, tmp_path
     # token ids of the word tokenizer: bos, words, eos (id 3), padding
     text = torch.tensor([[2, 10, 20, 3] + [0] * 12, [2, 30, 31, 32, 40, 3] + [0] * 10])
     with torch.no_grad():
-        img_diff = (oc.encode_image(_pixels()) - hf.get_image_features(pixel_values=_pixels()).pooler_output).abs().max()
+        hf_image = hf.get_image_features(pixel_values=_pixels()).pooler_output
+        img_diff = (oc.encode_image(_pixels()) - hf_image).abs().max()
         txt_diff = (oc.encode_text(text) - hf.get_text_features(input_ids=text).pooler_output).abs().max()
     print(f"HF -> open_clip: max |diff| image {img_diff:.2e}, text {txt_diff:.2e}")
     assert img_diff < TOL and txt_diff < TOL
@@ -135,8 +136,8 @@ def test_real_open_clip_model_imports_with_its_activation(open_clip, tmp_path):
     from aft_hf.model import save_tiny_clip
 
     base = save_tiny_clip(tmp_path / "base", seed=1, projection_dim=16)  # a quick_gelu base of the same shape
-    cfg = {"embed_dim": 16, "quick_gelu": False, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16,
-                                           "mlp_ratio": 2.0, "patch_size": 8},
+    cfg = {"embed_dim": 16, "quick_gelu": False,
+           "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "mlp_ratio": 2.0, "patch_size": 8},
            "text_cfg": {"context_length": 16, "vocab_size": 80, "width": 32, "heads": 2, "layers": 2}}
     torch.manual_seed(0)
     oc = _open_clip_model(open_clip, cfg, tmp_path, "tiny_gelu")
@@ -178,7 +179,8 @@ def test_named_architectures_match_open_clip_exactly(open_clip, arch):
     g, t = ARCHS[arch], TEXT_ARCHS[arch]
     config = CLIPConfig(
         vision_config=dict(hidden_size=g.width, intermediate_size=g.mlp, num_hidden_layers=g.layers,
-                           num_attention_heads=g.heads, patch_size=g.patch, image_size=g.image, hidden_act="quick_gelu"),
+                           num_attention_heads=g.heads, patch_size=g.patch, image_size=g.image,
+                           hidden_act="quick_gelu"),
         text_config=dict(hidden_size=t["width"], intermediate_size=4 * t["width"], num_hidden_layers=t["layers"],
                          num_attention_heads=t["heads"], vocab_size=t["vocab_size"],
                          max_position_embeddings=t["context_length"], hidden_act="quick_gelu", eos_token_id=2),
