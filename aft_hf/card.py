@@ -35,7 +35,31 @@ RECIPE_SECTIONS = ("model", "data", "attack", "optim")
 
 
 class CardError(AftError, ValueError):
-    """The folder cannot be described by a card (not a CLIP export)."""
+    """The folder cannot be described by a card (not a CLIP export), or a card field is invalid."""
+
+
+# The license ids the Hub accepts in a card's metadata (https://huggingface.co/docs/hub/repositories-licenses).
+# huggingface_hub has no constant for them; the Hub rejects any other value, so we check before pushing.
+HUB_LICENSES = frozenset("""
+apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0 bigcode-openrail-m
+afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0 cc-by-2.5
+cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0 cc-by-nc-nd-3.0
+cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0 cdla-permissive-1.0
+cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 eupl-1.2 agpl-3.0 gfdl gpl gpl-2.0 gpl-3.0 lgpl
+lgpl-2.1 lgpl-3.0 isc h-research intel-research lppl-1.3c ms-pl apple-ascl apple-amlr mpl-2.0 odc-by odbl
+openmdw-1.0 openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr deepfloyd-if-license
+fair-noncommercial-research-license llama2 llama3 llama3.1 llama3.2 llama3.3 llama4 gemma unknown other
+""".split())
+
+
+def check_license(license: Optional[str]) -> None:
+    """Refuse a license id the Hub would reject (``other`` plus a LICENSE file covers the rest)."""
+    if license is not None and license not in HUB_LICENSES:
+        close = sorted(x for x in HUB_LICENSES if x.split("-")[0] == license.lower().split("-")[0].split(" ")[0])
+        hint = f" (did you mean {', '.join(close[:5])}?)" if close else ""
+        raise CardError(f"--license '{license}' is not a Hub license id{hint}: use one of the ids listed at "
+                        "https://huggingface.co/docs/hub/repositories-licenses (e.g. apache-2.0, mit, "
+                        "cc-by-nc-4.0), or 'other' and add a LICENSE file")
 
 
 # --------------------------------------------------------------------------- report -> model-index
@@ -96,7 +120,8 @@ class MetricSpec:
     better: Optional[str] = None
     """Which direction is better, "higher" or "lower" (a column of the results table)."""
     model_index: bool = True
-    """Curves (ROAR) go to the results table only."""
+    """Whether the rows go to ``model-index`` too. Only zero-shot classification accuracies do: the Hub's task
+    types have none for saliency metrics, so those (and ROAR curves, and unknown keys) stay in the results table."""
 
 
 ZS = "zero-shot-image-classification"
@@ -108,18 +133,20 @@ EVAL_METRICS: dict[str, MetricSpec] = {
                                 better="higher"),
     "robust_top1": MetricSpec("Robust zero-shot top-1 accuracy", "robust_accuracy", _per_key, "eps",
                               "Adversarial robustness", "higher"),
-    "deletion": MetricSpec("Deletion AUC", "deletion_auc", _per_method_auc, "method", "Saliency faithfulness", "lower"),
+    "deletion": MetricSpec("Deletion AUC", "deletion_auc", _per_method_auc, "method", "Saliency faithfulness", "lower",
+                           model_index=False),
     "insertion": MetricSpec("Insertion AUC", "insertion_auc", _per_method_auc, "method", "Saliency faithfulness",
-                            "higher"),
+                            "higher", model_index=False),
     "roar": MetricSpec("ROAR accuracy (evaluator retrained)", "roar_accuracy", _roar, "method @ fraction removed",
                        "Saliency faithfulness (ROAR)", "lower", model_index=False),
     "pointing_game": MetricSpec("Pointing game", "pointing_game", _per_method_nested, "method",
-                                "Saliency localisation", "higher"),
+                                "Saliency localisation", "higher", model_index=False),
     "energy_in_mask": MetricSpec("Energy in mask", "energy_in_mask", _per_method_nested, "method",
-                                 "Saliency localisation"),
-    "gini": MetricSpec("Gini sparseness of saliency", "gini", _per_key, "method", "Saliency sparseness"),
+                                 "Saliency localisation", model_index=False),
+    "gini": MetricSpec("Gini sparseness of saliency", "gini", _per_key, "method", "Saliency sparseness",
+                       model_index=False),
     "randomisation_spearman": MetricSpec("Spearman correlation after weight randomisation", "randomisation_spearman",
-                                         _per_key, "method", "Saliency sanity check", "lower"),
+                                         _per_key, "method", "Saliency sanity check", "lower", model_index=False),
 }
 NOT_METRICS = ("robust_attack",)
 """Keys of ``metrics`` that describe the setup (shown in the evaluation text, not as results)."""
@@ -127,6 +154,14 @@ SETUP_FIELDS = (("dataset", "dataset"), ("split", "split"), ("num_samples", "ima
                 ("skipped_images", "unreadable images skipped"), ("num_classes", "classes"),
                 ("class_names_source", "class names"), ("num_templates", "prompt templates"),
                 ("text_model", "text tower"), ("seed", "seed"))
+
+
+def is_baseline(setting: Optional[str]) -> bool:
+    """Rows that are reference levels, not results of the model: the ``random`` map and ``chance`` levels."""
+    if not setting:
+        return False
+    parts = [p.strip() for p in re.split(r",| @ ", setting)]
+    return parts[0] == "random" or parts[-1] == "chance"
 
 
 def report_rows(report: dict) -> list[tuple[MetricSpec, Optional[str], float]]:
@@ -139,7 +174,7 @@ def report_rows(report: dict) -> list[tuple[MetricSpec, Optional[str], float]]:
     for key, value in (report.get("metrics") or {}).items():
         if key in NOT_METRICS:
             continue
-        spec = EVAL_METRICS.get(key) or MetricSpec(key, key, _generic)
+        spec = EVAL_METRICS.get(key) or MetricSpec(key, key, _generic, model_index=False)
         found = spec.extract(value)
         if not found and value is not None:
             logger.info("report metric '%s' has no numbers in a known layout: left out of the card", key)
@@ -148,19 +183,25 @@ def report_rows(report: dict) -> list[tuple[MetricSpec, Optional[str], float]]:
 
 
 def eval_results_from_report(report: dict) -> list[EvalResult]:
-    """model-index entries for the report's results (values exactly as reported)."""
-    dataset = report.get("dataset")
-    if not dataset:
-        return []  # model-index needs a dataset; the results table in the text still shows the numbers
+    """model-index entries for the report's zero-shot classification results (values exactly as reported).
+
+    Baselines are never entries; a report on a local folder gives none (a path is no dataset id, and
+    the card must not publish it): the results table in the text still shows every number.
+    """
+    dataset = str(report.get("dataset") or "")
+    if not dataset or _is_local_path(dataset):
+        return []
+    # the dataset's Hub id, else a slug of its name (model-index needs an identifier; the name is shown as is)
+    dataset_type = dataset if _DATASET_NAME.match(dataset) else re.sub(r"[^\w.]+", "-", dataset).strip("-").lower()
     return [
         EvalResult(
-            task_type=ZS, task_name=spec.task_name, dataset_type=str(dataset), dataset_name=str(dataset),
+            task_type=ZS, task_name=spec.task_name, dataset_type=dataset_type, dataset_name=dataset,
             dataset_split=report.get("split"), metric_type=spec.metric_type,
             metric_name=f"{spec.name}, {spec.setting} {setting}" if setting else spec.name,
             metric_value=value, metric_config=f"{spec.setting}={setting}" if setting else None,
             metric_args={spec.setting: setting} if setting else None,
         )
-        for spec, setting, value in report_rows(report) if spec.model_index
+        for spec, setting, value in report_rows(report) if spec.model_index and not is_baseline(setting)
     ]
 
 
@@ -176,6 +217,25 @@ def _read_json(path: Path) -> Optional[dict]:
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_DATASET_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+"""A Hub dataset id, with or without the owner (``imagenet-1k``, ``ILSVRC/imagenet-1k``)."""
+
+
+def _is_local_path(ref: str) -> bool:
+    return Path(ref).expanduser().exists() or ref.startswith(("/", ".", "~")) or "\\" in ref or ref.count("/") > 1
+
+
+def display_ref(ref: Optional[str]) -> Optional[str]:
+    """How a model or data reference is shown in a card: Hub ids and builtin names as they are, a local
+    path by its last component only (a card must not publish the author's file system)."""
+    if not ref:
+        return ref
+    cached = hub_id_of(ref) if _CACHE_PATH.search(ref) else None
+    if cached:
+        return cached
+    if ref.startswith("builtin:") or not _is_local_path(ref):
+        return ref
+    return f"local folder {Path(ref).name or ref}"
 _CACHE_PATH = re.compile(r"models--([^/\\]+)--([^/\\]+)[/\\]snapshots")
 
 
@@ -306,6 +366,8 @@ def _recipe_section(recipe: dict) -> str:
             "| parameter | value |", "|---|---|"]
     for section in RECIPE_SECTIONS:
         for key, value in (recipe.get(section) or {}).items():
+            if isinstance(value, str) and _is_local_path(value):
+                value = display_ref(value)
             rows.append(f"| `{section}.{key}` | {_fmt(value)} |")
     if "seed" in recipe:
         rows.append(f"| `seed` | {_fmt(recipe['seed'])} |")
@@ -317,7 +379,7 @@ def _import_section(info: dict) -> str:
              f"Converted by `aft-hf import-checkpoint` from the open_clip image-encoder checkpoint "
              f"`{info.get('source_checkpoint')}`"
              + (f" (sha256 `{info['sha256']}`)" if info.get("sha256") else "")
-             + f", architecture {info.get('arch')}, fused with the text tower of `{info.get('base')}`.",
+             + f", architecture {info.get('arch')}, fused with the text tower of `{display_ref(info.get('base'))}`.",
              "The image encoder's weights are those of the checkpoint; the text tower, tokenizer and processor "
              "are the base model's."]
     if info.get("ignored_keys"):
@@ -330,7 +392,11 @@ def _results_section(report: dict) -> Optional[str]:
     rows = report_rows(report)
     if not rows:
         return None
-    setup = [f"{label} `{report[key]}`" for key, label in SETUP_FIELDS if report.get(key) not in (None, "")]
+    setup = []
+    for key, label in SETUP_FIELDS:
+        value = report.get(key)
+        if value not in (None, ""):
+            setup.append(f"{label} `{display_ref(value) if key in ('dataset', 'text_model') else value}`")
     attack = (report.get("metrics") or {}).get("robust_attack")
     if isinstance(attack, dict):
         setup.append("robust accuracy under " + ", ".join(f"{k} `{_fmt(v)}`" for k, v in attack.items()))
@@ -338,7 +404,13 @@ def _results_section(report: dict) -> Optional[str]:
              f"Measured with `aft-hf evaluate` (report: `{REPORT_FILE}`)" + (": " + ", ".join(setup) if setup else "") + ".",
              "", "| metric | setting | value | better |", "|---|---|---|---|"]
     lines += [f"| {spec.name} | {_fmt(setting) if setting else ''} | {_fmt(value)} | {spec.better or ''} |"
-              for spec, setting, value in rows]
+              for spec, setting, value in rows if not is_baseline(setting)]
+    baselines = {(spec.name, "chance" if setting.endswith("chance") else setting): value
+                 for spec, setting, value in rows if is_baseline(setting)}
+    if baselines:
+        lines += ["", "Reference levels on the same images (what a random saliency map or chance gives; not results "
+                  "of this model):", "", "| metric | baseline | value |", "|---|---|---|"]
+        lines += [f"| {name} | {_fmt(setting)} | {_fmt(value)} |" for (name, setting), value in baselines.items()]
     citations = report.get("citations")
     if isinstance(citations, dict) and citations:
         lines += ["", "Metric references: " + "; ".join(f"{k}: {_fmt(v)}" for k, v in citations.items()) + "."]
@@ -346,31 +418,51 @@ def _results_section(report: dict) -> Optional[str]:
 
 
 def _usage_section(repo: str, full_clip: bool) -> str:
+    vision = "\n".join([
+        "from transformers import CLIPVisionModel, CLIPVisionModelWithProjection", "",
+        f'vision = CLIPVisionModelWithProjection.from_pretrained("{repo}")  # projected image embeddings',
+        f'tower = CLIPVisionModel.from_pretrained("{repo}")  # hidden states: the vision tower of LLaVA-style models',
+    ])
     if full_clip:
-        code = f'''```python
-from transformers import CLIPModel, CLIPProcessor, CLIPVisionModelWithProjection, pipeline
-
-model = CLIPModel.from_pretrained("{repo}")            # image + text towers
-processor = CLIPProcessor.from_pretrained("{repo}")
-vision = CLIPVisionModelWithProjection.from_pretrained("{repo}")  # image embeddings only
-
-classifier = pipeline("zero-shot-image-classification", model="{repo}")
-classifier("cat.jpg", candidate_labels=["a photo of a cat", "a photo of a dog"])
-```'''
+        code = "\n".join([
+            "```python", "from transformers import CLIPModel, CLIPProcessor, pipeline", "",
+            f'model = CLIPModel.from_pretrained("{repo}")  # image + text towers',
+            f'processor = CLIPProcessor.from_pretrained("{repo}")',
+            f'classifier = pipeline("zero-shot-image-classification", model="{repo}")',
+            'classifier("cat.jpg", candidate_labels=["a photo of a cat", "a photo of a dog"])', "", vision, "```"])
     else:
-        code = f'''```python
-from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
-
-vision = CLIPVisionModelWithProjection.from_pretrained("{repo}")
-processor = CLIPImageProcessor.from_pretrained("{repo}")
-embeddings = vision(**processor(images=image, return_tensors="pt")).image_embeds
-```'''
+        code = "\n".join([
+            "```python", vision, "from transformers import CLIPImageProcessor", "",
+            f'processor = CLIPImageProcessor.from_pretrained("{repo}")',
+            'embeddings = vision(**processor(images=image, return_tensors="pt")).image_embeds', "```"])
     return "\n".join([
         "## Usage", "", code, "",
+        "`CLIPVisionModel` gives the hidden states that LLaVA-style vision-language models read from their CLIP "
+        "vision tower; with the same geometry as the base, this tower can replace the base's.", "",
         "With `aft_hf` (pixels in [0, 1], normalisation inside; for attacks and saliency maps):", "",
         f'```python\nfrom aft_hf import load_image_encoder\n\nencoder = load_image_encoder("{repo}")\n'
-        "embeddings = encoder(pixels)  # (B, 3, H, W) in [0, 1] -> L2-normalised image embeddings\n```",
+        "embeddings = encoder(pixels)  # (B, 3, H, W) in [0, 1] -> L2-normalised image embeddings\n```", "",
+        "With open_clip: convert a local copy with `aft-hf export-openclip` (it prints the matching "
+        "`open_clip.create_model` call):", "",
+        f"```bash\nhf download {repo} --local-dir model\n"
+        "aft-hf export-openclip model --out model_open_clip.safetensors\n```",
     ])
+
+
+def _limitations_section(recipe: Optional[dict], imported: Optional[dict], report: Optional[dict]) -> str:
+    lines = ["## Limitations", ""]
+    if recipe is not None or imported is not None:
+        lines.append("- Robustness holds at best inside the threat model the encoder was trained for; other "
+                     "perturbations, larger budgets and stronger or adaptive attacks (e.g. AutoAttack) can break it. "
+                     "Robust accuracy measured with a fixed PGD attack is an upper bound.")
+        lines.append("- Adversarial fine-tuning usually lowers clean zero-shot accuracy compared with the base model.")
+    lines.append("- Only the image encoder was changed; the text tower is the base model's, so attacks on the text "
+                 "input are not addressed.")
+    lines.append("- Saliency metrics depend on the explanation method, the data and the masks; a sharper map is not "
+                 "proof that a prediction is right.")
+    if not (report or {}).get("metrics"):
+        lines.append("- No evaluation is reported in this card: measure the model on your data before relying on it.")
+    return "\n".join(lines)
 
 
 CITATION = """## Citation
@@ -437,7 +529,7 @@ def build_model_card(folder: Union[str, Path], repo_id: Optional[str] = None, re
         library_name="transformers", pipeline_tag=ZS if full_clip else "image-feature-extraction",
         tags=tags, model_name=model_name, eval_results=results or None,
     )
-    base_text = base_id or base or "the base model"
+    base_text = base_id or display_ref(base) or "the base model"
     arch = (f"Architecture: CLIP ViT, width {vision.get('hidden_size')}, {vision.get('num_hidden_layers')} layers, "
             f"{vision.get('num_attention_heads')} heads, patch {vision.get('patch_size')}, "
             f"{vision.get('image_size')} px, projection {vision.get('projection_dim')}"
@@ -462,6 +554,7 @@ def build_model_card(folder: Union[str, Path], repo_id: Optional[str] = None, re
         sections += ["", "## Figures"]
         for caption, path in figures.items():
             sections += ["", f"![{caption}]({path})"]
-    sections += ["", _usage_section(repo_id or model_name, full_clip), "", CITATION, "",
+    sections += ["", _usage_section(repo_id or model_name, full_clip), "",
+                 _limitations_section(recipe, imported, report), "", CITATION, "",
                  f"<sub>Card generated by aft_hf {__version__} from the files in this repository.</sub>", ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(sections))

@@ -18,7 +18,7 @@ from . import __version__
 from .errors import AftError
 
 COMMAND_MODULES = ["aft_hf.train", "aft_hf.hub", "aft_hf.world.cli", "aft_hf.convert", "aft_hf.explain.cli",
-                   "aft_hf.evaluate.cli", "aft_hf.demo"]
+                   "aft_hf.evaluate.cli", "aft_hf.demo", "aft_hf.export_openclip"]
 QUIET_LOGGERS = ("httpx", "httpcore", "urllib3", "filelock", "fsspec", "accelerate.checkpointing",
                  "accelerate.accelerator")
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 import re
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -29,13 +27,13 @@ from huggingface_hub.utils.sha import sha_fileobj
 from torch import Tensor
 
 from .card import IMPORT_FILE
-from .errors import AftError
+from .checkpoint_io import ConvertError, load_checkpoint_file, read_open_clip_config, resolve_checkpoint
+from .model import save_preprocessing
+from .outputs import OutputError, check_output_dir, discard, replace_dir, staging_dir, write_marker
 
 logger = logging.getLogger(__name__)
 
 
-class ConvertError(AftError, ValueError):
-    """A checkpoint could not be converted; the message names the problem."""
 
 
 @dataclass(frozen=True)
@@ -80,30 +78,6 @@ def arch_geometry(arch: str) -> Optional[VitGeometry]:
 
 
 # --------------------------------------------------------------------------- reading the file
-
-
-def load_checkpoint_file(path: Union[str, Path]) -> object:
-    """Read a checkpoint with ``torch.load(weights_only=True)`` (or safetensors); anything else is refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConvertError(f"checkpoint '{path}' does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConvertError(
-            f"refused '{path}': it holds objects other than tensors and plain containers, which "
-            f"torch.load(weights_only=True) will not unpickle ({first}). Loading it fully could run "
-            "arbitrary code; re-save only the weights, e.g. torch.save(model.visual.state_dict(), 'visual.pt')") from None
-    except RuntimeError as e:
-        if "TorchScript" in str(e) or "torch.jit" in str(e):
-            raise ConvertError(f"'{path}' is a TorchScript archive: load it with open_clip or torch.jit.load and "
-                               "save model.visual.state_dict() with torch.save") from None
-        raise ConvertError(f"could not read '{path}': {e}") from None
 
 
 def extract_visual_state_dict(obj: object) -> tuple[dict[str, Tensor], list[str]]:
@@ -230,7 +204,9 @@ def to_transformers(state: dict[str, Tensor], g: VitGeometry) -> dict[str, Tenso
 # --------------------------------------------------------------------------- fuse with the base
 
 
-def _load_base(base: str):
+def _load_base(base: str, vision_activation=None):
+    """(resolved source, the base ``CLIPModel``); ``vision_activation(base_act) -> act`` may change the vision
+    tower's activation before the weights are loaded."""
     from transformers import AutoConfig, CLIPModel
 
     from .model import resolve_builtin_model
@@ -244,7 +220,9 @@ def _load_base(base: str):
     if config.model_type != "clip":
         raise ConvertError(f"the base '{base}' is a '{config.model_type}' model; it must be a full CLIPModel "
                            "(its text tower, tokenizer and processor complete the converted image encoder)")
-    return source, CLIPModel.from_pretrained(source)
+    if vision_activation is not None:
+        config.vision_config.hidden_act = vision_activation(config.vision_config.hidden_act)
+    return source, CLIPModel.from_pretrained(source, config=config)
 
 
 def _check_base(g: VitGeometry, base_model) -> VitGeometry:
@@ -266,59 +244,115 @@ def _sha256(path: Path) -> str:
         return sha_fileobj(f).hex()
 
 
+ACTIVATIONS = ("quick_gelu", "gelu")
+"""The two MLP activations of CLIP ViTs: QuickGELU (OpenAI CLIP and its fine-tunes) and exact GELU (most
+open_clip models trained from scratch). transformers names them like this in ``hidden_act``."""
+
+
+def checkpoint_activation(option: str, arch: str, open_clip_cfg: Optional[dict]) -> tuple[Optional[str], str]:
+    """(the activation the checkpoint was trained with, or None when nothing says; where that came from)."""
+    if option != "auto":
+        if option not in ACTIVATIONS:
+            raise ConvertError(f"--activation must be auto, quick_gelu or gelu, not '{option}'")
+        return option, "--activation"
+    if re.search(r"[-_]quickgelu$", arch, flags=re.I):
+        return "quick_gelu", "--arch"
+    # only an explicit flag counts: open_clip writes the config of the model *name*, so a fine-tune of OpenAI
+    # weights built as "ViT-L-14" with pretrained="openai" may be saved without quick_gelu although it uses it
+    if open_clip_cfg is not None and isinstance(open_clip_cfg.get("quick_gelu"), bool):
+        return ("quick_gelu" if open_clip_cfg["quick_gelu"] else "gelu"), "open_clip_config.json"
+    return None, "base"
+
+
+def _choose_activation(found: Optional[str], origin: str, base_act: str) -> str:
+    """The vision tower's activation: the checkpoint's when known (a mismatch with the base is reported)."""
+    if found is None:
+        logger.info("the checkpoint does not state its activation: using the base's (%s); pass --activation gelu "
+                    "if it was trained with GELU", base_act)
+        return base_act
+    if found != base_act:
+        logger.warning("activation mismatch: the checkpoint was trained with %s (%s) but the base's vision tower "
+                       "uses %s; the converted vision tower uses %s (the text tower keeps the base's). If the "
+                       "checkpoint was fine-tuned from this base, this is wrong: check --activation/--arch.",
+                       found, origin, base_act, found)
+    return found
+
+
 def import_checkpoint(checkpoint: Union[str, Path], base: str, out: Union[str, Path], arch: str = "auto",
-                      ignore_unexpected: bool = False) -> Path:
+                      ignore_unexpected: bool = False, overwrite: bool = False, activation: str = "auto",
+                      filename: Optional[str] = None, revision: Optional[str] = None) -> Path:
     """Convert an open_clip image-encoder checkpoint into a full ``CLIPModel`` folder at ``out``.
 
     Args:
-        checkpoint: ``.pt``/``.pth``/``.bin`` (read with ``weights_only=True``) or ``.safetensors``.
+        checkpoint: ``.pt``/``.pth``/``.bin`` (read with ``weights_only=True``) or ``.safetensors``, or a Hub
+            repo id (``org/name``; ``filename``/``revision`` pick the file; cached files resolve offline).
         base: the CLIP the checkpoint was fine-tuned from (Hub id or local folder; offline: local).
-            Its text tower, tokenizer and image processor are copied; its vision weights replaced.
-        arch: ``ViT-B-16``, ``ViT-B-32``, ``ViT-L-14`` or ``auto`` (geometry read from the weights).
+            Its text tower, tokenizer and image processor are saved; its vision weights replaced.
+        arch: ``ViT-B-16``, ``ViT-B-32``, ``ViT-L-14`` (``-quickgelu`` states the activation) or ``auto``.
         ignore_unexpected: drop keys that are not part of the image tower instead of refusing.
+        overwrite: replace ``out`` when it is a folder that aft_hf wrote (never anything else).
+        activation: ``quick_gelu``/``gelu`` as trained, or ``auto`` (from ``--arch`` or an
+            ``open_clip_config.json`` beside the checkpoint; else the base's).
     """
-    from .model import _copy_preprocessing_files, _replace_dir
-
-    checkpoint, out = Path(checkpoint), Path(out)
     named = arch_geometry(arch)
-    state, ignored = extract_visual_state_dict(load_checkpoint_file(checkpoint))
-    geometry = named or infer_geometry(state)
-    if named is not None:  # a plain statement first; check_state_dict gives the key-level detail
-        try:
-            found: Optional[VitGeometry] = infer_geometry(state, heads=named.heads)
-        except ConvertError:
-            found = None
-        if found is not None and found != named:
-            raise ConvertError(f"the weights are not {arch}: they have {_describe(found)}, {arch} has "
-                               f"{_describe(named)} (use --arch auto to convert a custom geometry)")
+    path, repo_id = resolve_checkpoint(checkpoint, filename, revision)
+    base_local = Path(base) if Path(base).exists() else None
+    try:
+        out = check_output_dir(out, overwrite, inputs=[base_local], input_files=[path if repo_id is None else None])
+    except OutputError as e:
+        raise ConvertError(str(e)) from None
+    state, ignored = extract_visual_state_dict(load_checkpoint_file(path))
+    geometry = _checked_geometry(state, named, arch)
     unexpected = check_state_dict(state, geometry, ignore_unexpected)
-    source, model = _load_base(base)
+    found, origin = checkpoint_activation(activation, arch, read_open_clip_config(path, repo_id, revision))
+    source, model = _load_base(base, lambda base_act: _choose_activation(found, origin, base_act))
     geometry = _check_base(geometry, model)
-    converted = to_transformers(state, geometry)
+    _fill_vision(model, to_transformers(state, geometry))
+    tmp = staging_dir(out)
+    try:
+        model.save_pretrained(tmp)
+        save_preprocessing(source, tmp)
+        arch_name = next((name for name, g in ARCHS.items() if g == geometry), "custom ViT")
+        info = {"source_checkpoint": f"{repo_id}/{path.name}" if repo_id else path.name, "sha256": _sha256(path),
+                "arch": arch_name, "geometry": asdict(geometry), "base": base,
+                "hidden_act": model.config.vision_config.hidden_act, "activation_source": origin,
+                "ignored_keys": ignored + unexpected}
+        (tmp / IMPORT_FILE).write_text(json.dumps(info, indent=2))
+        write_marker(tmp, "aft-hf import-checkpoint")
+    except BaseException:
+        discard(tmp)
+        raise
+    replace_dir(tmp, out)
+    logger.info("converted %s (%d image-tower tensors, %d other keys ignored) -> %s",
+                checkpoint, len(state) - len(unexpected), len(ignored) + len(unexpected), out)
+    return out
+
+
+def _checked_geometry(state: dict[str, Tensor], named: Optional[VitGeometry], arch: str) -> VitGeometry:
+    """The geometry to convert with: ``--arch``'s (after a plain check against the weights) or the inferred one."""
+    if named is None:
+        return infer_geometry(state)
+    try:
+        found: Optional[VitGeometry] = infer_geometry(state, heads=named.heads)
+    except ConvertError:
+        found = None  # check_state_dict gives the key-level detail
+    if found is not None and found != named:
+        raise ConvertError(f"the weights are not {arch}: they have {_describe(found)}, {arch} has "
+                           f"{_describe(named)} (use --arch auto to convert a custom geometry)")
+    return named
+
+
+def _fill_vision(model, converted: dict[str, Tensor]) -> None:
+    """Load the converted vision weights into the base; every vision weight must be replaced."""
     dtype = model.visual_projection.weight.dtype
-    vision_keys = {k: v for k, v in model.state_dict().items() if k.startswith(("vision_model.", "visual_projection."))}
-    not_filled = sorted(set(vision_keys) - set(converted))
+    vision_keys = {k for k in model.state_dict() if k.startswith(("vision_model.", "visual_projection."))}
+    not_filled = sorted(vision_keys - set(converted))
     if not_filled:  # a transformers version with extra persistent vision weights: never leave base weights in
         raise ConvertError(f"the conversion does not fill these vision weights of the base: {', '.join(not_filled)}")
     result = model.load_state_dict({k: v.to(dtype) for k, v in converted.items()}, strict=False)
     if result.unexpected_keys:
         raise ConvertError(f"internal key mapping error, unexpected: {result.unexpected_keys}")
     model.config.vision_config.projection_dim = model.config.projection_dim  # docs/method.md#loading-clip-vision-checkpoints
-
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
-    _copy_preprocessing_files(source, tmp)
-    arch_name = next((name for name, g in ARCHS.items() if g == geometry), "custom ViT")
-    info = {"source_checkpoint": checkpoint.name, "sha256": _sha256(checkpoint), "arch": arch_name,
-            "geometry": asdict(geometry), "base": base, "hidden_act": model.config.vision_config.hidden_act,
-            "ignored_keys": ignored + unexpected}
-    (tmp / IMPORT_FILE).write_text(json.dumps(info, indent=2))
-    _replace_dir(tmp, out)
-    logger.info("converted %s (%d image-tower tensors, %d other keys ignored) -> %s",
-                checkpoint, len(state) - len(unexpected), len(ignored) + len(unexpected), out)
-    return out
 
 
 # --------------------------------------------------------------------------- CLI
@@ -329,17 +363,29 @@ def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser(
         "import-checkpoint", help="convert an open_clip image-encoder checkpoint into a transformers CLIPModel folder",
         description="Convert a released open_clip image encoder (bare, 'visual.'-prefixed, or inside a training "
-                    "checkpoint dict) into a full CLIPModel folder with the base model's text tower and processor.")
-    p.add_argument("checkpoint", help=".pt/.pth/.bin (read with weights_only=True) or .safetensors")
-    p.add_argument("--arch", default="auto", help=f"{', '.join(ARCHS)} or auto (read from the weights; default)")
+                    "checkpoint dict; a local file or a Hub repo) into a full CLIPModel folder with the base model's "
+                    "text tower and processor.")
+    p.add_argument("checkpoint", help=".pt/.pth/.bin (read with weights_only=True) or .safetensors, or a Hub repo id "
+                                      "(org/name) holding an open_clip model")
+    p.add_argument("--arch", default="auto", help=f"{', '.join(ARCHS)} (add -quickgelu to state the activation) "
+                                                  "or auto (read from the weights; default)")
     p.add_argument("--base", required=True, help="the CLIP it was fine-tuned from: Hub id or local folder")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (new or empty; --overwrite replaces one aft_hf wrote)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a folder written by aft_hf")
+    p.add_argument("--activation", default="auto", choices=("auto",) + ACTIVATIONS,
+                   help="the MLP activation the checkpoint was trained with (OpenAI-derived: quick_gelu); auto: "
+                        "from --arch or an open_clip_config.json beside it, else the base's")
+    p.add_argument("--filename", help="for a Hub repo: the weights file (default: open_clip's file names)")
+    p.add_argument("--revision", help="for a Hub repo: branch, tag or commit")
     p.add_argument("--ignore-unexpected", action="store_true", help="drop keys that are not part of the image tower")
     p.set_defaults(func=_cli_import)
 
 
 def _cli_import(args, extra) -> int:
-    out = import_checkpoint(args.checkpoint, args.base, args.out, args.arch, args.ignore_unexpected)
+    out = import_checkpoint(args.checkpoint, args.base, args.out, args.arch, args.ignore_unexpected,
+                            overwrite=args.overwrite, activation=args.activation, filename=args.filename,
+                            revision=args.revision)
     info = json.loads((out / IMPORT_FILE).read_text())
-    print(f"converted {args.checkpoint} -> {out} ({info['geometry']}, ignored keys: {len(info['ignored_keys'])})")
+    print(f"converted {args.checkpoint} -> {out} ({info['geometry']}, activation {info['hidden_act']} "
+          f"[{info['activation_source']}], ignored keys: {len(info['ignored_keys'])})")
     return 0

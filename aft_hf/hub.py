@@ -24,12 +24,13 @@ from typing import Optional, Sequence, Union
 from huggingface_hub import HfApi, get_token
 
 from .errors import AftError
+from .outputs import MARKER, OutputError, check_output_dir, discard, replace_dir, staging_dir, write_marker
 
 
 logger = logging.getLogger(__name__)
 
 # In-progress training state never goes to the Hub.
-IGNORE_PATTERNS = ["checkpoints/*", "*.tmp*", ".tmp_*", "logs/*"]
+IGNORE_PATTERNS = ["checkpoints/*", "*.tmp*", ".tmp_*", "logs/*", MARKER]
 ASSETS_DIR = "assets"
 
 
@@ -37,7 +38,7 @@ class HubError(AftError, RuntimeError):
     """Publishing failed; the message says why (never containing the token)."""
 
 
-from .card import REPORT_FILE, CardError, build_model_card  # noqa: E402  (the card lives in aft_hf.card)
+from .card import REPORT_FILE, CardError, build_model_card, check_license  # noqa: E402  (the card lives in aft_hf.card)
 
 
 # --------------------------------------------------------------------------- the Hub folder
@@ -49,18 +50,48 @@ def _ignored(rel: str) -> bool:
 
 
 def load_report(path: Union[str, Path]) -> dict:
-    """Read an evaluate report (JSON object) with a clear error."""
+    """Read an ``aft-hf evaluate`` report (JSON object with ``schema_version`` and ``metrics``)."""
     try:
         report = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise HubError(f"could not read the report '{path}': {e}") from e
     if not isinstance(report, dict):
         raise HubError(f"the report '{path}' is not a JSON object")
+    check_report(report, str(path))
     return report
+
+
+def check_report(report: dict, name: str = "the report") -> None:
+    """Refuse anything that is not an evaluate report (e.g. a train_summary.json) before it reaches the card."""
+    from .evaluate.report import SCHEMA_VERSION
+
+    if "schema_version" not in report or not isinstance(report.get("metrics"), dict):
+        found = ", ".join(map(str, list(report)[:8])) or "nothing"
+        raise HubError(f"'{name}' is not an `aft-hf evaluate` report (it needs 'schema_version' and a 'metrics' "
+                       f"object; found keys: {found}): pass the report.json written by `aft-hf evaluate`")
+    if report["schema_version"] != SCHEMA_VERSION:
+        raise HubError(f"'{name}' has report schema_version {report['schema_version']!r}; this aft_hf reads "
+                       f"schema {SCHEMA_VERSION}: re-run `aft-hf evaluate` with this version")
+
+
+def check_repo_id(repo_id: Optional[str]) -> None:
+    """Validate a repo id as the Hub does (``huggingface_hub.utils.validate_repo_id``)."""
+    if repo_id is None:
+        return
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise HubError(f"invalid --repo-id '{repo_id}': {str(e).splitlines()[0]} (expected 'user/name' or 'name')"
+                       ) from None
 
 
 def _copy_figure(src: Path, out: Path) -> str:
     """Copy a figure into ``out/assets`` after checking it is an image; returns its relative path."""
+    if not src.is_file():
+        raise HubError(f"the figure '{src}' is not a file (give an image file, e.g. saliency.png)")
     try:
         from PIL import Image
 
@@ -84,19 +115,47 @@ def prepare_hub_folder(folder: Union[str, Path], out: Union[str, Path], repo_id:
 
     Files matching ``IGNORE_PATTERNS`` (checkpoints in progress, logs) are not copied. A report
     read from a file brings its figures (``"figures": {name: path relative to the report}``);
-    ``figure`` adds a saliency figure of your own.
+    ``figure`` adds a saliency figure of your own. The folder is built next to ``out`` and moved
+    into place at the end, so a failure leaves ``out`` untouched; ``overwrite`` replaces only a
+    folder that aft_hf wrote (see :mod:`aft_hf.outputs`).
     """
-    folder, out = Path(folder).resolve(), Path(out).resolve()
+    folder = Path(folder).resolve()
     if not (folder / "config.json").is_file():
         raise HubError(f"'{folder}' is not an exported model folder (no config.json)")
-    if out == folder or folder in out.parents:
-        raise HubError(f"--out '{out}' must lie outside the model folder '{folder}'")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise HubError(f"'{out}' exists and is not empty (pass --overwrite to replace it)")
-        shutil.rmtree(out)
+    check_repo_id(repo_id)
+    check_license(license)
+    if figure is not None and not Path(figure).is_file():
+        raise HubError(f"the figure '{figure}' is not a file (give an image file, e.g. saliency.png)")
+    files = [p for p in (report, figure) if isinstance(p, (str, Path))]
+    _adopt_earlier_hub_folder(Path(out))
+    try:
+        out = check_output_dir(out, overwrite, inputs=[folder], input_files=files)
+    except OutputError as e:
+        raise HubError(str(e)) from None
     report_dict = load_report(report) if isinstance(report, (str, Path)) else report
-    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(report_dict, dict):
+        check_report(report_dict)
+    tmp = staging_dir(out)
+    try:
+        _fill_hub_folder(tmp, folder, report, report_dict, figure, repo_id, license, allow_network, tags)
+        write_marker(tmp, "aft-hf push (Hub folder)")
+    except BaseException:
+        discard(tmp)
+        raise
+    return replace_dir(tmp, out)
+
+
+def _adopt_earlier_hub_folder(out: Path) -> None:
+    """A Hub folder built by an aft_hf version before markers existed is recognised by its card and marked."""
+    readme = out / "README.md"
+    if out.is_dir() and not (out / MARKER).exists() and (out / "config.json").is_file() and readme.is_file() \
+            and "Card generated by aft_hf" in readme.read_text(errors="replace"):
+        write_marker(out, "aft-hf push (a Hub folder of an earlier aft_hf version)")
+
+
+def _fill_hub_folder(out: Path, folder: Path, report, report_dict: Optional[dict], figure, repo_id, license,
+                     allow_network: bool, tags: Sequence[str]) -> None:
+    """Write the Hub folder's files into the (empty) staging folder ``out``."""
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder).as_posix()
         if path.is_file() and not _ignored(rel) and rel != "README.md":
@@ -125,7 +184,6 @@ def prepare_hub_folder(folder: Union[str, Path], out: Union[str, Path], repo_id:
     except CardError as e:
         raise HubError(str(e)) from e
     card.save(out / "README.md")
-    return out
 
 
 # --------------------------------------------------------------------------- push
@@ -185,6 +243,8 @@ def push_model(folder: Union[str, Path], repo_id: str, report: Union[str, Path, 
 
     ``staging`` keeps the built folder there; by default it is built in a temporary folder.
     """
+    check_repo_id(repo_id)
+    check_license(license)
     token = require_token(token)  # fail before any work when there is no token
     if staging is not None:
         built = prepare_hub_folder(folder, staging, repo_id, report, figure, license, overwrite, allow_network=True,
@@ -214,7 +274,8 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--private", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="only build the folder (needs --out); no network")
     p.add_argument("--out", help="where to build the Hub folder (kept)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it is a folder that aft_hf wrote (any other folder is refused)")
     p.set_defaults(func=_cli_push)
 
 

@@ -8,6 +8,7 @@ AFT budgets live in pixel space, so CLIP's mean/std normalisation happens *insid
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -27,6 +28,8 @@ from transformers import (
 from .constants import BUILTIN_PREFIX, CLIP_MEAN, CLIP_STD, WORLD_CLIP_DIR
 from .env import hub_offline
 from .errors import AftError
+
+logger = logging.getLogger(__name__)
 
 TINY_CLIP_VERSION = 2
 """Bumped whenever the tiny CLIP's recipe changes, so a copy cached by an older version is not reused."""
@@ -237,64 +240,66 @@ def load_image_encoder(
 # --------------------------------------------------------------------------- export
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a fully written folder into place, so a reader never sees a half-written export."""
-    if final.exists():
-        old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+def _earlier_export(folder: Path) -> bool:
+    """A folder written by ``export_pretrained`` before exports carried the aft_hf marker."""
+    return (folder / "config.json").is_file() and (folder / "aft_config.yaml").is_file()
 
 
-def export_pretrained(encoder: ImageEncoder, out_dir: Union[str, Path], extra_files: Optional[dict[str, str]] = None) -> Path:
+def export_pretrained(encoder: ImageEncoder, out_dir: Union[str, Path], extra_files: Optional[dict[str, str]] = None,
+                      revision: Optional[str] = None) -> Path:
     """Write the fine-tuned encoder with ``save_pretrained`` (safetensors) to ``out_dir``.
 
-    A base that was a full ``CLIPModel`` is written as a full ``CLIPModel`` (original text tower,
-    new vision tower, tokenizer/processor files copied), so zero-shot tools work unchanged and
-    ``CLIPVisionModelWithProjection.from_pretrained`` loads the vision part. A vision-only base
-    is written as a ``CLIPVisionModelWithProjection``. ``extra_files`` maps names to text content.
+    A base that was a full ``CLIPModel`` is written as a full ``CLIPModel`` (original text tower at
+    ``revision``, new vision tower, the base's tokenizer and image processor saved with their own
+    ``save_pretrained``), so zero-shot tools work unchanged and ``CLIPVisionModelWithProjection``
+    loads the vision part. A vision-only base is written as a ``CLIPVisionModelWithProjection``.
+    ``extra_files`` maps names to text content. The folder is written next to ``out_dir``, marked
+    as aft_hf output and moved into place; an existing ``out_dir`` is replaced only when aft_hf
+    wrote it (an unrelated folder raises :class:`aft_hf.outputs.OutputError`).
     """
+    from .outputs import MARKER, check_output_dir, discard, replace_dir, staging_dir, write_marker
+
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    vision = encoder.vision
-    source = resolve_builtin_model(encoder.source) if encoder.source else None
-    if encoder.base_is_full_clip and source is not None:
-        full = CLIPModel.from_pretrained(source)
-        full.vision_model.load_state_dict(vision.vision_model.state_dict())
-        full.visual_projection.load_state_dict(vision.visual_projection.state_dict())
-        full.config.vision_config.projection_dim = full.config.projection_dim
-        full.save_pretrained(tmp)
-        _copy_preprocessing_files(source, tmp)
-    else:
-        vision.save_pretrained(tmp)
-        if encoder.image_processor is not None:
-            encoder.image_processor.save_pretrained(tmp)
-    for name, text in (extra_files or {}).items():
-        (tmp / name).write_text(text)
-    _replace_dir(tmp, out_dir)
-    return out_dir
+    revision = revision if revision is not None else getattr(encoder, "revision", None)
+    if out_dir.is_dir() and _earlier_export(out_dir) and not (out_dir / MARKER).exists():
+        write_marker(out_dir, "export_pretrained (an export of an earlier aft_hf version)")
+    out_dir = check_output_dir(out_dir, overwrite=True, option="export folder")
+    tmp = staging_dir(out_dir)
+    try:
+        vision = encoder.vision
+        source = resolve_builtin_model(encoder.source) if encoder.source else None
+        if encoder.base_is_full_clip and source is not None:
+            full = CLIPModel.from_pretrained(source, revision=revision)
+            full.vision_model.load_state_dict(vision.vision_model.state_dict())
+            full.visual_projection.load_state_dict(vision.visual_projection.state_dict())
+            full.config.vision_config.projection_dim = full.config.projection_dim
+            full.save_pretrained(tmp)
+            save_preprocessing(source, tmp, revision, encoder.image_processor)
+        else:
+            vision.save_pretrained(tmp)
+            if encoder.image_processor is not None:
+                encoder.image_processor.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        write_marker(tmp, "aft_hf export_pretrained")
+    except BaseException:
+        discard(tmp)
+        raise
+    return replace_dir(tmp, out_dir)
 
 
-_PREPROCESSING_FILES = (
-    "preprocessor_config.json", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "vocab.json", "merges.txt",
-)
+def save_preprocessing(source: str, dest: Path, revision: Optional[str] = None, image_processor=None) -> None:
+    """Save the base's tokenizer and image processor next to the weights with their own ``save_pretrained``
+    (local folder, Hub id or Hub cache, at ``revision``); a base without a tokenizer is left without one."""
+    from transformers import AutoTokenizer
 
-
-def _copy_preprocessing_files(source: str, dest: Path) -> None:
-    """Copy tokenizer and processor files of the base (local folder or Hub cache) next to the weights."""
-    for name in _PREPROCESSING_FILES:
-        local = Path(source) / name
-        if not local.is_file():
-            try:
-                from huggingface_hub import hf_hub_download
-
-                local = Path(hf_hub_download(source, name))
-            except Exception:  # the base simply lacks that file
-                continue
-        shutil.copyfile(local, dest / name)
+    if image_processor is None:
+        image_processor = _load_image_processor(source, revision)
+    if image_processor is not None:
+        image_processor.save_pretrained(dest)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+    except (OSError, ValueError) as e:  # a vision-only base: nothing to save
+        logger.info("no tokenizer saved from '%s' (%s)", source, type(e).__name__)
+        return
+    tokenizer.save_pretrained(dest)

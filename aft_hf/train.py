@@ -336,7 +336,7 @@ def train(cfg: TrainConfig) -> Path:
     per_rank = accelerator.gather(torch.tensor([images_seen], device=accelerator.device)).tolist()
     skipped = accelerator.gather(torch.tensor([progress.skipped_images], device=accelerator.device)).sum().item()
     if accelerator.is_main_process:
-        export_pretrained(unwrapped, final, extra_files={"aft_config.yaml": cfg.to_yaml()})
+        export_pretrained(unwrapped, final, extra_files={"aft_config.yaml": cfg.to_yaml()}, revision=cfg.model.revision)
         summary = {"steps": progress.step, "num_processes": accelerator.num_processes,
                    "images_seen_per_process": per_rank, "skipped_images": skipped,
                    "distributed_type": str(accelerator.distributed_type), "final": str(final),

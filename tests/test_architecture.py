@@ -45,9 +45,9 @@ def _graph() -> dict[str, set[str]]:
 
 
 LAYERS = [
-    {"constants", "errors", "env", "files", "tokenizer"},
+    {"constants", "errors", "env", "files", "tokenizer", "outputs"},
     {"config", "model", "attack", "data", "perf"},
-    {"card", "hub", "convert"},
+    {"card", "hub", "convert", "checkpoint_io", "export_openclip"},
     {"train"},
     {"figures", "explain", "evaluate"},
     {"world", "demo"},

@@ -34,7 +34,7 @@ def random_open_clip_state(g: VitGeometry, seed: int = 0) -> dict:
     return state
 
 
-def reference_forward(sd: dict, pixel_values: torch.Tensor, heads: int) -> torch.Tensor:
+def reference_forward(sd: dict, pixel_values: torch.Tensor, heads: int, act: str = "quick_gelu") -> torch.Tensor:
     """open_clip VisionTransformer forward (OpenAI variant: QuickGELU, class-token pooling, x @ proj)."""
     width = sd["conv1.weight"].shape[0]
     patch = sd["conv1.weight"].shape[-1]
@@ -58,7 +58,7 @@ def reference_forward(sd: dict, pixel_values: torch.Tensor, heads: int) -> torch
         attn = attn.transpose(1, 2).reshape(b, n, width)
         x = x + attn @ sd[p + "attn.out_proj.weight"].T + sd[p + "attn.out_proj.bias"]
         h = ln(x, p + "ln_2") @ sd[p + "mlp.c_fc.weight"].T + sd[p + "mlp.c_fc.bias"]
-        h = h * torch.sigmoid(1.702 * h)  # QuickGELU
+        h = h * torch.sigmoid(1.702 * h) if act == "quick_gelu" else F.gelu(h)  # QuickGELU (OpenAI) or GELU
         x = x + h @ sd[p + "mlp.c_proj.weight"].T + sd[p + "mlp.c_proj.bias"]
     return ln(x[:, 0], "ln_post") @ sd["proj"]
 
@@ -157,14 +157,14 @@ def test_missing_unexpected_and_mismatched_keys_are_named(state, base, tmp_path)
 
     torch.save(state, tmp_path / "s.pt")
     with pytest.raises(ConvertError, match=r"not ViT-B-16: they have width 32, 2 layers.*ViT-B-16 has width 768"):
-        import_checkpoint(tmp_path / "s.pt", str(base), tmp_path / "out", arch="ViT-B-16")
+        import_checkpoint(tmp_path / "s.pt", str(base), tmp_path / "out2", arch="ViT-B-16")
     with pytest.raises(ConvertError, match=r"conv1\.weight: \(32, 3, 8, 8\) \(expected \(32, 3, 16, 16\)\)"):
         check_state_dict(state, VitGeometry(**{**TINY.__dict__, "patch": 16, "image": 64}))
     with pytest.raises(ConvertError, match="unknown --arch"):
-        import_checkpoint(tmp_path / "s.pt", str(base), tmp_path / "out", arch="ViT-H-14")
+        import_checkpoint(tmp_path / "s.pt", str(base), tmp_path / "out2", arch="ViT-H-14")
     torch.save({"epoch": 1, "weights": state}, tmp_path / "w.pt")
     with pytest.raises(ConvertError, match="no state dict found.*epoch, weights"):
-        import_checkpoint(tmp_path / "w.pt", str(base), tmp_path / "out")
+        import_checkpoint(tmp_path / "w.pt", str(base), tmp_path / "out2")
 
 
 def test_base_must_match_and_be_a_full_clip(base, tiny_vision_path, tmp_path):
@@ -197,3 +197,102 @@ def test_arch_table_fills_the_real_transformers_models(arch, vision):
     assert infer_geometry(state, heads=g.heads) == g
     mapped = {k: tuple(v.shape) for k, v in to_transformers(state, g).items()}
     assert mapped == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+LFS_POINTER = (b"version https://git-lfs.github.com/spec/v1\n"
+               b"oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 605133553\n")
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("truncated.safetensors", "is truncated"),
+    ("pointer.safetensors", "Git LFS pointer"),
+    ("truncated.pt", "truncated or damaged"),
+    ("pointer.pt", "Git LFS pointer"),
+    ("empty.pt", "is empty"),
+    ("text.pt", "is not a checkpoint"),
+])
+def test_damaged_files_are_named_for_what_they_are(state, base, tmp_path, capsys, damage, message):
+    from safetensors.torch import save_file
+
+    path = tmp_path / damage
+    if damage.startswith("truncated"):
+        full = tmp_path / f"full{path.suffix}"
+        save_file(state, str(full)) if path.suffix == ".safetensors" else torch.save(state, full)
+        data = full.read_bytes()
+        path.write_bytes(data[: len(data) * 2 // 3])
+    elif damage.startswith("pointer"):
+        path.write_bytes(LFS_POINTER)
+    elif damage.startswith("empty"):
+        path.write_bytes(b"")
+    else:
+        path.write_text("<html>Sign in to download</html>")
+    rc = main(["import-checkpoint", str(path), "--base", str(base), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "arbitrary code" not in err and "Traceback" not in err
+    assert err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def _fake_hub_repo(cache, repo_id, files, revision="main", commit="0" * 40):
+    """The Hub cache layout huggingface_hub reads offline: refs/<revision> -> snapshots/<commit>/<files>."""
+    root = cache / f"models--{repo_id.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / revision).write_text(commit)
+    snap = root / "snapshots" / commit
+    snap.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (snap / name).write_bytes(content)
+    return snap
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf_cache"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_import_from_a_hub_repo_offline(state, base, hub_cache, tmp_path, capsys):
+    """An open_clip repo (weights + open_clip_config.json saying GELU) resolves from the cache with HF_HUB_OFFLINE=1."""
+    import os
+
+    from safetensors.torch import save
+    from transformers import CLIPVisionModelWithProjection
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    full_state = {f"visual.{k}": v.contiguous() for k, v in state.items()}
+    _fake_hub_repo(hub_cache, "someone/robust-clip", {
+        "open_clip_model.safetensors": save(full_state),
+        "open_clip_config.json": json.dumps({"model_cfg": {"embed_dim": 16, "quick_gelu": False}}).encode()})
+    out = tmp_path / "converted"
+    assert main(["import-checkpoint", "someone/robust-clip", "--base", str(base), "--out", str(out)]) == 0
+    assert "activation gelu [open_clip_config.json]" in capsys.readouterr().out
+    info = json.loads((out / "aft_import.json").read_text())
+    assert info["source_checkpoint"] == "someone/robust-clip/open_clip_model.safetensors"
+    assert info["hidden_act"] == "gelu"
+    # the vision tower now computes GELU, as the checkpoint was trained: the reference with GELU agrees
+    pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        got = CLIPVisionModelWithProjection.from_pretrained(out).eval()(pixel_values=pixel_values).image_embeds
+    assert (got - reference_forward(state, pixel_values, TINY.heads, act="gelu")).abs().max().item() < TOL
+    assert main(["import-checkpoint", "someone/not-cached", "--base", str(base), "--out", str(tmp_path / "x")]) == 2
+    assert "Offline, only files already in the Hub cache" in capsys.readouterr().err
+    assert main(["import-checkpoint", "ckpts/fare4.pt", "--base", str(base), "--out", str(tmp_path / "y")]) == 2
+    assert "checkpoint 'ckpts/fare4.pt' does not exist" in capsys.readouterr().err  # a typo, not a repo id
+
+
+def test_activation_stated_by_the_user(state, base, tmp_path, caplog):
+    torch.save(state, tmp_path / "v.pt")
+    out = import_checkpoint(tmp_path / "v.pt", str(base), tmp_path / "a", activation="gelu")
+    assert json.loads((out / "aft_import.json").read_text())["hidden_act"] == "gelu"
+    assert "activation mismatch" in caplog.text  # the base (OpenAI-style) is quick_gelu: said loudly
+    out = import_checkpoint(tmp_path / "v.pt", str(base), tmp_path / "b", arch="auto")
+    info = json.loads((out / "aft_import.json").read_text())
+    assert (info["hidden_act"], info["activation_source"]) == ("quick_gelu", "base")
+    from aft_hf.convert import checkpoint_activation
+
+    assert checkpoint_activation("auto", "ViT-B-16-quickgelu", None) == ("quick_gelu", "--arch")
+    assert checkpoint_activation("auto", "auto", {"quick_gelu": True}) == ("quick_gelu", "open_clip_config.json")
+    assert checkpoint_activation("auto", "auto", {"embed_dim": 768}) == (None, "base")  # no flag: not guessed

@@ -24,10 +24,12 @@ REPORT = {  # aft_hf.evaluate.report schema 1, trimmed
         "zeroshot_top1": 0.6125, "zeroshot_top5": 0.881,
         "robust_top1": {"1/255": 0.402, "2/255": 0.213, "4/255": None},  # NaN is written as null
         "robust_attack": {"norm": "linf", "steps": 10, "eps": ["1/255", "2/255", "4/255"]},
-        "deletion": {"fractions": [0.0, 0.5, 1.0], "methods": {"simple_gradient": {"auc": 0.1234, "curve": [1, 0.2, 0]}}},
+        "deletion": {"fractions": [0.0, 0.5, 1.0], "methods": {"simple_gradient": {"auc": 0.1234, "curve": [1, 0.2, 0]},
+                                                               "random": {"auc": 0.4321, "curve": [1, 0.5, 0]}}},
         "roar": {"fractions": [0.1, 0.5], "accuracy": {"simple_gradient": [0.5, 0.3]}, "evaluator": "linear",
                  "split": {"train": 100, "test": 50}},
         "pointing_game": {"simple_gradient": {"exact": 0.71, "tolerance_15px": 0.8}},
+        "energy_in_mask": {"simple_gradient": {"energy": 0.61, "chance": 0.137}},
         "gini": {"simple_gradient": 0.55},
         "new_metric": 3.5, "new_structure": {"a": {"b": [1, 2]}},
     },
@@ -90,11 +92,12 @@ def test_card_metadata_round_trips(dry_run):
     assert d.license is None  # the base's card is not available offline: nothing invented
     got = {(r.metric_type, (r.metric_args or {}).get(next(iter(r.metric_args or {"": 0})))): r.metric_value
            for r in d.eval_results}
+    # only zero-shot classification accuracies: saliency metrics, baselines, unknown keys, ROAR curves, nulls and
+    # the attack setup stay out of model-index (the Hub has no task type for them)
     want = {("accuracy", None): 0.6125, ("top_5_accuracy", None): 0.881, ("robust_accuracy", "1/255"): 0.402,
-            ("robust_accuracy", "2/255"): 0.213, ("deletion_auc", "simple_gradient"): 0.1234,
-            ("pointing_game", "simple_gradient, exact"): 0.71, ("pointing_game", "simple_gradient, tolerance_15px"): 0.8,
-            ("gini", "simple_gradient"): 0.55, ("new_metric", None): 3.5}  # no ROAR curve, no null, no attack setup
+            ("robust_accuracy", "2/255"): 0.213}
     assert got == want
+    assert {r.task_type for r in d.eval_results} == {"zero-shot-image-classification"}
     assert all(r.dataset_name == "imagenet-1k-val-subset" and r.dataset_split == "validation" for r in d.eval_results)
     # metadata re-serialises identically (what the Hub's validator reads)
     assert ModelCard(str(card)).data.to_dict() == d.to_dict()
@@ -109,9 +112,17 @@ def test_card_text(dry_run):
                    "![Saliency maps](assets/saliency.png)", "![Examples (aft-hf evaluate)](assets/examples.png)",
                    "## Usage", 'pipeline("zero-shot-image-classification", model="me/tiny-aft")',
                    "Gong, Shizhan and Lei, Haoyu and Dou, Qi and Farnia, Farzan",
-                   "Schlarmann", "an L-inf box of radius 1/255 with a colour-channel L2 penalty"):
+                   "Schlarmann", "an L-inf box of radius 1/255 with a colour-channel L2 penalty",
+                   "| Deletion AUC | simple_gradient | 0.1234 | lower |", "| Pointing game | simple_gradient, exact",
+                   "| Energy in mask | simple_gradient, energy | 0.61 |", "| new_metric |  | 3.5 |",
+                   "## Limitations", "CLIPVisionModel.from_pretrained(\"me/tiny-aft\")", "aft-hf export-openclip"):
         assert needed in text, needed
     assert "More Information Needed" not in text and "4/255 |" not in text and "new_structure" not in text
+    # baselines are reference levels in their own table, never rows of the model's results
+    results, baselines = text.split("## Evaluation")[1].split("Reference levels")
+    assert "random" not in results and "0.137" not in results and "0.4321" not in results
+    assert "| Deletion AUC | random | 0.4321 |" in baselines and "| Energy in mask | chance | 0.137 |" in baselines
+    assert str(dry_run.parent) not in text and "/tmp" not in text  # no local path of the author's machine
 
 
 def test_dry_run_weights_load_three_ways(dry_run):
@@ -153,6 +164,7 @@ def test_license_inherited_from_local_base(tiny_clip_path, tmp_path, tiny_encode
     folder = export_pretrained(tiny_encoder, tmp_path / "final", extra_files={"aft_config.yaml": cfg.to_yaml()})
     card = build_model_card(folder, repo_id="me/x")
     assert card.data.license == "mit" and card.data.base_model is None  # a local base has no Hub id
+    assert str(tmp_path) not in str(card) and "local folder base" in card.text  # no absolute local path
     assert build_model_card(folder, repo_id="me/x", license="apache-2.0").data.license == "apache-2.0"
 
 
@@ -286,3 +298,37 @@ def test_card_of_a_converted_checkpoint(tiny_clip_path, tmp_path):
     assert card.data.tags == ["clip", "open_clip-conversion", "adversarial-training"]
     assert "## Conversion" in card.text and "`fare4.pt` (sha256 `abab" in card.text and "logit_scale" in card.text
     assert "## Method" not in card.text and "## Training recipe" not in card.text
+
+
+def test_export_honours_the_revision(tmp_path, monkeypatch):
+    """A Hub base at a tag: the exported text tower, tokenizer and processor are those of that revision
+    (offline, from a Hub cache holding two revisions)."""
+    import huggingface_hub.constants
+    from transformers import AutoTokenizer, CLIPModel
+
+    from aft_hf.model import export_pretrained, load_image_encoder, save_tiny_clip
+    from tests.test_convert import _fake_hub_repo
+
+    cache = tmp_path / "hf_cache"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    for revision, seed, commit in (("main", 0, "a" * 40), ("v1", 1, "b" * 40)):
+        folder = save_tiny_clip(tmp_path / f"src_{revision}", seed=seed)
+        _fake_hub_repo(cache, "org/tiny-clip", {p.name: p.read_bytes() for p in folder.iterdir()}, revision, commit)
+    encoder = load_image_encoder("org/tiny-clip", revision="v1")
+    out = export_pretrained(encoder, tmp_path / "final", revision="v1")
+    exported, v1, main_ = (CLIPModel.from_pretrained(p) for p in (out, tmp_path / "src_v1", tmp_path / "src_main"))
+    w = "text_model.embeddings.token_embedding.weight"
+    assert torch.equal(exported.state_dict()[w], v1.state_dict()[w])
+    assert not torch.equal(exported.state_dict()[w], main_.state_dict()[w])
+    assert {"tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"} <= {p.name for p in out.iterdir()}
+    assert AutoTokenizer.from_pretrained(out)("a red circle").input_ids == \
+        AutoTokenizer.from_pretrained(tmp_path / "src_v1")("a red circle").input_ids
+
+
+def test_report_on_a_local_folder_stays_out_of_model_index(exported, tmp_path):
+    report = dict(REPORT, dataset=str(tmp_path / "my_images"), text_model=str(tmp_path / "text_tower"))
+    (tmp_path / "my_images").mkdir()
+    card = build_model_card(exported, repo_id="me/x", report=report)
+    assert card.data.eval_results is None and card.data.datasets == ["ILSVRC/imagenet-1k"]
+    assert str(tmp_path) not in str(card) and "dataset `local folder my_images`" in card.text
+    assert "| Zero-shot top-1 accuracy |  | 0.6125 | higher |" in card.text  # the numbers are still in the text

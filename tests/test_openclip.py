@@ -1,0 +1,195 @@
+"""Both directions against the REAL open_clip package: transformers -> open_clip (export-openclip) and
+open_clip -> transformers (import-checkpoint), compared on embeddings.
+
+open_clip_torch is installed without its dependencies (``pip install --no-deps open_clip_torch ftfy``):
+torchvision cannot sit beside the CPU torch here, and open_clip imports a few torchvision names at
+import time (open_clip/transform.py, open_clip/utils.py) for its image transforms, which these tests
+do not use. A stub module providing only those names is installed when torchvision is absent; the
+model code (``open_clip.create_model``, the CLIP/VisionTransformer forward) is the real one.
+"""
+
+import enum
+import importlib.util
+import json
+import sys
+import types
+
+import pytest
+import torch
+
+from aft_hf.cli import main
+from aft_hf.convert import import_checkpoint
+
+TOL = 1e-5
+
+
+def _torchvision_stub() -> dict:
+    """torchvision, .transforms, .transforms.functional, .ops, .ops.misc with the names open_clip imports."""
+
+    class _Transform:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("torchvision stub: image transforms are not available in these tests")
+
+    mods = {name: types.ModuleType(name) for name in ("torchvision", "torchvision.transforms",
+                                                      "torchvision.transforms.functional", "torchvision.ops",
+                                                      "torchvision.ops.misc")}
+    tr = mods["torchvision.transforms"]
+    for name in ("Normalize", "Compose", "RandomResizedCrop", "ToTensor", "Resize", "CenterCrop", "ColorJitter",
+                 "Grayscale"):
+        setattr(tr, name, type(name, (_Transform,), {}))
+    tr.InterpolationMode = enum.Enum("InterpolationMode", "NEAREST BILINEAR BICUBIC")
+    tr.functional = mods["torchvision.transforms.functional"]
+    mods["torchvision.ops.misc"].FrozenBatchNorm2d = type("FrozenBatchNorm2d", (torch.nn.Module,), {})
+    mods["torchvision"].transforms, mods["torchvision"].ops = tr, mods["torchvision.ops"]
+    mods["torchvision.ops"].misc = mods["torchvision.ops.misc"]
+    return mods
+
+
+@pytest.fixture(scope="module")
+def open_clip():
+    """The real open_clip; the stub is in sys.modules only while open_clip is imported (other libraries
+    probe for torchvision and must keep seeing that it is absent)."""
+    pytest.importorskip("ftfy", reason="install the test tools: pip install --no-deps open_clip_torch==3.3.0 ftfy")
+    if importlib.util.find_spec("open_clip") is None:
+        pytest.skip("open_clip_torch is not installed: pip install --no-deps open_clip_torch==3.3.0 ftfy")
+    stub = _torchvision_stub() if importlib.util.find_spec("torchvision") is None else {}
+    sys.modules.update(stub)
+    try:
+        import open_clip as module
+    finally:
+        for name in stub:
+            sys.modules.pop(name, None)
+    return module
+
+
+def _open_clip_model(open_clip, model_cfg: dict, tmp_path, name: str, pretrained=None, **kw):
+    """create_model from a model config registered with add_model_config (the tiny geometry)."""
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(model_cfg))
+    open_clip.add_model_config(path)
+    return open_clip.create_model(name, pretrained=pretrained, **kw).eval()
+
+
+def _pixels(n=3, size=32, seed=5):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_export_full_clip_loads_in_open_clip(open_clip, tiny_clip_path, tmp_path, capsys):
+    """HF CLIPModel -> export-openclip -> open_clip.create_model(name, pretrained=FILE): same image and text
+    embeddings and logit scale."""
+    from transformers import CLIPModel
+
+    out = tmp_path / "oc" / "tiny_export.safetensors"
+    assert main(["export-openclip", str(tiny_clip_path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "open_clip.add_model_config" in printed and out.with_suffix(".json").is_file()
+    open_clip.add_model_config(out.with_suffix(".json"))
+    oc = open_clip.create_model("tiny_export", pretrained=str(out)).eval()  # strict load of the whole CLIP
+    hf = CLIPModel.from_pretrained(tiny_clip_path).eval()
+    # token ids of the word tokenizer: bos, words, eos (id 3), padding
+    text = torch.tensor([[2, 10, 20, 3] + [0] * 12, [2, 30, 31, 32, 40, 3] + [0] * 10])
+    with torch.no_grad():
+        hf_image = hf.get_image_features(pixel_values=_pixels()).pooler_output
+        img_diff = (oc.encode_image(_pixels()) - hf_image).abs().max()
+        txt_diff = (oc.encode_text(text) - hf.get_text_features(input_ids=text).pooler_output).abs().max()
+    print(f"HF -> open_clip: max |diff| image {img_diff:.2e}, text {txt_diff:.2e}")
+    assert img_diff < TOL and txt_diff < TOL
+    assert torch.allclose(oc.logit_scale, hf.logit_scale)
+    assert main(["export-openclip", str(tiny_clip_path), "--out", str(out)]) == 2  # exists
+    assert main(["export-openclip", str(tiny_clip_path), "--out", str(out), "--overwrite"]) == 0  # ours
+
+
+def test_export_vision_tower_and_import_back(open_clip, tiny_vision_path, tiny_clip_path, tmp_path):
+    """Vision-only folder -> image tower file -> open_clip (pretrained_image_path) -> same embeddings ->
+    import-checkpoint -> same embeddings again (open_clip -> HF)."""
+    from transformers import CLIPVisionModelWithProjection
+
+    from aft_hf.export_openclip import export_open_clip, open_clip_model_cfg
+
+    result = export_open_clip(tiny_vision_path, tmp_path / "visual.safetensors")
+    assert not result["full"] and result["config_file"] is None
+    hf = CLIPVisionModelWithProjection.from_pretrained(tiny_vision_path).eval()
+    from transformers import AutoConfig
+
+    cfg = open_clip_model_cfg(AutoConfig.from_pretrained(tiny_clip_path), True)
+    oc = _open_clip_model(open_clip, cfg, tmp_path, "tiny_vision_cfg", pretrained_image_path=str(result["file"]))
+    with torch.no_grad():
+        want = hf(pixel_values=_pixels()).image_embeds
+        diff = (oc.encode_image(_pixels()) - want).abs().max()
+    print(f"HF vision -> open_clip image tower: max |diff| {diff:.2e}")
+    assert diff < TOL
+    # open_clip -> HF: save open_clip's own image tower state dict, convert it back
+    torch.save(oc.visual.state_dict(), tmp_path / "oc_visual.pt")
+    back = import_checkpoint(tmp_path / "oc_visual.pt", str(tiny_clip_path), tmp_path / "back", arch="auto")
+    with torch.no_grad():
+        again = CLIPVisionModelWithProjection.from_pretrained(back).eval()(pixel_values=_pixels()).image_embeds
+        diff_back = (again - oc.encode_image(_pixels())).abs().max()
+    print(f"open_clip -> HF: max |diff| {diff_back:.2e}")
+    assert diff_back < TOL
+
+
+def test_real_open_clip_model_imports_with_its_activation(open_clip, tmp_path):
+    """A random open_clip CLIP of the tiny geometry with GELU: its whole state dict, with an open_clip_config.json
+    saying quick_gelu false beside it, imports with GELU and matches open_clip's image embeddings."""
+    from transformers import CLIPVisionModelWithProjection
+
+    from aft_hf.model import save_tiny_clip
+
+    base = save_tiny_clip(tmp_path / "base", seed=1, projection_dim=16)  # a quick_gelu base of the same shape
+    cfg = {"embed_dim": 16, "quick_gelu": False,
+           "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "mlp_ratio": 2.0, "patch_size": 8},
+           "text_cfg": {"context_length": 16, "vocab_size": 80, "width": 32, "heads": 2, "layers": 2}}
+    torch.manual_seed(0)
+    oc = _open_clip_model(open_clip, cfg, tmp_path, "tiny_gelu")
+    with torch.no_grad():  # open_clip initialises some weights to zero: randomise everything
+        for p in oc.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    release = tmp_path / "release"
+    release.mkdir()
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in oc.state_dict().items()}, str(release / "open_clip_model.safetensors"))
+    (release / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    out = import_checkpoint(release / "open_clip_model.safetensors", str(base), tmp_path / "conv",
+                            ignore_unexpected=True)
+    assert json.loads((out / "aft_import.json").read_text())["hidden_act"] == "gelu"
+    with torch.no_grad():
+        got = CLIPVisionModelWithProjection.from_pretrained(out).eval()(pixel_values=_pixels()).image_embeds
+        diff = (got - oc.encode_image(_pixels())).abs().max()
+    print(f"open_clip (GELU) -> HF: max |diff| {diff:.2e}")
+    assert diff < TOL
+    # converting with the base's QuickGELU instead would be wrong by far more than the tolerance
+    wrong = import_checkpoint(release / "open_clip_model.safetensors", str(base), tmp_path / "wrong",
+                              ignore_unexpected=True, activation="quick_gelu")
+    with torch.no_grad():
+        bad = CLIPVisionModelWithProjection.from_pretrained(wrong).eval()(pixel_values=_pixels()).image_embeds
+    assert (bad - oc.encode_image(_pixels())).abs().max() > 100 * TOL
+
+
+@pytest.mark.parametrize("arch", ["ViT-B-32", "ViT-B-16", "ViT-L-14"])
+def test_named_architectures_match_open_clip_exactly(open_clip, arch):
+    """For each named geometry the exported keys and shapes are exactly those of open_clip's own model of that name
+    (so create_model(arch, pretrained=FILE, force_quick_gelu=True) loads strictly); built on the meta device."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from aft_hf.convert import ARCHS
+    from aft_hf.export_openclip import TEXT_ARCHS, _check_arch, open_clip_model_cfg, text_to_open_clip, \
+        vision_to_open_clip
+
+    g, t = ARCHS[arch], TEXT_ARCHS[arch]
+    config = CLIPConfig(
+        vision_config=dict(hidden_size=g.width, intermediate_size=g.mlp, num_hidden_layers=g.layers,
+                           num_attention_heads=g.heads, patch_size=g.patch, image_size=g.image,
+                           hidden_act="quick_gelu"),
+        text_config=dict(hidden_size=t["width"], intermediate_size=4 * t["width"], num_hidden_layers=t["layers"],
+                         num_attention_heads=t["heads"], vocab_size=t["vocab_size"],
+                         max_position_embeddings=t["context_length"], hidden_act="quick_gelu", eos_token_id=2),
+        projection_dim=g.embed)
+    with torch.device("meta"):
+        sd = CLIPModel(config).state_dict()
+        oc = open_clip.create_model(arch, force_quick_gelu=True, device="meta", pretrained_text=False)
+    cfg = open_clip_model_cfg(config, True)
+    assert _check_arch("auto", cfg, True) == arch
+    ours = {f"visual.{k}": tuple(v.shape) for k, v in vision_to_open_clip(sd, g.layers).items()}
+    ours.update({k: tuple(v.shape) for k, v in text_to_open_clip(sd, t["layers"]).items()})
+    assert ours == {k: tuple(v.shape) for k, v in oc.state_dict().items()}

@@ -1,0 +1,146 @@
+"""Output folders: only folders aft_hf wrote (marker file) are replaced, inputs and their parents never;
+push builds in a staging folder and validates its inputs as the Hub would."""
+
+import json
+
+import pytest
+import torch
+
+from aft_hf.cli import main
+from aft_hf.outputs import MARKER, OutputError, check_output_dir, is_marked
+
+
+def _tree(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+
+
+@pytest.fixture
+def run_dir(tmp_path, tiny_encoder):
+    """A training output folder as the trainer leaves it, plus a file of the user's."""
+    from aft_hf.model import export_pretrained
+
+    run = tmp_path / "out" / "run"
+    (run / "checkpoints" / "step_1").mkdir(parents=True)
+    (run / "checkpoints" / "step_1" / "model.safetensors").write_bytes(b"state")
+    (run / "notes.txt").write_text("my notes")
+    export_pretrained(tiny_encoder, run / "final", extra_files={"aft_config.yaml": "seed: 0\n"})
+    return run
+
+
+def test_push_never_deletes_the_run_folder(run_dir, capsys):
+    """The reported bug: --out pointing at the folder above the model folder, with --overwrite."""
+    before = _tree(run_dir)
+    rc = main(["push", str(run_dir / "final"), "--repo-id", "me/x", "--dry-run", "--out", str(run_dir), "--overwrite"])
+    assert rc == 2 and "contains the input" in capsys.readouterr().err
+    assert _tree(run_dir) == before and (run_dir / "notes.txt").read_text() == "my notes"
+    # inside the model folder: refused as well
+    assert main(["push", str(run_dir / "final"), "--repo-id", "me/x", "--dry-run", "--out",
+                 str(run_dir / "final" / "hub")]) == 2
+    assert _tree(run_dir) == before
+
+
+def test_overwrite_replaces_only_marked_folders(run_dir, tmp_path, capsys):
+    final = run_dir / "final"
+    assert is_marked(final)
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "keep.txt").write_text("user data")
+    rc = main(["push", str(final), "--repo-id", "me/x", "--dry-run", "--out", str(user), "--overwrite"])
+    assert rc == 2 and "not written by aft_hf" in capsys.readouterr().err
+    assert (user / "keep.txt").read_text() == "user data"
+
+    hub = tmp_path / "hub"
+    assert main(["push", str(final), "--repo-id", "me/x", "--dry-run", "--out", str(hub)]) == 0
+    assert is_marked(hub) and json.loads((hub / MARKER).read_text())["writer"].startswith("aft-hf push")
+    assert main(["push", str(final), "--repo-id", "me/x", "--dry-run", "--out", str(hub)]) == 2  # no --overwrite
+    assert main(["push", str(final), "--repo-id", "me/y", "--dry-run", "--out", str(hub), "--overwrite"]) == 0
+    assert "me/y" in (hub / "README.md").read_text()
+    (hub / MARKER).unlink()  # a Hub folder of an earlier version (no marker): recognised by its card
+    assert main(["push", str(final), "--repo-id", "me/z", "--dry-run", "--out", str(hub), "--overwrite"]) == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+
+
+def test_out_is_an_existing_file(run_dir, tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("x")
+    rc = main(["push", str(run_dir / "final"), "--repo-id", "me/x", "--dry-run", "--out", str(tmp_path / "file.txt")])
+    assert rc == 2 and "is an existing file" in capsys.readouterr().err
+    assert (tmp_path / "file.txt").read_text() == "x"
+
+
+def test_failed_dry_run_leaves_nothing_and_the_rerun_works(run_dir, tmp_path, capsys):
+    out = tmp_path / "hub"
+    rc = main(["push", str(run_dir / "final"), "--repo-id", "me/x", "--dry-run", "--out", str(out),
+               "--figure", str(tmp_path)])  # a folder, not an image
+    assert rc == 2 and "not a file" in capsys.readouterr().err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert main(["push", str(run_dir / "final"), "--repo-id", "me/x", "--dry-run", "--out", str(out)]) == 0
+    assert (out / "README.md").is_file()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--repo-id", "not a repo id!!"], "invalid --repo-id"),
+    (["--repo-id", "me/x", "--license", "my weird license"], "not a Hub license id"),
+    (["--repo-id", "me/x", "--report", "SUMMARY"], "not an `aft-hf evaluate` report"),
+])
+def test_push_validates_like_the_hub(run_dir, tmp_path, capsys, args, message):
+    summary = run_dir / "train_summary.json"
+    summary.write_text(json.dumps({"steps": 1, "log_history": []}))
+    args = [str(summary) if a == "SUMMARY" else a for a in args]
+    rc = main(["push", str(run_dir / "final"), *args, "--dry-run", "--out", str(tmp_path / "hub")])
+    assert rc == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "hub").exists()
+
+
+def test_good_license_and_repo_ids_pass(run_dir, tmp_path):
+    for repo in ("me/clip-vit-b16-aft", "clip_aft.v2"):
+        assert main(["push", str(run_dir / "final"), "--repo-id", repo, "--license", "cc-by-nc-4.0", "--dry-run",
+                     "--out", str(tmp_path / repo.replace("/", "_"))]) == 0
+
+
+def test_export_replaces_its_own_folder_only(tiny_encoder, tmp_path):
+    from aft_hf.model import export_pretrained
+
+    first = export_pretrained(tiny_encoder, tmp_path / "final")
+    assert is_marked(first)
+    export_pretrained(tiny_encoder, tmp_path / "final")  # a rerun replaces its own export
+    older = tmp_path / "older"  # an export of an earlier version: no marker, but recognisable
+    older.mkdir()
+    (older / "config.json").write_text("{}")
+    (older / "aft_config.yaml").write_text("seed: 0\n")
+    assert is_marked(export_pretrained(tiny_encoder, older))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "data.csv").write_text("1,2")
+    with pytest.raises(OutputError, match="not written by aft_hf"):
+        export_pretrained(tiny_encoder, other)
+    assert _tree(other) == ["data.csv"]
+
+
+def test_check_output_dir_path_relations(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    with pytest.raises(OutputError, match="contains the input"):
+        check_output_dir(tmp_path / "a", True, inputs=[tmp_path / "a" / "b"])
+    with pytest.raises(OutputError, match="contains the input"):
+        check_output_dir(tmp_path / "a" / "..", True, inputs=[tmp_path / "a"])  # resolved before comparing
+    with pytest.raises(OutputError, match="inside the input"):
+        check_output_dir(tmp_path / "a" / "b" / "c", True, inputs=[tmp_path / "a"])
+    assert check_output_dir(tmp_path / "new", inputs=[tmp_path / "a"]) == (tmp_path / "new").resolve()
+
+
+def test_import_checkpoint_out_rules(tmp_path, tiny_clip_path, capsys):
+    from safetensors.torch import save_file
+
+    from aft_hf.convert import open_clip_shapes
+    from tests.test_convert import TINY
+
+    ckpt_dir = tmp_path / "ckpts"
+    ckpt_dir.mkdir()
+    save_file({k: torch.zeros(s) for k, s in open_clip_shapes(TINY).items()}, str(ckpt_dir / "v.safetensors"))
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "keep.txt").write_text("x")
+    base = ["import-checkpoint", str(ckpt_dir / "v.safetensors"), "--base", str(tiny_clip_path), "--out"]
+    assert main(base + [str(user)]) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main(base + [str(user), "--overwrite"]) == 2 and "not written by aft_hf" in capsys.readouterr().err
+    assert main(base + [str(ckpt_dir), "--overwrite"]) == 2 and "contains the input" in capsys.readouterr().err
+    assert (user / "keep.txt").is_file() and (ckpt_dir / "v.safetensors").is_file()
