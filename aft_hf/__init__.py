@@ -3,7 +3,7 @@
 Data flow: ``data`` -> ``model`` -> ``attack`` -> ``train`` -> (``explain`` -> ``evaluate``) -> ``hub``.
 """
 
-__version__ = "0.1.0"
+from .constants import VERSION as __version__
 
 from .attack import PGDAttacker, UniformNoise, attack_mode, embedding_distance
 from .config import ConfigError, TrainConfig, load_config

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from . import __version__
+from .constants import VERSION as __version__
 from .errors import AftError
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import Optional
 
-from . import __version__
+from .constants import VERSION as __version__
 from .errors import AftError
 
 COMMAND_MODULES = ["aft_hf.train", "aft_hf.hub", "aft_hf.world.cli", "aft_hf.convert", "aft_hf.explain.cli",

@@ -4,6 +4,9 @@
 location; keeping them here means none of them has to import the others.
 """
 
+VERSION = "0.1.0"
+"""The package version (``aft_hf.__version__``; setup.cfg reads it from here)."""
+
 from pathlib import Path
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -14,3 +17,6 @@ BUILTIN_PREFIX = "builtin:"
 """Model and dataset names with this prefix are built or shipped by the package, not fetched."""
 WORLD_CLIP_DIR = Path(__file__).resolve().parent / "world" / "base"
 """The small CLIP pretrained in the synthetic world, shipped with the package (``builtin:world-clip``)."""
+
+REPORT_SCHEMA_VERSION = 1
+"""Version of the ``report.json`` schema written by ``aft-hf evaluate`` (documented in ``aft_hf/evaluate/report.py``)."""

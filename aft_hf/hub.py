@@ -63,7 +63,7 @@ def load_report(path: Union[str, Path]) -> dict:
 
 def check_report(report: dict, name: str = "the report") -> None:
     """Refuse anything that is not an evaluate report (e.g. a train_summary.json) before it reaches the card."""
-    from .evaluate.report import SCHEMA_VERSION
+    from .constants import REPORT_SCHEMA_VERSION as SCHEMA_VERSION
 
     if "schema_version" not in report or not isinstance(report.get("metrics"), dict):
         found = ", ".join(map(str, list(report)[:8])) or "nothing"

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
-from . import __version__
+from .constants import VERSION as __version__
 from .errors import AftError
 
 MARKER = ".aft_hf_output"

@@ -30,7 +30,9 @@ import json
 from pathlib import Path
 from typing import Union
 
-SCHEMA_VERSION = 1
+from ..constants import REPORT_SCHEMA_VERSION
+
+SCHEMA_VERSION = REPORT_SCHEMA_VERSION
 
 
 def write_json(report: dict, path: Union[str, Path]) -> Path:

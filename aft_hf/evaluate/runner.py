@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .. import __version__
+from ..constants import VERSION as __version__
 from ..explain import ExplainError, resolve_method
 from ..explain.targets import TextTower
 from ..figures import attribution_grid, perturbation_curves, roar_curves
