@@ -45,10 +45,11 @@ def test_topk_accuracy_known_logits():
     assert acc == {"top1": 0.0, "top2": 0.5, "top5": 0.5}
 
 
-def test_robust_accuracy_known_answer_falls_with_eps():
+@pytest.mark.parametrize("attack", ["apgd", "pgd"])
+def test_robust_accuracy_known_answer_falls_with_eps(attack):
     images, labels, weights = _colour_world()
     clf = ZeroShotClassifier(ColourEncoder(), weights)
-    rob = robust_accuracy(clf, images, labels, eps=(1, 2, 4), steps=10, progress=False)
+    rob = robust_accuracy(clf, images, labels, eps=(1, 2, 4), steps=10, progress=False, attack=attack)
     assert rob == {"1/255": pytest.approx(3 / 5), "2/255": pytest.approx(2 / 5), "4/255": pytest.approx(1 / 5)}
 
 
