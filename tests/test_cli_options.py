@@ -49,7 +49,8 @@ def test_evaluate_reports_every_bad_option_before_loading(tmp_path, capsys, no_l
     for needed in ("11 problems", "--deletion-steps must be >= 1, got 0", "--batch-size must be >= 1, got 0",
                    "--roar-fractions must lie strictly between 0 and 1", "got 1.5", "--eps values must be >= 0, got -4",
                    "--attack-steps must be >= 1, got -1", "--attack-restarts", "--attack-targets",
-                   "--max-samples must be >= 1, got 0", "unknown metric 'nonsense'", "unknown attribution method 'lime'",
+                   "--max-samples must be >= 1, got 0", "unknown metric 'nonsense'",
+                   "unknown attribution method 'lime'",
                    "braces other than"):
         assert needed in err, needed
     assert main(["evaluate", "--model", "m", "--dataset", "d", "--out", str(tmp_path), "--max-samples", "-1"]) == 2
