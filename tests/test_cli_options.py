@@ -112,10 +112,13 @@ def test_each_full_clip_uses_its_own_text_tower(two_clips, shapes, tmp_path, cap
         beside[report["model"]] = report
     assert beside[str(b)]["text_model"] == str(b) and beside[str(a)]["text_model"] == str(a)
     assert beside[str(b)]["metrics"] == alone["metrics"]  # B scores the same alone and beside A
+    comparison = (tmp_path / "both" / "comparison.md").read_text()
+    assert f"| `{a}` |" in comparison and f"| `{b}` |" in comparison
     out = tmp_path / "explain"
     assert main(["explain", "--model", str(a), "--model", str(b), "--images", str(shapes), "--max-images", "2",
                  "--methods", "saliency", "--out", str(out)]) == 0
-    assert json.loads((out / "explain.json").read_text())["text_models"] == [str(a), str(b)]
+    summary = json.loads((out / "explain.json").read_text())
+    assert summary["text_models"] == [str(a), str(b)] and summary["text_model"] is None
     # --text-model overrides for every model: A's tower (width 16) cannot serve B's images (width 24)
     assert main(["evaluate", "--model", str(b), *args, "--text-model", str(a), "--out", str(tmp_path / "t")]) == 2
     assert "24 dimensions but the text tower of" in _error(capsys)

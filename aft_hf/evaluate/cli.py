@@ -147,11 +147,14 @@ def _write_comparison(reports: dict, out: Path) -> None:
             for k, r in reports.items()}
     if any(pert.values()):
         perturbation_curves(pert, out / "deletion_insertion.png")
-    lines = ["# Model comparison", "", "| model | zero-shot top-1 | robust top-1 |", "|---|---|---|"]
+    attacks = {r["metrics"]["robust_attack"].get("name", "PGD") for r in reports.values()
+               if "robust_attack" in r["metrics"]}
+    robust = f"robust top-1 ({'; '.join(sorted(attacks))})" if attacks else "robust top-1"
+    lines = ["# Model comparison", "", f"| model | text tower | zero-shot top-1 | {robust} |", "|---|---|---|---|"]
     for k, r in reports.items():
         m = r["metrics"]
         top1 = m.get("zeroshot_top1")
         rob = ", ".join(f"{e}: {v:.3f}" for e, v in m.get("robust_top1", {}).items())
-        lines.append(f"| `{k}` | {'n/a' if top1 is None else f'{top1:.3f}'} | {rob or 'n/a'} |")
+        lines.append(f"| `{k}` | `{r.get('text_model')}` | {'n/a' if top1 is None else f'{top1:.3f}'} | {rob or 'n/a'} |")
     lines += ["", "Per-model reports: " + ", ".join(f"[{slug(k)}]({slug(k)}/report.md)" for k in reports), ""]
     (out / "comparison.md").write_text("\n".join(lines))

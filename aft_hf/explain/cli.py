@@ -195,7 +195,7 @@ def _cli_explain(args, extra) -> int:
     rows = [f"{f.name}\n{lab}" if lab else f.name for f, lab in zip(files, labels)]
     png = attribution_grid(shown, maps, out / "explanations.png", row_titles=rows)
     torch.save({k: v for k, v in maps.items()}, out / "maps.pt")
-    summary = {"models": args.model, "text_models": text_sources, "images": [str(f) for f in files], "labels": labels,
+    summary = {"models": args.model, "text_model": args.text_model, "text_models": text_sources, "images": [str(f) for f in files], "labels": labels,
                "target": ("reference image " + args.reference_image if args.reference_image else
                           "caption " + repr(args.caption) if args.caption is not None else "prompt " + repr(args.prompt)),
                "methods": methods, "seconds_per_image": timing, "figure": png.name, "maps": "maps.pt",
