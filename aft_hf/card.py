@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -122,6 +122,19 @@ class MetricSpec:
     model_index: bool = True
     """Whether the rows go to ``model-index`` too. Only zero-shot classification accuracies do: the Hub's task
     types have none for saliency metrics, so those (and ROAR curves, and unknown keys) stay in the results table."""
+    qualifier: Optional[Callable[[dict], Optional[str]]] = None
+    """Reads the report's whole ``metrics`` for a qualifier shown in brackets after the name (the attack)."""
+
+
+def _robust_attack(metrics: dict) -> Optional[str]:
+    """``APGD-CE+APGD-T, L-inf`` from ``robust_attack``; reports without a name were made with PGD."""
+    a = metrics.get("robust_attack")
+    if not isinstance(a, dict):
+        return None
+    if a.get("name"):
+        return str(a["name"])
+    norm = "L-inf" if a.get("norm", "linf") == "linf" else str(a.get("norm"))
+    return f"PGD-{a['steps']}, {norm}" if a.get("steps") else f"PGD, {norm}"
 
 
 ZS = "zero-shot-image-classification"
@@ -132,7 +145,7 @@ EVAL_METRICS: dict[str, MetricSpec] = {
     "zeroshot_top5": MetricSpec("Zero-shot top-5 accuracy", "top_5_accuracy", task_name="Zero-shot classification",
                                 better="higher"),
     "robust_top1": MetricSpec("Robust zero-shot top-1 accuracy", "robust_accuracy", _per_key, "eps",
-                              "Adversarial robustness", "higher"),
+                              "Adversarial robustness", "higher", qualifier=_robust_attack),
     "deletion": MetricSpec("Deletion AUC", "deletion_auc", _per_method_auc, "method", "Saliency faithfulness", "lower",
                            model_index=False),
     "insertion": MetricSpec("Insertion AUC", "insertion_auc", _per_method_auc, "method", "Saliency faithfulness",
@@ -175,6 +188,8 @@ def report_rows(report: dict) -> list[tuple[MetricSpec, Optional[str], float]]:
         if key in NOT_METRICS:
             continue
         spec = EVAL_METRICS.get(key) or MetricSpec(key, key, _generic, model_index=False)
+        qualifier = spec.qualifier(report["metrics"]) if spec.qualifier else None
+        spec = replace(spec, name=f"{spec.name} ({qualifier})") if qualifier else spec
         found = spec.extract(value)
         if not found and value is not None:
             logger.info("report metric '%s' has no numbers in a known layout: left out of the card", key)

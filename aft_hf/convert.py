@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-import torch
 from huggingface_hub.utils.sha import sha_fileobj
 from torch import Tensor
 

@@ -6,7 +6,6 @@ Each lever is a ``perf.*`` config switch, equivalence-tested against the plain p
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

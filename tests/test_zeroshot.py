@@ -45,10 +45,11 @@ def test_topk_accuracy_known_logits():
     assert acc == {"top1": 0.0, "top2": 0.5, "top5": 0.5}
 
 
-def test_robust_accuracy_known_answer_falls_with_eps():
+@pytest.mark.parametrize("attack", ["apgd", "pgd"])
+def test_robust_accuracy_known_answer_falls_with_eps(attack):
     images, labels, weights = _colour_world()
     clf = ZeroShotClassifier(ColourEncoder(), weights)
-    rob = robust_accuracy(clf, images, labels, eps=(1, 2, 4), steps=10, progress=False)
+    rob = robust_accuracy(clf, images, labels, eps=(1, 2, 4), steps=10, progress=False, attack=attack)
     assert rob == {"1/255": pytest.approx(3 / 5), "2/255": pytest.approx(2 / 5), "4/255": pytest.approx(1 / 5)}
 
 
@@ -111,10 +112,20 @@ def test_cli_evaluate_writes_json_markdown_and_pngs(tiny_clip_path, tiny_vision_
     m = report["metrics"]
     assert 0 <= m["zeroshot_top1"] <= 1 and set(m["robust_top1"]) == {"1/255", "2/255", "4/255"}
     assert max(m["robust_top1"].values()) <= m["zeroshot_top1"]
+    assert m["robust_attack"] == {"attack": "apgd", "name": "APGD-CE+APGD-T, L-inf", "norm": "linf", "steps": 2,
+                                  "restarts": 1, "targets": min(9, report["num_classes"] - 1),
+                                  "eps": ["1/255", "2/255", "4/255"]}
+    assert "Attack: APGD-CE+APGD-T, L-inf, 2 iterations, 1 restart(s)" in (out / "report.md").read_text()
     assert set(m["deletion"]["methods"]) == {"saliency", "gradcam", "random"}
     for name in ("examples.png", "roar.png", "deletion_insertion.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG" and report["figures"]
     assert "# Evaluation of" in (out / "report.md").read_text()
+    rc = main(["evaluate", "--model", str(tiny_clip_path), "--dataset", str(data), "--max-samples", "12",
+               "--metrics", "robust", "--methods", "saliency", "--robust-attack", "pgd", "--eps", "4",
+               "--out", str(tmp_path / "pgd")])
+    pgd = json.loads((tmp_path / "pgd" / "report.json").read_text())["metrics"]
+    assert rc == 0 and pgd["robust_attack"] == {"attack": "pgd", "name": "PGD-10, L-inf", "norm": "linf", "steps": 10,
+                                                "eps": ["4/255"]}
     # a vision-only checkpoint without --text-model, and a bad template: clear errors, exit code 2
     assert main(["evaluate", "--model", str(tiny_vision_path), "--dataset", str(data), "--out", str(out)]) == 2
     assert "--text-model" in capsys.readouterr().err

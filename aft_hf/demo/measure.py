@@ -54,7 +54,7 @@ def measure(encoder: torch.nn.Module, data: EvalSet, methods: Sequence[str], tol
     logits = predict(ctx.classifier, data.images, batch_size, progress=False)
     accuracy = {"clean": (logits.argmax(1) == data.labels).float().mean().item(),
                 "robust": robust_accuracy(ctx.classifier, data.images, data.labels, robust_eps, robust_steps,
-                                          batch_size=batch_size, seed=seed, progress=progress)}
+                                          batch_size=batch_size, seed=seed, progress=progress, attack="pgd")}
     return {"per_image": per_image, "maps": maps, "chance": chance, "accuracy": accuracy}
 
 

@@ -1,4 +1,4 @@
-"""``aft-hf evaluate``: zero-shot accuracy (clean and under PGD) and attribution metrics, as reports.
+"""``aft-hf evaluate``: zero-shot accuracy (clean and under APGD or PGD) and attribution metrics, as reports.
 
     aft-hf evaluate --model out/final --dataset ILSVRC/imagenet-1k --split validation \\
         --max-samples 5000 --metrics zeroshot robust deletion roar --out report/
@@ -10,22 +10,25 @@ import argparse
 import logging
 from pathlib import Path
 
-from ..explain import check_template, resolve_method
-from ..explain.loading import load_models_and_text, pick_device
+from ..explain import resolve_method
+from ..explain.loading import load_models_and_texts, pick_device
+from ..explain.options import OptionProblems
 from .classnames import resolve_classnames, resolve_templates
 from .data import load_labelled_images
 from .metrics import METRICS
-from .runner import DEFAULT_METRICS, evaluate_model, resolve_metrics, slug, write_outputs
+from .runner import DEFAULT_METRICS, EvaluationError, evaluate_model, resolve_metrics, slug, write_outputs
+from .zeroshot import ATTACKS, DEFAULT_ITERATIONS
 
 logger = logging.getLogger(__name__)
 
 
 def add_subcommand(subparsers) -> None:
-    p = subparsers.add_parser("evaluate", help="zero-shot accuracy (clean, under PGD) and saliency metrics "
+    p = subparsers.add_parser("evaluate", help="zero-shot accuracy (clean, under APGD/PGD) and saliency metrics "
                                                "-> JSON/Markdown/PNG",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", action="append", required=True, help="Hub id or folder (repeat to compare models)")
-    p.add_argument("--text-model", help="full CLIP checkpoint for the text tower (default: the first full-CLIP --model)")
+    p.add_argument("--text-model", help="full CLIP checkpoint whose text tower every model uses (default: each full "
+                                        "CLIP model its own; required for vision-only models)")
     p.add_argument("--dataset", required=True,
                    help="Hub id, 'imagefolder' (with --data-dir), a local folder, or builtin:shapes")
     p.add_argument("--data-dir")
@@ -35,7 +38,7 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--label-column", default="label")
     p.add_argument("--mask-column", help="image column of object masks (pointing game, energy)")
     p.add_argument("--box-column", help="column of [x0, y0, x1, y1] boxes in original pixels")
-    p.add_argument("--max-samples", type=int, default=500)
+    p.add_argument("--max-samples", type=int, default=500, help="at most this many images (>= 1)")
     p.add_argument("--streaming", action="store_true")
     p.add_argument("--class-names", help="file with one class name per line (label order)")
     p.add_argument("--imagenet-classnames", action="store_true", help="use the shipped cleaned ImageNet-1k names")
@@ -43,8 +46,16 @@ def add_subcommand(subparsers) -> None:
                                        "(default: clip80 for ImageNet names, else simple)")
     p.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), help=f"from: {', '.join(METRICS)}")
     p.add_argument("--methods", nargs="+", default=["saliency", "gradcam"], help="attribution methods for the map metrics")
-    p.add_argument("--eps", nargs="+", type=float, default=[1, 2, 4], help="L-inf budgets in 1/255 units")
-    p.add_argument("--attack-steps", type=int, default=10)
+    p.add_argument("--eps", nargs="+", type=float, default=[1, 2, 4], help="L-inf budgets in 1/255 units (>= 0)")
+    p.add_argument("--robust-attack", choices=ATTACKS, default="apgd",
+                   help="robust accuracy under APGD-CE then APGD-T (AutoAttack's APGD part, worst case per image) "
+                        "or the package's PGD (weaker: over-estimates robustness)")
+    p.add_argument("--attack-steps", type=int,
+                   help="iterations per attack run (default: " +
+                        ", ".join(f"{k} {v}" for k, v in DEFAULT_ITERATIONS.items()) + ")")
+    p.add_argument("--attack-restarts", type=int, default=1, help="APGD: random restarts of each attack")
+    p.add_argument("--attack-targets", type=int, default=9,
+                   help="APGD-T: target classes (the highest-ranked other classes; 0 = APGD-CE only)")
     p.add_argument("--roar-fractions", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9])
     p.add_argument("--deletion-steps", type=int, default=20)
     p.add_argument("--deletion-order", choices=["most", "least"], default="most",
@@ -59,15 +70,36 @@ def add_subcommand(subparsers) -> None:
     p.set_defaults(func=_cli_evaluate)
 
 
-def _cli_evaluate(args, extra) -> int:
-    # check the cheap things before loading models and data
-    resolve_metrics(args.metrics, have_masks=bool(args.mask_column or args.box_column))
+def _check_options(args) -> list[str]:
+    """Every option problem at once, before any model or data loads; returns the metric names."""
+    problems = OptionProblems()
+    metrics = problems.call(lambda: resolve_metrics(args.metrics, bool(args.mask_column or args.box_column))) or []
     for method in args.methods:
-        resolve_method(method)
-    if args.templates and args.templates not in ("simple", "clip80") and not Path(args.templates).is_file():
-        check_template(args.templates)
+        problems.call(lambda m=method: resolve_method(m))
+    if args.templates:
+        problems.call(lambda: resolve_templates(args.templates))
+    problems.file("--class-names", args.class_names)
+    if args.data_dir is not None:
+        problems.require(Path(args.data_dir).is_dir(), f"--data-dir '{args.data_dir}' is not a folder")
+    problems.at_least("--max-samples", args.max_samples, 1)
+    problems.at_least("--batch-size", args.batch_size, 1)
+    problems.at_least("--deletion-steps", args.deletion_steps, 1)
+    problems.at_least("--tolerance", args.tolerance, 0)
+    problems.each_at_least("--eps", args.eps, 0)
+    problems.at_least("--attack-steps", args.attack_steps, 1)
+    problems.at_least("--attack-restarts", args.attack_restarts, 1)
+    problems.at_least("--attack-targets", args.attack_targets, 0)
+    bad = [f for f in args.roar_fractions if not 0 < f < 1]
+    problems.require(not bad, "--roar-fractions must lie strictly between 0 and 1 (fractions of pixels removed), "
+                              f"got {', '.join(f'{f:g}' for f in bad)}")
+    problems.raise_if_any(EvaluationError)
+    return metrics
+
+
+def _cli_evaluate(args, extra) -> int:
+    metrics = _check_options(args)  # before loading models and data
     device = pick_device(args.device)
-    encoders, text, text_source = load_models_and_text(args.model, args.text_model, device)
+    encoders, texts, text_sources = load_models_and_texts(args.model, args.text_model, device)
     size = encoders[0].image_size
     data = load_labelled_images(args.dataset, size, args.split, args.data_dir, args.config_name, args.image_column,
                                 args.label_column, args.max_samples, args.streaming, args.seed,
@@ -77,13 +109,15 @@ def _cli_evaluate(args, extra) -> int:
               "shipped cleaned ImageNet-1k names" if args.imagenet_classnames or len(names) == 1000
               else "dataset ClassLabel")
     templates = resolve_templates(args.templates or ("clip80" if len(names) == 1000 else "simple"))
-    options = {"robust": {"eps": args.eps, "steps": args.attack_steps}, "roar": {"fractions": args.roar_fractions},
+    options = {"robust": {"eps": args.eps, "steps": args.attack_steps, "attack": args.robust_attack,
+                          "restarts": args.attack_restarts, "targets": args.attack_targets},
+               "roar": {"fractions": args.roar_fractions},
                "deletion": {"steps": args.deletion_steps, "order": args.deletion_order, "baseline": args.baseline},
                "insertion": {"steps": args.deletion_steps, "order": args.deletion_order, "baseline": args.baseline},
                "pointing": {"tolerance": args.tolerance}}
     out = Path(args.out)
     reports = {}
-    for name, encoder in zip(args.model, encoders):
+    for name, encoder, text, text_source in zip(args.model, encoders, texts, text_sources):
         if encoder.image_size != size:
             logger.warning("model %s expects %d px; images are re-cropped to it", name, encoder.image_size)
             data_m = load_labelled_images(args.dataset, encoder.image_size, args.split, args.data_dir, args.config_name,
@@ -93,7 +127,7 @@ def _cli_evaluate(args, extra) -> int:
             data_m = data
         info = {"model": name, "text_model": text_source, "dataset": args.dataset, "split": data_m.split,
                 "skipped_images": data_m.skipped, "class_names_source": source}
-        report, ctx = evaluate_model(encoder, text, names, templates, data_m.images, data_m.labels, args.metrics,
+        report, ctx = evaluate_model(encoder, text, names, templates, data_m.images, data_m.labels, metrics,
                                      args.methods, data_m.masks, options, args.batch_size, args.seed, info=info)
         folder = out if len(args.model) == 1 else out / slug(name)
         reports[name] = write_outputs(report, ctx, folder, slug(name) if len(args.model) > 1 else "model")
@@ -113,11 +147,14 @@ def _write_comparison(reports: dict, out: Path) -> None:
             for k, r in reports.items()}
     if any(pert.values()):
         perturbation_curves(pert, out / "deletion_insertion.png")
-    lines = ["# Model comparison", "", "| model | zero-shot top-1 | robust top-1 |", "|---|---|---|"]
+    attacks = {r["metrics"]["robust_attack"].get("name", "PGD") for r in reports.values()
+               if "robust_attack" in r["metrics"]}
+    robust = f"robust top-1 ({'; '.join(sorted(attacks))})" if attacks else "robust top-1"
+    lines = ["# Model comparison", "", f"| model | text tower | zero-shot top-1 | {robust} |", "|---|---|---|---|"]
     for k, r in reports.items():
         m = r["metrics"]
         top1 = m.get("zeroshot_top1")
         rob = ", ".join(f"{e}: {v:.3f}" for e, v in m.get("robust_top1", {}).items())
-        lines.append(f"| `{k}` | {'n/a' if top1 is None else f'{top1:.3f}'} | {rob or 'n/a'} |")
+        lines.append(f"| `{k}` | `{r.get('text_model')}` | {'n/a' if top1 is None else f'{top1:.3f}'} | {rob or 'n/a'} |")
     lines += ["", "Per-model reports: " + ", ".join(f"[{slug(k)}]({slug(k)}/report.md)" for k in reports), ""]
     (out / "comparison.md").write_text("\n".join(lines))

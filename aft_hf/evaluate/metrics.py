@@ -15,8 +15,9 @@ from .complexity import gini
 from .faithfulness import DEFAULT_ROAR_FRACTIONS, LinearProbe, auc, perturbation_curve, roar
 from .localisation import energy_in_mask, pointing_game
 from .sanity import randomisation_check
+from .apgd import attack_description
 from .stats import nanmean as _mean
-from .zeroshot import predict, robust_accuracy, topk_accuracy
+from .zeroshot import DEFAULT_ITERATIONS, predict, robust_accuracy, topk_accuracy
 
 
 class ZeroShotAccuracy(Metric):
@@ -31,15 +32,20 @@ class ZeroShotAccuracy(Metric):
 
 class RobustAccuracy(Metric):
     name, family = "robust", "accuracy"
-    citation = ("Madry et al. 2018 (PGD); protocol of Schlarmann et al. 2024, Robust CLIP (FARE): "
-                "L-inf PGD on the zero-shot cross-entropy")
+    citation = ("Croce & Hein 2020 (APGD-CE, APGD-T; AutoAttack) or Madry et al. 2018 (PGD); protocol of "
+                "Schlarmann et al. 2024, Robust CLIP (FARE): attacks on the zero-shot logits, worst case per image")
 
     def compute(self, ctx: EvalContext) -> dict:
         eps = self.options.get("eps", (1, 2, 4))
-        steps = self.options.get("steps", 10)
+        attack = self.options.get("attack", "apgd")
+        steps = self.options.get("steps") or DEFAULT_ITERATIONS[attack]
+        restarts, targets = self.options.get("restarts", 1), self.options.get("targets", 9)
         acc = robust_accuracy(ctx.classifier, ctx.images, ctx.labels, eps, steps, self.options.get("alpha"),
-                              ctx.batch_size, ctx.seed, ctx.progress)
-        return {"robust_top1": acc, "robust_attack": {"norm": "linf", "steps": steps, "eps": [f"{e:g}/255" for e in eps]}}
+                              ctx.batch_size, ctx.seed, ctx.progress, attack, restarts, targets)
+        setup = {"attack": attack, "name": attack_description(attack, "linf", steps), "norm": "linf", "steps": steps}
+        if attack == "apgd":
+            setup.update(restarts=restarts, targets=min(targets, ctx.class_weights.shape[0] - 1))
+        return {"robust_top1": acc, "robust_attack": {**setup, "eps": [f"{e:g}/255" for e in eps]}}
 
 
 class _Perturbation(Metric):

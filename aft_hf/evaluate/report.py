@@ -9,7 +9,8 @@ JSON schema (``schema_version`` 1)::
      "metrics": {                                  # each key present only when requested
         "zeroshot_top1": float, "zeroshot_top5": float,
         "robust_top1": {"1/255": float, "2/255": float, "4/255": float},
-        "robust_attack": {"norm": "linf", "steps": int, "eps": [str]},
+        "robust_attack": {"attack": "apgd"|"pgd", "name": str, "norm": "linf", "steps": int,
+                          "restarts": int, "targets": int, "eps": [str]},   # restarts/targets: apgd only
         "deletion":  {"fractions": [float], "order": "most"|"least",
                       "methods": {method|"random": {"auc": float, "curve": [float]}}},
         "insertion": {... same as deletion ...},
@@ -65,8 +66,10 @@ def markdown(report: dict) -> str:
         lines += ["## Zero-shot accuracy", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
                   "| " + " | ".join(values) + " |", ""]
         if "robust_attack" in m:
-            lines += [f"Attack: L-inf PGD, {m['robust_attack']['steps']} steps; an image counts as robust only when "
-                      "correct clean and at every smaller budget too.", ""]
+            a = m["robust_attack"]
+            extra = f", {a['restarts']} restart(s), {a['targets']} target classes" if "targets" in a else ""
+            lines += [f"Attack: {a.get('name', 'PGD, L-inf')}, {a['steps']} iterations{extra}; an image counts as "
+                      "robust only when correct clean and every attack fails, at this and every smaller budget.", ""]
     methods = report["methods"]
     rows = []
     for title, key in (("deletion AUC (lower better)", "deletion"), ("insertion AUC (higher better)", "insertion")):

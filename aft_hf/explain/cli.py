@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -16,10 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from ..data.images import load_images
-from .loading import load_models_and_text, pick_device
+from .loading import load_models_and_texts, pick_device
 from .methods import Explainer, resolve_method
+from .options import OptionProblems
 from .targets import ExplainError, check_template, image_targets
 
+logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 
@@ -35,7 +38,9 @@ def collect_images(paths: Sequence[str], max_images: Optional[int] = None) -> li
             raise ExplainError(f"image path '{p}' does not exist")
     if not files:
         raise ExplainError(f"no image files found in {', '.join(paths)}")
-    return files[:max_images] if max_images else files
+    if max_images is not None and max_images < 1:
+        raise ExplainError(f"max_images must be >= 1 (or None for all), got {max_images}")
+    return files if max_images is None else files[:max_images]
 
 
 def image_labels(files: Sequence[Path], labels: Optional[Sequence[str]]) -> list[str]:
@@ -66,7 +71,8 @@ def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser("explain", help="saliency maps of CLIP models as PNG grids",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", action="append", required=True, help="Hub id or folder (repeat to compare models)")
-    p.add_argument("--text-model", help="full CLIP checkpoint for the text tower (default: the first full-CLIP --model)")
+    p.add_argument("--text-model", help="full CLIP checkpoint whose text tower every model uses (default: each full "
+                                        "CLIP model its own; required for vision-only models)")
     p.add_argument("--images", nargs="+", required=True, help="image files and/or folders")
     p.add_argument("--prompt", default="a photo of a {}.", help="template with {} for the label")
     p.add_argument("--labels", nargs="+", help="one label for all images or one per image (default: folder names)")
@@ -75,26 +81,56 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--methods", nargs="+", default=["saliency", "gradcam", "attention"])
     p.add_argument("--layer", help="Grad-CAM layer: default last block's layer_norm1, 'penultimate', or a module path")
     p.add_argument("--no-postprocess", action="store_true", help="keep raw maps (no abs / percentile clip / min-max)")
-    p.add_argument("--max-images", type=int, default=16)
+    p.add_argument("--max-images", type=int, default=16, help="at most this many images (>= 1)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_cli_explain)
 
 
-def _cli_explain(args, extra) -> int:
-    methods = [resolve_method(m) for m in args.methods]
+def _check_options(args) -> tuple[list[str], list[Path], list[str]]:
+    """Every option problem at once, before any model loads; returns (methods, image files, labels)."""
+    problems = OptionProblems()
+    methods = [problems.call(lambda m=m: resolve_method(m)) for m in args.methods]
     if args.caption is None and args.reference_image is None:
-        check_template(args.prompt)
+        problems.call(lambda: check_template(args.prompt))
+    problems.require(args.caption is None or args.reference_image is None,
+                     "give --caption or --reference-image, not both")
+    problems.file("--reference-image", args.reference_image)
+    problems.require(args.layer is None or bool(args.layer.strip()),
+                     "--layer is empty: leave it out (the last block's layer_norm1), or give 'penultimate' or a "
+                     "module path such as vision_model.encoder.layers.10")
+    problems.at_least("--max-images", args.max_images, 1)
+    problems.at_least("--batch-size", args.batch_size, 1)
+    files = problems.call(lambda: collect_images(args.images, max(args.max_images, 1))) or []
+    labels = [""] * len(files)
+    if files and args.reference_image is None and args.caption is None:
+        labels = problems.call(lambda: image_labels(files, args.labels)) or labels
+    problems.raise_if_any(ExplainError)
+    return methods, files, labels
+
+
+def warn_if_gradcam_is_zero(maps: torch.Tensor, model: str, layer: Optional[str]) -> Optional[str]:
+    """A warning (logged and returned) when every Grad-CAM map is exactly zero, with the reason."""
+    if maps.numel() == 0 or bool(maps.abs().amax() > 0):
+        return None
+    message = (f"Grad-CAM maps of {model} at layer '{layer or 'last_ln1'}' are all zero: the pooled output "
+               "reads only the CLS token, so the patch tokens of the last block's output (and of anything after "
+               "its attention) get no gradient. Leave --layer out (the last block's layer_norm1) or use "
+               "--layer penultimate.")
+    logger.warning(message)
+    return message
+
+
+def _cli_explain(args, extra) -> int:
+    methods, files, labels = _check_options(args)
     device = pick_device(args.device)
     need_text = args.reference_image is None
-    encoders, text, text_source = load_models_and_text(args.model, args.text_model, device, need_text)
-    files = collect_images(args.images, args.max_images)
-    labels = image_labels(files, args.labels) if need_text and args.caption is None else [""] * len(files)
+    encoders, texts, text_sources = load_models_and_texts(args.model, args.text_model, device, need_text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    shown, timing, maps = None, {}, {}  # shown: the first model's images, the rows of the grid
-    for name, short, encoder in zip(args.model, model_labels(args.model), encoders):
+    shown, timing, maps, warnings = None, {}, {}, []  # shown: the first model's images, the rows of the grid
+    for name, short, encoder, text in zip(args.model, model_labels(args.model), encoders, texts):
         images = load_images(files, encoder.image_size).to(device)
         if args.reference_image:
             target = image_targets(encoder, load_images([args.reference_image], encoder.image_size).to(device))
@@ -107,6 +143,8 @@ def _cli_explain(args, extra) -> int:
                                   layer=args.layer)
             start = time.perf_counter()
             m = explainer.attribute(images, target).cpu()
+            if method == "gradcam":
+                warnings.append(warn_if_gradcam_is_zero(m, name, args.layer))
             if shown is not None and m.shape[-2:] != shown.shape[-2:]:  # models of different input sizes
                 m = F.interpolate(m, size=shown.shape[-2:], mode="bilinear", align_corners=False)
             key = f"{short} / {method}" if len(args.model) > 1 else method
@@ -118,10 +156,11 @@ def _cli_explain(args, extra) -> int:
     rows = [f"{f.name}\n{lab}" if lab else f.name for f, lab in zip(files, labels)]
     png = attribution_grid(shown, maps, out / "explanations.png", row_titles=rows)
     torch.save({k: v for k, v in maps.items()}, out / "maps.pt")
-    summary = {"models": args.model, "text_model": text_source, "images": [str(f) for f in files], "labels": labels,
+    summary = {"models": args.model, "text_model": args.text_model, "text_models": text_sources, "images": [str(f) for f in files], "labels": labels,
                "target": ("reference image " + args.reference_image if args.reference_image else
                           "caption " + repr(args.caption) if args.caption is not None else "prompt " + repr(args.prompt)),
-               "methods": methods, "seconds_per_image": timing, "figure": png.name, "maps": "maps.pt"}
+               "methods": methods, "seconds_per_image": timing, "figure": png.name, "maps": "maps.pt",
+               "warnings": [w for w in warnings if w]}
     (out / "explain.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(png)
     return 0

@@ -21,14 +21,34 @@ def pick_device(spec: str = "auto") -> torch.device:
     return torch.device(spec)
 
 
-def load_models_and_text(models: Sequence[str], text_model: Optional[str], device: torch.device,
-                         need_text: bool = True) -> tuple[list[ImageEncoder], Optional[TextTower], Optional[str]]:
-    """Image encoders for ``models`` and the (original) text tower: ``text_model`` or the first full-CLIP model."""
+def load_models_and_texts(models: Sequence[str], text_model: Optional[str], device: torch.device,
+                          need_text: bool = True) -> tuple[list[ImageEncoder], list[Optional[TextTower]],
+                                                           list[Optional[str]]]:
+    """Image encoders for ``models`` and, per model, its text tower and where that came from.
+
+    Each full CLIP checkpoint uses its own text tower (models with different text towers or widths
+    must not share one); ``text_model`` overrides that for every model, and is required when a
+    model is vision-only. Towers are loaded once per source. Checked before any weights load.
+    """
+    if need_text and not text_model:
+        vision_only = [m for m in models if not is_full_clip(m)]
+        if vision_only:
+            raise ModelLoadError(f"no text tower for the vision-only model(s) {', '.join(vision_only)}: pass "
+                                 "--text-model with a full CLIP checkpoint (the original one, e.g. "
+                                 "openai/clip-vit-base-patch16)")
     encoders = [load_image_encoder(m).to(device).eval() for m in models]
     if not need_text:
-        return encoders, None, None
-    source = text_model or next((m for m in models if is_full_clip(m)), None)
-    if source is None:
-        raise ModelLoadError("no text tower: every --model is vision-only; pass --text-model with a full CLIP "
-                             "checkpoint (the original one, e.g. openai/clip-vit-base-patch16)")
-    return encoders, load_text_tower(source).to(device), source
+        return encoders, [None] * len(models), [None] * len(models)
+    sources = [text_model or m for m in models]
+    towers: dict[str, TextTower] = {}
+    for source in sources:
+        if source not in towers:
+            towers[source] = load_text_tower(source).to(device)
+    for model, encoder, source in zip(models, encoders, sources):
+        image_dim = getattr(getattr(encoder, "vision", None), "config", None)
+        image_dim = getattr(image_dim, "projection_dim", None)
+        text_dim = towers[source].text_projection.out_features
+        if image_dim is not None and image_dim != text_dim:
+            raise ModelLoadError(f"model {model} embeds images in {image_dim} dimensions but the text tower of "
+                                 f"{source} in {text_dim}: pass a --text-model from the same CLIP family")
+    return encoders, [towers[s] for s in sources], list(sources)

@@ -31,6 +31,11 @@ def check_template(template: str) -> str:
         raise TemplateError(
             f"prompt template {template!r} must contain exactly one '{{}}' where the class name goes, "
             "e.g. 'a photo of a {}.'")
+    try:
+        template.format("x")
+    except (KeyError, IndexError, ValueError) as e:
+        raise TemplateError(f"prompt template {template!r} has braces other than its one '{{}}' slot ({e!r}); "
+                            "write a literal brace as '{{' or '}}'") from e
     return template
 
 

@@ -1,0 +1,162 @@
+"""APGD-CE + APGD-T: known answers on linear heads, agreement with the reference (pyautoattack), never
+weaker than the package's PGD, the worst case per image, and how reports and the card name the attack."""
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from aft_hf.evaluate import ZeroShotClassifier, robust_accuracy
+from aft_hf.evaluate import apgd as apgd_module
+from aft_hf.evaluate.apgd import apgd_robust, checkpoints, targeted_dlr_loss
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _linear_two_class(seed: int = 0, n: int = 200, scale: float = 0.06):
+    """logits = W x + b on x in [0, 1]^(3 x 4 x 4): points spread by ``scale`` around a template whose
+    coordinates are partly at the box edges (0, 1) or within a few eps of them."""
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
+    template = torch.rand(1, 3, 4, 4, generator=g)
+    edge = torch.rand(template.shape, generator=g)
+    template = torch.where(edge < 0.2, 0.0, torch.where(edge > 0.8, 1.0, torch.where(edge > 0.6, 0.01, template)))
+    x = (template + scale * (2 * torch.rand(n, 3, 4, 4, generator=g) - 1)).clamp(0, 1)
+    with torch.no_grad():
+        model[1].weight.copy_(torch.randn(2, 48, generator=g))
+        model[1].bias.zero_()
+        model[1].bias[0] = -(model(x)[:, 0] - model(x)[:, 1]).median()  # about half of each class
+        labels = model(x).argmax(1)
+    return model, x, labels
+
+
+def _exact_linf_robust(model, x, labels, eps):
+    """Worst case of a 2-class linear model over the L-inf ball intersected with the box: per coordinate a
+    corner of [x - eps, x + eps] and [0, 1]; robust iff the worst margin stays positive."""
+    w, b = model[1].weight.detach(), model[1].bias.detach()
+    sign = torch.where(labels == 0, 1.0, -1.0).view(-1, 1)
+    w_diff, b_diff = sign * (w[0] - w[1]), sign.squeeze(1) * (b[0] - b[1])
+    flat = x.flatten(1)
+    worst = (flat - eps * w_diff.sign()).clamp(0, 1)
+    return (w_diff * worst).sum(1) + b_diff
+
+
+@pytest.mark.parametrize("eps", [1 / 255, 4 / 255, 16 / 255])
+def test_apgd_reaches_the_exact_linf_robust_accuracy_of_a_linear_head(eps):
+    model, x, labels = _linear_two_class(scale=15 * eps)
+    margin = _exact_linf_robust(model, x, labels, eps)
+    keep = margin.abs() > 1e-3  # no ties at the decision boundary
+    x, labels, margin = x[keep], labels[keep], margin[keep]
+    exact = margin > 0
+    assert 0.1 < exact.float().mean() < 0.9  # a non-trivial case
+    robust = apgd_robust(model, x, labels, eps, iterations=10, targets=1)
+    assert torch.equal(robust, exact)
+
+
+def test_apgd_l2_reaches_the_exact_robust_accuracy_away_from_the_box_edges():
+    g = torch.Generator().manual_seed(1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
+    x = 0.5 + 0.2 * (2 * torch.rand(200, 3, 4, 4, generator=g) - 1)  # x - eps * w / ||w|| stays in [0, 1]
+    eps = 0.05
+    with torch.no_grad():
+        model[1].weight.copy_(torch.randn(2, 48, generator=g))
+        model[1].bias.zero_()
+        model[1].bias[0] = -(model(x)[:, 0] - model(x)[:, 1]).median()
+        logits = model(x)
+    w = model[1].weight.detach()
+    margin = (logits[:, 0] - logits[:, 1]).abs() - eps * (w[0] - w[1]).norm()  # the exact L2 worst case
+    keep = margin.abs() > 1e-3
+    exact = margin[keep] > 0
+    assert 0.1 < exact.float().mean() < 0.9
+    robust = apgd_robust(model, x[keep], logits[keep].argmax(1), eps, norm="l2", iterations=10, targets=1)
+    assert torch.equal(robust, exact)
+
+
+def test_checkpoints_and_targeted_dlr_follow_the_paper():
+    assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]  # 0.22, then steps shrinking by 0.03, >= 0.06
+    assert checkpoints(3) == [1, 2, 3]
+    z = torch.tensor([[5.0, 3.0, 1.0, 0.0, -1.0]])
+    # -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2) with y = 0, t = 1: -(2) / (5 - 0.5)
+    assert targeted_dlr_loss(z, torch.tensor([0]), torch.tensor([1])).item() == pytest.approx(-2 / 4.5)
+    assert targeted_dlr_loss(10 * z, torch.tensor([0]), torch.tensor([1])).item() == pytest.approx(-2 / 4.5)
+
+
+def test_an_image_is_robust_only_if_every_attack_fails(monkeypatch):
+    """APGD-CE first, then APGD-T against the classes ranked 2nd, 3rd, ... on the clean image; each run
+    sees only the images still robust."""
+    calls = []
+    breaks = {0: [0], 2: [1]}  # run 0 (CE) breaks image 0, run 2 (2nd target) breaks image 1
+
+    def fake_apgd(forward, images, labels, eps, norm, iterations, loss, target, generator=None):
+        run = len(calls)
+        calls.append((loss.__name__, None if target is None else target.tolist(), images[:, 0, 0, 0].tolist()))
+        fooled = torch.tensor([round(v) in breaks.get(run, []) for v in images[:, 0, 0, 0].tolist()])
+        return images, fooled
+
+    monkeypatch.setattr(apgd_module, "apgd", fake_apgd)
+    logits = torch.tensor([[9.0, 1, 5, 7], [9.0, 8, 7, 1], [9.0, 2, 3, 4]])
+    model = lambda x: logits[x[:, 0, 0, 0].round().long()]  # noqa: E731 image i carries its index
+    images = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 3, 2, 2).contiguous()
+    robust = apgd_robust(model, images, torch.zeros(3, dtype=torch.long), 1 / 255, targets=9)
+    assert robust.tolist() == [False, False, True]
+    assert [c[0] for c in calls] == ["ce_loss"] + ["targeted_dlr_loss"] * 3  # 9 targets capped at 4 - 1
+    assert calls[0][2] == [0.0, 1.0, 2.0] and calls[1][2] == [1.0, 2.0] and calls[3][2] == [2.0]
+    assert calls[1][1] == [1, 3] and calls[2][1] == [2, 2] and calls[3][1] == [1]  # ranked 2nd, 3rd, 4th
+
+
+def _tiny_zero_shot(seed: int):
+    """A small non-linear image encoder with a 10-class zero-shot head (logit scale 100), 64 images."""
+    torch.manual_seed(seed)
+    enc = nn.Sequential(nn.Flatten(), nn.Linear(192, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 16))
+    clf = ZeroShotClassifier(enc, torch.randn(10, 16), 100.0).eval()
+    x = torch.rand(64, 3, 8, 8)
+    with torch.no_grad():
+        y = clf(x).argmax(1)
+    return clf, x, y
+
+
+@pytest.mark.parametrize("seed,eps", [(0, 8), (1, 8), (2, 4)])
+def test_apgd_agrees_with_the_reference_autoattack(seed, eps):
+    """Same model, images, iterations and targets: robust accuracies agree within 2 images of 64 (different
+    random starts), and ours is never more than 2 images weaker. 25 iterations and 3 targets keep it short."""
+    pyautoattack = pytest.importorskip("pyautoattack", reason="reference APGD: pip install aft_hf[autoattack]")
+    logging.getLogger("auto-attack").setLevel(logging.WARNING)
+    clf, x, y = _tiny_zero_shot(seed)
+    iterations, targets = 25, 3
+    ours = apgd_robust(clf, x, y, eps / 255, iterations=iterations, targets=targets, seed=seed)
+    aa = pyautoattack.AutoAttack(clf, attacks=["apgd-ce", "apgd-t"], version="custom", eps=eps / 255, norm="Linf",
+                                 seed=seed)
+    aa.verbose = False
+    aa.apgd.n_restarts, aa.apgd_targeted.n_target_classes = 1, targets
+    for attack in (aa.apgd, aa.apgd_targeted):  # its checkpoint schedule is set from n_iter in the constructor
+        attack.n_iter = iterations
+        attack.n_iter_2, attack.n_iter_min, attack.size_decr = int(0.22 * iterations), 1, 1
+    x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=64)
+    with torch.no_grad():
+        reference = clf(x_adv).argmax(1) == y
+    assert 0.05 < reference.float().mean() < 0.95
+    assert abs(int(ours.sum()) - int(reference.sum())) <= 2
+    assert int((ours & ~reference).sum()) <= 2
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_apgd_never_reports_more_robustness_than_pgd(seed):
+    clf, x, y = _tiny_zero_shot(seed)
+    pgd = robust_accuracy(clf, x, y, eps=(2, 8), attack="pgd", progress=False)
+    apgd = robust_accuracy(clf, x, y, eps=(2, 8), attack="apgd", steps=25, targets=3, progress=False)
+    assert all(apgd[e] <= pgd[e] for e in pgd)
+    assert apgd["8/255"] < 1.0
+
+
+def test_card_names_the_attack_of_the_robust_accuracy():
+    from aft_hf.card import eval_results_from_report, report_rows
+
+    report = {"dataset": "d", "split": "test", "metrics": {
+        "robust_top1": {"4/255": 0.25},
+        "robust_attack": {"attack": "apgd", "name": "APGD-CE+APGD-T, L-inf", "norm": "linf", "steps": 100,
+                          "restarts": 1, "targets": 9, "eps": ["4/255"]}}}
+    (result,) = eval_results_from_report(report)
+    assert result.metric_name == "Robust zero-shot top-1 accuracy (APGD-CE+APGD-T, L-inf), eps 4/255"
+    report["metrics"]["robust_attack"] = {"norm": "linf", "steps": 10, "eps": ["4/255"]}  # an older PGD report
+    assert report_rows(report)[0][0].name == "Robust zero-shot top-1 accuracy (PGD-10, L-inf)"

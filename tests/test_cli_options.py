@@ -1,0 +1,142 @@
+"""The evaluate and explain CLIs: every bad option reported at once before loading anything, each full
+CLIP with its own text tower, and a warning for all-zero Grad-CAM maps."""
+
+import json
+
+import pytest
+import torch
+
+from aft_hf.cli import main
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    from aft_hf.data import write_shapes_imagefolder
+
+    return write_shapes_imagefolder(tmp_path_factory.mktemp("shapes") / "data", num_images=8, size=40)
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fail the test if a CLI gets as far as loading a model."""
+    import aft_hf.explain.cli as explain_cli
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a model was loaded before the options were checked")
+
+    monkeypatch.setattr(explain_cli, "load_image_encoder", boom)
+    monkeypatch.setattr(explain_cli, "is_full_clip", boom)
+
+
+def _error(capsys) -> str:
+    """The CLI's one-line error (after any progress bars of what loaded first), no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("aft-hf ")
+    return last
+
+
+def test_evaluate_reports_every_bad_option_before_loading(tmp_path, capsys, no_loading):
+    rc = main(["evaluate", "--model", "nowhere/model", "--dataset", "builtin:shapes", "--out", str(tmp_path),
+               "--deletion-steps", "0", "--batch-size", "0", "--roar-fractions", "0.5", "1.5", "--eps", "-4", "2",
+               "--attack-steps", "-1", "--attack-restarts", "0", "--attack-targets", "-2", "--max-samples", "0",
+               "--metrics", "zeroshot", "nonsense", "--methods", "lime", "--templates", "a {} {x}"])
+    assert rc == 2
+    err = _error(capsys)
+    for needed in ("11 problems", "--deletion-steps must be >= 1, got 0", "--batch-size must be >= 1, got 0",
+                   "--roar-fractions must lie strictly between 0 and 1", "got 1.5", "--eps values must be >= 0, got -4",
+                   "--attack-steps must be >= 1, got -1", "--attack-restarts", "--attack-targets",
+                   "--max-samples must be >= 1, got 0", "unknown metric 'nonsense'",
+                   "unknown attribution method 'lime'",
+                   "braces other than"):
+        assert needed in err, needed
+    assert main(["evaluate", "--model", "m", "--dataset", "d", "--out", str(tmp_path), "--max-samples", "-1"]) == 2
+    assert "--max-samples must be >= 1, got -1" in _error(capsys)
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "--model", "m", "--dataset", "d", "--out", str(tmp_path), "--robust-attack", "fgsm"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'fgsm'" in capsys.readouterr().err
+
+
+def test_explain_reports_every_bad_option_before_loading(tmp_path, capsys, no_loading, shapes):
+    rc = main(["explain", "--model", "nowhere/model", "--images", str(shapes), "--out", str(tmp_path),
+               "--max-images", "0", "--batch-size", "-3", "--layer", "", "--prompt", "a {} {x}",
+               "--methods", "saliency", "lime"])
+    assert rc == 2
+    err = _error(capsys)
+    for needed in ("5 problems", "--max-images must be >= 1, got 0", "--batch-size must be >= 1, got -3",
+                   "--layer is empty", "braces other than", "unknown attribution method 'lime'"):
+        assert needed in err, needed
+    rc = main(["explain", "--model", "m", "--images", str(shapes), "--out", str(tmp_path),
+               "--reference-image", str(tmp_path / "MISSING.png")])
+    assert rc == 2 and "--reference-image" in _error(capsys)
+    rc = main(["explain", "--model", "m", "--images", str(tmp_path / "nothing"), "--out", str(tmp_path)])
+    assert rc == 2 and "does not exist" in _error(capsys)
+    assert main(["explain", "--model", "m", "--images", str(shapes), "--out", str(tmp_path), "--max-images", "-1"]) == 2
+    assert "--max-images must be >= 1, got -1" in _error(capsys)
+
+
+@pytest.fixture(scope="module")
+def two_clips(tmp_path_factory):
+    """Two tiny CLIPs whose text towers differ: other seeds, other widths (text hidden size and projection)."""
+    from transformers import CLIPModel
+
+    from aft_hf.model import save_tiny_clip
+
+    root = tmp_path_factory.mktemp("two_clips")
+    a = save_tiny_clip(root / "a", seed=1, projection_dim=16)
+    b = save_tiny_clip(root / "b", seed=2, projection_dim=24)
+    model = CLIPModel.from_pretrained(b)  # widen B's text tower: hidden 48 instead of 32
+    cfg = model.config
+    cfg.text_config.hidden_size, cfg.text_config.intermediate_size = 48, 96
+    torch.manual_seed(3)
+    CLIPModel(cfg).save_pretrained(b)
+    return a, b
+
+
+def test_each_full_clip_uses_its_own_text_tower(two_clips, shapes, tmp_path, capsys):
+    from aft_hf.explain import load_text_tower
+
+    a, b = two_clips
+    assert load_text_tower(str(b)).text_model.config.hidden_size == 48
+    args = ["--dataset", str(shapes), "--metrics", "zeroshot", "--methods", "saliency"]
+    assert main(["evaluate", "--model", str(b), *args, "--out", str(tmp_path / "alone")]) == 0
+    assert main(["evaluate", "--model", str(a), "--model", str(b), *args, "--out", str(tmp_path / "both")]) == 0
+    alone = json.loads((tmp_path / "alone" / "report.json").read_text())
+    beside = {}
+    for path in (tmp_path / "both").glob("*/report.json"):
+        report = json.loads(path.read_text())
+        beside[report["model"]] = report
+    assert beside[str(b)]["text_model"] == str(b) and beside[str(a)]["text_model"] == str(a)
+    assert beside[str(b)]["metrics"] == alone["metrics"]  # B scores the same alone and beside A
+    comparison = (tmp_path / "both" / "comparison.md").read_text()
+    assert f"| `{a}` |" in comparison and f"| `{b}` |" in comparison
+    out = tmp_path / "explain"
+    assert main(["explain", "--model", str(a), "--model", str(b), "--images", str(shapes), "--max-images", "2",
+                 "--methods", "saliency", "--out", str(out)]) == 0
+    summary = json.loads((out / "explain.json").read_text())
+    assert summary["text_models"] == [str(a), str(b)] and summary["text_model"] is None
+    # --text-model overrides for every model: A's tower (width 16) cannot serve B's images (width 24)
+    assert main(["evaluate", "--model", str(b), *args, "--text-model", str(a), "--out", str(tmp_path / "t")]) == 2
+    assert "24 dimensions but the text tower of" in _error(capsys)
+
+
+def test_vision_only_model_needs_text_model(tiny_clip_path, tiny_vision_path, shapes, tmp_path, capsys):
+    rc = main(["explain", "--model", str(tiny_clip_path), "--model", str(tiny_vision_path), "--images", str(shapes),
+               "--out", str(tmp_path)])
+    assert rc == 2 and "vision-only model(s) " + str(tiny_vision_path) in _error(capsys)
+
+
+def test_gradcam_at_the_last_block_output_warns(tiny_clip_path, shapes, tmp_path, caplog):
+    out = tmp_path / "cam"
+    rc = main(["explain", "--model", str(tiny_clip_path), "--images", str(shapes), "--max-images", "2",
+               "--methods", "gradcam", "--layer", "vision_model.encoder.layers.1", "--out", str(out)])
+    assert rc == 0
+    (warning,) = json.loads((out / "explain.json").read_text())["warnings"]
+    assert "all zero" in warning and "CLS" in warning and "all zero" in caplog.text
+    rc = main(["explain", "--model", str(tiny_clip_path), "--images", str(shapes), "--max-images", "2",
+               "--methods", "gradcam", "--out", str(out)])
+    assert rc == 0 and json.loads((out / "explain.json").read_text())["warnings"] == []
