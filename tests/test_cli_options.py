@@ -21,13 +21,13 @@ def shapes(tmp_path_factory):
 @pytest.fixture
 def no_loading(monkeypatch):
     """Fail the test if a CLI gets as far as loading a model."""
-    import aft_hf.explain.cli as explain_cli
+    import aft_hf.explain.loading as loading
 
     def boom(*args, **kwargs):
         raise AssertionError("a model was loaded before the options were checked")
 
-    monkeypatch.setattr(explain_cli, "load_image_encoder", boom)
-    monkeypatch.setattr(explain_cli, "is_full_clip", boom)
+    monkeypatch.setattr(loading, "load_image_encoder", boom)
+    monkeypatch.setattr(loading, "is_full_clip", boom)
 
 
 def _error(capsys) -> str:
