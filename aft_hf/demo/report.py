@@ -20,7 +20,7 @@ from ..figures import attribution_grid  # noqa: E402
 from .measure import METRIC_DIRECTION, nanmean, paired, spread  # noqa: E402
 
 METRIC_LABELS = {"energy": "energy in mask", "pointing": "pointing (exact)", "pointing_tol": "pointing (tolerant)",
-                 "gini": "Gini sparseness", "deletion_auc": "deletion AUC"}
+                 "gini": "Gini sparseness", "deletion_auc": "deletion AUC (÷ clean prob.)"}
 METHOD_LABELS = {"saliency": "Simple Gradient", "gradcam": "Grad-CAM", "attention": "attention"}
 
 
@@ -156,7 +156,9 @@ def card_report(report: dict, run: dict, variant_label: str) -> dict:
     tol = report["settings"]["tolerance_px"]
     m = {
         "zeroshot_top1": run["accuracy"]["clean"], "robust_top1": run["accuracy"]["robust"],
-        "deletion": {"methods": {k: {"auc": nanmean(v["deletion_auc"])} for k, v in run["per_image"].items()}},
+        "deletion": {"methods": {**{k: {"auc": nanmean(v["deletion_auc"])} for k, v in run["per_image"].items()},
+                                 "random": {"auc": run.get("deletion_random_auc", float("nan"))}},
+                     "baseline": "zero", "clean_probability": run.get("clean_probability")},
         "pointing_game": {k: {"exact": nanmean(v["pointing"]), f"tolerance_{tol}px": nanmean(v["pointing_tol"])}
                           for k, v in run["per_image"].items()},
         "energy_in_mask": {k: {"energy": nanmean(v["energy"]), "chance": report["chance_energy"]}

@@ -165,6 +165,8 @@ class Explainer:
             its ``.vision`` ViT; gradient methods accept any pixels -> embedding module).
         method: one of :data:`METHODS`.
         postprocess: apply |.|, 99th-percentile clip and min-max (channels are always summed).
+        minmax: with ``postprocess``, min-max scale each map (``False`` together with
+            ``clip_percentile=None`` gives the raw map the metrics score: |attribution| summed over channels).
         batch_size: images per internal batch (a progress bar runs over batches).
         layer: Grad-CAM layer: ``None`` = the last block's ``layer_norm1`` (input of its attention; the
             last block's *output* has zero patch gradients), ``"penultimate"`` = the second-to-last block's
@@ -175,13 +177,13 @@ class Explainer:
     def __init__(self, encoder: nn.Module, method: str = "saliency", postprocess: bool = True,
                  batch_size: int = 8, layer: Union[None, str, nn.Module] = None, n_steps: int = 32,
                  nt_samples: int = 16, stdevs: float = 0.15, clip_percentile: float = 99.0,
-                 progress: bool = True):
+                 progress: bool = True, minmax: bool = True):
         if batch_size < 1:
             raise ExplainError(f"batch_size must be >= 1, got {batch_size}")
         self.encoder, self.method = encoder, resolve_method(method)
         self.postprocess, self.batch_size, self.layer = postprocess, batch_size, layer
         self.n_steps, self.nt_samples, self.stdevs = n_steps, nt_samples, stdevs
-        self.clip_percentile, self.progress = clip_percentile, progress
+        self.clip_percentile, self.progress, self.minmax = clip_percentile, progress, minmax
         if self.method not in GRADIENT_METHODS and not hasattr(encoder, "vision"):
             raise ExplainError(f"method '{self.method}' needs a ViT image encoder with a `.vision` model "
                                "(aft_hf.model.load_image_encoder)")
@@ -221,14 +223,14 @@ class Explainer:
         if self.method in GRADIENT_METHODS:
             raw = self._gradient(images, targets)
             if self.postprocess:
-                return postprocess(raw, True, self.clip_percentile, True)
+                return postprocess(raw, True, self.clip_percentile, self.minmax)
             return raw.sum(dim=1, keepdim=True)
         if self.method == "gradcam":
             maps = self._gradcam(images, targets)
         else:
             maps = self._attention(images)
         if self.postprocess:
-            return postprocess(maps, True, self.clip_percentile, True)
+            return postprocess(maps, True, self.clip_percentile, self.minmax)
         return maps
 
     def _gradient(self, images: Tensor, targets: Tensor) -> Tensor:
