@@ -285,6 +285,9 @@ def test_empty_masks_are_skipped_by_every_localisation_metric_and_counted(tiny_e
     assert m["energy_in_mask"]["saliency"]["energy"] == pytest.approx(expected)
     assert m["energy_in_mask"]["saliency"]["chance"] == pytest.approx(0.25)
     assert "empty: 2" in markdown(report)
+    with pytest.raises(EvaluationError, match=r"masks \(4, 1, 16, 64\) do not match images"):
+        evaluate_model(tiny_encoder, load_text_tower(str(tiny_clip_path)), ["a", "b"], ["{}"], images, labels,
+                       ["pointing"], ["saliency"], torch.ones(4, 1, 16, 64), progress=False)
 
 
 # --------------------------------------------------------------------------- deletion / insertion (A3)

@@ -44,6 +44,9 @@ def evaluate_model(encoder: torch.nn.Module, text: TextTower, class_names: Seque
     if len(labels) and int(labels.max()) >= len(class_names):
         raise EvaluationError(f"label {int(labels.max())} has no class name ({len(class_names)} names given)")
     names = resolve_metrics(metrics, masks is not None)
+    if masks is not None and (masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]):
+        raise EvaluationError(f"masks {tuple(masks.shape)} do not match images {tuple(images.shape)}: give one mask "
+                              "per image, resized and centre-cropped like it")
     methods = [resolve_method(m) for m in methods]
     device = next(encoder.parameters()).device
     class_weights = text.class_embeddings(class_names, templates).to(device)
