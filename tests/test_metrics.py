@@ -245,6 +245,13 @@ def test_evaluate_and_demo_score_the_raw_maps(tiny_encoder, tiny_clip_path):
     assert torch.allclose(out["per_image"]["saliency"]["gini"], gini(raw), atol=1e-5)
     assert out["maps"]["saliency"].amax() == pytest.approx(1.0)  # the figures get the display maps
     assert 0 < out["clean_probability"] <= 1 and out["deletion_random_auc"] > 0
+    from aft_hf.demo.report import aggregate, markdown as demo_markdown
+
+    agg = aggregate(out, {"aft": [out]}, ["saliency"])
+    assert agg["deletion_random_auc"]["original"] == out["deletion_random_auc"]
+    report = {"variants": ["aft"], "seeds": [0], "verdicts": [], **agg,
+              "wall_time_s": 1.0, "settings": {"eval_images": 4, "attack": "linf eps 4/255", "steps": 1}}
+    assert "random ranking: original" in demo_markdown(report)
 
 
 # --------------------------------------------------------------------------- pointing ties, empty masks (A2, A7)

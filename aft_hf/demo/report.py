@@ -44,7 +44,10 @@ def aggregate(original: dict, runs: dict[str, list[dict]], methods: Sequence[str
         accuracy["robust"][eps] = {"original": value}
         for variant, seeds in runs.items():
             accuracy["robust"][eps][variant] = spread([r["accuracy"]["robust"][eps] for r in seeds])
-    return {"metrics": metrics, "accuracy": accuracy, "chance_energy": nanmean(original["chance"])}
+    random_auc = {"original": original.get("deletion_random_auc", float("nan")),
+                  **{v: spread([r.get("deletion_random_auc", float("nan")) for r in seeds]) for v, seeds in runs.items()}}
+    return {"metrics": metrics, "accuracy": accuracy, "chance_energy": nanmean(original["chance"]),
+            "deletion_random_auc": random_auc}
 
 
 def verdicts(report: dict) -> list[str]:
@@ -80,7 +83,10 @@ def markdown(report: dict) -> str:
              f"{s['eval_images']} held-out images, {len(report['seeds'])} seed(s), AFT {s['attack']} "
              f"for {s['steps']} steps; control: uniform noise of the same budget. Values: mean ± sd over seeds; "
              "Δ = per-image paired difference vs the original model (mean over seeds ± sd). "
-             f"Energy-in-mask chance level (mask area): {report['chance_energy']:.3f}.", ""]
+             f"Energy-in-mask chance level (mask area): {report['chance_energy']:.3f}. Metrics read the raw maps; "
+             "deletion AUC is divided by each model's clean probability"
+             + (", random ranking: " + ", ".join(f"{k} {_cell(v)}" for k, v in report["deletion_random_auc"].items())
+                if "deletion_random_auc" in report else "") + ".", ""]
     lines += ["**Verdict (from the numbers below):**", ""] + [f"- {v}" for v in report["verdicts"]] + [""]
     header = ["method", "metric", "original"] + variants + [f"Δ {v}" for v in variants]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
