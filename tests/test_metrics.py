@@ -370,7 +370,7 @@ def test_small_cnn_evaluator_is_seeded_and_roar_falls_with_the_true_ranking():
     truth[..., :2, :2] = 1
     res = roar(xtr, ytr, xte, yte, {"truth": truth.expand(160, -1, -1, -1) + 0.01 * torch.rand(160, 1, 8, 8)},
                {"truth": truth.expand(80, -1, -1, -1) + 0.01 * torch.rand(80, 1, 8, 8)}, fractions=(0.1,),
-               evaluator_factory=lambda: SmallCNN(epochs=20, seed=0), progress=False)
+               evaluator_factory=lambda: SmallCNN(epochs=10, seed=0), progress=False)
     acc = res["accuracy"]
     assert acc["truth"][0] >= 0.85  # the CNN learns the corner from scratch
     assert acc["truth"][1] <= 0.7 and acc["random"][1] >= 0.8
