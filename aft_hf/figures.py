@@ -100,7 +100,9 @@ def perturbation_curves(results: Mapping[str, dict], out: Union[str, Path]) -> P
                 style = "--" if method == "random" else "-"
                 ax.plot(x, val["curve"], style, label=f"{model} / {method} (AUC {val['auc']:.3f})")
         ax.set_xlabel(f"pixels {'removed' if mode == 'deletion' else 'inserted'} (%), most relevant first")
-        ax.set_ylabel("zero-shot probability of the label")
+        normalised = any("clean_probability" in r.get(mode, {}) for r in results.values())
+        ax.set_ylabel("label probability / model's clean probability" if normalised
+                      else "zero-shot probability of the label")
         ax.set_title(f"{mode} ({'lower' if mode == 'deletion' else 'higher'} AUC = better)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)

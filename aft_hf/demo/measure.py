@@ -2,8 +2,10 @@
 
 Every number comes from the package's own metrics (``aft_hf.evaluate``): energy-in-mask (with its
 chance level, the mask's area fraction), pointing game exact and with a tolerance, Gini
-sparseness, deletion AUC on the zero-shot probability of the true class, and zero-shot accuracy
-clean and under the package's L-inf PGD.
+sparseness, deletion AUC on the zero-shot probability of the true class (divided by the model's
+clean probability, with a random ranking as the baseline), and zero-shot accuracy clean and under
+the package's L-inf PGD. The metrics read the raw maps; the returned ``maps`` are the display
+versions (99th-percentile clip, min-max) for the figures only.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..evaluate import EvalContext, auc, energy_in_mask, gini, perturbation_curve, pointing_game, predict, robust_accuracy
+from ..evaluate import (
+    EvalContext, energy_in_mask, gini, normalised_auc, perturbation_curve, pointing_game, predict, robust_accuracy,
+)
 
 # metric -> True when a larger value is the better (or, for Gini, the sparser) map
 METRIC_DIRECTION = {"energy": True, "pointing": True, "pointing_tol": True, "gini": True, "deletion_auc": False}
@@ -35,27 +39,39 @@ class EvalSet:
 def measure(encoder: torch.nn.Module, data: EvalSet, methods: Sequence[str], tolerance: int,
             robust_eps: Sequence[float], robust_steps: int, deletion_steps: int = 20, batch_size: int = 32,
             seed: int = 0, progress: bool = True) -> dict:
-    """{"per_image": {method: {metric: (N,)}}, "maps": {method: (N,1,H,W)}, "chance": (N,), "accuracy": {...}}."""
+    """{"per_image": {method: {metric: (N,)}}, "maps": {method: display maps (N,1,H,W)}, "chance": (N,),
+    "accuracy": {...}, "clean_probability": float, "deletion_random_auc": float}.
+
+    Metrics read the raw maps; ``deletion_auc`` per image is divided by the model's mean clean
+    probability, like ``deletion_random_auc`` (the same images ranked at random).
+    """
     encoder.eval()
     ctx = EvalContext(encoder, data.class_weights, data.images, data.labels, list(methods), data.logit_scale,
                       data.masks, batch_size, seed, progress)
+    clean = ctx.label_probability(data.images, data.labels)
+
+    def deletion(maps: Tensor) -> Tensor:
+        fractions, curves = perturbation_curve(ctx.label_probability, data.images, maps, data.labels, "deletion",
+                                               deletion_steps, batch_size=batch_size, seed=seed, progress=False)
+        return normalised_auc(fractions, curves, clean)
+
     per_image, maps, chance = {}, {}, None
     for method in methods:
         m = ctx.maps(method)
         share, chance = energy_in_mask(m, data.masks)
-        fractions, curves = perturbation_curve(ctx.label_probability, data.images, m, data.labels, "deletion",
-                                               deletion_steps, batch_size=batch_size, seed=seed, progress=False)
         per_image[method] = {
             "energy": share, "pointing": pointing_game(m, data.masks, 0),
-            "pointing_tol": pointing_game(m, data.masks, tolerance), "gini": gini(m),
-            "deletion_auc": auc(fractions, curves),
+            "pointing_tol": pointing_game(m, data.masks, tolerance), "gini": gini(m), "deletion_auc": deletion(m),
         }
-        maps[method] = m
+        maps[method] = ctx.display_maps(method)
+    generator = torch.Generator().manual_seed(seed)
+    random_auc = deletion(torch.rand(data.images.shape[0], 1, *data.images.shape[-2:], generator=generator))
     logits = predict(ctx.classifier, data.images, batch_size, progress=False)
     accuracy = {"clean": (logits.argmax(1) == data.labels).float().mean().item(),
                 "robust": robust_accuracy(ctx.classifier, data.images, data.labels, robust_eps, robust_steps,
                                           batch_size=batch_size, seed=seed, progress=progress, attack="pgd")}
-    return {"per_image": per_image, "maps": maps, "chance": chance, "accuracy": accuracy}
+    return {"per_image": per_image, "maps": maps, "chance": chance, "accuracy": accuracy,
+            "clean_probability": clean.mean().item(), "deletion_random_auc": random_auc.mean().item()}
 
 
 def paired(new: Tensor, old: Tensor, higher_is_better: bool = True) -> dict:

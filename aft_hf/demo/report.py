@@ -22,7 +22,7 @@ from ..figures import attribution_grid  # noqa: E402
 from .measure import METRIC_DIRECTION, paired, spread  # noqa: E402
 
 METRIC_LABELS = {"energy": "energy in mask", "pointing": "pointing (exact)", "pointing_tol": "pointing (tolerant)",
-                 "gini": "Gini sparseness", "deletion_auc": "deletion AUC"}
+                 "gini": "Gini sparseness", "deletion_auc": "deletion AUC (÷ clean prob.)"}
 
 
 def aggregate(original: dict, runs: dict[str, list[dict]], methods: Sequence[str]) -> dict:
@@ -45,7 +45,10 @@ def aggregate(original: dict, runs: dict[str, list[dict]], methods: Sequence[str
         accuracy["robust"][eps] = {"original": value}
         for variant, seeds in runs.items():
             accuracy["robust"][eps][variant] = spread([r["accuracy"]["robust"][eps] for r in seeds])
-    return {"metrics": metrics, "accuracy": accuracy, "chance_energy": nanmean(original["chance"])}
+    random_auc = {"original": original.get("deletion_random_auc", float("nan")),
+                  **{v: spread([r.get("deletion_random_auc", float("nan")) for r in seeds]) for v, seeds in runs.items()}}
+    return {"metrics": metrics, "accuracy": accuracy, "chance_energy": nanmean(original["chance"]),
+            "deletion_random_auc": random_auc}
 
 
 def verdicts(report: dict) -> list[str]:
@@ -81,7 +84,10 @@ def markdown(report: dict) -> str:
              f"{s['eval_images']} held-out images, {len(report['seeds'])} seed(s), AFT {s['attack']} "
              f"for {s['steps']} steps; control: uniform noise of the same budget. Values: mean ± sd over seeds; "
              "Δ = per-image paired difference vs the original model (mean over seeds ± sd). "
-             f"Energy-in-mask chance level (mask area): {report['chance_energy']:.3f}.", ""]
+             f"Energy-in-mask chance level (mask area): {report['chance_energy']:.3f}. Metrics read the raw maps; "
+             "deletion AUC is divided by each model's clean probability"
+             + (", random ranking: " + ", ".join(f"{k} {_cell(v)}" for k, v in report["deletion_random_auc"].items())
+                if "deletion_random_auc" in report else "") + ".", ""]
     lines += ["**Verdict (from the numbers below):**", ""] + [f"- {v}" for v in report["verdicts"]] + [""]
     header = ["method", "metric", "original"] + variants + [f"Δ {v}" for v in variants]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -157,7 +163,9 @@ def card_report(report: dict, run: dict, variant_label: str) -> dict:
     tol = report["settings"]["tolerance_px"]
     m = {
         "zeroshot_top1": run["accuracy"]["clean"], "robust_top1": run["accuracy"]["robust"],
-        "deletion": {"methods": {k: {"auc": nanmean(v["deletion_auc"])} for k, v in run["per_image"].items()}},
+        "deletion": {"methods": {**{k: {"auc": nanmean(v["deletion_auc"])} for k, v in run["per_image"].items()},
+                                 "random": {"auc": run.get("deletion_random_auc", float("nan"))}},
+                     "baseline": "zero", "clean_probability": run.get("clean_probability")},
         "pointing_game": {k: {"exact": nanmean(v["pointing"]), f"tolerance_{tol}px": nanmean(v["pointing_tol"])}
                           for k, v in run["per_image"].items()},
         "energy_in_mask": {k: {"energy": nanmean(v["energy"]), "chance": report["chance_energy"]}

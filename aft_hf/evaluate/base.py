@@ -4,6 +4,13 @@ Every metric is a :class:`Metric` with a ``name``, a ``family`` (accuracy, faith
 localisation, complexity, sanity), a ``citation`` and ``compute(ctx) -> dict``. The
 :class:`EvalContext` holds the model, the data and the zero-shot classifier, and computes each
 method's maps once (cached), so several metrics share them.
+
+Metrics score the *raw* map each method defines: |attribution| summed over the colour channels
+for the gradient methods (Simple Gradient, SmoothGrad, Integrated Gradients), the ReLU'd and
+upsampled Grad-CAM, the (upsampled) attention or rollout weights: no percentile clip, no min-max.
+Clipping at the 99th percentile flattens the top 1% of pixels into ties (an argmax then picks by
+raster order) and min-max shifts the mass that Gini and energy-in-mask measure, so the display
+post-processing (:meth:`EvalContext.display_maps`) is for figures only.
 """
 
 from __future__ import annotations
@@ -17,8 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..explain import Explainer
+from ..errors import AftError
+from ..explain import Explainer, postprocess
 from .zeroshot import ZeroShotClassifier
+
+RAW_MAP = "raw map: |attribution| summed over channels (Grad-CAM/attention as computed), no clip, no min-max"
+
+
+class EvaluationError(AftError, ValueError):
+    """Bad evaluation settings or data (unknown metric, missing or malformed masks, labels, boxes, ...)."""
 
 
 @dataclass
@@ -48,16 +62,21 @@ class EvalContext:
         return self.class_weights[labels.to(self.class_weights.device)]
 
     def explainer(self, method: str, encoder: Optional[nn.Module] = None) -> Explainer:
-        kwargs = dict(self.options.get("explainer", {}))
+        """An explainer that returns the raw maps the metrics score (see the module docstring)."""
+        kwargs = {**self.options.get("explainer", {}), "postprocess": True, "clip_percentile": None, "minmax": False}
         return Explainer(encoder or self.encoder, method, batch_size=self.batch_size, progress=self.progress, **kwargs)
 
     def maps(self, method: str, images: Optional[Tensor] = None, labels: Optional[Tensor] = None) -> Tensor:
-        """Maps of ``method`` for the context's images (cached) or for given images."""
+        """Raw maps of ``method`` for the context's images (cached) or for given images."""
         if images is None:
             if method not in self._maps:
                 self._maps[method] = self.explainer(method).attribute(self.images, self.targets()).cpu()
             return self._maps[method]
         return self.explainer(method).attribute(images, self.targets(labels)).cpu()
+
+    def display_maps(self, method: str) -> Tensor:
+        """The cached raw maps after the display post-processing (99th-percentile clip, min-max): figures only."""
+        return postprocess(self.maps(method), absolute=True, clip_percentile=99.0, minmax=True)
 
     def label_probability(self, images: Tensor, labels: Tensor) -> Tensor:
         """Zero-shot softmax probability of each image's label (the deletion/insertion score)."""
@@ -73,6 +92,7 @@ class Metric(abc.ABC):
     name: ClassVar[str] = ""
     family: ClassVar[str] = ""
     citation: ClassVar[str] = ""
+    consumes: ClassVar[str] = ""  # what the metric reads (e.g. the raw map), written into the report
     needs_masks: ClassVar[bool] = False
 
     def __init__(self, **options):

@@ -60,8 +60,10 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--deletion-steps", type=int, default=20)
     p.add_argument("--deletion-order", choices=["most", "least"], default="most",
                    help="perturb most-relevant-first (MoRF) or least-relevant-first (LeRF)")
-    p.add_argument("--baseline", choices=["mean", "zero", "blur"], default="mean",
-                   help="what removed pixels become (deletion/insertion)")
+    p.add_argument("--baseline", choices=["mean", "zero", "blur"], default=None,
+                   help="uninformative image for deletion/insertion (default as in RISE: deletion zero, insertion blur)")
+    p.add_argument("--roar-evaluator", choices=["cnn", "probe"], default="cnn",
+                   help="ROAR retrains a small CNN from scratch (cnn) or a linear probe on the model's embeddings")
     p.add_argument("--tolerance", type=int, default=15, help="pointing-game tolerance in pixels")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
@@ -111,7 +113,7 @@ def _cli_evaluate(args, extra) -> int:
     templates = resolve_templates(args.templates or ("clip80" if len(names) == 1000 else "simple"))
     options = {"robust": {"eps": args.eps, "steps": args.attack_steps, "attack": args.robust_attack,
                           "restarts": args.attack_restarts, "targets": args.attack_targets},
-               "roar": {"fractions": args.roar_fractions},
+               "roar": {"fractions": args.roar_fractions, "evaluator": args.roar_evaluator},
                "deletion": {"steps": args.deletion_steps, "order": args.deletion_order, "baseline": args.baseline},
                "insertion": {"steps": args.deletion_steps, "order": args.deletion_order, "baseline": args.baseline},
                "pointing": {"tolerance": args.tolerance}}

@@ -2,7 +2,9 @@
 
 Images are decoded by aft_hf (one unreadable file is skipped and counted), resized (shortest
 edge, bicubic) and centre-cropped to the model's size, kept in [0, 1]. Optional object masks (an
-image column) or boxes ([x0, y0, x1, y1] in original pixels) get the same resize and crop.
+image column, any resolution with the image's aspect ratio) or boxes ([x0, y0, x1, y1] in original
+pixels, or a list of boxes) go through the same resize and crop as their image. Malformed labels,
+masks or boxes raise :class:`EvaluationError` naming the column.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from tqdm.auto import tqdm
 from ..config import DataConfig
 from ..data.images import DECODE_ERRORS, ImageModeError, open_image, resize_center_crop, to_rgb, to_tensor
 from ..data.loading import DataError, _load_hub_or_folder
-from .localisation import boxes_to_masks
+from .base import EvaluationError
 
 logger = logging.getLogger(__name__)
 SPLIT_PREFERENCE = ("validation", "test", "train")
@@ -36,21 +38,67 @@ class LabelledImages:
     skipped: int
 
 
-def _mask_tensor(mask_image: Image.Image, size: int) -> Tensor:
-    """A mask image -> (1, size, size) {0, 1}, resized and cropped like the image (nearest)."""
-    w, h = mask_image.size
-    scale = size / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    m = mask_image.convert("L").resize((new_w, new_h), Image.Resampling.NEAREST)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    m = m.crop((left, top, left + size, top + size))
-    return torch.from_numpy((np.asarray(m) > 0).astype(np.float32)).unsqueeze(0)
+def _mask_tensor(mask_image: Image.Image, image_size: tuple[int, int], size: int, column: str = "mask") -> Tensor:
+    """A mask image -> (1, size, size) {0, 1}, through the very resize and centre crop of its image.
 
-
-def _box_mask(box, image_size: tuple[int, int], size: int) -> Tensor:
+    The mask is first brought to its image's pixel size (nearest), so a mask stored at another
+    resolution still lines up; one of another aspect ratio cannot, and is an error.
+    """
     w, h = image_size
-    mask = boxes_to_masks([[round(float(v)) for v in box]], h, w)[0, 0]
-    return _mask_tensor(Image.fromarray(mask.numpy().astype(np.uint8) * 255), size)
+    mw, mh = mask_image.size
+    if abs(mw * h - mh * w) > 0.01 * max(mw * h, mh * w):
+        raise EvaluationError(f"--mask-column '{column}': a {mw}x{mh} mask cannot line up with its {w}x{h} image "
+                              "(other aspect ratio); masks must cover their image (any resolution, same shape)")
+    binary = (np.asarray(mask_image.convert("L")) > 0).astype(np.uint8) * 255
+    m = Image.fromarray(binary).resize((w, h), Image.Resampling.NEAREST)
+    m = resize_center_crop(m, size)  # the image's own geometry (bicubic on a 0/255 mask, thresholded below)
+    return torch.from_numpy((np.asarray(m) >= 128).astype(np.float32)).unsqueeze(0)
+
+
+def _boxes(value: Any, column: str) -> list[list[float]]:
+    """One [x0, y0, x1, y1] box or a list of them (their union is the object) -> list of boxes."""
+    def fail() -> EvaluationError:
+        return EvaluationError(f"--box-column '{column}' must hold a box [x0, y0, x1, y1] in original pixels "
+                               f"(or a list of such boxes), got {value!r:.80}")
+
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        raise fail()
+    items = list(value)
+    boxes = items if items and all(hasattr(b, "__len__") and not isinstance(b, (str, bytes)) for b in items) else [items]
+    try:
+        out = [[float(v) for v in b] for b in boxes]
+    except (TypeError, ValueError):
+        raise fail() from None
+    if any(len(b) != 4 for b in out):
+        raise fail()
+    return out
+
+
+def _box_mask(value: Any, image_size: tuple[int, int], size: int, column: str = "box") -> Tensor:
+    w, h = image_size
+    canvas = np.zeros((h, w), dtype=np.uint8)
+    for box in _boxes(value, column):
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        canvas[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = 255
+    return _mask_tensor(Image.fromarray(canvas), image_size, size, column)
+
+
+def _label(value: Any, column: str) -> int:
+    try:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return int(value)
+    except (TypeError, ValueError):
+        raise EvaluationError(f"--label-column '{column}' must hold integer class indices (or a ClassLabel), got "
+                              f"{value!r:.80}; pick the label column with --label-column") from None
+
+
+def _open_mask(value: Any, column: str) -> Image.Image:
+    try:
+        return open_image(value)
+    except (*DECODE_ERRORS, ImageModeError, OSError, ValueError) as e:
+        raise EvaluationError(f"--mask-column '{column}' must hold mask images (or paths to them); could not read "
+                              f"{value!r:.80} as an image ({type(e).__name__})") from None
 
 
 def load_labelled_images(dataset: str, size: int, split: Optional[str] = None, data_dir: Optional[str] = None,
@@ -91,11 +139,11 @@ def load_labelled_images(dataset: str, size: int, split: Optional[str] = None, d
             skipped += 1
             logger.warning("skipping unreadable image: %s", e)
             continue
-        labels.append(int(example[label_column]))
+        labels.append(_label(example[label_column], label_column))
         if mask_column:
-            masks.append(_mask_tensor(open_image(example[mask_column]), size))
+            masks.append(_mask_tensor(_open_mask(example[mask_column], mask_column), raw.size, size, mask_column))
         elif box_column:
-            masks.append(_box_mask(example[box_column], raw.size, size))
+            masks.append(_box_mask(example[box_column], raw.size, size, box_column))
     if not images:
         raise DataError(f"no readable images in dataset '{dataset}' split '{split}'")
     return LabelledImages(torch.stack(images), torch.tensor(labels), features.get(label_column),

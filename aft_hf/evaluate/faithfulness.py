@@ -4,10 +4,17 @@
   Explanation of Black-box Models"): pixels are removed most-relevant-first from the image
   (deletion: a faithful map makes the score fall fast, low AUC), or inserted most-relevant-first
   into an uninformative image (insertion: the score rises fast, high AUC). No retraining.
+  Baseline images as in RISE: deletion paints removed pixels black (``zero``), insertion starts
+  from a heavily blurred copy of the image (``blur``); ``mean`` (per-image channel mean) is the
+  other choice. To compare models, :func:`normalised_auc` divides by the model's clean probability.
 - ROAR (Hooker, Erhan, Kindermans & Kim 2019, "A Benchmark for Interpretability Methods in Deep
   Neural Networks"): the top k% pixels of every train and test image are replaced by an
   uninformative value and a fresh evaluator is *retrained* on the modified train split; test
-  accuracy vs k, against a random ranking. A faithful method makes accuracy fall faster.
+  accuracy vs k, against a random ranking. A faithful method makes accuracy fall faster. The
+  default evaluator is a small CNN trained from scratch (:class:`SmallCNN`, the same for every model
+  and method); :class:`LinearProbe` on the evaluated model's frozen embeddings is a cheaper variant.
+
+All of them rank pixels by the raw map (see :mod:`aft_hf.evaluate.base`).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 DEFAULT_ROAR_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
+RISE_BASELINES = {"deletion": "zero", "insertion": "blur"}  # what RISE starts from / fills in
 
 
 def pixel_ranking(maps: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -57,20 +65,32 @@ def auc(fractions: Sequence[float], scores: Tensor) -> Tensor:
     return torch.trapezoid(scores.float(), x, dim=-1)
 
 
+def normalised_auc(fractions: Sequence[float], scores: Tensor, clean: Tensor) -> Tensor:
+    """Per-image AUCs (B,) divided by the model's clean probability ``clean.mean()`` (its images unmodified).
+
+    One normaliser per model (the mean over its images, not per image, so an image the model barely
+    believes cannot blow up), which makes a perfect deletion curve start at 1 for every model: a less
+    confident model no longer looks better at deletion only because its curve starts lower.
+    """
+    return auc(fractions, scores) / clean.float().mean().clamp_min(1e-12)
+
+
 @torch.no_grad()
 def perturbation_curve(score_fn: Callable[[Tensor, Tensor], Tensor], images: Tensor, maps: Tensor,
                        labels: Optional[Tensor] = None, mode: str = "deletion", steps: int = 20,
-                       baseline: str = "mean", batch_size: int = 32, seed: int = 0,
+                       baseline: Optional[str] = None, batch_size: int = 32, seed: int = 0,
                        progress: bool = True, order: str = "most") -> tuple[list[float], Tensor]:
     """Deletion or insertion curve per image.
 
     ``score_fn(images, labels) -> (B,)`` scores a batch (e.g. the zero-shot probability of the
     label). ``order="most"`` perturbs most-relevant-first (MoRF, the RISE curves), ``"least"``
-    least-relevant-first (LeRF: a faithful map keeps the deletion score high). Returns (fractions
-    of pixels removed/inserted, scores (N, steps + 1)).
+    least-relevant-first (LeRF: a faithful map keeps the deletion score high). ``baseline``: the
+    uninformative image (``None`` = RISE's: ``zero`` for deletion, ``blur`` for insertion). Returns
+    (fractions of pixels removed/inserted, scores (N, steps + 1)).
     """
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
+    baseline = baseline or RISE_BASELINES[mode]
     if order not in ("most", "least"):
         raise ValueError(f"order must be 'most' or 'least', got {order!r}")
     maps = maps if order == "most" else -maps

@@ -10,10 +10,13 @@ import math
 
 import torch
 
-from .base import EvalContext, Metric
+from .base import RAW_MAP, EvalContext, Metric
 from .complexity import gini
-from .faithfulness import DEFAULT_ROAR_FRACTIONS, LinearProbe, auc, perturbation_curve, roar
-from .localisation import energy_in_mask, pointing_game
+from .evaluators import SmallCNN
+from .faithfulness import (
+    DEFAULT_ROAR_FRACTIONS, RISE_BASELINES, LinearProbe, auc, normalised_auc, perturbation_curve, roar,
+)
+from .localisation import empty_masks, energy_in_mask, pointing_game
 from .sanity import randomisation_check
 from .apgd import attack_description
 from .stats import nanmean as _mean
@@ -51,10 +54,16 @@ class RobustAccuracy(Metric):
 class _Perturbation(Metric):
     family = "faithfulness"
     citation = "Petsiuk, Das & Saenko 2018, RISE: Randomized Input Sampling for Explanation of Black-box Models"
+    consumes = ("pixel ranking of the " + RAW_MAP + "; curves of the true-class probability divided by the "
+                "model's clean probability, against a random ranking on the same model and images")
     mode = "deletion"
 
     def compute(self, ctx: EvalContext) -> dict:
         steps = self.options.get("steps", 20)
+        baseline = self.options.get("baseline") or RISE_BASELINES[self.mode]
+        order = self.options.get("order", "most")
+        clean = ctx.label_probability(ctx.images, ctx.labels)
+        norm = clean.mean().clamp_min(1e-12)
         out = {}
         for method in list(ctx.methods) + ["random"]:
             if method == "random":
@@ -62,11 +71,17 @@ class _Perturbation(Metric):
                 maps = torch.rand(ctx.images.shape[0], 1, *ctx.images.shape[-2:], generator=generator)
             else:
                 maps = ctx.maps(method)
-            fractions, scores = perturbation_curve(
-                ctx.label_probability, ctx.images, maps, ctx.labels, self.mode, steps, self.options.get("baseline", "mean"),
-                ctx.batch_size, ctx.seed, ctx.progress, self.options.get("order", "most"))
-            out[method] = {"auc": auc(fractions, scores).mean().item(), "curve": scores.mean(0).tolist()}
-        return {self.mode: {"fractions": fractions, "order": self.options.get("order", "most"), "methods": out}}
+            fractions, scores = perturbation_curve(ctx.label_probability, ctx.images, maps, ctx.labels, self.mode,
+                                                   steps, baseline, ctx.batch_size, ctx.seed, ctx.progress, order)
+            out[method] = {"auc": normalised_auc(fractions, scores, clean).mean().item(),
+                           "auc_unnormalised": auc(fractions, scores).mean().item(),
+                           "curve": (scores.mean(0) / norm).tolist()}
+        for method in ctx.methods:
+            out[method]["random_auc"] = out["random"]["auc"]
+            out[method]["auc_minus_random"] = out[method]["auc"] - out["random"]["auc"]
+        return {self.mode: {"fractions": fractions, "order": order, "baseline": baseline,
+                            "clean_probability": norm.item(), "normalised": "divided by clean_probability",
+                            "methods": out}}
 
 
 class Deletion(_Perturbation):
@@ -77,59 +92,86 @@ class Insertion(_Perturbation):
     name, mode = "insertion", "insertion"
 
 
+ROAR_EVALUATORS = {
+    "cnn": "small CNN trained from scratch on the modified images (same architecture, schedule and seed "
+           "for every model and method)",
+    "probe": "linear probe (L-BFGS logistic regression) on the evaluated model's frozen image embeddings",
+}
+
+
 class ROAR(Metric):
     name, family = "roar", "faithfulness"
     citation = "Hooker, Erhan, Kindermans & Kim 2019, A Benchmark for Interpretability Methods in Deep Neural Networks"
+    consumes = "pixel ranking of the " + RAW_MAP + "; a retrained evaluator (report: evaluator)"
+
+    def evaluator_factory(self, ctx: EvalContext):
+        """``cnn`` (default): :class:`SmallCNN` from scratch; ``probe``: :class:`LinearProbe` on ctx.encoder."""
+        from .base import EvaluationError
+
+        kind = self.options.get("evaluator", "cnn")
+        device = ctx.class_weights.device
+        if kind == "cnn":
+            epochs = self.options.get("epochs", 8)
+            return lambda: SmallCNN(epochs=epochs, seed=ctx.seed, device=device)
+        if kind == "probe":
+            def features(x):
+                with torch.no_grad():
+                    return ctx.encoder(x.to(device)).float()
+            return lambda: LinearProbe(features, batch_size=ctx.batch_size)
+        raise EvaluationError(f"unknown ROAR evaluator '{kind}' (choose from {', '.join(ROAR_EVALUATORS)})")
 
     def compute(self, ctx: EvalContext) -> dict:
+        factory = self.evaluator_factory(ctx)
         n = ctx.images.shape[0]
         if n < 4 or len(set(ctx.labels.tolist())) < 2:
             return {"roar": {"skipped": "needs at least 4 images and 2 classes"}}
         order = torch.randperm(n, generator=torch.Generator().manual_seed(ctx.seed))
         train, test = order[: n // 2], order[n // 2:]
         maps = {m: ctx.maps(m) for m in ctx.methods}
-        encoder = ctx.encoder
-        device = ctx.class_weights.device
-
-        def features(x):
-            with torch.no_grad():
-                return encoder(x.to(device)).float()
-
         result = roar(ctx.images[train], ctx.labels[train], ctx.images[test], ctx.labels[test],
                       {m: v[train] for m, v in maps.items()}, {m: v[test] for m, v in maps.items()},
-                      self.options.get("fractions", DEFAULT_ROAR_FRACTIONS),
-                      lambda: LinearProbe(features, batch_size=ctx.batch_size), seed=ctx.seed, progress=ctx.progress)
-        result["evaluator"] = "linear probe (L-BFGS logistic regression) on frozen image embeddings"
+                      self.options.get("fractions", DEFAULT_ROAR_FRACTIONS), factory, seed=ctx.seed,
+                      progress=ctx.progress)
+        kind = self.options.get("evaluator", "cnn")
+        result["evaluator"] = ROAR_EVALUATORS[kind]
+        result["evaluator_kind"] = kind
         result["split"] = {"train": len(train), "test": len(test)}
         return {"roar": result}
+
+
+def _n_empty(ctx: EvalContext) -> int:
+    return int(empty_masks(ctx.masks).sum()) if ctx.masks is not None else 0
 
 
 class PointingGame(Metric):
     name, family, needs_masks = "pointing", "localisation", True
     citation = "Zhang et al. 2018, Top-down Neural Attention by Excitation Backprop"
+    consumes = RAW_MAP + "; tied maxima: an image scores the share of its maximal pixels inside the mask"
 
     def compute(self, ctx: EvalContext) -> dict:
         tol = self.options.get("tolerance", 15)
-        return {"pointing_game": {m: {"exact": _mean(pointing_game(ctx.maps(m), ctx.masks, 0)),
-                                      f"tolerance_{tol}px": _mean(pointing_game(ctx.maps(m), ctx.masks, tol))}
-                                  for m in ctx.methods}}
+        out = {m: {"exact": _mean(pointing_game(ctx.maps(m), ctx.masks, 0)),
+                   f"tolerance_{tol}px": _mean(pointing_game(ctx.maps(m), ctx.masks, tol))} for m in ctx.methods}
+        return {"pointing_game": out, "n_empty_masks": _n_empty(ctx)}
 
 
 class EnergyInMask(Metric):
     name, family, needs_masks = "energy", "localisation", True
     citation = "Wang et al. 2020, Score-CAM (energy-based pointing game)"
+    consumes = "positive part of the " + RAW_MAP
 
     def compute(self, ctx: EvalContext) -> dict:
         out = {}
         for m in ctx.methods:
             share, chance = energy_in_mask(ctx.maps(m), ctx.masks)
             out[m] = {"energy": _mean(share), "chance": _mean(chance)}
-        return {"energy_in_mask": out}
+        return {"energy_in_mask": out, "n_empty_masks": _n_empty(ctx)}
 
 
 class Sparseness(Metric):
     name, family = "sparseness", "complexity"
     citation = "Chalasani et al. 2020, Concise Explanations of Neural Networks using Adversarial Training (Gini)"
+    consumes = "|.| of the " + RAW_MAP
 
     def compute(self, ctx: EvalContext) -> dict:
         return {"gini": {m: gini(ctx.maps(m)).mean().item() for m in ctx.methods}}
@@ -138,6 +180,7 @@ class Sparseness(Metric):
 class Randomisation(Metric):
     name, family = "randomisation", "sanity"
     citation = "Adebayo et al. 2018, Sanity Checks for Saliency Maps"
+    consumes = "Spearman rank correlation of the " + RAW_MAP + " with the maps of a randomised model"
 
     def compute(self, ctx: EvalContext) -> dict:
         k = min(self.options.get("max_images", 8), ctx.images.shape[0])

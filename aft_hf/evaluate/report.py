@@ -11,18 +11,25 @@ JSON schema (``schema_version`` 1)::
         "robust_top1": {"1/255": float, "2/255": float, "4/255": float},
         "robust_attack": {"attack": "apgd"|"pgd", "name": str, "norm": "linf", "steps": int,
                           "restarts": int, "targets": int, "eps": [str]},   # restarts/targets: apgd only
-        "deletion":  {"fractions": [float], "order": "most"|"least",
-                      "methods": {method|"random": {"auc": float, "curve": [float]}}},
+        "deletion":  {"fractions": [float], "order": "most"|"least", "baseline": "zero"|"blur"|"mean",
+                      "clean_probability": float, "normalised": str,
+                      "methods": {method|"random": {"auc": float, "auc_unnormalised": float, "curve": [float],
+                                                    "random_auc": float, "auc_minus_random": float}}},
         "insertion": {... same as deletion ...},
         "roar": {"fractions": [float], "accuracy": {method|"random": [float]}, "evaluator": str,
-                 "split": {"train": int, "test": int}},
+                 "evaluator_kind": "cnn"|"probe", "split": {"train": int, "test": int}},
         "pointing_game": {method: {"exact": float, "tolerance_<N>px": float}},
         "energy_in_mask": {method: {"energy": float, "chance": float}},
+        "n_empty_masks": int,                     # with pointing/energy: masks skipped as empty
         "gini": {method: float},
         "randomisation_spearman": {method: float}},
+     "metric_inputs": {metric: str},              # what each metric reads (raw maps, never display maps)
      "citations": {metric: str}, "timing_s": {metric: float}, "figures": {name: relative path}}
 
-Accuracies are fractions in [0, 1]; NaN becomes null.
+Accuracies are fractions in [0, 1]; NaN becomes null. Deletion/insertion ``auc`` and ``curve`` are
+divided by ``clean_probability`` (the model's mean true-class probability on the unmodified
+images), so models of different confidence compare; ``random_auc`` is the random ranking's on the
+same model and images (``methods`` entries without ``random_auc`` are the random ranking itself).
 """
 
 from __future__ import annotations
@@ -74,7 +81,11 @@ def markdown(report: dict) -> str:
     rows = []
     for title, key in (("deletion AUC (lower better)", "deletion"), ("insertion AUC (higher better)", "insertion")):
         if key in m:
-            rows.append((title, {k: _num(v["auc"]) for k, v in m[key]["methods"].items()}))
+            rows.append((f"{title}, / clean prob. {_num(m[key].get('clean_probability'))}, "
+                         f"baseline {m[key].get('baseline', 'mean')}",
+                         {k: _num(v["auc"]) for k, v in m[key]["methods"].items()}))
+            rows.append((f"{key} AUC minus random", {k: _num(v["auc_minus_random"])
+                                                     for k, v in m[key]["methods"].items() if "auc_minus_random" in v}))
     if "gini" in m:
         rows.append(("Gini sparseness", {k: _num(v) for k, v in m["gini"].items()}))
     if "randomisation_spearman" in m:
@@ -91,6 +102,8 @@ def markdown(report: dict) -> str:
         lines += ["## Attribution quality", "", "| metric | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         lines += [f"| {name} | " + " | ".join(vals.get(c, "") for c in cols) + " |" for name, vals in rows]
         lines.append("")
+        if "n_empty_masks" in m:
+            lines += [f"Localisation skips images whose mask is empty: {m['n_empty_masks']} here.", ""]
     if "roar" in m and "accuracy" in m["roar"]:
         r = m["roar"]
         lines += ["## ROAR (remove and retrain)", "",
@@ -99,6 +112,9 @@ def markdown(report: dict) -> str:
                   "|---|" + "---|" * len(r["fractions"])]
         lines += [f"| {k} | " + " | ".join(_fmt(a) for a in v) + " |" for k, v in r["accuracy"].items()]
         lines.append("")
+    if report.get("metric_inputs"):
+        lines += ["## What each metric reads", ""] + [f"- {k}: {v}" for k, v in report["metric_inputs"].items()]
+        lines += ["", "Figures show the maps after a 99th-percentile clip and min-max scaling; no metric reads those.", ""]
     if report.get("figures"):
         lines += ["## Figures", ""] + [f"![{k}]({v})" for k, v in report["figures"].items()] + [""]
     if report.get("citations"):

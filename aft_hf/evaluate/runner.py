@@ -14,17 +14,12 @@ from ..constants import VERSION as __version__
 from ..explain import ExplainError, resolve_method
 from ..explain.targets import TextTower
 from ..figures import attribution_grid, perturbation_curves, roar_curves
-from .base import EvalContext
+from .base import EvalContext, EvaluationError
 from .metrics import ALIASES, METRICS, finite
 from .report import SCHEMA_VERSION, write_json, write_markdown
-from ..errors import AftError
 
 logger = logging.getLogger(__name__)
 DEFAULT_METRICS = ("zeroshot", "robust", "deletion", "insertion", "sparseness")
-
-
-class EvaluationError(AftError, ValueError):
-    """Bad evaluation settings (unknown metric, missing masks, ...)."""
 
 
 def resolve_metrics(names: Sequence[str], have_masks: bool) -> list[str]:
@@ -49,12 +44,15 @@ def evaluate_model(encoder: torch.nn.Module, text: TextTower, class_names: Seque
     if len(labels) and int(labels.max()) >= len(class_names):
         raise EvaluationError(f"label {int(labels.max())} has no class name ({len(class_names)} names given)")
     names = resolve_metrics(metrics, masks is not None)
+    if masks is not None and (masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]):
+        raise EvaluationError(f"masks {tuple(masks.shape)} do not match images {tuple(images.shape)}: give one mask "
+                              "per image, resized and centre-cropped like it")
     methods = [resolve_method(m) for m in methods]
     device = next(encoder.parameters()).device
     class_weights = text.class_embeddings(class_names, templates).to(device)
     encoder.eval()
     ctx = EvalContext(encoder, class_weights, images, labels, methods, text.logit_scale, masks, batch_size, seed, progress)
-    results, timing, citations = {}, {}, {}
+    results, timing, citations, inputs = {}, {}, {}, {}
     options = metric_options or {}
     for name in names:
         metric = METRICS[name](**options.get(name, {}))
@@ -63,11 +61,13 @@ def evaluate_model(encoder: torch.nn.Module, text: TextTower, class_names: Seque
         results.update(metric.compute(ctx))
         timing[name] = round(time.perf_counter() - start, 3)
         citations[name] = metric.citation
+        if metric.consumes:
+            inputs[name] = metric.consumes
     report = {"schema_version": SCHEMA_VERSION, "aft_hf_version": __version__,
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               **(info or {}), "num_samples": int(len(images)), "num_classes": len(class_names),
               "num_templates": len(templates), "methods": methods, "seed": seed,
-              "metrics": finite(results), "citations": citations, "timing_s": timing, "figures": {}}
+              "metrics": finite(results), "metric_inputs": inputs, "citations": citations, "timing_s": timing, "figures": {}}
     return report, ctx
 
 
@@ -77,7 +77,7 @@ def write_outputs(report: dict, ctx: EvalContext, out_dir: Path, label: str, num
     figures = {}
     k = min(num_examples, ctx.images.shape[0])
     if ctx.methods and k:
-        maps = {f"{label} / {m}": ctx.maps(m)[:k] for m in ctx.methods}
+        maps = {f"{label} / {m}": ctx.display_maps(m)[:k] for m in ctx.methods}
         attribution_grid(ctx.images[:k], maps, out_dir / "examples.png")
         figures["examples"] = "examples.png"
     m = report["metrics"]

@@ -177,7 +177,9 @@ class AttributionMethod:
         encoder: pixels in [0, 1] -> embedding (an :class:`aft_hf.model.ImageEncoder` for ViT methods).
         postprocess: apply |.|, percentile clip and min-max; otherwise only sum over channels.
         batch_size: images per internal batch (a progress bar runs over batches when there are several).
-        clip_percentile: the per-image percentile at which post-processing clips.
+        clip_percentile: the per-image percentile at which post-processing clips (``None``: no clip).
+        minmax: with ``postprocess``, min-max scale each map. ``postprocess=True, clip_percentile=None,
+            minmax=False`` gives the raw map the metrics score: |attribution| summed over channels.
         **options: the method's own settings (keys of its ``options``).
     """
 
@@ -193,7 +195,8 @@ class AttributionMethod:
     """Method-specific keyword arguments and their defaults."""
 
     def __init__(self, encoder: nn.Module, postprocess: bool = True, batch_size: int = 8,
-                 clip_percentile: float = 99.0, progress: bool = True, **options: Any):
+                 clip_percentile: Optional[float] = 99.0, progress: bool = True, minmax: bool = True,
+                 **options: Any):
         if batch_size < 1:
             raise ExplainError(f"batch_size must be >= 1, got {batch_size}")
         unknown = sorted(set(options) - set(self.options))
@@ -204,7 +207,7 @@ class AttributionMethod:
             raise ExplainError(f"method '{self.name}' needs a ViT image encoder with a `.vision` model "
                                "(aft_hf.model.load_image_encoder)")
         self.encoder, self.postprocess, self.batch_size = encoder, postprocess, batch_size
-        self.clip_percentile, self.progress = clip_percentile, progress
+        self.clip_percentile, self.progress, self.minmax = clip_percentile, progress, minmax
         for key, default in self.options.items():
             setattr(self, key, options.get(key, default))
 
@@ -215,7 +218,7 @@ class AttributionMethod:
     def finish(self, raw: Tensor) -> Tensor:
         """(b, C, H, W) -> (b, 1, H, W): the standard post-processing, or only the channel sum."""
         if self.postprocess:
-            return postprocess(raw, True, self.clip_percentile, True)
+            return postprocess(raw, True, self.clip_percentile, self.minmax)
         return raw.sum(dim=1, keepdim=True)
 
     def attribute(self, images: Union[Tensor, Sequence[Tensor]], target: Optional[Tensor] = None) -> Tensor:

@@ -220,6 +220,8 @@ class Explainer:
             its ``.vision`` ViT; gradient methods accept any pixels -> embedding module).
         method: a registered method name or alias (:func:`available_methods`).
         postprocess: apply |.|, 99th-percentile clip and min-max (channels are always summed).
+        minmax: with ``postprocess``, min-max scale each map (``False`` together with
+            ``clip_percentile=None`` gives the raw map the metrics score: |attribution| summed over channels).
         batch_size: images per internal batch (a progress bar runs over batches).
         layer: Grad-CAM layer (see :class:`GradCAM`). n_steps: Integrated Gradients steps.
         nt_samples, stdevs: SmoothGrad samples and noise std. These are passed only to the
@@ -229,13 +231,14 @@ class Explainer:
     def __init__(self, encoder: nn.Module, method: str = "saliency", postprocess: bool = True,
                  batch_size: int = 8, layer: Union[None, str, nn.Module] = None, n_steps: int = 32,
                  nt_samples: int = 16, stdevs: float = 0.15, clip_percentile: float = 99.0,
-                 progress: bool = True, **options: Any):
+                 progress: bool = True, minmax: bool = True, **options: Any):
         self.method = resolve_method(method)
         cls = METHODS[self.method]
         shared = {"layer": layer, "n_steps": n_steps, "nt_samples": nt_samples, "stdevs": stdevs}
         options = {**{k: v for k, v in shared.items() if k in cls.options}, **options}
         self.impl: AttributionMethod = cls(encoder, postprocess=postprocess, batch_size=batch_size,
-                                           clip_percentile=clip_percentile, progress=progress, **options)
+                                           clip_percentile=clip_percentile, progress=progress, minmax=minmax,
+                                           **options)
         self.encoder = encoder
 
     @property

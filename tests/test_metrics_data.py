@@ -1,0 +1,82 @@
+"""Evaluation data: masks and boxes line up with their images; malformed label/mask/box columns are clear errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aft_hf.evaluate import EvaluationError
+from aft_hf.evaluate.data import load_labelled_images
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _folder(root, image_size=(96, 64), mask_size=None, n=2):
+    """Images of ``image_size`` (w, h) whose object is the column band x in [16, 32); masks at ``mask_size``."""
+    w, h = image_size
+    mw, mh = mask_size or image_size
+    (root / "masks").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        Image.fromarray(np.full((h, w, 3), 40 * i, np.uint8)).save(root / f"img{i}.png")
+        mask = np.zeros((mh, mw), np.uint8)
+        mask[:, round(16 * mw / w):round(32 * mw / w)] = 1  # 0/1 masks are common: any non-zero is object
+        Image.fromarray(mask).save(root / "masks" / f"m{i}.png")
+        rows.append({"file_name": f"img{i}.png", "cls": i % 2, "name": "cat", "caption": "a dog on grass",
+                     "box": [16, 0, 32, h], "boxes": [[16, 0, 24, h], [24, 0, 32, h]], "mask_file_name": f"masks/m{i}.png"})
+    (root / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    return root
+
+
+def _expected(size=32):
+    # 96x64 -> shortest edge 32 -> 48x32, centre crop drops 8 columns on the left: x in [16, 32) -> [0, 8)
+    m = torch.zeros(1, size, size)
+    m[..., :8] = 1
+    return m
+
+
+def _load(folder, **kw):
+    return load_labelled_images(str(folder), 32, label_column="cls", progress=False, **kw)
+
+
+def test_masks_and_boxes_get_the_image_resize_and_crop(tmp_path):
+    full = _load(_folder(tmp_path / "full"), mask_column="mask")
+    half = _load(_folder(tmp_path / "half", mask_size=(48, 32)), mask_column="mask")  # same shape, lower resolution
+    box = _load(_folder(tmp_path / "box"), box_column="box")
+    union = _load(_folder(tmp_path / "union"), box_column="boxes")  # a list of boxes: their union
+    for data in (full, half, box, union):
+        assert data.masks.shape == (2, 1, 32, 32)
+        assert torch.equal(data.masks[0], _expected()), data.masks[0, 0, 0]
+
+
+def test_a_mask_of_another_aspect_ratio_is_an_error(tmp_path):
+    with pytest.raises(EvaluationError, match=r"--mask-column 'mask'.*16x64 mask.*96x64 image"):
+        _load(_folder(tmp_path / "wide", mask_size=(16, 64)), mask_column="mask")
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"label_column": "name"}, r"--label-column 'name' must hold integer class indices.*'cat'"),
+    ({"mask_column": "caption"}, r"--mask-column 'caption' must hold mask images.*'a dog on grass'"),
+    ({"box_column": "cls"}, r"--box-column 'cls' must hold a box \[x0, y0, x1, y1\]"),
+    ({"box_column": "caption"}, r"--box-column 'caption' must hold a box"),
+])
+def test_malformed_columns_name_the_column_and_what_it_should_hold(tmp_path, kw, match):
+    folder = _folder(tmp_path / "bad")
+    kw = {"label_column": "cls", **kw}
+    with pytest.raises(EvaluationError, match=match):
+        load_labelled_images(str(folder), 32, progress=False, **kw)
+
+
+def test_cli_evaluate_bad_mask_or_label_column_exits_2(tiny_clip_path, tmp_path, capsys):
+    from aft_hf.cli import main
+
+    folder = _folder(tmp_path / "wide", mask_size=(16, 64), n=4)
+    base = ["evaluate", "--model", str(tiny_clip_path), "--dataset", str(folder), "--metrics", "zeroshot",
+            "--out", str(tmp_path / "out")]
+    assert main(base + ["--label-column", "cls", "--mask-column", "mask"]) == 2
+    assert "aspect ratio" in capsys.readouterr().err
+    assert main(base + ["--label-column", "name"]) == 2
+    err = capsys.readouterr().err
+    assert "--label-column 'name'" in err and "Traceback" not in err
