@@ -42,12 +42,16 @@ class ModelConfig:
     """Which CLIP to fine-tune and how its embeddings are compared."""
 
     name_or_path: str = "openai/clip-vit-base-patch16"
-    """Hub id or local folder of a `CLIPModel` or `CLIPVisionModelWithProjection`.
+    """Hub id or local folder of a `CLIPModel`, `CLIPVisionModelWithProjection` or `CLIPVisionModel`.
     `builtin:tiny-clip` builds a tiny random CLIP (offline smoke runs)."""
     revision: Optional[str] = None
     output_normalize: bool = True
     """L2-normalise embeddings before the squared distance (g in METHOD.md)."""
     attn_implementation: str = "sdpa"
+    embedding: str = "pooled"
+    """What AFT keeps close: `pooled` (the projected embedding; a bare CLIPVisionModel's pooled
+    output) or `patch_tokens` (penultimate-layer patch tokens, as LLaVA consumes them; the
+    distance is the mean over patches of the per-patch squared distance)."""
 
 
 @dataclass
@@ -412,4 +416,6 @@ def validate(cfg: TrainConfig) -> list[str]:
         p.append("hub.push_to_hub needs hub.hub_model_id (e.g. --hub_model_id me/clip-vit-b16-aft)")
     if cfg.model.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
         p.append(f"model.attn_implementation: unknown value '{cfg.model.attn_implementation}'")
+    if cfg.model.embedding not in ("pooled", "patch_tokens"):
+        p.append(f"model.embedding: unknown value '{cfg.model.embedding}' (choose pooled or patch_tokens)")
     return p

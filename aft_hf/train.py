@@ -242,7 +242,7 @@ def train(cfg: TrainConfig) -> Path:
 
     # model, its frozen copy (the targets) and the attacker
     encoder = load_image_encoder(cfg.model.name_or_path, cfg.model.revision, cfg.model.output_normalize,
-                                 cfg.model.attn_implementation)
+                                 cfg.model.attn_implementation, embedding=cfg.model.embedding)
     frozen = encoder.frozen_copy().to(accelerator.device)
     apply_perf_options(cfg, encoder)
     attacker = build_attacker(cfg, encoder)
