@@ -29,6 +29,7 @@ from .attack import PGDAttacker, UniformNoise, embedding_distance
 from .config import ConfigError, TrainConfig
 from .data import build_dataloader
 from .model import ImageEncoder, export_pretrained, load_image_encoder
+from .train_eval import build_evaluator
 
 logger = get_logger(__name__)
 PROGRESS_FILE = "progress.json"
@@ -273,6 +274,9 @@ def train(cfg: TrainConfig) -> Path:
     logger.info("AFT: %d steps x %d images (%d per process x %d processes x %d accumulation), attack %s",
                 cfg.optim.max_steps, cfg.optim.batch_size, batch_size, accelerator.num_processes,
                 cfg.optim.gradient_accumulation_steps, attacker, main_process_only=True)
+    evaluator = build_evaluator(cfg, unwrapped, frozen)  # eval.*: None when off
+    if evaluator is not None and progress.step == 0:
+        evaluator.run(accelerator, unwrapped, 0)  # the original's numbers, the baseline
 
     bar = tqdm(total=cfg.optim.max_steps, initial=progress.step, desc="AFT", unit="step",
                disable=not accelerator.is_local_main_process)
@@ -316,6 +320,8 @@ def train(cfg: TrainConfig) -> Path:
                             scheduler.get_last_lr()[0], progress, bar))
                 window_loss.zero_()
                 window_batches, window_start = 0, time.perf_counter()
+            if evaluator is not None and evaluator.due(progress.step):
+                evaluator.run(accelerator, unwrapped, progress.step)
             if progress.step % cfg.checkpoint.checkpointing_steps == 0 and progress.step < cfg.optim.max_steps:
                 flush_skipped()
                 save_checkpoint(accelerator, progress, output_dir, cfg.checkpoint.checkpoints_total_limit)
@@ -337,7 +343,7 @@ def train(cfg: TrainConfig) -> Path:
         summary = {"steps": progress.step, "num_processes": accelerator.num_processes,
                    "images_seen_per_process": per_rank, "skipped_images": skipped,
                    "distributed_type": str(accelerator.distributed_type), "final": str(final),
-                   "log_history": history}
+                   "log_history": history, **(evaluator.summary() if evaluator is not None else {})}
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         logger.info("exported %s (skipped %d unreadable images in total)", final, skipped)
     accelerator.wait_for_everyone()
