@@ -471,4 +471,7 @@ def _validate_eval_and_hub(cfg: TrainConfig) -> list[str]:
         p.append(f"eval.robust_eps: budgets must be > 0 (1/255 units), got {e.robust_eps}")
     if cfg.hub.strategy not in HUB_STRATEGIES:
         p.append(f"hub.strategy: unknown value '{cfg.hub.strategy}' (choose from {', '.join(HUB_STRATEGIES)})")
+    elif cfg.hub.strategy != "end" and not cfg.hub.push_to_hub:
+        p.append(f"hub.strategy '{cfg.hub.strategy}' pushes during training: it needs hub.push_to_hub "
+                 "(and hub.hub_model_id)")
     return p

@@ -29,6 +29,7 @@ from .attack import PGDAttacker, UniformNoise, embedding_distance
 from .config import ConfigError, TrainConfig
 from .data import build_dataloader
 from .model import ImageEncoder, export_pretrained, load_image_encoder
+from .hub_sync import HubSync
 from .train_eval import build_evaluator
 
 logger = get_logger(__name__)
@@ -275,6 +276,7 @@ def train(cfg: TrainConfig) -> Path:
                 cfg.optim.max_steps, cfg.optim.batch_size, batch_size, accelerator.num_processes,
                 cfg.optim.gradient_accumulation_steps, attacker, main_process_only=True)
     evaluator = build_evaluator(cfg, unwrapped, frozen)  # eval.*: None when off
+    hub_sync = HubSync.from_config(cfg, output_dir, accelerator.is_main_process)  # hub.strategy: None for end
     if evaluator is not None and progress.step == 0:
         evaluator.run(accelerator, unwrapped, 0)  # the original's numbers, the baseline
 
@@ -324,7 +326,9 @@ def train(cfg: TrainConfig) -> Path:
                 evaluator.run(accelerator, unwrapped, progress.step)
             if progress.step % cfg.checkpoint.checkpointing_steps == 0 and progress.step < cfg.optim.max_steps:
                 flush_skipped()
-                save_checkpoint(accelerator, progress, output_dir, cfg.checkpoint.checkpoints_total_limit)
+                saved = save_checkpoint(accelerator, progress, output_dir, cfg.checkpoint.checkpoints_total_limit)
+                if hub_sync is not None:
+                    hub_sync.on_save(unwrapped, saved, progress.step)
             if progress.step >= cfg.optim.max_steps:
                 break
         else:
@@ -334,7 +338,7 @@ def train(cfg: TrainConfig) -> Path:
                 dataloader = make_loader(0)
     bar.close()
     flush_skipped()
-    save_checkpoint(accelerator, progress, output_dir, cfg.checkpoint.checkpoints_total_limit)
+    saved = save_checkpoint(accelerator, progress, output_dir, cfg.checkpoint.checkpoints_total_limit)
     final = output_dir / "final"
     per_rank = accelerator.gather(torch.tensor([images_seen], device=accelerator.device)).tolist()
     skipped = accelerator.gather(torch.tensor([progress.skipped_images], device=accelerator.device)).sum().item()
@@ -347,6 +351,8 @@ def train(cfg: TrainConfig) -> Path:
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         logger.info("exported %s (skipped %d unreadable images in total)", final, skipped)
     accelerator.wait_for_everyone()
+    if hub_sync is not None:
+        hub_sync.finish(saved, progress.step)  # pending uploads land before the final push
     if cfg.hub.push_to_hub and accelerator.is_main_process:
         from .hub import push_model
 
