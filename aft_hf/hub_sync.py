@@ -70,9 +70,15 @@ class HubSync:
         """Export this step's model (and snapshot the checkpoint) now; upload in the background."""
         staging = self.staging_root / f"step_{step:08d}"
         shutil.rmtree(staging, ignore_errors=True)
-        export_pretrained(encoder, staging / "model", extra_files={"aft_config.yaml": self.cfg.to_yaml()})
-        if self.strategy == "checkpoint":
-            _snapshot(checkpoint, staging / "checkpoint")
+        try:
+            export_pretrained(encoder, staging / "model", extra_files={"aft_config.yaml": self.cfg.to_yaml()})
+            if self.strategy == "checkpoint":
+                _snapshot(checkpoint, staging / "checkpoint")
+        except Exception as e:  # e.g. a full disk: this push is lost, the run (and its checkpoint) is not
+            shutil.rmtree(staging, ignore_errors=True)
+            self.results.append({"what": "model", "step": step, "ok": False, "attempts": 0, "error": str(e)})
+            logger.warning("could not prepare the push of step %d (training goes on): %s", step, e)
+            return
         self.pending.append(self.api.run_as_future(self._upload_step, staging, step, True))
 
     def finish(self, checkpoint: Optional[Path], step: int) -> list[dict]:
