@@ -176,17 +176,28 @@ def test_missing_weights_are_an_error(bare_vision_path, tiny_clip_path, tmp_path
         load_image_encoder(str(full))
 
 
-def test_train_cli_on_a_clip_vision_model(bare_vision_path, tmp_path, png_folder):
+@pytest.mark.parametrize("embedding", ["pooled", "patch_tokens"])
+def test_train_cli_on_a_clip_vision_model(bare_vision_path, tmp_path, png_folder, embedding):
     from transformers import CLIPVisionModel
 
     from aft_hf.cli import main
+    from aft_hf.config import load_config
 
     rc = main(["train", "--model.name_or_path", str(bare_vision_path), "--data.dataset", str(png_folder),
                "--output_dir", str(tmp_path / "run"), "--optim.batch_size", "4", "--max_steps", "2",
-               "--warmup_steps", "0", "--attack.steps", "1", "--logging.report_to", "none"])
+               "--warmup_steps", "0", "--attack.steps", "1", "--logging.report_to", "none",
+               "--model.embedding", embedding])
     assert rc == 0
     final = tmp_path / "run" / "final"
     assert json.loads((final / "config.json").read_text())["architectures"] == ["CLIPVisionModel"]
+    assert load_config(final / "aft_config.yaml").model.embedding == embedding
     tuned, base = CLIPVisionModel.from_pretrained(final), CLIPVisionModel.from_pretrained(bare_vision_path)
     assert set(tuned.state_dict()) == set(base.state_dict())
     assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), base.state_dict().values()))
+
+
+def test_unknown_embedding_is_a_one_line_cli_error(capsys):
+    from aft_hf.cli import main
+
+    assert main(["train", "--model.embedding", "cls", "--print-config"]) == 2
+    assert "model.embedding: unknown value 'cls'" in capsys.readouterr().err
