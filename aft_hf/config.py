@@ -26,6 +26,7 @@ from .errors import AftError
 NORMS = ("linf", "l2", "huber", "elastic", "group")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+HUB_STRATEGIES = ("end", "every_save", "checkpoint")
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "none", "all")
 
 
@@ -42,12 +43,16 @@ class ModelConfig:
     """Which CLIP to fine-tune and how its embeddings are compared."""
 
     name_or_path: str = "openai/clip-vit-base-patch16"
-    """Hub id or local folder of a `CLIPModel` or `CLIPVisionModelWithProjection`.
+    """Hub id or local folder of a `CLIPModel`, `CLIPVisionModelWithProjection` or `CLIPVisionModel`.
     `builtin:tiny-clip` builds a tiny random CLIP (offline smoke runs)."""
     revision: Optional[str] = None
     output_normalize: bool = True
     """L2-normalise embeddings before the squared distance (g in docs/method.md#objective)."""
     attn_implementation: str = "sdpa"
+    embedding: str = "pooled"
+    """What AFT keeps close: `pooled` (the projected embedding; a bare CLIPVisionModel's pooled
+    output) or `patch_tokens` (penultimate-layer patch tokens, as LLaVA consumes them; the
+    distance is the mean over patches of the per-patch squared distance)."""
 
 
 @dataclass
@@ -143,6 +148,39 @@ class HubConfig:
     push_to_hub: bool = False
     hub_model_id: Optional[str] = None
     private: bool = False
+    strategy: str = "end"
+    """When to push during training (as the transformers Trainer's `hub_strategy`): `end` the final
+    model only; `every_save` also the exported model at every checkpoint save; `checkpoint` also the
+    latest checkpoint folder under `last-checkpoint/` (to resume elsewhere). Uploads run in the
+    background, are retried, and a failed one never stops the run."""
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation on held-out images while training (main process only; off by default).
+
+    Field names carry an `eval_` prefix where a bare `--name` override would otherwise become
+    ambiguous with a `data.*` field."""
+
+    every_steps: Optional[int] = None
+    """Evaluate every N optimiser steps, before the first and after the last (0 or null: off)."""
+    eval_dataset: Optional[str] = None
+    """Hub id, `imagefolder` (with `eval_data_dir`) or a local folder; null: `data.dataset`."""
+    eval_data_dir: Optional[str] = None
+    eval_split: Optional[str] = None
+    """null: `validation`, else `test`, else the first split. Slices hold images out of a training
+    split: `data.split: train[:90%]` with `eval.eval_split: train[90%:]`."""
+    num_samples: int = 256
+    """Images evaluated (a fixed, seeded subset)."""
+    label_column: str = "label"
+    class_names: Optional[str] = None
+    """Zero-shot class names: null = the label column's ClassLabel names, `imagenet` = the shipped
+    ImageNet-1k names, or a file with one name per line."""
+    robust_eps: list[float] = field(default_factory=lambda: [1.0, 4.0])
+    """L-inf budgets (1/255 units) of the robust zero-shot accuracy; [] for clean accuracy only."""
+    attack_steps: int = 5
+    """PGD iterations of the robust accuracy (a fast estimate; `aft-hf evaluate` for the full one)."""
+    eval_batch_size: int = 64
 
 
 @dataclass
@@ -160,6 +198,7 @@ class TrainConfig:
     seed: int = 0
     cpu: Optional[bool] = None
     """Force CPU (also for multi-process CPU runs). Default: CPU when no CUDA device exists."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -415,4 +454,27 @@ def validate(cfg: TrainConfig) -> list[str]:
         p.append("hub.push_to_hub needs hub.hub_model_id (e.g. --hub_model_id me/clip-vit-b16-aft)")
     if cfg.model.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
         p.append(f"model.attn_implementation: unknown value '{cfg.model.attn_implementation}'")
+    p.extend(_validate_eval_and_hub(cfg))
+    if cfg.model.embedding not in ("pooled", "patch_tokens"):
+        p.append(f"model.embedding: unknown value '{cfg.model.embedding}' (choose pooled or patch_tokens)")
+    return p
+
+
+def _validate_eval_and_hub(cfg: TrainConfig) -> list[str]:
+    p: list[str] = []
+    e = cfg.eval
+    if e.every_steps is not None and e.every_steps < 0:
+        p.append(f"eval.every_steps: must be >= 0 (0 or null: off), got {e.every_steps}")
+    for name in ("num_samples", "eval_batch_size"):
+        if getattr(e, name) <= 0:
+            p.append(f"eval.{name}: must be > 0, got {getattr(e, name)}")
+    if e.attack_steps < 0:
+        p.append(f"eval.attack_steps: must be >= 0, got {e.attack_steps}")
+    if any(x <= 0 for x in e.robust_eps):
+        p.append(f"eval.robust_eps: budgets must be > 0 (1/255 units), got {e.robust_eps}")
+    if cfg.hub.strategy not in HUB_STRATEGIES:
+        p.append(f"hub.strategy: unknown value '{cfg.hub.strategy}' (choose from {', '.join(HUB_STRATEGIES)})")
+    elif cfg.hub.strategy != "end" and not cfg.hub.push_to_hub:
+        p.append(f"hub.strategy '{cfg.hub.strategy}' pushes during training: it needs hub.push_to_hub "
+                 "(and hub.hub_model_id)")
     return p

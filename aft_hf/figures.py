@@ -3,6 +3,10 @@
 Images in aft_hf are pixels in [0, 1] and are shown as they are. Images that went through a CLIP
 processor (``pixel_values``) must be un-normalised with CLIP's mean/std, not ImageNet's
 (docs/method.md#traps): pass ``normalized=True`` or call :func:`unnormalize`.
+
+Figures are built with matplotlib's object API (``matplotlib.figure.Figure``), not ``pyplot``: saving
+a PNG needs no backend at all, so importing this module never selects one (forcing ``Agg`` here
+would break inline plots in a notebook that imports aft_hf) and nothing opens a window.
 """
 
 from __future__ import annotations
@@ -10,14 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from .constants import CLIP_MEAN, CLIP_STD  # noqa: E402
+from .constants import CLIP_MEAN, CLIP_STD
 
 
 def unnormalize(pixel_values: Tensor, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> Tensor:
@@ -30,8 +31,7 @@ def unnormalize(pixel_values: Tensor, mean: Sequence[float] = CLIP_MEAN, std: Se
 def _save(fig, out: Union[str, Path]) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    fig.savefig(out, dpi=120, bbox_inches="tight")  # a Figure without pyplot: the Agg canvas, no backend
     return out
 
 
@@ -48,7 +48,8 @@ def attribution_grid(images: Tensor, maps: Mapping[str, Tensor], out: Union[str,
     imgs = imgs.detach().float().cpu().permute(0, 2, 3, 1).numpy()
     keys = list(maps)
     rows, cols = imgs.shape[0], 1 + len(keys)
-    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, cell * rows), squeeze=False)
+    fig = Figure(figsize=(cell * cols, cell * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for r in range(rows):
         axes[r, 0].imshow(imgs[r])
         axes[r, 0].set_ylabel(row_titles[r] if row_titles else f"image {r}", fontsize=8)
@@ -71,7 +72,8 @@ def attribution_grid(images: Tensor, maps: Mapping[str, Tensor], out: Union[str,
 
 def roar_curves(results: Mapping[str, dict], out: Union[str, Path]) -> Path:
     """ROAR test accuracy vs fraction removed; ``results`` = {model: roar() result}. Random dashed."""
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig = Figure(figsize=(5, 3.6))
+    ax = fig.subplots()
     for model, res in results.items():
         if "accuracy" not in res:
             continue
@@ -90,7 +92,8 @@ def roar_curves(results: Mapping[str, dict], out: Union[str, Path]) -> Path:
 def perturbation_curves(results: Mapping[str, dict], out: Union[str, Path]) -> Path:
     """Deletion and/or insertion curves: ``results`` = {model: {"deletion": {...}, "insertion": {...}}}."""
     modes = [m for m in ("deletion", "insertion") if any(m in r for r in results.values())]
-    fig, axes = plt.subplots(1, max(len(modes), 1), figsize=(5 * max(len(modes), 1), 3.6), squeeze=False)
+    fig = Figure(figsize=(5 * max(len(modes), 1), 3.6))
+    axes = fig.subplots(1, max(len(modes), 1), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         for model, res in results.items():
             if mode not in res:

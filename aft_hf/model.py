@@ -1,8 +1,19 @@
 """CLIP image encoders that take pixels in [0, 1]: loading, the normalising wrapper, export.
 
 AFT budgets live in pixel space, so CLIP's mean/std normalisation happens *inside*
-:class:`ImageEncoder`. The encoder returns the projected embedding (``image_embeds`` of
-``CLIPVisionModelWithProjection``), optionally L2-normalised (g in docs/method.md#objective).
+:class:`ImageEncoder`. What the encoder returns (the embedding AFT keeps close to the original's):
+
+- ``pooled`` (default): the projected embedding (``image_embeds``) when the checkpoint has a
+  projection (a full ``CLIPModel`` or a ``CLIPVisionModelWithProjection``); for a bare
+  ``CLIPVisionModel`` (the vision tower LLaVA-style models use) its own pooled output
+  (``pooler_output``: the post-layernorm CLS token). A projection is never invented.
+- ``patch_tokens``: the penultimate layer's patch tokens without CLS (B, N, H), what LLaVA feeds
+  its projector. Each token is L2-normalised (when ``normalize``) and the tokens are flattened
+  with a 1/sqrt(N) factor, so the squared distance of two outputs is the *mean over patches* of
+  the per-patch squared distance.
+
+Either is optionally L2-normalised (g in docs/method.md#objective). A weight the checkpoint lacks is an error
+(:class:`ModelLoadError`), never a random initialisation.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from transformers import (
     CLIPConfig,
     CLIPModel,
     CLIPVisionConfig,
+    CLIPVisionModel,
     CLIPVisionModelWithProjection,
 )
 
@@ -31,6 +43,7 @@ from .errors import AftError
 
 logger = logging.getLogger(__name__)
 
+EMBEDDINGS = ("pooled", "patch_tokens")
 TINY_CLIP_VERSION = 2
 """Bumped whenever the tiny CLIP's recipe changes, so a copy cached by an older version is not reused."""
 
@@ -47,24 +60,29 @@ def normalize_pixels(pixels: Tensor, mean=CLIP_MEAN, std=CLIP_STD) -> Tensor:
 
 
 class ImageEncoder(nn.Module):
-    """pixels in [0, 1] (B, 3, H, W) -> projected CLIP image embedding (B, D).
+    """pixels in [0, 1] (B, 3, H, W) -> CLIP image embedding (B, D) (see the module docstring).
 
     Args:
-        vision: a ``CLIPVisionModelWithProjection``.
+        vision: a ``CLIPVisionModelWithProjection`` or a ``CLIPVisionModel``.
         image_mean, image_std: the processor's normalisation, applied inside ``forward``.
         normalize: L2-normalise the embedding (``model.output_normalize``).
+        embedding: ``pooled`` or ``patch_tokens`` (``model.embedding``).
     """
 
     def __init__(
         self,
-        vision: CLIPVisionModelWithProjection,
+        vision: Union[CLIPVisionModelWithProjection, CLIPVisionModel],
         image_mean=CLIP_MEAN,
         image_std=CLIP_STD,
         normalize: bool = True,
+        embedding: str = "pooled",
     ):
         super().__init__()
+        if embedding not in EMBEDDINGS:
+            raise ModelLoadError(f"unknown embedding '{embedding}' (choose from {', '.join(EMBEDDINGS)})")
         self.vision = vision
         self.normalize = normalize
+        self.embedding = embedding
         self.register_buffer("mean", torch.tensor(image_mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(image_std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.source: Optional[str] = None
@@ -81,9 +99,21 @@ class ImageEncoder(nn.Module):
     def patch_size(self) -> int:
         return self.vision.config.patch_size
 
+    @property
+    def has_projection(self) -> bool:
+        """True when the vision model carries CLIP's ``visual_projection`` (zero-shot is possible)."""
+        return isinstance(self.vision, CLIPVisionModelWithProjection)
+
     def forward(self, pixels: Tensor) -> Tensor:
         pixel_values = normalize_pixels(pixels, self.mean, self.std)
-        embeds = self.vision(pixel_values=pixel_values).image_embeds
+        if self.embedding == "patch_tokens":
+            hidden = self.vision(pixel_values=pixel_values, output_hidden_states=True).hidden_states
+            tokens = hidden[-2][:, 1:]  # penultimate layer, CLS dropped (LLaVA's default feature)
+            if self.normalize:
+                tokens = F.normalize(tokens, dim=-1)
+            return tokens.flatten(1) / tokens.shape[1] ** 0.5
+        out = self.vision(pixel_values=pixel_values)
+        embeds = out.image_embeds if self.has_projection else out.pooler_output
         return F.normalize(embeds, dim=-1) if self.normalize else embeds
 
     def frozen_copy(self) -> "ImageEncoder":
@@ -196,35 +226,64 @@ def _vision_from_full_clip(full: CLIPModel) -> CLIPVisionModelWithProjection:
     return vision
 
 
+def _checked_from_pretrained(cls, source: str, name_or_path: str, **kwargs):
+    """``cls.from_pretrained`` that refuses a checkpoint lacking weights ``cls`` needs.
+
+    transformers initialises missing weights randomly and only logs it; AFT on a random layer
+    (and exporting it) would silently produce a broken model, so it is an error here.
+    """
+    model, info = cls.from_pretrained(source, output_loading_info=True, **kwargs)
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = info.get("mismatched_keys") or []
+    if missing or mismatched:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        what = f"misses the weights {shown}" if missing else f"has weights of the wrong shape {mismatched[:3]}"
+        raise ModelLoadError(
+            f"'{name_or_path}' {what} of a {cls.__name__}: they would be randomly initialised. "
+            "Check that the checkpoint is a CLIPModel, CLIPVisionModelWithProjection or CLIPVisionModel")
+    return model
+
+
+def _vision_class(config) -> type:
+    """The class the checkpoint was saved as: a bare ``CLIPVisionModel`` has no projection to load."""
+    architectures = getattr(config, "architectures", None) or []
+    return CLIPVisionModel if "CLIPVisionModel" in architectures else CLIPVisionModelWithProjection
+
+
 def load_image_encoder(
     name_or_path: str,
     revision: Optional[str] = None,
     normalize: bool = True,
     attn_implementation: str = "sdpa",
     token: Optional[str] = None,
+    embedding: str = "pooled",
 ) -> ImageEncoder:
     """Load a CLIP image encoder from a Hub id or a folder.
 
-    Accepts a ``CLIPVisionModelWithProjection`` checkpoint or a full ``CLIPModel`` (its vision
-    tower and ``visual_projection`` are taken). ``builtin:tiny-clip`` builds a tiny random CLIP.
+    Accepts a full ``CLIPModel`` (its vision tower and ``visual_projection`` are taken), a
+    ``CLIPVisionModelWithProjection`` or a bare ``CLIPVisionModel`` (kept as it is: no projection,
+    its pooled output or patch tokens are the embedding). ``builtin:tiny-clip`` builds a tiny
+    random CLIP. Raises :class:`ModelLoadError` when the checkpoint lacks any weight.
     """
+    if embedding not in EMBEDDINGS:
+        raise ModelLoadError(f"unknown model.embedding '{embedding}' (choose from {', '.join(EMBEDDINGS)})")
     source = resolve_builtin_model(name_or_path)
-    kwargs = dict(revision=revision, token=token)
+    kwargs = dict(revision=revision, token=token, attn_implementation=attn_implementation)
     try:
-        config = AutoConfig.from_pretrained(source, **kwargs)
+        config = AutoConfig.from_pretrained(source, revision=revision, token=token)
         if config.model_type == "clip":
-            full = CLIPModel.from_pretrained(source, attn_implementation=attn_implementation, **kwargs)
+            full = _checked_from_pretrained(CLIPModel, source, name_or_path, **kwargs)
             vision = _vision_from_full_clip(full)
             vision.set_attn_implementation(attn_implementation)
             del full
             is_full = True
         elif config.model_type == "clip_vision_model":
-            vision = CLIPVisionModelWithProjection.from_pretrained(source, attn_implementation=attn_implementation, **kwargs)
+            vision = _checked_from_pretrained(_vision_class(config), source, name_or_path, **kwargs)
             is_full = False
         else:
             raise ModelLoadError(
                 f"'{name_or_path}' is a '{config.model_type}' model; aft_hf fine-tunes CLIP "
-                "(a CLIPModel or CLIPVisionModelWithProjection checkpoint)")
+                "(a CLIPModel, CLIPVisionModelWithProjection or CLIPVisionModel checkpoint)")
     except OSError as e:
         hint = (" HF_HUB_OFFLINE is set: only local folders and models already in the Hub cache can be loaded."
                 if hub_offline() else " Check the id, your network, and for gated models `hf auth login` or HF_TOKEN.")
@@ -232,7 +291,7 @@ def load_image_encoder(
     processor = _load_image_processor(source, revision)
     mean = tuple(processor.image_mean) if processor is not None else CLIP_MEAN
     std = tuple(processor.image_std) if processor is not None else CLIP_STD
-    encoder = ImageEncoder(vision, mean, std, normalize=normalize)
+    encoder = ImageEncoder(vision, mean, std, normalize=normalize, embedding=embedding)
     encoder.source, encoder.base_is_full_clip, encoder.image_processor = name_or_path, is_full, processor
     return encoder
 
@@ -252,7 +311,8 @@ def export_pretrained(encoder: ImageEncoder, out_dir: Union[str, Path], extra_fi
     A base that was a full ``CLIPModel`` is written as a full ``CLIPModel`` (original text tower at
     ``revision``, new vision tower, the base's tokenizer and image processor saved with their own
     ``save_pretrained``), so zero-shot tools work unchanged and ``CLIPVisionModelWithProjection``
-    loads the vision part. A vision-only base is written as a ``CLIPVisionModelWithProjection``.
+    loads the vision part. A vision-only base keeps its class: ``CLIPVisionModelWithProjection`` or ``CLIPVisionModel``
+    (no projection is added).
     ``extra_files`` maps names to text content. The folder is written next to ``out_dir``, marked
     as aft_hf output and moved into place; an existing ``out_dir`` is replaced only when aft_hf
     wrote it (an unrelated folder raises :class:`aft_hf.outputs.OutputError`).

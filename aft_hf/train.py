@@ -29,7 +29,9 @@ from .attack import PGDAttacker, UniformNoise, embedding_distance
 from .config import ConfigError, TrainConfig
 from .data import build_dataloader
 from .model import ImageEncoder, export_pretrained, load_image_encoder
+from .hub_sync import HubSync
 from .perf import use_matmul_patch_embedding
+from .train_eval import build_evaluator
 
 logger = get_logger(__name__)
 PROGRESS_FILE = "progress.json"
@@ -245,7 +247,7 @@ def train(cfg: TrainConfig) -> Path:
 
     # model, its frozen copy (the targets) and the attacker
     encoder = load_image_encoder(cfg.model.name_or_path, cfg.model.revision, cfg.model.output_normalize,
-                                 cfg.model.attn_implementation)
+                                 cfg.model.attn_implementation, embedding=cfg.model.embedding)
     frozen = encoder.frozen_copy().to(accelerator.device)
     apply_perf_options(cfg, encoder)
     attacker = build_attacker(cfg, encoder)
@@ -276,6 +278,10 @@ def train(cfg: TrainConfig) -> Path:
     logger.info("AFT: %d steps x %d images (%d per process x %d processes x %d accumulation), attack %s",
                 cfg.optim.max_steps, cfg.optim.batch_size, batch_size, accelerator.num_processes,
                 cfg.optim.gradient_accumulation_steps, attacker, main_process_only=True)
+    evaluator = build_evaluator(cfg, unwrapped, frozen)  # eval.*: None when off
+    hub_sync = HubSync.from_config(cfg, output_dir, accelerator.is_main_process)  # hub.strategy: None for end
+    if evaluator is not None and progress.step == 0:
+        evaluator.run(accelerator, unwrapped, 0)  # the original's numbers, the baseline
 
     bar = tqdm(total=cfg.optim.max_steps, initial=progress.step, desc="AFT", unit="step",
                disable=not accelerator.is_local_main_process)
@@ -319,9 +325,13 @@ def train(cfg: TrainConfig) -> Path:
                             scheduler.get_last_lr()[0], progress, bar))
                 window_loss.zero_()
                 window_batches, window_start = 0, time.perf_counter()
+            if evaluator is not None and evaluator.due(progress.step):
+                evaluator.run(accelerator, unwrapped, progress.step)
             if progress.step % cfg.checkpoint.checkpointing_steps == 0 and progress.step < cfg.optim.max_steps:
                 flush_skipped()
-                save_checkpoint(accelerator, progress, output_dir, cfg.checkpoint.checkpoints_total_limit)
+                saved = save_checkpoint(accelerator, progress, output_dir, cfg.checkpoint.checkpoints_total_limit)
+                if hub_sync is not None:
+                    hub_sync.on_save(unwrapped, saved, progress.step)
             if progress.step >= cfg.optim.max_steps:
                 break
         else:
@@ -331,7 +341,7 @@ def train(cfg: TrainConfig) -> Path:
                 dataloader = make_loader(0)
     bar.close()
     flush_skipped()
-    save_checkpoint(accelerator, progress, output_dir, cfg.checkpoint.checkpoints_total_limit)
+    saved = save_checkpoint(accelerator, progress, output_dir, cfg.checkpoint.checkpoints_total_limit)
     final = output_dir / "final"
     per_rank = accelerator.gather(torch.tensor([images_seen], device=accelerator.device)).tolist()
     skipped = accelerator.gather(torch.tensor([progress.skipped_images], device=accelerator.device)).sum().item()
@@ -340,10 +350,12 @@ def train(cfg: TrainConfig) -> Path:
         summary = {"steps": progress.step, "num_processes": accelerator.num_processes,
                    "images_seen_per_process": per_rank, "skipped_images": skipped,
                    "distributed_type": str(accelerator.distributed_type), "final": str(final),
-                   "log_history": history}
+                   "log_history": history, **(evaluator.summary() if evaluator is not None else {})}
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         logger.info("exported %s (skipped %d unreadable images in total)", final, skipped)
     accelerator.wait_for_everyone()
+    if hub_sync is not None:
+        hub_sync.finish(saved, progress.step)  # pending uploads land before the final push
     if cfg.hub.push_to_hub and accelerator.is_main_process:
         from .hub import push_model
 

@@ -99,3 +99,105 @@ def test_load_errors(tmp_path):
 def test_builtin_tiny_clip_builds_once_and_loads():
     enc = load_image_encoder("builtin:tiny-clip")
     assert isinstance(enc, ImageEncoder) and enc.image_size == 32 and enc.patch_size == 8
+
+
+# --------------------------------------------------------------------------- CLIPVisionModel bases
+
+
+@pytest.fixture(scope="module")
+def bare_vision_path(tmp_path_factory, tiny_clip_path):
+    """A CLIPVisionModel folder (no projection), the class LLaVA-style projects use."""
+    from transformers import CLIPVisionModel
+
+    full = CLIPModel.from_pretrained(tiny_clip_path)
+    vision = CLIPVisionModel(full.config.vision_config)
+    tower = getattr(vision, "vision_model", vision)  # transformers 5 flattened CLIPVisionModel
+    tower.load_state_dict(full.vision_model.state_dict())
+    path = tmp_path_factory.mktemp("bare_vision") / "model"
+    vision.save_pretrained(path)
+    load_image_encoder(str(tiny_clip_path)).image_processor.save_pretrained(path)
+    return path
+
+
+def test_clip_vision_model_uses_its_pooled_output_never_a_random_projection(bare_vision_path, batch, tmp_path):
+    from transformers import CLIPVisionModel
+
+    enc = load_image_encoder(str(bare_vision_path))
+    assert not enc.has_projection and type(enc.vision) is CLIPVisionModel
+    ref = CLIPVisionModel.from_pretrained(bare_vision_path)
+    with torch.no_grad():
+        expected = F.normalize(ref(pixel_values=(batch - enc.mean) / enc.std).pooler_output, dim=-1)
+        assert torch.allclose(enc(batch), expected, atol=1e-5)
+    out = export_pretrained(enc, tmp_path / "final")
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["CLIPVisionModel"] and (out / "preprocessor_config.json").is_file()
+    again = load_image_encoder(str(out))
+    assert type(again.vision) is CLIPVisionModel
+
+
+def test_patch_tokens_embedding_is_the_mean_per_patch_distance(bare_vision_path, tiny_clip_path, batch):
+    from aft_hf.attack import embedding_distance
+
+    for path in (bare_vision_path, tiny_clip_path):
+        enc = load_image_encoder(str(path), embedding="patch_tokens")
+        pixel_values = (batch - enc.mean) / enc.std
+        with torch.no_grad():
+            tokens = F.normalize(enc.vision(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:], dim=-1)
+            emb, other = enc(batch), enc(batch.flip(-1))
+            tokens_other = F.normalize(enc.vision(pixel_values=pixel_values.flip(-1), output_hidden_states=True)
+                                       .hidden_states[-2][:, 1:], dim=-1)
+        n = (32 // 8) ** 2
+        assert emb.shape == (4, n * tokens.shape[-1])
+        per_patch = (tokens - tokens_other).pow(2).sum(-1).mean(-1)
+        assert torch.allclose(embedding_distance(emb, other), per_patch, atol=1e-5)
+    with pytest.raises(ModelLoadError, match="unknown model.embedding"):
+        load_image_encoder(str(tiny_clip_path), embedding="cls")
+
+
+def test_missing_weights_are_an_error(bare_vision_path, tiny_clip_path, tmp_path):
+    """A checkpoint lacking a weight (here: a CLIPVisionModel folder claiming a projection) is refused."""
+    import shutil
+
+    folder = tmp_path / "claims_projection"
+    shutil.copytree(bare_vision_path, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["architectures"] = ["CLIPVisionModelWithProjection"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="misses the weights visual_projection.weight"):
+        load_image_encoder(str(folder))
+    from safetensors.torch import load_file, save_file
+
+    full = tmp_path / "full_missing"
+    shutil.copytree(tiny_clip_path, full)
+    weights = load_file(full / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("text_projection")}, full / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match="text_projection.weight"):
+        load_image_encoder(str(full))
+
+
+@pytest.mark.parametrize("embedding", ["pooled", "patch_tokens"])
+def test_train_cli_on_a_clip_vision_model(bare_vision_path, tmp_path, png_folder, embedding):
+    from transformers import CLIPVisionModel
+
+    from aft_hf.cli import main
+    from aft_hf.config import load_config
+
+    rc = main(["train", "--model.name_or_path", str(bare_vision_path), "--data.dataset", str(png_folder),
+               "--output_dir", str(tmp_path / "run"), "--optim.batch_size", "4", "--max_steps", "2",
+               "--warmup_steps", "0", "--attack.steps", "1", "--logging.report_to", "none",
+               "--model.embedding", embedding])
+    assert rc == 0
+    final = tmp_path / "run" / "final"
+    assert json.loads((final / "config.json").read_text())["architectures"] == ["CLIPVisionModel"]
+    assert load_config(final / "aft_config.yaml").model.embedding == embedding
+    tuned, base = CLIPVisionModel.from_pretrained(final), CLIPVisionModel.from_pretrained(bare_vision_path)
+    assert set(tuned.state_dict()) == set(base.state_dict())
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), base.state_dict().values()))
+
+
+def test_unknown_embedding_is_a_one_line_cli_error(capsys):
+    from aft_hf.cli import main
+
+    assert main(["train", "--model.embedding", "cls", "--print-config"]) == 2
+    assert "model.embedding: unknown value 'cls'" in capsys.readouterr().err

@@ -1,0 +1,160 @@
+"""Evaluation while training (``eval.*``): how far the encoder has moved, and zero-shot accuracy.
+
+    every ``eval.every_steps`` steps, on a fixed held-out subset, on the main process:
+        eval/clean_distance        mean ||f(x) - f_theta0(x)||^2 on clean images (the AFT distance)
+        eval/zeroshot_top1         clean zero-shot accuracy          (needs text tower + class names)
+        eval/robust_top1_eps{e}    zero-shot accuracy under L-inf PGD at e/255 (fast: few steps)
+
+Zero-shot needs the base's text tower (a full ``CLIPModel``), a projected ``pooled`` embedding and
+class names (the label column's ``ClassLabel``, ``imagenet``, or a names file); without them only
+the distance is measured and the log says why. The accuracy functions are those of
+``aft-hf evaluate`` (:mod:`aft_hf.evaluate.zeroshot`), with fewer PGD steps by default.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import datasets
+import torch
+from accelerate.logging import get_logger
+from torch import Tensor
+
+from .attack import embedding_distance
+from .config import DataConfig, TrainConfig
+from .data.images import DECODE_ERRORS, ImageModeError, open_image, resize_center_crop, to_rgb, to_tensor
+from .data.loading import DataError, _load_hub_or_folder
+from .model import ImageEncoder
+
+logger = get_logger(__name__)  # main process only: every rank builds the evaluator
+SPLIT_PREFERENCE = ("validation", "test")
+
+
+def _eval_data_config(cfg: TrainConfig) -> DataConfig:
+    e, d = cfg.eval, cfg.data
+    same = e.eval_dataset is None
+    return DataConfig(dataset=d.dataset if same else e.eval_dataset,
+                      data_dir=(d.data_dir if same else None) if e.eval_data_dir is None else e.eval_data_dir,
+                      config_name=d.config_name if same else None, split=e.eval_split, image_column=d.image_column)
+
+
+def load_eval_images(cfg: TrainConfig, size: int) -> tuple[Tensor, Optional[Tensor], object, str]:
+    """The held-out subset: images (N, 3, size, size) in [0, 1], labels or None, label feature, split."""
+    dcfg = _eval_data_config(cfg)
+    ds = _load_hub_or_folder(dcfg, None)
+    split = dcfg.split or ""
+    if isinstance(ds, datasets.DatasetDict):
+        split = next((s for s in SPLIT_PREFERENCE if s in ds), next(iter(ds)))
+        ds = ds[split]
+    if dcfg.dataset == cfg.data.dataset and dcfg.data_dir == cfg.data.data_dir and split == cfg.data.split:
+        logger.warning("eval: split '%s' of '%s' is also the training split: the images are not held out "
+                       "(set eval.eval_split, e.g. data.split 'train[:90%%]' and eval.eval_split 'train[90%%:]')",
+                       split, dcfg.dataset)
+    if dcfg.image_column not in ds.column_names:
+        raise DataError(f"eval: dataset '{dcfg.dataset}' has no column '{dcfg.image_column}' "
+                        f"(columns: {', '.join(ds.column_names)})")
+    label_col = cfg.eval.label_column if cfg.eval.label_column in ds.column_names else None
+    if isinstance(ds.features[dcfg.image_column], datasets.Image):
+        ds = ds.cast_column(dcfg.image_column, datasets.Image(decode=False))
+    ds = ds.shuffle(seed=cfg.seed).select(range(min(cfg.eval.num_samples, len(ds))))
+    images, labels = [], []
+    for example in ds:
+        try:
+            images.append(to_tensor(resize_center_crop(to_rgb(open_image(example[dcfg.image_column])), size)))
+        except (*DECODE_ERRORS, ImageModeError) as err:
+            logger.warning("eval: skipping unreadable image: %s", err)
+            continue
+        if label_col:
+            labels.append(int(example[label_col]))
+    if not images:
+        raise DataError(f"eval: no readable images in '{dcfg.dataset}' split '{split}'")
+    feature = ds.features[label_col] if label_col else None
+    return torch.stack(images), torch.tensor(labels) if label_col else None, feature, split
+
+
+def _class_weights(cfg: TrainConfig, encoder: ImageEncoder, labels: Optional[Tensor], feature) -> tuple[Optional[Tensor], float, str]:
+    """Zero-shot class weights and logit scale, or (None, 0, why not)."""
+    from .evaluate.classnames import names_from_feature, read_names_file, imagenet_classnames
+
+    if not encoder.base_is_full_clip:
+        return None, 0.0, "the base has no text tower (not a full CLIPModel)"
+    if cfg.model.embedding != "pooled":
+        return None, 0.0, "model.embedding is patch_tokens (zero-shot needs the projected embedding)"
+    if labels is None:
+        return None, 0.0, f"the eval data has no '{cfg.eval.label_column}' column"
+    source = cfg.eval.class_names
+    names = (imagenet_classnames() if source == "imagenet" else read_names_file(source) if source
+             else names_from_feature(feature))
+    if names is None:
+        return None, 0.0, (f"'{cfg.eval.label_column}' is not a ClassLabel: set eval.class_names "
+                           "(a file with one name per line, or imagenet)")
+    from .explain.targets import load_text_tower
+
+    text = load_text_tower(cfg.model.name_or_path, cfg.model.revision)
+    return text.class_embeddings(names), text.logit_scale, ""
+
+
+class TrainEvaluator:
+    """Holds the held-out images and zero-shot weights; :meth:`run` measures the current encoder."""
+
+    def __init__(self, cfg: TrainConfig, encoder: ImageEncoder, frozen: ImageEncoder):
+        self.cfg, self.frozen = cfg, frozen
+        self.images, self.labels, feature, self.split = load_eval_images(cfg, encoder.image_size)
+        self.class_weights, self.logit_scale, why = _class_weights(cfg, encoder, self.labels, feature)
+        self.history: list[dict] = []
+        logger.info("eval: %d held-out images (split '%s') every %d steps: %s", len(self.images), self.split,
+                    cfg.eval.every_steps, "embedding distance and zero-shot accuracy" if why == "" else
+                    f"embedding distance only, no zero-shot accuracy because {why}")
+
+    def due(self, step: int) -> bool:
+        return step % self.cfg.eval.every_steps == 0 or step == self.cfg.optim.max_steps
+
+    @torch.no_grad()
+    def _distance(self, encoder: ImageEncoder, device: torch.device) -> float:
+        total, bs = 0.0, self.cfg.eval.eval_batch_size
+        for s in range(0, len(self.images), bs):
+            x = self.images[s:s + bs].to(device)
+            total += embedding_distance(encoder(x), self.frozen(x)).sum().item()
+        return total / len(self.images)
+
+    def measure(self, encoder: ImageEncoder, device: torch.device) -> dict[str, float]:
+        """The metrics of the module docstring for ``encoder`` (left in the mode it was in)."""
+        from .evaluate.zeroshot import ZeroShotClassifier, predict, robust_accuracy, topk_accuracy
+
+        was_training = encoder.training
+        encoder.eval()
+        try:
+            metrics = {"eval/clean_distance": self._distance(encoder, device)}
+            if self.class_weights is not None:
+                classifier = ZeroShotClassifier(encoder, self.class_weights.to(device), self.logit_scale)
+                bs = self.cfg.eval.eval_batch_size
+                logits = predict(classifier, self.images, batch_size=bs, progress=False)
+                metrics["eval/zeroshot_top1"] = topk_accuracy(logits, self.labels, ks=(1,))["top1"]
+                if self.cfg.eval.robust_eps:
+                    robust = robust_accuracy(classifier, self.images, self.labels, self.cfg.eval.robust_eps,
+                                             steps=self.cfg.eval.attack_steps, batch_size=bs, seed=self.cfg.seed,
+                                             progress=False)
+                    metrics.update({f"eval/robust_top1_eps{k.split('/')[0]}": v for k, v in robust.items()})
+        finally:
+            encoder.train(was_training)
+        return metrics
+
+    def run(self, accelerator, encoder: ImageEncoder, step: int) -> None:
+        """Measure on the main process, log to the trackers, keep in :attr:`history`; others wait."""
+        if accelerator.is_main_process:
+            metrics = self.measure(encoder, accelerator.device)
+            accelerator.log(metrics, step=step)
+            self.history.append({"step": step, **metrics})
+            logger.info("eval at step %d: %s", step, ", ".join(f"{k[5:]} {v:.4g}" for k, v in metrics.items()))
+        accelerator.wait_for_everyone()
+
+    def summary(self) -> dict:
+        """For train_summary.json: every evaluation, and the last one as ``eval``."""
+        return {"eval": self.history[-1] if self.history else None, "eval_history": self.history}
+
+
+def build_evaluator(cfg: TrainConfig, encoder: ImageEncoder, frozen: ImageEncoder) -> Optional[TrainEvaluator]:
+    """None when ``eval.every_steps`` is 0/null. Built on every process, so a data error stops them all."""
+    if not cfg.eval.every_steps:
+        return None
+    return TrainEvaluator(cfg, encoder, frozen)

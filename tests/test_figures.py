@@ -1,0 +1,33 @@
+"""aft_hf.figures draws PNGs without touching matplotlib's backend (notebooks keep inline plots)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+SCRIPT = r"""
+import sys, matplotlib, torch
+before = matplotlib.get_backend()
+import aft_hf.figures as F
+after_import = matplotlib.get_backend()
+out = sys.argv[1]
+F.attribution_grid(torch.rand(2, 3, 8, 8), {"m / saliency": torch.rand(2, 1, 8, 8)}, out + "/grid.png")
+F.roar_curves({"m": {"fractions": [0.1, 0.5], "accuracy": {"saliency": [0.5, 0.3], "random": [0.5, 0.4]}}},
+              out + "/roar.png")
+F.perturbation_curves({"m": {"deletion": {"fractions": [0, 1], "methods": {"s": {"auc": 0.2, "curve": [1, 0]}}}}},
+                      out + "/del.png")
+print(before, after_import, matplotlib.get_backend())
+"""
+
+
+def test_import_and_drawing_keep_the_backend(tmp_path):
+    # 'svg': a backend that is not Agg, as a notebook's inline backend is not; the old module forced Agg
+    env = {**os.environ, "MPLBACKEND": "svg", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["svg", "svg", "svg"]
+    for name in ("grid.png", "roar.png", "del.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
