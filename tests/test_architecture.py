@@ -48,8 +48,8 @@ LAYERS = [
     {"constants", "errors", "env", "files", "tokenizer", "outputs"},
     {"config", "model", "attack", "data", "perf"},
     {"card", "hub", "convert", "checkpoint_io", "export_openclip"},
-    {"train"},
     {"figures", "explain", "evaluate"},
+    {"train", "train_eval", "hub_sync", "checkpointing", "guards", "resume"},
     {"world", "demo"},
 ]
 """The README's layer diagram, top (imported by everything) to bottom; command modules come last."""
