@@ -1,4 +1,4 @@
-"""Cost per image of the robust-accuracy attacks on a random-weight ViT-B/32 (METHOD.md section 6 geometry).
+"""Cost per image of the robust-accuracy attacks on a random-weight ViT-B/32 (geometry of docs/method.md#model-geometries).
 
     OMP_NUM_THREADS=1 python benchmarks/apgd_cost.py
 
