@@ -13,6 +13,7 @@ Values are parsed as YAML scalars, so ``--attack.eps 2``, ``--model.output_norma
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -101,6 +102,9 @@ class OptimConfig:
     gradient_accumulation_steps: int = 1
     max_grad_norm: Optional[float] = 1.0
     mixed_precision: str = "no"
+    max_nonfinite_steps: int = 3
+    """Stop (exit 2) after this many optimiser steps in a row with a NaN/inf loss or gradient norm;
+    each such step is skipped (no update) and counted."""
 
 
 @dataclass
@@ -112,6 +116,10 @@ class CheckpointConfig:
     checkpoints_total_limit: Optional[int] = 3
     resume_from_checkpoint: Optional[str] = None
     """`latest` or a checkpoint folder."""
+    overwrite_output_dir: bool = False
+    """Start afresh in an output_dir that holds another run's checkpoints (deletes them)."""
+    allow_config_change: bool = False
+    """Resume with a config that changes the optimisation (lr, attack, data, ...)."""
 
 
 @dataclass
@@ -189,13 +197,19 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
             return value
         return [_coerce(v, item_tp, f"{where}[{i}]", problems) for i, v in enumerate(value)]
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads '1e-5' (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # PyYAML reads '1e-5' (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None and math.isfinite(number):
+            return number
+        if number is not None:
+            problems.append(f"{where}: must be a finite number, got {value!r}")
+            return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -363,6 +377,10 @@ def validate(cfg: TrainConfig) -> list[str]:
         p.append(f"attack.eps: must be > 0 for norm '{a.norm}', got {a.eps}")
     if a.steps < 0:
         p.append(f"attack.steps: must be >= 0, got {a.steps}")
+    if a.mode == "pgd" and a.steps > 0 and not a.random_start and a.noise_std == 0:
+        p.append("attack.random_start false with attack.noise_std 0: the attack starts at the clean image, where "
+                 "the distance to the frozen targets is at its minimum (gradient 0), so it never moves and "
+                 "training is a no-op; keep random_start true or noise_std > 0")
     if not 0 <= a.momentum < 1:
         p.append(f"attack.momentum: must be in [0, 1), got {a.momentum}")
     if o.lr <= 0:
@@ -390,6 +408,10 @@ def validate(cfg: TrainConfig) -> list[str]:
         )
     if o.max_grad_norm is not None and o.max_grad_norm <= 0:
         p.append(f"optim.max_grad_norm: must be > 0 or null, got {o.max_grad_norm}")
+    if o.max_nonfinite_steps < 1:
+        p.append(f"optim.max_nonfinite_steps: must be >= 1, got {o.max_nonfinite_steps}")
+    if not 0 <= cfg.seed <= 2**32 - 1:
+        p.append(f"seed: must be in [0, 2**32 - 1] (numpy's range), got {cfg.seed}")
     if o.mixed_precision not in MIXED_PRECISION:
         p.append(f"optim.mixed_precision: unknown value '{o.mixed_precision}' (choose from {', '.join(MIXED_PRECISION)})")
     if d.shuffle_buffer <= 0:
