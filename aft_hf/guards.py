@@ -84,6 +84,8 @@ class NonFiniteGuard:
                 del inner.found_inf
         elif not bool(bad):  # host sync: free on CPU
             optimizer.step()
+        elif int(self.run) >= self.limit:  # already synced: stop now rather than at the next log step
+            self.check()
 
     def check(self) -> int:
         """Sync once: log newly skipped steps, raise :class:`NonFiniteError` past the limit; returns the total."""
