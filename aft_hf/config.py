@@ -377,10 +377,6 @@ def validate(cfg: TrainConfig) -> list[str]:
         p.append(f"attack.eps: must be > 0 for norm '{a.norm}', got {a.eps}")
     if a.steps < 0:
         p.append(f"attack.steps: must be >= 0, got {a.steps}")
-    if a.mode == "pgd" and a.steps > 0 and not a.random_start and a.noise_std == 0:
-        p.append("attack.random_start false with attack.noise_std 0: the attack starts at the clean image, where "
-                 "the distance to the frozen targets is at its minimum (gradient 0), so it never moves and "
-                 "training is a no-op; keep random_start true or noise_std > 0")
     if not 0 <= a.momentum < 1:
         p.append(f"attack.momentum: must be in [0, 1), got {a.momentum}")
     if o.lr <= 0:
@@ -408,10 +404,6 @@ def validate(cfg: TrainConfig) -> list[str]:
         )
     if o.max_grad_norm is not None and o.max_grad_norm <= 0:
         p.append(f"optim.max_grad_norm: must be > 0 or null, got {o.max_grad_norm}")
-    if o.max_nonfinite_steps < 1:
-        p.append(f"optim.max_nonfinite_steps: must be >= 1, got {o.max_nonfinite_steps}")
-    if not 0 <= cfg.seed <= 2**32 - 1:
-        p.append(f"seed: must be in [0, 2**32 - 1] (numpy's range), got {cfg.seed}")
     if o.mixed_precision not in MIXED_PRECISION:
         p.append(f"optim.mixed_precision: unknown value '{o.mixed_precision}' (choose from {', '.join(MIXED_PRECISION)})")
     if d.shuffle_buffer <= 0:
@@ -434,4 +426,19 @@ def validate(cfg: TrainConfig) -> list[str]:
         p.append("hub.push_to_hub needs hub.hub_model_id (e.g. --hub_model_id me/clip-vit-b16-aft)")
     if cfg.model.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
         p.append(f"model.attn_implementation: unknown value '{cfg.model.attn_implementation}'")
+    return p + _validate_run(cfg)
+
+
+def _validate_run(cfg: TrainConfig) -> list[str]:
+    """Checks that keep a run from being silently useless: a no-op attack, seeds numpy rejects, ..."""
+    p: list[str] = []
+    a, o = cfg.attack, cfg.optim
+    if a.mode == "pgd" and a.steps > 0 and not a.random_start and a.noise_std == 0:
+        p.append("attack.random_start false with attack.noise_std 0: the attack starts at the clean image, where "
+                 "the distance to the frozen targets is at its minimum (gradient 0), so it never moves and "
+                 "training is a no-op; keep random_start true or noise_std > 0")
+    if o.max_nonfinite_steps < 1:
+        p.append(f"optim.max_nonfinite_steps: must be >= 1, got {o.max_nonfinite_steps}")
+    if not 0 <= cfg.seed <= 2**32 - 1:
+        p.append(f"seed: must be in [0, 2**32 - 1] (numpy's range), got {cfg.seed}")
     return p

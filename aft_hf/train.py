@@ -110,7 +110,8 @@ def _grad_norm(accelerator: Accelerator, model: torch.nn.Module, max_grad_norm: 
         return accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
     if getattr(accelerator, "scaler", None) is not None:
         return None
-    return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    norms = [torch.linalg.vector_norm(p.grad.detach()) for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else None
 
 
 def aft_step(

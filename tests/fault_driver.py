@@ -125,8 +125,8 @@ def main() -> None:
     report = {"seed": spec["seed"], "reference_rc": _run([*args, "--output_dir", str(ref)], ref, None), "faults": []}
     max_steps = spec["max_steps"]
     faults = [(rng.choice(["kill_save:before_progress", "kill_save:before_rename", "kill_save:before_prune"]),
-               rng.randint(1, 2)),
-              ("kill_mid_step", rng.randint(1, 3)),
+               rng.randint(2, 3)),  # the save at step 4 or 6: the one at step 2 must survive
+              ("kill_mid_step", rng.randint(1, 4)),
               ("sigterm", rng.randint(1, 3))]
     resume = ["--output_dir", str(out), "--resume_from_checkpoint", "latest"]
     for fault in faults:
