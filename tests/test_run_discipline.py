@@ -1,6 +1,7 @@
 """Run discipline: config validation of training fields, output folders, resume with a changed config, fail fast."""
 
 import json
+import os
 
 import pytest
 import yaml
@@ -45,11 +46,23 @@ def test_validation_accepts_edges():
     assert load_config(None, ["--attack.random_start", "false"]).attack.noise_std == 1.0
 
 
-def test_checkpoint_contents_and_fresh_run_refused(tiny_clip_path, data, tmp_path, capsys):
+def test_checkpoint_contents_and_fresh_run_refused(tiny_clip_path, data, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     cfg = small_cfg(tiny_clip_path, data, out, "--max_steps", "2")
+    fsync, synced = os.fsync, []
+
+    def recording_fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
     train(cfg)
+    monkeypatch.setattr(os, "fsync", fsync)
     ckpt = list_checkpoints(out)[-1]
+    tmp = str(ckpt.parent / ".tmp_step_00000002")
+    written = {str(p).replace(str(ckpt), tmp) for p in ckpt.rglob("*")} | {tmp}
+    assert written <= set(synced), written - set(synced)  # every file and the folder before the rename
+    assert str(ckpt.parent) in synced  # and the parent after it
     assert load_config(ckpt / "aft_config.yaml") == cfg
     assert set(json.loads((ckpt / "versions.json").read_text())) == {"aft_hf", "torch", "transformers",
                                                                        "accelerate", "datasets"}
