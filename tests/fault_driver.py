@@ -134,7 +134,8 @@ def main() -> None:
         (out / MARKER).unlink(missing_ok=True)
         rc = _run([*args, *resume], out, fault)
         after = _checkpoints(out)
-        done = int((out / MARKER).read_text()) if (out / MARKER).is_file() else 0
+        start = max(before.values(), default=0)  # where this run resumed; no step done yet when no marker
+        done = int((out / MARKER).read_text()) if (out / MARKER).is_file() else start
         latest = max(after.values(), default=0)
         report["faults"].append({
             "fault": f"{fault[0]} #{fault[1]}", "rc": rc, "completed_steps": done, "resumable_from": latest,
