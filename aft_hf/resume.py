@@ -60,9 +60,9 @@ def check_resume_config(checkpoint, cfg: TrainConfig) -> list[str]:
     saved = yaml.safe_load(path.read_text()) or {}
     changes = optimisation_changes(saved, cfg)
     if changes and not cfg.checkpoint.allow_config_change:
-        raise ConfigError([f"resuming from {checkpoint} with a config that changes the optimisation:"]
-                          + [f"  {c}" for c in changes]
-                          + ["resume with the same values, or add --allow_config_change to continue with the new "
+        raise ConfigError([f"resuming from {checkpoint} with settings that change the optimisation (saved -> new):"]
+                          + changes
+                          + ["resume with the saved values, or add --allow_config_change to continue with the new "
                              "ones (they apply from the resume step on and are recorded in train_summary.json)"])
     return changes
 
