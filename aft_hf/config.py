@@ -13,6 +13,7 @@ Values are parsed as YAML scalars, so ``--attack.eps 2``, ``--model.output_norma
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -106,6 +107,9 @@ class OptimConfig:
     gradient_accumulation_steps: int = 1
     max_grad_norm: Optional[float] = 1.0
     mixed_precision: str = "no"
+    max_nonfinite_steps: int = 3
+    """Stop (exit 2) after this many optimiser steps in a row with a NaN/inf loss or gradient norm;
+    each such step is skipped (no update) and counted."""
 
 
 @dataclass
@@ -117,6 +121,10 @@ class CheckpointConfig:
     checkpoints_total_limit: Optional[int] = 3
     resume_from_checkpoint: Optional[str] = None
     """`latest` or a checkpoint folder."""
+    overwrite_output_dir: bool = False
+    """Start afresh in an output_dir that holds another run's checkpoints (deletes them)."""
+    allow_config_change: bool = False
+    """Resume with a config that changes the optimisation (lr, attack, data, ...)."""
 
 
 @dataclass
@@ -231,13 +239,19 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
             return value
         return [_coerce(v, item_tp, f"{where}[{i}]", problems) for i, v in enumerate(value)]
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads '1e-5' (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # PyYAML reads '1e-5' (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None and math.isfinite(number):
+            return number
+        if number is not None:
+            problems.append(f"{where}: must be a finite number, got {value!r}")
+            return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -455,6 +469,7 @@ def validate(cfg: TrainConfig) -> list[str]:
     if cfg.model.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
         p.append(f"model.attn_implementation: unknown value '{cfg.model.attn_implementation}'")
     p.extend(_validate_eval_and_hub(cfg))
+    p.extend(_validate_run(cfg))
     if cfg.model.embedding not in ("pooled", "patch_tokens"):
         p.append(f"model.embedding: unknown value '{cfg.model.embedding}' (choose pooled or patch_tokens)")
     return p
@@ -477,4 +492,19 @@ def _validate_eval_and_hub(cfg: TrainConfig) -> list[str]:
     elif cfg.hub.strategy != "end" and not cfg.hub.push_to_hub:
         p.append(f"hub.strategy '{cfg.hub.strategy}' pushes during training: it needs hub.push_to_hub "
                  "(and hub.hub_model_id)")
+    return p
+
+
+def _validate_run(cfg: TrainConfig) -> list[str]:
+    """Checks that keep a run from being silently useless: a no-op attack, seeds numpy rejects, ..."""
+    p: list[str] = []
+    a, o = cfg.attack, cfg.optim
+    if a.mode == "pgd" and a.steps > 0 and not a.random_start and a.noise_std == 0:
+        p.append("attack.random_start false with attack.noise_std 0: the attack starts at the clean image, where "
+                 "the distance to the frozen targets is at its minimum (gradient 0), so it never moves and "
+                 "training is a no-op; keep random_start true or noise_std > 0")
+    if o.max_nonfinite_steps < 1:
+        p.append(f"optim.max_nonfinite_steps: must be >= 1, got {o.max_nonfinite_steps}")
+    if not 0 <= cfg.seed <= 2**32 - 1:
+        p.append(f"seed: must be in [0, 2**32 - 1] (numpy's range), got {cfg.seed}")
     return p

@@ -11,12 +11,11 @@ all-reduce); one training forward/backward on the adversarial images; AdamW with
 from __future__ import annotations
 
 import json
-import os
-import shutil
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from accelerate import Accelerator
@@ -26,76 +25,18 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .attack import PGDAttacker, UniformNoise, embedding_distance
+from .checkpointing import (HISTORY_FILE, PROGRESS_FILE, CheckpointError, Progress, list_checkpoints,  # noqa: F401 (re-exported)
+                            resolve_checkpoint, save_checkpoint, write_json)
 from .config import ConfigError, TrainConfig
 from .data import build_dataloader
-from .model import ImageEncoder, export_pretrained, load_image_encoder
+from .guards import NonFiniteGuard, StopOnSignal, TrainingStopped, preflight, require_finite_weights
 from .hub_sync import HubSync
+from .model import ImageEncoder, export_pretrained, load_image_encoder
 from .perf import use_matmul_patch_embedding
+from .resume import apply_optim_config, check_resume_config
 from .train_eval import build_evaluator
 
 logger = get_logger(__name__)
-PROGRESS_FILE = "progress.json"
-
-
-@dataclass
-class Progress:
-    """Where the run is; written into every checkpoint so a resume restarts at the same sample."""
-
-    step: int = 0
-    epoch: int = 0
-    batches_in_epoch: int = 0
-    """Micro-batches this process has consumed in the current epoch."""
-    skipped_images: int = 0
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def list_checkpoints(output_dir: os.PathLike) -> list[Path]:
-    """Complete checkpoints (holding ``progress.json``), oldest first."""
-    root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    done = [p for p in root.glob("step_*") if (p / PROGRESS_FILE).is_file()]
-    return sorted(done, key=lambda p: int(p.name.split("_")[1]))
-
-
-def resolve_checkpoint(spec: Optional[str], output_dir: os.PathLike) -> Optional[Path]:
-    """``latest`` -> the newest complete checkpoint (None if there is none); a path -> that path."""
-    if spec is None:
-        return None
-    if spec == "latest":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None
-    path = Path(spec)
-    if not (path / PROGRESS_FILE).is_file():
-        raise ConfigError([f"checkpoint.resume_from_checkpoint: '{spec}' is not a complete aft_hf checkpoint "
-                           f"(no {PROGRESS_FILE}); use 'latest' or a folder under <output_dir>/checkpoints"])
-    return path
-
-
-def save_checkpoint(accelerator: Accelerator, progress: Progress, output_dir: Path, total_limit: Optional[int]) -> Path:
-    """``save_state`` into a temporary folder, then rename it into place and prune old ones.
-
-    Written by hand rather than with accelerate's automatic checkpoint naming, because that
-    names checkpoints by save count (not step) and writes in place: a crash mid-save would
-    leave a half-written folder looking like the latest checkpoint.
-    """
-    root = output_dir / "checkpoints"
-    final = root / f"step_{progress.step:08d}"
-    tmp = root / f".tmp_step_{progress.step:08d}"
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / PROGRESS_FILE).write_text(json.dumps(asdict(progress), indent=2))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        if total_limit is not None:
-            for old in list_checkpoints(output_dir)[:-total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    logger.info("checkpoint saved: %s", final, main_process_only=True)
-    return final
 
 
 # --------------------------------------------------------------------------- helpers
@@ -167,6 +108,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _grad_norm(accelerator: Accelerator, model: torch.nn.Module, max_grad_norm: Optional[float]):
+    """Clip when asked and return the total gradient norm (a device tensor); None under fp16 without
+    clipping, where the grad scaler checks the gradients itself."""
+    if max_grad_norm:
+        return accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    if getattr(accelerator, "scaler", None) is not None:
+        return None
+    norms = [torch.linalg.vector_norm(p.grad.detach()) for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else None
+
+
 def aft_step(
     accelerator: Accelerator,
     model: torch.nn.Module,
@@ -179,6 +131,7 @@ def aft_step(
     generator: Optional[torch.Generator] = None,
     max_grad_norm: Optional[float] = None,
     timings: Optional[dict] = None,
+    guard: Optional[NonFiniteGuard] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One AFT micro-batch: frozen targets -> attack -> training forward/backward -> optimiser step.
 
@@ -187,7 +140,8 @@ def aft_step(
     runs on it so its passes trigger no all-reduce). Returns the mean loss (a detached device
     tensor: no host sync) and the targets. ``timings``, when given, receives the seconds spent in
     ``target`` / ``attack`` / ``update``; filling it synchronises the device between phases, so
-    the training loop leaves it ``None``.
+    the training loop leaves it ``None``. ``guard``, when given, skips (and counts) an update whose
+    loss or gradient norm is not finite.
     """
     clock = time.perf_counter
     if timings is not None:
@@ -206,9 +160,12 @@ def aft_step(
                 t2 = clock()
             loss = embedding_distance(model(adversarial), targets).mean()
         accelerator.backward(loss)
-        if accelerator.sync_gradients and max_grad_norm:
-            accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-        optimizer.step()
+        if guard is not None and accelerator.sync_gradients:
+            guard.step(accelerator, optimizer, loss, _grad_norm(accelerator, model, max_grad_norm))
+        else:
+            if accelerator.sync_gradients and max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     if timings is not None:
@@ -218,34 +175,37 @@ def aft_step(
     return loss.detach(), targets
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Run AFT as configured; returns the exported folder ``<output_dir>/final``."""
-    output_dir = Path(cfg.checkpoint.output_dir)
+def build_accelerator(cfg: TrainConfig, output_dir: Path) -> Accelerator:
     cpu = cfg.cpu if cfg.cpu is not None else not torch.cuda.is_available()
-    report_to = None if cfg.logging.report_to == "none" else cfg.logging.report_to
-    accelerator = Accelerator(
+    return Accelerator(
         cpu=cpu,
         mixed_precision=cfg.optim.mixed_precision,
         gradient_accumulation_steps=cfg.optim.gradient_accumulation_steps,
-        log_with=report_to,
+        log_with=None if cfg.logging.report_to == "none" else cfg.logging.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         # data_seed: without it every rank shuffles with its own device-specific seed (overlapping shards)
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
     )
-    batch_size = per_device_batch_size(cfg, accelerator.num_processes)
-    if cfg.hub.push_to_hub:  # fail now (on every rank, so none waits for the others), not after training
-        from .hub import require_token
 
-        require_token(None)
-    resume_path = resolve_checkpoint(cfg.checkpoint.resume_from_checkpoint, output_dir)
-    progress = Progress()
-    if resume_path is not None:
-        progress = Progress(**json.loads((resume_path / PROGRESS_FILE).read_text()))
-    elif cfg.checkpoint.resume_from_checkpoint == "latest":
-        logger.info("no checkpoint under %s yet: starting from scratch", output_dir, main_process_only=True)
-    set_seed(cfg.seed, device_specific=True)
 
-    # model, its frozen copy (the targets) and the attacker
+def find_resume_point(cfg: TrainConfig, output_dir: Path) -> tuple[Optional[Path], Progress]:
+    """The checkpoint to resume from (validated, config compared) and its progress."""
+    found = resolve_checkpoint(cfg.checkpoint.resume_from_checkpoint, output_dir)
+    if found is None:
+        if cfg.checkpoint.resume_from_checkpoint == "latest":
+            logger.info("no checkpoint under %s yet: starting from scratch", output_dir, main_process_only=True)
+        return None, Progress()
+    path, progress = found
+    changes = check_resume_config(path, cfg)
+    if changes:
+        logger.warning("resuming with changed settings (allow_config_change): %s", "; ".join(changes),
+                       main_process_only=True)
+        progress.config_changes.append({"step": progress.step, "changes": changes})
+    return path, progress
+
+
+def build_models(cfg: TrainConfig, accelerator: Accelerator):
+    """The trainable encoder, its frozen copy (the targets), the attacker, AdamW and its schedule."""
     encoder = load_image_encoder(cfg.model.name_or_path, cfg.model.revision, cfg.model.output_normalize,
                                  cfg.model.attn_implementation, embedding=cfg.model.embedding)
     frozen = encoder.frozen_copy().to(accelerator.device)
@@ -257,11 +217,35 @@ def train(cfg: TrainConfig) -> Path:
     scheduler = get_scheduler(cfg.optim.scheduler, optimizer,
                               num_warmup_steps=cfg.optim.warmup_steps * accelerator.num_processes,
                               num_training_steps=cfg.optim.max_steps * accelerator.num_processes)
+    return encoder, frozen, attacker, optimizer, scheduler
 
-    # data
-    streaming = cfg.data.streaming
+
+def load_checkpoint(accelerator: Accelerator, path: Path, optimizer, scheduler, cfg: TrainConfig) -> None:
+    try:
+        accelerator.load_state(str(path))
+    except Exception as e:  # validated before, so this is a mismatch (other model/layout) or a damaged file
+        raise CheckpointError(f"could not load checkpoint {path} ({type(e).__name__}: {str(e)[:300]}); "
+                              "resume from an earlier checkpoint or start afresh with --overwrite_output_dir") from e
+    apply_optim_config(optimizer, scheduler, cfg)
+    logger.info("resumed from %s", path, main_process_only=True)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run AFT as configured; returns the exported folder ``<output_dir>/final``.
+
+    Raises :class:`~aft_hf.guards.TrainingStopped` after a SIGTERM/SIGINT (checkpoint saved).
+    """
+    output_dir = Path(cfg.checkpoint.output_dir)
+    accelerator = build_accelerator(cfg, output_dir)
+    batch_size = per_device_batch_size(cfg, accelerator.num_processes)
+    preflight(cfg, accelerator)  # writable output, hub reachable + token, no foreign checkpoints
+    resume_path, progress = find_resume_point(cfg, output_dir)
+    set_seed(cfg.seed, device_specific=True)
+
+    encoder, frozen, attacker, optimizer, scheduler = build_models(cfg, accelerator)
 
     def make_loader(skip_batches: int):
+        streaming = cfg.data.streaming
         loader = build_dataloader(cfg.data, encoder.image_size, batch_size, cfg.seed, accelerator.process_index,
                                   accelerator.num_processes, skip_examples=skip_batches * batch_size if streaming else 0)
         return loader if streaming else accelerator.prepare(loader)
@@ -269,99 +253,176 @@ def train(cfg: TrainConfig) -> Path:
     dataloader = make_loader(progress.batches_in_epoch)
     model, optimizer, scheduler = accelerator.prepare(encoder, optimizer, scheduler)
     if resume_path is not None:
-        accelerator.load_state(str(resume_path))
-        logger.info("resumed from %s at step %d", resume_path, progress.step, main_process_only=True)
-    unwrapped: ImageEncoder = accelerator.unwrap_model(model)
-
-    if report_to:
+        load_checkpoint(accelerator, resume_path, optimizer, scheduler, cfg)
+    if accelerator.log_with:
         accelerator.init_trackers(cfg.logging.project_name, config=_tracker_config(cfg))
     logger.info("AFT: %d steps x %d images (%d per process x %d processes x %d accumulation), attack %s",
                 cfg.optim.max_steps, cfg.optim.batch_size, batch_size, accelerator.num_processes,
                 cfg.optim.gradient_accumulation_steps, attacker, main_process_only=True)
-    evaluator = build_evaluator(cfg, unwrapped, frozen)  # eval.*: None when off
-    hub_sync = HubSync.from_config(cfg, output_dir, accelerator.is_main_process)  # hub.strategy: None for end
-    if evaluator is not None and progress.step == 0:
-        evaluator.run(accelerator, unwrapped, 0)  # the original's numbers, the baseline
 
-    bar = tqdm(total=cfg.optim.max_steps, initial=progress.step, desc="AFT", unit="step",
-               disable=not accelerator.is_local_main_process)
-    window_loss = torch.zeros((), device=accelerator.device)
-    window_batches, window_start = 0, time.perf_counter()
-    images_seen, history, micro_batch = 0, [], 0
-    skipped_window = torch.zeros((), dtype=torch.long, device=accelerator.device)
-
-    def flush_skipped() -> None:  # reading the count syncs with the device: only at log/save steps
-        progress.skipped_images += int(skipped_window)
-        skipped_window.zero_()
-
-    model.train()
-    while progress.step < cfg.optim.max_steps:
-        if hasattr(dataloader, "set_epoch"):
-            dataloader.set_epoch(progress.epoch)
-        elif streaming:
-            dataloader.dataset.set_epoch(progress.epoch)
-        batches = dataloader
-        if progress.batches_in_epoch and not streaming:
-            batches = accelerator.skip_first_batches(dataloader, progress.batches_in_epoch)
-        for batch in batches:
-            images = batch["pixel_values"].to(accelerator.device, non_blocking=True)
-            generator = attack_generator(cfg.seed, progress.step, micro_batch, accelerator)
-            loss, targets = aft_step(accelerator, model, unwrapped, frozen, attacker, optimizer, scheduler,
-                                     images, generator, cfg.optim.max_grad_norm)
-            progress.batches_in_epoch += 1
-            micro_batch = 0 if accelerator.sync_gradients else micro_batch + 1
-            skipped_window += batch["skipped"]
-            images_seen += images.shape[0]
-            window_loss += loss.detach()
-            window_batches += 1
-            if not accelerator.sync_gradients:
-                continue
-            progress.step += 1
-            bar.update(1)
-            if progress.step % cfg.logging.log_every == 0 or progress.step == cfg.optim.max_steps:
-                flush_skipped()
-                history.append(_log_window(accelerator, unwrapped, attacker, images, targets, window_loss / window_batches,
-                            window_batches * batch_size * accelerator.num_processes / (time.perf_counter() - window_start),
-                            scheduler.get_last_lr()[0], progress, bar))
-                window_loss.zero_()
-                window_batches, window_start = 0, time.perf_counter()
-            if evaluator is not None and evaluator.due(progress.step):
-                evaluator.run(accelerator, unwrapped, progress.step)
-            if progress.step % cfg.checkpoint.checkpointing_steps == 0 and progress.step < cfg.optim.max_steps:
-                flush_skipped()
-                saved = save_checkpoint(accelerator, progress, output_dir, cfg.checkpoint.checkpoints_total_limit)
-                if hub_sync is not None:
-                    hub_sync.on_save(unwrapped, saved, progress.step)
-            if progress.step >= cfg.optim.max_steps:
-                break
-        else:
-            progress.epoch += 1
-            progress.batches_in_epoch = 0
-            if streaming:
-                dataloader = make_loader(0)
-    bar.close()
-    flush_skipped()
-    saved = save_checkpoint(accelerator, progress, output_dir, cfg.checkpoint.checkpoints_total_limit)
-    final = output_dir / "final"
-    per_rank = accelerator.gather(torch.tensor([images_seen], device=accelerator.device)).tolist()
-    skipped = accelerator.gather(torch.tensor([progress.skipped_images], device=accelerator.device)).sum().item()
-    if accelerator.is_main_process:
-        export_pretrained(unwrapped, final, extra_files={"aft_config.yaml": cfg.to_yaml()}, revision=cfg.model.revision)
-        summary = {"steps": progress.step, "num_processes": accelerator.num_processes,
-                   "images_seen_per_process": per_rank, "skipped_images": skipped,
-                   "distributed_type": str(accelerator.distributed_type), "final": str(final),
-                   "log_history": history, **(evaluator.summary() if evaluator is not None else {})}
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-        logger.info("exported %s (skipped %d unreadable images in total)", final, skipped)
+    loop = TrainingLoop(cfg, accelerator, model, frozen, attacker, optimizer, scheduler, progress,
+                        resume_path, batch_size, make_loader)
+    if loop.evaluator is not None and progress.step == 0:
+        loop.evaluator.run(accelerator, loop.unwrapped, 0)  # the original's numbers, the baseline
+    with StopOnSignal() as stop:
+        loop.run(dataloader, stop)
+    final = loop.finish()
     accelerator.wait_for_everyone()
-    if hub_sync is not None:
-        hub_sync.finish(saved, progress.step)  # pending uploads land before the final push
+    if loop.hub_sync is not None:
+        loop.hub_sync.finish(loop.last_saved, progress.step)  # pending uploads land before the final push
     if cfg.hub.push_to_hub and accelerator.is_main_process:
         from .hub import push_model
 
         push_model(final, cfg.hub.hub_model_id, private=cfg.hub.private)  # same folder + card as `aft-hf push`
     accelerator.end_training()
     return final
+
+
+@dataclass
+class TrainingLoop:
+    """The step loop and everything it carries from step to step (and into checkpoints)."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    model: torch.nn.Module
+    frozen: ImageEncoder
+    attacker: object
+    optimizer: object
+    scheduler: object
+    progress: Progress
+    resume_path: Optional[Path]
+    batch_size: int
+    make_loader: Callable
+    history: list = field(default_factory=list)
+    images_seen: int = 0
+
+    def __post_init__(self):
+        acc = self.accelerator
+        self.output_dir = Path(self.cfg.checkpoint.output_dir)
+        self.unwrapped: ImageEncoder = acc.unwrap_model(self.model)
+        self.guard = NonFiniteGuard(self.cfg.optim.max_nonfinite_steps, acc.device)
+        self.guard.total += self.progress.nonfinite_steps
+        self.guard.reported = self.progress.nonfinite_steps
+        if self.resume_path is not None and (self.resume_path / HISTORY_FILE).is_file():
+            self.history = json.loads((self.resume_path / HISTORY_FILE).read_text())
+        seen = self.progress.images_seen_per_process
+        self.images_seen = seen[acc.process_index] if len(seen) == acc.num_processes else 0
+        self.micro_batch = 0
+        self.window_loss = torch.zeros((), device=acc.device)
+        self.window_batches, self.window_start = 0, time.perf_counter()
+        self.skipped_window = torch.zeros((), dtype=torch.long, device=acc.device)
+        self.bar = tqdm(total=self.cfg.optim.max_steps, initial=self.progress.step, desc="AFT", unit="step",
+                        disable=not acc.is_local_main_process)
+        self.evaluator = build_evaluator(self.cfg, self.unwrapped, self.frozen)  # eval.*: None when off
+        self.hub_sync = HubSync.from_config(self.cfg, self.output_dir, acc.is_main_process)  # None for 'end'
+        self.last_saved: Optional[Path] = None
+
+    def run(self, dataloader, stop: StopOnSignal) -> None:
+        """Epochs of micro-batches until ``optim.max_steps`` optimiser steps are done."""
+        acc, progress, streaming = self.accelerator, self.progress, self.cfg.data.streaming
+        self.model.train()
+        while progress.step < self.cfg.optim.max_steps:
+            if hasattr(dataloader, "set_epoch"):
+                dataloader.set_epoch(progress.epoch)
+            elif streaming:
+                dataloader.dataset.set_epoch(progress.epoch)
+            batches = dataloader
+            if progress.batches_in_epoch and not streaming:
+                batches = acc.skip_first_batches(dataloader, progress.batches_in_epoch)
+            for batch in batches:
+                self.micro_step(batch)
+                if acc.sync_gradients:
+                    progress.step += 1
+                    self.after_step(batch, stop)
+                    if progress.step >= self.cfg.optim.max_steps:
+                        break
+            else:
+                progress.epoch += 1
+                progress.batches_in_epoch = 0
+                if streaming:
+                    dataloader = self.make_loader(0)
+        self.bar.close()
+
+    def micro_step(self, batch) -> None:
+        acc = self.accelerator
+        self.images = batch["pixel_values"].to(acc.device, non_blocking=True)
+        generator = attack_generator(self.cfg.seed, self.progress.step, self.micro_batch, acc)
+        loss, self.targets = aft_step(acc, self.model, self.unwrapped, self.frozen, self.attacker, self.optimizer,
+                                      self.scheduler, self.images, generator, self.cfg.optim.max_grad_norm,
+                                      guard=self.guard)
+        self.progress.batches_in_epoch += 1
+        self.micro_batch = 0 if acc.sync_gradients else self.micro_batch + 1
+        self.skipped_window += batch["skipped"]
+        self.images_seen += self.images.shape[0]
+        self.window_loss += loss.detach()
+        self.window_batches += 1
+
+    def after_step(self, batch, stop: StopOnSignal) -> None:
+        """Log, checkpoint, or stop on a signal, after optimiser step ``progress.step``."""
+        cfg, step = self.cfg, self.progress.step
+        self.bar.update(1)
+        last = step == cfg.optim.max_steps
+        log_now = step % cfg.logging.log_every == 0 or last
+        save_now = step % cfg.checkpoint.checkpointing_steps == 0 and not last
+        if log_now:
+            self.log()
+        if self.evaluator is not None and self.evaluator.due(step):
+            self.evaluator.run(self.accelerator, self.unwrapped, step)
+        saved = self.save() if save_now else None
+        if saved is not None and self.hub_sync is not None:
+            self.hub_sync.on_save(self.unwrapped, saved, step)
+        signum = None if last else stop.requested(self.accelerator, boundary=log_now or save_now)
+        if signum is not None:
+            raise TrainingStopped(signum, step, saved or self.save())
+
+    def flush_skipped(self) -> None:  # reading the count syncs with the device: only at log/save steps
+        self.progress.skipped_images += int(self.skipped_window)
+        self.skipped_window.zero_()
+
+    def log(self) -> None:
+        acc = self.accelerator
+        self.flush_skipped()
+        self.guard.check()
+        elapsed = time.perf_counter() - self.window_start
+        images_per_s = self.window_batches * self.batch_size * acc.num_processes / elapsed
+        self.history.append(_log_window(acc, self.unwrapped, self.attacker, self.images, self.targets,
+                                        self.window_loss / self.window_batches, images_per_s,
+                                        self.scheduler.get_last_lr()[0], self.progress, self.bar))
+        self.window_loss.zero_()
+        self.window_batches, self.window_start = 0, time.perf_counter()
+
+    def save(self) -> Path:
+        """A checkpoint of the current state, refused (with the last good one kept) if it is not finite."""
+        acc = self.accelerator
+        self.flush_skipped()
+        self.progress.nonfinite_steps = self.guard.check()
+        require_finite_weights(self.unwrapped, f"checkpoint at step {self.progress.step}")
+        seen = acc.gather(torch.tensor([self.images_seen], device=acc.device))
+        self.progress.images_seen_per_process = [int(x) for x in seen.tolist()]
+        self.last_saved = save_checkpoint(acc, self.progress, self.output_dir,
+                                          self.cfg.checkpoint.checkpoints_total_limit, self.history, self.cfg.to_yaml())
+        return self.last_saved
+
+    def finish(self) -> Path:
+        """Last checkpoint, ``final/`` export and ``train_summary.json``."""
+        acc, progress = self.accelerator, self.progress
+        self.save()
+        final = self.output_dir / "final"
+        require_finite_weights(self.unwrapped, "final/")
+        skipped = acc.gather(torch.tensor([progress.skipped_images], device=acc.device)).sum().item()
+        if acc.is_main_process:
+            export_pretrained(self.unwrapped, final, extra_files={"aft_config.yaml": self.cfg.to_yaml()},
+                              revision=self.cfg.model.revision)
+            summary = {"steps": progress.step, "num_processes": acc.num_processes,
+                       "images_seen_per_process": progress.images_seen_per_process,
+                       "images_seen": sum(progress.images_seen_per_process), "skipped_images": skipped,
+                       "nonfinite_steps": progress.nonfinite_steps, "config_changes": progress.config_changes,
+                       "distributed_type": str(acc.distributed_type), "final": str(final),
+                       "log_history": self.history,
+                       **(self.evaluator.summary() if self.evaluator is not None else {})}
+            write_json(self.output_dir / "train_summary.json", summary)
+            logger.info("exported %s (skipped %d unreadable images in total)", final, skipped)
+        return final
 
 
 def _log_window(accelerator, unwrapped, attacker, images, targets, mean_loss, images_per_s, lr, progress, bar) -> dict:
@@ -410,5 +471,9 @@ def _cli_train(args, overrides: list[str]) -> int:
     if args.print_config:
         print(cfg.to_yaml())
         return 0
-    print(f"exported: {train(cfg)}")
+    try:
+        print(f"exported: {train(cfg)}")
+    except TrainingStopped as e:  # not an error: the run can continue from the checkpoint
+        print(f"aft-hf train: {e}", file=sys.stderr)
+        return e.exit_code
     return 0

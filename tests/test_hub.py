@@ -270,6 +270,8 @@ def test_train_push_to_hub_uploads_the_card(tmp_path, monkeypatch):
     from aft_hf.train import train
 
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the trainer refuses to start a push run in offline mode
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     rec = _Recorder().install(monkeypatch)
     cfg = load_config(None, ["--model.name_or_path", "builtin:tiny-clip", "--data.dataset", "builtin:shapes",
                              "--optim.max_steps", "1", "--optim.warmup_steps", "0", "--optim.batch_size", "2",

@@ -93,7 +93,8 @@ def run_demo(opts: DemoOptions) -> dict:
     for seed in range(opts.seeds):
         for variant in variants:
             extra = ["--data.dataset", "imagefolder", "--data.data_dir", str(train_dir), "--seed", str(seed),
-                     "--output_dir", str(out / "runs" / f"{variant}_seed{seed}")]
+                     "--output_dir", str(out / "runs" / f"{variant}_seed{seed}"),
+                     "--checkpoint.overwrite_output_dir", "true"]  # a rerun of the demo replaces its runs
             if variant == "control":
                 extra += ["--attack.mode", "noise"]
             cfg = load_config(opts.config or DEFAULT_CONFIG, overrides + extra)
