@@ -39,6 +39,8 @@ class FakeHub:
         monkeypatch.setattr(HfApi, "create_repo", create_repo)
         monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
         monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the trainer refuses to start a push run in offline mode
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
         monkeypatch.setattr(hub_sync, "RETRY_DELAYS_S", (0.0, 0.0))
 
 
