@@ -21,13 +21,13 @@ from typing import Optional
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .attack import PGDAttacker, UniformNoise, embedding_distance
 from .config import ConfigError, TrainConfig
-from .data import build_dataloader
+from .data import build_dataloader, watch_stalls
 from .model import ImageEncoder, export_pretrained, load_image_encoder
 
 logger = get_logger(__name__)
@@ -43,6 +43,8 @@ class Progress:
     batches_in_epoch: int = 0
     """Micro-batches this process has consumed in the current epoch."""
     skipped_images: int = 0
+    records_in_epoch: int = 0
+    """Raw records this process has read in the current epoch of a stream (unreadable ones included)."""
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -221,7 +223,10 @@ def train(cfg: TrainConfig) -> Path:
     accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=cfg.optim.mixed_precision,
-        gradient_accumulation_steps=cfg.optim.gradient_accumulation_steps,
+        # no sync at the end of an epoch: a short last accumulation carries over into the next epoch,
+        # so every optimiser step sees exactly optim.batch_size images
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=cfg.optim.gradient_accumulation_steps, sync_with_dataloader=False),
         log_with=report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         # data_seed: without it every rank shuffles with its own device-specific seed (overlapping shards)
@@ -256,12 +261,13 @@ def train(cfg: TrainConfig) -> Path:
     # data
     streaming = cfg.data.streaming
 
-    def make_loader(skip_batches: int):
+    def make_loader(skip_records: int):  # streamed data: fast-forward by raw records read (bad ones included)
         loader = build_dataloader(cfg.data, encoder.image_size, batch_size, cfg.seed, accelerator.process_index,
-                                  accelerator.num_processes, skip_examples=skip_batches * batch_size if streaming else 0)
+                                  accelerator.num_processes, skip_examples=skip_records if streaming else 0)
         return loader if streaming else accelerator.prepare(loader)
 
-    dataloader = make_loader(progress.batches_in_epoch)
+    # checkpoints older than records_in_epoch: fall back to whole batches
+    dataloader = make_loader(progress.records_in_epoch or progress.batches_in_epoch * batch_size)
     model, optimizer, scheduler = accelerator.prepare(encoder, optimizer, scheduler)
     if resume_path is not None:
         accelerator.load_state(str(resume_path))
@@ -294,12 +300,13 @@ def train(cfg: TrainConfig) -> Path:
         batches = dataloader
         if progress.batches_in_epoch and not streaming:
             batches = accelerator.skip_first_batches(dataloader, progress.batches_in_epoch)
-        for batch in batches:
+        for batch in watch_stalls(batches, cfg.data.stall_warning_s, dataloader):
             images = batch["pixel_values"].to(accelerator.device, non_blocking=True)
             generator = attack_generator(cfg.seed, progress.step, micro_batch, accelerator)
             loss, targets = aft_step(accelerator, model, unwrapped, frozen, attacker, optimizer, scheduler,
                                      images, generator, cfg.optim.max_grad_norm)
             progress.batches_in_epoch += 1
+            progress.records_in_epoch += int(batch["records"])
             micro_batch = 0 if accelerator.sync_gradients else micro_batch + 1
             skipped_window += batch["skipped"]
             images_seen += images.shape[0]
@@ -323,7 +330,7 @@ def train(cfg: TrainConfig) -> Path:
                 break
         else:
             progress.epoch += 1
-            progress.batches_in_epoch = 0
+            progress.batches_in_epoch = progress.records_in_epoch = 0
             if streaming:
                 dataloader = make_loader(0)
     bar.close()

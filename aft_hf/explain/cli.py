@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..data.images import load_images
+from ..data.images import load_images, load_readable_images
 from ..model import ImageEncoder, ModelLoadError, load_image_encoder
 from .methods import Explainer, resolve_method
 from .targets import ExplainError, TextTower, check_template, image_targets, is_full_clip, load_text_tower
@@ -112,9 +112,15 @@ def _cli_explain(args, extra) -> int:
     labels = image_labels(files, args.labels) if need_text and args.caption is None else [""] * len(files)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    shown, timing, maps = None, {}, {}  # shown: the first model's images, the rows of the grid
+    shown, timing, maps, unreadable = None, {}, {}, []  # shown: the first model's images, the rows of the grid
     for name, short, encoder in zip(args.model, model_labels(args.model), encoders):
-        images = load_images(files, encoder.image_size).to(device)
+        images, kept = load_readable_images(files, encoder.image_size)  # unreadable files skipped (logged)
+        if len(kept) < len(files):
+            if not kept:
+                raise ExplainError(f"none of the {len(files)} images could be read (see the warnings above)")
+            unreadable += [str(f) for i, f in enumerate(files) if i not in kept]
+            files, labels = [files[i] for i in kept], [labels[i] for i in kept]
+        images = images.to(device)
         if args.reference_image:
             target = image_targets(encoder, load_images([args.reference_image], encoder.image_size).to(device))
         elif args.caption is not None:
@@ -140,7 +146,8 @@ def _cli_explain(args, extra) -> int:
     summary = {"models": args.model, "text_model": text_source, "images": [str(f) for f in files], "labels": labels,
                "target": ("reference image " + args.reference_image if args.reference_image else
                           "caption " + repr(args.caption) if args.caption is not None else "prompt " + repr(args.prompt)),
-               "methods": methods, "seconds_per_image": timing, "figure": png.name, "maps": "maps.pt"}
+               "methods": methods, "seconds_per_image": timing, "figure": png.name, "maps": "maps.pt",
+               "unreadable_images": unreadable}
     (out / "explain.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(png)
     return 0
