@@ -360,7 +360,12 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[lis
 
 def _validate_data_limits(d: DataConfig) -> list[str]:
     """Checks of the data-quality fields (limits on images, bad samples, stalls, retries)."""
+    from .data.synthetic import BUILTIN_DATASETS
+
     p = []
+    if d.dataset.startswith("builtin:") and d.dataset not in BUILTIN_DATASETS:
+        p.append(f"data.dataset: unknown builtin dataset '{d.dataset}' (known: {', '.join(BUILTIN_DATASETS)}); "
+                 "or give a Hub dataset id or a local folder")
     if d.max_image_pixels <= 0:
         p.append(f"data.max_image_pixels: must be > 0, got {d.max_image_pixels}")
     if d.max_aspect_ratio < 1:

@@ -12,7 +12,6 @@ included), so a resumed run sees exactly the samples an uninterrupted one would 
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from typing import Iterator, Optional
@@ -112,32 +111,43 @@ class StreamedImages(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.ds.set_epoch(epoch)
 
-    def _open_at(self, position: int) -> Iterator:
-        # islice, not datasets' .skip(): .skip() drops the epoch set by set_epoch (and the shard
-        # shuffle), so a resumed stream would come back in another order
-        return itertools.islice(iter(self.ds), position, None)
-
     def _records(self, start: int) -> Iterator[tuple[int, object]]:
-        """(position, example) from record ``start`` on, retrying and then skipping failed reads."""
-        position, failures = start, 0
-        iterator = self._open_at(position)
+        """(position, example) from record ``start`` on; a failed read is retried, then skipped.
+
+        A read that raises kills a ``datasets`` iterator, so each retry reopens the stream and
+        fast-forwards it (reads without decoding) to the same record: not datasets' ``.skip()``,
+        which drops the epoch set by ``set_epoch`` (and the shard shuffle), so a resumed stream
+        would come back in another order. After ``retries`` failures the record is counted
+        unreadable and the stream reopened past it; if it fails on that record again while
+        fast-forwarding, the stream cannot be read beyond it: :class:`DataError`.
+        """
+        position, failures, gave_up_at, iterator = start, 0, None, None
         while True:
+            reached = position
             try:
+                if iterator is None:
+                    iterator = iter(self.ds)
+                    for reached in range(position):
+                        next(iterator)
+                    reached = position
                 example = next(iterator)
             except StopIteration:
                 return
             except DataError:
                 raise
-            except Exception as e:  # the iterator is dead after raising: reopen it at the same record
-                failures += 1
-                if failures > self.retries:
-                    self.bad.bad(f"record {position} of the stream", e)
-                    position, failures = position + 1, 0
-                else:
-                    logger.warning("reading record %d of %s failed (%s: %s); retry %d of %d", position,
+            except Exception as e:
+                iterator, failures = None, failures + 1
+                if gave_up_at is not None and reached == gave_up_at:
+                    raise DataError(f"the stream of {self.bad.source} fails at record {gave_up_at} every time it is "
+                                    f"read ({type(e).__name__}: {e}) and cannot be read past it: repair or remove "
+                                    "the damaged file") from e
+                if failures <= self.retries:
+                    logger.warning("reading record %d of %s failed (%s: %s); retry %d of %d", reached,
                                    self.bad.source, type(e).__name__, e, failures, self.retries)
                     time.sleep(self.retry_wait_s * 2 ** (failures - 1))
-                iterator = self._open_at(position)
+                else:
+                    self.bad.bad(f"record {position} of the stream", e)
+                    gave_up_at, position, failures = position, position + 1, 0
                 continue
             position, failures = position + 1, 0
             self.records_read, self.last_read = position, time.monotonic()
