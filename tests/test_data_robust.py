@@ -6,14 +6,14 @@ import logging
 import time
 
 import datasets
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from aft_hf.cli import main
 from aft_hf.config import DataConfig, load_config
-from aft_hf.data import BadSamples, DataError, ImageLimits, build_dataloader, load_image_dataset, open_image, watch_stalls
+from aft_hf.data import (BadSamples, DataError, ImageLimits, build_dataloader, load_image_dataset, open_image,
+                         watch_stalls)
 from aft_hf.data.images import ImageRejected, load_readable_images
 from aft_hf.data.loading import StreamedImages
 from tests.conftest import write_png_folder
@@ -157,9 +157,9 @@ def test_exif_orientation_is_applied_and_boxes_line_up(tmp_path):
     from aft_hf.evaluate.data import load_labelled_images
 
     # evaluate: a box in displayed pixels (the red top half) must cover the red part of the tensor
-    ds = datasets.Dataset.from_dict({"image": [str(path)], "label": [0], "box": [[0, 0, 20, 20]]},
-                                    features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64"),
-                                                                "box": datasets.Sequence(datasets.Value("float32"))}))
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64"),
+                                  "box": datasets.Sequence(datasets.Value("float32"))})
+    ds = datasets.Dataset.from_dict({"image": [str(path)], "label": [0], "box": [[0, 0, 20, 20]]}, features=features)
     ds.save_to_disk(tmp_path / "saved")
     data = load_labelled_images(str(tmp_path / "saved"), 16, box_column="box", progress=False)
     image, mask = data.images[0], data.masks[0, 0].bool()
@@ -172,7 +172,7 @@ def test_animated_image_gives_its_first_frame(tmp_path):
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
     frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:], duration=100)
     for name in ("anim.gif", "anim.webp"):
-        r, g, b = open_image(str(tmp_path / name)).convert("RGB").getpixel((8, 8))
+        r, _, b = open_image(str(tmp_path / name)).convert("RGB").getpixel((8, 8))
         assert r > 200 and b < 60, name
 
 
@@ -325,8 +325,8 @@ def test_one_line_errors_for_unknown_builtin_and_missing_or_empty_data(tiny_clip
          "unknown builtin dataset"),
         (["explain", "--model", str(tiny_clip_path), "--images", str(empty), "--out", str(tmp_path / "x")],
          "no image files found"),
-        (["explain", "--model", str(tiny_clip_path), "--images", str(tmp_path / "missing"), "--out", str(tmp_path / "x")],
-         "does not exist"),
+        (["explain", "--model", str(tiny_clip_path), "--images", str(tmp_path / "missing"),
+          "--out", str(tmp_path / "x")], "does not exist"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 import datasets
+from PIL import Image
 
 from ..config import DataConfig
 from .errors import DataError
@@ -24,16 +25,27 @@ TABLE_SUFFIXES = (".parquet", ".arrow")
 
 
 def _offline() -> bool:
-    return any(os.environ.get(k, "0").lower() not in ("0", "", "false") for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+    flags = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+    return any(os.environ.get(k, "0").lower() not in ("0", "", "false") for k in flags)
 
 
 def local_format(folder: Path) -> str:
-    """``saved`` (save_to_disk), ``tables`` (parquet/arrow shards) or ``imagefolder``."""
+    """``saved`` (save_to_disk), ``tables`` (parquet/arrow shards) or ``imagefolder``.
+
+    Walks the folder top-down and stops at the first table or image file, so telling an image
+    folder of a million files apart costs one directory listing per level, not a full scan.
+    """
     if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
         return "saved"
-    for path in folder.rglob("*"):
-        if path.suffix in TABLE_SUFFIXES and not any(part.startswith(".") for part in path.relative_to(folder).parts):
+    image_suffixes = set(Image.registered_extensions())
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        # an image folder may carry its labels in metadata.parquet: that is not a table shard
+        suffixes = {Path(f).suffix.lower() for f in files if not f.startswith("metadata.")}
+        if suffixes & set(TABLE_SUFFIXES):
             return "tables"
+        if suffixes & image_suffixes:
+            return "imagefolder"
     return "imagefolder"
 
 

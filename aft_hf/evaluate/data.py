@@ -94,7 +94,8 @@ def load_labelled_images(dataset: str, size: int, split: Optional[str] = None, d
         ds = ds.take(max_samples)
     images, labels, masks = [], [], []
     bad = BadSamples(max_bad_fraction, f"'{dataset}'")
-    for example in tqdm(ds, desc="decoding", total=max_samples if streaming else len(ds), disable=not progress, leave=False):
+    total = max_samples if streaming else len(ds)
+    for example in tqdm(ds, desc="decoding", total=total, disable=not progress, leave=False):
         value = example[image_column]
         try:
             raw = open_image(value)
