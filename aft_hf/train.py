@@ -27,7 +27,7 @@ from transformers import get_scheduler
 
 from .attack import PGDAttacker, UniformNoise, embedding_distance
 from .config import ConfigError, TrainConfig
-from .data import build_dataloader, watch_stalls
+from .data import build_dataloader, resume_position, stream_positions, watch_stalls
 from .model import ImageEncoder, export_pretrained, load_image_encoder
 
 logger = get_logger(__name__)
@@ -45,6 +45,8 @@ class Progress:
     skipped_images: int = 0
     records_in_epoch: int = 0
     """Raw records this process has read in the current epoch of a stream (unreadable ones included)."""
+    records_per_process: Optional[list] = None
+    """``records_in_epoch`` of every process at the checkpoint (each resumes its own stream shard)."""
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -266,8 +268,8 @@ def train(cfg: TrainConfig) -> Path:
                                   accelerator.num_processes, skip_examples=skip_records if streaming else 0)
         return loader if streaming else accelerator.prepare(loader)
 
-    # checkpoints older than records_in_epoch: fall back to whole batches
-    dataloader = make_loader(progress.records_in_epoch or progress.batches_in_epoch * batch_size)
+    dataloader = make_loader(resume_position(progress.records_per_process, accelerator.process_index,
+                                             accelerator.num_processes, progress.batches_in_epoch * batch_size))
     model, optimizer, scheduler = accelerator.prepare(encoder, optimizer, scheduler)
     if resume_path is not None:
         accelerator.load_state(str(resume_path))
@@ -290,6 +292,12 @@ def train(cfg: TrainConfig) -> Path:
     def flush_skipped() -> None:  # reading the count syncs with the device: only at log/save steps
         progress.skipped_images += int(skipped_window)
         skipped_window.zero_()
+
+    def save() -> None:  # every process's position in its stream shard goes into the checkpoint
+        flush_skipped()
+        if streaming:
+            progress.records_per_process = stream_positions(accelerator, progress.records_in_epoch)
+        save_checkpoint(accelerator, progress, output_dir, cfg.checkpoint.checkpoints_total_limit)
 
     model.train()
     while progress.step < cfg.optim.max_steps:
@@ -324,8 +332,7 @@ def train(cfg: TrainConfig) -> Path:
                 window_loss.zero_()
                 window_batches, window_start = 0, time.perf_counter()
             if progress.step % cfg.checkpoint.checkpointing_steps == 0 and progress.step < cfg.optim.max_steps:
-                flush_skipped()
-                save_checkpoint(accelerator, progress, output_dir, cfg.checkpoint.checkpoints_total_limit)
+                save()
             if progress.step >= cfg.optim.max_steps:
                 break
         else:
@@ -334,8 +341,7 @@ def train(cfg: TrainConfig) -> Path:
             if streaming:
                 dataloader = make_loader(0)
     bar.close()
-    flush_skipped()
-    save_checkpoint(accelerator, progress, output_dir, cfg.checkpoint.checkpoints_total_limit)
+    save()
     final = output_dir / "final"
     per_rank = accelerator.gather(torch.tensor([images_seen], device=accelerator.device)).tolist()
     skipped = accelerator.gather(torch.tensor([progress.skipped_images], device=accelerator.device)).sum().item()

@@ -4,7 +4,7 @@ preprocessed without normalisation."""
 from .errors import DataError, UnknownDatasetError
 from .images import (ImageLimits, ImageRejected, load_images, load_readable_images, open_image, preprocess,
                      resize_center_crop, to_rgb, to_tensor)
-from .loading import build_dataloader, load_image_dataset
+from .loading import build_dataloader, load_image_dataset, resume_position, stream_positions
 from .quality import BadSamples
 from .sources import load_source
 from .synthetic import write_shapes_imagefolder
@@ -13,5 +13,5 @@ from .watch import watch_stalls
 __all__ = [
     "BadSamples", "DataError", "ImageLimits", "ImageRejected", "UnknownDatasetError", "build_dataloader",
     "load_image_dataset", "load_images", "load_readable_images", "load_source", "open_image", "preprocess",
-    "resize_center_crop", "to_rgb", "to_tensor", "watch_stalls", "write_shapes_imagefolder",
+    "resize_center_crop", "resume_position", "stream_positions", "to_rgb", "to_tensor", "watch_stalls", "write_shapes_imagefolder",
 ]

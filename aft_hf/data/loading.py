@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 MAX_CONSECUTIVE_FAILURES = 100
 
 __all__ = ["DataError", "build_dataloader", "load_image_dataset", "collate_images", "DecodedImages",
-           "StreamedImages", "StreamLoader"]
+           "StreamedImages", "StreamLoader", "resume_position", "stream_positions"]
 
 # Kept for callers of the earlier name (evaluate used it).
 _load_hub_or_folder = load_source
@@ -198,6 +198,21 @@ class StreamLoader(DataLoader):
                     if self.num_workers == 0 else "")
             raise DataError(f"the stream of {ds.bad.source} ended before filling one batch of {self.batch_size} "
                             f"images{seen}: check the data set and data.split, or lower optim.batch_size")
+
+
+def stream_positions(accelerator, records: int) -> list[int]:
+    """Records read in this epoch by every process (a collective: call it on all of them)."""
+    return accelerator.gather(torch.tensor([records], device=accelerator.device)).tolist()
+
+
+def resume_position(records_per_process: Optional[list], process_index: int, num_processes: int,
+                    fallback: int) -> int:
+    """Where this process's stream resumes: its own saved count; ``fallback`` (whole batches) for
+    checkpoints written before records were counted, or by a different number of processes
+    (the stream is then split differently, and no position is exact)."""
+    if records_per_process and len(records_per_process) == num_processes:
+        return int(records_per_process[process_index])
+    return fallback
 
 
 def collate_images(batch: list) -> dict:
