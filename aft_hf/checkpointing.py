@@ -57,6 +57,10 @@ class Progress:
     """Optimiser steps skipped because the loss or the gradient norm was NaN/inf."""
     config_changes: list[dict] = field(default_factory=list)
     """``{"step": N, "changes": [...]}`` for every resume that was allowed to change the config."""
+    records_in_epoch: int = 0
+    """Raw records this process has read in the current epoch of a stream (unreadable ones included)."""
+    records_per_process: Optional[list] = None
+    """``records_in_epoch`` of every process at the checkpoint (each resumes its own stream shard)."""
 
     @classmethod
     def from_json(cls, text: str) -> "Progress":

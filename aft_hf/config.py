@@ -61,7 +61,8 @@ class DataConfig:
     """Where training images come from. Labels are never used."""
 
     dataset: str = "ILSVRC/imagenet-1k"
-    """Hub dataset id, `imagefolder` (with `data_dir`), a local folder, or `builtin:shapes`."""
+    """Hub dataset id; a local folder of images, of parquet/arrow shards (as `hf download` leaves a
+    Hub dataset) or written by `save_to_disk`; `imagefolder` (with `data_dir`); or `builtin:shapes`."""
     data_dir: Optional[str] = None
     config_name: Optional[str] = None
     split: str = "train"
@@ -72,6 +73,17 @@ class DataConfig:
     num_workers: int = 0
     max_samples: Optional[int] = None
     """Use only the first N examples (before shuffling)."""
+    max_image_pixels: int = 64_000_000
+    """Images with more pixels than this (read from the file header, before decoding) are skipped."""
+    max_aspect_ratio: float = 50.0
+    """Images whose long side exceeds this multiple of the short side are skipped (header check)."""
+    max_bad_fraction: float = 0.1
+    """Stop with an error when more than this share of the images read so far were unreadable
+    (judged once at least 20 have been read)."""
+    stall_warning_s: float = 300.0
+    """Log a warning when the data pipeline has delivered nothing for this many seconds; 0 disables."""
+    read_retries: int = 3
+    """Retries of a streamed read that raised (then that record is skipped as unreadable)."""
 
 
 @dataclass
@@ -402,6 +414,27 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[lis
     return cfg
 
 
+def _validate_data_limits(d: DataConfig) -> list[str]:
+    """Checks of the data-quality fields (limits on images, bad samples, stalls, retries)."""
+    from .data.synthetic import BUILTIN_DATASETS
+
+    p = []
+    if d.dataset.startswith("builtin:") and d.dataset not in BUILTIN_DATASETS:
+        p.append(f"data.dataset: unknown builtin dataset '{d.dataset}' (known: {', '.join(BUILTIN_DATASETS)}); "
+                 "or give a Hub dataset id or a local folder")
+    if d.max_image_pixels <= 0:
+        p.append(f"data.max_image_pixels: must be > 0, got {d.max_image_pixels}")
+    if d.max_aspect_ratio < 1:
+        p.append(f"data.max_aspect_ratio: must be >= 1, got {d.max_aspect_ratio}")
+    if not 0 <= d.max_bad_fraction <= 1:
+        p.append(f"data.max_bad_fraction: must be in [0, 1], got {d.max_bad_fraction}")
+    if d.stall_warning_s < 0:
+        p.append(f"data.stall_warning_s: must be >= 0 (0 disables), got {d.stall_warning_s}")
+    if d.read_retries < 0:
+        p.append(f"data.read_retries: must be >= 0, got {d.read_retries}")
+    return p
+
+
 def validate(cfg: TrainConfig) -> list[str]:
     """Value checks that need more than a type: returns the list of problems (empty when fine)."""
     p: list[str] = []
@@ -454,6 +487,7 @@ def validate(cfg: TrainConfig) -> list[str]:
         p.append(f"data.num_workers: must be >= 0, got {d.num_workers}")
     if d.max_samples is not None and d.max_samples <= 0:
         p.append(f"data.max_samples: must be > 0 or null, got {d.max_samples}")
+    p += _validate_data_limits(d)
     if not d.image_column:
         p.append("data.image_column: must not be empty")
     if c.checkpointing_steps <= 0:

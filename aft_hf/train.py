@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -28,7 +28,7 @@ from .attack import PGDAttacker, UniformNoise, embedding_distance
 from .checkpointing import (HISTORY_FILE, PROGRESS_FILE, CheckpointError, Progress, list_checkpoints,  # noqa: F401 (re-exported)
                             resolve_checkpoint, save_checkpoint, write_json)
 from .config import ConfigError, TrainConfig
-from .data import build_dataloader
+from .data import build_dataloader, resume_position, stream_positions, watch_stalls
 from .guards import NonFiniteGuard, StopOnSignal, TrainingStopped, preflight, require_finite_weights
 from .hub_sync import HubSync
 from .model import ImageEncoder, export_pretrained, load_image_encoder
@@ -180,7 +180,10 @@ def build_accelerator(cfg: TrainConfig, output_dir: Path) -> Accelerator:
     return Accelerator(
         cpu=cpu,
         mixed_precision=cfg.optim.mixed_precision,
-        gradient_accumulation_steps=cfg.optim.gradient_accumulation_steps,
+        # no sync at the end of an epoch: a short last accumulation carries over into the next epoch,
+        # so every optimiser step sees exactly optim.batch_size images
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=cfg.optim.gradient_accumulation_steps, sync_with_dataloader=False),
         log_with=None if cfg.logging.report_to == "none" else cfg.logging.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         # data_seed: without it every rank shuffles with its own device-specific seed (overlapping shards)
@@ -244,13 +247,14 @@ def train(cfg: TrainConfig) -> Path:
 
     encoder, frozen, attacker, optimizer, scheduler = build_models(cfg, accelerator)
 
-    def make_loader(skip_batches: int):
+    def make_loader(skip_records: int):  # streamed data: fast-forward by raw records read (bad ones included)
         streaming = cfg.data.streaming
         loader = build_dataloader(cfg.data, encoder.image_size, batch_size, cfg.seed, accelerator.process_index,
-                                  accelerator.num_processes, skip_examples=skip_batches * batch_size if streaming else 0)
+                                  accelerator.num_processes, skip_examples=skip_records if streaming else 0)
         return loader if streaming else accelerator.prepare(loader)
 
-    dataloader = make_loader(progress.batches_in_epoch)
+    dataloader = make_loader(resume_position(progress.records_per_process, accelerator.process_index,
+                                             accelerator.num_processes, progress.batches_in_epoch * batch_size))
     model, optimizer, scheduler = accelerator.prepare(encoder, optimizer, scheduler)
     if resume_path is not None:
         load_checkpoint(accelerator, resume_path, optimizer, scheduler, cfg)
@@ -329,7 +333,7 @@ class TrainingLoop:
             batches = dataloader
             if progress.batches_in_epoch and not streaming:
                 batches = acc.skip_first_batches(dataloader, progress.batches_in_epoch)
-            for batch in batches:
+            for batch in watch_stalls(batches, self.cfg.data.stall_warning_s, dataloader):
                 self.micro_step(batch)
                 if acc.sync_gradients:
                     progress.step += 1
@@ -338,7 +342,7 @@ class TrainingLoop:
                         break
             else:
                 progress.epoch += 1
-                progress.batches_in_epoch = 0
+                progress.batches_in_epoch = progress.records_in_epoch = 0
                 if streaming:
                     dataloader = self.make_loader(0)
         self.bar.close()
@@ -351,6 +355,7 @@ class TrainingLoop:
                                       self.scheduler, self.images, generator, self.cfg.optim.max_grad_norm,
                                       guard=self.guard)
         self.progress.batches_in_epoch += 1
+        self.progress.records_in_epoch += int(batch["records"])
         self.micro_batch = 0 if acc.sync_gradients else self.micro_batch + 1
         self.skipped_window += batch["skipped"]
         self.images_seen += self.images.shape[0]
@@ -395,6 +400,8 @@ class TrainingLoop:
         """A checkpoint of the current state, refused (with the last good one kept) if it is not finite."""
         acc = self.accelerator
         self.flush_skipped()
+        if self.cfg.data.streaming:  # every process's position in its stream shard goes into the checkpoint
+            self.progress.records_per_process = stream_positions(acc, self.progress.records_in_epoch)
         self.progress.nonfinite_steps = self.guard.check()
         require_finite_weights(self.unwrapped, f"checkpoint at step {self.progress.step}")
         seen = acc.gather(torch.tensor([self.images_seen], device=acc.device))

@@ -1,10 +1,17 @@
-"""Data: images from `datasets` (Hub, streaming, imagefolder), decoded robustly, preprocessed without normalisation."""
+"""Data: images from `datasets` (Hub, streaming, local folders of any form), decoded defensively,
+preprocessed without normalisation."""
 
-from .images import load_images, preprocess, resize_center_crop, to_rgb, to_tensor
-from .loading import DataError, build_dataloader, load_image_dataset
+from .errors import DataError, UnknownDatasetError
+from .images import (ImageLimits, ImageRejected, load_images, load_readable_images, open_image, preprocess,
+                     resize_center_crop, to_rgb, to_tensor)
+from .loading import build_dataloader, load_image_dataset, resume_position, stream_positions
+from .quality import BadSamples
+from .sources import load_source
 from .synthetic import write_shapes_imagefolder
+from .watch import watch_stalls
 
 __all__ = [
-    "DataError", "build_dataloader", "load_image_dataset", "load_images", "preprocess",
-    "resize_center_crop", "to_rgb", "to_tensor", "write_shapes_imagefolder",
+    "BadSamples", "DataError", "ImageLimits", "ImageRejected", "UnknownDatasetError", "build_dataloader",
+    "load_image_dataset", "load_images", "load_readable_images", "load_source", "open_image", "preprocess",
+    "resize_center_crop", "resume_position", "stream_positions", "to_rgb", "to_tensor", "watch_stalls", "write_shapes_imagefolder",
 ]

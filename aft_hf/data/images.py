@@ -2,21 +2,31 @@
 
 Preprocessing follows docs/method.md#preprocessing: bicubic resize of the shortest edge, centre crop,
 to tensor, *no* normalisation (the model wrapper normalises, so attack budgets are in pixels).
+
+Decoding is defensive, because training, evaluation and explanation all read files they did not
+write: the size in the file header is checked *before* any pixel is decoded (a 1 x 100000 image
+would otherwise be resized to 224 x 22.4M pixels), the EXIF orientation is applied (a phone photo
+is seen upright, as every viewer shows it), and an animated image gives its first frame.
 """
 
 from __future__ import annotations
 
 import io
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import AftError
 
-# What a broken file raises while PIL decodes it (UnidentifiedImageError is an OSError).
+logger = logging.getLogger(__name__)
+
+# What a broken file typically raises while PIL decodes it. Kept for callers that name them;
+# the data pipeline itself skips on *any* exception from decoding (see ``aft_hf.data.loading``).
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
@@ -24,10 +34,35 @@ class ImageModeError(AftError, ValueError):
     """An image mode that cannot be turned into RGB."""
 
 
-def open_image(value: Any) -> Image.Image:
-    """Open what a ``datasets`` image column holds: a PIL image, a path, bytes, or {'bytes', 'path'}."""
-    if isinstance(value, Image.Image):
-        return value
+class ImageRejected(ValueError):
+    """An image refused from its header (too many pixels, extreme aspect ratio) before decoding."""
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an image may declare in its header before we agree to decode it."""
+
+    max_pixels: int = 64_000_000
+    max_aspect_ratio: float = 50.0
+
+    def check(self, size: tuple[int, int]) -> None:
+        """Raise :class:`ImageRejected` if a ``(width, height)`` is out of bounds."""
+        w, h = size
+        if w <= 0 or h <= 0:
+            raise ImageRejected(f"empty image ({w} x {h})")
+        if w * h > self.max_pixels:
+            raise ImageRejected(f"{w} x {h} = {w * h} pixels is over the limit of {self.max_pixels} "
+                                "(data.max_image_pixels)")
+        if max(w, h) / min(w, h) > self.max_aspect_ratio:
+            raise ImageRejected(f"{w} x {h} has an aspect ratio over {self.max_aspect_ratio:g} "
+                                "(data.max_aspect_ratio)")
+
+
+DEFAULT_LIMITS = ImageLimits()
+
+
+def _open_lazily(value: Any) -> Image.Image:
+    """``Image.open`` on what a ``datasets`` image column holds: a path, bytes, or {'bytes', 'path'}."""
     if isinstance(value, dict):
         if value.get("bytes") is not None:
             value = value["bytes"]
@@ -35,14 +70,37 @@ def open_image(value: Any) -> Image.Image:
             value = value["path"]
         else:
             raise ValueError("image entry holds neither bytes nor a path")
-    if isinstance(value, (bytes, bytearray)):
-        image = Image.open(io.BytesIO(value))
-    elif isinstance(value, (str, Path)):
-        image = Image.open(value)
-    else:
-        raise ValueError(f"cannot read an image from a {type(value).__name__}")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return Image.open(io.BytesIO(value))
+    if isinstance(value, (str, Path)):
+        return Image.open(value)
+    raise ValueError(f"cannot read an image from a {type(value).__name__}")
+
+
+def _upright_first_frame(image: Image.Image) -> Image.Image:
+    """Decode the first frame and apply the EXIF orientation; returns an image detached from any file."""
+    if getattr(image, "n_frames", 1) > 1:
+        image.seek(0)
     image.load()  # decode now, so a truncated file fails here and not later
-    return image
+    try:
+        return ImageOps.exif_transpose(image)  # a transposed image, or a copy when there is nothing to do
+    except Exception as e:  # a malformed EXIF block: the pixels are still good, keep them as stored
+        logger.debug("ignoring unreadable EXIF orientation: %s", e)
+        return image.copy()
+
+
+def open_image(value: Any, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
+    """Open what a ``datasets`` image column holds (a PIL image, a path, bytes, or {'bytes', 'path'}).
+
+    The header size is checked against ``limits`` before decoding (:class:`ImageRejected`); the
+    result is the first frame, upright (EXIF orientation applied), fully decoded.
+    """
+    if isinstance(value, Image.Image):
+        limits.check(value.size)
+        return _upright_first_frame(value)
+    with _open_lazily(value) as image:
+        limits.check(image.size)
+        return _upright_first_frame(image)
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
@@ -95,17 +153,42 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-def preprocess(value: Any, size: int) -> torch.Tensor:
+def preprocess(value: Any, size: int, limits: ImageLimits = DEFAULT_LIMITS) -> torch.Tensor:
     """Open, convert to RGB, resize, centre-crop and tensorise one image. Raises on a bad file."""
-    return to_tensor(resize_center_crop(to_rgb(open_image(value)), size))
+    return to_tensor(resize_center_crop(to_rgb(open_image(value, limits)), size))
 
 
-def load_images(paths: list[Union[str, Path]], size: int) -> torch.Tensor:
-    """A batch (B, 3, size, size) in [0, 1] from image files; errors name the bad file."""
+class UnreadableImageError(AftError, ValueError):
+    """An image file the user named explicitly cannot be read."""
+
+
+def load_images(paths: list[Union[str, Path]], size: int, limits: ImageLimits = DEFAULT_LIMITS) -> torch.Tensor:
+    """A batch (B, 3, size, size) in [0, 1] from image files; any failure names the bad file."""
     tensors = []
     for p in paths:
         try:
-            tensors.append(preprocess(str(p), size))
-        except DECODE_ERRORS as e:
-            raise ValueError(f"cannot read image '{p}': {e}") from e
+            tensors.append(preprocess(str(p), size, limits))
+        except Exception as e:  # any decoder failure, not a fixed list: the message names the file
+            raise UnreadableImageError(f"cannot read image '{p}': {e}") from e
     return torch.stack(tensors)
+
+
+def load_readable_images(paths: list[Union[str, Path]], size: int, limits: ImageLimits = DEFAULT_LIMITS,
+                         max_logged: int = 10) -> tuple[torch.Tensor, list[int]]:
+    """Like :func:`load_images`, but unreadable files are skipped: returns the batch and kept indices.
+
+    The first ``max_logged`` failures are logged by path, then one line counts the rest. The
+    batch is empty (0, 3, size, size) when nothing could be read.
+    """
+    tensors, kept, failed = [], [], 0
+    for i, p in enumerate(paths):
+        try:
+            tensors.append(preprocess(str(p), size, limits))
+            kept.append(i)
+        except Exception as e:
+            failed += 1
+            if failed <= max_logged:
+                logger.warning("skipping unreadable image '%s': %s", p, e)
+    if failed > max_logged:
+        logger.warning("skipped %d unreadable images in all (%d not listed)", failed, failed - max_logged)
+    return (torch.stack(tensors) if tensors else torch.empty(0, 3, size, size)), kept

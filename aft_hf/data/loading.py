@@ -1,65 +1,46 @@
-"""Training images from ``datasets``: a Hub id (streamed or not), a local imagefolder, or a builtin.
+"""Training images from ``datasets``: a Hub id (streamed or not), any local folder, or a builtin.
 
 Images are decoded by us, not by ``datasets`` (the column is cast to ``Image(decode=False)``),
-so one corrupt or unreadable file is skipped and counted instead of ending the run. A skipped
-sample is replaced by the next readable one, which keeps every batch full (and DDP in step).
+so one corrupt or hostile file is skipped and counted instead of ending the run (any exception
+from decoding, after a header check of its size). A skipped sample is replaced by the next
+readable one, which keeps every batch full (and DDP in step). The share of skipped samples is
+bounded by ``data.max_bad_fraction``.
+
+A streamed epoch is fast-forwarded on resume by the number of *records read* (unreadable ones
+included), so a resumed run sees exactly the samples an uninterrupted one would have seen.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
+import time
 from typing import Iterator, Optional
 
 import datasets
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from ..config import DataConfig
-from .images import DECODE_ERRORS, ImageModeError, preprocess
-from ..errors import AftError
+from .errors import DataError
+from .images import ImageLimits, preprocess
+from .quality import BadSamples
+from .sources import load_source
 
 logger = logging.getLogger(__name__)
 MAX_CONSECUTIVE_FAILURES = 100
 
+__all__ = ["DataError", "build_dataloader", "load_image_dataset", "collate_images", "DecodedImages",
+           "StreamedImages", "StreamLoader", "resume_position", "stream_positions"]
 
-class DataError(AftError, RuntimeError):
-    """The data set cannot be used; the message says why and what to do."""
-
-
-def _load_hub_or_folder(cfg: DataConfig, token: Optional[str]):
-    from .synthetic import resolve_builtin_dataset
-
-    name, data_dir = resolve_builtin_dataset(cfg.dataset), cfg.data_dir
-    if name not in ("imagefolder",) and Path(name).is_dir():
-        name, data_dir = "imagefolder", name
-    kwargs = dict(split=cfg.split, streaming=cfg.streaming)
-    if name == "imagefolder":
-        if not data_dir or not Path(data_dir).is_dir():
-            raise DataError(f"imagefolder needs data.data_dir pointing to a folder of images, got {data_dir!r}")
-        try:
-            return datasets.load_dataset("imagefolder", data_dir=data_dir, **kwargs)
-        except ValueError as e:  # e.g. 'Instruction "train" corresponds to no data!'
-            raise DataError(f"no images for split '{cfg.split}' in the folder '{data_dir}': {e}") from e
-    try:
-        return datasets.load_dataset(name, cfg.config_name, token=token, **kwargs)
-    except (ConnectionError, OSError) as e:
-        offline = os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", "", "false") or \
-            os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-        hint = ("HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set, so Hub datasets cannot be reached; "
-                "use a local imagefolder (data.dataset: imagefolder, data.data_dir: ...)"
-                if offline else
-                "check the id and your network; for a gated dataset such as ILSVRC/imagenet-1k accept its "
-                "terms on the Hub and log in (`hf auth login`) or set HF_TOKEN")
-        if "/" not in name and not Path(name).exists():
-            hint += f"; there is no local folder named '{name}' either"
-        raise DataError(f"could not load dataset '{cfg.dataset}': {str(e).rstrip('.')}. {hint}") from e
+# Kept for callers of the earlier name (evaluate used it).
+_load_hub_or_folder = load_source
 
 
 def load_image_dataset(cfg: DataConfig, token: Optional[str] = None):
     """The raw split with its image column undecoded (``datasets.Dataset`` or ``IterableDataset``)."""
-    ds = _load_hub_or_folder(cfg, token)
+    ds = load_source(cfg, token)
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        raise DataError(f"dataset '{cfg.dataset}' has several splits ({', '.join(ds)}); set data.split")
     columns = ds.column_names if ds.column_names is not None else list((ds.features or {}).keys())
     if cfg.image_column not in columns:
         raise DataError(
@@ -73,58 +54,172 @@ def load_image_dataset(cfg: DataConfig, token: Optional[str] = None):
     return ds
 
 
-def _decode_or_none(value, size: int) -> Optional[torch.Tensor]:
-    try:
-        return preprocess(value, size)
-    except (*DECODE_ERRORS, ImageModeError) as e:
-        where = value.get("path") if isinstance(value, dict) else None
-        logger.warning("skipping unreadable image%s: %s", f" '{where}'" if where else "", e)
-        return None
+def limits_of(cfg: DataConfig) -> ImageLimits:
+    return ImageLimits(max_pixels=cfg.max_image_pixels, max_aspect_ratio=cfg.max_aspect_ratio)
+
+
+def _where(value) -> Optional[str]:
+    return value.get("path") if isinstance(value, dict) else None
 
 
 class DecodedImages(Dataset):
-    """Map-style view: item i is (pixels, skipped), the first readable image at or after i."""
+    """Map-style view: item i is (pixels, skipped, 1), the first readable image at or after i."""
 
-    def __init__(self, hf_dataset: datasets.Dataset, column: str, size: int):
-        self.ds, self.column, self.size = hf_dataset, column, size
+    def __init__(self, hf_dataset: datasets.Dataset, column: str, size: int,
+                 limits: ImageLimits = ImageLimits(), bad: Optional[BadSamples] = None):
+        self.ds, self.column, self.size, self.limits = hf_dataset, column, size, limits
+        self.bad = bad or BadSamples()
 
     def __len__(self) -> int:
         return len(self.ds)
 
     def __getitem__(self, index: int):
         for skipped in range(min(MAX_CONSECUTIVE_FAILURES, len(self.ds))):
-            pixels = _decode_or_none(self.ds[(index + skipped) % len(self.ds)][self.column], self.size)
-            if pixels is not None:
-                return pixels, skipped
+            value = self.ds[(index + skipped) % len(self.ds)][self.column]
+            try:
+                pixels = preprocess(value, self.size, self.limits)
+            except Exception as e:  # any decoder failure on any file: skip it, count it
+                self.bad.bad(_where(value), e)
+                continue
+            self.bad.good()
+            return pixels, skipped, 1
         raise DataError(f"{MAX_CONSECUTIVE_FAILURES} consecutive unreadable images from index {index}: check the data")
+
+    def describe(self) -> str:
+        return f"{len(self.ds)} images from {self.bad.source}; {self.bad.summary()} in this process"
 
 
 class StreamedImages(IterableDataset):
-    """Streaming view: yields (pixels, skipped) where skipped counts the bad images just before."""
+    """Streaming view: yields (pixels, skipped, records) after fast-forwarding ``skip_records`` records.
 
-    def __init__(self, hf_dataset: datasets.IterableDataset, column: str, size: int):
-        self.ds, self.column, self.size = hf_dataset, column, size
+    ``skipped`` counts the unreadable records just before this image and ``records`` the raw
+    records consumed since the previous image (this one included), so the trainer can record how
+    far into the stream it is. A read that raises (a network or shard error mid-stream) is retried
+    ``retries`` times by reopening the stream at the same record; then that record is skipped.
+    """
+
+    retry_wait_s = 1.0  # first wait between retries (doubled each time); tests set it to 0
+
+    def __init__(self, hf_dataset, column: str, size: int, skip_records: int = 0,
+                 limits: ImageLimits = ImageLimits(), bad: Optional[BadSamples] = None, retries: int = 3):
+        self.ds, self.column, self.size, self.limits = hf_dataset, column, size, limits
+        self.skip_records, self.retries = skip_records, retries
+        self.bad = bad or BadSamples()
+        self.records_read = self.delivered = 0
+        self.last_read = time.monotonic()
 
     def set_epoch(self, epoch: int) -> None:
         self.ds.set_epoch(epoch)
 
+    def _records(self, start: int) -> Iterator[tuple[int, object]]:
+        """(position, example) from record ``start`` on; a failed read is retried, then skipped.
+
+        A read that raises kills a ``datasets`` iterator, so each retry reopens the stream and
+        fast-forwards it (reads without decoding) to the same record: not datasets' ``.skip()``,
+        which drops the epoch set by ``set_epoch`` (and the shard shuffle), so a resumed stream
+        would come back in another order. After ``retries`` failures the record is counted
+        unreadable and the stream reopened past it; if it fails on that record again while
+        fast-forwarding, the stream cannot be read beyond it: :class:`DataError`.
+        """
+        position, failures, gave_up_at, iterator = start, 0, None, None
+        while True:
+            reached = position
+            try:
+                if iterator is None:
+                    iterator = iter(self.ds)
+                    for reached in range(position):
+                        next(iterator)
+                    reached = position
+                example = next(iterator)
+            except StopIteration:
+                return
+            except DataError:
+                raise
+            except Exception as e:
+                iterator, failures = None, failures + 1
+                if gave_up_at is not None and reached == gave_up_at:
+                    raise DataError(f"the stream of {self.bad.source} fails at record {gave_up_at} every time it is "
+                                    f"read ({type(e).__name__}: {e}) and cannot be read past it: repair or remove "
+                                    "the damaged file") from e
+                if failures <= self.retries:
+                    logger.warning("reading record %d of %s failed (%s: %s); retry %d of %d", reached,
+                                   self.bad.source, type(e).__name__, e, failures, self.retries)
+                    time.sleep(self.retry_wait_s * 2 ** (failures - 1))
+                else:
+                    self.bad.bad(f"record {position} of the stream", e)
+                    gave_up_at, position, failures = position, position + 1, 0
+                continue
+            position, failures = position + 1, 0
+            self.records_read, self.last_read = position, time.monotonic()
+            yield position, example
+
     def __iter__(self) -> Iterator:
-        skipped = 0
-        for example in self.ds:
-            pixels = _decode_or_none(example[self.column], self.size)
-            if pixels is None:
+        worker = get_worker_info()
+        # with worker processes each reads its own shards: the fast-forward is split evenly (approximate)
+        start = self.skip_records // worker.num_workers if worker else self.skip_records
+        skipped, last = 0, start
+        for position, example in self._records(start):
+            value = example[self.column]
+            try:
+                pixels = preprocess(value, self.size, self.limits)
+            except Exception as e:  # any decoder failure on any file: skip it, count it
+                self.bad.bad(_where(value), e)
                 skipped += 1
                 if skipped >= MAX_CONSECUTIVE_FAILURES:
                     raise DataError(f"{MAX_CONSECUTIVE_FAILURES} consecutive unreadable images: check the data")
                 continue
-            yield pixels, skipped
-            skipped = 0
+            self.bad.good()
+            self.delivered += 1
+            yield pixels, skipped, position - last
+            skipped, last = 0, position
+
+    def describe(self) -> str:
+        return (f"the stream of {self.bad.source}: {self.records_read} records read in this pass "
+                f"({self.delivered} images delivered, {self.bad.summary()}), the last one "
+                f"{time.monotonic() - self.last_read:.0f} s ago")
+
+
+class StreamLoader(DataLoader):
+    """DataLoader of a stream that refuses to yield nothing: an empty pass is an error, not a spin.
+
+    A pass that starts from the beginning of the stream and fills no batch means the stream is
+    empty, or smaller than one batch: raised at once as :class:`DataError` (the trainer would
+    otherwise start epoch after empty epoch forever).
+    """
+
+    def __iter__(self):
+        count = 0
+        for batch in super().__iter__():
+            count += 1
+            yield batch
+        if count == 0 and not self.dataset.skip_records:
+            ds = self.dataset
+            seen = (f" ({ds.delivered} readable images, {ds.bad.skipped} unreadable)"
+                    if self.num_workers == 0 else "")
+            raise DataError(f"the stream of {ds.bad.source} ended before filling one batch of {self.batch_size} "
+                            f"images{seen}: check the data set and data.split, or lower optim.batch_size")
+
+
+def stream_positions(accelerator, records: int) -> list[int]:
+    """Records read in this epoch by every process (a collective: call it on all of them)."""
+    return accelerator.gather(torch.tensor([records], device=accelerator.device)).tolist()
+
+
+def resume_position(records_per_process: Optional[list], process_index: int, num_processes: int,
+                    fallback: int) -> int:
+    """Where this process's stream resumes: its own saved count; ``fallback`` (whole batches) for
+    checkpoints written before records were counted, or by a different number of processes
+    (the stream is then split differently, and no position is exact)."""
+    if records_per_process and len(records_per_process) == num_processes:
+        return int(records_per_process[process_index])
+    return fallback
 
 
 def collate_images(batch: list) -> dict:
-    """Stack pixels; sum the skipped counts so the trainer can log them."""
-    pixels, skipped = zip(*batch)
-    return {"pixel_values": torch.stack(pixels), "skipped": torch.tensor(sum(skipped))}
+    """Stack pixels; sum the skipped and raw-record counts so the trainer can log and resume."""
+    pixels, skipped, records = zip(*batch)
+    return {"pixel_values": torch.stack(pixels), "skipped": torch.tensor(sum(skipped)),
+            "records": torch.tensor(sum(records))}
 
 
 def build_dataloader(
@@ -137,15 +232,15 @@ def build_dataloader(
     skip_examples: int = 0,
     token: Optional[str] = None,
 ) -> DataLoader:
-    """A DataLoader of ``{'pixel_values', 'skipped'}`` batches.
+    """A DataLoader of ``{'pixel_values', 'skipped', 'records'}`` batches.
 
     Map-style data comes back unsharded (``accelerator.prepare`` shards it and makes the order
     seedable and resumable). Streamed data is split across processes here (the dataloader
     must then *not* go through ``prepare``), shuffled with a buffer, and fast-forwarded by
-    ``skip_examples`` on resume (exact with ``num_workers: 0``).
+    ``skip_examples`` raw records on resume (exact with ``num_workers: 0``).
     """
     raw = load_image_dataset(cfg, token=token)
-    generator = torch.Generator().manual_seed(seed)
+    bad = BadSamples(cfg.max_bad_fraction, f"'{cfg.dataset}'")
     common = dict(batch_size=batch_size, collate_fn=collate_images, num_workers=cfg.num_workers,
                   pin_memory=torch.cuda.is_available(), drop_last=True, persistent_workers=cfg.num_workers > 0)
     if isinstance(raw, datasets.IterableDataset):
@@ -153,11 +248,13 @@ def build_dataloader(
 
         stream = raw.shuffle(seed=seed, buffer_size=cfg.shuffle_buffer)
         stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
-        if skip_examples:
-            stream = stream.skip(skip_examples)
-        return DataLoader(StreamedImages(stream, cfg.image_column, image_size), **common)
+        images = StreamedImages(stream, cfg.image_column, image_size, skip_examples, limits_of(cfg), bad,
+                                cfg.read_retries)
+        return StreamLoader(images, **common)
     if len(raw) < batch_size * world_size:
         raise DataError(
             f"dataset '{cfg.dataset}' has {len(raw)} images, fewer than one global batch "
             f"({batch_size * world_size}); lower optim.batch_size or add data")
-    return DataLoader(DecodedImages(raw, cfg.image_column, image_size), shuffle=True, generator=generator, **common)
+    generator = torch.Generator().manual_seed(seed)
+    images = DecodedImages(raw, cfg.image_column, image_size, limits_of(cfg), bad)
+    return DataLoader(images, shuffle=True, generator=generator, **common)

@@ -57,7 +57,10 @@ def resolve_builtin_dataset(name: str) -> str:
     if not name.startswith("builtin:"):
         return name
     if name not in BUILTIN_DATASETS:
-        raise ValueError(f"unknown builtin dataset '{name}' (known: {', '.join(BUILTIN_DATASETS)})")
+        from .errors import UnknownDatasetError
+
+        raise UnknownDatasetError(f"unknown builtin dataset '{name}' (known: {', '.join(BUILTIN_DATASETS)}); "
+                                  "or give a Hub dataset id or a local folder")
     from ..model import cache_dir
 
     path = cache_dir() / "datasets" / name.split(":", 1)[1]

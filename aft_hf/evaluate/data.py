@@ -1,10 +1,12 @@
 """Labelled evaluation images from ``datasets``: a Hub id, ``imagefolder`` + data dir, a local folder.
 
-Images are decoded by aft_hf (one unreadable file is skipped and counted), resized (shortest
-edge, bicubic) and centre-cropped to the model's size, kept in [0, 1]. Optional object masks (an
-image column, any resolution with the image's aspect ratio) or boxes ([x0, y0, x1, y1] in original
-pixels, or a list of boxes) go through the same resize and crop as their image. Malformed labels,
-masks or boxes raise :class:`EvaluationError` naming the column.
+Images are decoded by aft_hf with the same defensive decoder as training (a header check of the
+size, EXIF orientation applied, first frame of an animation; any unreadable file is skipped and
+counted), resized (shortest edge, bicubic) and centre-cropped to the model's size, kept in [0, 1].
+Optional object masks (an image column) or boxes ([x0, y0, x1, y1] in pixels of the upright image,
+as displayed) get the same resize and crop
+(any resolution with the image's aspect ratio; a list of boxes is their union). Malformed labels, masks
+or boxes raise :class:`EvaluationError` naming the column.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..config import DataConfig
+from ..data.errors import DataError
 from ..data.images import DECODE_ERRORS, ImageModeError, open_image, resize_center_crop, to_rgb, to_tensor
-from ..data.loading import DataError, _load_hub_or_folder
+from ..data.quality import BadSamples
+from ..data.sources import load_source
 from .base import EvaluationError
 
 logger = logging.getLogger(__name__)
@@ -105,13 +109,18 @@ def load_labelled_images(dataset: str, size: int, split: Optional[str] = None, d
                          config_name: Optional[str] = None, image_column: str = "image", label_column: str = "label",
                          max_samples: Optional[int] = None, streaming: bool = False, seed: int = 0,
                          mask_column: Optional[str] = None, box_column: Optional[str] = None,
-                         token: Optional[str] = None, progress: bool = True) -> LabelledImages:
-    """Decode up to ``max_samples`` labelled images (shuffled with ``seed`` unless streaming)."""
+                         token: Optional[str] = None, progress: bool = True,
+                         max_bad_fraction: float = 0.1) -> LabelledImages:
+    """Decode up to ``max_samples`` labelled images (shuffled with ``seed`` unless streaming).
+
+    Unreadable images (or masks) are skipped and counted; more than ``max_bad_fraction`` of them
+    among the images read is a :class:`DataError`.
+    """
     cfg = DataConfig(dataset=dataset, data_dir=data_dir, config_name=config_name, split=split,
                      streaming=streaming, image_column=image_column)
     import datasets
 
-    ds = _load_hub_or_folder(cfg, token)
+    ds = load_source(cfg, token)
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         available = list(ds.keys())
         split = next((s for s in SPLIT_PREFERENCE if s in available), available[0])
@@ -130,21 +139,27 @@ def load_labelled_images(dataset: str, size: int, split: Optional[str] = None, d
             ds = ds.select(range(min(max_samples, len(ds))))
     elif max_samples is not None:
         ds = ds.take(max_samples)
-    images, labels, masks, skipped = [], [], [], 0
-    for example in tqdm(ds, desc="decoding", total=max_samples if streaming else len(ds), disable=not progress, leave=False):
+    images, labels, masks = [], [], []
+    bad = BadSamples(max_bad_fraction, f"'{dataset}'")
+    total = max_samples if streaming else len(ds)
+    for example in tqdm(ds, desc="decoding", total=total, disable=not progress, leave=False):
+        value = example[image_column]
         try:
-            raw = open_image(example[image_column])
-            images.append(to_tensor(resize_center_crop(to_rgb(raw), size)))
-        except (*DECODE_ERRORS, ImageModeError) as e:
-            skipped += 1
-            logger.warning("skipping unreadable image: %s", e)
+            raw = open_image(value)
+            image = to_tensor(resize_center_crop(to_rgb(raw), size))
+        except Exception as e:  # any decoder failure: skip the sample (a malformed label/mask column is an error)
+            bad.bad(value.get("path") if isinstance(value, dict) else None, e)
             continue
+        bad.good()
+        images.append(image)
         labels.append(_label(example[label_column], label_column))
         if mask_column:
             masks.append(_mask_tensor(_open_mask(example[mask_column], mask_column), raw.size, size, mask_column))
         elif box_column:
             masks.append(_box_mask(example[box_column], raw.size, size, box_column))
     if not images:
-        raise DataError(f"no readable images in dataset '{dataset}' split '{split}'")
+        raise DataError(f"no readable images in dataset '{dataset}' split '{split}' ({bad.summary()})")
+    if bad.skipped:
+        logger.warning("dataset '%s': %s, skipped", dataset, bad.summary())
     return LabelledImages(torch.stack(images), torch.tensor(labels), features.get(label_column),
-                          torch.stack(masks) if masks else None, split or "", skipped)
+                          torch.stack(masks) if masks else None, split or "", bad.skipped)

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..data.images import load_images
+from ..data.images import load_images, load_readable_images
 from .loading import load_models_and_texts, pick_device
 from .methods import Explainer, resolve_method
 from .options import OptionProblems
@@ -129,9 +129,15 @@ def _cli_explain(args, extra) -> int:
     encoders, texts, text_sources = load_models_and_texts(args.model, args.text_model, device, need_text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    shown, timing, maps, warnings = None, {}, {}, []  # shown: the first model's images, the rows of the grid
+    shown, timing, maps, warnings, unreadable = None, {}, {}, [], []  # shown: the first model's images, the rows of the grid
     for name, short, encoder, text in zip(args.model, model_labels(args.model), encoders, texts):
-        images = load_images(files, encoder.image_size).to(device)
+        images, kept = load_readable_images(files, encoder.image_size)  # unreadable files skipped (logged)
+        if len(kept) < len(files):
+            if not kept:
+                raise ExplainError(f"none of the {len(files)} images could be read (see the warnings above)")
+            unreadable += [str(f) for i, f in enumerate(files) if i not in kept]
+            files, labels = [files[i] for i in kept], [labels[i] for i in kept]
+        images = images.to(device)
         if args.reference_image:
             target = image_targets(encoder, load_images([args.reference_image], encoder.image_size).to(device))
         elif args.caption is not None:
@@ -160,7 +166,7 @@ def _cli_explain(args, extra) -> int:
                "target": ("reference image " + args.reference_image if args.reference_image else
                           "caption " + repr(args.caption) if args.caption is not None else "prompt " + repr(args.prompt)),
                "methods": methods, "seconds_per_image": timing, "figure": png.name, "maps": "maps.pt",
-               "warnings": [w for w in warnings if w]}
+               "warnings": [w for w in warnings if w], "unreadable_images": unreadable}
     (out / "explain.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(png)
     return 0

@@ -1,0 +1,134 @@
+"""Where a data set comes from: a Hub id, a builtin, or any local folder ``datasets`` can read.
+
+A local folder is one of three things, told apart by what it holds:
+
+- written by ``Dataset.save_to_disk`` (``state.json`` or ``dataset_dict.json``): ``load_from_disk``;
+- parquet or arrow shards, with or without a README ``configs:`` block (how ``hf download
+  --repo-type dataset`` leaves a Hub data set such as ImageNet on disk): ``load_dataset(folder)``,
+  which infers the splits from the README or from the file names (``train-*.parquet``);
+- anything else: an image folder (``load_dataset("imagefolder", data_dir=folder)``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import datasets
+from PIL import Image
+
+from ..config import DataConfig
+from .errors import DataError
+
+TABLE_SUFFIXES = (".parquet", ".arrow")
+
+
+def _offline() -> bool:
+    flags = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+    return any(os.environ.get(k, "0").lower() not in ("0", "", "false") for k in flags)
+
+
+def local_format(folder: Path) -> str:
+    """``saved`` (save_to_disk), ``tables`` (parquet/arrow shards) or ``imagefolder``.
+
+    Walks the folder top-down and stops at the first table or image file, so telling an image
+    folder of a million files apart costs one directory listing per level, not a full scan.
+    """
+    if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
+        return "saved"
+    image_suffixes = set(Image.registered_extensions())
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        # an image folder may carry its labels in metadata.parquet: that is not a table shard
+        suffixes = {Path(f).suffix.lower() for f in files if not f.startswith("metadata.")}
+        if suffixes & set(TABLE_SUFFIXES):
+            return "tables"
+        if suffixes & image_suffixes:
+            return "imagefolder"
+    return "imagefolder"
+
+
+def _pick_split(ds, cfg: DataConfig, where: str):
+    """One split of a DatasetDict (``cfg.split``), or the dict itself when no split is asked for."""
+    if not isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)) or cfg.split is None:
+        return ds
+    if cfg.split not in ds:
+        raise DataError(f"{where} has no split '{cfg.split}' (splits: {', '.join(ds)}); set data.split")
+    return ds[cfg.split]
+
+
+def _load_saved(folder: Path, cfg: DataConfig):
+    """A ``save_to_disk`` folder; streamed as an iterable view when ``cfg.streaming``."""
+    try:
+        ds = datasets.load_from_disk(str(folder))
+    except Exception as e:  # a damaged folder: name it, with datasets' own reason
+        raise DataError(f"could not read the save_to_disk folder '{folder}': {e}") from e
+    ds = _pick_split(ds, cfg, f"the save_to_disk folder '{folder}'")
+    if not cfg.streaming:
+        return ds
+    if isinstance(ds, datasets.DatasetDict):
+        return datasets.IterableDatasetDict({k: _as_stream(v) for k, v in ds.items()})
+    return _as_stream(ds)
+
+
+def _as_stream(ds: datasets.Dataset) -> datasets.IterableDataset:
+    # several shards, so that shard order is shuffled and processes / workers can split them
+    return ds.to_iterable_dataset(num_shards=max(1, min(len(ds), 64)))
+
+
+def _load_tables(folder: Path, cfg: DataConfig):
+    """Parquet/arrow shards; splits from the README ``configs:`` block or the file names."""
+    try:
+        return datasets.load_dataset(str(folder), cfg.config_name, split=cfg.split, streaming=cfg.streaming)
+    except ValueError as e:  # unknown split or config: datasets lists the known ones
+        raise DataError(f"could not read the parquet/arrow folder '{folder}': {e}; set data.split / "
+                        "data.config_name") from e
+
+
+def _load_imagefolder(data_dir: Optional[str], cfg: DataConfig):
+    if not data_dir or not Path(data_dir).is_dir():
+        raise DataError(f"imagefolder needs data.data_dir pointing to a folder of images, got {data_dir!r}")
+    try:
+        return datasets.load_dataset("imagefolder", data_dir=data_dir, split=cfg.split, streaming=cfg.streaming)
+    except FileNotFoundError as e:  # datasets' EmptyDatasetError: nothing at all in the folder
+        raise DataError(f"the folder '{data_dir}' holds no images: {e}") from e
+    except ValueError as e:  # e.g. 'Instruction "train" corresponds to no data!'
+        raise DataError(f"no images for split '{cfg.split}' in the folder '{data_dir}': {e}") from e
+
+
+def _load_hub(name: str, cfg: DataConfig, token: Optional[str]):
+    try:
+        return datasets.load_dataset(name, cfg.config_name, split=cfg.split, streaming=cfg.streaming, token=token)
+    except (ConnectionError, OSError) as e:
+        hint = ("HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set, so Hub datasets cannot be reached; "
+                "use a local folder (data.dataset: path/to/folder)"
+                if _offline() else
+                "check the id and your network; for a gated dataset such as ILSVRC/imagenet-1k accept its "
+                "terms on the Hub and log in (`hf auth login`) or set HF_TOKEN")
+        if "/" not in name and not Path(name).exists():
+            hint += f"; there is no local folder named '{name}' either"
+        raise DataError(f"could not load dataset '{cfg.dataset}': {str(e).rstrip('.')}. {hint}") from e
+
+
+def load_source(cfg: DataConfig, token: Optional[str] = None):
+    """The split ``cfg.split`` of ``cfg.dataset`` (a ``DatasetDict`` when ``cfg.split`` is None)."""
+    from .synthetic import resolve_builtin_dataset
+
+    name = resolve_builtin_dataset(cfg.dataset)
+    if name == "imagefolder":
+        return _load_imagefolder(cfg.data_dir, cfg)
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        if folder.is_file():
+            raise DataError(f"data set '{name}' is a file; give the folder that holds it")
+        if name.startswith((".", "/", "~")):  # clearly meant as a path, not a Hub id
+            raise DataError(f"there is no folder '{name}'; give an existing folder or a Hub dataset id")
+        return _load_hub(name, cfg, token)
+    name = str(folder)
+    kind = local_format(folder)
+    if kind == "saved":
+        return _load_saved(folder, cfg)
+    if kind == "tables":
+        return _load_tables(folder, cfg)
+    return _load_imagefolder(name, cfg)
