@@ -28,6 +28,7 @@ from transformers import get_scheduler
 from .attack import PGDAttacker, UniformNoise, embedding_distance
 from .config import ConfigError, TrainConfig
 from .data import build_dataloader
+from .launch import apply_launch, check_training_environment, run_info
 from .model import ImageEncoder, export_pretrained, load_image_encoder
 
 logger = get_logger(__name__)
@@ -215,6 +216,7 @@ def aft_step(
 
 def train(cfg: TrainConfig) -> Path:
     """Run AFT as configured; returns the exported folder ``<output_dir>/final``."""
+    check_training_environment(cfg)  # missing tracker, fp16 on CPU, FSDP/DeepSpeed: refused before anything loads
     output_dir = Path(cfg.checkpoint.output_dir)
     cpu = cfg.cpu if cfg.cpu is not None else not torch.cuda.is_available()
     report_to = None if cfg.logging.report_to == "none" else cfg.logging.report_to
@@ -227,6 +229,7 @@ def train(cfg: TrainConfig) -> Path:
         # data_seed: without it every rank shuffles with its own device-specific seed (overlapping shards)
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
     )
+    apply_launch(cfg, accelerator)  # records the effective precision and global batch in cfg
     batch_size = per_device_batch_size(cfg, accelerator.num_processes)
     if cfg.hub.push_to_hub:  # fail now (on every rank, so none waits for the others), not after training
         from .hub import require_token
@@ -337,7 +340,7 @@ def train(cfg: TrainConfig) -> Path:
         summary = {"steps": progress.step, "num_processes": accelerator.num_processes,
                    "images_seen_per_process": per_rank, "skipped_images": skipped,
                    "distributed_type": str(accelerator.distributed_type), "final": str(final),
-                   "log_history": history}
+                   **run_info(cfg, accelerator), "log_history": history}
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         logger.info("exported %s (skipped %d unreadable images in total)", final, skipped)
     accelerator.wait_for_everyone()
@@ -383,14 +386,23 @@ def add_subcommand(subparsers) -> None:
         "train", help="fine-tune a CLIP image encoder with AFT",
         description="Fine-tune with AFT. Any config field can be overridden: --section.field value "
                     "(or a unique field name alone, e.g. --lr 2e-5 or --resume_from_checkpoint latest).")
-    p.add_argument("--config", help="YAML file, e.g. configs/tiny_offline.yaml (defaults fill missing fields)")
+    p.add_argument("--config", help="YAML file, or a shipped recipe by name (e.g. tiny_offline; "
+                                    "see --list-configs); defaults fill missing fields")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--list-configs", action="store_true", help="list the shipped recipes and exit")
     p.set_defaults(func=_cli_train, accepts_overrides=True)
+    from .config_help import describe_config_cli
+
+    describe_config_cli(p)
 
 
 def _cli_train(args, overrides: list[str]) -> int:
     from .config import load_config
+    from .recipes import format_recipes
 
+    if args.list_configs:
+        print(f"shipped recipes (use as --config NAME):\n{format_recipes()}")
+        return 0
     cfg = load_config(args.config, overrides)
     if args.print_config:
         print(cfg.to_yaml())

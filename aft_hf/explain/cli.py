@@ -24,9 +24,10 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".ti
 
 
 def pick_device(spec: str = "auto") -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
+    """``--device``: auto, cpu, cuda, cuda:N; an unusable one is a one-line error before any loading."""
+    from ..launch import resolve_device
+
+    return resolve_device(spec)
 
 
 def load_models_and_text(models: Sequence[str], text_model: Optional[str], device: torch.device,
@@ -96,7 +97,7 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--no-postprocess", action="store_true", help="keep raw maps (no abs / percentile clip / min-max)")
     p.add_argument("--max-images", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_cli_explain)
 
