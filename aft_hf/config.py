@@ -348,7 +348,10 @@ def resolve_key(key: str, problems: list[str]) -> Optional[str]:
     if matches:
         problems.append(f"ambiguous override '--{key}': use one of {', '.join('--' + m for m in matches)}")
     else:
-        close = difflib.get_close_matches(key, _override_names(), n=3, cutoff=0.6)
+        # the train command's own options too, spelled as argparse knows them
+        names = {n: n for n in _override_names()} | {"config": "config", "print_config": "print-config",
+                                                     "list_configs": "list-configs"}
+        close = [names[c] for c in difflib.get_close_matches(key, list(names), n=3, cutoff=0.6)]
         hint = f"; did you mean {' or '.join('--' + c for c in close)}?" if close else \
             " (aft-hf train --help lists every field)"
         problems.append(f"unknown override '--{key}'{hint}")

@@ -83,6 +83,8 @@ def test_unknown_name_gets_did_you_mean():
         load_config(None, ["--lerning_rate", "1e-4"])
     with pytest.raises(ConfigError, match="did you mean --attack.eps"):
         load_config(None, ["--attack.epz", "2"])
+    with pytest.raises(ConfigError, match="did you mean --print-config"):
+        load_config(None, ["--print_confg"])
 
 
 @pytest.mark.parametrize("flag,get", [
