@@ -385,7 +385,8 @@ def parse_overrides(args: list[str]) -> tuple[dict, list[str]]:
             elif path is not None and _is_bool(_leaf_type(path)):
                 raw = "true"
             else:
-                problems.append(f"override '--{key}' needs a value")
+                if path is not None:  # an unknown name is reported once, above
+                    problems.append(f"override '--{key}' needs a value")
                 continue
         if path is None:
             continue
