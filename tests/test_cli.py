@@ -212,3 +212,14 @@ def test_precision_and_layout_come_from_the_launch(tiny_clip_path, tmp_path):
     assert set(summary["versions"]) >= {"torch", "transformers", "accelerate", "datasets", "aft_hf"}
     recorded = load_config(out / "final" / "aft_config.yaml")
     assert recorded.optim.mixed_precision == "bf16" and recorded.optim.batch_size == 4
+    from aft_hf.card import build_model_card
+
+    assert "| `optim.mixed_precision` | bf16 |" in str(build_model_card(out / "final", repo_id="me/x"))
+
+
+def test_config_precision_overrides_the_launcher(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert launch.requested_precision(load_config(None)) == "bf16"
+    assert launch.requested_precision(load_config(None, ["--optim.mixed_precision", "no"])) == "no"
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    assert launch.requested_precision(load_config(None)) == "no"
