@@ -5,14 +5,20 @@ Every problem found in a config (unknown key, wrong type, bad value) is collecte
 together in one :class:`ConfigError`, once, at start-up, before any model is loaded.
 
 Overrides are ``--section.field value`` (or ``--section.field=value``). A bare ``--field value``
-is accepted when ``field`` names exactly one leaf of the tree (``--lr`` means ``--optim.lr``).
-Values are parsed as YAML scalars, so ``--attack.eps 2``, ``--model.output_normalize false`` and
-``--optim.betas [0.9,0.98]`` all work; a boolean flag given without a value means ``true``.
+is accepted when ``field`` names exactly one leaf of the tree (``--lr`` means ``--optim.lr``),
+and the argument names of the Hugging Face ``*_no_trainer`` examples work as aliases
+(:data:`ALIASES`). Values are parsed as YAML scalars, so ``--attack.eps 2``,
+``--model.output_normalize false`` and ``--optim.betas [0.9,0.98]`` all work; a boolean field
+given without a value (``--cpu``, ``--perf.fused_adamw``) means ``true``.
+
+Field documentation is the string literal under each field (or ``metadata={"help": ...}``);
+``aft-hf train --help`` prints it (see :mod:`aft_hf.config_help`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -47,9 +53,11 @@ class ModelConfig:
     """Hub id or local folder of a `CLIPModel`, `CLIPVisionModelWithProjection` or `CLIPVisionModel`.
     `builtin:tiny-clip` builds a tiny random CLIP (offline smoke runs)."""
     revision: Optional[str] = None
+    """Hub revision (branch, tag or commit) of `name_or_path`."""
     output_normalize: bool = True
     """L2-normalise embeddings before the squared distance (g in docs/method.md#objective)."""
     attn_implementation: str = "sdpa"
+    """`sdpa` or `eager`; `flash_attention_2` only with CUDA and the flash-attn package."""
     embedding: str = "pooled"
     """What AFT keeps close: `pooled` (the projected embedding; a bare CLIPVisionModel's pooled
     output) or `patch_tokens` (penultimate-layer patch tokens, as LLaVA consumes them; the
@@ -64,13 +72,19 @@ class DataConfig:
     """Hub dataset id; a local folder of images, of parquet/arrow shards (as `hf download` leaves a
     Hub dataset) or written by `save_to_disk`; `imagefolder` (with `data_dir`); or `builtin:shapes`."""
     data_dir: Optional[str] = None
+    """Folder of images for `imagefolder` (passed to `datasets.load_dataset`)."""
     config_name: Optional[str] = None
+    """Dataset configuration name (passed to `datasets.load_dataset`)."""
     split: str = "train"
+    """Dataset split to train on."""
     image_column: str = "image"
+    """Column holding the images (labels are never used)."""
     streaming: bool = False
+    """Stream the dataset (split across processes, shuffled with a buffer)."""
     shuffle_buffer: int = 10_000
     """Buffer size of the approximate shuffle of a streamed dataset."""
     num_workers: int = 0
+    """DataLoader worker processes (images are decoded there)."""
     max_samples: Optional[int] = None
     """Use only the first N examples (before shuffling)."""
     max_image_pixels: int = 64_000_000
@@ -91,15 +105,21 @@ class AttackConfig:
     """The inner PGD attack. Budgets are in 1/255 pixel units, as in the papers."""
 
     norm: str = "linf"
+    """Threat model: linf, l2, huber, elastic or group (README "Threat models")."""
     eps: float = 4.0
+    """Attack budget in 1/255 pixel units."""
     eps2: float = 0.0
     """Second budget: huber and elastic only (see docs/method.md#threat-models)."""
     steps: int = 10
+    """Attack iterations K per image (PGD steps) -- not optimiser steps, see `optim.max_steps`."""
     alpha: float = 1.0
+    """Attack step size in 1/255 pixel units."""
     momentum: float = 0.9
+    """Momentum of the normalised ascent direction."""
     noise_std: float = 1.0
     """Std of the Gaussian noise added at every attack iteration (1/255 units); 0 disables it."""
     random_start: bool = True
+    """Start the attack from uniform noise in the budget."""
     mode: str = "pgd"
     """`pgd`: the adversarial attack. `noise`: a control that replaces the attack by uniform
     random noise of the same budget (no gradient), to separate the adversarial effect."""
@@ -110,15 +130,29 @@ class OptimConfig:
     """Optimiser, schedule and batch geometry. `batch_size` is the global batch per optimiser step."""
 
     lr: float = 1e-5
+    """AdamW learning rate (peak, after warm-up)."""
     weight_decay: float = 1e-4
+    """AdamW weight decay."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
     max_steps: int = 20_000
+    """Optimiser steps: the length of training -- not attack iterations, see `attack.steps`."""
     warmup_steps: int = 1_400
+    """Optimiser steps of linear learning-rate warm-up."""
     scheduler: str = "cosine"
+    """A `transformers.get_scheduler` name (cosine decays to 0)."""
     batch_size: int = 128
+    """GLOBAL batch per optimiser step, split as batch_size / (processes x accumulation)."""
     gradient_accumulation_steps: int = 1
+    """Micro-batches accumulated per optimiser step."""
     max_grad_norm: Optional[float] = 1.0
-    mixed_precision: str = "no"
+    """Gradient clipping norm; null: off."""
+    mixed_precision: Optional[str] = None
+    """`no`, `fp16` or `bf16`; null: the launcher decides (`accelerate launch --mixed_precision`,
+    its config file, or ACCELERATE_MIXED_PRECISION; `no` when none says). fp16 needs a GPU."""
+    per_device_batch_size: Optional[int] = None
+    """Images per process per micro-batch; when set, the global batch becomes
+    this x processes x gradient_accumulation_steps (replacing `batch_size`)."""
     max_nonfinite_steps: int = 3
     """Stop (exit 2) after this many optimiser steps in a row with a NaN/inf loss or gradient norm;
     each such step is skipped (no update) and counted."""
@@ -129,8 +163,11 @@ class CheckpointConfig:
     """Where and how often the run saves itself."""
 
     output_dir: str = "out"
+    """Where checkpoints, logs, `train_summary.json` and `final/` are written."""
     checkpointing_steps: int = 1000
+    """Save a resumable `accelerate` state every N optimiser steps (and at the end)."""
     checkpoints_total_limit: Optional[int] = 3
+    """Keep the newest N checkpoints; null: keep all."""
     resume_from_checkpoint: Optional[str] = None
     """`latest` or a checkpoint folder."""
     overwrite_output_dir: bool = False
@@ -141,9 +178,14 @@ class CheckpointConfig:
 
 @dataclass
 class LoggingConfig:
+    """Trackers and how often they receive metrics."""
+
     report_to: str = "tensorboard"
+    """An accelerate tracker (tensorboard, wandb, ...; installed separately) or `none`."""
     log_every: int = 10
+    """Optimiser steps between logged metrics."""
     project_name: str = "aft_hf"
+    """Project (run group) name given to the tracker."""
 
 
 @dataclass
@@ -165,9 +207,14 @@ class PerfConfig:
 
 @dataclass
 class HubConfig:
+    """Publishing `final/` on the Hugging Face Hub at the end of training."""
+
     push_to_hub: bool = False
+    """Push `final/` (with its model card) when training ends."""
     hub_model_id: Optional[str] = None
+    """Repo id to push to, e.g. `me/clip-vit-b16-aft`."""
     private: bool = False
+    """Create the Hub repo as private."""
     strategy: str = "end"
     """When to push during training (as the transformers Trainer's `hub_strategy`): `end` the final
     model only; `every_save` also the exported model at every checkpoint save; `checkpoint` also the
@@ -187,12 +234,14 @@ class EvalConfig:
     eval_dataset: Optional[str] = None
     """Hub id, `imagefolder` (with `eval_data_dir`) or a local folder; null: `data.dataset`."""
     eval_data_dir: Optional[str] = None
+    """Folder of images when `eval_dataset` is `imagefolder`."""
     eval_split: Optional[str] = None
     """null: `validation`, else `test`, else the first split. Slices hold images out of a training
     split: `data.split: train[:90%]` with `eval.eval_split: train[90%:]`."""
     num_samples: int = 256
     """Images evaluated (a fixed, seeded subset)."""
     label_column: str = "label"
+    """Column holding the integer class labels of the held-out images."""
     class_names: Optional[str] = None
     """Zero-shot class names: null = the label column's ClassLabel names, `imagenet` = the shipped
     ImageNet-1k names, or a file with one name per line."""
@@ -201,6 +250,7 @@ class EvalConfig:
     attack_steps: int = 5
     """PGD iterations of the robust accuracy (a fast estimate; `aft-hf evaluate` for the full one)."""
     eval_batch_size: int = 64
+    """Images per forward pass of the evaluation."""
 
 
 @dataclass
@@ -216,6 +266,7 @@ class TrainConfig:
     hub: HubConfig = field(default_factory=HubConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
     seed: int = 0
+    """Seeds model initialisation order, data order and attack noise."""
     cpu: Optional[bool] = None
     """Force CPU (also for multi-process CPU runs). Default: CPU when no CUDA device exists."""
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -321,20 +372,67 @@ def _leaf_type(path: str):
     return _field_types(cls)[leaf]
 
 
+# Argument names of the Hugging Face `run_*_no_trainer.py` examples, accepted as overrides.
+# (`output_dir`, `seed`, `report_to`, `checkpointing_steps`, `resume_from_checkpoint`,
+# `push_to_hub`, `hub_model_id`, `gradient_accumulation_steps`, `weight_decay` are our own leaf
+# names already.) `per_device_train_batch_size` maps to `optim.per_device_batch_size`, NOT to the
+# global `optim.batch_size`: the global batch is computed from it at launch.
+ALIASES = {
+    "model_name_or_path": "model.name_or_path",
+    "dataset_name": "data.dataset",
+    "dataset_config_name": "data.config_name",
+    "learning_rate": "optim.lr",
+    "lr_scheduler_type": "optim.scheduler",
+    "num_warmup_steps": "optim.warmup_steps",
+    "max_train_steps": "optim.max_steps",
+    "per_device_train_batch_size": "optim.per_device_batch_size",
+}
+# Names refused although they would match a leaf: each could mean two different things.
+AMBIGUOUS = {
+    "steps": "'--steps' is ambiguous: use --attack.steps for the attack iterations K per image, "
+             "or --optim.max_steps (alias --max_train_steps) for the optimiser steps of training",
+}
+
+
+def _override_names() -> list[str]:
+    """Every name an override may use: dotted paths, unique leaf names, aliases."""
+    paths = leaf_paths()
+    leaves = [p.split(".")[-1] for p in paths]
+    unique = [name for name in leaves if leaves.count(name) == 1 and name not in AMBIGUOUS]
+    return paths + unique + list(ALIASES)
+
+
 def resolve_key(key: str, problems: list[str]) -> Optional[str]:
-    """Map an override key (dotted, or a unique bare leaf name) to its dotted path."""
+    """Map an override key (dotted, a unique bare leaf name, or an alias) to its dotted path."""
     key = key.replace("-", "_")
     paths = leaf_paths()
     if key in paths:
         return key
+    if key in AMBIGUOUS:
+        problems.append(AMBIGUOUS[key])
+        return None
+    if key in ALIASES:
+        return ALIASES[key]
     matches = [p for p in paths if p.split(".")[-1] == key]
     if len(matches) == 1:
         return matches[0]
     if matches:
         problems.append(f"ambiguous override '--{key}': use one of {', '.join('--' + m for m in matches)}")
     else:
-        problems.append(f"unknown override '--{key}'")
+        # the train command's own options too, spelled as argparse knows them
+        names = {n: n for n in _override_names()} | {"config": "config", "print_config": "print-config",
+                                                     "list_configs": "list-configs"}
+        close = [names[c] for c in difflib.get_close_matches(key, list(names), n=3, cutoff=0.6)]
+        hint = f"; did you mean {' or '.join('--' + c for c in close)}?" if close else \
+            " (aft-hf train --help lists every field)"
+        problems.append(f"unknown override '--{key}'{hint}")
     return None
+
+
+def _is_bool(tp: Any) -> bool:
+    """``bool`` or ``Optional[bool]``: a flag that may be given without a value."""
+    return tp is bool or (typing.get_origin(tp) in (Union, types.UnionType) and
+                          set(typing.get_args(tp)) == {bool, type(None)})
 
 
 def parse_overrides(args: list[str]) -> tuple[dict, list[str]]:
@@ -355,10 +453,11 @@ def parse_overrides(args: list[str]) -> tuple[dict, list[str]]:
             if i < len(args) and not args[i].startswith("--"):
                 raw = args[i]
                 i += 1
-            elif path is not None and _leaf_type(path) is bool:
+            elif path is not None and _is_bool(_leaf_type(path)):
                 raw = "true"
             else:
-                problems.append(f"override '--{key}' needs a value")
+                if path is not None:  # an unknown name is reported once, above
+                    problems.append(f"override '--{key}' needs a value")
                 continue
         if path is None:
             continue
@@ -391,20 +490,26 @@ def _merge(base: dict, update: dict) -> dict:
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[list[str]] = None) -> TrainConfig:
     """Read YAML (optional), apply CLI overrides, validate, and return the config.
 
-    Raises :class:`ConfigError` listing every problem found.
+    ``path`` is a YAML file or the name of a shipped recipe (``tiny_offline``, see
+    :mod:`aft_hf.recipes`). Raises :class:`ConfigError` listing every problem found.
     """
+    from .recipes import list_recipes, resolve_config_path
+
     problems: list[str] = []
     data: dict = {}
     if path is not None:
-        path = Path(path)
+        path = resolve_config_path(path)
         if not path.is_file():
-            raise ConfigError([f"config file not found: {path}"])
+            raise ConfigError([f"config file not found: {path} (shipped recipes: {', '.join(list_recipes())})"])
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError([f"{path}: not valid YAML: {e}"]) from None
     override_dict, override_problems = parse_overrides(overrides or [])
     problems.extend(override_problems)
+    if {"batch_size", "per_device_batch_size"} <= set(override_dict.get("optim", {})):
+        problems.append("give either --optim.batch_size (the global batch) or --optim.per_device_batch_size "
+                        "(alias --per_device_train_batch_size), not both")
     if isinstance(data, dict):
         data = _merge(data, override_dict)
     cfg = _build(TrainConfig, data, "", problems)
@@ -472,14 +577,16 @@ def validate(cfg: TrainConfig) -> list[str]:
         p.append(f"optim.batch_size: must be > 0, got {o.batch_size}")
     if o.gradient_accumulation_steps <= 0:
         p.append(f"optim.gradient_accumulation_steps: must be > 0, got {o.gradient_accumulation_steps}")
-    elif o.batch_size > 0 and o.batch_size % o.gradient_accumulation_steps:
+    elif o.per_device_batch_size is None and o.batch_size > 0 and o.batch_size % o.gradient_accumulation_steps:
         p.append(
             f"optim.batch_size ({o.batch_size}) is not divisible by "
             f"optim.gradient_accumulation_steps ({o.gradient_accumulation_steps})"
         )
+    if o.per_device_batch_size is not None and o.per_device_batch_size <= 0:
+        p.append(f"optim.per_device_batch_size: must be > 0 or null, got {o.per_device_batch_size}")
     if o.max_grad_norm is not None and o.max_grad_norm <= 0:
         p.append(f"optim.max_grad_norm: must be > 0 or null, got {o.max_grad_norm}")
-    if o.mixed_precision not in MIXED_PRECISION:
+    if o.mixed_precision is not None and o.mixed_precision not in MIXED_PRECISION:
         p.append(f"optim.mixed_precision: unknown value '{o.mixed_precision}' (choose from {', '.join(MIXED_PRECISION)})")
     if d.shuffle_buffer <= 0:
         p.append(f"data.shuffle_buffer: must be > 0, got {d.shuffle_buffer}")

@@ -31,6 +31,7 @@ from .config import ConfigError, TrainConfig
 from .data import build_dataloader, resume_position, stream_positions, watch_stalls
 from .guards import NonFiniteGuard, StopOnSignal, TrainingStopped, preflight, require_finite_weights
 from .hub_sync import HubSync
+from .launch import apply_launch, check_training_environment, run_info
 from .model import ImageEncoder, export_pretrained, load_image_encoder
 from .perf import use_matmul_patch_embedding
 from .resume import apply_optim_config, check_resume_config
@@ -238,8 +239,10 @@ def train(cfg: TrainConfig) -> Path:
 
     Raises :class:`~aft_hf.guards.TrainingStopped` after a SIGTERM/SIGINT (checkpoint saved).
     """
+    check_training_environment(cfg)  # missing tracker, fp16 on CPU, FSDP/DeepSpeed: refused before anything loads
     output_dir = Path(cfg.checkpoint.output_dir)
     accelerator = build_accelerator(cfg, output_dir)
+    apply_launch(cfg, accelerator)  # records the effective precision and global batch in cfg
     batch_size = per_device_batch_size(cfg, accelerator.num_processes)
     preflight(cfg, accelerator)  # writable output, hub reachable + token, no foreign checkpoints
     resume_path, progress = find_resume_point(cfg, output_dir)
@@ -425,7 +428,7 @@ class TrainingLoop:
                        "images_seen": sum(progress.images_seen_per_process), "skipped_images": skipped,
                        "nonfinite_steps": progress.nonfinite_steps, "config_changes": progress.config_changes,
                        "distributed_type": str(acc.distributed_type), "final": str(final),
-                       "log_history": self.history,
+                       **run_info(self.cfg, acc), "log_history": self.history,
                        **(self.evaluator.summary() if self.evaluator is not None else {})}
             write_json(self.output_dir / "train_summary.json", summary)
             logger.info("exported %s (skipped %d unreadable images in total)", final, skipped)
@@ -466,14 +469,23 @@ def add_subcommand(subparsers) -> None:
         "train", help="fine-tune a CLIP image encoder with AFT",
         description="Fine-tune with AFT. Any config field can be overridden: --section.field value "
                     "(or a unique field name alone, e.g. --lr 2e-5 or --resume_from_checkpoint latest).")
-    p.add_argument("--config", help="YAML file, e.g. configs/tiny_offline.yaml (defaults fill missing fields)")
+    p.add_argument("--config", help="YAML file, or a shipped recipe by name (e.g. tiny_offline; "
+                                    "see --list-configs); defaults fill missing fields")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--list-configs", action="store_true", help="list the shipped recipes and exit")
     p.set_defaults(func=_cli_train, accepts_overrides=True)
+    from .config_help import describe_config_cli
+
+    describe_config_cli(p)
 
 
 def _cli_train(args, overrides: list[str]) -> int:
     from .config import load_config
+    from .recipes import format_recipes
 
+    if args.list_configs:
+        print(f"shipped recipes (use as --config NAME):\n{format_recipes()}")
+        return 0
     cfg = load_config(args.config, overrides)
     if args.print_config:
         print(cfg.to_yaml())

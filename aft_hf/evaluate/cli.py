@@ -67,7 +67,7 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--tolerance", type=int, default=15, help="pointing-game tolerance in pixels")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_cli_evaluate)
 

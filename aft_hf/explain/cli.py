@@ -83,7 +83,7 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--no-postprocess", action="store_true", help="keep raw maps (no abs / percentile clip / min-max)")
     p.add_argument("--max-images", type=int, default=16, help="at most this many images (>= 1)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_cli_explain)
 

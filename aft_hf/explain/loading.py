@@ -15,10 +15,10 @@ from .targets import TextTower, is_full_clip, load_text_tower
 
 
 def pick_device(spec: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
+    """``--device``: auto, cpu, cuda, cuda:N; an unusable one is a one-line error before any loading."""
+    from ..launch import resolve_device
+
+    return resolve_device(spec)
 
 
 def load_models_and_texts(models: Sequence[str], text_model: Optional[str], device: torch.device,

@@ -1,0 +1,99 @@
+"""``aft-hf train --help``: every config field with its default and meaning, generated from the code.
+
+A field's documentation is ``metadata={"help": ...}`` when given, else the string literal written
+under the field in :mod:`aft_hf.config` (read from the source with :mod:`ast`, so the dataclasses
+stay plain and the text is written once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import functools
+import inspect
+import textwrap
+
+from .config import ALIASES, AMBIGUOUS, TrainConfig, _field_types
+
+
+@functools.lru_cache(maxsize=None)
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """Field name -> the string literal that follows its annotated assignment in the class body."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):  # no source (frozen app): help without descriptions
+        return {}
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and \
+                isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def field_help(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, object, str]]:
+    """``(dotted name, default, meaning)`` for every leaf of the config tree, in declaration order."""
+    rows = []
+    types_ = _field_types(cls)
+    docs = _attribute_docs(cls)
+    for f in dataclasses.fields(cls):
+        path = prefix + f.name
+        if dataclasses.is_dataclass(types_[f.name]):
+            rows.extend(field_help(types_[f.name], path + "."))
+        else:
+            rows.append((path, _default(f), f.metadata.get("help") or docs.get(f.name, "")))
+    return rows
+
+
+def _yaml_scalar(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value).replace(" ", "")
+
+
+def format_fields(width: int = 100) -> str:
+    """The field list of ``--help``: one entry per field, its meaning indented below it."""
+    lines = []
+    for path, default, meaning in field_help():
+        lines.append(f"  --{path} (default: {_yaml_scalar(default)})")
+        if meaning:
+            lines.extend(textwrap.wrap(meaning, width, initial_indent=" " * 6, subsequent_indent=" " * 6))
+    return "\n".join(lines)
+
+
+def format_aliases() -> str:
+    names = ", ".join(f"--{a} = --{p}" for a, p in ALIASES.items())
+    return textwrap.fill(names, 100, initial_indent="  ", subsequent_indent="  ")
+
+
+def describe_config_cli(parser: argparse.ArgumentParser) -> None:
+    """Attach the generated field reference, aliases and recipes to the ``train`` parser's help."""
+    from .recipes import format_recipes
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    ambiguous = "\n".join(textwrap.fill(msg, 100, initial_indent="  ", subsequent_indent="    ")
+                          for msg in AMBIGUOUS.values())
+    parser.epilog = (
+        "config fields (override as --section.field VALUE or --section.field=VALUE; a field name alone\n"
+        "works when it names one field, e.g. --lr; values are YAML: true, null, [0.9,0.98]; a boolean\n"
+        "field given without a value means true, e.g. --cpu):\n"
+        f"{format_fields()}\n\n"
+        "aliases (argument names of the Hugging Face no_trainer examples):\n"
+        f"{format_aliases()}\n"
+        "  --per_device_train_batch_size is per process and micro-batch: the global batch is\n"
+        "  per_device x processes x optim.gradient_accumulation_steps (optim.batch_size is global).\n\n"
+        f"refused as ambiguous:\n{ambiguous}\n\n"
+        f"shipped recipes (--config NAME):\n{format_recipes()}\n"
+    )

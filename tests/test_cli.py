@@ -1,0 +1,225 @@
+"""The training CLI as a user meets it: --help, aliases, bare booleans, recipes by name, and the
+start-up refusals (tracker not installed, fp16 on CPU, flash-attention, FSDP/DeepSpeed, --device)."""
+
+import filecmp
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from accelerate.utils import DistributedType
+
+from aft_hf import launch
+from aft_hf.cli import main
+from aft_hf.config import ConfigError, leaf_paths, load_config
+from aft_hf.config_help import field_help
+from aft_hf.launch import LaunchError, apply_launch, check_training_environment, resolve_device
+from aft_hf.recipes import RECIPES_DIR, list_recipes
+from tests.conftest import write_png_folder
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(args, capsys):
+    try:
+        code = main(args)
+    except SystemExit as e:  # argparse (--help) exits
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# --------------------------------------------------------------------------- help and names
+
+
+def test_help_lists_every_field_with_default_and_meaning(capsys):
+    code, out, _ = run_cli(["train", "--help"], capsys)
+    assert code == 0
+    rows = field_help()
+    assert [r[0] for r in rows] == leaf_paths()
+    for path, default, meaning in rows:
+        assert meaning, f"{path} has no documentation (add a string literal under the field)"
+        assert f"--{path} (default: " in out, path
+    assert "--optim.mixed_precision (default: null)" in out and "--attack.steps (default: 10)" in out
+    assert "Attack iterations K per image" in out and "Optimiser steps: the length of training" in out
+    assert "--per_device_train_batch_size" in out and "tiny_offline" in out and "'--steps' is ambiguous" in out
+
+
+@pytest.mark.parametrize("alias,value,path,expected", [
+    ("model_name_or_path", "some/model", "model.name_or_path", "some/model"),
+    ("dataset_name", "some/data", "data.dataset", "some/data"),
+    ("learning_rate", "3e-4", "optim.lr", 3e-4),
+    ("lr_scheduler_type", "linear", "optim.scheduler", "linear"),
+    ("num_warmup_steps", "5", "optim.warmup_steps", 5),
+    ("max_train_steps", "5000", "optim.max_steps", 5000),
+    ("per_device_train_batch_size", "4", "optim.per_device_batch_size", 4),
+    ("output_dir", "o", "checkpoint.output_dir", "o"),
+    ("seed", "3", "seed", 3),
+    ("report_to", "none", "logging.report_to", "none"),
+    ("checkpointing_steps", "7", "checkpoint.checkpointing_steps", 7),
+    ("resume_from_checkpoint", "latest", "checkpoint.resume_from_checkpoint", "latest"),
+    ("push_to_hub", "true", "hub.push_to_hub", True),
+    ("hub_model_id", "me/m", "hub.hub_model_id", "me/m")])
+def test_hf_example_names_are_aliases(alias, value, path, expected):
+    cfg = load_config(None, ["--hub_model_id", "me/m", f"--{alias}", value])
+    node = cfg
+    for part in path.split("."):
+        node = getattr(node, part)
+    assert node == expected
+
+
+def test_bare_steps_is_refused_naming_both_meanings():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["--steps", "3"])
+    assert "--attack.steps" in str(err.value) and "--optim.max_steps" in str(err.value)
+
+
+def test_unknown_name_gets_did_you_mean():
+    with pytest.raises(ConfigError, match="did you mean --learning_rate"):
+        load_config(None, ["--lerning_rate", "1e-4"])
+    with pytest.raises(ConfigError, match="did you mean --attack.eps"):
+        load_config(None, ["--attack.epz", "2"])
+    with pytest.raises(ConfigError, match="did you mean --print-config"):
+        load_config(None, ["--print_confg"])
+
+
+@pytest.mark.parametrize("flag,get", [
+    ("--cpu", lambda c: c.cpu), ("--perf.fused_adamw", lambda c: c.perf.fused_adamw),
+    ("--data.streaming", lambda c: c.data.streaming), ("--hub.private", lambda c: c.hub.private)])
+def test_bare_boolean_means_true(flag, get):
+    assert get(load_config(None, [flag])) is True  # last argument
+    assert get(load_config(None, [flag, "--lr", "1e-4"])) is True  # followed by another flag
+    assert get(load_config(None, [flag, "false"])) is False
+
+
+def test_per_device_batch_becomes_the_global_batch():
+    cfg = load_config(None, ["--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2"])
+    fake = SimpleNamespace(distributed_type=DistributedType.MULTI_GPU, mixed_precision="no",
+                           device=torch.device("cpu"), num_processes=3)
+    apply_launch(cfg, fake)
+    assert cfg.optim.batch_size == 4 * 3 * 2 and cfg.optim.per_device_batch_size == 4
+    with pytest.raises(ConfigError, match="not both"):
+        load_config(None, ["--per_device_train_batch_size", "4", "--optim.batch_size", "8"])
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+def test_recipes_have_one_source_and_work_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
+    shipped = sorted(p.name for p in RECIPES_DIR.glob("*.yaml"))
+    top = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
+    assert shipped == top and len(shipped) >= 4
+    for name in shipped:  # configs/ of a clone are links to (or copies identical to) the packaged files
+        assert filecmp.cmp(REPO / "configs" / name, RECIPES_DIR / name, shallow=False), name
+    assert "recipes/*.yaml" in (REPO / "setup.cfg").read_text()
+    monkeypatch.chdir(tmp_path)
+    assert load_config("aft_vit_b16_huber").attack.norm == "huber"
+    assert load_config("tiny_offline.yaml").model.name_or_path == "builtin:tiny-clip"
+    code, out, _ = run_cli(["train", "--list-configs"], capsys)
+    assert code == 0 and all(name in out for name in list_recipes())
+    code, _, err = run_cli(["train", "--config", "no_such_recipe", "--print-config"], capsys)
+    assert code == 2 and "tiny_offline" in err
+
+
+def test_gpu_recipes_leave_precision_to_the_launcher():
+    for name in ("aft_vit_b16_huber", "fare4_vit_l14", "short_repro_vit_b16", "tiny_offline"):
+        assert load_config(name).optim.mixed_precision is None, name
+
+
+# --------------------------------------------------------------------------- start-up refusals
+
+
+def _train_args(tmp_path, *extra):
+    return ["train", "--config", "tiny_offline", "--output_dir", str(tmp_path / "out"), *extra]
+
+
+def test_missing_tracker_is_an_error_naming_the_extra(tmp_path, monkeypatch, capsys):
+    real = launch.importlib.util.find_spec
+    monkeypatch.setattr(launch.importlib.util, "find_spec", lambda name: None if name == "wandb" else real(name))
+    code, _, err = run_cli(_train_args(tmp_path, "--logging.report_to", "wandb"), capsys)
+    assert code == 2 and "pip install aft_hf[wandb]" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_fp16_on_cpu_is_refused(tmp_path, monkeypatch, capsys):
+    code, _, err = run_cli(_train_args(tmp_path, "--optim.mixed_precision", "fp16", "--cpu"), capsys)
+    assert code == 2 and "fp16 is not supported on CPU" in err
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # the same, chosen by the launcher
+    code, _, err = run_cli(_train_args(tmp_path, "--cpu"), capsys)
+    assert code == 2 and "fp16 is not supported on CPU" in err
+    fake = SimpleNamespace(distributed_type=DistributedType.NO, mixed_precision="fp16", device=torch.device("cpu"),
+                           num_processes=1)
+    with pytest.raises(LaunchError, match="fp16"):
+        apply_launch(load_config(None), fake)
+
+
+def test_flash_attention_checked_up_front(tmp_path, monkeypatch, capsys):
+    code, _, err = run_cli(_train_args(tmp_path, "--model.attn_implementation", "flash_attention_2", "--cpu"), capsys)
+    assert code == 2 and "flash_attention_2 needs a CUDA GPU" in err
+    monkeypatch.setattr(launch.importlib.util, "find_spec", lambda name: None)
+    assert "pip install flash-attn" in launch.attention_problems("flash_attention_2", cpu=False)[0]
+    assert launch.attention_problems("sdpa", cpu=True) == launch.attention_problems("eager", cpu=True) == []
+
+
+@pytest.mark.parametrize("var", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_fsdp_and_deepspeed_launches_are_refused(var, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(var, "true")
+    code, _, err = run_cli(_train_args(tmp_path), capsys)
+    assert code == 2 and "unwrapped module's own parameters" in err
+
+
+@pytest.mark.parametrize("kind", [DistributedType.FSDP, DistributedType.DEEPSPEED])
+def test_sharded_accelerator_is_refused(kind):
+    fake = SimpleNamespace(distributed_type=kind, mixed_precision="no", device=torch.device("cpu"), num_processes=2)
+    with pytest.raises(LaunchError, match="does not support"):
+        apply_launch(load_config(None), fake)
+
+
+def test_device_is_validated(monkeypatch, capsys, tmp_path):
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(LaunchError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(LaunchError, match="no CUDA device"):
+        resolve_device("cuda")
+    code, _, err = run_cli(["evaluate", "--model", "builtin:tiny-clip", "--dataset", "x", "--out", str(tmp_path),
+                            "--device", "cuda:0"], capsys)
+    assert code == 2 and "no CUDA device" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- the launcher decides precision
+
+
+def test_precision_and_layout_come_from_the_launch(tiny_clip_path, tmp_path):
+    """ACCELERATE_MIXED_PRECISION (what `accelerate launch --mixed_precision bf16` sets) reaches the
+    run, and the summary and exported config record the effective precision and batch layout."""
+    data = write_png_folder(tmp_path / "imgs", 8)
+    out = tmp_path / "out"
+    args = ["train", "--model_name_or_path", str(tiny_clip_path), "--dataset_name", str(data), "--output_dir", str(out),
+            "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2", "--max_train_steps", "2",
+            "--num_warmup_steps", "0", "--attack.steps", "1", "--report_to", "none", "--cpu"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ACCELERATE_MIXED_PRECISION": "bf16"}
+    run = subprocess.run([sys.executable, "-m", "aft_hf", *args], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["mixed_precision"] == "bf16" and summary["num_processes"] == 1
+    assert summary["gradient_accumulation_steps"] == 2 and summary["global_batch_size"] == 4
+    assert set(summary["versions"]) >= {"torch", "transformers", "accelerate", "datasets", "aft_hf"}
+    recorded = load_config(out / "final" / "aft_config.yaml")
+    assert recorded.optim.mixed_precision == "bf16" and recorded.optim.batch_size == 4
+    from aft_hf.card import build_model_card
+
+    assert "| `optim.mixed_precision` | bf16 |" in str(build_model_card(out / "final", repo_id="me/x"))
+
+
+def test_config_precision_overrides_the_launcher(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert launch.requested_precision(load_config(None)) == "bf16"
+    assert launch.requested_precision(load_config(None, ["--optim.mixed_precision", "no"])) == "no"
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    assert launch.requested_precision(load_config(None)) == "no"
