@@ -52,4 +52,12 @@ def test_paired_and_spread_on_known_values():
     assert math.isclose(p["se"], 1.0 / math.sqrt(3), rel_tol=1e-6)  # differences 1, 0, 2: sd 1
     assert math.isclose(paired(new, old, higher_is_better=False)["improved"], 0.0)
     s = spread([1.0, 3.0])
-    assert s["mean"] == 2.0 and math.isclose(s["sd"], math.sqrt(2)) and spread([5.0])["sd"] == 0.0
+    assert s["mean"] == 2.0 and math.isclose(s["sd"], math.sqrt(2)) and spread([5.0])["sd"] is None
+
+
+def test_one_seed_shows_no_spread():
+    """With one seed there is no spread over seeds: the table shows the mean alone, never '± 0.000'."""
+    from aft_hf.demo.report import _cell
+
+    assert _cell(spread([0.25])) == "0.250"
+    assert "±" not in _cell(spread([0.25])) and _cell(spread([0.25, 0.35])) == "0.300 ± 0.071"

@@ -87,10 +87,10 @@ def paired(new: Tensor, old: Tensor, higher_is_better: bool = True) -> dict:
 
 
 def spread(values: Sequence[float]) -> dict:
-    """Mean and sample standard deviation over seeds (sd 0 for one seed)."""
+    """Mean and sample standard deviation over seeds (sd ``None`` for one seed: there is no spread to show)."""
     v = [x for x in values if x == x]
     if not v:
         return {"mean": float("nan"), "sd": float("nan"), "per_seed": list(values)}
     mean = sum(v) / len(v)
-    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
+    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else None
     return {"mean": mean, "sd": sd, "per_seed": list(values)}

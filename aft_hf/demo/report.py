@@ -63,7 +63,8 @@ def verdicts(report: dict) -> list[str]:
         significant = all(abs(d["mean"]) > 2 * d["se"] for d in per_seed if d["se"] == d["se"])
         direction = "raised" if aft["mean"] > 0 else "lowered"
         text = (f"{method_label(method)}: AFT {direction} energy-in-mask by {aft['mean']:+.3f} "
-                f"(sd over seeds {aft['sd']:.3f}; {'beyond' if significant else 'not beyond'} 2 paired SE in every seed)")
+                + (f"(sd over seeds {aft['sd']:.3f}; " if aft["sd"] is not None else "(one seed; ")
+                + f"{'beyond' if significant else 'not beyond'} 2 paired SE in every seed)")
         if ctrl:
             text += f"; the noise control changed it by {ctrl['mean']:+.3f}"
         lines.append(text + ".")
@@ -120,7 +121,7 @@ def metrics_figure(report: dict, out: Path) -> Path:
             for method in methods:
                 v = report["metrics"][method][metric][name]
                 vals.append(v["mean"] if isinstance(v, dict) else v)
-                errs.append(v["sd"] if isinstance(v, dict) else 0.0)
+                errs.append((v["sd"] or 0.0) if isinstance(v, dict) else 0.0)
             xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(methods))]
             ax.bar(xs, [0 if v is None or v != v else v for v in vals], width, yerr=errs, label=name, capsize=3)
         if metric == "energy":
