@@ -34,7 +34,10 @@ from data_pipeline import write_jpegs  # noqa: E402
 
 def save_model(model: str, folder: Path) -> Path:
     """The random-weight geometry saved as a vision-with-projection folder with its image processor."""
-    from transformers import CLIPImageProcessor
+    try:  # the PIL processor: CLIPImageProcessor falls back to it with a warning when torchvision is missing
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessor
 
     encoder = build_encoder(model, "sdpa")
     encoder.vision.save_pretrained(folder)

@@ -161,3 +161,21 @@ def test_data_pipeline_benchmark_smoke(tmp_path):
     assert [(r["streaming"], r["workers"]) for r in report["loaders"]] == [(False, 0), (True, 0)]
     assert all(r["images"] == 4 for r in report["loaders"])
     assert report["workers_needed_for_target"] >= 1
+
+
+def test_ab_switch_benchmark_smoke(tmp_path):
+    """The interleaved A/B benchmark times both variants in alternation and writes their ratio."""
+    out = tmp_path / "ab.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "ab_switch.py"), "--switch", "patchmm", "--model", "tiny",
+         "--batch-size", "2", "--steps", "2", "--rounds", "3", "--threads", "1", "--json", str(out)],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert set(report["median_step_s"]) == {"default", "flip patchmm"}
+    assert all(len(t) == 2 for t in report["step_s"].values())
+    assert report["options"]["default"]["patch_embedding_matmul"] is True
+    assert report["options"]["flip patchmm"]["patch_embedding_matmul"] is False
+    ratio = report["median_step_s"]["flip patchmm"] / report["median_step_s"]["default"]
+    assert report["speedup_of_default"] == pytest.approx(ratio) and report["flops_per_step"] > 1e6
