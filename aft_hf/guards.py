@@ -194,11 +194,21 @@ def check_output_dir(output_dir: Path, resume: Optional[str], overwrite: bool) -
             "(deletes those checkpoints), or choose another --output_dir")
 
 
+def check_final_dir(final: Path) -> None:
+    """``final/`` will be replaced by the export: refuse now, not after training, if aft_hf did not write it."""
+    from .model import _earlier_export
+    from .outputs import check_output_dir as check_replaceable
+
+    if final.is_dir() and not _earlier_export(final):
+        check_replaceable(final, overwrite=True, option="the export folder <output_dir>/final")
+
+
 def preflight(cfg, accelerator: Accelerator) -> None:
     """Everything the end of the run needs, checked before the first step (on every rank)."""
     output_dir = Path(cfg.checkpoint.output_dir)
     check_writable(output_dir, accelerator.process_index)
     check_output_dir(output_dir, cfg.checkpoint.resume_from_checkpoint, cfg.checkpoint.overwrite_output_dir)
+    check_final_dir(output_dir / "final")
     if cfg.hub.push_to_hub:  # fail now (on every rank, so none waits for the others), not after training
         from .hub import HubError, require_token
 

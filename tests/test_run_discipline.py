@@ -113,3 +113,19 @@ def test_unusable_output_or_offline_push_fail_before_loading(tmp_path, monkeypat
                              "--hub.hub_model_id", "me/m"])
     with pytest.raises(HubError, match="HF_HUB_OFFLINE"):
         train(cfg)
+
+
+def test_foreign_final_folder_is_refused_before_loading(tmp_path, monkeypatch):
+    """An `<output_dir>/final` that aft_hf did not write would be refused at export: refuse it at start."""
+    from aft_hf.outputs import OutputError
+
+    def no_model(*a, **k):
+        raise AssertionError("the model must not be loaded: the check comes first")
+
+    monkeypatch.setattr(train_mod, "load_image_encoder", no_model)
+    final = tmp_path / "run" / "final"
+    final.mkdir(parents=True)
+    (final / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not written by aft_hf"):
+        train(load_config(None, ["--output_dir", str(tmp_path / "run"), "--report_to", "none"]))
+    assert (final / "notes.txt").read_text() == "mine"
