@@ -13,11 +13,11 @@ from pathlib import Path
 from ..explain import resolve_method
 from ..explain.loading import load_models_and_texts, pick_device
 from ..explain.options import OptionProblems
-from .classnames import resolve_classnames, resolve_templates
-from .data import load_labelled_images
-from .metrics import METRICS
-from .runner import DEFAULT_METRICS, EvaluationError, evaluate_model, resolve_metrics, slug, write_outputs
-from .zeroshot import ATTACKS, DEFAULT_ITERATIONS
+from ..evaluate.classnames import resolve_classnames, resolve_templates
+from ..evaluate.data import load_labelled_images
+from ..evaluate.metrics import METRICS
+from ..evaluate.runner import DEFAULT_METRICS, EvaluationError, evaluate_model, resolve_metrics, slug, write_outputs
+from ..evaluate.zeroshot import ATTACKS, DEFAULT_ITERATIONS
 
 logger = logging.getLogger(__name__)
 

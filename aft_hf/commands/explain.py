@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from ..data.images import load_images, load_readable_images
-from .loading import load_models_and_texts, pick_device
-from .methods import Explainer, resolve_method
-from .options import OptionProblems
-from .targets import ExplainError, check_template, image_targets
+from ..explain.loading import load_models_and_texts, pick_device
+from ..explain.methods import Explainer, resolve_method
+from ..explain.options import OptionProblems
+from ..explain.targets import ExplainError, check_template, image_targets
 
 logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
