@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-from huggingface_hub.utils.sha import sha_fileobj
 from torch import Tensor
 
 from .card import IMPORT_FILE
 from .checkpoint_io import ConvertError, load_checkpoint_file, read_open_clip_config, resolve_checkpoint
+from .files import sha256_file
 from .model import save_preprocessing
 from .outputs import OutputError, check_output_dir, discard, replace_dir, staging_dir, write_marker
 
@@ -238,11 +238,6 @@ def _check_base(g: VitGeometry, base_model) -> VitGeometry:
     return VitGeometry(**{**asdict(g), "heads": vc.num_attention_heads})
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return sha_fileobj(f).hex()
-
-
 ACTIVATIONS = ("quick_gelu", "gelu")
 """The two MLP activations of CLIP ViTs: QuickGELU (OpenAI CLIP and its fine-tunes) and exact GELU (most
 open_clip models trained from scratch). transformers names them like this in ``hidden_act``."""
@@ -312,7 +307,7 @@ def import_checkpoint(checkpoint: Union[str, Path], base: str, out: Union[str, P
         model.save_pretrained(tmp)
         save_preprocessing(source, tmp)
         arch_name = next((name for name, g in ARCHS.items() if g == geometry), "custom ViT")
-        info = {"source_checkpoint": f"{repo_id}/{path.name}" if repo_id else path.name, "sha256": _sha256(path),
+        info = {"source_checkpoint": f"{repo_id}/{path.name}" if repo_id else path.name, "sha256": sha256_file(path),
                 "arch": arch_name, "geometry": asdict(geometry), "base": base,
                 "hidden_act": model.config.vision_config.hidden_act, "activation_source": origin,
                 "ignored_keys": ignored + unexpected}
