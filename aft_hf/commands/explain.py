@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from . import add_device_and_out_arguments, add_model_arguments
 from ..data.images import load_images, load_readable_images
 from ..explain.loading import load_models_and_texts, pick_device
 from ..explain.methods import Explainer, resolve_method
@@ -70,9 +71,7 @@ def model_labels(models: Sequence[str]) -> list[str]:
 def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser("explain", help="saliency maps of CLIP models as PNG grids",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", action="append", required=True, help="Hub id or folder (repeat to compare models)")
-    p.add_argument("--text-model", help="full CLIP checkpoint whose text tower every model uses (default: each full "
-                                        "CLIP model its own; required for vision-only models)")
+    add_model_arguments(p)
     p.add_argument("--images", nargs="+", required=True, help="image files and/or folders")
     p.add_argument("--prompt", default="a photo of a {}.", help="template with {} for the label")
     p.add_argument("--labels", nargs="+", help="one label for all images or one per image (default: folder names)")
@@ -83,8 +82,7 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--no-postprocess", action="store_true", help="keep raw maps (no abs / percentile clip / min-max)")
     p.add_argument("--max-images", type=int, default=16, help="at most this many images (>= 1)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    p.add_argument("--out", required=True, help="output folder")
+    add_device_and_out_arguments(p)
     p.set_defaults(func=_cli_explain)
 
 
