@@ -11,61 +11,20 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from . import add_device_and_out_arguments, add_model_arguments
 from ..data.images import load_images, load_readable_images
+from ..explain.inputs import collect_images, image_labels, model_labels
 from ..explain.loading import load_models_and_texts, pick_device
 from ..explain.methods import Explainer, resolve_method
 from ..explain.options import OptionProblems
 from ..explain.targets import ExplainError, check_template, image_targets
 
 logger = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-
-
-def collect_images(paths: Sequence[str], max_images: Optional[int] = None) -> list[Path]:
-    """Image files from files and folders (folders searched recursively, sorted)."""
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise ExplainError(f"image path '{p}' does not exist")
-    if not files:
-        raise ExplainError(f"no image files found in {', '.join(paths)}")
-    if max_images is not None and max_images < 1:
-        raise ExplainError(f"max_images must be >= 1 (or None for all), got {max_images}")
-    return files if max_images is None else files[:max_images]
-
-
-def image_labels(files: Sequence[Path], labels: Optional[Sequence[str]]) -> list[str]:
-    """One label for all images, one per image, or (none given) each image's folder name."""
-    if not labels:
-        return [f.parent.name.replace("_", " ") for f in files]
-    if len(labels) == 1:
-        return list(labels) * len(files)
-    if len(labels) != len(files):
-        raise ExplainError(f"{len(labels)} labels for {len(files)} images: give one label, or one per image "
-                           f"(images in order: {', '.join(f.name for f in files[:8])}{' ...' if len(files) > 8 else ''})")
-    return list(labels)
-
-
-def model_labels(models: Sequence[str]) -> list[str]:
-    """Short distinct column labels for models (last path part; duplicates numbered)."""
-    labels: list[str] = []
-    for m in models:
-        base = Path(m.rstrip("/")).name or m
-        label, n = base, 2
-        while label in labels:
-            label, n = f"{base}#{n}", n + 1
-        labels.append(label)
-    return labels
 
 
 def add_subcommand(subparsers) -> None:
