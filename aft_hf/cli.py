@@ -1,6 +1,6 @@
-"""The ``aft-hf`` command line. Each subcommand lives next to the code it runs: a module in
-``COMMAND_MODULES`` exposes ``add_subcommand(subparsers)``, which registers a parser whose
-``func(args, extra_args) -> int`` does the work.
+"""The ``aft-hf`` command line. Each subcommand is one module of :mod:`aft_hf.commands`, listed in
+``COMMAND_MODULES``; it exposes ``add_subcommand(subparsers)``, which registers a parser whose
+``func(args, extra_args) -> int`` does the work through the library modules.
 
     aft-hf train --config configs/tiny_offline.yaml [--section.field value ...]
     aft-hf push out/final --repo-id me/clip-aft [--private]
@@ -17,8 +17,8 @@ from typing import Optional
 from .constants import VERSION as __version__
 from .errors import AftError
 
-COMMAND_MODULES = ["aft_hf.train", "aft_hf.hub", "aft_hf.world.cli", "aft_hf.convert", "aft_hf.explain.cli",
-                   "aft_hf.evaluate.cli", "aft_hf.demo", "aft_hf.export_openclip"]
+COMMAND_MODULES = [f"aft_hf.commands.{name}" for name in ("train", "push", "world", "import_checkpoint", "explain",
+                                                            "evaluate", "demo", "export_openclip")]
 QUIET_LOGGERS = ("httpx", "httpcore", "urllib3", "filelock", "fsspec", "accelerate.checkpointing",
                  "accelerate.accelerator")
 

@@ -7,14 +7,13 @@ stay plain and the text is written once).
 
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import functools
 import inspect
 import textwrap
 
-from .config import ALIASES, AMBIGUOUS, TrainConfig, _field_types
+from .config import ALIASES, TrainConfig, _field_types
 
 
 @functools.lru_cache(maxsize=None)
@@ -76,24 +75,3 @@ def format_fields(width: int = 100) -> str:
 def format_aliases() -> str:
     names = ", ".join(f"--{a} = --{p}" for a, p in ALIASES.items())
     return textwrap.fill(names, 100, initial_indent="  ", subsequent_indent="  ")
-
-
-def describe_config_cli(parser: argparse.ArgumentParser) -> None:
-    """Attach the generated field reference, aliases and recipes to the ``train`` parser's help."""
-    from .recipes import format_recipes
-
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    ambiguous = "\n".join(textwrap.fill(msg, 100, initial_indent="  ", subsequent_indent="    ")
-                          for msg in AMBIGUOUS.values())
-    parser.epilog = (
-        "config fields (override as --section.field VALUE or --section.field=VALUE; a field name alone\n"
-        "works when it names one field, e.g. --lr; values are YAML: true, null, [0.9,0.98]; a boolean\n"
-        "field given without a value means true, e.g. --cpu):\n"
-        f"{format_fields()}\n\n"
-        "aliases (argument names of the Hugging Face no_trainer examples):\n"
-        f"{format_aliases()}\n"
-        "  --per_device_train_batch_size is per process and micro-batch: the global batch is\n"
-        "  per_device x processes x optim.gradient_accumulation_steps (optim.batch_size is global).\n\n"
-        f"refused as ambiguous:\n{ambiguous}\n\n"
-        f"shipped recipes (--config NAME):\n{format_recipes()}\n"
-    )

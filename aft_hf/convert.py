@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-from huggingface_hub.utils.sha import sha_fileobj
 from torch import Tensor
 
 from .card import IMPORT_FILE
 from .checkpoint_io import ConvertError, load_checkpoint_file, read_open_clip_config, resolve_checkpoint
+from .files import sha256_file
 from .model import save_preprocessing
 from .outputs import OutputError, check_output_dir, discard, replace_dir, staging_dir, write_marker
 
@@ -238,11 +238,6 @@ def _check_base(g: VitGeometry, base_model) -> VitGeometry:
     return VitGeometry(**{**asdict(g), "heads": vc.num_attention_heads})
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return sha_fileobj(f).hex()
-
-
 ACTIVATIONS = ("quick_gelu", "gelu")
 """The two MLP activations of CLIP ViTs: QuickGELU (OpenAI CLIP and its fine-tunes) and exact GELU (most
 open_clip models trained from scratch). transformers names them like this in ``hidden_act``."""
@@ -312,7 +307,7 @@ def import_checkpoint(checkpoint: Union[str, Path], base: str, out: Union[str, P
         model.save_pretrained(tmp)
         save_preprocessing(source, tmp)
         arch_name = next((name for name, g in ARCHS.items() if g == geometry), "custom ViT")
-        info = {"source_checkpoint": f"{repo_id}/{path.name}" if repo_id else path.name, "sha256": _sha256(path),
+        info = {"source_checkpoint": f"{repo_id}/{path.name}" if repo_id else path.name, "sha256": sha256_file(path),
                 "arch": arch_name, "geometry": asdict(geometry), "base": base,
                 "hidden_act": model.config.vision_config.hidden_act, "activation_source": origin,
                 "ignored_keys": ignored + unexpected}
@@ -352,39 +347,3 @@ def _fill_vision(model, converted: dict[str, Tensor]) -> None:
     if result.unexpected_keys:
         raise ConvertError(f"internal key mapping error, unexpected: {result.unexpected_keys}")
     model.config.vision_config.projection_dim = model.config.projection_dim  # docs/method.md#loading-clip-vision-checkpoints
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_subcommand(subparsers) -> None:
-    """``aft-hf import-checkpoint CKPT --arch ViT-B-16 --base openai/clip-vit-base-patch16 --out converted/``."""
-    p = subparsers.add_parser(
-        "import-checkpoint", help="convert an open_clip image-encoder checkpoint into a transformers CLIPModel folder",
-        description="Convert a released open_clip image encoder (bare, 'visual.'-prefixed, or inside a training "
-                    "checkpoint dict; a local file or a Hub repo) into a full CLIPModel folder with the base model's "
-                    "text tower and processor.")
-    p.add_argument("checkpoint", help=".pt/.pth/.bin (read with weights_only=True) or .safetensors, or a Hub repo id "
-                                      "(org/name) holding an open_clip model")
-    p.add_argument("--arch", default="auto", help=f"{', '.join(ARCHS)} (add -quickgelu to state the activation) "
-                                                  "or auto (read from the weights; default)")
-    p.add_argument("--base", required=True, help="the CLIP it was fine-tuned from: Hub id or local folder")
-    p.add_argument("--out", required=True, help="output folder (new or empty; --overwrite replaces one aft_hf wrote)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a folder written by aft_hf")
-    p.add_argument("--activation", default="auto", choices=("auto",) + ACTIVATIONS,
-                   help="the MLP activation the checkpoint was trained with (OpenAI-derived: quick_gelu); auto: "
-                        "from --arch or an open_clip_config.json beside it, else the base's")
-    p.add_argument("--filename", help="for a Hub repo: the weights file (default: open_clip's file names)")
-    p.add_argument("--revision", help="for a Hub repo: branch, tag or commit")
-    p.add_argument("--ignore-unexpected", action="store_true", help="drop keys that are not part of the image tower")
-    p.set_defaults(func=_cli_import)
-
-
-def _cli_import(args, extra) -> int:
-    out = import_checkpoint(args.checkpoint, args.base, args.out, args.arch, args.ignore_unexpected,
-                            overwrite=args.overwrite, activation=args.activation, filename=args.filename,
-                            revision=args.revision)
-    info = json.loads((out / IMPORT_FILE).read_text())
-    print(f"converted {args.checkpoint} -> {out} ({info['geometry']}, activation {info['hidden_act']} "
-          f"[{info['activation_source']}], ignored keys: {len(info['ignored_keys'])})")
-    return 0

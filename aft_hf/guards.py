@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import uuid
@@ -20,6 +19,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 
 from .checkpointing import CheckpointError, list_checkpoints, remove_stale_temporaries
+from .env import hub_offline
 from .errors import AftError
 
 logger = get_logger(__name__)
@@ -166,8 +166,7 @@ class StopOnSignal:
 def _hub_offline() -> bool:
     from huggingface_hub import constants
 
-    env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    return env or bool(constants.HF_HUB_OFFLINE)
+    return hub_offline() or bool(constants.HF_HUB_OFFLINE)
 
 
 def check_writable(output_dir: Path, process_index: int = 0) -> None:

@@ -254,39 +254,3 @@ def push_model(folder: Union[str, Path], repo_id: str, report: Union[str, Path, 
         built = prepare_hub_folder(folder, Path(tmp) / "hub", repo_id, report, figure, license, allow_network=True,
                                    tags=tags)
         return push_folder(built, repo_id, private=private, token=token)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_subcommand(subparsers) -> None:
-    """``aft-hf push FOLDER --repo-id ID [--report R] [--figure F] [--private] [--dry-run --out DIR]``."""
-    p = subparsers.add_parser(
-        "push", help="upload an exported folder to the Hugging Face Hub, with a model card",
-        description="Build the Hub folder (weights, processor, README.md model card with the evaluate report's "
-                    "numbers, saliency figure) and upload it. --dry-run builds it under --out without network.")
-    p.add_argument("folder", help="an exported folder, e.g. out/final, or a converted one")
-    p.add_argument("--repo-id", required=True, help="e.g. me/clip-vit-b16-aft")
-    p.add_argument("--report", help="JSON report of `aft-hf evaluate` (results table and model-index)")
-    p.add_argument("--figure", help="a saliency figure (PNG/JPEG) to embed in the card")
-    p.add_argument("--license", help="license id; default: inherited from the base model's card when known")
-    p.add_argument("--tag", action="append", default=[], help="an extra tag (repeatable)")
-    p.add_argument("--private", action="store_true")
-    p.add_argument("--dry-run", action="store_true", help="only build the folder (needs --out); no network")
-    p.add_argument("--out", help="where to build the Hub folder (kept)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace --out if it is a folder that aft_hf wrote (any other folder is refused)")
-    p.set_defaults(func=_cli_push)
-
-
-def _cli_push(args, extra) -> int:
-    if args.dry_run:
-        if not args.out:
-            raise HubError("--dry-run needs --out DIR (where the folder is built)")
-        out = prepare_hub_folder(args.folder, args.out, args.repo_id, args.report, args.figure, args.license,
-                                 overwrite=args.overwrite, tags=args.tag)
-        print(f"built {out} (dry run, nothing uploaded): {', '.join(sorted(p.name for p in out.iterdir()))}")
-        return 0
-    print(push_model(args.folder, args.repo_id, args.report, args.figure, private=args.private,
-                     license=args.license, staging=args.out, overwrite=args.overwrite, tags=args.tag))
-    return 0

@@ -13,11 +13,11 @@ import importlib.util
 import logging
 import os
 import platform
-from typing import Optional
 
 import torch
 
 from .config import TrainConfig
+from .env import env_flag
 from .errors import AftError
 
 logger = logging.getLogger(__name__)
@@ -42,10 +42,6 @@ class LaunchError(AftError, RuntimeError):
     """The environment cannot run what the config asks for (missing package, device, launcher)."""
 
 
-def _truthy(value: Optional[str]) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def requested_precision(cfg: TrainConfig) -> str:
     """What precision the run will ask accelerate for: the config's, else the launcher's, else `no`."""
     return cfg.optim.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
@@ -55,7 +51,7 @@ def check_training_environment(cfg: TrainConfig) -> None:
     """Refuse, before the Accelerator exists, every request this machine or launch cannot honour."""
     problems = []
     for var, name in SHARDING_ENV.items():
-        if _truthy(os.environ.get(var)):
+        if env_flag(var):
             problems.append(SHARDING_WHY.format(name=name) + f" ({var} is set by the launcher)")
     tracker = cfg.logging.report_to  # `all` takes whichever are installed; `none` needs nothing
     if tracker in TRACKER_PACKAGES:

@@ -11,7 +11,6 @@ all-reduce); one training forward/backward on the adversarial images; AdamW with
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -458,41 +457,3 @@ def _log_window(accelerator, unwrapped, attacker, images, targets, mean_loss, im
     bar.set_postfix(loss=f"{metrics['train/loss']:.4g}", clean=f"{metrics['train/clean_distance']:.3g}",
                     lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}")
     return {"step": progress.step, **metrics}
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_subcommand(subparsers) -> None:
-    """``aft-hf train --config FILE [--section.field value ...]``."""
-    p = subparsers.add_parser(
-        "train", help="fine-tune a CLIP image encoder with AFT",
-        description="Fine-tune with AFT. Any config field can be overridden: --section.field value "
-                    "(or a unique field name alone, e.g. --lr 2e-5 or --resume_from_checkpoint latest).")
-    p.add_argument("--config", help="YAML file, or a shipped recipe by name (e.g. tiny_offline; "
-                                    "see --list-configs); defaults fill missing fields")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--list-configs", action="store_true", help="list the shipped recipes and exit")
-    p.set_defaults(func=_cli_train, accepts_overrides=True)
-    from .config_help import describe_config_cli
-
-    describe_config_cli(p)
-
-
-def _cli_train(args, overrides: list[str]) -> int:
-    from .config import load_config
-    from .recipes import format_recipes
-
-    if args.list_configs:
-        print(f"shipped recipes (use as --config NAME):\n{format_recipes()}")
-        return 0
-    cfg = load_config(args.config, overrides)
-    if args.print_config:
-        print(cfg.to_yaml())
-        return 0
-    try:
-        print(f"exported: {train(cfg)}")
-    except TrainingStopped as e:  # not an error: the run can continue from the checkpoint
-        print(f"aft-hf train: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0

@@ -1,12 +1,16 @@
 """The layer rule, checked on the source with ast: no import cycles between aft_hf modules (lazy,
-function-level imports included) and no command-line module imported by anything but the entry point."""
+function-level imports included), no command-line module imported by anything but the entry point,
+argument parsing only in the command modules, and no function over 80 lines."""
 
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "aft_hf"
 ENTRY_POINTS = {"aft_hf.cli", "aft_hf.__main__"}
-"""The dispatcher (it loads the ``*.cli`` command modules by name) and ``python -m aft_hf``."""
+"""The dispatcher (it loads the ``aft_hf.commands.*`` modules by name) and ``python -m aft_hf``."""
+COMMANDS = "aft_hf.commands"
+"""The package of command modules: one per subcommand, argument parsing and printing only."""
+MAX_FUNCTION_LINES = 80
 
 
 def _module_name(path: Path) -> str:
@@ -52,7 +56,8 @@ LAYERS = [
     {"train", "train_eval", "hub_sync", "checkpointing", "guards", "resume"},
     {"world", "demo"},
 ]
-"""The README's layer diagram, top (imported by everything) to bottom; command modules come last."""
+"""The README's layer diagram, top (imported by everything) to bottom; the command modules
+(``aft_hf.commands``, the ``aft_hf.cli`` dispatcher) come last, below every layer."""
 
 
 def _layer(name: str) -> int:
@@ -65,7 +70,7 @@ def _layer(name: str) -> int:
 
 
 def _is_cli(name: str) -> bool:
-    return name.rpartition(".")[2] == "cli" or name in ENTRY_POINTS
+    return name == COMMANDS or name.startswith(COMMANDS + ".") or name in ENTRY_POINTS
 
 
 def _find_cycle(graph: dict[str, set[str]]):
@@ -105,11 +110,17 @@ def test_no_import_cycles():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+def _may_import(name: str, dep: str) -> bool:
+    """The dispatcher loads the commands; a command may use the argument helpers of the commands package."""
+    return not _is_cli(dep) or name in ENTRY_POINTS or (_is_cli(name) and dep == COMMANDS)
+
+
 def test_no_module_imports_a_command_line_module():
-    """Shared code lives in library modules; a ``cli`` module is reached only through the dispatcher."""
-    bad = [f"{name} imports {dep}" for name, deps in _graph().items() if name not in ENTRY_POINTS
-           for dep in deps if _is_cli(dep)]
+    """Shared code lives in library modules; a command module is reached only through the dispatcher."""
+    bad = [f"{name} imports {dep}" for name, deps in _graph().items() for dep in deps if not _may_import(name, dep)]
     assert not bad, bad
+    assert not _may_import("aft_hf.hub", "aft_hf.commands.push")
+    assert not _may_import("aft_hf.commands.demo", "aft_hf.commands.train")
 
 
 def test_modules_import_only_from_their_layer_or_above():
@@ -123,3 +134,50 @@ def test_model_and_figures_stay_below_world_and_model_code():
     graph = _graph()
     assert not any(dep.startswith("aft_hf.world") for dep in graph["aft_hf.model"])
     assert "aft_hf.model" not in graph["aft_hf.figures"]
+
+
+def test_every_command_module_is_registered_and_only_those():
+    from aft_hf.cli import COMMAND_MODULES
+
+    on_disk = {name for name in _modules() if name.startswith(COMMANDS + ".")}
+    assert set(COMMAND_MODULES) == on_disk
+    assert len(COMMAND_MODULES) == len(set(COMMAND_MODULES))
+
+
+def test_argument_parsing_lives_only_in_command_modules():
+    """No library module imports argparse or registers a subcommand: the CLI lives in aft_hf.commands."""
+    bad = []
+    for name, path in _modules().items():
+        if _is_cli(name):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import) and any(a.name == "argparse" for a in node.names) or \
+                    isinstance(node, ast.ImportFrom) and node.module == "argparse":
+                bad.append(f"{name} imports argparse")
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "add_subcommand":
+                bad.append(f"{name} defines add_subcommand")
+    assert not bad, bad
+
+
+def _long_functions(source: str, filename: str) -> list[str]:
+    """``name:line (N lines)`` for each function or method longer than the limit, from ``def`` to its last line."""
+    return [f"{filename}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for node in ast.walk(ast.parse(source, filename))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+
+
+def test_the_function_length_check_counts_from_def_to_the_last_line():
+    body = "".join(f"    x = {i}\n" for i in range(MAX_FUNCTION_LINES - 2))
+    fits = f'def f():\n    """Doc."""\n{body}'  # def + docstring + body = the limit exactly
+    assert _long_functions(fits, "m.py") == []
+    too_long = fits + "    return x\n"
+    assert _long_functions(too_long, "m.py") == [f"m.py:1 f ({MAX_FUNCTION_LINES + 1} lines)"]
+    method = "class A:\n" + "".join("    " + line + "\n" for line in too_long.splitlines())
+    assert _long_functions(method, "m.py") == [f"m.py:2 f ({MAX_FUNCTION_LINES + 1} lines)"]
+
+
+def test_no_function_in_the_package_is_over_80_lines():
+    long = [hit for path in sorted(ROOT.rglob("*.py"))
+            for hit in _long_functions(path.read_text(), str(path.relative_to(ROOT.parent)))]
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them into named helpers): {long}"

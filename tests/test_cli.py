@@ -17,7 +17,7 @@ from aft_hf import launch
 from aft_hf.cli import main
 from aft_hf.config import ConfigError, leaf_paths, load_config
 from aft_hf.config_help import field_help
-from aft_hf.launch import LaunchError, apply_launch, check_training_environment, resolve_device
+from aft_hf.launch import LaunchError, apply_launch, resolve_device
 from aft_hf.recipes import RECIPES_DIR, list_recipes
 from tests.conftest import write_png_folder
 

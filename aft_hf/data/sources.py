@@ -19,14 +19,10 @@ import datasets
 from PIL import Image
 
 from ..config import DataConfig
+from ..env import datasets_offline
 from .errors import DataError
 
 TABLE_SUFFIXES = (".parquet", ".arrow")
-
-
-def _offline() -> bool:
-    flags = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
-    return any(os.environ.get(k, "0").lower() not in ("0", "", "false") for k in flags)
 
 
 def local_format(folder: Path) -> str:
@@ -103,7 +99,7 @@ def _load_hub(name: str, cfg: DataConfig, token: Optional[str]):
     except (ConnectionError, OSError) as e:
         hint = ("HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set, so Hub datasets cannot be reached; "
                 "use a local folder (data.dataset: path/to/folder)"
-                if _offline() else
+                if datasets_offline() else
                 "check the id and your network; for a gated dataset such as ILSVRC/imagenet-1k accept its "
                 "terms on the Hub and log in (`hf auth login`) or set HF_TOKEN")
         if "/" not in name and not Path(name).exists():

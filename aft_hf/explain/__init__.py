@@ -1,13 +1,12 @@
 """Saliency maps for CLIP image encoders: targets (text or image similarity) and captum-based methods.
 
-The ``aft-hf explain`` command lives in :mod:`aft_hf.explain.cli`; new methods go in
+The ``aft-hf explain`` command lives in :mod:`aft_hf.commands.explain`; new methods go in
 :mod:`aft_hf.explain.methods` (one registered class each, see :mod:`aft_hf.explain.base`).
 """
 
-from .base import AttributionMethod, available_methods, method_label, register_method
+from .base import AttributionMethod, available_methods, method_label, postprocess, register_method
 from .methods import (
-    METHODS, Explainer, SimilarityForward, attention_rollout, check_images, cls_attention, explain, postprocess,
-    resolve_method,
+    METHODS, Explainer, SimilarityForward, attention_rollout, check_images, cls_attention, explain, resolve_method,
 )
 from .targets import ExplainError, TemplateError, TextTower, as_target, check_template, image_targets, load_text_tower
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import (METHODS, AttributionMethod, SimilarityForward, available_methods, check_images,  # noqa: F401
-                   eager_attention, forward_hook, postprocess, register_method, resolve_method, upsample)
+                   eager_attention, forward_hook, register_method, resolve_method, upsample)
 from .targets import ExplainError
 
 # --------------------------------------------------------------------------- gradient methods (any encoder)

@@ -6,7 +6,8 @@ pretrained in it (shipped under ``aft_hf/world/base``, loadable as ``builtin:wor
     model, tokenizer, cfg = load_world_clip()      # the shipped base CLIPModel and its settings
 
 Modules: ``dataset`` (rendering), ``config`` (pretraining settings), ``pretrain`` (the contrastive
-loop), ``zeroshot`` (evaluation), ``storage`` (world CLIP folders), ``checksums``, ``cli``.
+loop), ``zeroshot`` (evaluation), ``storage`` (world CLIP folders), ``checksums``; the
+``aft-hf world`` command is :mod:`aft_hf.commands.world`.
 """
 
 from .checksums import CHECKSUM_FILE, verify_checksums, write_checksums

@@ -11,68 +11,26 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from . import add_device_and_out_arguments, add_model_arguments
 from ..data.images import load_images, load_readable_images
-from .loading import load_models_and_texts, pick_device
-from .methods import Explainer, resolve_method
-from .options import OptionProblems
-from .targets import ExplainError, check_template, image_targets
+from ..explain.inputs import collect_images, image_labels, model_labels
+from ..explain.loading import load_models_and_texts, pick_device
+from ..explain.methods import Explainer, resolve_method
+from ..explain.options import OptionProblems
+from ..explain.targets import ExplainError, check_template, image_targets
 
 logger = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-
-
-def collect_images(paths: Sequence[str], max_images: Optional[int] = None) -> list[Path]:
-    """Image files from files and folders (folders searched recursively, sorted)."""
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise ExplainError(f"image path '{p}' does not exist")
-    if not files:
-        raise ExplainError(f"no image files found in {', '.join(paths)}")
-    if max_images is not None and max_images < 1:
-        raise ExplainError(f"max_images must be >= 1 (or None for all), got {max_images}")
-    return files if max_images is None else files[:max_images]
-
-
-def image_labels(files: Sequence[Path], labels: Optional[Sequence[str]]) -> list[str]:
-    """One label for all images, one per image, or (none given) each image's folder name."""
-    if not labels:
-        return [f.parent.name.replace("_", " ") for f in files]
-    if len(labels) == 1:
-        return list(labels) * len(files)
-    if len(labels) != len(files):
-        raise ExplainError(f"{len(labels)} labels for {len(files)} images: give one label, or one per image "
-                           f"(images in order: {', '.join(f.name for f in files[:8])}{' ...' if len(files) > 8 else ''})")
-    return list(labels)
-
-
-def model_labels(models: Sequence[str]) -> list[str]:
-    """Short distinct column labels for models (last path part; duplicates numbered)."""
-    labels: list[str] = []
-    for m in models:
-        base = Path(m.rstrip("/")).name or m
-        label, n = base, 2
-        while label in labels:
-            label, n = f"{base}#{n}", n + 1
-        labels.append(label)
-    return labels
 
 
 def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser("explain", help="saliency maps of CLIP models as PNG grids",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", action="append", required=True, help="Hub id or folder (repeat to compare models)")
-    p.add_argument("--text-model", help="full CLIP checkpoint whose text tower every model uses (default: each full "
-                                        "CLIP model its own; required for vision-only models)")
+    add_model_arguments(p)
     p.add_argument("--images", nargs="+", required=True, help="image files and/or folders")
     p.add_argument("--prompt", default="a photo of a {}.", help="template with {} for the label")
     p.add_argument("--labels", nargs="+", help="one label for all images or one per image (default: folder names)")
@@ -83,8 +41,7 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--no-postprocess", action="store_true", help="keep raw maps (no abs / percentile clip / min-max)")
     p.add_argument("--max-images", type=int, default=16, help="at most this many images (>= 1)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    p.add_argument("--out", required=True, help="output folder")
+    add_device_and_out_arguments(p)
     p.set_defaults(func=_cli_explain)
 
 

@@ -6,11 +6,11 @@ import json
 
 import torch
 
-from .config import CLI_FIELDS, PretrainConfig
-from .dataset import WorldConfig, WorldError, write_imagefolder
-from .pretrain import pretrain
-from .storage import load_world_clip, load_world_config, save_world_clip
-from .zeroshot import evaluate_zero_shot
+from ..world.config import CLI_FIELDS, PretrainConfig
+from ..world.dataset import WorldConfig, WorldError, write_imagefolder
+from ..world.pretrain import pretrain
+from ..world.storage import load_world_clip, load_world_config, save_world_clip
+from ..world.zeroshot import evaluate_zero_shot
 
 
 def _cli_pretrain(args, extra) -> int:

@@ -10,14 +10,15 @@ import argparse
 import logging
 from pathlib import Path
 
+from . import add_device_and_out_arguments, add_model_arguments
 from ..explain import resolve_method
 from ..explain.loading import load_models_and_texts, pick_device
 from ..explain.options import OptionProblems
-from .classnames import resolve_classnames, resolve_templates
-from .data import load_labelled_images
-from .metrics import METRICS
-from .runner import DEFAULT_METRICS, EvaluationError, evaluate_model, resolve_metrics, slug, write_outputs
-from .zeroshot import ATTACKS, DEFAULT_ITERATIONS
+from ..evaluate.classnames import resolve_classnames, resolve_templates
+from ..evaluate.data import load_labelled_images
+from ..evaluate.metrics import METRICS
+from ..evaluate.runner import DEFAULT_METRICS, EvaluationError, evaluate_model, resolve_metrics, slug, write_outputs
+from ..evaluate.zeroshot import ATTACKS, DEFAULT_ITERATIONS
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +27,7 @@ def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="zero-shot accuracy (clean, under APGD/PGD) and saliency metrics "
                                                "-> JSON/Markdown/PNG",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", action="append", required=True, help="Hub id or folder (repeat to compare models)")
-    p.add_argument("--text-model", help="full CLIP checkpoint whose text tower every model uses (default: each full "
-                                        "CLIP model its own; required for vision-only models)")
+    add_model_arguments(p)
     p.add_argument("--dataset", required=True,
                    help="Hub id, 'imagefolder' (with --data-dir), a local folder, or builtin:shapes")
     p.add_argument("--data-dir")
@@ -67,8 +66,7 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--tolerance", type=int, default=15, help="pointing-game tolerance in pixels")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    p.add_argument("--out", required=True, help="output folder")
+    add_device_and_out_arguments(p)
     p.set_defaults(func=_cli_evaluate)
 
 
