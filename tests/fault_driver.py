@@ -127,10 +127,12 @@ def main() -> None:
     faults = [(rng.choice(["kill_save:before_progress", "kill_save:before_rename", "kill_save:before_prune"]),
                rng.randint(2, 3)),  # the save at step 4 or 6: the one at step 2 must survive
               ("kill_mid_step", rng.randint(1, 4)),
-              ("sigterm", rng.randint(1, 3))]
+              ("sigterm", None)]  # its step is drawn below, once the resume point is known
     resume = ["--output_dir", str(out), "--resume_from_checkpoint", "latest"]
     for fault in faults:
         before = _checkpoints(out)
+        if fault[1] is None:  # SIGTERM strictly before the last step: a stop during the last step just finishes
+            fault = (fault[0], rng.randint(1, max(1, max_steps - max(before.values(), default=0) - 1)))
         (out / MARKER).unlink(missing_ok=True)
         rc = _run([*args, *resume], out, fault)
         after = _checkpoints(out)
