@@ -113,3 +113,26 @@ def test_paired_and_spread_on_known_values():
     assert math.isclose(paired(new, old, higher_is_better=False)["improved"], 0.0)
     s = spread([1.0, 3.0])
     assert s["mean"] == 2.0 and math.isclose(s["sd"], math.sqrt(2)) and spread([5.0])["sd"] == 0.0
+
+
+def test_flip_analysis_counts_colour_and_shape_flips():
+    from aft_hf.demo.diagnose import flip_analysis
+    from aft_hf.demo.measure import EvalSet
+
+    torch.manual_seed(0)
+    names = ["red circle", "red square", "blue circle", "blue square"]
+    weight = torch.randn(3, 4)
+    encoder = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 4, bias=False))
+    encoder[2].weight.data = weight.T.contiguous()
+    images = torch.rand(12, 3, 8, 8)
+    classes = torch.eye(4)
+    with torch.no_grad():
+        labels = (torch.nn.functional.normalize(encoder(images), dim=-1) @ classes.T).argmax(1)
+    data = EvalSet(images, torch.ones(12, 1, 8, 8), labels, classes, 10.0)
+    none = flip_analysis(encoder, data, names, eps=0, iterations=2)
+    assert none["clean_correct"] == 12 and sum(none["flips"].values()) == 0 and none["robust_ce"] == 1.0
+    assert none["clean_margin_mean"] > 0
+    big = flip_analysis(encoder, data, names, eps=255, iterations=10)
+    flipped = sum(big["flips"].values())
+    assert flipped > 0 and math.isclose(big["robust_ce"], (12 - flipped) / 12)
+    assert sum(c for _, c in big["top_pairs"]) <= flipped and " -> " in big["top_pairs"][0][0]
