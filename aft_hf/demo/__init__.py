@@ -48,7 +48,7 @@ def run_demo(opts: DemoOptions) -> dict:
                 model = load_image_encoder(str(final))
                 finals[variant].append(str(final))
                 runs[variant].append(measure(model, data, seed=seed, **kw))
-                objectives[variant].append(aft_objective(model, original_model, data.images, cfg.attack, seed=seed))
+                objectives[variant].append(aft_objective(model, original_model, data.images, cfg.attack, seed=0))
         threats[-1]["label"] = threat_label(cfg.attack)
         threats[-1]["original_objective"] = aft_objective(original_model, original_model, data.images, cfg.attack,
                                                           seed=0)
