@@ -90,7 +90,8 @@ def test_demo_study_writes_dose_response(quick_world, tmp_path, capsys):
             assert f"{energy['mean']:.3f} ± {energy['se']:.3f}" in md
         assert f"| {norm} | 2/255 | {study['results'][norm]['2']['objective']['original']:.3f}" in md
     # the larger budget's attack reaches a larger distance on the same original
-    assert study["results"]["linf"]["2"]["objective"]["original"] > study["results"]["linf"]["1"]["objective"]["original"]
+    linf = study["results"]["linf"]
+    assert linf["2"]["objective"]["original"] > linf["1"]["objective"]["original"]
     cfg = yaml.safe_load((out / "runs" / "huber_eps2_seed0" / "final" / "aft_config.yaml").read_text())
     assert cfg["attack"]["norm"] == "huber" and cfg["attack"]["eps"] == 2 and cfg["attack"]["eps2"] == 2
     assert "dose_response.png" in capsys.readouterr().out

@@ -135,7 +135,8 @@ def markdown(report: dict) -> str:
     if report.get("objective"):
         lines += ["**Does the recipe train?** AFT objective on the held-out images: mean squared embedding distance "
                   "to the original's clean embedding under the training attack (↓), and without attack.", "",
-                  "| threat model | model | adversarial ↓ | clean | Δ adversarial (paired) |", "|---|---|---|---|---|"]
+                  "| threat model | model | adversarial ↓ | clean | Δ adversarial (paired) |",
+                  "|---|---|---|---|---|"]
         for row in report["objective"].values():
             lines.append(f"| {row['label']} | original | {_cell(row['original']['adversarial'])} | "
                          f"{_cell(row['original']['clean'])} | |")

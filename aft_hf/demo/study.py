@@ -70,7 +70,8 @@ def summarise(original: dict, original_objective: dict, runs: list[dict], object
                          "original_se": _per_image_se(original_objective["adversarial"]),
                          "adversarial": _summary([nanmean(a) for a in adv], _per_image_se(adv[0])),
                          "delta": _summary([d["mean"] for d in diffs], diffs[0]["se"]), "per_seed_paired": diffs,
-                         "clean": _summary([nanmean(o["clean"]) for o in objectives], _per_image_se(objectives[0]["clean"]))}
+                         "clean": _summary([nanmean(o["clean"]) for o in objectives],
+                                           _per_image_se(objectives[0]["clean"]))}
     return cell
 
 

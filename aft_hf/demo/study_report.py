@@ -30,7 +30,8 @@ def study_markdown(study: dict) -> str:
     lines = ["# aft_hf dose-response study: AFT budget vs the objective, robustness and saliency", "",
              f"{s['eval_images']} held-out images, {s['seeds']} seed(s) per cell, {s['steps']} AFT steps per run "
              f"(`world_aft.yaml`; huber: eps2 = eps). Robust accuracy: {s['robust_attack_name']}"
-             + (f" ({s['robust_steps']} iterations, {s['robust_targets']} targets)" if s["robust_attack"] == "apgd" else "")
+             + (f" ({s['robust_steps']} iterations, {s['robust_targets']} targets)"
+                if s["robust_attack"] == "apgd" else "")
              + ". Values: mean over seeds ± standard error (over seeds; per-image SE for one seed). "
              "Δ: per-image paired difference vs the original. "
              f"Original: clean accuracy {_f(orig['accuracy']['clean'])}, robust "
@@ -41,7 +42,8 @@ def study_markdown(study: dict) -> str:
     for norm, cells in study["results"].items():
         for eps, c in cells.items():
             at = c["accuracy"].get("at_trained") or {}
-            lines.append(f"| {norm} | {eps}/255 | {_f(c['objective']['original'])} | {_pm(c['objective']['adversarial'])} "
+            lines.append(f"| {norm} | {eps}/255 | {_f(c['objective']['original'])} "
+                         f"| {_pm(c['objective']['adversarial'])} "
                          f"| {_pm(c['objective']['delta'])} | {_pm(c['accuracy']['clean'])} | "
                          f"{_f(orig['accuracy']['robust'].get(f'{eps}/255'))} → {_pm(at)} |")
     for method, base in orig["metrics"].items():
