@@ -66,30 +66,29 @@ def _panels(study: dict) -> list[tuple[str, callable]]:
     label = method_label(method)
 
     def sal(metric):
-        return lambda c: c["metrics"][method][metric]["value"]
+        return lambda c: c["metrics"][method][metric]["delta"]
 
     return [("AFT objective: adversarial distance ↓", lambda c: c["objective"]["adversarial"]),
             ("robust accuracy at the trained eps", lambda c: c["accuracy"].get("at_trained") or {}),
             ("clean accuracy", lambda c: c["accuracy"]["clean"]),
-            (f"{label}: energy in mask", sal("energy")), (f"{label}: Gini", sal("gini")),
-            (f"{label}: pointing (tolerant)", sal("pointing_tol"))]
+            (f"{label}: Δ energy in mask", sal("energy")), (f"{label}: Δ Gini", sal("gini")),
+            (f"{label}: Δ pointing (tolerant)", sal("pointing_tol"))]
 
 
 def _original_curve(study: dict, title: str, cells: dict) -> list[float]:
     orig = study["original"]
-    method = next(iter(orig["metrics"]))
     if title.startswith("AFT objective"):
         return [c["objective"]["original"] for c in cells.values()]
     if title.startswith("robust"):
         return [orig["accuracy"]["robust"].get(f"{e}/255", float("nan")) for e in cells]
     if title.startswith("clean"):
         return [orig["accuracy"]["clean"]] * len(cells)
-    key = {"energy in mask": "energy", "Gini": "gini", "pointing (tolerant)": "pointing_tol"}[title.split(": ")[1]]
-    return [orig["metrics"][method][key]] * len(cells)
+    return [0.0] * len(cells)  # the saliency panels show paired differences vs the original
 
 
 def dose_response_figure(study: dict, out: Path) -> Path:
-    """Metric vs trained eps (log axis), one line per norm with standard-error bars; dashed: the original."""
+    """Metric vs trained eps (log axis), one line per norm with standard-error bars; dashed: the original
+    (the saliency panels: per-image paired difference vs the original, so the original is 0)."""
     panels = _panels(study)
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     for ax, (title, get) in zip(axes.flat, panels):
@@ -103,6 +102,7 @@ def dose_response_figure(study: dict, out: Path) -> Path:
                     label=f"original ({norm} attack)" if title.startswith("AFT objective") else
                     ("original" if i == 0 else None))
         ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
         ax.set_xlabel("trained eps (1/255; huber: eps = eps2)")
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7)
