@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import yaml
 from huggingface_hub import ModelCard
 
 from aft_hf.cli import main
@@ -20,29 +21,89 @@ def quick_world(tmp_path_factory):
     return out
 
 
+FAST = ["--train-images", "32", "--eval-images", "6", "--robust-steps", "1", "--max_steps", "2",
+        "--warmup_steps", "1", "--optim.batch_size", "8", "--attack.steps", "1"]
+
+
 def test_short_demo_writes_every_promised_file(quick_world, tmp_path, capsys):
     out = tmp_path / "demo"
-    rc = main(["demo", "--base", str(quick_world), "--out", str(out), "--seeds", "2", "--train-images", "32",
-               "--eval-images", "6", "--robust-steps", "1", "--max_steps", "2", "--warmup_steps", "1",
-               "--optim.batch_size", "8", "--attack.steps", "1"])
+    rc = main(["demo", "--base", str(quick_world), "--out", str(out), "--seeds", "2", *FAST])
     assert rc == 0
     for name in ("report.json", "report.md", "saliency_grid.png", "metrics.png", "hub_folder/README.md",
                  "hub_folder/model.safetensors", "hub_folder/assets/saliency_grid.png"):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
-    assert report["variants"] == ["aft", "control"] and report["seeds"] == [0, 1]
+    # both threat models by default, each with its own noise control of the same budget
+    assert report["variants"] == ["aft_linf", "control_linf", "aft_huber", "control_huber"]
+    assert report["seeds"] == [0, 1]
+    assert [t["label"] for t in report["threats"]] == ["linf 4/255", "huber 1/255 + 1/255"]
+    assert "huber 1/255 + 1/255" in report["settings"]["attack"]
+    control = yaml.safe_load((out / "runs" / "control_huber_seed0" / "final" / "aft_config.yaml").read_text())
+    assert control["attack"]["norm"] == "huber" and control["attack"]["mode"] == "noise"
+    assert control["attack"]["eps"] == 1 and control["attack"]["eps2"] == 1
     row = report["metrics"]["saliency"]["energy"]
-    assert len(row["aft"]["per_seed"]) == 2 and len(row["delta_control"]["per_seed_paired"]) == 2
+    assert len(row["aft_huber"]["per_seed"]) == 2 and len(row["delta_control_linf"]["per_seed_paired"]) == 2
     assert 0 <= report["chance_energy"] <= 1
+    # robust accuracy by APGD, and the attack recorded
+    s = report["settings"]
+    assert s["robust_attack"] == "apgd" and s["robust_steps"] == 1 and s["robust_targets"] == 3
     md = (out / "report.md").read_text()
-    assert f"{row['original']:.3f}" in md and f"{row['aft']['mean']:.3f} ± {row['aft']['sd']:.3f}" in md
+    assert "APGD-CE+APGD-T" in md and "1 iterations" in md
+    # the AFT objective: original vs each fine-tune, per threat model, paired
+    for norm in ("linf", "huber"):
+        obj = report["objective"][norm]
+        assert obj["original"]["clean"] < 1e-9 < obj["original"]["adversarial"]
+        assert len(obj[f"aft_{norm}"]["adversarial"]["per_seed"]) == 2
+        d = obj[f"delta_aft_{norm}"]["per_seed_paired"][0]
+        assert d["n"] == 6 and math.isclose(
+            obj[f"aft_{norm}"]["adversarial"]["per_seed"][0] - obj["original"]["adversarial"], d["mean"], abs_tol=1e-5)
+        assert f"{obj['original']['adversarial']:.3f}" in md
+    assert f"{row['original']:.3f}" in md and f"{row['delta_aft_linf']['mean']:.3f} ± " in md
     assert report["verdicts"] and all(v in md for v in report["verdicts"])
+    assert any("AFT objective" in v for v in report["verdicts"])
     for eps in ("1/255", "2/255", "4/255"):
         assert report["accuracy"]["robust"][eps]["original"] <= report["accuracy"]["clean"]["original"] + 1e-9
     card = ModelCard.load(out / "hub_folder" / "README.md")
     top1 = [r.metric_value for r in card.data.eval_results if r.metric_type == "accuracy"]
-    assert top1 and math.isclose(top1[0], report["accuracy"]["clean"]["aft"]["per_seed"][0], abs_tol=1e-9)
+    assert top1 and math.isclose(top1[0], report["accuracy"]["clean"]["aft_linf"]["per_seed"][0], abs_tol=1e-9)
+    assert "APGD" in card.text
     assert "Verdict" in capsys.readouterr().out  # the CLI prints the report
+
+
+def test_demo_study_writes_dose_response(quick_world, tmp_path, capsys):
+    out = tmp_path / "study"
+    rc = main(["demo", "--study", "--eps", "2", "1", "--norms", "linf", "huber", "--base", str(quick_world),
+               "--out", str(out), "--seeds", "1", *FAST])
+    assert rc == 0
+    for name in ("study.json", "study.md", "dose_response.png"):
+        assert (out / name).is_file(), name
+    study = json.loads((out / "study.json").read_text())
+    assert study["settings"]["eps"] == [1.0, 2.0] and study["settings"]["methods"] == ["saliency"]
+    assert set(study["original"]["accuracy"]["robust"]) == {"1/255", "2/255"}
+    md = (out / "study.md").read_text()
+    for norm in ("linf", "huber"):
+        assert list(study["results"][norm]) == ["1", "2"]
+        for eps, cell in study["results"][norm].items():
+            assert cell["accuracy"]["at_trained"] == cell["accuracy"][f"{eps}/255"]
+            assert cell["objective"]["original"] > 0 and len(cell["objective"]["adversarial"]["per_seed"]) == 1
+            energy = cell["metrics"]["saliency"]["energy"]["delta"]
+            assert f"{energy['mean']:.3f} ± {energy['se']:.3f}" in md
+        assert f"| {norm} | 2/255 | {study['results'][norm]['2']['objective']['original']:.3f}" in md
+    # the larger budget's attack reaches a larger distance on the same original
+    linf = study["results"]["linf"]
+    assert linf["2"]["objective"]["original"] > linf["1"]["objective"]["original"]
+    cfg = yaml.safe_load((out / "runs" / "huber_eps2_seed0" / "final" / "aft_config.yaml").read_text())
+    assert cfg["attack"]["norm"] == "huber" and cfg["attack"]["eps"] == 2 and cfg["attack"]["eps2"] == 2
+    assert "dose_response.png" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--eps", "1", "2"], "add --study"), (["--eps", "0"], "--eps must be > 0"),
+    (["--robust-steps", "0"], "must be >= 1"),
+])
+def test_demo_rejects_bad_budgets(tmp_path, capsys, args, message):
+    assert main(["demo", "--out", str(tmp_path / "x"), *args]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_paired_and_spread_on_known_values():
@@ -61,3 +122,36 @@ def test_one_seed_shows_no_spread():
 
     assert _cell(spread([0.25])) == "0.250"
     assert "±" not in _cell(spread([0.25])) and _cell(spread([0.25, 0.35])) == "0.300 ± 0.071"
+
+
+def test_flip_analysis_counts_colour_and_shape_flips():
+    from aft_hf.demo.diagnose import flip_analysis
+    from aft_hf.demo.measure import EvalSet
+
+    torch.manual_seed(0)
+    names = ["red circle", "red square", "blue circle", "blue square"]
+    weight = torch.randn(3, 4)
+    encoder = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 4, bias=False))
+    encoder[2].weight.data = weight.T.contiguous()
+    images = torch.rand(12, 3, 8, 8)
+    classes = torch.eye(4)
+    with torch.no_grad():
+        labels = (torch.nn.functional.normalize(encoder(images), dim=-1) @ classes.T).argmax(1)
+    data = EvalSet(images, torch.ones(12, 1, 8, 8), labels, classes, 10.0)
+    none = flip_analysis(encoder, data, names, eps=0, iterations=2)
+    assert none["clean_correct"] == 12 and sum(none["flips"].values()) == 0 and none["robust_ce"] == 1.0
+    assert none["clean_margin_mean"] > 0
+    big = flip_analysis(encoder, data, names, eps=255, iterations=10)
+    flipped = sum(big["flips"].values())
+    assert flipped > 0 and math.isclose(big["robust_ce"], (12 - flipped) / 12)
+    assert sum(c for _, c in big["top_pairs"]) <= flipped and " -> " in big["top_pairs"][0][0]
+
+
+def test_demo_refuses_a_folder_it_did_not_write(tmp_path, capsys):
+    """The demo never writes into (or replaces) someone else's non-empty folder."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("important")
+    assert main(["demo", "--out", str(mine), "--seeds", "1", "--eval-images", "4", "--train-images", "8"]) == 2
+    assert "not written by aft_hf" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]

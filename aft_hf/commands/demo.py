@@ -5,24 +5,34 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import ConfigError
-from ..demo import DEFAULT_CONFIG, DemoOptions, run_demo
+from ..demo import DEFAULT_CONFIG, HEADLINE, DemoOptions, run_demo
 
 
 def add_subcommand(subparsers) -> None:
-    """``aft-hf demo [--seeds N] [--out DIR] [--section.field value ...]``."""
+    """``aft-hf demo [--norms ...] [--eps ...] [--study] [--seeds N] [--out DIR] [--section.field value ...]``."""
     p = subparsers.add_parser(
         "demo", help="the whole pipeline offline in a synthetic world with known answers",
-        description="Pretrained world CLIP -> AFT and a noise control (several seeds) -> saliency maps and "
-                    "metrics against ground-truth masks -> report.md, figures, Hub-ready folder. Extra "
-                    "--section.field value arguments override the AFT config (e.g. --attack.norm huber "
-                    "--attack.eps2 1).")
-    p.add_argument("--out", default=DemoOptions.out)
+        description="Pretrained world CLIP -> AFT of each threat model and its noise control (several seeds) -> "
+                    "saliency maps and metrics against ground-truth masks -> report.md, figures, Hub-ready folder. "
+                    "With --study: the dose-response study (AFT at each --eps for each norm) -> study.md, "
+                    "study.json, dose_response.png. Extra --section.field value arguments override the AFT config.")
+    p.add_argument("--out", default=None, help="output folder (default demo_out, or study_out with --study)")
     p.add_argument("--seeds", type=int, default=DemoOptions.seeds)
     p.add_argument("--train-images", type=int, default=DemoOptions.train_images)
     p.add_argument("--eval-images", type=int, default=DemoOptions.eval_images)
-    p.add_argument("--methods", nargs="+", default=list(DemoOptions.methods))
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="saliency methods (default: saliency gradcam attention; with --study: saliency)")
     p.add_argument("--no-control", action="store_true", help="skip the noise-only control runs")
-    p.add_argument("--robust-steps", type=int, default=DemoOptions.robust_steps)
+    p.add_argument("--norms", nargs="+", default=list(DemoOptions.norms), choices=list(HEADLINE),
+                   help="threat models to fine-tune with (default: linf huber)")
+    p.add_argument("--eps", nargs="+", type=float, default=None,
+                   help="trained budget(s) in 1/255 (huber: eps = eps2); default: linf 4, huber 1 + 1 "
+                        "(the demo takes one value; --study default: 1 2 4 8)")
+    p.add_argument("--study", action="store_true", help="run the dose-response study over --eps instead")
+    p.add_argument("--robust-attack", choices=["apgd", "pgd"], default=DemoOptions.robust_attack,
+                   help="L-inf attack for robust accuracy (default apgd: APGD-CE + APGD-T)")
+    p.add_argument("--robust-steps", type=int, default=DemoOptions.robust_steps,
+                   help="iterations of the robust-accuracy attack")
     p.add_argument("--repo-id", default=DemoOptions.repo_id, help="repo id written into the Hub-ready card")
     p.add_argument("--config", help=f"AFT config (default: {DEFAULT_CONFIG.name} shipped with the package)")
     p.add_argument("--base", default=DemoOptions.base, help="world CLIP folder (default: the shipped one)")
@@ -30,12 +40,25 @@ def add_subcommand(subparsers) -> None:
 
 
 def _cli_demo(args, overrides: list[str]) -> int:
-    if args.seeds < 1 or args.train_images < 1 or args.eval_images < 1:
-        raise ConfigError(["--seeds, --train-images and --eval-images must be >= 1"])
-    opts = DemoOptions(out=args.out, seeds=args.seeds, train_images=args.train_images,
-                       eval_images=args.eval_images, methods=tuple(args.methods), control=not args.no_control,
-                       robust_steps=args.robust_steps, repo_id=args.repo_id, config=args.config, base=args.base,
-                       overrides=overrides)
+    if args.seeds < 1 or args.train_images < 1 or args.eval_images < 1 or args.robust_steps < 1:
+        raise ConfigError(["--seeds, --train-images, --eval-images and --robust-steps must be >= 1"])
+    if args.eps and any(e <= 0 for e in args.eps):
+        raise ConfigError([f"--eps must be > 0 (1/255 units), got {args.eps}"])
+    if not args.study and args.eps and len(args.eps) > 1:
+        raise ConfigError(["the demo trains one budget: give one --eps value, or add --study for several"])
+    methods = tuple(args.methods) if args.methods else (("saliency",) if args.study else DemoOptions.methods)
+    opts = DemoOptions(out=args.out or ("study_out" if args.study else DemoOptions.out), seeds=args.seeds,
+                       train_images=args.train_images, eval_images=args.eval_images, methods=methods,
+                       control=not args.no_control, robust_steps=args.robust_steps, repo_id=args.repo_id,
+                       config=args.config, base=args.base, overrides=overrides, norms=tuple(args.norms),
+                       eps=None if args.study or not args.eps else args.eps[0], robust_attack=args.robust_attack)
+    if args.study:
+        from ..demo.study import run_study
+
+        study = run_study(opts, args.eps or [1, 2, 4, 8])
+        print((Path(opts.out) / "study.md").read_text())
+        print(f"wall time {study['wall_time_s']:.0f} s; figure: {Path(opts.out) / 'dose_response.png'}")
+        return 0
     report = run_demo(opts)
     print((Path(opts.out) / "report.md").read_text())
     print(f"wall time {report['wall_time_s']:.0f} s; figures: {Path(opts.out) / 'saliency_grid.png'}, "

@@ -51,23 +51,51 @@ def aggregate(original: dict, runs: dict[str, list[dict]], methods: Sequence[str
             "deletion_random_auc": random_auc}
 
 
+def objective_table(threats: list[dict], objectives: dict[str, list[dict]]) -> dict:
+    """The AFT objective per threat model: original vs each variant, per-image paired (lower is better)."""
+    table = {}
+    for t in threats:
+        orig = t["original_objective"]
+        row = {"label": t["label"], "original": {k: nanmean(v) for k, v in orig.items()}}
+        for variant in (t["aft"], t["control"]):
+            if variant is None:
+                continue
+            seeds = objectives[variant]
+            row[variant] = {k: spread([nanmean(r[k]) for r in seeds]) for k in ("adversarial", "clean")}
+            diffs = [paired(r["adversarial"], orig["adversarial"], higher_is_better=False) for r in seeds]
+            row[f"delta_{variant}"] = {**spread([d["mean"] for d in diffs]), "per_seed_paired": diffs}
+        table[t["norm"]] = row
+    return table
+
+
+def _significant(delta: dict) -> bool:
+    return all(abs(d["mean"]) > 2 * d["se"] for d in delta["per_seed_paired"] if d["se"] == d["se"])
+
+
 def verdicts(report: dict) -> list[str]:
-    """One sentence per method on energy-in-mask, derived from the numbers (significant: |mean| > 2 SE in every seed)."""
+    """Sentences derived from the numbers (significant: |mean| > 2 paired SE in every seed): per threat
+    model, whether the AFT objective improved, then energy-in-mask per method against the noise control."""
     lines = []
-    for method, rows in report["metrics"].items():
-        row = rows["energy"]
-        aft, ctrl = row.get("delta_aft"), row.get("delta_control")
-        if not aft:
-            continue
-        per_seed = aft["per_seed_paired"]
-        significant = all(abs(d["mean"]) > 2 * d["se"] for d in per_seed if d["se"] == d["se"])
-        direction = "raised" if aft["mean"] > 0 else "lowered"
-        text = (f"{method_label(method)}: AFT {direction} energy-in-mask by {aft['mean']:+.3f} "
-                + (f"(sd over seeds {aft['sd']:.3f}; " if aft["sd"] is not None else "(one seed; ")
-                + f"{'beyond' if significant else 'not beyond'} 2 paired SE in every seed)")
-        if ctrl:
-            text += f"; the noise control changed it by {ctrl['mean']:+.3f}"
-        lines.append(text + ".")
+    for t in report.get("threats", [{"norm": "linf", "aft": "aft", "control": "control", "label": "AFT"}]):
+        obj = report.get("objective", {}).get(t["norm"])
+        if obj and f"delta_{t['aft']}" in obj:
+            d = obj[f"delta_{t['aft']}"]
+            lines.append(f"{t['label']}: the AFT objective on held-out images (adversarial embedding distance) went "
+                         f"from {obj['original']['adversarial']:.3f} to {obj[t['aft']]['adversarial']['mean']:.3f} "
+                         f"({d['mean']:+.3f}, {'beyond' if _significant(d) else 'not beyond'} 2 paired SE in every "
+                         "seed).")
+        for method, rows in report["metrics"].items():
+            row = rows["energy"]
+            aft, ctrl = row.get(f"delta_{t['aft']}"), row.get(f"delta_{t['control']}")
+            if not aft:
+                continue
+            direction = "raised" if aft["mean"] > 0 else "lowered"
+            text = (f"{t['label']}, {method_label(method)}: AFT {direction} energy-in-mask by {aft['mean']:+.3f} "
+                    + (f"(sd over seeds {aft['sd']:.3f}; " if aft["sd"] is not None else "(one seed; ")
+                    + f"{'beyond' if _significant(aft) else 'not beyond'} 2 paired SE in every seed)")
+            if ctrl:
+                text += f"; the noise control changed it by {ctrl['mean']:+.3f}"
+            lines.append(text + ".")
     return lines
 
 
@@ -78,31 +106,59 @@ def _cell(v) -> str:
     return "n/a" if v is None or v != v else f"{v:.3f}"
 
 
+def variant_label(variant: str) -> str:
+    """``aft_linf`` -> ``AFT linf``, ``control_huber`` -> ``noise huber``."""
+    kind, _, norm = variant.partition("_")
+    return f"{'AFT' if kind == 'aft' else 'noise' if kind == 'control' else kind} {norm}".strip()
+
+
+def _robust_name(s: dict) -> str:
+    name = s.get("robust_attack_name", "PGD, L-inf")
+    if s.get("robust_attack") == "apgd":
+        name += f" ({s['robust_steps']} iterations, {s['robust_targets']} targets)"
+    return name
+
+
 def markdown(report: dict) -> str:
     variants = report["variants"]
+    labels = [variant_label(v) for v in variants]
     s = report["settings"]
     lines = ["# aft_hf demo: does AFT sharpen saliency in a world with known answers?", "",
              f"{s['eval_images']} held-out images, {len(report['seeds'])} seed(s), AFT {s['attack']} "
-             f"for {s['steps']} steps; control: uniform noise of the same budget. Values: mean ± sd over seeds; "
-             "Δ = per-image paired difference vs the original model (mean over seeds ± sd). "
+             f"for {s['steps']} steps; controls: uniform noise of the same budget. "
+             "Δ = per-image paired difference vs the original model (mean over seeds ± sd over seeds). "
              f"Energy-in-mask chance level (mask area): {report['chance_energy']:.3f}. Metrics read the raw maps; "
              "deletion AUC is divided by each model's clean probability"
              + (", random ranking: " + ", ".join(f"{k} {_cell(v)}" for k, v in report["deletion_random_auc"].items())
                 if "deletion_random_auc" in report else "") + ".", ""]
     lines += ["**Verdict (from the numbers below):**", ""] + [f"- {v}" for v in report["verdicts"]] + [""]
-    header = ["method", "metric", "original"] + variants + [f"Δ {v}" for v in variants]
+    if report.get("objective"):
+        lines += ["**Does the recipe train?** AFT objective on the held-out images: mean squared embedding distance "
+                  "to the original's clean embedding under the training attack (↓), and without attack.", "",
+                  "| threat model | model | adversarial ↓ | clean | Δ adversarial (paired) |",
+                  "|---|---|---|---|---|"]
+        for row in report["objective"].values():
+            lines.append(f"| {row['label']} | original | {_cell(row['original']['adversarial'])} | "
+                         f"{_cell(row['original']['clean'])} | |")
+            for v in variants:
+                if v in row:
+                    lines.append(f"| {row['label']} | {variant_label(v)} | {_cell(row[v]['adversarial'])} | "
+                                 f"{_cell(row[v]['clean'])} | {_cell(row[f'delta_{v}'])} |")
+        lines.append("")
+    header = ["method", "metric", "original"] + [f"Δ {v}" for v in labels]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, rows in report["metrics"].items():
         for metric, row in rows.items():
             arrow = "↑" if row["higher_is_better"] else "↓"
             cells = [method_label(method), f"{METRIC_LABELS[metric]} {arrow}", _cell(row["original"])]
-            cells += [_cell(row[v]) for v in variants] + [_cell(row[f"delta_{v}"]) for v in variants]
+            cells += [_cell(row[f"delta_{v}"]) for v in variants]
             lines.append("| " + " | ".join(cells) + " |")
     acc = report["accuracy"]
-    lines += ["", "| zero-shot accuracy | original | " + " | ".join(variants) + " |", "|---|---|" + "---|" * len(variants)]
+    lines += ["", f"Zero-shot accuracy (mean ± sd over seeds); robust: {_robust_name(s)}.", "",
+              "| zero-shot accuracy | original | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(variants)]
     lines.append("| clean | " + _cell(acc["clean"]["original"]) + " | " + " | ".join(_cell(acc["clean"][v]) for v in variants) + " |")
     for eps, row in acc["robust"].items():
-        lines.append(f"| PGD L-inf {eps} | " + _cell(row["original"]) + " | " + " | ".join(_cell(row[v]) for v in variants) + " |")
+        lines.append(f"| robust {eps} | " + _cell(row["original"]) + " | " + " | ".join(_cell(row[v]) for v in variants) + " |")
     lines += ["", f"Wall time: {report['wall_time_s']:.0f} s. Files: `report.json` (all numbers, per seed), "
               "`saliency_grid.png`, `metrics.png`, `hub_folder/` (Hub-ready AFT model, dry run)."]
     return "\n".join(lines) + "\n"
@@ -123,7 +179,8 @@ def metrics_figure(report: dict, out: Path) -> Path:
                 vals.append(v["mean"] if isinstance(v, dict) else v)
                 errs.append((v["sd"] or 0.0) if isinstance(v, dict) else 0.0)
             xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(methods))]
-            ax.bar(xs, [0 if v is None or v != v else v for v in vals], width, yerr=errs, label=name, capsize=3)
+            ax.bar(xs, [0 if v is None or v != v else v for v in vals], width, yerr=errs, capsize=3,
+                   label=name if name == "original" else variant_label(name))
         if metric == "energy":
             ax.axhline(report["chance_energy"], color="k", ls="--", lw=1, label="chance")
         arrow = "↑" if METRIC_DIRECTION[metric] else "↓"
@@ -161,7 +218,8 @@ def write_report(report: dict, out_dir: Path) -> dict:
 
 def card_report(report: dict, run: dict, variant_label: str) -> dict:
     """The AFT model's numbers in the ``aft-hf evaluate`` schema (what the Hub model card reads)."""
-    tol = report["settings"]["tolerance_px"]
+    st = report["settings"]
+    tol = st["tolerance_px"]
     m = {
         "zeroshot_top1": run["accuracy"]["clean"], "robust_top1": run["accuracy"]["robust"],
         "deletion": {"methods": {**{k: {"auc": nanmean(v["deletion_auc"])} for k, v in run["per_image"].items()},
@@ -172,8 +230,10 @@ def card_report(report: dict, run: dict, variant_label: str) -> dict:
         "energy_in_mask": {k: {"energy": nanmean(v["energy"]), "chance": report["chance_energy"]}
                            for k, v in run["per_image"].items()},
         "gini": {k: nanmean(v["gini"]) for k, v in run["per_image"].items()},
+        "robust_attack": {"attack": st.get("robust_attack", "pgd"), "name": _robust_name(st), "norm": "linf",
+                          "steps": st["robust_steps"]},
     }
     return finite({"schema_version": 1, "model": variant_label, "dataset": "aft_hf synthetic world (held out)",
                    "split": f"seed {report['settings']['eval_seed']}", "num_samples": report["settings"]["eval_images"],
                    "methods": list(run["per_image"]), "metrics": m,
-                   "robust_attack": {"norm": "linf", "steps": report["settings"]["robust_steps"]}})
+                   "robust_attack": m["robust_attack"]})

@@ -1,0 +1,162 @@
+"""What the demo and the dose-response study share: options, threat models, data, one fine-tune."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from ..config import load_config
+
+logger = logging.getLogger(__name__)
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "world_aft.yaml"
+
+
+# The paper's headline budget of each threat model, in 1/255 units: (eps, eps2). ``--eps E`` sets both
+# to E for huber (the headline has eps = eps2), and eps = E for linf.
+HEADLINE = {"linf": (4.0, None), "huber": (1.0, 1.0)}
+
+
+@dataclass
+class DemoOptions:
+    """What the demo runs. Defaults: both threat models x (AFT + noise control) x 2 seeds on 64 held-out
+    images, sized for the README's 10-minute limit on 2 CPU cores (each AFT run is ~70 s there, so 3
+    seeds of both norms would not fit; ``--seeds 3`` runs them)."""
+
+    out: str = "demo_out"
+    seeds: int = 2
+    train_images: int = 1024
+    eval_images: int = 64
+    methods: Sequence[str] = ("saliency", "gradcam", "attention")
+    control: bool = True
+    tolerance_px: int = 3
+    robust_eps: Sequence[float] = (1, 2, 4)
+    robust_steps: int = 10
+    """Iterations of the robust-accuracy attack (APGD: per run; 100 in AutoAttack, fewer here for time)."""
+    train_seed: int = 1000
+    eval_seed: int = 2000
+    repo_id: str = "your-name/world-clip-aft"
+    base: str = "builtin:world-clip"
+    """The world CLIP to fine-tune (a folder written by `aft-hf world pretrain`, or the shipped one)."""
+    config: Optional[str] = None
+    overrides: list[str] = field(default_factory=list)
+    progress: bool = True
+    norms: Sequence[str] = ("linf", "huber")
+    """Threat models to fine-tune with (each with its own noise control of the same budget)."""
+    eps: Optional[float] = None
+    """Trained budget (1/255) for every norm; None: each norm's headline (``HEADLINE``)."""
+    robust_attack: str = "apgd"
+    robust_targets: int = 3
+    """APGD-T target classes (AutoAttack uses 9; fewer here for time)."""
+
+
+def threat_overrides(norm: str, eps: Optional[float] = None) -> list[str]:
+    """Config overrides that set the attack to ``norm`` at ``eps`` (default: the headline budget)."""
+    from ..config import ConfigError
+
+    if norm not in HEADLINE:
+        raise ConfigError([f"--norms: unknown threat model '{norm}' (the demo runs {', '.join(HEADLINE)})"])
+    e, e2 = HEADLINE[norm]
+    e = e if eps is None else float(eps)
+    args = ["--attack.norm", norm, "--attack.eps", f"{e:g}"]
+    if e2 is not None:
+        args += ["--attack.eps2", f"{(e2 if eps is None else e):g}"]
+    return args
+
+
+def threat_label(cfg) -> str:
+    """e.g. ``linf 4/255`` or ``huber 1/255 + 1/255`` from an AttackConfig."""
+    extra = f" + {cfg.eps2:g}/255" if cfg.norm in ("huber", "elastic") else ""
+    return f"{cfg.norm} {cfg.eps:g}/255{extra}"
+
+
+def _eval_set(n: int, seed: int, world, text_path: str):
+    from ..explain import load_text_tower
+    from ..world import generate_arrays
+    from .measure import EvalSet
+
+    arrays = generate_arrays(n, seed, world)
+    images = torch.from_numpy(arrays["images"]).permute(0, 3, 1, 2).float() / 255
+    masks = torch.from_numpy(arrays["masks"]).unsqueeze(1).float()
+    labels = torch.from_numpy(arrays["labels"])
+    text = load_text_tower(text_path)
+    weights = text.class_embeddings(world.class_names, ["a photo of a {}"])
+    return EvalSet(images, masks, labels, weights, text.logit_scale)
+
+
+@dataclass
+class Setup:
+    """What every demo/study run shares: the output folder, training data, held-out set, base config."""
+
+    out: Path
+    base: str
+    world: object
+    overrides: list[str]
+    train_dir: Path
+    data: object
+    base_cfg: object
+
+
+def prepare(opts: DemoOptions) -> Setup:
+    """Validate the config and the threat models, write the training imagefolder, build the held-out set."""
+    from ..model import resolve_builtin_model
+    from ..world import load_world_config, write_imagefolder
+
+    out = Path(opts.out)
+    base = resolve_builtin_model(opts.base)
+    world = load_world_config(base).world
+    overrides = ["--model.name_or_path", opts.base] + list(opts.overrides)  # the name, not a local path
+    base_cfg = load_config(opts.config or DEFAULT_CONFIG, overrides)  # validated before any work
+    for norm in opts.norms:
+        load_config(opts.config or DEFAULT_CONFIG, threat_overrides(norm, opts.eps) + overrides)
+    _claim_output_folder(out)
+    train_dir = out / "data" / f"world_train_seed{opts.train_seed}_n{opts.train_images}"
+    if not (train_dir / "world.json").is_file():
+        write_imagefolder(train_dir, opts.train_images, opts.train_seed, world)
+    data = _eval_set(opts.eval_images, opts.eval_seed, world, base)
+    return Setup(out, base, world, overrides, train_dir, data, base_cfg)
+
+
+def fine_tune(opts: DemoOptions, setup: Setup, norm: str, eps: Optional[float], seed: int, control: bool,
+              name: str):
+    """Train one AFT (or noise-control) run with the package trainer; returns (config, final folder)."""
+    from ..train import train
+
+    extra = ["--data.dataset", "imagefolder", "--data.data_dir", str(setup.train_dir), "--seed", str(seed),
+             "--output_dir", str(setup.out / "runs" / f"{name}_seed{seed}"),
+             "--checkpoint.overwrite_output_dir", "true"]  # a rerun replaces its own runs
+    if control:
+        extra += ["--attack.mode", "noise"]
+    # the threat model first, so that a user's --attack.* overrides still win
+    cfg = load_config(opts.config or DEFAULT_CONFIG, threat_overrides(norm, eps) + setup.overrides + extra)
+    logger.info("%s, seed %d: %s, %d steps", name, seed, threat_label(cfg.attack), cfg.optim.max_steps)
+    return cfg, train(cfg)
+
+
+def measure_kwargs(opts: DemoOptions, robust_eps: Sequence[float]) -> dict:
+    return dict(methods=opts.methods, tolerance=opts.tolerance_px, robust_eps=robust_eps,
+                robust_steps=opts.robust_steps, progress=opts.progress, robust_attack=opts.robust_attack,
+                robust_targets=opts.robust_targets)
+
+
+def robust_settings(opts: DemoOptions) -> dict:
+    from ..evaluate.apgd import attack_description
+
+    return {"robust_attack": opts.robust_attack, "robust_steps": opts.robust_steps,
+            "robust_targets": opts.robust_targets if opts.robust_attack == "apgd" else None,
+            "robust_attack_name": attack_description(opts.robust_attack, "linf", opts.robust_steps)}
+
+
+def _claim_output_folder(out: Path) -> None:
+    """The demo writes into ``out`` again on a rerun: allowed for a folder it wrote (marker, or an earlier
+    version's demo folder with ``report.json`` and ``runs/``), refused for anyone else's non-empty folder."""
+    from ..outputs import MARKER, check_output_dir, write_marker
+
+    if out.is_dir() and not (out / MARKER).exists() and (out / "report.json").is_file() and (out / "runs").is_dir():
+        write_marker(out, "aft-hf demo (an earlier aft_hf version)")
+    check_output_dir(out, overwrite=True, option="--out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, "aft-hf demo")
