@@ -1,6 +1,6 @@
 """Checkpoints that survive the machine: atomic, fsynced, self-describing, validated on resume.
 
-A checkpoint is ``<output_dir>/checkpoints/step_XXXXXXXX/``: the ``accelerator.save_state`` files
+A checkpoint is ``<output_dir>/checkpoints/step_<8-digit step>/``: the ``accelerator.save_state`` files
 (model, optimiser, scheduler, RNG, sampler) plus
 
 * ``progress.json``   where the run is (step, epoch, position in the epoch, images seen, ...),
@@ -8,7 +8,7 @@ A checkpoint is ``<output_dir>/checkpoints/step_XXXXXXXX/``: the ``accelerator.s
   covers the whole run, not only the part after the resume),
 * ``aft_config.yaml`` the resolved config that produced it, and ``versions.json`` the library versions.
 
-It is written into ``.tmp_step_XXXXXXXX``, every file and the folder are fsynced, then the folder is
+It is written into ``.tmp_step_<8-digit step>``, every file and the folder are fsynced, then the folder is
 renamed into place (and the parent fsynced): after a power cut a ``step_*`` folder is either complete
 or absent. Written by hand rather than with accelerate's automatic checkpoint naming, which names
 checkpoints by save count (not step) and writes in place.

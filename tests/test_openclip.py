@@ -49,9 +49,12 @@ def _torchvision_stub() -> dict:
 def open_clip():
     """The real open_clip; the stub is in sys.modules only while open_clip is imported (other libraries
     probe for torchvision and must keep seeing that it is absent)."""
-    pytest.importorskip("ftfy", reason="install the test tools: pip install --no-deps open_clip_torch==3.3.0 ftfy")
-    if importlib.util.find_spec("open_clip") is None:
-        pytest.skip("open_clip_torch is not installed: pip install --no-deps open_clip_torch==3.3.0 ftfy")
+    # A missing package is a failure, not a skip: the README's test command installs it (without its
+    # torchvision requirement), and a skip would hide that the open_clip round trip went untested.
+    for name in ("ftfy", "open_clip"):
+        if importlib.util.find_spec(name) is None:
+            pytest.fail(f"{name} is not installed: pip install --no-deps open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth "
+                        "(the README's test command does)")
     stub = _torchvision_stub() if importlib.util.find_spec("torchvision") is None else {}
     sys.modules.update(stub)
     try:
