@@ -5,13 +5,15 @@ Data flow: ``data`` -> ``model`` -> ``attack`` -> ``train`` -> (``explain`` -> `
 
 from .constants import VERSION as __version__
 
-from .attack import PGDAttacker, UniformNoise, attack_mode, embedding_distance
+from .attack import AttackError, PGDAttacker, UniformNoise, attack_mode, embedding_distance
 from .config import ConfigError, TrainConfig, load_config
+from .errors import AftError, InputError
 from .model import ImageEncoder, export_pretrained, load_image_encoder, save_tiny_clip
 
 __all__ = [
-    "ConfigError", "ImageEncoder", "PGDAttacker", "TrainConfig", "UniformNoise", "__version__", "attack_mode",
-    "embedding_distance", "export_pretrained", "load_config", "load_image_encoder", "save_tiny_clip",
+    "AftError", "AttackError", "ConfigError", "ImageEncoder", "InputError", "PGDAttacker", "TrainConfig",
+    "UniformNoise", "__version__", "attack_mode", "embedding_distance", "export_pretrained", "load_config",
+    "load_image_encoder", "save_tiny_clip",
 ]
 # The training loop is ``aft_hf.train.train`` (a module-level name ``train`` here would be shadowed
 # by the submodule ``aft_hf.train`` as soon as it is imported).

@@ -17,6 +17,7 @@ During the attack a module ``forward`` is in eval mode and runs on detached para
 from __future__ import annotations
 
 import contextlib
+import numbers
 from typing import Callable, Iterator, Optional
 
 import torch
@@ -25,8 +26,59 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .config import NORMS, AttackConfig
+from .errors import InputError
 
 _TINY = 1e-12
+BOX_NORMS = ("linf", "huber", "elastic")
+"""Norms whose ``eps`` bounds each pixel coordinate, so ``eps`` > 1 (the whole [0, 1] range) is a unit mistake."""
+
+
+class AttackError(InputError):
+    """Bad attacker settings or inputs (unknown norm, negative budget, images not (B, C, H, W) floats in [0, 1])."""
+
+
+def check_pixels(images: Tensor, name: str = "images") -> None:
+    """Refuse anything but a float tensor (B, C, H, W) with values in [0, 1] (with a 1e-3 tolerance).
+
+    The attack clamps to [0, 1], so 8-bit values (0..255) would be destroyed silently, and CLIP-normalised
+    pixels would make the budget meaningless: both are errors that say what to pass instead.
+    """
+    if not torch.is_tensor(images):
+        raise AttackError(f"{name} must be a torch.Tensor (B, C, H, W) in [0, 1], got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise AttackError(f"{name} must be a float tensor in [0, 1], got dtype {images.dtype} "
+                          "(convert 8-bit data with images.float() / 255)")
+    if images.dim() != 4:
+        raise AttackError(f"{name} must have shape (B, C, H, W), got {tuple(images.shape)}")
+    if images.numel():
+        lo, hi = torch.aminmax(images.detach())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise AttackError(f"{name} must be pixels in [0, 1] (un-normalised; the model wrapper normalises), "
+                              f"got values in [{lo.item():.3g}, {hi.item():.3g}]")
+
+
+def _check_settings(norm: str, eps: float, eps2: float, steps: int, alpha: float, momentum: float,
+                    noise_std: float, patch_size: Optional[int]) -> None:
+    """The constructor's checks: each names the bad argument and what is allowed."""
+    if norm not in NORMS:
+        raise AttackError(f"unknown norm '{norm}' (choose from {', '.join(NORMS)})")
+    for name, value in (("eps", eps), ("eps2", eps2), ("alpha", alpha), ("noise_std", noise_std)):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool) or value != value:
+            raise AttackError(f"{name} must be a number, got {value!r}")
+        if value < 0:
+            raise AttackError(f"{name} must be >= 0, got {value}")
+    if norm in BOX_NORMS and eps > 1:
+        raise AttackError(f"eps is in pixel units ([0, 1] scale), got {eps}: did you mean {eps:g} / 255?")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise AttackError(f"steps must be an integer >= 0, got {steps!r}")
+    if not 0 <= momentum < 1:
+        raise AttackError(f"momentum must be in [0, 1), got {momentum}")
+    if norm in ("huber", "elastic") and eps2 <= 0:
+        raise AttackError(f"norm '{norm}' needs eps2 > 0, got {eps2}")
+    if norm == "huber" and eps <= 0 and steps > 0:
+        raise AttackError(f"norm 'huber' needs eps > 0 (its penalty weight is eps2 / eps), got {eps}")
+    if norm == "group" and not patch_size:
+        raise AttackError("norm 'group' needs patch_size (the model's patch grid)")
 
 
 def embedding_distance(embeds: Tensor, targets: Tensor) -> Tensor:
@@ -89,17 +141,7 @@ class PGDAttacker(nn.Module):
         freeze_params: bool = True,
     ):
         super().__init__()
-        if norm not in NORMS:
-            raise ValueError(f"unknown norm '{norm}' (choose from {', '.join(NORMS)})")
-        for name, value in (("eps", eps), ("eps2", eps2), ("alpha", alpha), ("noise_std", noise_std)):
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        if steps < 0:
-            raise ValueError(f"steps must be >= 0, got {steps}")
-        if norm in ("huber", "elastic") and eps2 <= 0:
-            raise ValueError(f"norm '{norm}' needs eps2 > 0, got {eps2}")
-        if norm == "group" and not patch_size:
-            raise ValueError("norm 'group' needs patch_size (the model's patch grid)")
+        _check_settings(norm, eps, eps2, steps, alpha, momentum, noise_std, patch_size)
         self.norm, self.eps, self.eps2, self.steps, self.alpha = norm, eps, eps2, steps, alpha
         self.momentum, self.noise_std, self.random_start = momentum, noise_std, random_start
         self.patch_size, self.maximize, self.freeze_params = patch_size, maximize, freeze_params
@@ -178,6 +220,7 @@ class PGDAttacker(nn.Module):
         return delta
 
     def init_delta(self, images: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The starting delta: U(-eps, eps) projected and kept inside [0, 1] (zeros without random start)."""
         if not self.random_start or self.eps == 0:
             return torch.zeros_like(images)
         u = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
@@ -197,10 +240,11 @@ class PGDAttacker(nn.Module):
 
         Args:
             forward: maps images in [0, 1] to outputs (a module is put in attack mode).
-            images: (B, C, H, W) in [0, 1].
+            images: (B, C, H, W) float in [0, 1] (anything else raises :class:`AttackError`).
             loss_fn: maps outputs to a per-sample loss (B,) or a scalar.
             generator: optional RNG for the start and the noise.
         """
+        check_pixels(images)
         images = images.detach()
         self.last_losses = []
         if self.steps == 0:
@@ -235,7 +279,12 @@ class UniformNoise(nn.Module):
         self.attacker = attacker
         self.last_losses: list[Tensor] = []
 
-    def forward(self, forward, images: Tensor, loss_fn=None, generator: Optional[torch.Generator] = None) -> Tensor:
+    def forward(self, forward: Optional[Callable[[Tensor], Tensor]], images: Tensor,
+                loss_fn: Optional[Callable[[Tensor], Tensor]] = None,
+                generator: Optional[torch.Generator] = None) -> Tensor:
+        """clamp(images + u, 0, 1) with u uniform in the attacker's budget; ``forward`` and ``loss_fn`` are unused
+        (same call signature as :class:`PGDAttacker`)."""
+        check_pixels(images)
         images = images.detach()
         u = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
         delta = self.attacker.project((2 * u - 1) * self.attacker.eps)

@@ -18,4 +18,12 @@ class AftError(Exception):
     exit_code: int = 2
 
 
-__all__ = ["AftError"]
+class InputError(AftError, ValueError):
+    """A tensor or argument passed to a library function has the wrong type, shape, dtype or range.
+
+    Raised at the public entry point, naming the argument and the expected form, instead of a
+    shape error from deep inside torch or transformers.
+    """
+
+
+__all__ = ["AftError", "InputError"]
