@@ -39,7 +39,7 @@ from transformers import (
 
 from .constants import BUILTIN_PREFIX, CLIP_MEAN, CLIP_STD, WORLD_CLIP_DIR
 from .env import hub_offline
-from .errors import AftError
+from .errors import AftError, InputError
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ class ImageEncoder(nn.Module):
     def __init__(
         self,
         vision: Union[CLIPVisionModelWithProjection, CLIPVisionModel],
-        image_mean=CLIP_MEAN,
-        image_std=CLIP_STD,
+        image_mean: tuple[float, ...] = CLIP_MEAN,
+        image_std: tuple[float, ...] = CLIP_STD,
         normalize: bool = True,
         embedding: str = "pooled",
     ):
@@ -93,10 +93,12 @@ class ImageEncoder(nn.Module):
 
     @property
     def image_size(self) -> int:
+        """Side of the square input the ViT expects, in pixels."""
         return self.vision.config.image_size
 
     @property
     def patch_size(self) -> int:
+        """Side of one ViT patch, in pixels (the patch grid of the ``group`` norm)."""
         return self.vision.config.patch_size
 
     @property
@@ -104,7 +106,29 @@ class ImageEncoder(nn.Module):
         """True when the vision model carries CLIP's ``visual_projection`` (zero-shot is possible)."""
         return isinstance(self.vision, CLIPVisionModelWithProjection)
 
+    def check_input(self, pixels: Tensor) -> None:
+        """Refuse what is not a float (B, C, H, W) batch at the model's size, naming the problem.
+
+        Only metadata is read (no device sync: this runs at every forward, inside the attack too); the
+        value range is not checked here. :func:`aft_hf.attack.check_pixels` checks it once per attack.
+        """
+        if not torch.is_tensor(pixels):
+            raise InputError(f"pixels must be a torch.Tensor (B, 3, H, W) in [0, 1], got {type(pixels).__name__}")
+        if not pixels.is_floating_point():
+            raise InputError(f"pixels must be a float tensor in [0, 1], got dtype {pixels.dtype} "
+                             "(convert 8-bit data with pixels.float() / 255)")
+        channels, size = self.vision.config.num_channels, self.image_size
+        if pixels.dim() != 4 or pixels.shape[1] != channels:
+            raise InputError(f"pixels must have shape (B, {channels}, H, W), got {tuple(pixels.shape)}"
+                             + (" (channels last? use pixels.permute(0, 3, 1, 2))"
+                                if pixels.dim() == 4 and pixels.shape[-1] == channels else ""))
+        if tuple(pixels.shape[-2:]) != (size, size):
+            raise InputError(f"pixels are {pixels.shape[-2]}x{pixels.shape[-1]} but the model expects {size}x{size}: "
+                             "resize and centre-crop first (aft_hf.data.load_images or preprocess)")
+
     def forward(self, pixels: Tensor) -> Tensor:
+        """Pixels in [0, 1] (B, 3, H, W) -> embedding (B, D) (``pooled``) or (B, N*H') (``patch_tokens``)."""
+        self.check_input(pixels)
         pixel_values = normalize_pixels(pixels, self.mean, self.std)
         if self.embedding == "patch_tokens":
             hidden = self.vision(pixel_values=pixel_values, output_hidden_states=True).hidden_states
