@@ -159,7 +159,11 @@ class SimilarityForward(nn.Module):
         self.encoder = encoder
 
     def forward(self, images: Tensor, targets: Tensor) -> Tensor:
+        """cos(f^(images), targets) per image, shape (B,); ``targets`` (B, D) are already L2-normalised."""
         embeds = F.normalize(self.encoder(images).float(), dim=-1)
+        if embeds.shape[-1] != targets.shape[-1]:
+            raise ExplainError(f"target embeddings have dimension {targets.shape[-1]} but the model's embeddings have "
+                               f"{embeds.shape[-1]}: use the text tower (or reference image) of the same CLIP")
         return (embeds * targets.to(embeds.dtype)).sum(dim=-1)
 
 

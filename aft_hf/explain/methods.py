@@ -252,7 +252,9 @@ class Explainer:
     __call__ = attribute
 
 
-def explain(encoder: nn.Module, images: Tensor, target: Optional[Tensor], methods: Sequence[str],
-            **kwargs) -> dict[str, Tensor]:
-    """Maps for several methods at once: {method: (B, 1, H, W)}."""
+def explain(encoder: nn.Module, images: Tensor, target: Optional[Tensor], methods: Union[str, Sequence[str]],
+            **kwargs: Any) -> dict[str, Tensor]:
+    """Maps for several methods at once: {method: (B, 1, H, W)}; ``methods`` may also be one name."""
+    if isinstance(methods, str):
+        methods = [methods]
     return {resolve_method(m): Explainer(encoder, m, **kwargs).attribute(images, target) for m in methods}

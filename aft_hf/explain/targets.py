@@ -124,8 +124,18 @@ def image_targets(encoder: nn.Module, reference: Tensor) -> Tensor:
 
 
 def as_target(target: Union[Tensor, Sequence[float]], batch: int) -> Tensor:
-    """Broadcast a target of shape (D,), (1, D) or (B, D) to (B, D) and L2-normalise it."""
-    t = torch.as_tensor(target, dtype=torch.float32)
+    """Broadcast a target of shape (D,), (1, D) or (B, D) to (B, D) and L2-normalise it.
+
+    A prompt (a string) is not a target: encode it first, e.g. ``load_text_tower(model).encode([prompt])``.
+    """
+    if isinstance(target, str) or (isinstance(target, (list, tuple)) and any(isinstance(v, str) for v in target)):
+        raise ExplainError("target must be embeddings (a tensor (D,), (1, D) or (B, D)), not text: encode prompts "
+                           "first, e.g. aft_hf.explain.load_text_tower(model).encode(['a photo of a dog.'])")
+    try:
+        t = torch.as_tensor(target, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ExplainError(f"target must be embeddings (a tensor (D,), (1, D) or (B, D)), got "
+                           f"{type(target).__name__}: {e}") from e
     if t.dim() == 1:
         t = t.unsqueeze(0)
     if t.dim() != 2 or t.shape[0] not in (1, batch):
