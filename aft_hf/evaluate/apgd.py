@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attack import attack_mode
+from ..attack import AttackError, attack_mode
 
 Norm = Literal["linf", "l2"]
 _TINY = 1e-12
@@ -116,7 +116,7 @@ def apgd(forward: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor, ep
     ``eps`` in pixel units ([0, 1] scale); ``loss(logits, labels, target)`` is maximised per sample.
     """
     if norm not in ("linf", "l2"):
-        raise ValueError(f"APGD norm must be 'linf' or 'l2', got {norm!r}")
+        raise AttackError(f"APGD norm must be 'linf' or 'l2', got {norm!r}")
     images, labels = images.detach(), labels.detach()
     n = images.shape[0]
     x = _random_start(images, eps, norm, generator) if eps > 0 else images.clone()
@@ -184,7 +184,7 @@ def apgd_robust(model: Callable[[Tensor], Tensor], images: Tensor, labels: Tenso
     eval mode on frozen parameters during the attack.
     """
     if iterations < 1 or restarts < 1 or targets < 0 or eps < 0:
-        raise ValueError(f"APGD needs iterations >= 1, restarts >= 1, targets >= 0 and eps >= 0; got "
+        raise AttackError(f"APGD needs iterations >= 1, restarts >= 1, targets >= 0 and eps >= 0; got "
                          f"{iterations}, {restarts}, {targets}, {eps}")
     generator = torch.Generator(device=images.device).manual_seed(seed)
     frozen = attack_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext(model)

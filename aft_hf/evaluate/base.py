@@ -24,15 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import AftError
 from ..explain import Explainer, postprocess
+from .errors import EvaluationError  # noqa: F401  (re-exported: its historical home)
 from .zeroshot import ZeroShotClassifier
 
 RAW_MAP = "raw map: |attribution| summed over channels (Grad-CAM/attention as computed), no clip, no min-max"
-
-
-class EvaluationError(AftError, ValueError):
-    """Bad evaluation settings or data (unknown metric, missing or malformed masks, labels, boxes, ...)."""
 
 
 @dataclass

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .errors import EvaluationError
+
 DEFAULT_ROAR_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 RISE_BASELINES = {"deletion": "zero", "insertion": "blur"}  # what RISE starts from / fills in
 
@@ -56,7 +58,7 @@ def uninformative(images: Tensor, kind: str = "mean") -> Tensor:
     if kind == "blur":
         k = max(3, (min(images.shape[-2:]) // 4) | 1)
         return F.avg_pool2d(F.pad(images, [k // 2] * 4, mode="replicate"), k, stride=1)
-    raise ValueError(f"unknown baseline '{kind}' (mean, zero, blur)")
+    raise EvaluationError(f"unknown baseline '{kind}' (mean, zero, blur)")
 
 
 def auc(fractions: Sequence[float], scores: Tensor) -> Tensor:
@@ -89,10 +91,10 @@ def perturbation_curve(score_fn: Callable[[Tensor, Tensor], Tensor], images: Ten
     (fractions of pixels removed/inserted, scores (N, steps + 1)).
     """
     if mode not in ("deletion", "insertion"):
-        raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
+        raise EvaluationError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
     baseline = baseline or RISE_BASELINES[mode]
     if order not in ("most", "least"):
-        raise ValueError(f"order must be 'most' or 'least', got {order!r}")
+        raise EvaluationError(f"order must be 'most' or 'least', got {order!r}")
     maps = maps if order == "most" else -maps
     generator = torch.Generator().manual_seed(seed)
     fractions = [i / steps for i in range(steps + 1)]
@@ -188,10 +190,10 @@ def roar(train_images: Tensor, train_labels: Tensor, test_images: Tensor, test_l
     A fresh evaluator from ``evaluator_factory()`` is trained for every (method, k).
     """
     if set(train_maps) != set(test_maps):
-        raise ValueError("train_maps and test_maps must hold the same methods")
+        raise EvaluationError("train_maps and test_maps must hold the same methods")
     fractions = [float(f) for f in fractions]
     if any(not 0 < f < 1 for f in fractions):
-        raise ValueError(f"ROAR fractions must lie in (0, 1), got {fractions}")
+        raise EvaluationError(f"ROAR fractions must lie in (0, 1), got {fractions}")
     generator = torch.Generator().manual_seed(seed)
     train_maps, test_maps = dict(train_maps), dict(test_maps)
     if random_baseline:

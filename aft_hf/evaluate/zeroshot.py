@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..attack import PGDAttacker
 from .apgd import apgd_robust
+from .errors import EvaluationError
 
 
 class ZeroShotClassifier(nn.Module):
@@ -30,7 +31,11 @@ class ZeroShotClassifier(nn.Module):
         self.logit_scale = float(logit_scale)
 
     def forward(self, images: Tensor) -> Tensor:
+        """Zero-shot logits (B, C) for pixels in [0, 1]."""
         embeds = F.normalize(self.encoder(images).float(), dim=-1)
+        if embeds.shape[-1] != self.class_weights.shape[-1]:
+            raise EvaluationError(f"class embeddings have dimension {self.class_weights.shape[-1]} but the image "
+                                  f"embeddings have {embeds.shape[-1]}: use the text tower of the same CLIP")
         return self.logit_scale * embeds @ self.class_weights.to(embeds.device).T
 
 
@@ -50,6 +55,9 @@ def predict(classifier: ZeroShotClassifier, images: Tensor, batch_size: int = 64
 
 def topk_accuracy(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
     """{"top1": ..., "top5": ...}: fraction of labels among the k highest logits (k capped at the class count)."""
+    if logits.dim() != 2 or labels.numel() != logits.shape[0]:
+        raise EvaluationError(f"logits must be (N, C) and labels (N,); got {tuple(logits.shape)} and "
+                              f"{tuple(labels.shape)}")
     out = {}
     for k in ks:
         kk = min(k, logits.shape[1])
@@ -79,13 +87,17 @@ def robust_accuracy(classifier: ZeroShotClassifier, images: Tensor, labels: Tens
     so the numbers never exceed the clean accuracy and never rise with e.
     """
     if attack not in ATTACKS:
-        raise ValueError(f"unknown attack '{attack}' (choose from {', '.join(ATTACKS)})")
+        raise EvaluationError(f"unknown attack '{attack}' (choose from {', '.join(ATTACKS)})")
+    if norm not in ("linf", "l2"):
+        raise EvaluationError(f"unknown norm '{norm}' for robust accuracy (choose from linf, l2)")
     if attack == "pgd" and norm != "linf":
-        raise ValueError("the PGD evaluation attack is L-inf only; use attack='apgd' for L2")
+        raise EvaluationError("the PGD evaluation attack is L-inf only; use attack='apgd' for L2")
+    if len(images) != len(labels):
+        raise EvaluationError(f"{len(images)} images but {len(labels)} labels")
     steps = DEFAULT_ITERATIONS[attack] if steps is None else steps
     budgets = sorted(float(e) for e in eps)
     if any(e < 0 for e in budgets):
-        raise ValueError(f"eps must be >= 0, got {list(eps)}")
+        raise EvaluationError(f"eps must be >= 0 (1/255 units), got {list(eps)}")
     device = classifier.class_weights.device
     generator = torch.Generator(device=device).manual_seed(seed)
     correct = {e: 0 for e in budgets}
