@@ -162,8 +162,14 @@ class UnreadableImageError(AftError, ValueError):
     """An image file the user named explicitly cannot be read."""
 
 
-def load_images(paths: list[Union[str, Path]], size: int, limits: ImageLimits = DEFAULT_LIMITS) -> torch.Tensor:
-    """A batch (B, 3, size, size) in [0, 1] from image files; any failure names the bad file."""
+def load_images(paths: Union[str, Path, list[Union[str, Path]]], size: int,
+                limits: ImageLimits = DEFAULT_LIMITS) -> torch.Tensor:
+    """A batch (B, 3, size, size) in [0, 1] from image files; any failure names the bad file.
+
+    One path (a string) is a batch of one, not a sequence of one-character paths.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
     tensors = []
     for p in paths:
         try:
