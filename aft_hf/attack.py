@@ -37,11 +37,12 @@ class AttackError(InputError):
     """Bad attacker settings or inputs (unknown norm, negative budget, images not (B, C, H, W) floats in [0, 1])."""
 
 
-def check_pixels(images: Tensor, name: str = "images") -> None:
+def check_pixels(images: Tensor, name: str = "images", check_range: bool = True) -> None:
     """Refuse anything but a float tensor (B, C, H, W) with values in [0, 1] (with a 1e-3 tolerance).
 
     The attack clamps to [0, 1], so 8-bit values (0..255) would be destroyed silently, and CLIP-normalised
-    pixels would make the budget meaningless: both are errors that say what to pass instead.
+    pixels would make the budget meaningless: both are errors that say what to pass instead. The value
+    range needs a device-to-host sync, so attackers check it on their first call only (``check_range``).
     """
     if not torch.is_tensor(images):
         raise AttackError(f"{name} must be a torch.Tensor (B, C, H, W) in [0, 1], got {type(images).__name__}")
@@ -50,7 +51,7 @@ def check_pixels(images: Tensor, name: str = "images") -> None:
                           "(convert 8-bit data with images.float() / 255)")
     if images.dim() != 4:
         raise AttackError(f"{name} must have shape (B, C, H, W), got {tuple(images.shape)}")
-    if images.numel():
+    if check_range and images.numel():
         lo, hi = torch.aminmax(images.detach())
         if lo < -1e-3 or hi > 1 + 1e-3:
             raise AttackError(f"{name} must be pixels in [0, 1] (un-normalised; the model wrapper normalises), "
@@ -147,6 +148,7 @@ class PGDAttacker(nn.Module):
         self.patch_size, self.maximize, self.freeze_params = patch_size, maximize, freeze_params
         self.last_losses: list[Tensor] = []
         """Mean loss (without R) at each iteration of the latest call, as detached tensors."""
+        self._range_checked = False
 
     @classmethod
     def from_config(cls, cfg: AttackConfig, patch_size: Optional[int] = None, freeze_params: bool = True) -> "PGDAttacker":
@@ -244,7 +246,8 @@ class PGDAttacker(nn.Module):
             loss_fn: maps outputs to a per-sample loss (B,) or a scalar.
             generator: optional RNG for the start and the noise.
         """
-        check_pixels(images)
+        check_pixels(images, check_range=not self._range_checked)
+        self._range_checked = True
         images = images.detach()
         self.last_losses = []
         if self.steps == 0:
@@ -284,7 +287,8 @@ class UniformNoise(nn.Module):
                 generator: Optional[torch.Generator] = None) -> Tensor:
         """clamp(images + u, 0, 1) with u uniform in the attacker's budget; ``forward`` and ``loss_fn`` are unused
         (same call signature as :class:`PGDAttacker`)."""
-        check_pixels(images)
+        check_pixels(images, check_range=not self.attacker._range_checked)
+        self.attacker._range_checked = True
         images = images.detach()
         u = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
         delta = self.attacker.project((2 * u - 1) * self.attacker.eps)

@@ -70,6 +70,19 @@ def test_attack_refuses_images_that_are_not_pixels(encoder, images, make, match)
         PGDAttacker(steps=1)(encoder, make(images), lambda e: embedding_distance(e, targets))
 
 
+def test_attack_checks_the_value_range_on_its_first_call_only(encoder, images):
+    """The range check syncs the device with the host, so a training loop pays it once, not per step;
+    a fresh attacker (a new run) checks again."""
+    with torch.no_grad():
+        targets = encoder(images)
+    loss = lambda e: embedding_distance(e, targets)  # noqa: E731
+    attacker = PGDAttacker(steps=1)
+    attacker(encoder, images, loss)
+    attacker(encoder, images * 255, loss)  # not checked again: no sync in later steps
+    with pytest.raises(AttackError, match=r"in \[0, 1\]"):
+        PGDAttacker(steps=1)(encoder, images * 255, loss)
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda x: x.permute(0, 2, 3, 1), "channels last"),
     (lambda x: (x * 255).to(torch.uint8), "float tensor"),
