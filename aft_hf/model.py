@@ -35,6 +35,7 @@ from transformers import (
     CLIPVisionConfig,
     CLIPVisionModel,
     CLIPVisionModelWithProjection,
+    PretrainedConfig,
 )
 
 from .constants import BUILTIN_PREFIX, CLIP_MEAN, CLIP_STD, WORLD_CLIP_DIR
@@ -267,7 +268,8 @@ def _could_not_load(name_or_path: str, error: OSError) -> ModelLoadError:
     return ModelLoadError(f"could not load model '{name_or_path}': {cause}.{hint}")
 
 
-def load_model_config(name_or_path: str, revision: Optional[str] = None, token: Optional[str] = None):
+def load_model_config(name_or_path: str, revision: Optional[str] = None,
+                      token: Optional[str] = None) -> PretrainedConfig:
     """The ``transformers`` config of a Hub id, folder or builtin model, read without any weights (to check
     what a model is before loading it). Raises :class:`ModelLoadError` when it cannot be read."""
     source = resolve_builtin_model(name_or_path)
