@@ -35,6 +35,7 @@ from transformers import (
     CLIPVisionConfig,
     CLIPVisionModel,
     CLIPVisionModelWithProjection,
+    PretrainedConfig,
 )
 
 from .constants import BUILTIN_PREFIX, CLIP_MEAN, CLIP_STD, WORLD_CLIP_DIR
@@ -274,6 +275,39 @@ def _vision_class(config) -> type:
     return CLIPVisionModel if "CLIPVisionModel" in architectures else CLIPVisionModelWithProjection
 
 
+def _looks_like_path(name: str) -> bool:
+    """A name no Hub id can be (``./x``, ``/x``, ``~/x``, ``a/b/c``): meant as a local folder."""
+    return name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or "\\" in name
+
+
+def _could_not_load(name_or_path: str, error: OSError) -> ModelLoadError:
+    """The one error for a model that cannot be read, on one line: the cause, and what to check (a local
+    folder that is not there, offline, the id, a token)."""
+    if _looks_like_path(name_or_path) and not Path(name_or_path).expanduser().exists():
+        return ModelLoadError(f"could not load model '{name_or_path}': no such folder (a Hub id looks like "
+                              "org/name)")
+    hint = (" HF_HUB_OFFLINE is set: only local folders and models already in the Hub cache can be loaded."
+            if hub_offline() else " Check the id, your network, and for gated models `hf auth login` or HF_TOKEN.")
+    cause = " ".join(str(error).split()).rstrip(".")
+    return ModelLoadError(f"could not load model '{name_or_path}': {cause}.{hint}")
+
+
+def load_model_config(name_or_path: str, revision: Optional[str] = None,
+                      token: Optional[str] = None) -> PretrainedConfig:
+    """The ``transformers`` config of a Hub id, folder or builtin model, read without any weights (to check
+    what a model is before loading it). Raises :class:`ModelLoadError` when it cannot be read."""
+    source = resolve_builtin_model(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(source, revision=revision, token=token)
+    except OSError as e:
+        raise _could_not_load(name_or_path, e) from e
+    except ValueError as e:  # transformers 5: a folder without config.json, or an unknown model_type
+        if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+            raise ModelLoadError(f"'{name_or_path}' is not a model folder (no config.json)") from e
+        cause = " ".join(str(e).split())
+        raise ModelLoadError(f"could not read the config of model '{name_or_path}': {cause}") from e
+
+
 def load_image_encoder(
     name_or_path: str,
     revision: Optional[str] = None,
@@ -293,8 +327,8 @@ def load_image_encoder(
         raise ModelLoadError(f"unknown model.embedding '{embedding}' (choose from {', '.join(EMBEDDINGS)})")
     source = resolve_builtin_model(name_or_path)
     kwargs = dict(revision=revision, token=token, attn_implementation=attn_implementation)
+    config = load_model_config(name_or_path, revision=revision, token=token)
     try:
-        config = AutoConfig.from_pretrained(source, revision=revision, token=token)
         if config.model_type == "clip":
             full = _checked_from_pretrained(CLIPModel, source, name_or_path, **kwargs)
             vision = _vision_from_full_clip(full)
@@ -309,9 +343,7 @@ def load_image_encoder(
                 f"'{name_or_path}' is a '{config.model_type}' model; aft_hf fine-tunes CLIP "
                 "(a CLIPModel, CLIPVisionModelWithProjection or CLIPVisionModel checkpoint)")
     except OSError as e:
-        hint = (" HF_HUB_OFFLINE is set: only local folders and models already in the Hub cache can be loaded."
-                if hub_offline() else " Check the id, your network, and for gated models `hf auth login` or HF_TOKEN.")
-        raise ModelLoadError(f"could not load model '{name_or_path}': {str(e).rstrip('.')}.{hint}") from e
+        raise _could_not_load(name_or_path, e) from e
     processor = _load_image_processor(source, revision)
     mean = tuple(processor.image_mean) if processor is not None else CLIP_MEAN
     std = tuple(processor.image_std) if processor is not None else CLIP_STD

@@ -49,6 +49,31 @@ def test_help_lists_every_field_with_default_and_meaning(capsys):
     assert "--per_device_train_batch_size" in out and "tiny_offline" in out and "'--steps' is ambiguous" in out
 
 
+def _subcommand_parsers(parser):
+    """(name, parser) of every subcommand, nested ones (``world sample``) included."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                yield from ((f"{name} {n}", s) for n, s in _subcommand_parsers(sub))
+
+
+def test_every_option_of_every_subcommand_says_what_it_does(capsys):
+    from aft_hf.cli import build_parser
+
+    parsers = dict(_subcommand_parsers(build_parser()))
+    assert {"train", "demo", "evaluate", "explain", "push", "world sample", "world eval"} <= set(parsers)
+    missing = [f"aft-hf {name} {action.option_strings[-1]}" for name, sub in parsers.items()
+               for action in sub._actions if action.option_strings and not action.help]
+    assert not missing, f"options without help text: {missing}"
+    for command in ("explain", "evaluate"):  # a default is shown once, and never as None
+        code, out, _ = run_cli([command, "--help"], capsys)
+        assert code == 0 and "(default: None)" not in out and "(default: False)" not in out, command
+        assert "(default: saliency gradcam" in out, command  # lists shown as typed on the command line
+
+
 @pytest.mark.parametrize("alias,value,path,expected", [
     ("model_name_or_path", "some/model", "model.name_or_path", "some/model"),
     ("dataset_name", "some/data", "data.dataset", "some/data"),

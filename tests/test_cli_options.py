@@ -140,3 +140,12 @@ def test_gradcam_at_the_last_block_output_warns(tiny_clip_path, shapes, tmp_path
     rc = main(["explain", "--model", str(tiny_clip_path), "--images", str(shapes), "--max-images", "2",
                "--methods", "gradcam", "--out", str(out)])
     assert rc == 0 and json.loads((out / "explain.json").read_text())["warnings"] == []
+
+
+@pytest.mark.parametrize("command", ["explain", "evaluate"])
+def test_a_model_that_cannot_be_read_is_named_as_such(tmp_path, capsys, shapes, command):
+    """A mistyped model folder is reported as missing, not as a vision-only model needing --text-model."""
+    data = ["--images", str(shapes)] if command == "explain" else ["--dataset", str(shapes)]
+    assert main([command, "--model", str(tmp_path / "no_such_model"), *data, "--out", str(tmp_path / "o")]) == 2
+    err = _error(capsys)
+    assert "no_such_model': no such folder" in err and "--text-model" not in err

@@ -155,3 +155,21 @@ def test_demo_refuses_a_folder_it_did_not_write(tmp_path, capsys):
     assert main(["demo", "--out", str(mine), "--seeds", "1", "--eval-images", "4", "--train-images", "8"]) == 2
     assert "not written by aft_hf" in capsys.readouterr().err
     assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "2"], "--seed: the demo sets it for each run; use --seeds N"),  # not abbreviated to --seeds
+    (["--output_dir", "elsewhere"], "--out OUT"),
+    (["--model.name_or_path", "openai/clip-vit-base-patch16"], "use --base FOLDER"),
+    (["--data.dataset", "imagefolder"], "--train-images N"),
+    (["--attack.mode=noise"], "--no-control"),
+    (["--sedes", "2"], "unknown option '--sedes'; did you mean --seeds?"),  # not the config field --seed
+    (["--no_control"], "did you mean --no-control?"),
+])
+def test_demo_refuses_overrides_it_would_replace_and_names_its_own_option(tmp_path, capsys, args, message):
+    """Fields the demo sets for every run would swallow an override silently; a mistyped demo option is
+    named, not the config field it resembles. Both before anything is written."""
+    assert main(["demo", "--out", str(tmp_path / "x"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()

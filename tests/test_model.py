@@ -89,6 +89,11 @@ def test_load_errors(tmp_path):
         load_image_encoder("me/not-there")
     with pytest.raises(ModelLoadError, match="unknown builtin model"):
         load_image_encoder("builtin:huge")
+    with pytest.raises(ModelLoadError, match="'./not-there': no such folder"):  # not a Hub-id error
+        load_image_encoder("./not-there")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="is not a model folder \\(no config.json\\)"):  # was a ValueError
+        load_image_encoder(str(tmp_path / "empty"))
     from transformers import BertConfig, BertModel
 
     BertModel(BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)).save_pretrained(tmp_path / "bert")

@@ -3,6 +3,23 @@ is done by calls into the library modules. :mod:`aft_hf.cli` loads every module 
 ``COMMAND_MODULES``; nothing else imports them.
 """
 
+import argparse
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Adds ``(default: X)`` to an option's help, as ``ArgumentDefaultsHelpFormatter`` does, but not when the
+    default is ``None`` or ``False`` (nothing to show) or the help already says what the default is, so that
+    no option reads ``(default: folder names) (default: None)``."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or default is None or default is False or default is argparse.SUPPRESS
+                or "default" in text):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})".lstrip()
+
 
 def add_model_arguments(parser) -> None:
     """``--model`` (repeatable) and ``--text-model``: the models that ``explain`` and ``evaluate`` compare."""

@@ -6,20 +6,28 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..demo import DEFAULT_CONFIG, HEADLINE, DemoOptions, run_demo
+from ..demo.setup import check_overrides
+
+NOT_OPTIONS = ("command", "func", "accepts_overrides")
 
 
 def add_subcommand(subparsers) -> None:
     """``aft-hf demo [--norms ...] [--eps ...] [--study] [--seeds N] [--out DIR] [--section.field value ...]``."""
-    p = subparsers.add_parser(
-        "demo", help="the whole pipeline offline in a synthetic world with known answers",
+    p = subparsers.add_parser(  # no abbreviations: '--seed 2' must not quietly become '--seeds 2'
+        "demo", allow_abbrev=False, help="the whole pipeline offline in a synthetic world with known answers",
         description="Pretrained world CLIP -> AFT of each threat model and its noise control (several seeds) -> "
                     "saliency maps and metrics against ground-truth masks -> report.md, figures, Hub-ready folder. "
                     "With --study: the dose-response study (AFT at each --eps for each norm) -> study.md, "
                     "study.json, dose_response.png. Extra --section.field value arguments override the AFT config.")
     p.add_argument("--out", default=None, help="output folder (default demo_out, or study_out with --study)")
-    p.add_argument("--seeds", type=int, default=DemoOptions.seeds)
-    p.add_argument("--train-images", type=int, default=DemoOptions.train_images)
-    p.add_argument("--eval-images", type=int, default=DemoOptions.eval_images)
+    p.add_argument("--seeds", type=int, default=DemoOptions.seeds,
+                   help=f"training seeds per fine-tune (runs 0 .. N-1; default {DemoOptions.seeds}); the tables show "
+                        "the mean and sd over seeds")
+    p.add_argument("--train-images", type=int, default=DemoOptions.train_images,
+                   help=f"world images written for training (default {DemoOptions.train_images})")
+    p.add_argument("--eval-images", type=int, default=DemoOptions.eval_images,
+                   help=f"held-out world images (with target masks) that every model is measured on "
+                        f"(default {DemoOptions.eval_images})")
     p.add_argument("--methods", nargs="+", default=None,
                    help="saliency methods (default: saliency gradcam attention; with --study: saliency)")
     p.add_argument("--no-control", action="store_true", help="skip the noise-only control runs")
@@ -40,6 +48,7 @@ def add_subcommand(subparsers) -> None:
 
 
 def _cli_demo(args, overrides: list[str]) -> int:
+    check_overrides(overrides, [f"--{k.replace('_', '-')}" for k in vars(args) if k not in NOT_OPTIONS])
     if args.seeds < 1 or args.train_images < 1 or args.eval_images < 1 or args.robust_steps < 1:
         raise ConfigError(["--seeds, --train-images, --eval-images and --robust-steps must be >= 1"])
     if args.eps and any(e <= 0 for e in args.eps):

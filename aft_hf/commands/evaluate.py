@@ -6,12 +6,11 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
-from . import add_device_and_out_arguments, add_model_arguments
-from ..explain import resolve_method
+from . import DefaultsHelpFormatter, add_device_and_out_arguments, add_model_arguments
+from ..explain import available_methods, resolve_method
 from ..explain.loading import load_models_and_texts, pick_device
 from ..explain.options import OptionProblems
 from ..evaluate.classnames import resolve_classnames, resolve_templates
@@ -26,25 +25,31 @@ logger = logging.getLogger(__name__)
 def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="zero-shot accuracy (clean, under APGD/PGD) and saliency metrics "
                                                "-> JSON/Markdown/PNG",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              description="Zero-shot accuracy (clean and under APGD or PGD) and attribution "
+                                          "metrics of one or more CLIP models on a labelled dataset -> OUT/"
+                                          "report.json, report.md and figures (one subfolder per model, plus "
+                                          "comparison.md, when several are given).",
+                              formatter_class=DefaultsHelpFormatter)
     add_model_arguments(p)
     p.add_argument("--dataset", required=True,
                    help="Hub id, 'imagefolder' (with --data-dir), a local folder, or builtin:shapes")
-    p.add_argument("--data-dir")
-    p.add_argument("--config-name")
+    p.add_argument("--data-dir", help="folder of images for --dataset imagefolder")
+    p.add_argument("--config-name", help="dataset configuration name (passed to datasets.load_dataset)")
     p.add_argument("--split", help="default: validation, else test, else train")
-    p.add_argument("--image-column", default="image")
-    p.add_argument("--label-column", default="label")
+    p.add_argument("--image-column", default="image", help="column holding the images")
+    p.add_argument("--label-column", default="label", help="column holding the integer class labels")
     p.add_argument("--mask-column", help="image column of object masks (pointing game, energy)")
     p.add_argument("--box-column", help="column of [x0, y0, x1, y1] boxes in original pixels")
     p.add_argument("--max-samples", type=int, default=500, help="at most this many images (>= 1)")
-    p.add_argument("--streaming", action="store_true")
+    p.add_argument("--streaming", action="store_true",
+                   help="stream the dataset (the first --max-samples images, not a shuffled subset)")
     p.add_argument("--class-names", help="file with one class name per line (label order)")
     p.add_argument("--imagenet-classnames", action="store_true", help="use the shipped cleaned ImageNet-1k names")
     p.add_argument("--templates", help="'simple', 'clip80', a file (one per line) or one template with {} "
                                        "(default: clip80 for ImageNet names, else simple)")
     p.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), help=f"from: {', '.join(METRICS)}")
-    p.add_argument("--methods", nargs="+", default=["saliency", "gradcam"], help="attribution methods for the map metrics")
+    p.add_argument("--methods", nargs="+", default=["saliency", "gradcam"],
+                   help=f"attribution methods for the map metrics, from: {', '.join(available_methods())}")
     p.add_argument("--eps", nargs="+", type=float, default=[1, 2, 4], help="L-inf budgets in 1/255 units (>= 0)")
     p.add_argument("--robust-attack", choices=ATTACKS, default="apgd",
                    help="robust accuracy under APGD-CE then APGD-T (AutoAttack's APGD part, worst case per image) "
@@ -55,8 +60,9 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--attack-restarts", type=int, default=1, help="APGD: random restarts of each attack")
     p.add_argument("--attack-targets", type=int, default=9,
                    help="APGD-T: target classes (the highest-ranked other classes; 0 = APGD-CE only)")
-    p.add_argument("--roar-fractions", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9])
-    p.add_argument("--deletion-steps", type=int, default=20)
+    p.add_argument("--roar-fractions", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9],
+                   help="ROAR: fractions of the pixels removed (each strictly between 0 and 1)")
+    p.add_argument("--deletion-steps", type=int, default=20, help="deletion/insertion: points on each curve")
     p.add_argument("--deletion-order", choices=["most", "least"], default="most",
                    help="perturb most-relevant-first (MoRF) or least-relevant-first (LeRF)")
     p.add_argument("--baseline", choices=["mean", "zero", "blur"], default=None,
@@ -64,8 +70,10 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--roar-evaluator", choices=["cnn", "probe"], default="cnn",
                    help="ROAR retrains a small CNN from scratch (cnn) or a linear probe on the model's embeddings")
     p.add_argument("--tolerance", type=int, default=15, help="pointing-game tolerance in pixels")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward/backward pass")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the image subset and every random part of the metrics (attack starts, random "
+                        "rankings, ROAR training)")
     add_device_and_out_arguments(p)
     p.set_defaults(func=_cli_evaluate)
 

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -16,11 +15,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import add_device_and_out_arguments, add_model_arguments
+from . import DefaultsHelpFormatter, add_device_and_out_arguments, add_model_arguments
 from ..data.images import load_images, load_readable_images
 from ..explain.inputs import collect_images, image_labels, model_labels
 from ..explain.loading import load_models_and_texts, pick_device
-from ..explain.methods import Explainer, resolve_method
+from ..explain.methods import Explainer, available_methods, resolve_method
 from ..explain.options import OptionProblems
 from ..explain.targets import ExplainError, check_template, image_targets
 
@@ -29,18 +28,21 @@ logger = logging.getLogger(__name__)
 
 def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser("explain", help="saliency maps of CLIP models as PNG grids",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              description="Saliency maps of one or more CLIP models for the same images -> OUT/"
+                                          "explanations.png (image rows x model/method columns), maps.pt, "
+                                          "explain.json.", formatter_class=DefaultsHelpFormatter)
     add_model_arguments(p)
     p.add_argument("--images", nargs="+", required=True, help="image files and/or folders")
     p.add_argument("--prompt", default="a photo of a {}.", help="template with {} for the label")
     p.add_argument("--labels", nargs="+", help="one label for all images or one per image (default: folder names)")
     p.add_argument("--caption", help="explain similarity to this caption instead of a class prompt")
     p.add_argument("--reference-image", help="explain similarity to this image's embedding instead of text")
-    p.add_argument("--methods", nargs="+", default=["saliency", "gradcam", "attention"])
+    p.add_argument("--methods", nargs="+", default=["saliency", "gradcam", "attention"],
+                   help=f"attribution methods, from: {', '.join(available_methods())}")
     p.add_argument("--layer", help="Grad-CAM layer: default last block's layer_norm1, 'penultimate', or a module path")
     p.add_argument("--no-postprocess", action="store_true", help="keep raw maps (no abs / percentile clip / min-max)")
     p.add_argument("--max-images", type=int, default=16, help="at most this many images (>= 1)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward/backward pass")
     add_device_and_out_arguments(p)
     p.set_defaults(func=_cli_explain)
 

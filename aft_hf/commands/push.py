@@ -17,7 +17,7 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--figure", help="a saliency figure (PNG/JPEG) to embed in the card")
     p.add_argument("--license", help="license id; default: inherited from the base model's card when known")
     p.add_argument("--tag", action="append", default=[], help="an extra tag (repeatable)")
-    p.add_argument("--private", action="store_true")
+    p.add_argument("--private", action="store_true", help="create the Hub repo as private")
     p.add_argument("--dry-run", action="store_true", help="only build the folder (needs --out); no network")
     p.add_argument("--out", help="where to build the Hub folder (kept)")
     p.add_argument("--overwrite", action="store_true",

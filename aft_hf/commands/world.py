@@ -52,7 +52,8 @@ def add_subcommand(subparsers) -> None:
     sub = p.add_subparsers(dest="world_command", required=True)
     pre = sub.add_parser("pretrain", help="pretrain a CLIPModel in the world (defaults rebuild the shipped base)")
     pre.add_argument("--out", required=True, help="output folder (save_pretrained + training_config.json + SHA256SUMS)")
-    pre.add_argument("--image-size", type=int, default=None)
+    pre.add_argument("--image-size", type=int, default=None,
+                     help=f"image side in pixels, a multiple of --patch-size (default {WorldConfig().image_size})")
     for name in CLI_FIELDS:
         typ = float if name == "lr" else int
         pre.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None,
@@ -61,13 +62,15 @@ def add_subcommand(subparsers) -> None:
     model_help = ("world CLIP: builtin:world-clip, a folder from `aft-hf world pretrain`, or an AFT fine-tune of one "
                   "(a folder exported by `aft-hf train` or `aft-hf demo`)")
     sam = sub.add_parser("sample", help="write world images, masks and metadata.jsonl as an imagefolder")
-    sam.add_argument("--out", required=True)
-    sam.add_argument("-n", "--num-images", type=int, default=16)
-    sam.add_argument("--seed", type=int, default=2, help="world seed (0 and 1 are the base's training/eval streams)")
+    sam.add_argument("--out", required=True, help="output folder: images/, masks/, metadata.jsonl")
+    sam.add_argument("-n", "--num-images", type=int, default=16, help="images to write (default 16)")
+    sam.add_argument("--seed", type=int, default=2,
+                     help="world seed (default 2; 0 and 1 are the base's training/eval streams)")
     sam.add_argument("--model", default=None, help="take the world settings from this " + model_help)
     sam.set_defaults(func=_cli_sample)
     ev = sub.add_parser("eval", help="zero-shot accuracy (overall, colour, shape) of a world CLIP on held-out images")
     ev.add_argument("--model", default="builtin:world-clip", help=model_help)
-    ev.add_argument("-n", "--num-images", type=int, default=1000)
-    ev.add_argument("--seed", type=int, default=2)
+    ev.add_argument("-n", "--num-images", type=int, default=1000, help="held-out images (default 1000)")
+    ev.add_argument("--seed", type=int, default=2, help="world seed of the held-out images (default 2; 0 and 1 "
+                                                       "are the base's training/eval streams)")
     ev.set_defaults(func=_cli_eval)

@@ -19,6 +19,18 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "world_aft.yaml"
 # to E for huber (the headline has eps = eps2), and eps = E for linf.
 HEADLINE = {"linf": (4.0, None), "huber": (1.0, 1.0)}
 
+# AFT-config fields that every demo run sets itself (``fine_tune``, ``prepare``): an override of one
+# would be replaced without a word, so it is refused, naming the demo option that does the job.
+DEMO_SET_FIELDS = {
+    "seed": "use --seeds N for seeds 0 .. N-1",
+    "model.name_or_path": "use --base FOLDER (a world CLIP) to fine-tune another base",
+    "data.dataset": "it trains on world images it writes (--train-images N)",
+    "data.data_dir": "it trains on world images it writes (--train-images N)",
+    "checkpoint.output_dir": "the runs go to OUT/runs/ (--out OUT)",
+    "checkpoint.overwrite_output_dir": "a rerun replaces its own runs under --out",
+    "attack.mode": "pgd for AFT, noise for the control (--no-control skips the control)",
+}
+
 
 @dataclass
 class DemoOptions:
@@ -67,6 +79,32 @@ def threat_overrides(norm: str, eps: Optional[float] = None) -> list[str]:
     return args
 
 
+def check_overrides(overrides: Sequence[str], demo_options: Sequence[str] = ()) -> None:
+    """Refuse, before any work, the overrides the demo would silently replace (:data:`DEMO_SET_FIELDS`)
+    and, when ``demo_options`` (e.g. ``--seeds``) are given, an unknown name that is a typo of one of them:
+    left to the config, ``--sedes`` would be answered with the config field ``--seed``."""
+    import difflib
+
+    from ..config import ConfigError, resolve_key
+
+    problems = []
+    for arg in overrides:
+        if not arg.startswith("--"):
+            continue
+        key = arg[2:].partition("=")[0]
+        unknown: list[str] = []
+        path = resolve_key(key, unknown)
+        if path in DEMO_SET_FIELDS:
+            problems.append(f"--{key}: the demo sets it for each run; {DEMO_SET_FIELDS[path]}")
+        elif path is None and demo_options and unknown and unknown[0].startswith("unknown override"):
+            names = {o.lstrip("-").replace("-", "_"): o for o in demo_options}
+            close = difflib.get_close_matches(key.replace("-", "_"), list(names), n=1, cutoff=0.6)
+            if close:
+                problems.append(f"unknown option '--{key}'; did you mean {names[close[0]]}?")
+    if problems:
+        raise ConfigError(problems)
+
+
 def threat_label(cfg) -> str:
     """e.g. ``linf 4/255`` or ``huber 1/255 + 1/255`` from an AttackConfig."""
     extra = f" + {cfg.eps2:g}/255" if cfg.norm in ("huber", "elastic") else ""
@@ -105,6 +143,7 @@ def prepare(opts: DemoOptions) -> Setup:
     from ..model import resolve_builtin_model
     from ..world import load_world_config, write_imagefolder
 
+    check_overrides(opts.overrides)
     out = Path(opts.out)
     base = resolve_builtin_model(opts.base)
     world = load_world_config(base).world

@@ -82,15 +82,12 @@ class TextTower(nn.Module):
 
 def load_text_tower(name_or_path: str, revision: Optional[str] = None, token: Optional[str] = None) -> TextTower:
     """The text half of a full CLIP checkpoint (Hub id or folder) with its tokenizer."""
-    from transformers import AutoConfig, AutoTokenizer, CLIPModel
+    from transformers import AutoTokenizer, CLIPModel
 
-    from ..model import ModelLoadError, resolve_builtin_model
+    from ..model import ModelLoadError, load_model_config, resolve_builtin_model
 
     source = resolve_builtin_model(name_or_path)
-    try:
-        config = AutoConfig.from_pretrained(source, revision=revision, token=token)
-    except OSError as e:
-        raise ModelLoadError(f"could not load text model '{name_or_path}': {e}") from e
+    config = load_model_config(name_or_path, revision=revision, token=token)  # a missing one: one clear line
     if config.model_type != "clip":
         raise ModelLoadError(
             f"'{name_or_path}' is a '{config.model_type}' checkpoint without a text tower; pass a full CLIP "
@@ -106,15 +103,12 @@ def load_text_tower(name_or_path: str, revision: Optional[str] = None, token: Op
 
 
 def is_full_clip(name_or_path: str) -> bool:
-    """True when the checkpoint holds a full CLIPModel (so it has its own text tower)."""
-    from transformers import AutoConfig
+    """True when the checkpoint holds a full CLIPModel (so it has its own text tower). A model that cannot
+    be read at all (a mistyped path, offline without a cached copy) raises
+    :class:`~aft_hf.model.ModelLoadError` saying so, rather than passing for a vision-only model."""
+    from ..model import load_model_config
 
-    from ..model import resolve_builtin_model
-
-    try:
-        return AutoConfig.from_pretrained(resolve_builtin_model(name_or_path)).model_type == "clip"
-    except (OSError, ValueError):
-        return False
+    return load_model_config(name_or_path).model_type == "clip"
 
 
 def image_targets(encoder: nn.Module, reference: Tensor) -> Tensor:
