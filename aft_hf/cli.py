@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import Optional
 
@@ -41,7 +42,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     if extra and not getattr(args, "accepts_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return args.func(args, extra)
+        code = args.func(args, extra)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
     except AftError as e:  # bad input: one line, no traceback
         print(f"aft-hf {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # `aft-hf ... | head` closed the pipe: not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not raise again
+        return 141

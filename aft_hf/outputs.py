@@ -1,7 +1,8 @@
 """Output folders that aft_hf writes, and the one rule for replacing them.
 
-Every folder the package writes (an export ``final/``, a Hub folder, a converted checkpoint, the
-demo's output) carries a marker file, :data:`MARKER`, naming what wrote it. ``--overwrite``
+Every folder the package builds as a whole (an export ``final/``, a Hub folder, a converted
+checkpoint, the demo's output) carries a marker file, :data:`MARKER`, naming what wrote it
+(``explain``, ``evaluate`` and ``world`` write named files into ``--out`` and add no marker). ``--overwrite``
 replaces only a folder with that marker; any other non-empty folder is refused, so a mistyped
 ``--out`` can never delete a user's files. No command replaces its own input or a folder above it.
 

@@ -74,6 +74,13 @@ def test_every_option_of_every_subcommand_says_what_it_does(capsys):
         assert "(default: saliency gradcam" in out, command  # lists shown as typed on the command line
 
 
+def test_output_piped_into_a_closed_pipe_is_not_a_traceback():
+    """`aft-hf train --print-config | head` must end quietly: a reader that stops early is not an error."""
+    proc = subprocess.run(f"{sys.executable} -m aft_hf train --print-config | true", shell=True,
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("alias,value,path,expected", [
     ("model_name_or_path", "some/model", "model.name_or_path", "some/model"),
     ("dataset_name", "some/data", "data.dataset", "some/data"),
