@@ -31,7 +31,7 @@ from .data import build_dataloader, resume_position, stream_positions, watch_sta
 from .guards import NonFiniteGuard, StopOnSignal, TrainingStopped, preflight, require_finite_weights
 from .hub_sync import HubSync
 from .launch import apply_launch, check_training_environment, run_info
-from .model import ImageEncoder, export_pretrained, load_image_encoder
+from .model import ImageEncoder, export_pretrained, load_image_encoder, load_model_config
 from .perf import use_matmul_patch_embedding
 from .resume import apply_optim_config, check_resume_config
 from .train_eval import build_evaluator
@@ -239,6 +239,7 @@ def train(cfg: TrainConfig) -> Path:
     Raises :class:`~aft_hf.guards.TrainingStopped` after a SIGTERM/SIGINT (checkpoint saved).
     """
     check_training_environment(cfg)  # missing tracker, fp16 on CPU, FSDP/DeepSpeed: refused before anything loads
+    load_model_config(cfg.model.name_or_path, cfg.model.revision)  # a mistyped model fails before output_dir exists
     output_dir = Path(cfg.checkpoint.output_dir)
     accelerator = build_accelerator(cfg, output_dir)
     apply_launch(cfg, accelerator)  # records the effective precision and global batch in cfg

@@ -101,6 +101,16 @@ def test_load_errors(tmp_path):
         load_image_encoder(str(tmp_path / "bert"))
 
 
+def test_train_with_a_mistyped_model_creates_no_output_folder(tmp_path, capsys):
+    """The model is checked before the writability probe creates output_dir: a typo leaves no empty folder."""
+    from aft_hf.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--model.name_or_path", str(tmp_path / "typo"), "--output_dir", str(out)]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_builtin_tiny_clip_builds_once_and_loads():
     enc = load_image_encoder("builtin:tiny-clip")
     assert isinstance(enc, ImageEncoder) and enc.image_size == 32 and enc.patch_size == 8
