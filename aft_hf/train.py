@@ -10,6 +10,7 @@ all-reduce); one training forward/backward on the adversarial images; AdamW with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from .data import build_dataloader, resume_position, stream_positions, watch_sta
 from .guards import NonFiniteGuard, StopOnSignal, TrainingStopped, preflight, require_finite_weights
 from .hub_sync import HubSync
 from .launch import apply_launch, check_training_environment, run_info
-from .model import ImageEncoder, export_pretrained, load_image_encoder, load_model_config
+from .model import ImageEncoder, ModelLoadError, export_pretrained, load_image_encoder, load_model_config
 from .perf import use_matmul_patch_embedding
 from .resume import apply_optim_config, check_resume_config
 from .train_eval import build_evaluator
@@ -239,12 +240,19 @@ def train(cfg: TrainConfig) -> Path:
     Raises :class:`~aft_hf.guards.TrainingStopped` after a SIGTERM/SIGINT (checkpoint saved).
     """
     check_training_environment(cfg)  # missing tracker, fp16 on CPU, FSDP/DeepSpeed: refused before anything loads
-    load_model_config(cfg.model.name_or_path, cfg.model.revision)  # a mistyped model fails before output_dir exists
     output_dir = Path(cfg.checkpoint.output_dir)
+    fresh_dir = not output_dir.exists()
     accelerator = build_accelerator(cfg, output_dir)
     apply_launch(cfg, accelerator)  # records the effective precision and global batch in cfg
     batch_size = per_device_batch_size(cfg, accelerator.num_processes)
     preflight(cfg, accelerator)  # writable output, hub reachable + token, no foreign checkpoints
+    try:  # the model's config (no weights): a mistyped model fails here, leaving no empty output folder
+        load_model_config(cfg.model.name_or_path, cfg.model.revision)
+    except ModelLoadError:
+        if fresh_dir and accelerator.is_main_process:
+            with contextlib.suppress(OSError):
+                output_dir.rmdir()  # only if still empty
+        raise
     resume_path, progress = find_resume_point(cfg, output_dir)
     set_seed(cfg.seed, device_specific=True)
 
