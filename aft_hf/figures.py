@@ -67,7 +67,21 @@ def attribution_grid(images: Tensor, maps: Mapping[str, Tensor], out: Union[str,
     for c, key in enumerate(keys, start=1):
         axes[0, c].set_title(key, fontsize=8)
     fig.tight_layout()
+    if any(k not in plain for k in keys):
+        _overlay_colorbar(fig, cmap, cell * rows)
     return _save(fig, out)
+
+
+def _overlay_colorbar(fig, cmap: str, height_in: float) -> None:
+    """One horizontal colour bar under the grid (a fixed 0.12 in high, 0.35 in below it, whatever the
+    number of rows): what the overlay colours mean. Each map is drawn from 0 to its own maximum."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    ax = fig.add_axes((0.25, -0.47 / height_in, 0.5, 0.12 / height_in))
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap=cmap), cax=ax, orientation="horizontal")
+    bar.set_label("relevance (each map scaled from 0 to its own maximum)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
 
 
 def roar_curves(results: Mapping[str, dict], out: Union[str, Path]) -> Path:
@@ -80,9 +94,11 @@ def roar_curves(results: Mapping[str, dict], out: Union[str, Path]) -> Path:
         x = [100 * f for f in res["fractions"]]
         for method, acc in res["accuracy"].items():
             style = "--" if method == "random" else "-"
-            ax.plot(x, acc, style, marker="o", ms=3, label=f"{model} / {method}")
+            ax.plot(x, acc, style, marker="o", ms=3, label=f"{model} / {method}" if model else method)
     ax.set_xlabel("pixels removed and retrained (%)")
-    ax.set_ylabel("test accuracy (retrained probe)")
+    kinds = {"CNN" if "CNN" in str(r.get("evaluator")) else "linear probe" if "probe" in str(r.get("evaluator"))
+             else "evaluator" for r in results.values() if "accuracy" in r}
+    ax.set_ylabel(f"test accuracy (retrained {kinds.pop() if len(kinds) == 1 else 'evaluator'})")
     ax.set_title("ROAR (lower = more faithful)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
@@ -101,8 +117,11 @@ def perturbation_curves(results: Mapping[str, dict], out: Union[str, Path]) -> P
             x = [100 * f for f in res[mode]["fractions"]]
             for method, val in res[mode]["methods"].items():
                 style = "--" if method == "random" else "-"
-                ax.plot(x, val["curve"], style, label=f"{model} / {method} (AUC {val['auc']:.3f})")
-        ax.set_xlabel(f"pixels {'removed' if mode == 'deletion' else 'inserted'} (%), most relevant first")
+                name = f"{model} / {method}" if model else method
+                ax.plot(x, val["curve"], style, label=f"{name} (AUC {val['auc']:.3f})")
+        orders = {r[mode].get("order", "most") for r in results.values() if mode in r}
+        first = "least relevant first" if orders == {"least"} else "most relevant first" if orders == {"most"} else ""
+        ax.set_xlabel(f"pixels {'removed' if mode == 'deletion' else 'inserted'} (%)" + (f", {first}" if first else ""))
         normalised = any("clean_probability" in r.get(mode, {}) for r in results.values())
         ax.set_ylabel("label probability / model's clean probability" if normalised
                       else "zero-shot probability of the label")

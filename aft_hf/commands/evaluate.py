@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from . import DefaultsHelpFormatter, add_device_and_out_arguments, add_model_arg
 from ..explain import available_methods, resolve_method
 from ..explain.loading import load_models_and_texts, pick_device
 from ..explain.options import OptionProblems
-from ..evaluate.classnames import resolve_classnames, resolve_templates
+from ..evaluate.classnames import names_from_feature, resolve_classnames, resolve_templates
 from ..evaluate.data import load_labelled_images
 from ..evaluate.metrics import METRICS
 from ..evaluate.runner import DEFAULT_METRICS, EvaluationError, evaluate_model, resolve_metrics, slug, write_outputs
@@ -104,6 +105,27 @@ def _check_options(args) -> list[str]:
     return metrics
 
 
+def world_label_feature(folder: str, label_column: str = "label"):
+    """The world's ClassLabel for a folder written by ``aft-hf world sample`` (it has ``world.json``), else None.
+
+    Its metadata.jsonl stores plain integer labels, so ``datasets`` sees no ClassLabel; the class
+    names, in label order, follow from the world settings that ``world.json`` records.
+    """
+    import datasets
+
+    from ..world import WorldConfig
+
+    info = Path(folder) / "world.json"
+    if label_column != "label" or not info.is_file():
+        return None
+    try:
+        names = WorldConfig.from_dict(json.loads(info.read_text())["world"]).class_names
+    except (KeyError, TypeError, ValueError) as e:
+        logger.warning("%s: unreadable world settings (%s); class names not taken from it", info, e)
+        return None
+    return datasets.ClassLabel(names=list(names))
+
+
 def _cli_evaluate(args, extra) -> int:
     metrics = _check_options(args)  # before loading models and data
     device = pick_device(args.device)
@@ -112,10 +134,12 @@ def _cli_evaluate(args, extra) -> int:
     data = load_labelled_images(args.dataset, size, args.split, args.data_dir, args.config_name, args.image_column,
                                 args.label_column, args.max_samples, args.streaming, args.seed,
                                 args.mask_column, args.box_column)
-    names = resolve_classnames(args.class_names, data.label_feature, args.imagenet_classnames)
+    world = (None if names_from_feature(data.label_feature) else
+             world_label_feature(args.data_dir or args.dataset, args.label_column))
+    names = resolve_classnames(args.class_names, world or data.label_feature, args.imagenet_classnames)
     source = ("file " + args.class_names if args.class_names else
               "shipped cleaned ImageNet-1k names" if args.imagenet_classnames or len(names) == 1000
-              else "dataset ClassLabel")
+              else "world.json (aft-hf world sample)" if world else "dataset ClassLabel")
     templates = resolve_templates(args.templates or ("clip80" if len(names) == 1000 else "simple"))
     options = {"robust": {"eps": args.eps, "steps": args.attack_steps, "attack": args.robust_attack,
                           "restarts": args.attack_restarts, "targets": args.attack_targets},
@@ -138,7 +162,7 @@ def _cli_evaluate(args, extra) -> int:
         report, ctx = evaluate_model(encoder, text, names, templates, data_m.images, data_m.labels, metrics,
                                      args.methods, data_m.masks, options, args.batch_size, args.seed, info=info)
         folder = out if len(args.model) == 1 else out / slug(name)
-        reports[name] = write_outputs(report, ctx, folder, slug(name) if len(args.model) > 1 else "model")
+        reports[name] = write_outputs(report, ctx, folder, slug(name) if len(args.model) > 1 else "", class_names=names)
         print(f"{name}: {folder / 'report.json'}")
     if len(args.model) > 1:
         _write_comparison(reports, out)

@@ -34,7 +34,8 @@ def add_subcommand(subparsers) -> None:
     add_model_arguments(p)
     p.add_argument("--images", nargs="+", required=True, help="image files and/or folders")
     p.add_argument("--prompt", default="a photo of a {}.", help="template with {} for the label")
-    p.add_argument("--labels", nargs="+", help="one label for all images or one per image (default: folder names)")
+    p.add_argument("--labels", nargs="+", help="one label for all images or one per image (default: each "
+                   "image's class_name in a metadata.jsonl, as aft-hf world sample writes, else its folder name)")
     p.add_argument("--caption", help="explain similarity to this caption instead of a class prompt")
     p.add_argument("--reference-image", help="explain similarity to this image's embedding instead of text")
     p.add_argument("--methods", nargs="+", default=["saliency", "gradcam", "attention"],

@@ -42,7 +42,8 @@ class LabelledImages:
     skipped: int
 
 
-def _mask_tensor(mask_image: Image.Image, image_size: tuple[int, int], size: int, column: str = "mask") -> Tensor:
+def _mask_tensor(mask_image: Image.Image, image_size: tuple[int, int], size: int, column: str = "mask",
+                 where: str = "") -> Tensor:
     """A mask image -> (1, size, size) {0, 1}, through the very resize and centre crop of its image.
 
     The mask is first brought to its image's pixel size (nearest), so a mask stored at another
@@ -51,7 +52,7 @@ def _mask_tensor(mask_image: Image.Image, image_size: tuple[int, int], size: int
     w, h = image_size
     mw, mh = mask_image.size
     if abs(mw * h - mh * w) > 0.01 * max(mw * h, mh * w):
-        raise EvaluationError(f"--mask-column '{column}': a {mw}x{mh} mask cannot line up with its {w}x{h} image "
+        raise EvaluationError(f"--mask-column '{column}': a {mw}x{mh} mask{where} cannot line up with its {w}x{h} image "
                               "(other aspect ratio); masks must cover their image (any resolution, same shape)")
     binary = (np.asarray(mask_image.convert("L")) > 0).astype(np.uint8) * 255
     m = Image.fromarray(binary).resize((w, h), Image.Resampling.NEAREST)
@@ -76,6 +77,15 @@ def _boxes(value: Any, column: str) -> list[list[float]]:
     if any(len(b) != 4 for b in out):
         raise fail()
     return out
+
+
+def _where(mask_value: Any, image_value: Any) -> str:
+    """' (mask.png, image image.png)' from datasets' undecoded image dicts, for error messages; '' when unknown."""
+    def path(v: Any) -> Optional[str]:
+        return v.get("path") if isinstance(v, dict) else v if isinstance(v, str) else None
+
+    mask, image = path(mask_value), path(image_value)
+    return f" ({mask}, image {image})" if mask and image else f" ({mask or image})" if mask or image else ""
 
 
 def _box_mask(value: Any, image_size: tuple[int, int], size: int, column: str = "box") -> Tensor:
@@ -154,7 +164,8 @@ def load_labelled_images(dataset: str, size: int, split: Optional[str] = None, d
         images.append(image)
         labels.append(_label(example[label_column], label_column))
         if mask_column:
-            masks.append(_mask_tensor(_open_mask(example[mask_column], mask_column), raw.size, size, mask_column))
+            masks.append(_mask_tensor(_open_mask(example[mask_column], mask_column), raw.size, size, mask_column,
+                                      _where(example[mask_column], value)))
         elif box_column:
             masks.append(_box_mask(example[box_column], raw.size, size, box_column))
     if not images:

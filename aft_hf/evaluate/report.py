@@ -84,10 +84,11 @@ def markdown(report: dict) -> str:
             rows.append((f"{title}, / clean prob. {_num(m[key].get('clean_probability'))}, "
                          f"baseline {m[key].get('baseline', 'mean')}",
                          {k: _num(v["auc"]) for k, v in m[key]["methods"].items()}))
-            rows.append((f"{key} AUC minus random", {k: _num(v["auc_minus_random"])
+            better = "negative" if key == "deletion" else "positive"
+            rows.append((f"{key} AUC minus random ({better} = better than random)", {k: _num(v["auc_minus_random"])
                                                      for k, v in m[key]["methods"].items() if "auc_minus_random" in v}))
     if "gini" in m:
-        rows.append(("Gini sparseness", {k: _num(v) for k, v in m["gini"].items()}))
+        rows.append(("Gini sparseness (higher = sparser)", {k: _num(v) for k, v in m["gini"].items()}))
     if "randomisation_spearman" in m:
         rows.append(("Spearman vs randomised model (lower better)",
                      {k: _num(v) for k, v in m["randomisation_spearman"].items()}))

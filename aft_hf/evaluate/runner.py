@@ -71,14 +71,23 @@ def evaluate_model(encoder: torch.nn.Module, text: TextTower, class_names: Seque
     return report, ctx
 
 
-def write_outputs(report: dict, ctx: EvalContext, out_dir: Path, label: str, num_examples: int = 4) -> dict:
-    """Figures (examples grid, ROAR, deletion/insertion), report.json and report.md in ``out_dir``."""
+def write_outputs(report: dict, ctx: EvalContext, out_dir: Path, label: str, num_examples: int = 4,
+                  class_names: Optional[Sequence[str]] = None) -> dict:
+    """Figures (examples grid, ROAR, deletion/insertion), report.json and report.md in ``out_dir``.
+
+    ``label`` prefixes the figures' series ("label / method"; "" for just the method); the examples
+    name each image's true class when ``class_names`` is given and show the object mask when there is one.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = {}
     k = min(num_examples, ctx.images.shape[0])
     if ctx.methods and k:
-        maps = {f"{label} / {m}": ctx.display_maps(m)[:k] for m in ctx.methods}
-        attribution_grid(ctx.images[:k], maps, out_dir / "examples.png")
+        maps = {f"{label} / {m}" if label else m: ctx.display_maps(m)[:k] for m in ctx.methods}
+        if ctx.masks is not None:
+            maps = {"object mask": ctx.masks[:k].float(), **maps}
+        rows = [f"image {i}" + (f"\n{class_names[int(y)]}" if class_names else "") for i, y in enumerate(ctx.labels[:k])]
+        attribution_grid(ctx.images[:k], maps, out_dir / "examples.png", row_titles=rows,
+                         plain=["object mask"] if ctx.masks is not None else ())
         figures["examples"] = "examples.png"
     m = report["metrics"]
     if "roar" in m and "accuracy" in m["roar"]:

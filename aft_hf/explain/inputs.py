@@ -3,6 +3,7 @@ and short column labels for the models compared (used by ``aft-hf explain``, usa
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -28,10 +29,41 @@ def collect_images(paths: Sequence[str], max_images: Optional[int] = None) -> li
     return files if max_images is None else files[:max_images]
 
 
+def _metadata_class_names(folder: Path, cache: dict) -> dict:
+    """``file_name`` -> ``class_name`` from ``folder/metadata.jsonl`` (the imagefolder convention that
+    ``aft-hf world sample`` writes); {} when there is none or it has no class names."""
+    if folder not in cache:
+        names, meta = {}, folder / "metadata.jsonl"
+        if meta.is_file():
+            for line in meta.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict) and isinstance(row.get("class_name"), str) and "file_name" in row:
+                    names[str(Path(row["file_name"]))] = row["class_name"]
+        cache[folder] = names
+    return cache[folder]
+
+
+def default_label(file: Path, cache: dict) -> str:
+    """The ``class_name`` a ``metadata.jsonl`` in the image's folder or the two above gives it, else the
+    folder name (underscores to spaces), as for an ``ImageFolder`` tree ``cat/1.jpg``."""
+    for folder in [file.parent, *file.parent.parents][:3]:
+        try:
+            name = _metadata_class_names(folder, cache).get(str(file.relative_to(folder)))
+        except ValueError:
+            name = None
+        if name:
+            return name
+    return file.parent.name.replace("_", " ")
+
+
 def image_labels(files: Sequence[Path], labels: Optional[Sequence[str]]) -> list[str]:
-    """One label for all images, one per image, or (none given) each image's folder name."""
+    """One label for all images, one per image, or (none given) each image's :func:`default_label`."""
     if not labels:
-        return [f.parent.name.replace("_", " ") for f in files]
+        cache: dict = {}
+        return [default_label(f, cache) for f in files]
     if len(labels) == 1:
         return list(labels) * len(files)
     if len(labels) != len(files):
