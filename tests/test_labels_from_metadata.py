@@ -38,3 +38,19 @@ def test_mask_of_other_shape_is_named(tmp_path):
     Image.open(tmp_path / "masks" / "000001.png").resize((64, 32)).save(tmp_path / "masks" / "000001.png")
     with pytest.raises(EvaluationError, match="masks/000001.png"):
         load_labelled_images(str(tmp_path), 32, mask_column="mask", progress=False)
+
+
+def test_readme_world_sample_then_evaluate(tmp_path):
+    """The README's two commands: a world sample is evaluated with its class names and masks."""
+    from aft_hf.cli import main
+
+    sample, report = tmp_path / "world_samples", tmp_path / "world_report"
+    assert main(["world", "sample", "--out", str(sample), "-n", "8"]) == 0
+    assert main(["evaluate", "--model", "builtin:world-clip", "--dataset", str(sample), "--mask-column", "mask",
+                 "--metrics", "zeroshot", "pointing", "energy", "sparseness", "--methods", "saliency", "gradcam",
+                 "--out", str(report)]) == 0
+    result = json.loads((report / "report.json").read_text())
+    assert result["num_samples"] == 8 and result["num_classes"] == 16
+    assert result["class_names_source"].startswith("world.json")
+    assert set(result["metrics"]) >= {"zeroshot_top1", "pointing_game", "energy_in_mask", "gini"}
+    assert (report / "examples.png").stat().st_size > 0
