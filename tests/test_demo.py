@@ -173,3 +173,30 @@ def test_demo_refuses_overrides_it_would_replace_and_names_its_own_option(tmp_pa
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_study_error_bars_combine_seeds_and_images():
+    """Seeds share the held-out images: the per-image SE is shown beside the seed SE and both enter the bars."""
+    import math
+
+    from aft_hf.demo.study_report import binomial_se, combined_se, images_se, study_markdown
+
+    part = {"delta": {"mean": 0.03, "se": 0.003, "per_seed": [0.027, 0.03, 0.033]},
+            "per_seed_paired": [{"mean": 0.027, "se": 0.006}, {"mean": 0.03, "se": 0.008}, {"mean": 0.033, "se": 0.0}]}
+    assert images_se(part) == pytest.approx(math.sqrt((0.006 ** 2 + 0.008 ** 2) / 3))
+    assert combined_se(part["delta"], 0.004) == pytest.approx(0.005)  # sqrt(0.003^2 + 0.004^2)
+    one = {"mean": 0.03, "se": 0.004, "per_seed": [0.03]}  # one seed: its SE already is the per-image one
+    assert combined_se(one, 0.004) == pytest.approx(0.004)
+    assert binomial_se(0.5, 64) == pytest.approx(0.0625)
+    acc = {"mean": 0.5, "se": 0.01, "per_seed": [0.49, 0.5, 0.51]}
+    cell = {"objective": {"original": 1.0, "adversarial": dict(part["delta"]), **part},
+            "accuracy": {"clean": acc, "at_trained": acc, "1/255": acc},
+            "metrics": {"saliency": {k: part for k in ("energy", "gini", "pointing", "pointing_tol")}}}
+    study = {"settings": {"eval_images": 64, "seeds": 3, "steps": 100, "robust_attack": "pgd",
+                          "robust_attack_name": "PGD"},
+             "original": {"accuracy": {"clean": 0.9, "robust": {"1/255": 0.4}}, "chance_energy": 0.2,
+                          "metrics": {"saliency": {"energy": 0.4, "gini": 0.6, "pointing": 0.4, "pointing_tol": 0.7}}},
+             "results": {"linf": {"1": cell}}, "wall_time_s": 1.0}
+    md = study_markdown(study)
+    assert "0.030 ± 0.003 [0.006]" in md  # Δ energy: seed SE, then the per-image SE in brackets
+    assert "0.400 → 0.500 ± 0.010 [0.062]" in md
