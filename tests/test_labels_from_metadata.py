@@ -53,4 +53,6 @@ def test_readme_world_sample_then_evaluate(tmp_path):
     assert result["num_samples"] == 8 and result["num_classes"] == 16
     assert result["class_names_source"].startswith("world.json")
     assert set(result["metrics"]) >= {"zeroshot_top1", "pointing_game", "energy_in_mask", "gini"}
+    # the pointing tolerance scales with the 64 px input: 15 px at 224 px -> 4 px
+    assert set(result["metrics"]["pointing_game"]["saliency"]) == {"exact", "tolerance_4px"}
     assert (report / "examples.png").stat().st_size > 0

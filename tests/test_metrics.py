@@ -111,6 +111,12 @@ def test_gini_known_values():
     assert gini(torch.zeros(1, 1, 4, 4)).item() == 0.0
 
 
+def test_default_pointing_tolerance_is_15px_at_224px_scaled():
+    from aft_hf.evaluate.metrics import default_tolerance
+
+    assert [default_tolerance(s) for s in (224, 336, 64, 32, 8)] == [15, 22, 4, 2, 1]
+
+
 def test_pointing_game_hit_miss_tolerance_and_empty():
     maps = torch.zeros(3, 1, 20, 20)
     maps[0, 0, 5, 5] = 1  # inside the box

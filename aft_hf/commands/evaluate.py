@@ -70,7 +70,9 @@ def add_subcommand(subparsers) -> None:
                    help="uninformative image for deletion/insertion (default as in RISE: deletion zero, insertion blur)")
     p.add_argument("--roar-evaluator", choices=["cnn", "probe"], default="cnn",
                    help="ROAR retrains a small CNN from scratch (cnn) or a linear probe on the model's embeddings")
-    p.add_argument("--tolerance", type=int, default=15, help="pointing-game tolerance in pixels")
+    p.add_argument("--tolerance", type=int, default=None,
+                   help="pointing-game tolerance in pixels (default: 15 px at 224 px, scaled to the model's input "
+                        "size, e.g. 4 px at 64 px)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward/backward pass")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds the image subset and every random part of the metrics (attack starts, random "

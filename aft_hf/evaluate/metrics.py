@@ -143,13 +143,22 @@ def _n_empty(ctx: EvalContext) -> int:
     return int(empty_masks(ctx.masks).sum()) if ctx.masks is not None else 0
 
 
+def default_tolerance(size: int) -> int:
+    """The pointing game's 15 px at 224 px (Zhang et al.), scaled to the image size: 4 px at 64 px.
+
+    A fixed 15 px would cover half of a small image, where every map "hits"."""
+    return max(1, round(15 * size / 224))
+
+
 class PointingGame(Metric):
     name, family, needs_masks = "pointing", "localisation", True
     citation = "Zhang et al. 2018, Top-down Neural Attention by Excitation Backprop"
     consumes = RAW_MAP + "; tied maxima: an image scores the share of its maximal pixels inside the mask"
 
     def compute(self, ctx: EvalContext) -> dict:
-        tol = self.options.get("tolerance", 15)
+        tol = self.options.get("tolerance")
+        if tol is None:
+            tol = default_tolerance(ctx.masks.shape[-1])
         out = {m: {"exact": _mean(pointing_game(ctx.maps(m), ctx.masks, 0)),
                    f"tolerance_{tol}px": _mean(pointing_game(ctx.maps(m), ctx.masks, tol))} for m in ctx.methods}
         return {"pointing_game": out, "n_empty_masks": _n_empty(ctx)}
