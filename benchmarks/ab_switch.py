@@ -12,7 +12,6 @@ The first round is a warm-up and is not timed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -25,7 +24,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from aft_step import ABLATIONS, GEOMETRIES, AftRunner, StepOptions, count_flops, make_batch, matmul_peak  # noqa: E402
+from aft_step import (ABLATIONS, GEOMETRIES, AftRunner, StepOptions, count_flops, make_batch,  # noqa: E402
+                      matmul_peak, write_report)
 
 
 def main(argv=None) -> int:
@@ -73,9 +73,7 @@ def main(argv=None) -> int:
               f"({variants[name].label()})")
     print(f"default vs flip {args.switch}: {report['speedup_of_default']:.3f}x (medians of {args.rounds - 1} "
           "interleaved steps each)")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
+    write_report(args.json, report)
     return 0
 
 

@@ -33,6 +33,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -104,6 +105,13 @@ class StepOptions:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def write_report(path: Optional[Path], report: dict) -> None:
+    """Write a benchmark's report as JSON when ``--json PATH`` was given, and say where."""
+    if path:
+        path.write_text(json.dumps(report, indent=2))
+        print(f"wrote {path}")
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.5,

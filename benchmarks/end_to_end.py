@@ -13,7 +13,6 @@ per-step data loading, logging (every ``--log-every`` steps), tensorboard writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -28,7 +27,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from aft_step import GEOMETRIES, AftRunner, StepOptions, build_encoder, make_batch  # noqa: E402
+from aft_step import GEOMETRIES, AftRunner, StepOptions, build_encoder, make_batch, write_report  # noqa: E402
 from data_pipeline import write_jpegs  # noqa: E402
 
 
@@ -115,9 +114,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"bare AFT step: {bare:.3f} s;  train(): {n1} steps {t1:.1f} s, {n2} steps {t2:.1f} s "
           f"-> {marginal:.3f} s per step;  overhead {100 * report['overhead']:.1f}% "
           f"(data workers {args.workers}, log every {args.log_every}, checkpoint every {args.checkpointing_steps})")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
+    write_report(args.json, report)
     return 0
 
 

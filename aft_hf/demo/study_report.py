@@ -39,20 +39,25 @@ def binomial_se(p, n: int) -> float:
     return math.sqrt(max(p * (1 - p), 0.0) / n) if p is not None and p == p and n else float("nan")
 
 
+def _one_seed(summary: dict) -> bool:
+    """A single seed's stored SE already is the per-image one."""
+    return summary.get("per_seed") is not None and len(summary["per_seed"]) < 2
+
+
+def _finite_or_zero(x) -> float:
+    return x if x is not None and x == x else 0.0
+
+
 def combined_se(summary: dict, image_se: float) -> float:
     """sqrt(SE over seeds^2 + per-image SE^2): the error bar of the figure (both sources of uncertainty)."""
-    seeds = summary.get("se") if summary.get("se") == summary.get("se") else 0.0
-    if summary.get("per_seed") is not None and len(summary["per_seed"]) < 2:
-        seeds = 0.0  # one seed: the stored SE is already the per-image one
-    images = image_se if image_se == image_se else 0.0
-    return math.sqrt((seeds or 0.0) ** 2 + images ** 2)
+    seeds = 0.0 if _one_seed(summary) else _finite_or_zero(summary.get("se"))
+    return math.sqrt(seeds ** 2 + _finite_or_zero(image_se) ** 2)
 
 
 def _pmi(summary: dict, image_se: float) -> str:
     """mean ± SE over seeds [per-image SE]."""
     text = _pm(summary)
-    one_seed = summary.get("per_seed") is not None and len(summary["per_seed"]) < 2  # its SE is the per-image one
-    return text if text == "n/a" or one_seed or image_se != image_se else f"{text} [{image_se:.3f}]"
+    return text if text == "n/a" or _one_seed(summary) or image_se != image_se else f"{text} [{image_se:.3f}]"
 
 
 def study_markdown(study: dict) -> str:

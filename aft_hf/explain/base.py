@@ -17,6 +17,7 @@ batching, eval mode and post-processing live here, once. Adding a method touches
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from typing import Any, Callable, ClassVar, Iterator, Optional, Sequence, Union
 
@@ -170,7 +171,7 @@ class SimilarityForward(nn.Module):
 # --------------------------------------------------------------------------- the base class
 
 
-class AttributionMethod:
+class AttributionMethod(abc.ABC):
     """One attribution method bound to an encoder: ``attribute(images, target) -> (B, 1, H, W)``.
 
     Subclasses set ``name`` (and optionally ``aliases``, ``needs_target``, ``needs_vit``, ``options``)
@@ -215,9 +216,10 @@ class AttributionMethod:
         for key, default in self.options.items():
             setattr(self, key, options.get(key, default))
 
+    @abc.abstractmethod
     def raw_maps(self, images: Tensor, targets: Optional[Tensor]) -> Tensor:
-        """Attributions (b, C, H, W) for one batch on the encoder's device (``targets`` (b, D) or None)."""
-        raise NotImplementedError
+        """Attributions (b, C, H, W) for one batch on the encoder's device (``targets`` (b, D) or None);
+        the one function each method defines."""
 
     def finish(self, raw: Tensor) -> Tensor:
         """(b, C, H, W) -> (b, 1, H, W): the standard post-processing, or only the channel sum."""

@@ -17,6 +17,8 @@ captum has the method; each method is one class registered by name (see :mod:`af
 
 from __future__ import annotations
 
+import abc
+
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -37,8 +39,9 @@ class _GradientMethod(AttributionMethod):
         with torch.enable_grad():
             return self.captum_attribute(SimilarityForward(self.encoder), inputs, targets).detach()
 
+    @abc.abstractmethod
     def captum_attribute(self, forward: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The captum attribution of ``forward`` at ``inputs`` for ``targets``: what each gradient method defines."""
 
 
 @register_method
