@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -113,19 +112,15 @@ def world_label_feature(folder: str, label_column: str = "label"):
     Its metadata.jsonl stores plain integer labels, so ``datasets`` sees no ClassLabel; the class
     names, in label order, follow from the world settings that ``world.json`` records.
     """
-    import datasets
+    from ..world.dataset import WorldError, imagefolder_world, world_features
 
-    from ..world import WorldConfig
-
-    info = Path(folder) / "world.json"
-    if label_column != "label" or not info.is_file():
+    if label_column != "label" or not (Path(folder) / "world.json").is_file():
         return None
     try:
-        names = WorldConfig.from_dict(json.loads(info.read_text())["world"]).class_names
-    except (KeyError, TypeError, ValueError) as e:
-        logger.warning("%s: unreadable world settings (%s); class names not taken from it", info, e)
+        return world_features(imagefolder_world(folder))["label"]
+    except WorldError as e:
+        logger.warning("%s; class names not taken from it", e)
         return None
-    return datasets.ClassLabel(names=list(names))
 
 
 def _cli_evaluate(args, extra) -> int:

@@ -324,14 +324,22 @@ def write_imagefolder(path: Union[str, Path], num_images: int, seed: int = 0, cf
     return path
 
 
+def imagefolder_world(path: Union[str, Path]) -> WorldConfig:
+    """The :class:`WorldConfig` that ``world.json`` records in a folder written by :func:`write_imagefolder`."""
+    info = Path(path) / "world.json"
+    if not info.is_file():
+        raise WorldError(f"{path} is not a world imagefolder (no world.json); write one with `aft-hf world sample`")
+    try:
+        return WorldConfig.from_dict(json.loads(info.read_text())["world"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise WorldError(f"{info}: unreadable world settings ({e})") from None
+
+
 def load_imagefolder(path: Union[str, Path]):
     """Load a folder written by :func:`write_imagefolder` as a ``datasets.Dataset`` (label as ClassLabel)."""
     from datasets import load_dataset
 
     path = Path(path)
-    info = path / "world.json"
-    if not info.is_file():
-        raise WorldError(f"{path} is not a world imagefolder (no world.json); write one with `aft-hf world sample`")
-    cfg = WorldConfig.from_dict(json.loads(info.read_text())["world"])
+    cfg = imagefolder_world(path)
     ds = load_dataset("imagefolder", data_dir=str(path), split="train")
     return ds.remove_columns([c for c in ds.column_names if c not in ("image", "mask", "caption", "label")]).cast(world_features(cfg))
