@@ -75,3 +75,25 @@ def format_fields(width: int = 100) -> str:
 def format_aliases() -> str:
     names = ", ".join(f"--{a} = --{p}" for a, p in ALIASES.items())
     return textwrap.fill(names, 100, initial_indent="  ", subsequent_indent="  ")
+
+
+def _markdown_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown_reference() -> str:
+    """docs/configuration.md: every field of the config tree as a table per section, from the code."""
+    out = ["# Configuration reference", "",
+           "Generated from the config dataclasses (`aft_hf/config.py`) by `python scripts/config_reference.py`;",
+           "a test fails when this file is not current. Give a field in YAML (`section: {field: value}`) or on",
+           "the command line (`--section.field value`); `aft-hf train --help` prints the same list."]
+    section = None
+    for path, default, meaning in field_help():
+        head = path.split(".")[0] if "." in path else "top level"
+        if head != section:
+            section = head
+            out += ["", f"## {section}", "", "| field | default | meaning |", "|---|---|---|"]
+        out.append(f"| `{path}` | `{_yaml_scalar(default)}` | {_markdown_cell(meaning)} |")
+    out += ["", "## Aliases", "", "The argument names of the Hugging Face `run_*_no_trainer.py` examples:", ""]
+    out += [f"- `--{alias}` = `--{target}`" for alias, target in ALIASES.items()]
+    return "\n".join(out) + "\n"

@@ -56,7 +56,7 @@ LAYERS = [
     {"train", "train_eval", "hub_sync", "checkpointing", "guards", "resume"},
     {"world", "demo"},
 ]
-"""The README's layer diagram, top (imported by everything) to bottom; the command modules
+"""The layer diagram of docs/development.md, top (imported by everything) to bottom; the command modules
 (``aft_hf.commands``, the ``aft_hf.cli`` dispatcher) come last, below every layer."""
 
 
@@ -65,7 +65,7 @@ def _layer(name: str) -> int:
         return len(LAYERS)
     part = name.split(".")[1]
     found = [i for i, group in enumerate(LAYERS) if part in group]
-    assert found, f"{name} is in no layer: add aft_hf.{part} to LAYERS here and to the README diagram"
+    assert found, f"{name} is in no layer: add aft_hf.{part} to LAYERS here and to the diagram in docs/development.md"
     return found[0]
 
 
