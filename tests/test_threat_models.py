@@ -229,3 +229,39 @@ def test_toy_norm_trains_reports_and_reaches_the_card(toy, tiny_clip_path, tmp_p
     assert "inside a toy box of radius 4/255 with an L1 penalty (eps2 1/255)." in card
     assert "| `attack.norm` | toy |" in card
     capsys.readouterr()
+
+
+# --------------------------------------------------------------------------- docs/threat_models.md
+
+
+def test_the_python_examples_of_the_doc_run_as_written():
+    """Each ```python block runs; a line commented ``# AttackError: TEXT ...`` must raise that error, and
+    a line followed by a ``# 'value'`` / ``# (tuple)`` comment line must evaluate to it."""
+    doc = (PACKAGE.parent / "docs" / "threat_models.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    assert len(blocks) == 3
+    namespace: dict = {}
+    try:
+        for block in blocks:
+            lines = block.splitlines()
+            plain = []
+            for i, line in enumerate(lines):
+                code, _, comment = line.partition("  #")
+                expected = comment.strip()
+                if expected.startswith("AttackError:"):
+                    with pytest.raises(AttackError, match=re.escape(expected[len("AttackError:"):].strip(" .")[:30])):
+                        exec("\n".join(plain + [code]), namespace)
+                    continue
+                if expected.startswith(("(", "'")) and code.strip():
+                    exec("\n".join(plain), namespace)
+                    assert repr(eval(code.strip(), namespace)) == expected
+                    continue
+                if line.startswith("# ") and i > 0:  # a result shown on the line below
+                    exec("\n".join(plain[:-1]), namespace)
+                    assert repr(eval(lines[i - 1], namespace)) == line[2:]
+                    continue
+                plain.append(line)
+            exec("\n".join(plain), namespace)
+        assert THREAT_MODELS["sparse_box"].description.startswith("an L-inf box")
+    finally:
+        THREAT_MODELS.pop("sparse_box", None)
