@@ -26,7 +26,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .config import AttackConfig
-from .threat_models import DEFAULT_NORM, AttackError, ThreatModel, check_number, get_threat_model, patch_blocks, still_start_problem
+from .threat_models import (
+    DEFAULT_NORM, AttackError, ThreatModel, check_number, get_threat_model, patch_blocks, still_start_problem,
+)
 
 
 def check_pixels(images: Tensor, name: str = "images", check_range: bool = True) -> None:

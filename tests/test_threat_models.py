@@ -146,8 +146,8 @@ def test_noise_control_in_mode_noise_needs_no_attack_settings():
 
 
 def test_apgd_refuses_by_property_not_by_name(toy):
-    images, labels = torch.rand(2, 3, 8, 8), torch.tensor([0, 1])
-    forward = lambda x: x.flatten(1)[:, :3]
+    images, labels = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 0])
+    forward = lambda x: x.flatten(1)[:, :3] + torch.tensor([10.0, 0.0, 0.0])  # class 0 by a margin eps cannot cross
     with pytest.raises(AttackError, match="APGD cannot attack norm 'toy' .*linf, l2"):
         apgd(forward, images, labels, 4 / 255, "toy", iterations=2)
     with pytest.raises(AttackError, match="APGD cannot attack norm 'huber'"):
@@ -165,6 +165,23 @@ def test_apgd_refuses_by_property_not_by_name(toy):
     assert toy.calls["direction"] > 0 and toy.calls["project"] > 0 and toy.calls["sample"] == 1
     assert (adv - images).abs().max() <= 4 / 255 + 1e-6
     assert attack_description("apgd", "toy") == "APGD-CE+APGD-T, toy box"
+
+
+def test_robust_accuracy_takes_the_norms_apgd_supports_with_either_attack():
+    """PGD evaluation follows ``norm`` too (it was L-inf only); a zero budget is the clean accuracy, not an
+    attack with eps 0 (which the attacker now refuses)."""
+    from aft_hf.evaluate import EvaluationError, ZeroShotClassifier, robust_accuracy
+
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 6))
+    clf = ZeroShotClassifier(encoder, torch.randn(4, 6))
+    images = torch.rand(8, 3, 8, 8)
+    labels = clf(images).argmax(1).detach()
+    for norm in apgd_norms():
+        acc = robust_accuracy(clf, images, labels, eps=(0, 64), steps=3, attack="pgd", norm=norm, progress=False)
+        assert acc["0/255"] == 1.0 and acc["64/255"] < 1.0
+    with pytest.raises(EvaluationError, match="unknown norm 'huber' for robust accuracy .choose from linf, l2"):
+        robust_accuracy(clf, images, labels, eps=(1,), attack="pgd", norm="huber", progress=False)
 
 
 # --------------------------------------------------------------------------- the attacker and the noise control
