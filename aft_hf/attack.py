@@ -1,10 +1,10 @@
-"""PGD with momentum under five threat models (linf, l2, huber, elastic, group).
+"""PGD with momentum under any registered threat model (:mod:`aft_hf.threat_models`).
 
 The attacker is independent of CLIP: it perturbs images in [0, 1] for any differentiable
 ``forward`` and any per-sample ``loss_fn``, maximising (training, robustness evaluation) or
 minimising. Formulas follow ``docs/method.md`` (#threat-models, #the-inner-attack):
 
-    delta <- U(-eps, eps); v <- 0
+    delta <- U(-eps, eps) projected; v <- 0
     repeat K times:
         J = sign * loss(forward(clamp(x + n, 0, 1) + delta)) - R(delta)
         g = normalise(grad_delta J); v = normalise(momentum * v + g)
@@ -12,29 +12,23 @@ minimising. Formulas follow ``docs/method.md`` (#threat-models, #the-inner-attac
 
 During the attack a module ``forward`` is in eval mode and runs on detached parameters
 (:func:`attack_mode`), so only d/d delta is computed and no parameter graph is kept alive.
+R, normalise and project are the threat model's; this module knows no norm by name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import numbers
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .config import NORMS, AttackConfig
-from .errors import InputError
-
-_TINY = 1e-12
-BOX_NORMS = ("linf", "huber", "elastic")
-"""Norms whose ``eps`` bounds each pixel coordinate, so ``eps`` > 1 (the whole [0, 1] range) is a unit mistake."""
-
-
-class AttackError(InputError):
-    """Bad attacker settings or inputs (unknown norm, negative budget, images not (B, C, H, W) floats in [0, 1])."""
+from .config import AttackConfig
+from .threat_models import (
+    DEFAULT_NORM, AttackError, ThreatModel, check_number, get_threat_model, patch_blocks, still_start_problem,
+)
 
 
 def check_pixels(images: Tensor, name: str = "images", check_range: bool = True) -> None:
@@ -59,27 +53,19 @@ def check_pixels(images: Tensor, name: str = "images", check_range: bool = True)
 
 
 def _check_settings(norm: str, eps: float, eps2: float, steps: int, alpha: float, momentum: float,
-                    noise_std: float, patch_size: Optional[int]) -> None:
-    """The constructor's checks: each names the bad argument and what is allowed."""
-    if norm not in NORMS:
-        raise AttackError(f"unknown norm '{norm}' (choose from {', '.join(NORMS)})")
+                    noise_std: float, random_start: bool, maximize: bool) -> None:
+    """The constructor's checks beyond the threat model's own: each names the bad argument and what is allowed."""
+    cls = get_threat_model(norm)
     for name, value in (("eps", eps), ("eps2", eps2), ("alpha", alpha), ("noise_std", noise_std)):
-        if not isinstance(value, numbers.Real) or isinstance(value, bool) or value != value:
-            raise AttackError(f"{name} must be a number, got {value!r}")
-        if value < 0:
-            raise AttackError(f"{name} must be >= 0, got {value}")
-    if norm in BOX_NORMS and eps > 1:
-        raise AttackError(f"eps is in pixel units ([0, 1] scale), got {eps}: did you mean {eps:g} / 255?")
+        check_number(name, value)
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
         raise AttackError(f"steps must be an integer >= 0, got {steps!r}")
     if not 0 <= momentum < 1:
         raise AttackError(f"momentum must be in [0, 1), got {momentum}")
-    if norm in ("huber", "elastic") and eps2 <= 0:
-        raise AttackError(f"norm '{norm}' needs eps2 > 0, got {eps2}")
-    if norm == "huber" and eps <= 0 and steps > 0:
-        raise AttackError(f"norm 'huber' needs eps > 0 (its penalty weight is eps2 / eps), got {eps}")
-    if norm == "group" and not patch_size:
-        raise AttackError("norm 'group' needs patch_size (the model's patch grid)")
+    problems = [message for _, message in cls.budget_problems(eps, eps2, steps)]
+    problems.append(still_start_problem(random_start, noise_std, steps, maximize))
+    if any(problems):
+        raise AttackError(next(p for p in problems if p))
 
 
 def embedding_distance(embeds: Tensor, targets: Tensor) -> Tensor:
@@ -105,23 +91,23 @@ def attack_mode(module: Optional[nn.Module]) -> Iterator[Callable[[Tensor], Tens
         module.train(was_training)
 
 
-def _per_sample_l2(x: Tensor) -> Tensor:
-    return x.flatten(1).norm(dim=1).clamp_min(_TINY).view(-1, *([1] * (x.dim() - 1)))
-
-
 class PGDAttacker(nn.Module):
     """Projected gradient descent with momentum, uniform start and per-iteration Gaussian noise.
 
+    The geometry (budget rules, start, step direction, projection, penalty R) is the registered
+    threat model ``norm`` (:mod:`aft_hf.threat_models`), available as :attr:`threat`.
+
     Args:
-        norm: one of ``linf``, ``l2``, ``huber``, ``elastic``, ``group``.
+        norm: a registered threat model: ``linf``, ``l2``, ``huber``, ``elastic``, ``group`` or your own.
         eps: budget in pixel units ([0, 1] scale), e.g. ``4 / 255``.
-        eps2: second budget (pixel units) for ``huber`` and ``elastic``.
+        eps2: second budget (pixel units) of the norms that have one (``huber``, ``elastic``).
         steps: number of attack iterations K (0 returns the clean images).
         alpha: step size in pixel units.
         momentum: weight of the previous direction (0.9 in the official code).
         noise_std: std of the noise n resampled at every iteration (pixel units).
-        random_start: start from U(-eps, eps) (projected) instead of 0.
-        patch_size: patch grid of the ``group`` norm (the model's own patch size).
+        random_start: start from the threat model's random sample instead of 0. An attack (``maximize``)
+            with neither a random start nor noise is refused: it would start and stay at the clean image.
+        patch_size: patch grid of the norms that follow it (``group``: the model's own patch size).
         maximize: ascend the loss (an attack); ``False`` descends it.
         freeze_params: put a module ``forward`` in eval mode with parameters frozen during the
             attack (``False`` keeps its mode and parameter graph: the naive reference behaviour).
@@ -129,7 +115,7 @@ class PGDAttacker(nn.Module):
 
     def __init__(
         self,
-        norm: str = "linf",
+        norm: str = DEFAULT_NORM,
         eps: float = 4 / 255,
         eps2: float = 0.0,
         steps: int = 10,
@@ -142,7 +128,9 @@ class PGDAttacker(nn.Module):
         freeze_params: bool = True,
     ):
         super().__init__()
-        _check_settings(norm, eps, eps2, steps, alpha, momentum, noise_std, patch_size)
+        _check_settings(norm, eps, eps2, steps, alpha, momentum, noise_std, random_start, maximize)
+        self.threat: ThreatModel = get_threat_model(norm)(eps, eps2, patch_size)
+        """The bound threat model: direction, projection, penalty and start of this attack."""
         self.norm, self.eps, self.eps2, self.steps, self.alpha = norm, eps, eps2, steps, alpha
         self.momentum, self.noise_std, self.random_start = momentum, noise_std, random_start
         self.patch_size, self.maximize, self.freeze_params = patch_size, maximize, freeze_params
@@ -160,74 +148,33 @@ class PGDAttacker(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        eps2 = f", eps2={self.eps2 * 255:g}/255" if self.norm in ("huber", "elastic") else ""
+        eps2 = f", eps2={self.eps2 * 255:g}/255" if self.threat.uses_eps2 else ""
         return (f"norm={self.norm}, eps={self.eps * 255:g}/255{eps2}, steps={self.steps}, "
                 f"alpha={self.alpha * 255:g}/255, momentum={self.momentum}, noise_std={self.noise_std * 255:g}/255")
 
-    # ------------------------------------------------------------------ geometry of each norm
+    # ------------------------------------------------------------------ the threat model's geometry
 
     def penalty(self, delta: Tensor) -> Tensor:
         """R(delta): the soft part of the threat model (zero for the hard-constrained norms)."""
-        if self.norm == "huber":
-            # L2 over colour channels at each pixel, mean over batch and pixels. The epsilon
-            # inside the root keeps the gradient finite at delta = 0.
-            pixel_norm = (delta.pow(2).sum(dim=1) + _TINY).sqrt()
-            return (self.eps2 / self.eps) * pixel_norm.mean()
-        if self.norm == "elastic":
-            excess = (delta.abs() - self.eps).clamp_min(0).pow(2)
-            return (0.25 / self.eps2) * excess.flatten(1).sum(dim=1).mean()
-        return delta.new_zeros(())
-
-    def _groups(self, delta: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        """View delta (B, C, H, W) as (B, C, nh, nw, p*p) blocks of the patch grid (zero-padded)."""
-        p = self.patch_size
-        b, c, h, w = delta.shape
-        ph, pw = (-h) % p, (-w) % p
-        padded = F.pad(delta, (0, pw, 0, ph))
-        nh, nw = padded.shape[2] // p, padded.shape[3] // p
-        blocks = padded.view(b, c, nh, p, nw, p).permute(0, 1, 2, 4, 3, 5).reshape(b, c, nh, nw, p * p)
-        return blocks, (h, w)
-
-    def _ungroup(self, blocks: Tensor, hw: tuple[int, int]) -> Tensor:
-        p = self.patch_size
-        b, c, nh, nw, _ = blocks.shape
-        full = blocks.view(b, c, nh, nw, p, p).permute(0, 1, 2, 4, 3, 5).reshape(b, c, nh * p, nw * p)
-        return full[:, :, : hw[0], : hw[1]]
+        return self.threat.penalty(delta)
 
     def group_norms(self, delta: Tensor) -> Tensor:
-        """L2 norm of each (sample, channel, patch) block: shape (B, C, nh, nw)."""
-        blocks, _ = self._groups(delta)
-        return blocks.norm(dim=-1)
+        """L2 norm of each (sample, channel, patch) block of the ``patch_size`` grid: shape (B, C, nh, nw)."""
+        return patch_blocks(delta, self.patch_size).norm(dim=-1)
 
     def normalise(self, g: Tensor) -> Tensor:
         """Steepest-ascent direction of unit size in the attack's geometry."""
-        if self.norm in ("linf", "huber"):
-            return g.sign()
-        if self.norm == "group":
-            blocks, hw = self._groups(g)
-            blocks = blocks / blocks.norm(dim=-1, keepdim=True).clamp_min(_TINY)
-            return self._ungroup(blocks, hw)
-        return g / _per_sample_l2(g)
+        return self.threat.direction(g)
 
     def project(self, delta: Tensor) -> Tensor:
-        """Map delta back into the hard constraint set (none for elastic)."""
-        if self.norm in ("linf", "huber"):
-            return delta.clamp(-self.eps, self.eps)
-        if self.norm == "l2":
-            return delta * (self.eps / _per_sample_l2(delta)).clamp(max=1.0)
-        if self.norm == "group":
-            blocks, hw = self._groups(delta)
-            scale = (self.eps / blocks.norm(dim=-1, keepdim=True).clamp_min(_TINY)).clamp(max=1.0)
-            return self._ungroup(blocks * scale, hw)
-        return delta
+        """Map delta back into the hard constraint set (none for some norms, e.g. elastic)."""
+        return self.threat.project(delta)
 
     def init_delta(self, images: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-        """The starting delta: U(-eps, eps) projected and kept inside [0, 1] (zeros without random start)."""
-        if not self.random_start or self.eps == 0:
+        """The starting delta: the threat model's random start inside [0, 1] (zeros without random start)."""
+        if not self.random_start:
             return torch.zeros_like(images)
-        u = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
-        delta = self.project((2 * u - 1) * self.eps)
-        return (images + delta).clamp(0, 1) - images
+        return self.threat.init_delta(images, generator)
 
     # ------------------------------------------------------------------ the attack
 
@@ -275,21 +222,27 @@ class PGDAttacker(nn.Module):
 
 
 class UniformNoise(nn.Module):
-    """Control for the attack: uniform noise in the same budget, no gradient (`attack.mode: noise`)."""
+    """Control for the attack: a random sample of the same threat model and budget, no gradient
+    (`attack.mode: noise`). Built from a :class:`PGDAttacker` (its :attr:`~PGDAttacker.threat`) or a
+    threat model; the settings of the attack proper (steps, noise, start) play no part."""
 
-    def __init__(self, attacker: PGDAttacker):
+    def __init__(self, threat: Union[PGDAttacker, ThreatModel]):
         super().__init__()
-        self.attacker = attacker
+        self.threat: ThreatModel = threat.threat if isinstance(threat, PGDAttacker) else threat
         self.last_losses: list[Tensor] = []
+        self._range_checked = False
+
+    @classmethod
+    def from_config(cls, cfg: AttackConfig, patch_size: Optional[int] = None) -> "UniformNoise":
+        """Build from an :class:`AttackConfig` (budgets there are in 1/255 units)."""
+        return cls(get_threat_model(cfg.norm)(cfg.eps / 255, cfg.eps2 / 255, patch_size))
 
     def forward(self, forward: Optional[Callable[[Tensor], Tensor]], images: Tensor,
                 loss_fn: Optional[Callable[[Tensor], Tensor]] = None,
                 generator: Optional[torch.Generator] = None) -> Tensor:
-        """clamp(images + u, 0, 1) with u uniform in the attacker's budget; ``forward`` and ``loss_fn`` are unused
-        (same call signature as :class:`PGDAttacker`)."""
-        check_pixels(images, check_range=not self.attacker._range_checked)
-        self.attacker._range_checked = True
+        """clamp(images + u, 0, 1) with u the threat model's random sample; ``forward`` and ``loss_fn`` are
+        unused (same call signature as :class:`PGDAttacker`)."""
+        check_pixels(images, check_range=not self._range_checked)
+        self._range_checked = True
         images = images.detach()
-        u = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
-        delta = self.attacker.project((2 * u - 1) * self.attacker.eps)
-        return (images + delta).clamp(0, 1)
+        return (images + self.threat.sample(images, generator)).clamp(0, 1)

@@ -20,6 +20,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .constants import VERSION as __version__
 from .errors import AftError
+from .threat_models import DEFAULT_NORM, THREAT_MODELS, norm_label
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def _robust_attack(metrics: dict) -> Optional[str]:
         return None
     if a.get("name"):
         return str(a["name"])
-    norm = "L-inf" if a.get("norm", "linf") == "linf" else str(a.get("norm"))
+    norm = norm_label(a.get("norm", DEFAULT_NORM))
     return f"PGD-{a['steps']}, {norm}" if a.get("steps") else f"PGD, {norm}"
 
 
@@ -332,13 +333,9 @@ def _fmt(v: Any) -> str:
 
 def _attack_sentence(attack: dict) -> str:
     norm, eps, eps2 = attack.get("norm"), attack.get("eps"), attack.get("eps2")
-    budget = {
-        "linf": f"an L-inf box of radius {_fmt(eps)}/255",
-        "l2": f"an L2 ball of radius {_fmt(eps)}/255",
-        "huber": f"an L-inf box of radius {_fmt(eps)}/255 with a colour-channel L2 penalty (eps2 {_fmt(eps2)}/255)",
-        "elastic": f"an elastic-net budget (eps {_fmt(eps)}/255, eps2 {_fmt(eps2)}/255)",
-        "group": f"a per-patch, per-channel L2 (group) budget of {_fmt(eps)}/255",
-    }.get(norm, f"a '{norm}' budget of {_fmt(eps)}/255")
+    threat = THREAT_MODELS.get(norm)  # the registered threat model words its own budget
+    budget = (threat.description.format(eps=_fmt(eps), eps2=_fmt(eps2)) if threat and threat.description
+              else f"a '{norm}' budget of {_fmt(eps)}/255")
     return (f"The perturbation is found by {attack.get('steps')} steps of PGD with momentum "
             f"(step {_fmt(attack.get('alpha'))}/255) inside {budget}.")
 

@@ -29,8 +29,8 @@ from typing import Any, Optional, Union
 import yaml
 
 from .errors import AftError
+from .threat_models import DEFAULT_NORM, available_norms, get_threat_model, still_start_problem
 
-NORMS = ("linf", "l2", "huber", "elastic", "group")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 HUB_STRATEGIES = ("end", "every_save", "checkpoint")
@@ -104,12 +104,13 @@ class DataConfig:
 class AttackConfig:
     """The inner PGD attack. Budgets are in 1/255 pixel units, as in the papers."""
 
-    norm: str = "linf"
-    """Threat model: linf, l2, huber, elastic or group (README "Threat models")."""
+    norm: str = DEFAULT_NORM
+    """Threat model: a name registered in aft_hf.threat_models (built in: linf, l2, huber, elastic, group;
+    docs/threat_models.md)."""
     eps: float = 4.0
     """Attack budget in 1/255 pixel units."""
     eps2: float = 0.0
-    """Second budget: huber and elastic only (see docs/method.md#threat-models)."""
+    """Second budget of the norms that have one (huber, elastic; see docs/threat_models.md)."""
     steps: int = 10
     """Attack iterations K per image (PGD steps) -- not optimiser steps, see `optim.max_steps`."""
     alpha: float = 1.0
@@ -544,17 +545,16 @@ def validate(cfg: TrainConfig) -> list[str]:
     """Value checks that need more than a type: returns the list of problems (empty when fine)."""
     p: list[str] = []
     a, o, d, c, lg = cfg.attack, cfg.optim, cfg.data, cfg.checkpoint, cfg.logging
-    if a.norm not in NORMS:
-        p.append(f"attack.norm: unknown norm '{a.norm}' (choose from {', '.join(NORMS)})")
+    if a.norm not in available_norms():
+        p.append(f"attack.norm: unknown norm '{a.norm}' (choose from {', '.join(available_norms())})")
     if a.mode not in ("pgd", "noise"):
         p.append(f"attack.mode: unknown mode '{a.mode}' (choose pgd or noise)")
     for name in ("eps", "eps2", "alpha", "noise_std"):
         if getattr(a, name) < 0:
             p.append(f"attack.{name}: must be >= 0, got {getattr(a, name)}")
-    if a.norm in ("huber", "elastic") and a.eps2 <= 0:
-        p.append(f"attack.eps2: norm '{a.norm}' needs eps2 > 0, got {a.eps2}")
-    if a.norm != "elastic" and a.eps == 0 and a.steps > 0:
-        p.append(f"attack.eps: must be > 0 for norm '{a.norm}', got {a.eps}")
+    if a.norm in available_norms() and a.eps >= 0 and a.eps2 >= 0:  # the norm's own rules (threat_models)
+        p += [f"attack.{name}: {message}"
+              for name, message in get_threat_model(a.norm).budget_problems(a.eps, a.eps2, a.steps, per255=True)]
     if a.steps < 0:
         p.append(f"attack.steps: must be >= 0, got {a.steps}")
     if not 0 <= a.momentum < 1:
@@ -640,10 +640,9 @@ def _validate_run(cfg: TrainConfig) -> list[str]:
     """Checks that keep a run from being silently useless: a no-op attack, seeds numpy rejects, ..."""
     p: list[str] = []
     a, o = cfg.attack, cfg.optim
-    if a.mode == "pgd" and a.steps > 0 and not a.random_start and a.noise_std == 0:
-        p.append("attack.random_start false with attack.noise_std 0: the attack starts at the clean image, where "
-                 "the distance to the frozen targets is at its minimum (gradient 0), so it never moves and "
-                 "training is a no-op; keep random_start true or noise_std > 0")
+    still = still_start_problem(a.random_start, a.noise_std, a.steps, prefix="attack.")
+    if a.mode == "pgd" and still:
+        p.append(still)
     if o.max_nonfinite_steps < 1:
         p.append(f"optim.max_nonfinite_steps: must be >= 1, got {o.max_nonfinite_steps}")
     if not 0 <= cfg.seed <= 2**32 - 1:

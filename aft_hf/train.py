@@ -65,9 +65,11 @@ def per_device_batch_size(cfg: TrainConfig, num_processes: int) -> int:
 
 
 def build_attacker(cfg: TrainConfig, encoder: ImageEncoder):
-    attacker = PGDAttacker.from_config(cfg.attack, patch_size=encoder.patch_size,
-                                       freeze_params=cfg.perf.freeze_params_in_attack)
-    return UniformNoise(attacker) if cfg.attack.mode == "noise" else attacker
+    """The inner attack of ``attack.mode``: PGD, or the noise control (the same threat model's random sample)."""
+    if cfg.attack.mode == "noise":
+        return UniformNoise.from_config(cfg.attack, patch_size=encoder.patch_size)
+    return PGDAttacker.from_config(cfg.attack, patch_size=encoder.patch_size,
+                                   freeze_params=cfg.perf.freeze_params_in_attack)
 
 
 def attack_generator(seed: int, step: int, micro_batch: int, accelerator: Accelerator) -> torch.Generator:

@@ -32,10 +32,11 @@ def add_subcommand(subparsers) -> None:
                    help="saliency methods (default: saliency gradcam attention; with --study: saliency)")
     p.add_argument("--no-control", action="store_true", help="skip the noise-only control runs")
     p.add_argument("--norms", nargs="+", default=list(DemoOptions.norms), choices=list(HEADLINE),
-                   help="threat models to fine-tune with (default: linf huber)")
+                   help=f"threat models to fine-tune with (default: {' '.join(DemoOptions.norms)})")
     p.add_argument("--eps", nargs="+", type=float, default=None,
-                   help="trained budget(s) in 1/255 (huber: eps = eps2); default: linf 4, huber 1 + 1 "
-                        "(the demo takes one value; --study default: 1 2 4 8)")
+                   help="trained budget(s) in 1/255 (a norm with eps2: eps = eps2); default: " + ", ".join(
+                       f"{n} {e:g}" + (f" + {e2:g}" if e2 is not None else "") for n, (e, e2) in HEADLINE.items())
+                   + " (the demo takes one value; --study default: 1 2 4 8)")
     p.add_argument("--study", action="store_true", help="run the dose-response study over --eps instead")
     p.add_argument("--robust-attack", choices=["apgd", "pgd"], default=DemoOptions.robust_attack,
                    help="L-inf attack for robust accuracy (default apgd: APGD-CE + APGD-T)")

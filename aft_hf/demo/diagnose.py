@@ -14,6 +14,7 @@ import torch
 
 from ..evaluate.apgd import apgd, ce_loss
 from ..evaluate.zeroshot import ZeroShotClassifier
+from ..threat_models import DEFAULT_NORM
 from .measure import EvalSet
 
 
@@ -45,7 +46,7 @@ def flip_analysis(encoder: torch.nn.Module, data: EvalSet, class_names: list[str
         clean_m.append(_margins(logits[ok], y[ok], data.logit_scale))
         if not ok.any():
             continue
-        adv, _ = apgd(clf, x[ok], y[ok], eps / 255, "linf", iterations, ce_loss, generator=generator)
+        adv, _ = apgd(clf, x[ok], y[ok], eps / 255, DEFAULT_NORM, iterations, ce_loss, generator=generator)
         with torch.no_grad():
             adv_logits = clf(adv)
         adv_m.append(_margins(adv_logits, y[ok], data.logit_scale))

@@ -19,6 +19,7 @@ from ..evaluate.metrics import finite  # noqa: E402
 from ..evaluate.stats import nanmean  # noqa: E402
 from ..explain import method_label  # noqa: E402
 from ..figures import attribution_grid  # noqa: E402
+from ..threat_models import DEFAULT_NORM  # noqa: E402
 from .measure import METRIC_DIRECTION, paired, spread  # noqa: E402
 
 METRIC_LABELS = {"energy": "energy in mask", "pointing": "pointing (exact)", "pointing_tol": "pointing (tolerant)",
@@ -76,7 +77,7 @@ def verdicts(report: dict) -> list[str]:
     """Sentences derived from the numbers (significant: |mean| > 2 paired SE in every seed): per threat
     model, whether the AFT objective improved, then energy-in-mask per method against the noise control."""
     lines = []
-    for t in report.get("threats", [{"norm": "linf", "aft": "aft", "control": "control", "label": "AFT"}]):
+    for t in report.get("threats", [{"norm": DEFAULT_NORM, "aft": "aft", "control": "control", "label": "AFT"}]):
         obj = report.get("objective", {}).get(t["norm"])
         if obj and f"delta_{t['aft']}" in obj:
             d = obj[f"delta_{t['aft']}"]
@@ -230,7 +231,7 @@ def card_report(report: dict, run: dict, variant_label: str) -> dict:
         "energy_in_mask": {k: {"energy": nanmean(v["energy"]), "chance": report["chance_energy"]}
                            for k, v in run["per_image"].items()},
         "gini": {k: nanmean(v["gini"]) for k, v in run["per_image"].items()},
-        "robust_attack": {"attack": st.get("robust_attack", "pgd"), "name": _robust_name(st), "norm": "linf",
+        "robust_attack": {"attack": st.get("robust_attack", "pgd"), "name": _robust_name(st), "norm": DEFAULT_NORM,
                           "steps": st["robust_steps"]},
     }
     return finite({"schema_version": 1, "model": variant_label, "dataset": "aft_hf synthetic world (held out)",

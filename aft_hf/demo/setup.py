@@ -10,14 +10,16 @@ from typing import Optional, Sequence
 import torch
 
 from ..config import load_config
+from ..threat_models import DEFAULT_NORM, THREAT_MODELS, get_threat_model
 
 logger = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "world_aft.yaml"
 
 
-# The paper's headline budget of each threat model, in 1/255 units: (eps, eps2). ``--eps E`` sets both
-# to E for huber (the headline has eps = eps2), and eps = E for linf.
-HEADLINE = {"linf": (4.0, None), "huber": (1.0, 1.0)}
+# The paper's headline budget of each threat model that has one (``ThreatModel.headline``), in 1/255 units:
+# (eps, eps2). These are the norms the demo trains. ``--eps E`` sets eps to E, and eps2 too where the
+# norm has one (the headline of huber has eps = eps2).
+HEADLINE = {name: cls.headline for name, cls in THREAT_MODELS.items() if cls.headline}
 
 # AFT-config fields that every demo run sets itself (``fine_tune``, ``prepare``): an override of one
 # would be replaced without a word, so it is refused, naming the demo option that does the job.
@@ -56,7 +58,7 @@ class DemoOptions:
     config: Optional[str] = None
     overrides: list[str] = field(default_factory=list)
     progress: bool = True
-    norms: Sequence[str] = ("linf", "huber")
+    norms: Sequence[str] = tuple(HEADLINE)
     """Threat models to fine-tune with (each with its own noise control of the same budget)."""
     eps: Optional[float] = None
     """Trained budget (1/255) for every norm; None: each norm's headline (``HEADLINE``)."""
@@ -107,8 +109,7 @@ def check_overrides(overrides: Sequence[str], demo_options: Sequence[str] = ()) 
 
 def threat_label(cfg) -> str:
     """e.g. ``linf 4/255`` or ``huber 1/255 + 1/255`` from an AttackConfig."""
-    extra = f" + {cfg.eps2:g}/255" if cfg.norm in ("huber", "elastic") else ""
-    return f"{cfg.norm} {cfg.eps:g}/255{extra}"
+    return get_threat_model(cfg.norm).budget_label(cfg.eps, cfg.eps2)
 
 
 def _eval_set(n: int, seed: int, world, text_path: str):
@@ -186,7 +187,7 @@ def robust_settings(opts: DemoOptions) -> dict:
 
     return {"robust_attack": opts.robust_attack, "robust_steps": opts.robust_steps,
             "robust_targets": opts.robust_targets if opts.robust_attack == "apgd" else None,
-            "robust_attack_name": attack_description(opts.robust_attack, "linf", opts.robust_steps)}
+            "robust_attack_name": attack_description(opts.robust_attack, DEFAULT_NORM, opts.robust_steps)}
 
 
 def _claim_output_folder(out: Path) -> None:

@@ -10,7 +10,9 @@ One APGD run (per image, all in parallel):
 
 - start at a random point of the eps-ball (clipped to [0, 1]); step size eta = 2 * eps;
 - step: z = P(x_k + eta * d(grad)), x_{k+1} = P(x_k + 0.75 (z - x_k) + 0.25 (x_k - x_{k-1}))
-  (d = sign for L-inf, grad / ||grad||_2 for L2; P projects onto the ball and the [0, 1] box);
+  (d and the ball of P are the threat model's direction and projection, :mod:`aft_hf.threat_models`:
+  sign for L-inf, grad / ||grad||_2 for L2; P then clips to the [0, 1] box). APGD attacks the norms
+  whose class sets ``apgd_supported``;
 - checkpoints after 22% of the iterations, then after intervals shrinking by 3% (at least 6%): the
   step size halves, and the iterate returns to the best point found so far, when fewer than 75% of
   the steps since the last checkpoint raised the loss, or when the step size was not halved at the
@@ -25,15 +27,15 @@ each of the ``targets`` classes ranked highest after the label on the clean imag
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Literal, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attack import AttackError, attack_mode
+from ..threat_models import DEFAULT_NORM, ThreatModel, apgd_norms, get_threat_model, norm_label
 
-Norm = Literal["linf", "l2"]
 _TINY = 1e-12
 ATTACK_NAMES = {"apgd": "APGD-CE+APGD-T", "pgd": "PGD"}
 """How reports and the model card name each ``--robust-attack``."""
@@ -78,36 +80,22 @@ def _bcast(t: Tensor, like: Tensor) -> Tensor:
     return t.view(-1, *([1] * (like.dim() - 1)))
 
 
-def _direction(grad: Tensor, norm: Norm) -> Tensor:
-    if norm == "linf":
-        return grad.sign()
-    return grad / _bcast(grad.flatten(1).norm(dim=1).clamp_min(_TINY), grad)
+def _project(x: Tensor, origin: Tensor, threat: ThreatModel) -> Tensor:
+    """Onto the threat model's ball around ``origin`` (its own projection), then into the [0, 1] box."""
+    return (origin + threat.project(x - origin)).clamp(0, 1)
 
 
-def _project(x: Tensor, origin: Tensor, eps: float, norm: Norm) -> Tensor:
-    """Onto the eps-ball around ``origin`` (exactly for L-inf), then into the [0, 1] box."""
-    delta = x - origin
-    if norm == "linf":
-        delta = delta.clamp(-eps, eps)
-    else:
-        delta = delta * _bcast((eps / delta.flatten(1).norm(dim=1).clamp_min(_TINY)).clamp(max=1.0), delta)
-    return (origin + delta).clamp(0, 1)
-
-
-def _random_start(images: Tensor, eps: float, norm: Norm, generator: Optional[torch.Generator]) -> Tensor:
-    if norm == "linf":
-        u = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
-        delta = eps * (2 * u - 1)
-    else:
-        n = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
-        delta = eps * n / _bcast(n.flatten(1).norm(dim=1).clamp_min(_TINY), n)
-    return (images + delta).clamp(0, 1)
+def _threat(norm: str, eps: float) -> ThreatModel:
+    """The registered threat model ``norm`` at ``eps``; refused unless it declares ``apgd_supported``."""
+    if not get_threat_model(norm).apgd_supported:
+        raise AttackError(f"APGD cannot attack norm {norm!r} (it attacks {', '.join(apgd_norms())})")
+    return get_threat_model(norm)(eps)
 
 
 LossFn = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
 
 
-def apgd(forward: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor, eps: float, norm: Norm = "linf",
+def apgd(forward: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor, eps: float, norm: str = DEFAULT_NORM,
          iterations: int = 100, loss: LossFn = ce_loss, target: Optional[Tensor] = None, rho: float = 0.75,
          momentum: float = 0.75, generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
     """One APGD run. Returns ``(adversarial images, fooled)``; ``fooled[i]`` when some iterate of image i
@@ -115,11 +103,10 @@ def apgd(forward: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor, ep
 
     ``eps`` in pixel units ([0, 1] scale); ``loss(logits, labels, target)`` is maximised per sample.
     """
-    if norm not in ("linf", "l2"):
-        raise AttackError(f"APGD norm must be 'linf' or 'l2', got {norm!r}")
+    threat = _threat(norm, eps)
     images, labels = images.detach(), labels.detach()
     n = images.shape[0]
-    x = _random_start(images, eps, norm, generator) if eps > 0 else images.clone()
+    x = (images + threat.apgd_start(images, generator)).clamp(0, 1) if eps > 0 else images.clone()
 
     def evaluate(idx: Tensor, points: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         points = points.clone().requires_grad_(True)
@@ -143,9 +130,9 @@ def apgd(forward: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor, ep
         if idx.numel() == 0 or eps == 0:
             break
         xi, origin, step = x[idx], images[idx], _bcast(eta[idx], x[idx])
-        z = _project(xi + step * _direction(grad[idx], norm), origin, eps, norm)
+        z = _project(xi + step * threat.direction(grad[idx]), origin, threat)
         a = 1.0 if k == 0 else momentum
-        new = _project(xi + a * (z - xi) + (1 - a) * (xi - x_prev[idx]), origin, eps, norm)
+        new = _project(xi + a * (z - xi) + (1 - a) * (xi - x_prev[idx]), origin, threat)
         x_prev[idx] = xi
         x[idx] = new
         new_loss, new_grad, wrong = evaluate(idx, new)
@@ -174,7 +161,7 @@ def _predict(forward: Callable[[Tensor], Tensor], images: Tensor) -> Tensor:
     return forward(images)
 
 
-def apgd_robust(model: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor, eps: float, norm: Norm = "linf",
+def apgd_robust(model: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor, eps: float, norm: str = DEFAULT_NORM,
                 iterations: int = 100, restarts: int = 1, targets: int = 9, seed: int = 0) -> Tensor:
     """Per-image robustness (bool) under APGD-CE then APGD-T (AutoAttack's "standard" APGD part).
 
@@ -207,12 +194,12 @@ def apgd_robust(model: Callable[[Tensor], Tensor], images: Tensor, labels: Tenso
     return robust
 
 
-def attack_description(attack: str, norm: Norm = "linf", iterations: Optional[int] = None) -> str:
+def attack_description(attack: str, norm: str = DEFAULT_NORM, iterations: Optional[int] = None) -> str:
     """Short human-readable name of an evaluation attack, e.g. ``APGD-CE+APGD-T, L-inf``."""
     name = ATTACK_NAMES.get(attack, attack)
     if attack == "pgd" and iterations:
         name = f"PGD-{iterations}"
-    return f"{name}, {'L-inf' if norm == 'linf' else 'L2'}"
+    return f"{name}, {norm_label(norm)}"
 
 
 __all__ = ["ATTACK_NAMES", "apgd", "apgd_robust", "attack_description", "ce_loss", "checkpoints",

@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from ..threat_models import DEFAULT_NORM
 from .base import RAW_MAP, EvalContext, Metric
 from .complexity import gini
 from .evaluators import SmallCNN
@@ -45,7 +46,8 @@ class RobustAccuracy(Metric):
         restarts, targets = self.options.get("restarts", 1), self.options.get("targets", 9)
         acc = robust_accuracy(ctx.classifier, ctx.images, ctx.labels, eps, steps, self.options.get("alpha"),
                               ctx.batch_size, ctx.seed, ctx.progress, attack, restarts, targets)
-        setup = {"attack": attack, "name": attack_description(attack, "linf", steps), "norm": "linf", "steps": steps}
+        setup = {"attack": attack, "name": attack_description(attack, DEFAULT_NORM, steps), "norm": DEFAULT_NORM,
+                 "steps": steps}
         if attack == "apgd":
             setup.update(restarts=restarts, targets=min(targets, ctx.class_weights.shape[0] - 1))
         return {"robust_top1": acc, "robust_attack": {**setup, "eps": [f"{e:g}/255" for e in eps]}}

@@ -9,7 +9,7 @@ JSON schema (``schema_version`` 1)::
      "metrics": {                                  # each key present only when requested
         "zeroshot_top1": float, "zeroshot_top5": float,
         "robust_top1": {"1/255": float, "2/255": float, "4/255": float},
-        "robust_attack": {"attack": "apgd"|"pgd", "name": str, "norm": "linf", "steps": int,
+        "robust_attack": {"attack": "apgd"|"pgd", "name": str, "norm": str, "steps": int,
                           "restarts": int, "targets": int, "eps": [str]},   # restarts/targets: apgd only
         "deletion":  {"fractions": [float], "order": "most"|"least", "baseline": "zero"|"blur"|"mean",
                       "clean_probability": float, "normalised": str,

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..attack import PGDAttacker
+from ..threat_models import DEFAULT_NORM, apgd_norms
 from .apgd import apgd_robust
 from .errors import EvaluationError
 
@@ -73,14 +74,15 @@ DEFAULT_ITERATIONS = {"apgd": 100, "pgd": 10}
 def robust_accuracy(classifier: ZeroShotClassifier, images: Tensor, labels: Tensor,
                     eps: Sequence[float] = (1, 2, 4), steps: Optional[int] = None, alpha: Optional[float] = None,
                     batch_size: int = 64, seed: int = 0, progress: bool = True, attack: str = "apgd",
-                    restarts: int = 1, targets: int = 9, norm: str = "linf") -> dict[str, float]:
+                    restarts: int = 1, targets: int = 9, norm: str = DEFAULT_NORM) -> dict[str, float]:
     """Top-1 accuracy under attack for each budget in ``eps`` (1/255 units); keys like ``"4/255"``.
 
     ``attack="apgd"`` (default, the field's protocol): APGD-CE then APGD-T against ``targets`` classes,
-    ``restarts`` runs each, ``steps`` iterations (default 100), see :mod:`aft_hf.evaluate.apgd`; L-inf
-    or ``norm="l2"`` (then ``eps`` is an L2 radius in 1/255 units). ``attack="pgd"``: the package's L-inf
-    PGD, ``steps`` iterations (default 10), step ``alpha`` (default 2.5 * eps / steps), momentum 0.9,
-    random start; weaker, so it over-estimates robustness.
+    ``restarts`` runs each, ``steps`` iterations (default 100), see :mod:`aft_hf.evaluate.apgd`; ``norm``
+    is L-inf by default, or another threat model APGD supports (``l2``: ``eps`` is then an L2 radius in
+    1/255 units). ``attack="pgd"``: the package's PGD in the same norm, ``steps`` iterations (default 10),
+    step ``alpha`` (default 2.5 * eps / steps), momentum 0.9, random start; weaker, so it over-estimates
+    robustness.
 
     An image counts as robust at budget e when it is classified correctly clean and survives every
     attack at every budget <= e (all lie inside the e-ball, and the adversary may pick any of them),
@@ -88,10 +90,8 @@ def robust_accuracy(classifier: ZeroShotClassifier, images: Tensor, labels: Tens
     """
     if attack not in ATTACKS:
         raise EvaluationError(f"unknown attack '{attack}' (choose from {', '.join(ATTACKS)})")
-    if norm not in ("linf", "l2"):
-        raise EvaluationError(f"unknown norm '{norm}' for robust accuracy (choose from linf, l2)")
-    if attack == "pgd" and norm != "linf":
-        raise EvaluationError("the PGD evaluation attack is L-inf only; use attack='apgd' for L2")
+    if norm not in apgd_norms():
+        raise EvaluationError(f"unknown norm '{norm}' for robust accuracy (choose from {', '.join(apgd_norms())})")
     if len(images) != len(labels):
         raise EvaluationError(f"{len(images)} images but {len(labels)} labels")
     steps = DEFAULT_ITERATIONS[attack] if steps is None else steps
@@ -112,16 +112,17 @@ def robust_accuracy(classifier: ZeroShotClassifier, images: Tensor, labels: Tens
                     alive[idx] = apgd_robust(classifier, x[idx], y[idx], e / 255, norm, steps, restarts, targets,
                                              seed + s)
             else:
-                alive = alive & _pgd_robust(classifier, x, y, e, steps, alpha, generator)
+                alive = alive & _pgd_robust(classifier, x, y, e, steps, alpha, generator, norm)
             correct[e] += int(alive.sum())
     n = max(len(images), 1)
     return {f"{e:g}/255": correct[e] / n for e in budgets}
 
 
 def _pgd_robust(classifier: ZeroShotClassifier, x: Tensor, y: Tensor, eps: float, steps: int,
-                alpha: Optional[float], generator: torch.Generator) -> Tensor:
+                alpha: Optional[float], generator: torch.Generator, norm: str = DEFAULT_NORM) -> Tensor:
     step = alpha if alpha is not None else 2.5 * (eps / 255) / max(steps, 1)
-    attacker = PGDAttacker(norm="linf", eps=eps / 255, steps=steps, alpha=step, noise_std=0.0)
+    # a zero budget leaves the images as they are: no steps (an attack with eps 0 is refused)
+    attacker = PGDAttacker(norm=norm, eps=eps / 255, steps=steps if eps > 0 else 0, alpha=step, noise_std=0.0)
     adv = attacker(classifier, x, lambda logits: F.cross_entropy(logits, y, reduction="none"), generator=generator)
     with torch.no_grad():
         return classifier(adv).argmax(dim=1) == y
