@@ -207,6 +207,23 @@ class PerfConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters on the vision tower (peft); off while `r` is 0. See docs/lora.md."""
+
+    r: int = 0
+    """Rank of the adapters; 0: off (full fine-tuning)."""
+    alpha: float = 16.0
+    """LoRA scaling numerator: the update is (alpha / r) * B @ A."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input during training."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
+    """Names of the linear layers that get adapters (a CLIP tower's attention and MLP layers by default)."""
+    save_adapter: bool = False
+    """Also write the adapter alone, in peft's format, to `final/adapter/` (`final/` always holds merged
+    weights that load without peft)."""
+
+
+@dataclass
 class HubConfig:
     """Publishing `final/` on the Hugging Face Hub at the end of training."""
 
@@ -266,6 +283,7 @@ class TrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     hub: HubConfig = field(default_factory=HubConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     seed: int = 0
     """Seeds model initialisation order, data order and attack noise."""
     cpu: Optional[bool] = None
@@ -541,9 +559,23 @@ def _validate_data_limits(d: DataConfig) -> list[str]:
     return p
 
 
+def _validate_lora(lora: LoraConfig) -> list[str]:
+    p = []
+    if lora.r < 0:
+        p.append(f"lora.r: must be >= 0 (0: off), got {lora.r}")
+    if lora.r > 0:
+        if lora.alpha <= 0:
+            p.append(f"lora.alpha: must be > 0, got {lora.alpha}")
+        if not 0 <= lora.dropout < 1:
+            p.append(f"lora.dropout: must be in [0, 1), got {lora.dropout}")
+        if not lora.target_modules:
+            p.append("lora.target_modules: name at least one linear layer (e.g. [q_proj,v_proj])")
+    return p
+
+
 def validate(cfg: TrainConfig) -> list[str]:
     """Value checks that need more than a type: returns the list of problems (empty when fine)."""
-    p: list[str] = []
+    p: list[str] = _validate_lora(cfg.lora)
     a, o, d, c, lg = cfg.attack, cfg.optim, cfg.data, cfg.checkpoint, cfg.logging
     if a.norm not in available_norms():
         p.append(f"attack.norm: unknown norm '{a.norm}' (choose from {', '.join(available_norms())})")

@@ -368,11 +368,13 @@ def export_pretrained(encoder: ImageEncoder, out_dir: Union[str, Path], extra_fi
     ``revision``, new vision tower, the base's tokenizer and image processor saved with their own
     ``save_pretrained``), so zero-shot tools work unchanged and ``CLIPVisionModelWithProjection``
     loads the vision part. A vision-only base keeps its class: ``CLIPVisionModelWithProjection`` or ``CLIPVisionModel``
-    (no projection is added).
+    (no projection is added). LoRA adapters are merged into their base weights first, so the folder
+    loads without peft.
     ``extra_files`` maps names to text content. The folder is written next to ``out_dir``, marked
     as aft_hf output and moved into place; an existing ``out_dir`` is replaced only when aft_hf
     wrote it (an unrelated folder raises :class:`aft_hf.outputs.OutputError`).
     """
+    from .lora import has_lora, merged_copy
     from .outputs import MARKER, check_output_dir, discard, replace_dir, staging_dir, write_marker
 
     out_dir = Path(out_dir)
@@ -382,7 +384,7 @@ def export_pretrained(encoder: ImageEncoder, out_dir: Union[str, Path], extra_fi
     out_dir = check_output_dir(out_dir, overwrite=True, option="export folder")
     tmp = staging_dir(out_dir)
     try:
-        vision = encoder.vision
+        vision = merged_copy(encoder.vision) if has_lora(encoder.vision) else encoder.vision
         source = resolve_builtin_model(encoder.source) if encoder.source else None
         if encoder.base_is_full_clip and source is not None:
             full = CLIPModel.from_pretrained(source, revision=revision)

@@ -32,6 +32,7 @@ from .data import build_dataloader, resume_position, stream_positions, watch_sta
 from .guards import NonFiniteGuard, StopOnSignal, TrainingStopped, preflight, require_finite_weights
 from .hub_sync import HubSync
 from .launch import apply_launch, check_training_environment, run_info
+from .lora import apply_lora, save_adapter, trainable_parameters
 from .model import ImageEncoder, ModelLoadError, export_pretrained, load_image_encoder, load_model_config
 from .perf import use_matmul_patch_embedding
 from .resume import apply_optim_config, check_resume_config
@@ -85,9 +86,10 @@ def attack_generator(seed: int, step: int, micro_batch: int, accelerator: Accele
 
 
 def build_optimizer(cfg: TrainConfig, encoder: ImageEncoder, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW over the encoder; the fused kernel on CUDA unless ``perf.fused_adamw`` says otherwise."""
+    """AdamW over the encoder's trainable weights (the adapters under LoRA); the fused kernel on CUDA unless
+    ``perf.fused_adamw`` says otherwise."""
     fused = cfg.perf.fused_adamw if cfg.perf.fused_adamw is not None else device.type == "cuda"
-    return torch.optim.AdamW(encoder.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+    return torch.optim.AdamW(trainable_parameters(encoder), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                              weight_decay=cfg.optim.weight_decay, fused=fused or None)
 
 
@@ -215,6 +217,10 @@ def build_models(cfg: TrainConfig, accelerator: Accelerator):
     encoder = load_image_encoder(cfg.model.name_or_path, cfg.model.revision, cfg.model.output_normalize,
                                  cfg.model.attn_implementation, embedding=cfg.model.embedding)
     frozen = encoder.frozen_copy().to(accelerator.device)
+    if cfg.lora.r > 0:
+        trainable = apply_lora(encoder.vision, cfg.lora)
+        logger.info("LoRA r=%d on %s: %d trainable weights of %d", cfg.lora.r, ",".join(cfg.lora.target_modules),
+                    trainable, sum(p.numel() for p in encoder.parameters()), main_process_only=True)
     apply_perf_options(cfg, encoder)
     attacker = build_attacker(cfg, encoder)
     encoder.to(accelerator.device)
@@ -433,6 +439,8 @@ class TrainingLoop:
         if acc.is_main_process:
             export_pretrained(self.unwrapped, final, extra_files={"aft_config.yaml": self.cfg.to_yaml()},
                               revision=self.cfg.model.revision)
+            if self.cfg.lora.r > 0 and self.cfg.lora.save_adapter:
+                save_adapter(self.unwrapped.vision, self.frozen.vision, self.cfg.lora, final / "adapter")
             summary = {"steps": progress.step, "num_processes": acc.num_processes,
                        "images_seen_per_process": progress.images_seen_per_process,
                        "images_seen": sum(progress.images_seen_per_process), "skipped_images": skipped,

@@ -50,7 +50,7 @@ def _graph() -> dict[str, set[str]]:
 
 LAYERS = [
     {"constants", "errors", "env", "files", "tokenizer", "outputs"},
-    {"config", "config_help", "recipes", "launch", "model", "threat_models", "attack", "data", "perf"},
+    {"config", "config_help", "recipes", "launch", "model", "threat_models", "attack", "data", "perf", "lora"},
     {"card", "hub", "convert", "checkpoint_io", "export_openclip"},
     {"figures", "explain", "evaluate"},
     {"train", "train_eval", "hub_sync", "checkpointing", "guards", "resume"},
