@@ -262,12 +262,17 @@ def test_card_entries_per_dataset(copies, tiny_clip_path, tmp_path, single_threa
     card_file = tmp_path / "b" / report["card_reports"][str(tiny_clip_path)]
     card = build_model_card(tiny_clip_path, "me/model", report=json.loads(card_file.read_text()))
     text = str(card)
-    assert "dataset: clip-benchmark/wds_vtab-cifar10" in text or "name: clip-benchmark/wds_vtab-cifar10" in text
-    assert "clip-benchmark/wds_vtab-pcam" in text
+    assert "Measured with `aft-hf benchmark`" in text and "No evaluation is reported" not in text
+    assert text.count("## Evaluation") == 1 and "### clip-benchmark/wds_vtab-pcam" in text
     results = card.data.eval_results
     pcam = [r for r in results if r.dataset_name == "clip-benchmark/wds_vtab-pcam"]
     assert {r.metric_type for r in pcam} == {"accuracy", "robust_accuracy"}
     assert any("APGD-CE, L-inf" in r.metric_name for r in pcam)
+    from aft_hf.hub import prepare_hub_folder  # what `aft-hf push --report card_<model>.json` builds
+
+    hub = prepare_hub_folder(tiny_clip_path, tmp_path / "hub", "me/model", card_file)
+    assert "### clip-benchmark/wds_vtab-cifar10" in (hub / "README.md").read_text()
+    assert (hub / "assets" / "benchmark.png").is_file()
     cifar = [r for r in results if r.dataset_name == "clip-benchmark/wds_vtab-cifar10"]
     assert any("APGD-CE+APGD-T" in r.metric_name and r.metric_value == report["results"][str(tiny_clip_path)]
                ["cifar10"]["robust_top1"]["4/255"] for r in cifar)
