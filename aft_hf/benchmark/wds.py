@@ -8,8 +8,8 @@ Layout (as ``clip-benchmark/wds_*`` on the Hub)::
     {split}/0.tar ... {split}/{n-1}.tar     members <key>.webp|png|jpg|jpeg and <key>.cls (label as text)
 
 ``datasets``' webdataset loader takes the features of the FIRST shard: when shards differ in image
-type (one png, the others webp), the other shards' images silently have no column (measured, see
-ECOSYSTEM.md). So every shard is listed with ``tarfile`` first (its image type and image count),
+type (one png, the others webp), the other shards' images silently have no column (measured with
+datasets 5.2; no error at load time). So every shard is listed with ``tarfile`` first (its image type and image count),
 loaded on its own, its image column renamed to ``image``, and the shards concatenated in order; the
 rows are then checked against the counts of the tars. A sample without an image, a shard mixing image
 types, or a count that does not match is a :class:`BenchmarkError`, never a smaller dataset.
@@ -116,13 +116,16 @@ def _fetcher(ref: str, data_root: Optional[str]) -> tuple[Callable[[str], Option
 
 def _hub_fetcher(repo_id: str) -> Callable[[str], Optional[Path]]:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     def fetch(rel: str) -> Optional[Path]:
         try:
-            return Path(hf_hub_download(repo_id, rel, repo_type="dataset"))
-        except EntryNotFoundError:
-            return None
+            try:
+                return Path(hf_hub_download(repo_id, rel, repo_type="dataset"))
+            except LocalEntryNotFoundError:  # offline and not cached: not a file missing from the repo
+                raise
+            except EntryNotFoundError:  # the repo has no such file (optional files: nshards.txt)
+                return None
         except Exception as e:  # offline, gated, no such repo: one line that says which
             raise BenchmarkError(f"could not download '{rel}' of the dataset '{repo_id}' from the Hub "
                                  f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); offline, "
