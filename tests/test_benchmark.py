@@ -151,7 +151,7 @@ def _strip(report: dict) -> dict:
     return {k: v for k, v in report.items() if k not in ("created", "launch")}
 
 
-def test_benchmark_end_to_end(copies, tiny_clip_path, tmp_path, monkeypatch, single_thread):
+def test_benchmark_end_to_end(copies, tiny_clip_path, tmp_path, monkeypatch, single_thread, caplog):
     three, binary = copies
     runs = []
     real = protocol_mod.apgd
@@ -164,7 +164,9 @@ def test_benchmark_end_to_end(copies, tiny_clip_path, tmp_path, monkeypatch, sin
     requests = [DatasetRequest.from_ref(str(three)), DatasetRequest.from_ref(str(binary))]
     protocol = Protocol(eps=(2, 8), robust_images=6, **CHEAP)
     printed = []
-    report = run_benchmark([str(tiny_clip_path)], requests, tmp_path / "out", protocol, print_fn=printed.append)
+    with caplog.at_level("INFO", logger="aft_hf.benchmark"):
+        report = run_benchmark([str(tiny_clip_path)], requests, tmp_path / "out", protocol, print_fn=printed.append)
+    assert "three: first batch took" in caplog.text and "remaining batches: about" in caplog.text  # the ETA
     res = report["results"][str(tiny_clip_path)]
     # clean accuracy over the whole split equals a direct computation from the tars
     assert res["three"]["clean_top1"] == pytest.approx(_direct_accuracy(tiny_clip_path, three), abs=1e-9)
@@ -342,3 +344,54 @@ def test_hub_dataset_offline_is_one_line(tiny_clip_path, tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1
     assert "could not download 'classnames.txt' of the dataset 'clip-benchmark/wds_vtab-pets'" in err
     assert "--data-root" in err
+
+
+def test_nested_budgets_attack_only_the_survivors(copies, tiny_clip_path, tmp_path, monkeypatch, single_thread):
+    _, binary = copies
+    attacked = {}
+    real = protocol_mod.apgd
+
+    def spy(forward, images, labels, eps, *args, **kw):
+        attacked.setdefault(round(eps * 255), []).append(len(images))
+        return real(forward, images, labels, eps, *args, **kw)
+
+    monkeypatch.setattr(protocol_mod, "apgd", spy)
+    protocol = Protocol(eps=(1, 8), robust_images=8, nested=True, **{**CHEAP, "batch_size": 8})
+    report = run_benchmark([str(tiny_clip_path)], [DatasetRequest.from_ref(str(binary))], tmp_path / "n", protocol,
+                           print_fn=lambda s: None)
+    record = json.loads(next((tmp_path / "n" / "state").rglob("batch_000000.json")).read_text())
+    survivors = sum(record["robust"]["1/255"])
+    assert attacked.get(8, []) == ([survivors] if survivors else [])  # only the images robust at 1/255
+    assert all(a >= b for a, b in zip(record["robust"]["1/255"], record["robust"]["8/255"]))
+    assert any("nested budgets" in d for d in report["deviations"])
+
+
+def test_bf16_is_recorded_and_returns_float32_logits():
+    assert "precision bf16 (protocol fp32)" in Protocol(precision="bf16").deviations()
+    forward = protocol_mod.PrecisionForward(torch.nn.Linear(4, 3), "bf16")
+    assert forward(torch.rand(2, 4)).dtype == torch.float32
+    with pytest.raises(BenchmarkError, match="precision"):
+        Protocol(precision="fp16")
+
+
+def test_markdown_has_a_row_per_dataset_the_average_and_the_difference_between_models():
+    from aft_hf.benchmark.report import build_report, markdown
+
+    protocol = Protocol()
+    datasets = [{"name": n, "in_average": n != "imagenet1k", "hub_id": f"clip-benchmark/wds_{n}", "local_dir": None,
+                 "split": "test", "clean_images": 10, "robust_images": 10, "classes": 10, "templates": 1,
+                 "image_types": {"webp": 10}, "deviations": []} for n in ("cifar10", "pets", "imagenet1k")]
+
+    def result(clean, r2, r4):
+        return {"clean_top1": clean, "robust_top1": {"2/255": r2, "4/255": r4}}
+
+    results = {"base": {"cifar10": result(0.9, 0.1, 0.0), "pets": result(0.8, 0.3, 0.1), "imagenet1k": result(0.7, 0, 0)},
+               "fare": {"cifar10": result(0.8, 0.5, 0.3), "pets": result(0.7, 0.4, 0.2), "imagenet1k": result(0.6, .2, .1)}}
+    report = build_report(["base", "fare"], None, protocol, datasets, results, {"num_processes": 1, "device": "cpu"})
+    assert report["is_protocol"] and report["complete"]
+    assert report["average"]["fare"]["clean_top1"] == pytest.approx(0.75)  # ImageNet not in the average
+    md = markdown(report)
+    assert "| cifar10 | 90.0 | 10.0 | 0.0 | 80.0 | 50.0 | 30.0 | -10.0 | +40.0 | +30.0 |" in md
+    assert "| **average (2 datasets)** | 85.0 | 20.0 | 5.0 | 75.0 | 45.0 | 25.0 | -10.0 | +25.0 | +20.0 |" in md
+    assert "imagenet1k (not in average)" in md and "`fare` - `base` clean" in md
+    assert "follow the protocol" in md

@@ -73,8 +73,8 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
     settings = {"models": list(models), "text_model": text_model, "protocol": protocol.as_dict(), "split": split,
                 "datasets": [{k: e[k] for k in ("name", "ref", "images", "clean_images", "robust_images")}
                              for e in entries]}
+    check_settings(out, settings, write=main)
     if main:
-        check_settings(out, settings)
         for line in cost_lines(plans, protocol, len(models)):
             print_fn(line)
     acc.wait_for_everyone()

@@ -199,15 +199,18 @@ def summarise(records: Sequence[dict], plan: DatasetPlan, protocol: Protocol) ->
     }
 
 
-def check_settings(out: Path, settings: dict) -> None:
-    """A resumed run must be the same run: refuse an output folder that holds other settings."""
+def check_settings(out: Path, settings: dict, write: bool = True) -> None:
+    """A resumed run must be the same run: refuse an output folder that holds other settings.
+
+    Every process checks (so that all of them stop, not only the main one); only ``write`` records them.
+    """
     path = out / STATE_DIR / SETTINGS_FILE
     saved = _read_json(path)
     if saved is not None and saved != settings:
         changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
         raise BenchmarkError(f"'{out}' holds a benchmark run with other settings ({', '.join(changed)}): "
                              "resume with the same options or use another --out")
-    if saved is None:
+    if saved is None and write:
         _write_json(settings, path)
 
 
