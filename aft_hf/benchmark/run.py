@@ -20,7 +20,7 @@ from ..evaluate.zeroshot import ZeroShotClassifier
 from .errors import BenchmarkError
 from .protocol import PrecisionForward, Protocol
 from .report import build_report, dataset_entry, write_reports
-from .runner import (LOGIT_SCALE, STATE_DIR, BatchWork, DatasetPlan, DatasetRequest, _read_json, _write_json,
+from .runner import (LOGIT_SCALE, STATE_DIR, BatchWork, DatasetPlan, DatasetRequest, read_json, write_json,
                      check_settings, cost_lines, plan_dataset, summarise)
 from .wds import open_wds
 
@@ -48,7 +48,7 @@ def _eta(name: str, position: int, total: int, seconds: float, started: list) ->
 
 
 def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out: str | Path,
-                  protocol: Protocol = Protocol(), text_model: Optional[str] = None, data_root: Optional[str] = None,
+                  protocol: Optional[Protocol] = None, text_model: Optional[str] = None, data_root: Optional[str] = None,
                   split: str = "test", device: str = "auto", accelerator=None, print_fn=print) -> dict:
     """Benchmark ``models`` on ``requests``; returns the report (also written to ``out``) on the main process,
     None on the others."""
@@ -56,6 +56,7 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
 
     from ..explain.loading import load_models_and_texts
 
+    protocol = protocol or Protocol()
     if not models:
         raise BenchmarkError("no model given (--model)")
     if not requests:
@@ -83,9 +84,9 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
     report = None
     for model in models:
         state = out / STATE_DIR / slug(model)
-        todo = [p for p in plans if _read_json(state / p.request.name / "result.json") is None]
+        todo = [p for p in plans if read_json(state / p.request.name / "result.json") is None]
         for p in plans:
-            saved = _read_json(state / p.request.name / "result.json")
+            saved = read_json(state / p.request.name / "result.json")
             if saved is not None:
                 results[model][p.request.name] = saved
         if not todo:
@@ -120,7 +121,7 @@ def _run_dataset(acc, encoder, text, plan: DatasetPlan, protocol: Protocol, fold
     gathered = gather_object(records) if acc.num_processes > 1 else records
     result = summarise(gathered, plan, protocol)
     if acc.is_main_process:
-        _write_json(result, folder / "result.json")
+        write_json(result, folder / "result.json")
         rob = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result["robust_top1"].items())
         logger.info("%s on %s: clean %.1f%% (%d images), robust %s (%d images)", model, name,
                     100 * result["clean_top1"], result["clean_images"], rob, result["robust_images"])

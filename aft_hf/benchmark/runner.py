@@ -22,12 +22,10 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..evaluate.runner import slug
-from ..evaluate.zeroshot import ZeroShotClassifier
 from .errors import BenchmarkError
-from .protocol import PrecisionForward, Protocol, budget_key, robust_verdicts
+from .protocol import Protocol, budget_key, robust_verdicts
 from .suites import PROTOCOL_ROBUST_IMAGES, SuiteDataset, known_dataset
-from .wds import WdsDataset, open_wds
+from .wds import WdsDataset
 
 logger = logging.getLogger(__name__)
 LOGIT_SCALE = 100.0
@@ -58,7 +56,7 @@ class DatasetRequest:
         return cls(ref, name.removeprefix("wds_") or ref)
 
 
-def _write_json(obj, path: Path) -> None:
+def write_json(obj, path: Path) -> None:
     """Atomically (temp file + rename), so a kill never leaves half a file to resume from."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -66,7 +64,7 @@ def _write_json(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _read_json(path: Path) -> Optional[dict]:
+def read_json(path: Path) -> Optional[dict]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -154,11 +152,11 @@ class BatchWork:
         ``progress(position, len(mine), seconds)`` after each computed batch."""
         records = []
         for i, b in enumerate(mine):
-            saved = _read_json(self.path(b))
+            saved = read_json(self.path(b))
             if saved is None:
                 start = time.perf_counter()
                 saved = self.compute(b)
-                _write_json(saved, self.path(b))
+                write_json(saved, self.path(b))
                 progress(i + 1, len(mine), time.perf_counter() - start)
             records.append(saved)
         return records
@@ -205,13 +203,13 @@ def check_settings(out: Path, settings: dict, write: bool = True) -> None:
     Every process checks (so that all of them stop, not only the main one); only ``write`` records them.
     """
     path = out / STATE_DIR / SETTINGS_FILE
-    saved = _read_json(path)
+    saved = read_json(path)
     if saved is not None and saved != settings:
         changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
         raise BenchmarkError(f"'{out}' holds a benchmark run with other settings ({', '.join(changed)}): "
                              "resume with the same options or use another --out")
     if saved is None and write:
-        _write_json(settings, path)
+        write_json(settings, path)
 
 
 __all__ = ["BatchWork", "DatasetPlan", "DatasetRequest", "LOGIT_SCALE", "check_settings", "cost_lines",
