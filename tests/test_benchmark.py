@@ -167,6 +167,7 @@ def test_benchmark_end_to_end(copies, tiny_clip_path, tmp_path, monkeypatch, sin
     with caplog.at_level("INFO", logger="aft_hf.benchmark"):
         report = run_benchmark([str(tiny_clip_path)], requests, tmp_path / "out", protocol, print_fn=printed.append)
     assert "three: first batch took" in caplog.text and "remaining batches: about" in caplog.text  # the ETA
+    assert caplog.text.count("the rest of the run") == 1  # once, after the run's first batch
     res = report["results"][str(tiny_clip_path)]
     # clean accuracy over the whole split equals a direct computation from the tars
     assert res["three"]["clean_top1"] == pytest.approx(_direct_accuracy(tiny_clip_path, three), abs=1e-9)

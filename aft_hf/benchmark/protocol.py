@@ -106,8 +106,11 @@ class PrecisionForward(nn.Module):
     def __init__(self, model: nn.Module, precision: str):
         super().__init__()
         self.model, self.precision = model, precision
+        self.image_passes = 0
+        """Images through the encoder so far (forward, with or without a backward): the ETA's unit of work."""
 
     def forward(self, images: Tensor) -> Tensor:
+        self.image_passes += images.shape[0]
         with _autocast(images.device, self.precision):
             return self.model(images).float()
 

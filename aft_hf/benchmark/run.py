@@ -35,11 +35,25 @@ def make_accelerator(device: str = "auto"):
     return Accelerator(cpu=cpu)
 
 
+def run_work(plans: Sequence[DatasetPlan], protocol: Protocol) -> int:
+    """Image passes through the encoder that ``plans`` imply at most: clean ones, and every attack step of
+    every attacked image at every budget (an image leaves the attack once fooled, so usually far fewer)."""
+    return sum(p.clean_images + p.worst_steps * len(protocol.eps) for p in plans)
+
+
+def _whole_run_eta(classifier, seconds: float, work_left: int, processes: int) -> None:
+    rate = classifier.image_passes / max(seconds, 1e-9)
+    left = work_left / max(rate * processes, 1e-9)
+    logger.info("throughput %.1f image passes/s per process; the rest of the run (%s passes at most, %d "
+                "process(es)): at most about %.0f s (%.1f h), less as images are fooled", rate, f"{work_left:,}",
+                processes, left, left / 3600)
+
+
 def _eta(name: str, position: int, total: int, seconds: float, started: list) -> None:
     if not started:
         started.append(time.perf_counter() - seconds)
         left = (total - position) * seconds
-        logger.info("%s: first batch took %.1f s; this process's %d remaining batches: about %.0f s (%.1f h) at most",
+        logger.info("%s: first batch took %.1f s; this process's %d remaining batches: about %.0f s (%.1f h)",
                     name, seconds, total - position, left, left / 3600)
     elif position == total or position % 10 == 0:
         elapsed = time.perf_counter() - started[0]
@@ -82,6 +96,9 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
     launch = {"num_processes": acc.num_processes, "device": acc.device.type}
     results: dict[str, dict] = {m: {} for m in models}
     report = None
+    left = sum(run_work([p for p in plans if read_json(out / STATE_DIR / slug(m) / p.request.name / "result.json")
+                         is None], protocol) for m in models)
+    run_state = {"work_left": left, "eta_logged": False}
     for model in models:
         state = out / STATE_DIR / slug(model)
         todo = [p for p in plans if read_json(state / p.request.name / "result.json") is None]
@@ -94,7 +111,9 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
         (encoder,), (text,), _ = load_models_and_texts([model], text_model, acc.device)
         for plan in todo:
             results[model][plan.request.name] = _run_dataset(acc, encoder, text, plan, protocol,
-                                                             state / plan.request.name, model, gather_object)
+                                                             state / plan.request.name, model, gather_object,
+                                                             run_state)
+            run_state["work_left"] = max(run_state["work_left"] - run_work([plan], protocol), 0)
             if main:
                 report = write_reports(build_report(models, text_model, protocol, entries, results, launch), out)
             acc.wait_for_everyone()
@@ -106,7 +125,7 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
 
 
 def _run_dataset(acc, encoder, text, plan: DatasetPlan, protocol: Protocol, folder: Path, model: str,
-                 gather_object) -> dict:
+                 gather_object, run_state: dict) -> dict:
     name = plan.request.name
     weights = text.class_embeddings(plan.data.classnames, plan.data.templates).to(acc.device)
     classifier = PrecisionForward(ZeroShotClassifier(encoder, weights, LOGIT_SCALE), protocol.precision).eval()
@@ -116,8 +135,16 @@ def _run_dataset(acc, encoder, text, plan: DatasetPlan, protocol: Protocol, fold
         logger.info("%s on %s: %d batches of %d over %d process(es)", model, name, work.num_batches,
                     protocol.batch_size, acc.num_processes)
     started: list = []
-    records = work.run(mine, lambda pos, total, sec: _eta(f"{slug(model)} / {name}", pos, total, sec, started)
-                       if acc.is_main_process else None)
+
+    def progress(position: int, total: int, seconds: float) -> None:
+        if not acc.is_main_process:
+            return
+        if not run_state["eta_logged"]:  # once per run, after its first computed batch
+            run_state["eta_logged"] = True
+            _whole_run_eta(classifier, seconds, run_state["work_left"], acc.num_processes)
+        _eta(f"{slug(model)} / {name}", position, total, seconds, started)
+
+    records = work.run(mine, progress)
     gathered = gather_object(records) if acc.num_processes > 1 else records
     result = summarise(gathered, plan, protocol)
     if acc.is_main_process:
