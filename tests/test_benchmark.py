@@ -394,3 +394,22 @@ def test_markdown_has_a_row_per_dataset_the_average_and_the_difference_between_m
     assert "| **average (2 datasets)** | 85.0 | 20.0 | 5.0 | 75.0 | 45.0 | 25.0 | -10.0 | +25.0 | +20.0 |" in md
     assert "imagenet1k (not in average)" in md and "`fare` - `base` clean" in md
     assert "follow the protocol" in md
+
+
+@pytest.mark.parametrize("targets", [0, 3])
+def test_protocol_attack_is_the_packages_apgd_ce_then_apgd_t(targets):
+    """With one restart of each, the benchmark's sequence of runs gives apgd_robust's verdicts image for image
+    (apgd_robust is the one cross-checked against AutoAttack in test_apgd.py)."""
+    from aft_hf.evaluate.apgd import apgd_robust
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 6, 5))
+    x, y = torch.rand(24, 3, 6, 6), torch.randint(0, 5, (24,))
+    with torch.no_grad():
+        alive = model(x).argmax(1) == y
+    protocol = Protocol(iterations=5, ce_restarts=1, t_restarts=1, targets=targets)
+    for eps in (2, 16):
+        ours = protocol_mod.robust_verdicts(model, x, y, alive, eps, protocol, seed=7)
+        ref = apgd_robust(model, x, y, eps / 255, "linf", 5, restarts=1, targets=targets, seed=7)
+        assert torch.equal(ours, ref)
+    assert 0 < int(ours.sum()) < int(alive.sum())  # the attack did something, and not everything
