@@ -226,18 +226,18 @@ def test_killed_run_resumes_to_the_same_report(copies, tiny_clip_path, tmp_path,
     from aft_hf.benchmark import runner
     real, calls = runner.BatchWork.compute, []
 
-    def dies_on_the_fifth_batch(self, b, on_run=None):
+    def dies_on_the_sixth_batch(self, b):
         calls.append(b)
         if len(calls) == 6:  # the first dataset (4 batches) is done, the second half-way
             raise KeyboardInterrupt
-        return real(self, b, on_run)
+        return real(self, b)
 
-    monkeypatch.setattr(runner.BatchWork, "compute", dies_on_the_fifth_batch)
+    monkeypatch.setattr(runner.BatchWork, "compute", dies_on_the_sixth_batch)
     with pytest.raises(KeyboardInterrupt):
         run_benchmark([str(tiny_clip_path)], requests, tmp_path / "cut", protocol, print_fn=lambda s: None)
     partial = json.loads((tmp_path / "cut" / "report.json").read_text())
     assert not partial["complete"] and "three" in partial["results"][str(tiny_clip_path)]
-    monkeypatch.setattr(runner.BatchWork, "compute", lambda self, b, on_run=None: calls.append(b) or real(self, b))
+    monkeypatch.setattr(runner.BatchWork, "compute", lambda self, b: calls.append(b) or real(self, b))
     resumed = run_benchmark([str(tiny_clip_path)], requests, tmp_path / "cut", protocol, print_fn=lambda s: None)
     assert calls[6:] == [1]  # only the batch in flight was redone (batch 0 of binary was saved)
     assert _strip(resumed) == _strip(full)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -125,8 +125,7 @@ def attack_runs(protocol: Protocol, num_classes: int) -> list[tuple[str, int]]:
 
 
 def robust_verdicts(model: nn.Module, images: Tensor, labels: Tensor, alive: Tensor, eps: float,
-                    protocol: Protocol, seed: int,
-                    on_run: Optional[Callable[[str, int], None]] = None) -> Tensor:
+                    protocol: Protocol, seed: int) -> Tensor:
     """Per image, whether it is still classified correctly after every run of :func:`attack_runs` at
     ``eps`` (1/255 units); only the images with ``alive`` set are attacked (the others are False). The
     class count (no targeted runs with 2 classes) is that of the model's logits."""
@@ -139,8 +138,6 @@ def robust_verdicts(model: nn.Module, images: Tensor, labels: Tensor, alive: Ten
             idx = robust.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            if on_run is not None:
-                on_run(kind, k)
             loss, target = (ce_loss, None) if kind == "ce" else (targeted_dlr_loss, ranked[idx, k])
             _, fooled = apgd(forward, images[idx], labels[idx], eps / 255, protocol.norm, protocol.iterations,
                              loss, target, generator=generator)

@@ -124,7 +124,8 @@ class BatchWork:
         s = b * self.protocol.batch_size
         return s, min(s + self.protocol.batch_size, self.plan.clean_images)
 
-    def compute(self, b: int, on_run: Optional[Callable[[str, int], None]] = None) -> dict:
+    def compute(self, b: int) -> dict:
+        """Batch ``b``'s record: labels, clean predictions and top-5 hits, per budget the robust verdicts."""
         s, e = self.bounds(b)
         images = self.plan.data.images(s, e, self.size).to(self.device)
         labels = self.plan.data.labels(s, e).to(self.device)
@@ -141,7 +142,7 @@ class BatchWork:
             alive = pred[:n_att] == y
             for i, eps in enumerate(sorted(self.protocol.eps)):
                 seed = (self.protocol.seed * 1_000_003 + b) * 101 + i
-                verdict = robust_verdicts(self.classifier, x, y, alive, eps, self.protocol, seed, on_run)
+                verdict = robust_verdicts(self.classifier, x, y, alive, eps, self.protocol, seed)
                 record["robust"][budget_key(eps)] = verdict.tolist()
                 if self.protocol.nested:
                     alive = verdict
