@@ -119,6 +119,14 @@ def test_incomplete_copies_fail_loudly(tmp_path):
     (short / "test" / "nshards.txt").write_text("3\n")
     with pytest.raises(BenchmarkError, match="shard test/2.tar is missing"):
         open_wds(str(short))
+    broken = write_wds(tmp_path / "broken", ["a", "b"], ["png"])
+    with tarfile.open(broken / "test" / "0.tar", "a") as tf:
+        _add(tf, "s0000077.png", b"not an image")
+        _add(tf, "s0000077.cls", b"1")
+    ds = open_wds(str(broken))
+    assert len(ds) == 6
+    with pytest.raises(BenchmarkError, match="image of sample 's0000077' cannot be decoded"):
+        ds.images(0, 6, 16)
     labels = write_wds(tmp_path / "labels", ["a", "b"], ["png"])
     (labels / "classnames.txt").write_text("a\n")
     with pytest.raises(BenchmarkError, match="labels outside"):
