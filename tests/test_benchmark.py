@@ -278,7 +278,7 @@ def test_card_entries_per_dataset(copies, tiny_clip_path, tmp_path, single_threa
     results = card.data.eval_results
     pcam = [r for r in results if r.dataset_name == "clip-benchmark/wds_vtab-pcam"]
     assert {r.metric_type for r in pcam} == {"accuracy", "robust_accuracy"}
-    assert any("APGD-CE, L-inf" in r.metric_name for r in pcam)
+    assert all("APGD-CE, L-inf, not the protocol's" in r.metric_name for r in pcam if r.metric_type != "accuracy")
     from aft_hf.hub import prepare_hub_folder  # what `aft-hf push --report card_<model>.json` builds
 
     hub = prepare_hub_folder(tiny_clip_path, tmp_path / "hub", "me/model", card_file)
@@ -390,7 +390,8 @@ def test_markdown_has_a_row_per_dataset_the_average_and_the_difference_between_m
                  "image_types": {"webp": 10}, "deviations": []} for n in ("cifar10", "pets", "imagenet1k")]
 
     def result(clean, r2, r4):
-        return {"clean_top1": clean, "robust_top1": {"2/255": r2, "4/255": r4}}
+        return {"clean_top1": clean, "clean_top5": None, "robust_top1": {"2/255": r2, "4/255": r4},
+                "targets": 9, "robust_images": 10, "clean_images": 10}
 
     results = {"base": {"cifar10": result(0.9, 0.1, 0.0), "pets": result(0.8, 0.3, 0.1), "imagenet1k": result(0.7, 0, 0)},
                "fare": {"cifar10": result(0.8, 0.5, 0.3), "pets": result(0.7, 0.4, 0.2), "imagenet1k": result(0.6, .2, .1)}}
@@ -402,6 +403,14 @@ def test_markdown_has_a_row_per_dataset_the_average_and_the_difference_between_m
     assert "| **average (2 datasets)** | 85.0 | 20.0 | 5.0 | 75.0 | 45.0 | 25.0 | -10.0 | +25.0 | +20.0 |" in md
     assert "imagenet1k (not in average)" in md and "`fare` - `base` clean" in md
     assert "follow the protocol" in md
+    from aft_hf.benchmark.report import card_report
+
+    subs = card_report(report, "fare")["reports"]
+    assert [r["dataset"] for r in subs] == ["clip-benchmark/wds_cifar10", "clip-benchmark/wds_pets",
+                                            "clip-benchmark/wds_imagenet1k"]
+    attack = subs[0]["metrics"]["robust_attack"]
+    assert attack["name"] == "APGD-CE+APGD-T, L-inf" and attack["protocol"] == "clip_benchmark/RobustVLM"
+    assert "zeroshot_top5" not in subs[0]["metrics"]  # no number, no entry
 
 
 @pytest.mark.parametrize("targets", [0, 3])

@@ -182,7 +182,8 @@ def card_report(report: dict, model: str) -> dict:
             continue
         deviations = [x for x in report["deviations"] if not x.startswith(tuple(
             f"{o['name']}: " for o in report["datasets"]))] + d["deviations"]
-        attack = {"name": ("APGD-CE+APGD-T" if r["targets"] else "APGD-CE") + ", L-inf",
+        attack = {"name": ("APGD-CE+APGD-T" if r["targets"] else "APGD-CE") + ", L-inf"
+                  + ("" if not deviations else ", not the protocol's"),
                   "images": r["robust_images"], "iterations": p["iterations"], "ce_restarts": p["ce_restarts"],
                   "t_restarts": p["t_restarts"], "targets": r["targets"],
                   "protocol": "clip_benchmark/RobustVLM" if not deviations else "not the protocol's: " +
