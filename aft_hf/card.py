@@ -198,12 +198,21 @@ def report_rows(report: dict) -> list[tuple[MetricSpec, Optional[str], float]]:
     return rows
 
 
+def sub_reports(report: dict) -> list[dict]:
+    """The evaluate-style reports a report holds: itself, or, for an ``aft-hf benchmark`` card report, its
+    ``reports`` (one per dataset)."""
+    subs = report.get("reports")
+    return [r for r in subs if isinstance(r, dict)] if isinstance(subs, list) else [report]
+
+
 def eval_results_from_report(report: dict) -> list[EvalResult]:
     """model-index entries for the report's zero-shot classification results (values exactly as reported).
 
     Baselines are never entries; a report on a local folder gives none (a path is no dataset id, and
     the card must not publish it): the results table in the text still shows every number.
     """
+    if isinstance(report.get("reports"), list):
+        return [e for sub in sub_reports(report) for e in eval_results_from_report(sub)]
     dataset = str(report.get("dataset") or "")
     if not dataset or _is_local_path(dataset):
         return []
@@ -401,6 +410,11 @@ def _import_section(info: dict) -> str:
 
 
 def _results_section(report: dict) -> Optional[str]:
+    if isinstance(report.get("reports"), list):  # a benchmark: one sub-section per dataset
+        parts = [_results_section(sub) for sub in sub_reports(report)]
+        parts = [p.replace("## Evaluation", f"### {display_ref(sub.get('dataset'))}", 1)
+                 for p, sub in zip(parts, sub_reports(report)) if p]
+        return "\n\n".join(["## Evaluation", *parts]) if parts else None
     rows = report_rows(report)
     if not rows:
         return None
@@ -413,7 +427,7 @@ def _results_section(report: dict) -> Optional[str]:
     if isinstance(attack, dict):
         setup.append("robust accuracy under " + ", ".join(f"{k} `{_fmt(v)}`" for k, v in attack.items()))
     lines = ["## Evaluation", "",
-             f"Measured with `aft-hf evaluate` (report: `{REPORT_FILE}`)" + (": " + ", ".join(setup) if setup else "") + ".",
+             f"Measured with `{report.get('measured_with', 'aft-hf evaluate')}` (report: `{REPORT_FILE}`)" + (": " + ", ".join(setup) if setup else "") + ".",
              "", "| metric | setting | value | better |", "|---|---|---|---|"]
     lines += [f"| {spec.name} | {_fmt(setting) if setting else ''} | {_fmt(value)} | {spec.better or ''} |"
               for spec, setting, value in rows if not is_baseline(setting)]
@@ -472,7 +486,7 @@ def _limitations_section(recipe: Optional[dict], imported: Optional[dict], repor
                  "input are not addressed.")
     lines.append("- Saliency metrics depend on the explanation method, the data and the masks; a sharper map is not "
                  "proof that a prediction is right.")
-    if not (report or {}).get("metrics"):
+    if not any(r.get("metrics") for r in sub_reports(report or {})):
         lines.append("- No evaluation is reported in this card: measure the model on your data before relying on it.")
     return "\n".join(lines)
 

@@ -52,7 +52,7 @@ LAYERS = [
     {"constants", "errors", "env", "files", "tokenizer", "outputs"},
     {"config", "config_help", "recipes", "launch", "model", "threat_models", "attack", "data", "perf", "lora"},
     {"card", "hub", "convert", "checkpoint_io", "export_openclip"},
-    {"figures", "explain", "evaluate"},
+    {"figures", "explain", "evaluate", "benchmark"},
     {"train", "train_eval", "hub_sync", "checkpointing", "guards", "resume"},
     {"world", "demo"},
 ]

@@ -1,0 +1,158 @@
+"""``run_benchmark``: the whole run, one process or several under ``accelerate launch``.
+
+Order: open every dataset (the main process first, so the ``datasets`` cache is built once), print the
+cost, then per model and dataset: batches (sharded, saved one by one), gather, the dataset's
+``result.json``, and the reports rewritten, so a killed run leaves a report of what is done and
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from ..evaluate.runner import slug
+from ..evaluate.zeroshot import ZeroShotClassifier
+from .errors import BenchmarkError
+from .protocol import PrecisionForward, Protocol
+from .report import build_report, dataset_entry, write_reports
+from .runner import (LOGIT_SCALE, STATE_DIR, BatchWork, DatasetPlan, DatasetRequest, read_json, write_json,
+                     check_settings, cost_lines, plan_dataset, summarise)
+from .wds import open_wds
+
+logger = logging.getLogger(__name__)
+
+
+def make_accelerator(device: str = "auto"):
+    """An Accelerator (one process, or this rank of an ``accelerate launch``); ``cpu`` when asked or no GPU."""
+    from accelerate import Accelerator
+
+    cpu = device == "cpu" or not torch.cuda.is_available()
+    return Accelerator(cpu=cpu)
+
+
+def run_work(plans: Sequence[DatasetPlan], protocol: Protocol) -> int:
+    """Image passes through the encoder that ``plans`` imply at most: clean ones, and every attack step of
+    every attacked image at every budget (an image leaves the attack once fooled, so usually far fewer)."""
+    return sum(p.clean_images + p.worst_steps * len(protocol.eps) for p in plans)
+
+
+def _whole_run_eta(classifier, seconds: float, work_left: int, processes: int) -> None:
+    rate = classifier.image_passes / max(seconds, 1e-9)
+    left = work_left / max(rate * processes, 1e-9)
+    logger.info("throughput %.1f image passes/s per process; the rest of the run (%s passes at most, %d "
+                "process(es)): at most about %.0f s (%.1f h), less as images are fooled", rate, f"{work_left:,}",
+                processes, left, left / 3600)
+
+
+def _eta(name: str, position: int, total: int, seconds: float, started: list) -> None:
+    if not started:
+        started.append(time.perf_counter() - seconds)
+        left = (total - position) * seconds
+        logger.info("%s: first batch took %.1f s; this process's %d remaining batches: about %.0f s (%.1f h)",
+                    name, seconds, total - position, left, left / 3600)
+    elif position == total or position % 10 == 0:
+        elapsed = time.perf_counter() - started[0]
+        logger.info("%s: %d/%d batches of this process, %.0f s elapsed, about %.0f s left", name, position, total,
+                    elapsed, elapsed / position * (total - position))
+
+
+def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out: str | Path,
+                  protocol: Optional[Protocol] = None, text_model: Optional[str] = None, data_root: Optional[str] = None,
+                  split: str = "test", device: str = "auto", accelerator=None, print_fn=print) -> dict:
+    """Benchmark ``models`` on ``requests``; returns the report (also written to ``out``) on the main process,
+    None on the others."""
+    from accelerate.utils import gather_object
+
+    from ..explain.loading import load_models_and_texts
+
+    protocol = protocol or Protocol()
+    if not models:
+        raise BenchmarkError("no model given (--model)")
+    if not requests:
+        raise BenchmarkError("no dataset given (--suite or --datasets)")
+    names = [r.name for r in requests]
+    if len(set(names)) != len(names):
+        raise BenchmarkError(f"two datasets share a name ({', '.join(sorted({n for n in names if names.count(n) > 1}))})")
+    out = Path(out)
+    acc = accelerator or make_accelerator(device)
+    main = acc.is_main_process
+    with acc.main_process_first():
+        data = [open_wds(r.ref, split, data_root) for r in requests]
+    plans = [plan_dataset(r, d, protocol) for r, d in zip(requests, data)]
+    entries = [dataset_entry(p, protocol) for p in plans]
+    settings = {"models": list(models), "text_model": text_model, "protocol": protocol.as_dict(), "split": split,
+                "datasets": [{k: e[k] for k in ("name", "ref", "images", "clean_images", "robust_images")}
+                             for e in entries]}
+    check_settings(out, settings, write=main)
+    if main:
+        for line in cost_lines(plans, protocol, len(models)):
+            print_fn(line)
+    acc.wait_for_everyone()
+    launch = {"num_processes": acc.num_processes, "device": acc.device.type}
+    results: dict[str, dict] = {m: {} for m in models}
+    report = None
+    left = sum(run_work([p for p in plans if read_json(out / STATE_DIR / slug(m) / p.request.name / "result.json")
+                         is None], protocol) for m in models)
+    run_state = {"work_left": left, "eta_logged": False}
+    for model in models:
+        state = out / STATE_DIR / slug(model)
+        todo = [p for p in plans if read_json(state / p.request.name / "result.json") is None]
+        for p in plans:
+            saved = read_json(state / p.request.name / "result.json")
+            if saved is not None:
+                results[model][p.request.name] = saved
+        if not todo:
+            continue
+        (encoder,), (text,), _ = load_models_and_texts([model], text_model, acc.device)
+        for plan in todo:
+            results[model][plan.request.name] = _run_dataset(acc, encoder, text, plan, protocol,
+                                                             state / plan.request.name, model, gather_object,
+                                                             run_state)
+            run_state["work_left"] = max(run_state["work_left"] - run_work([plan], protocol), 0)
+            if main:
+                report = write_reports(build_report(models, text_model, protocol, entries, results, launch), out)
+            acc.wait_for_everyone()
+        del encoder, text
+    if main:
+        report = write_reports(build_report(models, text_model, protocol, entries, results, launch), out)
+    acc.wait_for_everyone()
+    return report if main else None
+
+
+def _run_dataset(acc, encoder, text, plan: DatasetPlan, protocol: Protocol, folder: Path, model: str,
+                 gather_object, run_state: dict) -> dict:
+    name = plan.request.name
+    weights = text.class_embeddings(plan.data.classnames, plan.data.templates).to(acc.device)
+    classifier = PrecisionForward(ZeroShotClassifier(encoder, weights, LOGIT_SCALE), protocol.precision).eval()
+    work = BatchWork(classifier, plan, protocol, folder, encoder.image_size, acc.device)
+    mine = list(range(acc.process_index, work.num_batches, acc.num_processes))
+    if acc.is_main_process:
+        logger.info("%s on %s: %d batches of %d over %d process(es)", model, name, work.num_batches,
+                    protocol.batch_size, acc.num_processes)
+    started: list = []
+
+    def progress(position: int, total: int, seconds: float) -> None:
+        if not acc.is_main_process:
+            return
+        if not run_state["eta_logged"]:  # once per run, after its first computed batch
+            run_state["eta_logged"] = True
+            _whole_run_eta(classifier, seconds, run_state["work_left"], acc.num_processes)
+        _eta(f"{slug(model)} / {name}", position, total, seconds, started)
+
+    records = work.run(mine, progress)
+    gathered = gather_object(records) if acc.num_processes > 1 else records
+    result = summarise(gathered, plan, protocol)
+    if acc.is_main_process:
+        write_json(result, folder / "result.json")
+        rob = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result["robust_top1"].items())
+        logger.info("%s on %s: clean %.1f%% (%d images), robust %s (%d images)", model, name,
+                    100 * result["clean_top1"], result["clean_images"], rob, result["robust_images"])
+    return result
+
+
+__all__ = ["make_accelerator", "run_benchmark"]

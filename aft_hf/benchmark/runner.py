@@ -1,0 +1,217 @@
+"""Run the benchmark: models x datasets, batches sharded across processes, resumable per batch.
+
+Sharding: batch b (images ``b*B .. (b+1)*B`` of the split) belongs to process ``b % P``. Its attack
+randomness is seeded by (seed, b, budget), so a batch gives the same verdicts whichever process runs
+it and however many there are. Each finished batch is written to
+``OUT/state/<model>/<dataset>/batch_<b>.json`` at once (a killed run redoes at most the batches in
+flight; a resumed run may use another number of processes); the per-batch records are gathered on the
+main process, which writes ``result.json`` of the dataset and the reports. The state folder must be
+shared by the processes (one machine, or a shared file system).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .errors import BenchmarkError
+from .protocol import Protocol, budget_key, robust_verdicts
+from .suites import PROTOCOL_ROBUST_IMAGES, SuiteDataset, known_dataset
+from .wds import WdsDataset
+
+logger = logging.getLogger(__name__)
+LOGIT_SCALE = 100.0
+"""The protocol's logits: 100 * cos(image, class) for every model, whatever its own logit scale."""
+STATE_DIR = "state"
+SETTINGS_FILE = "settings.json"
+
+
+@dataclass(frozen=True)
+class DatasetRequest:
+    """A dataset to run: the reference given (Hub id or folder), its short name, protocol sample size."""
+
+    ref: str
+    name: str
+    protocol_robust_images: int = PROTOCOL_ROBUST_IMAGES
+    in_average: bool = True
+
+    @classmethod
+    def from_suite(cls, d: SuiteDataset) -> "DatasetRequest":
+        return cls(d.hub_id, d.name, d.robust_images, d.in_average)
+
+    @classmethod
+    def from_ref(cls, ref: str) -> "DatasetRequest":
+        known = known_dataset(ref)
+        if known is not None:
+            return cls.from_suite(known)
+        name = ref.rstrip("/").replace("\\", "/").split("/")[-1]
+        return cls(ref, name.removeprefix("wds_") or ref)
+
+
+def write_json(obj, path: Path) -> None:
+    """Atomically (temp file + rename), so a kill never leaves half a file to resume from."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Optional[dict]:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+@dataclass
+class DatasetPlan:
+    """What one dataset costs: images for clean accuracy, images attacked, steps per surviving image."""
+
+    request: DatasetRequest
+    data: WdsDataset
+    clean_images: int
+    robust_images: int
+    targets: int
+    steps_per_image: int
+
+    @property
+    def worst_steps(self) -> int:
+        return self.robust_images * self.steps_per_image
+
+
+def plan_dataset(request: DatasetRequest, data: WdsDataset, protocol: Protocol) -> DatasetPlan:
+    n_clean = min(len(data), protocol.clean_images or len(data))
+    wanted = protocol.robust_images or request.protocol_robust_images
+    n_robust = min(wanted, n_clean)
+    return DatasetPlan(request, data, n_clean, n_robust, protocol.targets_for(len(data.classnames)),
+                       protocol.steps_per_image(len(data.classnames)))
+
+
+def cost_lines(plans: Sequence[DatasetPlan], protocol: Protocol, num_models: int) -> list[str]:
+    """The work a run implies, printed before it starts: images and attack gradient steps per dataset."""
+    lines = [f"{'dataset':<20} {'images':>8} {'attacked':>9} {'targets':>7} {'steps/img/eps':>13} "
+             f"{'worst-case steps':>17}"]
+    total = 0
+    for p in plans:
+        steps = p.worst_steps * len(protocol.eps)
+        total += steps
+        lines.append(f"{p.request.name:<20} {p.clean_images:>8} {p.robust_images:>9} {p.targets:>7} "
+                     f"{p.steps_per_image:>13} {steps:>17,}")
+    lines.append(f"total per model: {total:,} gradient steps at most (forward+backward of the image encoder; "
+                 f"an image stops being attacked once fooled); {num_models} model(s), budgets "
+                 f"{', '.join(budget_key(e) for e in protocol.eps)}")
+    return lines
+
+
+class BatchWork:
+    """The batches of one (model, dataset): computes, saves and loads per-batch records."""
+
+    def __init__(self, classifier: torch.nn.Module, plan: DatasetPlan, protocol: Protocol, folder: Path,
+                 image_size: int, device: torch.device):
+        self.classifier, self.plan, self.protocol = classifier, plan, protocol
+        self.folder, self.size, self.device = folder, image_size, device
+        self.num_batches = math.ceil(plan.clean_images / protocol.batch_size)
+
+    def path(self, b: int) -> Path:
+        return self.folder / f"batch_{b:06d}.json"
+
+    def bounds(self, b: int) -> tuple[int, int]:
+        s = b * self.protocol.batch_size
+        return s, min(s + self.protocol.batch_size, self.plan.clean_images)
+
+    def compute(self, b: int) -> dict:
+        """Batch ``b``'s record: labels, clean predictions and top-5 hits, per budget the robust verdicts."""
+        s, e = self.bounds(b)
+        images = self.plan.data.images(s, e, self.size).to(self.device)
+        labels = self.plan.data.labels(s, e).to(self.device)
+        with torch.no_grad():
+            logits = self.classifier(images)
+        k = min(5, logits.shape[1])
+        top5 = (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
+        pred = logits.argmax(dim=1)
+        record = {"batch": b, "start": s, "stop": e, "labels": labels.tolist(), "pred": pred.tolist(),
+                  "top5": top5.tolist(), "robust": {}}
+        n_att = max(0, min(e, self.plan.robust_images) - s)
+        if n_att:
+            x, y = images[:n_att], labels[:n_att]
+            alive = pred[:n_att] == y
+            for i, eps in enumerate(sorted(self.protocol.eps)):
+                seed = (self.protocol.seed * 1_000_003 + b) * 101 + i
+                verdict = robust_verdicts(self.classifier, x, y, alive, eps, self.protocol, seed)
+                record["robust"][budget_key(eps)] = verdict.tolist()
+                if self.protocol.nested:
+                    alive = verdict
+        return record
+
+    def run(self, mine: Sequence[int], progress: Callable[[int, int, float], None]) -> list[dict]:
+        """Records of the batches ``mine``: saved ones loaded, the others computed and saved one by one;
+        ``progress(position, len(mine), seconds)`` after each computed batch."""
+        records = []
+        for i, b in enumerate(mine):
+            saved = read_json(self.path(b))
+            if saved is None:
+                start = time.perf_counter()
+                saved = self.compute(b)
+                write_json(saved, self.path(b))
+                progress(i + 1, len(mine), time.perf_counter() - start)
+            records.append(saved)
+        return records
+
+
+def summarise(records: Sequence[dict], plan: DatasetPlan, protocol: Protocol) -> dict:
+    """The dataset's numbers from its per-batch records (every batch once, in order; checked)."""
+    records = sorted(records, key=lambda r: r["batch"])
+    expected = math.ceil(plan.clean_images / protocol.batch_size)
+    if [r["batch"] for r in records] != list(range(expected)):
+        raise BenchmarkError(f"{plan.request.name}: gathered batches {[r['batch'] for r in records]}, "
+                             f"expected 0..{expected - 1}")
+    labels = [y for r in records for y in r["labels"]]
+    pred = [p for r in records for p in r["pred"]]
+    top5 = [t for r in records for t in r["top5"]]
+    correct = [p == y for p, y in zip(pred, labels)]
+    per_class: dict[int, list[bool]] = {}
+    for y, c in zip(labels, correct):
+        per_class.setdefault(y, []).append(c)
+    robust = {budget_key(e): [v for r in records for v in r["robust"].get(budget_key(e), [])]
+              for e in sorted(protocol.eps)}
+    for key, verdicts in robust.items():
+        if len(verdicts) != plan.robust_images:
+            raise BenchmarkError(f"{plan.request.name}: {len(verdicts)} verdicts at {key}, expected "
+                                 f"{plan.robust_images}")
+    n_rob = max(plan.robust_images, 1)
+    return {
+        "clean_top1": sum(correct) / len(correct),
+        "clean_top5": sum(top5) / len(top5) if len(plan.data.classnames) >= 5 else None,
+        "clean_mean_per_class_recall": sum(sum(v) / len(v) for v in per_class.values()) / len(per_class),
+        "clean_images": len(correct),
+        "robust_top1": {k: sum(v) / n_rob for k, v in robust.items()},
+        "robust_images": plan.robust_images,
+        "clean_top1_attacked_images": sum(correct[:plan.robust_images]) / n_rob,
+        "targets": plan.targets,
+        "attacks": ["APGD-CE"] + (["APGD-T"] if plan.targets else []),
+        "worst_case_steps_per_image": plan.steps_per_image,
+    }
+
+
+def check_settings(out: Path, settings: dict, write: bool = True) -> None:
+    """A resumed run must be the same run: refuse an output folder that holds other settings.
+
+    Every process checks (so that all of them stop, not only the main one); only ``write`` records them.
+    """
+    path = out / STATE_DIR / SETTINGS_FILE
+    saved = read_json(path)
+    if saved is not None and saved != settings:
+        changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        raise BenchmarkError(f"'{out}' holds a benchmark run with other settings ({', '.join(changed)}): "
+                             "resume with the same options or use another --out")
+    if saved is None and write:
+        write_json(settings, path)
+
+
+__all__ = ["BatchWork", "DatasetPlan", "DatasetRequest", "LOGIT_SCALE", "check_settings", "cost_lines",
+           "plan_dataset", "summarise"]

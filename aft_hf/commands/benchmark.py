@@ -1,0 +1,83 @@
+"""``aft-hf benchmark``: the robust zero-shot benchmark (clip_benchmark / RobustVLM protocol) of one or more
+models over a named suite or the user's webdataset copies.
+
+    aft-hf benchmark --model chs20/fare2-clip --model openai/clip-vit-large-patch14 --suite robustvlm13 --out bench/
+    accelerate launch -m aft_hf benchmark --model out/final --datasets clip-benchmark/wds_vtab-pcam --out bench/
+"""
+
+from __future__ import annotations
+
+from . import DefaultsHelpFormatter
+from ..benchmark.errors import BenchmarkError
+from ..benchmark.protocol import Protocol
+from ..benchmark.runner import DatasetRequest
+from ..benchmark.suites import SUITES, suite_datasets
+
+
+def add_subcommand(subparsers) -> None:
+    p = subparsers.add_parser(
+        "benchmark", help="the robust zero-shot benchmark (clip_benchmark / RobustVLM): 13 datasets, APGD-CE + "
+                          "APGD-T -> report.json/.md, figure, card entries",
+        description="Zero-shot accuracy, clean (whole test split) and under APGD-CE then APGD-T (first 1000 test "
+                    "images, ImageNet 5000), of one or more CLIP models over clip_benchmark webdataset copies. "
+                    "Runs under `accelerate launch` (images sharded across processes) and resumes an interrupted "
+                    "run in the same --out. Writes OUT/report.json, report.md, benchmark.png and, per model, "
+                    "card_<model>.json for `aft-hf push --report`.",
+        formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--model", action="append", required=True, help="Hub id or folder (repeat to compare models)")
+    p.add_argument("--text-model", help="full CLIP checkpoint whose text tower every model uses (default: each "
+                                        "full CLIP model its own; required for vision-only models)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--suite", action="append", choices=list(SUITES),
+                     help="named suite (repeatable: --suite robustvlm13 --suite imagenet1k)")
+    src.add_argument("--datasets", nargs="+", metavar="ID_OR_FOLDER",
+                     help="Hub ids (e.g. clip-benchmark/wds_vtab-pcam) or local folders in the clip_benchmark "
+                          "webdataset layout")
+    p.add_argument("--data-root", help="folder holding local copies named like the Hub repos (DIR/wds_cars, ...): "
+                                       "used instead of downloading; the numbers keep the Hub id")
+    p.add_argument("--split", default="test", help="split folder of the copies")
+    p.add_argument("--eps", nargs="+", type=float, default=[2.0, 4.0], help="L-inf budgets in 1/255 units")
+    p.add_argument("--iterations", type=int, default=100, help="APGD iterations per run")
+    p.add_argument("--ce-restarts", type=int, default=5, help="APGD-CE runs (the reference's AutoAttack 'custom')")
+    p.add_argument("--t-restarts", type=int, default=1, help="APGD-T runs per target class")
+    p.add_argument("--targets", type=int, default=9, help="APGD-T target classes (none for 2-class datasets)")
+    p.add_argument("--robust-images", type=int,
+                   help="images attacked per dataset (default: the protocol's, 1000; ImageNet 5000)")
+    p.add_argument("--clean-images", type=int, help="images for clean accuracy (default: the whole test split)")
+    p.add_argument("--nested-eps", action="store_true",
+                   help="attack each budget only on the images robust at the smaller one (cheaper; not the "
+                        "protocol's)")
+    p.add_argument("--batch-size", type=int, default=50, help="images per batch (the protocol's 50)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the image encoder (recorded; not the "
+                                                       "protocol's)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the attacks' random starts")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: CUDA when available (under accelerate launch, each process its own GPU)")
+    p.add_argument("--out", required=True, help="output folder (a run in it is resumed)")
+    p.set_defaults(func=_cli_benchmark)
+
+
+def _requests(args) -> list[DatasetRequest]:
+    if args.suite:
+        return [DatasetRequest.from_suite(d) for d in suite_datasets(args.suite)]
+    return [DatasetRequest.from_ref(ref) for ref in args.datasets]
+
+
+def _cli_benchmark(args, extra) -> int:
+    from ..benchmark.run import run_benchmark
+
+    protocol = Protocol(eps=tuple(args.eps), iterations=args.iterations, ce_restarts=args.ce_restarts,
+                        t_restarts=args.t_restarts, targets=args.targets, robust_images=args.robust_images,
+                        clean_images=args.clean_images, nested=args.nested_eps,
+                        precision="bf16" if args.bf16 else "fp32", batch_size=args.batch_size, seed=args.seed)
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BenchmarkError("--device cuda: no CUDA device is available here; use --device cpu (or auto)")
+    report = run_benchmark(args.model, _requests(args), args.out, protocol, args.text_model, args.data_root,
+                           args.split, args.device)
+    if report is not None and report.get("complete"):
+        print(f"report: {args.out}/report.md" + ("" if report["is_protocol"] else " (not the protocol's numbers: "
+                                                 + "; ".join(report["deviations"]) + ")"))
+    return 0

@@ -1,0 +1,432 @@
+"""aft-hf benchmark on tiny local copies of the clip_benchmark webdataset layout (written here)."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aft_hf.benchmark import BenchmarkError, DatasetRequest, Protocol, open_wds, run_benchmark
+from aft_hf.benchmark import protocol as protocol_mod
+from aft_hf.benchmark.suites import SUITES, suite_datasets
+from aft_hf.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+CHEAP = dict(iterations=3, ce_restarts=1, t_restarts=1, targets=2, batch_size=4)
+
+
+def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tf.addfile(info, io.BytesIO(data))
+
+
+def _image_bytes(rng: np.random.Generator, fmt: str) -> bytes:
+    img = Image.fromarray((rng.random((20 + int(rng.integers(0, 12)), 24, 3)) * 255).astype("uint8"))
+    buf = io.BytesIO()
+    img.save(buf, format={"jpg": "jpeg"}.get(fmt, fmt), **({"lossless": True} if fmt == "webp" else {}))
+    return buf.getvalue()
+
+
+def write_wds(root: Path, classnames, shard_types, per_shard: int = 5, seed: int = 0, split: str = "test",
+              templates=("a photo of a {c}.", "a blurry photo of the {c}.")) -> Path:
+    """A clip_benchmark webdataset copy: classnames, templates, {split}/nshards.txt, {split}/{i}.tar."""
+    rng = np.random.default_rng(seed)
+    (root / split).mkdir(parents=True, exist_ok=True)
+    (root / "classnames.txt").write_text("\n".join(classnames) + "\n")
+    (root / "zeroshot_classification_templates.txt").write_text("\n".join(templates) + "\n")
+    (root / split / "nshards.txt").write_text(f"{len(shard_types)}\n")
+    index = 0
+    for s, fmt in enumerate(shard_types):
+        with tarfile.open(root / split / f"{s}.tar", "w") as tf:
+            for _ in range(per_shard):
+                key = f"s{index:07d}"
+                _add(tf, f"{key}.{fmt}", _image_bytes(rng, fmt))
+                _add(tf, f"{key}.cls", str(int(rng.integers(0, len(classnames)))).encode())
+                index += 1
+    return root
+
+
+@pytest.fixture(scope="module")
+def copies(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wds")
+    three = write_wds(root / "wds_three", ["cat", "dog", "bird"], ["png", "webp", "png"], seed=1)
+    binary = write_wds(root / "wds_binary", ["lymph node", "tumour"], ["webp", "jpg"], per_shard=4, seed=2)
+    return three, binary
+
+
+def _direct_accuracy(model_path, folder) -> float:
+    """Clean zero-shot top-1 by hand: every tar member decoded here, classifier built from the files."""
+    from aft_hf.data.images import preprocess
+    from aft_hf.explain.targets import load_text_tower
+    from aft_hf.model import load_image_encoder
+
+    enc = load_image_encoder(str(model_path)).eval()
+    tower = load_text_tower(str(model_path))
+    names = (folder / "classnames.txt").read_text().split("\n")[:-1]
+    templates = [t.replace("{c}", "{}") for t in (folder / "zeroshot_classification_templates.txt").read_text().split("\n")[:-1]]
+    weights = []
+    for n in names:
+        e = tower.encode([t.format(n) for t in templates])
+        e = e / e.norm(dim=-1, keepdim=True)
+        m = e.mean(0)
+        weights.append(m / m.norm())
+    weights = torch.stack(weights)
+    images, labels = [], []
+    n = int((folder / "test" / "nshards.txt").read_text())
+    for s in range(n):
+        with tarfile.open(folder / "test" / f"{s}.tar") as tf:
+            members = {m.name: tf.extractfile(m).read() for m in tf}
+        for name in sorted(k for k in members if not k.endswith(".cls")):
+            images.append(preprocess(members[name], enc.image_size))
+            labels.append(int(members[name.split(".")[0] + ".cls"]))
+    with torch.no_grad():
+        emb = enc(torch.stack(images))
+        logits = 100 * (emb / emb.norm(dim=-1, keepdim=True)) @ weights.T
+    return int((logits.argmax(1) == torch.tensor(labels)).sum()) / len(labels)
+
+
+def test_reads_every_image_across_image_types(copies):
+    three, binary = copies
+    ds = open_wds(str(three))
+    assert len(ds) == 15 and ds.image_types == {"png": 10, "webp": 5}
+    assert ds.templates == ["a photo of a {}.", "a blurry photo of the {}."]
+    assert ds.images(0, 15, 16).shape == (15, 3, 16, 16)  # webp shard included, in shard order
+    assert list(ds.table["__key__"]) == [f"s{i:07d}" for i in range(15)]
+    assert open_wds(str(binary)).image_types == {"webp": 4, "jpg": 4}
+
+
+def test_incomplete_copies_fail_loudly(tmp_path):
+    bad = write_wds(tmp_path / "missing", ["a", "b", "c"], ["png", "png"])
+    with tarfile.open(bad / "test" / "1.tar", "a") as tf:  # a label whose image is gone
+        _add(tf, "s0000099.cls", b"1")
+    with pytest.raises(BenchmarkError, match="label but no image"):
+        open_wds(str(bad))
+    mixed = write_wds(tmp_path / "mixed", ["a", "b", "c"], ["png"])
+    with tarfile.open(mixed / "test" / "0.tar", "a") as tf:
+        _add(tf, "s0000050.webp", _image_bytes(np.random.default_rng(0), "webp"))
+        _add(tf, "s0000050.cls", b"0")
+    with pytest.raises(BenchmarkError, match="mixes image types"):
+        open_wds(str(mixed))
+    short = write_wds(tmp_path / "short", ["a", "b", "c"], ["png", "png"])
+    (short / "test" / "nshards.txt").write_text("3\n")
+    with pytest.raises(BenchmarkError, match="shard test/2.tar is missing"):
+        open_wds(str(short))
+    broken = write_wds(tmp_path / "broken", ["a", "b"], ["png"])
+    with tarfile.open(broken / "test" / "0.tar", "a") as tf:
+        _add(tf, "s0000077.png", b"not an image")
+        _add(tf, "s0000077.cls", b"1")
+    ds = open_wds(str(broken))
+    assert len(ds) == 6
+    with pytest.raises(BenchmarkError, match="image of sample 's0000077' cannot be decoded"):
+        ds.images(0, 6, 16)
+    labels = write_wds(tmp_path / "labels", ["a", "b"], ["png"])
+    (labels / "classnames.txt").write_text("a\n")
+    with pytest.raises(BenchmarkError, match="labels outside"):
+        open_wds(str(labels))
+
+
+def test_suite_registry_carries_the_reference_ids():
+    ids = [d.hub_id for d in SUITES["robustvlm13"]]
+    assert len(ids) == 13 and len(set(ids)) == 13
+    assert {"clip-benchmark/wds_vtab-cifar10", "clip-benchmark/wds_vtab-pcam", "clip-benchmark/wds_cars",
+            "clip-benchmark/wds_fgvc_aircraft", "clip-benchmark/wds_imagenet_sketch"} <= set(ids)
+    both = suite_datasets(["robustvlm13", "imagenet1k"])
+    assert both[-1].robust_images == 5000 and not both[-1].in_average
+    assert DatasetRequest.from_ref("clip-benchmark/wds_imagenet1k").protocol_robust_images == 5000
+    with pytest.raises(BenchmarkError, match="unknown suite"):
+        suite_datasets(["nope"])
+
+
+def test_protocol_settings_and_deviations():
+    p = Protocol()
+    assert p.deviations() == [] and p.eps == (2.0, 4.0)
+    assert p.targets_for(2) == 0 and p.targets_for(3) == 2 and p.targets_for(100) == 9
+    assert p.steps_per_image(100) == 100 * (5 + 9) and p.steps_per_image(2) == 500
+    assert "iterations 3 (protocol 100)" in Protocol(iterations=3).deviations()
+    with pytest.raises(BenchmarkError, match="--iterations must be >= 1"):
+        Protocol(iterations=0)
+
+
+def _strip(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k not in ("created", "launch")}
+
+
+def test_benchmark_end_to_end(copies, tiny_clip_path, tmp_path, monkeypatch, single_thread, caplog):
+    three, binary = copies
+    runs = []
+    real = protocol_mod.apgd
+
+    def spy(forward, images, labels, eps, norm, iterations, loss, target, generator=None):
+        runs.append((loss.__name__, len(images)))
+        return real(forward, images, labels, eps, norm, iterations, loss, target, generator=generator)
+
+    monkeypatch.setattr(protocol_mod, "apgd", spy)
+    requests = [DatasetRequest.from_ref(str(three)), DatasetRequest.from_ref(str(binary))]
+    protocol = Protocol(eps=(2, 8), robust_images=6, **CHEAP)
+    printed = []
+    with caplog.at_level("INFO", logger="aft_hf.benchmark"):
+        report = run_benchmark([str(tiny_clip_path)], requests, tmp_path / "out", protocol, print_fn=printed.append)
+    assert "three: first batch took" in caplog.text and "remaining batches: about" in caplog.text  # the ETA
+    assert caplog.text.count("the rest of the run") == 1  # once, after the run's first batch
+    res = report["results"][str(tiny_clip_path)]
+    # clean accuracy over the whole split equals a direct computation from the tars
+    assert res["three"]["clean_top1"] == pytest.approx(_direct_accuracy(tiny_clip_path, three), abs=1e-9)
+    assert res["binary"]["clean_top1"] == pytest.approx(_direct_accuracy(tiny_clip_path, binary), abs=1e-9)
+    assert res["three"]["clean_images"] == 15 and res["three"]["robust_images"] == 6
+    # the binary dataset: APGD-CE only (the spy saw no targeted run for it), recorded
+    assert res["binary"]["targets"] == 0 and res["binary"]["attacks"] == ["APGD-CE"]
+    assert res["three"]["targets"] == 2 and res["three"]["attacks"] == ["APGD-CE", "APGD-T"]
+    assert any(name == "targeted_dlr_loss" for name, _ in runs)
+    # robust never above clean on the attacked images
+    for r in res.values():
+        assert all(v <= r["clean_top1_attacked_images"] + 1e-9 for v in r["robust_top1"].values())
+    # cost printed first; outputs written; every setting recorded; not the protocol: said so
+    assert "worst-case steps" in printed[0] and any(line.startswith("three") for line in printed)
+    out = tmp_path / "out"
+    for name in ("report.json", "report.md", "benchmark.png"):
+        assert (out / name).is_file()
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["protocol"]["iterations"] == 3 and saved["is_protocol"] is False and saved["complete"]
+    assert any("iterations 3" in d for d in saved["deviations"])
+    assert any("6 images attacked (protocol 1000)" in d for d in saved["deviations"])
+    md = (out / "report.md").read_text()
+    assert "Not the protocol's numbers" in md and "| three |" in md and "average (2 datasets)" in md
+    avg = saved["average"][str(tiny_clip_path)]["clean_top1"]
+    assert avg == pytest.approx((res["three"]["clean_top1"] + res["binary"]["clean_top1"]) / 2)
+
+
+def test_binary_dataset_runs_no_targeted_attack(monkeypatch):
+    seen = []
+
+    def fake_apgd(forward, images, labels, eps, norm, iterations, loss, target, generator=None):
+        seen.append(loss.__name__)
+        return images, torch.zeros(len(images), dtype=torch.bool)  # never fooled: every run happens
+
+    monkeypatch.setattr(protocol_mod, "apgd", fake_apgd)
+    def clf(classes):
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, classes))
+
+    x, y, alive = torch.rand(3, 3, 4, 4), torch.tensor([0, 1, 0]), torch.ones(3, dtype=torch.bool)
+    protocol_mod.robust_verdicts(clf(2), x, y, alive, 4, Protocol(**CHEAP), seed=0)
+    assert seen == ["ce_loss"]  # ce_restarts=1, and no targeted run with 2 classes
+    seen.clear()
+    protocol_mod.robust_verdicts(clf(3), x, y, alive, 4, Protocol(**CHEAP), seed=0)
+    assert seen == ["ce_loss", "targeted_dlr_loss", "targeted_dlr_loss"]
+    seen.clear()
+    protocol_mod.robust_verdicts(clf(10), x, y, alive, 4, Protocol(iterations=1), seed=0)
+    assert seen == ["ce_loss"] * 5 + ["targeted_dlr_loss"] * 9  # the reference's AutoAttack 'custom'
+
+
+def test_killed_run_resumes_to_the_same_report(copies, tiny_clip_path, tmp_path, monkeypatch, single_thread):
+    three, binary = copies
+    requests = [DatasetRequest.from_ref(str(three)), DatasetRequest.from_ref(str(binary))]
+    protocol = Protocol(eps=(4,), robust_images=6, **CHEAP)
+    full = run_benchmark([str(tiny_clip_path)], requests, tmp_path / "full", protocol, print_fn=lambda s: None)
+
+    from aft_hf.benchmark import runner
+    real, calls = runner.BatchWork.compute, []
+
+    def dies_on_the_sixth_batch(self, b):
+        calls.append(b)
+        if len(calls) == 6:  # the first dataset (4 batches) is done, the second half-way
+            raise KeyboardInterrupt
+        return real(self, b)
+
+    monkeypatch.setattr(runner.BatchWork, "compute", dies_on_the_sixth_batch)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark([str(tiny_clip_path)], requests, tmp_path / "cut", protocol, print_fn=lambda s: None)
+    partial = json.loads((tmp_path / "cut" / "report.json").read_text())
+    assert not partial["complete"] and "three" in partial["results"][str(tiny_clip_path)]
+    monkeypatch.setattr(runner.BatchWork, "compute", lambda self, b: calls.append(b) or real(self, b))
+    resumed = run_benchmark([str(tiny_clip_path)], requests, tmp_path / "cut", protocol, print_fn=lambda s: None)
+    assert calls[6:] == [1]  # only the batch in flight was redone (batch 0 of binary was saved)
+    assert _strip(resumed) == _strip(full)
+    with pytest.raises(BenchmarkError, match="other settings"):
+        run_benchmark([str(tiny_clip_path)], requests, tmp_path / "cut", Protocol(eps=(2,), robust_images=6, **CHEAP),
+                      print_fn=lambda s: None)
+
+
+def test_card_entries_per_dataset(copies, tiny_clip_path, tmp_path, single_thread):
+    """With --data-root, a local copy keeps its Hub id, so push puts model-index entries per dataset."""
+    import shutil
+
+    from aft_hf.card import build_model_card
+
+    three, binary = copies
+    root = tmp_path / "mirror"
+    shutil.copytree(three, root / "wds_vtab-cifar10")
+    shutil.copytree(binary, root / "wds_vtab-pcam")
+    code = main(["benchmark", "--model", str(tiny_clip_path), "--datasets", "clip-benchmark/wds_vtab-cifar10",
+                 "clip-benchmark/wds_vtab-pcam", "--data-root", str(root), "--eps", "4", "--iterations", "2",
+                 "--ce-restarts", "1", "--targets", "2", "--robust-images", "4", "--batch-size", "8",
+                 "--device", "cpu", "--out", str(tmp_path / "b")])
+    assert code == 0
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    card_file = tmp_path / "b" / report["card_reports"][str(tiny_clip_path)]
+    card = build_model_card(tiny_clip_path, "me/model", report=json.loads(card_file.read_text()))
+    text = str(card)
+    assert "Measured with `aft-hf benchmark`" in text and "No evaluation is reported" not in text
+    assert text.count("## Evaluation") == 1 and "### clip-benchmark/wds_vtab-pcam" in text
+    results = card.data.eval_results
+    pcam = [r for r in results if r.dataset_name == "clip-benchmark/wds_vtab-pcam"]
+    assert {r.metric_type for r in pcam} == {"accuracy", "robust_accuracy"}
+    assert all("APGD-CE, L-inf, not the protocol's" in r.metric_name for r in pcam if r.metric_type != "accuracy")
+    from aft_hf.hub import prepare_hub_folder  # what `aft-hf push --report card_<model>.json` builds
+
+    hub = prepare_hub_folder(tiny_clip_path, tmp_path / "hub", "me/model", card_file)
+    assert "### clip-benchmark/wds_vtab-cifar10" in (hub / "README.md").read_text()
+    assert (hub / "assets" / "benchmark.png").is_file()
+    cifar = [r for r in results if r.dataset_name == "clip-benchmark/wds_vtab-cifar10"]
+    assert any("APGD-CE+APGD-T" in r.metric_name and r.metric_value == report["results"][str(tiny_clip_path)]
+               ["cifar10"]["robust_top1"]["4/255"] for r in cifar)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(copies, tiny_clip_path, tmp_path, single_thread):
+    three, binary = copies
+    common = ["benchmark", "--model", str(tiny_clip_path), "--datasets", str(three), str(binary), "--eps", "4",
+              "--iterations", "3", "--ce-restarts", "1", "--targets", "2", "--robust-images", "6",
+              "--batch-size", "4", "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0  # one process: this one
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--main_process_port", "0", "-m", "aft_hf"]
+    two = subprocess.run(launcher + common + ["--out", str(tmp_path / "two")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = json.loads((tmp_path / "one" / "report.json").read_text())
+    b = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert a["launch"]["num_processes"] == 1 and b["launch"]["num_processes"] == 2
+    assert _strip(a) == _strip(b)
+    # the per-image verdicts too, batch by batch
+    for f in (tmp_path / "one" / "state").rglob("batch_*.json"):
+        assert json.loads(f.read_text()) == json.loads((tmp_path / "two" / f.relative_to(tmp_path / "one")).read_text())
+
+
+def _tested_commands(doc: Path) -> list[str]:
+    """The commands of the bash blocks that follow a ``<!-- tested: ... -->`` marker in the doc."""
+    import re
+
+    blocks = re.findall(r"<!-- tested: [^>]*-->\s*```bash\n(.*?)```", doc.read_text(), flags=re.S)
+    return [line for block in blocks for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def test_docs_examples_run(copies, tmp_path, monkeypatch, single_thread):
+    """docs/benchmark.md: the commands marked as tested run offline on tiny copies; the others need the Hub/GPU."""
+    import shlex
+    import shutil
+
+    three, binary = copies
+    shutil.copytree(three, tmp_path / "mirror" / "wds_vtab-cifar10")
+    shutil.copytree(binary, tmp_path / "mirror" / "wds_vtab-pcam")
+    monkeypatch.chdir(tmp_path)
+    commands = _tested_commands(REPO / "docs" / "benchmark.md")
+    assert len(commands) == 2
+    stamps = None
+    for command in commands:
+        argv = shlex.split(command)
+        assert argv[0] == "aft-hf"
+        assert main(argv[1:]) == 0, command
+        saved = {p: p.stat().st_mtime_ns for p in (tmp_path / "bench_small" / "state").rglob("*.json")}
+        assert stamps is None or saved == stamps  # the second run resumed: nothing recomputed
+        stamps = saved
+    report = json.loads((tmp_path / "bench_small" / "report.json").read_text())
+    assert report["complete"] and [d["hub_id"] for d in report["datasets"]] == [
+        "clip-benchmark/wds_vtab-cifar10", "clip-benchmark/wds_vtab-pcam"]
+    assert not list((tmp_path / "bench_small" / "state").rglob("*.tmp"))
+
+
+def test_hub_dataset_offline_is_one_line(tiny_clip_path, tmp_path, capsys):
+    code = main(["benchmark", "--model", str(tiny_clip_path), "--datasets", "clip-benchmark/wds_vtab-pets",
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "could not download 'classnames.txt' of the dataset 'clip-benchmark/wds_vtab-pets'" in err
+    assert "--data-root" in err
+
+
+def test_nested_budgets_attack_only_the_survivors(copies, tiny_clip_path, tmp_path, monkeypatch, single_thread):
+    _, binary = copies
+    attacked = {}
+    real = protocol_mod.apgd
+
+    def spy(forward, images, labels, eps, *args, **kw):
+        attacked.setdefault(round(eps * 255), []).append(len(images))
+        return real(forward, images, labels, eps, *args, **kw)
+
+    monkeypatch.setattr(protocol_mod, "apgd", spy)
+    protocol = Protocol(eps=(1, 8), robust_images=8, nested=True, **{**CHEAP, "batch_size": 8})
+    report = run_benchmark([str(tiny_clip_path)], [DatasetRequest.from_ref(str(binary))], tmp_path / "n", protocol,
+                           print_fn=lambda s: None)
+    record = json.loads(next((tmp_path / "n" / "state").rglob("batch_000000.json")).read_text())
+    survivors = sum(record["robust"]["1/255"])
+    assert attacked.get(8, []) == ([survivors] if survivors else [])  # only the images robust at 1/255
+    assert all(a >= b for a, b in zip(record["robust"]["1/255"], record["robust"]["8/255"]))
+    assert any("nested budgets" in d for d in report["deviations"])
+
+
+def test_bf16_is_recorded_and_returns_float32_logits():
+    assert "precision bf16 (protocol fp32)" in Protocol(precision="bf16").deviations()
+    forward = protocol_mod.PrecisionForward(torch.nn.Linear(4, 3), "bf16")
+    assert forward(torch.rand(2, 4)).dtype == torch.float32
+    with pytest.raises(BenchmarkError, match="precision"):
+        Protocol(precision="fp16")
+
+
+def test_markdown_has_a_row_per_dataset_the_average_and_the_difference_between_models():
+    from aft_hf.benchmark.report import build_report, markdown
+
+    protocol = Protocol()
+    datasets = [{"name": n, "in_average": n != "imagenet1k", "hub_id": f"clip-benchmark/wds_{n}", "local_dir": None,
+                 "split": "test", "clean_images": 10, "robust_images": 10, "classes": 10, "templates": 1,
+                 "image_types": {"webp": 10}, "deviations": []} for n in ("cifar10", "pets", "imagenet1k")]
+
+    def result(clean, r2, r4):
+        return {"clean_top1": clean, "clean_top5": None, "robust_top1": {"2/255": r2, "4/255": r4},
+                "targets": 9, "robust_images": 10, "clean_images": 10}
+
+    results = {"base": {"cifar10": result(0.9, 0.1, 0.0), "pets": result(0.8, 0.3, 0.1), "imagenet1k": result(0.7, 0, 0)},
+               "fare": {"cifar10": result(0.8, 0.5, 0.3), "pets": result(0.7, 0.4, 0.2), "imagenet1k": result(0.6, .2, .1)}}
+    report = build_report(["base", "fare"], None, protocol, datasets, results, {"num_processes": 1, "device": "cpu"})
+    assert report["is_protocol"] and report["complete"]
+    assert report["average"]["fare"]["clean_top1"] == pytest.approx(0.75)  # ImageNet not in the average
+    md = markdown(report)
+    assert "| cifar10 | 90.0 | 10.0 | 0.0 | 80.0 | 50.0 | 30.0 | -10.0 | +40.0 | +30.0 |" in md
+    assert "| **average (2 datasets)** | 85.0 | 20.0 | 5.0 | 75.0 | 45.0 | 25.0 | -10.0 | +25.0 | +20.0 |" in md
+    assert "imagenet1k (not in average)" in md and "`fare` - `base` clean" in md
+    assert "follow the protocol" in md
+    from aft_hf.benchmark.report import card_report
+
+    subs = card_report(report, "fare")["reports"]
+    assert [r["dataset"] for r in subs] == ["clip-benchmark/wds_cifar10", "clip-benchmark/wds_pets",
+                                            "clip-benchmark/wds_imagenet1k"]
+    attack = subs[0]["metrics"]["robust_attack"]
+    assert attack["name"] == "APGD-CE+APGD-T, L-inf" and attack["protocol"] == "clip_benchmark/RobustVLM"
+    assert "zeroshot_top5" not in subs[0]["metrics"]  # no number, no entry
+
+
+@pytest.mark.parametrize("targets", [0, 3])
+def test_protocol_attack_is_the_packages_apgd_ce_then_apgd_t(targets):
+    """With one restart of each, the benchmark's sequence of runs gives apgd_robust's verdicts image for image
+    (apgd_robust is the one cross-checked against AutoAttack in test_apgd.py)."""
+    from aft_hf.evaluate.apgd import apgd_robust
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 6, 5))
+    x, y = torch.rand(24, 3, 6, 6), torch.randint(0, 5, (24,))
+    with torch.no_grad():
+        alive = model(x).argmax(1) == y
+    protocol = Protocol(iterations=5, ce_restarts=1, t_restarts=1, targets=targets)
+    for eps in (2, 16):
+        ours = protocol_mod.robust_verdicts(model, x, y, alive, eps, protocol, seed=7)
+        ref = apgd_robust(model, x, y, eps / 255, "linf", 5, restarts=1, targets=targets, seed=7)
+        assert torch.equal(ours, ref)
+    assert 0 < int(ours.sum()) < int(alive.sum())  # the attack did something, and not everything
