@@ -312,10 +312,10 @@ def test_two_processes_equal_one(copies, tiny_clip_path, tmp_path, single_thread
 
 
 def _tested_commands(doc: Path) -> list[str]:
-    """The commands of the bash blocks that follow a ``<!-- tested: ... -->`` marker in the doc."""
+    """The commands of the bash blocks that follow a ``<!-- tested-by: ... -->`` marker in the doc."""
     import re
 
-    blocks = re.findall(r"<!-- tested: [^>]*-->\s*```bash\n(.*?)```", doc.read_text(), flags=re.S)
+    blocks = re.findall(r"<!-- tested-by: [^>]*-->\s*```bash\n(.*?)```", doc.read_text(), flags=re.S)
     return [line for block in blocks for line in block.replace("\\\n", " ").splitlines() if line.strip()]
 
 
