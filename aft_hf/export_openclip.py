@@ -26,6 +26,7 @@ from torch import Tensor
 
 from .convert import ARCHS, VitGeometry, arch_geometry
 from .errors import AftError
+from .files import respect_umask
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +205,7 @@ def export_open_clip(folder: Union[str, Path], out: Union[str, Path], arch: str 
     os.close(fd)
     try:
         save_file(state, tmp, metadata={"format": "pt", "writer": WRITER, "source": folder.name})
+        respect_umask(tmp)  # mkstemp and safetensors make 0600 files
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
