@@ -24,6 +24,7 @@ from typing import Optional, Sequence, Union
 from huggingface_hub import HfApi, get_token
 
 from .errors import AftError
+from .files import WEIGHTS_HASH_KEY, folder_weights_sha256
 from .outputs import MARKER, OutputError, check_output_dir, discard, replace_dir, staging_dir, write_marker
 
 
@@ -62,9 +63,20 @@ def load_report(path: Union[str, Path]) -> dict:
 
 
 def check_report(report: dict, name: str = "the report") -> None:
-    """Refuse anything that is not an evaluate report (e.g. a train_summary.json) before it reaches the card."""
+    """Refuse anything that is not an evaluate report (e.g. a train_summary.json) before it reaches the card.
+
+    A report of several models (``{"reports": [...]}``, written by ``aft-hf evaluate`` with several
+    ``--model``) is checked row by row.
+    """
     from .constants import REPORT_SCHEMA_VERSION as SCHEMA_VERSION
 
+    if isinstance(report.get("reports"), list) and "metrics" not in report:
+        if not report["reports"] or not all(isinstance(r, dict) for r in report["reports"]):
+            raise HubError(f"'{name}' has an empty or malformed 'reports' list: pass a report.json written by "
+                           "`aft-hf evaluate`")
+        for row in report["reports"]:
+            check_report(row, name)
+        return
     if "schema_version" not in report or not isinstance(report.get("metrics"), dict):
         found = ", ".join(map(str, list(report)[:8])) or "nothing"
         raise HubError(f"'{name}' is not an `aft-hf evaluate` report (it needs 'schema_version' and a 'metrics' "
@@ -72,6 +84,52 @@ def check_report(report: dict, name: str = "the report") -> None:
     if report["schema_version"] != SCHEMA_VERSION:
         raise HubError(f"'{name}' has report schema_version {report['schema_version']!r}; this aft_hf reads "
                        f"schema {SCHEMA_VERSION}: re-run `aft-hf evaluate` with this version")
+
+
+def _row_name(row: dict) -> str:
+    label, model = row.get("label"), row.get("model")
+    return f"{label} ({model})" if label and model and label != model else str(label or model or "?")
+
+
+def report_for_folder(report: dict, folder: Union[str, Path], allow_unverified: bool = False,
+                      name: str = "the report") -> dict:
+    """The row of ``report`` (one model's report, or ``{"reports": [...]}``) that measured ``folder``'s weights.
+
+    Rows carry the hash of the image tower they measured (``weights_sha256``, see
+    :func:`aft_hf.files.tower_weights_sha256`); only a row with this folder's hash may reach its card.
+    A report without hashes (an earlier aft_hf) is taken only with ``allow_unverified``, and then only
+    a single-model report, or the row whose ``model`` is this folder.
+    """
+    folder = Path(folder).resolve()
+    rows = report["reports"] if isinstance(report.get("reports"), list) and "metrics" not in report else [report]
+    hashed = [r for r in rows if r.get(WEIGHTS_HASH_KEY)]
+    if hashed:
+        mine = folder_weights_sha256(folder)
+        if mine is None:
+            raise HubError(f"'{folder}' holds no model.safetensors (or pytorch_model.bin): nothing to check the "
+                           f"report against")
+        matches = [r for r in hashed if r[WEIGHTS_HASH_KEY] == mine]
+        if not matches:
+            measured = "; ".join(f"{_row_name(r)} [weights {r[WEIGHTS_HASH_KEY][:12]}]" for r in hashed)
+            raise HubError(f"{name} has no row for '{folder}' (weights {mine[:12]}); it measured {measured}: "
+                           f"evaluate this folder with `aft-hf evaluate --model {folder} ...` and pass that report")
+        if len(matches) > 1:
+            logger.info("%d rows of %s measured these weights; the card shows the first (%s)", len(matches), name,
+                        _row_name(matches[0]))
+        return matches[0]
+    if not allow_unverified:
+        raise HubError(f"{name} records no weights hash (written by an aft_hf before {WEIGHTS_HASH_KEY} existed), so "
+                       f"nothing shows it measured '{folder}': re-run `aft-hf evaluate --model {folder}`, or pass "
+                       "--allow-unverified-report if you know it did")
+    if len(rows) == 1:
+        logger.warning("%s records no weights hash: its numbers go on the card of '%s' unverified", name, folder)
+        return rows[0]
+    same = [r for r in rows if r.get("model") and Path(str(r["model"])).expanduser().resolve() == folder]
+    if len(same) != 1:
+        raise HubError(f"{name} holds {len(rows)} models and no weights hashes, and no single row names '{folder}': "
+                       "pass the report.json of this model's sub-folder")
+    logger.warning("%s records no weights hash: row '%s' goes on the card unverified", name, _row_name(same[0]))
+    return same[0]
 
 
 def check_repo_id(repo_id: Optional[str]) -> None:
@@ -110,14 +168,16 @@ def _copy_figure(src: Path, out: Path) -> str:
 def prepare_hub_folder(folder: Union[str, Path], out: Union[str, Path], repo_id: Optional[str] = None,
                        report: Union[str, Path, dict, None] = None, figure: Union[str, Path, None] = None,
                        license: Optional[str] = None, overwrite: bool = False, allow_network: bool = False,
-                       tags: Sequence[str] = ()) -> Path:
+                       tags: Sequence[str] = (), allow_unverified_report: bool = False) -> Path:
     """Build the exact folder that is uploaded: weights and processor files, README.md card, report, figures.
 
     Files matching ``IGNORE_PATTERNS`` (checkpoints in progress, logs) are not copied. A report
     read from a file brings its figures (``"figures": {name: path relative to the report}``);
     ``figure`` adds a saliency figure of your own. The folder is built next to ``out`` and moved
     into place at the end, so a failure leaves ``out`` untouched; ``overwrite`` replaces only a
-    folder that aft_hf wrote (see :mod:`aft_hf.outputs`).
+    folder that aft_hf wrote (see :mod:`aft_hf.outputs`). Only the report's row that measured this
+    folder's weights reaches the card (:func:`report_for_folder`; ``allow_unverified_report`` takes a
+    report of an earlier aft_hf that records no weights hash).
     """
     folder = Path(folder).resolve()
     if not (folder / "config.json").is_file():
@@ -135,6 +195,8 @@ def prepare_hub_folder(folder: Union[str, Path], out: Union[str, Path], repo_id:
     report_dict = load_report(report) if isinstance(report, (str, Path)) else report
     if isinstance(report_dict, dict):
         check_report(report_dict)
+        report_dict = report_for_folder(report_dict, folder, allow_unverified_report,
+                                        f"the report '{report}'" if isinstance(report, (str, Path)) else "the report")
     tmp = staging_dir(out)
     try:
         _fill_hub_folder(tmp, folder, report, report_dict, figure, repo_id, license, allow_network, tags)
@@ -238,7 +300,7 @@ def push_folder(folder: Union[str, Path], repo_id: str, private: bool = False, t
 def push_model(folder: Union[str, Path], repo_id: str, report: Union[str, Path, dict, None] = None,
                figure: Union[str, Path, None] = None, private: bool = False, license: Optional[str] = None,
                token: Optional[str] = None, staging: Union[str, Path, None] = None, overwrite: bool = False,
-               tags: Sequence[str] = ()) -> str:
+               tags: Sequence[str] = (), allow_unverified_report: bool = False) -> str:
     """Build the Hub folder (card included) and upload it; what ``aft-hf push`` and training's push do.
 
     ``staging`` keeps the built folder there; by default it is built in a temporary folder.
@@ -248,9 +310,9 @@ def push_model(folder: Union[str, Path], repo_id: str, report: Union[str, Path, 
     token = require_token(token)  # fail before any work when there is no token
     if staging is not None:
         built = prepare_hub_folder(folder, staging, repo_id, report, figure, license, overwrite, allow_network=True,
-                                   tags=tags)
+                                   tags=tags, allow_unverified_report=allow_unverified_report)
         return push_folder(built, repo_id, private=private, token=token)
     with tempfile.TemporaryDirectory(prefix="aft_hf_hub_") as tmp:
         built = prepare_hub_folder(folder, Path(tmp) / "hub", repo_id, report, figure, license, allow_network=True,
-                                   tags=tags)
+                                   tags=tags, allow_unverified_report=allow_unverified_report)
         return push_folder(built, repo_id, private=private, token=token)
