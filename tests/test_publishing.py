@@ -106,3 +106,72 @@ def test_push_takes_only_the_row_of_the_pushed_weights(evaluations, world, tmp_p
     assert main([*push, "--report", str(tmp_path / "old_both.json"), "--allow-unverified-report",
                  "--out", str(tmp_path / "d")]) == 0
     assert json.loads((tmp_path / "d" / "eval_report.json").read_text())["model"] == str(tuned)
+
+
+# --------------------------------------------------------------------------- cards whose snippets run (issue 20.2)
+
+REPO = "me/tiny-aft"
+
+
+@pytest.fixture(scope="module")
+def three_kinds(tmp_path_factory, tiny_clip_path, tiny_vision_path, single_thread):
+    """Exports of a full CLIPModel, a CLIPVisionModelWithProjection and a bare CLIPVisionModel (trained on
+    patch tokens, the LLaVA case), each with the recipe the trainer writes."""
+    from transformers import CLIPImageProcessor, CLIPVisionModel
+
+    from aft_hf.model import export_pretrained, load_image_encoder
+
+    root = tmp_path_factory.mktemp("kinds")
+    bare = root / "bare_base"
+    CLIPVisionModel.from_pretrained(tiny_clip_path).save_pretrained(bare)
+    CLIPImageProcessor.from_pretrained(tiny_clip_path).save_pretrained(bare)
+    folders = {}
+    for kind, base, embedding in (("CLIPModel", tiny_clip_path, "pooled"),
+                                  ("CLIPVisionModelWithProjection", tiny_vision_path, "pooled"),
+                                  ("CLIPVisionModel", bare, "patch_tokens")):
+        cfg = TrainConfig()
+        cfg.model.name_or_path, cfg.model.embedding = str(base), embedding
+        encoder = load_image_encoder(str(base), embedding=embedding)
+        folders[kind] = export_pretrained(encoder, root / kind, extra_files={"aft_config.yaml": cfg.to_yaml()})
+    return folders
+
+
+def _python_snippets(card_text: str) -> list[str]:
+    import re
+
+    return re.findall(r"```python\n(.*?)```", card_text, flags=re.S)
+
+
+@pytest.mark.parametrize("kind", ["CLIPModel", "CLIPVisionModelWithProjection", "CLIPVisionModel"])
+def test_every_card_snippet_runs(three_kinds, kind, tmp_path, monkeypatch):
+    """Every python block of the generated card runs on the Hub folder (its repo id pointed at the folder)."""
+    import numpy as np
+    from PIL import Image
+
+    from aft_hf.hub import prepare_hub_folder
+
+    out = prepare_hub_folder(three_kinds[kind], tmp_path / "hub", repo_id=REPO)
+    snippets = _python_snippets((out / "README.md").read_text())
+    assert len(snippets) == 2  # transformers and aft_hf
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 40, 3), dtype=np.uint8)).save("cat.jpg")
+    for code in snippets:
+        namespace: dict = {}
+        exec(compile(code.replace(f'"{REPO}"', repr(str(out))), f"<{kind} card>", "exec"), namespace)
+        assert namespace.get("embeddings") is not None or namespace.get("features") is not None
+        if "features" in namespace:  # the LLaVA features: (1, patches, width)
+            assert namespace["features"].shape[1] == (32 // 8) ** 2
+
+
+def test_bare_vision_tower_card_says_what_it_is(three_kinds, tmp_path):
+    from aft_hf.hub import prepare_hub_folder
+
+    text = (prepare_hub_folder(three_kinds["CLIPVisionModel"], tmp_path / "hub", repo_id=REPO)
+            / "README.md").read_text()
+    assert "a bare image tower (`CLIPVisionModel`" in text
+    assert "CLIPVisionModelWithProjection" not in text  # it would load a random visual_projection
+    assert "export-openclip" not in text  # which refuses a folder without projection
+    assert "patch-token features" in text and "penultimate layer" in text  # the objective that was trained
+    assert 'load_image_encoder("me/tiny-aft", embedding="patch_tokens")' in text
+    full = (prepare_hub_folder(three_kinds["CLIPModel"], tmp_path / "full", repo_id=REPO) / "README.md").read_text()
+    assert "export-openclip" in full and "patch-token" not in full and "a full `CLIPModel`" in full
