@@ -20,6 +20,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .constants import VERSION as __version__
 from .errors import AftError
+from .published import LOCAL_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +246,8 @@ def display_ref(ref: Optional[str]) -> Optional[str]:
     path by its last component only (a card must not publish the author's file system)."""
     if not ref:
         return ref
+    if ref.startswith(LOCAL_PREFIX):  # a published config's marker (aft_hf.published)
+        return f"local folder {ref[len(LOCAL_PREFIX):]}"
     cached = hub_id_of(ref) if _CACHE_PATH.search(ref) else None
     if cached:
         return cached

@@ -220,6 +220,10 @@ class HubConfig:
     model only; `every_save` also the exported model at every checkpoint save; `checkpoint` also the
     latest checkpoint folder under `last-checkpoint/` (to resume elsewhere). Uploads run in the
     background, are retried, and a failed one never stops the run."""
+    upload_timeout_s: float = 60.0
+    """When training ends, wait at most this long for background uploads still pending (strategies
+    `every_save`, `checkpoint`); then stop retrying, list what was not uploaded and name the command
+    that uploads the final model (`aft-hf push <output_dir>/final`)."""
 
 
 @dataclass
@@ -628,6 +632,8 @@ def _validate_eval_and_hub(cfg: TrainConfig) -> list[str]:
         p.append(f"eval.attack_steps: must be >= 0, got {e.attack_steps}")
     if any(x <= 0 for x in e.robust_eps):
         p.append(f"eval.robust_eps: budgets must be > 0 (1/255 units), got {e.robust_eps}")
+    if cfg.hub.upload_timeout_s < 0:
+        p.append(f"hub.upload_timeout_s: must be >= 0 seconds, got {cfg.hub.upload_timeout_s}")
     if cfg.hub.strategy not in HUB_STRATEGIES:
         p.append(f"hub.strategy: unknown value '{cfg.hub.strategy}' (choose from {', '.join(HUB_STRATEGIES)})")
     elif cfg.hub.strategy != "end" and not cfg.hub.push_to_hub:

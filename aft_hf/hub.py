@@ -25,6 +25,7 @@ from huggingface_hub import HfApi, get_token
 
 from .errors import AftError
 from .files import WEIGHTS_HASH_KEY, folder_weights_sha256
+from .published import publishable, rewrite_for_upload
 from .outputs import MARKER, OutputError, check_output_dir, discard, replace_dir, staging_dir, write_marker
 
 
@@ -239,7 +240,9 @@ def _fill_hub_folder(out: Path, folder: Path, report, report_dict: Optional[dict
                 logger.info("figure '%s' of the report not found: left out of the card", rel)
         if report_figures:
             report_dict["figures"] = moved  # paths inside the Hub folder; the numbers are not touched
+        report_dict = publishable(report_dict)
         (out / REPORT_FILE).write_text(json.dumps(report_dict, indent=2))
+    rewrite_for_upload(out)  # aft_config.yaml & co.: local paths -> local:<name> (aft_hf.published)
     try:
         card = build_model_card(out, repo_id=repo_id, report=report_dict, figures=figures, license=license,
                                 allow_network=allow_network, extra_tags=tags)
@@ -276,11 +279,20 @@ def _explain(e: Exception, token: str) -> str:
     return why.replace(token, "***")
 
 
+def retry_command(folder: Union[str, Path, None], repo_id: Optional[str], private: bool = False) -> str:
+    """The ``aft-hf push`` command that uploads ``folder`` (an exported model) to ``repo_id``."""
+    return f"aft-hf push {folder or '<output_dir>/final'} --repo-id {repo_id}" + (" --private" if private else "")
+
+
 def push_folder(folder: Union[str, Path], repo_id: str, private: bool = False, token: Optional[str] = None,
-                commit_message: str = "Upload AFT fine-tuned CLIP (aft_hf)") -> str:
+                commit_message: str = "Upload AFT fine-tuned CLIP (aft_hf)", source: Union[str, Path, None] = None,
+                extra_options: str = "", name: Optional[str] = None) -> str:
     """Upload a folder as it is to ``repo_id`` (``create_repo(exist_ok=True)`` + ``upload_folder``).
 
     Returns the commit URL. The token comes from the argument, ``HF_TOKEN`` or the login cache.
+    ``source``: the exported model ``folder`` was built from (a temporary Hub folder); a failure then
+    names it and the ``aft-hf push`` command that retries (``extra_options`` appended to it); ``name``
+    names the folder in a failure instead (e.g. ``the model of step 200``).
     """
     folder = Path(folder)
     if not (folder / "config.json").is_file():
@@ -293,7 +305,11 @@ def push_folder(folder: Union[str, Path], repo_id: str, private: bool = False, t
         info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
                                  ignore_patterns=IGNORE_PATTERNS, repo_type="model")
     except Exception as e:  # offline mode, no network, HTTP errors: one clear message
-        raise HubError(f"could not push '{folder}' to '{repo_id}': {_explain(e, token)}") from None
+        if source is None:
+            raise HubError(f"could not push {name or repr(str(folder))} to '{repo_id}': {_explain(e, token)}") from None
+        retry = retry_command(Path(source), repo_id, private) + extra_options
+        raise HubError(f"could not push '{source}' to '{repo_id}': {_explain(e, token)}; the model stays in "
+                       f"'{source}': retry with `{retry}`") from None
     return str(getattr(info, "commit_url", info))
 
 
@@ -308,11 +324,14 @@ def push_model(folder: Union[str, Path], repo_id: str, report: Union[str, Path, 
     check_repo_id(repo_id)
     check_license(license)
     token = require_token(token)  # fail before any work when there is no token
+    source = Path(folder).resolve()
+    extra = "".join(f" --{k} {v}" for k, v in (("report", report), ("figure", figure), ("license", license))
+                    if isinstance(v, (str, Path)))
     if staging is not None:
         built = prepare_hub_folder(folder, staging, repo_id, report, figure, license, overwrite, allow_network=True,
                                    tags=tags, allow_unverified_report=allow_unverified_report)
-        return push_folder(built, repo_id, private=private, token=token)
+        return push_folder(built, repo_id, private=private, token=token, source=source, extra_options=extra)
     with tempfile.TemporaryDirectory(prefix="aft_hf_hub_") as tmp:
         built = prepare_hub_folder(folder, Path(tmp) / "hub", repo_id, report, figure, license, allow_network=True,
                                    tags=tags, allow_unverified_report=allow_unverified_report)
-        return push_folder(built, repo_id, private=private, token=token)
+        return push_folder(built, repo_id, private=private, token=token, source=source, extra_options=extra)

@@ -87,7 +87,8 @@ def test_push_takes_only_the_row_of_the_pushed_weights(evaluations, world, tmp_p
     assert main([*push, "--report", str(both / "report.json"), "--out", str(tmp_path / "b")]) == 0
     card_report = json.loads((tmp_path / "b" / "eval_report.json").read_text())
     mine = json.loads((both / "world-clip_2" / "report.json").read_text())
-    assert card_report["model"] == str(tuned) and card_report["metrics"] == mine["metrics"]
+    assert card_report["model"] == "local:world-clip" and card_report["metrics"] == mine["metrics"]
+    assert card_report["weights_sha256"] == mine["weights_sha256"]
     assert (tmp_path / "b" / "assets" / "examples.png").is_file()
 
     # a report of an earlier aft_hf (no weights hash) only with the explicit flag
@@ -105,7 +106,7 @@ def test_push_takes_only_the_row_of_the_pushed_weights(evaluations, world, tmp_p
     (tmp_path / "old_both.json").write_text(json.dumps(rows))
     assert main([*push, "--report", str(tmp_path / "old_both.json"), "--allow-unverified-report",
                  "--out", str(tmp_path / "d")]) == 0
-    assert json.loads((tmp_path / "d" / "eval_report.json").read_text())["model"] == str(tuned)
+    assert json.loads((tmp_path / "d" / "eval_report.json").read_text())["label"] == "world-clip#2"
 
 
 # --------------------------------------------------------------------------- cards whose snippets run (issue 20.2)
@@ -175,3 +176,183 @@ def test_bare_vision_tower_card_says_what_it_is(three_kinds, tmp_path):
     assert 'load_image_encoder("me/tiny-aft", embedding="patch_tokens")' in text
     full = (prepare_hub_folder(three_kinds["CLIPModel"], tmp_path / "full", repo_id=REPO) / "README.md").read_text()
     assert "export-openclip" in full and "patch-token" not in full and "a full `CLIPModel`" in full
+
+
+# --------------------------------------------------------------------------- what leaves the machine (issue 20.10)
+
+
+class RemoteHub:
+    """HfApi.create_repo/upload_folder replaced by a copy into a local "remote" folder (no network);
+    ``fail`` makes every upload raise as an unreachable Hub does."""
+
+    def __init__(self, monkeypatch, remote, fail=False):
+        import shutil
+
+        from huggingface_hub import HfApi
+
+        from aft_hf import hub_sync
+
+        self.remote, self.calls = remote, []
+
+        def create_repo(api, repo_id, **kw):
+            if fail:
+                raise ConnectionError("Failed to resolve 'huggingface.co'")
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(api, *, repo_id, folder_path, path_in_repo=None, **kw):
+            self.calls.append(path_in_repo)
+            if fail:
+                raise ConnectionError("Failed to resolve 'huggingface.co'")
+            dest = remote / (path_in_repo or "")
+            if path_in_repo:
+                shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(folder_path, dest, dirs_exist_ok=True)
+            return type("Info", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/x"})()
+
+        monkeypatch.setattr(HfApi, "create_repo", create_repo)
+        monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+        monkeypatch.setenv("HF_TOKEN", "hf_FAKEtokenFORtests0123456789abcdef")
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the trainer refuses to start a push run in offline mode
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(hub_sync, "RETRY_DELAYS_S", (0.0, 0.0))
+
+
+def _train_args(model, data, out, *extra):
+    return ["--model.name_or_path", str(model), "--data.dataset", str(data), "--optim.batch_size", "4",
+            "--max_steps", "4", "--warmup_steps", "0", "--attack.steps", "1", "--logging.report_to", "none",
+            "--checkpointing_steps", "2", "--cpu", "true", "--checkpoint.output_dir", str(out), *extra]
+
+
+def test_uploads_hold_no_local_paths_and_a_pushed_checkpoint_resumes_elsewhere(tiny_clip_path, tmp_path,
+                                                                                monkeypatch, single_thread):
+    import shutil
+
+    import yaml
+
+    from aft_hf.config import ConfigError, load_config
+    from aft_hf.train import train
+    from tests.image_helpers import write_png_folder
+
+    here = tmp_path / "machine_a"
+    model = shutil.copytree(tiny_clip_path, here / "models" / "tiny-base")
+    data = write_png_folder(here / "data" / "imgs", 16)
+    remote = tmp_path / "hub_repo"
+    RemoteHub(monkeypatch, remote)
+    train(load_config(None, _train_args(model, data, here / "run", "--hub.push_to_hub", "--hub.hub_model_id",
+                                        "me/run", "--hub.strategy", "checkpoint")))
+    texts = {p.relative_to(remote).as_posix(): p.read_text() for p in remote.rglob("*")
+             if p.is_file() and p.suffix in (".yaml", ".json", ".md")}
+    assert "aft_config.yaml" in texts and "last-checkpoint/aft_config.yaml" in texts
+    for name, text in texts.items():
+        assert str(tmp_path) not in text, name  # no absolute local path anywhere on the Hub
+    pushed = yaml.safe_load(texts["aft_config.yaml"])
+    assert pushed["model"]["name_or_path"] == "local:tiny-base" and pushed["data"]["dataset"] == "local:imgs"
+    assert pushed["checkpoint"]["output_dir"] == "local:run"
+    assert "local folder tiny-base" in texts["README.md"]
+    # the local files keep their real paths (they are the user's record)
+    assert yaml.safe_load((here / "run" / "final" / "aft_config.yaml").read_text())["model"]["name_or_path"] == \
+        str(model)
+
+    # machine B: the checkpoint from the Hub, the model and data at other places, given again on the command line
+    there = tmp_path / "machine_b"
+    model_b = shutil.copytree(model, there / "elsewhere" / "tiny-base")
+    data_b = shutil.copytree(data, there / "images" / "imgs")
+    resume = ["--resume_from_checkpoint", str(remote / "last-checkpoint"), "--max_steps", "6"]
+    final = train(load_config(None, _train_args(model_b, data_b, there / "run", *resume)))
+    summary = json.loads((there / "run" / "train_summary.json").read_text())
+    assert summary["steps"] == 6 and (final / "model.safetensors").is_file()
+    # another model folder is not the one the checkpoint was trained from
+    other = shutil.copytree(model, there / "other-model")
+    with pytest.raises(ConfigError, match="model.name_or_path: 'local:tiny-base'"):
+        train(load_config(None, _train_args(other, data_b, there / "run2", *resume)))
+
+
+# --------------------------------------------------------------------------- no network (issue 20.15)
+
+
+def test_unreachable_hub_bounds_the_wait_names_the_command_and_cleans_up(tiny_clip_path, tmp_path, monkeypatch,
+                                                                        caplog, single_thread):
+    import logging
+    import time
+
+    from aft_hf import hub_sync
+    from aft_hf.config import load_config
+    from aft_hf.hub import HubError
+    from aft_hf.train import train
+    from tests.image_helpers import write_png_folder
+
+    data = write_png_folder(tmp_path / "imgs", 16)
+    RemoteHub(monkeypatch, tmp_path / "remote", fail=True)
+    monkeypatch.setattr(hub_sync, "RETRY_DELAYS_S", (120.0, 120.0))  # would block 4 minutes without the bound
+    caplog.set_level(logging.INFO, logger="aft_hf.hub_sync")
+    run = tmp_path / "run"
+    start = time.monotonic()
+    with pytest.raises(HubError) as e:  # the final push fails too: it names the command that retries it
+        train(load_config(None, _train_args(tiny_clip_path, data, run, "--hub.push_to_hub", "--hub.hub_model_id",
+                                            "me/run", "--hub.strategy", "checkpoint", "--hub.upload_timeout_s", "1")))
+    assert time.monotonic() - start < 100
+    assert f"`aft-hf push {run.resolve() / 'final'} --repo-id me/run`" in str(e.value)
+    assert "could not reach the Hub" in str(e.value) and "aft_hf_hub_" not in str(e.value)
+    assert "waiting up to 1s" in caplog.text and "checkpoint of step 4 (pending)" in caplog.text
+    assert "last-checkpoint of step 2 (pending)" in caplog.text
+    assert "model of step 2 (failed: could not push the model of step 2 to 'me/run': could not reach" in caplog.text
+    assert f"aft-hf push {run / 'final'} --repo-id me/run" in caplog.text
+    assert not (run / hub_sync.STAGING_DIR).exists()
+    assert (run / "final" / "model.safetensors").is_file()
+
+
+def test_strategy_end_failure_names_the_push_command(tiny_clip_path, tmp_path, monkeypatch, single_thread):
+    from aft_hf.config import load_config
+    from aft_hf.hub import HubError
+    from aft_hf.train import train
+    from tests.image_helpers import write_png_folder
+
+    data = write_png_folder(tmp_path / "imgs", 16)
+    RemoteHub(monkeypatch, tmp_path / "remote", fail=True)
+    run = tmp_path / "run"
+    with pytest.raises(HubError) as e:
+        train(load_config(None, _train_args(tiny_clip_path, data, run, "--max_steps", "2", "--hub.push_to_hub",
+                                            "--hub.hub_model_id", "me/run")))
+    message = str(e.value)
+    assert f"retry with `aft-hf push {run.resolve() / 'final'} --repo-id me/run`" in message
+    assert "aft_hf_hub_" not in message and "\n" not in message
+
+
+def test_sigterm_while_waiting_cleans_up_and_exits_143(tmp_path):
+    """SIGTERM during the end-of-training wait: staging removed, pending uploads named, exit code 143."""
+    import os
+    import signal
+    import threading
+
+    from accelerate import PartialState
+
+    from aft_hf import hub_sync
+    from aft_hf.config import load_config
+
+    PartialState()  # the signal handler logs through accelerate, as in a training run
+    cfg = load_config(None, ["--hub.push_to_hub", "--hub.hub_model_id", "me/run", "--hub.strategy", "checkpoint",
+                             "--hub.upload_timeout_s", "120"])
+    sync = hub_sync.HubSync(cfg, tmp_path)
+    staging = tmp_path / hub_sync.STAGING_DIR / "step_00000002"
+    staging.mkdir(parents=True)
+    (staging / "model.safetensors").write_bytes(b"x")
+    def unreachable():
+        raise ConnectionError("Failed to resolve 'huggingface.co'")
+
+    hub_sync.RETRY_DELAYS_S, delays = (60.0, 60.0), hub_sync.RETRY_DELAYS_S
+    try:  # an upload of step 2 failing, its retry waiting 60 s
+        sync.pending.append((sync.api.run_as_future(sync._retry, "model", 2, unreachable), "model of step 2"))
+        sync.pending.append((sync.api.run_as_future(sync._retry, "checkpoint", 4, unreachable), "checkpoint of step 4"))
+        timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+        timer.start()
+        with pytest.raises(hub_sync.UploadsInterrupted) as e:
+            sync.finish(None, 4, tmp_path / "final")
+    finally:
+        hub_sync.RETRY_DELAYS_S = delays
+    timer.join()
+    assert e.value.exit_code == 143
+    assert "received SIGTERM" in str(e.value) and "model of step 2 (failed: Failed to resolve" in str(e.value)
+    assert "checkpoint of step 4 (pending)" in str(e.value)  # queued behind it, never started
+    assert f"aft-hf push {tmp_path / 'final'} --repo-id me/run" in str(e.value)
+    assert not (tmp_path / hub_sync.STAGING_DIR).exists()
+    assert signal.getsignal(signal.SIGTERM) is not sync  # the previous handler is back
