@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .constants import IMPORT_FILE  # noqa: F401  (provenance of a converted checkpoint; card.IMPORT_FILE stays)
 from .constants import VERSION as __version__
 from .errors import AftError
 from .published import LOCAL_PREFIX
@@ -26,8 +27,6 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "aft_config.yaml"
 """The resolved training config, written into the export by the trainer."""
-IMPORT_FILE = "aft_import.json"
-"""Provenance of a converted open_clip checkpoint, written by ``aft_hf.convert``."""
 REPORT_FILE = "eval_report.json"
 """The evaluate report, copied into the Hub folder so the card's numbers can be traced."""
 AFT_TAGS = ["clip", "adversarial-training", "robustness", "interpretability", "aft"]
