@@ -614,10 +614,28 @@ def validate(cfg: TrainConfig) -> list[str]:
     if cfg.model.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
         p.append(f"model.attn_implementation: unknown value '{cfg.model.attn_implementation}'")
     p.extend(_validate_eval_and_hub(cfg))
+    p.extend(_local_markers(cfg))
     p.extend(_validate_run(cfg))
     if cfg.model.embedding not in ("pooled", "patch_tokens"):
         p.append(f"model.embedding: unknown value '{cfg.model.embedding}' (choose pooled or patch_tokens)")
     return p
+
+
+def _local_markers(cfg: TrainConfig) -> list[str]:
+    """A ``local:<name>`` left from a config downloaded from the Hub (aft_hf.published) is no path: ask for it."""
+    from .published import LOCAL_PREFIX
+
+    return [f"{key}: '{value}' stands for a local folder of the machine that published this config: give its "
+            f"path here (--{key} /path/to/{value[len(LOCAL_PREFIX):]})"
+            for key, value in _flat_items(cfg.to_dict())
+            if isinstance(value, str) and value.startswith(LOCAL_PREFIX)]
+
+
+def _flat_items(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        out += _flat_items(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+    return out
 
 
 def _validate_eval_and_hub(cfg: TrainConfig) -> list[str]:

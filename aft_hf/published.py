@@ -91,8 +91,9 @@ def rewrite_for_upload(folder: Path) -> list[Path]:
 def matches_published(saved: Any, current: Any) -> bool:
     """Whether a value read from a published config (``local:<name>``) stands for ``current``: a local path
     whose last component is ``<name>``. Any other pair matches only when equal."""
-    if isinstance(saved, str) and saved.startswith(LOCAL_PREFIX) and isinstance(current, str):
-        return not current.startswith(LOCAL_PREFIX) and local_marker(current) == saved
+    if isinstance(saved, str) and saved.startswith(LOCAL_PREFIX) and isinstance(current, str) \
+            and not current.startswith(LOCAL_PREFIX):
+        return local_marker(current) == saved
     return saved == current
 
 

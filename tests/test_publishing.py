@@ -356,3 +356,30 @@ def test_sigterm_while_waiting_cleans_up_and_exits_143(tmp_path):
     assert f"aft-hf push {tmp_path / 'final'} --repo-id me/run" in str(e.value)
     assert not (tmp_path / hub_sync.STAGING_DIR).exists()
     assert signal.getsignal(signal.SIGTERM) is not sync  # the previous handler is back
+
+
+def test_publishable_keeps_hub_ids_and_marks_local_paths(tmp_path, monkeypatch):
+    from aft_hf.published import matches_published, publishable
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    cfg = {"model": {"name_or_path": "openai/clip-vit-base-patch16", "revision": "main"},
+           "data": {"dataset": "data", "data_dir": "/srv/images/train/", "split": "train"},
+           "eval": {"eval_dataset": "builtin:shapes", "class_names": "./names.txt"},
+           "checkpoint": {"output_dir": "runs/a/b"}, "logging": {"project_name": "aft_hf", "note": "~/x/notes"},
+           "attack": {"norm": "linf"}}
+    out = publishable(cfg)
+    assert out["model"] == cfg["model"] and out["attack"] == cfg["attack"]
+    assert out["data"] == {"dataset": "local:data", "data_dir": "local:train", "split": "train"}
+    assert out["eval"] == {"eval_dataset": "builtin:shapes", "class_names": "local:names.txt"}
+    assert out["checkpoint"]["output_dir"] == "local:b" and out["logging"]["note"] == "local:notes"
+    assert matches_published("local:train", "/elsewhere/train") and not matches_published("local:train", "/x/test")
+    assert matches_published("imagefolder", "imagefolder") and not matches_published("local:a", "/x/b")
+
+
+def test_a_published_config_asks_for_the_local_paths_again():
+    from aft_hf.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"model.name_or_path: 'local:tiny-base' stands for a local folder .*"
+                                          r"--model.name_or_path /path/to/tiny-base"):
+        load_config(None, ["--model.name_or_path", "local:tiny-base"])
