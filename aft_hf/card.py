@@ -369,7 +369,7 @@ EMBEDDING_TEXT = {
 def _method_section(recipe: dict, base: str, cls: str = "CLIPModel") -> str:
     model, attack, optim = recipe.get("model", {}), recipe.get("attack", {}), recipe.get("optim", {})
     embedding = model.get("embedding") or "pooled"
-    what = EMBEDDING_TEXT.get(embedding, f"'{embedding}' embedding{{normalised}}").format(
+    what = EMBEDDING_TEXT.get(embedding, f"{{normalised}}'{embedding}' embedding").format(
         normalised="per-token L2-normalised " if model.get("output_normalize") and embedding == "patch_tokens"
         else "L2-normalised " if model.get("output_normalize") else "")
     if attack.get("mode") == "noise":
@@ -394,8 +394,9 @@ def _method_section(recipe: dict, base: str, cls: str = "CLIPModel") -> str:
         f"Optimiser: AdamW, lr {_fmt(optim.get('lr'))}, {optim.get('max_steps')} steps of {optim.get('batch_size')} "
         f"images, {optim.get('scheduler')} schedule with {optim.get('warmup_steps')} warm-up steps.",
         "",
-        USE_TEXT[cls] + " Adversarial training with a budget penalises the dual norm of the input gradient, which is why AFT gives "
-        "sparser, more object-focused gradient saliency maps than the base model (the paper's finding).",
+        USE_TEXT[cls] + " Adversarial training with a budget penalises the dual norm of the input gradient, which "
+        "is why AFT gives sparser, more object-focused gradient saliency maps than the base model (the paper's "
+        "finding).",
     ])
 
 
@@ -509,7 +510,8 @@ def _usage_section(repo: str, cls: str, folder: Path, embedding: str = "pooled")
     code = ["```python", *_transformers_snippet(repo, cls, processor), "```"]
     output = {"pooled": "L2-normalised image embeddings" if cls != "CLIPVisionModel"
               else "the L2-normalised pooled output (no projection in this folder)",
-              "patch_tokens": "the normalised patch tokens of the penultimate layer, flattened"}.get(embedding, embedding)
+              "patch_tokens": "the normalised patch tokens of the penultimate layer, flattened",
+              }.get(embedding, embedding)
     lines = ["## Usage", "", *code, ""]
     if cls == "CLIPVisionModel":
         lines += ["This folder is a bare `CLIPVisionModel` (no `visual_projection`, no text tower): it gives the "

@@ -231,7 +231,8 @@ def _write_comparison(reports: dict, folders: dict, out: Path) -> None:
         m = r["metrics"]
         top1 = m.get("zeroshot_top1")
         rob = ", ".join(f"{e}: {v:.3f}" for e, v in m.get("robust_top1", {}).items())
-        lines.append(f"| {k} | `{r.get('model')}` | `{r.get('text_model')}` | {'n/a' if top1 is None else f'{top1:.3f}'} | {rob or 'n/a'} |")
+        top1 = "n/a" if top1 is None else f"{top1:.3f}"
+        lines.append(f"| {k} | `{r.get('model')}` | `{r.get('text_model')}` | {top1} | {rob or 'n/a'} |")
     lines += ["", "Per-model reports: " + ", ".join(f"[{k}]({quote(folders[k])}/report.md)" for k in reports), ""]
     (out / "comparison.md").write_text("\n".join(lines))
     rows = [{**r, "figures": {n: f"{folders[k]}/{f}" for n, f in (r.get("figures") or {}).items()}}
