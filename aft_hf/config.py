@@ -221,9 +221,10 @@ class HubConfig:
     latest checkpoint folder under `last-checkpoint/` (to resume elsewhere). Uploads run in the
     background, are retried, and a failed one never stops the run."""
     upload_timeout_s: float = 60.0
-    """When training ends, wait at most this long for background uploads still pending (strategies
-    `every_save`, `checkpoint`); then stop retrying, list what was not uploaded and name the command
-    that uploads the final model (`aft-hf push <output_dir>/final`)."""
+    """When training ends with background uploads pending (strategies `every_save`, `checkpoint`) and
+    the Hub fails (no network), wait at most this long; then stop retrying, list what was not
+    uploaded and name the command that uploads the final model (`aft-hf push <output_dir>/final`).
+    Uploads that go through are waited for, however long they take."""
 
 
 @dataclass

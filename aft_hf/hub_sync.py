@@ -10,8 +10,8 @@ a snapshot of the checkpoint next to it (checkpoints are replaced, never edited,
 stays intact while training prunes old ones), and hands the upload to ``huggingface_hub``'s
 background thread (``HfApi.run_as_future``: one worker, so uploads land in order). A failed upload
 is retried; if it still fails it is logged and training goes on. :meth:`HubSync.finish` waits for
-the pending uploads, so the final push is never overwritten by an older one, but at most
-``hub.upload_timeout_s`` (and not past a SIGTERM/SIGINT): what is still pending then is listed with
+the pending uploads, so the final push is never overwritten by an older one; once uploads fail, at
+most ``hub.upload_timeout_s`` (and not past a SIGTERM/SIGINT): what is still pending then is listed with
 the command that uploads the final model, and ``.hub_staging/`` is removed. Local paths in the
 uploaded ``aft_config.yaml`` become ``local:<name>`` (:mod:`aft_hf.published`).
 """
@@ -83,6 +83,8 @@ class HubSync:
         self.api = HfApi()
         self.pending: list[tuple[Future, str]] = []
         """Each queued upload and what it carries (``model and checkpoint of step 4``)."""
+        self.failing_since: Optional[float] = None
+        """When the current streak of failed attempts began (None: the last attempt succeeded)."""
         self.stop = threading.Event()
         """Set when ``finish`` gives up (time out or signal): retries end and queued uploads are skipped."""
         self.results: list[dict] = []
@@ -112,10 +114,13 @@ class HubSync:
         self.pending.append((self.api.run_as_future(self._upload_step, staging, step, True), what))
 
     def finish(self, checkpoint: Optional[Path], step: int, final: Optional[Path] = None) -> list[dict]:
-        """Queue the last checkpoint (strategy checkpoint), then wait for the pending uploads, at most
-        ``hub.upload_timeout_s``; a SIGTERM/SIGINT ends the wait too. What is still pending then is
-        abandoned and listed, with the command that uploads ``final``; ``.hub_staging/`` is removed in
-        every case. Raises :class:`UploadsInterrupted` after a signal."""
+        """Queue the last checkpoint (strategy checkpoint), then wait for the pending uploads.
+
+        Uploads that go through are waited for (a large checkpoint takes its time); once the Hub fails
+        (no network), the wait lasts at most ``hub.upload_timeout_s`` more, and a SIGTERM/SIGINT ends it
+        at once. What is still pending then is abandoned and listed, with the command that uploads
+        ``final``; ``.hub_staging/`` is removed in every case. Raises :class:`UploadsInterrupted` after a
+        signal."""
         from .guards import StopOnSignal
 
         if self.strategy == "checkpoint" and checkpoint is not None:
@@ -126,15 +131,22 @@ class HubSync:
                                  f"checkpoint of step {step}"))
         waiting = [what for future, what in self.pending if not future.done()]
         if waiting:
-            logger.info("waiting up to %gs (hub.upload_timeout_s) for %d pending Hub upload(s): %s", self.timeout_s,
-                        len(waiting), "; ".join(waiting))
+            logger.info("waiting for %d pending Hub upload(s): %s (while uploads fail, at most %gs: "
+                        "hub.upload_timeout_s)", len(waiting), "; ".join(waiting), self.timeout_s)
+        start = time.monotonic()
+
+        def hub_failing_too_long() -> bool:
+            since = self.failing_since
+            return since is not None and time.monotonic() - max(since, start) >= self.timeout_s
+
         with StopOnSignal("abandoning the pending Hub uploads and cleaning up", self.stop) as signals:
-            self._wait(time.monotonic() + self.timeout_s, until_stop=True)
+            self._wait(hub_failing_too_long)
             if not all(future.done() for future, _ in self.pending):
                 self.stop.set()  # the running upload makes no further attempt; queued ones are skipped
                 for future, _ in self.pending:
                     future.cancel()
-                self._wait(time.monotonic() + 5.0)  # let a running attempt end before its files go
+                grace = time.monotonic() + 5.0
+                self._wait(lambda: time.monotonic() >= grace, until_stop=False)  # a running attempt ends first
             shutil.rmtree(self.staging_root, ignore_errors=True)
         # never started (cancelled, or skipped once stopped) or still running: not uploaded
         abandoned = [what for future, what in self.pending
@@ -146,7 +158,7 @@ class HubSync:
         not_done = [_describe(r) for r in self.results if not r["ok"]]
         if not_done or signals.signum is not None:
             why = (f"received {signal.Signals(signals.signum).name} while waiting" if signals.signum is not None
-                   else f"stopped waiting after hub.upload_timeout_s={self.timeout_s:g}s" if abandoned
+                   else f"the Hub kept failing for hub.upload_timeout_s={self.timeout_s:g}s" if abandoned
                    else "uploads failed")
             message = (f"Hub uploads to '{self.repo_id}' not done ({why}): {'; '.join(not_done) or 'none'}; "
                        f"the run's files are complete on disk: upload the final model with "
@@ -156,16 +168,15 @@ class HubSync:
             logger.warning("%s", message)
         return self.results
 
-    def _wait(self, deadline: float, until_stop: bool = False) -> None:
-        """Wait for the pending uploads until ``deadline`` (or ``self.stop``, with ``until_stop``), in short
+    def _wait(self, give_up: Callable[[], bool], until_stop: bool = True) -> None:
+        """Wait for the pending uploads until ``give_up()`` (or ``self.stop``, with ``until_stop``), in short
         slices so a signal handler (main thread) runs promptly."""
         for future, _ in self.pending:
             while not future.done():
-                left = deadline - time.monotonic()
-                if left <= 0 or (until_stop and self.stop.is_set()):
+                if give_up() or (until_stop and self.stop.is_set()):
                     return
                 try:
-                    future.result(timeout=min(0.2, left))
+                    future.result(timeout=0.2)
                 except FuturesTimeout:
                     continue
                 except CancelledError:
@@ -216,10 +227,13 @@ class HubSync:
         for attempt in range(1, len(RETRY_DELAYS_S) + 2):
             try:
                 upload()
+                self.failing_since = None
                 self.results.append({"what": what, "step": step, "ok": True, "attempts": attempt})
                 logger.info("pushed %s of step %d to %s", what, step, self.repo_id)
                 return True
             except Exception as e:  # any failure: retry, then give up on this upload only
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
                 last = attempt > len(RETRY_DELAYS_S)
                 if not last:
                     logger.warning("push of %s (step %d) failed, retrying in %gs: %s", what, step,

@@ -293,7 +293,8 @@ def test_unreachable_hub_bounds_the_wait_names_the_command_and_cleans_up(tiny_cl
     assert time.monotonic() - start < 100
     assert f"`aft-hf push {run.resolve() / 'final'} --repo-id me/run`" in str(e.value)
     assert "could not reach the Hub" in str(e.value) and "aft_hf_hub_" not in str(e.value)
-    assert "waiting up to 1s" in caplog.text and "checkpoint of step 4 (pending)" in caplog.text
+    assert "at most 1s: hub.upload_timeout_s" in caplog.text and "checkpoint of step 4 (pending)" in caplog.text
+    assert "the Hub kept failing for hub.upload_timeout_s=1s" in caplog.text
     assert "last-checkpoint of step 2 (pending)" in caplog.text
     assert "model of step 2 (failed: could not push the model of step 2 to 'me/run': could not reach" in caplog.text
     assert f"aft-hf push {run / 'final'} --repo-id me/run" in caplog.text
@@ -383,3 +384,22 @@ def test_a_published_config_asks_for_the_local_paths_again():
     with pytest.raises(ConfigError, match=r"model.name_or_path: 'local:tiny-base' stands for a local folder .*"
                                           r"--model.name_or_path /path/to/tiny-base"):
         load_config(None, ["--model.name_or_path", "local:tiny-base"])
+
+
+def test_an_upload_that_goes_through_is_waited_for_past_the_timeout(tmp_path, caplog):
+    """The bound is for a failing Hub: a large checkpoint that uploads slowly is not abandoned."""
+    import logging
+    import time
+
+    from aft_hf import hub_sync
+    from aft_hf.config import load_config
+
+    caplog.set_level(logging.INFO, logger="aft_hf.hub_sync")
+    cfg = load_config(None, ["--hub.push_to_hub", "--hub.hub_model_id", "me/run", "--hub.strategy", "checkpoint",
+                             "--hub.upload_timeout_s", "0.2"])
+    sync = hub_sync.HubSync(cfg, tmp_path)
+    sync.pending.append((sync.api.run_as_future(sync._retry, "last-checkpoint", 4, lambda: time.sleep(1.5)),
+                         "checkpoint of step 4"))
+    results = sync.finish(None, 4, tmp_path / "final")
+    assert results == [{"what": "last-checkpoint", "step": 4, "ok": True, "attempts": 1}]
+    assert "not done" not in caplog.text
