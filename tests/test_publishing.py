@@ -117,7 +117,7 @@ REPO = "me/tiny-aft"
 @pytest.fixture(scope="module")
 def three_kinds(tmp_path_factory, tiny_clip_path, tiny_vision_path, single_thread):
     """Exports of a full CLIPModel, a CLIPVisionModelWithProjection and a bare CLIPVisionModel (trained on
-    patch tokens, the LLaVA case), each with the recipe the trainer writes."""
+    patch tokens, the LLaVA case, or on its pooled output), each with the recipe the trainer writes."""
     from transformers import CLIPImageProcessor, CLIPVisionModel
 
     from aft_hf.model import export_pretrained, load_image_encoder
@@ -129,11 +129,12 @@ def three_kinds(tmp_path_factory, tiny_clip_path, tiny_vision_path, single_threa
     folders = {}
     for kind, base, embedding in (("CLIPModel", tiny_clip_path, "pooled"),
                                   ("CLIPVisionModelWithProjection", tiny_vision_path, "pooled"),
-                                  ("CLIPVisionModel", bare, "patch_tokens")):
+                                  ("CLIPVisionModel", bare, "patch_tokens"),
+                                  ("CLIPVisionModel, pooled", bare, "pooled")):
         cfg = TrainConfig()
         cfg.model.name_or_path, cfg.model.embedding = str(base), embedding
         encoder = load_image_encoder(str(base), embedding=embedding)
-        folders[kind] = export_pretrained(encoder, root / kind, extra_files={"aft_config.yaml": cfg.to_yaml()})
+        folders[kind] = export_pretrained(encoder, root / kind.replace(", ", "_"), extra_files={"aft_config.yaml": cfg.to_yaml()})
     return folders
 
 
@@ -143,7 +144,8 @@ def _python_snippets(card_text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", card_text, flags=re.S)
 
 
-@pytest.mark.parametrize("kind", ["CLIPModel", "CLIPVisionModelWithProjection", "CLIPVisionModel"])
+@pytest.mark.parametrize("kind", ["CLIPModel", "CLIPVisionModelWithProjection", "CLIPVisionModel",
+                                  "CLIPVisionModel, pooled"])
 def test_every_card_snippet_runs(three_kinds, kind, tmp_path, monkeypatch):
     """Every python block of the generated card runs on the Hub folder (its repo id pointed at the folder)."""
     import numpy as np
@@ -174,6 +176,10 @@ def test_bare_vision_tower_card_says_what_it_is(three_kinds, tmp_path):
     assert "export-openclip" not in text  # which refuses a folder without projection
     assert "patch-token features" in text and "penultimate layer" in text  # the objective that was trained
     assert 'load_image_encoder("me/tiny-aft", embedding="patch_tokens")' in text
+    pooled = (prepare_hub_folder(three_kinds["CLIPVisionModel, pooled"], tmp_path / "pooled", repo_id=REPO)
+              / "README.md").read_text()
+    assert "the pooled output itself for a tower without projection" in pooled and "patch-token" not in pooled
+    assert 'load_image_encoder("me/tiny-aft")' in pooled and "export-openclip" not in pooled
     full = (prepare_hub_folder(three_kinds["CLIPModel"], tmp_path / "full", repo_id=REPO) / "README.md").read_text()
     assert "export-openclip" in full and "patch-token" not in full and "a full `CLIPModel`" in full
 
