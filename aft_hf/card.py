@@ -18,16 +18,16 @@ from typing import Any, Callable, Optional, Sequence, Union
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .constants import IMPORT_FILE  # noqa: F401  (provenance of a converted checkpoint; card.IMPORT_FILE stays)
 from .constants import VERSION as __version__
 from .errors import AftError
 from .threat_models import DEFAULT_NORM, THREAT_MODELS, norm_label
+from .published import LOCAL_PREFIX
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "aft_config.yaml"
 """The resolved training config, written into the export by the trainer."""
-IMPORT_FILE = "aft_import.json"
-"""Provenance of a converted open_clip checkpoint, written by ``aft_hf.convert``."""
 REPORT_FILE = "eval_report.json"
 """The evaluate report, copied into the Hub folder so the card's numbers can be traced."""
 AFT_TAGS = ["clip", "adversarial-training", "robustness", "interpretability", "aft"]
@@ -255,6 +255,8 @@ def display_ref(ref: Optional[str]) -> Optional[str]:
     path by its last component only (a card must not publish the author's file system)."""
     if not ref:
         return ref
+    if ref.startswith(LOCAL_PREFIX):  # a published config's marker (aft_hf.published)
+        return f"local folder {ref[len(LOCAL_PREFIX):]}"
     cached = hub_id_of(ref) if _CACHE_PATH.search(ref) else None
     if cached:
         return cached
@@ -316,6 +318,18 @@ def base_license(base: Optional[str], allow_network: bool = False) -> Optional[s
         return None
 
 
+def folder_class(config: dict) -> str:
+    """The class the folder was saved as: ``CLIPModel``, ``CLIPVisionModelWithProjection`` or a bare
+    ``CLIPVisionModel`` (no projection), decided as :func:`aft_hf.model.load_image_encoder` decides it."""
+    from types import SimpleNamespace
+
+    from .model import _vision_class
+
+    if config.get("model_type") == "clip":
+        return "CLIPModel"
+    return _vision_class(SimpleNamespace(architectures=config.get("architectures"))).__name__
+
+
 def _geometry(config: dict) -> tuple[bool, dict]:
     """(is a full CLIPModel, the vision tower's config) from ``config.json``."""
     if config.get("model_type") == "clip":
@@ -349,9 +363,21 @@ def _attack_sentence(attack: dict) -> str:
             f"(step {_fmt(attack.get('alpha'))}/255) inside {budget}.")
 
 
-def _method_section(recipe: dict, base: str) -> str:
+EMBEDDING_TEXT = {
+    "pooled": "{normalised}embedding (the projected pooled output; the pooled output itself for a tower without "
+              "projection)",
+    "patch_tokens": "patch-token features ({normalised}hidden states of the penultimate layer, class token dropped: "
+                    "what LLaVA-style vision-language models read from their CLIP tower)",
+}
+"""How each ``model.embedding`` of the recipe is described (the quantity the AFT objective compares)."""
+
+
+def _method_section(recipe: dict, base: str, cls: str = "CLIPModel") -> str:
     model, attack, optim = recipe.get("model", {}), recipe.get("attack", {}), recipe.get("optim", {})
-    normalised = "L2-normalised " if model.get("output_normalize") else ""
+    embedding = model.get("embedding") or "pooled"
+    what = EMBEDDING_TEXT.get(embedding, f"{{normalised}}'{embedding}' embedding").format(
+        normalised="per-token L2-normalised " if model.get("output_normalize") and embedding == "patch_tokens"
+        else "L2-normalised " if model.get("output_normalize") else "")
     if attack.get("mode") == "noise":
         training = ("**This is a control run**: the adversarial attack was replaced by uniform random noise of the "
                     f"same budget ({attack.get('norm')}, {_fmt(attack.get('eps'))}/255), to separate the adversarial "
@@ -363,8 +389,8 @@ def _method_section(recipe: dict, base: str) -> str:
         "",
         f"The image encoder of `{base}` was fine-tuned with AFT (adversarial fine-tuning, Gong et al., ICLR 2025), "
         "an unsupervised objective that needs images only, no labels or captions. The fine-tuned encoder "
-        f"f_theta is trained so that its {normalised}embedding of a perturbed image stays close (squared L2 distance) "
-        "to the embedding that the frozen original encoder f_theta0 gives the clean image, the perturbation being "
+        f"f_theta is trained to keep its {what} of a perturbed image close (squared L2 distance) "
+        "to what the frozen original encoder f_theta0 gives for the clean image, the perturbation being "
         "chosen to push the two apart:",
         "",
         "    min_theta E_x || g(f_theta(x + delta*)) - g(f_theta0(x)) ||^2,   "
@@ -374,10 +400,20 @@ def _method_section(recipe: dict, base: str) -> str:
         f"Optimiser: AdamW, lr {_fmt(optim.get('lr'))}, {optim.get('max_steps')} steps of {optim.get('batch_size')} "
         f"images, {optim.get('scheduler')} schedule with {optim.get('warmup_steps')} warm-up steps.",
         "",
-        "The text encoder is not changed, so the model is used for zero-shot classification exactly like its base. "
-        "Adversarial training with a budget penalises the dual norm of the input gradient, which is why AFT gives "
-        "sparser, more object-focused gradient saliency maps than the base model (the paper's finding).",
+        USE_TEXT[cls] + " Adversarial training with a budget penalises the dual norm of the input gradient, which "
+        "is why AFT gives sparser, more object-focused gradient saliency maps than the base model (the paper's "
+        "finding).",
     ])
+
+
+USE_TEXT = {
+    "CLIPModel": "The text encoder is not changed, so the model is used for zero-shot classification exactly like "
+                 "its base.",
+    "CLIPVisionModelWithProjection": "This folder holds the image tower and its projection only: pair it with the "
+                                     "base's text tower for zero-shot classification.",
+    "CLIPVisionModel": "This folder holds the bare image tower (no projection, no text tower): it gives hidden "
+                       "states for a LLaVA-style model, not CLIP's joint image-text embedding.",
+}
 
 
 def _recipe_section(recipe: dict) -> str:
@@ -443,36 +479,73 @@ def _results_section(report: dict) -> Optional[str]:
     return "\n".join(lines)
 
 
-def _usage_section(repo: str, full_clip: bool) -> str:
-    vision = "\n".join([
-        "from transformers import CLIPVisionModel, CLIPVisionModelWithProjection", "",
-        f'vision = CLIPVisionModelWithProjection.from_pretrained("{repo}")  # projected image embeddings',
-        f'tower = CLIPVisionModel.from_pretrained("{repo}")  # hidden states: the vision tower of LLaVA-style models',
-    ])
-    if full_clip:
-        code = "\n".join([
-            "```python", "from transformers import CLIPModel, CLIPProcessor, pipeline", "",
-            f'model = CLIPModel.from_pretrained("{repo}")  # image + text towers',
-            f'processor = CLIPProcessor.from_pretrained("{repo}")',
-            f'classifier = pipeline("zero-shot-image-classification", model="{repo}")',
-            'classifier("cat.jpg", candidate_labels=["a photo of a cat", "a photo of a dog"])', "", vision, "```"])
+_IMAGE = 'image = Image.open("cat.jpg")  # your image'
+_TOWER = "tower = CLIPVisionModel.from_pretrained(\"{repo}\")  # hidden states: the vision tower of LLaVA-style models"
+_FEATURES = [
+    "out = tower(**processor(images=image, return_tensors=\"pt\"), output_hidden_states=True)",
+    "features = out.hidden_states[-2][:, 1:]  # penultimate layer, class token dropped (LLaVA's default)",
+]
+
+
+def _transformers_snippet(repo: str, cls: str, processor: str) -> list[str]:
+    """Lines of the transformers usage of a folder saved as ``cls`` (each one runs on the folder)."""
+    if cls == "CLIPModel":
+        return ["from PIL import Image", "from transformers import CLIPModel, CLIPProcessor, CLIPVisionModel, "
+                "CLIPVisionModelWithProjection, pipeline", "", _IMAGE,
+                f'model = CLIPModel.from_pretrained("{repo}")  # image + text towers',
+                f'processor = CLIPProcessor.from_pretrained("{repo}")',
+                f'classifier = pipeline("zero-shot-image-classification", model="{repo}")',
+                'print(classifier(image, candidate_labels=["a photo of a cat", "a photo of a dog"]))', "",
+                f'vision = CLIPVisionModelWithProjection.from_pretrained("{repo}")  # projected image embeddings',
+                'embeddings = vision(**processor(images=image, return_tensors="pt")).image_embeds',
+                _TOWER.format(repo=repo), *_FEATURES]
+    lines = ["from PIL import Image", f"from transformers import CLIPImageProcessor, {cls}"
+             + (", CLIPVisionModel" if cls != "CLIPVisionModel" else ""), "", _IMAGE, processor]
+    if cls == "CLIPVisionModelWithProjection":
+        lines += [f'vision = CLIPVisionModelWithProjection.from_pretrained("{repo}")  # projected image embeddings',
+                  'embeddings = vision(**processor(images=image, return_tensors="pt")).image_embeds']
+    return lines + [_TOWER.format(repo=repo), *_FEATURES]
+
+
+def _usage_section(repo: str, cls: str, folder: Path, embedding: str = "pooled") -> str:
+    """Usage snippets that run on this folder: transformers (by its class), aft_hf, and open_clip only
+    where ``aft-hf export-openclip`` accepts the folder."""
+    from .export_openclip import config_problem
+
+    config = _read_json(folder / "config.json") or {}
+    size = (_geometry(config)[1] if config else {}).get("image_size") or 224
+    processor = (f'processor = CLIPImageProcessor.from_pretrained("{repo}")'
+                 if (folder / "preprocessor_config.json").is_file() else
+                 f'processor = CLIPImageProcessor(size={{"shortest_edge": {size}}}, '
+                 f'crop_size={{"height": {size}, "width": {size}}})  # no processor saved: CLIP\'s at {size} px')
+    code = ["```python", *_transformers_snippet(repo, cls, processor), "```"]
+    output = {"pooled": "L2-normalised image embeddings" if cls != "CLIPVisionModel"
+              else "the L2-normalised pooled output (no projection in this folder)",
+              "patch_tokens": "the normalised patch tokens of the penultimate layer, flattened",
+              }.get(embedding, embedding)
+    lines = ["## Usage", "", *code, ""]
+    if cls == "CLIPVisionModel":
+        lines += ["This folder is a bare `CLIPVisionModel` (no `visual_projection`, no text tower): it gives the "
+                  "hidden states that LLaVA-style vision-language models read from their CLIP vision tower, and with "
+                  "the base's geometry it can replace the base's tower there. It does not give CLIP's joint "
+                  "image-text embedding, so it cannot classify zero-shot by itself.", ""]
     else:
-        code = "\n".join([
-            "```python", vision, "from transformers import CLIPImageProcessor", "",
-            f'processor = CLIPImageProcessor.from_pretrained("{repo}")',
-            'embeddings = vision(**processor(images=image, return_tensors="pt")).image_embeds', "```"])
-    return "\n".join([
-        "## Usage", "", code, "",
-        "`CLIPVisionModel` gives the hidden states that LLaVA-style vision-language models read from their CLIP "
-        "vision tower; with the same geometry as the base, this tower can replace the base's.", "",
-        "With `aft_hf` (pixels in [0, 1], normalisation inside; for attacks and saliency maps):", "",
-        f'```python\nfrom aft_hf import load_image_encoder\n\nencoder = load_image_encoder("{repo}")\n'
-        "embeddings = encoder(pixels)  # (B, 3, H, W) in [0, 1] -> L2-normalised image embeddings\n```", "",
-        "With open_clip: convert a local copy with `aft-hf export-openclip` (it prints the matching "
-        "`open_clip.create_model` call):", "",
-        f"```bash\nhf download {repo} --local-dir model\n"
-        "aft-hf export-openclip model --out model_open_clip.safetensors\n```",
-    ])
+        lines += ["`CLIPVisionModel` gives the hidden states that LLaVA-style vision-language models read from their "
+                  "CLIP vision tower; with the same geometry as the base, this tower can replace the base's.", ""]
+    lines += ["With `aft_hf` (pixels in [0, 1], normalisation inside; for attacks and saliency maps):", "",
+              f'```python\nimport torch\nfrom aft_hf import load_image_encoder\n\n'
+              f'encoder = load_image_encoder("{repo}"' + (f', embedding="{embedding}"' if embedding != "pooled" else "")
+              + f')\npixels = torch.rand(1, 3, {size}, {size})  # (B, 3, H, W) in [0, 1], resized and cropped to '
+              f'{size} px\nembeddings = encoder(pixels)  # {output}\n```']
+    problem = config_problem(folder) if (folder / "config.json").is_file() else "no config.json"
+    if problem is None:
+        lines += ["", "With open_clip: convert a local copy with `aft-hf export-openclip` (it prints the matching "
+                  "`open_clip.create_model` call):", "",
+                  f"```bash\nhf download {repo} --local-dir model\n"
+                  "aft-hf export-openclip model --out model_open_clip.safetensors\n```"]
+    else:
+        logger.info("no open_clip snippet in the card: %s", problem)
+    return "\n".join(lines)
 
 
 def _limitations_section(recipe: Optional[dict], imported: Optional[dict], report: Optional[dict]) -> str:
@@ -538,6 +611,7 @@ def build_model_card(folder: Union[str, Path], repo_id: Optional[str] = None, re
     if config is None:
         raise CardError(f"'{folder}' is not an exported model folder (no config.json)")
     full_clip, vision = _geometry(config)
+    cls = folder_class(config)
     recipe = _read_yaml(folder / CONFIG_FILE)
     imported = _read_json(folder / IMPORT_FILE)
     base = (recipe or {}).get("model", {}).get("name_or_path") or (imported or {}).get("base")
@@ -558,9 +632,12 @@ def build_model_card(folder: Union[str, Path], repo_id: Optional[str] = None, re
     base_text = base_id or display_ref(base) or "the base model"
     arch = (f"Architecture: CLIP ViT, width {vision.get('hidden_size')}, {vision.get('num_hidden_layers')} layers, "
             f"{vision.get('num_attention_heads')} heads, patch {vision.get('patch_size')}, "
-            f"{vision.get('image_size')} px, projection {vision.get('projection_dim')}"
-            + ("; a full `CLIPModel` (image and text towers)." if full_clip
-               else "; image tower with projection only (`CLIPVisionModelWithProjection`)."))
+            f"{vision.get('image_size')} px"
+            + {"CLIPModel": f", projection {vision.get('projection_dim')}; a full `CLIPModel` (image and text towers).",
+               "CLIPVisionModelWithProjection": f", projection {vision.get('projection_dim')}; image tower with "
+                                                "projection only (`CLIPVisionModelWithProjection`).",
+               "CLIPVisionModel": "; a bare image tower (`CLIPVisionModel`: no projection, no text tower), the "
+                                  "vision tower of LLaVA-style models."}[cls])
     if recipe is not None:
         intro = (f"`{base_text}` with its image encoder fine-tuned by "
                  f"{'adversarial fine-tuning (AFT)' if adversarial else 'a noise-control run of AFT'} using `aft_hf`.")
@@ -570,7 +647,7 @@ def build_model_card(folder: Union[str, Path], repo_id: Optional[str] = None, re
         intro = "A CLIP model exported with `aft_hf`."
     sections = [f"# {model_name}", "", intro, "", arch]
     if recipe is not None:
-        sections += ["", _method_section(recipe, base_text), "", _recipe_section(recipe)]
+        sections += ["", _method_section(recipe, base_text, cls), "", _recipe_section(recipe)]
     if imported is not None:
         sections += ["", _import_section(imported)]
     results_text = _results_section(report) if report else None
@@ -580,7 +657,8 @@ def build_model_card(folder: Union[str, Path], repo_id: Optional[str] = None, re
         sections += ["", "## Figures"]
         for caption, path in figures.items():
             sections += ["", f"![{caption}]({path})"]
-    sections += ["", _usage_section(repo_id or model_name, full_clip), "",
+    embedding = ((recipe or {}).get("model") or {}).get("embedding") or "pooled"
+    sections += ["", _usage_section(repo_id or model_name, cls, folder, embedding), "",
                  _limitations_section(recipe, imported, report), "", CITATION, "",
                  f"<sub>Card generated by aft_hf {__version__} from the files in this repository.</sub>", ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(sections))

@@ -29,6 +29,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 
 from .errors import AftError
+from .files import respect_umask
 
 logger = get_logger(__name__)
 PROGRESS_FILE = "progress.json"
@@ -236,6 +237,7 @@ def save_checkpoint(accelerator: Accelerator, progress: Progress, output_dir: Pa
 def _publish(tmp: Path, final: Path) -> None:
     """Rename ``tmp`` to ``final``; a folder already there (same step saved again) is replaced last."""
     old = None
+    respect_umask(tmp)  # accelerate writes model.safetensors 0600 whatever the umask
     if final.exists():
         old = final.with_name(final.name.replace("step_", TMP_PREFIX + "old_"))
         os.replace(final, old)

@@ -238,6 +238,11 @@ class HubConfig:
     model only; `every_save` also the exported model at every checkpoint save; `checkpoint` also the
     latest checkpoint folder under `last-checkpoint/` (to resume elsewhere). Uploads run in the
     background, are retried, and a failed one never stops the run."""
+    upload_timeout_s: float = 60.0
+    """When training ends with background uploads pending (strategies `every_save`, `checkpoint`) and
+    the Hub fails (no network), wait at most this long; then stop retrying, list what was not
+    uploaded and name the command that uploads the final model (`aft-hf push <output_dir>/final`).
+    Uploads that go through are waited for, however long they take."""
 
 
 @dataclass
@@ -642,10 +647,28 @@ def validate(cfg: TrainConfig) -> list[str]:
     if cfg.model.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
         p.append(f"model.attn_implementation: unknown value '{cfg.model.attn_implementation}'")
     p.extend(_validate_eval_and_hub(cfg))
+    p.extend(_local_markers(cfg))
     p.extend(_validate_run(cfg))
     if cfg.model.embedding not in ("pooled", "patch_tokens"):
         p.append(f"model.embedding: unknown value '{cfg.model.embedding}' (choose pooled or patch_tokens)")
     return p
+
+
+def _local_markers(cfg: TrainConfig) -> list[str]:
+    """A ``local:<name>`` left from a config downloaded from the Hub (aft_hf.published) is no path: ask for it."""
+    from .published import LOCAL_PREFIX
+
+    return [f"{key}: '{value}' stands for a local folder of the machine that published this config: give its "
+            f"path here (--{key} /path/to/{value[len(LOCAL_PREFIX):]})"
+            for key, value in _flat_items(cfg.to_dict())
+            if isinstance(value, str) and value.startswith(LOCAL_PREFIX)]
+
+
+def _flat_items(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        out += _flat_items(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+    return out
 
 
 def _validate_eval_and_hub(cfg: TrainConfig) -> list[str]:
@@ -660,6 +683,8 @@ def _validate_eval_and_hub(cfg: TrainConfig) -> list[str]:
         p.append(f"eval.attack_steps: must be >= 0, got {e.attack_steps}")
     if any(x <= 0 for x in e.robust_eps):
         p.append(f"eval.robust_eps: budgets must be > 0 (1/255 units), got {e.robust_eps}")
+    if cfg.hub.upload_timeout_s < 0:
+        p.append(f"hub.upload_timeout_s: must be >= 0 seconds, got {cfg.hub.upload_timeout_s}")
     if cfg.hub.strategy not in HUB_STRATEGIES:
         p.append(f"hub.strategy: unknown value '{cfg.hub.strategy}' (choose from {', '.join(HUB_STRATEGIES)})")
     elif cfg.hub.strategy != "end" and not cfg.hub.push_to_hub:

@@ -18,5 +18,8 @@ BUILTIN_PREFIX = "builtin:"
 WORLD_CLIP_DIR = Path(__file__).resolve().parent / "world" / "base"
 """The small CLIP pretrained in the synthetic world, shipped with the package (``builtin:world-clip``)."""
 
+IMPORT_FILE = "aft_import.json"
+"""Provenance of a converted open_clip checkpoint, written by ``aft_hf.convert`` and read by the model card."""
+
 REPORT_SCHEMA_VERSION = 1
 """Version of the ``report.json`` schema written by ``aft-hf evaluate`` (documented in ``aft_hf/evaluate/report.py``)."""

@@ -24,7 +24,7 @@ from typing import Optional, Union
 
 from torch import Tensor
 
-from .card import IMPORT_FILE
+from .constants import IMPORT_FILE
 from .checkpoint_io import ConvertError, load_checkpoint_file, read_open_clip_config, resolve_checkpoint
 from .files import sha256_file
 from .model import save_preprocessing

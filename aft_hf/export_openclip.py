@@ -26,6 +26,7 @@ from torch import Tensor
 
 from .convert import ARCHS, VitGeometry, arch_geometry
 from .errors import AftError
+from .files import respect_umask
 
 logger = logging.getLogger(__name__)
 
@@ -107,30 +108,53 @@ def open_clip_model_cfg(config, full: bool, image_config=None) -> dict:
     return cfg
 
 
+def config_problem(folder: Union[str, Path], vision_only: bool = False) -> Optional[str]:
+    """Why export-openclip refuses ``folder``, read from its ``config.json`` alone (None: it exports it).
+
+    The model card asks this before recommending export-openclip; :func:`export_open_clip` raises it.
+    """
+    from transformers import AutoConfig
+
+    from .model import _vision_class
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        return f"'{folder}' is not a transformers model folder (no config.json)"
+    config = AutoConfig.from_pretrained(folder)
+    if config.model_type not in ("clip", "clip_vision_model"):
+        return f"'{folder}' holds a '{config.model_type}' model; export-openclip writes CLIP ViTs"
+    full = config.model_type == "clip" and not vision_only
+    if config.model_type == "clip_vision_model" and _vision_class(config).__name__ == "CLIPVisionModel":
+        return NO_PROJECTION.format(folder=folder)
+    vc = config.vision_config if config.model_type == "clip" else config
+    acts = {vc.hidden_act, config.text_config.hidden_act} if full else set()
+    if len(acts) > 1:
+        return (f"the image and text towers use different activations ({', '.join(sorted(acts))}); an "
+                "open_clip CLIP has one: pass --vision-only to export the image tower alone")
+    for name, eps in (("vision", vc.layer_norm_eps),) + ((("text", config.text_config.layer_norm_eps),)
+                                                          if full else ()):
+        if abs(eps - 1e-5) > 1e-12:
+            return f"the {name} tower's layer_norm_eps is {eps}; open_clip's layers use 1e-5"
+    return None
+
+
+NO_PROJECTION = ("'{folder}' has no visual projection (a CLIPVisionModel without projection): open_clip's image "
+                 "tower needs one; export the full CLIPModel it came from")
+
+
 def _load(folder: Path, vision_only: bool):
     """(the model, whether it is a full CLIPModel) with every weight the export needs present."""
     from transformers import AutoConfig, CLIPModel, CLIPVisionModelWithProjection
 
-    if not (folder / "config.json").is_file():
-        raise ExportError(f"'{folder}' is not a transformers model folder (no config.json)")
+    problem = config_problem(folder, vision_only)
+    if problem:
+        raise ExportError(problem)
     config = AutoConfig.from_pretrained(folder)
-    if config.model_type not in ("clip", "clip_vision_model"):
-        raise ExportError(f"'{folder}' holds a '{config.model_type}' model; export-openclip writes CLIP ViTs")
     full = config.model_type == "clip" and not vision_only
     cls = CLIPModel if full else CLIPVisionModelWithProjection
     model, info = cls.from_pretrained(folder, output_loading_info=True)
     if any(k.startswith("visual_projection") for k in info.get("missing_keys", ())):
-        raise ExportError(f"'{folder}' has no visual projection (a CLIPVisionModel without projection): open_clip's "
-                          "image tower needs one; export the full CLIPModel it came from")
-    acts = {model.config.vision_config.hidden_act, model.config.text_config.hidden_act} if full else set()
-    if len(acts) > 1:
-        raise ExportError(f"the image and text towers use different activations ({', '.join(sorted(acts))}); an "
-                          "open_clip CLIP has one: pass --vision-only to export the image tower alone")
-    vc = model.config.vision_config if full else model.config
-    for name, eps in (("vision", vc.layer_norm_eps),) + ((("text", model.config.text_config.layer_norm_eps),)
-                                                          if full else ()):
-        if abs(eps - 1e-5) > 1e-12:
-            raise ExportError(f"the {name} tower's layer_norm_eps is {eps}; open_clip's layers use 1e-5")
+        raise ExportError(NO_PROJECTION.format(folder=folder))
     return model, full
 
 
@@ -204,6 +228,7 @@ def export_open_clip(folder: Union[str, Path], out: Union[str, Path], arch: str 
     os.close(fd)
     try:
         save_file(state, tmp, metadata={"format": "pt", "writer": WRITER, "source": folder.name})
+        respect_umask(tmp)  # mkstemp and safetensors make 0600 files
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

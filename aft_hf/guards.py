@@ -123,16 +123,22 @@ class StopOnSignal:
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    STEP_MESSAGE = "finishing the current step, then saving a checkpoint and stopping"
 
-    def __init__(self):
+    def __init__(self, message: str = STEP_MESSAGE, event: Optional[threading.Event] = None):
+        """``message``: what happens next, logged at the first signal; ``event``: also set then (for a wait
+        in another thread, e.g. :class:`aft_hf.hub_sync.HubSync`'s retries)."""
         self.signum: Optional[int] = None
+        self.message, self.event = message, event
         self._previous: dict = {}
 
     def _handle(self, signum, frame) -> None:
         if self.signum is None:
             self.signum = signum
-            logger.warning("received %s: finishing the current step, then saving a checkpoint and stopping "
-                           "(Ctrl-C again to stop at once)", signal.Signals(signum).name)
+            if self.event is not None:
+                self.event.set()
+            logger.warning("received %s: %s (Ctrl-C again to stop at once)", signal.Signals(signum).name,
+                           self.message)
         if signum == signal.SIGINT:
             signal.signal(signal.SIGINT, signal.default_int_handler)
 

@@ -24,6 +24,8 @@ from typing import Optional, Sequence, Union
 from huggingface_hub import HfApi, get_token
 
 from .errors import AftError
+from .files import WEIGHTS_HASH_KEY, folder_weights_sha256
+from .published import publishable, rewrite_for_upload
 from .outputs import MARKER, OutputError, check_output_dir, discard, replace_dir, staging_dir, write_marker
 
 
@@ -62,9 +64,20 @@ def load_report(path: Union[str, Path]) -> dict:
 
 
 def check_report(report: dict, name: str = "the report") -> None:
-    """Refuse anything that is not an evaluate report (e.g. a train_summary.json) before it reaches the card."""
+    """Refuse anything that is not an evaluate report (e.g. a train_summary.json) before it reaches the card.
+
+    A report of several models (``{"reports": [...]}``, written by ``aft-hf evaluate`` with several
+    ``--model``) is checked row by row.
+    """
     from .constants import REPORT_SCHEMA_VERSION as SCHEMA_VERSION
 
+    if isinstance(report.get("reports"), list) and "metrics" not in report:
+        if not report["reports"] or not all(isinstance(r, dict) for r in report["reports"]):
+            raise HubError(f"'{name}' has an empty or malformed 'reports' list: pass a report.json written by "
+                           "`aft-hf evaluate`")
+        for row in report["reports"]:
+            check_report(row, name)
+        return
     if "schema_version" not in report or not isinstance(report.get("metrics"), dict):
         found = ", ".join(map(str, list(report)[:8])) or "nothing"
         raise HubError(f"'{name}' is not an `aft-hf evaluate` report (it needs 'schema_version' and a 'metrics' "
@@ -72,6 +85,52 @@ def check_report(report: dict, name: str = "the report") -> None:
     if report["schema_version"] != SCHEMA_VERSION:
         raise HubError(f"'{name}' has report schema_version {report['schema_version']!r}; this aft_hf reads "
                        f"schema {SCHEMA_VERSION}: re-run `aft-hf evaluate` with this version")
+
+
+def _row_name(row: dict) -> str:
+    label, model = row.get("label"), row.get("model")
+    return f"{label} ({model})" if label and model and label != model else str(label or model or "?")
+
+
+def report_for_folder(report: dict, folder: Union[str, Path], allow_unverified: bool = False,
+                      name: str = "the report") -> dict:
+    """The row of ``report`` (one model's report, or ``{"reports": [...]}``) that measured ``folder``'s weights.
+
+    Rows carry the hash of the image tower they measured (``weights_sha256``, see
+    :func:`aft_hf.files.tower_weights_sha256`); only a row with this folder's hash may reach its card.
+    A report without hashes (an earlier aft_hf) is taken only with ``allow_unverified``, and then only
+    a single-model report, or the row whose ``model`` is this folder.
+    """
+    folder = Path(folder).resolve()
+    rows = report["reports"] if isinstance(report.get("reports"), list) and "metrics" not in report else [report]
+    hashed = [r for r in rows if r.get(WEIGHTS_HASH_KEY)]
+    if hashed:
+        mine = folder_weights_sha256(folder)
+        if mine is None:
+            raise HubError(f"'{folder}' holds no model.safetensors (or pytorch_model.bin): nothing to check the "
+                           f"report against")
+        matches = [r for r in hashed if r[WEIGHTS_HASH_KEY] == mine]
+        if not matches:
+            measured = "; ".join(f"{_row_name(r)} [weights {r[WEIGHTS_HASH_KEY][:12]}]" for r in hashed)
+            raise HubError(f"{name} has no row for '{folder}' (weights {mine[:12]}); it measured {measured}: "
+                           f"evaluate this folder with `aft-hf evaluate --model {folder} ...` and pass that report")
+        if len(matches) > 1:
+            logger.info("%d rows of %s measured these weights; the card shows the first (%s)", len(matches), name,
+                        _row_name(matches[0]))
+        return matches[0]
+    if not allow_unverified:
+        raise HubError(f"{name} records no weights hash (written by an aft_hf before {WEIGHTS_HASH_KEY} existed), so "
+                       f"nothing shows it measured '{folder}': re-run `aft-hf evaluate --model {folder}`, or pass "
+                       "--allow-unverified-report if you know it did")
+    if len(rows) == 1:
+        logger.warning("%s records no weights hash: its numbers go on the card of '%s' unverified", name, folder)
+        return rows[0]
+    same = [r for r in rows if r.get("model") and Path(str(r["model"])).expanduser().resolve() == folder]
+    if len(same) != 1:
+        raise HubError(f"{name} holds {len(rows)} models and no weights hashes, and no single row names '{folder}': "
+                       "pass the report.json of this model's sub-folder")
+    logger.warning("%s records no weights hash: row '%s' goes on the card unverified", name, _row_name(same[0]))
+    return same[0]
 
 
 def check_repo_id(repo_id: Optional[str]) -> None:
@@ -110,14 +169,16 @@ def _copy_figure(src: Path, out: Path) -> str:
 def prepare_hub_folder(folder: Union[str, Path], out: Union[str, Path], repo_id: Optional[str] = None,
                        report: Union[str, Path, dict, None] = None, figure: Union[str, Path, None] = None,
                        license: Optional[str] = None, overwrite: bool = False, allow_network: bool = False,
-                       tags: Sequence[str] = ()) -> Path:
+                       tags: Sequence[str] = (), allow_unverified_report: bool = False) -> Path:
     """Build the exact folder that is uploaded: weights and processor files, README.md card, report, figures.
 
     Files matching ``IGNORE_PATTERNS`` (checkpoints in progress, logs) are not copied. A report
     read from a file brings its figures (``"figures": {name: path relative to the report}``);
     ``figure`` adds a saliency figure of your own. The folder is built next to ``out`` and moved
     into place at the end, so a failure leaves ``out`` untouched; ``overwrite`` replaces only a
-    folder that aft_hf wrote (see :mod:`aft_hf.outputs`).
+    folder that aft_hf wrote (see :mod:`aft_hf.outputs`). Only the report's row that measured this
+    folder's weights reaches the card (:func:`report_for_folder`; ``allow_unverified_report`` takes a
+    report of an earlier aft_hf that records no weights hash).
     """
     folder = Path(folder).resolve()
     if not (folder / "config.json").is_file():
@@ -135,6 +196,8 @@ def prepare_hub_folder(folder: Union[str, Path], out: Union[str, Path], repo_id:
     report_dict = load_report(report) if isinstance(report, (str, Path)) else report
     if isinstance(report_dict, dict):
         check_report(report_dict)
+        report_dict = report_for_folder(report_dict, folder, allow_unverified_report,
+                                        f"the report '{report}'" if isinstance(report, (str, Path)) else "the report")
     tmp = staging_dir(out)
     try:
         _fill_hub_folder(tmp, folder, report, report_dict, figure, repo_id, license, allow_network, tags)
@@ -177,7 +240,9 @@ def _fill_hub_folder(out: Path, folder: Path, report, report_dict: Optional[dict
                 logger.info("figure '%s' of the report not found: left out of the card", rel)
         if report_figures:
             report_dict["figures"] = moved  # paths inside the Hub folder; the numbers are not touched
+        report_dict = publishable(report_dict)
         (out / REPORT_FILE).write_text(json.dumps(report_dict, indent=2))
+    rewrite_for_upload(out)  # aft_config.yaml & co.: local paths -> local:<name> (aft_hf.published)
     try:
         card = build_model_card(out, repo_id=repo_id, report=report_dict, figures=figures, license=license,
                                 allow_network=allow_network, extra_tags=tags)
@@ -214,11 +279,20 @@ def _explain(e: Exception, token: str) -> str:
     return why.replace(token, "***")
 
 
+def retry_command(folder: Union[str, Path, None], repo_id: Optional[str], private: bool = False) -> str:
+    """The ``aft-hf push`` command that uploads ``folder`` (an exported model) to ``repo_id``."""
+    return f"aft-hf push {folder or '<output_dir>/final'} --repo-id {repo_id}" + (" --private" if private else "")
+
+
 def push_folder(folder: Union[str, Path], repo_id: str, private: bool = False, token: Optional[str] = None,
-                commit_message: str = "Upload AFT fine-tuned CLIP (aft_hf)") -> str:
+                commit_message: str = "Upload AFT fine-tuned CLIP (aft_hf)", source: Union[str, Path, None] = None,
+                extra_options: str = "", name: Optional[str] = None) -> str:
     """Upload a folder as it is to ``repo_id`` (``create_repo(exist_ok=True)`` + ``upload_folder``).
 
     Returns the commit URL. The token comes from the argument, ``HF_TOKEN`` or the login cache.
+    ``source``: the exported model ``folder`` was built from (a temporary Hub folder); a failure then
+    names it and the ``aft-hf push`` command that retries (``extra_options`` appended to it); ``name``
+    names the folder in a failure instead (e.g. ``the model of step 200``).
     """
     folder = Path(folder)
     if not (folder / "config.json").is_file():
@@ -231,14 +305,18 @@ def push_folder(folder: Union[str, Path], repo_id: str, private: bool = False, t
         info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
                                  ignore_patterns=IGNORE_PATTERNS, repo_type="model")
     except Exception as e:  # offline mode, no network, HTTP errors: one clear message
-        raise HubError(f"could not push '{folder}' to '{repo_id}': {_explain(e, token)}") from None
+        if source is None:
+            raise HubError(f"could not push {name or repr(str(folder))} to '{repo_id}': {_explain(e, token)}") from None
+        retry = retry_command(Path(source), repo_id, private) + extra_options
+        raise HubError(f"could not push '{source}' to '{repo_id}': {_explain(e, token)}; the model stays in "
+                       f"'{source}': retry with `{retry}`") from None
     return str(getattr(info, "commit_url", info))
 
 
 def push_model(folder: Union[str, Path], repo_id: str, report: Union[str, Path, dict, None] = None,
                figure: Union[str, Path, None] = None, private: bool = False, license: Optional[str] = None,
                token: Optional[str] = None, staging: Union[str, Path, None] = None, overwrite: bool = False,
-               tags: Sequence[str] = ()) -> str:
+               tags: Sequence[str] = (), allow_unverified_report: bool = False) -> str:
     """Build the Hub folder (card included) and upload it; what ``aft-hf push`` and training's push do.
 
     ``staging`` keeps the built folder there; by default it is built in a temporary folder.
@@ -246,11 +324,14 @@ def push_model(folder: Union[str, Path], repo_id: str, report: Union[str, Path, 
     check_repo_id(repo_id)
     check_license(license)
     token = require_token(token)  # fail before any work when there is no token
+    source = Path(folder).resolve()
+    extra = "".join(f" --{k} {v}" for k, v in (("report", report), ("figure", figure), ("license", license))
+                    if isinstance(v, (str, Path)))
     if staging is not None:
         built = prepare_hub_folder(folder, staging, repo_id, report, figure, license, overwrite, allow_network=True,
-                                   tags=tags)
-        return push_folder(built, repo_id, private=private, token=token)
+                                   tags=tags, allow_unverified_report=allow_unverified_report)
+        return push_folder(built, repo_id, private=private, token=token, source=source, extra_options=extra)
     with tempfile.TemporaryDirectory(prefix="aft_hf_hub_") as tmp:
         built = prepare_hub_folder(folder, Path(tmp) / "hub", repo_id, report, figure, license, allow_network=True,
-                                   tags=tags)
-        return push_folder(built, repo_id, private=private, token=token)
+                                   tags=tags, allow_unverified_report=allow_unverified_report)
+        return push_folder(built, repo_id, private=private, token=token, source=source, extra_options=extra)

@@ -22,6 +22,7 @@ from typing import Iterable, Optional, Union
 
 from .constants import VERSION as __version__
 from .errors import AftError
+from .files import respect_umask
 
 MARKER = ".aft_hf_output"
 """Marker file in every folder written by aft_hf (JSON: writer, aft_hf version, time)."""
@@ -86,8 +87,10 @@ def replace_dir(tmp: PathLike, final: PathLike) -> Path:
     """Move the fully written ``tmp`` to ``final``; an existing ``final`` (already checked) is replaced.
 
     A reader never sees a half-written folder: the old folder is renamed aside first and removed last.
+    The folder gets the modes the umask gives (``mkdtemp`` made it private, safetensors writes 0600).
     """
     tmp, final = Path(tmp), Path(final)
+    respect_umask(tmp)
     if final.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old", dir=final.parent))
         os.replace(final, old / final.name)

@@ -18,6 +18,7 @@ import yaml
 
 from .checkpointing import CONFIG_FILE
 from .config import ConfigError, TrainConfig
+from .published import matches_published
 
 FREE_SECTIONS = ("checkpoint", "logging", "hub", "perf")
 FREE_FIELDS = ("cpu", "data.num_workers", "model.attn_implementation")
@@ -43,7 +44,7 @@ def optimisation_changes(saved: dict, new: TrainConfig) -> list[str]:
         a, b = old.get(key), cur.get(key)
         if key == "optim.max_steps" and isinstance(a, int) and isinstance(b, int) and b >= a:
             continue
-        if a != b:
+        if not matches_published(a, b):  # a checkpoint from the Hub records local paths as local:<name>
             changes.append(f"{key}: {a!r} -> {b!r}")
     return changes
 

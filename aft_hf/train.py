@@ -292,7 +292,7 @@ def train(cfg: TrainConfig) -> Path:
     final = loop.finish()
     accelerator.wait_for_everyone()
     if loop.hub_sync is not None:
-        loop.hub_sync.finish(loop.last_saved, progress.step)  # pending uploads land before the final push
+        loop.hub_sync.finish(loop.last_saved, progress.step, final)  # pending uploads land before the final push
     if cfg.hub.push_to_hub and accelerator.is_main_process:
         from .hub import push_model
 

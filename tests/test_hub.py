@@ -54,9 +54,12 @@ def exported(tmp_path_factory, tiny_encoder):
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
+def inputs(tmp_path_factory, exported):
+    """The report (of the exported folder's weights, as `aft-hf evaluate` records them) and figures."""
+    from aft_hf.files import folder_weights_sha256
+
     root = tmp_path_factory.mktemp("inputs")
-    (root / "report.json").write_text(json.dumps(REPORT))
+    (root / "report.json").write_text(json.dumps(dict(REPORT, weights_sha256=folder_weights_sha256(exported))))
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (24, 48, 3), dtype=np.uint8)).save(root / "saliency.png")
     Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(root / "examples.png")

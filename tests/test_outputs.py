@@ -144,3 +144,57 @@ def test_import_checkpoint_out_rules(tmp_path, tiny_clip_path, capsys):
     assert main(base + [str(user), "--overwrite"]) == 2 and "not written by aft_hf" in capsys.readouterr().err
     assert main(base + [str(ckpt_dir), "--overwrite"]) == 2 and "contains the input" in capsys.readouterr().err
     assert (user / "keep.txt").is_file() and (ckpt_dir / "v.safetensors").is_file()
+
+
+@pytest.fixture
+def umask_022():
+    """A shared-file-system umask (group and others may read), restored afterwards."""
+    import os
+
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def _modes(root):
+    import stat
+
+    return {p.relative_to(root).as_posix() or ".": oct(stat.S_IMODE(p.stat().st_mode))
+            for p in [root, *root.rglob("*")]}
+
+
+def test_outputs_respect_the_umask(umask_022, run_dir, tmp_path):
+    """Issue 20.9: final/, the push folder and checkpoints were 0700 with 0600 weights under umask 022."""
+    from accelerate import Accelerator
+
+    from aft_hf.checkpointing import Progress, save_checkpoint
+    from aft_hf.files import current_umask
+
+    assert current_umask() == 0o022
+    final = run_dir / "final"
+    modes = _modes(final)
+    assert modes["."] == "0o755" and modes["model.safetensors"] == "0o644", modes
+    assert set(modes.values()) <= {"0o755", "0o644"}
+    hub = tmp_path / "hub"
+    assert main(["push", str(final), "--repo-id", "me/x", "--dry-run", "--out", str(hub)]) == 0
+    assert set(_modes(hub).values()) <= {"0o755", "0o644"} and _modes(hub)["."] == "0o755"
+
+    acc = Accelerator(cpu=True)
+    acc.prepare(torch.nn.Linear(2, 2))
+    ckpt = save_checkpoint(acc, Progress(step=3), tmp_path / "run", None)
+    modes = _modes(ckpt)
+    assert modes["."] == "0o755" and modes["model.safetensors"] == "0o644", modes
+
+
+def test_outputs_follow_a_private_umask(run_dir, tmp_path):
+    """A 077 umask keeps the export private: the modes follow the umask, not a fixed 0644."""
+    import os
+
+    from aft_hf.model import export_pretrained, load_image_encoder
+
+    old = os.umask(0o077)
+    try:
+        out = export_pretrained(load_image_encoder(str(run_dir / "final")), tmp_path / "private")
+    finally:
+        os.umask(old)
+    assert _modes(out)["."] == "0o700" and _modes(out)["model.safetensors"] == "0o600"

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Optional, Sequence
 
 from . import DefaultsHelpFormatter, add_device_and_out_arguments, add_model_arguments
+from ..files import WEIGHTS_HASH_KEY, tower_weights_sha256
 from ..explain import available_methods, resolve_method
 from ..explain.loading import load_models_and_texts, pick_device
 from ..explain.options import OptionProblems
@@ -31,6 +33,9 @@ def add_subcommand(subparsers) -> None:
                                           "comparison.md, when several are given).",
                               formatter_class=DefaultsHelpFormatter)
     add_model_arguments(p)
+    p.add_argument("--label", action="append", default=None,
+                   help="a name per --model for reports, figures and the sub-folder (repeat, in --model order; "
+                        "default: the model's last path part, numbered when two coincide: final, final#2)")
     p.add_argument("--dataset", required=True,
                    help="Hub id, 'imagefolder' (with --data-dir), a local folder, or builtin:shapes")
     p.add_argument("--data-dir", help="folder of images for --dataset imagefolder")
@@ -91,6 +96,8 @@ def _check_options(args) -> list[str]:
     problems.file("--class-names", args.class_names)
     if args.data_dir is not None:
         problems.require(Path(args.data_dir).is_dir(), f"--data-dir '{args.data_dir}' is not a folder")
+    if args.label is not None:
+        problems.call(lambda: model_labels(args.model, args.label))
     problems.at_least("--max-samples", args.max_samples, 1)
     problems.at_least("--batch-size", args.batch_size, 1)
     problems.at_least("--deletion-steps", args.deletion_steps, 1)
@@ -145,8 +152,11 @@ def _cli_evaluate(args, extra) -> int:
                "insertion": {"steps": args.deletion_steps, "order": args.deletion_order, "baseline": args.baseline},
                "pointing": {"tolerance": args.tolerance}}
     out = Path(args.out)
+    several = len(args.model) > 1
+    labels = model_labels(args.model, args.label)
+    folders = dict(zip(labels, model_folders(labels))) if several else {labels[0]: ""}
     reports = {}
-    for name, encoder, text, text_source in zip(args.model, encoders, texts, text_sources):
+    for name, label, encoder, text, text_source in zip(args.model, labels, encoders, texts, text_sources):
         if encoder.image_size != size:
             logger.warning("model %s expects %d px; images are re-cropped to it", name, encoder.image_size)
             data_m = load_labelled_images(args.dataset, encoder.image_size, args.split, args.data_dir, args.config_name,
@@ -154,36 +164,79 @@ def _cli_evaluate(args, extra) -> int:
                                           args.seed, args.mask_column, args.box_column)
         else:
             data_m = data
-        info = {"model": name, "text_model": text_source, "dataset": args.dataset, "split": data_m.split,
+        info = {"model": name, "label": label, WEIGHTS_HASH_KEY: tower_weights_sha256(encoder.vision.state_dict()),
+                "text_model": text_source, "dataset": args.dataset, "split": data_m.split,
                 "skipped_images": data_m.skipped, "class_names_source": source}
         report, ctx = evaluate_model(encoder, text, names, templates, data_m.images, data_m.labels, metrics,
                                      args.methods, data_m.masks, options, args.batch_size, args.seed, info=info)
-        folder = out if len(args.model) == 1 else out / slug(name)
-        reports[name] = write_outputs(report, ctx, folder, slug(name) if len(args.model) > 1 else "", class_names=names)
-        print(f"{name}: {folder / 'report.json'}")
-    if len(args.model) > 1:
-        _write_comparison(reports, out)
+        folder = out / folders[label]
+        figure_label = label if several or args.label else ""
+        reports[label] = write_outputs(report, ctx, folder, figure_label, class_names=names)
+        print(f"{name}{f' ({label})' if label != name else ''}: {folder / 'report.json'}")
+    if several:
+        _write_comparison(reports, folders, out)
     return 0
 
 
-def _write_comparison(reports: dict, out: Path) -> None:
+def model_labels(models: Sequence[str], given: Optional[Sequence[str]] = None) -> list[str]:
+    """One distinct label per model: ``--label`` as given (one per model, distinct, not empty), else the
+    model's last path part without a ``builtin:`` prefix, numbered when two coincide (``final``, ``final#2``)."""
+    if given:
+        if len(given) != len(models):
+            raise EvaluationError(f"{len(given)} --label for {len(models)} --model: give one label per model, "
+                                  "in --model order")
+        if any(not g.strip() for g in given) or len(set(given)) != len(given):
+            raise EvaluationError(f"--label values must be distinct and not empty (got {', '.join(map(repr, given))})")
+        return list(given)
+    return _numbered([Path(m.split(":", 1)[-1].rstrip("/\\")).name or m for m in models], "#")
+
+
+def model_folders(labels: Sequence[str]) -> list[str]:
+    """Distinct sub-folder names for the labels (``slug``; a clash after slugging is numbered ``_2``)."""
+    return _numbered([slug(label) for label in labels], "_")
+
+
+def _numbered(names: Sequence[str], sep: str) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        unique, n = name, 2
+        while unique in out:
+            unique, n = f"{name}{sep}{n}", n + 1
+        out.append(unique)
+    return out
+
+
+def _write_comparison(reports: dict, folders: dict, out: Path) -> None:
+    """comparison.md, the comparison figures and ``report.json`` holding every model's report (``reports``:
+    label -> report; ``folders``: label -> its sub-folder). ``aft-hf push --report`` picks the pushed
+    folder's row from it by the weights hash."""
+    from urllib.parse import quote
+
+    from ..evaluate.report import write_json
     from ..figures import perturbation_curves, roar_curves
 
-    roar = {slug(k): r["metrics"]["roar"] for k, r in reports.items() if "accuracy" in r["metrics"].get("roar", {})}
+    roar = {k: r["metrics"]["roar"] for k, r in reports.items() if "accuracy" in r["metrics"].get("roar", {})}
     if roar:
         roar_curves(roar, out / "roar.png")
-    pert = {slug(k): {m: r["metrics"][m] for m in ("deletion", "insertion") if m in r["metrics"]}
+    pert = {k: {m: r["metrics"][m] for m in ("deletion", "insertion") if m in r["metrics"]}
             for k, r in reports.items()}
     if any(pert.values()):
         perturbation_curves(pert, out / "deletion_insertion.png")
     attacks = {r["metrics"]["robust_attack"].get("name", "PGD") for r in reports.values()
                if "robust_attack" in r["metrics"]}
     robust = f"robust top-1 ({'; '.join(sorted(attacks))})" if attacks else "robust top-1"
-    lines = ["# Model comparison", "", f"| model | text tower | zero-shot top-1 | {robust} |", "|---|---|---|---|"]
+    lines = ["# Model comparison", "", f"| label | model | text tower | zero-shot top-1 | {robust} |",
+             "|---|---|---|---|---|"]
     for k, r in reports.items():
         m = r["metrics"]
         top1 = m.get("zeroshot_top1")
         rob = ", ".join(f"{e}: {v:.3f}" for e, v in m.get("robust_top1", {}).items())
-        lines.append(f"| `{k}` | `{r.get('text_model')}` | {'n/a' if top1 is None else f'{top1:.3f}'} | {rob or 'n/a'} |")
-    lines += ["", "Per-model reports: " + ", ".join(f"[{slug(k)}]({slug(k)}/report.md)" for k in reports), ""]
+        top1 = "n/a" if top1 is None else f"{top1:.3f}"
+        lines.append(f"| {k} | `{r.get('model')}` | `{r.get('text_model')}` | {top1} | {rob or 'n/a'} |")
+    lines += ["", "Per-model reports: " + ", ".join(f"[{k}]({quote(folders[k])}/report.md)" for k in reports), ""]
     (out / "comparison.md").write_text("\n".join(lines))
+    rows = [{**r, "figures": {n: f"{folders[k]}/{f}" for n, f in (r.get("figures") or {}).items()}}
+            for k, r in reports.items()]  # figure paths relative to this report
+    first = next(iter(reports.values()))
+    write_json({"schema_version": first["schema_version"], "aft_hf_version": first.get("aft_hf_version"),
+                "created": first.get("created"), "reports": rows}, out / "report.json")

@@ -14,6 +14,9 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("folder", help="an exported folder, e.g. out/final, or a converted one")
     p.add_argument("--repo-id", required=True, help="e.g. me/clip-vit-b16-aft")
     p.add_argument("--report", help="JSON report of `aft-hf evaluate` (results table and model-index)")
+    p.add_argument("--allow-unverified-report", action="store_true",
+                   help="accept a report of an earlier aft_hf that records no weights hash (by default a report "
+                        "must hold a row that measured this folder's weights)")
     p.add_argument("--figure", help="a saliency figure (PNG/JPEG) to embed in the card")
     p.add_argument("--license", help="license id; default: inherited from the base model's card when known")
     p.add_argument("--tag", action="append", default=[], help="an extra tag (repeatable)")
@@ -30,9 +33,11 @@ def _cli_push(args, extra) -> int:
         if not args.out:
             raise HubError("--dry-run needs --out DIR (where the folder is built)")
         out = prepare_hub_folder(args.folder, args.out, args.repo_id, args.report, args.figure, args.license,
-                                 overwrite=args.overwrite, tags=args.tag)
+                                 overwrite=args.overwrite, tags=args.tag,
+                                 allow_unverified_report=args.allow_unverified_report)
         print(f"built {out} (dry run, nothing uploaded): {', '.join(sorted(p.name for p in out.iterdir()))}")
         return 0
     print(push_model(args.folder, args.repo_id, args.report, args.figure, private=args.private,
-                     license=args.license, staging=args.out, overwrite=args.overwrite, tags=args.tag))
+                     license=args.license, staging=args.out, overwrite=args.overwrite, tags=args.tag,
+                     allow_unverified_report=args.allow_unverified_report))
     return 0

@@ -25,6 +25,7 @@ __all__ = ["DEFAULT_CONFIG", "HEADLINE", "DemoOptions", "Setup", "prepare", "run
 
 def run_demo(opts: DemoOptions) -> dict:
     """Run everything and write ``opts.out``; returns the report dict (as written to report.json)."""
+    from ..files import WEIGHTS_HASH_KEY, folder_weights_sha256
     from ..hub import prepare_hub_folder
     from .measure import aft_objective, measure
     from .report import aggregate, card_report, metrics_figure, objective_table, saliency_grid, verdicts, write_report
@@ -70,8 +71,9 @@ def run_demo(opts: DemoOptions) -> dict:
     report["figures"] = {k: v.name for k, v in figures.items()}
     report["wall_time_s"] = time.perf_counter() - start
     report = write_report(report, setup.out)
-    prepare_hub_folder(finals[first][0], setup.out / "hub_folder", repo_id=opts.repo_id,
-                       report=card_report(report, runs[first][0], opts.repo_id),
+    card = card_report(report, runs[first][0], opts.repo_id)
+    card[WEIGHTS_HASH_KEY] = folder_weights_sha256(finals[first][0])  # the run the demo measured is this folder
+    prepare_hub_folder(finals[first][0], setup.out / "hub_folder", repo_id=opts.repo_id, report=card,
                        figure=figures["saliency_grid"], overwrite=True)
     logger.info("demo finished in %.0f s: see %s and %s", report["wall_time_s"], setup.out / "report.md",
                 setup.out / "saliency_grid.png")
