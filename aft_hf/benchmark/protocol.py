@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..attack import attack_mode
 from ..evaluate.apgd import apgd, ce_loss, targeted_dlr_loss
+from ..threat_models import Linf
 from .errors import BenchmarkError
 
 PRECISIONS = ("fp32", "bf16")
@@ -44,7 +45,8 @@ class Protocol:
     precision: str = "fp32"
     batch_size: int = 50
     seed: int = 0
-    norm: str = field(default="linf")
+    norm: str = field(default=Linf.name)
+    """The protocol attacks in L-inf."""
 
     def __post_init__(self):
         problems = []
