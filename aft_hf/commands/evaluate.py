@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from . import DefaultsHelpFormatter, add_device_and_out_arguments, add_model_arguments
+from . import (DefaultsHelpFormatter, add_data_quality_arguments, add_device_and_out_arguments, add_model_arguments,
+               check_data_quality_arguments)
 from ..explain import available_methods, resolve_method
 from ..explain.loading import load_models_and_texts, pick_device
 from ..explain.options import OptionProblems
@@ -43,6 +44,7 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--max-samples", type=int, default=500, help="at most this many images (>= 1)")
     p.add_argument("--streaming", action="store_true",
                    help="stream the dataset (the first --max-samples images, not a shuffled subset)")
+    add_data_quality_arguments(p)
     p.add_argument("--class-names", help="file with one class name per line (label order)")
     p.add_argument("--imagenet-classnames", action="store_true", help="use the shipped cleaned ImageNet-1k names")
     p.add_argument("--templates", help="'simple', 'clip80', a file (one per line) or one template with {} "
@@ -92,6 +94,7 @@ def _check_options(args) -> list[str]:
     if args.data_dir is not None:
         problems.require(Path(args.data_dir).is_dir(), f"--data-dir '{args.data_dir}' is not a folder")
     problems.at_least("--max-samples", args.max_samples, 1)
+    check_data_quality_arguments(args, problems)
     problems.at_least("--batch-size", args.batch_size, 1)
     problems.at_least("--deletion-steps", args.deletion_steps, 1)
     problems.at_least("--tolerance", args.tolerance, 0)
@@ -130,7 +133,7 @@ def _cli_evaluate(args, extra) -> int:
     size = encoders[0].image_size
     data = load_labelled_images(args.dataset, size, args.split, args.data_dir, args.config_name, args.image_column,
                                 args.label_column, args.max_samples, args.streaming, args.seed,
-                                args.mask_column, args.box_column)
+                                args.mask_column, args.box_column, max_bad_fraction=args.max_bad_fraction)
     world = (None if names_from_feature(data.label_feature) else
              world_label_feature(args.data_dir or args.dataset, args.label_column))
     names = resolve_classnames(args.class_names, world or data.label_feature, args.imagenet_classnames)
@@ -151,7 +154,8 @@ def _cli_evaluate(args, extra) -> int:
             logger.warning("model %s expects %d px; images are re-cropped to it", name, encoder.image_size)
             data_m = load_labelled_images(args.dataset, encoder.image_size, args.split, args.data_dir, args.config_name,
                                           args.image_column, args.label_column, args.max_samples, args.streaming,
-                                          args.seed, args.mask_column, args.box_column)
+                                          args.seed, args.mask_column, args.box_column,
+                                          max_bad_fraction=args.max_bad_fraction)
         else:
             data_m = data
         info = {"model": name, "text_model": text_source, "dataset": args.dataset, "split": data_m.split,

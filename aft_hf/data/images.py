@@ -180,21 +180,26 @@ def load_images(paths: Union[str, Path, list[Union[str, Path]]], size: int,
 
 
 def load_readable_images(paths: list[Union[str, Path]], size: int, limits: ImageLimits = DEFAULT_LIMITS,
-                         max_logged: int = 10) -> tuple[torch.Tensor, list[int]]:
+                         max_logged: int = 10, max_bad_fraction: float = 1.0) -> tuple[torch.Tensor, list[int]]:
     """Like :func:`load_images`, but unreadable files are skipped: returns the batch and kept indices.
 
     The first ``max_logged`` failures are logged by path, then one line counts the rest. The
-    batch is empty (0, 3, size, size) when nothing could be read.
+    batch is empty (0, 3, size, size) when nothing could be read. More than ``max_bad_fraction``
+    unreadable files (judged once 20 were read) is a ``DataError``, as in training.
     """
-    tensors, kept, failed = [], [], 0
+    from .quality import BadSamples
+
+    bad = BadSamples(max_bad_fraction, f"{len(paths)} image files", max_logged=max_logged)
+    tensors, kept = [], []
     for i, p in enumerate(paths):
         try:
             tensors.append(preprocess(str(p), size, limits))
             kept.append(i)
+            bad.good()
         except Exception as e:
-            failed += 1
-            if failed <= max_logged:
-                logger.warning("skipping unreadable image '%s': %s", p, e)
+            bad.bad(str(p), e)
+    bad.check()  # the share over every file, also when the bad ones came first
+    failed = bad.skipped
     if failed > max_logged:
         logger.warning("skipped %d unreadable images in all (%d not listed)", failed, failed - max_logged)
     return (torch.stack(tensors) if tensors else torch.empty(0, 3, size, size)), kept

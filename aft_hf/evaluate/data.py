@@ -168,6 +168,7 @@ def load_labelled_images(dataset: str, size: int, split: Optional[str] = None, d
                                       _where(example[mask_column], value)))
         elif box_column:
             masks.append(_box_mask(example[box_column], raw.size, size, box_column))
+    bad.check()  # the share over every image read, also when the bad ones came first
     if not images:
         raise DataError(f"no readable images in dataset '{dataset}' split '{split}' ({bad.summary()})")
     if bad.skipped:
