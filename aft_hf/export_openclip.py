@@ -118,10 +118,13 @@ def _load(folder: Path, vision_only: bool):
         raise ExportError(f"'{folder}' holds a '{config.model_type}' model; export-openclip writes CLIP ViTs")
     full = config.model_type == "clip" and not vision_only
     cls = CLIPModel if full else CLIPVisionModelWithProjection
-    model, info = cls.from_pretrained(folder, output_loading_info=True)
-    if any(k.startswith("visual_projection") for k in info.get("missing_keys", ())):
-        raise ExportError(f"'{folder}' has no visual projection (a CLIPVisionModel without projection): open_clip's "
-                          "image tower needs one; export the full CLIPModel it came from")
+    from .load_report import held_load_report
+
+    with held_load_report():  # a refusal below is the last line printed, not transformers' table
+        model, info = cls.from_pretrained(folder, output_loading_info=True)
+        if any(k.startswith("visual_projection") for k in info.get("missing_keys", ())):
+            raise ExportError(f"'{folder}' has no visual projection (a CLIPVisionModel without projection): "
+                              "open_clip's image tower needs one; export the full CLIPModel it came from")
     acts = {model.config.vision_config.hidden_act, model.config.text_config.hidden_act} if full else set()
     if len(acts) > 1:
         raise ExportError(f"the image and text towers use different activations ({', '.join(sorted(acts))}); an "

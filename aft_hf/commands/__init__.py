@@ -46,6 +46,18 @@ def check_data_quality_arguments(args, problems) -> None:
                      f"--data.max_bad_fraction must be in [0, 1], got {args.max_bad_fraction:g}")
 
 
+def refuse_distributed_launch(command: str, error: type) -> None:
+    """``command`` runs in one process: under ``accelerate launch``/``torchrun`` with several processes each
+    one would do the whole job and write the same files. Raise ``error`` (one line) before any work."""
+    import os
+
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1:
+        raise error(f"aft-hf {command} runs in one process, but it was launched as {world} (WORLD_SIZE={world}): "
+                    f"each would repeat the whole job and write the same files; run `aft-hf {command} ...` "
+                    "directly, without accelerate launch or torchrun")
+
+
 def add_device_and_out_arguments(parser) -> None:
     """``--device`` and ``--out``, the last options of ``explain`` and ``evaluate``."""
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from . import (DefaultsHelpFormatter, add_data_quality_arguments, add_device_and_out_arguments, add_model_arguments,
-               check_data_quality_arguments)
+               check_data_quality_arguments, refuse_distributed_launch)
 from ..explain import available_methods, resolve_method
 from ..explain.loading import load_models_and_texts, pick_device
 from ..explain.options import OptionProblems
@@ -127,6 +127,7 @@ def world_label_feature(folder: str, label_column: str = "label"):
 
 
 def _cli_evaluate(args, extra) -> int:
+    refuse_distributed_launch("evaluate", EvaluationError)
     metrics = _check_options(args)  # before loading models and data
     device = pick_device(args.device)
     encoders, texts, text_sources = load_models_and_texts(args.model, args.text_model, device)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import (DefaultsHelpFormatter, add_data_quality_arguments, add_device_and_out_arguments, add_model_arguments,
-               check_data_quality_arguments)
+               check_data_quality_arguments, refuse_distributed_launch)
 from ..data.images import load_images, load_readable_images
 from ..explain.inputs import collect_images, image_labels, model_labels
 from ..explain.loading import load_models_and_texts, pick_device
@@ -89,6 +89,7 @@ def warn_if_gradcam_is_zero(maps: torch.Tensor, model: str, layer: Optional[str]
 
 
 def _cli_explain(args, extra) -> int:
+    refuse_distributed_launch("explain", ExplainError)
     methods, files, labels = _check_options(args)
     device = pick_device(args.device)
     need_text = args.reference_image is None
