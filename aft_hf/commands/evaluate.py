@@ -14,6 +14,7 @@ from . import (DefaultsHelpFormatter, add_data_quality_arguments, add_device_and
 from ..explain import available_methods, resolve_method
 from ..explain.loading import load_models_and_texts, pick_device
 from ..explain.options import OptionProblems
+from ..evaluate.boxes import BOX_FORMATS, BOX_UNITS
 from ..evaluate.classnames import names_from_feature, resolve_classnames, resolve_templates
 from ..evaluate.data import load_labelled_images
 from ..evaluate.metrics import METRICS
@@ -40,7 +41,12 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--image-column", default="image", help="column holding the images")
     p.add_argument("--label-column", default="label", help="column holding the integer class labels")
     p.add_argument("--mask-column", help="image column of object masks (pointing game, energy)")
-    p.add_argument("--box-column", help="column of [x0, y0, x1, y1] boxes in original pixels")
+    p.add_argument("--box-column", help="column of object boxes (one box or a list: their union), in the "
+                                        "convention of --box-format and --box-units")
+    p.add_argument("--box-format", choices=list(BOX_FORMATS), default="xyxy",
+                   help="xyxy: corners [x0, y0, x1, y1]; xywh: [x, y, w, h] (COCO)")
+    p.add_argument("--box-units", choices=list(BOX_UNITS), default="pixels",
+                   help="pixels of the original (upright) image, or normalised to [0, 1]")
     p.add_argument("--max-samples", type=int, default=500, help="at most this many images (>= 1)")
     p.add_argument("--streaming", action="store_true",
                    help="stream the dataset (the first --max-samples images, not a shuffled subset)")
@@ -134,7 +140,8 @@ def _cli_evaluate(args, extra) -> int:
     size = encoders[0].image_size
     data = load_labelled_images(args.dataset, size, args.split, args.data_dir, args.config_name, args.image_column,
                                 args.label_column, args.max_samples, args.streaming, args.seed,
-                                args.mask_column, args.box_column, max_bad_fraction=args.max_bad_fraction)
+                                args.mask_column, args.box_column, max_bad_fraction=args.max_bad_fraction,
+                                box_format=args.box_format, box_units=args.box_units)
     world = (None if names_from_feature(data.label_feature) else
              world_label_feature(args.data_dir or args.dataset, args.label_column))
     names = resolve_classnames(args.class_names, world or data.label_feature, args.imagenet_classnames)
@@ -156,7 +163,8 @@ def _cli_evaluate(args, extra) -> int:
             data_m = load_labelled_images(args.dataset, encoder.image_size, args.split, args.data_dir, args.config_name,
                                           args.image_column, args.label_column, args.max_samples, args.streaming,
                                           args.seed, args.mask_column, args.box_column,
-                                          max_bad_fraction=args.max_bad_fraction)
+                                          max_bad_fraction=args.max_bad_fraction, box_format=args.box_format,
+                                          box_units=args.box_units)
         else:
             data_m = data
         info = {"model": name, "text_model": text_source, "dataset": args.dataset, "split": data_m.split,
