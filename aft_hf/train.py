@@ -28,7 +28,7 @@ from .attack import PGDAttacker, UniformNoise, embedding_distance
 from .checkpointing import (EVAL_HISTORY_FILE, HISTORY_FILE, PROGRESS_FILE, CheckpointError, Progress,  # noqa: F401
                             list_checkpoints, resolve_checkpoint, save_checkpoint, write_json)
 from .config import ConfigError, TrainConfig
-from .data import build_dataloader, epoch_position, resume_position, stream_positions, watch_stalls
+from .data import build_dataloader, epoch_position, image_geometry, resume_position, stream_positions, watch_stalls
 from .guards import NonFiniteGuard, StopOnSignal, TrainingStopped, preflight, require_finite_weights
 from .hub_sync import HubSync
 from .launch import apply_launch, check_training_environment, run_info
@@ -260,7 +260,7 @@ def train(cfg: TrainConfig) -> Path:
 
     def make_loader(skip_records: int):  # streamed data: fast-forward by raw records read (bad ones included)
         streaming = cfg.data.streaming
-        loader = build_dataloader(cfg.data, encoder.image_size, batch_size, cfg.seed, accelerator.process_index,
+        loader = build_dataloader(cfg.data, image_geometry(encoder), batch_size, cfg.seed, accelerator.process_index,
                                   accelerator.num_processes, skip_examples=skip_records if streaming else 0)
         if streaming:
             return loader

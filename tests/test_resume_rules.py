@@ -182,3 +182,14 @@ def test_kind_of_sections_and_fields():
     assert kind_of("data.num_workers") is Change.FREE and kind_of("data.dataset") is Change.NEVER
     assert kind_of("brand_new_section.x") is Change.FLAG
     assert yaml.safe_load(load_config(None, []).to_yaml())  # the saved form the rules compare
+
+
+def test_docs_table_lists_every_rule():
+    """docs/training.md shows the table of RESUME_RULES: every entry, in its kind's row."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip() in {k.value for k in Change}}
+    for key, kind in RESUME_RULES.items():
+        assert f"`{key}" in rows[kind.value], (key, kind)

@@ -14,6 +14,7 @@ from . import (DefaultsHelpFormatter, add_data_quality_arguments, add_device_and
 from ..explain import available_methods, resolve_method
 from ..explain.loading import load_models_and_texts, pick_device
 from ..explain.options import OptionProblems
+from ..data.images import image_geometry
 from ..evaluate.boxes import BOX_FORMATS, BOX_UNITS
 from ..evaluate.classnames import names_from_feature, resolve_classnames, resolve_templates
 from ..evaluate.data import load_labelled_images
@@ -137,7 +138,7 @@ def _cli_evaluate(args, extra) -> int:
     metrics = _check_options(args)  # before loading models and data
     device = pick_device(args.device)
     encoders, texts, text_sources = load_models_and_texts(args.model, args.text_model, device)
-    size = encoders[0].image_size
+    size = image_geometry(encoders[0])  # the first model's own resize and crop
     data = load_labelled_images(args.dataset, size, args.split, args.data_dir, args.config_name, args.image_column,
                                 args.label_column, args.max_samples, args.streaming, args.seed,
                                 args.mask_column, args.box_column, max_bad_fraction=args.max_bad_fraction,
@@ -158,9 +159,10 @@ def _cli_evaluate(args, extra) -> int:
     out = Path(args.out)
     reports = {}
     for name, encoder, text, text_source in zip(args.model, encoders, texts, text_sources):
-        if encoder.image_size != size:
-            logger.warning("model %s expects %d px; images are re-cropped to it", name, encoder.image_size)
-            data_m = load_labelled_images(args.dataset, encoder.image_size, args.split, args.data_dir, args.config_name,
+        if image_geometry(encoder) != size:
+            logger.warning("model %s prepares images differently (%r); they are prepared again for it", name,
+                           image_geometry(encoder))
+            data_m = load_labelled_images(args.dataset, image_geometry(encoder), args.split, args.data_dir, args.config_name,
                                           args.image_column, args.label_column, args.max_samples, args.streaming,
                                           args.seed, args.mask_column, args.box_column,
                                           max_bad_fraction=args.max_bad_fraction, box_format=args.box_format,

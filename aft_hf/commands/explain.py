@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from . import (DefaultsHelpFormatter, add_data_quality_arguments, add_device_and_out_arguments, add_model_arguments,
                check_data_quality_arguments, refuse_distributed_launch)
-from ..data.images import load_images, load_readable_images
+from ..data.images import image_geometry, load_images, load_readable_images
 from ..explain.inputs import collect_images, image_labels, model_labels
 from ..explain.loading import load_models_and_texts, pick_device
 from ..explain.methods import Explainer, available_methods, resolve_method
@@ -98,7 +98,7 @@ def _cli_explain(args, extra) -> int:
     out.mkdir(parents=True, exist_ok=True)
     shown, timing, maps, warnings, unreadable = None, {}, {}, [], []  # shown: the first model's images, the rows of the grid
     for name, short, encoder, text in zip(args.model, model_labels(args.model), encoders, texts):
-        images, kept = load_readable_images(files, encoder.image_size,  # unreadable files skipped (logged)
+        images, kept = load_readable_images(files, image_geometry(encoder),  # unreadable files skipped (logged)
                                             max_bad_fraction=args.max_bad_fraction)
         if len(kept) < len(files):
             if not kept:
@@ -107,7 +107,7 @@ def _cli_explain(args, extra) -> int:
             files, labels = [files[i] for i in kept], [labels[i] for i in kept]
         images = images.to(device)
         if args.reference_image:
-            target = image_targets(encoder, load_images([args.reference_image], encoder.image_size).to(device))
+            target = image_targets(encoder, load_images([args.reference_image], image_geometry(encoder)).to(device))
         elif args.caption is not None:
             target = text.encode([args.caption])
         else:

@@ -2,8 +2,8 @@
 preprocessed without normalisation."""
 
 from .errors import DataError, UnknownDatasetError
-from .images import (ImageLimits, ImageRejected, load_images, load_readable_images, open_image, preprocess,
-                     resize_center_crop, to_rgb, to_tensor)
+from .images import (ImageGeometry, ImageLimits, ImageRejected, image_geometry, load_images, load_readable_images,
+                     open_image, preprocess, resize_center_crop, to_rgb, to_tensor)
 from .loading import (EpochSampler, build_dataloader, epoch_position, load_image_dataset, resume_position,
                       stream_positions)
 from .quality import BadSamples
@@ -12,7 +12,7 @@ from .synthetic import write_shapes_imagefolder
 from .watch import watch_stalls
 
 __all__ = [
-    "BadSamples", "DataError", "EpochSampler", "epoch_position", "ImageLimits", "ImageRejected", "UnknownDatasetError", "build_dataloader",
+    "BadSamples", "DataError", "EpochSampler", "ImageGeometry", "epoch_position", "image_geometry", "ImageLimits", "ImageRejected", "UnknownDatasetError", "build_dataloader",
     "load_image_dataset", "load_images", "load_readable_images", "load_source", "open_image", "preprocess",
     "resize_center_crop", "resume_position", "stream_positions", "to_rgb", "to_tensor", "watch_stalls", "write_shapes_imagefolder",
 ]

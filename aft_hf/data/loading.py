@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Union
 
 import datasets
 import torch
@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_
 
 from ..config import DataConfig
 from .errors import DataError
-from .images import ImageLimits, preprocess
+from .images import ImageGeometry, ImageLimits, preprocess
 from .quality import BadSamples
 from .sources import load_source
 
@@ -69,7 +69,7 @@ def _where(value) -> Optional[str]:
 class DecodedImages(Dataset):
     """Map-style view: item i is (pixels, skipped, 1), the first readable image at or after i."""
 
-    def __init__(self, hf_dataset: datasets.Dataset, column: str, size: int,
+    def __init__(self, hf_dataset: datasets.Dataset, column: str, size: Union[int, ImageGeometry],
                  limits: ImageLimits = ImageLimits(), bad: Optional[BadSamples] = None):
         self.ds, self.column, self.size, self.limits = hf_dataset, column, size, limits
         self.bad = bad or BadSamples()
@@ -104,7 +104,7 @@ class StreamedImages(IterableDataset):
 
     retry_wait_s = 1.0  # first wait between retries (doubled each time); tests set it to 0
 
-    def __init__(self, hf_dataset, column: str, size: int, skip_records: int = 0,
+    def __init__(self, hf_dataset, column: str, size: Union[int, ImageGeometry], skip_records: int = 0,
                  limits: ImageLimits = ImageLimits(), bad: Optional[BadSamples] = None, retries: int = 3):
         self.ds, self.column, self.size, self.limits = hf_dataset, column, size, limits
         self.skip_records, self.retries = skip_records, retries
@@ -272,7 +272,7 @@ def collate_images(batch: list) -> dict:
 
 def build_dataloader(
     cfg: DataConfig,
-    image_size: int,
+    image_size: Union[int, ImageGeometry],
     batch_size: int,
     seed: int,
     rank: int = 0,
@@ -281,6 +281,9 @@ def build_dataloader(
     token: Optional[str] = None,
 ) -> DataLoader:
     """A DataLoader of ``{'pixel_values', 'skipped', 'records'}`` batches.
+
+    ``image_size``: the model's :class:`~aft_hf.data.images.ImageGeometry` (its own processor's resize and
+    crop), or a side for CLIP's resize of the shortest edge + centre crop.
 
     Map-style data comes back unsharded (``accelerator.prepare`` shards it), in the order of an
     :class:`EpochSampler` (``loader.sampler``, which the trainer positions on resume). Streamed data is split across processes here (the dataloader
