@@ -187,7 +187,8 @@ def build_accelerator(cfg: TrainConfig, output_dir: Path) -> Accelerator:
             num_steps=cfg.optim.gradient_accumulation_steps, sync_with_dataloader=False),
         log_with=None if cfg.logging.report_to == "none" else cfg.logging.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-        # data_seed: without it every rank shuffles with its own device-specific seed (overlapping shards)
+        # the training data's order is aft_hf.data.EpochSampler (seed + epoch); data_seed keeps any plain
+        # RandomSampler from shuffling with a device-specific seed on each rank (overlapping shards)
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
     )
 

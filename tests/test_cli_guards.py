@@ -34,8 +34,8 @@ def test_evaluate_names_the_pooled_width_of_a_bare_tower(bare48, tiny_clip_path,
                "--data-dir", str(data), "--metrics", "zeroshot", "--device", "cpu", "--out", str(tmp_path / "ev")])
     assert rc == 2
     line = _last_line(capfd.readouterr().err)
-    assert "embeds images in 48 dimensions (the pooled output of a CLIPVisionModel without projection)" in line
-    assert "in 32: pass a --text-model" in line
+    assert "embeds images in 48 dimensions but the text tower of" in line
+    assert "in 32 (the model's embedding: the pooled output of a CLIPVisionModel without projection)" in line
 
 
 @pytest.mark.parametrize("command", ["evaluate", "explain"])

@@ -63,6 +63,7 @@ def load_models_and_texts(models: Sequence[str], text_model: Optional[str], devi
         image_dim, what = embedding_width(encoder)
         text_dim = towers[source].text_projection.out_features
         if image_dim is not None and image_dim != text_dim:
-            raise ModelLoadError(f"model {model} embeds images in {image_dim} dimensions ({what}) but the text "
-                                 f"tower of {source} in {text_dim}: pass a --text-model from the same CLIP family")
+            raise ModelLoadError(f"model {model} embeds images in {image_dim} dimensions but the text tower of "
+                                 f"{source} in {text_dim} (the model's embedding: {what}): pass a --text-model "
+                                 "from the same CLIP family")
     return encoders, [towers[s] for s in sources], list(sources)
