@@ -193,3 +193,26 @@ def test_docs_table_lists_every_rule():
             if line.startswith("| ") and line.split("|")[1].strip() in {k.value for k in Change}}
     for key, kind in RESUME_RULES.items():
         assert f"`{key}" in rows[kind.value], (key, kind)
+
+
+@pytest.mark.parametrize("processes, per_device", [(2, 2), (3, 1), (2, 3)])
+def test_sharded_resume_continues_the_permutation(processes, per_device):
+    """What accelerate.prepare does with the sampler on N processes (BatchSamplerShard): resumed at record R,
+    global micro-batch j is records [R + j B, R + (j + 1) B) of the epoch's permutation, split over ranks."""
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler
+
+    n, start = 21, 8
+    sampler = EpochSampler(n, seed=5)
+    order = sampler.order(0)
+    shards = []
+    for rank in range(processes):
+        sampler.resume_at(start)
+        batches = BatchSamplerShard(BatchSampler(sampler, per_device, drop_last=True), processes, rank)
+        shards.append(list(batches))
+    global_batch = processes * per_device
+    steps = min(len(s) for s in shards)
+    assert steps == (n - start) // global_batch
+    for j in range(steps):
+        drawn = [i for rank in range(processes) for i in shards[rank][j]]
+        assert drawn == order[start + j * global_batch:start + (j + 1) * global_batch]
