@@ -6,6 +6,7 @@ A checkpoint is ``<output_dir>/checkpoints/step_<8-digit step>/``: the ``acceler
 * ``progress.json``   where the run is (step, epoch, position in the epoch, images seen, ...),
 * ``log_history.json`` every logged metric since the start of the run (so a resumed run's summary
   covers the whole run, not only the part after the resume),
+* ``eval_history.json`` every evaluation (``eval.*``) since the start of the run, for the same reason,
 * ``aft_config.yaml`` the resolved config that produced it, and ``versions.json`` the library versions.
 
 It is written into ``.tmp_step_<8-digit step>``, every file and the folder are fsynced, then the folder is
@@ -34,6 +35,7 @@ from .files import respect_umask
 logger = get_logger(__name__)
 PROGRESS_FILE = "progress.json"
 HISTORY_FILE = "log_history.json"
+EVAL_HISTORY_FILE = "eval_history.json"
 CONFIG_FILE = "aft_config.yaml"
 VERSIONS_FILE = "versions.json"
 TMP_PREFIX = ".tmp_step_"
@@ -61,7 +63,8 @@ class Progress:
     records_in_epoch: int = 0
     """Raw records this process has read in the current epoch of a stream (unreadable ones included)."""
     records_per_process: Optional[list] = None
-    """``records_in_epoch`` of every process at the checkpoint (each resumes its own stream shard)."""
+    """``records_in_epoch`` of every process at the checkpoint: a stream resumes each shard there; a
+    map-style epoch resumes at their sum, the images of its permutation already drawn."""
 
     @classmethod
     def from_json(cls, text: str) -> "Progress":
@@ -136,8 +139,9 @@ def check_checkpoint(path: Path) -> Progress:
                     is_zip = fh.read(2) == b"PK"  # torch.save's format; a legacy pickle is not checked
                 if is_zip:
                     zipfile.ZipFile(f).close()
-        if (path / HISTORY_FILE).is_file():
-            json.loads((path / HISTORY_FILE).read_text())
+        for name in (HISTORY_FILE, EVAL_HISTORY_FILE):
+            if (path / name).is_file():
+                json.loads((path / name).read_text())
     except Exception as e:  # OSError, JSON/zip/safetensors errors: all mean "not usable"
         raise CheckpointError(f"checkpoint {path} is damaged ({type(e).__name__}: {e})") from None
     return progress
@@ -199,7 +203,8 @@ def _is_disk_full(e: BaseException) -> bool:
 
 
 def save_checkpoint(accelerator: Accelerator, progress: Progress, output_dir: Path, total_limit: Optional[int],
-                    history: Optional[list] = None, config_yaml: Optional[str] = None) -> Path:
+                    history: Optional[list] = None, config_yaml: Optional[str] = None,
+                    eval_history: Optional[list] = None) -> Path:
     """Write a checkpoint atomically (see the module docstring) and prune old ones.
 
     On any failure (a full disk, say) the temporary folder is removed, earlier checkpoints are left
@@ -214,6 +219,7 @@ def save_checkpoint(accelerator: Accelerator, progress: Progress, output_dir: Pa
         if accelerator.is_main_process:
             write_json(tmp / PROGRESS_FILE, asdict(progress))
             write_json(tmp / HISTORY_FILE, history or [])
+            write_json(tmp / EVAL_HISTORY_FILE, eval_history or [])
             write_json(tmp / VERSIONS_FILE, library_versions())
             if config_yaml is not None:
                 (tmp / CONFIG_FILE).write_text(config_yaml)

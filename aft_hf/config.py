@@ -174,7 +174,9 @@ class CheckpointConfig:
     overwrite_output_dir: bool = False
     """Start afresh in an output_dir that holds another run's checkpoints (deletes them)."""
     allow_config_change: bool = False
-    """Resume with a config that changes the optimisation (lr, attack, data, ...)."""
+    """Resume with a config that changes the optimisation (optimiser, schedule, batch geometry, seed of
+    the data order; recorded). The model, data set, objective and attack never change in a resume
+    (docs/training.md)."""
 
 
 @dataclass

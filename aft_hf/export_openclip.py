@@ -152,9 +152,12 @@ def _load(folder: Path, vision_only: bool):
     config = AutoConfig.from_pretrained(folder)
     full = config.model_type == "clip" and not vision_only
     cls = CLIPModel if full else CLIPVisionModelWithProjection
-    model, info = cls.from_pretrained(folder, output_loading_info=True)
-    if any(k.startswith("visual_projection") for k in info.get("missing_keys", ())):
-        raise ExportError(NO_PROJECTION.format(folder=folder))
+    from .load_report import held_load_report
+
+    with held_load_report():  # a refusal below is the last line printed, not transformers' table
+        model, info = cls.from_pretrained(folder, output_loading_info=True)
+        if any(k.startswith("visual_projection") for k in info.get("missing_keys", ())):
+            raise ExportError(NO_PROJECTION.format(folder=folder))
     return model, full
 
 
@@ -236,11 +239,12 @@ def export_open_clip(folder: Union[str, Path], out: Union[str, Path], arch: str 
     if config_file is not None:
         config_file.write_text(json.dumps(cfg, indent=2) + "\n")  # open_clip's format: the model_cfg itself
     return {"file": out, "config_file": config_file, "model_name": name, "full": full,
-            "quick_gelu": cfg["quick_gelu"], "load": _load_hint(out, config_file, name, full, cfg["quick_gelu"])}
+            "quick_gelu": cfg["quick_gelu"], "load": _load_hint(out, config_file, name, full, cfg)}
 
 
-def _load_hint(out: Path, config_file: Optional[Path], name: Optional[str], full: bool, quick_gelu: bool) -> str:
-    gelu = ", force_quick_gelu=True" if quick_gelu else ""
+def _load_hint(out: Path, config_file: Optional[Path], name: Optional[str], full: bool, cfg: dict) -> str:
+    """A snippet that runs as it is (every name it uses is imported or assigned in it)."""
+    gelu = ", force_quick_gelu=True" if cfg["quick_gelu"] else ""
     weights = f"pretrained='{out}'" if full else f"pretrained_image_path='{out}'"
     lines = ["import open_clip"]
     if name is not None:
@@ -248,6 +252,10 @@ def _load_hint(out: Path, config_file: Optional[Path], name: Optional[str], full
     elif config_file is not None:
         lines += [f"open_clip.add_model_config('{config_file}')",
                   f"model = open_clip.create_model('{config_file.stem}', {weights})"]
-    else:
-        lines.append(f"model.visual.load_state_dict(safetensors.torch.load_file('{out}'))  # a model of this geometry")
+    else:  # an image tower of its own geometry: no open_clip model name and no text tower to build a CLIP
+        lines = ["import safetensors.torch",
+                 "from open_clip.model import _build_vision_tower",
+                 f"visual = _build_vision_tower({cfg['embed_dim']}, {cfg['vision_cfg']!r}, "
+                 f"quick_gelu={cfg['quick_gelu']})",
+                 f"visual.load_state_dict(safetensors.torch.load_file('{out}'))"]
     return "\n".join(lines)

@@ -257,7 +257,15 @@ def _checked_from_pretrained(cls, source: str, name_or_path: str, **kwargs):
     transformers initialises missing weights randomly and only logs it; AFT on a random layer
     (and exporting it) would silently produce a broken model, so it is an error here.
     """
-    model, info = cls.from_pretrained(source, output_loading_info=True, **kwargs)
+    from .load_report import held_load_report
+
+    with held_load_report():  # refused below in one line: that line, not transformers' table, comes last
+        model, info = cls.from_pretrained(source, output_loading_info=True, **kwargs)
+        _refuse_missing(cls, name_or_path, info)
+    return model
+
+
+def _refuse_missing(cls, name_or_path: str, info: dict) -> None:
     missing = sorted(info.get("missing_keys") or [])
     mismatched = info.get("mismatched_keys") or []
     if missing or mismatched:
@@ -266,7 +274,6 @@ def _checked_from_pretrained(cls, source: str, name_or_path: str, **kwargs):
         raise ModelLoadError(
             f"'{name_or_path}' {what} of a {cls.__name__}: they would be randomly initialised. "
             "Check that the checkpoint is a CLIPModel, CLIPVisionModelWithProjection or CLIPVisionModel")
-    return model
 
 
 def _vision_class(config) -> type:

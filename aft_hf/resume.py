@@ -1,17 +1,25 @@
 """Resuming: which config changes a resume may bring, and applying the optimiser fields that changed.
 
-A resume continues one optimisation. Changing what is optimised (model, data, attack, optimiser,
-seed) part-way makes a run that no config describes, so such changes are refused unless
-``--allow_config_change`` is given; then the *new* values are used from the resume step on (the
-checkpoint's optimiser moments and step count are kept, its learning rate, betas and weight decay
-are replaced), and the change is recorded in ``train_summary.json`` (``config_changes``).
-Fields that do not alter the optimisation may always change: ``checkpoint.*``, ``logging.*``,
-``hub.*``, ``perf.*``, ``cpu``, ``data.num_workers``, ``model.attn_implementation``; so may
-``optim.max_steps`` when it grows (train longer; the schedule is stretched to the new length).
+A resume continues one optimisation. Every config field falls in one of three kinds, listed in
+:data:`RESUME_RULES` (the one table; docs/training.md#resuming shows it):
+
+* ``free``: may always change, because it does not alter what is optimised (evaluation, logging,
+  Hub, checkpointing, speed switches; ``optim.max_steps`` when it grows: train longer, the schedule
+  is stretched to the new length);
+* ``flag``: changes the optimisation but still continues the same model on the same data
+  (optimiser, schedule, batch geometry, data-order seed): refused unless ``--allow_config_change``
+  is given; then the *new* values apply from the resume step on (the checkpoint's optimiser moments
+  and step count are kept, its learning rate, betas and weight decay are replaced) and the change
+  is recorded in ``train_summary.json`` (``config_changes``). A new batch geometry resumes at the
+  same image of the epoch (see :func:`aft_hf.data.loading.epoch_position`);
+* ``never``: what defines the run (model, data set, objective, attack): a resume that changes it is
+  not the same run, so it is refused even with the flag, naming the field.
 """
 
 from __future__ import annotations
 
+import enum
+from pathlib import Path
 from typing import Any, Optional
 
 import yaml
@@ -20,8 +28,35 @@ from .checkpointing import CONFIG_FILE
 from .config import ConfigError, TrainConfig
 from .published import matches_published
 
-FREE_SECTIONS = ("checkpoint", "logging", "hub", "perf")
-FREE_FIELDS = ("cpu", "data.num_workers", "model.attn_implementation")
+
+class Change(enum.Enum):
+    """What a resume may do with a field."""
+
+    FREE = "free"
+    FLAG = "flag"
+    NEVER = "never"
+
+
+# The table. A dotted field overrides its section; every field of TrainConfig is covered
+# (tests/test_resume_rules.py checks it), a section not named here (a new one) needs the flag.
+RESUME_RULES: dict[str, Change] = {
+    # always allowed
+    "eval": Change.FREE, "logging": Change.FREE, "hub": Change.FREE, "checkpoint": Change.FREE,
+    "perf": Change.FREE, "cpu": Change.FREE, "model.attn_implementation": Change.FREE,
+    "data.num_workers": Change.FREE, "data.stall_warning_s": Change.FREE, "data.read_retries": Change.FREE,
+    "data.max_bad_fraction": Change.FREE, "optim.max_nonfinite_steps": Change.FREE,
+    "optim.max_steps": Change.FREE,  # when it grows; a shorter run needs the flag (see _kind)
+    # allowed with --allow_config_change: optimisation, schedule, batch geometry, data order
+    "optim": Change.FLAG, "seed": Change.FLAG, "data.shuffle_buffer": Change.FLAG,
+    "data.max_image_pixels": Change.FLAG, "data.max_aspect_ratio": Change.FLAG,
+    # never: the model, the data set, the objective, the attack (and a LoRA adapter's shape)
+    "model": Change.NEVER, "data": Change.NEVER, "attack": Change.NEVER, "lora": Change.NEVER,
+}
+
+
+def kind_of(key: str) -> Change:
+    """The rule for one dotted field: its own entry, else its section's, else ``FLAG``."""
+    return RESUME_RULES.get(key) or RESUME_RULES.get(key.split(".")[0], Change.FLAG)
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -34,38 +69,61 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def optimisation_changes(saved: dict, new: TrainConfig) -> list[str]:
-    """``"optim.lr: 0.0001 -> 0.01"`` for every field that differs and alters the optimisation."""
+def _same_path(a: Any, b: Any) -> bool:
+    """Two spellings of one local folder (``m48`` and ``./m48``, relative and absolute) are equal."""
+    if not (isinstance(a, str) and isinstance(b, str)) or ":" in a or ":" in b:
+        return False
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def _kind(key: str, old: Any, new: Any) -> Change:
+    if key == "optim.max_steps" and isinstance(old, int) and isinstance(new, int) and new < old:
+        return Change.FLAG
+    return kind_of(key)
+
+
+def classify_changes(saved: dict, new: TrainConfig) -> dict[Change, list[str]]:
+    """``{kind: ["optim.lr: 0.0001 -> 0.01", ...]}`` for every field that differs.
+
+    A field unknown to the older checkpoint keeps its default meaning and is not a change.
+    """
     old, cur = _flat(saved), _flat(new.to_dict())
-    changes = []
-    for key in sorted(set(old) | set(cur)):
-        if key.split(".")[0] in FREE_SECTIONS or key in FREE_FIELDS or key not in old:
-            continue  # a field unknown to the older checkpoint keeps its default meaning
-        a, b = old.get(key), cur.get(key)
-        if key == "optim.max_steps" and isinstance(a, int) and isinstance(b, int) and b >= a:
-            continue
-        if not matches_published(a, b):  # a checkpoint from the Hub records local paths as local:<name>
-            changes.append(f"{key}: {a!r} -> {b!r}")
-    return changes
+    out: dict[Change, list[str]] = {k: [] for k in Change}
+    for key in sorted(set(old) & set(cur)):
+        a, b = old[key], cur[key]
+        if not matches_published(a, b) and not _same_path(a, b):  # local:<name> from a Hub checkpoint
+            out[_kind(key, a, b)].append(f"{key}: {a!r} -> {b!r}")
+    return out
 
 
-def check_resume_config(checkpoint, cfg: TrainConfig) -> list[str]:
+def optimisation_changes(saved: dict, new: TrainConfig) -> list[str]:
+    """The changes that need ``--allow_config_change`` (kept for callers of the earlier name)."""
+    return classify_changes(saved, new)[Change.FLAG]
+
+
+def check_resume_config(checkpoint: Path, cfg: TrainConfig) -> list[str]:
     """Compare the checkpoint's saved config with ``cfg``; raise unless the differences are allowed.
 
-    Returns the (allowed) optimisation changes; a checkpoint from before configs were saved is
-    accepted as is.
+    Returns the changes allowed by the flag (to be recorded); a checkpoint from before configs
+    were saved is accepted as is.
     """
-    path = checkpoint / CONFIG_FILE
+    path = Path(checkpoint) / CONFIG_FILE
     if not path.is_file():
         return []
     saved = yaml.safe_load(path.read_text()) or {}
-    changes = optimisation_changes(saved, cfg)
-    if changes and not cfg.checkpoint.allow_config_change:
+    changes = classify_changes(saved, cfg)
+    if changes[Change.NEVER]:
+        raise ConfigError([f"resuming from {checkpoint} would change what defines the run (saved -> new), "
+                           "which no resume may change, not even with --allow_config_change:"]
+                          + changes[Change.NEVER]
+                          + ["resume with the saved values, or start a new run in another output_dir"])
+    if changes[Change.FLAG] and not cfg.checkpoint.allow_config_change:
         raise ConfigError([f"resuming from {checkpoint} with settings that change the optimisation (saved -> new):"]
-                          + changes
+                          + changes[Change.FLAG]
                           + ["resume with the saved values, or add --allow_config_change to continue with the new "
                              "ones (they apply from the resume step on and are recorded in train_summary.json)"])
-    return changes
+    return changes[Change.FLAG]
 
 
 def apply_optim_config(optimizer, scheduler, cfg: TrainConfig) -> None:

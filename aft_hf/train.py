@@ -25,10 +25,10 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .attack import PGDAttacker, UniformNoise, embedding_distance
-from .checkpointing import (HISTORY_FILE, PROGRESS_FILE, CheckpointError, Progress, list_checkpoints,  # noqa: F401 (re-exported)
-                            resolve_checkpoint, save_checkpoint, write_json)
+from .checkpointing import (EVAL_HISTORY_FILE, HISTORY_FILE, PROGRESS_FILE, CheckpointError, Progress,  # noqa: F401
+                            list_checkpoints, resolve_checkpoint, save_checkpoint, write_json)
 from .config import ConfigError, TrainConfig
-from .data import build_dataloader, resume_position, stream_positions, watch_stalls
+from .data import build_dataloader, epoch_position, image_geometry, resume_position, stream_positions, watch_stalls
 from .guards import NonFiniteGuard, StopOnSignal, TrainingStopped, preflight, require_finite_weights
 from .hub_sync import HubSync
 from .launch import apply_launch, check_training_environment, run_info
@@ -191,7 +191,8 @@ def build_accelerator(cfg: TrainConfig, output_dir: Path) -> Accelerator:
             num_steps=cfg.optim.gradient_accumulation_steps, sync_with_dataloader=False),
         log_with=None if cfg.logging.report_to == "none" else cfg.logging.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-        # data_seed: without it every rank shuffles with its own device-specific seed (overlapping shards)
+        # the training data's order is aft_hf.data.EpochSampler (seed + epoch); data_seed keeps any plain
+        # RandomSampler from shuffling with a device-specific seed on each rank (overlapping shards)
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
     )
 
@@ -268,9 +269,19 @@ def train(cfg: TrainConfig) -> Path:
 
     def make_loader(skip_records: int):  # streamed data: fast-forward by raw records read (bad ones included)
         streaming = cfg.data.streaming
-        loader = build_dataloader(cfg.data, encoder.image_size, batch_size, cfg.seed, accelerator.process_index,
+        loader = build_dataloader(cfg.data, image_geometry(encoder), batch_size, cfg.seed, accelerator.process_index,
                                   accelerator.num_processes, skip_examples=skip_records if streaming else 0)
-        return loader if streaming else accelerator.prepare(loader)
+        if streaming:
+            return loader
+        # map-style: the epoch's permutation is entered at the record the checkpoint reached, whatever
+        # the batch geometry now (an accelerate skip_first_batches would count batches of the new size)
+        position = epoch_position(progress.records_per_process, progress.records_in_epoch,
+                                  len(progress.images_seen_per_process))
+        loader.sampler.resume_at(position)
+        # this process's share of the position, so the next checkpoint's sum over processes is exact
+        n, rank = accelerator.num_processes, accelerator.process_index
+        progress.records_in_epoch = position // n + (rank < position % n)
+        return accelerator.prepare(loader)
 
     dataloader = make_loader(resume_position(progress.records_per_process, accelerator.process_index,
                                              accelerator.num_processes, progress.batches_in_epoch * batch_size))
@@ -317,6 +328,8 @@ class TrainingLoop:
     batch_size: int
     make_loader: Callable
     history: list = field(default_factory=list)
+    eval_history: list = field(default_factory=list)
+    """Every evaluation of the run, resumes included (carried in checkpoints as ``eval_history.json``)."""
     images_seen: int = 0
 
     def __post_init__(self):
@@ -328,6 +341,8 @@ class TrainingLoop:
         self.guard.reported = self.progress.nonfinite_steps
         if self.resume_path is not None and (self.resume_path / HISTORY_FILE).is_file():
             self.history = json.loads((self.resume_path / HISTORY_FILE).read_text())
+        if self.resume_path is not None and (self.resume_path / EVAL_HISTORY_FILE).is_file():
+            self.eval_history = json.loads((self.resume_path / EVAL_HISTORY_FILE).read_text())
         seen = self.progress.images_seen_per_process
         self.images_seen = seen[acc.process_index] if len(seen) == acc.num_processes else 0
         self.micro_batch = 0
@@ -337,6 +352,8 @@ class TrainingLoop:
         self.bar = tqdm(total=self.cfg.optim.max_steps, initial=self.progress.step, desc="AFT", unit="step",
                         disable=not acc.is_local_main_process)
         self.evaluator = build_evaluator(self.cfg, self.unwrapped, self.frozen)  # eval.*: None when off
+        if self.evaluator is not None:
+            self.evaluator.history = self.eval_history  # one list: the evaluator appends to the run's history
         self.hub_sync = HubSync.from_config(self.cfg, self.output_dir, acc.is_main_process)  # None for 'end'
         self.last_saved: Optional[Path] = None
 
@@ -349,10 +366,7 @@ class TrainingLoop:
                 dataloader.set_epoch(progress.epoch)
             elif streaming:
                 dataloader.dataset.set_epoch(progress.epoch)
-            batches = dataloader
-            if progress.batches_in_epoch and not streaming:
-                batches = acc.skip_first_batches(dataloader, progress.batches_in_epoch)
-            for batch in watch_stalls(batches, self.cfg.data.stall_warning_s, dataloader):
+            for batch in watch_stalls(dataloader, self.cfg.data.stall_warning_s, dataloader):
                 self.micro_step(batch)
                 if acc.sync_gradients:
                     progress.step += 1
@@ -419,14 +433,15 @@ class TrainingLoop:
         """A checkpoint of the current state, refused (with the last good one kept) if it is not finite."""
         acc = self.accelerator
         self.flush_skipped()
-        if self.cfg.data.streaming:  # every process's position in its stream shard goes into the checkpoint
-            self.progress.records_per_process = stream_positions(acc, self.progress.records_in_epoch)
+        # every process's position in the epoch (its stream shard, or its share of the permutation)
+        self.progress.records_per_process = stream_positions(acc, self.progress.records_in_epoch)
         self.progress.nonfinite_steps = self.guard.check()
         require_finite_weights(self.unwrapped, f"checkpoint at step {self.progress.step}")
         seen = acc.gather(torch.tensor([self.images_seen], device=acc.device))
         self.progress.images_seen_per_process = [int(x) for x in seen.tolist()]
         self.last_saved = save_checkpoint(acc, self.progress, self.output_dir,
-                                          self.cfg.checkpoint.checkpoints_total_limit, self.history, self.cfg.to_yaml())
+                                          self.cfg.checkpoint.checkpoints_total_limit, self.history, self.cfg.to_yaml(),
+                                          self.eval_history)
         return self.last_saved
 
     def finish(self) -> Path:
@@ -446,8 +461,11 @@ class TrainingLoop:
                        "images_seen": sum(progress.images_seen_per_process), "skipped_images": skipped,
                        "nonfinite_steps": progress.nonfinite_steps, "config_changes": progress.config_changes,
                        "distributed_type": str(acc.distributed_type), "final": str(final),
-                       **run_info(self.cfg, acc), "log_history": self.history,
-                       **(self.evaluator.summary() if self.evaluator is not None else {})}
+                       **run_info(self.cfg, acc), "log_history": self.history}
+            if self.evaluator is not None or self.eval_history:  # evaluations of earlier legs count too
+                summary.update({"eval": self.eval_history[-1] if self.eval_history else None,
+                                "eval_history": self.eval_history})
+                summary.update(self.evaluator.summary() if self.evaluator is not None else {})
             write_json(self.output_dir / "train_summary.json", summary)
             logger.info("exported %s (skipped %d unreadable images in total)", final, skipped)
         return final

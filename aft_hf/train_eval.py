@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .attack import embedding_distance
 from .config import DataConfig, TrainConfig
-from .data.images import DECODE_ERRORS, ImageModeError, open_image, resize_center_crop, to_rgb, to_tensor
+from .data.images import DECODE_ERRORS, ImageGeometry, ImageModeError, image_geometry, open_image, to_rgb, to_tensor
 from .data.loading import DataError, _load_hub_or_folder
 from .model import ImageEncoder
 
@@ -38,8 +38,11 @@ def _eval_data_config(cfg: TrainConfig) -> DataConfig:
                       config_name=d.config_name if same else None, split=e.eval_split, image_column=d.image_column)
 
 
-def load_eval_images(cfg: TrainConfig, size: int) -> tuple[Tensor, Optional[Tensor], object, str]:
-    """The held-out subset: images (N, 3, size, size) in [0, 1], labels or None, label feature, split."""
+def load_eval_images(cfg: TrainConfig, size: "int | ImageGeometry") -> tuple[Tensor, Optional[Tensor], object, str]:
+    """The held-out subset: images (N, 3, size, size) in [0, 1], labels or None, label feature, split.
+
+    ``size``: the model's :class:`~aft_hf.data.images.ImageGeometry` (or a side: CLIP's resize + crop)."""
+    geometry = ImageGeometry.of(size)
     dcfg = _eval_data_config(cfg)
     ds = _load_hub_or_folder(dcfg, None)
     split = dcfg.split or ""
@@ -60,7 +63,7 @@ def load_eval_images(cfg: TrainConfig, size: int) -> tuple[Tensor, Optional[Tens
     images, labels = [], []
     for example in ds:
         try:
-            images.append(to_tensor(resize_center_crop(to_rgb(open_image(example[dcfg.image_column])), size)))
+            images.append(to_tensor(geometry(to_rgb(open_image(example[dcfg.image_column])))))
         except (*DECODE_ERRORS, ImageModeError) as err:
             logger.warning("eval: skipping unreadable image: %s", err)
             continue
@@ -99,7 +102,7 @@ class TrainEvaluator:
 
     def __init__(self, cfg: TrainConfig, encoder: ImageEncoder, frozen: ImageEncoder):
         self.cfg, self.frozen = cfg, frozen
-        self.images, self.labels, feature, self.split = load_eval_images(cfg, encoder.image_size)
+        self.images, self.labels, feature, self.split = load_eval_images(cfg, image_geometry(encoder))
         self.class_weights, self.logit_scale, why = _class_weights(cfg, encoder, self.labels, feature)
         self.history: list[dict] = []
         logger.info("eval: %d held-out images (split '%s') every %d steps: %s", len(self.images), self.split,

@@ -200,3 +200,20 @@ def test_study_error_bars_combine_seeds_and_images():
     md = study_markdown(study)
     assert "0.030 ± 0.003 [0.006]" in md  # Δ energy: seed SE, then the per-image SE in brackets
     assert "0.400 → 0.500 ± 0.010 [0.062]" in md
+
+
+def test_demo_rerun_with_another_configuration_leaves_no_earlier_runs(quick_world, tmp_path):
+    """The issue: a rerun into the same --out kept the earlier configuration's runs (and its training
+    images), and `--no-control` still wrote "controls: uniform noise of the same budget"."""
+    out = tmp_path / "demo"
+    fast = [a for a in FAST if a not in ("--train-images", "32")]
+    assert main(["demo", "--base", str(quick_world), "--out", str(out), "--norms", "linf", "--train-images", "32",
+                 "--methods", "saliency", *fast]) == 0
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["aft_linf_seed0", "control_linf_seed0"]
+    assert "controls: uniform noise of the same budget" in (out / "report.md").read_text()
+    assert main(["demo", "--base", str(quick_world), "--out", str(out), "--norms", "linf", "--no-control",
+                 "--train-images", "16", "--methods", "saliency", *fast]) == 0
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["aft_linf_seed0"]
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["world_train_seed1000_n16"]
+    md = (out / "report.md").read_text()
+    assert "uniform noise" not in md and "no noise controls (--no-control)" in md

@@ -80,3 +80,51 @@ def test_cli_evaluate_bad_mask_or_label_column_exits_2(tiny_clip_path, tmp_path,
     assert main(base + ["--label-column", "name"]) == 2
     err = capsys.readouterr().err
     assert "--label-column 'name'" in err and "Traceback" not in err
+
+
+def _box_folder(root, **boxes):
+    """The 96x64 images of ``_folder`` with extra box columns (the object is the band x in [16, 32))."""
+    folder = _folder(root)
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps({**r, **boxes}) for r in rows))
+    return folder
+
+
+@pytest.mark.parametrize("column, box, fmt, units", [
+    ("coco", [16, 0, 16, 64], "xywh", "pixels"),
+    ("corners01", [16 / 96, 0, 32 / 96, 1], "xyxy", "normalised"),
+    ("coco01", [16 / 96, 0, 16 / 96, 1], "xywh", "normalised"),
+])
+def test_box_formats_give_the_same_mask(tmp_path, column, box, fmt, units):
+    data = _load(_box_folder(tmp_path / "f", **{column: box}), box_column=column, box_format=fmt, box_units=units)
+    assert torch.equal(data.masks[0], _expected())
+
+
+@pytest.mark.parametrize("box, fmt, units, why", [
+    ([16, 0, 16, 64], "xyxy", "pixels", "inverted or empty"),             # a COCO box read as corners
+    ([32, 0, 16, 64], "xyxy", "pixels", "inverted or empty"),             # inverted
+    ([16, 0, 120, 64], "xyxy", "pixels", r"outside the image \(96x64 pixels\)"),
+    ([0.2, 0.0, 0.4, 0.9], "xyxy", "pixels", r"smaller than one pixel \(normalised coordinates\?"),
+    ([16, 0, 32, 64], "xyxy", "normalised", r"outside the image \(\[0, 1\]\)"),  # pixels declared normalised
+    ([40, 0, 80, 64], "xywh", "pixels", r"outside the image \(96x64 pixels\); a corner box read as \[x, y, w, h\]"),
+    ([16, 0, 0, 64], "xywh", "pixels", "width or height <= 0"),
+])
+def test_boxes_that_cannot_be_valid_are_refused_in_one_line(tmp_path, box, fmt, units, why):
+    """The issue: such boxes became empty or 1-pixel masks that were only counted."""
+    folder = _box_folder(tmp_path / "f", bad=box)
+    with pytest.raises(EvaluationError, match=f"--box-column 'bad': box .* is not a valid {fmt} .*: {why}") as e:
+        _load(folder, box_column="bad", box_format=fmt, box_units=units)
+    assert "\n" not in str(e.value) and "img" in str(e.value)  # one line, naming the image
+
+
+def test_cli_evaluate_takes_the_box_convention(tiny_clip_path, tmp_path, capsys):
+    from aft_hf.cli import main
+
+    folder = _box_folder(tmp_path / "f", coco=[16, 0, 16, 64])
+    (tmp_path / "names.txt").write_text("cat\ndog\n")
+    base = ["evaluate", "--model", str(tiny_clip_path), "--dataset", str(folder), "--label-column", "cls",
+            "--class-names", str(tmp_path / "names.txt"),
+            "--metrics", "pointing", "--methods", "saliency", "--box-column", "coco", "--device", "cpu"]
+    assert main(base + ["--out", str(tmp_path / "a")]) == 2
+    assert "not a valid xyxy" in capsys.readouterr().err
+    assert main(base + ["--box-format", "xywh", "--out", str(tmp_path / "b")]) == 0

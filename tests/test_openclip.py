@@ -196,3 +196,43 @@ def test_named_architectures_match_open_clip_exactly(open_clip, arch):
     ours = {f"visual.{k}": tuple(v.shape) for k, v in vision_to_open_clip(sd, g.layers).items()}
     ours.update({k: tuple(v.shape) for k, v in text_to_open_clip(sd, t["layers"]).items()})
     assert ours == {k: tuple(v.shape) for k, v in oc.state_dict().items()}
+
+
+def _undefined_names(snippet: str) -> set:
+    """Names a snippet reads that it neither imports nor assigns (nor are builtins)."""
+    import ast
+    import builtins
+
+    tree = ast.parse(snippet)
+    defined = set(dir(builtins))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            defined |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            defined.add(node.id)
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - defined
+
+
+def test_every_load_snippet_defines_its_names(tiny_vision_path, tiny_clip_path, tmp_path):
+    """The issue: the image-tower snippet of a custom geometry used `model` and `safetensors` undefined."""
+    from aft_hf.export_openclip import export_open_clip
+
+    tower = export_open_clip(tiny_vision_path, tmp_path / "visual.safetensors")
+    full = export_open_clip(tiny_clip_path, tmp_path / "full.safetensors")
+    for result in (tower, full):
+        assert _undefined_names(result["load"]) == set(), result["load"]
+    assert "_build_vision_tower" in tower["load"]
+
+
+def test_image_tower_snippet_runs_in_open_clip(open_clip, tiny_vision_path, tmp_path):
+    from transformers import CLIPVisionModelWithProjection
+
+    from aft_hf.export_openclip import export_open_clip
+
+    result = export_open_clip(tiny_vision_path, tmp_path / "visual.safetensors")
+    scope: dict = {}
+    exec(result["load"], scope)
+    hf = CLIPVisionModelWithProjection.from_pretrained(tiny_vision_path).eval()
+    with torch.no_grad():
+        diff = (scope["visual"].eval()(_pixels()) - hf(pixel_values=_pixels()).image_embeds).abs().max()
+    assert diff < TOL

@@ -29,6 +29,35 @@ def add_model_arguments(parser) -> None:
                                              "each full CLIP model its own; required for vision-only models)")
 
 
+def add_data_quality_arguments(parser) -> None:
+    """``--data.max_bad_fraction`` (alias ``--max-bad-fraction``): the same limit, under the same name, as
+    ``aft-hf train``, so the error that names it can be followed in ``explain`` and ``evaluate`` too."""
+    from ..config import DataConfig
+
+    parser.add_argument("--data.max_bad_fraction", "--max-bad-fraction", dest="max_bad_fraction", type=float,
+                        default=DataConfig.max_bad_fraction, metavar="F",
+                        help="stop when more than this share of the images read were unreadable (in [0, 1]; "
+                             "judged once 20 have been read)")
+
+
+def check_data_quality_arguments(args, problems) -> None:
+    """The share must be a fraction (an :class:`aft_hf.explain.options.OptionProblems` collects it)."""
+    problems.require(0 <= args.max_bad_fraction <= 1,
+                     f"--data.max_bad_fraction must be in [0, 1], got {args.max_bad_fraction:g}")
+
+
+def refuse_distributed_launch(command: str, error: type) -> None:
+    """``command`` runs in one process: under ``accelerate launch``/``torchrun`` with several processes each
+    one would do the whole job and write the same files. Raise ``error`` (one line) before any work."""
+    import os
+
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1:
+        raise error(f"aft-hf {command} runs in one process, but it was launched as {world} (WORLD_SIZE={world}): "
+                    f"each would repeat the whole job and write the same files; run `aft-hf {command} ...` "
+                    "directly, without accelerate launch or torchrun")
+
+
 def add_device_and_out_arguments(parser) -> None:
     """``--device`` and ``--out``, the last options of ``explain`` and ``evaluate``."""
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")

@@ -10,11 +10,14 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import DefaultsHelpFormatter, add_device_and_out_arguments, add_model_arguments
+from . import (DefaultsHelpFormatter, add_data_quality_arguments, add_device_and_out_arguments, add_model_arguments,
+               check_data_quality_arguments, refuse_distributed_launch)
 from ..files import WEIGHTS_HASH_KEY, tower_weights_sha256
 from ..explain import available_methods, resolve_method
 from ..explain.loading import load_models_and_texts, pick_device
 from ..explain.options import OptionProblems
+from ..data.images import image_geometry
+from ..evaluate.boxes import BOX_FORMATS, BOX_UNITS
 from ..evaluate.classnames import names_from_feature, resolve_classnames, resolve_templates
 from ..evaluate.data import load_labelled_images
 from ..evaluate.metrics import METRICS
@@ -44,10 +47,16 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--image-column", default="image", help="column holding the images")
     p.add_argument("--label-column", default="label", help="column holding the integer class labels")
     p.add_argument("--mask-column", help="image column of object masks (pointing game, energy)")
-    p.add_argument("--box-column", help="column of [x0, y0, x1, y1] boxes in original pixels")
+    p.add_argument("--box-column", help="column of object boxes (one box or a list: their union), in the "
+                                        "convention of --box-format and --box-units")
+    p.add_argument("--box-format", choices=list(BOX_FORMATS), default="xyxy",
+                   help="xyxy: corners [x0, y0, x1, y1]; xywh: [x, y, w, h] (COCO)")
+    p.add_argument("--box-units", choices=list(BOX_UNITS), default="pixels",
+                   help="pixels of the original (upright) image, or normalised to [0, 1]")
     p.add_argument("--max-samples", type=int, default=500, help="at most this many images (>= 1)")
     p.add_argument("--streaming", action="store_true",
                    help="stream the dataset (the first --max-samples images, not a shuffled subset)")
+    add_data_quality_arguments(p)
     p.add_argument("--class-names", help="file with one class name per line (label order)")
     p.add_argument("--imagenet-classnames", action="store_true", help="use the shipped cleaned ImageNet-1k names")
     p.add_argument("--templates", help="'simple', 'clip80', a file (one per line) or one template with {} "
@@ -99,6 +108,7 @@ def _check_options(args) -> list[str]:
     if args.label is not None:
         problems.call(lambda: model_labels(args.model, args.label))
     problems.at_least("--max-samples", args.max_samples, 1)
+    check_data_quality_arguments(args, problems)
     problems.at_least("--batch-size", args.batch_size, 1)
     problems.at_least("--deletion-steps", args.deletion_steps, 1)
     problems.at_least("--tolerance", args.tolerance, 0)
@@ -131,13 +141,15 @@ def world_label_feature(folder: str, label_column: str = "label"):
 
 
 def _cli_evaluate(args, extra) -> int:
+    refuse_distributed_launch("evaluate", EvaluationError)
     metrics = _check_options(args)  # before loading models and data
     device = pick_device(args.device)
     encoders, texts, text_sources = load_models_and_texts(args.model, args.text_model, device)
-    size = encoders[0].image_size
+    size = image_geometry(encoders[0])  # the first model's own resize and crop
     data = load_labelled_images(args.dataset, size, args.split, args.data_dir, args.config_name, args.image_column,
                                 args.label_column, args.max_samples, args.streaming, args.seed,
-                                args.mask_column, args.box_column)
+                                args.mask_column, args.box_column, max_bad_fraction=args.max_bad_fraction,
+                                box_format=args.box_format, box_units=args.box_units)
     world = (None if names_from_feature(data.label_feature) else
              world_label_feature(args.data_dir or args.dataset, args.label_column))
     names = resolve_classnames(args.class_names, world or data.label_feature, args.imagenet_classnames)
@@ -157,11 +169,14 @@ def _cli_evaluate(args, extra) -> int:
     folders = dict(zip(labels, model_folders(labels))) if several else {labels[0]: ""}
     reports = {}
     for name, label, encoder, text, text_source in zip(args.model, labels, encoders, texts, text_sources):
-        if encoder.image_size != size:
-            logger.warning("model %s expects %d px; images are re-cropped to it", name, encoder.image_size)
-            data_m = load_labelled_images(args.dataset, encoder.image_size, args.split, args.data_dir, args.config_name,
+        if image_geometry(encoder) != size:
+            logger.warning("model %s prepares images differently (%r); they are prepared again for it", name,
+                           image_geometry(encoder))
+            data_m = load_labelled_images(args.dataset, image_geometry(encoder), args.split, args.data_dir, args.config_name,
                                           args.image_column, args.label_column, args.max_samples, args.streaming,
-                                          args.seed, args.mask_column, args.box_column)
+                                          args.seed, args.mask_column, args.box_column,
+                                          max_bad_fraction=args.max_bad_fraction, box_format=args.box_format,
+                                          box_units=args.box_units)
         else:
             data_m = data
         info = {"model": name, "label": label, WEIGHTS_HASH_KEY: tower_weights_sha256(encoder.vision.state_dict()),

@@ -15,8 +15,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import DefaultsHelpFormatter, add_device_and_out_arguments, add_model_arguments
-from ..data.images import load_images, load_readable_images
+from . import (DefaultsHelpFormatter, add_data_quality_arguments, add_device_and_out_arguments, add_model_arguments,
+               check_data_quality_arguments, refuse_distributed_launch)
+from ..data.images import image_geometry, load_images, load_readable_images
 from ..explain.inputs import collect_images, image_labels, model_labels
 from ..explain.loading import load_models_and_texts, pick_device
 from ..explain.methods import Explainer, available_methods, resolve_method
@@ -24,6 +25,7 @@ from ..explain.options import OptionProblems
 from ..explain.targets import ExplainError, check_template, image_targets
 
 logger = logging.getLogger(__name__)
+FIGURE = "explanations.png"
 
 
 def add_subcommand(subparsers) -> None:
@@ -44,6 +46,7 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--no-postprocess", action="store_true", help="keep raw maps (no abs / percentile clip / min-max)")
     p.add_argument("--max-images", type=int, default=16, help="at most this many images (>= 1)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward/backward pass")
+    add_data_quality_arguments(p)
     add_device_and_out_arguments(p)
     p.set_defaults(func=_cli_explain)
 
@@ -62,7 +65,10 @@ def _check_options(args) -> tuple[list[str], list[Path], list[str]]:
                      "module path such as vision_model.encoder.layers.10")
     problems.at_least("--max-images", args.max_images, 1)
     problems.at_least("--batch-size", args.batch_size, 1)
-    files = problems.call(lambda: collect_images(args.images, max(args.max_images, 1))) or []
+    check_data_quality_arguments(args, problems)
+    # an --out inside an --images folder holds our own figure: never an input (a rerun would explain it)
+    files = problems.call(lambda: collect_images(args.images, max(args.max_images, 1),
+                                                 exclude=[Path(args.out) / FIGURE])) or []
     labels = [""] * len(files)
     if files and args.reference_image is None and args.caption is None:
         labels = problems.call(lambda: image_labels(files, args.labels)) or labels
@@ -83,6 +89,7 @@ def warn_if_gradcam_is_zero(maps: torch.Tensor, model: str, layer: Optional[str]
 
 
 def _cli_explain(args, extra) -> int:
+    refuse_distributed_launch("explain", ExplainError)
     methods, files, labels = _check_options(args)
     device = pick_device(args.device)
     need_text = args.reference_image is None
@@ -91,7 +98,8 @@ def _cli_explain(args, extra) -> int:
     out.mkdir(parents=True, exist_ok=True)
     shown, timing, maps, warnings, unreadable = None, {}, {}, [], []  # shown: the first model's images, the rows of the grid
     for name, short, encoder, text in zip(args.model, model_labels(args.model), encoders, texts):
-        images, kept = load_readable_images(files, encoder.image_size)  # unreadable files skipped (logged)
+        images, kept = load_readable_images(files, image_geometry(encoder),  # unreadable files skipped (logged)
+                                            max_bad_fraction=args.max_bad_fraction)
         if len(kept) < len(files):
             if not kept:
                 raise ExplainError(f"none of the {len(files)} images could be read (see the warnings above)")
@@ -99,7 +107,7 @@ def _cli_explain(args, extra) -> int:
             files, labels = [files[i] for i in kept], [labels[i] for i in kept]
         images = images.to(device)
         if args.reference_image:
-            target = image_targets(encoder, load_images([args.reference_image], encoder.image_size).to(device))
+            target = image_targets(encoder, load_images([args.reference_image], image_geometry(encoder)).to(device))
         elif args.caption is not None:
             target = text.encode([args.caption])
         else:
@@ -120,7 +128,7 @@ def _cli_explain(args, extra) -> int:
     from ..figures import attribution_grid
 
     rows = [f"{f.name}\n{lab}" if lab else f.name for f, lab in zip(files, labels)]
-    png = attribution_grid(shown, maps, out / "explanations.png", row_titles=rows)
+    png = attribution_grid(shown, maps, out / FIGURE, row_titles=rows)
     torch.save({k: v for k, v in maps.items()}, out / "maps.pt")
     summary = {"models": args.model, "text_model": args.text_model, "text_models": text_sources, "images": [str(f) for f in files], "labels": labels,
                "target": ("reference image " + args.reference_image if args.reference_image else

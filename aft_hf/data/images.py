@@ -1,7 +1,8 @@
 """Decoding and preprocessing of single images: any PIL mode in, a [0, 1] RGB tensor out.
 
-Preprocessing follows docs/method.md#preprocessing: bicubic resize of the shortest edge, centre crop,
-to tensor, *no* normalisation (the model wrapper normalises, so attack budgets are in pixels).
+Preprocessing follows docs/method.md#preprocessing: the checkpoint's own image processor's resize and
+crop (:class:`ImageGeometry`; CLIP's: bicubic resize of the shortest edge, centre crop), to tensor, *no*
+normalisation (the model wrapper normalises, so attack budgets are in pixels).
 
 Decoding is defensive, because training, evaluation and explanation all read files they did not
 write: the size in the file header is checked *before* any pixel is decoded (a 1 x 100000 image
@@ -32,6 +33,10 @@ DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image
 
 class ImageModeError(AftError, ValueError):
     """An image mode that cannot be turned into RGB."""
+
+
+class GeometryError(AftError, ValueError):
+    """A model's image processor that does not produce the input size the model takes."""
 
 
 class ImageRejected(ValueError):
@@ -147,22 +152,83 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+GEOMETRY_KEYS = ("do_resize", "size", "resample", "do_center_crop", "crop_size")
+
+
+class ImageGeometry:
+    """How an image becomes a model's ``size`` x ``size`` input: its checkpoint's own image processor.
+
+    Only the processor's geometry runs here (resize and centre crop as its ``preprocessor_config.json``
+    says: shortest edge then crop for CLIP, a plain squash to ``height`` x ``width`` when
+    ``do_center_crop`` is false, its resampling filter); rescaling and normalisation are left to the
+    model wrapper, so pixels stay in [0, 1] and attack budgets in pixel units. Without a processor
+    (``None``) it is CLIP's: :func:`resize_center_crop`. Picklable (DataLoader workers); masks go
+    through the same call as their images, so they line up.
+    """
+
+    def __init__(self, size: int, processor: Any = None):
+        self.size, self.processor = int(size), processor
+        if processor is not None:  # a processor that cannot give the model's input fails here, not per image
+            self(Image.new("RGB", (self.size + 7, self.size + 3)))
+
+    @classmethod
+    def of(cls, spec: Union[int, "ImageGeometry"]) -> "ImageGeometry":
+        """An int is the processor-less geometry of that size (callers that only know the size)."""
+        return spec if isinstance(spec, ImageGeometry) else cls(spec)
+
+    @property
+    def settings(self) -> dict:
+        """The processor fields that decide the geometry ({} without a processor)."""
+        if self.processor is None:
+            return {}
+        d = self.processor.to_dict()
+        return {k: d.get(k) for k in GEOMETRY_KEYS}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ImageGeometry) and (self.size, self.settings) == (other.size, other.settings)
+
+    def __hash__(self) -> int:
+        return hash((self.size, repr(self.settings)))
+
+    def __repr__(self) -> str:
+        return f"ImageGeometry({self.size}, {self.settings or 'resize shortest edge + centre crop'})"
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        """An RGB (or L) image -> the model's input geometry, same mode."""
+        if self.processor is None:
+            return resize_center_crop(image, self.size)
+        mode = image.mode
+        arr = self.processor(images=image.convert("RGB"), do_rescale=False, do_normalize=False,
+                             return_tensors="np")["pixel_values"][0]
+        if arr.shape[-2:] != (self.size, self.size):
+            raise GeometryError(f"the model's image processor ({self.settings}) gives {arr.shape[-1]}x{arr.shape[-2]} "
+                                 f"images but the model takes {self.size}x{self.size}")
+        out = Image.fromarray(np.clip(np.asarray(arr), 0, 255).astype(np.uint8).transpose(1, 2, 0), mode="RGB")
+        return out if mode == "RGB" else out.convert(mode)
+
+
+def image_geometry(encoder: Any) -> ImageGeometry:
+    """The input geometry of an :class:`aft_hf.model.ImageEncoder`: its size and its own image processor."""
+    return ImageGeometry(encoder.image_size, getattr(encoder, "image_processor", None))
+
+
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> float tensor (3, H, W) in [0, 1]."""
     arr = np.asarray(image, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-def preprocess(value: Any, size: int, limits: ImageLimits = DEFAULT_LIMITS) -> torch.Tensor:
-    """Open, convert to RGB, resize, centre-crop and tensorise one image. Raises on a bad file."""
-    return to_tensor(resize_center_crop(to_rgb(open_image(value, limits)), size))
+def preprocess(value: Any, size: Union[int, ImageGeometry], limits: ImageLimits = DEFAULT_LIMITS) -> torch.Tensor:
+    """Open, convert to RGB, bring to the model's geometry (``size``: an :class:`ImageGeometry`, or a
+    side for CLIP's resize + centre crop) and tensorise one image. Raises on a bad file."""
+    return to_tensor(ImageGeometry.of(size)(to_rgb(open_image(value, limits))))
 
 
 class UnreadableImageError(AftError, ValueError):
     """An image file the user named explicitly cannot be read."""
 
 
-def load_images(paths: Union[str, Path, list[Union[str, Path]]], size: int,
+def load_images(paths: Union[str, Path, list[Union[str, Path]]], size: Union[int, ImageGeometry],
                 limits: ImageLimits = DEFAULT_LIMITS) -> torch.Tensor:
     """A batch (B, 3, size, size) in [0, 1] from image files; any failure names the bad file.
 
@@ -179,22 +245,28 @@ def load_images(paths: Union[str, Path, list[Union[str, Path]]], size: int,
     return torch.stack(tensors)
 
 
-def load_readable_images(paths: list[Union[str, Path]], size: int, limits: ImageLimits = DEFAULT_LIMITS,
-                         max_logged: int = 10) -> tuple[torch.Tensor, list[int]]:
+def load_readable_images(paths: list[Union[str, Path]], size: Union[int, ImageGeometry], limits: ImageLimits = DEFAULT_LIMITS,
+                         max_logged: int = 10, max_bad_fraction: float = 1.0) -> tuple[torch.Tensor, list[int]]:
     """Like :func:`load_images`, but unreadable files are skipped: returns the batch and kept indices.
 
     The first ``max_logged`` failures are logged by path, then one line counts the rest. The
-    batch is empty (0, 3, size, size) when nothing could be read.
+    batch is empty (0, 3, size, size) when nothing could be read. More than ``max_bad_fraction``
+    unreadable files (judged once 20 were read) is a ``DataError``, as in training.
     """
-    tensors, kept, failed = [], [], 0
+    from .quality import BadSamples
+
+    bad = BadSamples(max_bad_fraction, f"{len(paths)} image files", max_logged=max_logged)
+    tensors, kept = [], []
     for i, p in enumerate(paths):
         try:
             tensors.append(preprocess(str(p), size, limits))
             kept.append(i)
+            bad.good()
         except Exception as e:
-            failed += 1
-            if failed <= max_logged:
-                logger.warning("skipping unreadable image '%s': %s", p, e)
+            bad.bad(str(p), e)
+    bad.check()  # the share over every file, also when the bad ones came first
+    failed = bad.skipped
     if failed > max_logged:
         logger.warning("skipped %d unreadable images in all (%d not listed)", failed, failed - max_logged)
-    return (torch.stack(tensors) if tensors else torch.empty(0, 3, size, size)), kept
+    side = ImageGeometry.of(size).size
+    return (torch.stack(tensors) if tensors else torch.empty(0, 3, side, side)), kept

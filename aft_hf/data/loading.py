@@ -7,22 +7,25 @@ readable one, which keeps every batch full (and DDP in step). The share of skipp
 bounded by ``data.max_bad_fraction``.
 
 A streamed epoch is fast-forwarded on resume by the number of *records read* (unreadable ones
-included), so a resumed run sees exactly the samples an uninterrupted one would have seen.
+included), so a resumed run sees exactly the samples an uninterrupted one would have seen. A
+map-style epoch is one seeded permutation (:class:`EpochSampler`) that a resume enters at the same
+*record* (images already drawn in the epoch, all processes together), not the same batch count: a
+resume with another batch size, accumulation or process count neither repeats nor skips an image.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Union
 
 import datasets
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from ..config import DataConfig
 from .errors import DataError
-from .images import ImageLimits, preprocess
+from .images import ImageGeometry, ImageLimits, preprocess
 from .quality import BadSamples
 from .sources import load_source
 
@@ -30,7 +33,8 @@ logger = logging.getLogger(__name__)
 MAX_CONSECUTIVE_FAILURES = 100
 
 __all__ = ["DataError", "build_dataloader", "load_image_dataset", "collate_images", "DecodedImages",
-           "StreamedImages", "StreamLoader", "resume_position", "stream_positions"]
+           "StreamedImages", "StreamLoader", "EpochSampler", "epoch_position", "resume_position",
+           "stream_positions"]
 
 # Kept for callers of the earlier name (evaluate used it).
 _load_hub_or_folder = load_source
@@ -65,7 +69,7 @@ def _where(value) -> Optional[str]:
 class DecodedImages(Dataset):
     """Map-style view: item i is (pixels, skipped, 1), the first readable image at or after i."""
 
-    def __init__(self, hf_dataset: datasets.Dataset, column: str, size: int,
+    def __init__(self, hf_dataset: datasets.Dataset, column: str, size: Union[int, ImageGeometry],
                  limits: ImageLimits = ImageLimits(), bad: Optional[BadSamples] = None):
         self.ds, self.column, self.size, self.limits = hf_dataset, column, size, limits
         self.bad = bad or BadSamples()
@@ -100,7 +104,7 @@ class StreamedImages(IterableDataset):
 
     retry_wait_s = 1.0  # first wait between retries (doubled each time); tests set it to 0
 
-    def __init__(self, hf_dataset, column: str, size: int, skip_records: int = 0,
+    def __init__(self, hf_dataset, column: str, size: Union[int, ImageGeometry], skip_records: int = 0,
                  limits: ImageLimits = ImageLimits(), bad: Optional[BadSamples] = None, retries: int = 3):
         self.ds, self.column, self.size, self.limits = hf_dataset, column, size, limits
         self.skip_records, self.retries = skip_records, retries
@@ -200,6 +204,50 @@ class StreamLoader(DataLoader):
                             f"images{seen}: check the data set and data.split, or lower optim.batch_size")
 
 
+class EpochSampler(Sampler[int]):
+    """A seeded permutation of ``range(n)`` per epoch (seed + epoch), entered at record ``start``.
+
+    The order of an epoch depends on the seed and the epoch only, never on the batch geometry, so
+    "the first R images of epoch e" names the same images whatever batch size, accumulation or
+    number of processes drew them; :meth:`resume_at` makes the next pass start at record R (and
+    only the next one: the following epochs start at 0). ``accelerate.prepare`` keeps a sampler of
+    its own class and shards the batches it forms across processes (process i takes batches
+    i, i + n, ...), so global micro-batch j is records ``[j * B, (j + 1) * B)`` of the permutation.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume_at(self, records: int) -> None:
+        self.start = max(0, min(int(records), self.n))
+
+    def order(self, epoch: int) -> list[int]:
+        """The whole permutation of ``epoch``."""
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(self.n, generator=generator).tolist()
+
+    def __len__(self) -> int:
+        return self.n - self.start
+
+    def __iter__(self) -> Iterator[int]:
+        start, self.start = self.start, 0
+        yield from self.order(self.epoch)[start:]
+
+
+def epoch_position(records_per_process: Optional[list], records_in_epoch: int, num_processes_then: int) -> int:
+    """Images of the current epoch already drawn by all processes together, from a checkpoint.
+
+    ``records_per_process`` (every process's count at the save) when the checkpoint has it, else
+    this process's ``records_in_epoch`` times the number of processes that wrote the checkpoint.
+    """
+    if records_per_process:
+        return int(sum(records_per_process))
+    return int(records_in_epoch) * max(1, num_processes_then)
+
+
 def stream_positions(accelerator, records: int) -> list[int]:
     """Records read in this epoch by every process (a collective: call it on all of them)."""
     return accelerator.gather(torch.tensor([records], device=accelerator.device)).tolist()
@@ -224,7 +272,7 @@ def collate_images(batch: list) -> dict:
 
 def build_dataloader(
     cfg: DataConfig,
-    image_size: int,
+    image_size: Union[int, ImageGeometry],
     batch_size: int,
     seed: int,
     rank: int = 0,
@@ -234,8 +282,11 @@ def build_dataloader(
 ) -> DataLoader:
     """A DataLoader of ``{'pixel_values', 'skipped', 'records'}`` batches.
 
-    Map-style data comes back unsharded (``accelerator.prepare`` shards it and makes the order
-    seedable and resumable). Streamed data is split across processes here (the dataloader
+    ``image_size``: the model's :class:`~aft_hf.data.images.ImageGeometry` (its own processor's resize and
+    crop), or a side for CLIP's resize of the shortest edge + centre crop.
+
+    Map-style data comes back unsharded (``accelerator.prepare`` shards it), in the order of an
+    :class:`EpochSampler` (``loader.sampler``, which the trainer positions on resume). Streamed data is split across processes here (the dataloader
     must then *not* go through ``prepare``), shuffled with a buffer, and fast-forwarded by
     ``skip_examples`` raw records on resume (exact with ``num_workers: 0``).
     """
@@ -255,6 +306,5 @@ def build_dataloader(
         raise DataError(
             f"dataset '{cfg.dataset}' has {len(raw)} images, fewer than one global batch "
             f"({batch_size * world_size}); lower optim.batch_size or add data")
-    generator = torch.Generator().manual_seed(seed)
     images = DecodedImages(raw, cfg.image_column, image_size, limits_of(cfg), bad)
-    return DataLoader(images, shuffle=True, generator=generator, **common)
+    return DataLoader(images, sampler=EpochSampler(len(images), seed), **common)

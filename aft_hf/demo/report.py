@@ -126,8 +126,10 @@ def markdown(report: dict) -> str:
     s = report["settings"]
     lines = ["# aft_hf demo: does AFT sharpen saliency in a world with known answers?", "",
              f"{s['eval_images']} held-out images, {len(report['seeds'])} seed(s), AFT {s['attack']} "
-             f"for {s['steps']} steps; controls: uniform noise of the same budget. "
-             "Δ = per-image paired difference vs the original model (mean over seeds ± sd over seeds). "
+             f"for {s['steps']} steps; "
+             + ("controls: uniform noise of the same budget. " if any(t.get("control") for t in report["threats"])
+                else "no noise controls (--no-control). ")
+             + "Δ = per-image paired difference vs the original model (mean over seeds ± sd over seeds). "
              f"Energy-in-mask chance level (mask area): {report['chance_energy']:.3f}. Metrics read the raw maps; "
              "deletion AUC is divided by each model's clean probability"
              + (", random ranking: " + ", ".join(f"{k} {_cell(v)}" for k, v in report["deletion_random_auc"].items())

@@ -154,6 +154,7 @@ def prepare(opts: DemoOptions) -> Setup:
         load_config(opts.config or DEFAULT_CONFIG, threat_overrides(norm, opts.eps) + overrides)
     _claim_output_folder(out)
     train_dir = out / "data" / f"world_train_seed{opts.train_seed}_n{opts.train_images}"
+    _clear_earlier_runs(out, keep=train_dir)
     if not (train_dir / "world.json").is_file():
         write_imagefolder(train_dir, opts.train_images, opts.train_seed, world)
     data = _eval_set(opts.eval_images, opts.eval_seed, world, base)
@@ -188,6 +189,18 @@ def robust_settings(opts: DemoOptions) -> dict:
     return {"robust_attack": opts.robust_attack, "robust_steps": opts.robust_steps,
             "robust_targets": opts.robust_targets if opts.robust_attack == "apgd" else None,
             "robust_attack_name": attack_description(opts.robust_attack, DEFAULT_NORM, opts.robust_steps)}
+
+
+def _clear_earlier_runs(out: Path, keep: Path) -> None:
+    """Remove what an earlier demo/study wrote into ``out`` for another configuration: every run (this one
+    retrains all of its own, so a run left from other --norms, --seeds or --no-control would be read as
+    part of this one) and training images of another seed or size (``keep`` is reused)."""
+    import shutil
+
+    stale = [out / "runs"] + [d for d in (out / "data").glob("world_train_*") if d != keep]
+    for folder in (f for f in stale if f.is_dir()):
+        logger.info("removing %s, written by an earlier run of the demo into --out", folder)
+        shutil.rmtree(folder)
 
 
 def _claim_output_folder(out: Path) -> None:

@@ -4,7 +4,7 @@ Images are decoded by aft_hf with the same defensive decoder as training (a head
 size, EXIF orientation applied, first frame of an animation; any unreadable file is skipped and
 counted), resized (shortest edge, bicubic) and centre-cropped to the model's size, kept in [0, 1].
 Optional object masks (an image column) or boxes ([x0, y0, x1, y1] in pixels of the upright image,
-as displayed) get the same resize and crop
+as displayed, by default; see :mod:`aft_hf.evaluate.boxes` for the other conventions) get the same resize and crop
 (any resolution with the image's aspect ratio; a list of boxes is their union). Malformed labels, masks
 or boxes raise :class:`EvaluationError` naming the column.
 """
@@ -23,10 +23,11 @@ from tqdm.auto import tqdm
 
 from ..config import DataConfig
 from ..data.errors import DataError
-from ..data.images import DECODE_ERRORS, ImageModeError, open_image, resize_center_crop, to_rgb, to_tensor
+from ..data.images import DECODE_ERRORS, ImageGeometry, ImageModeError, open_image, to_rgb, to_tensor
 from ..data.quality import BadSamples
 from ..data.sources import load_source
 from .base import EvaluationError
+from .boxes import box_layout, pixel_corners
 
 logger = logging.getLogger(__name__)
 SPLIT_PREFERENCE = ("validation", "test", "train")
@@ -42,8 +43,8 @@ class LabelledImages:
     skipped: int
 
 
-def _mask_tensor(mask_image: Image.Image, image_size: tuple[int, int], size: int, column: str = "mask",
-                 where: str = "") -> Tensor:
+def _mask_tensor(mask_image: Image.Image, image_size: tuple[int, int], size: "int | ImageGeometry",
+                 column: str = "mask", where: str = "") -> Tensor:
     """A mask image -> (1, size, size) {0, 1}, through the very resize and centre crop of its image.
 
     The mask is first brought to its image's pixel size (nearest), so a mask stored at another
@@ -56,14 +57,14 @@ def _mask_tensor(mask_image: Image.Image, image_size: tuple[int, int], size: int
                               "(other aspect ratio); masks must cover their image (any resolution, same shape)")
     binary = (np.asarray(mask_image.convert("L")) > 0).astype(np.uint8) * 255
     m = Image.fromarray(binary).resize((w, h), Image.Resampling.NEAREST)
-    m = resize_center_crop(m, size)  # the image's own geometry (bicubic on a 0/255 mask, thresholded below)
+    m = ImageGeometry.of(size)(m)  # the image's own geometry (its filter on a 0/255 mask, thresholded below)
     return torch.from_numpy((np.asarray(m) >= 128).astype(np.float32)).unsqueeze(0)
 
 
-def _boxes(value: Any, column: str) -> list[list[float]]:
-    """One [x0, y0, x1, y1] box or a list of them (their union is the object) -> list of boxes."""
+def _boxes(value: Any, column: str, fmt: str = "xyxy") -> list[list[float]]:
+    """One box or a list of them (their union is the object) -> list of 4-number boxes."""
     def fail() -> EvaluationError:
-        return EvaluationError(f"--box-column '{column}' must hold a box [x0, y0, x1, y1] in original pixels "
+        return EvaluationError(f"--box-column '{column}' must hold a box {box_layout(fmt)} (--box-format {fmt}) "
                                f"(or a list of such boxes), got {value!r:.80}")
 
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
@@ -88,11 +89,13 @@ def _where(mask_value: Any, image_value: Any) -> str:
     return f" ({mask}, image {image})" if mask and image else f" ({mask or image})" if mask or image else ""
 
 
-def _box_mask(value: Any, image_size: tuple[int, int], size: int, column: str = "box") -> Tensor:
+def _box_mask(value: Any, image_size: tuple[int, int], size: "int | ImageGeometry", column: str = "box", fmt: str = "xyxy",
+              units: str = "pixels", where: str = "") -> Tensor:
+    """The union of the boxes in ``value`` (declared ``fmt`` and ``units``, each validated) as a mask."""
     w, h = image_size
     canvas = np.zeros((h, w), dtype=np.uint8)
-    for box in _boxes(value, column):
-        x0, y0, x1, y1 = (int(round(v)) for v in box)
+    for box in _boxes(value, column, fmt):
+        x0, y0, x1, y1 = (int(round(v)) for v in pixel_corners(box, image_size, fmt, units, column, where))
         canvas[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = 255
     return _mask_tensor(Image.fromarray(canvas), image_size, size, column)
 
@@ -115,17 +118,25 @@ def _open_mask(value: Any, column: str) -> Image.Image:
                               f"{value!r:.80} as an image ({type(e).__name__})") from None
 
 
-def load_labelled_images(dataset: str, size: int, split: Optional[str] = None, data_dir: Optional[str] = None,
+def load_labelled_images(dataset: str, size: "int | ImageGeometry", split: Optional[str] = None, data_dir: Optional[str] = None,
                          config_name: Optional[str] = None, image_column: str = "image", label_column: str = "label",
                          max_samples: Optional[int] = None, streaming: bool = False, seed: int = 0,
                          mask_column: Optional[str] = None, box_column: Optional[str] = None,
                          token: Optional[str] = None, progress: bool = True,
-                         max_bad_fraction: float = 0.1) -> LabelledImages:
+                         max_bad_fraction: float = 0.1, box_format: str = "xyxy",
+                         box_units: str = "pixels") -> LabelledImages:
     """Decode up to ``max_samples`` labelled images (shuffled with ``seed`` unless streaming).
+
+    ``size``: the model's :class:`~aft_hf.data.images.ImageGeometry` (its own processor's resize and crop),
+    or a side for CLIP's resize of the shortest edge + centre crop; masks and boxes follow their image.
+
+    Boxes are read as ``box_format`` (``xyxy`` corners or ``xywh``) in ``box_units`` (``pixels`` of the
+    upright image or ``normalised`` to [0, 1]); a box that cannot be valid so is an :class:`EvaluationError`.
 
     Unreadable images (or masks) are skipped and counted; more than ``max_bad_fraction`` of them
     among the images read is a :class:`DataError`.
     """
+    geometry = ImageGeometry.of(size)
     cfg = DataConfig(dataset=dataset, data_dir=data_dir, config_name=config_name, split=split,
                      streaming=streaming, image_column=image_column)
     import datasets
@@ -156,7 +167,7 @@ def load_labelled_images(dataset: str, size: int, split: Optional[str] = None, d
         value = example[image_column]
         try:
             raw = open_image(value)
-            image = to_tensor(resize_center_crop(to_rgb(raw), size))
+            image = to_tensor(geometry(to_rgb(raw)))
         except Exception as e:  # any decoder failure: skip the sample (a malformed label/mask column is an error)
             bad.bad(value.get("path") if isinstance(value, dict) else None, e)
             continue
@@ -164,10 +175,12 @@ def load_labelled_images(dataset: str, size: int, split: Optional[str] = None, d
         images.append(image)
         labels.append(_label(example[label_column], label_column))
         if mask_column:
-            masks.append(_mask_tensor(_open_mask(example[mask_column], mask_column), raw.size, size, mask_column,
+            masks.append(_mask_tensor(_open_mask(example[mask_column], mask_column), raw.size, geometry, mask_column,
                                       _where(example[mask_column], value)))
         elif box_column:
-            masks.append(_box_mask(example[box_column], raw.size, size, box_column))
+            masks.append(_box_mask(example[box_column], raw.size, geometry, box_column, box_format, box_units,
+                                   _where(None, value)))
+    bad.check()  # the share over every image read, also when the bad ones came first
     if not images:
         raise DataError(f"no readable images in dataset '{dataset}' split '{split}' ({bad.summary()})")
     if bad.skipped:

@@ -12,12 +12,17 @@ from .targets import ExplainError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 
-def collect_images(paths: Sequence[str], max_images: Optional[int] = None) -> list[Path]:
-    """Image files from files and folders (folders searched recursively, sorted)."""
+def collect_images(paths: Sequence[str], max_images: Optional[int] = None,
+                   exclude: Sequence[Path] = ()) -> list[Path]:
+    """Image files from files and folders (folders searched recursively, sorted).
+
+    ``exclude``: files never taken from a folder (the figure a previous run wrote into it).
+    """
     files: list[Path] = []
+    skip = {Path(e).resolve() for e in exclude}
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.resolve() not in skip)
         elif p.is_file():
             files.append(p)
         else:

@@ -21,6 +21,21 @@ def pick_device(spec: str = "auto") -> torch.device:
     return resolve_device(spec)
 
 
+def embedding_width(encoder) -> tuple[Optional[int], str]:
+    """(width of the embedding ``encoder`` returns, what it is); (None, "") when not a CLIP ImageEncoder.
+
+    A projected tower returns ``visual_projection`` outputs (``projection_dim``); a bare
+    ``CLIPVisionModel`` returns its pooled output, ``hidden_size`` wide: its config still carries a
+    ``projection_dim`` (a default of the config class) that describes no layer it has.
+    """
+    config = getattr(getattr(encoder, "vision", None), "config", None)
+    if config is None:
+        return None, ""
+    if getattr(encoder, "has_projection", True):
+        return getattr(config, "projection_dim", None), "the projected embedding"
+    return getattr(config, "hidden_size", None), "the pooled output of a CLIPVisionModel without projection"
+
+
 def load_models_and_texts(models: Sequence[str], text_model: Optional[str], device: torch.device,
                           need_text: bool = True) -> tuple[list[ImageEncoder], list[Optional[TextTower]],
                                                            list[Optional[str]]]:
@@ -45,10 +60,10 @@ def load_models_and_texts(models: Sequence[str], text_model: Optional[str], devi
         if source not in towers:
             towers[source] = load_text_tower(source).to(device)
     for model, encoder, source in zip(models, encoders, sources):
-        image_dim = getattr(getattr(encoder, "vision", None), "config", None)
-        image_dim = getattr(image_dim, "projection_dim", None)
+        image_dim, what = embedding_width(encoder)
         text_dim = towers[source].text_projection.out_features
         if image_dim is not None and image_dim != text_dim:
             raise ModelLoadError(f"model {model} embeds images in {image_dim} dimensions but the text tower of "
-                                 f"{source} in {text_dim}: pass a --text-model from the same CLIP family")
+                                 f"{source} in {text_dim} (the model's embedding: {what}): pass a --text-model "
+                                 "from the same CLIP family")
     return encoders, [towers[s] for s in sources], list(sources)

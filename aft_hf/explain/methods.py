@@ -93,6 +93,22 @@ class SmoothGrad(_GradientMethod):
 # --------------------------------------------------------------------------- ViT methods
 
 
+VISION_PREFIX = "vision_model."
+
+
+def vision_transformer(vision: nn.Module) -> nn.Module:
+    """The ViT (embeddings, ``encoder.layers``) of a CLIP vision model, whatever its class.
+
+    ``CLIPVisionModelWithProjection`` holds it as ``.vision_model``; a bare ``CLIPVisionModel`` (the
+    LLaVA-style tower) *is* it in transformers 5, with no ``.vision_model`` attribute.
+    """
+    inner = getattr(vision, "vision_model", vision)
+    if not hasattr(getattr(inner, "encoder", None), "layers"):
+        raise ExplainError(f"{type(vision).__name__} is not a CLIP ViT (no encoder.layers): the ViT methods "
+                           "(gradcam, attention, rollout) need one; the gradient methods work on any encoder")
+    return inner
+
+
 class _ViTMethod(AttributionMethod):
     """Methods that read the ViT inside an :class:`aft_hf.model.ImageEncoder` (maps on the patch grid)."""
 
@@ -122,17 +138,21 @@ class GradCAM(_ViTMethod):
 
     def resolve_layer(self) -> nn.Module:
         """The Grad-CAM layer inside ``encoder.vision`` (see the class docstring)."""
-        layers = self.encoder.vision.vision_model.encoder.layers
         if isinstance(self.layer, nn.Module):
             return self.layer
+        transformer = vision_transformer(self.encoder.vision)
+        layers = transformer.encoder.layers
         if self.layer is None or self.layer == "last_ln1":
             return layers[-1].layer_norm1
         if self.layer == "penultimate":
             if len(layers) < 2:
                 raise ExplainError("layer 'penultimate' needs a ViT with at least 2 blocks")
             return layers[-2]
+        path = self.layer
+        if transformer is self.encoder.vision and path.startswith(VISION_PREFIX):
+            path = path[len(VISION_PREFIX):]  # a path written for the projected layout, on a bare tower
         try:
-            return self.encoder.vision.get_submodule(self.layer)
+            return self.encoder.vision.get_submodule(path)
         except AttributeError as e:
             raise ExplainError(f"Grad-CAM layer '{self.layer}' not found in the vision model: {e}") from e
 

@@ -1,0 +1,218 @@
+"""Resume rules: the one table of what a resume may change, the same image after a new batch
+geometry, and the evaluation history kept across resumes."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+import aft_hf.train as train_mod
+from aft_hf.config import ConfigError, leaf_paths, load_config
+from aft_hf.data.loading import EpochSampler, epoch_position
+from aft_hf.resume import RESUME_RULES, Change, check_resume_config, classify_changes, kind_of
+from aft_hf.train import train
+
+N_IMAGES = 21
+
+
+@pytest.fixture(scope="module")
+def numbered(tmp_path_factory):
+    """21 solid images, image i of red level 10 i: a trained batch names its images."""
+    folder = tmp_path_factory.mktemp("numbered") / "imgs"
+    (folder / "a").mkdir(parents=True)
+    for i in range(N_IMAGES):
+        Image.fromarray(np.full((36, 40, 3), (10 * i, 0, 0), dtype=np.uint8)).save(folder / "a" / f"{i:03d}.png")
+    return folder
+
+
+def cfg_for(model, data, out, *extra):
+    return load_config(None, [
+        "--model.name_or_path", str(model), "--data.dataset", str(data), "--output_dir", str(out),
+        "--warmup_steps", "0", "--lr", "1e-4", "--attack.steps", "1", "--logging.report_to", "none",
+        "--log_every", "1", "--checkpointing_steps", "100", *extra])
+
+
+@pytest.fixture
+def trained(monkeypatch):
+    """(epoch, image id) of every image trained, in order."""
+    seen = []
+    original = train_mod.TrainingLoop.micro_step
+
+    def spy(self, batch):
+        ids = (batch["pixel_values"][:, 0, 0, 0] * 255 / 10).round().int().tolist()
+        seen.extend((self.progress.epoch, i) for i in ids)
+        return original(self, batch)
+
+    monkeypatch.setattr(train_mod.TrainingLoop, "micro_step", spy)
+    return seen
+
+
+@pytest.mark.parametrize("before, after", [
+    (["--optim.batch_size", "4"], ["--optim.batch_size", "8"]),     # larger batch
+    (["--optim.batch_size", "4"], ["--optim.batch_size", "3"]),     # smaller, not a divisor of the position
+    (["--optim.batch_size", "4"], ["--optim.batch_size", "4", "--gradient_accumulation_steps", "2"]),
+    (["--optim.batch_size", "4", "--gradient_accumulation_steps", "2"], ["--optim.batch_size", "4"]),
+    (["--optim.batch_size", "4", "--gradient_accumulation_steps", "2"],
+     ["--optim.batch_size", "6", "--gradient_accumulation_steps", "3"]),
+])
+def test_new_batch_geometry_resumes_at_the_same_image(tiny_clip_path, numbered, tmp_path, trained, before, after):
+    """The issue: skip_first_batches counted batches of the new size (21 images: records_in_epoch 24).
+    Now epoch 0 is one permutation, and the resumed leg continues it at the 8th image: no image twice,
+    none skipped (only the tail that does not fill a batch, as in any epoch)."""
+    train(cfg_for(tiny_clip_path, numbered, tmp_path / "run", "--max_steps", "2", *before))
+    first = list(trained)
+    assert len(first) == 8 and all(e == 0 for e, _ in first)
+    trained.clear()
+    train(cfg_for(tiny_clip_path, numbered, tmp_path / "run", "--max_steps", "6", "--resume_from_checkpoint",
+                  "latest", "--allow_config_change", *after))
+    new_batch = int(after[after.index("--optim.batch_size") + 1])
+    rest = [i for e, i in trained if e == 0]
+    assert len(rest) == (N_IMAGES - 8) // new_batch * new_batch
+    order = [i for _, i in first] + rest
+    assert len(set(order)) == len(order)  # no image trained twice in the epoch
+    trained.clear()  # an uninterrupted run with the old geometry sees the same order
+    train(cfg_for(tiny_clip_path, numbered, tmp_path / "ref", "--max_steps", "5", "--optim.batch_size", "4"))
+    reference = [i for e, i in trained if e == 0]
+    assert reference == order[:len(reference)] or order == reference[:len(order)]
+    progress = json.loads(sorted((tmp_path / "run" / "checkpoints").glob("step_*"))[-1].joinpath(
+        "progress.json").read_text())
+    assert progress["step"] == 6
+    if progress["epoch"] == 0:  # the saved position counts the images of both legs
+        assert sum(progress["records_per_process"]) == len(order)
+
+
+def test_epoch_position_and_sampler():
+    assert epoch_position([8, 8], 8, 2) == 16  # every process's count, summed
+    assert epoch_position(None, 6, 2) == 12  # an older checkpoint: this process's count x processes
+    sampler = EpochSampler(10, seed=3)
+    whole = list(sampler)
+    sampler.resume_at(4)
+    assert len(sampler) == 6 and list(sampler) == whole[4:]
+    assert list(sampler) == whole  # the offset is for one pass only
+    sampler.set_epoch(1)
+    assert sorted(sampler) == list(range(10)) and list(sampler) != whole
+
+
+def test_eval_history_survives_resumes(tiny_vision_path, numbered, tmp_path):
+    """The issue: steps [0, 2, 4] became [6]; a resume with nothing left wrote eval null and []."""
+    args = ["--optim.batch_size", "4", "--eval.every_steps", "2", "--eval.num_samples", "4"]
+    out = tmp_path / "run"
+
+    def steps():
+        summary = json.loads((out / "train_summary.json").read_text())
+        return [h["step"] for h in summary["eval_history"]], summary["eval"]
+
+    train(cfg_for(tiny_vision_path, numbered, out, "--max_steps", "4", *args))
+    assert steps()[0] == [0, 2, 4]
+    train(cfg_for(tiny_vision_path, numbered, out, "--max_steps", "6", "--resume_from_checkpoint", "latest", *args))
+    assert steps()[0] == [0, 2, 4, 6]
+    train(cfg_for(tiny_vision_path, numbered, out, "--max_steps", "6", "--resume_from_checkpoint", "latest", *args))
+    history, last = steps()
+    assert history == [0, 2, 4, 6] and last["step"] == 6
+    # evaluation turned off for a resume: the earlier evaluations are still the run's
+    train(cfg_for(tiny_vision_path, numbered, out, "--max_steps", "7", "--resume_from_checkpoint", "latest",
+                  "--optim.batch_size", "4"))
+    assert steps()[0] == [0, 2, 4, 6]
+
+
+def test_every_field_has_a_rule():
+    unruled = [p for p in leaf_paths() if p not in RESUME_RULES and p.split(".")[0] not in RESUME_RULES]
+    assert unruled == []
+
+
+@pytest.mark.parametrize("field, value, kind", [
+    ("eval.every_steps", 5, Change.FREE), ("logging.log_every", 3, Change.FREE),
+    ("hub.private", True, Change.FREE), ("checkpoint.checkpointing_steps", 7, Change.FREE),
+    ("perf.compile", True, Change.FREE), ("data.num_workers", 2, Change.FREE), ("optim.max_steps", 50_000, Change.FREE),
+    ("optim.max_steps", 10_000, Change.FLAG), ("optim.lr", 0.5, Change.FLAG), ("optim.batch_size", 64, Change.FLAG),
+    ("optim.gradient_accumulation_steps", 2, Change.FLAG), ("optim.scheduler", "constant", Change.FLAG),
+    ("seed", 7, Change.FLAG),
+    ("model.name_or_path", "other/model", Change.NEVER), ("model.embedding", "patch_tokens", Change.NEVER),
+    ("model.output_normalize", False, Change.NEVER), ("data.dataset", "other", Change.NEVER),
+    ("data.split", "test", Change.NEVER), ("attack.eps", 8.0, Change.NEVER), ("attack.norm", "l2", Change.NEVER),
+])
+def test_changes_fall_in_three_kinds(field, value, kind):
+    saved = load_config(None, []).to_dict()
+    section, _, leaf = field.rpartition(".")
+    new = load_config(None, [f"--{field}", json.dumps(value) if not isinstance(value, str) else value])
+    assert getattr(getattr(new, section) if section else new, leaf) == value
+    changes = classify_changes(saved, new)
+    assert [c.split(":")[0] for c in changes[kind]] == [field]
+    assert sum(len(v) for v in changes.values()) == 1
+
+
+def _checkpoint_with(tmp_path, **saved_overrides):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    saved = load_config(None, [a for k, v in saved_overrides.items() for a in (f"--{k}", str(v))])
+    (ckpt / "aft_config.yaml").write_text(saved.to_yaml())
+    return ckpt
+
+
+def test_never_fields_refused_even_with_the_flag(tmp_path):
+    """The issue: --allow_config_change accepted another model.name_or_path silently."""
+    ckpt = _checkpoint_with(tmp_path)
+    new = load_config(None, ["--model.name_or_path", "other/model", "--allow_config_change"])
+    with pytest.raises(ConfigError, match="not even with --allow_config_change") as e:
+        check_resume_config(ckpt, new)
+    assert "model.name_or_path: 'openai/clip-vit-base-patch16' -> 'other/model'" in str(e.value)
+
+
+def test_free_fields_need_no_flag_and_flag_fields_are_returned(tmp_path):
+    """The issue: turning evaluation on for a resumed run needed --allow_config_change."""
+    ckpt = _checkpoint_with(tmp_path)
+    assert check_resume_config(ckpt, load_config(None, ["--eval.every_steps", "10", "--log_every", "3"])) == []
+    with pytest.raises(ConfigError, match="optim.lr"):
+        check_resume_config(ckpt, load_config(None, ["--lr", "0.5"]))
+    assert check_resume_config(ckpt, load_config(None, ["--lr", "0.5", "--allow_config_change"])) == \
+        ["optim.lr: 1e-05 -> 0.5"]
+
+
+def test_two_spellings_of_one_folder_are_no_change(tmp_path, monkeypatch):
+    (tmp_path / "m48").mkdir()
+    monkeypatch.chdir(tmp_path)
+    ckpt = _checkpoint_with(tmp_path, **{"model.name_or_path": "m48"})
+    assert check_resume_config(ckpt, load_config(None, ["--model.name_or_path", str(tmp_path / "m48")])) == []
+
+
+def test_kind_of_sections_and_fields():
+    assert kind_of("lora.r") is Change.NEVER
+    assert kind_of("data.num_workers") is Change.FREE and kind_of("data.dataset") is Change.NEVER
+    assert kind_of("brand_new_section.x") is Change.FLAG
+    assert yaml.safe_load(load_config(None, []).to_yaml())  # the saved form the rules compare
+
+
+def test_docs_table_lists_every_rule():
+    """docs/training.md shows the table of RESUME_RULES: every entry, in its kind's row."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip() in {k.value for k in Change}}
+    for key, kind in RESUME_RULES.items():
+        assert f"`{key}" in rows[kind.value], (key, kind)
+
+
+@pytest.mark.parametrize("processes, per_device", [(2, 2), (3, 1), (2, 3)])
+def test_sharded_resume_continues_the_permutation(processes, per_device):
+    """What accelerate.prepare does with the sampler on N processes (BatchSamplerShard): resumed at record R,
+    global micro-batch j is records [R + j B, R + (j + 1) B) of the epoch's permutation, split over ranks."""
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler
+
+    n, start = 21, 8
+    sampler = EpochSampler(n, seed=5)
+    order = sampler.order(0)
+    shards = []
+    for rank in range(processes):
+        sampler.resume_at(start)
+        batches = BatchSamplerShard(BatchSampler(sampler, per_device, drop_last=True), processes, rank)
+        shards.append(list(batches))
+    global_batch = processes * per_device
+    steps = min(len(s) for s in shards)
+    assert steps == (n - start) // global_batch
+    for j in range(steps):
+        drawn = [i for rank in range(processes) for i in shards[rank][j]]
+        assert drawn == order[start + j * global_batch:start + (j + 1) * global_batch]
