@@ -167,23 +167,28 @@ def _cli_evaluate(args, extra) -> int:
 
 
 def _write_comparison(reports: dict, out: Path) -> None:
-    from ..figures import perturbation_curves, roar_curves
+    """comparison.md (every model's plain results side by side) and one figure per curve kind, all models in it."""
+    from ..evaluate.runner import curve_figures
+    from ..evaluate.schema import report_results
+    from ..figures import metric_curves
 
-    roar = {slug(k): r["metrics"]["roar"] for k, r in reports.items() if "accuracy" in r["metrics"].get("roar", {})}
-    if roar:
-        roar_curves(roar, out / "roar.png")
-    pert = {slug(k): {m: r["metrics"][m] for m in ("deletion", "insertion") if m in r["metrics"]}
-            for k, r in reports.items()}
-    if any(pert.values()):
-        perturbation_curves(pert, out / "deletion_insertion.png")
-    attacks = {r["metrics"]["robust_attack"].get("name", "PGD") for r in reports.values()
-               if "robust_attack" in r["metrics"]}
-    robust = f"robust top-1 ({'; '.join(sorted(attacks))})" if attacks else "robust top-1"
-    lines = ["# Model comparison", "", f"| model | text tower | zero-shot top-1 | {robust} |", "|---|---|---|---|"]
+    results = {slug(k): report_results(r) for k, r in reports.items()}
+    for figure, curves in curve_figures(results).items():
+        metric_curves(curves, out / f"{figure}.png")
+    columns: dict[tuple, None] = {}
+    values = {}
+    for k, by_metric in results.items():
+        for r in by_metric.values():
+            for s in r.scalars:
+                if s.method is None and not s.baseline:
+                    columns[(s.quantity, s.setting)] = None
+                    values[(k, s.quantity, s.setting)] = s.value
+    names = [f"{q} @ {st}" if st else q for q, st in columns]
+    lines = ["# Model comparison", "", "| model | text tower | " + " | ".join(names) + " |",
+             "|---|---|" + "---|" * len(names)]
     for k, r in reports.items():
-        m = r["metrics"]
-        top1 = m.get("zeroshot_top1")
-        rob = ", ".join(f"{e}: {v:.3f}" for e, v in m.get("robust_top1", {}).items())
-        lines.append(f"| `{k}` | `{r.get('text_model')}` | {'n/a' if top1 is None else f'{top1:.3f}'} | {rob or 'n/a'} |")
+        cells = [values.get((slug(k), q, st)) for q, st in columns]
+        lines.append(f"| `{k}` | `{r.get('text_model')}` | "
+                     + " | ".join("n/a" if v is None else f"{v:.3f}" for v in cells) + " |")
     lines += ["", "Per-model reports: " + ", ".join(f"[{slug(k)}]({slug(k)}/report.md)" for k in reports), ""]
     (out / "comparison.md").write_text("\n".join(lines))

@@ -13,6 +13,7 @@ eps in {1, 2, 4}/255. 10-step PGD is available for comparison and over-estimates
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -88,14 +89,12 @@ def label_indices(values: Sequence, class_names: Optional[Sequence[str]]) -> tup
             raise EvaluationError(f"label '{missing[0]}' is not one of the {len(names)} class names "
                                   f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
         return torch.tensor([index[v] for v in values]), names
-    try:
-        ints = [int(v) for v in values if not (isinstance(v, float) and not v.is_integer())]
-    except (TypeError, ValueError):
-        ints = []
-    if len(ints) != len(values):
-        bad = next(v for v in values if not isinstance(v, (int, str)) or isinstance(v, bool) or
-                   (isinstance(v, float) and not v.is_integer()))
-        raise EvaluationError(f"labels must be class indices or class names, got {bad!r:.80}")
+    ints = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (numbers.Integral, float)) or \
+                (isinstance(v, float) and not v.is_integer()):
+            raise EvaluationError(f"labels must be class indices or class names, got {v!r:.80}")
+        ints.append(int(v))
     labels = torch.tensor(ints, dtype=torch.long)
     if class_names is not None:
         check_labels(labels, class_names)
