@@ -101,7 +101,7 @@ class MetricResult:
     data: dict = field(default_factory=dict)
     per_image: dict[str, dict[str, Tensor]] = field(default_factory=dict, repr=False)
     setup_title: str = ""
-    """How the card introduces ``metadata`` ("robust accuracy under"); default: the metric name."""
+    """How the card introduces ``metadata`` ("robust accuracy under"); default: "<metric> with"."""
     seconds: Optional[float] = None
     """Wall time of the computation (``report.json``'s ``timing_s``)."""
 
@@ -109,7 +109,7 @@ class MetricResult:
         """The JSON form written under ``results[metric]`` (no ``data``: it is ``metrics``; no per-image tensors)."""
         out = {"family": self.family, "scalars": [dataclasses.asdict(s) for s in self.scalars],
                "curves": [dataclasses.asdict(c) for c in self.curves], "metadata": self.metadata,
-               "notes": self.notes, "setup_title": self.setup_title or self.metric}
+               "notes": self.notes, "setup_title": self.setup_title}
         return finite(out)
 
     @classmethod
@@ -121,13 +121,13 @@ class MetricResult:
 
         return cls(metric, d.get("family", ""), [build(Scalar, s) for s in d.get("scalars", [])],
                    [build(Curve, c) for c in d.get("curves", [])], d.get("metadata") or {}, list(d.get("notes") or []),
-                   setup_title=d.get("setup_title") or metric)
+                   setup_title=d.get("setup_title") or "")
 
     def setup_text(self) -> str:
         """``<setup_title> k `v`, ...`` for the card's evaluation sentence ('' without metadata)."""
         if not self.metadata:
             return ""
-        return f"{self.setup_title or self.metric} " + ", ".join(f"{k} `{_short(v)}`" for k, v in self.metadata.items())
+        return f"{self.setup_title or self.metric + ' with'} " + ", ".join(f"{k} `{_short(v)}`" for k, v in self.metadata.items())
 
 
 def _short(v: Any) -> str:
