@@ -97,7 +97,7 @@ def markdown(report: dict) -> str:
         lines += ["## Attribution quality", "", "| metric | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         lines += [f"| {name} | " + " | ".join(vals.get(c, "") for c in cols) + " |" for name, vals in rows.items()]
         lines.append("")
-    notes = [n for r in results.values() for n in r.notes]
+    notes = list(dict.fromkeys(n for r in results.values() for n in r.notes))  # pointing and energy share one
     if notes:
         lines += notes[:1] + [line for n in notes[1:] for line in ("", n)] + [""]
     if report.get("metric_inputs"):
