@@ -49,7 +49,8 @@ def measure(encoder: torch.nn.Module, data: EvalSet, methods: Sequence[str], tol
             robust_eps: Sequence[float], robust_steps: int, deletion_steps: int = 20, batch_size: int = 32,
             seed: int = 0, progress: bool = True, robust_attack: str = "apgd", robust_targets: int = 9) -> dict:
     """{"per_image": {method: {metric: (N,)}}, "maps": {method: display maps (N,1,H,W)}, "chance": (N,),
-    "accuracy": {...}, "clean_probability": float, "deletion_random_auc": float}.
+    "accuracy": {...}, "clean_probability": float, "deletion_random_auc": float, "results": {metric:
+    MetricResult}} (``results``: what the Hub card of the model reads, in memory only).
 
     Metrics read the raw maps; ``deletion_auc`` per image is divided by the model's mean clean
     probability, like ``deletion_random_auc`` (the same images ranked at random). Robust accuracy:
@@ -71,7 +72,7 @@ def measure(encoder: torch.nn.Module, data: EvalSet, methods: Sequence[str], tol
             "accuracy": {"clean": r["zeroshot"].per_image[""]["correct"].mean().item(),
                          "robust": r["robust"].data["robust_top1"]},
             "clean_probability": deletion["clean_probability"],
-            "deletion_random_auc": deletion["methods"]["random"]["auc"]}
+            "deletion_random_auc": deletion["methods"]["random"]["auc"], "results": r}
 
 
 def aft_objective(encoder: torch.nn.Module, original: torch.nn.Module, images: Tensor, attack: AttackConfig,
