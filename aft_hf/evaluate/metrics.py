@@ -183,7 +183,8 @@ class _Perturbation(Metric):
             order = d.get("order")
             first = {"most": ", most relevant first", "least": ", least relevant first"}.get(order, "")
             curves.append(Curve(
-                mode, f"{mode} ({better} AUC = better)", list(d["fractions"]), {m: v["curve"] for m, v in methods.items()},
+                mode, f"{mode} ({better} AUC = better)", list(d["fractions"]),
+                {m: v["curve"] for m, v in methods.items()},
                 f"pixels {'removed' if mode == 'deletion' else 'inserted'} (%){first}",
                 "label probability / model's clean probability" if prob is not None
                 else "zero-shot probability of the label", "deletion_insertion",

@@ -127,7 +127,8 @@ class MetricResult:
         """``<setup_title> k `v`, ...`` for the card's evaluation sentence ('' without metadata)."""
         if not self.metadata:
             return ""
-        return f"{self.setup_title or self.metric + ' with'} " + ", ".join(f"{k} `{_short(v)}`" for k, v in self.metadata.items())
+        title = self.setup_title or f"{self.metric} with"
+        return f"{title} " + ", ".join(f"{k} `{_short(v)}`" for k, v in self.metadata.items())
 
 
 def _short(v: Any) -> str:
