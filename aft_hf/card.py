@@ -3,7 +3,7 @@
 ``huggingface_hub``'s ``ModelCardData``/``ModelCard`` do the format; this module decides the content:
 ``config.json`` (architecture), ``aft_config.yaml`` (the training recipe, written by the trainer),
 ``aft_import.json`` (provenance of a converted checkpoint), the evaluate report (its metrics'
-results, :mod:`aft_hf.evaluate.schema`: zero-shot classification scalars -> ``model-index``, every
+results, :mod:`aft_hf.results`: zero-shot classification scalars -> ``model-index``, every
 number -> the results table) and figures. A section without data is left out.
 """
 
@@ -20,7 +20,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .constants import VERSION as __version__
 from .errors import AftError
-from .evaluate.schema import Scalar, report_results
+from .results import Scalar, report_results
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ SETUP_FIELDS = (("dataset", "dataset"), ("split", "split"), ("num_samples", "ima
 def report_rows(report: dict) -> list[tuple[Scalar, Optional[str], float]]:
     """Every numeric result of the report as (scalar, setting, value), in report order.
 
-    Read from the report's ``results`` (:mod:`aft_hf.evaluate.schema`; an older report without them
+    Read from the report's ``results`` (:mod:`aft_hf.results`; an older report without them
     through the registered metrics), so the card names no metric: a scalar's ``quantity`` is the row's
     name, ``better`` its direction, ``baseline`` sends it to the reference table and ``hub_metric``
     into ``model-index``. Numbers written as null (NaN, top-5 with fewer than 5 classes) are left out.

@@ -87,7 +87,7 @@ def _overlay_colorbar(fig, cmap: str, height_in: float) -> None:
 def metric_curves(curves: Mapping[str, Sequence], out: Union[str, Path]) -> Path:
     """One panel per curve name, every model's series in it: ``curves`` = {model label: [Curve]}.
 
-    ``Curve`` is :class:`aft_hf.evaluate.schema.Curve` (deletion/insertion, ROAR, any metric's curve);
+    ``Curve`` is :class:`aft_hf.results.Curve` (deletion/insertion, ROAR, any metric's curve);
     its ``dashed`` series (the random ranking) are drawn dashed, ``labels`` extend a series' legend entry.
     """
     names: list[str] = []

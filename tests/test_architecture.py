@@ -49,7 +49,7 @@ def _graph() -> dict[str, set[str]]:
 
 
 LAYERS = [
-    {"constants", "errors", "env", "files", "tokenizer", "outputs"},
+    {"constants", "errors", "env", "files", "tokenizer", "outputs", "results"},
     {"config", "config_help", "recipes", "launch", "model", "attack", "data", "perf"},
     {"card", "hub", "convert", "checkpoint_io", "export_openclip"},
     {"figures", "explain", "evaluate"},

@@ -9,7 +9,7 @@ import torch
 from aft_hf.card import build_model_card, eval_results_from_report
 from aft_hf.evaluate import EvaluationError, Metric
 from aft_hf.evaluate.metrics import METRICS, RobustAccuracy
-from aft_hf.evaluate.schema import Curve, MetricResult, Scalar, report_results
+from aft_hf.results import Curve, MetricResult, Scalar, report_results
 
 INFO = {"model": "tiny", "text_model": "tiny", "dataset": "rand", "split": "test", "skipped_images": 0,
         "class_names_source": "list"}
@@ -102,3 +102,10 @@ def test_results_round_trip_and_older_reports_read_through_the_registry():
     assert list(results) == ["zeroshot", "robust", "gini", "new_metric"]
     assert results["robust"].scalars[0].quantity == "Robust zero-shot top-1 accuracy (PGD-10, L-inf)"
     assert [s.value for s in results["zeroshot"].scalars] == [0.5, None]
+
+
+def test_every_registered_metric_presents_through_its_own_layout():
+    from aft_hf.results import FLAT_LAYOUTS
+
+    for name, cls in METRICS.items():
+        assert cls.layout is FLAT_LAYOUTS[name] and cls.family == cls.layout.family, name

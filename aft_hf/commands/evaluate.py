@@ -169,7 +169,7 @@ def _cli_evaluate(args, extra) -> int:
 def _write_comparison(reports: dict, out: Path) -> None:
     """comparison.md (every model's plain results side by side) and one figure per curve kind, all models in it."""
     from ..evaluate.runner import curve_figures
-    from ..evaluate.schema import report_results
+    from ..results import report_results
     from ..figures import metric_curves
 
     results = {slug(k): report_results(r) for k, r in reports.items()}

@@ -13,7 +13,7 @@ from .localisation import boxes_to_masks, empty_masks, energy_in_mask, pointing_
 from .metrics import METRICS
 from .runner import evaluate_model, run_metrics, write_outputs
 from .sanity import randomisation_check, randomized_copy, spearman
-from .schema import Curve, MetricResult, Scalar, report_results
+from ..results import Curve, MetricResult, Scalar, report_results
 from .zeroshot import (
     ZeroShotClassifier, check_labels, label_indices, predict, robust_accuracy, topk_accuracy, zero_shot_accuracy,
 )

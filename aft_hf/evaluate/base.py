@@ -4,7 +4,7 @@ Every metric is a :class:`Metric` with a ``name`` (its registry name, the key of
 ``report.json``'s ``results``), a ``family`` (accuracy, faithfulness, localisation, complexity,
 sanity), a ``citation``, typed options (an ``Options`` dataclass: an unknown option is refused
 naming the metric and its options) and ``compute(ctx) -> MetricResult`` (the one result schema,
-:mod:`aft_hf.evaluate.schema`). The :class:`EvalContext` holds the model, the data and the
+:mod:`aft_hf.results`). The :class:`EvalContext` holds the model, the data and the
 zero-shot classifier, and computes each method's maps once (cached), so several metrics share them.
 How to add a metric: ``docs/metrics.md``.
 
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..explain import Explainer, postprocess
 from .errors import EvaluationError
-from .schema import MetricResult, Scalar
+from ..results import FlatLayout, MetricResult, Scalar
 from .zeroshot import ZeroShotClassifier
 
 RAW_MAP = "raw map: |attribution| summed over channels (Grad-CAM/attention as computed), no clip, no min-max"
@@ -96,9 +96,10 @@ class Metric(abc.ABC):
 
     ``Metric(**options)`` builds ``self.options = Options(**options)``; a name ``Options`` does not
     declare is refused (:class:`EvaluationError` naming the metric and its options), so a misspelt
-    option cannot be ignored silently. ``keys`` lists the flat entries the metric writes into
-    ``report.json``'s ``metrics`` (schema 1): :meth:`present` turns them into a :class:`MetricResult`,
-    which is also how a report written before ``results`` existed is read.
+    option cannot be ignored silently. The package's metrics compute their flat entries of
+    ``report.json``'s ``metrics`` and turn them into a :class:`MetricResult` through their ``layout``
+    (:data:`aft_hf.results.FLAT_LAYOUTS`, also how a report written before ``results`` is read); a new
+    metric may instead build its :class:`MetricResult` in :meth:`compute` directly.
     """
 
     name: ClassVar[str] = ""
@@ -106,7 +107,7 @@ class Metric(abc.ABC):
     citation: ClassVar[str] = ""
     consumes: ClassVar[str] = ""  # what the metric reads (e.g. the raw map), written into the report
     needs_masks: ClassVar[bool] = False
-    keys: ClassVar[tuple[str, ...]] = ()
+    layout: ClassVar[Optional[FlatLayout]] = None
     Options: ClassVar[type] = NoOptions
 
     def __init__(self, **options: Any) -> None:
@@ -130,7 +131,10 @@ class Metric(abc.ABC):
 
     @classmethod
     def present(cls, data: dict) -> MetricResult:
-        """A result from the metric's flat ``data``; the default shows each number (or mapping of numbers) as a row."""
+        """A result from the metric's flat ``data``: through its ``layout``, else each number (or mapping of
+        numbers) as a row."""
+        if cls.layout is not None:
+            return cls.layout.present(data)
         scalars = []
         for key, value in data.items():
             if isinstance(value, dict):

@@ -2,8 +2,8 @@
 
 Names accepted by ``aft-hf evaluate --metrics``: zeroshot, robust, deletion, insertion, roar,
 pointing, energy, gini (alias sparseness), randomisation. Each metric's options are a typed
-dataclass (``Metric.Options``); each returns a :class:`~aft_hf.evaluate.schema.MetricResult`, and
-its ``present`` turns its flat report entries into that schema (also for older reports).
+dataclass (``Metric.Options``); each returns a :class:`~aft_hf.results.MetricResult`, built from its
+flat report entries by its layout in :data:`aft_hf.results.FLAT_LAYOUTS`.
 """
 
 from __future__ import annotations
@@ -22,28 +22,17 @@ from .faithfulness import (
 from .localisation import empty_masks, energy_in_mask, pointing_game
 from .sanity import randomisation_check
 from .apgd import attack_description
-from .schema import Curve, MetricResult, Scalar, finite  # noqa: F401  (finite: re-exported, its old home)
+from ..results import FLAT_LAYOUTS, MetricResult, finite  # noqa: F401  (finite: re-exported, its old home)
 from .stats import nanmean as _mean
 from .zeroshot import ATTACKS, DEFAULT_ITERATIONS, predict, robust_accuracy, topk_accuracy
 
 
-def _robust_name(attack: dict) -> Optional[str]:
-    """``APGD-CE+APGD-T, L-inf`` from ``robust_attack``; reports without a name were made with PGD."""
-    if not isinstance(attack, dict) or not attack:
-        return None
-    if attack.get("name"):
-        return str(attack["name"])
-    norm = "L-inf" if attack.get("norm", "linf") == "linf" else str(attack.get("norm"))
-    return f"PGD-{attack['steps']}, {norm}" if attack.get("steps") else f"PGD, {norm}"
-
-
-ZS_TASK = "Zero-shot classification"
 
 
 class ZeroShotAccuracy(Metric):
     name, family = "zeroshot", "accuracy"
+    layout = FLAT_LAYOUTS["zeroshot"]
     citation = "Radford et al. 2021, Learning Transferable Visual Models From Natural Language Supervision"
-    keys = ("zeroshot_top1", "zeroshot_top5")
 
     def compute(self, ctx: EvalContext) -> MetricResult:
         logits = predict(ctx.classifier, ctx.images, ctx.batch_size, ctx.progress)
@@ -51,14 +40,7 @@ class ZeroShotAccuracy(Metric):
         correct = (logits.argmax(1) == ctx.labels).float()
         return self.result({"zeroshot_top1": acc["top1"], "zeroshot_top5": acc["top5"]}, {"": {"correct": correct}})
 
-    @classmethod
-    def present(cls, data: dict) -> MetricResult:
-        scalars = [Scalar(f"Zero-shot top-{k} accuracy", data.get(f"zeroshot_top{k}"), better="higher", percent=True,
-                          hub_metric="accuracy" if k == 1 else "top_5_accuracy", task=ZS_TASK)
-                   for k in (1, 5) if f"zeroshot_top{k}" in data]
-        notes = ["Top-5 is n/a with fewer than 5 classes."] if "zeroshot_top5" in data and \
-            data["zeroshot_top5"] is None else []
-        return MetricResult(cls.name, cls.family, scalars, notes=notes)
+
 
 
 @dataclass(frozen=True)
@@ -83,9 +65,9 @@ class RobustOptions:
 
 class RobustAccuracy(Metric):
     name, family = "robust", "accuracy"
+    layout = FLAT_LAYOUTS["robust"]
     citation = ("Croce & Hein 2020 (APGD-CE, APGD-T; AutoAttack) or Madry et al. 2018 (PGD); protocol of "
                 "Schlarmann et al. 2024, Robust CLIP (FARE): attacks on the zero-shot logits, worst case per image")
-    keys = ("robust_top1", "robust_attack")
     Options = RobustOptions
 
     def compute(self, ctx: EvalContext) -> MetricResult:
@@ -99,22 +81,7 @@ class RobustAccuracy(Metric):
             setup.update(restarts=o.restarts, targets=min(o.targets, ctx.class_weights.shape[0] - 1))
         return self.result({"robust_top1": acc, "robust_attack": {**setup, "eps": [f"{e:g}/255" for e in o.eps]}})
 
-    @classmethod
-    def present(cls, data: dict) -> MetricResult:
-        attack = data.get("robust_attack") or {}
-        name = _robust_name(attack)
-        quantity = "Robust zero-shot top-1 accuracy" + (f" ({name})" if name else "")
-        scalars = [Scalar(quantity, v, str(e), "eps", better="higher", percent=True, hub_metric="robust_accuracy",
-                          task="Adversarial robustness") for e, v in (data.get("robust_top1") or {}).items()]
-        notes = []
-        if attack:
-            extra = f", {attack['restarts']} restart(s), {attack['targets']} target classes" if "targets" in attack \
-                else ""
-            notes.append(f"Attack: {attack.get('name', 'PGD, L-inf')}, {attack.get('steps')} iterations{extra}; an "
-                         "image counts as robust only when correct clean and every attack fails, at this and every "
-                         "smaller budget.")
-        return MetricResult(cls.name, cls.family, scalars, metadata=dict(attack), notes=notes,
-                            setup_title="robust accuracy under")
+
 
 
 @dataclass(frozen=True)
@@ -164,41 +131,17 @@ class _Perturbation(Metric):
                                         "clean_probability": norm.item(), "normalised": "divided by clean_probability",
                                         "methods": out}}, per_image)
 
-    @classmethod
-    def present(cls, data: dict) -> MetricResult:
-        d, mode = data[cls.mode], cls.mode
-        methods = d.get("methods") or {}
-        better = "lower" if mode == "deletion" else "higher"
-        prob = d.get("clean_probability")
-        row = (f"{mode} AUC ({better} better), / clean prob. {'n/a' if prob is None else f'{prob:.3f}'}, "
-               f"baseline {d.get('baseline', 'mean')}")
-        scalars = [Scalar(f"{mode.capitalize()} AUC", v.get("auc"), m, "method", m, row, better,
-                          baseline=m == "random") for m, v in methods.items() if isinstance(v, dict)]
-        ahead = "negative" if mode == "deletion" else "positive"
-        scalars += [Scalar(f"{mode.capitalize()} AUC minus random", v["auc_minus_random"], m, "method", m,
-                           f"{mode} AUC minus random ({ahead} = better than random)", better)
-                    for m, v in methods.items() if isinstance(v, dict) and "auc_minus_random" in v]
-        curves = []
-        if d.get("fractions") and all(isinstance(v, dict) and "curve" in v for v in methods.values()):
-            order = d.get("order")
-            first = {"most": ", most relevant first", "least": ", least relevant first"}.get(order, "")
-            curves.append(Curve(
-                mode, f"{mode} ({better} AUC = better)", list(d["fractions"]),
-                {m: v["curve"] for m, v in methods.items()},
-                f"pixels {'removed' if mode == 'deletion' else 'inserted'} (%){first}",
-                "label probability / model's clean probability" if prob is not None
-                else "zero-shot probability of the label", "deletion_insertion",
-                labels={m: f"AUC {v['auc']:.3f}" for m, v in methods.items() if isinstance(v.get("auc"), float)}))
-        metadata = {k: d[k] for k in ("order", "baseline", "clean_probability") if k in d}
-        return MetricResult(cls.name, cls.family, scalars, curves, metadata)
+
 
 
 class Deletion(_Perturbation):
-    name, mode, keys = "deletion", "deletion", ("deletion",)
+    name, mode = "deletion", "deletion"
+    layout = FLAT_LAYOUTS["deletion"]
 
 
 class Insertion(_Perturbation):
-    name, mode, keys = "insertion", "insertion", ("insertion",)
+    name, mode = "insertion", "insertion"
+    layout = FLAT_LAYOUTS["insertion"]
 
 
 ROAR_EVALUATORS = {
@@ -224,9 +167,9 @@ class RoarOptions:
 
 class ROAR(Metric):
     name, family = "roar", "faithfulness"
+    layout = FLAT_LAYOUTS["roar"]
     citation = "Hooker, Erhan, Kindermans & Kim 2019, A Benchmark for Interpretability Methods in Deep Neural Networks"
     consumes = "pixel ranking of the " + RAW_MAP + "; a retrained evaluator (report: evaluator)"
-    keys = ("roar",)
     Options = RoarOptions
 
     def evaluator_factory(self, ctx: EvalContext):
@@ -258,32 +201,11 @@ class ROAR(Metric):
         result["split"] = {"train": len(train), "test": len(test)}
         return self.result({"roar": result})
 
-    @classmethod
-    def present(cls, data: dict) -> MetricResult:
-        r = data["roar"]
-        if "accuracy" not in r:
-            return MetricResult(cls.name, cls.family, notes=[f"ROAR skipped: {r.get('skipped', 'no result')}."])
-        fractions = list(r.get("fractions") or [])
-        scalars = [Scalar("ROAR accuracy (evaluator retrained)", a, f"{m} @ {f:g}", "method @ fraction removed", m,
-                          f"ROAR accuracy, {100 * f:.0f}% removed", "lower", True, baseline=m == "random")
-                   for m, curve in r["accuracy"].items() for f, a in zip(fractions, curve or [])]
-        evaluator = str(r.get("evaluator", ""))
-        kind = "CNN" if "CNN" in evaluator else "linear probe" if "probe" in evaluator else "evaluator"
-        curves = [Curve("roar", "ROAR (lower = more faithful)", fractions, dict(r["accuracy"]),
-                        "pixels removed and retrained (%)", f"test accuracy (retrained {kind})", "roar")]
-        split = r.get("split") or {}
-        metadata = {"evaluator": evaluator, **{f"{k}_images": v for k, v in split.items()}}
-        notes = [f"ROAR evaluator: {evaluator}; train/test {split.get('train')}/{split.get('test')}."]
-        return MetricResult(cls.name, cls.family, scalars, curves, metadata, notes)
+
 
 
 def _n_empty(ctx: EvalContext) -> int:
     return int(empty_masks(ctx.masks).sum()) if ctx.masks is not None else 0
-
-
-def _empty_note(data: dict) -> list[str]:
-    n = data.get("n_empty_masks")
-    return [] if n is None else [f"Localisation skips images whose mask is empty: {n} here."]
 
 
 def default_tolerance(size: int) -> int:
@@ -301,9 +223,9 @@ class PointingOptions:
 
 class PointingGame(Metric):
     name, family, needs_masks = "pointing", "localisation", True
+    layout = FLAT_LAYOUTS["pointing"]
     citation = "Zhang et al. 2018, Top-down Neural Attention by Excitation Backprop"
     consumes = RAW_MAP + "; tied maxima: an image scores the share of its maximal pixels inside the mask"
-    keys = ("pointing_game", "n_empty_masks")
     Options = PointingOptions
 
     def compute(self, ctx: EvalContext) -> MetricResult:
@@ -315,19 +237,14 @@ class PointingGame(Metric):
         out = {m: {k: _mean(v) for k, v in d.items()} for m, d in per_image.items()}
         return self.result({"pointing_game": out, "n_empty_masks": _n_empty(ctx)}, per_image)
 
-    @classmethod
-    def present(cls, data: dict) -> MetricResult:
-        scalars = [Scalar("Pointing game", v, f"{m}, {k}", "method", m, f"pointing game {k}", "higher", True)
-                   for m, d in data["pointing_game"].items() for k, v in d.items()]
-        return MetricResult(cls.name, cls.family, scalars, notes=_empty_note(data),
-                            metadata={k: data[k] for k in ("n_empty_masks",) if k in data})
+
 
 
 class EnergyInMask(Metric):
     name, family, needs_masks = "energy", "localisation", True
+    layout = FLAT_LAYOUTS["energy"]
     citation = "Wang et al. 2020, Score-CAM (energy-based pointing game)"
     consumes = "positive part of the " + RAW_MAP
-    keys = ("energy_in_mask", "n_empty_masks")
 
     def compute(self, ctx: EvalContext) -> MetricResult:
         out, per_image = {}, {}
@@ -337,34 +254,20 @@ class EnergyInMask(Metric):
             out[m] = {"energy": _mean(share), "chance": _mean(chance)}
         return self.result({"energy_in_mask": out, "n_empty_masks": _n_empty(ctx)}, per_image)
 
-    @classmethod
-    def present(cls, data: dict) -> MetricResult:
-        e = data["energy_in_mask"]
-        scalars = [Scalar("Energy in mask", d.get("energy"), f"{m}, energy", "method", m, "energy in mask",
-                          percent=True) for m, d in e.items()]
-        chance = next((d["chance"] for d in e.values() if "chance" in d), None)  # the mask's area: one per image set
-        if chance is not None:
-            scalars.append(Scalar("Energy in mask", chance, "chance", "method", "chance", "energy in mask",
-                                  percent=True, baseline=True))
-        return MetricResult(cls.name, cls.family, scalars, notes=_empty_note(data),
-                            metadata={k: data[k] for k in ("n_empty_masks",) if k in data})
+
 
 
 class Gini(Metric):
     name, family = "gini", "complexity"
+    layout = FLAT_LAYOUTS["gini"]
     citation = "Chalasani et al. 2020, Concise Explanations of Neural Networks using Adversarial Training (Gini)"
     consumes = "|.| of the " + RAW_MAP
-    keys = ("gini",)
 
     def compute(self, ctx: EvalContext) -> MetricResult:
         per_image = {m: {"gini": gini(ctx.maps(m))} for m in ctx.methods}
         return self.result({"gini": {m: v["gini"].mean().item() for m, v in per_image.items()}}, per_image)
 
-    @classmethod
-    def present(cls, data: dict) -> MetricResult:
-        return MetricResult(cls.name, cls.family, [
-            Scalar("Gini sparseness of saliency", v, m, "method", m, "Gini sparseness (higher = sparser)")
-            for m, v in data["gini"].items()])
+
 
 
 @dataclass(frozen=True)
@@ -375,9 +278,9 @@ class RandomisationOptions:
 
 class Randomisation(Metric):
     name, family = "randomisation", "sanity"
+    layout = FLAT_LAYOUTS["randomisation"]
     citation = "Adebayo et al. 2018, Sanity Checks for Saliency Maps"
     consumes = "Spearman rank correlation of the " + RAW_MAP + " with the maps of a randomised model"
-    keys = ("randomisation_spearman",)
     Options = RandomisationOptions
 
     def compute(self, ctx: EvalContext) -> MetricResult:
@@ -389,12 +292,7 @@ class Randomisation(Metric):
             out[m] = res["spearman_mean"]
         return self.result({"randomisation_spearman": out})
 
-    @classmethod
-    def present(cls, data: dict) -> MetricResult:
-        return MetricResult(cls.name, cls.family, [
-            Scalar("Spearman correlation after weight randomisation", v, m, "method", m,
-                   "Spearman vs randomised model (lower better)", "lower")
-            for m, v in data["randomisation_spearman"].items()])
+
 
 
 METRICS: dict[str, type[Metric]] = {cls.name: cls for cls in (

@@ -38,7 +38,7 @@ readers of the flat ``metrics`` keep working and older reports without ``results
 ``results`` is what every reader uses (this module's Markdown, the figures, the model card, the
 comparison of several models): it is self-describing, so a new metric needs no edit here. A
 report written before ``results`` existed is read through the registered metrics' ``present``
-(:func:`aft_hf.evaluate.schema.report_results`).
+(:func:`aft_hf.results.report_results`).
 
 Accuracies are fractions in [0, 1]; NaN becomes null. Deletion/insertion ``auc`` and ``curve`` are
 divided by ``clean_probability`` (the model's mean true-class probability on the unmodified
@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Union
 
 from ..constants import REPORT_SCHEMA_VERSION
-from .schema import Scalar, report_results
+from ..results import Scalar, report_results
 
 SCHEMA_VERSION = REPORT_SCHEMA_VERSION
 

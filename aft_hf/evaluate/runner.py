@@ -17,7 +17,7 @@ from ..figures import attribution_grid, metric_curves
 from .base import EvalContext, EvaluationError
 from .metrics import ALIASES, METRICS
 from .report import SCHEMA_VERSION, write_json, write_markdown
-from .schema import MetricResult, finite, report_results
+from ..results import MetricResult, finite, report_results
 from .zeroshot import check_labels
 
 logger = logging.getLogger(__name__)
