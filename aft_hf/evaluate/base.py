@@ -49,7 +49,8 @@ class EvalContext:
     batch_size: int = 16
     seed: int = 0
     progress: bool = True
-    options: dict = field(default_factory=dict)
+    explainer_options: dict = field(default_factory=dict)
+    """Keyword arguments of every :class:`~aft_hf.explain.Explainer` the metrics use (e.g. ``layer``)."""
     _maps: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -63,7 +64,7 @@ class EvalContext:
 
     def explainer(self, method: str, encoder: Optional[nn.Module] = None) -> Explainer:
         """An explainer that returns the raw maps the metrics score (see the module docstring)."""
-        kwargs = {**self.options.get("explainer", {}), "postprocess": True, "clip_percentile": None, "minmax": False}
+        kwargs = {**self.explainer_options, "postprocess": True, "clip_percentile": None, "minmax": False}
         return Explainer(encoder or self.encoder, method, batch_size=self.batch_size, progress=self.progress, **kwargs)
 
     def maps(self, method: str, images: Optional[Tensor] = None, labels: Optional[Tensor] = None) -> Tensor:
