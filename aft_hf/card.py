@@ -2,8 +2,9 @@
 
 ``huggingface_hub``'s ``ModelCardData``/``ModelCard`` do the format; this module decides the content:
 ``config.json`` (architecture), ``aft_config.yaml`` (the training recipe, written by the trainer),
-``aft_import.json`` (provenance of a converted checkpoint), the evaluate report (-> ``model-index``
-through the one table ``EVAL_METRICS``) and figures. A section without data is left out.
+``aft_import.json`` (provenance of a converted checkpoint), the evaluate report (its metrics'
+results, :mod:`aft_hf.results`: zero-shot classification scalars -> ``model-index``, every
+number -> the results table) and figures. A section without data is left out.
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -23,6 +23,7 @@ from .constants import VERSION as __version__
 from .errors import AftError
 from .threat_models import DEFAULT_NORM, THREAT_MODELS, norm_label
 from .published import LOCAL_PREFIX
+from .results import Scalar, report_results
 
 logger = logging.getLogger(__name__)
 
@@ -65,137 +66,27 @@ def check_license(license: Optional[str]) -> None:
 
 # --------------------------------------------------------------------------- report -> model-index
 
-Rows = list[tuple[Optional[str], float]]
-"""(setting, value) pairs read from one metric of the report; the setting is None for a plain number."""
-
-
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _scalar(v: Any) -> Rows:
-    return [(None, v)] if _is_number(v) else []
-
-
-def _per_key(v: Any) -> Rows:
-    """``{"1/255": 0.4, ...}`` -> one row per key (non-numbers, e.g. NaN written as null, skipped)."""
-    return [(str(k), x) for k, x in v.items() if _is_number(x)] if isinstance(v, dict) else []
-
-
-def _per_method_auc(v: Any) -> Rows:
-    """``{"fractions": [...], "methods": {m: {"auc": x, "curve": [...]}}}`` -> one row per method."""
-    methods = v.get("methods") if isinstance(v, dict) else None
-    return [(m, d["auc"]) for m, d in (methods or {}).items() if isinstance(d, dict) and _is_number(d.get("auc"))]
-
-
-def _per_method_nested(v: Any) -> Rows:
-    """``{m: {"exact": x, "tolerance_15px": y}}`` -> rows "m, exact", "m, tolerance_15px"."""
-    if not isinstance(v, dict):
-        return []
-    return [(f"{m}, {k}", x) for m, d in v.items() if isinstance(d, dict) for k, x in d.items() if _is_number(x)]
-
-
-def _roar(v: Any) -> Rows:
-    """``{"fractions": [f], "accuracy": {m: [acc per f]}}`` -> rows "m @ f"."""
-    if not isinstance(v, dict) or not isinstance(v.get("accuracy"), dict):
-        return []
-    fractions = v.get("fractions") or []
-    return [(f"{m} @ {f:g}", a) for m, curve in v["accuracy"].items() for f, a in zip(fractions, curve or [])
-            if _is_number(a) and _is_number(f)]
-
-
-def _generic(v: Any) -> Rows:
-    return _scalar(v) or _per_key(v)
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """How one key of the report's ``metrics`` is shown: results table rows and model-index entries."""
-
-    name: str
-    metric_type: str
-    extract: Callable[[Any], Rows] = _scalar
-    setting: str = "setting"
-    """What the setting of a row is (``eps``, ``saliency``): the key in ``metric_args``."""
-    task_name: Optional[str] = None
-    better: Optional[str] = None
-    """Which direction is better, "higher" or "lower" (a column of the results table)."""
-    model_index: bool = True
-    """Whether the rows go to ``model-index`` too. Only zero-shot classification accuracies do: the Hub's task
-    types have none for saliency metrics, so those (and ROAR curves, and unknown keys) stay in the results table."""
-    qualifier: Optional[Callable[[dict], Optional[str]]] = None
-    """Reads the report's whole ``metrics`` for a qualifier shown in brackets after the name (the attack)."""
-
-
-def _robust_attack(metrics: dict) -> Optional[str]:
-    """``APGD-CE+APGD-T, L-inf`` from ``robust_attack``; reports without a name were made with PGD."""
-    a = metrics.get("robust_attack")
-    if not isinstance(a, dict):
-        return None
-    if a.get("name"):
-        return str(a["name"])
-    norm = norm_label(a.get("norm", DEFAULT_NORM))
-    return f"PGD-{a['steps']}, {norm}" if a.get("steps") else f"PGD, {norm}"
-
-
 ZS = "zero-shot-image-classification"
-# The one table to adjust when the evaluate report's schema changes (aft_hf.evaluate.report, schema 1).
-EVAL_METRICS: dict[str, MetricSpec] = {
-    "zeroshot_top1": MetricSpec("Zero-shot top-1 accuracy", "accuracy", task_name="Zero-shot classification",
-                                better="higher"),
-    "zeroshot_top5": MetricSpec("Zero-shot top-5 accuracy", "top_5_accuracy", task_name="Zero-shot classification",
-                                better="higher"),
-    "robust_top1": MetricSpec("Robust zero-shot top-1 accuracy", "robust_accuracy", _per_key, "eps",
-                              "Adversarial robustness", "higher", qualifier=_robust_attack),
-    "deletion": MetricSpec("Deletion AUC", "deletion_auc", _per_method_auc, "method", "Saliency faithfulness", "lower",
-                           model_index=False),
-    "insertion": MetricSpec("Insertion AUC", "insertion_auc", _per_method_auc, "method", "Saliency faithfulness",
-                            "higher", model_index=False),
-    "roar": MetricSpec("ROAR accuracy (evaluator retrained)", "roar_accuracy", _roar, "method @ fraction removed",
-                       "Saliency faithfulness (ROAR)", "lower", model_index=False),
-    "pointing_game": MetricSpec("Pointing game", "pointing_game", _per_method_nested, "method",
-                                "Saliency localisation", "higher", model_index=False),
-    "energy_in_mask": MetricSpec("Energy in mask", "energy_in_mask", _per_method_nested, "method",
-                                 "Saliency localisation", model_index=False),
-    "gini": MetricSpec("Gini sparseness of saliency", "gini", _per_key, "method", "Saliency sparseness",
-                       model_index=False),
-    "randomisation_spearman": MetricSpec("Spearman correlation after weight randomisation", "randomisation_spearman",
-                                         _per_key, "method", "Saliency sanity check", "lower", model_index=False),
-}
-NOT_METRICS = ("robust_attack",)
-"""Keys of ``metrics`` that describe the setup (shown in the evaluation text, not as results)."""
 SETUP_FIELDS = (("dataset", "dataset"), ("split", "split"), ("num_samples", "images"),
                 ("skipped_images", "unreadable images skipped"), ("num_classes", "classes"),
                 ("class_names_source", "class names"), ("num_templates", "prompt templates"),
                 ("text_model", "text tower"), ("seed", "seed"))
 
 
-def is_baseline(setting: Optional[str]) -> bool:
-    """Rows that are reference levels, not results of the model: the ``random`` map and ``chance`` levels."""
-    if not setting:
-        return False
-    parts = [p.strip() for p in re.split(r",| @ ", setting)]
-    return parts[0] == "random" or parts[-1] == "chance"
+def report_rows(report: dict) -> list[tuple[Scalar, Optional[str], float]]:
+    """Every numeric result of the report as (scalar, setting, value), in report order.
 
-
-def report_rows(report: dict) -> list[tuple[MetricSpec, Optional[str], float]]:
-    """Every numeric result of the report as (spec, setting, value), in report order.
-
-    Unknown keys are kept when they are a number or a mapping of numbers; other structures are
-    left out (and logged) rather than guessed at.
+    Read from the report's ``results`` (:mod:`aft_hf.results`; an older report without them
+    through the registered metrics), so the card names no metric: a scalar's ``quantity`` is the row's
+    name, ``better`` its direction, ``baseline`` sends it to the reference table and ``hub_metric``
+    into ``model-index``. Numbers written as null (NaN, top-5 with fewer than 5 classes) are left out.
     """
-    rows = []
-    for key, value in (report.get("metrics") or {}).items():
-        if key in NOT_METRICS:
-            continue
-        spec = EVAL_METRICS.get(key) or MetricSpec(key, key, _generic, model_index=False)
-        qualifier = spec.qualifier(report["metrics"]) if spec.qualifier else None
-        spec = replace(spec, name=f"{spec.name} ({qualifier})") if qualifier else spec
-        found = spec.extract(value)
-        if not found and value is not None:
-            logger.info("report metric '%s' has no numbers in a known layout: left out of the card", key)
-        rows.extend((spec, setting, v) for setting, v in found)
-    return rows
+    return [(s, s.setting, s.value) for r in report_results(report).values() for s in r.scalars
+            if _is_number(s.value)]
 
 
 def sub_reports(report: dict) -> list[dict]:
@@ -220,13 +111,13 @@ def eval_results_from_report(report: dict) -> list[EvalResult]:
     dataset_type = dataset if _DATASET_NAME.match(dataset) else re.sub(r"[^\w.]+", "-", dataset).strip("-").lower()
     return [
         EvalResult(
-            task_type=ZS, task_name=spec.task_name, dataset_type=dataset_type, dataset_name=dataset,
-            dataset_split=report.get("split"), metric_type=spec.metric_type,
-            metric_name=f"{spec.name}, {spec.setting} {setting}" if setting else spec.name,
-            metric_value=value, metric_config=f"{spec.setting}={setting}" if setting else None,
-            metric_args={spec.setting: setting} if setting else None,
+            task_type=ZS, task_name=s.task, dataset_type=dataset_type, dataset_name=dataset,
+            dataset_split=report.get("split"), metric_type=s.hub_metric,
+            metric_name=f"{s.quantity}, {s.setting_kind} {setting}" if setting else s.quantity,
+            metric_value=value, metric_config=f"{s.setting_kind}={setting}" if setting else None,
+            metric_args={s.setting_kind: setting} if setting else None,
         )
-        for spec, setting, value in report_rows(report) if spec.model_index and not is_baseline(setting)
+        for s, setting, value in report_rows(report) if s.hub_metric and not s.baseline
     ]
 
 
@@ -459,16 +350,13 @@ def _results_section(report: dict) -> Optional[str]:
         value = report.get(key)
         if value not in (None, ""):
             setup.append(f"{label} `{display_ref(value) if key in ('dataset', 'text_model') else value}`")
-    attack = (report.get("metrics") or {}).get("robust_attack")
-    if isinstance(attack, dict):
-        setup.append("robust accuracy under " + ", ".join(f"{k} `{_fmt(v)}`" for k, v in attack.items()))
+    setup += [t for t in (r.setup_text() for r in report_results(report).values()) if t]
     lines = ["## Evaluation", "",
              f"Measured with `{report.get('measured_with', 'aft-hf evaluate')}` (report: `{REPORT_FILE}`)" + (": " + ", ".join(setup) if setup else "") + ".",
              "", "| metric | setting | value | better |", "|---|---|---|---|"]
-    lines += [f"| {spec.name} | {_fmt(setting) if setting else ''} | {_fmt(value)} | {spec.better or ''} |"
-              for spec, setting, value in rows if not is_baseline(setting)]
-    baselines = {(spec.name, "chance" if setting.endswith("chance") else setting): value
-                 for spec, setting, value in rows if is_baseline(setting)}
+    lines += [f"| {s.quantity} | {_fmt(setting) if setting else ''} | {_fmt(value)} | {s.better or ''} |"
+              for s, setting, value in rows if not s.baseline]
+    baselines = {(s.quantity, setting): value for s, setting, value in rows if s.baseline}
     if baselines:
         lines += ["", "Reference levels on the same images (what a random saliency map or chance gives; not results "
                   "of this model):", "", "| metric | baseline | value |", "|---|---|---|"]

@@ -273,7 +273,8 @@ class EvalConfig:
     robust_eps: list[float] = field(default_factory=lambda: [1.0, 4.0])
     """L-inf budgets (1/255 units) of the robust zero-shot accuracy; [] for clean accuracy only."""
     attack_steps: int = 5
-    """PGD iterations of the robust accuracy (a fast estimate; `aft-hf evaluate` for the full one)."""
+    """Iterations of the package's L-inf PGD (momentum, random start) behind the robust accuracy: a fast
+    estimate that over-estimates robustness; `aft-hf evaluate` runs the protocol's APGD-CE+APGD-T."""
     eval_batch_size: int = 64
     """Images per forward pass of the evaluation."""
 

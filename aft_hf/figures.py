@@ -1,4 +1,4 @@
-"""Figures (matplotlib, PNG): attribution grids with overlays, ROAR curves, deletion/insertion curves.
+"""Figures (matplotlib, PNG): attribution grids with overlays, and any metric's curves (deletion/insertion, ROAR).
 
 Images in aft_hf are pixels in [0, 1] and are shown as they are. Images that went through a CLIP
 processor (``pixel_values``) must be un-normalised with CLIP's mean/std, not ImageNet's
@@ -84,48 +84,30 @@ def _overlay_colorbar(fig, cmap: str, height_in: float) -> None:
     bar.ax.tick_params(labelsize=7)
 
 
-def roar_curves(results: Mapping[str, dict], out: Union[str, Path]) -> Path:
-    """ROAR test accuracy vs fraction removed; ``results`` = {model: roar() result}. Random dashed."""
-    fig = Figure(figsize=(5, 3.6))
-    ax = fig.subplots()
-    for model, res in results.items():
-        if "accuracy" not in res:
-            continue
-        x = [100 * f for f in res["fractions"]]
-        for method, acc in res["accuracy"].items():
-            style = "--" if method == "random" else "-"
-            ax.plot(x, acc, style, marker="o", ms=3, label=f"{model} / {method}" if model else method)
-    ax.set_xlabel("pixels removed and retrained (%)")
-    kinds = {"CNN" if "CNN" in str(r.get("evaluator")) else "linear probe" if "probe" in str(r.get("evaluator"))
-             else "evaluator" for r in results.values() if "accuracy" in r}
-    ax.set_ylabel(f"test accuracy (retrained {kinds.pop() if len(kinds) == 1 else 'evaluator'})")
-    ax.set_title("ROAR (lower = more faithful)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-    return _save(fig, out)
+def metric_curves(curves: Mapping[str, Sequence], out: Union[str, Path]) -> Path:
+    """One panel per curve name, every model's series in it: ``curves`` = {model label: [Curve]}.
 
-
-def perturbation_curves(results: Mapping[str, dict], out: Union[str, Path]) -> Path:
-    """Deletion and/or insertion curves: ``results`` = {model: {"deletion": {...}, "insertion": {...}}}."""
-    modes = [m for m in ("deletion", "insertion") if any(m in r for r in results.values())]
-    fig = Figure(figsize=(5 * max(len(modes), 1), 3.6))
-    axes = fig.subplots(1, max(len(modes), 1), squeeze=False)
-    for ax, mode in zip(axes[0], modes):
-        for model, res in results.items():
-            if mode not in res:
-                continue
-            x = [100 * f for f in res[mode]["fractions"]]
-            for method, val in res[mode]["methods"].items():
-                style = "--" if method == "random" else "-"
-                name = f"{model} / {method}" if model else method
-                ax.plot(x, val["curve"], style, label=f"{name} (AUC {val['auc']:.3f})")
-        orders = {r[mode].get("order", "most") for r in results.values() if mode in r}
-        first = "least relevant first" if orders == {"least"} else "most relevant first" if orders == {"most"} else ""
-        ax.set_xlabel(f"pixels {'removed' if mode == 'deletion' else 'inserted'} (%)" + (f", {first}" if first else ""))
-        normalised = any("clean_probability" in r.get(mode, {}) for r in results.values())
-        ax.set_ylabel("label probability / model's clean probability" if normalised
-                      else "zero-shot probability of the label")
-        ax.set_title(f"{mode} ({'lower' if mode == 'deletion' else 'higher'} AUC = better)")
+    ``Curve`` is :class:`aft_hf.results.Curve` (deletion/insertion, ROAR, any metric's curve);
+    its ``dashed`` series (the random ranking) are drawn dashed, ``labels`` extend a series' legend entry.
+    """
+    names: list[str] = []
+    for items in curves.values():
+        names += [c.name for c in items if c.name not in names]
+    fig = Figure(figsize=(5 * max(len(names), 1), 3.6))
+    axes = fig.subplots(1, max(len(names), 1), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for model, items in curves.items():
+            for c in (c for c in items if c.name == name):
+                x = [100 * v for v in c.x] if c.x_percent else list(c.x)
+                for series, y in c.series.items():
+                    label = f"{model} / {series}" if model else series
+                    extra = c.labels.get(series)
+                    ys = [float("nan") if v is None else v for v in y]
+                    ax.plot(x, ys, "--" if series in c.dashed else "-", marker="o" if len(x) <= 12 else None, ms=3,
+                            label=f"{label} ({extra})" if extra else label)
+                ax.set_xlabel(c.x_label)
+                ax.set_ylabel(c.y_label)
+                ax.set_title(c.title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     return _save(fig, out)

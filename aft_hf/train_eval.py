@@ -3,12 +3,16 @@
     every ``eval.every_steps`` steps, on a fixed held-out subset, on the main process:
         eval/clean_distance        mean ||f(x) - f_theta0(x)||^2 on clean images (the AFT distance)
         eval/zeroshot_top1         clean zero-shot accuracy          (needs text tower + class names)
-        eval/robust_top1_eps{e}    zero-shot accuracy under L-inf PGD at e/255 (fast: few steps)
+        eval/robust_top1_eps{e}    zero-shot accuracy under L-inf PGD at e/255 (a fast estimate)
 
 Zero-shot needs the base's text tower (a full ``CLIPModel``), a projected ``pooled`` embedding and
 class names (the label column's ``ClassLabel``, ``imagenet``, or a names file); without them only
-the distance is measured and the log says why. The accuracy functions are those of
-``aft-hf evaluate`` (:mod:`aft_hf.evaluate.zeroshot`), with fewer PGD steps by default.
+the distance is measured and the log says why. Labels are class indices or class names (a
+``metadata.jsonl`` with ``"label": "cat"``), looked up in the class names; a label without a name
+is refused, as ``aft-hf evaluate`` refuses it. The classifier and the accuracies are
+``aft-hf evaluate``'s (:mod:`aft_hf.evaluate.zeroshot`); the robust accuracy is the package's L-inf
+PGD of ``eval.attack_steps`` steps (momentum, random start), a fast estimate that over-estimates
+robustness: ``aft-hf evaluate`` runs the field's protocol (APGD-CE then APGD-T, 100 steps).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from .attack import embedding_distance
 from .config import DataConfig, TrainConfig
 from .data.images import DECODE_ERRORS, ImageGeometry, ImageModeError, image_geometry, open_image, to_rgb, to_tensor
 from .data.loading import DataError, _load_hub_or_folder
+from .evaluate.errors import EvaluationError
 from .model import ImageEncoder
 
 logger = get_logger(__name__)  # main process only: every rank builds the evaluator
@@ -38,8 +43,13 @@ def _eval_data_config(cfg: TrainConfig) -> DataConfig:
                       config_name=d.config_name if same else None, split=e.eval_split, image_column=d.image_column)
 
 
-def load_eval_images(cfg: TrainConfig, size: "int | ImageGeometry") -> tuple[Tensor, Optional[Tensor], object, str]:
-    """The held-out subset: images (N, 3, size, size) in [0, 1], labels or None, label feature, split.
+EVAL_ATTACK = "pgd"
+"""The attack of the robust accuracy while training: the package's L-inf PGD, a fast estimate (the module docstring)."""
+
+
+def load_eval_images(cfg: TrainConfig, size: "int | ImageGeometry") -> tuple[Tensor, Optional[list], object, str]:
+    """The held-out subset: images (N, 3, size, size) in [0, 1], raw labels (indices or names) or None,
+    label feature, split.
 
     ``size``: the model's :class:`~aft_hf.data.images.ImageGeometry` (or a side: CLIP's resize + crop)."""
     geometry = ImageGeometry.of(size)
@@ -68,33 +78,42 @@ def load_eval_images(cfg: TrainConfig, size: "int | ImageGeometry") -> tuple[Ten
             logger.warning("eval: skipping unreadable image: %s", err)
             continue
         if label_col:
-            labels.append(int(example[label_col]))
+            labels.append(example[label_col])
     if not images:
         raise DataError(f"eval: no readable images in '{dcfg.dataset}' split '{split}'")
     feature = ds.features[label_col] if label_col else None
-    return torch.stack(images), torch.tensor(labels) if label_col else None, feature, split
+    return torch.stack(images), labels if label_col else None, feature, split
 
 
-def _class_weights(cfg: TrainConfig, encoder: ImageEncoder, labels: Optional[Tensor], feature) -> tuple[Optional[Tensor], float, str]:
-    """Zero-shot class weights and logit scale, or (None, 0, why not)."""
-    from .evaluate.classnames import names_from_feature, read_names_file, imagenet_classnames
+def _zero_shot(cfg: TrainConfig, encoder: ImageEncoder, raw_labels: Optional[list], feature
+               ) -> tuple[Optional[Tensor], Optional[Tensor], float, str]:
+    """Labels as class indices, zero-shot class weights and logit scale, or (None, None, 0, why not).
+
+    Raises :class:`EvaluationError` where ``aft-hf evaluate`` does: a label with no class name."""
+    from .evaluate.classnames import imagenet_classnames, names_from_feature, read_names_file
+    from .evaluate.zeroshot import label_indices
 
     if not encoder.base_is_full_clip:
-        return None, 0.0, "the base has no text tower (not a full CLIPModel)"
+        return None, None, 0.0, "the base has no text tower (not a full CLIPModel)"
     if cfg.model.embedding != "pooled":
-        return None, 0.0, "model.embedding is patch_tokens (zero-shot needs the projected embedding)"
-    if labels is None:
-        return None, 0.0, f"the eval data has no '{cfg.eval.label_column}' column"
+        return None, None, 0.0, "model.embedding is patch_tokens (zero-shot needs the projected embedding)"
+    if raw_labels is None:
+        return None, None, 0.0, f"the eval data has no '{cfg.eval.label_column}' column"
     source = cfg.eval.class_names
     names = (imagenet_classnames() if source == "imagenet" else read_names_file(source) if source
              else names_from_feature(feature))
-    if names is None:
-        return None, 0.0, (f"'{cfg.eval.label_column}' is not a ClassLabel: set eval.class_names "
-                           "(a file with one name per line, or imagenet)")
+    by_name = bool(raw_labels) and all(isinstance(v, str) for v in raw_labels)
+    if names is None and not by_name:
+        return None, None, 0.0, (f"'{cfg.eval.label_column}' is not a ClassLabel: set eval.class_names "
+                                 "(a file with one name per line, or imagenet)")
+    try:
+        labels, names = label_indices(raw_labels, names)
+    except EvaluationError as e:
+        raise EvaluationError(f"eval: {e} (eval.class_names: {source or 'from the labels'})") from None
     from .explain.targets import load_text_tower
 
     text = load_text_tower(cfg.model.name_or_path, cfg.model.revision)
-    return text.class_embeddings(names), text.logit_scale, ""
+    return labels, text.class_embeddings(names), text.logit_scale, ""
 
 
 class TrainEvaluator:
@@ -102,8 +121,8 @@ class TrainEvaluator:
 
     def __init__(self, cfg: TrainConfig, encoder: ImageEncoder, frozen: ImageEncoder):
         self.cfg, self.frozen = cfg, frozen
-        self.images, self.labels, feature, self.split = load_eval_images(cfg, image_geometry(encoder))
-        self.class_weights, self.logit_scale, why = _class_weights(cfg, encoder, self.labels, feature)
+        self.images, raw_labels, feature, self.split = load_eval_images(cfg, image_geometry(encoder))
+        self.labels, self.class_weights, self.logit_scale, why = _zero_shot(cfg, encoder, raw_labels, feature)
         self.history: list[dict] = []
         logger.info("eval: %d held-out images (split '%s') every %d steps: %s", len(self.images), self.split,
                     cfg.eval.every_steps, "embedding distance and zero-shot accuracy" if why == "" else
@@ -122,7 +141,7 @@ class TrainEvaluator:
 
     def measure(self, encoder: ImageEncoder, device: torch.device) -> dict[str, float]:
         """The metrics of the module docstring for ``encoder`` (left in the mode it was in)."""
-        from .evaluate.zeroshot import ZeroShotClassifier, predict, robust_accuracy, topk_accuracy
+        from .evaluate.zeroshot import ZeroShotClassifier, robust_accuracy, zero_shot_accuracy
 
         was_training = encoder.training
         encoder.eval()
@@ -131,12 +150,12 @@ class TrainEvaluator:
             if self.class_weights is not None:
                 classifier = ZeroShotClassifier(encoder, self.class_weights.to(device), self.logit_scale)
                 bs = self.cfg.eval.eval_batch_size
-                logits = predict(classifier, self.images, batch_size=bs, progress=False)
-                metrics["eval/zeroshot_top1"] = topk_accuracy(logits, self.labels, ks=(1,))["top1"]
+                metrics["eval/zeroshot_top1"] = zero_shot_accuracy(classifier, self.images, self.labels, (1,), bs,
+                                                                    progress=False)["top1"]
                 if self.cfg.eval.robust_eps:
                     robust = robust_accuracy(classifier, self.images, self.labels, self.cfg.eval.robust_eps,
                                              steps=self.cfg.eval.attack_steps, batch_size=bs, seed=self.cfg.seed,
-                                             progress=False)
+                                             progress=False, attack=EVAL_ATTACK)
                     metrics.update({f"eval/robust_top1_eps{k.split('/')[0]}": v for k, v in robust.items()})
         finally:
             encoder.train(was_training)

@@ -14,10 +14,11 @@ import aft_hf.figures as F
 after_import = matplotlib.get_backend()
 out = sys.argv[1]
 F.attribution_grid(torch.rand(2, 3, 8, 8), {"m / saliency": torch.rand(2, 1, 8, 8)}, out + "/grid.png")
-F.roar_curves({"m": {"fractions": [0.1, 0.5], "accuracy": {"saliency": [0.5, 0.3], "random": [0.5, 0.4]}}},
-              out + "/roar.png")
-F.perturbation_curves({"m": {"deletion": {"fractions": [0, 1], "methods": {"s": {"auc": 0.2, "curve": [1, 0]}}}}},
-                      out + "/del.png")
+from aft_hf.results import Curve
+roar = Curve("roar", "ROAR", [0.1, 0.5], {"saliency": [0.5, 0.3], "random": [0.5, 0.4]}, "removed", "acc", "roar")
+F.metric_curves({"m": [roar]}, out + "/roar.png")
+dele = Curve("deletion", "deletion", [0, 1], {"s": [1, 0]}, "removed", "p", "d", labels={"s": "AUC 0.200"})
+F.metric_curves({"m": [dele], "n": [dele]}, out + "/del.png")
 print(before, after_import, matplotlib.get_backend())
 """
 

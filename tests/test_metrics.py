@@ -156,7 +156,8 @@ def test_metric_registry_errors():
         resolve_metrics(["bleu"], have_masks=False)
     with pytest.raises(EvaluationError, match="needs object masks"):
         resolve_metrics(["pointing"], have_masks=False)
-    assert resolve_metrics(["gini", "sparseness", "zeroshot"], False) == ["sparseness", "zeroshot"]
+    # the metric is registered as gini, its report key; sparseness stays an alias
+    assert resolve_metrics(["gini", "sparseness", "zeroshot"], False) == ["gini", "zeroshot"]
 
 
 def test_evaluate_model_all_metrics_on_the_tiny_model(tiny_encoder, tiny_clip_path, tmp_path):
@@ -176,7 +177,7 @@ def test_evaluate_model_all_metrics_on_the_tiny_model(tiny_encoder, tiny_clip_pa
     m = report["metrics"]
     assert set(m) >= {"zeroshot_top1", "zeroshot_top5", "robust_top1", "deletion", "insertion", "roar",
                       "pointing_game", "energy_in_mask", "gini", "randomisation_spearman"}
-    assert m["zeroshot_top5"] == 1.0  # 2 classes: top-5 is capped at the class count
+    assert m["zeroshot_top5"] is None  # 2 classes: top-5 is not applicable (n/a), not a trivial 1.0
     assert list(m["robust_top1"]) == ["1/255", "4/255"]
     assert set(m["roar"]["accuracy"]) == {"saliency", "gradcam", "random"}
     assert set(m["pointing_game"]["saliency"]) == {"exact", "tolerance_4px"}

@@ -7,6 +7,7 @@ import pytest
 from accelerate import Accelerator
 
 from aft_hf.config import ConfigError, load_config
+from aft_hf.evaluate import EvaluationError
 from aft_hf.train import train
 from tests.conftest import write_png_folder
 
@@ -75,3 +76,67 @@ def test_eval_off_by_default_and_bad_values(tiny_clip_path, tmp_path):
         load_config(None, ["--eval.robust_eps", "[0]"])
     with pytest.raises(ConfigError, match="eval.num_samples"):
         load_config(None, ["--eval.num_samples", "0"])
+
+
+def _string_label_folder(root, n=8):
+    """An imagefolder whose metadata.jsonl labels the images by class name ("label": "red circle")."""
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    names = ["red circle", "blue square"]
+    rows = []
+    for i in range(n):
+        Image.new("RGB", (40, 40), (200, 20, 20) if i % 2 == 0 else (20, 20, 200)).save(root / f"{i}.png")
+        rows.append({"file_name": f"{i}.png", "label": names[i % 2]})
+    (root / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return root
+
+
+def test_string_labels_are_mapped_through_the_class_names(tmp_path, single_thread):
+    """metadata.jsonl with "label": "red circle": indices through eval.class_names (or the names found)."""
+    data = _string_label_folder(tmp_path / "named")
+    names = tmp_path / "names.txt"
+    names.write_text("blue square\nred circle\ngreen star\n")
+    for extra in (["--eval.class_names", str(names)], []):
+        out = tmp_path / f"run{len(extra)}"
+        train(run_cfg("builtin:world-clip", data, out, "--max_steps", "1", "--eval.every_steps", "1",
+                      "--eval.robust_eps", "[]", *extra))
+        history = json.loads((out / "train_summary.json").read_text())["eval_history"]
+        assert all(0 <= h["eval/zeroshot_top1"] <= 1 for h in history)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("blue square\ngreen star\n")
+    with pytest.raises(EvaluationError, match="eval: label 'red circle' is not one of the 2 class names"):
+        train(run_cfg("builtin:world-clip", data, tmp_path / "bad", "--max_steps", "1", "--eval.every_steps", "1",
+                      "--eval.class_names", str(bad)))
+
+
+def test_class_names_file_shorter_than_the_labels_is_refused_as_evaluate_does(tmp_path, single_thread):
+    from aft_hf.data.synthetic import write_shapes_imagefolder
+
+    data = write_shapes_imagefolder(tmp_path / "shapes", num_images=24, size=40)
+    short = tmp_path / "names.txt"
+    short.write_text("red circle\nblue square\n")
+    with pytest.raises(EvaluationError, match=r"eval: label \d+ has no class name \(2 names given\)"):
+        train(run_cfg("builtin:world-clip", data, tmp_path / "run", "--eval.every_steps", "2",
+                      "--eval.num_samples", "24", "--eval.class_names", str(short)))
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_robust_accuracy_while_training_is_the_documented_pgd(tmp_path, monkeypatch, single_thread):
+    """eval.attack_steps steps of the package's L-inf PGD (the fast estimate the help and docs name), not APGD."""
+    import aft_hf.evaluate.zeroshot as zs
+    from aft_hf.config_help import field_help
+    from aft_hf.data.synthetic import write_shapes_imagefolder
+    from aft_hf.train_eval import EVAL_ATTACK
+
+    calls = []
+    monkeypatch.setattr(zs, "apgd_robust", lambda *a, **k: pytest.fail("APGD ran during training"))
+    original = zs._pgd_robust
+    monkeypatch.setattr(zs, "_pgd_robust", lambda clf, x, y, eps, steps, *a: calls.append(steps) or
+                        original(clf, x, y, eps, steps, *a))
+    data = write_shapes_imagefolder(tmp_path / "shapes", num_images=12, size=40)
+    train(run_cfg("builtin:world-clip", data, tmp_path / "run", "--max_steps", "1", "--eval.every_steps", "1",
+                  "--eval.num_samples", "4", "--eval.robust_eps", "[4]", "--eval.attack_steps", "3"))
+    assert EVAL_ATTACK == "pgd" and calls and set(calls) == {3}
+    doc = {name: text for name, _, text in field_help()}["eval.attack_steps"]
+    assert "L-inf PGD" in doc and "APGD" in doc  # the help says what runs here and what evaluate runs

@@ -278,3 +278,27 @@ def test_world_clip_config_is_the_package_builder_and_matches_the_shipped_base()
     for tower in ("text_config", "vision_config"):
         assert {k: built[tower][k] for k in shipped[tower]} == shipped[tower]
     assert built["projection_dim"] == shipped["projection_dim"]
+
+
+def test_world_clip_takes_long_prompts_truncated_as_clip_does(tmp_path):
+    """The shipped tokenizer's limit is the text model's 10 positions; longer text keeps <bos> ... <eos>."""
+    from transformers import AutoTokenizer
+
+    from aft_hf.cli import main
+    from aft_hf.explain import load_text_tower
+    from aft_hf.world.config import text_positions
+
+    tokenizer = AutoTokenizer.from_pretrained(str(BASE_DIR))
+    positions = json.loads((BASE_DIR / "config.json").read_text())["text_config"]["max_position_embeddings"]
+    assert tokenizer.model_max_length == positions == text_positions(PretrainConfig())
+    text = load_text_tower("builtin:world-clip")
+    long = "a bad photo of the big {} shape object in this picture with a cat and a dog."
+    ids = text.tokenizer([long.format("red circle")], truncation=True, max_length=text.max_length)["input_ids"][0]
+    assert len(ids) == positions and ids[0] == 2 and ids[-1] == 3  # <bos> first, <eos> (where CLIP pools) last
+    assert torch.isfinite(text.class_embeddings(["red circle", "blue square"], [long])).all()
+    sample = tmp_path / "ws"
+    assert main(["world", "sample", "--out", str(sample), "-n", "6"]) == 0
+    assert main(["evaluate", "--model", "builtin:world-clip", "--dataset", str(sample), "--metrics", "zeroshot",
+                 "--templates", "clip80", "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["num_templates"] == 80 and 0 <= report["metrics"]["zeroshot_top1"] <= 1

@@ -222,32 +222,34 @@ def _numbered(names: Sequence[str], sep: str) -> list[str]:
 
 
 def _write_comparison(reports: dict, folders: dict, out: Path) -> None:
-    """comparison.md, the comparison figures and ``report.json`` holding every model's report (``reports``:
-    label -> report; ``folders``: label -> its sub-folder). ``aft-hf push --report`` picks the pushed
-    folder's row from it by the weights hash."""
+    """comparison.md (every model's plain results side by side, one row per label), one figure per curve kind
+    with every model in it, and ``report.json`` holding every model's report (``reports``; ``folders``: label ->
+    its sub-folder). ``aft-hf push --report`` picks the pushed folder's row from it by the weights hash."""
     from urllib.parse import quote
 
     from ..evaluate.report import write_json
-    from ..figures import perturbation_curves, roar_curves
+    from ..evaluate.runner import curve_figures
+    from ..figures import metric_curves
+    from ..results import report_results
 
-    roar = {k: r["metrics"]["roar"] for k, r in reports.items() if "accuracy" in r["metrics"].get("roar", {})}
-    if roar:
-        roar_curves(roar, out / "roar.png")
-    pert = {k: {m: r["metrics"][m] for m in ("deletion", "insertion") if m in r["metrics"]}
-            for k, r in reports.items()}
-    if any(pert.values()):
-        perturbation_curves(pert, out / "deletion_insertion.png")
-    attacks = {r["metrics"]["robust_attack"].get("name", "PGD") for r in reports.values()
-               if "robust_attack" in r["metrics"]}
-    robust = f"robust top-1 ({'; '.join(sorted(attacks))})" if attacks else "robust top-1"
-    lines = ["# Model comparison", "", f"| label | model | text tower | zero-shot top-1 | {robust} |",
-             "|---|---|---|---|---|"]
+    results = {k: report_results(r) for k, r in reports.items()}
+    for figure, curves in curve_figures(results).items():
+        metric_curves(curves, out / f"{figure}.png")
+    columns: dict[tuple, None] = {}
+    values = {}
+    for k, by_metric in results.items():
+        for r in by_metric.values():
+            for s in r.scalars:
+                if s.method is None and not s.baseline:
+                    columns[(s.quantity, s.setting)] = None
+                    values[(k, s.quantity, s.setting)] = s.value
+    names = [f"{q} @ {st}" if st else q for q, st in columns]
+    lines = ["# Model comparison", "", "| label | model | text tower | " + " | ".join(names) + " |",
+             "|---|---|---|" + "---|" * len(names)]
     for k, r in reports.items():
-        m = r["metrics"]
-        top1 = m.get("zeroshot_top1")
-        rob = ", ".join(f"{e}: {v:.3f}" for e, v in m.get("robust_top1", {}).items())
-        top1 = "n/a" if top1 is None else f"{top1:.3f}"
-        lines.append(f"| {k} | `{r.get('model')}` | `{r.get('text_model')}` | {top1} | {rob or 'n/a'} |")
+        cells = [values.get((k, q, st)) for q, st in columns]
+        lines.append(f"| {k} | `{r.get('model')}` | `{r.get('text_model')}` | "
+                     + " | ".join("n/a" if v is None else f"{v:.3f}" for v in cells) + " |")
     lines += ["", "Per-model reports: " + ", ".join(f"[{k}]({quote(folders[k])}/report.md)" for k in reports), ""]
     (out / "comparison.md").write_text("\n".join(lines))
     rows = [{**r, "figures": {n: f"{folders[k]}/{f}" for n, f in (r.get("figures") or {}).items()}}

@@ -1,10 +1,11 @@
 """Per-image measurements of one encoder on the held-out world images, and paired statistics.
 
-Every number comes from the package's own metrics (``aft_hf.evaluate``): energy-in-mask (with its
-chance level, the mask's area fraction), pointing game exact and with a tolerance, Gini
-sparseness, deletion AUC on the zero-shot probability of the true class (divided by the model's
-clean probability, with a random ranking as the baseline), and zero-shot accuracy clean and under
-L-inf APGD (or the package's PGD). The metrics read the raw maps; the returned ``maps`` are the
+Every number comes from the package's registered metrics (``aft_hf.evaluate.metrics``, run through
+:func:`aft_hf.evaluate.runner.run_metrics`, read from their results' per-image values and flat
+data): energy-in-mask (with its chance level, the mask's area fraction), pointing game exact and
+with a tolerance, Gini sparseness, deletion AUC on the zero-shot probability of the true class
+(divided by the model's clean probability, with a random ranking as the baseline), and zero-shot
+accuracy clean and under L-inf APGD (or the package's PGD). The metrics read the raw maps; the returned ``maps`` are the
 display versions (99th-percentile clip, min-max) for the figures only.
 
 ``aft_objective`` measures what AFT optimises, on held-out images: the embedding distance that the
@@ -22,10 +23,13 @@ from torch import Tensor
 
 from ..attack import PGDAttacker, embedding_distance
 from ..config import AttackConfig
-from ..evaluate import (
-    EvalContext, energy_in_mask, gini, normalised_auc, perturbation_curve, pointing_game, predict, robust_accuracy,
-)
+from ..evaluate import EvalContext
+from ..evaluate.runner import run_metrics
 
+# the demo's per-image metric -> (registered metric, its per-image value)
+PER_IMAGE = {"energy": ("energy", "energy"), "pointing": ("pointing", "exact"),
+             "pointing_tol": ("pointing", "tolerance_{tolerance}px"), "gini": ("gini", "gini"),
+             "deletion_auc": ("deletion", "auc")}
 # metric -> True when a larger value is the better (or, for Gini, the sparser) map
 METRIC_DIRECTION = {"energy": True, "pointing": True, "pointing_tol": True, "gini": True, "deletion_auc": False}
 
@@ -45,7 +49,8 @@ def measure(encoder: torch.nn.Module, data: EvalSet, methods: Sequence[str], tol
             robust_eps: Sequence[float], robust_steps: int, deletion_steps: int = 20, batch_size: int = 32,
             seed: int = 0, progress: bool = True, robust_attack: str = "apgd", robust_targets: int = 9) -> dict:
     """{"per_image": {method: {metric: (N,)}}, "maps": {method: display maps (N,1,H,W)}, "chance": (N,),
-    "accuracy": {...}, "clean_probability": float, "deletion_random_auc": float}.
+    "accuracy": {...}, "clean_probability": float, "deletion_random_auc": float, "results": {metric:
+    MetricResult}} (``results``: what the Hub card of the model reads, in memory only).
 
     Metrics read the raw maps; ``deletion_auc`` per image is divided by the model's mean clean
     probability, like ``deletion_random_auc`` (the same images ranked at random). Robust accuracy:
@@ -55,31 +60,19 @@ def measure(encoder: torch.nn.Module, data: EvalSet, methods: Sequence[str], tol
     encoder.eval()
     ctx = EvalContext(encoder, data.class_weights, data.images, data.labels, list(methods), data.logit_scale,
                       data.masks, batch_size, seed, progress)
-    clean = ctx.label_probability(data.images, data.labels)
-
-    def deletion(maps: Tensor) -> Tensor:
-        fractions, curves = perturbation_curve(ctx.label_probability, data.images, maps, data.labels, "deletion",
-                                               deletion_steps, batch_size=batch_size, seed=seed, progress=False)
-        return normalised_auc(fractions, curves, clean)
-
-    per_image, maps, chance = {}, {}, None
-    for method in methods:
-        m = ctx.maps(method)
-        share, chance = energy_in_mask(m, data.masks)
-        per_image[method] = {
-            "energy": share, "pointing": pointing_game(m, data.masks, 0),
-            "pointing_tol": pointing_game(m, data.masks, tolerance), "gini": gini(m), "deletion_auc": deletion(m),
-        }
-        maps[method] = ctx.display_maps(method)
-    generator = torch.Generator().manual_seed(seed)
-    random_auc = deletion(torch.rand(data.images.shape[0], 1, *data.images.shape[-2:], generator=generator))
-    logits = predict(ctx.classifier, data.images, batch_size, progress=False)
-    accuracy = {"clean": (logits.argmax(1) == data.labels).float().mean().item(),
-                "robust": robust_accuracy(ctx.classifier, data.images, data.labels, robust_eps, robust_steps,
-                                          batch_size=batch_size, seed=seed, progress=progress,
-                                          attack=robust_attack, targets=robust_targets)}
-    return {"per_image": per_image, "maps": maps, "chance": chance, "accuracy": accuracy,
-            "clean_probability": clean.mean().item(), "deletion_random_auc": random_auc.mean().item()}
+    options = {"energy": {}, "pointing": {"tolerance": tolerance}, "gini": {}, "deletion": {"steps": deletion_steps},
+               "zeroshot": {}, "robust": {"eps": tuple(robust_eps), "steps": robust_steps, "attack": robust_attack,
+                                          "targets": robust_targets}}
+    r = run_metrics(ctx, list(options), options)
+    per_image = {method: {name: r[metric].per_image[method][value.format(tolerance=tolerance)]
+                          for name, (metric, value) in PER_IMAGE.items()} for method in methods}
+    deletion = r["deletion"].data["deletion"]
+    return {"per_image": per_image, "maps": {method: ctx.display_maps(method) for method in methods},
+            "chance": r["energy"].per_image[methods[-1]]["chance"] if methods else None,
+            "accuracy": {"clean": r["zeroshot"].per_image[""]["correct"].mean().item(),
+                         "robust": r["robust"].data["robust_top1"]},
+            "clean_probability": deletion["clean_probability"],
+            "deletion_random_auc": deletion["methods"]["random"]["auc"], "results": r}
 
 
 def aft_objective(encoder: torch.nn.Module, original: torch.nn.Module, images: Tensor, attack: AttackConfig,

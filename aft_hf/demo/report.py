@@ -220,23 +220,13 @@ def write_report(report: dict, out_dir: Path) -> dict:
 
 
 def card_report(report: dict, run: dict, variant_label: str) -> dict:
-    """The AFT model's numbers in the ``aft-hf evaluate`` schema (what the Hub model card reads)."""
+    """The AFT model's results in the ``aft-hf evaluate`` report schema (what the Hub model card reads),
+    from the registered metrics' results of one measured run (:func:`aft_hf.demo.measure.measure`)."""
+    from ..constants import REPORT_SCHEMA_VERSION
+    from ..evaluate.runner import report_sections
+
     st = report["settings"]
-    tol = st["tolerance_px"]
-    m = {
-        "zeroshot_top1": run["accuracy"]["clean"], "robust_top1": run["accuracy"]["robust"],
-        "deletion": {"methods": {**{k: {"auc": nanmean(v["deletion_auc"])} for k, v in run["per_image"].items()},
-                                 "random": {"auc": run.get("deletion_random_auc", float("nan"))}},
-                     "baseline": "zero", "clean_probability": run.get("clean_probability")},
-        "pointing_game": {k: {"exact": nanmean(v["pointing"]), f"tolerance_{tol}px": nanmean(v["pointing_tol"])}
-                          for k, v in run["per_image"].items()},
-        "energy_in_mask": {k: {"energy": nanmean(v["energy"]), "chance": report["chance_energy"]}
-                           for k, v in run["per_image"].items()},
-        "gini": {k: nanmean(v["gini"]) for k, v in run["per_image"].items()},
-        "robust_attack": {"attack": st.get("robust_attack", "pgd"), "name": _robust_name(st), "norm": DEFAULT_NORM,
-                          "steps": st["robust_steps"]},
-    }
-    return finite({"schema_version": 1, "model": variant_label, "dataset": "aft_hf synthetic world (held out)",
-                   "split": f"seed {report['settings']['eval_seed']}", "num_samples": report["settings"]["eval_images"],
-                   "methods": list(run["per_image"]), "metrics": m,
-                   "robust_attack": m["robust_attack"]})
+    return {"schema_version": REPORT_SCHEMA_VERSION, "model": variant_label,
+            "dataset": "aft_hf synthetic world (held out)", "split": f"seed {st['eval_seed']}",
+            "num_samples": st["eval_images"], "methods": list(run["per_image"]),
+            **report_sections(run["results"].values())}

@@ -1,9 +1,12 @@
 """The shared base of all metrics and the context they read.
 
-Every metric is a :class:`Metric` with a ``name``, a ``family`` (accuracy, faithfulness,
-localisation, complexity, sanity), a ``citation`` and ``compute(ctx) -> dict``. The
-:class:`EvalContext` holds the model, the data and the zero-shot classifier, and computes each
-method's maps once (cached), so several metrics share them.
+Every metric is a :class:`Metric` with a ``name`` (its registry name, the key of its entry in
+``report.json``'s ``results``), a ``family`` (accuracy, faithfulness, localisation, complexity,
+sanity), a ``citation``, typed options (an ``Options`` dataclass: an unknown option is refused
+naming the metric and its options) and ``compute(ctx) -> MetricResult`` (the one result schema,
+:mod:`aft_hf.results`). The :class:`EvalContext` holds the model, the data and the
+zero-shot classifier, and computes each method's maps once (cached), so several metrics share them.
+How to add a metric: ``docs/metrics.md``.
 
 Metrics score the *raw* map each method defines: |attribution| summed over the colour channels
 for the gradient methods (Simple Gradient, SmoothGrad, Integrated Gradients), the ReLU'd and
@@ -16,16 +19,17 @@ post-processing (:meth:`EvalContext.display_maps`) is for figures only.
 from __future__ import annotations
 
 import abc
-
+import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..explain import Explainer, postprocess
-from .errors import EvaluationError  # noqa: F401  (re-exported: its historical home)
+from .errors import EvaluationError
+from ..results import FlatLayout, MetricResult, Scalar
 from .zeroshot import ZeroShotClassifier
 
 RAW_MAP = "raw map: |attribution| summed over channels (Grad-CAM/attention as computed), no clip, no min-max"
@@ -45,7 +49,8 @@ class EvalContext:
     batch_size: int = 16
     seed: int = 0
     progress: bool = True
-    options: dict = field(default_factory=dict)
+    explainer_options: dict = field(default_factory=dict)
+    """Keyword arguments of every :class:`~aft_hf.explain.Explainer` the metrics use (e.g. ``layer``)."""
     _maps: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -59,7 +64,7 @@ class EvalContext:
 
     def explainer(self, method: str, encoder: Optional[nn.Module] = None) -> Explainer:
         """An explainer that returns the raw maps the metrics score (see the module docstring)."""
-        kwargs = {**self.options.get("explainer", {}), "postprocess": True, "clip_percentile": None, "minmax": False}
+        kwargs = {**self.explainer_options, "postprocess": True, "clip_percentile": None, "minmax": False}
         return Explainer(encoder or self.encoder, method, batch_size=self.batch_size, progress=self.progress, **kwargs)
 
     def maps(self, method: str, images: Optional[Tensor] = None, labels: Optional[Tensor] = None) -> Tensor:
@@ -82,21 +87,68 @@ class EvalContext:
         return F.softmax(logits, dim=1).gather(1, labels.to(device).view(-1, 1)).squeeze(1).cpu()
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a metric that takes none."""
+
+
 class Metric(abc.ABC):
-    """Base class: subclasses set the class attributes and implement :meth:`compute`."""
+    """Base class: subclasses set the class attributes, an ``Options`` dataclass, and :meth:`compute`.
+
+    ``Metric(**options)`` builds ``self.options = Options(**options)``; a name ``Options`` does not
+    declare is refused (:class:`EvaluationError` naming the metric and its options), so a misspelt
+    option cannot be ignored silently. The package's metrics compute their flat entries of
+    ``report.json``'s ``metrics`` and turn them into a :class:`MetricResult` through their ``layout``
+    (:data:`aft_hf.results.FLAT_LAYOUTS`, also how a report written before ``results`` is read); a new
+    metric may instead build its :class:`MetricResult` in :meth:`compute` directly.
+    """
 
     name: ClassVar[str] = ""
     family: ClassVar[str] = ""
     citation: ClassVar[str] = ""
     consumes: ClassVar[str] = ""  # what the metric reads (e.g. the raw map), written into the report
     needs_masks: ClassVar[bool] = False
+    layout: ClassVar[Optional[FlatLayout]] = None
+    Options: ClassVar[type] = NoOptions
 
-    def __init__(self, **options):
-        self.options = options
+    def __init__(self, **options: Any) -> None:
+        valid = [f.name for f in dataclasses.fields(self.Options)]
+        unknown = [k for k in options if k not in valid]
+        if unknown:
+            raise EvaluationError(f"metric '{self.name}' has no option {', '.join(repr(k) for k in unknown)} "
+                                  f"(its options: {', '.join(valid) or 'none'})")
+        try:
+            self.options = self.Options(**options)
+        except (TypeError, ValueError) as e:
+            raise EvaluationError(f"metric '{self.name}': {e}") from None
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls.Options)]
 
     @abc.abstractmethod
-    def compute(self, ctx: EvalContext) -> dict:
-        """The metric's numbers as a JSON-serialisable dict."""
+    def compute(self, ctx: EvalContext) -> MetricResult:
+        """What the metric measured, in the one result schema."""
+
+    @classmethod
+    def present(cls, data: dict) -> MetricResult:
+        """A result from the metric's flat ``data``: through its ``layout``, else each number (or mapping of
+        numbers) as a row."""
+        if cls.layout is not None:
+            return cls.layout.present(data)
+        scalars = []
+        for key, value in data.items():
+            if isinstance(value, dict):
+                scalars += [Scalar(key, v, str(k)) for k, v in value.items() if isinstance(v, (int, float))]
+            elif isinstance(value, (int, float)):
+                scalars.append(Scalar(key, value))
+        return MetricResult(cls.name, cls.family, scalars, data=data)
+
+    def result(self, data: dict, per_image: Optional[dict] = None) -> MetricResult:
+        """:meth:`present` of ``data`` with the per-image values attached."""
+        out = self.present(data)
+        out.data, out.per_image = data, per_image or {}
+        return out
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options})"

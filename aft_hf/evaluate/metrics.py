@@ -1,12 +1,15 @@
 """The registered metrics: each wraps a function of the family modules behind :class:`Metric`.
 
 Names accepted by ``aft-hf evaluate --metrics``: zeroshot, robust, deletion, insertion, roar,
-pointing, energy, sparseness, randomisation.
+pointing, energy, gini (alias sparseness), randomisation. Each metric's options are a typed
+dataclass (``Metric.Options``); each returns a :class:`~aft_hf.results.MetricResult`, built from its
+flat report entries by its layout in :data:`aft_hf.results.FLAT_LAYOUTS`.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import torch
 
@@ -20,37 +23,80 @@ from .faithfulness import (
 from .localisation import empty_masks, energy_in_mask, pointing_game
 from .sanity import randomisation_check
 from .apgd import attack_description
+from ..results import FLAT_LAYOUTS, MetricResult, finite  # noqa: F401  (finite: re-exported, its old home)
 from .stats import nanmean as _mean
-from .zeroshot import DEFAULT_ITERATIONS, predict, robust_accuracy, topk_accuracy
+from .zeroshot import ATTACKS, DEFAULT_ITERATIONS, predict, robust_accuracy, topk_accuracy
+
+
 
 
 class ZeroShotAccuracy(Metric):
     name, family = "zeroshot", "accuracy"
+    layout = FLAT_LAYOUTS["zeroshot"]
     citation = "Radford et al. 2021, Learning Transferable Visual Models From Natural Language Supervision"
 
-    def compute(self, ctx: EvalContext) -> dict:
+    def compute(self, ctx: EvalContext) -> MetricResult:
         logits = predict(ctx.classifier, ctx.images, ctx.batch_size, ctx.progress)
         acc = topk_accuracy(logits, ctx.labels, (1, 5))
-        return {"zeroshot_top1": acc["top1"], "zeroshot_top5": acc["top5"]}
+        correct = (logits.argmax(1) == ctx.labels).float()
+        return self.result({"zeroshot_top1": acc["top1"], "zeroshot_top5": acc["top5"]}, {"": {"correct": correct}})
+
+
+
+
+@dataclass(frozen=True)
+class RobustOptions:
+    eps: Sequence[float] = (1, 2, 4)
+    """Budgets in 1/255 units."""
+    attack: str = "apgd"
+    """``apgd`` (APGD-CE then APGD-T) or ``pgd`` (the package's PGD)."""
+    steps: Optional[int] = None
+    """Iterations per attack run (None: 100 for APGD, 10 for PGD)."""
+    alpha: Optional[float] = None
+    """PGD step size (None: 2.5 * eps / steps)."""
+    restarts: int = 1
+    """APGD: random restarts."""
+    targets: int = 9
+    """APGD-T: target classes (0: APGD-CE only)."""
+
+    def __post_init__(self):
+        if self.attack not in ATTACKS:
+            raise ValueError(f"unknown attack '{self.attack}' (choose from {', '.join(ATTACKS)})")
 
 
 class RobustAccuracy(Metric):
     name, family = "robust", "accuracy"
+    layout = FLAT_LAYOUTS["robust"]
     citation = ("Croce & Hein 2020 (APGD-CE, APGD-T; AutoAttack) or Madry et al. 2018 (PGD); protocol of "
                 "Schlarmann et al. 2024, Robust CLIP (FARE): attacks on the zero-shot logits, worst case per image")
+    Options = RobustOptions
 
-    def compute(self, ctx: EvalContext) -> dict:
-        eps = self.options.get("eps", (1, 2, 4))
-        attack = self.options.get("attack", "apgd")
-        steps = self.options.get("steps") or DEFAULT_ITERATIONS[attack]
-        restarts, targets = self.options.get("restarts", 1), self.options.get("targets", 9)
-        acc = robust_accuracy(ctx.classifier, ctx.images, ctx.labels, eps, steps, self.options.get("alpha"),
-                              ctx.batch_size, ctx.seed, ctx.progress, attack, restarts, targets)
-        setup = {"attack": attack, "name": attack_description(attack, DEFAULT_NORM, steps), "norm": DEFAULT_NORM,
+    def compute(self, ctx: EvalContext) -> MetricResult:
+        o = self.options
+        steps = o.steps or DEFAULT_ITERATIONS[o.attack]
+        acc = robust_accuracy(ctx.classifier, ctx.images, ctx.labels, o.eps, steps, o.alpha,
+                              ctx.batch_size, ctx.seed, ctx.progress, o.attack, o.restarts, o.targets)
+        setup = {"attack": o.attack, "name": attack_description(o.attack, DEFAULT_NORM, steps), "norm": DEFAULT_NORM,
                  "steps": steps}
-        if attack == "apgd":
-            setup.update(restarts=restarts, targets=min(targets, ctx.class_weights.shape[0] - 1))
-        return {"robust_top1": acc, "robust_attack": {**setup, "eps": [f"{e:g}/255" for e in eps]}}
+        if o.attack == "apgd":
+            setup.update(restarts=o.restarts, targets=min(o.targets, ctx.class_weights.shape[0] - 1))
+        return self.result({"robust_top1": acc, "robust_attack": {**setup, "eps": [f"{e:g}/255" for e in o.eps]}})
+
+
+
+
+@dataclass(frozen=True)
+class PerturbationOptions:
+    steps: int = 20
+    """Points on each curve."""
+    baseline: Optional[str] = None
+    """Uninformative image: ``zero``, ``blur`` or ``mean`` (None: RISE's, deletion zero and insertion blur)."""
+    order: str = "most"
+    """Perturb the most (MoRF) or the least (LeRF) relevant pixels first."""
+
+    def __post_init__(self):
+        if self.order not in ("most", "least"):
+            raise ValueError(f"order must be 'most' or 'least', got {self.order!r}")
 
 
 class _Perturbation(Metric):
@@ -59,14 +105,14 @@ class _Perturbation(Metric):
     consumes = ("pixel ranking of the " + RAW_MAP + "; curves of the true-class probability divided by the "
                 "model's clean probability, against a random ranking on the same model and images")
     mode = "deletion"
+    Options = PerturbationOptions
 
-    def compute(self, ctx: EvalContext) -> dict:
-        steps = self.options.get("steps", 20)
-        baseline = self.options.get("baseline") or RISE_BASELINES[self.mode]
-        order = self.options.get("order", "most")
+    def compute(self, ctx: EvalContext) -> MetricResult:
+        o = self.options
+        baseline = o.baseline or RISE_BASELINES[self.mode]
         clean = ctx.label_probability(ctx.images, ctx.labels)
         norm = clean.mean().clamp_min(1e-12)
-        out = {}
+        out, per_image = {}, {}
         for method in list(ctx.methods) + ["random"]:
             if method == "random":
                 generator = torch.Generator().manual_seed(ctx.seed)
@@ -74,24 +120,29 @@ class _Perturbation(Metric):
             else:
                 maps = ctx.maps(method)
             fractions, scores = perturbation_curve(ctx.label_probability, ctx.images, maps, ctx.labels, self.mode,
-                                                   steps, baseline, ctx.batch_size, ctx.seed, ctx.progress, order)
-            out[method] = {"auc": normalised_auc(fractions, scores, clean).mean().item(),
-                           "auc_unnormalised": auc(fractions, scores).mean().item(),
+                                                   o.steps, baseline, ctx.batch_size, ctx.seed, ctx.progress, o.order)
+            auc_norm = normalised_auc(fractions, scores, clean)
+            per_image[method] = {"auc": auc_norm}
+            out[method] = {"auc": auc_norm.mean().item(), "auc_unnormalised": auc(fractions, scores).mean().item(),
                            "curve": (scores.mean(0) / norm).tolist()}
         for method in ctx.methods:
             out[method]["random_auc"] = out["random"]["auc"]
             out[method]["auc_minus_random"] = out[method]["auc"] - out["random"]["auc"]
-        return {self.mode: {"fractions": fractions, "order": order, "baseline": baseline,
-                            "clean_probability": norm.item(), "normalised": "divided by clean_probability",
-                            "methods": out}}
+        return self.result({self.mode: {"fractions": fractions, "order": o.order, "baseline": baseline,
+                                        "clean_probability": norm.item(), "normalised": "divided by clean_probability",
+                                        "methods": out}}, per_image)
+
+
 
 
 class Deletion(_Perturbation):
     name, mode = "deletion", "deletion"
+    layout = FLAT_LAYOUTS["deletion"]
 
 
 class Insertion(_Perturbation):
     name, mode = "insertion", "insertion"
+    layout = FLAT_LAYOUTS["insertion"]
 
 
 ROAR_EVALUATORS = {
@@ -101,44 +152,57 @@ ROAR_EVALUATORS = {
 }
 
 
+@dataclass(frozen=True)
+class RoarOptions:
+    fractions: Sequence[float] = DEFAULT_ROAR_FRACTIONS
+    """Fractions of the pixels removed (each strictly between 0 and 1)."""
+    evaluator: str = "cnn"
+    """``cnn`` (a small CNN from scratch) or ``probe`` (a linear probe on the model's embeddings)."""
+    epochs: int = 8
+    """Training epochs of the CNN evaluator."""
+
+    def __post_init__(self):
+        if self.evaluator not in ROAR_EVALUATORS:
+            raise ValueError(f"unknown ROAR evaluator '{self.evaluator}' (choose from {', '.join(ROAR_EVALUATORS)})")
+
+
 class ROAR(Metric):
     name, family = "roar", "faithfulness"
+    layout = FLAT_LAYOUTS["roar"]
     citation = "Hooker, Erhan, Kindermans & Kim 2019, A Benchmark for Interpretability Methods in Deep Neural Networks"
     consumes = "pixel ranking of the " + RAW_MAP + "; a retrained evaluator (report: evaluator)"
+    Options = RoarOptions
 
     def evaluator_factory(self, ctx: EvalContext):
         """``cnn`` (default): :class:`SmallCNN` from scratch; ``probe``: :class:`LinearProbe` on ctx.encoder."""
-        from .base import EvaluationError
-
-        kind = self.options.get("evaluator", "cnn")
         device = ctx.class_weights.device
-        if kind == "cnn":
-            epochs = self.options.get("epochs", 8)
+        if self.options.evaluator == "cnn":
+            epochs = self.options.epochs
             return lambda: SmallCNN(epochs=epochs, seed=ctx.seed, device=device)
-        if kind == "probe":
-            def features(x):
-                with torch.no_grad():
-                    return ctx.encoder(x.to(device)).float()
-            return lambda: LinearProbe(features, batch_size=ctx.batch_size)
-        raise EvaluationError(f"unknown ROAR evaluator '{kind}' (choose from {', '.join(ROAR_EVALUATORS)})")
 
-    def compute(self, ctx: EvalContext) -> dict:
+        def features(x):
+            with torch.no_grad():
+                return ctx.encoder(x.to(device)).float()
+        return lambda: LinearProbe(features, batch_size=ctx.batch_size)
+
+    def compute(self, ctx: EvalContext) -> MetricResult:
         factory = self.evaluator_factory(ctx)
         n = ctx.images.shape[0]
         if n < 4 or len(set(ctx.labels.tolist())) < 2:
-            return {"roar": {"skipped": "needs at least 4 images and 2 classes"}}
+            return self.result({"roar": {"skipped": "needs at least 4 images and 2 classes"}})
         order = torch.randperm(n, generator=torch.Generator().manual_seed(ctx.seed))
         train, test = order[: n // 2], order[n // 2:]
         maps = {m: ctx.maps(m) for m in ctx.methods}
         result = roar(ctx.images[train], ctx.labels[train], ctx.images[test], ctx.labels[test],
                       {m: v[train] for m, v in maps.items()}, {m: v[test] for m, v in maps.items()},
-                      self.options.get("fractions", DEFAULT_ROAR_FRACTIONS), factory, seed=ctx.seed,
-                      progress=ctx.progress)
-        kind = self.options.get("evaluator", "cnn")
+                      self.options.fractions, factory, seed=ctx.seed, progress=ctx.progress)
+        kind = self.options.evaluator
         result["evaluator"] = ROAR_EVALUATORS[kind]
         result["evaluator_kind"] = kind
         result["split"] = {"train": len(train), "test": len(test)}
-        return {"roar": result}
+        return self.result({"roar": result})
+
+
 
 
 def _n_empty(ctx: EvalContext) -> int:
@@ -152,69 +216,88 @@ def default_tolerance(size: int) -> int:
     return max(1, round(15 * size / 224))
 
 
+@dataclass(frozen=True)
+class PointingOptions:
+    tolerance: Optional[int] = None
+    """Pixels around the mask that count as a hit (None: 15 px at 224 px scaled to the image size)."""
+
+
 class PointingGame(Metric):
     name, family, needs_masks = "pointing", "localisation", True
+    layout = FLAT_LAYOUTS["pointing"]
     citation = "Zhang et al. 2018, Top-down Neural Attention by Excitation Backprop"
     consumes = RAW_MAP + "; tied maxima: an image scores the share of its maximal pixels inside the mask"
+    Options = PointingOptions
 
-    def compute(self, ctx: EvalContext) -> dict:
-        tol = self.options.get("tolerance")
+    def compute(self, ctx: EvalContext) -> MetricResult:
+        tol = self.options.tolerance
         if tol is None:
             tol = default_tolerance(ctx.masks.shape[-1])
-        out = {m: {"exact": _mean(pointing_game(ctx.maps(m), ctx.masks, 0)),
-                   f"tolerance_{tol}px": _mean(pointing_game(ctx.maps(m), ctx.masks, tol))} for m in ctx.methods}
-        return {"pointing_game": out, "n_empty_masks": _n_empty(ctx)}
+        per_image = {m: {"exact": pointing_game(ctx.maps(m), ctx.masks, 0),
+                         f"tolerance_{tol}px": pointing_game(ctx.maps(m), ctx.masks, tol)} for m in ctx.methods}
+        out = {m: {k: _mean(v) for k, v in d.items()} for m, d in per_image.items()}
+        return self.result({"pointing_game": out, "n_empty_masks": _n_empty(ctx)}, per_image)
+
+
 
 
 class EnergyInMask(Metric):
     name, family, needs_masks = "energy", "localisation", True
+    layout = FLAT_LAYOUTS["energy"]
     citation = "Wang et al. 2020, Score-CAM (energy-based pointing game)"
     consumes = "positive part of the " + RAW_MAP
 
-    def compute(self, ctx: EvalContext) -> dict:
-        out = {}
+    def compute(self, ctx: EvalContext) -> MetricResult:
+        out, per_image = {}, {}
         for m in ctx.methods:
             share, chance = energy_in_mask(ctx.maps(m), ctx.masks)
+            per_image[m] = {"energy": share, "chance": chance}
             out[m] = {"energy": _mean(share), "chance": _mean(chance)}
-        return {"energy_in_mask": out, "n_empty_masks": _n_empty(ctx)}
+        return self.result({"energy_in_mask": out, "n_empty_masks": _n_empty(ctx)}, per_image)
 
 
-class Sparseness(Metric):
-    name, family = "sparseness", "complexity"
+
+
+class Gini(Metric):
+    name, family = "gini", "complexity"
+    layout = FLAT_LAYOUTS["gini"]
     citation = "Chalasani et al. 2020, Concise Explanations of Neural Networks using Adversarial Training (Gini)"
     consumes = "|.| of the " + RAW_MAP
 
-    def compute(self, ctx: EvalContext) -> dict:
-        return {"gini": {m: gini(ctx.maps(m)).mean().item() for m in ctx.methods}}
+    def compute(self, ctx: EvalContext) -> MetricResult:
+        per_image = {m: {"gini": gini(ctx.maps(m))} for m in ctx.methods}
+        return self.result({"gini": {m: v["gini"].mean().item() for m, v in per_image.items()}}, per_image)
+
+
+
+
+@dataclass(frozen=True)
+class RandomisationOptions:
+    max_images: int = 8
+    """Images whose maps are compared (the check re-explains them with a randomised model)."""
 
 
 class Randomisation(Metric):
     name, family = "randomisation", "sanity"
+    layout = FLAT_LAYOUTS["randomisation"]
     citation = "Adebayo et al. 2018, Sanity Checks for Saliency Maps"
     consumes = "Spearman rank correlation of the " + RAW_MAP + " with the maps of a randomised model"
+    Options = RandomisationOptions
 
-    def compute(self, ctx: EvalContext) -> dict:
-        k = min(self.options.get("max_images", 8), ctx.images.shape[0])
+    def compute(self, ctx: EvalContext) -> MetricResult:
+        k = min(self.options.max_images, ctx.images.shape[0])
         images, targets = ctx.images[:k], ctx.targets(ctx.labels[:k])
         out = {}
         for m in ctx.methods:
             res = randomisation_check(ctx.encoder, lambda enc: ctx.explainer(m, enc).attribute(images, targets), ctx.seed)
             out[m] = res["spearman_mean"]
-        return {"randomisation_spearman": out}
+        return self.result({"randomisation_spearman": out})
+
+
 
 
 METRICS: dict[str, type[Metric]] = {cls.name: cls for cls in (
-    ZeroShotAccuracy, RobustAccuracy, Deletion, Insertion, ROAR, PointingGame, EnergyInMask, Sparseness, Randomisation)}
-ALIASES = {"gini": "sparseness", "complexity": "sparseness", "sanity": "randomisation", "accuracy": "zeroshot",
+    ZeroShotAccuracy, RobustAccuracy, Deletion, Insertion, ROAR, PointingGame, EnergyInMask, Gini, Randomisation)}
+"""The registry: ``--metrics`` names -> classes. A metric's name is also its key in ``report.json``'s ``results``."""
+ALIASES = {"sparseness": "gini", "complexity": "gini", "sanity": "randomisation", "accuracy": "zeroshot",
            "localisation": "pointing"}
-
-
-def finite(value):
-    """JSON-safe copy: NaN/inf become None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value

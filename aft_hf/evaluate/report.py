@@ -1,13 +1,22 @@
 """Evaluation reports: JSON (machine-readable, schema below, read by the Hub model card) and Markdown.
 
-JSON schema (``schema_version`` 1)::
+JSON schema (``schema_version`` 1; ``results`` was added to it without removing anything, so
+readers of the flat ``metrics`` keep working and older reports without ``results`` stay readable)::
 
     {"schema_version": 1, "aft_hf_version": str, "created": ISO-8601 UTC,
      "model": str, "text_model": str, "dataset": str, "split": str,
      "num_samples": int, "skipped_images": int, "num_classes": int,
      "class_names_source": str, "num_templates": int, "methods": [str], "seed": int,
-     "metrics": {                                  # each key present only when requested
-        "zeroshot_top1": float, "zeroshot_top5": float,
+     "results": {metric name: {                    # one entry per metric run, keyed by its --metrics name
+        "family": str, "setup_title": str,
+        "scalars": [{"quantity": str, "value": float|null, "setting": str|null, "setting_kind": str,
+                     "method": str|null, "row": str|null, "better": "higher"|"lower"|null, "percent": bool,
+                     "baseline": bool, "hub_metric": str|null, "task": str|null}],
+        "curves": [{"name": str, "title": str, "x": [float], "series": {str: [float|null]}, "x_label": str,
+                    "y_label": str, "figure": str, "x_percent": bool, "dashed": [str], "labels": {str: str}}],
+        "metadata": {str: JSON value}, "notes": [str]}},
+     "metrics": {                                  # the flat entries each metric writes (schema 1 keys)
+        "zeroshot_top1": float, "zeroshot_top5": float|null,   # top-5 null (n/a) with fewer than 5 classes
         "robust_top1": {"1/255": float, "2/255": float, "4/255": float},
         "robust_attack": {"attack": "apgd"|"pgd", "name": str, "norm": str, "steps": int,
                           "restarts": int, "targets": int, "eps": [str]},   # restarts/targets: apgd only
@@ -26,6 +35,11 @@ JSON schema (``schema_version`` 1)::
      "metric_inputs": {metric: str},              # what each metric reads (raw maps, never display maps)
      "citations": {metric: str}, "timing_s": {metric: float}, "figures": {name: relative path}}
 
+``results`` is what every reader uses (this module's Markdown, the figures, the model card, the
+comparison of several models): it is self-describing, so a new metric needs no edit here. A
+report written before ``results`` existed is read through the registered metrics' ``present``
+(:func:`aft_hf.results.report_results`).
+
 Accuracies are fractions in [0, 1]; NaN becomes null. Deletion/insertion ``auc`` and ``curve`` are
 divided by ``clean_probability`` (the model's mean true-class probability on the unmodified
 images), so models of different confidence compare; ``random_auc`` is the random ranking's on the
@@ -39,6 +53,7 @@ from pathlib import Path
 from typing import Union
 
 from ..constants import REPORT_SCHEMA_VERSION
+from ..results import Scalar, report_results
 
 SCHEMA_VERSION = REPORT_SCHEMA_VERSION
 
@@ -50,69 +65,41 @@ def write_json(report: dict, path: Union[str, Path]) -> Path:
     return path
 
 
-def _num(v) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
-
-
-def _fmt(v) -> str:
-    return "n/a" if v is None else (f"{100 * v:.1f}%" if isinstance(v, float) else str(v))
+def _value(scalar: Scalar) -> str:
+    v = scalar.value
+    if v is None:
+        return "n/a"
+    return f"{100 * v:.1f}%" if scalar.percent else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
 def markdown(report: dict) -> str:
-    """A human-readable summary of one report."""
-    m = report["metrics"]
+    """A human-readable summary of one report, built from its results (any metric, no metric named here)."""
+    results = report_results(report)
     lines = [f"# Evaluation of `{report['model']}`", "",
              f"Dataset `{report['dataset']}` split `{report['split']}`: {report['num_samples']} images "
              f"({report['skipped_images']} unreadable skipped), {report['num_classes']} classes "
              f"({report['class_names_source']}), {report['num_templates']} prompt template(s). "
              f"Text tower: `{report['text_model']}`.", ""]
-    if "zeroshot_top1" in m or "robust_top1" in m:
-        robust = m.get("robust_top1", {})
-        header = ["clean top-1", "clean top-5"] + [f"robust top-1 @ {k}" for k in robust]
-        values = [_fmt(m.get("zeroshot_top1")), _fmt(m.get("zeroshot_top5"))] + [_fmt(v) for v in robust.values()]
-        lines += ["## Zero-shot accuracy", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-                  "| " + " | ".join(values) + " |", ""]
-        if "robust_attack" in m:
-            a = m["robust_attack"]
-            extra = f", {a['restarts']} restart(s), {a['targets']} target classes" if "targets" in a else ""
-            lines += [f"Attack: {a.get('name', 'PGD, L-inf')}, {a['steps']} iterations{extra}; an image counts as "
-                      "robust only when correct clean and every attack fails, at this and every smaller budget.", ""]
-    methods = report["methods"]
-    rows = []
-    for title, key in (("deletion AUC (lower better)", "deletion"), ("insertion AUC (higher better)", "insertion")):
-        if key in m:
-            rows.append((f"{title}, / clean prob. {_num(m[key].get('clean_probability'))}, "
-                         f"baseline {m[key].get('baseline', 'mean')}",
-                         {k: _num(v["auc"]) for k, v in m[key]["methods"].items()}))
-            better = "negative" if key == "deletion" else "positive"
-            rows.append((f"{key} AUC minus random ({better} = better than random)", {k: _num(v["auc_minus_random"])
-                                                     for k, v in m[key]["methods"].items() if "auc_minus_random" in v}))
-    if "gini" in m:
-        rows.append(("Gini sparseness (higher = sparser)", {k: _num(v) for k, v in m["gini"].items()}))
-    if "randomisation_spearman" in m:
-        rows.append(("Spearman vs randomised model (lower better)",
-                     {k: _num(v) for k, v in m["randomisation_spearman"].items()}))
-    if "pointing_game" in m:
-        for sub in next(iter(m["pointing_game"].values()), {}):
-            rows.append((f"pointing game {sub}", {k: _fmt(v[sub]) for k, v in m["pointing_game"].items()}))
-    if "energy_in_mask" in m:
-        rows.append(("energy in mask (chance)",
-                     {k: f"{_fmt(v['energy'])} ({_fmt(v['chance'])})" for k, v in m["energy_in_mask"].items()}))
-    if rows:
-        cols = methods + (["random"] if any("random" in vals for _, vals in rows) else [])
+    plain = [s for r in results.values() for s in r.scalars if s.method is None]
+    if plain:
+        lines += ["## Results", "", "| metric | setting | value |", "|---|---|---|"]
+        lines += [f"| {s.quantity} | {s.setting or ''} | {_value(s)} |" for s in plain]
+        lines.append("")
+    per_method = [s for r in results.values() for s in r.scalars if s.method is not None]
+    if per_method:
+        cols = list(report.get("methods") or [])
+        cols += [s.method for s in per_method if s.method not in cols and s.baseline]
+        cols += [s.method for s in per_method if s.method not in cols]
+        cols = list(dict.fromkeys(cols))
+        rows: dict[str, dict[str, str]] = {}
+        for s in per_method:
+            rows.setdefault(s.row or s.quantity, {})[s.method] = _value(s)
         lines += ["## Attribution quality", "", "| metric | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-        lines += [f"| {name} | " + " | ".join(vals.get(c, "") for c in cols) + " |" for name, vals in rows]
+        lines += [f"| {name} | " + " | ".join(vals.get(c, "") for c in cols) + " |" for name, vals in rows.items()]
         lines.append("")
-        if "n_empty_masks" in m:
-            lines += [f"Localisation skips images whose mask is empty: {m['n_empty_masks']} here.", ""]
-    if "roar" in m and "accuracy" in m["roar"]:
-        r = m["roar"]
-        lines += ["## ROAR (remove and retrain)", "",
-                  f"Evaluator: {r['evaluator']}; train/test {r['split']['train']}/{r['split']['test']}.",
-                  "", "| method | " + " | ".join(f"{100 * f:.0f}%" for f in r["fractions"]) + " |",
-                  "|---|" + "---|" * len(r["fractions"])]
-        lines += [f"| {k} | " + " | ".join(_fmt(a) for a in v) + " |" for k, v in r["accuracy"].items()]
-        lines.append("")
+    notes = list(dict.fromkeys(n for r in results.values() for n in r.notes))  # pointing and energy share one
+    if notes:
+        lines += notes[:1] + [line for n in notes[1:] for line in ("", n)] + [""]
     if report.get("metric_inputs"):
         lines += ["## What each metric reads", ""] + [f"- {k}: {v}" for k, v in report["metric_inputs"].items()]
         lines += ["", "Figures show the maps after a 99th-percentile clip and min-max scaling; no metric reads those.", ""]

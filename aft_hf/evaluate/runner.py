@@ -13,13 +13,15 @@ import torch
 from ..constants import VERSION as __version__
 from ..explain import ExplainError, resolve_method
 from ..explain.targets import TextTower
-from ..figures import attribution_grid, perturbation_curves, roar_curves
+from ..figures import attribution_grid, metric_curves
 from .base import EvalContext, EvaluationError
-from .metrics import ALIASES, METRICS, finite
+from .metrics import ALIASES, METRICS
 from .report import SCHEMA_VERSION, write_json, write_markdown
+from ..results import MetricResult, finite, report_results
+from .zeroshot import check_labels
 
 logger = logging.getLogger(__name__)
-DEFAULT_METRICS = ("zeroshot", "robust", "deletion", "insertion", "sparseness")
+DEFAULT_METRICS = ("zeroshot", "robust", "deletion", "insertion", "gini")
 
 
 def resolve_metrics(names: Sequence[str], have_masks: bool) -> list[str]:
@@ -35,40 +37,67 @@ def resolve_metrics(names: Sequence[str], have_masks: bool) -> list[str]:
     return out
 
 
+def run_metrics(ctx: EvalContext, names: Sequence[str], options: Optional[dict] = None) -> dict[str, MetricResult]:
+    """Each registered metric of ``names`` (resolved names) on ``ctx``, built with ``options[name]`` (every
+    metric is built, so every option checked, before any is computed); each result carries its wall time."""
+    options = options or {}
+    unknown = [k for k in options if k not in METRICS]
+    if unknown:
+        raise EvaluationError(f"options for unknown metric '{unknown[0]}' (metrics: {', '.join(METRICS)})")
+    results = {}
+    metrics = [METRICS[name](**options.get(name, {})) for name in names]  # every option checked before any work
+    for name, metric in zip(names, metrics):
+        start = time.perf_counter()
+        logger.info("metric %s", name)
+        result = metric.compute(ctx)
+        result.seconds = round(time.perf_counter() - start, 3)
+        results[name] = result
+    return results
+
+
 def evaluate_model(encoder: torch.nn.Module, text: TextTower, class_names: Sequence[str], templates: Sequence[str],
                    images: torch.Tensor, labels: torch.Tensor, metrics: Sequence[str] = DEFAULT_METRICS,
                    methods: Sequence[str] = ("saliency", "gradcam"), masks: Optional[torch.Tensor] = None,
                    metric_options: Optional[dict] = None, batch_size: int = 16, seed: int = 0,
                    progress: bool = True, info: Optional[dict] = None) -> tuple[dict, EvalContext]:
     """Compute the requested metrics; returns (report dict following report.py's schema, context)."""
-    if len(labels) and int(labels.max()) >= len(class_names):
-        raise EvaluationError(f"label {int(labels.max())} has no class name ({len(class_names)} names given)")
+    check_labels(labels, class_names)
     names = resolve_metrics(metrics, masks is not None)
     if masks is not None and (masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]):
         raise EvaluationError(f"masks {tuple(masks.shape)} do not match images {tuple(images.shape)}: give one mask "
                               "per image, resized and centre-cropped like it")
     methods = [resolve_method(m) for m in methods]
+    options = {ALIASES.get(k, k): v for k, v in (metric_options or {}).items()}
+    for name in names:  # refuse a misspelt option before the text tower and the maps are computed
+        METRICS[name](**options.get(name, {}))
     device = next(encoder.parameters()).device
     class_weights = text.class_embeddings(class_names, templates).to(device)
     encoder.eval()
     ctx = EvalContext(encoder, class_weights, images, labels, methods, text.logit_scale, masks, batch_size, seed, progress)
-    results, timing, citations, inputs = {}, {}, {}, {}
-    options = metric_options or {}
-    for name in names:
-        metric = METRICS[name](**options.get(name, {}))
-        start = time.perf_counter()
-        logger.info("metric %s", name)
-        results.update(metric.compute(ctx))
-        timing[name] = round(time.perf_counter() - start, 3)
-        citations[name] = metric.citation
-        if metric.consumes:
-            inputs[name] = metric.consumes
+    results = run_metrics(ctx, names, {k: v for k, v in options.items() if k in names})
     report = {"schema_version": SCHEMA_VERSION, "aft_hf_version": __version__,
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               **(info or {}), "num_samples": int(len(images)), "num_classes": len(class_names),
               "num_templates": len(templates), "methods": methods, "seed": seed,
-              "metrics": finite(results), "metric_inputs": inputs, "citations": citations, "timing_s": timing, "figures": {}}
+              **report_sections(results.values())}
     return report, ctx
+
+
+def report_sections(results) -> dict:
+    """``metrics`` (the flat entries), ``results`` (the schema, by metric name), ``metric_inputs``,
+    ``citations`` and ``timing_s`` of a report, from the metrics' results."""
+    results = list(results)
+    flat, inputs, citations = {}, {}, {}
+    for r in results:
+        flat.update(r.data)
+        cls = METRICS.get(r.metric)
+        if cls is not None and cls.citation:
+            citations[r.metric] = cls.citation
+        if cls is not None and cls.consumes:
+            inputs[r.metric] = cls.consumes
+    return {"metrics": finite(flat), "results": {r.metric: r.to_json() for r in results}, "metric_inputs": inputs,
+            "citations": citations, "timing_s": {r.metric: r.seconds for r in results},
+            "figures": {}}
 
 
 def write_outputs(report: dict, ctx: EvalContext, out_dir: Path, label: str, num_examples: int = 4,
@@ -89,18 +118,23 @@ def write_outputs(report: dict, ctx: EvalContext, out_dir: Path, label: str, num
         attribution_grid(ctx.images[:k], maps, out_dir / "examples.png", row_titles=rows,
                          plain=["object mask"] if ctx.masks is not None else ())
         figures["examples"] = "examples.png"
-    m = report["metrics"]
-    if "roar" in m and "accuracy" in m["roar"]:
-        roar_curves({label: m["roar"]}, out_dir / "roar.png")
-        figures["roar"] = "roar.png"
-    if "deletion" in m or "insertion" in m:
-        curves = {k2: m[k2] for k2 in ("deletion", "insertion") if k2 in m}
-        perturbation_curves({label: curves}, out_dir / "deletion_insertion.png")
-        figures["deletion_insertion"] = "deletion_insertion.png"
+    for figure, curves in curve_figures({label: report_results(report)}).items():
+        metric_curves(curves, out_dir / f"{figure}.png")
+        figures[figure] = f"{figure}.png"
     report["figures"] = figures
     write_json(report, out_dir / "report.json")
     write_markdown(report, out_dir / "report.md")
     return report
+
+
+def curve_figures(results: dict[str, dict[str, MetricResult]]) -> dict[str, dict[str, list]]:
+    """``{figure: {label: [Curve]}}`` from ``{label: {metric: MetricResult}}``: one PNG per figure name."""
+    out: dict[str, dict[str, list]] = {}
+    for label, by_metric in results.items():
+        for result in by_metric.values():
+            for curve in result.curves:
+                out.setdefault(curve.figure, {}).setdefault(label, []).append(curve)
+    return out
 
 
 def slug(name: str) -> str:
@@ -109,5 +143,5 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in s.replace("/", "__")).strip("._") or "model"
 
 
-__all__ = ["DEFAULT_METRICS", "EvaluationError", "ExplainError", "evaluate_model", "resolve_metrics", "slug",
-           "write_outputs"]
+__all__ = ["DEFAULT_METRICS", "EvaluationError", "ExplainError", "curve_figures", "evaluate_model", "report_sections",
+           "resolve_metrics", "run_metrics", "slug", "write_outputs"]

@@ -1,4 +1,8 @@
-"""Zero-shot classification accuracy, clean and under attack (APGD-CE + APGD-T by default, or PGD).
+"""Zero-shot classification, the package's one implementation: a classifier from a text tower and
+prompt templates, clean accuracy and robust accuracy (APGD-CE + APGD-T by default, or PGD).
+
+Used by ``aft-hf evaluate`` (:mod:`aft_hf.evaluate.metrics`), by the evaluation during training
+(:mod:`aft_hf.train_eval`) and by the synthetic world (:mod:`aft_hf.world.zeroshot`).
 
 Logits are ``logit_scale * cos(f(x), w_c)`` with w_c the L2-normalised class embeddings
 (Radford et al. 2021, "Learning Transferable Visual Models From Natural Language Supervision").
@@ -9,7 +13,8 @@ eps in {1, 2, 4}/255. 10-step PGD is available for comparison and over-estimates
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import numbers
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +35,14 @@ class ZeroShotClassifier(nn.Module):
         self.encoder = encoder
         self.register_buffer("class_weights", F.normalize(class_weights.detach().float(), dim=-1), persistent=False)
         self.logit_scale = float(logit_scale)
+
+    @classmethod
+    def from_text(cls, encoder: Union[nn.Module, Callable[[Tensor], Tensor]], text, class_names: Sequence[str],
+                  templates: Sequence[str] = ("a photo of a {}.",)) -> "ZeroShotClassifier":
+        """The classifier of ``class_names`` from a :class:`~aft_hf.explain.targets.TextTower` and ``templates``:
+        per class, the normalised mean of its normalised prompt embeddings; the text tower's logit scale."""
+        device = next((p.device for p in getattr(encoder, "parameters", lambda: iter(()))()), torch.device("cpu"))
+        return cls(encoder, text.class_embeddings(class_names, templates).to(device), text.logit_scale)
 
     def forward(self, images: Tensor) -> Tensor:
         """Zero-shot logits (B, C) for pixels in [0, 1]."""
@@ -54,15 +67,60 @@ def predict(classifier: ZeroShotClassifier, images: Tensor, batch_size: int = 64
                       for s in _batches(len(images), batch_size, "zero-shot", progress)])
 
 
-def topk_accuracy(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
-    """{"top1": ..., "top5": ...}: fraction of labels among the k highest logits (k capped at the class count)."""
+def check_labels(labels: Tensor, class_names: Sequence[str]) -> None:
+    """Refuse labels that index past the class names (a names file shorter than the label set)."""
+    if len(labels) and int(labels.max()) >= len(class_names):
+        raise EvaluationError(f"label {int(labels.max())} has no class name ({len(class_names)} names given)")
+    if len(labels) and int(labels.min()) < 0:
+        raise EvaluationError(f"label {int(labels.min())} is negative: labels are class indices from 0")
+
+
+def label_indices(values: Sequence, class_names: Optional[Sequence[str]]) -> tuple[Tensor, Optional[list[str]]]:
+    """Class indices of labels given as indices or as class names (``"cat"``), and the class names.
+
+    Names are looked up in ``class_names``; with no names given, the distinct names found become the
+    classes, sorted. Integer labels pass through (checked by :func:`check_labels` against the names).
+    """
+    if all(isinstance(v, str) for v in values) and values:
+        found = sorted(set(values))
+        names = list(class_names) if class_names is not None else found
+        index = {n: i for i, n in enumerate(names)}
+        missing = [v for v in found if v not in index]
+        if missing:
+            raise EvaluationError(f"label '{missing[0]}' is not one of the {len(names)} class names "
+                                  f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
+        return torch.tensor([index[v] for v in values]), names
+    ints = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (numbers.Integral, float)) or \
+                (isinstance(v, float) and not v.is_integer()):
+            raise EvaluationError(f"labels must be class indices or class names, got {v!r:.80}")
+        ints.append(int(v))
+    labels = torch.tensor(ints, dtype=torch.long)
+    if class_names is not None:
+        check_labels(labels, class_names)
+    return labels, None if class_names is None else list(class_names)
+
+
+def zero_shot_accuracy(classifier: ZeroShotClassifier, images: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5),
+                       batch_size: int = 64, progress: bool = True) -> dict[str, Optional[float]]:
+    """Clean zero-shot top-k accuracies of ``classifier`` ({"top1": ..., "top5": ...}, see :func:`topk_accuracy`)."""
+    return topk_accuracy(predict(classifier, images, batch_size, progress), labels, ks)
+
+
+def topk_accuracy(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, Optional[float]]:
+    """{"top1": ..., "top5": ...}: fraction of labels among the k highest logits.
+
+    With fewer than k classes top-k is None (not applicable: every label would count as found)."""
     if logits.dim() != 2 or labels.numel() != logits.shape[0]:
         raise EvaluationError(f"logits must be (N, C) and labels (N,); got {tuple(logits.shape)} and "
                               f"{tuple(labels.shape)}")
     out = {}
     for k in ks:
-        kk = min(k, logits.shape[1])
-        hits = (logits.topk(kk, dim=1).indices == labels.view(-1, 1)).any(dim=1)
+        if k > logits.shape[1]:
+            out[f"top{k}"] = None
+            continue
+        hits = (logits.topk(k, dim=1).indices == labels.view(-1, 1)).any(dim=1)
         out[f"top{k}"] = hits.float().mean().item() if len(labels) else float("nan")
     return out
 

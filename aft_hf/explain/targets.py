@@ -40,16 +40,25 @@ def check_template(template: str) -> str:
 
 
 class TextTower(nn.Module):
-    """CLIP's text encoder + projection + tokenizer: prompts -> L2-normalised embeddings (N, D)."""
+    """CLIP's text encoder + projection + tokenizer: prompts -> L2-normalised embeddings (N, D).
 
-    def __init__(self, clip_model, tokenizer):
+    Prompts longer than the text model's positions are truncated as CLIP does: the tokenizer keeps
+    ``<bos>``, the first tokens and ``<eos>`` (where the text model pools) within
+    ``min(tokenizer.model_max_length, max_position_embeddings)``. ``frozen=False`` shares a model
+    being trained (the world's pretraining) without turning its gradients off.
+    """
+
+    def __init__(self, clip_model, tokenizer, frozen: bool = True):
         super().__init__()
         self.text_model = clip_model.text_model
         self.text_projection = clip_model.text_projection
         self.logit_scale = float(clip_model.logit_scale.detach().exp())
         self.tokenizer = tokenizer
-        self.requires_grad_(False)
-        self.eval()
+        positions = getattr(self.text_model.config, "max_position_embeddings", None) or 77
+        self.max_length = min(int(getattr(tokenizer, "model_max_length", positions) or positions), positions)
+        if frozen:
+            self.requires_grad_(False)
+            self.eval()
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str], batch_size: int = 256) -> Tensor:
@@ -61,7 +70,8 @@ class TextTower(nn.Module):
         device = self.text_projection.weight.device
         out = []
         for i in range(0, len(prompts), batch_size):
-            tok = self.tokenizer(list(prompts[i:i + batch_size]), padding=True, truncation=True, return_tensors="pt")
+            tok = self.tokenizer(list(prompts[i:i + batch_size]), padding=True, truncation=True,
+                                 max_length=self.max_length, return_tensors="pt")
             tok = {k: v.to(device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
             pooled = self.text_model(**tok).pooler_output
             out.append(F.normalize(self.text_projection(pooled).float(), dim=-1))

@@ -87,8 +87,13 @@ def build_clip_config(cfg: PretrainConfig, vocab_size: int):
     """The ``CLIPConfig`` of a run: the package's one small-CLIP builder with the run's sizes."""
     from ..model import clip_config
 
-    n_words = len(cfg.world.captions[0].split())
     return clip_config(cfg.world.image_size, cfg.patch_size, cfg.projection_dim, vocab_size,
                        vision_hidden=cfg.vision_hidden, vision_layers=cfg.vision_layers, vision_heads=cfg.vision_heads,
                        vision_mlp=cfg.vision_mlp, text_hidden=cfg.text_hidden, text_layers=cfg.text_layers,
-                       text_heads=cfg.text_heads, text_mlp=cfg.text_mlp, max_text_length=n_words + 4)
+                       text_heads=cfg.text_heads, text_mlp=cfg.text_mlp, max_text_length=text_positions(cfg))
+
+
+def text_positions(cfg: PretrainConfig) -> int:
+    """Positions of the world text model: the caption's words, ``<bos>``, ``<eos>`` and two spare. The world
+    tokenizer's ``model_max_length`` is the same number, so a longer prompt is truncated, never an error."""
+    return len(cfg.world.captions[0].split()) + 4

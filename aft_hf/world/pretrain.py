@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..tokenizer import build_word_tokenizer
-from .config import PretrainConfig, build_clip_config
+from .config import PretrainConfig, build_clip_config, text_positions
 from .dataset import WorldConfig, generate_arrays, render_sample
 from .zeroshot import accuracies, class_text_embeddings, evaluate_zero_shot, image_embeddings, to_pixel_values, \
     zero_shot_predict
@@ -82,7 +82,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True):
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    tokenizer = build_word_tokenizer(cfg.world.words)
+    tokenizer = build_word_tokenizer(cfg.world.words, model_max_length=text_positions(cfg))
     model = CLIPModel(build_clip_config(cfg, len(tokenizer)))
     model.train()
     opt = _optimizer(model, cfg)

@@ -1,7 +1,9 @@
 """Zero-shot accuracy of a world CLIP on held-out world images (overall, colour and shape).
 
 Zero-shot accuracy = argmax over the class captions of the cosine similarity of L2-normalised
-embeddings; colour and shape accuracy score the two words of the predicted caption separately.
+embeddings (the package's one zero-shot classifier, :mod:`aft_hf.evaluate.zeroshot`, with the
+caption itself as the only template); colour and shape accuracy score the two words of the
+predicted caption separately.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def _features(out) -> Tensor:
 
 def class_text_embeddings(model, tokenizer, captions: list[str]) -> Tensor:
     """L2-normalised text embeddings of ``captions`` (K, D)."""
-    tok = tokenizer(captions, padding=True, return_tensors="pt")
+    tok = tokenizer(captions, padding=True, truncation=True, return_tensors="pt")
     out = model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
     return F.normalize(_features(out), dim=-1)
 
@@ -40,15 +42,22 @@ def image_embeddings(model, pixel_values: Tensor) -> Tensor:
 @torch.no_grad()
 def zero_shot_predict(model, tokenizer, images: np.ndarray, world: WorldConfig, batch_size: int = 256) -> np.ndarray:
     """Predicted class index of each (N, H, W, 3) uint8 image: argmax cosine over the class captions."""
+    from ..evaluate.zeroshot import ZeroShotClassifier, predict
+    from ..explain.targets import TextTower
+
+    if not len(images):
+        return np.empty(0, np.int64)
     was_training = model.training
     model.eval()
-    text = class_text_embeddings(model, tokenizer, world.captions)
-    preds = []
-    for i in range(0, len(images), batch_size):
-        img = image_embeddings(model, to_pixel_values(images[i:i + batch_size]))
-        preds.append((img @ text.T).argmax(-1).numpy())
-    model.train(was_training)
-    return np.concatenate(preds) if preds else np.empty(0, np.int64)
+    try:
+        classifier = ZeroShotClassifier.from_text(
+            lambda pixels: _features(model.get_image_features(pixel_values=normalize_pixels(pixels))),
+            TextTower(model, tokenizer, frozen=False), world.captions, ("{}",))
+        pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+        preds = predict(classifier, pixels, batch_size, progress=False).argmax(-1).numpy()
+    finally:
+        model.train(was_training)
+    return preds
 
 
 def accuracies(preds: np.ndarray, labels: np.ndarray, world: WorldConfig) -> dict[str, float]:
