@@ -21,7 +21,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .constants import IMPORT_FILE  # noqa: F401  (provenance of a converted checkpoint; card.IMPORT_FILE stays)
 from .constants import VERSION as __version__
 from .errors import AftError
-from .threat_models import DEFAULT_NORM, THREAT_MODELS, norm_label
+from .threat_models import THREAT_MODELS
 from .published import LOCAL_PREFIX
 from .results import Scalar, report_results
 

@@ -35,6 +35,8 @@ from typing import Any, Callable, Optional
 
 from torch import Tensor
 
+from .threat_models import DEFAULT_NORM, norm_label
+
 
 def finite(value: Any) -> Any:
     """JSON-safe copy: NaN/inf become None, tuples become lists."""
@@ -158,7 +160,7 @@ def _robust_name(attack: dict) -> Optional[str]:
         return None
     if attack.get("name"):
         return str(attack["name"])
-    norm = "L-inf" if attack.get("norm", "linf") == "linf" else str(attack.get("norm"))
+    norm = norm_label(attack.get("norm", DEFAULT_NORM))
     return f"PGD-{attack['steps']}, {norm}" if attack.get("steps") else f"PGD, {norm}"
 
 

@@ -49,8 +49,8 @@ def _graph() -> dict[str, set[str]]:
 
 
 LAYERS = [
-    {"constants", "errors", "env", "files", "tokenizer", "outputs", "published", "results"},
-    {"config", "config_help", "recipes", "launch", "model", "threat_models", "attack", "data", "perf", "lora"},
+    {"constants", "errors", "env", "files", "tokenizer", "outputs", "published"},
+    {"config", "config_help", "recipes", "launch", "model", "threat_models", "attack", "data", "perf", "lora", "results"},
     {"card", "hub", "convert", "checkpoint_io", "export_openclip"},
     {"figures", "explain", "evaluate", "benchmark"},
     {"train", "train_eval", "hub_sync", "checkpointing", "guards", "resume"},
