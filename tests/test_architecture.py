@@ -49,7 +49,7 @@ def _graph() -> dict[str, set[str]]:
 
 
 LAYERS = [
-    {"constants", "errors", "env", "files", "tokenizer", "outputs", "published"},
+    {"constants", "errors", "env", "files", "tokenizer", "outputs", "published", "load_report"},
     {"config", "config_help", "recipes", "launch", "model", "threat_models", "attack", "data", "perf", "lora", "results"},
     {"card", "hub", "convert", "checkpoint_io", "export_openclip"},
     {"figures", "explain", "evaluate", "benchmark"},
