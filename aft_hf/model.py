@@ -41,6 +41,7 @@ from transformers import (
 from .constants import BUILTIN_PREFIX, CLIP_MEAN, CLIP_STD, WORLD_CLIP_DIR
 from .env import hub_offline
 from .errors import AftError, InputError
+from .resolution import resize_embeddings, resize_image_processor
 
 logger = logging.getLogger(__name__)
 
@@ -315,6 +316,7 @@ def load_image_encoder(
     attn_implementation: str = "sdpa",
     token: Optional[str] = None,
     embedding: str = "pooled",
+    image_size: Optional[int] = None,
 ) -> ImageEncoder:
     """Load a CLIP image encoder from a Hub id or a folder.
 
@@ -322,6 +324,11 @@ def load_image_encoder(
     ``CLIPVisionModelWithProjection`` or a bare ``CLIPVisionModel`` (kept as it is: no projection,
     its pooled output or patch tokens are the embedding). ``builtin:tiny-clip`` builds a tiny
     random CLIP. Raises :class:`ModelLoadError` when the checkpoint lacks any weight.
+
+    ``image_size`` (``model.image_size``; None: the checkpoint's) other than the checkpoint's resizes
+    the position embeddings once, here (:mod:`aft_hf.resolution`), with the config's ``image_size``
+    and the image processor's resize/crop sizes, so the encoder is a model of that size from then on
+    (trained, evaluated, explained and exported at it).
     """
     if embedding not in EMBEDDINGS:
         raise ModelLoadError(f"unknown model.embedding '{embedding}' (choose from {', '.join(EMBEDDINGS)})")
@@ -347,6 +354,12 @@ def load_image_encoder(
     processor = _load_image_processor(source, revision)
     mean = tuple(processor.image_mean) if processor is not None else CLIP_MEAN
     std = tuple(processor.image_std) if processor is not None else CLIP_STD
+    if image_size is not None:
+        old_size = vision.config.image_size
+        if resize_embeddings(getattr(vision, "vision_model", vision).embeddings, vision.config, image_size):
+            resize_image_processor(processor, old_size, image_size)
+            logger.info("'%s' resized from %d to %d px (position embeddings interpolated once)",
+                        name_or_path, old_size, image_size)
     encoder = ImageEncoder(vision, mean, std, normalize=normalize, embedding=embedding)
     encoder.source, encoder.base_is_full_clip, encoder.image_processor = name_or_path, is_full, processor
     return encoder
@@ -365,7 +378,7 @@ def export_pretrained(encoder: ImageEncoder, out_dir: Union[str, Path], extra_fi
     """Write the fine-tuned encoder with ``save_pretrained`` (safetensors) to ``out_dir``.
 
     A base that was a full ``CLIPModel`` is written as a full ``CLIPModel`` (original text tower at
-    ``revision``, new vision tower, the base's tokenizer and image processor saved with their own
+    ``revision``, new vision tower at the encoder's image size, the base's tokenizer and image processor saved with their own
     ``save_pretrained``), so zero-shot tools work unchanged and ``CLIPVisionModelWithProjection``
     loads the vision part. A vision-only base keeps its class: ``CLIPVisionModelWithProjection`` or ``CLIPVisionModel``
     (no projection is added).
@@ -386,6 +399,7 @@ def export_pretrained(encoder: ImageEncoder, out_dir: Union[str, Path], extra_fi
         source = resolve_builtin_model(encoder.source) if encoder.source else None
         if encoder.base_is_full_clip and source is not None:
             full = CLIPModel.from_pretrained(source, revision=revision)
+            resize_embeddings(full.vision_model.embeddings, full.config.vision_config, encoder.image_size)
             full.vision_model.load_state_dict(vision.vision_model.state_dict())
             full.visual_projection.load_state_dict(vision.visual_projection.state_dict())
             full.config.vision_config.projection_dim = full.config.projection_dim

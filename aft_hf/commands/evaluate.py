@@ -126,7 +126,8 @@ def world_label_feature(folder: str, label_column: str = "label"):
 def _cli_evaluate(args, extra) -> int:
     metrics = _check_options(args)  # before loading models and data
     device = pick_device(args.device)
-    encoders, texts, text_sources = load_models_and_texts(args.model, args.text_model, device)
+    encoders, texts, text_sources = load_models_and_texts(args.model, args.text_model, device,
+                                                          image_size=args.image_size)
     size = encoders[0].image_size
     data = load_labelled_images(args.dataset, size, args.split, args.data_dir, args.config_name, args.image_column,
                                 args.label_column, args.max_samples, args.streaming, args.seed,

@@ -22,13 +22,15 @@ def pick_device(spec: str = "auto") -> torch.device:
 
 
 def load_models_and_texts(models: Sequence[str], text_model: Optional[str], device: torch.device,
-                          need_text: bool = True) -> tuple[list[ImageEncoder], list[Optional[TextTower]],
+                          need_text: bool = True,
+                          image_size: Optional[int] = None) -> tuple[list[ImageEncoder], list[Optional[TextTower]],
                                                            list[Optional[str]]]:
     """Image encoders for ``models`` and, per model, its text tower and where that came from.
 
     Each full CLIP checkpoint uses its own text tower (models with different text towers or widths
     must not share one); ``text_model`` overrides that for every model, and is required when a
     model is vision-only. Towers are loaded once per source. Checked before any weights load.
+    ``image_size`` (``--image-size``) runs every encoder at that size (:mod:`aft_hf.resolution`).
     """
     if need_text and not text_model:
         vision_only = [m for m in models if not is_full_clip(m)]
@@ -36,7 +38,7 @@ def load_models_and_texts(models: Sequence[str], text_model: Optional[str], devi
             raise ModelLoadError(f"no text tower for the vision-only model(s) {', '.join(vision_only)}: pass "
                                  "--text-model with a full CLIP checkpoint (the original one, e.g. "
                                  "openai/clip-vit-base-patch16)")
-    encoders = [load_image_encoder(m).to(device).eval() for m in models]
+    encoders = [load_image_encoder(m, image_size=image_size).to(device).eval() for m in models]
     if not need_text:
         return encoders, [None] * len(models), [None] * len(models)
     sources = [text_model or m for m in models]
