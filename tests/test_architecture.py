@@ -50,8 +50,8 @@ def _graph() -> dict[str, set[str]]:
 
 LAYERS = [
     {"constants", "errors", "env", "files", "tokenizer", "outputs"},
-    {"config", "config_help", "recipes", "launch", "model", "attack", "data", "perf"},
-    {"card", "hub", "convert", "checkpoint_io", "export_openclip"},
+    {"config", "config_help", "recipes", "launch", "model", "resolution", "attack", "data", "perf"},
+    {"card", "hub", "convert", "checkpoint_io", "export_openclip", "graft"},
     {"figures", "explain", "evaluate"},
     {"train", "train_eval", "hub_sync", "checkpointing", "guards", "resume"},
     {"world", "demo"},

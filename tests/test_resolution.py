@@ -14,6 +14,7 @@ from aft_hf.model import export_pretrained, load_image_encoder, normalize_pixels
 from aft_hf.resolution import ResolutionError, interpolate_position_embedding
 from aft_hf.train import train
 from tests.image_helpers import write_png_folder
+from tests.test_openclip import open_clip  # noqa: F401 (the real open_clip, as a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +144,17 @@ def test_llava_recipe_is_fare4_on_the_336_px_checkpoint():
     assert cfg.model.name_or_path == "openai/clip-vit-large-patch14-336" and cfg.model.image_size is None
     assert (cfg.attack.norm, cfg.attack.eps, cfg.attack.steps) == ("linf", 4.0, 10)
     assert cfg.model.embedding == "pooled" and cfg.model.output_normalize is False
+
+
+def test_open_clip_export_at_the_new_size(open_clip, clip48, tmp_path, capsys):
+    """A 48-px CLIP exported at 64 px -> export-openclip -> open_clip: a 64-px model, same image embedding."""
+    final = export_pretrained(load_image_encoder(str(clip48), image_size=64), tmp_path / "final")
+    out = tmp_path / "oc" / "clip64.safetensors"
+    assert main(["export-openclip", str(final), "--out", str(out)]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["vision_cfg"]["image_size"] == 64
+    open_clip.add_model_config(out.with_suffix(".json"))
+    oc = open_clip.create_model("clip64", pretrained=str(out)).eval()
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        hf = CLIPModel.from_pretrained(final).get_image_features(pixel_values=pixels).pooler_output
+        torch.testing.assert_close(oc.encode_image(pixels), hf, rtol=1e-4, atol=1e-5)
