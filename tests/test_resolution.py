@@ -129,6 +129,9 @@ def test_cli_evaluate_and_explain_at_another_size(clip48, tmp_path, capsys):
                "--max-samples", "4", "--metrics", "zeroshot", "--methods", "saliency", "--out", str(tmp_path / "ev")])
     assert rc == 0
     assert json.loads((tmp_path / "ev" / "report.json").read_text())["metrics"]["zeroshot_top1"] >= 0
+    rc = main(["explain", "--model", str(clip48), "--image-size", "64", "--images", str(data), "--labels", "circle",
+               "--methods", "saliency", "gradcam", "attention", "--out", str(tmp_path / "maps")])
+    assert rc == 0 and any((tmp_path / "maps").glob("*.png"))
     rc = main(["evaluate", "--model", str(clip48), "--image-size", "60", "--dataset", str(data),
                "--metrics", "zeroshot", "--out", str(tmp_path / "bad")])
     assert rc == 2 and "not a positive multiple of the patch size 8" in capsys.readouterr().err
