@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..model import ImageEncoder, ModelLoadError, load_image_encoder
+from ..model import ImageEncoder, ModelLoadError, family_of, load_image_encoder, load_model_config
 from .targets import TextTower, is_full_clip, load_text_tower
 
 
@@ -32,6 +32,11 @@ def load_models_and_texts(models: Sequence[str], text_model: Optional[str], devi
     model is vision-only. Towers are loaded once per source. Checked before any weights load.
     ``image_size`` (``--image-size``) runs every encoder at that size (:mod:`aft_hf.resolution`).
     """
+    for model in models:
+        family = family_of(load_model_config(model).model_type)
+        if family is not None and family.name != "clip":
+            raise ModelLoadError(f"model {model} is a {family.name} model: explain and evaluate support CLIP "
+                                 "only so far (docs/vlm.md)")
     if need_text and not text_model:
         vision_only = [m for m in models if not is_full_clip(m)]
         if vision_only:
