@@ -50,7 +50,8 @@ class ModelConfig:
     """Which CLIP to fine-tune and how its embeddings are compared."""
 
     name_or_path: str = "openai/clip-vit-base-patch16"
-    """Hub id or local folder of a `CLIPModel`, `CLIPVisionModelWithProjection` or `CLIPVisionModel`.
+    """Hub id or local folder of a `CLIPModel`, `CLIPVisionModelWithProjection` or `CLIPVisionModel`
+    (or a `SiglipModel` / `SiglipVisionModel`: docs/vlm.md).
     `builtin:tiny-clip` builds a tiny random CLIP (offline smoke runs)."""
     revision: Optional[str] = None
     """Hub revision (branch, tag or commit) of `name_or_path`."""

@@ -1,4 +1,7 @@
-"""CLIP image encoders that take pixels in [0, 1]: loading, the normalising wrapper, export.
+"""CLIP (and SigLIP) image encoders that take pixels in [0, 1]: loading, the normalising wrapper, export.
+
+The model families (CLIP, SigLIP) are entries of :data:`FAMILIES`. For SigLIP, ``pooled`` is the
+attention-pooling head's output and there is no class token (docs/vlm.md).
 
 AFT budgets live in pixel space, so CLIP's mean/std normalisation happens *inside*
 :class:`ImageEncoder`. What the encoder returns (the embedding AFT keeps close to the original's):

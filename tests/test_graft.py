@@ -165,3 +165,27 @@ def test_graft_never_replaces_a_foreign_folder(aft48, tmp_path):
     with pytest.raises(Exception, match="not empty"):
         graft(aft48, src, tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_graft_never_loads_a_model_and_refuses_bin_checkpoints_and_unknown_ids(aft48, tmp_path, monkeypatch):
+    from transformers import PreTrainedModel
+
+    src = save_llava(tmp_path / "llava")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("graft must stream tensors, not load a model")
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(refuse))
+    graft(aft48, src, tmp_path / "out")  # tensor by tensor, no model instantiated
+    monkeypatch.undo()
+    binary = tmp_path / "bin"
+    binary.mkdir()
+    for name in ("config.json", "generation_config.json"):
+        (binary / name).write_bytes((src / name).read_bytes())
+    torch.save({}, binary / "pytorch_model.bin")
+    with pytest.raises(GraftError, match="holds pytorch_model.*bin weights; graft rewrites safetensors only"):
+        graft(aft48, binary, tmp_path / "out2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(GraftError, match="could not get VLM 'nobody/no-such-llava'"):
+        graft(aft48, "nobody/no-such-llava", tmp_path / "out3")
+    assert not (tmp_path / "out2").exists() and not (tmp_path / "out3").exists()
