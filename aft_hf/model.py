@@ -214,7 +214,8 @@ def save_tiny_clip(path: Union[str, Path], seed: int = 0, **config_kwargs) -> Pa
 def save_tiny_siglip(path: Union[str, Path], seed: int = 0, image_size: int = 32, patch_size: int = 8,
                      hidden: int = 32, layers: int = 2) -> Path:
     """Build a random tiny ``SiglipModel`` (attention-pooling head, no class token) with its image processor
-    (resize to ``image_size`` square, no crop, mean/std 0.5) and the word-level tokenizer; save all."""
+    (resize to ``image_size`` square, no crop, mean/std 0.5) and the word-level tokenizer; save all. The text
+    length is the real SigLIP's 64, the length the zero-shot pipeline pads SigLIP prompts to."""
     from transformers import SiglipConfig, SiglipImageProcessorPil
 
     from .tokenizer import BOS_ID, EOS_ID, PAD_ID, build_word_tokenizer
@@ -223,7 +224,7 @@ def save_tiny_siglip(path: Union[str, Path], seed: int = 0, image_size: int = 32
     tokenizer = build_word_tokenizer()
     torch.manual_seed(seed)
     size = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=2)
-    cfg = SiglipConfig(text_config=dict(**size, vocab_size=len(tokenizer), max_position_embeddings=16,
+    cfg = SiglipConfig(text_config=dict(**size, vocab_size=len(tokenizer), max_position_embeddings=64,
                                         pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID),
                        vision_config=dict(**size, image_size=image_size, patch_size=patch_size))
     SiglipModel(cfg).save_pretrained(path)

@@ -78,8 +78,6 @@ def _class_weights(cfg: TrainConfig, encoder: ImageEncoder, labels: Optional[Ten
 
     if not encoder.base_is_full_clip:
         return None, 0.0, "the base has no text tower (not a full CLIPModel)"
-    if getattr(encoder, "family", "clip") != "clip":
-        return None, 0.0, f"zero-shot scores of a {encoder.family} model are not implemented yet (docs/vlm.md)"
     if cfg.model.embedding != "pooled":
         return None, 0.0, "model.embedding is patch_tokens (zero-shot needs the projected embedding)"
     if labels is None:

@@ -1,6 +1,7 @@
 """SigLIP towers (issue 21 point 3, the part done): loading with SigLIP's own normalisation and pooled
 (attention-pooling head) embedding, no class token, training, export at any size, and grafting into
-a LLaVA whose tower is SigLIP. Evaluation and explanation refuse SigLIP by name (not implemented yet)."""
+a LLaVA whose tower is SigLIP, sigmoid zero-shot scores as the pipeline gives them, every explain method
+and evaluate."""
 
 import json
 
@@ -69,13 +70,63 @@ def test_train_and_export_a_siglip_at_64_px(siglip48, tmp_path):
     assert load_image_encoder(str(final)).image_size == 64
 
 
-def test_evaluate_refuses_a_siglip_model_by_name(siglip48, tmp_path, capsys):
+def test_zero_shot_pipeline_gives_the_sigmoid_scores_of_the_text_tower(siglip48):
+    """The pipeline (SigLIP's processor: resize, no crop; fixed-length text padding) and aft_hf's text tower
+    and encoder give the same per-class sigmoid scores on the same image."""
+    from PIL import Image
+    from transformers import pipeline
+
+    from aft_hf.explain.targets import load_text_tower
+
+    labels = ["circle", "star", "square"]
+    classifier = pipeline("zero-shot-image-classification", model=str(siglip48))
+    image = Image.fromarray((torch.rand(60, 80, 3) * 255).byte().numpy())
+    theirs = {r["label"]: r["score"] for r in classifier(image, candidate_labels=labels)}
+    pixels = classifier.image_processor(image, return_tensors="pt")["pixel_values"] * 0.5 + 0.5
+    text = load_text_tower(str(siglip48))
+    assert text.sigmoid and text.family == "siglip" and text.padding == "max_length"
+    with torch.no_grad():
+        prompts = [f"This is a photo of {c}." for c in labels]  # the pipeline's default hypothesis template
+        ours = text.scores(load_image_encoder(str(siglip48))(pixels), text.encode(prompts))[0]
+    assert 0 < sum(theirs.values()) and all(0 < v < 1 for v in theirs.values())
+    for label, score in zip(labels, ours.tolist()):
+        assert theirs[label] == pytest.approx(score, rel=1e-4, abs=1e-6), label
+
+
+def test_every_explain_method_on_a_siglip_tower(siglip48):
+    from aft_hf.explain import available_methods, explain
+
+    encoder = load_image_encoder(str(siglip48))
+    images = torch.rand(2, 3, 48, 48)
+    target = F.normalize(torch.randn(2, 32), dim=-1)
+    maps = explain(encoder, images, target, list(available_methods()), n_steps=4, nt_samples=2, progress=False)
+    for name, m in maps.items():
+        assert m.shape == (2, 1, 48, 48) and torch.isfinite(m).all(), name
+    # the attention map is the pooling head's probe attention over the 6x6 patches (no class token)
+    captured = {}
+    head = encoder.vision.head.attention
+    def keep(module, inputs, output):
+        captured["w"] = output[1]
+
+    handle = head.register_forward_hook(keep)
+    with torch.no_grad():
+        encoder(images)
+    handle.remove()
+    raw = explain(encoder, images, None, "attention", postprocess=False, progress=False)["attention"]
+    expected = F.interpolate(captured["w"].view(2, 1, 6, 6), size=(48, 48), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(raw, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_cli_evaluate_a_siglip_model(siglip48, tmp_path):
     from aft_hf.data import write_shapes_imagefolder
 
-    data = write_shapes_imagefolder(tmp_path / "shapes", num_images=4, size=48)
-    rc = main(["evaluate", "--model", str(siglip48), "--dataset", str(data), "--metrics", "zeroshot",
-               "--out", str(tmp_path / "ev")])
-    assert rc == 2 and "is a siglip model: explain and evaluate support CLIP only" in capsys.readouterr().err
+    data = write_shapes_imagefolder(tmp_path / "shapes", num_images=6, size=48)
+    rc = main(["evaluate", "--model", str(siglip48), "--dataset", str(data), "--max-samples", "6",
+               "--metrics", "zeroshot", "robust", "deletion", "--methods", "saliency", "gradcam", "attention",
+               "--attack-steps", "2", "--deletion-steps", "3", "--out", str(tmp_path / "ev")])
+    assert rc == 0
+    metrics = json.loads((tmp_path / "ev" / "report.json").read_text())["metrics"]
+    assert 0 <= metrics["zeroshot_top1"] <= 1 and max(metrics["robust_top1"].values()) <= metrics["zeroshot_top1"]
 
 
 def _siglip_tower_cfg():

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..model import ImageEncoder, ModelLoadError, family_of, load_image_encoder, load_model_config
+from ..model import ImageEncoder, ModelLoadError, load_image_encoder
 from .targets import TextTower, is_full_clip, load_text_tower
 
 
@@ -32,11 +32,6 @@ def load_models_and_texts(models: Sequence[str], text_model: Optional[str], devi
     model is vision-only. Towers are loaded once per source. Checked before any weights load.
     ``image_size`` (``--image-size``) runs every encoder at that size (:mod:`aft_hf.resolution`).
     """
-    for model in models:
-        family = family_of(load_model_config(model).model_type)
-        if family is not None and family.name != "clip":
-            raise ModelLoadError(f"model {model} is a {family.name} model: explain and evaluate support CLIP "
-                                 "only so far (docs/vlm.md)")
     if need_text and not text_model:
         vision_only = [m for m in models if not is_full_clip(m)]
         if vision_only:
@@ -54,7 +49,10 @@ def load_models_and_texts(models: Sequence[str], text_model: Optional[str], devi
     for model, encoder, source in zip(models, encoders, sources):
         image_dim = getattr(getattr(encoder, "vision", None), "config", None)
         image_dim = getattr(image_dim, "projection_dim", None)
-        text_dim = towers[source].text_projection.out_features
+        text_dim = towers[source].dim
+        if getattr(encoder, "family", "clip") != towers[source].family:
+            raise ModelLoadError(f"model {model} is a {encoder.family} model but the text tower of {source} is "
+                                 f"{towers[source].family}'s: pass a --text-model of the same family")
         if image_dim is not None and image_dim != text_dim:
             raise ModelLoadError(f"model {model} embeds images in {image_dim} dimensions but the text tower of "
                                  f"{source} in {text_dim}: pass a --text-model from the same CLIP family")
