@@ -167,3 +167,21 @@ def test_graft_into_llava_onevision_finds_its_siglip_tower(siglip48, tmp_path):
     assert report["grafted"] == len(tensors(tmp_path / "aft")) - len(report["left_out"]) - sum(
         1 for k in tensors(tmp_path / "aft") if k.startswith(("text_model.", "logit_")))
     LlavaOnevisionForConditionalGeneration.from_pretrained(tmp_path / "out")
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "huber", "elastic", "group"])
+def test_train_a_siglip_with_each_norm_and_zero_shot_eval(siglip48, tmp_path, norm):
+    from aft_hf.data import write_shapes_imagefolder
+
+    torch.set_num_threads(1)
+    data = write_shapes_imagefolder(tmp_path / "shapes", num_images=8, size=48)
+    cfg = load_config(None, [
+        "--model.name_or_path", str(siglip48), "--data.dataset", str(data), "--output_dir", str(tmp_path / "out"),
+        "--optim.batch_size", "4", "--max_steps", "1", "--warmup_steps", "0", "--attack.norm", norm,
+        "--attack.steps", "1", "--logging.report_to", "none", "--checkpointing_steps", "100",
+        "--eval.every_steps", "1", "--eval.num_samples", "4", "--eval.attack_steps", "1",
+        *(["--attack.eps2", "0.5"] if norm in ("huber", "elastic") else [])])
+    final = train(cfg)
+    summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
+    assert any("zeroshot" in key for key in summary["eval_history"][-1]), summary["eval_history"][-1]
+    assert SiglipModel.from_pretrained(final).config.vision_config.image_size == 48
