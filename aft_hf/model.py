@@ -36,7 +36,6 @@ from transformers import (
     AutoConfig,
     CLIPConfig,
     CLIPModel,
-    CLIPVisionConfig,
     CLIPVisionModel,
     CLIPVisionModelWithProjection,
     PretrainedConfig,
@@ -96,7 +95,8 @@ class ImageEncoder(nn.Module):
         self.source: Optional[str] = None
         """Where the weights came from (Hub id or folder)."""
         self.base_is_full_clip = False
-        """True when loaded from a full ``CLIPModel`` checkpoint (export then writes a full CLIPModel)."""
+        """True when loaded from a full ``CLIPModel`` (or ``SiglipModel``) checkpoint (export then writes the
+        full model)."""
         self.image_processor = None
         self.family = "clip"
         """The model family (a key of :data:`FAMILIES`): ``clip`` or ``siglip``."""
@@ -283,13 +283,16 @@ class Family:
     """The vision class built from a full checkpoint (CLIP: the one with the projection)."""
     processor_class: str
     """The PIL image processor's class name in transformers (no torchvision needed)."""
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    """The family's pixel normalisation, used when a checkpoint has no processor saved with it."""
 
 
 FAMILIES: dict[str, Family] = {
     "clip": Family("clip", "clip", "clip_vision_model", CLIPModel, CLIPVisionModelWithProjection,
-                   "CLIPImageProcessorPil"),
+                   "CLIPImageProcessorPil", CLIP_MEAN, CLIP_STD),
     "siglip": Family("siglip", "siglip", "siglip_vision_model", SiglipModel, SiglipVisionModel,
-                     "SiglipImageProcessorPil"),
+                     "SiglipImageProcessorPil", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
 """Supported families by name (a new tower family goes here). SigLIP2 checkpoints at a fixed resolution
 are ``siglip`` models; the variable-resolution NaFlex ``siglip2`` classes are not supported."""
@@ -395,12 +398,13 @@ def load_image_encoder(
     embedding: str = "pooled",
     image_size: Optional[int] = None,
 ) -> ImageEncoder:
-    """Load a CLIP image encoder from a Hub id or a folder.
+    """Load a CLIP (or SigLIP) image encoder from a Hub id or a folder.
 
     Accepts a full ``CLIPModel`` (its vision tower and ``visual_projection`` are taken), a
     ``CLIPVisionModelWithProjection`` or a bare ``CLIPVisionModel`` (kept as it is: no projection,
     its pooled output or patch tokens are the embedding). ``builtin:tiny-clip`` builds a tiny
-    random CLIP. Raises :class:`ModelLoadError` when the checkpoint lacks any weight.
+    random CLIP. A ``SiglipModel`` or ``SiglipVisionModel`` is loaded the same way (:data:`FAMILIES`).
+    Raises :class:`ModelLoadError` when the checkpoint lacks any weight.
 
     ``image_size`` (``model.image_size``; None: the checkpoint's) other than the checkpoint's resizes
     the position embeddings once, here (:mod:`aft_hf.resolution`), with the config's ``image_size``
@@ -429,8 +433,8 @@ def load_image_encoder(
     except OSError as e:
         raise _could_not_load(name_or_path, e) from e
     processor = _load_image_processor(source, revision, family.name)
-    mean = tuple(processor.image_mean) if processor is not None else CLIP_MEAN
-    std = tuple(processor.image_std) if processor is not None else CLIP_STD
+    mean = tuple(processor.image_mean) if processor is not None else family.mean
+    std = tuple(processor.image_std) if processor is not None else family.std
     if image_size is not None:
         old_size = vision.config.image_size
         if resize_embeddings(tower(vision).embeddings, vision.config, image_size):

@@ -185,3 +185,10 @@ def test_train_a_siglip_with_each_norm_and_zero_shot_eval(siglip48, tmp_path, no
     summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
     assert any("zeroshot" in key for key in summary["eval_history"][-1]), summary["eval_history"][-1]
     assert SiglipModel.from_pretrained(final).config.vision_config.image_size == 48
+
+
+def test_a_siglip_tower_without_a_processor_gets_siglip_normalisation(siglip48, tmp_path):
+    vision = load_image_encoder(str(siglip48)).vision
+    vision.save_pretrained(tmp_path / "tower")  # weights and config only, no preprocessor_config.json
+    encoder = load_image_encoder(str(tmp_path / "tower"))
+    assert encoder.family == "siglip" and encoder.mean.flatten().tolist() == [0.5] * 3
