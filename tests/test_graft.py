@@ -77,7 +77,7 @@ def check_graft(src, out, aft_folder):
     aft = CLIPModel.from_pretrained(aft_folder).vision_model.state_dict()
     grafted = 0
     for name, (tensor, raw) in after.items():
-        if name.startswith(root):
+        if name.startswith(root) and not name.endswith("position_ids"):  # a saved buffer is kept as it is
             expected = aft[name[len(root):]].to(tensor.dtype)
             assert torch.equal(tensor, expected), name
             assert not torch.equal(before[name][0], tensor), name  # it really changed
@@ -189,3 +189,26 @@ def test_graft_never_loads_a_model_and_refuses_bin_checkpoints_and_unknown_ids(a
     with pytest.raises(GraftError, match="could not get VLM 'nobody/no-such-llava'"):
         graft(aft48, "nobody/no-such-llava", tmp_path / "out3")
     assert not (tmp_path / "out2").exists() and not (tmp_path / "out3").exists()
+
+
+def test_graft_into_the_hub_layout_of_llava_hf(aft48, tmp_path):
+    """llava-hf checkpoints on the Hub name the tower `vision_tower.vision_model.` and older ones save its
+    `position_ids` buffer: the root is found from the tensor names, the buffer is kept as it is."""
+    from safetensors.torch import load_file, save_file
+
+    src = save_llava(tmp_path / "saved")
+    state = load_file(src / "model.safetensors")
+    hub = {("vision_tower.vision_model." + k[len("vision_tower."):] if k.startswith("vision_tower.") else k): v
+           for k, v in state.items()}
+    hub["vision_tower.vision_model.embeddings.position_ids"] = torch.arange(37).unsqueeze(0)
+    (tmp_path / "hub").mkdir()
+    save_file(hub, tmp_path / "hub" / "model.safetensors", metadata={"format": "pt"})
+    for file in src.iterdir():
+        if file.suffix != ".safetensors":
+            (tmp_path / "hub" / file.name).write_bytes(file.read_bytes())
+    report = graft(aft48, tmp_path / "hub", tmp_path / "out")
+    assert report["tower_root"] == "vision_tower.vision_model."
+    after = tensors(tmp_path / "out")
+    assert torch.equal(after["vision_tower.vision_model.embeddings.position_ids"][0], torch.arange(37).unsqueeze(0))
+    check_graft(tmp_path / "hub", tmp_path / "out", aft48)
+    run_generate(tmp_path / "out")

@@ -25,9 +25,9 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from ..model import tower
 from .base import (METHODS, AttributionMethod, SimilarityForward, available_methods, check_images,  # noqa: F401
                    eager_attention, forward_hook, register_method, resolve_method, upsample)
-from ..model import tower
 from .targets import ExplainError
 
 # --------------------------------------------------------------------------- gradient methods (any encoder)
