@@ -161,3 +161,21 @@ def test_open_clip_export_at_the_new_size(open_clip, clip48, tmp_path, capsys):
     with torch.no_grad():
         hf = CLIPModel.from_pretrained(final).get_image_features(pixel_values=pixels).pooler_output
         torch.testing.assert_close(oc.encode_image(pixels), hf, rtol=1e-4, atol=1e-5)
+
+
+def test_resume_at_the_new_size_and_refuse_another(clip48, tmp_path):
+    torch.set_num_threads(1)
+    data = write_png_folder(tmp_path / "imgs", 8, size=56)
+
+    def cfg(steps, *extra):
+        return load_config(None, [
+            "--model.name_or_path", str(clip48), "--model.image_size", "64", "--data.dataset", str(data),
+            "--output_dir", str(tmp_path / "out"), "--optim.batch_size", "4", "--max_steps", str(steps),
+            "--warmup_steps", "0", "--attack.steps", "1", "--logging.report_to", "none", "--checkpointing_steps", "1",
+            *extra])
+
+    train(cfg(2))
+    train(cfg(3, "--checkpoint.resume_from_checkpoint", "latest"))  # the saved 65-row position table loads
+    assert json.loads((tmp_path / "out" / "train_summary.json").read_text())["steps"] == 3
+    with pytest.raises(ConfigError, match="model.image_size"):
+        train(cfg(4, "--checkpoint.resume_from_checkpoint", "latest", "--model.image_size", "56"))
