@@ -107,7 +107,8 @@ def test_graft_into_a_single_file_fp32_llava(aft48, tmp_path):
     src = save_llava(tmp_path / "llava")
     report = graft(aft48, src, tmp_path / "out")
     root = check_graft(src, tmp_path / "out", aft48)
-    assert report["tower_root"] == root and report["grafted"] == 39 and report["shards_patched"] == ["model.safetensors"]
+    assert report["tower_root"] == root and report["grafted"] == 39
+    assert report["shards_patched"] == ["model.safetensors"]
     assert report["left_out"] == ["visual_projection.weight"]
     assert json.loads((tmp_path / "out" / "aft_graft.json").read_text())["left_out"] == ["visual_projection.weight"]
     model = run_generate(tmp_path / "out")
@@ -141,7 +142,8 @@ def test_a_geometry_mismatch_is_refused_in_one_line_then_fixed_by_image_size(aft
     src = save_llava(tmp_path / "llava64", image_size=64)
     rc = main(["graft", str(aft48), "--into", str(src), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()[-1]  # progress bars of save_llava come before
-    assert rc == 2 and err.startswith("aft-hf graft: error: the AFT model does not fit") and "image_size 48 vs 64" in err and "--model.image_size 64" in err
+    assert rc == 2 and err.startswith("aft-hf graft: error: the AFT model does not fit")
+    assert "image_size 48 vs 64" in err and "--model.image_size 64" in err
     assert not (tmp_path / "out").exists()
     # the same AFT model at the VLM's size (position embeddings interpolated once) grafts
     at64 = export_pretrained(load_image_encoder(str(aft48), image_size=64), tmp_path / "aft64")

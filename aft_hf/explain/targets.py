@@ -133,8 +133,8 @@ def load_text_tower(name_or_path: str, revision: Optional[str] = None, token: Op
 
 
 def is_full_clip(name_or_path: str) -> bool:
-    """True when the checkpoint holds a full CLIPModel or SiglipModel (so it has its own text tower). A model that cannot
-    be read at all (a mistyped path, offline without a cached copy) raises
+    """True when the checkpoint holds a full CLIPModel or SiglipModel (so it has its own text tower). A model
+    that cannot be read at all (a mistyped path, offline without a cached copy) raises
     :class:`~aft_hf.model.ModelLoadError` saying so, rather than passing for a vision-only model."""
     from ..model import FAMILIES, load_model_config
 
