@@ -76,13 +76,16 @@ def resize_embeddings(embeddings: nn.Module, config: Any, image_size: int) -> bo
     return True
 
 
+SIDES = ("height", "width", "shortest_edge", "longest_edge", "max_height", "max_width")
+"""The entries of a processor's size dicts that are lengths in pixels (scaled with the input size)."""
+
+
 def _scaled(size: Any, factor: float) -> Optional[dict]:
     """A processor size dict with each set side scaled by ``factor`` (None when the size is unset)."""
     if size is None:
         return None
-    items = dict(size.items()) if hasattr(size, "items") else {k: getattr(size, k) for k in vars(size)}
-    return {k: (round(v * factor) if isinstance(v, int) and k != "max_pixels" and k != "min_pixels" else v)
-            for k, v in items.items() if v is not None}
+    items = dict(size.items()) if hasattr(size, "items") else dict(vars(size))
+    return {k: (round(v * factor) if k in SIDES else v) for k, v in items.items() if v is not None}
 
 
 def resize_image_processor(processor: Any, old_size: int, image_size: int) -> None:

@@ -179,3 +179,16 @@ def test_resume_at_the_new_size_and_refuse_another(clip48, tmp_path):
     assert json.loads((tmp_path / "out" / "train_summary.json").read_text())["steps"] == 3
     with pytest.raises(ConfigError, match="model.image_size"):
         train(cfg(4, "--checkpoint.resume_from_checkpoint", "latest", "--model.image_size", "56"))
+
+
+def test_processor_sizes_scale_with_the_input():
+    from transformers import CLIPImageProcessorPil, SiglipImageProcessorPil
+
+    from aft_hf.resolution import resize_image_processor
+
+    clip = CLIPImageProcessorPil(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224})
+    resize_image_processor(clip, 224, 448)
+    assert clip.size.shortest_edge == 512 and (clip.crop_size.height, clip.crop_size.width) == (448, 448)
+    siglip = SiglipImageProcessorPil(size={"height": 384, "width": 384})
+    resize_image_processor(siglip, 384, 448)
+    assert (siglip.size.height, siglip.size.width) == (448, 448)
