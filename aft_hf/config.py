@@ -50,7 +50,8 @@ class ModelConfig:
     """Which CLIP to fine-tune and how its embeddings are compared."""
 
     name_or_path: str = "openai/clip-vit-base-patch16"
-    """Hub id or local folder of a `CLIPModel`, `CLIPVisionModelWithProjection` or `CLIPVisionModel`.
+    """Hub id or local folder of a `CLIPModel`, `CLIPVisionModelWithProjection` or `CLIPVisionModel`
+    (or a `SiglipModel` / `SiglipVisionModel`: docs/vlm.md).
     `builtin:tiny-clip` builds a tiny random CLIP (offline smoke runs)."""
     revision: Optional[str] = None
     """Hub revision (branch, tag or commit) of `name_or_path`."""
@@ -62,6 +63,10 @@ class ModelConfig:
     """What AFT keeps close: `pooled` (the projected embedding; a bare CLIPVisionModel's pooled
     output) or `patch_tokens` (penultimate-layer patch tokens, as LLaVA consumes them; the
     distance is the mean over patches of the per-patch squared distance)."""
+    image_size: Optional[int] = None
+    """Input side in pixels; null: the checkpoint's (336 for openai/clip-vit-large-patch14-336). Another
+    size (a multiple of the patch size) interpolates the position embeddings once at load; the model is
+    trained, evaluated and exported at that size (config, position table and processor). See docs/vlm.md."""
 
 
 @dataclass
@@ -652,6 +657,8 @@ def validate(cfg: TrainConfig) -> list[str]:
     p.extend(_validate_eval_and_hub(cfg))
     p.extend(_local_markers(cfg))
     p.extend(_validate_run(cfg))
+    if cfg.model.image_size is not None and cfg.model.image_size <= 0:
+        p.append(f"model.image_size: must be > 0 or null (the checkpoint's), got {cfg.model.image_size}")
     if cfg.model.embedding not in ("pooled", "patch_tokens"):
         p.append(f"model.embedding: unknown value '{cfg.model.embedding}' (choose pooled or patch_tokens)")
     return p

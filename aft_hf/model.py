@@ -1,4 +1,7 @@
-"""CLIP image encoders that take pixels in [0, 1]: loading, the normalising wrapper, export.
+"""CLIP (and SigLIP) image encoders that take pixels in [0, 1]: loading, the normalising wrapper, export.
+
+The model families (CLIP, SigLIP) are entries of :data:`FAMILIES`. For SigLIP, ``pooled`` is the
+attention-pooling head's output and there is no class token (docs/vlm.md).
 
 AFT budgets live in pixel space, so CLIP's mean/std normalisation happens *inside*
 :class:`ImageEncoder`. What the encoder returns (the embedding AFT keeps close to the original's):
@@ -22,6 +25,7 @@ import copy
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -32,15 +36,17 @@ from transformers import (
     AutoConfig,
     CLIPConfig,
     CLIPModel,
-    CLIPVisionConfig,
     CLIPVisionModel,
     CLIPVisionModelWithProjection,
     PretrainedConfig,
+    SiglipModel,
+    SiglipVisionModel,
 )
 
 from .constants import BUILTIN_PREFIX, CLIP_MEAN, CLIP_STD, WORLD_CLIP_DIR
 from .env import hub_offline
 from .errors import AftError, InputError
+from .resolution import resize_embeddings, resize_image_processor
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +95,11 @@ class ImageEncoder(nn.Module):
         self.source: Optional[str] = None
         """Where the weights came from (Hub id or folder)."""
         self.base_is_full_clip = False
-        """True when loaded from a full ``CLIPModel`` checkpoint (export then writes a full CLIPModel)."""
+        """True when loaded from a full ``CLIPModel`` (or ``SiglipModel``) checkpoint (export then writes the
+        full model)."""
         self.image_processor = None
+        self.family = "clip"
+        """The model family (a key of :data:`FAMILIES`): ``clip`` or ``siglip``."""
 
     @property
     def image_size(self) -> int:
@@ -101,6 +110,12 @@ class ImageEncoder(nn.Module):
     def patch_size(self) -> int:
         """Side of one ViT patch, in pixels (the patch grid of the ``group`` norm)."""
         return self.vision.config.patch_size
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patch tokens: 1 (CLIP's class token) or 0 (SigLIP has none)."""
+        embeddings = tower(self.vision).embeddings
+        return embeddings.position_embedding.num_embeddings - embeddings.num_patches
 
     @property
     def has_projection(self) -> bool:
@@ -133,7 +148,7 @@ class ImageEncoder(nn.Module):
         pixel_values = normalize_pixels(pixels, self.mean, self.std)
         if self.embedding == "patch_tokens":
             hidden = self.vision(pixel_values=pixel_values, output_hidden_states=True).hidden_states
-            tokens = hidden[-2][:, 1:]  # penultimate layer, CLS dropped (LLaVA's default feature)
+            tokens = hidden[-2][:, self.num_prefix_tokens:]  # penultimate layer, CLS dropped (LLaVA's default)
             if self.normalize:
                 tokens = F.normalize(tokens, dim=-1)
             return tokens.flatten(1) / tokens.shape[1] ** 0.5
@@ -196,6 +211,28 @@ def save_tiny_clip(path: Union[str, Path], seed: int = 0, **config_kwargs) -> Pa
     return path
 
 
+def save_tiny_siglip(path: Union[str, Path], seed: int = 0, image_size: int = 32, patch_size: int = 8,
+                     hidden: int = 32, layers: int = 2) -> Path:
+    """Build a random tiny ``SiglipModel`` (attention-pooling head, no class token) with its image processor
+    (resize to ``image_size`` square, no crop, mean/std 0.5) and the word-level tokenizer; save all. The text
+    length is the real SigLIP's 64, the length the zero-shot pipeline pads SigLIP prompts to."""
+    from transformers import SiglipConfig, SiglipImageProcessorPil
+
+    from .tokenizer import BOS_ID, EOS_ID, PAD_ID, build_word_tokenizer
+
+    path = Path(path)
+    tokenizer = build_word_tokenizer()
+    torch.manual_seed(seed)
+    size = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=2)
+    cfg = SiglipConfig(text_config=dict(**size, vocab_size=len(tokenizer), max_position_embeddings=64,
+                                        pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID),
+                       vision_config=dict(**size, image_size=image_size, patch_size=patch_size))
+    SiglipModel(cfg).save_pretrained(path)
+    SiglipImageProcessorPil(size={"height": image_size, "width": image_size}).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("AFT_HF_CACHE", Path.home() / ".cache" / "aft_hf"))
 
@@ -232,22 +269,66 @@ def resolve_builtin_model(name_or_path: str) -> str:
     return BUILTIN_MODELS[name]()
 
 
-def _load_image_processor(source: str, revision: Optional[str]):
-    """The saved image processor, if any (its mean/std and size are used; torchvision not needed)."""
-    try:
-        from transformers import CLIPImageProcessorPil
+@dataclass(frozen=True)
+class Family:
+    """One kind of image-text model aft_hf fine-tunes: its classes, its processor, its tower's layout."""
 
-        return CLIPImageProcessorPil.from_pretrained(source, revision=revision)
+    name: str
+    full_type: str
+    """``model_type`` of the full image-text model (``clip``, ``siglip``)."""
+    vision_type: str
+    """``model_type`` of a vision-only checkpoint (``clip_vision_model``, ``siglip_vision_model``)."""
+    full_class: type
+    vision_class: type
+    """The vision class built from a full checkpoint (CLIP: the one with the projection)."""
+    processor_class: str
+    """The PIL image processor's class name in transformers (no torchvision needed)."""
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    """The family's pixel normalisation, used when a checkpoint has no processor saved with it."""
+
+
+FAMILIES: dict[str, Family] = {
+    "clip": Family("clip", "clip", "clip_vision_model", CLIPModel, CLIPVisionModelWithProjection,
+                   "CLIPImageProcessorPil", CLIP_MEAN, CLIP_STD),
+    "siglip": Family("siglip", "siglip", "siglip_vision_model", SiglipModel, SiglipVisionModel,
+                     "SiglipImageProcessorPil", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+"""Supported families by name (a new tower family goes here). SigLIP2 checkpoints at a fixed resolution
+are ``siglip`` models; the variable-resolution NaFlex ``siglip2`` classes are not supported."""
+
+
+def family_of(model_type: str) -> Optional[Family]:
+    """The family whose full or vision-only ``model_type`` this is, or None."""
+    return next((f for f in FAMILIES.values() if model_type in (f.full_type, f.vision_type)), None)
+
+
+def tower(vision: nn.Module) -> nn.Module:
+    """The vision transformer inside a vision model (``vision.vision_model``, or the model itself when
+    transformers builds it flat, as for ``CLIPVisionModel`` and ``SiglipVisionModel``)."""
+    return getattr(vision, "vision_model", vision)
+
+
+def _load_image_processor(source: str, revision: Optional[str], family: str = "clip"):
+    """The saved image processor, if any, as its family's PIL class (its mean/std and size are used;
+    torchvision not needed)."""
+    try:
+        import transformers
+
+        return getattr(transformers, FAMILIES[family].processor_class).from_pretrained(source, revision=revision)
     except (OSError, ValueError, ImportError):
         return None
 
 
-def _vision_from_full_clip(full: CLIPModel) -> CLIPVisionModelWithProjection:
-    vcfg: CLIPVisionConfig = copy.deepcopy(full.config.vision_config)
-    vcfg.projection_dim = full.config.projection_dim
-    vision = CLIPVisionModelWithProjection(vcfg)
-    vision.vision_model.load_state_dict(full.vision_model.state_dict())
-    vision.visual_projection.load_state_dict(full.visual_projection.state_dict())
+def _vision_from_full(full: nn.Module, family: Family) -> nn.Module:
+    """The vision model of a full CLIP/SigLIP, with its weights (CLIP: and ``visual_projection``)."""
+    vcfg = copy.deepcopy(full.config.vision_config)
+    if family.name == "clip":
+        vcfg.projection_dim = full.config.projection_dim
+    vision = family.vision_class(vcfg)
+    tower(vision).load_state_dict(full.vision_model.state_dict())
+    if hasattr(vision, "visual_projection"):
+        vision.visual_projection.load_state_dict(full.visual_projection.state_dict())
     return vision
 
 
@@ -276,10 +357,10 @@ def _refuse_missing(cls, name_or_path: str, info: dict) -> None:
             "Check that the checkpoint is a CLIPModel, CLIPVisionModelWithProjection or CLIPVisionModel")
 
 
-def _vision_class(config) -> type:
+def _vision_class(config, family: Family) -> type:
     """The class the checkpoint was saved as: a bare ``CLIPVisionModel`` has no projection to load."""
     architectures = getattr(config, "architectures", None) or []
-    return CLIPVisionModel if "CLIPVisionModel" in architectures else CLIPVisionModelWithProjection
+    return CLIPVisionModel if "CLIPVisionModel" in architectures else family.vision_class
 
 
 def _looks_like_path(name: str) -> bool:
@@ -322,40 +403,57 @@ def load_image_encoder(
     attn_implementation: str = "sdpa",
     token: Optional[str] = None,
     embedding: str = "pooled",
+    image_size: Optional[int] = None,
 ) -> ImageEncoder:
-    """Load a CLIP image encoder from a Hub id or a folder.
+    """Load a CLIP (or SigLIP) image encoder from a Hub id or a folder.
 
     Accepts a full ``CLIPModel`` (its vision tower and ``visual_projection`` are taken), a
     ``CLIPVisionModelWithProjection`` or a bare ``CLIPVisionModel`` (kept as it is: no projection,
     its pooled output or patch tokens are the embedding). ``builtin:tiny-clip`` builds a tiny
-    random CLIP. Raises :class:`ModelLoadError` when the checkpoint lacks any weight.
+    random CLIP. A ``SiglipModel`` or ``SiglipVisionModel`` is loaded the same way (:data:`FAMILIES`).
+    Raises :class:`ModelLoadError` when the checkpoint lacks any weight.
+
+    ``image_size`` (``model.image_size``; None: the checkpoint's) other than the checkpoint's resizes
+    the position embeddings once, here (:mod:`aft_hf.resolution`), with the config's ``image_size``
+    and the image processor's resize/crop sizes, so the encoder is a model of that size from then on
+    (trained, evaluated, explained and exported at it).
     """
     if embedding not in EMBEDDINGS:
         raise ModelLoadError(f"unknown model.embedding '{embedding}' (choose from {', '.join(EMBEDDINGS)})")
     source = resolve_builtin_model(name_or_path)
     kwargs = dict(revision=revision, token=token, attn_implementation=attn_implementation)
     config = load_model_config(name_or_path, revision=revision, token=token)
+    family = family_of(config.model_type)
+    if family is None:
+        raise ModelLoadError(
+            f"'{name_or_path}' is a '{config.model_type}' model; aft_hf fine-tunes CLIP and SigLIP (a CLIPModel, "
+            "CLIPVisionModelWithProjection, CLIPVisionModel, SiglipModel or SiglipVisionModel checkpoint)")
+    is_full = config.model_type == family.full_type
     try:
-        if config.model_type == "clip":
-            full = _checked_from_pretrained(CLIPModel, source, name_or_path, **kwargs)
-            vision = _vision_from_full_clip(full)
+        if is_full:
+            full = _checked_from_pretrained(family.full_class, source, name_or_path, **kwargs)
+            vision = _vision_from_full(full, family)
             vision.set_attn_implementation(attn_implementation)
             del full
-            is_full = True
-        elif config.model_type == "clip_vision_model":
-            vision = _checked_from_pretrained(_vision_class(config), source, name_or_path, **kwargs)
-            is_full = False
         else:
-            raise ModelLoadError(
-                f"'{name_or_path}' is a '{config.model_type}' model; aft_hf fine-tunes CLIP "
-                "(a CLIPModel, CLIPVisionModelWithProjection or CLIPVisionModel checkpoint)")
+            vision = _checked_from_pretrained(_vision_class(config, family), source, name_or_path, **kwargs)
     except OSError as e:
         raise _could_not_load(name_or_path, e) from e
-    processor = _load_image_processor(source, revision)
-    mean = tuple(processor.image_mean) if processor is not None else CLIP_MEAN
-    std = tuple(processor.image_std) if processor is not None else CLIP_STD
+    processor = _load_image_processor(source, revision, family.name)
+    mean = tuple(processor.image_mean) if processor is not None else family.mean
+    std = tuple(processor.image_std) if processor is not None else family.std
+    if image_size is not None:
+        old_size = vision.config.image_size
+        if resize_embeddings(tower(vision).embeddings, vision.config, image_size):
+            resize_image_processor(processor, old_size, image_size)
+            logger.info("'%s' resized from %d to %d px (position embeddings interpolated once)",
+                        name_or_path, old_size, image_size)
+    if embedding == "pooled" and not getattr(vision.config, "vision_use_head", True):
+        raise ModelLoadError(f"'{name_or_path}' is a SigLIP tower without its attention-pooling head (no pooled "
+                             "embedding): use model.embedding patch_tokens")
     encoder = ImageEncoder(vision, mean, std, normalize=normalize, embedding=embedding)
     encoder.source, encoder.base_is_full_clip, encoder.image_processor = name_or_path, is_full, processor
+    encoder.family = family.name
     return encoder
 
 
@@ -372,7 +470,7 @@ def export_pretrained(encoder: ImageEncoder, out_dir: Union[str, Path], extra_fi
     """Write the fine-tuned encoder with ``save_pretrained`` (safetensors) to ``out_dir``.
 
     A base that was a full ``CLIPModel`` is written as a full ``CLIPModel`` (original text tower at
-    ``revision``, new vision tower, the base's tokenizer and image processor saved with their own
+    ``revision``, new vision tower at the encoder's image size, the base's tokenizer and image processor saved with their own
     ``save_pretrained``), so zero-shot tools work unchanged and ``CLIPVisionModelWithProjection``
     loads the vision part. A vision-only base keeps its class: ``CLIPVisionModelWithProjection`` or ``CLIPVisionModel``
     (no projection is added). LoRA adapters are merged into their base weights first, so the folder
@@ -394,12 +492,14 @@ def export_pretrained(encoder: ImageEncoder, out_dir: Union[str, Path], extra_fi
         vision = merged_copy(encoder.vision) if has_lora(encoder.vision) else encoder.vision
         source = resolve_builtin_model(encoder.source) if encoder.source else None
         if encoder.base_is_full_clip and source is not None:
-            full = CLIPModel.from_pretrained(source, revision=revision)
-            full.vision_model.load_state_dict(vision.vision_model.state_dict())
-            full.visual_projection.load_state_dict(vision.visual_projection.state_dict())
-            full.config.vision_config.projection_dim = full.config.projection_dim
+            full = FAMILIES[encoder.family].full_class.from_pretrained(source, revision=revision)
+            resize_embeddings(full.vision_model.embeddings, full.config.vision_config, encoder.image_size)
+            full.vision_model.load_state_dict(tower(vision).state_dict())
+            if encoder.has_projection:
+                full.visual_projection.load_state_dict(vision.visual_projection.state_dict())
+                full.config.vision_config.projection_dim = full.config.projection_dim
             full.save_pretrained(tmp)
-            save_preprocessing(source, tmp, revision, encoder.image_processor)
+            save_preprocessing(source, tmp, revision, encoder.image_processor, encoder.family)
         else:
             vision.save_pretrained(tmp)
             if encoder.image_processor is not None:
@@ -413,13 +513,14 @@ def export_pretrained(encoder: ImageEncoder, out_dir: Union[str, Path], extra_fi
     return replace_dir(tmp, out_dir)
 
 
-def save_preprocessing(source: str, dest: Path, revision: Optional[str] = None, image_processor=None) -> None:
+def save_preprocessing(source: str, dest: Path, revision: Optional[str] = None, image_processor=None,
+                       family: str = "clip") -> None:
     """Save the base's tokenizer and image processor next to the weights with their own ``save_pretrained``
     (local folder, Hub id or Hub cache, at ``revision``); a base without a tokenizer is left without one."""
     from transformers import AutoTokenizer
 
     if image_processor is None:
-        image_processor = _load_image_processor(source, revision)
+        image_processor = _load_image_processor(source, revision, family)
     if image_processor is not None:
         image_processor.save_pretrained(dest)
     try:

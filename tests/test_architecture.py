@@ -50,8 +50,9 @@ def _graph() -> dict[str, set[str]]:
 
 LAYERS = [
     {"constants", "errors", "env", "files", "tokenizer", "outputs", "published", "load_report"},
-    {"config", "config_help", "recipes", "launch", "model", "threat_models", "attack", "data", "perf", "lora", "results"},
-    {"card", "hub", "convert", "checkpoint_io", "export_openclip"},
+    {"config", "config_help", "recipes", "launch", "model", "resolution", "threat_models", "attack", "data", "perf", "lora",
+     "results"},
+    {"card", "hub", "convert", "checkpoint_io", "export_openclip", "graft"},
     {"figures", "explain", "evaluate", "benchmark"},
     {"train", "train_eval", "hub_sync", "checkpointing", "guards", "resume"},
     {"world", "demo"},

@@ -22,11 +22,14 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
 
 
 def add_model_arguments(parser) -> None:
-    """``--model`` (repeatable) and ``--text-model``: the models that ``explain`` and ``evaluate`` compare."""
+    """``--model`` (repeatable), ``--text-model`` and ``--image-size``: the models that ``explain`` and
+    ``evaluate`` compare."""
     parser.add_argument("--model", action="append", required=True,
                         help="Hub id or folder (repeat to compare models)")
     parser.add_argument("--text-model", help="full CLIP checkpoint whose text tower every model uses (default: "
                                              "each full CLIP model its own; required for vision-only models)")
+    parser.add_argument("--image-size", type=int, help="run every model at this input side in pixels, its position "
+                                                       "embeddings interpolated once (default: each model's own)")
 
 
 def add_data_quality_arguments(parser) -> None:

@@ -144,7 +144,8 @@ def _cli_evaluate(args, extra) -> int:
     refuse_distributed_launch("evaluate", EvaluationError)
     metrics = _check_options(args)  # before loading models and data
     device = pick_device(args.device)
-    encoders, texts, text_sources = load_models_and_texts(args.model, args.text_model, device)
+    encoders, texts, text_sources = load_models_and_texts(args.model, args.text_model, device,
+                                                          image_size=args.image_size)
     size = image_geometry(encoders[0])  # the first model's own resize and crop
     data = load_labelled_images(args.dataset, size, args.split, args.data_dir, args.config_name, args.image_column,
                                 args.label_column, args.max_samples, args.streaming, args.seed,

@@ -93,7 +93,8 @@ def _cli_explain(args, extra) -> int:
     methods, files, labels = _check_options(args)
     device = pick_device(args.device)
     need_text = args.reference_image is None
-    encoders, texts, text_sources = load_models_and_texts(args.model, args.text_model, device, need_text)
+    encoders, texts, text_sources = load_models_and_texts(args.model, args.text_model, device, need_text,
+                                                          image_size=args.image_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     shown, timing, maps, warnings, unreadable = None, {}, {}, [], []  # shown: the first model's images, the rows of the grid

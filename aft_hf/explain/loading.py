@@ -31,19 +31,23 @@ def embedding_width(encoder) -> tuple[Optional[int], str]:
     config = getattr(getattr(encoder, "vision", None), "config", None)
     if config is None:
         return None, ""
+    if getattr(encoder, "family", "clip") != "clip":
+        return getattr(config, "hidden_size", None), f"the pooled output of a {encoder.family} tower"
     if getattr(encoder, "has_projection", True):
         return getattr(config, "projection_dim", None), "the projected embedding"
     return getattr(config, "hidden_size", None), "the pooled output of a CLIPVisionModel without projection"
 
 
 def load_models_and_texts(models: Sequence[str], text_model: Optional[str], device: torch.device,
-                          need_text: bool = True) -> tuple[list[ImageEncoder], list[Optional[TextTower]],
+                          need_text: bool = True,
+                          image_size: Optional[int] = None) -> tuple[list[ImageEncoder], list[Optional[TextTower]],
                                                            list[Optional[str]]]:
     """Image encoders for ``models`` and, per model, its text tower and where that came from.
 
     Each full CLIP checkpoint uses its own text tower (models with different text towers or widths
     must not share one); ``text_model`` overrides that for every model, and is required when a
     model is vision-only. Towers are loaded once per source. Checked before any weights load.
+    ``image_size`` (``--image-size``) runs every encoder at that size (:mod:`aft_hf.resolution`).
     """
     if need_text and not text_model:
         vision_only = [m for m in models if not is_full_clip(m)]
@@ -51,7 +55,7 @@ def load_models_and_texts(models: Sequence[str], text_model: Optional[str], devi
             raise ModelLoadError(f"no text tower for the vision-only model(s) {', '.join(vision_only)}: pass "
                                  "--text-model with a full CLIP checkpoint (the original one, e.g. "
                                  "openai/clip-vit-base-patch16)")
-    encoders = [load_image_encoder(m).to(device).eval() for m in models]
+    encoders = [load_image_encoder(m, image_size=image_size).to(device).eval() for m in models]
     if not need_text:
         return encoders, [None] * len(models), [None] * len(models)
     sources = [text_model or m for m in models]
@@ -61,7 +65,10 @@ def load_models_and_texts(models: Sequence[str], text_model: Optional[str], devi
             towers[source] = load_text_tower(source).to(device)
     for model, encoder, source in zip(models, encoders, sources):
         image_dim, what = embedding_width(encoder)
-        text_dim = towers[source].text_projection.out_features
+        text_dim = towers[source].dim
+        if getattr(encoder, "family", "clip") != towers[source].family:
+            raise ModelLoadError(f"model {model} is a {encoder.family} model but the text tower of {source} is "
+                                 f"{towers[source].family}'s: pass a --text-model of the same family")
         if image_dim is not None and image_dim != text_dim:
             raise ModelLoadError(f"model {model} embeds images in {image_dim} dimensions but the text tower of "
                                  f"{source} in {text_dim} (the model's embedding: {what}): pass a --text-model "

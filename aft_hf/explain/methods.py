@@ -18,12 +18,14 @@ captum has the method; each method is one class registered by name (see :mod:`af
 from __future__ import annotations
 
 import abc
+import contextlib
 
 from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
+from ..model import tower
 from .base import (METHODS, AttributionMethod, SimilarityForward, available_methods, check_images,  # noqa: F401
                    eager_attention, forward_hook, register_method, resolve_method, upsample)
 from .targets import ExplainError
@@ -102,7 +104,7 @@ def vision_transformer(vision: nn.Module) -> nn.Module:
     ``CLIPVisionModelWithProjection`` holds it as ``.vision_model``; a bare ``CLIPVisionModel`` (the
     LLaVA-style tower) *is* it in transformers 5, with no ``.vision_model`` attribute.
     """
-    inner = getattr(vision, "vision_model", vision)
+    inner = tower(vision)
     if not hasattr(getattr(inner, "encoder", None), "layers"):
         raise ExplainError(f"{type(vision).__name__} is not a CLIP ViT (no encoder.layers): the ViT methods "
                            "(gradcam, attention, rollout) need one; the gradient methods work on any encoder")
@@ -161,12 +163,14 @@ class GradCAM(_ViTMethod):
 
         h, w = self.grid_shape(images)
         grid = _TokenGrid()
+        prefix = getattr(self.encoder, "num_prefix_tokens", 1)  # CLIP's class token; SigLIP has none
 
         def to_grid(module, inputs, output):
             tokens = output[0] if isinstance(output, tuple) else output
-            if tokens.dim() != 3 or tokens.shape[1] != 1 + h * w:
-                raise ExplainError(f"Grad-CAM layer output {tuple(tokens.shape)} is not (B, 1+{h * w}, D) ViT tokens")
-            cls, patches = tokens[:, :1], tokens[:, 1:]
+            if tokens.dim() != 3 or tokens.shape[1] != prefix + h * w:
+                raise ExplainError(f"Grad-CAM layer output {tuple(tokens.shape)} is not (B, {prefix}+{h * w}, D) "
+                                   "ViT tokens")
+            cls, patches = tokens[:, :prefix], tokens[:, prefix:]
             b, n, d = patches.shape
             grid_tokens = grid(patches.transpose(1, 2).reshape(b, d, h, w))
             new = torch.cat([cls, grid_tokens.flatten(2).transpose(1, 2)], dim=1)
@@ -178,16 +182,25 @@ class GradCAM(_ViTMethod):
         return upsample(cam.detach().float(), tuple(images.shape[-2:]))
 
 
-def cls_attention(attentions: Sequence[Tensor]) -> Tensor:
-    """Last layer's CLS-to-patch attention averaged over heads: (B, N) from (B, heads, 1+N, 1+N) per layer."""
+def cls_attention(attentions: Sequence[Tensor], probe: Optional[Tensor] = None) -> Tensor:
+    """Last layer's CLS-to-patch attention averaged over heads: (B, N) from (B, heads, 1+N, 1+N) per layer.
+
+    A tower without a class token (SigLIP) pools with an attention head whose learned probe is the one
+    query that forms the embedding: ``probe`` (B, 1, N), its head-averaged attention over the last
+    layer's tokens, is then the map (the CLS row's counterpart).
+    """
+    if probe is not None:
+        return probe.float()[:, 0]
     return attentions[-1].float().mean(dim=1)[:, 0, 1:]
 
 
-def attention_rollout(attentions: Sequence[Tensor], residual: float = 0.5) -> Tensor:
+def attention_rollout(attentions: Sequence[Tensor], residual: float = 0.5, probe: Optional[Tensor] = None) -> Tensor:
     """Attention rollout (Abnar & Zuidema 2020): CLS-to-patch flow (B, N) through all layers.
 
     Each layer's head-averaged attention A becomes ``residual * I + (1 - residual) * A`` (the skip
-    connection), rows re-normalised; the layers are multiplied from the first to the last.
+    connection), rows re-normalised; the layers are multiplied from the first to the last. Without a
+    class token (SigLIP) the flow ends in the pooling head's ``probe`` attention (B, 1, N), which has
+    no skip connection: the map is ``probe @ rollout``.
     """
     rollout = None
     for att in attentions:
@@ -196,6 +209,8 @@ def attention_rollout(attentions: Sequence[Tensor], residual: float = 0.5) -> Te
         a = residual * eye + (1 - residual) * a
         a = a / a.sum(dim=-1, keepdim=True)
         rollout = a if rollout is None else a @ rollout
+    if probe is not None:
+        return (probe.float() @ rollout)[:, 0]
     return rollout[:, 0, 1:]
 
 
@@ -206,19 +221,34 @@ class Attention(_ViTMethod):
     name, needs_target = "attention", False
     label = "attention"
 
-    def flow(self, attentions: Sequence[Tensor]) -> Tensor:
-        return cls_attention(attentions)
+    def flow(self, attentions: Sequence[Tensor], probe: Optional[Tensor] = None) -> Tensor:
+        return cls_attention(attentions, probe)
 
     @torch.no_grad()
     def raw_maps(self, images: Tensor, targets: Optional[Tensor]) -> Tensor:
         vision = self.encoder.vision
         mean, std = self.encoder.mean.to(images), self.encoder.std.to(images)
-        with eager_attention(vision):
+        captured: dict[str, Tensor] = {}
+        with eager_attention(vision), self._probe_hook(captured):
             attentions = vision(pixel_values=(images - mean) / std, output_attentions=True).attentions
         if not attentions:
             raise ExplainError("the vision model returned no attention weights (eager attention is required)")
         h, w = self.grid_shape(images)
-        return upsample(self.flow(attentions).view(-1, 1, h, w), tuple(images.shape[-2:]))
+        return upsample(self.flow(attentions, captured.get("probe")).view(-1, 1, h, w), tuple(images.shape[-2:]))
+
+    def _probe_hook(self, captured: dict):
+        """For a tower without a class token: record its pooling head's probe attention (B, 1, N)."""
+        if getattr(self.encoder, "num_prefix_tokens", 1) > 0:
+            return contextlib.nullcontext()
+        head = getattr(tower(self.encoder.vision), "head", None)
+        if head is None:
+            raise ExplainError(f"'{self.name}' needs a class token or an attention-pooling head; this tower has "
+                               "neither (a SigLIP tower saved without its head)")
+
+        def keep(module, inputs, output):
+            captured["probe"] = output[1]  # nn.MultiheadAttention: weights averaged over heads
+
+        return forward_hook(head.attention, keep)
 
 
 @register_method
@@ -228,8 +258,8 @@ class Rollout(Attention):
     name, aliases = "rollout", ("attention_rollout",)
     label = "attention rollout"
 
-    def flow(self, attentions: Sequence[Tensor]) -> Tensor:
-        return attention_rollout(attentions)
+    def flow(self, attentions: Sequence[Tensor], probe: Optional[Tensor] = None) -> Tensor:
+        return attention_rollout(attentions, probe=probe)
 
 
 # --------------------------------------------------------------------------- the public entry point

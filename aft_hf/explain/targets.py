@@ -40,7 +40,13 @@ def check_template(template: str) -> str:
 
 
 class TextTower(nn.Module):
-    """CLIP's text encoder + projection + tokenizer: prompts -> L2-normalised embeddings (N, D).
+    """The text encoder (+ CLIP's projection) + tokenizer: prompts -> L2-normalised embeddings (N, D).
+
+    CLIP pools at the end-of-text token, so prompts are padded to the longest; SigLIP pools the LAST
+    position and was trained on prompts padded to its full text length, so its prompts are padded
+    to ``max_length`` (as its processor does). ``logit_bias`` is SigLIP's (0 for CLIP): its zero-shot
+    score of class c is ``sigmoid(logit_scale * cos + logit_bias)``, per class; the bias is the same
+    for every class, so accuracies and the attacks' losses (cross-entropy, DLR) do not depend on it.
 
     Prompts longer than the text model's positions are truncated as CLIP does: the tokenizer keeps
     ``<bos>``, the first tokens and ``<eos>`` (where the text model pools) within
@@ -51,14 +57,34 @@ class TextTower(nn.Module):
     def __init__(self, clip_model, tokenizer, frozen: bool = True):
         super().__init__()
         self.text_model = clip_model.text_model
-        self.text_projection = clip_model.text_projection
+        self.text_projection = getattr(clip_model, "text_projection", None) or nn.Identity()
         self.logit_scale = float(clip_model.logit_scale.detach().exp())
+        bias = getattr(clip_model, "logit_bias", None)
+        self.logit_bias = float(bias.detach().reshape(-1)[0]) if bias is not None else 0.0
+        self.sigmoid = bias is not None
+        """True for SigLIP: scores are per-class sigmoids, not a softmax over classes."""
+        self.family = "siglip" if self.sigmoid else "clip"
+        self.padding: Union[bool, str] = "max_length" if self.sigmoid else True
         self.tokenizer = tokenizer
         positions = getattr(self.text_model.config, "max_position_embeddings", None) or 77
         self.max_length = min(int(getattr(tokenizer, "model_max_length", positions) or positions), positions)
         if frozen:
             self.requires_grad_(False)
             self.eval()
+
+    @property
+    def dim(self) -> int:
+        """Width of the text embeddings (the image embeddings must match it)."""
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection.out_features
+        config = self.text_model.config  # SigLIP: the text head's width
+        return getattr(config, "projection_size", None) or config.hidden_size
+
+    def scores(self, image_embeds: Tensor, class_weights: Tensor) -> Tensor:
+        """Zero-shot scores (B, C) of L2-normalised image embeddings: a softmax over classes (CLIP) or
+        per-class sigmoids (SigLIP), as the zero-shot pipeline reports them."""
+        logits = self.logit_scale * image_embeds.float() @ class_weights.float().T + self.logit_bias
+        return logits.sigmoid() if self.sigmoid else logits.softmax(dim=-1)
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str], batch_size: int = 256) -> Tensor:
@@ -67,10 +93,10 @@ class TextTower(nn.Module):
             prompts = [prompts]
         if not prompts:
             raise ExplainError("no prompts to encode")
-        device = self.text_projection.weight.device
+        device = next(self.text_model.parameters()).device
         out = []
         for i in range(0, len(prompts), batch_size):
-            tok = self.tokenizer(list(prompts[i:i + batch_size]), padding=True, truncation=True,
+            tok = self.tokenizer(list(prompts[i:i + batch_size]), padding=self.padding, truncation=True,
                                  max_length=self.max_length, return_tensors="pt")
             tok = {k: v.to(device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
             pooled = self.text_model(**tok).pooler_output
@@ -91,19 +117,20 @@ class TextTower(nn.Module):
 
 
 def load_text_tower(name_or_path: str, revision: Optional[str] = None, token: Optional[str] = None) -> TextTower:
-    """The text half of a full CLIP checkpoint (Hub id or folder) with its tokenizer."""
-    from transformers import AutoTokenizer, CLIPModel
+    """The text half of a full CLIP (or SigLIP) checkpoint (Hub id or folder) with its tokenizer."""
+    from transformers import AutoTokenizer
 
-    from ..model import ModelLoadError, load_model_config, resolve_builtin_model
+    from ..model import FAMILIES, ModelLoadError, load_model_config, resolve_builtin_model
 
     source = resolve_builtin_model(name_or_path)
     config = load_model_config(name_or_path, revision=revision, token=token)  # a missing one: one clear line
-    if config.model_type != "clip":
+    family = next((f for f in FAMILIES.values() if f.full_type == config.model_type), None)
+    if family is None:
         raise ModelLoadError(
             f"'{name_or_path}' is a '{config.model_type}' checkpoint without a text tower; pass a full CLIP "
             "checkpoint as the text model (e.g. --text-model openai/clip-vit-base-patch16)")
     try:
-        model = CLIPModel.from_pretrained(source, revision=revision, token=token)
+        model = family.full_class.from_pretrained(source, revision=revision, token=token)
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, token=token)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"could not load the text tower or tokenizer of '{name_or_path}': {e}") from e
@@ -113,12 +140,12 @@ def load_text_tower(name_or_path: str, revision: Optional[str] = None, token: Op
 
 
 def is_full_clip(name_or_path: str) -> bool:
-    """True when the checkpoint holds a full CLIPModel (so it has its own text tower). A model that cannot
-    be read at all (a mistyped path, offline without a cached copy) raises
+    """True when the checkpoint holds a full CLIPModel or SiglipModel (so it has its own text tower). A model
+    that cannot be read at all (a mistyped path, offline without a cached copy) raises
     :class:`~aft_hf.model.ModelLoadError` saying so, rather than passing for a vision-only model."""
-    from ..model import load_model_config
+    from ..model import FAMILIES, load_model_config
 
-    return load_model_config(name_or_path).model_type == "clip"
+    return load_model_config(name_or_path).model_type in {f.full_type for f in FAMILIES.values()}
 
 
 def image_targets(encoder: nn.Module, reference: Tensor) -> Tensor:

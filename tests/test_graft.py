@@ -1,0 +1,216 @@
+"""aft-hf graft on tiny random LLaVA models built here (48-px CLIP tower, patch 8, tiny Llama): the tower
+holds the AFT weights, every other tensor and file is the input's byte for byte, generate() runs."""
+
+import filecmp
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import (CLIPImageProcessorPil, CLIPModel, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                          LlavaForConditionalGeneration, LlavaNextConfig, LlavaNextForConditionalGeneration)
+
+from aft_hf.cli import main
+from aft_hf.graft import ANCHOR, GraftError, _header, graft
+from aft_hf.model import export_pretrained, load_image_encoder, save_tiny_clip
+
+VOCAB, IMAGE_TOKEN = 64, 63
+
+
+def vision_cfg(image_size=48):
+    return CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                            image_size=image_size, patch_size=8, hidden_act="quick_gelu")
+
+
+def text_cfg():
+    return LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                       num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=128)
+
+
+def save_llava(path, image_size=48, dtype=torch.float32, shard=None, seed=1, **config):
+    torch.manual_seed(seed)
+    cfg = LlavaConfig(vision_config=vision_cfg(image_size), text_config=text_cfg(), image_token_index=IMAGE_TOKEN,
+                      **config)
+    model = LlavaForConditionalGeneration(cfg).to(dtype)
+    model.save_pretrained(path, **({"max_shard_size": shard} if shard else {}))
+    CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                          crop_size={"height": image_size, "width": image_size}).save_pretrained(path)
+    (path / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def aft48(tmp_path_factory):
+    """An AFT export (full CLIPModel, 48 px, patch 8) whose vision weights differ from any random tower."""
+    root = tmp_path_factory.mktemp("graft")
+    base = save_tiny_clip(root / "base", seed=5, image_size=48, patch_size=8)
+    encoder = load_image_encoder(str(base))
+    with torch.no_grad():
+        for p in encoder.vision.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return export_pretrained(encoder, root / "aft")
+
+
+def tensors(folder):
+    """name -> (tensor, raw bytes) of every tensor of a safetensors checkpoint folder."""
+    out = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        start, header = _header(file)
+        data = file.read_bytes()
+        with safe_open(str(file), "pt") as f:
+            for name in f.keys():
+                begin, end = header[name]["data_offsets"]
+                out[name] = (f.get_tensor(name), data[start + begin:start + end])
+    return out
+
+
+def tower_root(names):
+    (root,) = [n[:-len(ANCHOR)] for n in names if n.endswith(ANCHOR)]
+    return root
+
+
+def check_graft(src, out, aft_folder):
+    """The tower equals the AFT weights (cast to the VLM's dtype); everything else is the input's bytes."""
+    before, after = tensors(src), tensors(out)
+    assert before.keys() == after.keys()
+    root = tower_root(before)
+    aft = CLIPModel.from_pretrained(aft_folder).vision_model.state_dict()
+    grafted = 0
+    for name, (tensor, raw) in after.items():
+        if name.startswith(root) and not name.endswith("position_ids"):  # a saved buffer is kept as it is
+            expected = aft[name[len(root):]].to(tensor.dtype)
+            assert torch.equal(tensor, expected), name
+            assert not torch.equal(before[name][0], tensor), name  # it really changed
+            grafted += 1
+        else:
+            assert raw == before[name][1], name
+    assert grafted == len(aft)
+    for file in src.iterdir():  # config, processor, chat template, index, generation config: unchanged
+        if file.suffix != ".safetensors":
+            assert filecmp.cmp(file, out / file.name, shallow=False), file.name
+    for file in src.glob("*.safetensors"):  # same headers: same names, shapes, dtypes, offsets
+        assert _header(file) == _header(out / file.name)
+    return root
+
+
+def run_generate(folder, dtype=torch.float32):
+    model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype).eval()
+    ids = torch.tensor([[1] + [IMAGE_TOKEN] * 36 + [5, 6]])  # 6x6 patch tokens, CLS dropped
+    with torch.no_grad():
+        generated = model.generate(input_ids=ids, pixel_values=torch.rand(1, 3, 48, 48).to(dtype),
+                                   max_new_tokens=3, do_sample=False)
+    assert generated.shape == (1, ids.shape[1] + 3)
+    return model
+
+
+def test_graft_into_a_single_file_fp32_llava(aft48, tmp_path):
+    src = save_llava(tmp_path / "llava")
+    report = graft(aft48, src, tmp_path / "out")
+    root = check_graft(src, tmp_path / "out", aft48)
+    assert report["tower_root"] == root and report["grafted"] == 39
+    assert report["shards_patched"] == ["model.safetensors"]
+    assert report["left_out"] == ["visual_projection.weight"]
+    assert json.loads((tmp_path / "out" / "aft_graft.json").read_text())["left_out"] == ["visual_projection.weight"]
+    model = run_generate(tmp_path / "out")
+    tuned = CLIPModel.from_pretrained(aft48).vision_model.state_dict()
+    for name, value in model.model.vision_tower.state_dict().items():
+        assert torch.equal(value, tuned[name.removeprefix("vision_model.")]), name
+
+
+def test_graft_into_a_sharded_fp16_llava(aft48, tmp_path):
+    src = save_llava(tmp_path / "llava16", dtype=torch.float16, shard="40KB")
+    assert len(list(src.glob("*.safetensors"))) > 2 and (src / "model.safetensors.index.json").is_file()
+    report = graft(aft48, src, tmp_path / "out")
+    check_graft(src, tmp_path / "out", aft48)
+    assert len(report["shards_patched"]) >= 1
+    for name, (tensor, _) in tensors(tmp_path / "out").items():
+        assert tensor.dtype == torch.float16, name
+    run_generate(tmp_path / "out", torch.float32)
+
+
+def test_graft_into_llava_next_finds_its_tower(aft48, tmp_path):
+    torch.manual_seed(2)
+    cfg = LlavaNextConfig(vision_config=vision_cfg(), text_config=text_cfg(), image_token_index=IMAGE_TOKEN,
+                          image_grid_pinpoints=[[48, 48], [48, 96]])
+    LlavaNextForConditionalGeneration(cfg).save_pretrained(tmp_path / "next")
+    graft(aft48, tmp_path / "next", tmp_path / "out")
+    check_graft(tmp_path / "next", tmp_path / "out", aft48)
+    LlavaNextForConditionalGeneration.from_pretrained(tmp_path / "out")
+
+
+def test_a_geometry_mismatch_is_refused_in_one_line_then_fixed_by_image_size(aft48, tmp_path, capsys):
+    src = save_llava(tmp_path / "llava64", image_size=64)
+    rc = main(["graft", str(aft48), "--into", str(src), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # progress bars of save_llava come before
+    assert rc == 2 and err.startswith("aft-hf graft: error: the AFT model does not fit")
+    assert "image_size 48 vs 64" in err and "--model.image_size 64" in err
+    assert not (tmp_path / "out").exists()
+    # the same AFT model at the VLM's size (position embeddings interpolated once) grafts
+    at64 = export_pretrained(load_image_encoder(str(aft48), image_size=64), tmp_path / "aft64")
+    rc = main(["graft", str(at64), "--into", str(src), "--out", str(tmp_path / "out")])
+    assert rc == 0 and "left out" in capsys.readouterr().out
+    check_graft(src, tmp_path / "out", at64)
+
+
+def test_a_missing_feature_layer_or_a_non_vlm_is_refused(aft48, tmp_path):
+    src = save_llava(tmp_path / "llava", vision_feature_layer=-4)  # a 2-layer tower has hidden states -3..2
+    with pytest.raises(GraftError, match="vision_feature_layer -4 does not exist in a 2-layer tower"):
+        graft(aft48, src, tmp_path / "out")
+    with pytest.raises(GraftError, match="is a 'clip' model, not a VLM"):
+        graft(aft48, save_tiny_clip(tmp_path / "clip", image_size=48), tmp_path / "out2")
+
+
+def test_graft_never_replaces_a_foreign_folder(aft48, tmp_path):
+    src = save_llava(tmp_path / "llava")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(Exception, match="not empty"):
+        graft(aft48, src, tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_graft_never_loads_a_model_and_refuses_bin_checkpoints_and_unknown_ids(aft48, tmp_path, monkeypatch):
+    from transformers import PreTrainedModel
+
+    src = save_llava(tmp_path / "llava")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("graft must stream tensors, not load a model")
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(refuse))
+    graft(aft48, src, tmp_path / "out")  # tensor by tensor, no model instantiated
+    monkeypatch.undo()
+    binary = tmp_path / "bin"
+    binary.mkdir()
+    for name in ("config.json", "generation_config.json"):
+        (binary / name).write_bytes((src / name).read_bytes())
+    torch.save({}, binary / "pytorch_model.bin")
+    with pytest.raises(GraftError, match="holds pytorch_model.*bin weights; graft rewrites safetensors only"):
+        graft(aft48, binary, tmp_path / "out2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(GraftError, match="could not get VLM 'nobody/no-such-llava'"):
+        graft(aft48, "nobody/no-such-llava", tmp_path / "out3")
+    assert not (tmp_path / "out2").exists() and not (tmp_path / "out3").exists()
+
+
+def test_graft_into_the_hub_layout_of_llava_hf(aft48, tmp_path):
+    """llava-hf checkpoints on the Hub name the tower `vision_tower.vision_model.` and older ones save its
+    `position_ids` buffer: the root is found from the tensor names, the buffer is kept as it is."""
+    from safetensors.torch import load_file, save_file
+
+    src = save_llava(tmp_path / "saved")
+    state = load_file(src / "model.safetensors")
+    hub = {("vision_tower.vision_model." + k[len("vision_tower."):] if k.startswith("vision_tower.") else k): v
+           for k, v in state.items()}
+    hub["vision_tower.vision_model.embeddings.position_ids"] = torch.arange(37).unsqueeze(0)
+    (tmp_path / "hub").mkdir()
+    save_file(hub, tmp_path / "hub" / "model.safetensors", metadata={"format": "pt"})
+    for file in src.iterdir():
+        if file.suffix != ".safetensors":
+            (tmp_path / "hub" / file.name).write_bytes(file.read_bytes())
+    report = graft(aft48, tmp_path / "hub", tmp_path / "out")
+    assert report["tower_root"] == "vision_tower.vision_model."
+    after = tensors(tmp_path / "out")
+    assert torch.equal(after["vision_tower.vision_model.embeddings.position_ids"][0], torch.arange(37).unsqueeze(0))
+    check_graft(tmp_path / "hub", tmp_path / "out", aft48)
+    run_generate(tmp_path / "out")
