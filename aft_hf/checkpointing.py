@@ -18,19 +18,18 @@ checkpoints by save count (not step) and writes in place.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 
 from .errors import AftError
-from .files import respect_umask
+from .files import json_safe, respect_umask, write_json  # noqa: F401  (json_safe: re-exported)
 
 logger = get_logger(__name__)
 PROGRESS_FILE = "progress.json"
@@ -87,25 +86,6 @@ def library_versions() -> dict[str, str]:
 
     return {"aft_hf": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "accelerate": accelerate.__version__, "datasets": datasets.__version__}
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every NaN/inf float replaced by the strings ``"nan"``, ``"inf"``, ``"-inf"``.
-
-    ``json.dumps`` writes bare ``NaN``/``Infinity`` by default, which no strict JSON parser reads.
-    """
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Strict JSON (``allow_nan=False``) after :func:`json_safe`."""
-    path.write_text(json.dumps(json_safe(value), indent=2, allow_nan=False))
 
 
 # --------------------------------------------------------------------------- listing and validation

@@ -1,13 +1,15 @@
-"""Small file helpers shared across the package: file hashes, the image tower's weights hash, umask modes."""
+"""Small file helpers shared across the package: file hashes, the image tower's weights hash, umask modes,
+strict JSON written atomically."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import stat
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Union
 
 from huggingface_hub.utils.sha import sha_fileobj
 
@@ -122,3 +124,28 @@ def respect_umask(root: Union[str, Path]) -> None:
         want = dir_mode if stat.S_ISDIR(mode) else file_mode | (mode & 0o111 & ~mask)
         if stat.S_IMODE(mode) != want:
             os.chmod(p, want)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN/inf float replaced by the strings ``"nan"``, ``"inf"``, ``"-inf"``.
+
+    ``json.dumps`` writes bare ``NaN``/``Infinity`` by default, which no strict JSON parser reads.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: Union[str, Path], value: Any) -> Path:
+    """Write ``value`` as strict JSON (after :func:`json_safe`) to ``path``, atomically: a temporary file in the
+    same folder renamed into place, so a kill never leaves half a file (a resume reads these). Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(json_safe(value), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -10,7 +10,8 @@ from aft_hf.evaluate import (
     LinearProbe, auc, boxes_to_masks, energy_in_mask, evaluate_model, gini, perturbation_curve, pixel_ranking,
     pointing_game, randomisation_check, randomized_copy, remove_top, roar, spearman,
 )
-from aft_hf.evaluate.report import markdown, write_json
+from aft_hf.evaluate.report import markdown
+from aft_hf.files import write_json
 from aft_hf.evaluate.runner import EvaluationError, resolve_metrics
 from tests.explain_helpers import region_mask
 
@@ -181,7 +182,7 @@ def test_evaluate_model_all_metrics_on_the_tiny_model(tiny_encoder, tiny_clip_pa
     assert list(m["robust_top1"]) == ["1/255", "4/255"]
     assert set(m["roar"]["accuracy"]) == {"saliency", "gradcam", "random"}
     assert set(m["pointing_game"]["saliency"]) == {"exact", "tolerance_4px"}
-    text = json.loads(write_json(report, tmp_path / "r.json").read_text())
+    text = json.loads(write_json(tmp_path / "r.json", report).read_text())
     assert text["num_samples"] == 8 and text["methods"] == ["saliency", "gradcam"]
     md = markdown(report)
     assert "ROAR" in md and "pointing game exact" in md and "Gini" in md

@@ -20,7 +20,8 @@ from ..evaluate.zeroshot import ZeroShotClassifier
 from .errors import BenchmarkError
 from .protocol import PrecisionForward, Protocol
 from .report import build_report, dataset_entry, write_reports
-from .runner import (LOGIT_SCALE, STATE_DIR, BatchWork, DatasetPlan, DatasetRequest, read_json, write_json,
+from ..files import write_json
+from .runner import (LOGIT_SCALE, STATE_DIR, BatchWork, DatasetPlan, DatasetRequest, read_json,
                      check_settings, cost_lines, plan_dataset, summarise)
 from .wds import open_wds
 
@@ -148,7 +149,7 @@ def _run_dataset(acc, encoder, text, plan: DatasetPlan, protocol: Protocol, fold
     gathered = gather_object(records) if acc.num_processes > 1 else records
     result = summarise(gathered, plan, protocol)
     if acc.is_main_process:
-        write_json(result, folder / "result.json")
+        write_json(folder / "result.json", result)
         rob = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result["robust_top1"].items())
         logger.info("%s on %s: clean %.1f%% (%d images), robust %s (%d images)", model, name,
                     100 * result["clean_top1"], result["clean_images"], rob, result["robust_images"])

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from ..files import write_json
 from .errors import BenchmarkError
 from .protocol import Protocol, budget_key, robust_verdicts
 from .suites import PROTOCOL_ROBUST_IMAGES, SuiteDataset, known_dataset
@@ -54,14 +54,6 @@ class DatasetRequest:
             return cls.from_suite(known)
         name = ref.rstrip("/").replace("\\", "/").split("/")[-1]
         return cls(ref, name.removeprefix("wds_") or ref)
-
-
-def write_json(obj, path: Path) -> None:
-    """Atomically (temp file + rename), so a kill never leaves half a file to resume from."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> Optional[dict]:
@@ -157,7 +149,7 @@ class BatchWork:
             if saved is None:
                 start = time.perf_counter()
                 saved = self.compute(b)
-                write_json(saved, self.path(b))
+                write_json(self.path(b), saved)
                 progress(i + 1, len(mine), time.perf_counter() - start)
             records.append(saved)
         return records
@@ -210,7 +202,7 @@ def check_settings(out: Path, settings: dict, write: bool = True) -> None:
         raise BenchmarkError(f"'{out}' holds a benchmark run with other settings ({', '.join(changed)}): "
                              "resume with the same options or use another --out")
     if saved is None and write:
-        write_json(settings, path)
+        write_json(path, settings)
 
 
 __all__ = ["BatchWork", "DatasetPlan", "DatasetRequest", "LOGIT_SCALE", "check_settings", "cost_lines",

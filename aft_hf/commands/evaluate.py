@@ -228,7 +228,7 @@ def _write_comparison(reports: dict, folders: dict, out: Path) -> None:
     its sub-folder). ``aft-hf push --report`` picks the pushed folder's row from it by the weights hash."""
     from urllib.parse import quote
 
-    from ..evaluate.report import write_json
+    from ..files import write_json
     from ..evaluate.runner import curve_figures
     from ..figures import metric_curves
     from ..results import report_results
@@ -256,5 +256,5 @@ def _write_comparison(reports: dict, folders: dict, out: Path) -> None:
     rows = [{**r, "figures": {n: f"{folders[k]}/{f}" for n, f in (r.get("figures") or {}).items()}}
             for k, r in reports.items()]  # figure paths relative to this report
     first = next(iter(reports.values()))
-    write_json({"schema_version": first["schema_version"], "aft_hf_version": first.get("aft_hf_version"),
-                "created": first.get("created"), "reports": rows}, out / "report.json")
+    write_json(out / "report.json", {"schema_version": first["schema_version"], "aft_hf_version": first.get("aft_hf_version"),
+                "created": first.get("created"), "reports": rows})

@@ -77,7 +77,7 @@ def verdicts(report: dict) -> list[str]:
     """Sentences derived from the numbers (significant: |mean| > 2 paired SE in every seed): per threat
     model, whether the AFT objective improved, then energy-in-mask per method against the noise control."""
     lines = []
-    for t in report.get("threats", [{"norm": DEFAULT_NORM, "aft": "aft", "control": "control", "label": "AFT"}]):
+    for t in _threats(report):
         obj = report.get("objective", {}).get(t["norm"])
         if obj and f"delta_{t['aft']}" in obj:
             d = obj[f"delta_{t['aft']}"]
@@ -113,6 +113,11 @@ def variant_label(variant: str) -> str:
     return f"{'AFT' if kind == 'aft' else 'noise' if kind == 'control' else kind} {norm}".strip()
 
 
+def _threats(report: dict) -> list[dict]:
+    """The report's threat models; a report from before they were listed had one, with its control."""
+    return report.get("threats", [{"norm": DEFAULT_NORM, "aft": "aft", "control": "control", "label": "AFT"}])
+
+
 def _robust_name(s: dict) -> str:
     name = s.get("robust_attack_name", "PGD, L-inf")
     if s.get("robust_attack") == "apgd":
@@ -127,7 +132,7 @@ def markdown(report: dict) -> str:
     lines = ["# aft_hf demo: does AFT sharpen saliency in a world with known answers?", "",
              f"{s['eval_images']} held-out images, {len(report['seeds'])} seed(s), AFT {s['attack']} "
              f"for {s['steps']} steps; "
-             + ("controls: uniform noise of the same budget. " if any(t.get("control") for t in report["threats"])
+             + ("controls: uniform noise of the same budget. " if any(t.get("control") for t in _threats(report))
                 else "no noise controls (--no-control). ")
              + "Δ = per-image paired difference vs the original model (mean over seeds ± sd over seeds). "
              f"Energy-in-mask chance level (mask area): {report['chance_energy']:.3f}. Metrics read the raw maps; "

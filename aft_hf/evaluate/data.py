@@ -28,6 +28,7 @@ from ..data.quality import BadSamples
 from ..data.sources import load_source
 from .base import EvaluationError
 from .boxes import box_layout, pixel_corners
+from .localisation import boxes_to_masks
 
 logger = logging.getLogger(__name__)
 SPLIT_PREFERENCE = ("validation", "test", "train")
@@ -93,11 +94,9 @@ def _box_mask(value: Any, image_size: tuple[int, int], size: "int | ImageGeometr
               units: str = "pixels", where: str = "") -> Tensor:
     """The union of the boxes in ``value`` (declared ``fmt`` and ``units``, each validated) as a mask."""
     w, h = image_size
-    canvas = np.zeros((h, w), dtype=np.uint8)
-    for box in _boxes(value, column, fmt):
-        x0, y0, x1, y1 = (int(round(v)) for v in pixel_corners(box, image_size, fmt, units, column, where))
-        canvas[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = 255
-    return _mask_tensor(Image.fromarray(canvas), image_size, size, column)
+    corners = [pixel_corners(box, image_size, fmt, units, column, where) for box in _boxes(value, column, fmt)]
+    union = boxes_to_masks(corners, h, w).amax(0)[0] if corners else torch.zeros(h, w)
+    return _mask_tensor(Image.fromarray((union.numpy() * 255).astype(np.uint8)), image_size, size, column)
 
 
 def _label(value: Any, column: str) -> int:

@@ -42,10 +42,13 @@ def empty_masks(masks: Tensor) -> Tensor:
 
 
 def boxes_to_masks(boxes: Sequence[Sequence[float]], height: int, width: int) -> Tensor:
-    """Boxes [x0, y0, x1, y1] in pixels (one per image) -> masks (B, 1, H, W)."""
+    """Boxes [x0, y0, x1, y1] in pixels (one per image) -> masks (B, 1, H, W); corners round to the nearest pixel.
+
+    The one place boxes become masks: evaluation data draws its (validated, converted) boxes with it too."""
     masks = torch.zeros(len(boxes), 1, height, width)
-    for i, (x0, y0, x1, y1) in enumerate(boxes):
-        masks[i, 0, max(int(y0), 0):max(int(round(y1)), 0), max(int(x0), 0):max(int(round(x1)), 0)] = 1
+    for i, box in enumerate(boxes):
+        x0, y0, x1, y1 = (max(int(round(v)), 0) for v in box)
+        masks[i, 0, y0:y1, x0:x1] = 1
     return masks
 
 

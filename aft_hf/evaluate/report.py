@@ -48,7 +48,6 @@ same model and images (``methods`` entries without ``random_auc`` are the random
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Union
 
@@ -56,13 +55,6 @@ from ..constants import REPORT_SCHEMA_VERSION
 from ..results import Scalar, report_results
 
 SCHEMA_VERSION = REPORT_SCHEMA_VERSION
-
-
-def write_json(report: dict, path: Union[str, Path]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    return path
 
 
 def _value(scalar: Scalar) -> str:

@@ -16,7 +16,8 @@ from ..explain.targets import TextTower
 from ..figures import attribution_grid, metric_curves
 from .base import EvalContext, EvaluationError
 from .metrics import ALIASES, METRICS
-from .report import SCHEMA_VERSION, write_json, write_markdown
+from ..files import write_json
+from .report import SCHEMA_VERSION, write_markdown
 from ..results import MetricResult, finite, report_results
 from .zeroshot import check_labels
 
@@ -122,7 +123,7 @@ def write_outputs(report: dict, ctx: EvalContext, out_dir: Path, label: str, num
         metric_curves(curves, out_dir / f"{figure}.png")
         figures[figure] = f"{figure}.png"
     report["figures"] = figures
-    write_json(report, out_dir / "report.json")
+    write_json(out_dir / "report.json", report)
     write_markdown(report, out_dir / "report.md")
     return report
 
