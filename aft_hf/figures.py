@@ -85,23 +85,37 @@ def _overlay_colorbar(fig, cmap: str, height_in: float) -> None:
 
 
 def roar_curves(results: Mapping[str, dict], out: Union[str, Path]) -> Path:
-    """ROAR test accuracy vs fraction removed; ``results`` = {model: roar() result}. Random dashed."""
+    """ROAR test accuracy vs fraction removed; ``results`` = {model: roar() result}. Random dashed, bars: sd
+    over evaluator seeds. Each model's legend gives its evaluator's accuracy on intact images; a model whose
+    evaluator is below the floor is not drawn but named in the panel as "not a result"."""
+    from .evaluate.faithfulness import roar_flag
+
     fig = Figure(figsize=(5, 3.6))
     ax = fig.subplots()
+    flagged = []
     for model, res in results.items():
-        if "accuracy" not in res:
+        if roar_flag(res):
+            flagged.append(f"{model or 'ROAR'}: not a result, evaluator {res.get('intact_accuracy', float('nan')):.2f} "
+                           f"on intact images < floor {res.get('floor', float('nan')):.2f}")
             continue
         x = [100 * f for f in res["fractions"]]
+        sd = res.get("accuracy_sd") or {}
         for method, acc in res["accuracy"].items():
             style = "--" if method == "random" else "-"
-            ax.plot(x, acc, style, marker="o", ms=3, label=f"{model} / {method}" if model else method)
+            err = [e or 0.0 for e in sd[method]] if method in sd else None
+            name = f"{model} / {method}" if model else method
+            ax.errorbar(x, acc, yerr=err, fmt=style, marker="o", ms=3, capsize=2,
+                        label=f"{name} (intact {res['intact_accuracy']:.2f})" if "intact_accuracy" in res else name)
+    if flagged:
+        ax.text(0.02, 0.02, "\n".join(flagged), transform=ax.transAxes, fontsize=6, color="firebrick", va="bottom")
     ax.set_xlabel("pixels removed and retrained (%)")
     kinds = {"CNN" if "CNN" in str(r.get("evaluator")) else "linear probe" if "probe" in str(r.get("evaluator"))
              else "evaluator" for r in results.values() if "accuracy" in r}
     ax.set_ylabel(f"test accuracy (retrained {kinds.pop() if len(kinds) == 1 else 'evaluator'})")
     ax.set_title("ROAR (lower = more faithful)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
+    if ax.lines:
+        ax.legend(fontsize=6)
     return _save(fig, out)
 
 

@@ -15,6 +15,8 @@ from ..explain.loading import load_models_and_texts, pick_device
 from ..explain.options import OptionProblems
 from ..evaluate.classnames import names_from_feature, resolve_classnames, resolve_templates
 from ..evaluate.data import load_labelled_images
+from ..evaluate.evaluators import CNNOptions
+from ..evaluate.faithfulness import DEFAULT_ROAR_FLOOR
 from ..evaluate.metrics import METRICS
 from ..evaluate.runner import DEFAULT_METRICS, EvaluationError, evaluate_model, resolve_metrics, slug, write_outputs
 from ..evaluate.zeroshot import ATTACKS, DEFAULT_ITERATIONS
@@ -69,6 +71,13 @@ def add_subcommand(subparsers) -> None:
                    help="uninformative image for deletion/insertion (default as in RISE: deletion zero, insertion blur)")
     p.add_argument("--roar-evaluator", choices=["cnn", "probe"], default="cnn",
                    help="ROAR retrains a small CNN from scratch (cnn) or a linear probe on the model's embeddings")
+    p.add_argument("--roar-epochs", type=int, default=CNNOptions.epochs,
+                   help=f"ROAR: training epochs of the CNN evaluator (default {CNNOptions.epochs})")
+    p.add_argument("--roar-repeats", type=int, default=1,
+                   help="ROAR: evaluators retrained per point with different seeds (their spread is shown)")
+    p.add_argument("--roar-floor", type=float, default=DEFAULT_ROAR_FLOOR,
+                   help="ROAR: minimum accuracy of the evaluator on intact held-out images; below it ROAR is flagged "
+                        f"and no curve is drawn as a result (default {DEFAULT_ROAR_FLOOR}; 0: no floor)")
     p.add_argument("--tolerance", type=int, default=None,
                    help="pointing-game tolerance in pixels (default: 15 px at 224 px, scaled to the model's input "
                         "size, e.g. 4 px at 64 px)")
@@ -99,6 +108,9 @@ def _check_options(args) -> list[str]:
     problems.at_least("--attack-steps", args.attack_steps, 1)
     problems.at_least("--attack-restarts", args.attack_restarts, 1)
     problems.at_least("--attack-targets", args.attack_targets, 0)
+    problems.at_least("--roar-epochs", args.roar_epochs, 1)
+    problems.at_least("--roar-repeats", args.roar_repeats, 1)
+    problems.require(0 <= args.roar_floor <= 1, f"--roar-floor is an accuracy in [0, 1], got {args.roar_floor:g}")
     bad = [f for f in args.roar_fractions if not 0 < f < 1]
     problems.require(not bad, "--roar-fractions must lie strictly between 0 and 1 (fractions of pixels removed), "
                               f"got {', '.join(f'{f:g}' for f in bad)}")
@@ -140,7 +152,8 @@ def _cli_evaluate(args, extra) -> int:
     templates = resolve_templates(args.templates or ("clip80" if len(names) == 1000 else "simple"))
     options = {"robust": {"eps": args.eps, "steps": args.attack_steps, "attack": args.robust_attack,
                           "restarts": args.attack_restarts, "targets": args.attack_targets},
-               "roar": {"fractions": args.roar_fractions, "evaluator": args.roar_evaluator},
+               "roar": {"fractions": args.roar_fractions, "evaluator": args.roar_evaluator,
+                        "cnn": {"epochs": args.roar_epochs}, "repeats": args.roar_repeats, "floor": args.roar_floor},
                "deletion": {"steps": args.deletion_steps, "order": args.deletion_order, "baseline": args.baseline},
                "insertion": {"steps": args.deletion_steps, "order": args.deletion_order, "baseline": args.baseline},
                "pointing": {"tolerance": args.tolerance}}
@@ -169,7 +182,8 @@ def _cli_evaluate(args, extra) -> int:
 def _write_comparison(reports: dict, out: Path) -> None:
     from ..figures import perturbation_curves, roar_curves
 
-    roar = {slug(k): r["metrics"]["roar"] for k, r in reports.items() if "accuracy" in r["metrics"].get("roar", {})}
+    roar = {slug(k): r["metrics"]["roar"] for k, r in reports.items()
+            if "accuracy" in r["metrics"].get("roar", {}) or r["metrics"].get("roar", {}).get("below_floor")}
     if roar:
         roar_curves(roar, out / "roar.png")
     pert = {slug(k): {m: r["metrics"][m] for m in ("deletion", "insertion") if m in r["metrics"]}

@@ -14,7 +14,7 @@ from .base import RAW_MAP, EvalContext, Metric
 from .complexity import gini
 from .evaluators import SmallCNN
 from .faithfulness import (
-    DEFAULT_ROAR_FRACTIONS, RISE_BASELINES, LinearProbe, auc, normalised_auc, perturbation_curve, roar,
+    ROAR_EVALUATORS, RISE_BASELINES, LinearProbe, RoarOptions, auc, normalised_auc, perturbation_curve, roar,
 )
 from .localisation import empty_masks, energy_in_mask, pointing_game
 from .sanity import randomisation_check
@@ -92,36 +92,27 @@ class Insertion(_Perturbation):
     name, mode = "insertion", "insertion"
 
 
-ROAR_EVALUATORS = {
-    "cnn": "small CNN trained from scratch on the modified images (same architecture, schedule and seed "
-           "for every model and method)",
-    "probe": "linear probe (L-BFGS logistic regression) on the evaluated model's frozen image embeddings",
-}
-
-
 class ROAR(Metric):
     name, family = "roar", "faithfulness"
     citation = "Hooker, Erhan, Kindermans & Kim 2019, A Benchmark for Interpretability Methods in Deep Neural Networks"
-    consumes = "pixel ranking of the " + RAW_MAP + "; a retrained evaluator (report: evaluator)"
+    consumes = ("pixel ranking of the " + RAW_MAP + "; a retrained evaluator (report: evaluator), scored first "
+                "on intact images against a floor")
 
-    def evaluator_factory(self, ctx: EvalContext):
-        """``cnn`` (default): :class:`SmallCNN` from scratch; ``probe``: :class:`LinearProbe` on ctx.encoder."""
-        from .base import EvaluationError
-
-        kind = self.options.get("evaluator", "cnn")
+    def evaluator_factory(self, ctx: EvalContext, options: RoarOptions):
+        """seed -> evaluator. ``cnn`` (default): :class:`SmallCNN` from scratch; ``probe``: :class:`LinearProbe`
+        on ctx.encoder (deterministic: its repeats agree)."""
         device = ctx.class_weights.device
-        if kind == "cnn":
-            epochs = self.options.get("epochs", 8)
-            return lambda: SmallCNN(epochs=epochs, seed=ctx.seed, device=device)
-        if kind == "probe":
-            def features(x):
-                with torch.no_grad():
-                    return ctx.encoder(x.to(device)).float()
-            return lambda: LinearProbe(features, batch_size=ctx.batch_size)
-        raise EvaluationError(f"unknown ROAR evaluator '{kind}' (choose from {', '.join(ROAR_EVALUATORS)})")
+        if options.evaluator == "cnn":
+            return lambda seed: SmallCNN(options.cnn, seed=seed, device=device)
+
+        def features(x):
+            with torch.no_grad():
+                return ctx.encoder(x.to(device)).float()
+        return lambda seed: LinearProbe(features, batch_size=ctx.batch_size)
 
     def compute(self, ctx: EvalContext) -> dict:
-        factory = self.evaluator_factory(ctx)
+        o = RoarOptions.from_dict(self.options)
+        factory = self.evaluator_factory(ctx, o)
         n = ctx.images.shape[0]
         if n < 4 or len(set(ctx.labels.tolist())) < 2:
             return {"roar": {"skipped": "needs at least 4 images and 2 classes"}}
@@ -130,11 +121,11 @@ class ROAR(Metric):
         maps = {m: ctx.maps(m) for m in ctx.methods}
         result = roar(ctx.images[train], ctx.labels[train], ctx.images[test], ctx.labels[test],
                       {m: v[train] for m, v in maps.items()}, {m: v[test] for m, v in maps.items()},
-                      self.options.get("fractions", DEFAULT_ROAR_FRACTIONS), factory, seed=ctx.seed,
-                      progress=ctx.progress)
-        kind = self.options.get("evaluator", "cnn")
-        result["evaluator"] = ROAR_EVALUATORS[kind]
-        result["evaluator_kind"] = kind
+                      o.fractions, factory, seed=ctx.seed, progress=ctx.progress, repeats=o.repeats, floor=o.floor)
+        result["evaluator"] = ROAR_EVALUATORS[o.evaluator]
+        result["evaluator_kind"] = o.evaluator
+        if o.evaluator == "cnn":
+            result["evaluator_options"] = o.cnn.to_dict()
         result["split"] = {"train": len(train), "test": len(test)}
         return {"roar": result}
 

@@ -16,8 +16,13 @@ JSON schema (``schema_version`` 1)::
                       "methods": {method|"random": {"auc": float, "auc_unnormalised": float, "curve": [float],
                                                     "random_auc": float, "auc_minus_random": float}}},
         "insertion": {... same as deletion ...},
-        "roar": {"fractions": [float], "accuracy": {method|"random": [float]}, "evaluator": str,
-                 "evaluator_kind": "cnn"|"probe", "split": {"train": int, "test": int}},
+        "roar": {"fractions": [float], "accuracy": {method|"random": [float]},   # accuracy: mean over repeats
+                 "accuracy_sd": {method|"random": [float|null]}, "per_seed": {method|"random": [[float]]},
+                 "intact_accuracy": float, "intact_accuracy_per_seed": [float], "evaluator_seeds": [int],
+                 "floor": float, "below_floor": bool, "test_images": int, "evaluator": str,
+                 "evaluator_kind": "cnn"|"probe", "evaluator_options": {...},   # options: cnn only
+                 "split": {"train": int, "test": int}},
+                 # below the floor (or too few images): no accuracy/accuracy_sd/per_seed, "skipped": str says why
         "pointing_game": {method: {"exact": float, "tolerance_<N>px": float}},
         "energy_in_mask": {method: {"energy": float, "chance": float}},
         "n_empty_masks": int,                     # with pointing/energy: masks skipped as empty
@@ -39,6 +44,7 @@ from pathlib import Path
 from typing import Union
 
 from ..constants import REPORT_SCHEMA_VERSION
+from .faithfulness import roar_markdown
 
 SCHEMA_VERSION = REPORT_SCHEMA_VERSION
 
@@ -105,14 +111,8 @@ def markdown(report: dict) -> str:
         lines.append("")
         if "n_empty_masks" in m:
             lines += [f"Localisation skips images whose mask is empty: {m['n_empty_masks']} here.", ""]
-    if "roar" in m and "accuracy" in m["roar"]:
-        r = m["roar"]
-        lines += ["## ROAR (remove and retrain)", "",
-                  f"Evaluator: {r['evaluator']}; train/test {r['split']['train']}/{r['split']['test']}.",
-                  "", "| method | " + " | ".join(f"{100 * f:.0f}%" for f in r["fractions"]) + " |",
-                  "|---|" + "---|" * len(r["fractions"])]
-        lines += [f"| {k} | " + " | ".join(_fmt(a) for a in v) + " |" for k, v in r["accuracy"].items()]
-        lines.append("")
+    if "roar" in m:
+        lines += roar_markdown(m["roar"])
     if report.get("metric_inputs"):
         lines += ["## What each metric reads", ""] + [f"- {k}: {v}" for k, v in report["metric_inputs"].items()]
         lines += ["", "Figures show the maps after a 99th-percentile clip and min-max scaling; no metric reads those.", ""]

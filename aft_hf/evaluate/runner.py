@@ -90,7 +90,7 @@ def write_outputs(report: dict, ctx: EvalContext, out_dir: Path, label: str, num
                          plain=["object mask"] if ctx.masks is not None else ())
         figures["examples"] = "examples.png"
     m = report["metrics"]
-    if "roar" in m and "accuracy" in m["roar"]:
+    if "roar" in m and ("accuracy" in m["roar"] or m["roar"].get("below_floor")):  # flagged: drawn as a note
         roar_curves({label: m["roar"]}, out_dir / "roar.png")
         figures["roar"] = "roar.png"
     if "deletion" in m or "insertion" in m:
