@@ -126,3 +126,37 @@ def test_the_default_cnn_reaches_the_floor_on_world_images_and_128_images_do_not
     small = roar(xtr[:128], ytr[:128], xte, yte, no_maps, no_maps, (0.5,), lambda seed: SmallCNN(options, seed=seed),
                  random_baseline=False, progress=False)
     assert small["below_floor"] and "skipped" in small
+
+
+def test_evaluate_refuses_bad_roar_options_before_loading(tmp_path, capsys):
+    from aft_hf.cli import main
+
+    rc = main(["evaluate", "--model", "nowhere/model", "--dataset", "builtin:shapes", "--out", str(tmp_path),
+               "--roar-floor", "1.5", "--roar-repeats", "0", "--roar-epochs", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    for needed in ("3 problems", "--roar-floor is an accuracy in [0, 1], got 1.5", "--roar-repeats must be >= 1",
+                   "--roar-epochs must be >= 1"):
+        assert needed in err, needed
+
+
+def test_roar_metric_passes_its_typed_options_to_the_evaluator_and_reports_them(tiny_encoder, tiny_clip_path):
+    from aft_hf.evaluate import evaluate_model
+    from aft_hf.evaluate.report import markdown
+    from aft_hf.explain import load_text_tower
+
+    torch.manual_seed(0)
+    images, labels = torch.rand(8, 3, 32, 32), torch.tensor([0, 1] * 4)
+    info = {"model": "m", "text_model": "t", "dataset": "d", "split": "s", "skipped_images": 0,
+            "class_names_source": "list"}
+    options = {"roar": {"fractions": [0.5], "cnn": {"epochs": 1, "widths": [4, 8]}, "repeats": 2, "floor": 0.95}}
+    report, _ = evaluate_model(tiny_encoder, load_text_tower(str(tiny_clip_path)), ["a", "b"], ["{}"], images, labels,
+                               ["roar"], ["saliency"], None, options, progress=False, info=info)
+    r = report["metrics"]["roar"]
+    assert r["evaluator_options"]["epochs"] == 1 and r["evaluator_options"]["widths"] == [4, 8]
+    assert r["evaluator_seeds"] == [0, 1] and r["floor"] == 0.95
+    assert r["below_floor"] and "accuracy" not in r  # random images: no evaluator reads them
+    assert "Not a result" in markdown(report) and "(floor 0.95)" in markdown(report)
+    with pytest.raises(EvaluationError, match="unknown ROAR option"):
+        evaluate_model(tiny_encoder, load_text_tower(str(tiny_clip_path)), ["a", "b"], ["{}"], images, labels,
+                       ["roar"], ["saliency"], None, {"roar": {"epochs": 3}}, progress=False, info=info)
