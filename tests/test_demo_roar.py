@@ -5,7 +5,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from aft_hf.cli import main
 from aft_hf.demo.roar import _curve_stats, separation

@@ -55,7 +55,8 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--roar-fractions", nargs="+", type=float, default=None,
                    help="--roar: fractions of the pixels removed (default 0.1 0.3 0.5)")
     p.add_argument("--roar-floor", type=float, default=None,
-                   help="--roar: minimum evaluator accuracy on intact images for ROAR to count as a result (default 0.8)")
+                   help="--roar: minimum evaluator accuracy on intact images for ROAR to count as a result "
+                        "(default 0.8)")
     p.add_argument("--repo-id", default=DemoOptions.repo_id, help="repo id written into the Hub-ready card")
     p.add_argument("--config", help=f"AFT config (default: {DEFAULT_CONFIG.name} shipped with the package)")
     p.add_argument("--base", default=DemoOptions.base, help="world CLIP folder (default: the shipped one)")

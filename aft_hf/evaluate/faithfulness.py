@@ -212,7 +212,8 @@ class RoarOptions:
         object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
         object.__setattr__(self, "cnn", CNNOptions.coerce(self.cnn))
         if self.evaluator not in ROAR_EVALUATORS:
-            raise EvaluationError(f"unknown ROAR evaluator '{self.evaluator}' (choose from {', '.join(ROAR_EVALUATORS)})")
+            raise EvaluationError(f"unknown ROAR evaluator '{self.evaluator}' "
+                                  f"(choose from {', '.join(ROAR_EVALUATORS)})")
         if not self.fractions or any(not 0 < f < 1 for f in self.fractions):
             raise EvaluationError(f"ROAR fractions must lie in (0, 1), got {list(self.fractions)}")
         if int(self.repeats) < 1:
@@ -353,6 +354,6 @@ def roar_markdown(result: dict) -> list[str]:
             "n/a" if a is None else f"{100 * a:.1f}%" + ("" if e is None else f" ± {100 * e:.1f}")
             for a, e in zip(curve, spreads)) + " |")
     if any(v for row in sd.values() for v in row if v is not None):
-        lines += ["", f"Mean ± sd over {len(result.get('evaluator_seeds', []))} evaluators retrained with "
-                      "different seeds on the same modified images."]
+        seeds = len(result.get("evaluator_seeds", []))
+        lines += ["", f"Mean ± sd over {seeds} evaluators retrained with different seeds on the same modified images."]
     return lines + [""]
