@@ -15,7 +15,8 @@ random ranking (both independent of the model) are trained once and shared. Each
 curves of a variant (evaluator seeds x AFT seeds). The AFT and original curves *separate* at a
 fraction when their difference exceeds twice its standard error, which combines the spread of both
 (sd / sqrt(curves)) with the per-image binomial SE of each accuracy on the test images; the same is
-reported for the mean over the removal fractions (one number per curve).
+reported for the mean over the removal fractions (one number per curve; its binomial SE counts the
+fractions x test images as trials, which ignores that the fractions share the images).
 """
 
 from __future__ import annotations
