@@ -45,7 +45,7 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--roar", action="store_true",
                    help="add ROAR (remove and retrain) of the original and each AFT model on fresh world images: "
                         "a from-scratch CNN evaluator, its accuracy on intact images beside the curves, flagged "
-                        "below 0.8 (about 10 extra minutes on one core; not with --study)")
+                        "below 0.8 (10-15 extra minutes on one shared core; not with --study)")
     p.add_argument("--roar-train-images", type=int, default=WorldRoar.train_images,
                    help=f"--roar: world images rendered to train the evaluator (default {WorldRoar.train_images})")
     p.add_argument("--roar-test-images", type=int, default=WorldRoar.test_images,
