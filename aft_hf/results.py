@@ -223,22 +223,38 @@ def _perturbation(mode: str, data: dict) -> MetricResult:
     return MetricResult("", "", scalars, curves, metadata)
 
 
+def _roar_evaluator_note(r: dict) -> str:
+    """What every ROAR curve is shown beside: how well its evaluator reads intact images, against the floor."""
+    if r.get("intact_accuracy") is None:
+        return "ROAR evaluator accuracy on intact images: not recorded."
+    return (f"ROAR evaluator accuracy on intact images: {r['intact_accuracy']:.3f} "
+            f"(floor {r.get('floor', 0):.2f}).")
+
+
 def _roar(data: dict) -> MetricResult:
     r = data["roar"]
+    evaluator = str(r.get("evaluator", ""))
+    split = r.get("split") or {}
+    about = f"ROAR evaluator: {evaluator}; train/test {split.get('train')}/{split.get('test')}."
+    intact = ([Scalar("ROAR evaluator accuracy on intact images", r["intact_accuracy"], None, "setting", None,
+                      "ROAR evaluator, intact images", "higher", True)] if r.get("intact_accuracy") is not None else [])
+    if r.get("below_floor"):  # an evaluator that cannot read intact images: its curve would be noise
+        return MetricResult("", "", intact, notes=[about, _roar_evaluator_note(r) + " **Not a result:** "
+                                                   f"{r.get('skipped', 'the evaluator is below the floor')}; no "
+                                                   "curve is drawn."])
     if "accuracy" not in r:
         return MetricResult("", "", notes=[f"ROAR skipped: {r.get('skipped', 'no result')}."])
     fractions = list(r.get("fractions") or [])
-    scalars = [Scalar("ROAR accuracy (evaluator retrained)", a, f"{m} @ {f:g}", "method @ fraction removed", m,
-                      f"ROAR accuracy, {100 * f:.0f}% removed", "lower", True, baseline=m == "random")
-               for m, curve in r["accuracy"].items() for f, a in zip(fractions, curve or [])]
-    evaluator = str(r.get("evaluator", ""))
+    scalars = intact + [Scalar("ROAR accuracy (evaluator retrained)", a, f"{m} @ {f:g}", "method @ fraction removed",
+                               m, f"ROAR accuracy, {100 * f:.0f}% removed", "lower", True, baseline=m == "random")
+                        for m, curve in r["accuracy"].items() for f, a in zip(fractions, curve or [])]
     kind = "CNN" if "CNN" in evaluator else "linear probe" if "probe" in evaluator else "evaluator"
+    ylabel = f"test accuracy (retrained {kind}" + (f", intact {r['intact_accuracy']:.2f})"
+                                                  if r.get("intact_accuracy") is not None else ")")
     curves = [Curve("roar", "ROAR (lower = more faithful)", fractions, dict(r["accuracy"]),
-                    "pixels removed and retrained (%)", f"test accuracy (retrained {kind})", "roar")]
-    split = r.get("split") or {}
+                    "pixels removed and retrained (%)", ylabel, "roar")]
     metadata = {"evaluator": evaluator, **{f"{k}_images": v for k, v in split.items()}}
-    notes = [f"ROAR evaluator: {evaluator}; train/test {split.get('train')}/{split.get('test')}."]
-    return MetricResult("", "", scalars, curves, metadata, notes)
+    return MetricResult("", "", scalars, curves, metadata, [about, _roar_evaluator_note(r)])
 
 
 def _pointing(data: dict) -> MetricResult:

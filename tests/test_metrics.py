@@ -77,7 +77,7 @@ def test_roar_accuracy_falls_faster_with_the_true_ranking_than_random():
         return truth.expand(n, -1, -1, -1) + 0.01 * torch.rand(n, 1, 8, 8)
 
     res = roar(xtr, ytr, xte, yte, {"truth": maps(160)}, {"truth": maps(80)}, fractions=(0.1, 0.5),
-               evaluator_factory=lambda: LinearProbe(None, max_iter=30), progress=False)
+               evaluator_factory=lambda seed: LinearProbe(None, max_iter=30), progress=False)
     acc = res["accuracy"]
     assert res["fractions"] == [0.0, 0.1, 0.5]
     assert acc["truth"][0] >= 0.9  # the retrained probe reads the corner before removal
@@ -98,7 +98,7 @@ def test_roar_retrains_a_fresh_evaluator_per_point():
     xte, yte = _roar_data(20, 3)
     m = {"a": torch.rand(40, 1, 8, 8)}
     roar(xtr, ytr, xte, yte, m, {"a": torch.rand(20, 1, 8, 8)}, fractions=(0.3, 0.6),
-         evaluator_factory=lambda: Counting(None, max_iter=5), progress=False)
+         evaluator_factory=lambda seed: Counting(None, max_iter=5), progress=False, floor=0.0)
     assert len(fits) == 1 + 2 * 2  # the clean baseline + (method, random) x 2 fractions
     assert not torch.equal(fits[0], fits[1])  # trained on the modified train split
 
@@ -167,7 +167,8 @@ def test_evaluate_model_all_metrics_on_the_tiny_model(tiny_encoder, tiny_clip_pa
     torch.manual_seed(0)
     images, labels = torch.rand(8, 3, 32, 32), torch.tensor([0, 1] * 4)
     masks = boxes_to_masks([[0, 0, 16, 16]] * 8, 32, 32)
-    opts = {"robust": {"eps": [1, 4], "steps": 2}, "roar": {"fractions": [0.5]}, "deletion": {"steps": 4},
+    # random images: no evaluator reads them, so the ROAR floor is off here to get curves at all
+    opts = {"robust": {"eps": [1, 4], "steps": 2}, "roar": {"fractions": [0.5], "floor": 0}, "deletion": {"steps": 4},
             "insertion": {"steps": 4}, "pointing": {"tolerance": 4}, "randomisation": {"max_images": 2}}
     report, ctx = evaluate_model(
         tiny_encoder, load_text_tower(str(tiny_clip_path)), ["red circle", "blue square"], ["a photo of a {}."],
@@ -368,7 +369,7 @@ def test_small_cnn_evaluator_is_seeded_and_roar_falls_with_the_true_ranking():
 
     xtr, ytr = _roar_data(160, 0)
     xte, yte = _roar_data(80, 1)
-    a, b = SmallCNN(epochs=3, seed=5), SmallCNN(epochs=3, seed=5)
+    a, b = SmallCNN({"epochs": 3}, seed=5), SmallCNN({"epochs": 3}, seed=5)
     state = torch.random.get_rng_state()
     a.fit(xtr, ytr)
     b.fit(xtr, ytr)
@@ -378,7 +379,7 @@ def test_small_cnn_evaluator_is_seeded_and_roar_falls_with_the_true_ranking():
     truth[..., :2, :2] = 1
     res = roar(xtr, ytr, xte, yte, {"truth": truth.expand(160, -1, -1, -1) + 0.01 * torch.rand(160, 1, 8, 8)},
                {"truth": truth.expand(80, -1, -1, -1) + 0.01 * torch.rand(80, 1, 8, 8)}, fractions=(0.1,),
-               evaluator_factory=lambda: SmallCNN(epochs=10, seed=0), progress=False)
+               evaluator_factory=lambda seed: SmallCNN({"epochs": 10}, seed=seed), progress=False)
     acc = res["accuracy"]
     assert acc["truth"][0] >= 0.85  # the CNN learns the corner from scratch
     assert acc["truth"][1] <= 0.7 and acc["random"][1] >= 0.8

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..demo import DEFAULT_CONFIG, HEADLINE, DemoOptions, run_demo
+from ..demo.roar import WorldRoar
 from ..demo.setup import check_overrides
 
 NOT_OPTIONS = ("command", "func", "accepts_overrides")
@@ -42,6 +43,21 @@ def add_subcommand(subparsers) -> None:
                    help="L-inf attack for robust accuracy (default apgd: APGD-CE + APGD-T)")
     p.add_argument("--robust-steps", type=int, default=DemoOptions.robust_steps,
                    help="iterations of the robust-accuracy attack")
+    p.add_argument("--roar", action="store_true",
+                   help="add ROAR (remove and retrain) of the original and each AFT model on fresh world images: "
+                        "a from-scratch CNN evaluator, its accuracy on intact images beside the curves, flagged "
+                        "below 0.8 (10-15 extra minutes on one shared core; not with --study)")
+    p.add_argument("--roar-train-images", type=int, default=WorldRoar.train_images,
+                   help=f"--roar: world images rendered to train the evaluator (default {WorldRoar.train_images})")
+    p.add_argument("--roar-test-images", type=int, default=WorldRoar.test_images,
+                   help=f"--roar: world images it is tested on (default {WorldRoar.test_images})")
+    p.add_argument("--roar-repeats", type=int, default=None,
+                   help="--roar: evaluators retrained per point with different seeds (default 2)")
+    p.add_argument("--roar-fractions", nargs="+", type=float, default=None,
+                   help="--roar: fractions of the pixels removed (default 0.1 0.3 0.5)")
+    p.add_argument("--roar-floor", type=float, default=None,
+                   help="--roar: minimum evaluator accuracy on intact images for ROAR to count as a result "
+                        "(default 0.8)")
     p.add_argument("--repo-id", default=DemoOptions.repo_id, help="repo id written into the Hub-ready card")
     p.add_argument("--config", help=f"AFT config (default: {DEFAULT_CONFIG.name} shipped with the package)")
     p.add_argument("--base", default=DemoOptions.base, help="world CLIP folder (default: the shipped one)")
@@ -54,6 +70,10 @@ def _cli_demo(args, overrides: list[str]) -> int:
         raise ConfigError(["--seeds, --train-images, --eval-images and --robust-steps must be >= 1"])
     if args.eps and any(e <= 0 for e in args.eps):
         raise ConfigError([f"--eps must be > 0 (1/255 units), got {args.eps}"])
+    if args.study and args.roar:
+        raise ConfigError(["--roar runs with the demo, not with --study (the study has one model per budget)"])
+    if args.roar_train_images < 1 or args.roar_test_images < 1:
+        raise ConfigError(["--roar-train-images and --roar-test-images must be >= 1"])
     if not args.study and args.eps and len(args.eps) > 1:
         raise ConfigError(["the demo trains one budget: give one --eps value, or add --study for several"])
     methods = tuple(args.methods) if args.methods else (("saliency",) if args.study else DemoOptions.methods)
@@ -61,7 +81,8 @@ def _cli_demo(args, overrides: list[str]) -> int:
                        train_images=args.train_images, eval_images=args.eval_images, methods=methods,
                        control=not args.no_control, robust_steps=args.robust_steps, repo_id=args.repo_id,
                        config=args.config, base=args.base, overrides=overrides, norms=tuple(args.norms),
-                       eps=None if args.study or not args.eps else args.eps[0], robust_attack=args.robust_attack)
+                       eps=None if args.study or not args.eps else args.eps[0], robust_attack=args.robust_attack,
+                       roar=_roar_settings(args) if args.roar else None)
     if args.study:
         from ..demo.study import run_study
 
@@ -72,5 +93,21 @@ def _cli_demo(args, overrides: list[str]) -> int:
     report = run_demo(opts)
     print((Path(opts.out) / "report.md").read_text())
     print(f"wall time {report['wall_time_s']:.0f} s; figures: {Path(opts.out) / 'saliency_grid.png'}, "
-          f"{Path(opts.out) / 'metrics.png'}")
+          f"{Path(opts.out) / 'metrics.png'}" + (f", {Path(opts.out) / 'roar.png'}" if "roar" in report else ""))
     return 0
+
+
+def _roar_settings(args) -> WorldRoar:
+    """``--roar-*`` -> :class:`WorldRoar` (its options validated: a bad fraction or repeat count is one line)."""
+    from dataclasses import replace
+
+    from ..evaluate.errors import EvaluationError
+
+    base = WorldRoar()
+    changes = {k: v for k, v in (("repeats", args.roar_repeats), ("fractions", args.roar_fractions),
+                                 ("floor", args.roar_floor)) if v is not None}
+    try:
+        options = replace(base.options, **changes)
+    except EvaluationError as e:
+        raise ConfigError([f"--roar: {e}"]) from None
+    return replace(base, train_images=args.roar_train_images, test_images=args.roar_test_images, options=options)

@@ -20,6 +20,8 @@ from ..data.images import image_geometry
 from ..evaluate.boxes import BOX_FORMATS, BOX_UNITS
 from ..evaluate.classnames import names_from_feature, resolve_classnames, resolve_templates
 from ..evaluate.data import load_labelled_images
+from ..evaluate.evaluators import CNNOptions
+from ..evaluate.faithfulness import DEFAULT_ROAR_FLOOR
 from ..evaluate.metrics import METRICS
 from ..evaluate.runner import DEFAULT_METRICS, EvaluationError, evaluate_model, resolve_metrics, slug, write_outputs
 from ..evaluate.zeroshot import ATTACKS, DEFAULT_ITERATIONS
@@ -83,6 +85,13 @@ def add_subcommand(subparsers) -> None:
                    help="uninformative image for deletion/insertion (default as in RISE: deletion zero, insertion blur)")
     p.add_argument("--roar-evaluator", choices=["cnn", "probe"], default="cnn",
                    help="ROAR retrains a small CNN from scratch (cnn) or a linear probe on the model's embeddings")
+    p.add_argument("--roar-epochs", type=int, default=CNNOptions.epochs,
+                   help=f"ROAR: training epochs of the CNN evaluator (default {CNNOptions.epochs})")
+    p.add_argument("--roar-repeats", type=int, default=1,
+                   help="ROAR: evaluators retrained per point with different seeds (their spread is shown)")
+    p.add_argument("--roar-floor", type=float, default=DEFAULT_ROAR_FLOOR,
+                   help="ROAR: minimum accuracy of the evaluator on intact held-out images; below it ROAR is flagged "
+                        f"and no curve is drawn as a result (default {DEFAULT_ROAR_FLOOR}; 0: no floor)")
     p.add_argument("--tolerance", type=int, default=None,
                    help="pointing-game tolerance in pixels (default: 15 px at 224 px, scaled to the model's input "
                         "size, e.g. 4 px at 64 px)")
@@ -116,6 +125,9 @@ def _check_options(args) -> list[str]:
     problems.at_least("--attack-steps", args.attack_steps, 1)
     problems.at_least("--attack-restarts", args.attack_restarts, 1)
     problems.at_least("--attack-targets", args.attack_targets, 0)
+    problems.at_least("--roar-epochs", args.roar_epochs, 1)
+    problems.at_least("--roar-repeats", args.roar_repeats, 1)
+    problems.require(0 <= args.roar_floor <= 1, f"--roar-floor is an accuracy in [0, 1], got {args.roar_floor:g}")
     bad = [f for f in args.roar_fractions if not 0 < f < 1]
     problems.require(not bad, "--roar-fractions must lie strictly between 0 and 1 (fractions of pixels removed), "
                               f"got {', '.join(f'{f:g}' for f in bad)}")
@@ -160,7 +172,8 @@ def _cli_evaluate(args, extra) -> int:
     templates = resolve_templates(args.templates or ("clip80" if len(names) == 1000 else "simple"))
     options = {"robust": {"eps": args.eps, "steps": args.attack_steps, "attack": args.robust_attack,
                           "restarts": args.attack_restarts, "targets": args.attack_targets},
-               "roar": {"fractions": args.roar_fractions, "evaluator": args.roar_evaluator},
+               "roar": {"fractions": args.roar_fractions, "evaluator": args.roar_evaluator,
+                        "cnn": {"epochs": args.roar_epochs}, "repeats": args.roar_repeats, "floor": args.roar_floor},
                "deletion": {"steps": args.deletion_steps, "order": args.deletion_order, "baseline": args.baseline},
                "insertion": {"steps": args.deletion_steps, "order": args.deletion_order, "baseline": args.baseline},
                "pointing": {"tolerance": args.tolerance}}

@@ -68,6 +68,18 @@ def run_demo(opts: DemoOptions) -> dict:
     figures = {"saliency_grid": saliency_grid(data.images, data.masks, original, runs[first][0], opts.methods,
                                               setup.out / "saliency_grid.png"),
                "metrics": metrics_figure(report, setup.out / "metrics.png")}
+    if opts.roar is not None:
+        from .roar import roar_figure, roar_verdicts, world_roar
+        from .report import variant_label
+
+        logger.info("ROAR: original and the AFT variants on %d + %d fresh world images", opts.roar.train_images,
+                    opts.roar.test_images)
+        models = {"original": [original_model],
+                  **{t["aft"]: [load_image_encoder(p) for p in finals[t["aft"]]] for t in threats}}
+        report["roar"] = world_roar(opts.roar, setup.world, data.class_weights, data.logit_scale, models,
+                                    progress=opts.progress)
+        report["verdicts"] += roar_verdicts(report["roar"], variant_label)
+        figures["roar"] = roar_figure(report["roar"], setup.out / "roar.png", variant_label)
     report["figures"] = {k: v.name for k, v in figures.items()}
     report["wall_time_s"] = time.perf_counter() - start
     report = write_report(report, setup.out)

@@ -167,8 +167,13 @@ def markdown(report: dict) -> str:
     lines.append("| clean | " + _cell(acc["clean"]["original"]) + " | " + " | ".join(_cell(acc["clean"][v]) for v in variants) + " |")
     for eps, row in acc["robust"].items():
         lines.append(f"| robust {eps} | " + _cell(row["original"]) + " | " + " | ".join(_cell(row[v]) for v in variants) + " |")
+    if "roar" in report:
+        from .roar import roar_markdown
+
+        lines += roar_markdown(report["roar"], variant_label)
     lines += ["", f"Wall time: {report['wall_time_s']:.0f} s. Files: `report.json` (all numbers, per seed), "
-              "`saliency_grid.png`, `metrics.png`, `hub_folder/` (Hub-ready AFT model, dry run)."]
+              "`saliency_grid.png`, `metrics.png`" + (", `roar.png`" if "roar" in report else "")
+              + ", `hub_folder/` (Hub-ready AFT model, dry run)."]
     return "\n".join(lines) + "\n"
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 
 from ..config import load_config
 from ..threat_models import DEFAULT_NORM, THREAT_MODELS, get_threat_model
+
+if TYPE_CHECKING:
+    from .roar import WorldRoar
 
 logger = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "world_aft.yaml"
@@ -65,6 +68,9 @@ class DemoOptions:
     robust_attack: str = "apgd"
     robust_targets: int = 3
     """APGD-T target classes (AutoAttack uses 9; fewer here for time)."""
+    roar: Optional["WorldRoar"] = None
+    """ROAR of the original and each AFT variant on fresh world images (:mod:`aft_hf.demo.roar`); None: skipped
+    (the default, which keeps the demo's time)."""
 
 
 def threat_overrides(norm: str, eps: Optional[float] = None) -> list[str]:

@@ -13,12 +13,16 @@
   accuracy vs k, against a random ranking. A faithful method makes accuracy fall faster. The
   default evaluator is a small CNN trained from scratch (:class:`SmallCNN`, the same for every model
   and method); :class:`LinearProbe` on the evaluated model's frozen embeddings is a cheaper variant.
+  ROAR first scores the evaluator on intact held-out images and reports that accuracy beside every
+  curve; below a floor (default 0.8) it is flagged and no curve is drawn as a result: a weak
+  evaluator starts every curve low and its drops are noise.
 
 All of them rank pixels by the raw map (see :mod:`aft_hf.evaluate.base`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, Sequence
 
 import torch
@@ -27,8 +31,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .errors import EvaluationError
+from .evaluators import CNNOptions
 
 DEFAULT_ROAR_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
+DEFAULT_ROAR_FLOOR = 0.8
+"""Below this accuracy on intact held-out images, ROAR's evaluator is flagged and its curves are not a result."""
 RISE_BASELINES = {"deletion": "zero", "insertion": "blur"}  # what RISE starts from / fills in
 
 
@@ -179,36 +186,151 @@ def remove_top(images: Tensor, maps: Tensor, fraction: float, fill: Tensor,
     return images * (1 - mask) + fill.view(1, -1, 1, 1).to(images) * mask
 
 
+ROAR_EVALUATORS = {
+    "cnn": "small CNN trained from scratch on the modified images (same architecture, schedule and seed "
+           "for every model and method)",
+    "probe": "linear probe (L-BFGS logistic regression) on the evaluated model's frozen image embeddings",
+}
+
+
+@dataclass(frozen=True)
+class RoarOptions:
+    """ROAR's settings (``aft-hf evaluate --roar-*``); each is validated on construction."""
+
+    fractions: tuple[float, ...] = DEFAULT_ROAR_FRACTIONS
+    """Fractions of the pixels removed (each strictly between 0 and 1)."""
+    evaluator: str = "cnn"
+    """``cnn`` (:class:`SmallCNN` from scratch) or ``probe`` (a linear probe on the model's embeddings)."""
+    cnn: CNNOptions = field(default_factory=CNNOptions)
+    """The CNN's architecture and schedule (a dict of :class:`CNNOptions` fields is accepted)."""
+    repeats: int = 1
+    """Evaluators trained per point (seeds seed .. seed + repeats - 1): their spread is the retraining noise."""
+    floor: float = DEFAULT_ROAR_FLOOR
+    """Minimum accuracy of the evaluator on intact held-out images for ROAR to be a result (0: no floor)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
+        object.__setattr__(self, "cnn", CNNOptions.coerce(self.cnn))
+        if self.evaluator not in ROAR_EVALUATORS:
+            raise EvaluationError(f"unknown ROAR evaluator '{self.evaluator}' "
+                                  f"(choose from {', '.join(ROAR_EVALUATORS)})")
+        if not self.fractions or any(not 0 < f < 1 for f in self.fractions):
+            raise EvaluationError(f"ROAR fractions must lie in (0, 1), got {list(self.fractions)}")
+        if int(self.repeats) < 1:
+            raise EvaluationError(f"ROAR repeats must be >= 1, got {self.repeats}")
+        if not 0 <= self.floor <= 1:
+            raise EvaluationError(f"the ROAR floor is an accuracy in [0, 1], got {self.floor}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RoarOptions":
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise EvaluationError(f"unknown ROAR option(s) {unknown} (valid: {', '.join(cls.__dataclass_fields__)})")
+        return cls(**d)
+
+
+def _probe(seed: int) -> Evaluator:
+    """The default evaluator factory of :func:`roar`: a linear probe on raw pixels (deterministic, seed unused)."""
+    return LinearProbe()
+
+
+def _sd(values: Sequence[float]) -> Optional[float]:
+    """Sample standard deviation (``None`` for a single value: there is no spread to show)."""
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
 def roar(train_images: Tensor, train_labels: Tensor, test_images: Tensor, test_labels: Tensor,
          train_maps: dict[str, Tensor], test_maps: dict[str, Tensor],
          fractions: Sequence[float] = DEFAULT_ROAR_FRACTIONS,
-         evaluator_factory: Callable[[], Evaluator] = LinearProbe, random_baseline: bool = True,
-         seed: int = 0, progress: bool = True) -> dict:
-    """RemOve And Retrain. Returns ``{"fractions": [0, k...], "accuracy": {method: [...], "random": [...]}}``.
+         evaluator_factory: Callable[[int], Evaluator] = _probe, random_baseline: bool = True,
+         seed: int = 0, progress: bool = True, repeats: int = 1, floor: float = DEFAULT_ROAR_FLOOR) -> dict:
+    """RemOve And Retrain, with the evaluator's accuracy on intact images and a floor on it.
 
-    The fill value is the per-channel mean of the train images (uninformative, as in Hooker et al.).
-    A fresh evaluator from ``evaluator_factory()`` is trained for every (method, k).
+    ``evaluator_factory(s)`` returns a fresh evaluator trained with seed ``s``; ``repeats`` evaluators
+    (seeds ``seed`` .. ``seed + repeats - 1``) are trained per point on the same modified images, so
+    the spread over them is the retraining noise. The fill value is the per-channel mean of the train
+    images (uninformative, as in Hooker et al.).
+
+    First the evaluators are trained on the intact train images and scored on the intact test
+    images (``intact_accuracy``, mean over repeats). Below ``floor`` the evaluator cannot read the
+    data well enough for a drop to mean anything: the result is flagged (``below_floor``, and
+    ``skipped`` says why), no curve is computed and none is drawn. Otherwise::
+
+        {"fractions": [0, k...], "accuracy": {name|"random": [mean over repeats per point]},
+         "accuracy_sd": {name: [sd over repeats or None]}, "per_seed": {name: [[curve of one seed]]},
+         "intact_accuracy": float, "intact_accuracy_per_seed": [float], "evaluator_seeds": [int],
+         "floor": float, "below_floor": false, "test_images": int}
+
+    The first point of every curve is the intact accuracy (no pixel removed).
     """
     if set(train_maps) != set(test_maps):
         raise EvaluationError("train_maps and test_maps must hold the same methods")
     fractions = [float(f) for f in fractions]
     if any(not 0 < f < 1 for f in fractions):
         raise EvaluationError(f"ROAR fractions must lie in (0, 1), got {fractions}")
+    if repeats < 1 or not 0 <= floor <= 1:
+        raise EvaluationError(f"ROAR needs repeats >= 1 and a floor in [0, 1], got {repeats} and {floor}")
     generator = torch.Generator().manual_seed(seed)
     train_maps, test_maps = dict(train_maps), dict(test_maps)
     if random_baseline:
         train_maps["random"] = torch.rand(train_images.shape[0], 1, *train_images.shape[-2:], generator=generator)
         test_maps["random"] = torch.rand(test_images.shape[0], 1, *test_images.shape[-2:], generator=generator)
+    seeds = [seed + r for r in range(repeats)]
+    bar = tqdm(total=repeats * (1 + len(train_maps) * len(fractions)), desc="ROAR retraining", disable=not progress,
+               leave=False)
+
+    def scores(xtr: Tensor, xte: Tensor) -> list[float]:
+        out = []
+        for s in seeds:
+            evaluator = evaluator_factory(s)
+            evaluator.fit(xtr, train_labels)
+            out.append(evaluator.accuracy(xte, test_labels))
+            bar.update()
+        return out
+
+    intact = scores(train_images, test_images)
+    mean = sum(intact) / len(intact)
+    result = {"fractions": [0.0] + fractions, "intact_accuracy": mean, "intact_accuracy_per_seed": intact,
+              "evaluator_seeds": seeds, "floor": float(floor), "below_floor": mean < floor,
+              "test_images": int(test_images.shape[0])}
+    if mean < floor:
+        bar.close()
+        result["skipped"] = (f"the evaluator reaches {mean:.3f} on intact held-out images, below the floor "
+                             f"{floor:.2f}: a ROAR curve would not be a result (give it more training images, "
+                             "epochs or capacity)")
+        return result
     fill = train_images.mean(dim=(0, 2, 3))
-    base = evaluator_factory()
-    base.fit(train_images, train_labels)
-    clean = base.accuracy(test_images, test_labels)
-    result = {"fractions": [0.0] + fractions, "accuracy": {}}
-    jobs = [(name, f) for name in train_maps for f in fractions]
-    bar = tqdm(jobs, desc="ROAR retraining", disable=not progress, leave=False)
-    for name, f in bar:
-        evaluator = evaluator_factory()
-        evaluator.fit(remove_top(train_images, train_maps[name], f, fill, generator), train_labels)
-        acc = evaluator.accuracy(remove_top(test_images, test_maps[name], f, fill, generator), test_labels)
-        result["accuracy"].setdefault(name, [clean]).append(acc)
+    per_seed: dict[str, list[list[float]]] = {}
+    for name in train_maps:
+        per_seed[name] = [[a] for a in intact]
+        for f in fractions:
+            xtr = remove_top(train_images, train_maps[name], f, fill, generator)
+            xte = remove_top(test_images, test_maps[name], f, fill, generator)
+            for curve, acc in zip(per_seed[name], scores(xtr, xte)):
+                curve.append(acc)
+    bar.close()
+    points = {name: list(zip(*curves)) for name, curves in per_seed.items()}
+    result["accuracy"] = {name: [sum(p) / len(p) for p in pts] for name, pts in points.items()}
+    result["accuracy_sd"] = {name: [_sd(p) for p in pts] for name, pts in points.items()}
+    result["per_seed"] = per_seed
     return result
+
+
+def roar_flag(result: dict) -> Optional[str]:
+    """Why a ROAR result is not a result (its evaluator is below the floor, or ROAR was skipped), else ``None``."""
+    if result.get("below_floor") or "accuracy" not in result:
+        return result.get("skipped", "no ROAR curve")
+    return None
+
+
+def roar_evaluator_text(result: dict) -> str:
+    """"evaluator accuracy on intact images 0.953 (floor 0.80)": what every ROAR curve is shown beside."""
+    if result.get("intact_accuracy") is None:
+        return "evaluator accuracy on intact images not recorded"
+    seeds = result.get("intact_accuracy_per_seed") or []
+    spread = f" ± {_sd(seeds):.3f} over {len(seeds)} evaluator seeds" if len(seeds) > 1 else ""
+    return (f"evaluator accuracy on intact images {result['intact_accuracy']:.3f}{spread} "
+            f"(floor {result.get('floor', DEFAULT_ROAR_FLOOR):.2f})")

@@ -18,7 +18,7 @@ from .base import RAW_MAP, EvalContext, Metric
 from .complexity import gini
 from .evaluators import SmallCNN
 from .faithfulness import (
-    DEFAULT_ROAR_FRACTIONS, RISE_BASELINES, LinearProbe, auc, normalised_auc, perturbation_curve, roar,
+    ROAR_EVALUATORS, RISE_BASELINES, LinearProbe, RoarOptions, auc, normalised_auc, perturbation_curve, roar,
 )
 from .localisation import empty_masks, energy_in_mask, pointing_game
 from .sanity import randomisation_check
@@ -145,47 +145,29 @@ class Insertion(_Perturbation):
     layout = FLAT_LAYOUTS["insertion"]
 
 
-ROAR_EVALUATORS = {
-    "cnn": "small CNN trained from scratch on the modified images (same architecture, schedule and seed "
-           "for every model and method)",
-    "probe": "linear probe (L-BFGS logistic regression) on the evaluated model's frozen image embeddings",
-}
-
-
-@dataclass(frozen=True)
-class RoarOptions:
-    fractions: Sequence[float] = DEFAULT_ROAR_FRACTIONS
-    """Fractions of the pixels removed (each strictly between 0 and 1)."""
-    evaluator: str = "cnn"
-    """``cnn`` (a small CNN from scratch) or ``probe`` (a linear probe on the model's embeddings)."""
-    epochs: int = 8
-    """Training epochs of the CNN evaluator."""
-
-    def __post_init__(self):
-        if self.evaluator not in ROAR_EVALUATORS:
-            raise ValueError(f"unknown ROAR evaluator '{self.evaluator}' (choose from {', '.join(ROAR_EVALUATORS)})")
-
-
 class ROAR(Metric):
     name, family = "roar", "faithfulness"
     layout = FLAT_LAYOUTS["roar"]
     citation = "Hooker, Erhan, Kindermans & Kim 2019, A Benchmark for Interpretability Methods in Deep Neural Networks"
-    consumes = "pixel ranking of the " + RAW_MAP + "; a retrained evaluator (report: evaluator)"
+    consumes = ("pixel ranking of the " + RAW_MAP + "; a retrained evaluator (report: evaluator), scored first "
+                "on intact images against a floor")
     Options = RoarOptions
 
     def evaluator_factory(self, ctx: EvalContext):
-        """``cnn`` (default): :class:`SmallCNN` from scratch; ``probe``: :class:`LinearProbe` on ctx.encoder."""
+        """seed -> evaluator. ``cnn`` (default): :class:`SmallCNN` from scratch; ``probe``: :class:`LinearProbe`
+        on ctx.encoder (deterministic: its repeats agree)."""
         device = ctx.class_weights.device
-        if self.options.evaluator == "cnn":
-            epochs = self.options.epochs
-            return lambda: SmallCNN(epochs=epochs, seed=ctx.seed, device=device)
+        options = self.options
+        if options.evaluator == "cnn":
+            return lambda seed: SmallCNN(options.cnn, seed=seed, device=device)
 
         def features(x):
             with torch.no_grad():
                 return ctx.encoder(x.to(device)).float()
-        return lambda: LinearProbe(features, batch_size=ctx.batch_size)
+        return lambda seed: LinearProbe(features, batch_size=ctx.batch_size)
 
     def compute(self, ctx: EvalContext) -> MetricResult:
+        o = self.options
         factory = self.evaluator_factory(ctx)
         n = ctx.images.shape[0]
         if n < 4 or len(set(ctx.labels.tolist())) < 2:
@@ -195,10 +177,11 @@ class ROAR(Metric):
         maps = {m: ctx.maps(m) for m in ctx.methods}
         result = roar(ctx.images[train], ctx.labels[train], ctx.images[test], ctx.labels[test],
                       {m: v[train] for m, v in maps.items()}, {m: v[test] for m, v in maps.items()},
-                      self.options.fractions, factory, seed=ctx.seed, progress=ctx.progress)
-        kind = self.options.evaluator
-        result["evaluator"] = ROAR_EVALUATORS[kind]
-        result["evaluator_kind"] = kind
+                      o.fractions, factory, seed=ctx.seed, progress=ctx.progress, repeats=o.repeats, floor=o.floor)
+        result["evaluator"] = ROAR_EVALUATORS[o.evaluator]
+        result["evaluator_kind"] = o.evaluator
+        if o.evaluator == "cnn":
+            result["evaluator_options"] = o.cnn.to_dict()
         result["split"] = {"train": len(train), "test": len(test)}
         return self.result({"roar": result})
 

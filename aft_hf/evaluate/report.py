@@ -25,8 +25,13 @@ readers of the flat ``metrics`` keep working and older reports without ``results
                       "methods": {method|"random": {"auc": float, "auc_unnormalised": float, "curve": [float],
                                                     "random_auc": float, "auc_minus_random": float}}},
         "insertion": {... same as deletion ...},
-        "roar": {"fractions": [float], "accuracy": {method|"random": [float]}, "evaluator": str,
-                 "evaluator_kind": "cnn"|"probe", "split": {"train": int, "test": int}},
+        "roar": {"fractions": [float], "accuracy": {method|"random": [float]},   # accuracy: mean over repeats
+                 "accuracy_sd": {method|"random": [float|null]}, "per_seed": {method|"random": [[float]]},
+                 "intact_accuracy": float, "intact_accuracy_per_seed": [float], "evaluator_seeds": [int],
+                 "floor": float, "below_floor": bool, "test_images": int, "evaluator": str,
+                 "evaluator_kind": "cnn"|"probe", "evaluator_options": {...},   # options: cnn only
+                 "split": {"train": int, "test": int}},
+                 # below the floor (or too few images): no accuracy/accuracy_sd/per_seed, "skipped": str says why
         "pointing_game": {method: {"exact": float, "tolerance_<N>px": float}},
         "energy_in_mask": {method: {"energy": float, "chance": float}},
         "n_empty_masks": int,                     # with pointing/energy: masks skipped as empty
