@@ -160,6 +160,6 @@ def test_roar_metric_passes_its_typed_options_to_the_evaluator_and_reports_them(
     assert r["evaluator_seeds"] == [0, 1] and r["floor"] == 0.95
     assert r["below_floor"] and "accuracy" not in r  # random images: no evaluator reads them
     assert "Not a result" in markdown(report) and "(floor 0.95)" in markdown(report)
-    with pytest.raises(EvaluationError, match="unknown ROAR option"):
+    with pytest.raises(EvaluationError, match="metric 'roar' has no option 'epochs'"):
         evaluate_model(tiny_encoder, load_text_tower(str(tiny_clip_path)), ["a", "b"], ["{}"], images, labels,
                        ["roar"], ["saliency"], None, {"roar": {"epochs": 3}}, progress=False, info=info)
