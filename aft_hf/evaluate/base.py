@@ -26,8 +26,12 @@ from torch import Tensor, nn
 
 from ..explain import Explainer, postprocess
 from .errors import EvaluationError  # noqa: F401  (re-exported: its historical home)
+from .sharding import Shard
 from .zeroshot import ZeroShotClassifier
 
+PER_IMAGE = "per_image"
+"""The key under which ``compute`` may return per-image values (lists in image order); the runner moves
+them out of ``metrics`` into the report's own ``per_image`` section."""
 RAW_MAP = "raw map: |attribution| summed over channels (Grad-CAM/attention as computed), no clip, no min-max"
 
 
@@ -46,6 +50,8 @@ class EvalContext:
     seed: int = 0
     progress: bool = True
     options: dict = field(default_factory=dict)
+    shard: Shard = field(default_factory=Shard)
+    """This process's share of the batches under ``accelerate launch`` (metrics with ``shards`` read it)."""
     _maps: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -90,6 +96,9 @@ class Metric(abc.ABC):
     citation: ClassVar[str] = ""
     consumes: ClassVar[str] = ""  # what the metric reads (e.g. the raw map), written into the report
     needs_masks: ClassVar[bool] = False
+    shards: ClassVar[bool] = False
+    """True when ``compute`` splits its batches over ``ctx.shard``'s processes and returns every process the
+    one-process result (:mod:`aft_hf.evaluate.sharding`); the others refuse to run under several processes."""
 
     def __init__(self, **options):
         self.options = options

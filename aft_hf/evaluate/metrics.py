@@ -11,7 +11,7 @@ import math
 import torch
 
 from ..threat_models import DEFAULT_NORM
-from .base import RAW_MAP, EvalContext, Metric
+from .base import PER_IMAGE, RAW_MAP, EvalContext, Metric
 from .complexity import gini
 from .evaluators import SmallCNN
 from .faithfulness import (
@@ -21,21 +21,22 @@ from .localisation import empty_masks, energy_in_mask, pointing_game
 from .sanity import randomisation_check
 from .apgd import attack_description
 from .stats import nanmean as _mean
-from .zeroshot import DEFAULT_ITERATIONS, predict, robust_accuracy, topk_accuracy
+from .zeroshot import DEFAULT_ITERATIONS, predict, robust_shares, robust_verdicts, topk_accuracy
 
 
 class ZeroShotAccuracy(Metric):
-    name, family = "zeroshot", "accuracy"
+    name, family, shards = "zeroshot", "accuracy", True
     citation = "Radford et al. 2021, Learning Transferable Visual Models From Natural Language Supervision"
 
     def compute(self, ctx: EvalContext) -> dict:
-        logits = predict(ctx.classifier, ctx.images, ctx.batch_size, ctx.progress)
+        logits = predict(ctx.classifier, ctx.images, ctx.batch_size, ctx.progress, ctx.shard)
         acc = topk_accuracy(logits, ctx.labels, (1, 5))
-        return {"zeroshot_top1": acc["top1"], "zeroshot_top5": acc["top5"]}
+        return {"zeroshot_top1": acc["top1"], "zeroshot_top5": acc["top5"],
+                PER_IMAGE: {"zeroshot_pred": logits.argmax(dim=1).tolist()}}
 
 
 class RobustAccuracy(Metric):
-    name, family = "robust", "accuracy"
+    name, family, shards = "robust", "accuracy", True
     citation = ("Croce & Hein 2020 (APGD-CE, APGD-T; AutoAttack) or Madry et al. 2018 (PGD); protocol of "
                 "Schlarmann et al. 2024, Robust CLIP (FARE): attacks on the zero-shot logits, worst case per image")
 
@@ -44,13 +45,15 @@ class RobustAccuracy(Metric):
         attack = self.options.get("attack", "apgd")
         steps = self.options.get("steps") or DEFAULT_ITERATIONS[attack]
         restarts, targets = self.options.get("restarts", 1), self.options.get("targets", 9)
-        acc = robust_accuracy(ctx.classifier, ctx.images, ctx.labels, eps, steps, self.options.get("alpha"),
-                              ctx.batch_size, ctx.seed, ctx.progress, attack, restarts, targets)
+        verdicts = robust_verdicts(ctx.classifier, ctx.images, ctx.labels, eps, steps, self.options.get("alpha"),
+                                   ctx.batch_size, ctx.seed, ctx.progress, attack, restarts, targets, shard=ctx.shard)
+        acc = robust_shares(verdicts)
         setup = {"attack": attack, "name": attack_description(attack, DEFAULT_NORM, steps), "norm": DEFAULT_NORM,
                  "steps": steps}
         if attack == "apgd":
             setup.update(restarts=restarts, targets=min(targets, ctx.class_weights.shape[0] - 1))
-        return {"robust_top1": acc, "robust_attack": {**setup, "eps": [f"{e:g}/255" for e in eps]}}
+        return {"robust_top1": acc, "robust_attack": {**setup, "eps": [f"{e:g}/255" for e in eps]},
+                PER_IMAGE: {"robust": {k: v.tolist() for k, v in verdicts.items()}}}
 
 
 class _Perturbation(Metric):

@@ -14,9 +14,10 @@ from ..constants import VERSION as __version__
 from ..explain import ExplainError, resolve_method
 from ..explain.targets import TextTower
 from ..figures import attribution_grid, perturbation_curves, roar_curves
-from .base import EvalContext, EvaluationError
+from .base import PER_IMAGE, EvalContext, EvaluationError
 from .metrics import ALIASES, METRICS, finite
 from .report import SCHEMA_VERSION, write_json, write_markdown
+from .sharding import Shard
 
 logger = logging.getLogger(__name__)
 DEFAULT_METRICS = ("zeroshot", "robust", "deletion", "insertion", "sparseness")
@@ -35,15 +36,35 @@ def resolve_metrics(names: Sequence[str], have_masks: bool) -> list[str]:
     return out
 
 
+def check_shardable(names: Sequence[str], processes: int) -> None:
+    """Under several processes only metrics that shard their batches (``Metric.shards``) may run; refuse the
+    others before any work, in one line (each process would otherwise repeat them on every image)."""
+    if processes <= 1:
+        return
+    resolved = [ALIASES.get(n.strip().lower(), n.strip().lower()) for n in names]
+    alone = [n for n in dict.fromkeys(resolved) if n in METRICS and not METRICS[n].shards]
+    if alone:
+        sharded = ", ".join(n for n, cls in METRICS.items() if cls.shards)
+        raise EvaluationError(f"metric(s) {', '.join(alone)} run in one process only, but {processes} processes were "
+                              f"launched: under accelerate launch use --metrics {sharded} (they are sharded "
+                              "across processes), and run the others without accelerate launch")
+
+
 def evaluate_model(encoder: torch.nn.Module, text: TextTower, class_names: Sequence[str], templates: Sequence[str],
                    images: torch.Tensor, labels: torch.Tensor, metrics: Sequence[str] = DEFAULT_METRICS,
                    methods: Sequence[str] = ("saliency", "gradcam"), masks: Optional[torch.Tensor] = None,
                    metric_options: Optional[dict] = None, batch_size: int = 16, seed: int = 0,
-                   progress: bool = True, info: Optional[dict] = None) -> tuple[dict, EvalContext]:
-    """Compute the requested metrics; returns (report dict following report.py's schema, context)."""
+                   progress: bool = True, info: Optional[dict] = None,
+                   shard: Optional[Shard] = None) -> tuple[dict, EvalContext]:
+    """Compute the requested metrics; returns (report dict following report.py's schema, context).
+
+    ``shard``: this process's place under ``accelerate launch`` (:mod:`aft_hf.evaluate.sharding`); every
+    process gets the same report, equal to a one-process run's. Metrics that do not shard are refused."""
     if len(labels) and int(labels.max()) >= len(class_names):
         raise EvaluationError(f"label {int(labels.max())} has no class name ({len(class_names)} names given)")
     names = resolve_metrics(metrics, masks is not None)
+    shard = shard or Shard()
+    check_shardable(names, shard.count)
     if masks is not None and (masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]):
         raise EvaluationError(f"masks {tuple(masks.shape)} do not match images {tuple(images.shape)}: give one mask "
                               "per image, resized and centre-cropped like it")
@@ -51,14 +72,17 @@ def evaluate_model(encoder: torch.nn.Module, text: TextTower, class_names: Seque
     device = next(encoder.parameters()).device
     class_weights = text.class_embeddings(class_names, templates).to(device)
     encoder.eval()
-    ctx = EvalContext(encoder, class_weights, images, labels, methods, text.logit_scale, masks, batch_size, seed, progress)
-    results, timing, citations, inputs = {}, {}, {}, {}
+    ctx = EvalContext(encoder, class_weights, images, labels, methods, text.logit_scale, masks, batch_size, seed,
+                      progress and shard.is_main, shard=shard)
+    results, timing, citations, inputs, per_image = {}, {}, {}, {}, {}
     options = metric_options or {}
     for name in names:
         metric = METRICS[name](**options.get(name, {}))
         start = time.perf_counter()
         logger.info("metric %s", name)
-        results.update(metric.compute(ctx))
+        values = metric.compute(ctx)
+        per_image.update(values.pop(PER_IMAGE, {}))
+        results.update(values)
         timing[name] = round(time.perf_counter() - start, 3)
         citations[name] = metric.citation
         if metric.consumes:
@@ -68,6 +92,8 @@ def evaluate_model(encoder: torch.nn.Module, text: TextTower, class_names: Seque
               **(info or {}), "num_samples": int(len(images)), "num_classes": len(class_names),
               "num_templates": len(templates), "methods": methods, "seed": seed,
               "metrics": finite(results), "metric_inputs": inputs, "citations": citations, "timing_s": timing, "figures": {}}
+    if per_image:
+        report["per_image"] = {"label": labels.tolist(), **per_image}
     return report, ctx
 
 
@@ -109,5 +135,5 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in s.replace("/", "__")).strip("._") or "model"
 
 
-__all__ = ["DEFAULT_METRICS", "EvaluationError", "ExplainError", "evaluate_model", "resolve_metrics", "slug",
-           "write_outputs"]
+__all__ = ["DEFAULT_METRICS", "EvaluationError", "ExplainError", "check_shardable", "evaluate_model", "resolve_metrics",
+           "slug", "write_outputs"]
