@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from typing import Callable, Optional, Sequence, TypeVar
 
 import torch
 
@@ -58,18 +58,21 @@ class Shard:
 
     index: int = 0
     count: int = 1
-    accelerator: Any = field(default=None, compare=False, repr=False)
+    all_gather: Optional[Callable[[list], list]] = field(default=None, compare=False, repr=False)
+    """Every process's list, concatenated in process order (``accelerate.utils.gather_object``)."""
 
     def __post_init__(self):
         if not 0 <= self.index < self.count:
             raise EvaluationError(f"process {self.index} of {self.count}: the index must lie in 0..{self.count - 1}")
-        if self.count > 1 and self.accelerator is None:
-            raise EvaluationError("a shard of several processes needs the Accelerator that gathers their results")
+        if self.count > 1 and self.all_gather is None:
+            raise EvaluationError("a shard of several processes needs the all-gather that brings their results together")
 
     @classmethod
     def of(cls, accelerator) -> "Shard":
         """The shard of this rank of ``accelerator`` (an ``accelerate.Accelerator``)."""
-        return cls(accelerator.process_index, accelerator.num_processes, accelerator)
+        from accelerate.utils import gather_object
+
+        return cls(accelerator.process_index, accelerator.num_processes, gather_object)
 
     @property
     def is_main(self) -> bool:
@@ -81,11 +84,7 @@ class Shard:
 
     def gather(self, records: list) -> list:
         """Every process's ``records`` (picklable; tensors on the CPU), concatenated in process order."""
-        if self.count == 1:
-            return list(records)
-        from accelerate.utils import gather_object
-
-        return gather_object(list(records))
+        return list(records) if self.count == 1 else list(self.all_gather(list(records)))
 
 
 def in_batch_order(records: Sequence[dict], total: int, what: str) -> list[dict]:
