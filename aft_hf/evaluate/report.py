@@ -24,7 +24,9 @@ JSON schema (``schema_version`` 1)::
         "gini": {method: float},
         "randomisation_spearman": {method: float}},
      "metric_inputs": {metric: str},              # what each metric reads (raw maps, never display maps)
-     "citations": {metric: str}, "timing_s": {metric: float}, "figures": {name: relative path}}
+     "citations": {metric: str}, "timing_s": {metric: float}, "figures": {name: relative path},
+     "per_image": {"label": [int], "zeroshot_pred": [int],    # with zeroshot / robust; in image order,
+                   "robust": {"1/255": [bool], ...}}}         # the same under several processes
 
 Accuracies are fractions in [0, 1]; NaN becomes null. Deletion/insertion ``auc`` and ``curve`` are
 divided by ``clean_probability`` (the model's mean true-class probability on the unmodified
