@@ -65,7 +65,8 @@ class Shard:
         if not 0 <= self.index < self.count:
             raise EvaluationError(f"process {self.index} of {self.count}: the index must lie in 0..{self.count - 1}")
         if self.count > 1 and self.all_gather is None:
-            raise EvaluationError("a shard of several processes needs the all-gather that brings their results together")
+            raise EvaluationError("a shard of several processes needs the all-gather that brings their results "
+                                  "together")
 
     @classmethod
     def of(cls, accelerator) -> "Shard":
