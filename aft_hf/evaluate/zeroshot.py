@@ -41,7 +41,7 @@ class ZeroShotClassifier(nn.Module):
         return self.logit_scale * embeds @ self.class_weights.to(embeds.device).T
 
 
-def _shard_batches(n: int, batch_size: int, shard: Optional[Shard], desc: str = "zero-shot",
+def _progress_bar(n: int, batch_size: int, shard: Optional[Shard], desc: str = "zero-shot",
                    progress: bool = True):
     """A progress bar over this process's batches (shown on the main process only)."""
     shard = shard or Shard()
@@ -58,14 +58,14 @@ def predict(classifier: ZeroShotClassifier, images: Tensor, batch_size: int = 64
     and every process returns the logits of all images, in order."""
     classifier.eval()
     device = classifier.class_weights.device
-    mine = _shard_batches(len(images), batch_size, shard, "zero-shot", progress)
+    bar = _progress_bar(len(images), batch_size, shard, "zero-shot", progress)
 
     def logits(b: int, s: int, e: int) -> Tensor:
-        mine.update(1)
+        bar.update(1)
         return classifier(images[s:e].to(device)).cpu()
 
     parts = map_batches(len(images), batch_size, logits, shard, "zero-shot logits")
-    mine.close()
+    bar.close()
     return torch.cat(parts) if parts else torch.empty(0, classifier.class_weights.shape[0])
 
 
@@ -135,7 +135,7 @@ def robust_verdicts(classifier: ZeroShotClassifier, images: Tensor, labels: Tens
     if any(e < 0 for e in budgets):
         raise EvaluationError(f"eps must be >= 0 (1/255 units), got {list(eps)}")
     device = classifier.class_weights.device
-    bar = _shard_batches(len(images), batch_size, shard, f"robust ({attack})", progress)
+    bar = _progress_bar(len(images), batch_size, shard, f"robust ({attack})", progress)
 
     def batch(b: int, s: int, e: int) -> Tensor:
         x, y = images[s:e].to(device), labels[s:e].to(device)
