@@ -137,9 +137,9 @@ def test_metrics_that_do_not_shard_are_refused_before_any_work(problem, tmp_path
     with pytest.raises(EvaluationError, match="deletion run in one process only"):
         evaluate_model(encoder, text, NAMES, ["{}"], images, labels, ["zeroshot", "deletion"],
                        shard=Shard(0, 2, lambda r: r))
-    import aft_hf.explain.loading as loading
+    import aft_hf.commands.evaluate as command
 
-    monkeypatch.setattr(loading, "load_models_and_texts", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(command, "load_models_and_texts", lambda *a, **k: pytest.fail("loaded a model"))
     monkeypatch.setenv("WORLD_SIZE", "2")
     code = main(["evaluate", "--model", "m", "--dataset", "builtin:shapes", "--metrics", "zeroshot", "gini",
                  "--out", str(tmp_path)])
