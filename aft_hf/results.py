@@ -110,6 +110,9 @@ class MetricResult:
     notes: list[str] = field(default_factory=list)
     data: dict = field(default_factory=dict)
     per_image: dict[str, dict[str, Tensor]] = field(default_factory=dict, repr=False)
+    verdicts: dict = field(default_factory=dict, repr=False)
+    """Per-image results written to ``report.json``'s ``per_image`` (lists in image order: predictions,
+    robust verdicts), so that runs can be compared image by image (one process against several)."""
     setup_title: str = ""
     """How the card introduces ``metadata`` ("robust accuracy under"); default: "<metric> with"."""
     seconds: Optional[float] = None

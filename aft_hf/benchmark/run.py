@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
-
 from ..evaluate.runner import slug
+from ..evaluate.sharding import Shard, make_accelerator
 from ..evaluate.zeroshot import ZeroShotClassifier
 from .errors import BenchmarkError
 from .protocol import PrecisionForward, Protocol
@@ -26,14 +25,6 @@ from .runner import (LOGIT_SCALE, STATE_DIR, BatchWork, DatasetPlan, DatasetRequ
 from .wds import open_wds
 
 logger = logging.getLogger(__name__)
-
-
-def make_accelerator(device: str = "auto"):
-    """An Accelerator (one process, or this rank of an ``accelerate launch``); ``cpu`` when asked or no GPU."""
-    from accelerate import Accelerator
-
-    cpu = device == "cpu" or not torch.cuda.is_available()
-    return Accelerator(cpu=cpu)
 
 
 def run_work(plans: Sequence[DatasetPlan], protocol: Protocol) -> int:
@@ -67,8 +58,6 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
                   split: str = "test", device: str = "auto", accelerator=None, print_fn=print) -> dict:
     """Benchmark ``models`` on ``requests``; returns the report (also written to ``out``) on the main process,
     None on the others."""
-    from accelerate.utils import gather_object
-
     from ..explain.loading import load_models_and_texts
 
     protocol = protocol or Protocol()
@@ -112,8 +101,7 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
         (encoder,), (text,), _ = load_models_and_texts([model], text_model, acc.device)
         for plan in todo:
             results[model][plan.request.name] = _run_dataset(acc, encoder, text, plan, protocol,
-                                                             state / plan.request.name, model, gather_object,
-                                                             run_state)
+                                                             state / plan.request.name, model, run_state)
             run_state["work_left"] = max(run_state["work_left"] - run_work([plan], protocol), 0)
             if main:
                 report = write_reports(build_report(models, text_model, protocol, entries, results, launch), out)
@@ -126,12 +114,13 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
 
 
 def _run_dataset(acc, encoder, text, plan: DatasetPlan, protocol: Protocol, folder: Path, model: str,
-                 gather_object, run_state: dict) -> dict:
+                 run_state: dict) -> dict:
     name = plan.request.name
     weights = text.class_embeddings(plan.data.classnames, plan.data.templates).to(acc.device)
     classifier = PrecisionForward(ZeroShotClassifier(encoder, weights, LOGIT_SCALE), protocol.precision).eval()
     work = BatchWork(classifier, plan, protocol, folder, encoder.image_size, acc.device)
-    mine = list(range(acc.process_index, work.num_batches, acc.num_processes))
+    shard = Shard.of(acc)
+    mine = shard.batches(work.num_batches)
     if acc.is_main_process:
         logger.info("%s on %s: %d batches of %d over %d process(es)", model, name, work.num_batches,
                     protocol.batch_size, acc.num_processes)
@@ -146,8 +135,7 @@ def _run_dataset(acc, encoder, text, plan: DatasetPlan, protocol: Protocol, fold
         _eta(f"{slug(model)} / {name}", position, total, seconds, started)
 
     records = work.run(mine, progress)
-    gathered = gather_object(records) if acc.num_processes > 1 else records
-    result = summarise(gathered, plan, protocol)
+    result = summarise(shard.gather(records), plan, protocol)
     if acc.is_main_process:
         write_json(folder / "result.json", result)
         rob = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result["robust_top1"].items())

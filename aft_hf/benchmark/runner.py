@@ -1,8 +1,9 @@
 """Run the benchmark: models x datasets, batches sharded across processes, resumable per batch.
 
-Sharding: batch b (images ``b*B .. (b+1)*B`` of the split) belongs to process ``b % P``. Its attack
-randomness is seeded by (seed, b, budget), so a batch gives the same verdicts whichever process runs
-it and however many there are. Each finished batch is written to
+Sharding (:mod:`aft_hf.evaluate.sharding`, shared with ``aft-hf evaluate``): batch b (images
+``b*B .. (b+1)*B`` of the split) belongs to process ``b % P``. Its attack randomness is seeded by
+(seed, b, budget), so a batch gives the same verdicts whichever process runs it and however many
+there are. Each finished batch is written to
 ``OUT/state/<model>/<dataset>/batch_<b>.json`` at once (a killed run redoes at most the batches in
 flight; a resumed run may use another number of processes); the per-batch records are gathered on the
 main process, which writes ``result.json`` of the dataset and the reports. The state folder must be
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,8 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..files import write_json
+from ..evaluate.errors import EvaluationError
+from ..evaluate.sharding import batch_bounds, batch_seed, in_batch_order, num_batches
 from .errors import BenchmarkError
 from .protocol import Protocol, budget_key, robust_verdicts
 from .suites import PROTOCOL_ROBUST_IMAGES, SuiteDataset, known_dataset
@@ -107,14 +109,13 @@ class BatchWork:
                  image_size: int, device: torch.device):
         self.classifier, self.plan, self.protocol = classifier, plan, protocol
         self.folder, self.size, self.device = folder, image_size, device
-        self.num_batches = math.ceil(plan.clean_images / protocol.batch_size)
+        self.num_batches = num_batches(plan.clean_images, protocol.batch_size)
 
     def path(self, b: int) -> Path:
         return self.folder / f"batch_{b:06d}.json"
 
     def bounds(self, b: int) -> tuple[int, int]:
-        s = b * self.protocol.batch_size
-        return s, min(s + self.protocol.batch_size, self.plan.clean_images)
+        return batch_bounds(b, self.protocol.batch_size, self.plan.clean_images)
 
     def compute(self, b: int) -> dict:
         """Batch ``b``'s record: labels, clean predictions and top-5 hits, per budget the robust verdicts."""
@@ -133,8 +134,8 @@ class BatchWork:
             x, y = images[:n_att], labels[:n_att]
             alive = pred[:n_att] == y
             for i, eps in enumerate(sorted(self.protocol.eps)):
-                seed = (self.protocol.seed * 1_000_003 + b) * 101 + i
-                verdict = robust_verdicts(self.classifier, x, y, alive, eps, self.protocol, seed)
+                verdict = robust_verdicts(self.classifier, x, y, alive, eps, self.protocol,
+                                          batch_seed(self.protocol.seed, b, i))
                 record["robust"][budget_key(eps)] = verdict.tolist()
                 if self.protocol.nested:
                     alive = verdict
@@ -157,11 +158,10 @@ class BatchWork:
 
 def summarise(records: Sequence[dict], plan: DatasetPlan, protocol: Protocol) -> dict:
     """The dataset's numbers from its per-batch records (every batch once, in order; checked)."""
-    records = sorted(records, key=lambda r: r["batch"])
-    expected = math.ceil(plan.clean_images / protocol.batch_size)
-    if [r["batch"] for r in records] != list(range(expected)):
-        raise BenchmarkError(f"{plan.request.name}: gathered batches {[r['batch'] for r in records]}, "
-                             f"expected 0..{expected - 1}")
+    try:
+        records = in_batch_order(records, num_batches(plan.clean_images, protocol.batch_size), plan.request.name)
+    except EvaluationError as e:
+        raise BenchmarkError(str(e)) from None
     labels = [y for r in records for y in r["labels"]]
     pred = [p for r in records for p in r["pred"]]
     top5 = [t for r in records for t in r["top5"]]

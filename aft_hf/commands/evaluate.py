@@ -2,16 +2,21 @@
 
     aft-hf evaluate --model out/final --dataset ILSVRC/imagenet-1k --split validation \\
         --max-samples 5000 --metrics zeroshot robust deletion roar --out report/
+
+Under ``accelerate launch`` with several processes the ``zeroshot`` and ``robust`` metrics share the
+batches out (:mod:`aft_hf.evaluate.sharding`) and the main process writes the one-process report; the
+other metrics are refused there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
 from . import (DefaultsHelpFormatter, add_data_quality_arguments, add_device_and_out_arguments, add_model_arguments,
-               check_data_quality_arguments, refuse_distributed_launch)
+               check_data_quality_arguments)
 from ..files import WEIGHTS_HASH_KEY, tower_weights_sha256
 from ..explain import available_methods, resolve_method
 from ..explain.loading import load_models_and_texts, pick_device
@@ -23,7 +28,9 @@ from ..evaluate.data import load_labelled_images
 from ..evaluate.evaluators import CNNOptions
 from ..evaluate.faithfulness import DEFAULT_ROAR_FLOOR
 from ..evaluate.metrics import METRICS
-from ..evaluate.runner import DEFAULT_METRICS, EvaluationError, evaluate_model, resolve_metrics, slug, write_outputs
+from ..evaluate.runner import (DEFAULT_METRICS, EvaluationError, check_shardable, evaluate_model, resolve_metrics, slug,
+                                write_outputs)
+from ..evaluate.sharding import Shard, launched_processes, make_accelerator
 from ..evaluate.zeroshot import ATTACKS, DEFAULT_ITERATIONS
 
 logger = logging.getLogger(__name__)
@@ -152,17 +159,32 @@ def world_label_feature(folder: str, label_column: str = "label"):
         return None
 
 
+def _launch(device: str) -> tuple:
+    """(device, shard, accelerator or None): one process as before, or this rank of an ``accelerate launch``
+    of several (each its own GPU, or the CPU), whose shard splits the zero-shot and robust batches."""
+    if launched_processes() <= 1:
+        return pick_device(device), Shard(), None
+    if device not in ("auto", "cpu", "cuda"):
+        raise EvaluationError(f"--device {device}: under accelerate launch each process takes its own device; "
+                              "use --device auto, cuda or cpu")
+    pick_device(device)  # an unusable device is refused as in one process
+    acc = make_accelerator(device)
+    return acc.device, Shard.of(acc), acc
+
+
 def _cli_evaluate(args, extra) -> int:
-    refuse_distributed_launch("evaluate", EvaluationError)
     metrics = _check_options(args)  # before loading models and data
-    device = pick_device(args.device)
+    check_shardable(metrics, launched_processes())
+    device, shard, acc = _launch(args.device)
     encoders, texts, text_sources = load_models_and_texts(args.model, args.text_model, device,
                                                           image_size=args.image_size)
     size = image_geometry(encoders[0])  # the first model's own resize and crop
-    data = load_labelled_images(args.dataset, size, args.split, args.data_dir, args.config_name, args.image_column,
-                                args.label_column, args.max_samples, args.streaming, args.seed,
-                                args.mask_column, args.box_column, max_bad_fraction=args.max_bad_fraction,
-                                box_format=args.box_format, box_units=args.box_units)
+    with acc.main_process_first() if acc else contextlib.nullcontext():  # the datasets cache, built once
+        data = load_labelled_images(args.dataset, size, args.split, args.data_dir, args.config_name,
+                                    args.image_column, args.label_column, args.max_samples, args.streaming,
+                                    args.seed, args.mask_column, args.box_column,
+                                    max_bad_fraction=args.max_bad_fraction, box_format=args.box_format,
+                                    box_units=args.box_units)
     world = (None if names_from_feature(data.label_feature) else
              world_label_feature(args.data_dir or args.dataset, args.label_column))
     names = resolve_classnames(args.class_names, world or data.label_feature, args.imagenet_classnames)
@@ -197,13 +219,18 @@ def _cli_evaluate(args, extra) -> int:
                 "text_model": text_source, "dataset": args.dataset, "split": data_m.split,
                 "skipped_images": data_m.skipped, "class_names_source": source}
         report, ctx = evaluate_model(encoder, text, names, templates, data_m.images, data_m.labels, metrics,
-                                     args.methods, data_m.masks, options, args.batch_size, args.seed, info=info)
+                                     args.methods, data_m.masks, options, args.batch_size, args.seed, info=info,
+                                     shard=shard)
+        if not shard.is_main:  # every process has the same report; only the main one writes
+            continue
         folder = out / folders[label]
         figure_label = label if several or args.label else ""
         reports[label] = write_outputs(report, ctx, folder, figure_label, class_names=names)
         print(f"{name}{f' ({label})' if label != name else ''}: {folder / 'report.json'}")
-    if several:
+    if several and shard.is_main:
         _write_comparison(reports, folders, out)
+    if acc is not None:
+        acc.wait_for_everyone()
     return 0
 
 

@@ -28,11 +28,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..explain import Explainer, postprocess
-from .errors import EvaluationError
 from ..results import FlatLayout, MetricResult, Scalar
+from .errors import EvaluationError  # noqa: F401  (re-exported: its historical home)
+from .sharding import Shard
 from .zeroshot import ZeroShotClassifier
-
-RAW_MAP = "raw map: |attribution| summed over channels (Grad-CAM/attention as computed), no clip, no min-max"
 
 
 @dataclass
@@ -51,6 +50,8 @@ class EvalContext:
     progress: bool = True
     explainer_options: dict = field(default_factory=dict)
     """Keyword arguments of every :class:`~aft_hf.explain.Explainer` the metrics use (e.g. ``layer``)."""
+    shard: Shard = field(default_factory=Shard)
+    """This process's share of the batches under ``accelerate launch`` (metrics with ``shards`` read it)."""
     _maps: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -110,6 +111,9 @@ class Metric(abc.ABC):
     needs_masks: ClassVar[bool] = False
     layout: ClassVar[Optional[FlatLayout]] = None
     Options: ClassVar[type] = NoOptions
+    shards: ClassVar[bool] = False
+    """True when ``compute`` splits its batches over ``ctx.shard``'s processes and returns every process the
+    one-process result (:mod:`aft_hf.evaluate.sharding`); the others refuse to run under several processes."""
 
     def __init__(self, **options: Any) -> None:
         valid = [f.name for f in dataclasses.fields(self.Options)]

@@ -25,21 +25,23 @@ from .sanity import randomisation_check
 from .apgd import attack_description
 from ..results import FLAT_LAYOUTS, MetricResult, finite  # noqa: F401  (finite: re-exported, its old home)
 from .stats import nanmean as _mean
-from .zeroshot import ATTACKS, DEFAULT_ITERATIONS, predict, robust_accuracy, topk_accuracy
+from .zeroshot import ATTACKS, DEFAULT_ITERATIONS, predict, robust_shares, robust_verdicts, topk_accuracy
 
 
 
 
 class ZeroShotAccuracy(Metric):
-    name, family = "zeroshot", "accuracy"
+    name, family, shards = "zeroshot", "accuracy", True
     layout = FLAT_LAYOUTS["zeroshot"]
     citation = "Radford et al. 2021, Learning Transferable Visual Models From Natural Language Supervision"
 
     def compute(self, ctx: EvalContext) -> MetricResult:
-        logits = predict(ctx.classifier, ctx.images, ctx.batch_size, ctx.progress)
+        logits = predict(ctx.classifier, ctx.images, ctx.batch_size, ctx.progress, ctx.shard)
         acc = topk_accuracy(logits, ctx.labels, (1, 5))
         correct = (logits.argmax(1) == ctx.labels).float()
-        return self.result({"zeroshot_top1": acc["top1"], "zeroshot_top5": acc["top5"]}, {"": {"correct": correct}})
+        out = self.result({"zeroshot_top1": acc["top1"], "zeroshot_top5": acc["top5"]}, {"": {"correct": correct}})
+        out.verdicts = {"zeroshot_pred": logits.argmax(dim=1).tolist()}
+        return out
 
 
 
@@ -65,7 +67,7 @@ class RobustOptions:
 
 
 class RobustAccuracy(Metric):
-    name, family = "robust", "accuracy"
+    name, family, shards = "robust", "accuracy", True
     layout = FLAT_LAYOUTS["robust"]
     citation = ("Croce & Hein 2020 (APGD-CE, APGD-T; AutoAttack) or Madry et al. 2018 (PGD); protocol of "
                 "Schlarmann et al. 2024, Robust CLIP (FARE): attacks on the zero-shot logits, worst case per image")
@@ -74,13 +76,16 @@ class RobustAccuracy(Metric):
     def compute(self, ctx: EvalContext) -> MetricResult:
         o = self.options
         steps = o.steps or DEFAULT_ITERATIONS[o.attack]
-        acc = robust_accuracy(ctx.classifier, ctx.images, ctx.labels, o.eps, steps, o.alpha,
-                              ctx.batch_size, ctx.seed, ctx.progress, o.attack, o.restarts, o.targets)
+        verdicts = robust_verdicts(ctx.classifier, ctx.images, ctx.labels, o.eps, steps, o.alpha, ctx.batch_size,
+                                   ctx.seed, ctx.progress, o.attack, o.restarts, o.targets, shard=ctx.shard)
+        acc = robust_shares(verdicts)
         setup = {"attack": o.attack, "name": attack_description(o.attack, DEFAULT_NORM, steps), "norm": DEFAULT_NORM,
                  "steps": steps}
         if o.attack == "apgd":
             setup.update(restarts=o.restarts, targets=min(o.targets, ctx.class_weights.shape[0] - 1))
-        return self.result({"robust_top1": acc, "robust_attack": {**setup, "eps": [f"{e:g}/255" for e in o.eps]}})
+        out = self.result({"robust_top1": acc, "robust_attack": {**setup, "eps": [f"{e:g}/255" for e in o.eps]}})
+        out.verdicts = {"robust": {k: v.tolist() for k, v in verdicts.items()}}
+        return out
 
 
 

@@ -38,7 +38,9 @@ readers of the flat ``metrics`` keep working and older reports without ``results
         "gini": {method: float},
         "randomisation_spearman": {method: float}},
      "metric_inputs": {metric: str},              # what each metric reads (raw maps, never display maps)
-     "citations": {metric: str}, "timing_s": {metric: float}, "figures": {name: relative path}}
+     "citations": {metric: str}, "timing_s": {metric: float}, "figures": {name: relative path},
+     "per_image": {"label": [int], "zeroshot_pred": [int],    # with zeroshot / robust; in image order,
+                   "robust": {"1/255": [bool], ...}}}         # the same under several processes
 
 ``results`` is what every reader uses (this module's Markdown, the figures, the model card, the
 comparison of several models): it is self-describing, so a new metric needs no edit here. A

@@ -20,6 +20,7 @@ from ..files import write_json
 from .report import SCHEMA_VERSION, write_markdown
 from ..results import MetricResult, finite, report_results
 from .zeroshot import check_labels
+from .sharding import Shard
 
 logger = logging.getLogger(__name__)
 DEFAULT_METRICS = ("zeroshot", "robust", "deletion", "insertion", "gini")
@@ -56,14 +57,34 @@ def run_metrics(ctx: EvalContext, names: Sequence[str], options: Optional[dict] 
     return results
 
 
+def check_shardable(names: Sequence[str], processes: int) -> None:
+    """Under several processes only metrics that shard their batches (``Metric.shards``) may run; refuse the
+    others before any work, in one line (each process would otherwise repeat them on every image)."""
+    if processes <= 1:
+        return
+    resolved = [ALIASES.get(n.strip().lower(), n.strip().lower()) for n in names]
+    alone = [n for n in dict.fromkeys(resolved) if n in METRICS and not METRICS[n].shards]
+    if alone:
+        sharded = ", ".join(n for n, cls in METRICS.items() if cls.shards)
+        raise EvaluationError(f"metric(s) {', '.join(alone)} run in one process only, but {processes} processes were "
+                              f"launched: under accelerate launch use --metrics {sharded} (they are sharded "
+                              "across processes), and run the others without accelerate launch")
+
+
 def evaluate_model(encoder: torch.nn.Module, text: TextTower, class_names: Sequence[str], templates: Sequence[str],
                    images: torch.Tensor, labels: torch.Tensor, metrics: Sequence[str] = DEFAULT_METRICS,
                    methods: Sequence[str] = ("saliency", "gradcam"), masks: Optional[torch.Tensor] = None,
                    metric_options: Optional[dict] = None, batch_size: int = 16, seed: int = 0,
-                   progress: bool = True, info: Optional[dict] = None) -> tuple[dict, EvalContext]:
-    """Compute the requested metrics; returns (report dict following report.py's schema, context)."""
+                   progress: bool = True, info: Optional[dict] = None,
+                   shard: Optional[Shard] = None) -> tuple[dict, EvalContext]:
+    """Compute the requested metrics; returns (report dict following report.py's schema, context).
+
+    ``shard``: this process's place under ``accelerate launch`` (:mod:`aft_hf.evaluate.sharding`); every
+    process gets the same report, equal to a one-process run's. Metrics that do not shard are refused."""
     check_labels(labels, class_names)
     names = resolve_metrics(metrics, masks is not None)
+    shard = shard or Shard()
+    check_shardable(names, shard.count)
     if masks is not None and (masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]):
         raise EvaluationError(f"masks {tuple(masks.shape)} do not match images {tuple(images.shape)}: give one mask "
                               "per image, resized and centre-cropped like it")
@@ -74,13 +95,17 @@ def evaluate_model(encoder: torch.nn.Module, text: TextTower, class_names: Seque
     device = next(encoder.parameters()).device
     class_weights = text.class_embeddings(class_names, templates).to(device)
     encoder.eval()
-    ctx = EvalContext(encoder, class_weights, images, labels, methods, text.logit_scale, masks, batch_size, seed, progress)
+    ctx = EvalContext(encoder, class_weights, images, labels, methods, text.logit_scale, masks, batch_size, seed,
+                      progress and shard.is_main, shard=shard)
     results = run_metrics(ctx, names, {k: v for k, v in options.items() if k in names})
     report = {"schema_version": SCHEMA_VERSION, "aft_hf_version": __version__,
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               **(info or {}), "num_samples": int(len(images)), "num_classes": len(class_names),
               "num_templates": len(templates), "methods": methods, "seed": seed,
               **report_sections(results.values())}
+    per_image = {k: v for r in results.values() for k, v in r.verdicts.items()}
+    if per_image:  # the per-image verdicts, in image order (the same in one process as in several)
+        report["per_image"] = {"label": labels.tolist(), **per_image}
     return report, ctx
 
 
@@ -144,5 +169,5 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in s.replace("/", "__")).strip("._") or "model"
 
 
-__all__ = ["DEFAULT_METRICS", "EvaluationError", "ExplainError", "curve_figures", "evaluate_model", "report_sections",
-           "resolve_metrics", "run_metrics", "slug", "write_outputs"]
+__all__ = ["DEFAULT_METRICS", "EvaluationError", "ExplainError", "check_shardable", "curve_figures", "evaluate_model",
+           "report_sections", "resolve_metrics", "run_metrics", "slug", "write_outputs"]

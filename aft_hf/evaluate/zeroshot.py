@@ -25,6 +25,7 @@ from ..attack import PGDAttacker
 from ..threat_models import DEFAULT_NORM, apgd_norms
 from .apgd import apgd_robust
 from .errors import EvaluationError
+from .sharding import Shard, batch_seed, map_batches, num_batches
 
 
 class ZeroShotClassifier(nn.Module):
@@ -53,18 +54,32 @@ class ZeroShotClassifier(nn.Module):
         return self.logit_scale * embeds @ self.class_weights.to(embeds.device).T
 
 
-def _batches(n: int, batch_size: int, desc: str, progress: bool):
-    starts = range(0, n, batch_size)
-    return tqdm(starts, desc=desc, disable=not progress or len(starts) <= 1, leave=False)
+def _progress_bar(n: int, batch_size: int, shard: Optional[Shard], desc: str = "zero-shot",
+                   progress: bool = True):
+    """A progress bar over this process's batches (shown on the main process only)."""
+    shard = shard or Shard()
+    total = len(shard.batches(num_batches(n, batch_size)))
+    return tqdm(total=total, desc=desc, disable=not progress or total <= 1 or not shard.is_main, leave=False)
 
 
 @torch.no_grad()
-def predict(classifier: ZeroShotClassifier, images: Tensor, batch_size: int = 64, progress: bool = True) -> Tensor:
-    """Zero-shot logits (N, C) for images (N, 3, H, W) in [0, 1]."""
+def predict(classifier: ZeroShotClassifier, images: Tensor, batch_size: int = 64, progress: bool = True,
+            shard: Optional[Shard] = None) -> Tensor:
+    """Zero-shot logits (N, C) for images (N, 3, H, W) in [0, 1].
+
+    With a ``shard`` of several processes each computes its batches (:mod:`aft_hf.evaluate.sharding`)
+    and every process returns the logits of all images, in order."""
     classifier.eval()
     device = classifier.class_weights.device
-    return torch.cat([classifier(images[s:s + batch_size].to(device)).cpu()
-                      for s in _batches(len(images), batch_size, "zero-shot", progress)])
+    bar = _progress_bar(len(images), batch_size, shard, "zero-shot", progress)
+
+    def logits(b: int, s: int, e: int) -> Tensor:
+        bar.update(1)
+        return classifier(images[s:e].to(device)).cpu()
+
+    parts = map_batches(len(images), batch_size, logits, shard, "zero-shot logits")
+    bar.close()
+    return torch.cat(parts) if parts else torch.empty(0, classifier.class_weights.shape[0])
 
 
 def check_labels(labels: Tensor, class_names: Sequence[str]) -> None:
@@ -132,8 +147,25 @@ DEFAULT_ITERATIONS = {"apgd": 100, "pgd": 10}
 def robust_accuracy(classifier: ZeroShotClassifier, images: Tensor, labels: Tensor,
                     eps: Sequence[float] = (1, 2, 4), steps: Optional[int] = None, alpha: Optional[float] = None,
                     batch_size: int = 64, seed: int = 0, progress: bool = True, attack: str = "apgd",
-                    restarts: int = 1, targets: int = 9, norm: str = DEFAULT_NORM) -> dict[str, float]:
-    """Top-1 accuracy under attack for each budget in ``eps`` (1/255 units); keys like ``"4/255"``.
+                    restarts: int = 1, targets: int = 9, norm: str = DEFAULT_NORM,
+                    shard: Optional[Shard] = None) -> dict[str, float]:
+    """Top-1 accuracy under attack for each budget in ``eps`` (1/255 units); keys like ``"4/255"``: the
+    share of images :func:`robust_verdicts` finds robust (same arguments)."""
+    return robust_shares(robust_verdicts(classifier, images, labels, eps, steps, alpha, batch_size, seed, progress,
+                                         attack, restarts, targets, norm, shard))
+
+
+def robust_shares(verdicts: dict[str, Tensor]) -> dict[str, float]:
+    """Robust accuracy per budget from :func:`robust_verdicts`' per-image verdicts (0 images: 0.0)."""
+    return {key: int(v.sum()) / max(len(v), 1) for key, v in verdicts.items()}
+
+
+def robust_verdicts(classifier: ZeroShotClassifier, images: Tensor, labels: Tensor,
+                    eps: Sequence[float] = (1, 2, 4), steps: Optional[int] = None, alpha: Optional[float] = None,
+                    batch_size: int = 64, seed: int = 0, progress: bool = True, attack: str = "apgd",
+                    restarts: int = 1, targets: int = 9, norm: str = DEFAULT_NORM,
+                    shard: Optional[Shard] = None) -> dict[str, Tensor]:
+    """Per image (bool tensor (N,), on the CPU), whether it is robust at each budget in ``eps`` (1/255 units).
 
     ``attack="apgd"`` (default, the field's protocol): APGD-CE then APGD-T against ``targets`` classes,
     ``restarts`` runs each, ``steps`` iterations (default 100), see :mod:`aft_hf.evaluate.apgd`; ``norm``
@@ -145,6 +177,10 @@ def robust_accuracy(classifier: ZeroShotClassifier, images: Tensor, labels: Tens
     An image counts as robust at budget e when it is classified correctly clean and survives every
     attack at every budget <= e (all lie inside the e-ball, and the adversary may pick any of them),
     so the numbers never exceed the clean accuracy and never rise with e.
+
+    Each batch's attack is seeded by (``seed``, batch, budget) (:func:`~aft_hf.evaluate.sharding.batch_seed`),
+    so with a ``shard`` of several processes each attacks its own batches and every process returns the
+    verdicts of all images, equal to one process's.
     """
     if attack not in ATTACKS:
         raise EvaluationError(f"unknown attack '{attack}' (choose from {', '.join(ATTACKS)})")
@@ -157,23 +193,31 @@ def robust_accuracy(classifier: ZeroShotClassifier, images: Tensor, labels: Tens
     if any(e < 0 for e in budgets):
         raise EvaluationError(f"eps must be >= 0 (1/255 units), got {list(eps)}")
     device = classifier.class_weights.device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    correct = {e: 0 for e in budgets}
-    for s in _batches(len(images), batch_size, f"robust ({attack})", progress):
-        x, y = images[s:s + batch_size].to(device), labels[s:s + batch_size].to(device)
+    bar = _progress_bar(len(images), batch_size, shard, f"robust ({attack})", progress)
+
+    def batch(b: int, s: int, e: int) -> Tensor:
+        x, y = images[s:e].to(device), labels[s:e].to(device)
         with torch.no_grad():
             alive = classifier(x).argmax(dim=1) == y
-        for e in budgets:
+        out = []
+        for i, budget in enumerate(budgets):
+            seed_b = batch_seed(seed, b, i)
             if attack == "apgd":
                 idx = alive.nonzero().squeeze(1)
                 if idx.numel():
-                    alive[idx] = apgd_robust(classifier, x[idx], y[idx], e / 255, norm, steps, restarts, targets,
-                                             seed + s)
+                    alive[idx] = apgd_robust(classifier, x[idx], y[idx], budget / 255, norm, steps, restarts,
+                                             targets, seed_b)
             else:
-                alive = alive & _pgd_robust(classifier, x, y, e, steps, alpha, generator, norm)
-            correct[e] += int(alive.sum())
-    n = max(len(images), 1)
-    return {f"{e:g}/255": correct[e] / n for e in budgets}
+                generator = torch.Generator(device=device).manual_seed(seed_b)
+                alive = alive & _pgd_robust(classifier, x, y, budget, steps, alpha, generator, norm)
+            out.append(alive.cpu().clone())
+        bar.update(1)
+        return torch.stack(out, dim=1) if out else torch.zeros(e - s, 0, dtype=torch.bool)
+
+    parts = map_batches(len(images), batch_size, batch, shard, f"robust verdicts ({attack})")
+    bar.close()
+    table = torch.cat(parts) if parts else torch.zeros(0, len(budgets), dtype=torch.bool)
+    return {f"{e:g}/255": table[:, i] for i, e in enumerate(budgets)}
 
 
 def _pgd_robust(classifier: ZeroShotClassifier, x: Tensor, y: Tensor, eps: float, steps: int,
