@@ -33,6 +33,8 @@ from .errors import EvaluationError  # noqa: F401  (re-exported: its historical 
 from .sharding import Shard
 from .zeroshot import ZeroShotClassifier
 
+RAW_MAP = "raw map: |attribution| summed over channels (Grad-CAM/attention as computed), no clip, no min-max"
+
 
 @dataclass
 class EvalContext:
