@@ -144,7 +144,7 @@ def test_metrics_that_do_not_shard_are_refused_before_any_work(problem, tmp_path
     code = main(["evaluate", "--model", "m", "--dataset", "builtin:shapes", "--metrics", "zeroshot", "gini",
                  "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "sparseness run in one process only, but 2 processes" in err and len(err.splitlines()) == 1
+    assert code == 2 and "gini run in one process only, but 2 processes" in err and len(err.splitlines()) == 1
 
 
 @pytest.fixture(scope="module")
