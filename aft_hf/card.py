@@ -218,7 +218,8 @@ def folder_class(config: dict) -> str:
 
     if config.get("model_type") == "clip":
         return "CLIPModel"
-    return _vision_class(SimpleNamespace(architectures=config.get("architectures"))).__name__
+    return _vision_class(SimpleNamespace(architectures=config.get("architectures"),
+                                         model_type=config.get("model_type", ""))).__name__
 
 
 def _geometry(config: dict) -> tuple[bool, dict]:

@@ -29,9 +29,16 @@ WEIGHTS_HASH_KEY = "weights_sha256"
 """The report field holding :func:`tower_weights_sha256` of the encoder that was measured."""
 
 
-def _tower_keys(names: Iterable[str]) -> list[str]:
-    # position_ids are buffers that some transformers versions save and others do not: not weights
-    return sorted(n for n in names if n.startswith(TOWER_PREFIXES) and not n.endswith("position_ids"))
+def _tower_keys(names: Iterable[str]) -> dict[str, str]:
+    """{name in the hash: name in the state}: the image tower's weights under one naming, whether the
+    state holds a whole model (``vision_model.*``, ``visual_projection.*``) or is a tower whose parameters
+    sit at the top level (a SigLIP vision model in memory). position_ids are buffers that some
+    transformers versions save and others do not: not weights."""
+    names = [n for n in names if not n.endswith("position_ids")]
+    prefixed = [n for n in names if n.startswith(TOWER_PREFIXES)]
+    if prefixed:
+        return {n.removeprefix(TOWER_PREFIXES[0]): n for n in sorted(prefixed)}
+    return {n: n for n in sorted(names) if not n.startswith(("text_model.", "text_projection.", "logit_"))}
 
 
 def tower_weights_sha256(state: Mapping[str, "object"]) -> str:
@@ -47,8 +54,8 @@ def tower_weights_sha256(state: Mapping[str, "object"]) -> str:
     keys = _tower_keys(state)
     if not keys:
         raise ValueError("no image-tower weights (vision_model.*) to hash")
-    for name in keys:
-        t = state[name]
+    for name, key in keys.items():
+        t = state[key]
         t = t.detach().to("cpu", torch.float32).contiguous()
         h.update(f"{name}:{tuple(t.shape)};".encode())
         h.update(t.numpy().tobytes())
@@ -80,13 +87,13 @@ def folder_weights_sha256(folder: Union[str, Path]) -> Optional[str]:
             from safetensors import safe_open
 
             with safe_open(str(f), framework="pt") as sf:
-                for name in _tower_keys(sf.keys()):
-                    state[name] = sf.get_tensor(name)
+                for key in _tower_keys(sf.keys()).values():
+                    state[key] = sf.get_tensor(key)
         else:
             import torch
 
-            state.update({k: v for k, v in torch.load(f, map_location="cpu", weights_only=True).items()
-                          if k in set(_tower_keys([k]))})
+            loaded = torch.load(f, map_location="cpu", weights_only=True)
+            state.update({k: loaded[k] for k in _tower_keys(loaded).values()})
     return tower_weights_sha256(state)
 
 

@@ -357,8 +357,10 @@ def _refuse_missing(cls, name_or_path: str, info: dict) -> None:
             "Check that the checkpoint is a CLIPModel, CLIPVisionModelWithProjection or CLIPVisionModel")
 
 
-def _vision_class(config, family: Family) -> type:
-    """The class the checkpoint was saved as: a bare ``CLIPVisionModel`` has no projection to load."""
+def _vision_class(config, family: Optional[Family] = None) -> type:
+    """The class the checkpoint was saved as: a bare ``CLIPVisionModel`` has no projection to load.
+    ``family``: the checkpoint's (default: read from ``config.model_type``, CLIP when it has none)."""
+    family = family or family_of(getattr(config, "model_type", "")) or FAMILIES["clip"]
     architectures = getattr(config, "architectures", None) or []
     return CLIPVisionModel if "CLIPVisionModel" in architectures else family.vision_class
 

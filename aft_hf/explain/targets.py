@@ -67,7 +67,9 @@ class TextTower(nn.Module):
         self.padding: Union[bool, str] = "max_length" if self.sigmoid else True
         self.tokenizer = tokenizer
         positions = getattr(self.text_model.config, "max_position_embeddings", None) or 77
-        self.max_length = min(int(getattr(tokenizer, "model_max_length", positions) or positions), positions)
+        # SigLIP pads every prompt to its full text length, as its processor does; CLIP to the longest prompt
+        self.max_length = positions if self.sigmoid else \
+            min(int(getattr(tokenizer, "model_max_length", positions) or positions), positions)
         if frozen:
             self.requires_grad_(False)
             self.eval()
