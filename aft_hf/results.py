@@ -189,9 +189,9 @@ def _robust(data: dict) -> MetricResult:
                       task="Adversarial robustness") for e, v in (data.get("robust_top1") or {}).items()]
     notes = []
     if attack:
-        extra = f", {attack['restarts']} restart(s), {attack['targets']} target classes" if "targets" in attack \
+        extra = f", {attack.get('restarts', 1)} restart(s), {attack['targets']} target classes" if "targets" in attack \
             else ""
-        notes.append(f"Attack: {attack.get('name', 'PGD, L-inf')}, {attack.get('steps')} iterations{extra}; an "
+        notes.append(f"Attack: {attack.get('name', 'PGD, L-inf')}, {attack.get('steps', attack.get('iterations'))} iterations{extra}; an "
                      "image counts as robust only when correct clean and every attack fails, at this and every "
                      "smaller budget.")
     return MetricResult("", "", scalars, metadata=dict(attack), notes=notes,

@@ -27,6 +27,7 @@ import datetime
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..files import WEIGHTS_HASH_KEY
 from ..constants import VERSION as __version__
 from ..evaluate.apgd import attack_description
 from ..evaluate.report import SCHEMA_VERSION as EVALUATE_SCHEMA_VERSION
@@ -196,7 +197,9 @@ def card_report(report: dict, model: str) -> dict:
                      "num_classes": d["classes"], "num_templates": d["templates"],
                      "class_names_source": "the dataset's classnames.txt", "seed": p["seed"],
                      "metrics": {k: v for k, v in metrics.items() if v is not None}})
+    hashes = {r.get(WEIGHTS_HASH_KEY) for r in report["results"].get(model, {}).values()} - {None}
     return {"schema_version": EVALUATE_SCHEMA_VERSION, "measured_with": "aft-hf benchmark", "model": model,
+            **({WEIGHTS_HASH_KEY: hashes.pop()} if len(hashes) == 1 else {}),
             "metrics": {}, "reports": subs, "figures": dict(report["figures"])}
 
 

@@ -19,7 +19,7 @@ from ..evaluate.zeroshot import ZeroShotClassifier
 from .errors import BenchmarkError
 from .protocol import PrecisionForward, Protocol
 from .report import build_report, dataset_entry, write_reports
-from ..files import write_json
+from ..files import WEIGHTS_HASH_KEY, tower_weights_sha256, write_json
 from .runner import (LOGIT_SCALE, STATE_DIR, BatchWork, DatasetPlan, DatasetRequest, read_json,
                      check_settings, cost_lines, plan_dataset, summarise)
 from .wds import open_wds
@@ -136,6 +136,7 @@ def _run_dataset(acc, encoder, text, plan: DatasetPlan, protocol: Protocol, fold
 
     records = work.run(mine, progress)
     result = summarise(shard.gather(records), plan, protocol)
+    result[WEIGHTS_HASH_KEY] = tower_weights_sha256(encoder.vision.state_dict())  # what push checks a card against
     if acc.is_main_process:
         write_json(folder / "result.json", result)
         rob = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result["robust_top1"].items())
