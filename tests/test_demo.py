@@ -103,7 +103,8 @@ def test_demo_tecoa_arm(quick_world, tmp_path, capsys):
     assert main(["demo", "--objectives", "embedding", "tecoa", "--norms", "linf", "--no-control", "--base",
                  str(quick_world), "--out", str(out), "--seeds", "1", *FAST]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["variants"] == ["aft_linf", "tecoa_linf"] and report["settings"]["objectives"] == ["embedding", "tecoa"]
+    assert report["variants"] == ["aft_linf", "tecoa_linf"]
+    assert report["settings"]["objectives"] == ["embedding", "tecoa"]
     cfg = yaml.safe_load((out / "runs" / "tecoa_linf_seed0" / "final" / "aft_config.yaml").read_text())
     assert cfg["objective"] == "tecoa" and cfg["data"]["templates"] == "a photo of a {}"
     assert cfg["attack"]["norm"] == "linf" and cfg["attack"]["eps"] == 4  # the same attack as the AFT arm
