@@ -230,3 +230,28 @@ def test_embedding_objective_is_the_aft_distance(tiny_encoder):
         assert torch.equal(targets, frozen(x))
         assert torch.equal(objective.loss(tiny_encoder(x), targets),
                            (tiny_encoder(x) - frozen(x)).pow(2).sum(-1))
+
+
+def test_docs_tecoa_example_runs(tmp_path, monkeypatch, single_thread):
+    """docs/tecoa.md: the world example's commands (as written, at a smaller size) and the Python block."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from aft_hf.cli import main
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "tecoa.md").read_text()
+    block = re.search(r"tested-by: tests/test_objectives.py::test_docs_tecoa_example_runs -->\n```bash\n(.*?)```",
+                      doc, re.S).group(1)
+    commands = [shlex.split(c) for c in block.replace("\\\n", " ").strip().splitlines()]
+    assert [c[:2] for c in commands] == [["aft-hf", "world"], ["aft-hf", "train"]]
+    smaller = {"-n": "16", "--max_steps": "2", "--optim.batch_size": "8"}
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        args = [smaller.get(prev, a) for prev, a in zip([""] + command[1:], command[1:])]
+        assert main(args) == 0, command
+    config = (tmp_path / "tecoa_out" / "final" / "aft_config.yaml").read_text()
+    assert "objective: tecoa" in config
+    namespace: dict = {}
+    exec(re.search(r"```python\n(.*?)```", doc, re.S).group(1), namespace)
+    assert namespace["loss"].shape == (4,) and torch.isfinite(namespace["loss"]).all()
