@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import abc
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 import torch
@@ -212,15 +211,10 @@ def build_objective(cfg: "TrainConfig", encoder: "ImageEncoder", frozen: "ImageE
 
 def _world_label_feature(data: "DataConfig"):
     """The ClassLabel of a folder written by ``aft-hf world sample`` (its world.json), else None."""
-    from .world.dataset import WorldError, imagefolder_world, world_features
+    from .commands.evaluate import world_label_feature
 
     folder = data.data_dir if data.dataset == "imagefolder" else data.dataset
-    if not folder or data.label_column != "label" or not (Path(folder) / "world.json").is_file():
-        return None
-    try:
-        return world_features(imagefolder_world(folder))["label"]
-    except WorldError:
-        return None
+    return world_label_feature(folder, data.label_column) if folder else None
 
 
 def training_class_names(data: "DataConfig") -> list[str]:
