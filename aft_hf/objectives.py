@@ -90,6 +90,10 @@ class Objective(abc.ABC):
     """True when every training image must carry a class label (the loader then delivers ``labels``)."""
     clean_metric: ClassVar[str] = ""
     """Name of the logged loss on the clean images (``train/...``)."""
+    formula: ClassVar[str] = ""
+    """The objective in one line (for reports and model cards)."""
+    citation: ClassVar[str] = ""
+    """Where the objective comes from."""
     num_classes: Optional[int] = None
 
     @classmethod
@@ -122,6 +126,9 @@ class EmbeddingObjective(Objective):
 
     name = "embedding"
     clean_metric = "train/clean_distance"
+    formula = ("min_theta E_x ||g(f_theta(x + delta*)) - g(f_theta0(x))||^2, "
+               "delta* = argmax_delta ||g(f_theta(x + delta)) - g(f_theta0(x))||^2 - R(delta)")
+    citation = "Schlarmann et al., Robust CLIP (FARE), ICML 2024; Gong et al., AFT, ICLR 2025"
 
     def __init__(self, frozen: "ImageEncoder"):
         self.frozen = frozen
@@ -147,6 +154,10 @@ class TecoaObjective(Objective):
     name = "tecoa"
     needs_labels = True
     clean_metric = "train/clean_cross_entropy"
+    formula = ("min_theta E_(x,y) CE(s * cos(f_theta(x + delta*), T), y), "
+               "delta* = argmax_delta CE(s * cos(f_theta(x + delta), T), y)")
+    citation = ("Mao et al., Understanding Zero-Shot Adversarial Robustness for Large-Scale Models (TeCoA), "
+                "ICLR 2023")
 
     def __init__(self, class_weights: Tensor, logit_scale: float, class_names: Optional[list[str]] = None):
         self.class_weights = F.normalize(class_weights.detach().float(), dim=-1)
