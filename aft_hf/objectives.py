@@ -236,10 +236,13 @@ def training_class_names(data: "DataConfig") -> list[str]:
 
     feature = label_feature(data)
     source = data.class_names
-    if source == "imagenet":
-        return imagenet_classnames()
     if source:
-        return read_names_file(source)
+        names = imagenet_classnames() if source == "imagenet" else read_names_file(source)
+        classes = getattr(feature, "num_classes", None)
+        if classes is not None and classes != len(names):
+            raise ObjectiveError(f"data.class_names gives {len(names)} names but '{data.label_column}' of "
+                                 f"'{data.dataset}' has {classes} classes")
+        return names
     names = names_from_feature(feature) or names_from_feature(_world_label_feature(data))
     if names is None:
         raise ObjectiveError(f"the labels in '{data.label_column}' of '{data.dataset}' have no class names (not a "

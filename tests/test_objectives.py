@@ -255,3 +255,16 @@ def test_docs_tecoa_example_runs(tmp_path, monkeypatch, single_thread):
     namespace: dict = {}
     exec(re.search(r"```python\n(.*?)```", doc, re.S).group(1), namespace)
     assert namespace["loss"].shape == (4,) and torch.isfinite(namespace["loss"]).all()
+
+
+def test_class_names_file_must_match_the_class_count(tmp_path):
+    data = labelled_folder(tmp_path / "imgs", per_class=1)
+    names = tmp_path / "names.txt"
+    names.write_text("kitten\npuppy\nautomobile\nbirdie\n")
+    assert training_class_names(DataConfig(dataset=str(data), class_names=str(names)))[0] == "kitten"
+    names.write_text("kitten\npuppy\n")
+    with pytest.raises(ObjectiveError, match="gives 2 names but 'label' .* has 4 classes"):
+        training_class_names(DataConfig(dataset=str(data), class_names=str(names)))
+    flat = write_png_folder(tmp_path / "flat", 2)
+    with pytest.raises(DataError, match="no label column"):
+        training_class_names(DataConfig(dataset=str(flat)))
