@@ -67,11 +67,14 @@ class ModelConfig:
     """Input side in pixels; null: the checkpoint's (336 for openai/clip-vit-large-patch14-336). Another
     size (a multiple of the patch size) interpolates the position embeddings once at load; the model is
     trained, evaluated and exported at that size (config, position table and processor). See docs/vlm.md."""
+    text_model: Optional[str] = None
+    """Full CLIP checkpoint whose (frozen) text tower builds the class embeddings of `objective: tecoa`;
+    null: the base's own (a vision-only base then needs it)."""
 
 
 @dataclass
 class DataConfig:
-    """Where training images come from. Labels are never used."""
+    """Where training images come from. Labels are read only by an objective that needs them (`tecoa`)."""
 
     dataset: str = "ILSVRC/imagenet-1k"
     """Hub dataset id; a local folder of images, of parquet/arrow shards (as `hf download` leaves a
@@ -83,7 +86,16 @@ class DataConfig:
     split: str = "train"
     """Dataset split to train on."""
     image_column: str = "image"
-    """Column holding the images (labels are never used)."""
+    """Column holding the images."""
+    label_column: str = "label"
+    """Column of integer class labels, read only when the objective needs labels (`objective: tecoa`): an
+    imagefolder's class folders, a `label` column (ImageNet), or metadata.jsonl from `aft-hf world sample`."""
+    class_names: Optional[str] = None
+    """Class names of the labels (as `eval.class_names`): null = the label column's ClassLabel names (or the
+    world.json of an `aft-hf world sample` folder), `imagenet` = the shipped ImageNet-1k names, or a file."""
+    templates: Optional[str] = None
+    """Prompt templates of the class embeddings (as `aft-hf evaluate --templates`): `simple`, `clip80`, a file
+    (one per line) or one template with {}; null: clip80 for 1000 classes, else simple."""
     streaming: bool = False
     """Stream the dataset (split across processes, shuffled with a buffer)."""
     shuffle_buffer: int = 10_000
@@ -301,6 +313,9 @@ class TrainConfig:
     """Seeds model initialisation order, data order and attack noise."""
     cpu: Optional[bool] = None
     """Force CPU (also for multi-process CPU runs). Default: CPU when no CUDA device exists."""
+    objective: str = "embedding"
+    """What training minimises under attack: `embedding` (AFT: distance to the frozen original's embedding) or
+    `tecoa` (cross-entropy of the zero-shot logits, needs labels; docs/tecoa.md). Registered in aft_hf.objectives."""
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
@@ -661,6 +676,9 @@ def validate(cfg: TrainConfig) -> list[str]:
         p.append(f"model.image_size: must be > 0 or null (the checkpoint's), got {cfg.model.image_size}")
     if cfg.model.embedding not in ("pooled", "patch_tokens"):
         p.append(f"model.embedding: unknown value '{cfg.model.embedding}' (choose pooled or patch_tokens)")
+    from .objectives import objective_problems
+
+    p.extend(objective_problems(cfg))
     return p
 
 

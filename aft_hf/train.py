@@ -24,7 +24,7 @@ from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .attack import PGDAttacker, UniformNoise, embedding_distance
+from .attack import PGDAttacker, UniformNoise, embedding_distance  # noqa: F401 (re-exported)
 from .checkpointing import (EVAL_HISTORY_FILE, HISTORY_FILE, PROGRESS_FILE, CheckpointError, Progress,  # noqa: F401
                             list_checkpoints, resolve_checkpoint, save_checkpoint)
 from .config import ConfigError, TrainConfig
@@ -35,6 +35,7 @@ from .launch import apply_launch, check_training_environment, run_info
 from .files import write_json
 from .lora import apply_lora, save_adapter, trainable_parameters
 from .model import ImageEncoder, ModelLoadError, export_pretrained, load_image_encoder, load_model_config
+from .objectives import EmbeddingObjective, Objective, build_objective
 from .perf import use_matmul_patch_embedding
 from .resume import apply_optim_config, check_resume_config
 from .train_eval import build_evaluator
@@ -138,7 +139,9 @@ def aft_step(
     max_grad_norm: Optional[float] = None,
     timings: Optional[dict] = None,
     guard: Optional[NonFiniteGuard] = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    objective: Optional[Objective] = None,
+    labels: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, object]:
     """One AFT micro-batch: frozen targets -> attack -> training forward/backward -> optimiser step.
 
     The exact step :func:`train` runs (and ``benchmarks/aft_step.py`` times). ``model`` is the
@@ -147,24 +150,27 @@ def aft_step(
     tensor: no host sync) and the targets. ``timings``, when given, receives the seconds spent in
     ``target`` / ``attack`` / ``update``; filling it synchronises the device between phases, so
     the training loop leaves it ``None``. ``guard``, when given, skips (and counts) an update whose
-    loss or gradient norm is not finite.
+    loss or gradient norm is not finite. ``objective`` (default: the embedding objective against
+    ``frozen``) gives the targets and the per-sample loss that the attack maximises and the update
+    minimises; ``labels`` are the batch's class indices when it needs them (:mod:`aft_hf.objectives`).
     """
+    objective = objective if objective is not None else EmbeddingObjective(frozen)
     clock = time.perf_counter
     if timings is not None:
         _sync(images.device)
         t0 = clock()
     with accelerator.accumulate(model):
         with torch.no_grad(), accelerator.autocast():
-            targets = frozen(images)
+            targets = objective.targets(images, labels)
         if timings is not None:
             _sync(images.device)
             t1 = clock()
         with accelerator.autocast():
-            adversarial = attacker(unwrapped, images, lambda e: embedding_distance(e, targets), generator)
+            adversarial = attacker(unwrapped, images, lambda e: objective.loss(e, targets), generator)
             if timings is not None:
                 _sync(images.device)
                 t2 = clock()
-            loss = embedding_distance(model(adversarial), targets).mean()
+            loss = objective.loss(model(adversarial), targets).mean()
         accelerator.backward(loss)
         if guard is not None and accelerator.sync_gradients:
             guard.step(accelerator, optimizer, loss, _grad_norm(accelerator, model, max_grad_norm))
@@ -268,11 +274,13 @@ def train(cfg: TrainConfig) -> Path:
     set_seed(cfg.seed, device_specific=True)
 
     encoder, frozen, attacker, optimizer, scheduler = build_models(cfg, accelerator)
+    objective = build_objective(cfg, encoder, frozen, accelerator.device)  # once: TeCoA's class embeddings
 
     def make_loader(skip_records: int):  # streamed data: fast-forward by raw records read (bad ones included)
         streaming = cfg.data.streaming
         loader = build_dataloader(cfg.data, image_geometry(encoder), batch_size, cfg.seed, accelerator.process_index,
-                                  accelerator.num_processes, skip_examples=skip_records if streaming else 0)
+                                  accelerator.num_processes, skip_examples=skip_records if streaming else 0,
+                                  **objective.loader_options(cfg.data))
         if streaming:
             return loader
         # map-style: the epoch's permutation is entered at the record the checkpoint reached, whatever
@@ -297,7 +305,7 @@ def train(cfg: TrainConfig) -> Path:
                 cfg.optim.gradient_accumulation_steps, attacker, main_process_only=True)
 
     loop = TrainingLoop(cfg, accelerator, model, frozen, attacker, optimizer, scheduler, progress,
-                        resume_path, batch_size, make_loader)
+                        resume_path, batch_size, make_loader, objective=objective)
     if loop.evaluator is not None and progress.step == 0:
         loop.evaluator.run(accelerator, loop.unwrapped, 0)  # the original's numbers, the baseline
     with StopOnSignal() as stop:
@@ -333,10 +341,14 @@ class TrainingLoop:
     eval_history: list = field(default_factory=list)
     """Every evaluation of the run, resumes included (carried in checkpoints as ``eval_history.json``)."""
     images_seen: int = 0
+    objective: Optional[Objective] = None
+    """What is minimised under attack (:mod:`aft_hf.objectives`); None: the embedding objective."""
 
     def __post_init__(self):
         acc = self.accelerator
         self.output_dir = Path(self.cfg.checkpoint.output_dir)
+        if self.objective is None:
+            self.objective = EmbeddingObjective(self.frozen)
         self.unwrapped: ImageEncoder = acc.unwrap_model(self.model)
         self.guard = NonFiniteGuard(self.cfg.optim.max_nonfinite_steps, acc.device)
         self.guard.total += self.progress.nonfinite_steps
@@ -385,10 +397,11 @@ class TrainingLoop:
     def micro_step(self, batch) -> None:
         acc = self.accelerator
         self.images = batch["pixel_values"].to(acc.device, non_blocking=True)
+        labels = batch["labels"].to(acc.device, non_blocking=True) if "labels" in batch else None
         generator = attack_generator(self.cfg.seed, self.progress.step, self.micro_batch, acc)
         loss, self.targets = aft_step(acc, self.model, self.unwrapped, self.frozen, self.attacker, self.optimizer,
                                       self.scheduler, self.images, generator, self.cfg.optim.max_grad_norm,
-                                      guard=self.guard)
+                                      guard=self.guard, objective=self.objective, labels=labels)
         self.progress.batches_in_epoch += 1
         self.progress.records_in_epoch += int(batch["records"])
         self.micro_batch = 0 if acc.sync_gradients else self.micro_batch + 1
@@ -425,7 +438,7 @@ class TrainingLoop:
         self.guard.check()
         elapsed = time.perf_counter() - self.window_start
         images_per_s = self.window_batches * self.batch_size * acc.num_processes / elapsed
-        self.history.append(_log_window(acc, self.unwrapped, self.attacker, self.images, self.targets,
+        self.history.append(_log_window(acc, self.unwrapped, self.attacker, self.objective, self.images, self.targets,
                                         self.window_loss / self.window_batches, images_per_s,
                                         self.scheduler.get_last_lr()[0], self.progress, self.bar))
         self.window_loss.zero_()
@@ -473,14 +486,16 @@ class TrainingLoop:
         return final
 
 
-def _log_window(accelerator, unwrapped, attacker, images, targets, mean_loss, images_per_s, lr, progress, bar) -> dict:
-    """Log-step metrics (returned too): the only place the loop syncs with the host."""
+def _log_window(accelerator, unwrapped, attacker, objective, images, targets, mean_loss, images_per_s, lr, progress,
+                bar) -> dict:
+    """Log-step metrics (returned too): the only place the loop syncs with the host. The objective's loss
+    on the clean images is logged as its ``clean_metric`` (``train/clean_distance`` for AFT)."""
     with torch.no_grad(), accelerator.autocast():
-        clean = embedding_distance(unwrapped(images), targets).mean()
+        clean = objective.loss(unwrapped(images), targets).mean()
     skipped = accelerator.reduce(torch.tensor(float(progress.skipped_images), device=accelerator.device), "sum")
     metrics = {
         "train/loss": accelerator.reduce(mean_loss, "mean").item(),
-        "train/clean_distance": accelerator.reduce(clean.detach(), "mean").item(),
+        objective.clean_metric: accelerator.reduce(clean.detach(), "mean").item(),
         "train/lr": lr,
         "train/images_per_s": images_per_s,
         "data/skipped_images": skipped.item(),
@@ -493,6 +508,6 @@ def _log_window(accelerator, unwrapped, attacker, images, targets, mean_loss, im
     if metrics["data/skipped_images"]:
         logger.info("step %d: %d unreadable images skipped so far", progress.step,
                     int(metrics["data/skipped_images"]), main_process_only=True)
-    bar.set_postfix(loss=f"{metrics['train/loss']:.4g}", clean=f"{metrics['train/clean_distance']:.3g}",
+    bar.set_postfix(loss=f"{metrics['train/loss']:.4g}", clean=f"{metrics[objective.clean_metric]:.3g}",
                     lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}")
     return {"step": progress.step, **metrics}

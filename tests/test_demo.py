@@ -97,9 +97,28 @@ def test_demo_study_writes_dose_response(quick_world, tmp_path, capsys):
     assert "dose_response.png" in capsys.readouterr().out
 
 
+def test_demo_tecoa_arm(quick_world, tmp_path, capsys):
+    """`--objectives embedding tecoa`: TeCoA is one more arm, trained on the world's labels, measured alike."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--objectives", "embedding", "tecoa", "--norms", "linf", "--no-control", "--base",
+                 str(quick_world), "--out", str(out), "--seeds", "1", *FAST]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["variants"] == ["aft_linf", "tecoa_linf"]
+    assert report["settings"]["objectives"] == ["embedding", "tecoa"]
+    cfg = yaml.safe_load((out / "runs" / "tecoa_linf_seed0" / "final" / "aft_config.yaml").read_text())
+    assert cfg["objective"] == "tecoa" and cfg["data"]["templates"] == "a photo of a {}"
+    assert cfg["attack"]["norm"] == "linf" and cfg["attack"]["eps"] == 4  # the same attack as the AFT arm
+    assert "tecoa_linf" in report["accuracy"]["clean"] and "delta_tecoa_linf" in report["metrics"]["saliency"]["energy"]
+    assert "tecoa_linf" in report["objective"]["linf"]
+    md = (out / "report.md").read_text()
+    assert "tecoa linf" in md and "tecoa changed it by" in md
+    assert "tecoa" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("args, message", [
     (["--eps", "1", "2"], "add --study"), (["--eps", "0"], "--eps must be > 0"),
-    (["--robust-steps", "0"], "must be >= 1"),
+    (["--robust-steps", "0"], "must be >= 1"), (["--objectives", "tecoa"], "must include embedding"),
+    (["--objective", "tecoa"], "use --objectives"),
 ])
 def test_demo_rejects_bad_budgets(tmp_path, capsys, args, message):
     assert main(["demo", "--out", str(tmp_path / "x"), *args]) == 2

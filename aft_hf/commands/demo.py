@@ -8,6 +8,7 @@ from ..config import ConfigError
 from ..demo import DEFAULT_CONFIG, HEADLINE, DemoOptions, run_demo
 from ..demo.roar import WorldRoar
 from ..demo.setup import check_overrides
+from ..objectives import available_objectives
 
 NOT_OPTIONS = ("command", "func", "accepts_overrides")
 
@@ -38,6 +39,9 @@ def add_subcommand(subparsers) -> None:
                    help="trained budget(s) in 1/255 (a norm with eps2: eps = eps2); default: " + ", ".join(
                        f"{n} {e:g}" + (f" + {e2:g}" if e2 is not None else "") for n, (e, e2) in HEADLINE.items())
                    + " (the demo takes one value; --study default: 1 2 4 8)")
+    p.add_argument("--objectives", nargs="+", default=list(DemoOptions.objectives), choices=available_objectives(),
+                   help="training objectives, one arm each per threat model: embedding (AFT, always run) and e.g. "
+                        "tecoa (supervised, on the world's labels; docs/tecoa.md), an arm tecoa_<norm>")
     p.add_argument("--study", action="store_true", help="run the dose-response study over --eps instead")
     p.add_argument("--robust-attack", choices=["apgd", "pgd"], default=DemoOptions.robust_attack,
                    help="L-inf attack for robust accuracy (default apgd: APGD-CE + APGD-T)")
@@ -74,6 +78,9 @@ def _cli_demo(args, overrides: list[str]) -> int:
         raise ConfigError(["--roar runs with the demo, not with --study (the study has one model per budget)"])
     if args.roar_train_images < 1 or args.roar_test_images < 1:
         raise ConfigError(["--roar-train-images and --roar-test-images must be >= 1"])
+    if "embedding" not in args.objectives or (args.study and args.objectives != ["embedding"]):
+        raise ConfigError(["--objectives: the demo compares other objectives with AFT, so it must include embedding "
+                           "(and the --study runs embedding only)"])
     if not args.study and args.eps and len(args.eps) > 1:
         raise ConfigError(["the demo trains one budget: give one --eps value, or add --study for several"])
     methods = tuple(args.methods) if args.methods else (("saliency",) if args.study else DemoOptions.methods)
@@ -82,7 +89,8 @@ def _cli_demo(args, overrides: list[str]) -> int:
                        control=not args.no_control, robust_steps=args.robust_steps, repo_id=args.repo_id,
                        config=args.config, base=args.base, overrides=overrides, norms=tuple(args.norms),
                        eps=None if args.study or not args.eps else args.eps[0], robust_attack=args.robust_attack,
-                       roar=_roar_settings(args) if args.roar else None)
+                       roar=_roar_settings(args) if args.roar else None,
+                       objectives=tuple(dict.fromkeys(args.objectives)))
     if args.study:
         from ..demo.study import run_study
 

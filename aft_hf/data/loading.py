@@ -40,8 +40,9 @@ __all__ = ["DataError", "build_dataloader", "load_image_dataset", "collate_image
 _load_hub_or_folder = load_source
 
 
-def load_image_dataset(cfg: DataConfig, token: Optional[str] = None):
-    """The raw split with its image column undecoded (``datasets.Dataset`` or ``IterableDataset``)."""
+def load_image_dataset(cfg: DataConfig, token: Optional[str] = None, label_column: Optional[str] = None):
+    """The raw split with its image column undecoded (``datasets.Dataset`` or ``IterableDataset``), and
+    ``label_column`` too when given (an objective that needs labels): a data set without it is refused."""
     ds = load_source(cfg, token)
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         raise DataError(f"dataset '{cfg.dataset}' has several splits ({', '.join(ds)}); set data.split")
@@ -50,7 +51,11 @@ def load_image_dataset(cfg: DataConfig, token: Optional[str] = None):
         raise DataError(
             f"dataset '{cfg.dataset}' has no column '{cfg.image_column}' (columns: {', '.join(columns)}); "
             "set data.image_column")
-    ds = ds.select_columns([cfg.image_column])
+    if label_column and label_column not in columns:
+        raise DataError(
+            f"dataset '{cfg.dataset}' has no label column '{label_column}' (columns: {', '.join(columns)}), and the "
+            "objective needs labels: use class folders, a label column (data.label_column) or metadata.jsonl")
+    ds = ds.select_columns([cfg.image_column] + ([label_column] if label_column else []))
     if isinstance(ds.features[cfg.image_column], datasets.Image):
         ds = ds.cast_column(cfg.image_column, datasets.Image(decode=False))
     if cfg.max_samples is not None:
@@ -62,6 +67,18 @@ def limits_of(cfg: DataConfig) -> ImageLimits:
     return ImageLimits(max_pixels=cfg.max_image_pixels, max_aspect_ratio=cfg.max_aspect_ratio)
 
 
+def _label(example: dict, column: Optional[str], num_classes: Optional[int]) -> tuple:
+    """``(label,)`` of an example when labels are read (checked against the class count), else ``()``."""
+    if column is None:
+        return ()
+    value = example[column]
+    out_of_range = num_classes is not None and isinstance(value, int) and not 0 <= value < num_classes
+    if isinstance(value, bool) or not isinstance(value, int) or out_of_range:
+        raise DataError(f"label {value!r} in column '{column}' is not a class index in [0, {num_classes}): check "
+                        "data.label_column and data.class_names")
+    return (value,)
+
+
 def _where(value) -> Optional[str]:
     return value.get("path") if isinstance(value, dict) else None
 
@@ -70,23 +87,26 @@ class DecodedImages(Dataset):
     """Map-style view: item i is (pixels, skipped, 1), the first readable image at or after i."""
 
     def __init__(self, hf_dataset: datasets.Dataset, column: str, size: Union[int, ImageGeometry],
-                 limits: ImageLimits = ImageLimits(), bad: Optional[BadSamples] = None):
+                 limits: ImageLimits = ImageLimits(), bad: Optional[BadSamples] = None,
+                 label_column: Optional[str] = None, num_classes: Optional[int] = None):
         self.ds, self.column, self.size, self.limits = hf_dataset, column, size, limits
         self.bad = bad or BadSamples()
+        self.label_column, self.num_classes = label_column, num_classes  # labels: items end with the label
 
     def __len__(self) -> int:
         return len(self.ds)
 
     def __getitem__(self, index: int):
         for skipped in range(min(MAX_CONSECUTIVE_FAILURES, len(self.ds))):
-            value = self.ds[(index + skipped) % len(self.ds)][self.column]
+            example = self.ds[(index + skipped) % len(self.ds)]
+            value = example[self.column]
             try:
                 pixels = preprocess(value, self.size, self.limits)
             except Exception as e:  # any decoder failure on any file: skip it, count it
                 self.bad.bad(_where(value), e)
                 continue
             self.bad.good()
-            return pixels, skipped, 1
+            return (pixels, skipped, 1) + _label(example, self.label_column, self.num_classes)
         raise DataError(f"{MAX_CONSECUTIVE_FAILURES} consecutive unreadable images from index {index}: check the data")
 
     def describe(self) -> str:
@@ -105,8 +125,10 @@ class StreamedImages(IterableDataset):
     retry_wait_s = 1.0  # first wait between retries (doubled each time); tests set it to 0
 
     def __init__(self, hf_dataset, column: str, size: Union[int, ImageGeometry], skip_records: int = 0,
-                 limits: ImageLimits = ImageLimits(), bad: Optional[BadSamples] = None, retries: int = 3):
+                 limits: ImageLimits = ImageLimits(), bad: Optional[BadSamples] = None, retries: int = 3,
+                 label_column: Optional[str] = None, num_classes: Optional[int] = None):
         self.ds, self.column, self.size, self.limits = hf_dataset, column, size, limits
+        self.label_column, self.num_classes = label_column, num_classes
         self.skip_records, self.retries = skip_records, retries
         self.bad = bad or BadSamples()
         self.records_read = self.delivered = 0
@@ -174,7 +196,7 @@ class StreamedImages(IterableDataset):
                 continue
             self.bad.good()
             self.delivered += 1
-            yield pixels, skipped, position - last
+            yield (pixels, skipped, position - last) + _label(example, self.label_column, self.num_classes)
             skipped, last = 0, position
 
     def describe(self) -> str:
@@ -264,10 +286,14 @@ def resume_position(records_per_process: Optional[list], process_index: int, num
 
 
 def collate_images(batch: list) -> dict:
-    """Stack pixels; sum the skipped and raw-record counts so the trainer can log and resume."""
-    pixels, skipped, records = zip(*batch)
-    return {"pixel_values": torch.stack(pixels), "skipped": torch.tensor(sum(skipped)),
-            "records": torch.tensor(sum(records))}
+    """Stack pixels (and labels, when the items carry them); sum the skipped and raw-record counts so the
+    trainer can log and resume."""
+    pixels, skipped, records, *labels = zip(*batch)
+    out = {"pixel_values": torch.stack(pixels), "skipped": torch.tensor(sum(skipped)),
+           "records": torch.tensor(sum(records))}
+    if labels:
+        out["labels"] = torch.tensor(labels[0], dtype=torch.long)
+    return out
 
 
 def build_dataloader(
@@ -279,6 +305,8 @@ def build_dataloader(
     world_size: int = 1,
     skip_examples: int = 0,
     token: Optional[str] = None,
+    label_column: Optional[str] = None,
+    num_classes: Optional[int] = None,
 ) -> DataLoader:
     """A DataLoader of ``{'pixel_values', 'skipped', 'records'}`` batches.
 
@@ -288,9 +316,10 @@ def build_dataloader(
     Map-style data comes back unsharded (``accelerator.prepare`` shards it), in the order of an
     :class:`EpochSampler` (``loader.sampler``, which the trainer positions on resume). Streamed data is split across processes here (the dataloader
     must then *not* go through ``prepare``), shuffled with a buffer, and fast-forwarded by
-    ``skip_examples`` raw records on resume (exact with ``num_workers: 0``).
+    ``skip_examples`` raw records on resume (exact with ``num_workers: 0``). With ``label_column`` the
+    batches also hold ``labels`` (class indices, each checked to lie below ``num_classes``).
     """
-    raw = load_image_dataset(cfg, token=token)
+    raw = load_image_dataset(cfg, token=token, label_column=label_column)
     bad = BadSamples(cfg.max_bad_fraction, f"'{cfg.dataset}'")
     common = dict(batch_size=batch_size, collate_fn=collate_images, num_workers=cfg.num_workers,
                   pin_memory=torch.cuda.is_available(), drop_last=True, persistent_workers=cfg.num_workers > 0)
@@ -300,11 +329,11 @@ def build_dataloader(
         stream = raw.shuffle(seed=seed, buffer_size=cfg.shuffle_buffer)
         stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
         images = StreamedImages(stream, cfg.image_column, image_size, skip_examples, limits_of(cfg), bad,
-                                cfg.read_retries)
+                                cfg.read_retries, label_column, num_classes)
         return StreamLoader(images, **common)
     if len(raw) < batch_size * world_size:
         raise DataError(
             f"dataset '{cfg.dataset}' has {len(raw)} images, fewer than one global batch "
             f"({batch_size * world_size}); lower optim.batch_size or add data")
-    images = DecodedImages(raw, cfg.image_column, image_size, limits_of(cfg), bad)
+    images = DecodedImages(raw, cfg.image_column, image_size, limits_of(cfg), bad, label_column, num_classes)
     return DataLoader(images, sampler=EpochSampler(len(images), seed), **common)

@@ -38,13 +38,16 @@ def run_demo(opts: DemoOptions) -> dict:
     original = measure(original_model, data, **kw)
     threats, runs, finals, objectives = [], {}, {}, {}
     for norm in opts.norms:
-        variants = [f"aft_{norm}"] + ([f"control_{norm}"] if opts.control else [])
-        threats.append({"norm": norm, "aft": variants[0], "control": variants[1] if opts.control else None})
+        arms = {f"{o}_{norm}": o for o in opts.objectives if o != "embedding"}  # e.g. tecoa_linf
+        variants = [f"aft_{norm}"] + ([f"control_{norm}"] if opts.control else []) + list(arms)
+        threats.append({"norm": norm, "aft": variants[0], "control": variants[1] if opts.control else None,
+                        "objectives": arms})
         for v in variants:
             runs[v], finals[v], objectives[v] = [], [], []
         for seed in range(opts.seeds):
             for variant in variants:
-                cfg, final = fine_tune(opts, setup, norm, opts.eps, seed, variant.startswith("control"), variant)
+                cfg, final = fine_tune(opts, setup, norm, opts.eps, seed, variant.startswith("control"), variant,
+                                       arms.get(variant, "embedding"))
                 model = load_image_encoder(str(final))
                 finals[variant].append(str(final))
                 runs[variant].append(measure(model, data, seed=seed, **kw))
@@ -56,6 +59,7 @@ def run_demo(opts: DemoOptions) -> dict:
                            "eval_images": opts.eval_images, "eval_seed": opts.eval_seed,
                            "methods": list(opts.methods), "tolerance_px": opts.tolerance_px,
                            "robust_eps": list(opts.robust_eps), **robust_settings(opts),
+                           "objectives": list(opts.objectives),
                            "attack": "; ".join(t["label"] for t in threats),
                            "steps": setup.base_cfg.optim.max_steps, "aft_config": setup.base_cfg.to_dict(),
                            "world": setup.world.to_dict()},

@@ -58,7 +58,7 @@ def objective_table(threats: list[dict], objectives: dict[str, list[dict]]) -> d
     for t in threats:
         orig = t["original_objective"]
         row = {"label": t["label"], "original": {k: nanmean(v) for k, v in orig.items()}}
-        for variant in (t["aft"], t["control"]):
+        for variant in (t["aft"], t["control"], *t.get("objectives", {})):
             if variant is None:
                 continue
             seeds = objectives[variant]
@@ -96,6 +96,9 @@ def verdicts(report: dict) -> list[str]:
                     + f"{'beyond' if _significant(aft) else 'not beyond'} 2 paired SE in every seed)")
             if ctrl:
                 text += f"; the noise control changed it by {ctrl['mean']:+.3f}"
+            for variant, objective in t.get("objectives", {}).items():
+                other = row.get(f"delta_{variant}")
+                text += f"; {objective} changed it by {other['mean']:+.3f}" if other else ""
             lines.append(text + ".")
     return lines
 
@@ -139,6 +142,10 @@ def markdown(report: dict) -> str:
              "deletion AUC is divided by each model's clean probability"
              + (", random ranking: " + ", ".join(f"{k} {_cell(v)}" for k, v in report["deletion_random_auc"].items())
                 if "deletion_random_auc" in report else "") + ".", ""]
+    others = [o for o in s.get("objectives", []) if o != "embedding"]
+    if others:
+        lines += [f"Other objectives, one arm per threat model, same attack, data and steps: {', '.join(others)} "
+                  "(tecoa: cross-entropy of the zero-shot logits on the world's labels; docs/tecoa.md).", ""]
     lines += ["**Verdict (from the numbers below):**", ""] + [f"- {v}" for v in report["verdicts"]] + [""]
     if report.get("objective"):
         lines += ["**Does the recipe train?** AFT objective on the held-out images: mean squared embedding distance "

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "world_aft.yaml"
+WORLD_TEMPLATE = "a photo of a {}"
+"""The prompt of the world's captions: zero-shot evaluation and TeCoA's class embeddings both use it."""
 
 
 # The paper's headline budget of each threat model that has one (``ThreatModel.headline``), in 1/255 units:
@@ -34,6 +36,7 @@ DEMO_SET_FIELDS = {
     "checkpoint.output_dir": "the runs go to OUT/runs/ (--out OUT)",
     "checkpoint.overwrite_output_dir": "a rerun replaces its own runs under --out",
     "attack.mode": "pgd for AFT, noise for the control (--no-control skips the control)",
+    "objective": "use --objectives embedding tecoa (each objective is one arm)",
 }
 
 
@@ -71,6 +74,9 @@ class DemoOptions:
     roar: Optional["WorldRoar"] = None
     """ROAR of the original and each AFT variant on fresh world images (:mod:`aft_hf.demo.roar`); None: skipped
     (the default, which keeps the demo's time)."""
+    objectives: Sequence[str] = ("embedding",)
+    """Training objectives (aft_hf.objectives), one arm each per threat model: ``embedding`` is AFT (``aft_*``),
+    another objective adds the arm ``<objective>_<norm>`` (e.g. ``tecoa_linf``) trained on the world's labels."""
 
 
 def threat_overrides(norm: str, eps: Optional[float] = None) -> list[str]:
@@ -128,7 +134,7 @@ def _eval_set(n: int, seed: int, world, text_path: str):
     masks = torch.from_numpy(arrays["masks"]).unsqueeze(1).float()
     labels = torch.from_numpy(arrays["labels"])
     text = load_text_tower(text_path)
-    weights = text.class_embeddings(world.class_names, ["a photo of a {}"])
+    weights = text.class_embeddings(world.class_names, [WORLD_TEMPLATE])
     return EvalSet(images, masks, labels, weights, text.logit_scale)
 
 
@@ -157,7 +163,9 @@ def prepare(opts: DemoOptions) -> Setup:
     overrides = ["--model.name_or_path", opts.base] + list(opts.overrides)  # the name, not a local path
     base_cfg = load_config(opts.config or DEFAULT_CONFIG, overrides)  # validated before any work
     for norm in opts.norms:
-        load_config(opts.config or DEFAULT_CONFIG, threat_overrides(norm, opts.eps) + overrides)
+        for objective in opts.objectives:
+            load_config(opts.config or DEFAULT_CONFIG,
+                        threat_overrides(norm, opts.eps) + overrides + objective_overrides(objective))
     _claim_output_folder(out)
     train_dir = out / "data" / f"world_train_seed{opts.train_seed}_n{opts.train_images}"
     _clear_earlier_runs(out, keep=train_dir)
@@ -167,9 +175,17 @@ def prepare(opts: DemoOptions) -> Setup:
     return Setup(out, base, world, overrides, train_dir, data, base_cfg)
 
 
+def objective_overrides(objective: str) -> list[str]:
+    """Config overrides of one demo arm's objective (labels and class names come from the world folder)."""
+    if objective == "embedding":
+        return []
+    return ["--objective", objective, "--data.templates", WORLD_TEMPLATE]
+
+
 def fine_tune(opts: DemoOptions, setup: Setup, norm: str, eps: Optional[float], seed: int, control: bool,
-              name: str):
-    """Train one AFT (or noise-control) run with the package trainer; returns (config, final folder)."""
+              name: str, objective: str = "embedding"):
+    """Train one AFT (or noise-control, or other ``objective``) run with the package trainer; returns
+    (config, final folder)."""
     from ..train import train
 
     extra = ["--data.dataset", "imagefolder", "--data.data_dir", str(setup.train_dir), "--seed", str(seed),
@@ -177,6 +193,7 @@ def fine_tune(opts: DemoOptions, setup: Setup, norm: str, eps: Optional[float], 
              "--checkpoint.overwrite_output_dir", "true"]  # a rerun replaces its own runs
     if control:
         extra += ["--attack.mode", "noise"]
+    extra += objective_overrides(objective)
     # the threat model first, so that a user's --attack.* overrides still win
     cfg = load_config(opts.config or DEFAULT_CONFIG, threat_overrides(norm, eps) + setup.overrides + extra)
     logger.info("%s, seed %d: %s, %d steps", name, seed, threat_label(cfg.attack), cfg.optim.max_steps)
