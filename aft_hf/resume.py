@@ -51,6 +51,7 @@ RESUME_RULES: dict[str, Change] = {
     "data.max_image_pixels": Change.FLAG, "data.max_aspect_ratio": Change.FLAG,
     # never: the model, the data set, the objective, the attack (and a LoRA adapter's shape)
     "model": Change.NEVER, "data": Change.NEVER, "attack": Change.NEVER, "lora": Change.NEVER,
+    "objective": Change.NEVER, "lora.save_adapter": Change.FREE,  # an export option, not the adapter's shape
 }
 
 
