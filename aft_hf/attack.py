@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .config import AttackConfig
+from .objectives import embedding_distance  # noqa: F401  (the AFT loss, re-exported)
 from .threat_models import (
     DEFAULT_NORM, AttackError, ThreatModel, check_number, get_threat_model, patch_blocks, still_start_problem,
 )
@@ -66,11 +67,6 @@ def _check_settings(norm: str, eps: float, eps2: float, steps: int, alpha: float
     problems.append(still_start_problem(random_start, noise_std, steps, maximize))
     if any(problems):
         raise AttackError(next(p for p in problems if p))
-
-
-def embedding_distance(embeds: Tensor, targets: Tensor) -> Tensor:
-    """Per-sample squared L2 distance summed over the embedding dimension (the AFT loss)."""
-    return (embeds.float() - targets.float()).pow(2).sum(dim=-1)
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from .constants import VERSION as __version__
 from .errors import AftError
 from .threat_models import THREAT_MODELS
 from .published import LOCAL_PREFIX
+from .objectives import OBJECTIVES, EmbeddingObjective
 from .results import Scalar, report_results
 
 logger = logging.getLogger(__name__)
@@ -276,6 +277,9 @@ def _method_section(recipe: dict, base: str, cls: str = "CLIPModel") -> str:
                     "effect from plain noise augmentation. It is not an adversarially trained model.")
     else:
         training = _attack_sentence(attack)
+    objective = recipe.get("objective") or EmbeddingObjective.name
+    if objective != EmbeddingObjective.name:
+        return _other_objective_section(objective, base, training, optim, cls)
     return "\n".join([
         "## Method",
         "",
@@ -295,6 +299,24 @@ def _method_section(recipe: dict, base: str, cls: str = "CLIPModel") -> str:
         USE_TEXT[cls] + " Adversarial training with a budget penalises the dual norm of the input gradient, which "
         "is why AFT gives sparser, more object-focused gradient saliency maps than the base model (the paper's "
         "finding).",
+    ])
+
+
+def _other_objective_section(objective: str, base: str, training: str, optim: dict, cls: str) -> str:
+    """The Method section of a run trained with another registered objective (TeCoA, ...): its own formula
+    and reference, read from the objective's class."""
+    registered = OBJECTIVES.get(objective)
+    formula = registered.formula if registered else ""
+    cited = f" ({registered.citation})" if registered is not None and registered.citation else ""
+    return "\n".join([
+        "## Method", "",
+        f"The image encoder of `{base}` was fine-tuned adversarially with the `{objective}` objective{cited}"
+        + (" (supervised: it needs class labels; the text tower, frozen, gives the class embeddings):"
+           if registered is not None and registered.needs_labels else ":"),
+        "", f"    {formula}" if formula else "", "", training,
+        f"Optimiser: AdamW, lr {_fmt(optim.get('lr'))}, {optim.get('max_steps')} steps of {optim.get('batch_size')} "
+        f"images, {optim.get('scheduler')} schedule with {optim.get('warmup_steps')} warm-up steps.", "",
+        USE_TEXT[cls],
     ])
 
 

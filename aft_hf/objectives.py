@@ -17,7 +17,7 @@ Adding an objective is one class::
         clean_metric = "train/clean_cosine"
 
         @classmethod
-        def build(cls, cfg, encoder, frozen, device):
+        def build(cls, cfg, encoder, frozen, device, services):
             return cls(frozen)
 
         def targets(self, images, labels=None):
@@ -31,20 +31,36 @@ from __future__ import annotations
 
 import abc
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .attack import embedding_distance
 from .errors import AftError
 
-if TYPE_CHECKING:
-    from .config import DataConfig, TrainConfig
-    from .model import ImageEncoder
+# The config, the encoder and the services are passed in, not imported: the config imports this module
+# (to validate ``objective``), and the text tower and class names live in layers below it.
+TrainConfig = DataConfig = ImageEncoder = Any
 
 logger = logging.getLogger(__name__)
+
+
+def embedding_distance(embeds: Tensor, targets: Tensor) -> Tensor:
+    """Per-sample squared L2 distance summed over the embedding dimension (the AFT loss)."""
+    return (embeds.float() - targets.float()).pow(2).sum(dim=-1)
+
+
+@dataclass(frozen=True)
+class ObjectiveServices:
+    """What an objective may need at start-up, provided by the trainer (:mod:`aft_hf.objective_setup`):
+    ``text_tower(source, revision)`` -> a text tower (``class_embeddings``, ``logit_scale``, ``dim``);
+    ``class_names(data_config)`` -> the training labels' class names; ``templates(name_or_file)`` -> prompts."""
+
+    text_tower: Callable[[str, Optional[str]], Any]
+    class_names: Callable[[Any], list]
+    templates: Callable[[str], list]
 
 
 class ObjectiveError(AftError, ValueError):
@@ -75,7 +91,7 @@ def get_objective(name: str) -> type["Objective"]:
     return OBJECTIVES[name]
 
 
-def objective_problems(cfg: "TrainConfig") -> list[str]:
+def objective_problems(cfg: TrainConfig) -> list[str]:
     """Config problems of ``cfg.objective`` (an unknown name, or what the objective itself refuses)."""
     if cfg.objective not in OBJECTIVES:
         return [f"objective: unknown objective '{cfg.objective}' (choose from {', '.join(OBJECTIVES)})"]
@@ -97,14 +113,14 @@ class Objective(abc.ABC):
     num_classes: Optional[int] = None
 
     @classmethod
-    def config_problems(cls, cfg: "TrainConfig") -> list[str]:
+    def config_problems(cls, cfg: TrainConfig) -> list[str]:
         """What this objective refuses in a config, one line each (checked with the rest of the config)."""
         return []
 
     @classmethod
     @abc.abstractmethod
-    def build(cls, cfg: "TrainConfig", encoder: "ImageEncoder", frozen: "ImageEncoder",
-              device: torch.device) -> "Objective":
+    def build(cls, cfg: TrainConfig, encoder: ImageEncoder, frozen: ImageEncoder, device: torch.device,
+              services: ObjectiveServices) -> "Objective":
         """The objective for a run, built once at start-up (before the data loader)."""
 
     @abc.abstractmethod
@@ -115,7 +131,7 @@ class Objective(abc.ABC):
     def loss(self, outputs: Tensor, targets: Any) -> Tensor:
         """Per-sample loss (B,) of the encoder's ``outputs``: the attack ascends it, the update descends its mean."""
 
-    def loader_options(self, data: "DataConfig") -> dict:
+    def loader_options(self, data: DataConfig) -> dict:
         """Keyword arguments of :func:`aft_hf.data.build_dataloader` (the label column when labels are needed)."""
         return {"label_column": data.label_column, "num_classes": self.num_classes} if self.needs_labels else {}
 
@@ -130,11 +146,11 @@ class EmbeddingObjective(Objective):
                "delta* = argmax_delta ||g(f_theta(x + delta)) - g(f_theta0(x))||^2 - R(delta)")
     citation = "Schlarmann et al., Robust CLIP (FARE), ICML 2024; Gong et al., AFT, ICLR 2025"
 
-    def __init__(self, frozen: "ImageEncoder"):
+    def __init__(self, frozen: ImageEncoder):
         self.frozen = frozen
 
     @classmethod
-    def build(cls, cfg, encoder, frozen, device) -> "EmbeddingObjective":
+    def build(cls, cfg, encoder, frozen, device, services) -> "EmbeddingObjective":
         return cls(frozen)
 
     def targets(self, images: Tensor, labels: Optional[Tensor] = None) -> Tensor:
@@ -166,7 +182,7 @@ class TecoaObjective(Objective):
         self.num_classes = self.class_weights.shape[0]
 
     @classmethod
-    def config_problems(cls, cfg: "TrainConfig") -> list[str]:
+    def config_problems(cls, cfg: TrainConfig) -> list[str]:
         p = []
         if cfg.model.embedding != "pooled":
             p.append("objective tecoa needs model.embedding: pooled (zero-shot logits use the projected embedding)")
@@ -175,10 +191,7 @@ class TecoaObjective(Objective):
         return p
 
     @classmethod
-    def build(cls, cfg, encoder, frozen, device) -> "TecoaObjective":
-        from .evaluate.classnames import resolve_templates
-        from .explain.targets import load_text_tower
-
+    def build(cls, cfg, encoder, frozen, device, services) -> "TecoaObjective":
         m = cfg.model
         if not m.text_model and not encoder.base_is_full_clip:
             raise ObjectiveError(f"objective tecoa needs a text tower: '{m.name_or_path}' is vision-only; set "
@@ -187,10 +200,10 @@ class TecoaObjective(Objective):
         if not encoder.has_projection:
             raise ObjectiveError(f"objective tecoa needs a projected image embedding: '{m.name_or_path}' is a bare "
                                  "CLIPVisionModel without visual_projection")
-        names = training_class_names(cfg.data)
-        templates = resolve_templates(cfg.data.templates or ("clip80" if len(names) == 1000 else "simple"))
+        names = services.class_names(cfg.data)
+        templates = services.templates(cfg.data.templates or ("clip80" if len(names) == 1000 else "simple"))
         source = m.text_model or m.name_or_path
-        text = load_text_tower(source, None if m.text_model else m.revision).to(device)
+        text = services.text_tower(source, None if m.text_model else m.revision).to(device)
         if text.text_projection.out_features != encoder.vision.config.projection_dim:
             raise ObjectiveError(f"the text tower of '{source}' embeds in {text.text_projection.out_features} "
                                  f"dimensions but '{m.name_or_path}' in {encoder.vision.config.projection_dim}: "
@@ -212,47 +225,3 @@ class TecoaObjective(Objective):
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return F.cross_entropy(self.logits(outputs), targets.to(outputs.device), reduction="none")
-
-
-def build_objective(cfg: "TrainConfig", encoder: "ImageEncoder", frozen: "ImageEncoder",
-                    device: torch.device) -> Objective:
-    """The configured objective, built once (TeCoA's class embeddings are computed here, not per step)."""
-    return get_objective(cfg.objective).build(cfg, encoder, frozen, device)
-
-
-def _world_label_feature(data: "DataConfig"):
-    """The ClassLabel of a folder written by ``aft-hf world sample`` (its world.json), else None."""
-    from .commands.evaluate import world_label_feature
-
-    folder = data.data_dir if data.dataset == "imagefolder" else data.dataset
-    return world_label_feature(folder, data.label_column) if folder else None
-
-
-def training_class_names(data: "DataConfig") -> list[str]:
-    """Class names of the training labels: ``data.class_names`` (a file, or ``imagenet``), else the label
-    column's ClassLabel, else a world folder's world.json. A data set without the label column, or whose
-    labels have no names, is refused in one line (the data set's features are read, no image is decoded)."""
-    from .evaluate.classnames import imagenet_classnames, names_from_feature, read_names_file
-
-    feature = label_feature(data)
-    source = data.class_names
-    if source:
-        names = imagenet_classnames() if source == "imagenet" else read_names_file(source)
-        classes = getattr(feature, "num_classes", None)
-        if classes is not None and classes != len(names):
-            raise ObjectiveError(f"data.class_names gives {len(names)} names but '{data.label_column}' of "
-                                 f"'{data.dataset}' has {classes} classes")
-        return names
-    names = names_from_feature(feature) or names_from_feature(_world_label_feature(data))
-    if names is None:
-        raise ObjectiveError(f"the labels in '{data.label_column}' of '{data.dataset}' have no class names (not a "
-                             "ClassLabel): set data.class_names to a file with one name per line, or imagenet")
-    return names
-
-
-def label_feature(data: "DataConfig"):
-    """The feature of ``data.label_column`` of the training split; refuses a data set without that column."""
-    from .data.loading import load_image_dataset
-
-    ds = load_image_dataset(data, label_column=data.label_column)
-    return (ds.features or {}).get(data.label_column)

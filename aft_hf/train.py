@@ -35,7 +35,8 @@ from .launch import apply_launch, check_training_environment, run_info
 from .files import write_json
 from .lora import apply_lora, save_adapter, trainable_parameters
 from .model import ImageEncoder, ModelLoadError, export_pretrained, load_image_encoder, load_model_config
-from .objectives import EmbeddingObjective, Objective, build_objective
+from .objective_setup import build_objective
+from .objectives import EmbeddingObjective, Objective
 from .perf import use_matmul_patch_embedding
 from .resume import apply_optim_config, check_resume_config
 from .train_eval import build_evaluator

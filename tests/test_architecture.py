@@ -51,10 +51,10 @@ def _graph() -> dict[str, set[str]]:
 LAYERS = [
     {"constants", "errors", "env", "files", "tokenizer", "outputs", "published", "load_report"},
     {"config", "config_help", "recipes", "launch", "model", "resolution", "threat_models", "attack", "data", "perf", "lora",
-     "results"},
+     "results", "objectives"},
     {"card", "hub", "convert", "checkpoint_io", "export_openclip", "graft"},
     {"figures", "explain", "evaluate", "benchmark"},
-    {"train", "train_eval", "hub_sync", "checkpointing", "guards", "resume"},
+    {"train", "train_eval", "hub_sync", "checkpointing", "guards", "resume", "objective_setup"},
     {"world", "demo"},
 ]
 """The layer diagram of docs/development.md, top (imported by everything) to bottom; the command modules

@@ -22,8 +22,8 @@ from aft_hf.objectives import (
     TecoaObjective,
     available_objectives,
     get_objective,
-    training_class_names,
 )
+from aft_hf.objective_setup import training_class_names
 from aft_hf.train import aft_step, list_checkpoints, train
 from tests.image_helpers import write_png_folder
 
@@ -268,3 +268,15 @@ def test_class_names_file_must_match_the_class_count(tmp_path):
     flat = write_png_folder(tmp_path / "flat", 2)
     with pytest.raises(DataError, match="no label column"):
         training_class_names(DataConfig(dataset=str(flat)))
+
+
+def test_card_describes_the_objective_that_was_trained():
+    """A TeCoA run's card gives TeCoA's formula and reference, not AFT's unsupervised objective."""
+    from aft_hf.card import _method_section
+
+    recipe = {"objective": "tecoa", "attack": {"norm": "linf", "eps": 4, "steps": 10, "alpha": 1}, "model": {},
+              "optim": {"lr": 1e-5, "max_steps": 10, "batch_size": 8, "scheduler": "cosine", "warmup_steps": 1}}
+    text = _method_section(recipe, "openai/clip-vit-base-patch16")
+    assert "`tecoa` objective" in text and TecoaObjective.formula in text and "Mao et al." in text
+    assert "unsupervised" not in text and "needs class labels" in text
+    assert "AFT (adversarial fine-tuning" in _method_section({**recipe, "objective": "embedding"}, "b")

@@ -321,6 +321,7 @@ def write_imagefolder(path: Union[str, Path], num_images: int, seed: int = 0, cf
             meta.write(json.dumps({"file_name": f"images/{i:06d}.png", "mask_file_name": f"masks/{i:06d}.png",
                                    "caption": s.caption, "label": s.label, "class_name": names[s.label]}) + "\n")
     (path / "world.json").write_text(json.dumps({"seed": seed, "num_images": num_images, "world": cfg.to_dict()}, indent=2))
+    (path / "classnames.txt").write_text("\n".join(cfg.class_names) + "\n")  # label order, one per line
     return path
 
 
