@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence, Union
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .constants import IMPORT_FILE  # noqa: F401  (provenance of a converted checkpoint; card.IMPORT_FILE stays)
+from .constants import CONFIG_FILE, IMPORT_FILE  # noqa: F401  (provenance of a converted checkpoint; card.IMPORT_FILE stays)
 from .constants import VERSION as __version__
 from .errors import AftError
 from .threat_models import THREAT_MODELS
@@ -28,7 +28,6 @@ from .results import Scalar, report_results
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "aft_config.yaml"
 """The resolved training config, written into the export by the trainer."""
 REPORT_FILE = "eval_report.json"
 """The evaluate report, copied into the Hub folder so the card's numbers can be traced."""
@@ -421,7 +420,7 @@ def _transformers_snippet(repo: str, cls: str, processor: str) -> list[str]:
 def _usage_section(repo: str, cls: str, folder: Path, embedding: str = "pooled") -> str:
     """Usage snippets that run on this folder: transformers (by its class), aft_hf, and open_clip only
     where ``aft-hf export-openclip`` accepts the folder."""
-    from .export_openclip import config_problem
+    from .openclip.exporter import config_problem
 
     config = _read_json(folder / "config.json") or {}
     size = (_geometry(config)[1] if config else {}).get("image_size") or 224
@@ -464,7 +463,9 @@ def _limitations_section(recipe: Optional[dict], imported: Optional[dict], repor
     if recipe is not None or imported is not None:
         lines.append("- Robustness holds at best inside the threat model the encoder was trained for; other "
                      "perturbations, larger budgets and stronger or adaptive attacks (e.g. AutoAttack) can break it. "
-                     "Robust accuracy measured with a fixed PGD attack is an upper bound.")
+                     "Any measured robust accuracy is an upper bound: APGD-CE + APGD-T (the default of `aft-hf "
+                     "evaluate`) is a strong attack, not a proof of robustness, and a fixed-step PGD estimate "
+                     "over-estimates it further.")
         lines.append("- Adversarial fine-tuning usually lowers clean zero-shot accuracy compared with the base model.")
     lines.append("- Only the image encoder was changed; the text tower is the base model's, so attacks on the text "
                  "input are not addressed.")

@@ -28,6 +28,7 @@ from typing import Optional
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 
+from .constants import CONFIG_FILE
 from .errors import AftError
 from .files import json_safe, respect_umask, write_json  # noqa: F401  (json_safe: re-exported)
 
@@ -35,7 +36,6 @@ logger = get_logger(__name__)
 PROGRESS_FILE = "progress.json"
 HISTORY_FILE = "log_history.json"
 EVAL_HISTORY_FILE = "eval_history.json"
-CONFIG_FILE = "aft_config.yaml"
 VERSIONS_FILE = "versions.json"
 TMP_PREFIX = ".tmp_step_"
 

@@ -688,14 +688,15 @@ def _local_markers(cfg: TrainConfig) -> list[str]:
 
     return [f"{key}: '{value}' stands for a local folder of the machine that published this config: give its "
             f"path here (--{key} /path/to/{value[len(LOCAL_PREFIX):]})"
-            for key, value in _flat_items(cfg.to_dict())
+            for key, value in flatten(cfg.to_dict()).items()
             if isinstance(value, str) and value.startswith(LOCAL_PREFIX)]
 
 
-def _flat_items(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
-    out: list[tuple[str, Any]] = []
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as ``{"section.field": value}`` (the names overrides and resume rules use)."""
+    out: dict[str, Any] = {}
     for k, v in d.items():
-        out += _flat_items(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
 
 

@@ -19,7 +19,10 @@ WORLD_CLIP_DIR = Path(__file__).resolve().parent / "world" / "base"
 """The small CLIP pretrained in the synthetic world, shipped with the package (``builtin:world-clip``)."""
 
 IMPORT_FILE = "aft_import.json"
-"""Provenance of a converted open_clip checkpoint, written by ``aft_hf.convert`` and read by the model card."""
+"""Provenance of a converted open_clip checkpoint, written by ``aft_hf.openclip.importer`` and read by the model card."""
 
 REPORT_SCHEMA_VERSION = 1
 """Version of the ``report.json`` schema written by ``aft-hf evaluate`` (documented in ``aft_hf/evaluate/report.py``)."""
+
+CONFIG_FILE = "aft_config.yaml"
+"""The resolved training config, saved in every checkpoint and exported folder (the recipe a card shows)."""

@@ -13,8 +13,11 @@ def env_flag(name: str) -> bool:
 
 
 def hub_offline() -> bool:
-    """``HF_HUB_OFFLINE`` is set: nothing can be fetched from (or pushed to) the Hub."""
-    return env_flag("HF_HUB_OFFLINE")
+    """``HF_HUB_OFFLINE`` is set (in the environment, or as huggingface_hub read it at import): nothing can be
+    fetched from (or pushed to) the Hub."""
+    from huggingface_hub import constants
+
+    return env_flag("HF_HUB_OFFLINE") or bool(constants.HF_HUB_OFFLINE)
 
 
 def datasets_offline() -> bool:

@@ -169,12 +169,6 @@ class StopOnSignal:
 # --------------------------------------------------------------------------- start-up checks
 
 
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    return hub_offline() or bool(constants.HF_HUB_OFFLINE)
-
-
 def check_writable(output_dir: Path, process_index: int = 0) -> None:
     """Create ``output_dir`` and write/remove a probe file in it, or raise a clear error."""
     probe = output_dir / f".aft_write_probe_{process_index}_{uuid.uuid4().hex[:8]}"
@@ -187,7 +181,7 @@ def check_writable(output_dir: Path, process_index: int = 0) -> None:
                               "another --output_dir or fix its permissions") from None
 
 
-def check_output_dir(output_dir: Path, resume: Optional[str], overwrite: bool) -> None:
+def refuse_other_runs(output_dir: Path, resume: Optional[str], overwrite: bool) -> None:
     """A fresh run must not mix with another run's checkpoints (HF's ``overwrite_output_dir`` rule)."""
     if resume is not None or overwrite:
         return
@@ -212,12 +206,12 @@ def preflight(cfg, accelerator: Accelerator) -> None:
     """Everything the end of the run needs, checked before the first step (on every rank)."""
     output_dir = Path(cfg.checkpoint.output_dir)
     check_writable(output_dir, accelerator.process_index)
-    check_output_dir(output_dir, cfg.checkpoint.resume_from_checkpoint, cfg.checkpoint.overwrite_output_dir)
+    refuse_other_runs(output_dir, cfg.checkpoint.resume_from_checkpoint, cfg.checkpoint.overwrite_output_dir)
     check_final_dir(output_dir / "final")
     if cfg.hub.push_to_hub:  # fail now (on every rank, so none waits for the others), not after training
         from .hub import HubError, require_token
 
-        if _hub_offline():
+        if hub_offline():
             raise HubError("hub.push_to_hub is on but HF_HUB_OFFLINE is set, so the upload at the end would fail: "
                            "unset HF_HUB_OFFLINE, or train without --hub.push_to_hub and run `aft-hf push` later")
         require_token(None)

@@ -7,7 +7,7 @@
 The card is built with ``huggingface_hub``'s ``ModelCardData``/``ModelCard`` from facts found in the
 folder only: ``config.json`` (architecture), ``aft_config.yaml`` (the training recipe, written by
 the trainer), ``aft_import.json`` (provenance of a converted checkpoint, written by
-``aft_hf.convert``), the evaluate report and the figures. A section without data is left out.
+``aft_hf.openclip.importer``), the evaluate report and the figures. A section without data is left out.
 The token comes from ``HF_TOKEN`` or the login cache; it is never printed, logged or written.
 """
 

@@ -32,6 +32,7 @@ from typing import Callable, Optional
 from huggingface_hub import HfApi
 
 from .config import TrainConfig
+from .constants import CONFIG_FILE
 from .hub import HubError, retry_command
 from .model import ImageEncoder, export_pretrained
 from .published import rewrite_for_upload
@@ -102,7 +103,7 @@ class HubSync:
         staging = self.staging_root / f"step_{step:08d}"
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            export_pretrained(encoder, staging / "model", extra_files={"aft_config.yaml": self.cfg.to_yaml()})
+            export_pretrained(encoder, staging / "model", extra_files={CONFIG_FILE: self.cfg.to_yaml()})
             if self.strategy == "checkpoint":
                 _snapshot(checkpoint, staging / "checkpoint")
         except Exception as e:  # e.g. a full disk: this push is lost, the run (and its checkpoint) is not

@@ -43,7 +43,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from .constants import BUILTIN_PREFIX, CLIP_MEAN, CLIP_STD, WORLD_CLIP_DIR
+from .constants import BUILTIN_PREFIX, CLIP_MEAN, CLIP_STD, CONFIG_FILE, WORLD_CLIP_DIR
 from .env import hub_offline
 from .errors import AftError, InputError
 from .resolution import resize_embeddings, resize_image_processor
@@ -464,7 +464,7 @@ def load_image_encoder(
 
 def _earlier_export(folder: Path) -> bool:
     """A folder written by ``export_pretrained`` before exports carried the aft_hf marker."""
-    return (folder / "config.json").is_file() and (folder / "aft_config.yaml").is_file()
+    return (folder / "config.json").is_file() and (folder / CONFIG_FILE).is_file()
 
 
 def export_pretrained(encoder: ImageEncoder, out_dir: Union[str, Path], extra_files: Optional[dict[str, str]] = None,

@@ -25,7 +25,7 @@ from typing import Any, Optional
 import yaml
 
 from .checkpointing import CONFIG_FILE
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, flatten
 from .published import matches_published
 
 
@@ -60,16 +60,6 @@ def kind_of(key: str) -> Change:
     return RESUME_RULES.get(key) or RESUME_RULES.get(key.split(".")[0], Change.FLAG)
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _same_path(a: Any, b: Any) -> bool:
     """Two spellings of one local folder (``m48`` and ``./m48``, relative and absolute) are equal."""
     if not (isinstance(a, str) and isinstance(b, str)) or ":" in a or ":" in b:
@@ -89,7 +79,7 @@ def classify_changes(saved: dict, new: TrainConfig) -> dict[Change, list[str]]:
 
     A field unknown to the older checkpoint keeps its default meaning and is not a change.
     """
-    old, cur = _flat(saved), _flat(new.to_dict())
+    old, cur = flatten(saved), flatten(new.to_dict())
     out: dict[Change, list[str]] = {k: [] for k in Change}
     for key in sorted(set(old) & set(cur)):
         a, b = old[key], cur[key]

@@ -27,6 +27,7 @@ from transformers import get_scheduler
 from .attack import PGDAttacker, UniformNoise, embedding_distance  # noqa: F401 (re-exported)
 from .checkpointing import (EVAL_HISTORY_FILE, HISTORY_FILE, PROGRESS_FILE, CheckpointError, Progress,  # noqa: F401
                             list_checkpoints, resolve_checkpoint, save_checkpoint)
+from .constants import CONFIG_FILE
 from .config import ConfigError, TrainConfig
 from .data import build_dataloader, epoch_position, image_geometry, resume_position, stream_positions, watch_stalls
 from .guards import NonFiniteGuard, StopOnSignal, TrainingStopped, preflight, require_finite_weights
@@ -468,7 +469,7 @@ class TrainingLoop:
         require_finite_weights(self.unwrapped, "final/")
         skipped = acc.gather(torch.tensor([progress.skipped_images], device=acc.device)).sum().item()
         if acc.is_main_process:
-            export_pretrained(self.unwrapped, final, extra_files={"aft_config.yaml": self.cfg.to_yaml()},
+            export_pretrained(self.unwrapped, final, extra_files={CONFIG_FILE: self.cfg.to_yaml()},
                               revision=self.cfg.model.revision)
             if self.cfg.lora.r > 0 and self.cfg.lora.save_adapter:
                 save_adapter(self.unwrapped.vision, self.frozen.vision, self.cfg.lora, final / "adapter")

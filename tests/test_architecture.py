@@ -52,7 +52,7 @@ LAYERS = [
     {"constants", "errors", "env", "files", "tokenizer", "outputs", "published", "load_report"},
     {"config", "config_help", "recipes", "launch", "model", "resolution", "threat_models", "attack", "data", "perf", "lora",
      "results", "objectives"},
-    {"card", "hub", "convert", "checkpoint_io", "export_openclip", "graft"},
+    {"card", "hub", "openclip", "graft"},
     {"figures", "explain", "evaluate", "benchmark"},
     {"train", "train_eval", "hub_sync", "checkpointing", "guards", "resume", "objective_setup"},
     {"world", "demo"},

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from aft_hf.cli import main
-from aft_hf.convert import (
+from aft_hf.openclip.importer import (
     ARCHS, ConvertError, VitGeometry, check_state_dict, import_checkpoint, infer_geometry, open_clip_shapes,
     to_transformers,
 )
@@ -291,7 +291,7 @@ def test_activation_stated_by_the_user(state, base, tmp_path, caplog):
     out = import_checkpoint(tmp_path / "v.pt", str(base), tmp_path / "b", arch="auto")
     info = json.loads((out / "aft_import.json").read_text())
     assert (info["hidden_act"], info["activation_source"]) == ("quick_gelu", "base")
-    from aft_hf.convert import checkpoint_activation
+    from aft_hf.openclip.importer import checkpoint_activation
 
     assert checkpoint_activation("auto", "ViT-B-16-quickgelu", None) == ("quick_gelu", "--arch")
     assert checkpoint_activation("auto", "auto", {"quick_gelu": True}) == ("quick_gelu", "open_clip_config.json")

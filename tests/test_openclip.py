@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from aft_hf.cli import main
-from aft_hf.convert import import_checkpoint
+from aft_hf.openclip.importer import import_checkpoint
 
 TOL = 1e-5
 
@@ -107,7 +107,7 @@ def test_export_vision_tower_and_import_back(open_clip, tiny_vision_path, tiny_c
     import-checkpoint -> same embeddings again (open_clip -> HF)."""
     from transformers import CLIPVisionModelWithProjection
 
-    from aft_hf.export_openclip import export_open_clip, open_clip_model_cfg
+    from aft_hf.openclip.exporter import export_open_clip, open_clip_model_cfg
 
     result = export_open_clip(tiny_vision_path, tmp_path / "visual.safetensors")
     assert not result["full"] and result["config_file"] is None
@@ -175,8 +175,8 @@ def test_named_architectures_match_open_clip_exactly(open_clip, arch):
     (so create_model(arch, pretrained=FILE, force_quick_gelu=True) loads strictly); built on the meta device."""
     from transformers import CLIPConfig, CLIPModel
 
-    from aft_hf.convert import ARCHS
-    from aft_hf.export_openclip import TEXT_ARCHS, _check_arch, open_clip_model_cfg, text_to_open_clip, \
+    from aft_hf.openclip.importer import ARCHS
+    from aft_hf.openclip.exporter import TEXT_ARCHS, _check_arch, open_clip_model_cfg, text_to_open_clip, \
         vision_to_open_clip
 
     g, t = ARCHS[arch], TEXT_ARCHS[arch]
@@ -215,7 +215,7 @@ def _undefined_names(snippet: str) -> set:
 
 def test_every_load_snippet_defines_its_names(tiny_vision_path, tiny_clip_path, tmp_path):
     """The issue: the image-tower snippet of a custom geometry used `model` and `safetensors` undefined."""
-    from aft_hf.export_openclip import export_open_clip
+    from aft_hf.openclip.exporter import export_open_clip
 
     tower = export_open_clip(tiny_vision_path, tmp_path / "visual.safetensors")
     full = export_open_clip(tiny_clip_path, tmp_path / "full.safetensors")
@@ -227,7 +227,7 @@ def test_every_load_snippet_defines_its_names(tiny_vision_path, tiny_clip_path, 
 def test_image_tower_snippet_runs_in_open_clip(open_clip, tiny_vision_path, tmp_path):
     from transformers import CLIPVisionModelWithProjection
 
-    from aft_hf.export_openclip import export_open_clip
+    from aft_hf.openclip.exporter import export_open_clip
 
     result = export_open_clip(tiny_vision_path, tmp_path / "visual.safetensors")
     scope: dict = {}

@@ -130,7 +130,7 @@ def test_check_output_dir_path_relations(tmp_path):
 def test_import_checkpoint_out_rules(tmp_path, tiny_clip_path, capsys):
     from safetensors.torch import save_file
 
-    from aft_hf.convert import open_clip_shapes
+    from aft_hf.openclip.importer import open_clip_shapes
     from tests.test_convert import TINY
 
     ckpt_dir = tmp_path / "ckpts"

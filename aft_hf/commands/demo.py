@@ -7,7 +7,7 @@ from pathlib import Path
 from ..config import ConfigError
 from ..demo import DEFAULT_CONFIG, HEADLINE, DemoOptions, run_demo
 from ..demo.roar import WorldRoar
-from ..demo.setup import check_overrides
+from ..demo.plan import check_overrides
 from ..objectives import available_objectives
 
 NOT_OPTIONS = ("command", "func", "accepts_overrides")

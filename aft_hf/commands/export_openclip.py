@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..convert import ARCHS
-from ..export_openclip import export_open_clip
+from ..openclip.importer import ARCHS
+from ..openclip.exporter import export_open_clip
 
 
 def add_subcommand(subparsers) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..card import IMPORT_FILE
-from ..convert import ACTIVATIONS, ARCHS, import_checkpoint
+from ..openclip.importer import ACTIVATIONS, ARCHS, import_checkpoint
 
 
 def add_subcommand(subparsers) -> None:

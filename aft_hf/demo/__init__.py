@@ -13,7 +13,7 @@ import logging
 import time
 
 from ..model import load_image_encoder
-from .setup import (
+from .plan import (
     DEFAULT_CONFIG, HEADLINE, DemoOptions, Setup, fine_tune, measure_kwargs, prepare, robust_settings, threat_label,
     threat_overrides,
 )

@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from ..constants import CLIP_MEAN, CLIP_STD, WORLD_CLIP_DIR
+from ..constants import CONFIG_FILE as AFT_CONFIG_FILE
 from ..model import resolve_builtin_model
 from .checksums import write_checksums
 from .config import PretrainConfig
@@ -24,7 +25,6 @@ from .dataset import WorldError
 BASE_DIR = WORLD_CLIP_DIR
 """The shipped base model (a full ``CLIPModel`` folder), ``builtin:world-clip``."""
 TRAINING_CONFIG_FILE = "training_config.json"
-AFT_CONFIG_FILE = "aft_config.yaml"
 _MAX_BASE_CHAIN = 8  # an AFT fine-tune of a fine-tune of ... of a world CLIP
 
 

@@ -8,7 +8,7 @@ A full ``CLIPModel`` gives a whole open_clip ``CLIP`` state dict (``visual.*``, 
 ``logit_scale``): ``open_clip.create_model(arch, pretrained=FILE)`` loads it. An image-tower-only
 folder gives ``model.visual.state_dict()`` (bare names, as the released FARE/TeCoA image encoders):
 ``open_clip.create_model(arch, pretrained_image_path=FILE)`` or ``model.visual.load_state_dict``.
-The mapping is the inverse of :func:`aft_hf.convert.to_transformers`; the two are checked against
+The mapping is the inverse of :func:`aft_hf.openclip.importer.to_transformers`; the two are checked against
 the real open_clip package in the tests.
 """
 
@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
-from torch import Tensor
 
-from .convert import ARCHS, VitGeometry, arch_geometry
-from .errors import AftError
-from .files import respect_umask
+from ..errors import AftError
+from ..files import respect_umask
+from .importer import ARCHS, VitGeometry, arch_geometry
+from .keymap import text_to_open_clip, vision_to_open_clip
 
 logger = logging.getLogger(__name__)
 
@@ -43,51 +43,6 @@ LEGACY_EOS_ID = 2
 
 class ExportError(AftError, ValueError):
     """The folder cannot be written as an open_clip state dict; the message says why."""
-
-
-def _block_to_open_clip(sd: dict[str, Tensor], src: str, dst: str) -> dict[str, Tensor]:
-    """One transformers encoder layer -> one open_clip residual attention block."""
-    a = src + "self_attn."
-    return {
-        dst + "ln_1.weight": sd[src + "layer_norm1.weight"], dst + "ln_1.bias": sd[src + "layer_norm1.bias"],
-        dst + "attn.in_proj_weight": torch.cat([sd[a + f"{p}_proj.weight"] for p in "qkv"]),
-        dst + "attn.in_proj_bias": torch.cat([sd[a + f"{p}_proj.bias"] for p in "qkv"]),
-        dst + "attn.out_proj.weight": sd[a + "out_proj.weight"], dst + "attn.out_proj.bias": sd[a + "out_proj.bias"],
-        dst + "ln_2.weight": sd[src + "layer_norm2.weight"], dst + "ln_2.bias": sd[src + "layer_norm2.bias"],
-        dst + "mlp.c_fc.weight": sd[src + "mlp.fc1.weight"], dst + "mlp.c_fc.bias": sd[src + "mlp.fc1.bias"],
-        dst + "mlp.c_proj.weight": sd[src + "mlp.fc2.weight"], dst + "mlp.c_proj.bias": sd[src + "mlp.fc2.bias"],
-    }
-
-
-def vision_to_open_clip(sd: dict[str, Tensor], layers: int) -> dict[str, Tensor]:
-    """``vision_model.*`` + ``visual_projection.weight`` -> open_clip image-tower names (bare)."""
-    v = "vision_model."
-    out = {
-        "conv1.weight": sd[v + "embeddings.patch_embedding.weight"],
-        "class_embedding": sd[v + "embeddings.class_embedding"],
-        "positional_embedding": sd[v + "embeddings.position_embedding.weight"],
-        "ln_pre.weight": sd[v + "pre_layrnorm.weight"], "ln_pre.bias": sd[v + "pre_layrnorm.bias"],
-        "ln_post.weight": sd[v + "post_layernorm.weight"], "ln_post.bias": sd[v + "post_layernorm.bias"],
-        "proj": sd["visual_projection.weight"].t(),  # nn.Linear: x @ W^T; open_clip: x @ proj
-    }
-    for i in range(layers):
-        out.update(_block_to_open_clip(sd, f"{v}encoder.layers.{i}.", f"transformer.resblocks.{i}."))
-    return out
-
-
-def text_to_open_clip(sd: dict[str, Tensor], layers: int) -> dict[str, Tensor]:
-    """``text_model.*`` + ``text_projection.weight`` + ``logit_scale`` -> open_clip CLIP top-level names."""
-    t = "text_model."
-    out = {
-        "token_embedding.weight": sd[t + "embeddings.token_embedding.weight"],
-        "positional_embedding": sd[t + "embeddings.position_embedding.weight"],
-        "ln_final.weight": sd[t + "final_layer_norm.weight"], "ln_final.bias": sd[t + "final_layer_norm.bias"],
-        "text_projection": sd["text_projection.weight"].t(),
-        "logit_scale": sd["logit_scale"],
-    }
-    for i in range(layers):
-        out.update(_block_to_open_clip(sd, f"{t}encoder.layers.{i}.", f"transformer.resblocks.{i}."))
-    return out
 
 
 def open_clip_model_cfg(config, full: bool, image_config=None) -> dict:
@@ -115,7 +70,7 @@ def config_problem(folder: Union[str, Path], vision_only: bool = False) -> Optio
     """
     from transformers import AutoConfig
 
-    from .model import _vision_class
+    from ..model import _vision_class
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
@@ -152,7 +107,7 @@ def _load(folder: Path, vision_only: bool):
     config = AutoConfig.from_pretrained(folder)
     full = config.model_type == "clip" and not vision_only
     cls = CLIPModel if full else CLIPVisionModelWithProjection
-    from .load_report import held_load_report
+    from ..load_report import held_load_report
 
     with held_load_report():  # a refusal below is the last line printed, not transformers' table
         model, info = cls.from_pretrained(folder, output_loading_info=True)

@@ -24,11 +24,12 @@ from typing import Optional, Union
 
 from torch import Tensor
 
-from .constants import IMPORT_FILE
-from .checkpoint_io import ConvertError, load_checkpoint_file, read_open_clip_config, resolve_checkpoint
-from .files import sha256_file
-from .model import save_preprocessing
-from .outputs import OutputError, check_output_dir, discard, replace_dir, staging_dir, write_marker
+from ..constants import IMPORT_FILE
+from ..files import sha256_file
+from ..model import save_preprocessing
+from ..outputs import OutputError, check_output_dir, discard, replace_dir, staging_dir, write_marker
+from .files import ConvertError, load_checkpoint_file, read_open_clip_config, resolve_checkpoint
+from .keymap import vision_from_open_clip
 
 logger = logging.getLogger(__name__)
 
@@ -174,30 +175,7 @@ def check_state_dict(state: dict[str, Tensor], g: VitGeometry, ignore_unexpected
 
 def to_transformers(state: dict[str, Tensor], g: VitGeometry) -> dict[str, Tensor]:
     """open_clip image-tower names -> ``CLIPModel`` names (``vision_model.*``, ``visual_projection.weight``)."""
-    v = "vision_model."
-    out = {
-        v + "embeddings.patch_embedding.weight": state["conv1.weight"],
-        v + "embeddings.class_embedding": state["class_embedding"],
-        v + "embeddings.position_embedding.weight": state["positional_embedding"],
-        v + "pre_layrnorm.weight": state["ln_pre.weight"], v + "pre_layrnorm.bias": state["ln_pre.bias"],
-        v + "post_layernorm.weight": state["ln_post.weight"], v + "post_layernorm.bias": state["ln_post.bias"],
-        "visual_projection.weight": state["proj"].t(),  # open_clip: x @ proj; nn.Linear: x @ W^T
-    }
-    for i in range(g.layers):
-        s, t = f"transformer.resblocks.{i}.", f"{v}encoder.layers.{i}."
-        q, k, val = state[s + "attn.in_proj_weight"].chunk(3, dim=0)
-        qb, kb, vb = state[s + "attn.in_proj_bias"].chunk(3, dim=0)
-        out.update({
-            t + "self_attn.q_proj.weight": q, t + "self_attn.k_proj.weight": k, t + "self_attn.v_proj.weight": val,
-            t + "self_attn.q_proj.bias": qb, t + "self_attn.k_proj.bias": kb, t + "self_attn.v_proj.bias": vb,
-            t + "self_attn.out_proj.weight": state[s + "attn.out_proj.weight"],
-            t + "self_attn.out_proj.bias": state[s + "attn.out_proj.bias"],
-            t + "layer_norm1.weight": state[s + "ln_1.weight"], t + "layer_norm1.bias": state[s + "ln_1.bias"],
-            t + "layer_norm2.weight": state[s + "ln_2.weight"], t + "layer_norm2.bias": state[s + "ln_2.bias"],
-            t + "mlp.fc1.weight": state[s + "mlp.c_fc.weight"], t + "mlp.fc1.bias": state[s + "mlp.c_fc.bias"],
-            t + "mlp.fc2.weight": state[s + "mlp.c_proj.weight"], t + "mlp.fc2.bias": state[s + "mlp.c_proj.bias"],
-        })
-    return {k: t.contiguous() for k, t in out.items()}
+    return vision_from_open_clip(state, g.layers)
 
 
 # --------------------------------------------------------------------------- fuse with the base
@@ -208,7 +186,7 @@ def _load_base(base: str, vision_activation=None):
     tower's activation before the weights are loaded."""
     from transformers import AutoConfig, CLIPModel
 
-    from .model import resolve_builtin_model
+    from ..model import resolve_builtin_model
 
     source = resolve_builtin_model(base)
     try:

@@ -18,7 +18,7 @@ from typing import Optional, Union
 
 import torch
 
-from .errors import AftError
+from ..errors import AftError
 
 LFS_HEADER = b"version https://git-lfs"
 """First bytes of a Git LFS pointer file (what a clone without ``git lfs`` leaves instead of the weights)."""
@@ -30,7 +30,7 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
 
 class ConvertError(AftError, ValueError):
-    """A checkpoint could not be read or converted; the message names the problem (re-exported by aft_hf.convert)."""
+    """A checkpoint could not be read or converted; the message names the problem (re-exported by aft_hf.openclip.importer)."""
 
 
 def describe_unreadable(path: Path) -> Optional[str]:
