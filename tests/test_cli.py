@@ -19,7 +19,7 @@ from aft_hf.config import ConfigError, leaf_paths, load_config
 from aft_hf.config_help import field_help
 from aft_hf.launch import LaunchError, apply_launch, resolve_device
 from aft_hf.recipes import RECIPES_DIR, list_recipes
-from tests.conftest import write_png_folder
+from tests.image_helpers import write_png_folder
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from aft_hf.config import load_config
 from aft_hf.train import list_checkpoints, train
-from tests.conftest import write_png_folder
+from tests.image_helpers import write_png_folder
 
 REPO = Path(__file__).resolve().parents[1]
 

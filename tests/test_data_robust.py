@@ -16,7 +16,7 @@ from aft_hf.data import (BadSamples, DataError, ImageLimits, build_dataloader, l
                          watch_stalls)
 from aft_hf.data.images import ImageRejected, load_readable_images
 from aft_hf.data.loading import StreamedImages
-from tests.conftest import write_png_folder
+from tests.image_helpers import write_png_folder
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 

@@ -20,31 +20,12 @@ from safetensors.torch import load_file
 
 import aft_hf.train as train_mod
 from aft_hf.checkpointing import CheckpointError, check_checkpoint, list_checkpoints
-from aft_hf.config import load_config
 from aft_hf.guards import NonFiniteError
 from aft_hf.train import train
-from tests.conftest import write_png_folder
+from tests.image_helpers import write_png_folder
+from tests.train_helpers import small_args, small_cfg, strict_json
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def small_args(model, data, *extra):
-    """8 steps of 4 images over 16 images (mid-epoch checkpoints every 2 steps, 2 kept)."""
-    return ["--model.name_or_path", str(model), "--data.dataset", str(data), "--optim.batch_size", "4",
-            "--max_steps", "8", "--warmup_steps", "1", "--lr", "1e-3", "--attack.steps", "2",
-            "--logging.report_to", "none", "--log_every", "1", "--checkpointing_steps", "2",
-            "--checkpoints_total_limit", "2", "--cpu", "true", *extra]
-
-
-def small_cfg(model, data, out, *extra):
-    return load_config(None, small_args(model, data, "--output_dir", str(out), *extra))
-
-
-def strict_json(path: Path):
-    def refuse(token):
-        raise ValueError(f"bare {token} in {path}")
-
-    return json.loads(path.read_text(), parse_constant=refuse)
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from aft_hf.config import load_config
 from aft_hf.graft import graft
 from aft_hf.model import ModelLoadError, export_pretrained, load_image_encoder, save_tiny_siglip
 from aft_hf.train import train
+from tests.graft_helpers import IMAGE_TOKEN, tensors, text_cfg
 from tests.image_helpers import write_png_folder
-from tests.test_graft import IMAGE_TOKEN, tensors, text_cfg
 
 
 @pytest.fixture(scope="module")
