@@ -18,7 +18,7 @@ from aft_hf.benchmark import protocol as protocol_mod
 from aft_hf.benchmark.suites import SUITES, suite_datasets
 from aft_hf.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHEAP = dict(iterations=3, ce_restarts=1, t_restarts=1, targets=2, batch_size=4)
 
 

@@ -21,7 +21,7 @@ from aft_hf.launch import LaunchError, apply_launch, resolve_device
 from aft_hf.recipes import RECIPES_DIR, list_recipes
 from tests.image_helpers import write_png_folder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(args, capsys):

@@ -13,7 +13,7 @@ from aft_hf.config import load_config
 from aft_hf.train import list_checkpoints, train
 from tests.image_helpers import write_png_folder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Runs training (argv: STEP then config overrides); it stops (asleep, never returning) right after
 # that step's checkpoint is complete, and says so, so the test can kill -9 it there.
