@@ -89,6 +89,7 @@ def _wrap(kind: str, state: dict) -> dict:
     raise ValueError(kind)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["bare", "visual", "state_dict+module", "model", "safetensors"])
 def test_converted_embeddings_match_open_clip_reference(kind, state, base, tmp_path):
     from transformers import CLIPModel, CLIPVisionModelWithProjection

@@ -169,6 +169,7 @@ def test_graft_into_llava_onevision_finds_its_siglip_tower(siglip48, tmp_path):
     LlavaOnevisionForConditionalGeneration.from_pretrained(tmp_path / "out")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["linf", "l2", "huber", "elastic", "group"])
 def test_train_a_siglip_with_each_norm_and_zero_shot_eval(siglip48, tmp_path, norm):
     from aft_hf.data import write_shapes_imagefolder

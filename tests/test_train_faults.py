@@ -33,6 +33,7 @@ def data(tmp_path_factory):
     return write_png_folder(tmp_path_factory.mktemp("faults") / "imgs", 16)
 
 
+@pytest.mark.slow
 def test_kill9_sigterm_at_random_moments_resume_bitwise(tiny_clip_path, data, tmp_path):
     """One real subprocess forks each run: SIGKILL during a save, SIGKILL mid-step, SIGTERM, then to the end."""
     seed = int(os.environ.get("AFT_FAULT_SEED", random.randrange(10**6)))
@@ -98,6 +99,7 @@ def test_divergence_stops_and_never_saves_nonfinite(tiny_clip_path, data, tmp_pa
         assert all(torch.isfinite(t).all() for t in load_file(c / "model.safetensors").values()), c
 
 
+@pytest.mark.slow
 def test_full_disk_during_save_keeps_earlier_checkpoints(tiny_clip_path, data, tmp_path, monkeypatch):
     out = tmp_path / "out"
     save_state = Accelerator.save_state
@@ -118,6 +120,7 @@ def test_full_disk_during_save_keeps_earlier_checkpoints(tiny_clip_path, data, t
     assert (resumed / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated_weights", "bad_progress"])
 def test_latest_skips_a_damaged_checkpoint(tiny_clip_path, data, tmp_path, damage, caplog):
     """The newest checkpoint is damaged: `latest` warns and resumes from the one before; an explicit
