@@ -59,7 +59,7 @@ def test_no_test_module_imports_another():
 
 def test_tests_mirror_the_package_layout():
     problems = []
-    for folder in sorted(p for p in TESTS.iterdir() if p.is_dir() and p.name != "__pycache__"):
+    for folder in sorted(p for p in TESTS.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))):
         if not (PACKAGE / folder.name / "__init__.py").is_file():
             problems.append(f"tests/{folder.name}/ has no package aft_hf/{folder.name}/")
         if not (folder / "__init__.py").is_file():
