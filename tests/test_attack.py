@@ -98,6 +98,7 @@ def test_elastic_is_unconstrained_but_penalised(tiny_encoder, batch):
 
 
 def test_attack_runs_in_eval_mode_without_parameter_graph(tiny_encoder, batch):
+    tiny_encoder.zero_grad(set_to_none=True)  # session-wide encoder: a test run earlier may have left gradients
     tiny_encoder.train()
     seen = {}
 
