@@ -38,7 +38,7 @@ class Change(enum.Enum):
 
 
 # The table. A dotted field overrides its section; every field of TrainConfig is covered
-# (tests/test_resume_rules.py checks it), a section not named here (a new one) needs the flag.
+# (tests/test_resume.py checks it), a section not named here (a new one) needs the flag.
 RESUME_RULES: dict[str, Change] = {
     # always allowed
     "eval": Change.FREE, "logging": Change.FREE, "hub": Change.FREE, "checkpoint": Change.FREE,

@@ -19,6 +19,6 @@ pip install -q -c constraints-cpu.txt -r "$floors" -e ".[test]"
 pip list 2>/dev/null | grep -iE '^(torch|transformers|accelerate|datasets|huggingface[-_]hub|safetensors|pillow|pyyaml|tqdm|tensorboardx|numpy|captum|matplotlib) '
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 if [ $# -eq 0 ]; then
-  set -- tests/test_config.py tests/test_cli.py tests/test_attack.py tests/test_model.py tests/test_data.py tests/test_train.py tests/test_hub.py
+  set -- tests/test_config.py tests/commands/test_cli.py tests/test_attack.py tests/test_model.py tests/data/test_images.py tests/test_train.py tests/test_hub.py
 fi
 python -m pytest -q -p no:cacheprovider -k "not two_cpu_ranks" "$@"

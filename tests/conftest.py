@@ -1,9 +1,15 @@
 """Shared fixtures: a tiny CLIP saved with save_pretrained and small image sets made on the fly.
 
 Everything runs offline; the aft_hf cache (builtin models and data) goes to a temporary folder.
+Fixtures live here (or in a sub-folder's conftest.py), helpers in ``tests/*_helpers.py``: no test module
+imports another (tests/test_layout.py checks it).
 """
 
+import enum
+import importlib.util
 import os
+import sys
+import types
 
 # Forced, not defaulted: a shell with HF_HUB_OFFLINE=0 must not let the tests reach for the network.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -76,3 +82,48 @@ def png_folder(tmp_path):
 def batch():
     torch.manual_seed(0)
     return torch.rand(4, 3, 32, 32)
+
+
+# open_clip_torch is installed without its dependencies (``pip install --no-deps open_clip_torch ftfy``):
+# torchvision cannot sit beside the CPU torch here, and open_clip imports a few torchvision names at import time
+# for its image transforms, which the tests do not use. The stub provides only those names.
+def _torchvision_stub() -> dict:
+    """torchvision, .transforms, .transforms.functional, .ops, .ops.misc with the names open_clip imports."""
+
+    class _Transform:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("torchvision stub: image transforms are not available in these tests")
+
+    mods = {name: types.ModuleType(name) for name in ("torchvision", "torchvision.transforms",
+                                                      "torchvision.transforms.functional", "torchvision.ops",
+                                                      "torchvision.ops.misc")}
+    tr = mods["torchvision.transforms"]
+    for name in ("Normalize", "Compose", "RandomResizedCrop", "ToTensor", "Resize", "CenterCrop", "ColorJitter",
+                 "Grayscale"):
+        setattr(tr, name, type(name, (_Transform,), {}))
+    tr.InterpolationMode = enum.Enum("InterpolationMode", "NEAREST BILINEAR BICUBIC")
+    tr.functional = mods["torchvision.transforms.functional"]
+    mods["torchvision.ops.misc"].FrozenBatchNorm2d = type("FrozenBatchNorm2d", (torch.nn.Module,), {})
+    mods["torchvision"].transforms, mods["torchvision"].ops = tr, mods["torchvision.ops"]
+    mods["torchvision.ops"].misc = mods["torchvision.ops.misc"]
+    return mods
+
+
+@pytest.fixture(scope="module")
+def open_clip():
+    """The real open_clip; the stub is in sys.modules only while open_clip is imported (other libraries
+    probe for torchvision and must keep seeing that it is absent)."""
+    # A missing package is a failure, not a skip: the README's test command installs it (without its
+    # torchvision requirement), and a skip would hide that the open_clip round trip went untested.
+    for name in ("ftfy", "open_clip"):
+        if importlib.util.find_spec(name) is None:
+            pytest.fail(f"{name} is not installed: pip install --no-deps open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth "
+                        "(the README's test command does)")
+    stub = _torchvision_stub() if importlib.util.find_spec("torchvision") is None else {}
+    sys.modules.update(stub)
+    try:
+        import open_clip as module
+    finally:
+        for name in stub:
+            sys.modules.pop(name, None)
+    return module

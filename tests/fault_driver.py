@@ -1,4 +1,4 @@
-"""Fault-injection driver for ``tests/test_faults.py`` (run as a script, not collected by pytest).
+"""Fault-injection driver for ``tests/test_train_faults.py`` (run as a script, not collected by pytest).
 
 One process imports the trainer once, then runs every training run in a forked child process:
 

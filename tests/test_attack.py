@@ -20,6 +20,7 @@ def _attack(encoder, images, seed=0, **kw):
     return attacker, adv
 
 
+@pytest.mark.slow
 def test_loss_rises_and_beats_clean(tiny_encoder, batch):
     attacker, adv = _attack(tiny_encoder, batch, norm="linf", eps=8 / 255, steps=10, alpha=2 / 255, noise_std=0)
     losses = torch.stack(attacker.last_losses)
@@ -31,6 +32,7 @@ def test_loss_rises_and_beats_clean(tiny_encoder, batch):
     assert clean == 0 and final > 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["linf", "huber"])
 def test_box_norms_stay_in_budget_and_image_range(tiny_encoder, batch, norm):
     eps = 4 / 255
@@ -39,6 +41,7 @@ def test_box_norms_stay_in_budget_and_image_range(tiny_encoder, batch, norm):
     assert adv.min() >= 0 and adv.max() <= 1
 
 
+@pytest.mark.slow
 def test_l2_stays_in_ball(tiny_encoder, batch):
     eps = 0.5
     _, adv = _attack(tiny_encoder, batch, norm="l2", eps=eps, steps=5, alpha=0.2)
@@ -62,6 +65,7 @@ def test_group_respects_per_patch_budget_on_non_224_grid(tiny_encoder):
     assert norms.max() > 0.02
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm,eps2", [("huber", 4 / 255), ("elastic", 1 / 255)])
 def test_penalty_gradient_reaches_delta(tiny_encoder, batch, norm, eps2):
     """huber/elastic differ from linf under the same seed only because R's gradient reaches delta."""
@@ -74,6 +78,7 @@ def test_penalty_gradient_reaches_delta(tiny_encoder, batch, norm, eps2):
     assert grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_huber_penalty_makes_perturbation_sparser(tiny_encoder, batch):
     """A strong L2-over-colours penalty zeroes small-gradient pixels (soft thresholding)."""
     eps = 8 / 255
@@ -83,6 +88,7 @@ def test_huber_penalty_makes_perturbation_sparser(tiny_encoder, batch):
     assert small(huber - batch) > small(linf - batch)
 
 
+@pytest.mark.slow
 def test_elastic_is_unconstrained_but_penalised(tiny_encoder, batch):
     eps = 2 / 255
     _, weak = _attack(tiny_encoder, batch, norm="elastic", eps=eps, eps2=1000 / 255, steps=10, alpha=0.05)
@@ -92,6 +98,7 @@ def test_elastic_is_unconstrained_but_penalised(tiny_encoder, batch):
 
 
 def test_attack_runs_in_eval_mode_without_parameter_graph(tiny_encoder, batch):
+    tiny_encoder.zero_grad(set_to_none=True)  # session-wide encoder: a test run earlier may have left gradients
     tiny_encoder.train()
     seen = {}
 

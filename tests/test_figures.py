@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
@@ -23,6 +25,7 @@ print(before, after_import, matplotlib.get_backend())
 """
 
 
+@pytest.mark.slow
 def test_import_and_drawing_keep_the_backend(tmp_path):
     # 'svg': a backend that is not Agg, as a notebook's inline backend is not; the old module forced Agg
     env = {**os.environ, "MPLBACKEND": "svg", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

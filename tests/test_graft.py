@@ -6,25 +6,18 @@ import json
 
 import pytest
 import torch
-from safetensors import safe_open
-from transformers import (CLIPImageProcessorPil, CLIPModel, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+from transformers import (CLIPImageProcessorPil, CLIPModel, CLIPVisionConfig, LlavaConfig,
                           LlavaForConditionalGeneration, LlavaNextConfig, LlavaNextForConditionalGeneration)
 
 from aft_hf.cli import main
 from aft_hf.graft import ANCHOR, GraftError, _header, graft
 from aft_hf.model import export_pretrained, load_image_encoder, save_tiny_clip
-
-VOCAB, IMAGE_TOKEN = 64, 63
+from tests.graft_helpers import IMAGE_TOKEN, tensors, text_cfg
 
 
 def vision_cfg(image_size=48):
     return CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                             image_size=image_size, patch_size=8, hidden_act="quick_gelu")
-
-
-def text_cfg():
-    return LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                       num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=128)
 
 
 def save_llava(path, image_size=48, dtype=torch.float32, shard=None, seed=1, **config):
@@ -49,19 +42,6 @@ def aft48(tmp_path_factory):
         for p in encoder.vision.parameters():
             p.add_(0.01 * torch.randn_like(p))
     return export_pretrained(encoder, root / "aft")
-
-
-def tensors(folder):
-    """name -> (tensor, raw bytes) of every tensor of a safetensors checkpoint folder."""
-    out = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        start, header = _header(file)
-        data = file.read_bytes()
-        with safe_open(str(file), "pt") as f:
-            for name in f.keys():
-                begin, end = header[name]["data_offsets"]
-                out[name] = (f.get_tensor(name), data[start + begin:start + end])
-    return out
 
 
 def tower_root(names):

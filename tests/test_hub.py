@@ -312,13 +312,13 @@ def test_export_honours_the_revision(tmp_path, monkeypatch):
     from transformers import AutoTokenizer, CLIPModel
 
     from aft_hf.model import export_pretrained, load_image_encoder, save_tiny_clip
-    from tests.test_convert import _fake_hub_repo
+    from tests.convert_helpers import fake_hub_repo
 
     cache = tmp_path / "hf_cache"
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     for revision, seed, commit in (("main", 0, "a" * 40), ("v1", 1, "b" * 40)):
         folder = save_tiny_clip(tmp_path / f"src_{revision}", seed=seed)
-        _fake_hub_repo(cache, "org/tiny-clip", {p.name: p.read_bytes() for p in folder.iterdir()}, revision, commit)
+        fake_hub_repo(cache, "org/tiny-clip", {p.name: p.read_bytes() for p in folder.iterdir()}, revision, commit)
     encoder = load_image_encoder("org/tiny-clip", revision="v1")
     out = export_pretrained(encoder, tmp_path / "final", revision="v1")
     exported, v1, main_ = (CLIPModel.from_pretrained(p) for p in (out, tmp_path / "src_v1", tmp_path / "src_main"))

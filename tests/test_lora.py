@@ -77,6 +77,7 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_lora_resume_is_bitwise(tiny_clip_path, tmp_path, monkeypatch, single_thread):
     data = write_png_folder(tmp_path / "imgs", 24)
     full = train(_cfg(tiny_clip_path, data, tmp_path / "a"))

@@ -131,7 +131,7 @@ def test_import_checkpoint_out_rules(tmp_path, tiny_clip_path, capsys):
     from safetensors.torch import save_file
 
     from aft_hf.openclip.importer import open_clip_shapes
-    from tests.test_convert import TINY
+    from tests.convert_helpers import TINY
 
     ckpt_dir = tmp_path / "ckpts"
     ckpt_dir.mkdir()

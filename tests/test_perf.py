@@ -90,6 +90,7 @@ def _relative_gap(a: torch.Tensor, b: torch.Tensor, initial: torch.Tensor) -> fl
     return ((a - b).norm() / (b - initial).norm()).item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("switch", [*SWITCHES, "all"])
 def test_switch_leaves_trained_model_within_tolerance(runs, switch):
     embeddings, initial = runs
@@ -140,6 +141,7 @@ def test_switch_keeps_forward_and_input_gradient(tiny_clip_path, single_thread, 
         assert rel <= FORWARD_TOLERANCE, f"{switch}: {name} differs by {rel:.2e} (relative, tol {FORWARD_TOLERANCE})"
 
 
+@pytest.mark.slow
 def test_benchmark_smoke_writes_valid_json(tmp_path):
     out = tmp_path / "bench.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -205,6 +207,7 @@ def test_matmul_patch_embedding_is_the_convolution(tiny_clip_path, tmp_path):
     assert type(vision.vision_model.embeddings.patch_embedding) is nn.Conv2d
 
 
+@pytest.mark.slow
 def test_data_pipeline_benchmark_smoke(tmp_path):
     """The data benchmark decodes real JPEGs through the trainer's loader, skips the corrupt one, writes JSON."""
     out = tmp_path / "data.json"
@@ -222,6 +225,7 @@ def test_data_pipeline_benchmark_smoke(tmp_path):
     assert report["workers_needed_for_target"] >= 1
 
 
+@pytest.mark.slow
 def test_ab_switch_benchmark_smoke(tmp_path):
     """The interleaved A/B benchmark times both variants in alternation and writes their ratio."""
     out = tmp_path / "ab.json"

@@ -16,6 +16,7 @@ def _block_after(marker: str) -> str:
     return re.search(r"```(?:python|bash)\n(.*?)```", after, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_python_api_example_runs(tmp_path, monkeypatch):
     shutil.copytree(REPO / "configs", tmp_path / "configs")
     monkeypatch.chdir(tmp_path)

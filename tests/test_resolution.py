@@ -14,7 +14,6 @@ from aft_hf.model import export_pretrained, load_image_encoder, normalize_pixels
 from aft_hf.resolution import ResolutionError, interpolate_position_embedding
 from aft_hf.train import train
 from tests.image_helpers import write_png_folder
-from tests.test_openclip import open_clip  # noqa: F401 (the real open_clip, as a fixture)
 
 
 @pytest.fixture(scope="module")

@@ -131,6 +131,7 @@ def _cli(args, env_extra=None, launcher=None):
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_two_cpu_ranks_match_one_process(tiny_clip_path, tmp_path):
     """DDP over 2 gloo ranks == 1 process accumulating 2 micro-batches: same global batch, same data,
     same attack randomness (keyed by global micro-batch index), so the weights agree to float precision."""

@@ -9,7 +9,7 @@ from accelerate import Accelerator
 from aft_hf.config import ConfigError, load_config
 from aft_hf.evaluate import EvaluationError
 from aft_hf.train import train
-from tests.conftest import write_png_folder
+from tests.image_helpers import write_png_folder
 
 
 def run_cfg(model, data, out, *extra):

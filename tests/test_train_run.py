@@ -12,8 +12,8 @@ from aft_hf.cli import main as cli_main
 from aft_hf.config import ConfigError, load_config
 from aft_hf.hub import HubError
 from aft_hf.train import train
-from tests.conftest import write_png_folder
-from tests.test_faults import small_cfg, strict_json
+from tests.image_helpers import write_png_folder
+from tests.train_helpers import small_cfg, strict_json
 
 
 @pytest.fixture(scope="module")

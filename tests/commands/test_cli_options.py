@@ -97,6 +97,7 @@ def two_clips(tmp_path_factory):
     return a, b
 
 
+@pytest.mark.slow
 def test_each_full_clip_uses_its_own_text_tower(two_clips, shapes, tmp_path, capsys):
     from aft_hf.explain import load_text_tower
 
@@ -130,6 +131,7 @@ def test_vision_only_model_needs_text_model(tiny_clip_path, tiny_vision_path, sh
     assert rc == 2 and "vision-only model(s) " + str(tiny_vision_path) in _error(capsys)
 
 
+@pytest.mark.slow
 def test_gradcam_at_the_last_block_output_warns(tiny_clip_path, shapes, tmp_path, caplog):
     out = tmp_path / "cam"
     rc = main(["explain", "--model", str(tiny_clip_path), "--images", str(shapes), "--max-images", "2",

@@ -25,6 +25,7 @@ FAST = ["--train-images", "32", "--eval-images", "6", "--robust-steps", "1", "--
         "--warmup_steps", "1", "--optim.batch_size", "8", "--attack.steps", "1"]
 
 
+@pytest.mark.slow
 def test_short_demo_writes_every_promised_file(quick_world, tmp_path, capsys):
     out = tmp_path / "demo"
     rc = main(["demo", "--base", str(quick_world), "--out", str(out), "--seeds", "2", *FAST])
@@ -70,6 +71,7 @@ def test_short_demo_writes_every_promised_file(quick_world, tmp_path, capsys):
     assert "Verdict" in capsys.readouterr().out  # the CLI prints the report
 
 
+@pytest.mark.slow
 def test_demo_study_writes_dose_response(quick_world, tmp_path, capsys):
     out = tmp_path / "study"
     rc = main(["demo", "--study", "--eps", "2", "1", "--norms", "linf", "huber", "--base", str(quick_world),
@@ -221,6 +223,7 @@ def test_study_error_bars_combine_seeds_and_images():
     assert "0.400 → 0.500 ± 0.010 [0.062]" in md
 
 
+@pytest.mark.slow
 def test_demo_rerun_with_another_configuration_leaves_no_earlier_runs(quick_world, tmp_path):
     """The issue: a rerun into the same --out kept the earlier configuration's runs (and its training
     images), and `--no-control` still wrote "controls: uniform noise of the same budget"."""

@@ -46,6 +46,7 @@ def evaluations(world):
     return root / "base_ev" / "report.json", root / "both"
 
 
+@pytest.mark.slow
 def test_same_folder_name_gets_two_folders(evaluations, world):
     """Issue 20.8: builtin:world-clip and a local world-clip/ wrote one report over the other."""
     _, both = evaluations
@@ -144,6 +145,7 @@ def _python_snippets(card_text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", card_text, flags=re.S)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["CLIPModel", "CLIPVisionModelWithProjection", "CLIPVisionModel",
                                   "CLIPVisionModel, pooled"])
 def test_every_card_snippet_runs(three_kinds, kind, tmp_path, monkeypatch):
@@ -276,6 +278,7 @@ def test_uploads_hold_no_local_paths_and_a_pushed_checkpoint_resumes_elsewhere(t
 # --------------------------------------------------------------------------- no network (issue 20.15)
 
 
+@pytest.mark.slow
 def test_unreachable_hub_bounds_the_wait_names_the_command_and_cleans_up(tiny_clip_path, tmp_path, monkeypatch,
                                                                         caplog, single_thread):
     import logging

@@ -16,7 +16,7 @@ from aft_hf.data import (BadSamples, DataError, ImageLimits, build_dataloader, l
                          watch_stalls)
 from aft_hf.data.images import ImageRejected, load_readable_images
 from aft_hf.data.loading import StreamedImages
-from tests.conftest import write_png_folder
+from tests.image_helpers import write_png_folder
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -264,6 +264,7 @@ def saved_forms(tmp_path, monkeypatch):
     return {"parquet": bare, "hub": hub, "saved": saved}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("streaming", [False, True])
 def test_parquet_readme_and_save_to_disk_folders_load(saved_forms, streaming):
     for name, path in saved_forms.items():
@@ -274,6 +275,7 @@ def test_parquet_readme_and_save_to_disk_folders_load(saved_forms, streaming):
         load_image_dataset(DataConfig(dataset=str(saved_forms["saved"]), split="test"))
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_on_parquet_and_save_to_disk(tiny_clip_path, saved_forms, tmp_path):
     from aft_hf.train import train
 
@@ -295,6 +297,7 @@ def test_train_and_evaluate_on_parquet_and_save_to_disk(tiny_clip_path, saved_fo
 # ------------------------------------------------------------------ 4 + 6. batch geometry, one-line errors
 
 
+@pytest.mark.slow
 def test_accumulation_keeps_every_step_a_full_global_batch(tiny_clip_path, tmp_path):
     """10 images, global batch 6 = 3 micro-batches of 2: epochs end mid-step; the rest carries over."""
     from aft_hf.train import train

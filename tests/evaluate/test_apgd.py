@@ -116,6 +116,7 @@ def _tiny_zero_shot(seed: int):
     return clf, x, y
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed,eps", [(0, 8), (1, 8), (2, 4)])
 def test_apgd_agrees_with_the_reference_autoattack(seed, eps):
     """Same model, images, iterations and targets: robust accuracies agree within 2 images of 64 (different

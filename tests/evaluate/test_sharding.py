@@ -17,7 +17,7 @@ from aft_hf.evaluate import EvaluationError, ZeroShotClassifier, evaluate_model,
 from aft_hf.evaluate.sharding import Shard, batch_seed, in_batch_order, map_batches
 from aft_hf.evaluate.zeroshot import robust_accuracy, robust_verdicts
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NAMES = ["red circle", "blue square", "green triangle"]
 
 

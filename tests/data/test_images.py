@@ -77,6 +77,7 @@ def test_too_small_dataset(png_folder):
         build_dataloader(DataConfig(dataset=str(png_folder)), 32, batch_size=64, seed=0)
 
 
+@pytest.mark.slow
 def test_builtin_shapes_dataset():
     ds = load_image_dataset(DataConfig(dataset="builtin:shapes"))
     assert len(ds) == 256

@@ -19,9 +19,9 @@ from aft_hf.config import ConfigError, leaf_paths, load_config
 from aft_hf.config_help import field_help
 from aft_hf.launch import LaunchError, apply_launch, resolve_device
 from aft_hf.recipes import RECIPES_DIR, list_recipes
-from tests.conftest import write_png_folder
+from tests.image_helpers import write_png_folder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(args, capsys):
@@ -74,6 +74,7 @@ def test_every_option_of_every_subcommand_says_what_it_does(capsys):
         assert "(default: saliency gradcam" in out, command  # lists shown as typed on the command line
 
 
+@pytest.mark.slow
 def test_output_piped_into_a_closed_pipe_is_not_a_traceback():
     """`aft-hf train --print-config | head` must end quietly: a reader that stops early is not an error."""
     proc = subprocess.run(f"{sys.executable} -m aft_hf train --print-config | true", shell=True,
@@ -227,6 +228,7 @@ def test_device_is_validated(monkeypatch, capsys, tmp_path):
 # --------------------------------------------------------------------------- the launcher decides precision
 
 
+@pytest.mark.slow
 def test_precision_and_layout_come_from_the_launch(tiny_clip_path, tmp_path):
     """ACCELERATE_MIXED_PRECISION (what `accelerate launch --mixed_precision bf16` sets) reaches the
     run, and the summary and exported config record the effective precision and batch layout."""

@@ -18,7 +18,7 @@ from aft_hf.benchmark import protocol as protocol_mod
 from aft_hf.benchmark.suites import SUITES, suite_datasets
 from aft_hf.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHEAP = dict(iterations=3, ce_restarts=1, t_restarts=1, targets=2, batch_size=4)
 
 
@@ -159,6 +159,7 @@ def _strip(report: dict) -> dict:
     return {k: v for k, v in report.items() if k not in ("created", "launch")}
 
 
+@pytest.mark.slow
 def test_benchmark_end_to_end(copies, tiny_clip_path, tmp_path, monkeypatch, single_thread, caplog):
     three, binary = copies
     runs = []
@@ -225,6 +226,7 @@ def test_binary_dataset_runs_no_targeted_attack(monkeypatch):
     assert seen == ["ce_loss"] * 5 + ["targeted_dlr_loss"] * 9  # the reference's AutoAttack 'custom'
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_report(copies, tiny_clip_path, tmp_path, monkeypatch, single_thread):
     three, binary = copies
     requests = [DatasetRequest.from_ref(str(three)), DatasetRequest.from_ref(str(binary))]
@@ -254,6 +256,7 @@ def test_killed_run_resumes_to_the_same_report(copies, tiny_clip_path, tmp_path,
                       print_fn=lambda s: None)
 
 
+@pytest.mark.slow
 def test_card_entries_per_dataset(copies, tiny_clip_path, tmp_path, single_thread):
     """With --data-root, a local copy keeps its Hub id, so push puts model-index entries per dataset."""
     import shutil
@@ -319,6 +322,7 @@ def _tested_commands(doc: Path) -> list[str]:
     return [line for block in blocks for line in block.replace("\\\n", " ").splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_docs_examples_run(copies, tmp_path, monkeypatch, single_thread):
     """docs/benchmark.md: the commands marked as tested run offline on tiny copies; the others need the Hub/GPU."""
     import shlex
@@ -353,6 +357,7 @@ def test_hub_dataset_offline_is_one_line(tiny_clip_path, tmp_path, capsys):
     assert "--data-root" in err
 
 
+@pytest.mark.slow
 def test_nested_budgets_attack_only_the_survivors(copies, tiny_clip_path, tmp_path, monkeypatch, single_thread):
     _, binary = copies
     attacked = {}

@@ -25,6 +25,7 @@ def partly_broken(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_evaluate_accepts_max_bad_fraction(tiny_clip_path, partly_broken, tmp_path, capsys):
     args = ["evaluate", "--model", str(tiny_clip_path), "--dataset", "imagefolder", "--data-dir", str(partly_broken),
             "--split", "train", "--metrics", "zeroshot", "--device", "cpu"]
@@ -37,6 +38,7 @@ def test_evaluate_accepts_max_bad_fraction(tiny_clip_path, partly_broken, tmp_pa
     assert "--data.max_bad_fraction must be in [0, 1], got 1.5" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_explain_accepts_max_bad_fraction(tiny_clip_path, partly_broken, tmp_path, capsys):
     args = ["explain", "--model", str(tiny_clip_path), "--images", str(partly_broken), "--max-images", "30",
             "--methods", "saliency", "--device", "cpu"]
@@ -47,6 +49,7 @@ def test_explain_accepts_max_bad_fraction(tiny_clip_path, partly_broken, tmp_pat
     assert len(summary["images"]) == 18 and len(summary["unreadable_images"]) == 4
 
 
+@pytest.mark.slow
 def test_explain_out_inside_images_does_not_read_its_figure(tiny_clip_path, tmp_path):
     """The issue: explain --out equal to --images read its own figure the next time."""
     folder = tmp_path / "imgs"

@@ -7,13 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 from aft_hf.config import load_config
 from aft_hf.train import list_checkpoints, train
-from tests.conftest import write_png_folder
+from tests.image_helpers import write_png_folder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Runs training (argv: STEP then config overrides); it stops (asleep, never returning) right after
 # that step's checkpoint is complete, and says so, so the test can kill -9 it there.
@@ -67,6 +68,7 @@ def kill_after_checkpoint(tmp_path: Path, args: list[str], step: int) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+@pytest.mark.slow
 def test_streaming_resume_after_kill9_is_bitwise_exact(tiny_clip_path, tmp_path, single_thread):
     """24 readable + 4 unreadable images, batch 4: killed after step 4 (mid epoch 0, bad files already
     read), resumed to step 10 (across the epoch boundary): the weights equal an uninterrupted run's."""

@@ -8,7 +8,7 @@ from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
 from aft_hf.cli import main
 from aft_hf.load_report import REPORTING_LOGGER, held_load_report
-from tests.conftest import write_png_folder
+from tests.image_helpers import write_png_folder
 
 
 @pytest.fixture(scope="module")

@@ -20,31 +20,12 @@ from safetensors.torch import load_file
 
 import aft_hf.train as train_mod
 from aft_hf.checkpointing import CheckpointError, check_checkpoint, list_checkpoints
-from aft_hf.config import load_config
 from aft_hf.guards import NonFiniteError
 from aft_hf.train import train
-from tests.conftest import write_png_folder
+from tests.image_helpers import write_png_folder
+from tests.train_helpers import small_args, small_cfg, strict_json
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def small_args(model, data, *extra):
-    """8 steps of 4 images over 16 images (mid-epoch checkpoints every 2 steps, 2 kept)."""
-    return ["--model.name_or_path", str(model), "--data.dataset", str(data), "--optim.batch_size", "4",
-            "--max_steps", "8", "--warmup_steps", "1", "--lr", "1e-3", "--attack.steps", "2",
-            "--logging.report_to", "none", "--log_every", "1", "--checkpointing_steps", "2",
-            "--checkpoints_total_limit", "2", "--cpu", "true", *extra]
-
-
-def small_cfg(model, data, out, *extra):
-    return load_config(None, small_args(model, data, "--output_dir", str(out), *extra))
-
-
-def strict_json(path: Path):
-    def refuse(token):
-        raise ValueError(f"bare {token} in {path}")
-
-    return json.loads(path.read_text(), parse_constant=refuse)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +33,7 @@ def data(tmp_path_factory):
     return write_png_folder(tmp_path_factory.mktemp("faults") / "imgs", 16)
 
 
+@pytest.mark.slow
 def test_kill9_sigterm_at_random_moments_resume_bitwise(tiny_clip_path, data, tmp_path):
     """One real subprocess forks each run: SIGKILL during a save, SIGKILL mid-step, SIGTERM, then to the end."""
     seed = int(os.environ.get("AFT_FAULT_SEED", random.randrange(10**6)))
@@ -117,6 +99,7 @@ def test_divergence_stops_and_never_saves_nonfinite(tiny_clip_path, data, tmp_pa
         assert all(torch.isfinite(t).all() for t in load_file(c / "model.safetensors").values()), c
 
 
+@pytest.mark.slow
 def test_full_disk_during_save_keeps_earlier_checkpoints(tiny_clip_path, data, tmp_path, monkeypatch):
     out = tmp_path / "out"
     save_state = Accelerator.save_state
@@ -137,6 +120,7 @@ def test_full_disk_during_save_keeps_earlier_checkpoints(tiny_clip_path, data, t
     assert (resumed / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated_weights", "bad_progress"])
 def test_latest_skips_a_damaged_checkpoint(tiny_clip_path, data, tmp_path, damage, caplog):
     """The newest checkpoint is damaged: `latest` warns and resumes from the one before; an explicit

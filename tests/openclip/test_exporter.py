@@ -4,15 +4,12 @@ open_clip -> transformers (import-checkpoint), compared on embeddings.
 open_clip_torch is installed without its dependencies (``pip install --no-deps open_clip_torch ftfy``):
 torchvision cannot sit beside the CPU torch here, and open_clip imports a few torchvision names at
 import time (open_clip/transform.py, open_clip/utils.py) for its image transforms, which these tests
-do not use. A stub module providing only those names is installed when torchvision is absent; the
+do not use. A stub module providing only those names is installed when torchvision is absent (the
+``open_clip`` fixture, tests/conftest.py); the
 model code (``open_clip.create_model``, the CLIP/VisionTransformer forward) is the real one.
 """
 
-import enum
-import importlib.util
 import json
-import sys
-import types
 
 import pytest
 import torch
@@ -21,48 +18,6 @@ from aft_hf.cli import main
 from aft_hf.openclip.importer import import_checkpoint
 
 TOL = 1e-5
-
-
-def _torchvision_stub() -> dict:
-    """torchvision, .transforms, .transforms.functional, .ops, .ops.misc with the names open_clip imports."""
-
-    class _Transform:
-        def __init__(self, *args, **kwargs):
-            raise RuntimeError("torchvision stub: image transforms are not available in these tests")
-
-    mods = {name: types.ModuleType(name) for name in ("torchvision", "torchvision.transforms",
-                                                      "torchvision.transforms.functional", "torchvision.ops",
-                                                      "torchvision.ops.misc")}
-    tr = mods["torchvision.transforms"]
-    for name in ("Normalize", "Compose", "RandomResizedCrop", "ToTensor", "Resize", "CenterCrop", "ColorJitter",
-                 "Grayscale"):
-        setattr(tr, name, type(name, (_Transform,), {}))
-    tr.InterpolationMode = enum.Enum("InterpolationMode", "NEAREST BILINEAR BICUBIC")
-    tr.functional = mods["torchvision.transforms.functional"]
-    mods["torchvision.ops.misc"].FrozenBatchNorm2d = type("FrozenBatchNorm2d", (torch.nn.Module,), {})
-    mods["torchvision"].transforms, mods["torchvision"].ops = tr, mods["torchvision.ops"]
-    mods["torchvision.ops"].misc = mods["torchvision.ops.misc"]
-    return mods
-
-
-@pytest.fixture(scope="module")
-def open_clip():
-    """The real open_clip; the stub is in sys.modules only while open_clip is imported (other libraries
-    probe for torchvision and must keep seeing that it is absent)."""
-    # A missing package is a failure, not a skip: the README's test command installs it (without its
-    # torchvision requirement), and a skip would hide that the open_clip round trip went untested.
-    for name in ("ftfy", "open_clip"):
-        if importlib.util.find_spec(name) is None:
-            pytest.fail(f"{name} is not installed: pip install --no-deps open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth "
-                        "(the README's test command does)")
-    stub = _torchvision_stub() if importlib.util.find_spec("torchvision") is None else {}
-    sys.modules.update(stub)
-    try:
-        import open_clip as module
-    finally:
-        for name in stub:
-            sys.modules.pop(name, None)
-    return module
 
 
 def _open_clip_model(open_clip, model_cfg: dict, tmp_path, name: str, pretrained=None, **kw):

@@ -14,9 +14,9 @@ from aft_hf.openclip.importer import (
     ARCHS, ConvertError, VitGeometry, check_state_dict, import_checkpoint, infer_geometry, open_clip_shapes,
     to_transformers,
 )
+from tests.convert_helpers import TINY, fake_hub_repo
 
 TOL = 1e-5  # max abs difference of image embeddings (fp32), converted vs reference
-TINY = VitGeometry(width=32, layers=2, heads=2, mlp=64, patch=8, image=32, embed=16)
 
 
 class NotATensor:
@@ -89,6 +89,7 @@ def _wrap(kind: str, state: dict) -> dict:
     raise ValueError(kind)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["bare", "visual", "state_dict+module", "model", "safetensors"])
 def test_converted_embeddings_match_open_clip_reference(kind, state, base, tmp_path):
     from transformers import CLIPModel, CLIPVisionModelWithProjection
@@ -232,18 +233,6 @@ def test_damaged_files_are_named_for_what_they_are(state, base, tmp_path, capsys
     assert err.count("\n") == 1 and not (tmp_path / "out").exists()
 
 
-def _fake_hub_repo(cache, repo_id, files, revision="main", commit="0" * 40):
-    """The Hub cache layout huggingface_hub reads offline: refs/<revision> -> snapshots/<commit>/<files>."""
-    root = cache / f"models--{repo_id.replace('/', '--')}"
-    (root / "refs").mkdir(parents=True, exist_ok=True)
-    (root / "refs" / revision).write_text(commit)
-    snap = root / "snapshots" / commit
-    snap.mkdir(parents=True, exist_ok=True)
-    for name, content in files.items():
-        (snap / name).write_bytes(content)
-    return snap
-
-
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch):
     import huggingface_hub.constants
@@ -263,7 +252,7 @@ def test_import_from_a_hub_repo_offline(state, base, hub_cache, tmp_path, capsys
 
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     full_state = {f"visual.{k}": v.contiguous() for k, v in state.items()}
-    _fake_hub_repo(hub_cache, "someone/robust-clip", {
+    fake_hub_repo(hub_cache, "someone/robust-clip", {
         "open_clip_model.safetensors": save(full_state),
         "open_clip_config.json": json.dumps({"model_cfg": {"embed_dim": 16, "quick_gelu": False}}).encode()})
     out = tmp_path / "converted"

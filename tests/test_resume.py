@@ -49,6 +49,7 @@ def trained(monkeypatch):
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("before, after", [
     (["--optim.batch_size", "4"], ["--optim.batch_size", "8"]),     # larger batch
     (["--optim.batch_size", "4"], ["--optim.batch_size", "3"]),     # smaller, not a divisor of the position

@@ -153,6 +153,7 @@ def test_unnormalize_uses_clip_statistics():
     assert torch.allclose(unnormalize((x - mean) / std), x, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_cli_explain_writes_png_json_and_maps(tiny_clip_path, tiny_vision_path, tmp_path):
     from aft_hf.cli import main
     from aft_hf.data import write_shapes_imagefolder

@@ -24,6 +24,7 @@ def bare_tower(tmp_path_factory, tiny_clip_path):
     return path
 
 
+@pytest.mark.slow
 def test_every_method_on_a_bare_tower(bare_tower):
     """The issue: AttributeError 'CLIPVisionModel' object has no attribute 'vision_model' (Grad-CAM)."""
     encoder = load_image_encoder(str(bare_tower))

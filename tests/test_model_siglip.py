@@ -16,8 +16,8 @@ from aft_hf.config import load_config
 from aft_hf.graft import graft
 from aft_hf.model import ModelLoadError, export_pretrained, load_image_encoder, save_tiny_siglip
 from aft_hf.train import train
+from tests.graft_helpers import IMAGE_TOKEN, tensors, text_cfg
 from tests.image_helpers import write_png_folder
-from tests.test_graft import IMAGE_TOKEN, tensors, text_cfg
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +169,7 @@ def test_graft_into_llava_onevision_finds_its_siglip_tower(siglip48, tmp_path):
     LlavaOnevisionForConditionalGeneration.from_pretrained(tmp_path / "out")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["linf", "l2", "huber", "elastic", "group"])
 def test_train_a_siglip_with_each_norm_and_zero_shot_eval(siglip48, tmp_path, norm):
     from aft_hf.data import write_shapes_imagefolder

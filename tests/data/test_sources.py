@@ -1,0 +1,45 @@
+"""Where a data set comes from: a local folder is told apart by what it holds, and read by the matching loader."""
+
+import datasets
+import pytest
+
+from aft_hf.config import DataConfig
+from aft_hf.data.errors import DataError
+from aft_hf.data.sources import load_source, local_format
+from tests.image_helpers import write_png_folder
+
+
+def test_local_format_by_content(tmp_path):
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_dict({"x": [1, 2, 3]}).save_to_disk(str(saved))
+    tables = tmp_path / "tables" / "data"
+    tables.mkdir(parents=True)
+    datasets.Dataset.from_dict({"x": [1, 2]}).to_parquet(str(tables / "train-00000-of-00001.parquet"))
+    images = write_png_folder(tmp_path / "images", 2)
+    datasets.Dataset.from_dict({"file_name": ["a.png"]}).to_parquet(str(images / "metadata.parquet"))
+    assert local_format(saved) == "saved"
+    assert local_format(tmp_path / "tables") == "tables"
+    assert local_format(images) == "imagefolder"  # metadata.parquet holds labels, it is not a table shard
+    assert local_format(tmp_path / "empty") == "imagefolder"
+
+
+def test_saved_and_table_folders_load_and_stream(tmp_path):
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_dict({"x": [1, 2, 3]}).save_to_disk(str(saved))
+    assert load_source(DataConfig(dataset=str(saved)))["x"] == [1, 2, 3]
+    streamed = load_source(DataConfig(dataset=str(saved), streaming=True))
+    assert isinstance(streamed, datasets.IterableDataset) and sorted(r["x"] for r in streamed) == [1, 2, 3]
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    datasets.Dataset.from_dict({"x": [4, 5]}).to_parquet(str(tables / "train-00000-of-00001.parquet"))
+    assert load_source(DataConfig(dataset=str(tables)))["x"] == [4, 5]
+
+
+def test_paths_that_cannot_be_a_data_set_are_named(tmp_path):
+    (tmp_path / "file.parquet").write_bytes(b"")
+    with pytest.raises(DataError, match="is a file; give the folder that holds it"):
+        load_source(DataConfig(dataset=str(tmp_path / "file.parquet")))
+    with pytest.raises(DataError, match="there is no folder './no-such-folder'"):
+        load_source(DataConfig(dataset="./no-such-folder"))
+    with pytest.raises(DataError, match="imagefolder needs data.data_dir"):
+        load_source(DataConfig(dataset="imagefolder"))
