@@ -9,7 +9,7 @@ from torch import nn
 
 from aft_hf.evaluate import ZeroShotClassifier, robust_accuracy
 from aft_hf.evaluate import apgd as apgd_module
-from aft_hf.evaluate.apgd import apgd_robust, checkpoints, targeted_dlr_loss
+from aft_hf.evaluate.apgd import APGDSpeed, apgd_robust, checkpoints, targeted_dlr_loss
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -88,7 +88,7 @@ def test_an_image_is_robust_only_if_every_attack_fails(monkeypatch):
     calls = []
     breaks = {0: [0], 2: [1]}  # run 0 (CE) breaks image 0, run 2 (2nd target) breaks image 1
 
-    def fake_apgd(forward, images, labels, eps, norm, iterations, loss, target, generator=None):
+    def fake_apgd(forward, images, labels, eps, norm, iterations, loss, target, generator=None, speed=None):
         run = len(calls)
         calls.append((loss.__name__, None if target is None else target.tolist(), images[:, 0, 0, 0].tolist()))
         fooled = torch.tensor([round(v) in breaks.get(run, []) for v in images[:, 0, 0, 0].tolist()])
@@ -98,11 +98,70 @@ def test_an_image_is_robust_only_if_every_attack_fails(monkeypatch):
     logits = torch.tensor([[9.0, 1, 5, 7], [9.0, 8, 7, 1], [9.0, 2, 3, 4]])
     model = lambda x: logits[x[:, 0, 0, 0].round().long()]  # noqa: E731 image i carries its index
     images = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 3, 2, 2).contiguous()
-    robust = apgd_robust(model, images, torch.zeros(3, dtype=torch.long), 1 / 255, targets=9)
+    robust = apgd_robust(model, images, torch.zeros(3, dtype=torch.long), 1 / 255, targets=9,
+                         speed=APGDSpeed(batch_targets=False))
     assert robust.tolist() == [False, False, True]
     assert [c[0] for c in calls] == ["ce_loss"] + ["targeted_dlr_loss"] * 3  # 9 targets capped at 4 - 1
     assert calls[0][2] == [0.0, 1.0, 2.0] and calls[1][2] == [1.0, 2.0] and calls[3][2] == [2.0]
     assert calls[1][1] == [1, 3] and calls[2][1] == [2, 2] and calls[3][1] == [1]  # ranked 2nd, 3rd, 4th
+
+
+def test_batched_targets_attack_every_image_target_pair_in_one_run(monkeypatch):
+    """APGDSpeed.batch_targets: after APGD-CE, one APGD-T run holds one row per (image still robust, target),
+    the rows of an image grouped, in chunks of whole images of at most max_rows rows."""
+    calls = []
+
+    def fake_apgd(forward, images, labels, eps, norm, iterations, loss, target, generator=None, groups=None,
+                  speed=None):
+        calls.append((loss.__name__, None if target is None else target.tolist(), images[:, 0, 0, 0].tolist(),
+                      None if groups is None else groups.tolist()))
+        rows = images[:, 0, 0, 0].round().long()
+        fooled = (rows == 0) if target is None else (rows == 1) & (target == 2)  # CE breaks 0, target 2 breaks 1
+        return images, fooled
+
+    monkeypatch.setattr(apgd_module, "apgd", fake_apgd)
+    logits = torch.tensor([[9.0, 1, 5, 7], [9.0, 8, 7, 1], [9.0, 2, 3, 4]])
+    model = lambda x: logits[x[:, 0, 0, 0].round().long()]  # noqa: E731 image i carries its index
+    images = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 3, 2, 2).contiguous()
+    robust = apgd_robust(model, images, torch.zeros(3, dtype=torch.long), 1 / 255, targets=9,
+                         speed=APGDSpeed(max_rows=3))
+    assert robust.tolist() == [False, False, True]
+    assert [c[0] for c in calls] == ["ce_loss", "targeted_dlr_loss", "targeted_dlr_loss"]
+    assert calls[1][1:] == ([1, 2, 3], [1.0, 1.0, 1.0], [0, 0, 0])  # image 1 against its classes ranked 2nd-4th
+    assert calls[2][1:] == ([3, 2, 1], [2.0, 2.0, 2.0], [0, 0, 0])
+
+
+def test_a_group_stops_once_one_of_its_rows_is_fooled():
+    """Rows of one group share the verdict's fate: once one row is fooled the others leave the batch, so a
+    forward counts fewer rows than without groups; the fooled row keeps its misclassified iterate."""
+    model, x, labels = _linear_two_class(scale=0.2)
+    seen = []
+
+    def forward(images):
+        seen.append(len(images))
+        return model(images)
+
+    x, labels = x[:40], labels[:40]
+    _, alone = apgd_module.apgd(forward, x, labels, 8 / 255, iterations=20, generator=torch.Generator().manual_seed(0))
+    alone_rows = sum(seen)
+    assert 0 < int(alone.sum()) < 40
+    seen.clear()
+    groups = torch.arange(40) // 2
+    adv, fooled = apgd_module.apgd(forward, x, labels, 8 / 255, iterations=20, groups=groups,
+                                   generator=torch.Generator().manual_seed(0))
+    assert sum(seen) < alone_rows
+    with torch.no_grad():
+        assert torch.equal(model(adv[fooled]).argmax(1) != labels[fooled], torch.ones(int(fooled.sum()), dtype=torch.bool))
+    assert (adv - x).abs().max() <= 8 / 255 + 1e-6
+
+
+def test_shrinking_the_batch_leaves_the_verdicts_unchanged():
+    """APGDSpeed.shrink only stops computing fooled rows: with the same random start, the same rows are fooled."""
+    model, x, labels = _linear_two_class(scale=0.2)
+    verdicts = [apgd_module.apgd(model, x, labels, 4 / 255, iterations=15, generator=torch.Generator().manual_seed(3),
+                                 speed=APGDSpeed(shrink=shrink))[1] for shrink in (True, False)]
+    assert 0 < int(verdicts[0].sum()) < len(x)
+    assert torch.equal(verdicts[0], verdicts[1])
 
 
 def _tiny_zero_shot(seed: int):
