@@ -119,6 +119,7 @@ class TrainEvaluator:
 
     def measure(self, encoder: ImageEncoder, device: torch.device) -> dict[str, float]:
         """The metrics of the module docstring for ``encoder`` (left in the mode it was in)."""
+        from .evaluate.apgd import APGDSpeed
         from .evaluate.zeroshot import ZeroShotClassifier, predict, robust_accuracy, topk_accuracy
 
         was_training = encoder.training
@@ -131,9 +132,10 @@ class TrainEvaluator:
                 logits = predict(classifier, self.images, batch_size=bs, progress=False)
                 metrics["eval/zeroshot_top1"] = topk_accuracy(logits, self.labels, ks=(1,))["top1"]
                 if self.cfg.eval.robust_eps:
+                    speed = APGDSpeed.from_mixed_precision(self.cfg.optim.mixed_precision, device)
                     robust = robust_accuracy(classifier, self.images, self.labels, self.cfg.eval.robust_eps,
                                              steps=self.cfg.eval.attack_steps, batch_size=bs, seed=self.cfg.seed,
-                                             progress=False)
+                                             progress=False, speed=speed)
                     metrics.update({f"eval/robust_top1_eps{k.split('/')[0]}": v for k, v in robust.items()})
         finally:
             encoder.train(was_training)

@@ -108,6 +108,10 @@ def _random_start(images: Tensor, eps: float, norm: Norm, generator: Optional[to
 LossFn = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
 
 
+AUTOCAST_DTYPES: dict[str, Optional[torch.dtype]] = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""accelerate's ``mixed_precision`` names -> the autocast dtype of the attack's forward passes."""
+
+
 @dataclass(frozen=True)
 class APGDSpeed:
     """How the attack is run, never what it decides. Each switch is a speed lever measured by
@@ -126,6 +130,17 @@ class APGDSpeed:
     batch_targets: bool = True
     max_rows: int = 256
     autocast: Optional[torch.dtype] = None
+
+    @classmethod
+    def from_mixed_precision(cls, mixed_precision: Optional[str], device: torch.device, **kwargs) -> "APGDSpeed":
+        """The levers' defaults with autocast set from an accelerate-style ``mixed_precision`` (``no``, ``bf16``,
+        ``fp16``; None = ``no``), as ``optim.mixed_precision`` and ``--mixed-precision`` spell it."""
+        name = mixed_precision or "no"
+        if name not in AUTOCAST_DTYPES:
+            raise AttackError(f"unknown mixed precision '{name}' (choose from {', '.join(AUTOCAST_DTYPES)})")
+        if name == "fp16" and torch.device(device).type == "cpu":
+            raise AttackError("mixed precision fp16 is not supported on CPU (autocast would stay fp32): use bf16 or no")
+        return cls(autocast=AUTOCAST_DTYPES[name], **kwargs)
 
     def __post_init__(self) -> None:
         if isinstance(self.max_rows, bool) or not isinstance(self.max_rows, int) or self.max_rows < 1:
@@ -310,6 +325,6 @@ def attack_description(attack: str, norm: Norm = "linf", iterations: Optional[in
     return f"{name}, {'L-inf' if norm == 'linf' else 'L2'}"
 
 
-__all__ = ["APGDSpeed", "ATTACK_NAMES", "apgd", "autocast_context", "apgd_robust", "attack_description", "ce_loss", "checkpoints",
+__all__ = ["APGDSpeed", "ATTACK_NAMES", "AUTOCAST_DTYPES", "apgd", "autocast_context", "apgd_robust", "attack_description", "ce_loss", "checkpoints",
            "targeted_dlr_loss"]
 

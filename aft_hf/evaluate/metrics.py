@@ -18,7 +18,7 @@ from .faithfulness import (
 )
 from .localisation import empty_masks, energy_in_mask, pointing_game
 from .sanity import randomisation_check
-from .apgd import attack_description
+from .apgd import APGDSpeed, attack_description
 from .stats import nanmean as _mean
 from .zeroshot import DEFAULT_ITERATIONS, predict, robust_accuracy, topk_accuracy
 
@@ -43,8 +43,9 @@ class RobustAccuracy(Metric):
         attack = self.options.get("attack", "apgd")
         steps = self.options.get("steps") or DEFAULT_ITERATIONS[attack]
         restarts, targets = self.options.get("restarts", 1), self.options.get("targets", 9)
+        speed = APGDSpeed.from_mixed_precision(self.options.get("mixed_precision"), ctx.class_weights.device)
         acc = robust_accuracy(ctx.classifier, ctx.images, ctx.labels, eps, steps, self.options.get("alpha"),
-                              ctx.batch_size, ctx.seed, ctx.progress, attack, restarts, targets)
+                              ctx.batch_size, ctx.seed, ctx.progress, attack, restarts, targets, speed=speed)
         setup = {"attack": attack, "name": attack_description(attack, "linf", steps), "norm": "linf", "steps": steps}
         if attack == "apgd":
             setup.update(restarts=restarts, targets=min(targets, ctx.class_weights.shape[0] - 1))

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..attack import PGDAttacker
-from .apgd import apgd_robust
+from .apgd import APGDSpeed, apgd_robust, autocast_context
 from .errors import EvaluationError
 
 
@@ -32,11 +32,13 @@ class ZeroShotClassifier(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """Zero-shot logits (B, C) for pixels in [0, 1]."""
-        embeds = F.normalize(self.encoder(images).float(), dim=-1)
+        embeds = self.encoder(images).float()
         if embeds.shape[-1] != self.class_weights.shape[-1]:
             raise EvaluationError(f"class embeddings have dimension {self.class_weights.shape[-1]} but the image "
                                   f"embeddings have {embeds.shape[-1]}: use the text tower of the same CLIP")
-        return self.logit_scale * embeds @ self.class_weights.to(embeds.device).T
+        # the head stays fp32 under autocast: bf16 logits (8 mantissa bits) at logit scale 100 would tie classes
+        with torch.autocast(device_type=embeds.device.type, enabled=False):
+            return self.logit_scale * F.normalize(embeds, dim=-1) @ self.class_weights.to(embeds.device).T
 
 
 def _batches(n: int, batch_size: int, desc: str, progress: bool):
@@ -73,7 +75,8 @@ DEFAULT_ITERATIONS = {"apgd": 100, "pgd": 10}
 def robust_accuracy(classifier: ZeroShotClassifier, images: Tensor, labels: Tensor,
                     eps: Sequence[float] = (1, 2, 4), steps: Optional[int] = None, alpha: Optional[float] = None,
                     batch_size: int = 64, seed: int = 0, progress: bool = True, attack: str = "apgd",
-                    restarts: int = 1, targets: int = 9, norm: str = "linf") -> dict[str, float]:
+                    restarts: int = 1, targets: int = 9, norm: str = "linf",
+                    speed: Optional[APGDSpeed] = None) -> dict[str, float]:
     """Top-1 accuracy under attack for each budget in ``eps`` (1/255 units); keys like ``"4/255"``.
 
     ``attack="apgd"`` (default, the field's protocol): APGD-CE then APGD-T against ``targets`` classes,
@@ -85,7 +88,12 @@ def robust_accuracy(classifier: ZeroShotClassifier, images: Tensor, labels: Tens
     An image counts as robust at budget e when it is classified correctly clean and survives every
     attack at every budget <= e (all lie inside the e-ball, and the adversary may pick any of them),
     so the numbers never exceed the clean accuracy and never rise with e.
+
+    ``speed`` (:class:`~aft_hf.evaluate.apgd.APGDSpeed`): how APGD runs; its ``autocast`` (e.g. ``torch.bfloat16``,
+    what ``--mixed-precision bf16`` sets) also covers the clean forward and PGD. The clean logits of each batch
+    are computed once and handed to every budget's attack.
     """
+    speed = APGDSpeed() if speed is None else speed
     if attack not in ATTACKS:
         raise EvaluationError(f"unknown attack '{attack}' (choose from {', '.join(ATTACKS)})")
     if norm not in ("linf", "l2"):
@@ -103,16 +111,18 @@ def robust_accuracy(classifier: ZeroShotClassifier, images: Tensor, labels: Tens
     correct = {e: 0 for e in budgets}
     for s in _batches(len(images), batch_size, f"robust ({attack})", progress):
         x, y = images[s:s + batch_size].to(device), labels[s:s + batch_size].to(device)
-        with torch.no_grad():
-            alive = classifier(x).argmax(dim=1) == y
+        with torch.no_grad(), autocast_context(x.device, speed.autocast):
+            clean = classifier(x).float()
+        alive = clean.argmax(dim=1) == y
         for e in budgets:
             if attack == "apgd":
                 idx = alive.nonzero().squeeze(1)
                 if idx.numel():
                     alive[idx] = apgd_robust(classifier, x[idx], y[idx], e / 255, norm, steps, restarts, targets,
-                                             seed + s)
+                                             seed + s, clean_logits=clean[idx], speed=speed)
             else:
-                alive = alive & _pgd_robust(classifier, x, y, e, steps, alpha, generator)
+                with autocast_context(x.device, speed.autocast):
+                    alive = alive & _pgd_robust(classifier, x, y, e, steps, alpha, generator)
             correct[e] += int(alive.sum())
     n = max(len(images), 1)
     return {f"{e:g}/255": correct[e] / n for e in budgets}
