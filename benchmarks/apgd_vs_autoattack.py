@@ -148,6 +148,8 @@ def main(argv=None) -> int:
                     t0 = time.perf_counter()
                     verdicts[name] = run(clf, images, labels, eps, args.iterations, args.targets, args.seed + r)
                     times[name].append(time.perf_counter() - t0)
+                    print(f"  [{case} eps {eps:g} round {r + 1}] {name}: {times[name][-1]:.2f} s, robust "
+                          f"{int(verdicts[name].sum())}", flush=True)
             med = {v: statistics.median(t) for v, t in times.items()}
             row = {"case": case, "eps": eps, "images": len(images), "clean_correct": clean_correct, "times_s": times,
                    "median_s": med, "robust": {v: int(verdicts[v].sum()) for v in variants},
