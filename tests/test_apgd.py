@@ -98,8 +98,7 @@ def test_an_image_is_robust_only_if_every_attack_fails(monkeypatch):
     logits = torch.tensor([[9.0, 1, 5, 7], [9.0, 8, 7, 1], [9.0, 2, 3, 4]])
     model = lambda x: logits[x[:, 0, 0, 0].round().long()]  # noqa: E731 image i carries its index
     images = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 3, 2, 2).contiguous()
-    robust = apgd_robust(model, images, torch.zeros(3, dtype=torch.long), 1 / 255, targets=9,
-                         speed=APGDSpeed(batch_targets=False))
+    robust = apgd_robust(model, images, torch.zeros(3, dtype=torch.long), 1 / 255, targets=9)
     assert robust.tolist() == [False, False, True]
     assert [c[0] for c in calls] == ["ce_loss"] + ["targeted_dlr_loss"] * 3  # 9 targets capped at 4 - 1
     assert calls[0][2] == [0.0, 1.0, 2.0] and calls[1][2] == [1.0, 2.0] and calls[3][2] == [2.0]
@@ -124,7 +123,7 @@ def test_batched_targets_attack_every_image_target_pair_in_one_run(monkeypatch):
     model = lambda x: logits[x[:, 0, 0, 0].round().long()]  # noqa: E731 image i carries its index
     images = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 3, 2, 2).contiguous()
     robust = apgd_robust(model, images, torch.zeros(3, dtype=torch.long), 1 / 255, targets=9,
-                         speed=APGDSpeed(max_rows=3))
+                         speed=APGDSpeed(batch_targets=True, max_rows=3))
     assert robust.tolist() == [False, False, True]
     assert [c[0] for c in calls] == ["ce_loss", "targeted_dlr_loss", "targeted_dlr_loss"]
     assert calls[1][1:] == ([1, 2, 3], [1.0, 1.0, 1.0], [0, 0, 0])  # image 1 against its classes ranked 2nd-4th

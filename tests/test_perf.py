@@ -290,7 +290,7 @@ def test_apgd_vs_autoattack_benchmark_smoke(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     (row,) = json.loads(out.read_text())["results"]
-    variants = {"reference", "package", "no-shrink", "no-batch-targets", "recompute-clean", "bf16"}
+    variants = {"reference", "package", "no-shrink", "batch-targets", "recompute-clean", "bf16"}
     assert set(row["median_s"]) == variants and all(len(t) == 2 for t in row["times_s"].values())
     assert row["agreement_with_reference"]["reference"] == 1.0 and row["clean_correct"] == 6
     assert all(0 <= a <= 1 for a in row["agreement_with_reference"].values())

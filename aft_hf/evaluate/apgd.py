@@ -121,13 +121,16 @@ class APGDSpeed:
       for all iterations of a run); with ``batch_targets`` all its target rows leave together.
     - ``batch_targets``: the APGD-T runs against the ``targets`` classes go side by side, one batch of
       (images x targets) rows per restart instead of one run per class (the same verdict: an image is
-      robust iff every run fails), in chunks of at most ``max_rows`` rows (bounds the memory).
+      robust iff every run fails), in chunks of at most ``max_rows`` rows (bounds the memory). Off by
+      default: on CPU it was slower (0.85-0.96x, ``docs/performance.md``): a wider batch gains little
+      there, and an image keeps being attacked with every target until one succeeds, where one run at a
+      time skips the later targets. Meant for devices that a wider batch fills (GPUs; not measured yet).
     - ``autocast``: ``torch.bfloat16`` (or ``torch.float16`` on CUDA) runs the model's forward under
       ``torch.autocast`` on the images' device; losses, steps and projections stay fp32.
     """
 
     shrink: bool = True
-    batch_targets: bool = True
+    batch_targets: bool = False
     max_rows: int = 256
     autocast: Optional[torch.dtype] = None
 
