@@ -155,9 +155,10 @@ class Memory:
         """Make RSS follow the live tensors: from here on, glibc mmaps every block over 256 KiB and returns it
         to the OS when freed (instead of caching it in its heap).
 
-        It cannot be undone, and it slows the step down (every large tensor becomes a fresh mapping whose
-        pages fault in: measured 1.3-1.5x on a ViT-B/32 step, ``benchmarks/step_agreement.py --diagnose``), so
-        it is called after all timed steps: memory is measured in extra steps of its own.
+        It cannot be undone and changes how every large tensor is allocated (a fresh mapping whose pages
+        fault in), an allocator state the trainer never has: with it in force the benchmark timed a ViT-B/32
+        step at 9.0-9.8 s where the plain loop took 6.4-7.4 s (issue 23). So it is called after all timed
+        steps, and memory is measured in extra steps of its own (``benchmarks/step_agreement.py`` compares).
         """
         if self.device.type == "cpu" and sys.platform.startswith("linux") and self._libc is None:
             with contextlib.suppress(OSError):

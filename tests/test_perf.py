@@ -182,9 +182,9 @@ def test_ab_switch_benchmark_smoke(tmp_path):
 
 
 def test_step_benchmark_times_its_steps_before_the_rss_tracking_slows_them(monkeypatch):
-    """aft_step.py used to fix glibc's mmap threshold (for RSS measurements) before its timed steps, which
-    made every large tensor a fresh mapping and the step 1.3-1.5x slower than the trainer's: the tracking now
-    starts after the last timed step, and memory is measured in steps of its own."""
+    """aft_step.py used to fix glibc's mmap threshold (for RSS measurements) before its timed steps, an
+    allocator state the trainer never has: the tracking now starts after the last timed step, and memory is
+    measured in steps of its own."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import aft_step
 
