@@ -141,6 +141,7 @@ class TrainEvaluator:
 
     def measure(self, encoder: ImageEncoder, device: torch.device) -> dict[str, float]:
         """The metrics of the module docstring for ``encoder`` (left in the mode it was in)."""
+        from .evaluate.apgd import APGDSpeed
         from .evaluate.zeroshot import ZeroShotClassifier, robust_accuracy, zero_shot_accuracy
 
         was_training = encoder.training
@@ -153,9 +154,10 @@ class TrainEvaluator:
                 metrics["eval/zeroshot_top1"] = zero_shot_accuracy(classifier, self.images, self.labels, (1,), bs,
                                                                     progress=False)["top1"]
                 if self.cfg.eval.robust_eps:
+                    speed = APGDSpeed.from_mixed_precision(self.cfg.optim.mixed_precision, device)
                     robust = robust_accuracy(classifier, self.images, self.labels, self.cfg.eval.robust_eps,
                                              steps=self.cfg.eval.attack_steps, batch_size=bs, seed=self.cfg.seed,
-                                             progress=False, attack=EVAL_ATTACK)
+                                             progress=False, attack=EVAL_ATTACK, speed=speed)
                     metrics.update({f"eval/robust_top1_eps{k.split('/')[0]}": v for k, v in robust.items()})
         finally:
             encoder.train(was_training)

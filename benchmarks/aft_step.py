@@ -150,11 +150,19 @@ class Memory:
     def __init__(self, device: torch.device):
         self.device = device
         self._libc = None
-        if device.type == "cpu" and sys.platform.startswith("linux"):
+
+    def start(self) -> None:
+        """Make RSS follow the live tensors: from here on, glibc mmaps every block over 256 KiB and returns it
+        to the OS when freed (instead of caching it in its heap).
+
+        It cannot be undone and changes how every large tensor is allocated (a fresh mapping whose pages
+        fault in), an allocator state the trainer never has: with it in force the benchmark timed a ViT-B/32
+        step at 9.0-9.8 s where the plain loop took 6.4-7.4 s (issue 23). So it is called after all timed
+        steps, and memory is measured in extra steps of its own (``benchmarks/step_agreement.py`` compares).
+        """
+        if self.device.type == "cpu" and sys.platform.startswith("linux") and self._libc is None:
             with contextlib.suppress(OSError):
                 self._libc = ctypes.CDLL("libc.so.6")
-                # fixed mmap threshold: large tensors are mmap'd and returned to the OS when freed,
-                # so RSS follows the live tensors instead of glibc's cached heap
                 self._libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
 
     @property
@@ -429,7 +437,8 @@ def timed_step(runner, images: torch.Tensor, seed: int, memory: Optional[Memory]
     return out
 
 
-def summarise(runner, images: torch.Tensor, samples: list[dict], memory: Optional[Memory]) -> dict:
+def summarise(runner, images: torch.Tensor, samples: list[dict], memory: Optional[Memory],
+              memory_samples: Optional[list[dict]] = None) -> dict:
     """Medians of the timed steps; memory of the step against one plain training step.
 
     The memory ratio is (resident + step peak) / (resident + baseline peak), resident being the
@@ -446,7 +455,7 @@ def summarise(runner, images: torch.Tensor, samples: list[dict], memory: Optiona
     result["split_images_per_s"] = {k: batch / v for k, v in result["split_s"].items() if v > 0}
     if memory is not None:
         own = resident_bytes(runner)
-        step_peak = own + max(s["transient"] for s in samples)
+        step_peak = own + max(s["transient"] for s in (memory_samples or samples))
         base = memory.measure(lambda: runner.baseline(images))
         base_peak = own + base["transient"]
         result["memory"] = {"resident": own, "step_transient": step_peak - own, "peak": step_peak}
@@ -587,7 +596,6 @@ def run(args: argparse.Namespace) -> dict:
         "memory_unit": memory.unit, "load_before": _load(), "variants": [],
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
     }
-    before = matmul_peak(device, peak_dtype, args.peak_seconds)
     runners = []
     for name, opts in variants:
         runner = AftRunner(accelerator, args.model, args.steps, opts, args.seed)
@@ -621,14 +629,26 @@ def run(args: argparse.Namespace) -> dict:
     alive = [r for r in runners if extra[r[0]] is not None]
     for i in range(args.repeats):  # timed steps interleaved, so a change of machine load hits all alike
         for name, _, runner, _, _ in alive:
-            sample = guarded(name, lambda r=runner, i=i: timed_step(r, images, 1000 + i, memory_or_none))
+            sample = guarded(name, lambda r=runner, i=i: timed_step(r, images, 1000 + i, None))
             if sample is not None:
                 samples[name].append(sample)
             bar.update(1)
     bar.close()
+    # the peak probe frees 36 MiB blocks, which raises glibc's dynamic mmap threshold: steps timed after it run
+    # with another allocator state than the trainer's, so it comes after the timed steps (twice: before and
+    # after the memory steps)
+    before = matmul_peak(device, peak_dtype, args.peak_seconds)
+    memory_samples: dict = {name: None for name, *_ in runners}
+    if memory_or_none is not None:  # after every timed step: the RSS tracking slows steps down (Memory.start)
+        memory.start()
+        for name, _, runner, _, _ in alive:
+            if samples[name]:
+                sample = guarded(name, lambda r=runner: timed_step(r, images, 2000, memory))
+                memory_samples[name] = None if sample is None else [sample]
     for name, label, runner, info, _ in runners:
-        if samples[name]:
-            row = guarded(name, lambda r=runner, n=name: summarise(r, images, samples[n], memory_or_none))
+        if samples[name] and (memory_or_none is None or memory_samples[name]):
+            row = guarded(name, lambda r=runner, n=name: summarise(r, images, samples[n], memory_or_none,
+                                                                   memory_samples[n]))
             if row is not None:
                 row.update(name=name, label=label, **info, **extra[name])
                 if name == "reference":

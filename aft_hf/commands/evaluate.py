@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -31,6 +32,7 @@ from ..evaluate.metrics import METRICS
 from ..evaluate.runner import (DEFAULT_METRICS, EvaluationError, check_shardable, evaluate_model, resolve_metrics, slug,
                                 write_outputs)
 from ..evaluate.sharding import Shard, launched_processes, make_accelerator
+from ..evaluate.apgd import AUTOCAST_DTYPES
 from ..evaluate.zeroshot import ATTACKS, DEFAULT_ITERATIONS
 
 logger = logging.getLogger(__name__)
@@ -83,6 +85,10 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--attack-restarts", type=int, default=1, help="APGD: random restarts of each attack")
     p.add_argument("--attack-targets", type=int, default=9,
                    help="APGD-T: target classes (the highest-ranked other classes; 0 = APGD-CE only)")
+    p.add_argument("--mixed-precision", choices=list(AUTOCAST_DTYPES),
+                   default=os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower(),
+                   help="autocast of the robust-accuracy attack's forward passes (bf16 on CPUs with AVX-512 bf16 / "
+                        "AMX, or on GPUs; fp16 on CUDA only); default: accelerate's ACCELERATE_MIXED_PRECISION or no")
     p.add_argument("--roar-fractions", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9],
                    help="ROAR: fractions of the pixels removed (each strictly between 0 and 1)")
     p.add_argument("--deletion-steps", type=int, default=20, help="deletion/insertion: points on each curve")
@@ -135,6 +141,8 @@ def _check_options(args) -> list[str]:
     problems.at_least("--roar-epochs", args.roar_epochs, 1)
     problems.at_least("--roar-repeats", args.roar_repeats, 1)
     problems.require(0 <= args.roar_floor <= 1, f"--roar-floor is an accuracy in [0, 1], got {args.roar_floor:g}")
+    problems.require(args.mixed_precision in AUTOCAST_DTYPES, f"--mixed-precision '{args.mixed_precision}' is not one "
+                     f"of {', '.join(AUTOCAST_DTYPES)} (from ACCELERATE_MIXED_PRECISION?)")
     bad = [f for f in args.roar_fractions if not 0 < f < 1]
     problems.require(not bad, "--roar-fractions must lie strictly between 0 and 1 (fractions of pixels removed), "
                               f"got {', '.join(f'{f:g}' for f in bad)}")
@@ -193,7 +201,8 @@ def _cli_evaluate(args, extra) -> int:
               else "world.json (aft-hf world sample)" if world else "dataset ClassLabel")
     templates = resolve_templates(args.templates or ("clip80" if len(names) == 1000 else "simple"))
     options = {"robust": {"eps": args.eps, "steps": args.attack_steps, "attack": args.robust_attack,
-                          "restarts": args.attack_restarts, "targets": args.attack_targets},
+                          "restarts": args.attack_restarts, "targets": args.attack_targets,
+                          "mixed_precision": args.mixed_precision},
                "roar": {"fractions": args.roar_fractions, "evaluator": args.roar_evaluator,
                         "cnn": {"epochs": args.roar_epochs}, "repeats": args.roar_repeats, "floor": args.roar_floor},
                "deletion": {"steps": args.deletion_steps, "order": args.deletion_order, "baseline": args.baseline},

@@ -27,6 +27,7 @@ each of the ``targets`` classes ranked highest after the label on the clean imag
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -95,103 +96,215 @@ def _threat(norm: str, eps: float) -> ThreatModel:
 LossFn = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
 
 
+AUTOCAST_DTYPES: dict[str, Optional[torch.dtype]] = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""accelerate's ``mixed_precision`` names -> the autocast dtype of the attack's forward passes."""
+
+
+@dataclass(frozen=True)
+class APGDSpeed:
+    """How the attack is run, never what it decides. Each switch is a speed lever measured by
+    ``benchmarks/apgd_vs_autoattack.py``; switched off, the run is the reference AutoAttack's way.
+
+    - ``shrink``: an image leaves the batch as soon as it is fooled (the reference attacks every image
+      for all iterations of a run); with ``batch_targets`` all its target rows leave together.
+    - ``batch_targets``: the APGD-T runs against the ``targets`` classes go side by side, one batch of
+      (images x targets) rows per restart instead of one run per class (the same verdict: an image is
+      robust iff every run fails), in chunks of at most ``max_rows`` rows (bounds the memory). Off by
+      default: on CPU it was slower (0.85-0.96x, ``docs/performance.md``): a wider batch gains little
+      there, and an image keeps being attacked with every target until one succeeds, where one run at a
+      time skips the later targets. Meant for devices that a wider batch fills (GPUs; not measured yet).
+    - ``autocast``: ``torch.bfloat16`` (or ``torch.float16`` on CUDA) runs the model's forward under
+      ``torch.autocast`` on the images' device; losses, steps and projections stay fp32.
+    """
+
+    shrink: bool = True
+    batch_targets: bool = False
+    max_rows: int = 256
+    autocast: Optional[torch.dtype] = None
+
+    @classmethod
+    def from_mixed_precision(cls, mixed_precision: Optional[str], device: torch.device, **kwargs) -> "APGDSpeed":
+        """The levers' defaults with autocast set from an accelerate-style ``mixed_precision`` (``no``, ``bf16``,
+        ``fp16``; None = ``no``), as ``optim.mixed_precision`` and ``--mixed-precision`` spell it."""
+        name = mixed_precision or "no"
+        if name not in AUTOCAST_DTYPES:
+            raise AttackError(f"unknown mixed precision '{name}' (choose from {', '.join(AUTOCAST_DTYPES)})")
+        if name == "fp16" and torch.device(device).type == "cpu":
+            raise AttackError("mixed precision fp16 is not supported on CPU (autocast would stay fp32): use bf16 or no")
+        return cls(autocast=AUTOCAST_DTYPES[name], **kwargs)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_rows, bool) or not isinstance(self.max_rows, int) or self.max_rows < 1:
+            raise AttackError(f"APGDSpeed.max_rows must be an integer >= 1, got {self.max_rows!r}")
+        if self.autocast not in (None, torch.float32, torch.bfloat16, torch.float16):
+            raise AttackError(f"APGDSpeed.autocast must be None, torch.bfloat16 or torch.float16, got {self.autocast}")
+
+
+def autocast_context(device: torch.device, dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` on ``device`` in ``dtype`` (the same call on CPU and CUDA), or nothing for None / fp32."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class _Rows:
+    """The state of the rows still attacked, kept compact: :meth:`keep` gathers every tensor once when rows
+    leave, instead of gathering and scattering the whole state at every iteration."""
+
+    def __init__(self, **tensors: Tensor):
+        self.__dict__.update(tensors)
+
+    def keep(self, mask: Tensor) -> None:
+        for name, value in list(self.__dict__.items()):
+            setattr(self, name, value[mask])
+
+
 def apgd(forward: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor, eps: float, norm: str = DEFAULT_NORM,
          iterations: int = 100, loss: LossFn = ce_loss, target: Optional[Tensor] = None, rho: float = 0.75,
-         momentum: float = 0.75, generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+         momentum: float = 0.75, generator: Optional[torch.Generator] = None, groups: Optional[Tensor] = None,
+         speed: APGDSpeed = APGDSpeed()) -> tuple[Tensor, Tensor]:
     """One APGD run. Returns ``(adversarial images, fooled)``; ``fooled[i]`` when some iterate of image i
     was misclassified (that iterate is returned), else the highest-loss point is returned.
 
     ``eps`` in pixel units ([0, 1] scale); ``loss(logits, labels, target)`` is maximised per sample.
+    ``groups`` (one id in ``[0, rows)`` per row): once a row is fooled, every row of its group stops (the
+    target rows of one image under ``APGDSpeed.batch_targets``); default: each row on its own.
     """
     threat = _threat(norm, eps)
     images, labels = images.detach(), labels.detach()
-    n = images.shape[0]
+    n, device = images.shape[0], images.device
     x = (images + threat.apgd_start(images, generator)).clamp(0, 1) if eps > 0 else images.clone()
+    fooled, out = torch.zeros(n, dtype=torch.bool, device=device), x.clone()
+    group_done = torch.zeros(n, dtype=torch.bool, device=device)
+    s = _Rows(row=torch.arange(n, device=device), origin=images, labels=labels, x=x, x_prev=x,
+              group=torch.arange(n, device=device) if groups is None else groups,
+              target=labels if target is None else target.detach(),
+              eta=torch.full((n,), 2.0 * eps, device=device, dtype=images.dtype))
 
-    def evaluate(idx: Tensor, points: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        points = points.clone().requires_grad_(True)
+    def evaluate(points: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        points = points.detach().requires_grad_(True)
         with torch.enable_grad():
-            logits = forward(points)
-            values = loss(logits, labels[idx], None if target is None else target[idx])
+            with autocast_context(device, speed.autocast):
+                logits = forward(points)
+            values = loss(logits, s.labels, None if target is None else s.target)
             (grad,) = torch.autograd.grad(values.sum(), points)
-        return values.detach(), grad.detach(), logits.detach().argmax(dim=1) != labels[idx]
+        return values.detach(), grad.detach(), logits.detach().argmax(dim=1) != s.labels
 
-    everyone = torch.arange(n, device=images.device)
-    cur_loss, grad, wrong = evaluate(everyone, x)
-    fooled, adv = wrong.clone(), x.clone()
-    best_loss, x_best, grad_best = cur_loss.clone(), x.clone(), grad.clone()
-    x_prev = x.clone()
-    eta = torch.full((n,), 2.0 * eps, device=images.device, dtype=images.dtype)
-    marks = set(checkpoints(iterations))
-    last_mark, increases = 0, torch.zeros(n, device=images.device)
-    best_at_mark, halved_at_mark = best_loss.clone(), torch.zeros(n, dtype=torch.bool, device=images.device)
+    def record(wrong: Tensor, points: Tensor) -> None:
+        """Keep the first misclassified iterate of each row; with ``shrink``, drop the rows whose group is done."""
+        first = wrong & ~fooled[s.row]
+        fooled[s.row[first]], out[s.row[first]] = True, points[first]
+        group_done[s.group[wrong]] = True
+        if speed.shrink:
+            leave = group_done[s.group]
+            if leave.any():
+                out[s.row[leave & ~fooled[s.row]]] = s.x_best[leave & ~fooled[s.row]]
+                s.keep(~leave)
+
+    s.cur_loss, s.grad, wrong = evaluate(x)
+    s.best_loss, s.x_best, s.grad_best = s.cur_loss.clone(), x, s.grad
+    s.increases = torch.zeros(n, device=device)
+    s.best_at_mark, s.halved_at_mark = s.best_loss.clone(), torch.zeros(n, dtype=torch.bool, device=device)
+    record(wrong, x)
+    marks, last_mark = set(checkpoints(iterations)), 0
     for k in range(iterations):
-        idx = (~fooled).nonzero().squeeze(1)
-        if idx.numel() == 0 or eps == 0:
+        if s.row.numel() == 0 or eps == 0:
             break
-        xi, origin, step = x[idx], images[idx], _bcast(eta[idx], x[idx])
-        z = _project(xi + step * threat.direction(grad[idx]), origin, threat)
+        step = _bcast(s.eta, s.x)
+        z = _project(s.x + step * threat.direction(s.grad), s.origin, threat)
         a = 1.0 if k == 0 else momentum
-        new = _project(xi + a * (z - xi) + (1 - a) * (xi - x_prev[idx]), origin, threat)
-        x_prev[idx] = xi
-        x[idx] = new
-        new_loss, new_grad, wrong = evaluate(idx, new)
-        hit = idx[wrong]
-        fooled[hit], adv[hit] = True, new[wrong]
-        increases[idx] += (new_loss > cur_loss[idx]).float()
-        cur_loss[idx], grad[idx] = new_loss, new_grad
-        better = new_loss > best_loss[idx]
-        up = idx[better]
-        best_loss[up], x_best[up], grad_best[up] = new_loss[better], new[better], new_grad[better]
+        new = _project(s.x + a * (z - s.x) + (1 - a) * (s.x - s.x_prev), s.origin, threat)
+        s.x_prev, s.x = s.x, new
+        new_loss, s.grad, wrong = evaluate(new)
+        s.increases = s.increases + (new_loss > s.cur_loss).float()
+        s.cur_loss = new_loss
+        better = new_loss > s.best_loss
+        s.best_loss = torch.where(better, new_loss, s.best_loss)
+        s.x_best = torch.where(_bcast(better, new), new, s.x_best)
+        s.grad_best = torch.where(_bcast(better, new), s.grad, s.grad_best)
         if k + 1 in marks:
-            stalled = increases < rho * (k + 1 - last_mark)
-            flat = ~halved_at_mark & (best_loss <= best_at_mark)
-            halve = (stalled | flat) & ~fooled
-            eta[halve] /= 2
+            stalled = s.increases < rho * (k + 1 - last_mark)
+            flat = ~s.halved_at_mark & (s.best_loss <= s.best_at_mark)
+            halve = (stalled | flat) & ~group_done[s.group]
+            s.eta = torch.where(halve, s.eta / 2, s.eta)
             # restart from the best point, without momentum
-            x[halve], x_prev[halve], grad[halve] = x_best[halve], x_best[halve], grad_best[halve]
-            cur_loss[halve] = best_loss[halve]
-            halved_at_mark, best_at_mark = halve, best_loss.clone()
-            last_mark, increases = k + 1, torch.zeros_like(increases)
-    return torch.where(_bcast(fooled, adv), adv, x_best), fooled
+            back = _bcast(halve, new)
+            s.x, s.x_prev = torch.where(back, s.x_best, s.x), torch.where(back, s.x_best, s.x_prev)
+            s.grad, s.cur_loss = torch.where(back, s.grad_best, s.grad), torch.where(halve, s.best_loss, s.cur_loss)
+            s.halved_at_mark, s.best_at_mark = halve, s.best_loss.clone()
+            last_mark, s.increases = k + 1, torch.zeros_like(s.increases)
+        record(wrong, new)  # the iterate that fooled is ``new``, not a checkpoint's restart point
+    left = ~fooled[s.row]
+    out[s.row[left]] = s.x_best[left]
+    return out, fooled
 
 
-@torch.no_grad()
-def _predict(forward: Callable[[Tensor], Tensor], images: Tensor) -> Tensor:
-    return forward(images)
+def _targeted_rows(forward: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor, ranked: Tensor,
+                   eps: float, norm: str, iterations: int, count: int, generator: Optional[torch.Generator],
+                   speed: APGDSpeed) -> Tensor:
+    """APGD-T against the ``count`` classes ranked 2nd, 3rd, ... side by side: one row per (image, target),
+    in chunks of whole images of at most ``speed.max_rows`` rows. Returns which images were fooled."""
+    fooled = torch.zeros(len(images), dtype=torch.bool, device=images.device)
+    per_chunk = max(speed.max_rows // count, 1)
+    for start in range(0, len(images), per_chunk):
+        chunk = slice(start, start + per_chunk)
+        m = len(images[chunk])
+        image_of_row = torch.arange(m, device=images.device).repeat_interleave(count)
+        targets = ranked[chunk, 1:count + 1].reshape(-1)
+        _, rows_fooled = apgd(forward, images[chunk][image_of_row], labels[chunk][image_of_row], eps, norm,
+                              iterations, targeted_dlr_loss, targets, generator=generator, groups=image_of_row,
+                              speed=speed)
+        fooled[start:start + m] = rows_fooled.view(m, count).any(dim=1)
+    return fooled
 
 
 def apgd_robust(model: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor, eps: float, norm: str = DEFAULT_NORM,
-                iterations: int = 100, restarts: int = 1, targets: int = 9, seed: int = 0) -> Tensor:
+                iterations: int = 100, restarts: int = 1, targets: int = 9, seed: int = 0,
+                clean_logits: Optional[Tensor] = None, speed: APGDSpeed = APGDSpeed()) -> Tensor:
     """Per-image robustness (bool) under APGD-CE then APGD-T (AutoAttack's "standard" APGD part).
 
     An image is robust when it is classified correctly and every attack fails: ``restarts`` runs of
     APGD-CE, then ``restarts`` runs of APGD-T for each of the ``targets`` highest-ranked other classes
     (capped at classes - 1). Each attack only sees the images still robust. A module ``model`` runs in
-    eval mode on frozen parameters during the attack.
+    eval mode on frozen parameters during the attack. ``clean_logits`` (the model's logits on ``images``,
+    when the caller has them) saves the clean forward; ``speed`` picks how the runs execute (:class:`APGDSpeed`).
     """
     if iterations < 1 or restarts < 1 or targets < 0 or eps < 0:
         raise AttackError(f"APGD needs iterations >= 1, restarts >= 1, targets >= 0 and eps >= 0; got "
-                         f"{iterations}, {restarts}, {targets}, {eps}")
+                          f"{iterations}, {restarts}, {targets}, {eps}")
     generator = torch.Generator(device=images.device).manual_seed(seed)
     frozen = attack_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext(model)
     with frozen as forward:
-        clean = _predict(forward, images)
+        clean = _predict(forward, images, speed) if clean_logits is None else clean_logits.detach()
         robust = clean.argmax(dim=1) == labels
         if eps == 0:
             return robust
         ranked = clean.argsort(dim=1, descending=True)
+        count = min(targets, clean.shape[1] - 1)
         runs = [(ce_loss, None)] * restarts
-        for t in range(1, min(targets, clean.shape[1] - 1) + 1):
-            runs += [(targeted_dlr_loss, ranked[:, t])] * restarts
+        if speed.batch_targets and count > 0:
+            runs += [(targeted_dlr_loss, "all")] * restarts
+        else:
+            for t in range(1, count + 1):
+                runs += [(targeted_dlr_loss, ranked[:, t])] * restarts
         for loss, target in runs:
             idx = robust.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            _, fooled = apgd(forward, images[idx], labels[idx], eps, norm, iterations, loss,
-                             None if target is None else target[idx], generator=generator)
+            if isinstance(target, str):
+                fooled = _targeted_rows(forward, images[idx], labels[idx], ranked[idx], eps, norm, iterations,
+                                        count, generator, speed)
+            else:
+                _, fooled = apgd(forward, images[idx], labels[idx], eps, norm, iterations, loss,
+                                 None if target is None else target[idx], generator=generator, speed=speed)
             robust[idx[fooled]] = False
     return robust
+
+
+@torch.no_grad()
+def _predict(forward: Callable[[Tensor], Tensor], images: Tensor, speed: APGDSpeed) -> Tensor:
+    with autocast_context(images.device, speed.autocast):
+        return forward(images).float()
 
 
 def attack_description(attack: str, norm: str = DEFAULT_NORM, iterations: Optional[int] = None) -> str:
@@ -202,6 +315,6 @@ def attack_description(attack: str, norm: str = DEFAULT_NORM, iterations: Option
     return f"{name}, {norm_label(norm)}"
 
 
-__all__ = ["ATTACK_NAMES", "apgd", "apgd_robust", "attack_description", "ce_loss", "checkpoints",
+__all__ = ["APGDSpeed", "ATTACK_NAMES", "AUTOCAST_DTYPES", "apgd", "autocast_context", "apgd_robust", "attack_description", "ce_loss", "checkpoints",
            "targeted_dlr_loss"]
 

@@ -22,7 +22,7 @@ from .faithfulness import (
 )
 from .localisation import empty_masks, energy_in_mask, pointing_game
 from .sanity import randomisation_check
-from .apgd import attack_description
+from .apgd import APGDSpeed, attack_description
 from ..results import FLAT_LAYOUTS, MetricResult, finite  # noqa: F401  (finite: re-exported, its old home)
 from .stats import nanmean as _mean
 from .zeroshot import ATTACKS, DEFAULT_ITERATIONS, predict, robust_shares, robust_verdicts, topk_accuracy
@@ -60,6 +60,8 @@ class RobustOptions:
     """APGD: random restarts."""
     targets: int = 9
     """APGD-T: target classes (0: APGD-CE only)."""
+    mixed_precision: Optional[str] = None
+    """Autocast of the attack's forward passes: ``no``, ``bf16`` or ``fp16`` (GPU); None: ``no``."""
 
     def __post_init__(self):
         if self.attack not in ATTACKS:
@@ -76,8 +78,10 @@ class RobustAccuracy(Metric):
     def compute(self, ctx: EvalContext) -> MetricResult:
         o = self.options
         steps = o.steps or DEFAULT_ITERATIONS[o.attack]
+        speed = APGDSpeed.from_mixed_precision(o.mixed_precision, ctx.class_weights.device)
         verdicts = robust_verdicts(ctx.classifier, ctx.images, ctx.labels, o.eps, steps, o.alpha, ctx.batch_size,
-                                   ctx.seed, ctx.progress, o.attack, o.restarts, o.targets, shard=ctx.shard)
+                                   ctx.seed, ctx.progress, o.attack, o.restarts, o.targets, shard=ctx.shard,
+                                   speed=speed)
         acc = robust_shares(verdicts)
         setup = {"attack": o.attack, "name": attack_description(o.attack, DEFAULT_NORM, steps), "norm": DEFAULT_NORM,
                  "steps": steps}

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..attack import PGDAttacker
 from ..threat_models import DEFAULT_NORM, apgd_norms
-from .apgd import apgd_robust
+from .apgd import APGDSpeed, apgd_robust, autocast_context
 from .errors import EvaluationError
 from .sharding import Shard, batch_seed, map_batches, num_batches
 
@@ -47,11 +47,13 @@ class ZeroShotClassifier(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """Zero-shot logits (B, C) for pixels in [0, 1]."""
-        embeds = F.normalize(self.encoder(images).float(), dim=-1)
+        embeds = self.encoder(images).float()
         if embeds.shape[-1] != self.class_weights.shape[-1]:
             raise EvaluationError(f"class embeddings have dimension {self.class_weights.shape[-1]} but the image "
                                   f"embeddings have {embeds.shape[-1]}: use the text tower of the same CLIP")
-        return self.logit_scale * embeds @ self.class_weights.to(embeds.device).T
+        # the head stays fp32 under autocast: bf16 logits (8 mantissa bits) at logit scale 100 would tie classes
+        with torch.autocast(device_type=embeds.device.type, enabled=False):
+            return self.logit_scale * F.normalize(embeds, dim=-1) @ self.class_weights.to(embeds.device).T
 
 
 def _progress_bar(n: int, batch_size: int, shard: Optional[Shard], desc: str = "zero-shot",
@@ -148,11 +150,11 @@ def robust_accuracy(classifier: ZeroShotClassifier, images: Tensor, labels: Tens
                     eps: Sequence[float] = (1, 2, 4), steps: Optional[int] = None, alpha: Optional[float] = None,
                     batch_size: int = 64, seed: int = 0, progress: bool = True, attack: str = "apgd",
                     restarts: int = 1, targets: int = 9, norm: str = DEFAULT_NORM,
-                    shard: Optional[Shard] = None) -> dict[str, float]:
+                    shard: Optional[Shard] = None, speed: Optional[APGDSpeed] = None) -> dict[str, float]:
     """Top-1 accuracy under attack for each budget in ``eps`` (1/255 units); keys like ``"4/255"``: the
     share of images :func:`robust_verdicts` finds robust (same arguments)."""
     return robust_shares(robust_verdicts(classifier, images, labels, eps, steps, alpha, batch_size, seed, progress,
-                                         attack, restarts, targets, norm, shard))
+                                         attack, restarts, targets, norm, shard, speed))
 
 
 def robust_shares(verdicts: dict[str, Tensor]) -> dict[str, float]:
@@ -164,7 +166,7 @@ def robust_verdicts(classifier: ZeroShotClassifier, images: Tensor, labels: Tens
                     eps: Sequence[float] = (1, 2, 4), steps: Optional[int] = None, alpha: Optional[float] = None,
                     batch_size: int = 64, seed: int = 0, progress: bool = True, attack: str = "apgd",
                     restarts: int = 1, targets: int = 9, norm: str = DEFAULT_NORM,
-                    shard: Optional[Shard] = None) -> dict[str, Tensor]:
+                    shard: Optional[Shard] = None, speed: Optional[APGDSpeed] = None) -> dict[str, Tensor]:
     """Per image (bool tensor (N,), on the CPU), whether it is robust at each budget in ``eps`` (1/255 units).
 
     ``attack="apgd"`` (default, the field's protocol): APGD-CE then APGD-T against ``targets`` classes,
@@ -181,7 +183,11 @@ def robust_verdicts(classifier: ZeroShotClassifier, images: Tensor, labels: Tens
     Each batch's attack is seeded by (``seed``, batch, budget) (:func:`~aft_hf.evaluate.sharding.batch_seed`),
     so with a ``shard`` of several processes each attacks its own batches and every process returns the
     verdicts of all images, equal to one process's.
+    ``speed`` (:class:`~aft_hf.evaluate.apgd.APGDSpeed`): how APGD runs; its ``autocast`` (e.g. ``torch.bfloat16``,
+    what ``--mixed-precision bf16`` sets) also covers the clean forward and PGD. The clean logits of each batch
+    are computed once and handed to every budget's attack.
     """
+    speed = APGDSpeed() if speed is None else speed
     if attack not in ATTACKS:
         raise EvaluationError(f"unknown attack '{attack}' (choose from {', '.join(ATTACKS)})")
     if norm not in apgd_norms():
@@ -197,8 +203,9 @@ def robust_verdicts(classifier: ZeroShotClassifier, images: Tensor, labels: Tens
 
     def batch(b: int, s: int, e: int) -> Tensor:
         x, y = images[s:e].to(device), labels[s:e].to(device)
-        with torch.no_grad():
-            alive = classifier(x).argmax(dim=1) == y
+        with torch.no_grad(), autocast_context(x.device, speed.autocast):
+            clean = classifier(x).float()  # once per batch, handed to every budget's attack
+        alive = clean.argmax(dim=1) == y
         out = []
         for i, budget in enumerate(budgets):
             seed_b = batch_seed(seed, b, i)
@@ -206,10 +213,11 @@ def robust_verdicts(classifier: ZeroShotClassifier, images: Tensor, labels: Tens
                 idx = alive.nonzero().squeeze(1)
                 if idx.numel():
                     alive[idx] = apgd_robust(classifier, x[idx], y[idx], budget / 255, norm, steps, restarts,
-                                             targets, seed_b)
+                                             targets, seed_b, clean_logits=clean[idx], speed=speed)
             else:
                 generator = torch.Generator(device=device).manual_seed(seed_b)
-                alive = alive & _pgd_robust(classifier, x, y, budget, steps, alpha, generator, norm)
+                with autocast_context(x.device, speed.autocast):
+                    alive = alive & _pgd_robust(classifier, x, y, budget, steps, alpha, generator, norm)
             out.append(alive.cpu().clone())
         bar.update(1)
         return torch.stack(out, dim=1) if out else torch.zeros(e - s, 0, dtype=torch.bool)

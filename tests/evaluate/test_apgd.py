@@ -9,7 +9,7 @@ from torch import nn
 
 from aft_hf.evaluate import ZeroShotClassifier, robust_accuracy
 from aft_hf.evaluate import apgd as apgd_module
-from aft_hf.evaluate.apgd import apgd_robust, checkpoints, targeted_dlr_loss
+from aft_hf.evaluate.apgd import APGDSpeed, apgd_robust, checkpoints, targeted_dlr_loss
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -88,7 +88,7 @@ def test_an_image_is_robust_only_if_every_attack_fails(monkeypatch):
     calls = []
     breaks = {0: [0], 2: [1]}  # run 0 (CE) breaks image 0, run 2 (2nd target) breaks image 1
 
-    def fake_apgd(forward, images, labels, eps, norm, iterations, loss, target, generator=None):
+    def fake_apgd(forward, images, labels, eps, norm, iterations, loss, target, generator=None, speed=None):
         run = len(calls)
         calls.append((loss.__name__, None if target is None else target.tolist(), images[:, 0, 0, 0].tolist()))
         fooled = torch.tensor([round(v) in breaks.get(run, []) for v in images[:, 0, 0, 0].tolist()])
@@ -103,6 +103,64 @@ def test_an_image_is_robust_only_if_every_attack_fails(monkeypatch):
     assert [c[0] for c in calls] == ["ce_loss"] + ["targeted_dlr_loss"] * 3  # 9 targets capped at 4 - 1
     assert calls[0][2] == [0.0, 1.0, 2.0] and calls[1][2] == [1.0, 2.0] and calls[3][2] == [2.0]
     assert calls[1][1] == [1, 3] and calls[2][1] == [2, 2] and calls[3][1] == [1]  # ranked 2nd, 3rd, 4th
+
+
+def test_batched_targets_attack_every_image_target_pair_in_one_run(monkeypatch):
+    """APGDSpeed.batch_targets: after APGD-CE, one APGD-T run holds one row per (image still robust, target),
+    the rows of an image grouped, in chunks of whole images of at most max_rows rows."""
+    calls = []
+
+    def fake_apgd(forward, images, labels, eps, norm, iterations, loss, target, generator=None, groups=None,
+                  speed=None):
+        calls.append((loss.__name__, None if target is None else target.tolist(), images[:, 0, 0, 0].tolist(),
+                      None if groups is None else groups.tolist()))
+        rows = images[:, 0, 0, 0].round().long()
+        fooled = (rows == 0) if target is None else (rows == 1) & (target == 2)  # CE breaks 0, target 2 breaks 1
+        return images, fooled
+
+    monkeypatch.setattr(apgd_module, "apgd", fake_apgd)
+    logits = torch.tensor([[9.0, 1, 5, 7], [9.0, 8, 7, 1], [9.0, 2, 3, 4]])
+    model = lambda x: logits[x[:, 0, 0, 0].round().long()]  # noqa: E731 image i carries its index
+    images = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 3, 2, 2).contiguous()
+    robust = apgd_robust(model, images, torch.zeros(3, dtype=torch.long), 1 / 255, targets=9,
+                         speed=APGDSpeed(batch_targets=True, max_rows=3))
+    assert robust.tolist() == [False, False, True]
+    assert [c[0] for c in calls] == ["ce_loss", "targeted_dlr_loss", "targeted_dlr_loss"]
+    assert calls[1][1:] == ([1, 2, 3], [1.0, 1.0, 1.0], [0, 0, 0])  # image 1 against its classes ranked 2nd-4th
+    assert calls[2][1:] == ([3, 2, 1], [2.0, 2.0, 2.0], [0, 0, 0])
+
+
+def test_a_group_stops_once_one_of_its_rows_is_fooled():
+    """Rows of one group share the verdict's fate: once one row is fooled the others leave the batch, so a
+    forward counts fewer rows than without groups; the fooled row keeps its misclassified iterate."""
+    model, x, labels = _linear_two_class(scale=0.2)
+    seen = []
+
+    def forward(images):
+        seen.append(len(images))
+        return model(images)
+
+    x, labels = x[:40], labels[:40]
+    _, alone = apgd_module.apgd(forward, x, labels, 8 / 255, iterations=20, generator=torch.Generator().manual_seed(0))
+    alone_rows = sum(seen)
+    assert 0 < int(alone.sum()) < 40
+    seen.clear()
+    groups = torch.arange(40) // 2
+    adv, fooled = apgd_module.apgd(forward, x, labels, 8 / 255, iterations=20, groups=groups,
+                                   generator=torch.Generator().manual_seed(0))
+    assert sum(seen) < alone_rows
+    with torch.no_grad():
+        assert torch.equal(model(adv[fooled]).argmax(1) != labels[fooled], torch.ones(int(fooled.sum()), dtype=torch.bool))
+    assert (adv - x).abs().max() <= 8 / 255 + 1e-6
+
+
+def test_shrinking_the_batch_leaves_the_verdicts_unchanged():
+    """APGDSpeed.shrink only stops computing fooled rows: with the same random start, the same rows are fooled."""
+    model, x, labels = _linear_two_class(scale=0.2)
+    verdicts = [apgd_module.apgd(model, x, labels, 4 / 255, iterations=15, generator=torch.Generator().manual_seed(3),
+                                 speed=APGDSpeed(shrink=shrink))[1] for shrink in (True, False)]
+    assert 0 < int(verdicts[0].sum()) < len(x)
+    assert torch.equal(verdicts[0], verdicts[1])
 
 
 def _tiny_zero_shot(seed: int):
@@ -161,3 +219,64 @@ def test_card_names_the_attack_of_the_robust_accuracy():
     assert result.metric_name == "Robust zero-shot top-1 accuracy (APGD-CE+APGD-T, L-inf), eps 4/255"
     report["metrics"]["robust_attack"] = {"norm": "linf", "steps": 10, "eps": ["4/255"]}  # an older PGD report
     assert report_rows(report)[0][0].name == "Robust zero-shot top-1 accuracy (PGD-10, L-inf)"
+
+
+BF16_UNIT_ROUNDOFF = 2.0 ** -9  # bf16 keeps 8 significant bits: round-to-nearest is within 2^-9 relative
+
+
+@pytest.mark.parametrize("eps", [2 / 255, 8 / 255])
+def test_bf16_autocast_verdicts_match_the_exact_ones_outside_bf16_rounding(eps):
+    """APGDSpeed(autocast=bf16) on a 2-class linear head: its inputs and weights are rounded to bf16 (relative
+    error <= u = 2^-9 each) and the products summed in fp32, so a logit difference is off by at most
+    (2u + u^2) * sum_i |w_i x_i| + u * (|b_0| + |b_1|) (+ fp32 summation, far smaller): every image whose exact worst-case margin
+    is larger than that bound gets the exact verdict. The bound comes from bf16's format, not a CPU's rounding."""
+    model, x, labels = _linear_two_class(scale=15 * eps)
+    margin = _exact_linf_robust(model, x, labels, eps)
+    w = model[1].weight.detach()
+    worst = (x.flatten(1) + eps).clamp(0, 1)  # |x_i| of any point in the ball (x >= 0)
+    u, bias = BF16_UNIT_ROUNDOFF, model[1].bias.detach().abs().sum()  # the bias is rounded to bf16 too
+    bound = 1.01 * ((2 * u + u ** 2) * (worst @ w.abs().T).sum(1) + u * bias)
+    clear = margin.abs() > bound
+    assert clear.float().mean() > 0.5  # the bound leaves most images decidable: the test is not vacuous
+    exact = margin > 0
+    assert 0.1 < exact[clear].float().mean() < 0.9
+    robust = apgd_robust(model, x, labels, eps, iterations=10, targets=1, speed=APGDSpeed(autocast=torch.bfloat16))
+    assert torch.equal(robust[clear], exact[clear])
+
+
+def test_bf16_autocast_runs_the_forward_in_bf16_and_keeps_the_zero_shot_head_fp32():
+    """Under the attack's autocast the encoder's matmuls run in bf16, the zero-shot head stays fp32 (bf16 logits
+    at logit scale 100 would be 0.5 apart: near-ties would flip), and a fooled image is really misclassified."""
+    clf, x, y = _tiny_zero_shot(0)
+    seen = []
+    clf.encoder[1].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    with apgd_module.autocast_context(x.device, torch.bfloat16):
+        logits = clf(x)
+    assert seen == [torch.bfloat16] and logits.dtype == torch.float32
+    adv, fooled = apgd_module.apgd(clf, x, y, 8 / 255, iterations=10, speed=APGDSpeed(autocast=torch.bfloat16),
+                                   generator=torch.Generator().manual_seed(0))
+    assert fooled.any()
+    with torch.no_grad(), apgd_module.autocast_context(x.device, torch.bfloat16):
+        assert (clf(adv[fooled]).argmax(1) != y[fooled]).all()
+
+
+def test_mixed_precision_names_map_to_autocast_and_fp16_on_cpu_is_refused():
+    assert APGDSpeed.from_mixed_precision("bf16", torch.device("cpu")).autocast == torch.bfloat16
+    assert APGDSpeed.from_mixed_precision(None, torch.device("cpu")).autocast is None
+    with pytest.raises(apgd_module.AttackError, match="fp16 is not supported on CPU"):
+        APGDSpeed.from_mixed_precision("fp16", torch.device("cpu"))
+    with pytest.raises(apgd_module.AttackError, match="unknown mixed precision 'fp8'"):
+        APGDSpeed.from_mixed_precision("fp8", torch.device("cpu"))
+    with pytest.raises(apgd_module.AttackError, match="max_rows"):
+        APGDSpeed(max_rows=0)
+
+
+def test_robust_accuracy_in_bf16_stays_within_a_few_images_of_fp32():
+    """The same evaluation under bf16 autocast: the robust accuracy may differ only on images whose margin is
+    within bf16's rounding, a few of 64 on this small zero-shot model, never the bulk."""
+    clf, x, y = _tiny_zero_shot(2)
+    fp32 = robust_accuracy(clf, x, y, eps=(4,), steps=10, targets=2, progress=False)
+    bf16 = robust_accuracy(clf, x, y, eps=(4,), steps=10, targets=2, progress=False,
+                           speed=APGDSpeed(autocast=torch.bfloat16))
+    assert 0.05 < fp32["4/255"] < 0.95
+    assert abs(fp32["4/255"] - bf16["4/255"]) <= 4 / 64

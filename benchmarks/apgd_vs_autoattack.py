@@ -1,0 +1,175 @@
+"""The package's APGD-CE + APGD-T against the reference AutoAttack (pyautoattack), timed interleaved in one run.
+
+    python benchmarks/apgd_vs_autoattack.py --threads 2 --json apgd_vs_aa.json
+    python benchmarks/apgd_vs_autoattack.py --cases random --eps 4 --iterations 20 --rounds 2   # a quick look
+
+Same model, images, labels, eps, iterations (100), restarts (1) and targets (9) for both. Two cases:
+
+- ``world``: the shipped world CLIP (``builtin:world-clip``) on 64 held-out world images with their true
+  labels, zero-shot over the world's 16 class captions;
+- ``random``: a small random-weight CLIP ViT whose labels are its own clean predictions, so every image is
+  attacked (and most are broken early: the case where stopping on a fooled image pays most).
+
+Variants: ``reference`` (pyautoattack ``AutoAttack(attacks=["apgd-ce", "apgd-t"])``), ``package`` (every
+lever of :class:`aft_hf.evaluate.apgd.APGDSpeed` at its default) and, with ``--levers``, the package with
+one lever switched (``no-shrink``, ``batch-targets``, ``recompute-clean``, ``bf16``). Every round runs
+each variant once (A, B, C, ..., then again), so load changes on a shared machine hit all variants alike;
+medians over rounds, ratios against the reference and against ``package``, robust counts and the share of
+images on which each variant's verdict equals the reference's are printed (and written with ``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from aft_step import write_report  # noqa: E402
+
+from aft_hf.evaluate import ZeroShotClassifier  # noqa: E402
+from aft_hf.evaluate.apgd import APGDSpeed, apgd_robust  # noqa: E402
+
+
+def world_case(n: int) -> tuple[ZeroShotClassifier, torch.Tensor, torch.Tensor]:
+    """The world CLIP, ``n`` held-out images (the world's evaluation seed) and their true labels."""
+    from aft_hf.model import load_image_encoder
+    from aft_hf.world.dataset import generate_arrays
+    from aft_hf.world.storage import load_world_clip
+    from aft_hf.world.zeroshot import class_text_embeddings
+
+    clip, tokenizer, cfg = load_world_clip()
+    with torch.no_grad():
+        text = class_text_embeddings(clip, tokenizer, cfg.world.captions)
+    encoder = load_image_encoder("builtin:world-clip").eval()
+    clf = ZeroShotClassifier(encoder, text, clip.logit_scale.exp().item()).eval()
+    data = generate_arrays(n, cfg.eval_seed, cfg.world)
+    images = (torch.from_numpy(data["images"]).permute(0, 3, 1, 2).float() / 255).contiguous()
+    return clf, images, torch.from_numpy(data["labels"]).long()
+
+
+def random_case(n: int) -> tuple[ZeroShotClassifier, torch.Tensor, torch.Tensor]:
+    """A random-weight CLIP ViT (64 px, patch 8, width 128, 4 layers), 10 random classes; labels = its predictions."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from aft_hf.model import ImageEncoder
+
+    torch.manual_seed(0)
+    cfg = CLIPVisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                           patch_size=8, image_size=64, projection_dim=64, hidden_act="quick_gelu")
+    clf = ZeroShotClassifier(ImageEncoder(CLIPVisionModelWithProjection(cfg)).eval(), torch.randn(10, 64)).eval()
+    images = torch.rand(n, 3, 64, 64)
+    with torch.no_grad():
+        labels = clf(images).argmax(1)
+    return clf, images, labels
+
+
+CASES: dict[str, Callable[[int], tuple]] = {"world": world_case, "random": random_case}
+LEVERS = {"no-shrink": dict(speed=APGDSpeed(shrink=False)),
+          "batch-targets": dict(speed=APGDSpeed(batch_targets=True)),
+          "recompute-clean": dict(reuse_clean=False),
+          "bf16": dict(speed=APGDSpeed(autocast=torch.bfloat16))}
+"""One lever switched against the package's default (``batch-targets`` and ``bf16`` switch on what is off by default)."""
+
+
+def package_run(clf, images, labels, eps, iterations, targets, seed, speed=APGDSpeed(), reuse_clean=True):
+    """The package's robust verdicts, as ``robust_accuracy`` runs it (its clean logits handed over)."""
+    clean = None
+    if reuse_clean:
+        with torch.no_grad():
+            clean = clf(images)
+    return apgd_robust(clf, images, labels, eps / 255, "linf", iterations, 1, targets, seed, clean_logits=clean,
+                       speed=speed)
+
+
+def reference_run(clf, images, labels, eps, iterations, targets, seed):
+    """pyautoattack's APGD-CE + APGD-T (1 restart, ``targets`` classes, ``iterations`` each) -> robust verdicts."""
+    import pyautoattack
+
+    logging.getLogger("auto-attack").setLevel(logging.WARNING)
+    aa = pyautoattack.AutoAttack(clf, attacks=["apgd-ce", "apgd-t"], version="custom", eps=eps / 255, norm="Linf",
+                                 seed=seed)
+    aa.verbose = False
+    aa.apgd.n_restarts, aa.apgd_targeted.n_target_classes = 1, targets
+    for attack in (aa.apgd, aa.apgd_targeted):  # its checkpoint schedule follows n_iter as in the paper
+        attack.n_iter = iterations
+        attack.n_iter_2 = max(int(0.22 * iterations), 1)
+        attack.n_iter_min, attack.size_decr = max(int(0.06 * iterations), 1), max(int(0.03 * iterations), 1)
+    x_adv, _ = aa.run_standard_evaluation(images, labels, batch_size=len(images))
+    with torch.no_grad():
+        return clf(x_adv).argmax(1) == labels
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cases", default="world,random", help="comma list of: " + ", ".join(CASES))
+    p.add_argument("--eps", default="2,4", help="comma list of L-inf budgets in 1/255")
+    p.add_argument("--images", type=int, default=64)
+    p.add_argument("--iterations", type=int, default=100)
+    p.add_argument("--targets", type=int, default=9)
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (each variant once per round)")
+    p.add_argument("--levers", default="", help="comma list of " + ", ".join(LEVERS) + " (or 'all')")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    levers = list(LEVERS) if args.levers == "all" else [x for x in args.levers.split(",") if x]
+    variants: dict[str, Callable] = {"reference": reference_run, "package": package_run}
+    for lever in levers:
+        variants[lever] = lambda *a, _kw=LEVERS[lever]: package_run(*a, **_kw)
+    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
+              "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "load_before": os.getloadavg(), "args": vars(args) | {"json": None},
+              "results": []}
+    for case in args.cases.split(","):
+        clf, images, labels = CASES[case](args.images)
+        with torch.no_grad():
+            clean_correct = int((clf(images).argmax(1) == labels).sum())
+        for eps in (float(e) for e in args.eps.split(",")):
+            times = {v: [] for v in variants}
+            verdicts = {}
+            for r in range(args.rounds):
+                for name, run in variants.items():
+                    t0 = time.perf_counter()
+                    verdicts[name] = run(clf, images, labels, eps, args.iterations, args.targets, args.seed + r)
+                    times[name].append(time.perf_counter() - t0)
+                    print(f"  [{case} eps {eps:g} round {r + 1}] {name}: {times[name][-1]:.2f} s, robust "
+                          f"{int(verdicts[name].sum())}", flush=True)
+            med = {v: statistics.median(t) for v, t in times.items()}
+            row = {"case": case, "eps": eps, "images": len(images), "clean_correct": clean_correct, "times_s": times,
+                   "median_s": med, "robust": {v: int(verdicts[v].sum()) for v in variants},
+                   "agreement_with_reference": {v: float((verdicts[v] == verdicts["reference"]).float().mean())
+                                                for v in variants},
+                   "speedup_vs_reference": {v: med["reference"] / med[v] for v in variants},
+                   "ratio_vs_package": {v: med[v] / med["package"] for v in variants}}
+            report["results"].append(row)
+            print(f"\n{case}, eps {eps:g}/255, {len(images)} images ({clean_correct} correct clean), "
+                  f"{args.iterations} iterations, {args.targets} targets, {args.rounds} interleaved round(s):")
+            for v in variants:
+                print(f"  {v:>17}: {med[v]:7.2f} s  robust {row['robust'][v]:3d}  "
+                      f"same verdict as reference {100 * row['agreement_with_reference'][v]:5.1f}%  "
+                      f"reference/this {row['speedup_vs_reference'][v]:5.2f}x  this/package {row['ratio_vs_package'][v]:5.2f}")
+    report["load_after"] = os.getloadavg()
+    print(f"\nload average before {report['load_before'][0]:.1f}, after {report['load_after'][0]:.1f}; "
+          f"{report['threads']} thread(s)")
+    write_report(args.json, report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""bf16 autocast against fp32 on this CPU: the ViT forward + backward that the AFT step and APGD repeat.
+
+    python benchmarks/bf16_cpu.py --model b32 --batch-size 8 --rounds 3 --threads 2
+    ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/bf16_cpu.py ...
+
+One unit of work = a forward of a random-weight CLIP ViT (``aft_step.py`` geometries, matmul patch embedding
+as the trainer uses it) and a backward to the pixels and the weights, exactly what ``accelerator.autocast()``
+(``--mixed_precision bf16``) wraps in ``aft_hf.train.aft_step``. fp32 and bf16 alternate (A, B, A, B) after a
+warm-up of each; the median ratio fp32 / bf16 is the speed-up. The CPU's bf16 units are read from
+``/proc/cpuinfo`` (``avx512_bf16``, ``amx_bf16``) and torch's kernel level from
+``torch.backends.cpu.get_cpu_capability()``; the environment variables above make torch, MKL and oneDNN use
+AVX2 only, i.e. what a CPU without AVX-512 bf16 / AMX does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from aft_step import GEOMETRIES, build_encoder, make_batch, write_report  # noqa: E402
+
+from aft_hf.perf import use_matmul_patch_embedding  # noqa: E402
+
+ISA_ENV = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+
+
+def cpu_bf16_units() -> list[str]:
+    """The bf16-relevant flags of this CPU (Linux ``/proc/cpuinfo``)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in flags.split() if f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx2"))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="b32", choices=sorted(GEOMETRIES))
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    encoder = build_encoder(args.model, "sdpa").train()
+    use_matmul_patch_embedding(encoder.vision)
+    images = make_batch(args.batch_size, encoder.image_size, torch.device("cpu"))
+
+    def work(dtype):
+        x = images.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            loss = encoder(x).float().pow(2).sum()
+        loss.backward()
+        encoder.zero_grad(set_to_none=True)
+
+    variants = ("fp32", "bf16")
+    for v in variants:
+        work(v)
+    times = {v: [] for v in variants}
+    for _ in range(args.rounds):
+        for v in variants:
+            t0 = time.perf_counter()
+            work(v)
+            times[v].append(time.perf_counter() - t0)
+    med = {v: statistics.median(t) for v, t in times.items()}
+    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
+              "cpu_flags": cpu_bf16_units(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+              "isa_env": {k: os.environ.get(k) for k in ISA_ENV}, "threads": torch.get_num_threads(),
+              "load": os.getloadavg(), "args": vars(args) | {"json": None}, "seconds": times, "median_s": med,
+              "fp32_over_bf16": med["fp32"] / med["bf16"]}
+    print(json.dumps({k: report[k] for k in ("cpu_flags", "torch_cpu_capability", "isa_env", "threads")}))
+    print(f"{args.model} batch {args.batch_size} forward+backward: fp32 {med['fp32']:.3f} s, bf16 {med['bf16']:.3f} s "
+          f"-> bf16 is {report['fp32_over_bf16']:.2f}x fp32's speed ({args.rounds} alternating rounds)")
+    write_report(args.json, report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
