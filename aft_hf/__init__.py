@@ -3,10 +3,9 @@
 Data flow: ``data`` -> ``model`` -> ``attack`` -> ``train`` -> (``explain`` -> ``evaluate``) -> ``hub``.
 """
 
-from .constants import VERSION as __version__
-
 from .attack import AttackError, PGDAttacker, UniformNoise, attack_mode, embedding_distance
 from .config import ConfigError, TrainConfig, load_config
+from .constants import VERSION as __version__
 from .errors import AftError, InputError
 from .model import ImageEncoder, export_pretrained, load_image_encoder, save_tiny_clip
 from .threat_models import ThreatModel, register_threat_model

@@ -28,7 +28,13 @@ from torch.func import functional_call
 from .config import AttackConfig
 from .objectives import embedding_distance  # noqa: F401  (the AFT loss, re-exported)
 from .threat_models import (
-    DEFAULT_NORM, AttackError, ThreatModel, check_number, get_threat_model, patch_blocks, still_start_problem,
+    DEFAULT_NORM,
+    AttackError,
+    ThreatModel,
+    check_number,
+    get_threat_model,
+    patch_blocks,
+    still_start_problem,
 )
 
 

@@ -21,10 +21,10 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .constants import CONFIG_FILE, IMPORT_FILE  # noqa: F401  (provenance of a converted checkpoint; card.IMPORT_FILE stays)
 from .constants import VERSION as __version__
 from .errors import AftError
-from .threat_models import THREAT_MODELS
-from .published import LOCAL_PREFIX
 from .objectives import OBJECTIVES, EmbeddingObjective
+from .published import LOCAL_PREFIX
 from .results import Scalar, report_results
+from .threat_models import THREAT_MODELS
 
 logger = logging.getLogger(__name__)
 
@@ -374,7 +374,8 @@ def _results_section(report: dict) -> Optional[str]:
             setup.append(f"{label} `{display_ref(value) if key in ('dataset', 'text_model') else value}`")
     setup += [t for t in (r.setup_text() for r in report_results(report).values()) if t]
     lines = ["## Evaluation", "",
-             f"Measured with `{report.get('measured_with', 'aft-hf evaluate')}` (report: `{REPORT_FILE}`)" + (": " + ", ".join(setup) if setup else "") + ".",
+             f"Measured with `{report.get('measured_with', 'aft-hf evaluate')}` (report: `{REPORT_FILE}`)"
+             + (": " + ", ".join(setup) if setup else "") + ".",
              "", "| metric | setting | value | better |", "|---|---|---|---|"]
     lines += [f"| {s.quantity} | {_fmt(setting) if setting else ''} | {_fmt(value)} | {s.better or ''} |"
               for s, setting, value in rows if not s.baseline]

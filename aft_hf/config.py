@@ -510,7 +510,7 @@ def parse_overrides(args: list[str]) -> tuple[dict, list[str]]:
             continue
         tp = _leaf_type(path)
         if tp in (str, Optional[str]):  # strings stay as typed: '--model.name_or_path 123' is a path
-            value = None if tp != str and raw.lower() in ("null", "none", "~") else raw
+            value = None if tp is not str and raw.lower() in ("null", "none", "~") else raw
         else:
             try:
                 value = yaml.safe_load(raw)

@@ -4,10 +4,10 @@
 location; keeping them here means none of them has to import the others.
 """
 
+from pathlib import Path
+
 VERSION = "0.1.0"
 """The package version (``aft_hf.__version__``; setup.cfg reads it from here)."""
-
-from pathlib import Path
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 """CLIP's per-channel pixel mean (OpenAI), the default when a checkpoint has no image processor."""

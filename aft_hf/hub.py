@@ -25,9 +25,8 @@ from huggingface_hub import HfApi, get_token
 
 from .errors import AftError
 from .files import WEIGHTS_HASH_KEY, folder_weights_sha256
-from .published import publishable, rewrite_for_upload
 from .outputs import MARKER, OutputError, check_output_dir, discard, replace_dir, staging_dir, write_marker
-
+from .published import publishable, rewrite_for_upload
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +40,6 @@ class HubError(AftError, RuntimeError):
 
 
 from .card import REPORT_FILE, CardError, build_model_card, check_license  # noqa: E402  (the card lives in aft_hf.card)
-
 
 # --------------------------------------------------------------------------- the Hub folder
 

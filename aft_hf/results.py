@@ -191,7 +191,8 @@ def _robust(data: dict) -> MetricResult:
     if attack:
         extra = f", {attack.get('restarts', 1)} restart(s), {attack['targets']} target classes" if "targets" in attack \
             else ""
-        notes.append(f"Attack: {attack.get('name', 'PGD, L-inf')}, {attack.get('steps', attack.get('iterations'))} iterations{extra}; an "
+        iterations = attack.get("steps", attack.get("iterations"))
+        notes.append(f"Attack: {attack.get('name', 'PGD, L-inf')}, {iterations} iterations{extra}; an "
                      "image counts as robust only when correct clean and every attack fails, at this and every "
                      "smaller budget.")
     return MetricResult("", "", scalars, metadata=dict(attack), notes=notes,

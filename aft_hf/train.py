@@ -25,15 +25,23 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .attack import PGDAttacker, UniformNoise, embedding_distance  # noqa: F401 (re-exported)
-from .checkpointing import (EVAL_HISTORY_FILE, HISTORY_FILE, PROGRESS_FILE, CheckpointError, Progress,  # noqa: F401
-                            list_checkpoints, resolve_checkpoint, save_checkpoint)
-from .constants import CONFIG_FILE
+from .checkpointing import (  # noqa: F401
+    EVAL_HISTORY_FILE,
+    HISTORY_FILE,
+    PROGRESS_FILE,
+    CheckpointError,
+    Progress,
+    list_checkpoints,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from .config import ConfigError, TrainConfig
+from .constants import CONFIG_FILE
 from .data import build_dataloader, epoch_position, image_geometry, resume_position, stream_positions, watch_stalls
+from .files import write_json
 from .guards import NonFiniteGuard, StopOnSignal, TrainingStopped, preflight, require_finite_weights
 from .hub_sync import HubSync
 from .launch import apply_launch, check_training_environment, run_info
-from .files import write_json
 from .lora import apply_lora, save_adapter, trainable_parameters
 from .model import ImageEncoder, ModelLoadError, export_pretrained, load_image_encoder, load_model_config
 from .objective_setup import build_objective

@@ -24,8 +24,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from aft_step import (ABLATIONS, GEOMETRIES, AftRunner, StepOptions, count_flops, make_batch,  # noqa: E402
-                      matmul_peak, write_report)
+from aft_step import ABLATIONS, GEOMETRIES, AftRunner, StepOptions, count_flops, make_batch, matmul_peak, write_report  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -482,7 +482,8 @@ def format_report(report: dict) -> str:
         f"dense matmul peak ({report['matmul_peak']['dtype']}): {peak / 1e9:.1f} GFLOP/s "
         f"(before {report['matmul_peak_before'] / 1e9:.1f}, after {report['matmul_peak_after'] / 1e9:.1f})",
         "",
-        "| variant | images/s | step s | target s | attack s | update s | GFLOP/step | % of peak | vs reference | peak mem | mem / fwd+bwd |",
+        "| variant | images/s | step s | target s | attack s | update s | GFLOP/step | % of peak | vs reference | peak mem "
+        "| mem / fwd+bwd |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     ref = report.get("reference")
@@ -591,7 +592,8 @@ def run(args: argparse.Namespace) -> dict:
         "model": args.model, "geometry": GEOMETRIES[args.model], "batch_size": args.batch_size, "steps": args.steps,
         "precision": args.precision, "device": str(device), "threads": torch.get_num_threads(),
         "repeats": args.repeats, "warmup": args.warmup, "torch": torch.__version__,
-        "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} "
+        "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else
+        f"{platform.processor() or platform.machine()} "
                    f"({os.cpu_count()} cpus)",
         "memory_unit": memory.unit, "load_before": _load(), "variants": [],
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),

@@ -21,7 +21,6 @@ images on which each variant's verdict equals the reference's are printed (and w
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import logging
 import os

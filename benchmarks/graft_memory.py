@@ -37,8 +37,13 @@ print(json.dumps({"seconds": round(time.perf_counter() - start, 2), "grafted": r
 
 def build(folder: Path, text_layers: int) -> tuple[Path, Path]:
     import torch
-    from transformers import (CLIPVisionConfig, CLIPVisionModelWithProjection, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration)
+    from transformers import (
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
 
     llava, aft = folder / f"llava_text{text_layers}", folder / "aft_vit_l14_336"
     vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,

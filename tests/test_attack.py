@@ -55,7 +55,8 @@ def test_group_respects_per_patch_budget_on_non_224_grid(tiny_encoder):
     # 36 px with patch 8: a 5x5 grid whose last row/column are partial patches
     images = torch.rand(2, 3, 36, 36)
     attacker = PGDAttacker(norm="group", eps=0.05, steps=4, alpha=0.02, patch_size=8)
-    forward = lambda x: tiny_encoder(nn.functional.interpolate(x, size=32))
+    def forward(x):
+        return tiny_encoder(nn.functional.interpolate(x, size=32))
     with torch.no_grad():
         targets = forward(images)
     adv = attacker(forward, images, lambda e: embedding_distance(e, targets))
@@ -84,7 +85,8 @@ def test_huber_penalty_makes_perturbation_sparser(tiny_encoder, batch):
     eps = 8 / 255
     _, linf = _attack(tiny_encoder, batch, norm="linf", eps=eps, steps=10, noise_std=0)
     _, huber = _attack(tiny_encoder, batch, norm="huber", eps=eps, eps2=500 / 255, steps=10, noise_std=0)
-    small = lambda d: ((d.abs() < eps / 2).float().mean())
+    def small(d):
+        return ((d.abs() < eps / 2).float().mean())
     assert small(huber - batch) > small(linf - batch)
 
 

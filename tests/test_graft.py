@@ -6,8 +6,15 @@ import json
 
 import pytest
 import torch
-from transformers import (CLIPImageProcessorPil, CLIPModel, CLIPVisionConfig, LlavaConfig,
-                          LlavaForConditionalGeneration, LlavaNextConfig, LlavaNextForConditionalGeneration)
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPVisionConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+)
 
 from aft_hf.cli import main
 from aft_hf.graft import ANCHOR, GraftError, _header, graft

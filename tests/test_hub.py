@@ -109,7 +109,8 @@ def test_card_metadata_round_trips(dry_run):
 def test_card_text(dry_run):
     text = (dry_run / "README.md").read_text()
     for needed in ("## Method", "## Training recipe", "| `attack.norm` | huber |", "| `optim.lr` | 1e-05 |",
-                   "## Evaluation", "| Robust zero-shot top-1 accuracy (PGD-10, L-inf) | 2/255 | 0.213 | higher |", "images `500`",
+                   "## Evaluation", "| Robust zero-shot top-1 accuracy (PGD-10, L-inf) | 2/255 | 0.213 | higher |",
+                   "images `500`",
                    "robust accuracy under norm `linf`, steps `10`", "| ROAR accuracy (evaluator retrained) | "
                    "simple_gradient @ 0.5 | 0.3 | lower |", "zeroshot: Radford et al. 2021",
                    "![Saliency maps](assets/saliency.png)", "![Examples (aft-hf evaluate)](assets/examples.png)",

@@ -96,7 +96,8 @@ def test_load_errors(tmp_path):
         load_image_encoder(str(tmp_path / "empty"))
     from transformers import BertConfig, BertModel
 
-    BertModel(BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)).save_pretrained(tmp_path / "bert")
+    bert = BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
+    BertModel(bert).save_pretrained(tmp_path / "bert")
     with pytest.raises(ModelLoadError, match="'bert' model; aft_hf fine-tunes CLIP"):
         load_image_encoder(str(tmp_path / "bert"))
 
@@ -157,7 +158,8 @@ def test_patch_tokens_embedding_is_the_mean_per_patch_distance(bare_vision_path,
         enc = load_image_encoder(str(path), embedding="patch_tokens")
         pixel_values = (batch - enc.mean) / enc.std
         with torch.no_grad():
-            tokens = F.normalize(enc.vision(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:], dim=-1)
+            hidden = enc.vision(pixel_values=pixel_values, output_hidden_states=True).hidden_states
+            tokens = F.normalize(hidden[-2][:, 1:], dim=-1)
             emb, other = enc(batch), enc(batch.flip(-1))
             tokens_other = F.normalize(enc.vision(pixel_values=pixel_values.flip(-1), output_hidden_states=True)
                                        .hidden_states[-2][:, 1:], dim=-1)

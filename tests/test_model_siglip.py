@@ -8,8 +8,15 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import (LlavaConfig, LlavaForConditionalGeneration, LlavaOnevisionConfig,
-                          LlavaOnevisionForConditionalGeneration, SiglipModel, SiglipVisionConfig, SiglipVisionModel)
+from transformers import (
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    SiglipModel,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 
 from aft_hf.cli import main
 from aft_hf.config import load_config

@@ -16,6 +16,7 @@ from aft_hf.data import build_dataloader
 from aft_hf.data.errors import DataError
 from aft_hf.explain.targets import TextTower, load_text_tower
 from aft_hf.model import load_image_encoder
+from aft_hf.objective_setup import training_class_names
 from aft_hf.objectives import (
     EmbeddingObjective,
     ObjectiveError,
@@ -23,7 +24,6 @@ from aft_hf.objectives import (
     available_objectives,
     get_objective,
 )
-from aft_hf.objective_setup import training_class_names
 from aft_hf.train import aft_step, list_checkpoints, train
 from tests.image_helpers import write_png_folder
 

@@ -147,7 +147,8 @@ def test_noise_control_in_mode_noise_needs_no_attack_settings():
 
 def test_apgd_refuses_by_property_not_by_name(toy):
     images, labels = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 0])
-    forward = lambda x: x.flatten(1)[:, :3] + torch.tensor([10.0, 0.0, 0.0])  # class 0 by a margin eps cannot cross
+    def forward(x):
+        return x.flatten(1)[:, :3] + torch.tensor([10.0, 0.0, 0.0])  # class 0 by a margin eps cannot cross
     with pytest.raises(AttackError, match="APGD cannot attack norm 'toy' .*linf, l2"):
         apgd(forward, images, labels, 4 / 255, "toy", iterations=2)
     with pytest.raises(AttackError, match="APGD cannot attack norm 'huber'"):
@@ -191,10 +192,12 @@ def test_penalty_gradient_flows_through_the_registered_class(toy):
     """R is differentiated: a huge L1 weight keeps the toy attack's delta at 0 where linf moves it."""
     torch.manual_seed(0)
     weight = torch.randn(3 * 8 * 8, 4)
-    forward = lambda x: x.flatten(1) @ weight
+    def forward(x):
+        return x.flatten(1) @ weight
     images = torch.rand(2, 3, 8, 8) * 0.5 + 0.25
     targets = forward(images)
-    loss = lambda e: embedding_distance(e, targets)
+    def loss(e):
+        return embedding_distance(e, targets)
     kw = dict(eps=8 / 255, steps=5, alpha=1 / 255, noise_std=1 / 255, random_start=False)
     free = PGDAttacker(norm="toy", eps2=1e-9, **kw)(forward, images, loss, torch.Generator().manual_seed(0))
     heavy = PGDAttacker(norm="toy", eps2=1e6, **kw)(forward, images, loss, torch.Generator().manual_seed(0))

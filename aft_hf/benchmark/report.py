@@ -27,11 +27,11 @@ import datetime
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..files import WEIGHTS_HASH_KEY
 from ..constants import VERSION as __version__
 from ..evaluate.apgd import attack_description
 from ..evaluate.report import SCHEMA_VERSION as EVALUATE_SCHEMA_VERSION
 from ..evaluate.runner import slug
+from ..files import WEIGHTS_HASH_KEY
 from .protocol import Protocol, budget_key
 
 SCHEMA = "aft_hf.benchmark"

@@ -16,12 +16,22 @@ from typing import Optional, Sequence
 from ..evaluate.runner import slug
 from ..evaluate.sharding import Shard, make_accelerator
 from ..evaluate.zeroshot import ZeroShotClassifier
+from ..files import WEIGHTS_HASH_KEY, tower_weights_sha256, write_json
 from .errors import BenchmarkError
 from .protocol import PrecisionForward, Protocol
 from .report import build_report, dataset_entry, write_reports
-from ..files import WEIGHTS_HASH_KEY, tower_weights_sha256, write_json
-from .runner import (LOGIT_SCALE, STATE_DIR, BatchWork, DatasetPlan, DatasetRequest, read_json,
-                     check_settings, cost_lines, plan_dataset, summarise)
+from .runner import (
+    LOGIT_SCALE,
+    STATE_DIR,
+    BatchWork,
+    DatasetPlan,
+    DatasetRequest,
+    check_settings,
+    cost_lines,
+    plan_dataset,
+    read_json,
+    summarise,
+)
 from .wds import open_wds
 
 logger = logging.getLogger(__name__)

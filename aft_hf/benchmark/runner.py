@@ -21,9 +21,9 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..files import write_json
 from ..evaluate.errors import EvaluationError
 from ..evaluate.sharding import batch_bounds, batch_seed, in_batch_order, num_batches
+from ..files import write_json
 from .errors import BenchmarkError
 from .protocol import Protocol, budget_key, robust_verdicts
 from .suites import PROTOCOL_ROBUST_IMAGES, SuiteDataset, known_dataset

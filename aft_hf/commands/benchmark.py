@@ -7,11 +7,11 @@ models over a named suite or the user's webdataset copies.
 
 from __future__ import annotations
 
-from . import DefaultsHelpFormatter
 from ..benchmark.errors import BenchmarkError
 from ..benchmark.protocol import Protocol
 from ..benchmark.runner import DatasetRequest
 from ..benchmark.suites import SUITES, suite_datasets
+from . import DefaultsHelpFormatter
 
 
 def add_subcommand(subparsers) -> None:

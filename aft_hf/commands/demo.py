@@ -6,8 +6,8 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..demo import DEFAULT_CONFIG, HEADLINE, DemoOptions, run_demo
-from ..demo.roar import WorldRoar
 from ..demo.plan import check_overrides
+from ..demo.roar import WorldRoar
 from ..objectives import available_objectives
 
 NOT_OPTIONS = ("command", "func", "accepts_overrides")

@@ -16,24 +16,36 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import (DefaultsHelpFormatter, add_data_quality_arguments, add_device_and_out_arguments, add_model_arguments,
-               check_data_quality_arguments)
-from ..files import WEIGHTS_HASH_KEY, tower_weights_sha256
-from ..explain import available_methods, resolve_method
-from ..explain.loading import load_models_and_texts, pick_device
-from ..explain.options import OptionProblems
 from ..data.images import image_geometry
+from ..evaluate.apgd import AUTOCAST_DTYPES
 from ..evaluate.boxes import BOX_FORMATS, BOX_UNITS
 from ..evaluate.classnames import names_from_feature, resolve_classnames, resolve_templates
 from ..evaluate.data import load_labelled_images
 from ..evaluate.evaluators import CNNOptions
 from ..evaluate.faithfulness import DEFAULT_ROAR_FLOOR
 from ..evaluate.metrics import METRICS
-from ..evaluate.runner import (DEFAULT_METRICS, EvaluationError, check_shardable, evaluate_model, resolve_metrics, slug,
-                                write_outputs)
+from ..evaluate.runner import (
+    DEFAULT_METRICS,
+    EvaluationError,
+    check_shardable,
+    evaluate_model,
+    resolve_metrics,
+    slug,
+    write_outputs,
+)
 from ..evaluate.sharding import Shard, launched_processes, make_accelerator
-from ..evaluate.apgd import AUTOCAST_DTYPES
 from ..evaluate.zeroshot import ATTACKS, DEFAULT_ITERATIONS
+from ..explain import available_methods, resolve_method
+from ..explain.loading import load_models_and_texts, pick_device
+from ..explain.options import OptionProblems
+from ..files import WEIGHTS_HASH_KEY, tower_weights_sha256
+from . import (
+    DefaultsHelpFormatter,
+    add_data_quality_arguments,
+    add_device_and_out_arguments,
+    add_model_arguments,
+    check_data_quality_arguments,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -277,9 +289,9 @@ def _write_comparison(reports: dict, folders: dict, out: Path) -> None:
     its sub-folder). ``aft-hf push --report`` picks the pushed folder's row from it by the weights hash."""
     from urllib.parse import quote
 
-    from ..files import write_json
     from ..evaluate.runner import curve_figures
     from ..figures import metric_curves
+    from ..files import write_json
     from ..results import report_results
 
     results = {k: report_results(r) for k, r in reports.items()}

@@ -15,14 +15,20 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import (DefaultsHelpFormatter, add_data_quality_arguments, add_device_and_out_arguments, add_model_arguments,
-               check_data_quality_arguments, refuse_distributed_launch)
 from ..data.images import image_geometry, load_images, load_readable_images
 from ..explain.inputs import collect_images, image_labels, model_labels
 from ..explain.loading import load_models_and_texts, pick_device
 from ..explain.methods import Explainer, available_methods, resolve_method
 from ..explain.options import OptionProblems
 from ..explain.targets import ExplainError, check_template, image_targets
+from . import (
+    DefaultsHelpFormatter,
+    add_data_quality_arguments,
+    add_device_and_out_arguments,
+    add_model_arguments,
+    check_data_quality_arguments,
+    refuse_distributed_launch,
+)
 
 logger = logging.getLogger(__name__)
 FIGURE = "explanations.png"
@@ -131,7 +137,8 @@ def _cli_explain(args, extra) -> int:
     rows = [f"{f.name}\n{lab}" if lab else f.name for f, lab in zip(files, labels)]
     png = attribution_grid(shown, maps, out / FIGURE, row_titles=rows)
     torch.save({k: v for k, v in maps.items()}, out / "maps.pt")
-    summary = {"models": args.model, "text_model": args.text_model, "text_models": text_sources, "images": [str(f) for f in files], "labels": labels,
+    summary = {"models": args.model, "text_model": args.text_model, "text_models": text_sources,
+               "images": [str(f) for f in files], "labels": labels,
                "target": ("reference image " + args.reference_image if args.reference_image else
                           "caption " + repr(args.caption) if args.caption is not None else "prompt " + repr(args.prompt)),
                "methods": methods, "seconds_per_image": timing, "figure": png.name, "maps": "maps.pt",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..openclip.importer import ARCHS
 from ..openclip.exporter import export_open_clip
+from ..openclip.importer import ARCHS
 
 
 def add_subcommand(subparsers) -> None:

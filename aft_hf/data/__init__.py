@@ -2,10 +2,27 @@
 preprocessed without normalisation."""
 
 from .errors import DataError, UnknownDatasetError
-from .images import (ImageGeometry, ImageLimits, ImageRejected, image_geometry, load_images, load_readable_images,
-                     open_image, preprocess, resize_center_crop, to_rgb, to_tensor)
-from .loading import (EpochSampler, build_dataloader, epoch_position, load_image_dataset, resume_position,
-                      stream_positions)
+from .images import (
+                     ImageGeometry,
+                     ImageLimits,
+                     ImageRejected,
+                     image_geometry,
+                     load_images,
+                     load_readable_images,
+                     open_image,
+                     preprocess,
+                     resize_center_crop,
+                     to_rgb,
+                     to_tensor,
+)
+from .loading import (
+                     EpochSampler,
+                     build_dataloader,
+                     epoch_position,
+                     load_image_dataset,
+                     resume_position,
+                     stream_positions,
+)
 from .quality import BadSamples
 from .sources import load_source
 from .synthetic import write_shapes_imagefolder

@@ -314,7 +314,8 @@ def build_dataloader(
     crop), or a side for CLIP's resize of the shortest edge + centre crop.
 
     Map-style data comes back unsharded (``accelerator.prepare`` shards it), in the order of an
-    :class:`EpochSampler` (``loader.sampler``, which the trainer positions on resume). Streamed data is split across processes here (the dataloader
+    :class:`EpochSampler` (``loader.sampler``, which the trainer positions on resume). Streamed data is split
+    across processes here (the dataloader
     must then *not* go through ``prepare``), shuffled with a buffer, and fast-forwarded by
     ``skip_examples`` raw records on resume (exact with ``num_workers: 0``). With ``label_column`` the
     batches also hold ``labels`` (class indices, each checked to lie below ``num_classes``).

@@ -14,7 +14,15 @@ import time
 
 from ..model import load_image_encoder
 from .plan import (
-    DEFAULT_CONFIG, HEADLINE, DemoOptions, Setup, fine_tune, measure_kwargs, prepare, robust_settings, threat_label,
+    DEFAULT_CONFIG,
+    HEADLINE,
+    DemoOptions,
+    Setup,
+    fine_tune,
+    measure_kwargs,
+    prepare,
+    robust_settings,
+    threat_label,
     threat_overrides,
 )
 
@@ -73,8 +81,8 @@ def run_demo(opts: DemoOptions) -> dict:
                                               setup.out / "saliency_grid.png"),
                "metrics": metrics_figure(report, setup.out / "metrics.png")}
     if opts.roar is not None:
-        from .roar import roar_figure, roar_verdicts, world_roar
         from .report import variant_label
+        from .roar import roar_figure, roar_verdicts, world_roar
 
         logger.info("ROAR: original and the AFT variants on %d + %d fresh world images", opts.roar.train_images,
                     opts.roar.test_images)

@@ -11,8 +11,8 @@ import torch
 
 from ..config import load_config
 from ..evaluate.metrics import default_tolerance
-from ..world.dataset import WorldConfig
 from ..threat_models import DEFAULT_NORM, THREAT_MODELS, get_threat_model
+from ..world.dataset import WorldConfig
 
 if TYPE_CHECKING:
     from .roar import WorldRoar

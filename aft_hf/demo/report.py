@@ -171,7 +171,8 @@ def markdown(report: dict) -> str:
     acc = report["accuracy"]
     lines += ["", f"Zero-shot accuracy (mean ± sd over seeds); robust: {_robust_name(s)}.", "",
               "| zero-shot accuracy | original | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(variants)]
-    lines.append("| clean | " + _cell(acc["clean"]["original"]) + " | " + " | ".join(_cell(acc["clean"][v]) for v in variants) + " |")
+    lines.append("| clean | " + _cell(acc["clean"]["original"]) + " | "
+                 + " | ".join(_cell(acc["clean"][v]) for v in variants) + " |")
     for eps, row in acc["robust"].items():
         lines.append(f"| robust {eps} | " + _cell(row["original"]) + " | " + " | ".join(_cell(row[v]) for v in variants) + " |")
     if "roar" in report:

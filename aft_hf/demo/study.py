@@ -25,8 +25,8 @@ from ..config import load_config
 from ..evaluate.metrics import finite
 from ..evaluate.stats import nanmean
 from ..model import load_image_encoder
-from .plan import DEFAULT_CONFIG, DemoOptions, fine_tune, measure_kwargs, prepare, robust_settings, threat_overrides
 from .measure import aft_objective, measure, paired, spread
+from .plan import DEFAULT_CONFIG, DemoOptions, fine_tune, measure_kwargs, prepare, robust_settings, threat_overrides
 
 STUDY_METRICS = ("energy", "gini", "pointing", "pointing_tol")
 

@@ -315,6 +315,7 @@ def attack_description(attack: str, norm: str = DEFAULT_NORM, iterations: Option
     return f"{name}, {norm_label(norm)}"
 
 
-__all__ = ["APGDSpeed", "ATTACK_NAMES", "AUTOCAST_DTYPES", "apgd", "autocast_context", "apgd_robust", "attack_description", "ce_loss", "checkpoints",
+__all__ = ["APGDSpeed", "ATTACK_NAMES", "AUTOCAST_DTYPES", "apgd", "autocast_context", "apgd_robust", "attack_description",
+           "ce_loss", "checkpoints",
            "targeted_dlr_loss"]
 

@@ -13,21 +13,26 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..results import FLAT_LAYOUTS, MetricResult, finite  # noqa: F401  (finite: re-exported, its old home)
 from ..threat_models import DEFAULT_NORM
+from .apgd import APGDSpeed, attack_description
 from .base import RAW_MAP, EvalContext, Metric
 from .complexity import gini
 from .evaluators import SmallCNN
 from .faithfulness import (
-    ROAR_EVALUATORS, RISE_BASELINES, LinearProbe, RoarOptions, auc, normalised_auc, perturbation_curve, roar,
+    RISE_BASELINES,
+    ROAR_EVALUATORS,
+    LinearProbe,
+    RoarOptions,
+    auc,
+    normalised_auc,
+    perturbation_curve,
+    roar,
 )
 from .localisation import empty_masks, energy_in_mask, pointing_game
 from .sanity import randomisation_check
-from .apgd import APGDSpeed, attack_description
-from ..results import FLAT_LAYOUTS, MetricResult, finite  # noqa: F401  (finite: re-exported, its old home)
 from .stats import nanmean as _mean
 from .zeroshot import ATTACKS, DEFAULT_ITERATIONS, predict, robust_shares, robust_verdicts, topk_accuracy
-
-
 
 
 class ZeroShotAccuracy(Metric):

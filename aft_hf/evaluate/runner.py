@@ -14,13 +14,13 @@ from ..constants import VERSION as __version__
 from ..explain import ExplainError, resolve_method
 from ..explain.targets import TextTower
 from ..figures import attribution_grid, metric_curves
+from ..files import write_json
+from ..results import MetricResult, finite, report_results
 from .base import EvalContext, EvaluationError
 from .metrics import ALIASES, METRICS
-from ..files import write_json
 from .report import SCHEMA_VERSION, write_markdown
-from ..results import MetricResult, finite, report_results
-from .zeroshot import check_labels
 from .sharding import Shard
+from .zeroshot import check_labels
 
 logger = logging.getLogger(__name__)
 DEFAULT_METRICS = ("zeroshot", "robust", "deletion", "insertion", "gini")

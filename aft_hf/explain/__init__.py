@@ -6,7 +6,14 @@ The ``aft-hf explain`` command lives in :mod:`aft_hf.commands.explain`; new meth
 
 from .base import AttributionMethod, available_methods, method_label, postprocess, register_method
 from .methods import (
-    METHODS, Explainer, SimilarityForward, attention_rollout, check_images, cls_attention, explain, resolve_method,
+    METHODS,
+    Explainer,
+    SimilarityForward,
+    attention_rollout,
+    check_images,
+    cls_attention,
+    explain,
+    resolve_method,
 )
 from .targets import ExplainError, TemplateError, TextTower, as_target, check_template, image_targets, load_text_tower
 

@@ -19,15 +19,24 @@ from __future__ import annotations
 
 import abc
 import contextlib
-
 from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
 from ..model import tower
-from .base import (METHODS, AttributionMethod, SimilarityForward, available_methods, check_images,  # noqa: F401
-                   eager_attention, forward_hook, register_method, resolve_method, upsample)
+from .base import (  # noqa: F401
+    METHODS,
+    AttributionMethod,
+    SimilarityForward,
+    available_methods,
+    check_images,
+    eager_attention,
+    forward_hook,
+    register_method,
+    resolve_method,
+    upsample,
+)
 from .targets import ExplainError
 
 # --------------------------------------------------------------------------- gradient methods (any encoder)

@@ -12,13 +12,33 @@ loop), ``zeroshot`` (evaluation), ``storage`` (world CLIP folders), ``checksums`
 
 from .checksums import CHECKSUM_FILE, verify_checksums, write_checksums
 from .config import PretrainConfig, build_clip_config
-from .dataset import (CAPTION_TEMPLATE, COLOURS, DISTRACTOR_COLOURS, DISTRACTOR_SHAPES, SHAPES, WorldConfig,
-                      WorldError, WorldSample, generate_arrays, load_imagefolder, make_dataset, mask_array,
-                      render_sample, sample_iter, write_imagefolder)
+from .dataset import (
+                      CAPTION_TEMPLATE,
+                      COLOURS,
+                      DISTRACTOR_COLOURS,
+                      DISTRACTOR_SHAPES,
+                      SHAPES,
+                      WorldConfig,
+                      WorldError,
+                      WorldSample,
+                      generate_arrays,
+                      load_imagefolder,
+                      make_dataset,
+                      mask_array,
+                      render_sample,
+                      sample_iter,
+                      write_imagefolder,
+)
 from .pretrain import contrastive_loss, pretrain
 from .storage import BASE_DIR, load_training_record, load_world_clip, load_world_config, save_world_clip
-from .zeroshot import (accuracies, class_text_embeddings, evaluate_zero_shot, image_embeddings, to_pixel_values,
-                       zero_shot_predict)
+from .zeroshot import (
+                      accuracies,
+                      class_text_embeddings,
+                      evaluate_zero_shot,
+                      image_embeddings,
+                      to_pixel_values,
+                      zero_shot_predict,
+)
 
 __all__ = [
     "CAPTION_TEMPLATE", "CHECKSUM_FILE", "COLOURS", "DISTRACTOR_COLOURS", "DISTRACTOR_SHAPES", "SHAPES", "WorldConfig",

@@ -239,7 +239,8 @@ def render_sample(rng: np.random.Generator, cfg: WorldConfig, label: Optional[in
                        caption=CAPTION_TEMPLATE.format(colour=colour, shape=shape), distractors=distractors)
 
 
-def generate_arrays(num_images: int, seed: int, cfg: Optional[WorldConfig] = None, progress: bool = False) -> dict[str, np.ndarray]:
+def generate_arrays(num_images: int, seed: int, cfg: Optional[WorldConfig] = None,
+                    progress: bool = False) -> dict[str, np.ndarray]:
     """``num_images`` samples as arrays: images (N, H, W, 3) uint8, masks (N, H, W) bool, labels (N,) int64.
 
     Deterministic: the same (num_images, seed, cfg) gives identical arrays; image i depends only
@@ -272,7 +273,8 @@ def sample_iter(num_images: int, seed: int, cfg: Optional[WorldConfig] = None):
 
 def world_features(cfg: WorldConfig):
     """The ``datasets.Features`` of :func:`make_dataset`: image, mask (L-mode image, 0/255), caption, label."""
-    from datasets import ClassLabel, Features, Image as ImageFeature, Value
+    from datasets import ClassLabel, Features, Value
+    from datasets import Image as ImageFeature
 
     return Features({"image": ImageFeature(), "mask": ImageFeature(), "caption": Value("string"),
                      "label": ClassLabel(names=cfg.class_names)})
@@ -343,4 +345,5 @@ def load_imagefolder(path: Union[str, Path]):
     path = Path(path)
     cfg = imagefolder_world(path)
     ds = load_dataset("imagefolder", data_dir=str(path), split="train")
-    return ds.remove_columns([c for c in ds.column_names if c not in ("image", "mask", "caption", "label")]).cast(world_features(cfg))
+    extra = [c for c in ds.column_names if c not in ("image", "mask", "caption", "label")]
+    return ds.remove_columns(extra).cast(world_features(cfg))

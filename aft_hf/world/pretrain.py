@@ -27,8 +27,14 @@ from torch import Tensor
 from ..tokenizer import build_word_tokenizer
 from .config import PretrainConfig, build_clip_config, text_positions
 from .dataset import WorldConfig, generate_arrays, render_sample
-from .zeroshot import accuracies, class_text_embeddings, evaluate_zero_shot, image_embeddings, to_pixel_values, \
-    zero_shot_predict
+from .zeroshot import (
+    accuracies,
+    class_text_embeddings,
+    evaluate_zero_shot,
+    image_embeddings,
+    to_pixel_values,
+    zero_shot_predict,
+)
 
 
 def easy_world(world: WorldConfig) -> WorldConfig:

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
 
+from aft_hf.config import DataConfig
 from aft_hf.data import ImageGeometry, build_dataloader, image_geometry, load_images, load_readable_images
 from aft_hf.data.images import GeometryError
-from aft_hf.config import DataConfig
 from aft_hf.evaluate.data import load_labelled_images
 from aft_hf.model import load_image_encoder
 

@@ -12,8 +12,15 @@ from PIL import Image
 
 from aft_hf.cli import main
 from aft_hf.config import DataConfig, load_config
-from aft_hf.data import (BadSamples, DataError, ImageLimits, build_dataloader, load_image_dataset, open_image,
-                         watch_stalls)
+from aft_hf.data import (
+    BadSamples,
+    DataError,
+    ImageLimits,
+    build_dataloader,
+    load_image_dataset,
+    open_image,
+    watch_stalls,
+)
 from aft_hf.data.images import ImageRejected, load_readable_images
 from aft_hf.data.loading import StreamedImages
 from tests.image_helpers import write_png_folder

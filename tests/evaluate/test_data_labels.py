@@ -5,8 +5,8 @@ import json
 import pytest
 from PIL import Image
 
-from aft_hf.evaluate.base import EvaluationError
 from aft_hf.commands.evaluate import world_label_feature
+from aft_hf.evaluate.base import EvaluationError
 from aft_hf.evaluate.data import load_labelled_images
 from aft_hf.explain.inputs import collect_images, image_labels
 from aft_hf.world import WorldConfig, write_imagefolder

@@ -7,12 +7,24 @@ import pytest
 import torch
 
 from aft_hf.evaluate import (
-    LinearProbe, auc, boxes_to_masks, energy_in_mask, evaluate_model, gini, perturbation_curve, pixel_ranking,
-    pointing_game, randomisation_check, randomized_copy, remove_top, roar, spearman,
+    LinearProbe,
+    auc,
+    boxes_to_masks,
+    energy_in_mask,
+    evaluate_model,
+    gini,
+    perturbation_curve,
+    pixel_ranking,
+    pointing_game,
+    randomisation_check,
+    randomized_copy,
+    remove_top,
+    roar,
+    spearman,
 )
 from aft_hf.evaluate.report import markdown
-from aft_hf.files import write_json
 from aft_hf.evaluate.runner import EvaluationError, resolve_metrics
+from aft_hf.files import write_json
 from tests.explain_helpers import region_mask
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -254,7 +266,8 @@ def test_evaluate_and_demo_score_the_raw_maps(tiny_encoder, tiny_clip_path):
     assert torch.allclose(out["per_image"]["saliency"]["gini"], gini(raw), atol=1e-5)
     assert out["maps"]["saliency"].amax() == pytest.approx(1.0)  # the figures get the display maps
     assert 0 < out["clean_probability"] <= 1 and out["deletion_random_auc"] > 0
-    from aft_hf.demo.report import aggregate, markdown as demo_markdown
+    from aft_hf.demo.report import aggregate
+    from aft_hf.demo.report import markdown as demo_markdown
 
     agg = aggregate(out, {"aft": [out]}, ["saliency"])
     assert agg["deletion_random_auc"]["original"] == out["deletion_random_auc"]

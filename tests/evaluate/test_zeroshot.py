@@ -7,8 +7,14 @@ import pytest
 import torch
 
 from aft_hf.evaluate import (
-    ZeroShotClassifier, clip_templates, imagenet_classnames, predict, resolve_classnames, resolve_templates,
-    robust_accuracy, topk_accuracy,
+    ZeroShotClassifier,
+    clip_templates,
+    imagenet_classnames,
+    predict,
+    resolve_classnames,
+    resolve_templates,
+    robust_accuracy,
+    topk_accuracy,
 )
 from aft_hf.explain import ExplainError, TemplateError, load_text_tower
 from tests.explain_helpers import ColourEncoder

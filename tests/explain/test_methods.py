@@ -5,16 +5,23 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.explain_helpers import RegionViT, region_mask
-
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 from aft_hf.explain import (
-    Explainer, ExplainError, TemplateError, attention_rollout, check_images, check_template, cls_attention,
-    load_text_tower, postprocess,
+    Explainer,
+    ExplainError,
+    TemplateError,
+    attention_rollout,
+    check_images,
+    check_template,
+    cls_attention,
+    load_text_tower,
+    postprocess,
 )
 from aft_hf.figures import unnormalize
 from aft_hf.model import CLIP_MEAN, CLIP_STD, ModelLoadError
+from tests.explain_helpers import RegionViT, region_mask
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 GRADIENT = ("saliency", "integrated_gradients", "smoothgrad")
 

@@ -3,8 +3,16 @@
 import pytest
 import torch
 
-from aft_hf.explain import (METHODS, AttributionMethod, Explainer, ExplainError, available_methods, method_label,
-                            register_method, resolve_method)
+from aft_hf.explain import (
+    METHODS,
+    AttributionMethod,
+    Explainer,
+    ExplainError,
+    available_methods,
+    method_label,
+    register_method,
+    resolve_method,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

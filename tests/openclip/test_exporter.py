@@ -130,9 +130,14 @@ def test_named_architectures_match_open_clip_exactly(open_clip, arch):
     (so create_model(arch, pretrained=FILE, force_quick_gelu=True) loads strictly); built on the meta device."""
     from transformers import CLIPConfig, CLIPModel
 
+    from aft_hf.openclip.exporter import (
+        TEXT_ARCHS,
+        _check_arch,
+        open_clip_model_cfg,
+        text_to_open_clip,
+        vision_to_open_clip,
+    )
     from aft_hf.openclip.importer import ARCHS
-    from aft_hf.openclip.exporter import TEXT_ARCHS, _check_arch, open_clip_model_cfg, text_to_open_clip, \
-        vision_to_open_clip
 
     g, t = ARCHS[arch], TEXT_ARCHS[arch]
     config = CLIPConfig(

@@ -11,7 +11,13 @@ import torch.nn.functional as F
 
 from aft_hf.cli import main
 from aft_hf.openclip.importer import (
-    ARCHS, ConvertError, VitGeometry, check_state_dict, import_checkpoint, infer_geometry, open_clip_shapes,
+    ARCHS,
+    ConvertError,
+    VitGeometry,
+    check_state_dict,
+    import_checkpoint,
+    infer_geometry,
+    open_clip_shapes,
     to_transformers,
 )
 from tests.convert_helpers import TINY, fake_hub_repo

@@ -7,10 +7,26 @@ import numpy as np
 import pytest
 import torch
 
-from aft_hf.world import (BASE_DIR, DISTRACTOR_COLOURS, DISTRACTOR_SHAPES, PretrainConfig, WorldConfig, WorldError,
-                          accuracies, evaluate_zero_shot, generate_arrays, load_imagefolder, load_training_record,
-                          load_world_clip, load_world_config, make_dataset, mask_array, render_sample, verify_checksums,
-                          write_imagefolder)
+from aft_hf.world import (
+    BASE_DIR,
+    DISTRACTOR_COLOURS,
+    DISTRACTOR_SHAPES,
+    PretrainConfig,
+    WorldConfig,
+    WorldError,
+    accuracies,
+    evaluate_zero_shot,
+    generate_arrays,
+    load_imagefolder,
+    load_training_record,
+    load_world_clip,
+    load_world_config,
+    make_dataset,
+    mask_array,
+    render_sample,
+    verify_checksums,
+    write_imagefolder,
+)
 
 HELD_OUT_SEED = 12345  # neither the training stream (seed 0) nor the pretraining evaluation set (seed 1)
 # fraction of the circumscribed disc a shape covers (circle 1, square 2/pi, triangle 3*sqrt(3)/(4 pi), cross)
@@ -197,7 +213,7 @@ def test_cli_sample_writes_imagefolder(tmp_path):
 
     assert main(["world", "sample", "--out", str(tmp_path / "s"), "-n", "3"]) == 0
     lines = (tmp_path / "s" / "metadata.jsonl").read_text().splitlines()
-    assert len(lines) == 3 and all((tmp_path / "s" / json.loads(l)["mask_file_name"]).is_file() for l in lines)
+    assert len(lines) == 3 and all((tmp_path / "s" / json.loads(line)["mask_file_name"]).is_file() for line in lines)
 
 
 def test_checksum_catches_a_changed_file(tmp_path):
