@@ -216,21 +216,28 @@ def folder_class(config: dict) -> str:
 
     from .model import _vision_class
 
-    if config.get("model_type") == "clip":
-        return "CLIPModel"
+    if config.get("model_type") in FULL_CLASSES:
+        return FULL_CLASSES[config["model_type"]]
+    if config.get("model_type") == "siglip_vision_model":
+        return "SiglipVisionModel"
     return _vision_class(SimpleNamespace(architectures=config.get("architectures"),
                                          model_type=config.get("model_type", ""))).__name__
 
 
+FULL_CLASSES = {"clip": "CLIPModel", "siglip": "SiglipModel"}
+"""``model_type`` of a full (image + text) checkpoint -> its class; vision-only folders have their own."""
+
+
 def _geometry(config: dict) -> tuple[bool, dict]:
-    """(is a full CLIPModel, the vision tower's config) from ``config.json``."""
-    if config.get("model_type") == "clip":
+    """(is a full image-text model, the vision tower's config) from ``config.json``: CLIP or SigLIP."""
+    if config.get("model_type") in FULL_CLASSES:
         vision = dict(config.get("vision_config") or {})
         vision.setdefault("projection_dim", config.get("projection_dim"))
         return True, vision
-    if config.get("model_type") == "clip_vision_model":
+    if config.get("model_type") in ("clip_vision_model", "siglip_vision_model"):
         return False, config
-    raise CardError(f"config.json has model_type '{config.get('model_type')}': aft_hf publishes CLIP models")
+    raise CardError(f"config.json has model_type '{config.get('model_type')}': aft_hf publishes CLIP and SigLIP "
+                    "models")
 
 
 def _fmt(v: Any) -> str:
@@ -324,6 +331,10 @@ USE_TEXT = {
                  "its base.",
     "CLIPVisionModelWithProjection": "This folder holds the image tower and its projection only: pair it with the "
                                      "base's text tower for zero-shot classification.",
+    "SiglipModel": "The text encoder is not changed, so the model classifies zero-shot (sigmoid scores) exactly "
+                   "like its base.",
+    "SiglipVisionModel": "This folder holds the SigLIP image tower with its attention-pooling head: pair it with the "
+                         "base's text tower for zero-shot classification.",
     "CLIPVisionModel": "This folder holds the bare image tower (no projection, no text tower): it gives hidden "
                        "states for a LLaVA-style model, not CLIP's joint image-text embedding.",
 }
@@ -332,7 +343,7 @@ USE_TEXT = {
 def _recipe_section(recipe: dict) -> str:
     rows = ["## Training recipe", "",
             f"Exactly as in `{CONFIG_FILE}` in this repository (budgets `eps`, `eps2`, `alpha`, `noise_std` in "
-            "1/255 pixel units; pixels in [0, 1], CLIP's mean/std normalisation inside the model):", "",
+            "1/255 pixel units; pixels in [0, 1], the checkpoint's own mean/std normalisation inside the model):", "",
             "| parameter | value |", "|---|---|"]
     for section in RECIPE_SECTIONS:
         for key, value in (recipe.get(section) or {}).items():
@@ -398,8 +409,28 @@ _FEATURES = [
 ]
 
 
+def _siglip_snippet(repo: str, cls: str) -> list[str]:
+    """A SigLIP folder's usage: sigmoid zero-shot scores (full model), the pooled output, the patch tokens."""
+    lines = ["from PIL import Image", f"from transformers import SiglipImageProcessorPil, {cls}"
+             + (", pipeline" if cls == "SiglipModel" else ""), "", _IMAGE,
+             f'processor = SiglipImageProcessorPil.from_pretrained("{repo}")  # resize, no crop',
+             f'model = {cls}.from_pretrained("{repo}")']
+    if cls == "SiglipModel":
+        lines += [f'classifier = pipeline("zero-shot-image-classification", model="{repo}")  # per-class sigmoids',
+                  'print(classifier(image, candidate_labels=["a photo of a cat", "a photo of a dog"]))',
+                  'embeddings = model.get_image_features(**processor(images=image, return_tensors="pt"))',
+                  'embeddings = getattr(embeddings, "pooler_output", embeddings)  # the attention-pooling head']
+    else:
+        lines += ['out = model(**processor(images=image, return_tensors="pt"), output_hidden_states=True)',
+                  "embeddings = out.pooler_output  # the attention-pooling head",
+                  "features = out.hidden_states[-2]  # penultimate layer: every patch (SigLIP has no class token)"]
+    return lines
+
+
 def _transformers_snippet(repo: str, cls: str, processor: str) -> list[str]:
     """Lines of the transformers usage of a folder saved as ``cls`` (each one runs on the folder)."""
+    if cls.startswith("Siglip"):
+        return _siglip_snippet(repo, cls)
     if cls == "CLIPModel":
         return ["from PIL import Image", "from transformers import CLIPModel, CLIPProcessor, CLIPVisionModel, "
                 "CLIPVisionModelWithProjection, pipeline", "", _IMAGE,
@@ -435,7 +466,12 @@ def _usage_section(repo: str, cls: str, folder: Path, embedding: str = "pooled")
               "patch_tokens": "the normalised patch tokens of the penultimate layer, flattened",
               }.get(embedding, embedding)
     lines = ["## Usage", "", *code, ""]
-    if cls == "CLIPVisionModel":
+    if cls.startswith("Siglip"):
+        lines += ["SigLIP scores each class with its own sigmoid (logit scale and bias), not a softmax over the "
+                  "classes, and pads every prompt to the text model's full length, as the pipeline does. "
+                  "Vision-language models with a SigLIP tower (LLaVA-OneVision, PaliGemma, Idefics3) read its patch "
+                  "tokens; `aft-hf graft` writes this tower into such a checkpoint.", ""]
+    elif cls == "CLIPVisionModel":
         lines += ["This folder is a bare `CLIPVisionModel` (no `visual_projection`, no text tower): it gives the "
                   "hidden states that LLaVA-style vision-language models read from their CLIP vision tower, and with "
                   "the base's geometry it can replace the base's tower there. It does not give CLIP's joint "
@@ -543,14 +579,18 @@ def build_model_card(folder: Union[str, Path], repo_id: Optional[str] = None, re
         tags=tags, model_name=model_name, eval_results=results or None,
     )
     base_text = base_id or display_ref(base) or "the base model"
-    arch = (f"Architecture: CLIP ViT, width {vision.get('hidden_size')}, {vision.get('num_hidden_layers')} layers, "
+    arch = (f"Architecture: {'SigLIP' if cls.startswith('Siglip') else 'CLIP'} ViT, width {vision.get('hidden_size')}, "
+            f"{vision.get('num_hidden_layers')} layers, "
             f"{vision.get('num_attention_heads')} heads, patch {vision.get('patch_size')}, "
             f"{vision.get('image_size')} px"
             + {"CLIPModel": f", projection {vision.get('projection_dim')}; a full `CLIPModel` (image and text towers).",
                "CLIPVisionModelWithProjection": f", projection {vision.get('projection_dim')}; image tower with "
                                                 "projection only (`CLIPVisionModelWithProjection`).",
                "CLIPVisionModel": "; a bare image tower (`CLIPVisionModel`: no projection, no text tower), the "
-                                  "vision tower of LLaVA-style models."}[cls])
+                                  "vision tower of LLaVA-style models.",
+               "SiglipModel": "; a full `SiglipModel` (image and text towers, sigmoid zero-shot scores).",
+               "SiglipVisionModel": "; the SigLIP image tower with its attention-pooling head "
+                                    "(`SiglipVisionModel`)."}[cls])
     if recipe is not None:
         intro = (f"`{base_text}` with its image encoder fine-tuned by "
                  f"{'adversarial fine-tuning (AFT)' if adversarial else 'a noise-control run of AFT'} using `aft_hf`.")

@@ -200,3 +200,49 @@ def test_a_siglip_tower_without_a_processor_gets_siglip_normalisation(siglip48, 
     vision.save_pretrained(tmp_path / "tower")  # weights and config only, no preprocessor_config.json
     encoder = load_image_encoder(str(tmp_path / "tower"))
     assert encoder.family == "siglip" and encoder.mean.flatten().tolist() == [0.5] * 3
+
+
+@pytest.mark.parametrize("vision_only", [False, True], ids=["SiglipModel", "SiglipVisionModel"])
+def test_push_builds_a_siglip_card_whose_snippets_run(siglip48, tmp_path, monkeypatch, vision_only):
+    """push --dry-run on a SigLIP export: the card names the SigLIP class and every python block runs on the folder."""
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    from aft_hf.hub import prepare_hub_folder
+
+    encoder = load_image_encoder(str(siglip48))
+    folder = tmp_path / "final"
+    if vision_only:
+        encoder.vision.save_pretrained(folder)
+        encoder.image_processor.save_pretrained(folder)
+    else:
+        export_pretrained(encoder, folder)
+    out = prepare_hub_folder(folder, tmp_path / "hub", repo_id="me/siglip-aft")
+    text = (out / "README.md").read_text()
+    cls = "SiglipVisionModel" if vision_only else "SiglipModel"
+    assert f"`{cls}`" in text and "SigLIP ViT" in text and "CLIPModel" not in text
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save("cat.jpg")
+    snippets = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(snippets) == 2  # transformers and aft_hf
+    for code in snippets:
+        namespace: dict = {}
+        exec(compile(code.replace('"me/siglip-aft"', repr(str(out))), f"<{cls} card>", "exec"), namespace)
+        assert namespace.get("embeddings") is not None
+
+
+def test_siglip_images_are_resized_without_a_crop_as_its_processor_does(siglip48):
+    """Training, evaluation and explain prepare images with the checkpoint's own processor: SigLIP squashes."""
+    import numpy as np
+    from PIL import Image
+
+    from aft_hf.data.images import image_geometry, to_tensor
+
+    encoder = load_image_encoder(str(siglip48))
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 60, 3), dtype=np.uint8))
+    ours = to_tensor(image_geometry(encoder)(image))
+    theirs = encoder.image_processor(images=image, do_rescale=True, do_normalize=False, return_tensors="pt")
+    assert ours.shape[-2:] == (encoder.image_size, encoder.image_size)
+    assert (ours - theirs["pixel_values"][0]).abs().max() < 1e-5  # a centre crop would keep only the middle third
