@@ -18,6 +18,9 @@ def test_unset_flag_is_false(monkeypatch):
 
 
 def test_hub_offline_implies_datasets_offline(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # what huggingface_hub read at import counts too
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
     assert not hub_offline() and not datasets_offline()
@@ -26,3 +29,13 @@ def test_hub_offline_implies_datasets_offline(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert hub_offline() and datasets_offline()
+
+
+def test_hub_offline_as_huggingface_hub_read_it_at_import(monkeypatch):
+    """The tests force HF_HUB_OFFLINE=1 before huggingface_hub is imported: unsetting the variable later does not
+    bring the Hub back for huggingface_hub, so aft_hf must not believe it either."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert hub_offline()
