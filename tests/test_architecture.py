@@ -5,6 +5,8 @@ argument parsing only in the command modules, and no function over 80 lines."""
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1] / "aft_hf"
 ENTRY_POINTS = {"aft_hf.cli", "aft_hf.__main__"}
 """The dispatcher (it loads the ``aft_hf.commands.*`` modules by name) and ``python -m aft_hf``."""
@@ -131,6 +133,7 @@ def test_modules_import_only_from_their_layer_or_above():
     assert not bad, bad
 
 
+@pytest.mark.slow
 def test_model_and_figures_stay_below_world_and_model_code():
     graph = _graph()
     assert not any(dep.startswith("aft_hf.world") for dep in graph["aft_hf.model"])

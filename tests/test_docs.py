@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "method.md"
 
@@ -13,6 +15,7 @@ def _anchors(markdown: str) -> set[str]:
     return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
 
 
+@pytest.mark.slow
 def test_every_reference_to_the_method_doc_resolves():
     anchors = _anchors(DOC.read_text())
     files = [p for p in REPO.rglob("*") if p.is_file() and p.suffix in {".py", ".md", ".yaml", ".sh", ".ipynb"}

@@ -90,6 +90,7 @@ def run_generate(folder, dtype=torch.float32):
     return model
 
 
+@pytest.mark.slow
 def test_graft_into_a_single_file_fp32_llava(aft48, tmp_path):
     src = save_llava(tmp_path / "llava")
     report = graft(aft48, src, tmp_path / "out")
@@ -125,6 +126,7 @@ def test_graft_into_llava_next_finds_its_tower(aft48, tmp_path):
     LlavaNextForConditionalGeneration.from_pretrained(tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_a_geometry_mismatch_is_refused_in_one_line_then_fixed_by_image_size(aft48, tmp_path, capsys):
     src = save_llava(tmp_path / "llava64", image_size=64)
     rc = main(["graft", str(aft48), "--into", str(src), "--out", str(tmp_path / "out")])

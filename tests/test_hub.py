@@ -268,6 +268,7 @@ def test_push_offline_is_a_clear_error_without_the_token(exported, monkeypatch):
     assert "HF_HUB_OFFLINE" in str(info.value) and FAKE_TOKEN not in str(info.value)
 
 
+@pytest.mark.slow
 def test_train_push_to_hub_uploads_the_card(tmp_path, monkeypatch):
     """Training with hub.push_to_hub uploads the same folder as `aft-hf push` (card included)."""
     from aft_hf.config import load_config
@@ -306,6 +307,7 @@ def test_card_of_a_converted_checkpoint(tiny_clip_path, tmp_path):
     assert "## Method" not in card.text and "## Training recipe" not in card.text
 
 
+@pytest.mark.slow
 def test_export_honours_the_revision(tmp_path, monkeypatch):
     """A Hub base at a tag: the exported text tower, tokenizer and processor are those of that revision
     (offline, from a Hub cache holding two revisions)."""

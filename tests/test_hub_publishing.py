@@ -62,6 +62,7 @@ def test_same_folder_name_gets_two_folders(evaluations, world):
     assert rows[1]["figures"]["examples"] == "world-clip_2/examples.png"
 
 
+@pytest.mark.slow
 def test_labels_name_reports_and_folders(world, tmp_path, capsys):
     root, tuned = world
     args = ["--dataset", str(root / "ws"), "--metrics", "zeroshot", "--methods", "saliency"]
@@ -75,6 +76,7 @@ def test_labels_name_reports_and_folders(world, tmp_path, capsys):
         assert "--label" in _error(capsys)
 
 
+@pytest.mark.slow
 def test_push_takes_only_the_row_of_the_pushed_weights(evaluations, world, tmp_path, capsys):
     """Issue 20.1: the base model's numbers went on the fine-tune's card."""
     base_report, both = evaluations
@@ -168,6 +170,7 @@ def test_every_card_snippet_runs(three_kinds, kind, tmp_path, monkeypatch):
             assert namespace["features"].shape[1] == (32 // 8) ** 2
 
 
+@pytest.mark.slow
 def test_bare_vision_tower_card_says_what_it_is(three_kinds, tmp_path):
     from aft_hf.hub import prepare_hub_folder
 
@@ -231,6 +234,7 @@ def _train_args(model, data, out, *extra):
             "--checkpointing_steps", "2", "--cpu", "true", "--checkpoint.output_dir", str(out), *extra]
 
 
+@pytest.mark.slow
 def test_uploads_hold_no_local_paths_and_a_pushed_checkpoint_resumes_elsewhere(tiny_clip_path, tmp_path,
                                                                                 monkeypatch, single_thread):
     import shutil
@@ -311,6 +315,7 @@ def test_unreachable_hub_bounds_the_wait_names_the_command_and_cleans_up(tiny_cl
     assert (run / "final" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_strategy_end_failure_names_the_push_command(tiny_clip_path, tmp_path, monkeypatch, single_thread):
     from aft_hf.config import load_config
     from aft_hf.hub import HubError
@@ -328,6 +333,7 @@ def test_strategy_end_failure_names_the_push_command(tiny_clip_path, tmp_path, m
     assert "aft_hf_hub_" not in message and "\n" not in message
 
 
+@pytest.mark.slow
 def test_sigterm_while_waiting_cleans_up_and_exits_143(tmp_path):
     """SIGTERM during the end-of-training wait: staging removed, pending uploads named, exit code 143."""
     import os
@@ -395,6 +401,7 @@ def test_a_published_config_asks_for_the_local_paths_again():
         load_config(None, ["--model.name_or_path", "local:tiny-base"])
 
 
+@pytest.mark.slow
 def test_an_upload_that_goes_through_is_waited_for_past_the_timeout(tmp_path, caplog):
     """The bound is for a failing Hub: a large checkpoint that uploads slowly is not abandoned."""
     import logging

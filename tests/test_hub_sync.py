@@ -52,6 +52,7 @@ def cfg_for(out, strategy, *extra):
                               "me/run", "--hub.strategy", strategy, *extra])
 
 
+@pytest.mark.slow
 def test_checkpoint_strategy_retries_a_failed_upload_and_pushes_last_checkpoint(tmp_path, monkeypatch, single_thread):
     fake = FakeHub(monkeypatch, fail=lambda call, n: n == 1)  # the very first upload fails once
     train(cfg_for(tmp_path / "run", "checkpoint"))
@@ -72,6 +73,7 @@ def test_checkpoint_strategy_retries_a_failed_upload_and_pushes_last_checkpoint(
     assert all(FAKE_TOKEN not in json.dumps(u) for u in fake.uploads)
 
 
+@pytest.mark.slow
 def test_every_save_upload_that_keeps_failing_never_stops_training(tmp_path, monkeypatch, caplog):
     fake = FakeHub(monkeypatch, fail=lambda call, n: call["message"].startswith("Training in progress"))
     caplog.set_level(logging.WARNING, logger="aft_hf.hub_sync")

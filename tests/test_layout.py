@@ -12,6 +12,8 @@ import importlib
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 PACKAGE = REPO / "aft_hf"
@@ -139,6 +141,7 @@ def _is_package(dotted: str) -> bool:
     return importlib.util.find_spec(dotted).submodule_search_locations is not None
 
 
+@pytest.mark.slow
 def test_every_module_is_imported_by_a_fast_test():
     covered: set[str] = set()
     for path in _test_files():

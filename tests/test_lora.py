@@ -27,6 +27,7 @@ def _weights(folder):
     return CLIPVisionModelWithProjection.from_pretrained(folder).state_dict()
 
 
+@pytest.mark.slow
 def test_only_adapted_layers_change_and_final_loads_without_peft(tiny_clip_path, tmp_path, single_thread):
     data = write_png_folder(tmp_path / "imgs", 16)
     final = train(_cfg(tiny_clip_path, data, tmp_path / "run", "--lora.target_modules", "[q_proj,v_proj]"))
@@ -37,6 +38,7 @@ def test_only_adapted_layers_change_and_final_loads_without_peft(tiny_clip_path,
     assert not has_lora(CLIPVisionModelWithProjection.from_pretrained(final))
 
 
+@pytest.mark.slow
 def test_merged_export_and_saved_adapter_compute_the_adapted_model(tiny_clip_path, tmp_path, single_thread):
     from peft import PeftModel
 
@@ -66,6 +68,7 @@ def test_merged_export_and_saved_adapter_compute_the_adapted_model(tiny_clip_pat
     assert (torch.nn.functional.normalize(out, dim=-1) - adapted).abs().max() < 1e-5
 
 
+@pytest.mark.slow
 def test_training_writes_the_adapter_on_request(tiny_clip_path, tmp_path, single_thread):
     data = write_png_folder(tmp_path / "imgs", 8)
     final = train(_cfg(tiny_clip_path, data, tmp_path / "run", "--max_steps", "1", "--lora.save_adapter"))
@@ -132,6 +135,7 @@ def test_lora_benchmark_smoke(tmp_path):
     assert results["lora"]["trainable"] < results["full"]["trainable"] == results["full"]["total"]
 
 
+@pytest.mark.slow
 def test_lora_doc_command_runs(tmp_path, monkeypatch, single_thread):
     """docs/lora.md's command, 2 steps instead of the recipe's 200."""
     import re

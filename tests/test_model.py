@@ -59,6 +59,7 @@ def test_frozen_copy_is_independent(tiny_encoder, batch):
             p.grad = None
 
 
+@pytest.mark.slow
 def test_export_full_clip_keeps_text_tower(tiny_clip_path, tmp_path, batch):
     enc = load_image_encoder(str(tiny_clip_path))
     with torch.no_grad():
@@ -193,6 +194,7 @@ def test_missing_weights_are_an_error(bare_vision_path, tiny_clip_path, tmp_path
         load_image_encoder(str(full))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("embedding", ["pooled", "patch_tokens"])
 def test_train_cli_on_a_clip_vision_model(bare_vision_path, tmp_path, png_folder, embedding):
     from transformers import CLIPVisionModel

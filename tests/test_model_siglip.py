@@ -32,6 +32,7 @@ def siglip48(tmp_path_factory):
     return save_tiny_siglip(tmp_path_factory.mktemp("siglip") / "model", seed=4, image_size=48, patch_size=8)
 
 
+@pytest.mark.slow
 def test_siglip_encoder_is_the_pooled_head_output_with_its_own_normalisation(siglip48):
     encoder = load_image_encoder(str(siglip48))
     assert encoder.family == "siglip" and isinstance(encoder.vision, SiglipVisionModel)
@@ -54,6 +55,7 @@ def test_a_siglip_tower_without_its_head_has_no_pooled_embedding(tmp_path):
     assert load_image_encoder(str(tmp_path / "headless"), embedding="patch_tokens").image_size == 48
 
 
+@pytest.mark.slow
 def test_train_and_export_a_siglip_at_64_px(siglip48, tmp_path):
     torch.set_num_threads(1)
     data = write_png_folder(tmp_path / "imgs", 8, size=56)
@@ -124,6 +126,7 @@ def test_every_explain_method_on_a_siglip_tower(siglip48):
     torch.testing.assert_close(raw, expected, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_cli_evaluate_a_siglip_model(siglip48, tmp_path):
     from aft_hf.data import write_shapes_imagefolder
 
@@ -141,6 +144,7 @@ def _siglip_tower_cfg():
                               image_size=48, patch_size=8, vision_use_head=False)
 
 
+@pytest.mark.slow
 def test_graft_a_siglip_into_a_llava_with_a_headless_siglip_tower(siglip48, tmp_path):
     aft = export_pretrained(load_image_encoder(str(siglip48)), tmp_path / "aft")
     torch.manual_seed(6)
@@ -202,6 +206,7 @@ def test_a_siglip_tower_without_a_processor_gets_siglip_normalisation(siglip48, 
     assert encoder.family == "siglip" and encoder.mean.flatten().tolist() == [0.5] * 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vision_only", [False, True], ids=["SiglipModel", "SiglipVisionModel"])
 def test_push_builds_a_siglip_card_whose_snippets_run(siglip48, tmp_path, monkeypatch, vision_only):
     """push --dry-run on a SigLIP export: the card names the SigLIP class and every python block runs on the folder."""

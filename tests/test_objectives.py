@@ -67,6 +67,7 @@ def test_registry_and_config_choices():
         load_config(None, ["--objective", "tecoa", "--model.embedding", "patch_tokens"])
 
 
+@pytest.mark.slow
 def test_tecoa_loss_decreases_on_a_fixed_batch(tiny_clip_path, single_thread):
     torch.manual_seed(0)
     encoder = load_image_encoder(str(tiny_clip_path))
@@ -106,6 +107,7 @@ def test_attack_raises_the_cross_entropy(tiny_clip_path, single_thread):
     assert torch.allclose(logits, objective.logit_scale * cos, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_class_embeddings_are_computed_once(tiny_clip_path, tmp_path, monkeypatch):
     data = labelled_folder(tmp_path / "imgs")
     calls = []
@@ -131,6 +133,7 @@ def test_data_without_labels_is_refused_in_one_line(tiny_clip_path, tmp_path):
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_vision_only_base_needs_a_text_model(tiny_clip_path, tiny_vision_path, tmp_path):
     data = labelled_folder(tmp_path / "imgs")
     with pytest.raises(ObjectiveError, match="vision-only; set model.text_model") as err:
@@ -145,6 +148,7 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_with_tecoa_matches_uninterrupted_run(tiny_clip_path, tmp_path, monkeypatch):
     data = labelled_folder(tmp_path / "imgs", per_class=6)  # 24 images, batch 8: step 2 is mid-epoch
     full = train(tecoa_cfg(tiny_clip_path, data, tmp_path / "a"))
@@ -194,6 +198,7 @@ def test_world_sample_labels_and_class_names(tmp_path):
             pass
 
 
+@pytest.mark.slow
 def test_streamed_imagenet_style_labels(tmp_path):
     """A streamed parquet split with a 1000-class ClassLabel `label` column (as ImageNet on the Hub)."""
     import io
@@ -232,6 +237,7 @@ def test_embedding_objective_is_the_aft_distance(tiny_encoder):
                            (tiny_encoder(x) - frozen(x)).pow(2).sum(-1))
 
 
+@pytest.mark.slow
 def test_docs_tecoa_example_runs(tmp_path, monkeypatch, single_thread):
     """docs/tecoa.md: the world example's commands (as written, at a smaller size) and the Python block."""
     import re

@@ -27,6 +27,7 @@ def run_dir(tmp_path, tiny_encoder):
     return run
 
 
+@pytest.mark.slow
 def test_push_never_deletes_the_run_folder(run_dir, capsys):
     """The reported bug: --out pointing at the folder above the model folder, with --overwrite."""
     before = _tree(run_dir)
@@ -82,6 +83,7 @@ def test_failed_dry_run_leaves_nothing_and_the_rerun_works(run_dir, tmp_path, ca
     (["--repo-id", "me/x", "--license", "my weird license"], "not a Hub license id"),
     (["--repo-id", "me/x", "--report", "SUMMARY"], "not an `aft-hf evaluate` report"),
 ])
+@pytest.mark.slow
 def test_push_validates_like_the_hub(run_dir, tmp_path, capsys, args, message):
     summary = run_dir / "train_summary.json"
     summary.write_text(json.dumps({"steps": 1, "log_history": []}))

@@ -101,6 +101,7 @@ def test_switch_leaves_trained_model_within_tolerance(runs, switch):
     assert gap <= TRAINING_TOLERANCE, f"{switch}: embeddings differ by {gap:.2e} of the update (tol {TRAINING_TOLERANCE})"
 
 
+@pytest.mark.slow
 def test_training_gap_detects_a_wrong_switch(runs):
     """The measure is not vacuous: a model whose update is off by 10% is outside the tolerance."""
     embeddings, initial = runs
@@ -129,6 +130,7 @@ def _forward_and_input_grad(model_path, attn: str, patch_matmul: bool, checkpoin
     return emb.detach(), pixels.grad
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("switch", ["sdpa", "patch_embedding_matmul", "gradient_checkpointing", "all"])
 def test_switch_keeps_forward_and_input_gradient(tiny_clip_path, single_thread, switch):
     plain = _forward_and_input_grad(tiny_clip_path, "eager", False, False)
@@ -244,6 +246,7 @@ def test_ab_switch_benchmark_smoke(tmp_path):
     assert report["speedup_of_default"] == pytest.approx(ratio) and report["flops_per_step"] > 1e6
 
 
+@pytest.mark.slow
 def test_step_benchmark_times_its_steps_before_the_rss_tracking_slows_them(monkeypatch):
     """aft_step.py used to fix glibc's mmap threshold (for RSS measurements) before its timed steps, an
     allocator state the trainer never has: the tracking now starts after the last timed step, and memory is
@@ -263,6 +266,7 @@ def test_step_benchmark_times_its_steps_before_the_rss_tracking_slows_them(monke
     assert len(main["step_s"]) == 2 and main["memory"]["peak"] > 0
 
 
+@pytest.mark.slow
 def test_step_matmuls_benchmark_replays_the_steps_matrix_products(tmp_path):
     """step_matmuls.py records the step's matmul kernels (attention and patch embedding included) and times them."""
     out = tmp_path / "mm.json"
@@ -342,6 +346,7 @@ def test_bf16_aft_step_on_cpu_runs_the_attack_and_update_in_bf16(tiny_clip_path)
         AcceleratorState._reset_state(True)
 
 
+@pytest.mark.slow
 def test_apgd_vs_autoattack_benchmark_smoke(tmp_path):
     """The APGD benchmark times the reference and the package interleaved and reports per-image agreement."""
     pytest.importorskip("pyautoattack", reason="the reference: pip install aft_hf[autoattack]")

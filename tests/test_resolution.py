@@ -22,6 +22,7 @@ def clip48(tmp_path_factory):
     return save_tiny_clip(tmp_path_factory.mktemp("clip48") / "model", seed=3, image_size=48, patch_size=8)
 
 
+@pytest.mark.slow
 def test_resized_encoder_is_transformers_interpolation_done_once(clip48):
     torch.manual_seed(0)
     original = load_image_encoder(str(clip48))
@@ -90,6 +91,7 @@ def _pipeline_logits(folder, image, labels):
     return processed.shape, scores, dict(zip(labels, ours.tolist()))
 
 
+@pytest.mark.slow
 def test_train_at_64_px_exports_one_consistent_model(clip48, tmp_path):
     from PIL import Image
 
@@ -120,6 +122,7 @@ def test_train_at_64_px_exports_one_consistent_model(clip48, tmp_path):
         assert scores[label] == pytest.approx(ours[label], rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_cli_evaluate_and_explain_at_another_size(clip48, tmp_path, capsys):
     from aft_hf.data import write_shapes_imagefolder
 
@@ -148,6 +151,7 @@ def test_llava_recipe_is_fare4_on_the_336_px_checkpoint():
     assert cfg.model.embedding == "pooled" and cfg.model.output_normalize is False
 
 
+@pytest.mark.slow
 def test_open_clip_export_at_the_new_size(open_clip, clip48, tmp_path, capsys):
     """A 48-px CLIP exported at 64 px -> export-openclip -> open_clip: a 64-px model, same image embedding."""
     final = export_pretrained(load_image_encoder(str(clip48), image_size=64), tmp_path / "final")
@@ -162,6 +166,7 @@ def test_open_clip_export_at_the_new_size(open_clip, clip48, tmp_path, capsys):
         torch.testing.assert_close(oc.encode_image(pixels), hf, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_at_the_new_size_and_refuse_another(clip48, tmp_path):
     torch.set_num_threads(1)
     data = write_png_folder(tmp_path / "imgs", 8, size=56)

@@ -96,6 +96,7 @@ def test_epoch_position_and_sampler():
     assert sorted(sampler) == list(range(10)) and list(sampler) != whole
 
 
+@pytest.mark.slow
 def test_eval_history_survives_resumes(tiny_vision_path, numbered, tmp_path):
     """The issue: steps [0, 2, 4] became [6]; a resume with nothing left wrote eval null and []."""
     args = ["--optim.batch_size", "4", "--eval.every_steps", "2", "--eval.num_samples", "4"]

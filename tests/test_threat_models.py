@@ -218,6 +218,7 @@ def test_uniform_noise_samples_the_threat_model_and_checks_pixels_itself(toy):
 # --------------------------------------------------------------------------- a toy norm end to end through the CLI
 
 
+@pytest.mark.slow
 def test_toy_norm_trains_reports_and_reaches_the_card(toy, tiny_clip_path, tmp_path, caplog, capsys):
     from aft_hf.data import write_shapes_imagefolder
 

@@ -32,6 +32,7 @@ def vision_weights(folder):
     return CLIPVisionModelWithProjection.from_pretrained(folder).state_dict()
 
 
+@pytest.mark.slow
 def test_fixed_batch_loss_falls_and_export_differs(tiny_clip_path, tmp_path, monkeypatch):
     data = write_png_folder(tmp_path / "imgs", 8)
     captured = {}
@@ -61,6 +62,7 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_matches_uninterrupted_run(tiny_clip_path, tmp_path, monkeypatch):
     """32 images, batch 8: the checkpoint at step 6 falls mid-epoch; 12 steps cross an epoch boundary."""
     data = write_png_folder(tmp_path / "imgs", 32)
@@ -84,6 +86,7 @@ def test_resume_mid_epoch_matches_uninterrupted_run(tiny_clip_path, tmp_path, mo
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_checkpoint_retention_and_loadability(tiny_clip_path, tmp_path):
     data = write_png_folder(tmp_path / "imgs", 16)
     train(tiny_cfg(tiny_clip_path, data, tmp_path / "out", "--checkpointing_steps", "2",
@@ -104,6 +107,7 @@ def test_bad_resume_path_is_a_clear_error(tiny_clip_path, tmp_path):
         train(tiny_cfg(tiny_clip_path, data, tmp_path / "out", "--resume_from_checkpoint", str(tmp_path)))
 
 
+@pytest.mark.slow
 def test_corrupt_grayscale_rgba_folder_trains_and_logs_skip(tiny_clip_path, tmp_path, caplog):
     folder = write_mixed_folder(tmp_path)
     caplog.set_level("INFO")
@@ -114,6 +118,7 @@ def test_corrupt_grayscale_rgba_folder_trains_and_logs_skip(tiny_clip_path, tmp_
     assert "1 unreadable images skipped so far" in caplog.text
 
 
+@pytest.mark.slow
 def test_noise_control_and_every_norm_train(tiny_clip_path, tmp_path):
     data = write_png_folder(tmp_path / "imgs", 8)
     for norm in ("l2", "huber", "elastic", "group"):
@@ -155,6 +160,7 @@ def test_two_cpu_ranks_match_one_process(tiny_clip_path, tmp_path):
     assert change > 1e-3 and diff < 1e-3 * change, (change, diff)  # float-reduction noise only; no sync: ~50%
 
 
+@pytest.mark.slow
 def test_tensorboard_tracker_logs_metrics(tiny_clip_path, tmp_path):
     data = write_png_folder(tmp_path / "imgs", 8)
     train(tiny_cfg(tiny_clip_path, data, tmp_path / "out", "--max_steps", "2", "--logging.report_to", "tensorboard"))

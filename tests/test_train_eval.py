@@ -33,6 +33,7 @@ def logged(monkeypatch):
     return calls
 
 
+@pytest.mark.slow
 def test_world_clip_eval_zero_shot_and_distance(tmp_path, logged, single_thread):
     """builtin:world-clip (a full CLIP) on labelled shapes: zero-shot clean + robust, and the distance."""
     from aft_hf.data.synthetic import write_shapes_imagefolder
@@ -55,6 +56,7 @@ def test_world_clip_eval_zero_shot_and_distance(tmp_path, logged, single_thread)
     assert [step for step, _ in tracked] == [0, 2, 3]
 
 
+@pytest.mark.slow
 def test_vision_only_base_logs_distance_only(tiny_vision_path, tmp_path, caplog):
     data = write_png_folder(tmp_path / "imgs", 8)
     caplog.set_level(logging.INFO)
@@ -68,6 +70,7 @@ def test_vision_only_base_logs_distance_only(tiny_vision_path, tmp_path, caplog)
     assert "not held out" in text  # same split as training: said so
 
 
+@pytest.mark.slow
 def test_eval_off_by_default_and_bad_values(tiny_clip_path, tmp_path):
     data = write_png_folder(tmp_path / "imgs", 4)
     train(run_cfg(tiny_clip_path, data, tmp_path / "run", "--max_steps", "1"))
@@ -92,6 +95,7 @@ def _string_label_folder(root, n=8):
     return root
 
 
+@pytest.mark.slow
 def test_string_labels_are_mapped_through_the_class_names(tmp_path, single_thread):
     """metadata.jsonl with "label": "red circle": indices through eval.class_names (or the names found)."""
     data = _string_label_folder(tmp_path / "named")
@@ -110,6 +114,7 @@ def test_string_labels_are_mapped_through_the_class_names(tmp_path, single_threa
                       "--eval.class_names", str(bad)))
 
 
+@pytest.mark.slow
 def test_class_names_file_shorter_than_the_labels_is_refused_as_evaluate_does(tmp_path, single_thread):
     from aft_hf.data.synthetic import write_shapes_imagefolder
 
@@ -122,6 +127,7 @@ def test_class_names_file_shorter_than_the_labels_is_refused_as_evaluate_does(tm
     assert not (tmp_path / "run" / "final").exists()
 
 
+@pytest.mark.slow
 def test_robust_accuracy_while_training_is_the_documented_pgd(tmp_path, monkeypatch, single_thread):
     """eval.attack_steps steps of the package's L-inf PGD (the fast estimate the help and docs name), not APGD."""
     import aft_hf.evaluate.zeroshot as zs

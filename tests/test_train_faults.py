@@ -60,6 +60,7 @@ def test_kill9_sigterm_at_random_moments_resume_bitwise(tiny_clip_path, data, tm
     assert report["summary_logged_steps"] == list(range(1, 9)), why  # the whole run, across 4 resumes
 
 
+@pytest.mark.slow
 def test_injected_nan_step_is_skipped_and_counted(tiny_clip_path, data, tmp_path, monkeypatch):
     """NaN images at step 3: that update is skipped (weights unchanged), counted, and the run goes on."""
     step_fn, seen = train_mod.aft_step, {}
@@ -83,6 +84,7 @@ def test_injected_nan_step_is_skipped_and_counted(tiny_clip_path, data, tmp_path
     assert all(torch.isfinite(t).all() for t in load_file(final / "model.safetensors").values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fused", ["false", "true"])
 def test_divergence_stops_and_never_saves_nonfinite(tiny_clip_path, data, tmp_path, fused):
     """lr 1e30 without clipping: NonFiniteError (exit 2); checkpoints on disk are finite; no final/."""

@@ -46,6 +46,7 @@ def test_validation_accepts_edges():
     assert load_config(None, ["--attack.random_start", "false"]).attack.noise_std == 1.0
 
 
+@pytest.mark.slow
 def test_checkpoint_contents_and_fresh_run_refused(tiny_clip_path, data, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     cfg = small_cfg(tiny_clip_path, data, out, "--max_steps", "2")
@@ -78,6 +79,7 @@ def test_checkpoint_contents_and_fresh_run_refused(tiny_clip_path, data, tmp_pat
     assert not stale.exists()
 
 
+@pytest.mark.slow
 def test_resume_with_changed_optimisation(tiny_clip_path, data, tmp_path):
     """The issue: resuming with --lr 0.01 --scheduler constant used the checkpoint's lr while the
     exported config said 0.01. Now refused, or (with --allow_config_change) applied and recorded."""

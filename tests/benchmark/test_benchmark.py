@@ -348,6 +348,7 @@ def test_docs_examples_run(copies, tmp_path, monkeypatch, single_thread):
     assert not list((tmp_path / "bench_small" / "state").rglob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_hub_dataset_offline_is_one_line(tiny_clip_path, tmp_path, capsys):
     code = main(["benchmark", "--model", str(tiny_clip_path), "--datasets", "clip-benchmark/wds_vtab-pets",
                  "--out", str(tmp_path / "o")])

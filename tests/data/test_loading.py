@@ -67,6 +67,7 @@ def slow(n, wait):
         yield i
 
 
+@pytest.mark.slow
 def test_stall_warning_names_what_it_waits_on(caplog):
     class Source:
         def describe(self):
@@ -94,6 +95,7 @@ def write_stream_with_bad_files(folder):
     return folder
 
 
+@pytest.mark.slow
 def test_fast_forward_counts_raw_records_in_any_epoch(tmp_path):
     """Skipping by records read (bad ones included) resumes exactly, in epoch 0 and in a later epoch."""
     cfg = DataConfig(dataset=str(write_stream_with_bad_files(tmp_path / "d")), streaming=True, shuffle_buffer=4,
@@ -231,6 +233,7 @@ def test_bad_fraction_limit_and_capped_warnings(tmp_path, caplog):
         list(build_dataloader(DataConfig(dataset=str(folder), streaming=True), 32, batch_size=2, seed=0))
 
 
+@pytest.mark.slow
 def test_explain_skips_unreadable_images(tiny_clip_path, tmp_path, capsys):
     images = write_png_folder(tmp_path / "imgs", 3)
     (images / "a" / "broken.png").write_bytes(b"\x89PNG not really")
@@ -319,6 +322,7 @@ def test_accumulation_keeps_every_step_a_full_global_batch(tiny_clip_path, tmp_p
     assert summary["images_seen_per_process"] == [4 * 6]
 
 
+@pytest.mark.slow
 def test_one_line_errors_for_unknown_builtin_and_missing_or_empty_data(tiny_clip_path, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -99,6 +99,7 @@ def test_demo_study_writes_dose_response(quick_world, tmp_path, capsys):
     assert "dose_response.png" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_demo_tecoa_arm(quick_world, tmp_path, capsys):
     """`--objectives embedding tecoa`: TeCoA is one more arm, trained on the world's labels, measured alike."""
     out = tmp_path / "demo"

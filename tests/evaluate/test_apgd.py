@@ -199,6 +199,7 @@ def test_apgd_agrees_with_the_reference_autoattack(seed, eps):
     assert int((ours & ~reference).sum()) <= 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_apgd_never_reports_more_robustness_than_pgd(seed):
     clf, x, y = _tiny_zero_shot(seed)

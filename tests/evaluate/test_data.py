@@ -69,6 +69,7 @@ def test_malformed_columns_name_the_column_and_what_it_should_hold(tmp_path, kw,
         load_labelled_images(str(folder), 32, progress=False, **kw)
 
 
+@pytest.mark.slow
 def test_cli_evaluate_bad_mask_or_label_column_exits_2(tiny_clip_path, tmp_path, capsys):
     from aft_hf.cli import main
 
@@ -109,6 +110,7 @@ def test_box_formats_give_the_same_mask(tmp_path, column, box, fmt, units):
     ([40, 0, 80, 64], "xywh", "pixels", r"outside the image \(96x64 pixels\); a corner box read as \[x, y, w, h\]"),
     ([16, 0, 0, 64], "xywh", "pixels", "width or height <= 0"),
 ])
+@pytest.mark.slow
 def test_boxes_that_cannot_be_valid_are_refused_in_one_line(tmp_path, box, fmt, units, why):
     """The issue: such boxes became empty or 1-pixel masks that were only counted."""
     folder = _box_folder(tmp_path / "f", bad=box)
@@ -117,6 +119,7 @@ def test_boxes_that_cannot_be_valid_are_refused_in_one_line(tmp_path, box, fmt, 
     assert "\n" not in str(e.value) and "img" in str(e.value)  # one line, naming the image
 
 
+@pytest.mark.slow
 def test_cli_evaluate_takes_the_box_convention(tiny_clip_path, tmp_path, capsys):
     from aft_hf.cli import main
 

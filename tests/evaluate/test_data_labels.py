@@ -40,6 +40,7 @@ def test_mask_of_other_shape_is_named(tmp_path):
         load_labelled_images(str(tmp_path), 32, mask_column="mask", progress=False)
 
 
+@pytest.mark.slow
 def test_readme_world_sample_then_evaluate(tmp_path):
     """The README's two commands: a world sample is evaluated with its class names and masks."""
     from aft_hf.cli import main

@@ -37,6 +37,7 @@ def _maps(n):
     return {"truth": truth.expand(n, -1, -1, -1) + 0.01 * torch.rand(n, 1, 8, 8)}
 
 
+@pytest.mark.slow
 def test_a_weak_evaluator_is_flagged_and_no_curve_is_computed_or_drawn(tmp_path):
     xtr, ytr = _corner_data(80, 0)
     xte, yte = _corner_data(40, 1)

@@ -173,6 +173,7 @@ def test_metric_registry_errors():
     assert resolve_metrics(["gini", "sparseness", "zeroshot"], False) == ["gini", "zeroshot"]
 
 
+@pytest.mark.slow
 def test_evaluate_model_all_metrics_on_the_tiny_model(tiny_encoder, tiny_clip_path, tmp_path):
     from aft_hf.explain import load_text_tower
 
@@ -377,6 +378,7 @@ def test_deletion_metric_reports_normalised_auc_against_random(tiny_encoder, tin
 # --------------------------------------------------------------------------- ROAR evaluator (A4)
 
 
+@pytest.mark.slow
 def test_small_cnn_evaluator_is_seeded_and_roar_falls_with_the_true_ranking():
     from aft_hf.evaluate import SmallCNN
 

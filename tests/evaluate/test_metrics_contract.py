@@ -60,6 +60,7 @@ def test_misspelt_option_stops_evaluate_before_any_work(tiny_encoder, tiny_clip_
                        ["deletion"], ["saliency"], None, {"deletion": {"stpes": 4}}, progress=False, info=INFO)
 
 
+@pytest.mark.slow
 def test_a_metric_registered_in_a_test_reaches_report_and_card(tiny_encoder, tiny_clip_path, tmp_path, monkeypatch):
     from aft_hf.evaluate import evaluate_model, write_outputs
     from aft_hf.explain import load_text_tower

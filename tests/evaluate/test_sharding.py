@@ -98,6 +98,7 @@ def test_shards_give_the_one_process_logits(problem, single_thread, processes):
         assert torch.equal(logits, one)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack", ["apgd", "pgd"])
 def test_shards_give_the_one_process_robust_verdicts(problem, single_thread, attack):
     _, _, classifier, images, labels = problem

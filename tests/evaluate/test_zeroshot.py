@@ -59,6 +59,7 @@ def test_robust_accuracy_known_answer_falls_with_eps(attack):
     assert rob == {"1/255": pytest.approx(3 / 5), "2/255": pytest.approx(2 / 5), "4/255": pytest.approx(1 / 5)}
 
 
+@pytest.mark.slow
 def test_robust_accuracy_on_the_tiny_clip_is_at_most_clean(tiny_encoder, tiny_clip_path):
     text = load_text_tower(str(tiny_clip_path))
     names = ["red circle", "blue square", "green triangle"]
@@ -101,6 +102,7 @@ def test_names_file(tmp_path):
         resolve_classnames(str(tmp_path / "missing.txt"))
 
 
+@pytest.mark.slow
 def test_cli_evaluate_writes_json_markdown_and_pngs(tiny_clip_path, tiny_vision_path, tmp_path, capsys):
     from aft_hf.cli import main
     from aft_hf.data import write_shapes_imagefolder

@@ -47,6 +47,7 @@ def test_gradcam_layer_paths_on_both_layouts(bare_tower, tiny_clip_path):
         Explainer(bare, "gradcam", layer="no.such.layer").impl.resolve_layer()
 
 
+@pytest.mark.slow
 def test_cli_explain_with_reference_image_on_a_bare_tower(bare_tower, tmp_path):
     images = write_shapes_imagefolder(tmp_path / "imgs", num_images=2, size=40)
     ref = next(images.rglob("*.png"))

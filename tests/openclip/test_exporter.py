@@ -32,6 +32,7 @@ def _pixels(n=3, size=32, seed=5):
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.slow
 def test_export_full_clip_loads_in_open_clip(open_clip, tiny_clip_path, tmp_path, capsys):
     """HF CLIPModel -> export-openclip -> open_clip.create_model(name, pretrained=FILE): same image and text
     embeddings and logit scale."""
@@ -124,6 +125,7 @@ def test_real_open_clip_model_imports_with_its_activation(open_clip, tmp_path):
     assert (bad - oc.encode_image(_pixels())).abs().max() > 100 * TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["ViT-B-32", "ViT-B-16", "ViT-L-14"])
 def test_named_architectures_match_open_clip_exactly(open_clip, arch):
     """For each named geometry the exported keys and shapes are exactly those of open_clip's own model of that name

@@ -249,6 +249,7 @@ def hub_cache(tmp_path, monkeypatch):
     return cache
 
 
+@pytest.mark.slow
 def test_import_from_a_hub_repo_offline(state, base, hub_cache, tmp_path, capsys):
     """An open_clip repo (weights + open_clip_config.json saying GELU) resolves from the cache with HF_HUB_OFFLINE=1."""
     import os

@@ -157,6 +157,7 @@ def base():
     return load_world_clip()
 
 
+@pytest.mark.slow
 def test_shipped_base_loads_through_package_loader(base):
     from transformers import CLIPModel
 
@@ -174,6 +175,7 @@ def test_shipped_base_loads_through_package_loader(base):
         np.testing.assert_allclose(enc(pixels).numpy(), image_embeddings(model, to_pixel_values(images)).numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_shipped_base_meets_its_stated_accuracy(base):
     model, tokenizer, cfg = base
     stated = load_training_record()["results"]
@@ -189,6 +191,7 @@ def test_shipped_base_meets_its_stated_accuracy(base):
 # --------------------------------------------------------------------------- the command line
 
 
+@pytest.mark.slow
 def test_cli_pretrain_few_steps_end_to_end(tmp_path, capsys):
     from transformers import CLIPModel
 
@@ -230,6 +233,7 @@ def test_checksum_catches_a_changed_file(tmp_path):
         verify_checksums(folder)
 
 
+@pytest.mark.slow
 def test_pretraining_is_reproducible_from_its_seed():
     from aft_hf.world import pretrain
 
@@ -259,6 +263,7 @@ def _aft_finetune(folder):
                              extra_files={"aft_config.yaml": cfg.to_yaml()})
 
 
+@pytest.mark.slow
 def test_world_commands_accept_builtin_names_and_aft_finetunes(tmp_path, capsys):
     from aft_hf.cli import main
 
@@ -296,6 +301,7 @@ def test_world_clip_config_is_the_package_builder_and_matches_the_shipped_base()
     assert built["projection_dim"] == shipped["projection_dim"]
 
 
+@pytest.mark.slow
 def test_world_clip_takes_long_prompts_truncated_as_clip_does(tmp_path):
     """The shipped tokenizer's limit is the text model's 10 positions; longer text keeps <bos> ... <eos>."""
     from transformers import AutoTokenizer
