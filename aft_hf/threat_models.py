@@ -226,27 +226,22 @@ class L2(ThreatModel):
 
 
 @register_threat_model
-class Huber(ThreatModel):
-    """The AFT paper's norm: the L-inf box plus R = (eps2/eps) * mean over pixels of the colour-channel L2 norm.
+class Huber(Linf):
+    """The AFT paper's norm: the L-inf box and sign steps (inherited) plus
+    R = (eps2/eps) * mean over pixels of the colour-channel L2 norm.
 
     The penalty soft-thresholds small gradients, which makes saliency maps sparser.
     """
 
     name, label = "huber", "Huber"
     description = "an L-inf box of radius {eps}/255 with a colour-channel L2 penalty (eps2 {eps2}/255)"
-    uses_eps2, eps_per_pixel, headline = True, True, (1.0, 1.0)
+    uses_eps2, apgd_supported, headline = True, False, (1.0, 1.0)
 
     def penalty(self, delta: Tensor) -> Tensor:
         # L2 over colour channels at each pixel, mean over batch and pixels; the epsilon inside the
         # root keeps the gradient finite at delta = 0.
         pixel_norm = (delta.pow(2).sum(dim=1) + _TINY).sqrt()
         return (self.eps2 / self.eps) * pixel_norm.mean()
-
-    def direction(self, grad: Tensor) -> Tensor:
-        return grad.sign()
-
-    def project(self, delta: Tensor) -> Tensor:
-        return delta.clamp(-self.eps, self.eps)
 
 
 @register_threat_model

@@ -5,12 +5,12 @@ import pytest
 import torch
 from transformers import CLIPVisionModelWithProjection
 
-import aft_hf.train as train_mod
 from aft_hf.config import ConfigError, load_config
 from aft_hf.lora import LoraError, apply_lora, has_lora, save_adapter
 from aft_hf.model import export_pretrained, load_image_encoder
 from aft_hf.train import train
 from tests.image_helpers import write_png_folder
+from tests.train_helpers import Interrupt, crash_after_checkpoint
 
 LORA = ["--lora.r", "4", "--lora.alpha", "8"]
 
@@ -76,26 +76,15 @@ def test_training_writes_the_adapter_on_request(tiny_clip_path, tmp_path, single
     assert (final / "adapter" / "adapter_model.safetensors").is_file()
 
 
-class Interrupt(Exception):
-    pass
-
 
 @pytest.mark.slow
 def test_lora_resume_is_bitwise(tiny_clip_path, tmp_path, monkeypatch, single_thread):
     data = write_png_folder(tmp_path / "imgs", 24)
     full = train(_cfg(tiny_clip_path, data, tmp_path / "a"))
-    save = train_mod.save_checkpoint
-
-    def save_then_crash(accelerator, progress, *args):
-        path = save(accelerator, progress, *args)
-        if progress.step == 2:
-            raise Interrupt
-        return path
-
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_crash)
+    crash_after_checkpoint(monkeypatch, 2)
     with pytest.raises(Interrupt):
         train(_cfg(tiny_clip_path, data, tmp_path / "b"))
-    monkeypatch.setattr(train_mod, "save_checkpoint", save)
+    monkeypatch.undo()
     resumed = train(_cfg(tiny_clip_path, data, tmp_path / "b", "--resume_from_checkpoint", "latest"))
     a, b = _weights(full), _weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)

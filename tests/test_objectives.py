@@ -9,7 +9,6 @@ from accelerate import Accelerator
 from PIL import Image
 from transformers import CLIPVisionModelWithProjection
 
-import aft_hf.train as train_mod
 from aft_hf.attack import PGDAttacker
 from aft_hf.config import ConfigError, DataConfig, load_config
 from aft_hf.data import build_dataloader
@@ -26,6 +25,7 @@ from aft_hf.objectives import (
 )
 from aft_hf.train import aft_step, list_checkpoints, train
 from tests.image_helpers import write_png_folder
+from tests.train_helpers import Interrupt, crash_after_checkpoint
 
 CLASSES = ("cat", "dog", "car", "bird")
 
@@ -144,26 +144,15 @@ def test_vision_only_base_needs_a_text_model(tiny_clip_path, tiny_vision_path, t
     assert (final / "model.safetensors").is_file()
 
 
-class Interrupt(Exception):
-    pass
-
 
 @pytest.mark.slow
 def test_resume_with_tecoa_matches_uninterrupted_run(tiny_clip_path, tmp_path, monkeypatch):
     data = labelled_folder(tmp_path / "imgs", per_class=6)  # 24 images, batch 8: step 2 is mid-epoch
     full = train(tecoa_cfg(tiny_clip_path, data, tmp_path / "a"))
-    save = train_mod.save_checkpoint
-
-    def save_then_crash(accelerator, progress, *args):
-        path = save(accelerator, progress, *args)
-        if progress.step == 2:
-            raise Interrupt
-        return path
-
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_crash)
+    crash_after_checkpoint(monkeypatch, 2)
     with pytest.raises(Interrupt):
         train(tecoa_cfg(tiny_clip_path, data, tmp_path / "b"))
-    monkeypatch.setattr(train_mod, "save_checkpoint", save)
+    monkeypatch.undo()
     assert [p.name for p in list_checkpoints(tmp_path / "b")] == ["step_00000002"]
     resumed = train(tecoa_cfg(tiny_clip_path, data, tmp_path / "b", "--resume_from_checkpoint", "latest"))
     a = CLIPVisionModelWithProjection.from_pretrained(full).state_dict()

@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import CLIPVisionModelWithProjection
 
-import aft_hf.train as train_mod
 from aft_hf.config import load_config
 from aft_hf.model import ImageEncoder
 from aft_hf.train import list_checkpoints, train
 from tests.image_helpers import write_mixed_folder, write_png_folder
+from tests.train_helpers import Interrupt, crash_after_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,9 +58,6 @@ def test_fixed_batch_loss_falls_and_export_differs(tiny_clip_path, tmp_path, mon
     assert load_config(final / "aft_config.yaml") == cfg
 
 
-class Interrupt(Exception):
-    pass
-
 
 @pytest.mark.slow
 def test_resume_mid_epoch_matches_uninterrupted_run(tiny_clip_path, tmp_path, monkeypatch):
@@ -68,18 +65,10 @@ def test_resume_mid_epoch_matches_uninterrupted_run(tiny_clip_path, tmp_path, mo
     data = write_png_folder(tmp_path / "imgs", 32)
     full = train(tiny_cfg(tiny_clip_path, data, tmp_path / "a"))
 
-    save = train_mod.save_checkpoint
-
-    def save_then_crash(accelerator, progress, *args):
-        path = save(accelerator, progress, *args)
-        if progress.step == 6:
-            raise Interrupt
-        return path
-
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_crash)
+    crash_after_checkpoint(monkeypatch, 6)
     with pytest.raises(Interrupt):
         train(tiny_cfg(tiny_clip_path, data, tmp_path / "b"))
-    monkeypatch.setattr(train_mod, "save_checkpoint", save)
+    monkeypatch.undo()
     assert [p.name for p in list_checkpoints(tmp_path / "b")] == ["step_00000006"]
     resumed = train(tiny_cfg(tiny_clip_path, data, tmp_path / "b", "--resume_from_checkpoint", "latest"))
     a, b = vision_weights(full), vision_weights(resumed)

@@ -24,3 +24,23 @@ def strict_json(path: Path):
         raise ValueError(f"bare {token} in {path}")
 
     return json.loads(path.read_text(), parse_constant=refuse)
+
+
+class Interrupt(Exception):
+    """Raised by :func:`crash_after_checkpoint`: a run that stopped right after a checkpoint."""
+
+
+def crash_after_checkpoint(monkeypatch, step: int) -> None:
+    """Make training raise :class:`Interrupt` right after it saved the checkpoint of ``step`` (as a crash would);
+    ``monkeypatch.undo()`` or a new ``setattr`` restores the real save."""
+    import aft_hf.train as train_mod
+
+    save = train_mod.save_checkpoint
+
+    def save_then_crash(accelerator, progress, *args):
+        path = save(accelerator, progress, *args)
+        if progress.step == step:
+            raise Interrupt
+        return path
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_crash)

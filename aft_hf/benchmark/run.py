@@ -109,9 +109,11 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
         if not todo:
             continue
         (encoder,), (text,), _ = load_models_and_texts([model], text_model, acc.device)
+        weights = tower_weights_sha256(encoder.vision.state_dict())  # what push checks a card against
         for plan in todo:
             results[model][plan.request.name] = _run_dataset(acc, encoder, text, plan, protocol,
-                                                             state / plan.request.name, model, run_state)
+                                                             state / plan.request.name, model, run_state,
+                                                             weights)
             run_state["work_left"] = max(run_state["work_left"] - run_work([plan], protocol), 0)
             if main:
                 report = write_reports(build_report(models, text_model, protocol, entries, results, launch), out)
@@ -124,7 +126,7 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
 
 
 def _run_dataset(acc, encoder, text, plan: DatasetPlan, protocol: Protocol, folder: Path, model: str,
-                 run_state: dict) -> dict:
+                 run_state: dict, weights_sha256: str) -> dict:
     name = plan.request.name
     weights = text.class_embeddings(plan.data.classnames, plan.data.templates).to(acc.device)
     classifier = PrecisionForward(ZeroShotClassifier(encoder, weights, LOGIT_SCALE), protocol.precision).eval()
@@ -146,7 +148,7 @@ def _run_dataset(acc, encoder, text, plan: DatasetPlan, protocol: Protocol, fold
 
     records = work.run(mine, progress)
     result = summarise(shard.gather(records), plan, protocol)
-    result[WEIGHTS_HASH_KEY] = tower_weights_sha256(encoder.vision.state_dict())  # what push checks a card against
+    result[WEIGHTS_HASH_KEY] = weights_sha256
     if acc.is_main_process:
         write_json(folder / "result.json", result)
         rob = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result["robust_top1"].items())
