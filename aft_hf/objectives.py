@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import AftError
+from .registry import Registry
 
 # The config, the encoder and the services are passed in, not imported: the config imports this module
 # (to validate ``objective``), and the text tower and class names live in layers below it.
@@ -67,34 +68,17 @@ class ObjectiveError(AftError, ValueError):
     """An objective cannot be set up with this model or data (no labels, no text tower, ...)."""
 
 
-OBJECTIVES: dict[str, type["Objective"]] = {}
-"""The registry: objective name -> class, in registration order."""
-
-
-def register_objective(cls: type["Objective"]) -> type["Objective"]:
-    """Class decorator: make ``cls`` available as ``objective: <cls.name>`` in the config."""
-    if not getattr(cls, "name", None):
-        raise TypeError(f"{cls.__name__} needs a class attribute `name`")
-    OBJECTIVES[cls.name] = cls
-    return cls
-
-
-def available_objectives() -> tuple[str, ...]:
-    """Names of the registered objectives (the choices of ``objective``)."""
-    return tuple(OBJECTIVES)
-
-
-def get_objective(name: str) -> type["Objective"]:
-    """The class registered as ``name``; an unknown name raises :class:`ObjectiveError` listing the known ones."""
-    if name not in OBJECTIVES:
-        raise ObjectiveError(f"unknown objective '{name}' (choose from {', '.join(OBJECTIVES)})")
-    return OBJECTIVES[name]
+OBJECTIVES: Registry = Registry("objective", ObjectiveError)
+"""The registry: objective name -> class, in registration order (the choices of ``objective``)."""
+register_objective = OBJECTIVES.register
+available_objectives = OBJECTIVES.names
+get_objective = OBJECTIVES.lookup
 
 
 def objective_problems(cfg: TrainConfig) -> list[str]:
     """Config problems of ``cfg.objective`` (an unknown name, or what the objective itself refuses)."""
     if cfg.objective not in OBJECTIVES:
-        return [f"objective: unknown objective '{cfg.objective}' (choose from {', '.join(OBJECTIVES)})"]
+        return [f"objective: {OBJECTIVES.unknown(cfg.objective)}"]
     return OBJECTIVES[cfg.objective].config_problems(cfg)
 
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import InputError
+from .registry import Registry
 
 _TINY = 1e-12
 
@@ -41,33 +42,17 @@ class AttackError(InputError):
     """Bad attacker settings or inputs (unknown norm, negative budget, images not (B, C, H, W) floats in [0, 1])."""
 
 
-THREAT_MODELS: dict[str, type["ThreatModel"]] = {}
-"""The registry: norm name -> threat-model class, in registration order."""
-
-
-def register_threat_model(cls: type["ThreatModel"]) -> type["ThreatModel"]:
-    """Class decorator: make ``cls`` available under ``cls.name`` to the attackers, the config, cards and the demo."""
-    if not getattr(cls, "name", None):
-        raise TypeError(f"{cls.__name__} needs a class attribute `name`")
-    THREAT_MODELS[cls.name] = cls
-    return cls
-
-
-def available_norms() -> tuple[str, ...]:
-    """Names of the registered threat models (the choices of ``attack.norm``)."""
-    return tuple(THREAT_MODELS)
+THREAT_MODELS: Registry = Registry("norm", AttackError)
+"""The registry: norm name -> threat-model class, in registration order (the choices of ``attack.norm``),
+read by the attackers, the config, cards and the demo."""
+register_threat_model = THREAT_MODELS.register
+available_norms = THREAT_MODELS.names
+get_threat_model = THREAT_MODELS.lookup
 
 
 def apgd_norms() -> tuple[str, ...]:
     """Names of the threat models APGD can attack (``apgd_supported``)."""
     return tuple(name for name, cls in THREAT_MODELS.items() if cls.apgd_supported)
-
-
-def get_threat_model(norm: str) -> type["ThreatModel"]:
-    """The class registered as ``norm``; an unknown name raises :class:`AttackError` listing the known ones."""
-    if norm not in THREAT_MODELS:
-        raise AttackError(f"unknown norm '{norm}' (choose from {', '.join(THREAT_MODELS)})")
-    return THREAT_MODELS[norm]
 
 
 def norm_label(norm: str) -> str:

@@ -51,7 +51,7 @@ def _graph() -> dict[str, set[str]]:
 
 
 LAYERS = [
-    {"constants", "errors", "env", "files", "tokenizer", "outputs", "published", "load_report"},
+    {"constants", "errors", "env", "files", "tokenizer", "outputs", "published", "load_report", "registry"},
     {"config", "config_help", "recipes", "launch", "model", "resolution", "threat_models", "attack", "data", "perf", "lora",
      "results", "objectives"},
     {"card", "hub", "openclip", "graft"},

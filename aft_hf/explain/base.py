@@ -26,23 +26,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..registry import Registry
 from .targets import ExplainError, as_target
 
-METHODS: dict[str, type["AttributionMethod"]] = {}
-"""The registry: canonical method name -> method class, in registration order."""
-
-
-def register_method(cls: type["AttributionMethod"]) -> type["AttributionMethod"]:
-    """Class decorator: make ``cls`` available to :class:`Explainer` under ``cls.name`` and ``cls.aliases``."""
-    if not getattr(cls, "name", None):
-        raise TypeError(f"{cls.__name__} needs a class attribute `name`")
-    METHODS[cls.name] = cls
-    return cls
-
-
-def available_methods() -> tuple[str, ...]:
-    """Canonical names of the registered methods."""
-    return tuple(METHODS)
+METHODS: Registry = Registry("attribution method", ExplainError)
+"""The registry: canonical method name -> method class, in registration order; :func:`resolve_method` also
+accepts each class's ``aliases``."""
+register_method = METHODS.register
+available_methods = METHODS.names
 
 
 def method_label(name: str) -> str:
