@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attack import attack_mode
-from ..evaluate.apgd import apgd, ce_loss, targeted_dlr_loss
+from ..evaluate.apgd import apgd_robust
 from ..threat_models import Linf
 from .errors import BenchmarkError
 
@@ -129,22 +129,14 @@ def attack_runs(protocol: Protocol, num_classes: int) -> list[tuple[str, int]]:
 def robust_verdicts(model: nn.Module, images: Tensor, labels: Tensor, alive: Tensor, eps: float,
                     protocol: Protocol, seed: int) -> Tensor:
     """Per image, whether it is still classified correctly after every run of :func:`attack_runs` at
-    ``eps`` (1/255 units); only the images with ``alive`` set are attacked (the others are False). The
-    class count (no targeted runs with 2 classes) is that of the model's logits."""
-    generator = torch.Generator(device=images.device).manual_seed(seed)
-    robust = alive.clone()
-    with attack_mode(model) as forward:
-        with torch.no_grad():
-            ranked = forward(images).argsort(dim=1, descending=True)
-        for kind, k in attack_runs(protocol, ranked.shape[1]):
-            idx = robust.nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
-            loss, target = (ce_loss, None) if kind == "ce" else (targeted_dlr_loss, ranked[idx, k])
-            _, fooled = apgd(forward, images[idx], labels[idx], eps / 255, protocol.norm, protocol.iterations,
-                             loss, target, generator=generator)
-            robust[idx[fooled]] = False
-    return robust
+    ``eps`` (1/255 units): the package's :func:`~aft_hf.evaluate.apgd.apgd_robust` with the protocol's
+    restarts; only the images with ``alive`` set are attacked (the others are False). The class count (no
+    targeted runs with 2 classes) is that of the model's logits."""
+    with attack_mode(model) as forward, torch.no_grad():
+        clean = forward(images)
+    return apgd_robust(model, images, labels, eps / 255, protocol.norm, protocol.iterations, protocol.t_restarts,
+                       protocol.targets_for(clean.shape[1]), seed, clean_logits=clean,
+                       ce_restarts=protocol.ce_restarts, alive=alive)
 
 
 __all__ = ["PRECISIONS", "PrecisionForward", "Protocol", "attack_runs", "budget_key", "robust_verdicts"]

@@ -260,7 +260,8 @@ def _targeted_rows(forward: Callable[[Tensor], Tensor], images: Tensor, labels: 
 
 def apgd_robust(model: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor, eps: float, norm: str = DEFAULT_NORM,
                 iterations: int = 100, restarts: int = 1, targets: int = 9, seed: int = 0,
-                clean_logits: Optional[Tensor] = None, speed: APGDSpeed = APGDSpeed()) -> Tensor:
+                clean_logits: Optional[Tensor] = None, speed: APGDSpeed = APGDSpeed(),
+                ce_restarts: Optional[int] = None, alive: Optional[Tensor] = None) -> Tensor:
     """Per-image robustness (bool) under APGD-CE then APGD-T (AutoAttack's "standard" APGD part).
 
     An image is robust when it is classified correctly and every attack fails: ``restarts`` runs of
@@ -268,20 +269,24 @@ def apgd_robust(model: Callable[[Tensor], Tensor], images: Tensor, labels: Tenso
     (capped at classes - 1). Each attack only sees the images still robust. A module ``model`` runs in
     eval mode on frozen parameters during the attack. ``clean_logits`` (the model's logits on ``images``,
     when the caller has them) saves the clean forward; ``speed`` picks how the runs execute (:class:`APGDSpeed`).
+    ``ce_restarts`` gives APGD-CE its own number of runs (default ``restarts``; the robust-CLIP benchmark's
+    AutoAttack runs 5); ``alive`` restricts the attack to those images (default: the ones classified
+    correctly), e.g. the survivors of a smaller budget.
     """
-    if iterations < 1 or restarts < 1 or targets < 0 or eps < 0:
+    ce_restarts = restarts if ce_restarts is None else ce_restarts
+    if iterations < 1 or restarts < 1 or ce_restarts < 1 or targets < 0 or eps < 0:
         raise AttackError(f"APGD needs iterations >= 1, restarts >= 1, targets >= 0 and eps >= 0; got "
                           f"{iterations}, {restarts}, {targets}, {eps}")
     generator = torch.Generator(device=images.device).manual_seed(seed)
     frozen = attack_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext(model)
     with frozen as forward:
         clean = _predict(forward, images, speed) if clean_logits is None else clean_logits.detach()
-        robust = clean.argmax(dim=1) == labels
+        robust = clean.argmax(dim=1) == labels if alive is None else alive.clone()
         if eps == 0:
             return robust
         ranked = clean.argsort(dim=1, descending=True)
         count = min(targets, clean.shape[1] - 1)
-        runs = [(ce_loss, None)] * restarts
+        runs = [(ce_loss, None)] * ce_restarts
         if speed.batch_targets and count > 0:
             runs += [(targeted_dlr_loss, "all")] * restarts
         else:

@@ -17,6 +17,7 @@ from aft_hf.benchmark import BenchmarkError, DatasetRequest, Protocol, open_wds,
 from aft_hf.benchmark import protocol as protocol_mod
 from aft_hf.benchmark.suites import SUITES, suite_datasets
 from aft_hf.cli import main
+from aft_hf.evaluate import apgd as apgd_mod
 
 REPO = Path(__file__).resolve().parents[2]
 CHEAP = dict(iterations=3, ce_restarts=1, t_restarts=1, targets=2, batch_size=4)
@@ -163,13 +164,13 @@ def _strip(report: dict) -> dict:
 def test_benchmark_end_to_end(copies, tiny_clip_path, tmp_path, monkeypatch, single_thread, caplog):
     three, binary = copies
     runs = []
-    real = protocol_mod.apgd
+    real = apgd_mod.apgd
 
-    def spy(forward, images, labels, eps, norm, iterations, loss, target, generator=None):
+    def spy(forward, images, labels, eps, norm, iterations, loss, target, generator=None, speed=None):
         runs.append((loss.__name__, len(images)))
-        return real(forward, images, labels, eps, norm, iterations, loss, target, generator=generator)
+        return real(forward, images, labels, eps, norm, iterations, loss, target, generator=generator, speed=speed)
 
-    monkeypatch.setattr(protocol_mod, "apgd", spy)
+    monkeypatch.setattr(apgd_mod, "apgd", spy)  # what the protocol's apgd_robust calls
     requests = [DatasetRequest.from_ref(str(three)), DatasetRequest.from_ref(str(binary))]
     protocol = Protocol(eps=(2, 8), robust_images=6, **CHEAP)
     printed = []
@@ -207,11 +208,11 @@ def test_benchmark_end_to_end(copies, tiny_clip_path, tmp_path, monkeypatch, sin
 def test_binary_dataset_runs_no_targeted_attack(monkeypatch):
     seen = []
 
-    def fake_apgd(forward, images, labels, eps, norm, iterations, loss, target, generator=None):
+    def fake_apgd(forward, images, labels, eps, norm, iterations, loss, target, generator=None, speed=None):
         seen.append(loss.__name__)
         return images, torch.zeros(len(images), dtype=torch.bool)  # never fooled: every run happens
 
-    monkeypatch.setattr(protocol_mod, "apgd", fake_apgd)
+    monkeypatch.setattr(apgd_mod, "apgd", fake_apgd)  # what the protocol's apgd_robust calls
     def clf(classes):
         return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, classes))
 
@@ -362,13 +363,13 @@ def test_hub_dataset_offline_is_one_line(tiny_clip_path, tmp_path, capsys):
 def test_nested_budgets_attack_only_the_survivors(copies, tiny_clip_path, tmp_path, monkeypatch, single_thread):
     _, binary = copies
     attacked = {}
-    real = protocol_mod.apgd
+    real = apgd_mod.apgd
 
     def spy(forward, images, labels, eps, *args, **kw):
         attacked.setdefault(round(eps * 255), []).append(len(images))
         return real(forward, images, labels, eps, *args, **kw)
 
-    monkeypatch.setattr(protocol_mod, "apgd", spy)
+    monkeypatch.setattr(apgd_mod, "apgd", spy)  # what the protocol's apgd_robust calls
     protocol = Protocol(eps=(1, 8), robust_images=8, nested=True, **{**CHEAP, "batch_size": 8})
     report = run_benchmark([str(tiny_clip_path)], [DatasetRequest.from_ref(str(binary))], tmp_path / "n", protocol,
                            print_fn=lambda s: None)
@@ -421,8 +422,9 @@ def test_markdown_has_a_row_per_dataset_the_average_and_the_difference_between_m
 
 @pytest.mark.parametrize("targets", [0, 3])
 def test_protocol_attack_is_the_packages_apgd_ce_then_apgd_t(targets):
-    """With one restart of each, the benchmark's sequence of runs gives apgd_robust's verdicts image for image
-    (apgd_robust is the one cross-checked against AutoAttack in test_apgd.py)."""
+    """With one restart of each, the benchmark's verdicts are apgd_robust's image for image: the protocol passes
+    its iterations, targets and seed through (apgd_robust is the one cross-checked against AutoAttack in
+    test_apgd.py)."""
     from aft_hf.evaluate.apgd import apgd_robust
 
     torch.manual_seed(0)
