@@ -12,7 +12,7 @@ Same model, images, labels, eps, iterations (100), restarts (1) and targets (9) 
 
 Variants: ``reference`` (pyautoattack ``AutoAttack(attacks=["apgd-ce", "apgd-t"])``), ``package`` (every
 lever of :class:`aft_hf.evaluate.apgd.APGDSpeed` at its default) and, with ``--levers``, the package with
-one lever switched (``no-shrink``, ``batch-targets``, ``recompute-clean``, ``bf16``). Every round runs
+one lever switched (``no-shrink``, ``batch-targets``, ``recompute-clean``, ``bf16``, ``compile``). Every round runs
 each variant once (A, B, C, ..., then again), so load changes on a shared machine hit all variants alike;
 medians over rounds, ratios against the reference and against ``package``, robust counts and the share of
 images on which each variant's verdict equals the reference's are printed (and written with ``--json``).
@@ -80,7 +80,8 @@ CASES: dict[str, Callable[[int], tuple]] = {"world": world_case, "random": rando
 LEVERS = {"no-shrink": dict(speed=APGDSpeed(shrink=False)),
           "batch-targets": dict(speed=APGDSpeed(batch_targets=True)),
           "recompute-clean": dict(reuse_clean=False),
-          "bf16": dict(speed=APGDSpeed(autocast=torch.bfloat16))}
+          "bf16": dict(speed=APGDSpeed(autocast=torch.bfloat16)),
+          "compile": dict(speed=APGDSpeed(compile=True))}
 """One lever switched against the package's default (``batch-targets`` and ``bf16`` switch on what is off by default)."""
 
 

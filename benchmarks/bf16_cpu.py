@@ -10,6 +10,11 @@ warm-up of each; the median ratio fp32 / bf16 is the speed-up. The CPU's bf16 un
 ``/proc/cpuinfo`` (``avx512_bf16``, ``amx_bf16``) and torch's kernel level from
 ``torch.backends.cpu.get_cpu_capability()``; the environment variables above make torch, MKL and oneDNN use
 AVX2 only, i.e. what a CPU without AVX-512 bf16 / AMX does.
+
+``--unit step`` times the whole trainer step instead (``aft_hf.train.aft_step``: target forward, K attack
+iterations, update), fp32 and bf16 alternating: one fp32 ``AftRunner`` per precision, the bf16 one stepped
+inside ``torch.autocast("cpu", dtype=torch.bfloat16)``, which is the context ``accelerator.autocast()`` opens
+under ``--mixed_precision bf16`` on CPU (one process cannot hold two accelerate precisions).
 """
 
 from __future__ import annotations
@@ -44,16 +49,8 @@ def cpu_bf16_units() -> list[str]:
     return sorted(f for f in flags.split() if f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx2"))
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="b32", choices=sorted(GEOMETRIES))
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", type=Path, default=None)
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def fwdbwd_work(args: argparse.Namespace):
+    """One forward + backward (to pixels and weights) of the tower, fp32 or under bf16 autocast."""
     encoder = build_encoder(args.model, "sdpa").train()
     use_matmul_patch_embedding(encoder.vision)
     images = make_batch(args.batch_size, encoder.image_size, torch.device("cpu"))
@@ -65,6 +62,40 @@ def main(argv=None) -> int:
         loss.backward()
         encoder.zero_grad(set_to_none=True)
 
+    return work
+
+
+def step_work(args: argparse.Namespace):
+    """One trainer step (``aft_hf.train.aft_step``), fp32 or under bf16 autocast, each precision its own model."""
+    from accelerate import Accelerator
+    from aft_step import AftRunner, StepOptions
+
+    accelerator = Accelerator(cpu=True)
+    runners = {v: AftRunner(accelerator, args.model, args.steps, StepOptions()) for v in ("fp32", "bf16")}
+    images = make_batch(args.batch_size, runners["fp32"].image_size, torch.device("cpu"))
+    seeds = iter(range(10**6))
+
+    def work(dtype):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            runners[dtype].step(images, torch.Generator().manual_seed(next(seeds)))
+
+    return work
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="b32", choices=sorted(GEOMETRIES))
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--unit", choices=["fwdbwd", "step"], default="fwdbwd",
+                   help="forward+backward of the tower (default) or the whole trainer step (--steps attack iterations)")
+    p.add_argument("--steps", type=int, default=10, help="--unit step: attack iterations K")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = step_work(args) if args.unit == "step" else fwdbwd_work(args)
     variants = ("fp32", "bf16")
     for v in variants:
         work(v)
@@ -81,7 +112,8 @@ def main(argv=None) -> int:
               "load": os.getloadavg(), "args": vars(args) | {"json": None}, "seconds": times, "median_s": med,
               "fp32_over_bf16": med["fp32"] / med["bf16"]}
     print(json.dumps({k: report[k] for k in ("cpu_flags", "torch_cpu_capability", "isa_env", "threads")}))
-    print(f"{args.model} batch {args.batch_size} forward+backward: fp32 {med['fp32']:.3f} s, bf16 {med['bf16']:.3f} s "
+    unit = f"AFT step (K={args.steps})" if args.unit == "step" else "forward+backward"
+    print(f"{args.model} batch {args.batch_size} {unit}: fp32 {med['fp32']:.3f} s, bf16 {med['bf16']:.3f} s "
           f"-> bf16 is {report['fp32_over_bf16']:.2f}x fp32's speed ({args.rounds} alternating rounds)")
     write_report(args.json, report)
     return 0

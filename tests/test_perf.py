@@ -85,6 +85,15 @@ def runs(tiny_clip_path, tmp_path_factory, single_thread):
     return embeddings, embed(tiny_clip_path)
 
 
+def _run_benchmark(script: str, args: str, out: Path) -> subprocess.CompletedProcess:
+    """Run ``benchmarks/<script>`` offline with ``args`` (split on spaces) and ``--json out``; fail with its stderr."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args.split(), "--json", str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
 def _relative_gap(a: torch.Tensor, b: torch.Tensor, initial: torch.Tensor) -> float:
     """||a - b|| / ||b - initial||: how far two trained models' embeddings are, in units of what training moved."""
     return ((a - b).norm() / (b - initial).norm()).item()
@@ -146,13 +155,8 @@ def test_switch_keeps_forward_and_input_gradient(tiny_clip_path, single_thread, 
 @pytest.mark.slow
 def test_benchmark_smoke_writes_valid_json(tmp_path):
     out = tmp_path / "bench.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "aft_step.py"), "--model", "tiny", "--batch-size", "2",
-         "--steps", "2", "--repeats", "1", "--threads", "1", "--peak-seconds", "0.1", "--ablate", "freeze",
-         "--json", str(out)],
-        env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = _run_benchmark("aft_step.py", "--model tiny --batch-size 2 --steps 2 --repeats 1 "
+                                          "--threads 1 --peak-seconds 0.1 --ablate freeze", out)
     report = json.loads(out.read_text())
     assert "| variant | images/s |" in done.stdout and "speed vs reference loop" in done.stdout
     assert [v["name"] for v in report["variants"]] == ["optimised", "flip freeze"]
@@ -213,12 +217,7 @@ def test_matmul_patch_embedding_is_the_convolution(tiny_clip_path, tmp_path):
 def test_data_pipeline_benchmark_smoke(tmp_path):
     """The data benchmark decodes real JPEGs through the trainer's loader, skips the corrupt one, writes JSON."""
     out = tmp_path / "data.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "data_pipeline.py"), "--n-images", "12", "--size", "32",
-         "--batch-size", "4", "--workers", "0", "--batches", "1", "--json", str(out)],
-        env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    _run_benchmark("data_pipeline.py", "--n-images 12 --size 32 --batch-size 4 --workers 0 --batches 1", out)
     report = json.loads(out.read_text())
     assert report["files"]["n_corrupt"] == 1 and report["per_core"]["failed"] == 1
     assert report["per_core"]["decoded"] == 11 and report["per_core"]["images_per_s"] > 0
@@ -231,12 +230,8 @@ def test_data_pipeline_benchmark_smoke(tmp_path):
 def test_ab_switch_benchmark_smoke(tmp_path):
     """The interleaved A/B benchmark times both variants in alternation and writes their ratio."""
     out = tmp_path / "ab.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "ab_switch.py"), "--switch", "patchmm", "--model", "tiny",
-         "--batch-size", "2", "--steps", "2", "--rounds", "3", "--threads", "1", "--json", str(out)],
-        env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    _run_benchmark("ab_switch.py", "--switch patchmm --model tiny --batch-size 2 "
+                                    "--steps 2 --rounds 3 --threads 1", out)
     report = json.loads(out.read_text())
     assert set(report["median_step_s"]) == {"default", "flip patchmm"}
     assert all(len(t) == 2 for t in report["step_s"].values())
@@ -270,11 +265,7 @@ def test_step_benchmark_times_its_steps_before_the_rss_tracking_slows_them(monke
 def test_step_matmuls_benchmark_replays_the_steps_matrix_products(tmp_path):
     """step_matmuls.py records the step's matmul kernels (attention and patch embedding included) and times them."""
     out = tmp_path / "mm.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "step_matmuls.py"), "--model", "tiny",
-                           "--batch-size", "2", "--steps", "1", "--rounds", "1", "--reps", "1", "--threads", "1",
-                           "--json", str(out)], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    _run_benchmark("step_matmuls.py", "--model tiny --batch-size 2 --steps 1 --rounds 1 --reps 1 --threads 1", out)
     report = json.loads(out.read_text())
     ops = {k["op"] for k in report["kernels"]}
     assert {"addmm.default", "_scaled_dot_product_flash_attention_for_cpu.default",
@@ -282,6 +273,31 @@ def test_step_matmuls_benchmark_replays_the_steps_matrix_products(tmp_path):
     assert sum(k["count"] for k in report["kernels"]) > 20 and report["matmul_s"][0] > 0
     assert report["step_over_matmul"] == pytest.approx(report["step_s"][0] / report["matmul_s"][0])
 
+
+@pytest.mark.slow
+def test_step_agreement_benchmark_compares_the_benchmark_with_a_plain_trainer_loop(tmp_path):
+    """step_agreement.py runs aft_step.py and a plain aft_step loop in fresh processes and reports their ratio."""
+    out = tmp_path / "agree.json"
+    done = _run_benchmark("step_agreement.py", "--model tiny --batch-size 2 --steps 1 "
+                                                "--threads 1 --repeats 1 --rounds 1", out)
+    report = json.loads(out.read_text())
+    assert set(report["samples"]) == {"benchmark", "plain"}
+    assert all(len(v) == 1 and v[0] > 0 for v in report["samples"].values())
+    assert report["within_10_percent"] == (abs(report["median"]["benchmark"] / report["median"]["plain"] - 1) <= 0.10)
+    assert "within 10% of the plain loop" in done.stdout
+
+@pytest.mark.slow
+@pytest.mark.parametrize("unit", ["fwdbwd", "step"])
+def test_bf16_benchmark_times_fp32_and_bf16_alternating(tmp_path, unit):
+    """bf16_cpu.py times the tower's forward+backward or the whole trainer step in fp32 and bf16, and reports
+    the CPU's bf16 units and torch's kernel level beside the ratio."""
+    out = tmp_path / "bf16.json"
+    done = _run_benchmark("bf16_cpu.py", f"--model tiny --batch-size 2 --rounds 2 "
+                                          f"--unit {unit} --steps 1 --threads 1", out)
+    report = json.loads(out.read_text())
+    assert all(len(report["seconds"][v]) == 2 and min(report["seconds"][v]) > 0 for v in ("fp32", "bf16"))
+    assert report["fp32_over_bf16"] == pytest.approx(report["median_s"]["fp32"] / report["median_s"]["bf16"])
+    assert report["torch_cpu_capability"] and ("AFT step (K=1)" in done.stdout) == (unit == "step")
 
 def test_fused_adamw_skips_a_nonfinite_step_on_cpu():
     """The non-finite skip of the fused AdamW kernel (found_inf, the path CUDA runs by default) runs on CPU through
@@ -351,14 +367,11 @@ def test_apgd_vs_autoattack_benchmark_smoke(tmp_path):
     """The APGD benchmark times the reference and the package interleaved and reports per-image agreement."""
     pytest.importorskip("pyautoattack", reason="the reference: pip install aft_hf[autoattack]")
     out = tmp_path / "apgd.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "apgd_vs_autoattack.py"), "--cases", "random",
-                           "--images", "6", "--eps", "4", "--iterations", "3", "--targets", "2", "--rounds", "2",
-                           "--levers", "all", "--threads", "1", "--json", str(out)],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    levers = "no-shrink,batch-targets,recompute-clean,bf16"  # not compile: its cold compilation takes a minute
+    _run_benchmark("apgd_vs_autoattack.py", "--cases random --images 6 --eps 4 --iterations 3 --targets 2 "
+                                             f"--rounds 2 --levers {levers} --threads 1", out)
     (row,) = json.loads(out.read_text())["results"]
-    variants = {"reference", "package", "no-shrink", "batch-targets", "recompute-clean", "bf16"}
+    variants = {"reference", "package", *levers.split(",")}
     assert set(row["median_s"]) == variants and all(len(t) == 2 for t in row["times_s"].values())
     assert row["agreement_with_reference"]["reference"] == 1.0 and row["clean_correct"] == 6
     assert all(0 <= a <= 1 for a in row["agreement_with_reference"].values())

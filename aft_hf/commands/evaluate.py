@@ -101,6 +101,9 @@ def add_subcommand(subparsers) -> None:
                    default=os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower(),
                    help="autocast of the robust-accuracy attack's forward passes (bf16 on CPUs with AVX-512 bf16 / "
                         "AMX, or on GPUs; fp16 on CUDA only); default: accelerate's ACCELERATE_MIXED_PRECISION or no")
+    p.add_argument("--attack-compile", action="store_true",
+                   help="torch.compile the APGD attack's forward: a compilation first (about a minute on a small "
+                        "CPU), then cheaper iterations; for long evaluations")
     p.add_argument("--roar-fractions", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9],
                    help="ROAR: fractions of the pixels removed (each strictly between 0 and 1)")
     p.add_argument("--deletion-steps", type=int, default=20, help="deletion/insertion: points on each curve")
@@ -214,7 +217,7 @@ def _cli_evaluate(args, extra) -> int:
     templates = resolve_templates(args.templates or ("clip80" if len(names) == 1000 else "simple"))
     options = {"robust": {"eps": args.eps, "steps": args.attack_steps, "attack": args.robust_attack,
                           "restarts": args.attack_restarts, "targets": args.attack_targets,
-                          "mixed_precision": args.mixed_precision},
+                          "mixed_precision": args.mixed_precision, "compile": args.attack_compile},
                "roar": {"fractions": args.roar_fractions, "evaluator": args.roar_evaluator,
                         "cnn": {"epochs": args.roar_epochs}, "repeats": args.roar_repeats, "floor": args.roar_floor},
                "deletion": {"steps": args.deletion_steps, "order": args.deletion_order, "baseline": args.baseline},

@@ -67,6 +67,9 @@ class RobustOptions:
     """APGD-T: target classes (0: APGD-CE only)."""
     mixed_precision: Optional[str] = None
     """Autocast of the attack's forward passes: ``no``, ``bf16`` or ``fp16`` (GPU); None: ``no``."""
+    compile: bool = False
+    """APGD: ``torch.compile`` the attack's forward (:class:`~aft_hf.evaluate.apgd.APGDSpeed`): a compilation
+    first, then cheaper iterations; for long evaluations."""
 
     def __post_init__(self):
         if self.attack not in ATTACKS:
@@ -83,7 +86,7 @@ class RobustAccuracy(Metric):
     def compute(self, ctx: EvalContext) -> MetricResult:
         o = self.options
         steps = o.steps or DEFAULT_ITERATIONS[o.attack]
-        speed = APGDSpeed.from_mixed_precision(o.mixed_precision, ctx.class_weights.device)
+        speed = APGDSpeed.from_mixed_precision(o.mixed_precision, ctx.class_weights.device, compile=o.compile)
         verdicts = robust_verdicts(ctx.classifier, ctx.images, ctx.labels, o.eps, steps, o.alpha, ctx.batch_size,
                                    ctx.seed, ctx.progress, o.attack, o.restarts, o.targets, shard=ctx.shard,
                                    speed=speed)

@@ -281,3 +281,50 @@ def test_robust_accuracy_in_bf16_stays_within_a_few_images_of_fp32():
                            speed=APGDSpeed(autocast=torch.bfloat16))
     assert 0.05 < fp32["4/255"] < 0.95
     assert abs(fp32["4/255"] - bf16["4/255"]) <= 4 / 64
+
+
+@pytest.mark.slow
+def test_compiled_attack_gets_the_exact_linf_verdicts_without_a_recompile_per_batch_size():
+    """APGDSpeed(compile=True): the forward really runs compiled (dynamo captures a graph), rows leaving the
+    batch (shrink) do not compile it again for every batch size, and the verdicts are the exact ones away
+    from the decision boundary (as for the eager attack)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    eps = 4 / 255
+    model, x, labels = _linear_two_class(scale=15 * eps)
+    margin = _exact_linf_robust(model, x, labels, eps)
+    keep = margin.abs() > 1e-3
+    x, labels, exact = x[keep], labels[keep], margin[keep] > 0
+    torch._dynamo.reset()
+    counters.clear()
+    robust = apgd_robust(model, x, labels, eps, iterations=10, targets=1, speed=APGDSpeed(compile=True))
+    assert torch.equal(robust, exact)
+    graphs = counters["stats"]["unique_graphs"]
+    assert 1 <= graphs <= 3  # compiled, and not once per batch size (the batch shrank from 200 rows to the robust)
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_attack_compile_flag_reaches_the_apgd_of_the_robust_metric(tiny_clip_path, tmp_path, monkeypatch):
+    """``aft-hf evaluate --attack-compile`` -> RobustOptions.compile -> APGDSpeed(compile=True) in the attack (the
+    attack itself is run uncompiled here: compiling is the slow test above)."""
+    import dataclasses
+
+    from aft_hf.cli import main
+    from aft_hf.data import write_shapes_imagefolder
+    from aft_hf.evaluate import metrics as metrics_module
+
+    seen, real = [], metrics_module.robust_verdicts
+
+    def spy(*args, speed, **kwargs):
+        seen.append(speed.compile)
+        return real(*args, speed=dataclasses.replace(speed, compile=False), **kwargs)
+
+    monkeypatch.setattr(metrics_module, "robust_verdicts", spy)
+    data = write_shapes_imagefolder(tmp_path / "shapes", num_images=4, size=32)
+    for flag, out in (["--attack-compile"], "on"), ([], "off"):
+        assert main(["evaluate", "--model", str(tiny_clip_path), "--dataset", str(data), "--max-samples", "4",
+                     "--metrics", "robust", "--methods", "saliency", "--eps", "1", "--attack-steps", "1",
+                     "--attack-targets", "0", "--out", str(tmp_path / out), *flag]) == 0
+    assert seen == [True, False]
