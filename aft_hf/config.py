@@ -215,7 +215,7 @@ class PerfConfig:
     freeze_params_in_attack: bool = True
     """Attack passes compute only d/d delta (no parameter graph): less memory, less work."""
     fused_adamw: Optional[bool] = None
-    """Fused AdamW kernel; default: on for CUDA, off elsewhere."""
+    """Fused AdamW kernel (one kernel for the whole update); default: on for CUDA and CPU, off elsewhere."""
     compile: bool = False
     """``torch.compile`` the vision tower (pays a compilation delay first)."""
     gradient_checkpointing: bool = False

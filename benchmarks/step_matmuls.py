@@ -96,6 +96,20 @@ def time_matmuls(recorder: RecordMatmuls, device: torch.device, reps: int = 3) -
     return {"seconds": sum(r["seconds"] for r in rows), "kernels": rows}
 
 
+MATMUL_NAMES = {f"aten::{op._schema.name.split('::')[1]}" for op in MATMUL_OPS}
+"""The profiler's names of :data:`MATMUL_OPS` (``aten::mm``, ...)."""
+
+
+def profile_step(runner, images: torch.Tensor, device: torch.device) -> list[dict]:
+    """One step under ``torch.profiler``: every op's self time (seconds) and call count, costliest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        runner.step(images, torch.Generator(device=device).manual_seed(99))
+    rows = [{"op": e.key, "calls": e.count, "self_s": e.self_cpu_time_total / 1e6} for e in prof.key_averages()]
+    return sorted(rows, key=lambda r: -r["self_s"])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="b32", choices=sorted(GEOMETRIES))
@@ -103,8 +117,11 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10, help="attack iterations K")
     p.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
     p.add_argument("--compile", action="store_true", help="torch.compile the vision tower (perf.compile)")
+    p.add_argument("--fused-adamw", default="auto", choices=["auto", "on", "off"], help="perf.fused_adamw")
     p.add_argument("--rounds", type=int, default=2, help="alternating (step, matmul replay) rounds after a warm-up")
     p.add_argument("--reps", type=int, default=3, help="timings of each distinct kernel (best kept)")
+    p.add_argument("--profile", action="store_true",
+                   help="after the rounds, one more step under torch.profiler: the ops by self time, matmuls in context")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -114,13 +131,21 @@ def main(argv=None) -> int:
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=PRECISIONS[args.precision])
     device = accelerator.device
-    runner = AftRunner(accelerator, args.model, args.steps, StepOptions(compile=args.compile))
-    images = make_batch(args.batch_size, runner.image_size, device)
-    runner.step(images, torch.Generator(device=device).manual_seed(0))  # warm-up (compiles when asked)
+    fused = {"auto": None, "on": True, "off": False}[args.fused_adamw]
+    # the kernels are recorded and the FLOPs counted on an eager twin: under a dispatch mode a compiled tower
+    # recompiles, and past dynamo's recompile limit it would run eager for good (the timed steps with it)
+    probe = AftRunner(accelerator, args.model, args.steps, StepOptions(fused_adamw=fused))
+    images = make_batch(args.batch_size, probe.image_size, device)
     recorder = RecordMatmuls()
     with recorder:
-        runner.step(images, torch.Generator(device=device).manual_seed(1))
-    flops, _ = count_flops(lambda: runner.step(images, torch.Generator(device=device).manual_seed(2)))
+        probe.step(images, torch.Generator(device=device).manual_seed(1))
+    flops, _ = count_flops(lambda: probe.step(images, torch.Generator(device=device).manual_seed(2)))
+    if args.compile:
+        probe.close()
+        runner = AftRunner(accelerator, args.model, args.steps, StepOptions(compile=True, fused_adamw=fused))
+    else:
+        runner = probe
+    runner.step(images, torch.Generator(device=device).manual_seed(0))  # warm-up (compiles when asked)
     steps, replays = [], []
     for i in range(args.rounds):
         t0 = time.perf_counter()
@@ -140,7 +165,8 @@ def main(argv=None) -> int:
               "matmul_fraction_of_peak": flops / matmul_s / peak["flops_per_s"],
               "kernels": replays[-1]["kernels"]}
     print(f"model {args.model}, batch {args.batch_size}, K={args.steps}, {args.precision}, "
-          f"compile={'on' if args.compile else 'off'}, {report['threads']} thread(s), {args.rounds} round(s)")
+          f"compile={'on' if args.compile else 'off'}, fused AdamW={'on' if runner.fused else 'off'}, "
+          f"{report['threads']} thread(s), {args.rounds} round(s)")
     print(f"step {step_s:.3f} s, its matmuls alone {matmul_s:.3f} s: step / matmul = {report['step_over_matmul']:.3f}")
     print(f"{flops / 1e9:.1f} GFLOP per step; large-matmul peak {peak['flops_per_s'] / 1e9:.0f} GFLOP/s "
           f"({peak['dtype']}): step at {100 * report['step_fraction_of_peak']:.1f}%, its matmuls alone at "
@@ -148,6 +174,14 @@ def main(argv=None) -> int:
     print("costliest kernels (one replay):")
     for row in report["kernels"][:10]:
         print(f"  {row['op']:<55} x{row['count']:<4} {row['seconds']:.3f} s  {row['shapes']}")
+    if args.profile:
+        report["profile"] = profile_step(runner, images, device)
+        total = sum(r["self_s"] for r in report["profile"])
+        in_step = sum(r["self_s"] for r in report["profile"] if r["op"] in MATMUL_NAMES)
+        print(f"one step under torch.profiler: {total:.2f} s of self time, matrix products {in_step:.2f} s "
+              f"({100 * in_step / total:.1f}%) against {matmul_s:.2f} s replayed alone; by self time:")
+        for r in report["profile"][:15]:
+            print(f"  {r['op']:<55} x{r['calls']:<5} {r['self_s']:.3f} s  {100 * r['self_s'] / total:5.1f}%")
     write_report(args.json, report)
     return 0
 

@@ -263,10 +263,13 @@ def test_step_benchmark_times_its_steps_before_the_rss_tracking_slows_them(monke
 
 @pytest.mark.slow
 def test_step_matmuls_benchmark_replays_the_steps_matrix_products(tmp_path):
-    """step_matmuls.py records the step's matmul kernels (attention and patch embedding included) and times them."""
+    """step_matmuls.py records the step's matmul kernels (attention and patch embedding included) and times them;
+    --profile adds the step's ops by self time."""
     out = tmp_path / "mm.json"
-    _run_benchmark("step_matmuls.py", "--model tiny --batch-size 2 --steps 1 --rounds 1 --reps 1 --threads 1", out)
+    done = _run_benchmark("step_matmuls.py", "--model tiny --batch-size 2 --steps 1 --rounds 1 --reps 1 --threads 1 "
+                                             "--profile", out)
     report = json.loads(out.read_text())
+    assert "aten::addmm" in {r["op"] for r in report["profile"]} and "one step under torch.profiler" in done.stdout
     ops = {k["op"] for k in report["kernels"]}
     assert {"addmm.default", "_scaled_dot_product_flash_attention_for_cpu.default",
             "_scaled_dot_product_flash_attention_for_cpu_backward.default"} <= ops
@@ -298,6 +301,29 @@ def test_bf16_benchmark_times_fp32_and_bf16_alternating(tmp_path, unit):
     assert all(len(report["seconds"][v]) == 2 and min(report["seconds"][v]) > 0 for v in ("fp32", "bf16"))
     assert report["fp32_over_bf16"] == pytest.approx(report["median_s"]["fp32"] / report["median_s"]["bf16"])
     assert report["torch_cpu_capability"] and ("AFT step (K=1)" in done.stdout) == (unit == "step")
+
+@pytest.mark.slow
+def test_attack_pass_cost_benchmark_times_the_pass_per_image_and_the_activation(tmp_path):
+    """attack_pass_cost.py times APGD's forward+input-gradient pass per image at each batch size, and QuickGELU alone."""
+    out = tmp_path / "pass.json"
+    done = _run_benchmark("attack_pass_cost.py", "--case random --rows 2,4 --rounds 1 --activation --threads 1", out)
+    report = json.loads(out.read_text())
+    assert set(report["pass_ms_per_image"]) == {"2", "4"} and report["pass_ms_per_image"]["4"]["eager"] > 0
+    assert set(report["activation_ms"]["2"]) == {"eager", "compiled"} and "compile_s" not in report
+    assert "rows    4: eager" in done.stdout
+
+def test_fused_adamw_is_the_default_on_cpu_and_can_be_switched_off(tiny_clip_path):
+    """The trainer's AdamW runs torch's fused kernel on CPU as on CUDA (the path GPUs take is the tested one);
+    ``perf.fused_adamw: false`` gives the per-parameter loop."""
+    from aft_hf.model import load_image_encoder
+    from aft_hf.train import build_optimizer
+
+    encoder = load_image_encoder(str(tiny_clip_path))
+    cpu = torch.device("cpu")
+    default = load_config(None, ["--model.name_or_path", str(tiny_clip_path)])
+    assert build_optimizer(default, encoder, cpu).defaults["fused"] is True
+    off = load_config(None, ["--model.name_or_path", str(tiny_clip_path), "--perf.fused_adamw", "false"])
+    assert not build_optimizer(off, encoder, cpu).defaults["fused"]
 
 def test_fused_adamw_skips_a_nonfinite_step_on_cpu():
     """The non-finite skip of the fused AdamW kernel (found_inf, the path CUDA runs by default) runs on CPU through

@@ -1,0 +1,120 @@
+"""What one attack iteration costs per image: the forward + input-gradient pass APGD repeats, eager and compiled.
+
+    python benchmarks/attack_pass_cost.py --case world --rows 7,20,64,180 --threads 1
+
+Where images stay robust, APGD's time is (1 + targets) x iterations of this pass per image in any
+implementation, so its cost per image decides how far the attack can beat the reference AutoAttack. The pass
+is timed on the models of ``apgd_vs_autoattack.py`` (``world``: the shipped world CLIP, ``random``: a small
+random-weight CLIP ViT), through :func:`aft_hf.attack.attack_mode` as the attack calls it, at several batch
+sizes (rows), eager and, with ``--compile``, through ``torch.compile(dynamic=True)`` (its compilation time is
+printed apart). Variants alternate per round; medians of ``--rounds``. ``--activation`` adds the QuickGELU
+activation alone at the tower's MLP width, eager and compiled: the elementwise share of the pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from aft_step import write_report  # noqa: E402
+from apgd_vs_autoattack import CASES  # noqa: E402
+
+from aft_hf.attack import attack_mode  # noqa: E402
+
+
+def pass_seconds(forward, images: torch.Tensor, labels: torch.Tensor, reps: int) -> float:
+    """Seconds per forward + gradient of the cross-entropy w.r.t. the images (one APGD iteration's model work)."""
+    def once():
+        x = images.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(forward(x), labels), x)
+        return grad
+
+    once()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        once()
+    return (time.perf_counter() - t0) / reps
+
+
+def activation_seconds(act, rows: int, tokens: int, width: int, reps: int) -> float:
+    """Seconds per forward + backward of the activation alone on a (rows, tokens, width) input."""
+    base = torch.randn(rows, tokens, width)
+
+    def once():
+        h = base.clone().requires_grad_(True)
+        torch.autograd.grad(act(h), h, base)
+
+    once()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        once()
+    return (time.perf_counter() - t0) / reps
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--case", default="world", choices=sorted(CASES))
+    p.add_argument("--rows", default="7,20,64,180", help="comma list of batch sizes")
+    p.add_argument("--compile", action="store_true", help="also time the pass through torch.compile")
+    p.add_argument("--activation", action="store_true", help="also time the QuickGELU activation alone")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = [int(r) for r in args.rows.split(",")]
+    clf, images, labels = CASES[args.case](max(rows))
+    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
+              "threads": torch.get_num_threads(), "torch": torch.__version__, "load_before": os.getloadavg(),
+              "args": vars(args) | {"json": None}, "pass_ms_per_image": {}, "activation_ms": {}}
+    with attack_mode(clf) as forward:
+        variants = {"eager": forward}
+        if args.compile:
+            t0 = time.perf_counter()
+            variants["compiled"] = torch.compile(forward, dynamic=True)
+            pass_seconds(variants["compiled"], images[:rows[0]], labels[:rows[0]], 1)
+            report["compile_s"] = time.perf_counter() - t0
+            print(f"compilation (first call, forward and backward): {report['compile_s']:.1f} s")
+        for n in rows:
+            reps = max(3, 400 // n)
+            samples = {v: [] for v in variants}
+            for _ in range(args.rounds):
+                for name, fwd in variants.items():
+                    samples[name].append(pass_seconds(fwd, images[:n], labels[:n], reps) / n)
+            med = {v: 1000 * statistics.median(s) for v, s in samples.items()}
+            report["pass_ms_per_image"][str(n)] = med
+            print(f"rows {n:4d}: " + "  ".join(f"{v} {m:.2f} ms/image" for v, m in med.items()) +
+                  (f"  eager/compiled {med['eager'] / med['compiled']:.2f}x" if "compiled" in med else ""))
+    if args.activation:
+        vision = clf.encoder.vision.config
+        tokens = (vision.image_size // vision.patch_size) ** 2 + 1
+        from transformers.activations import QuickGELUActivation
+
+        act = QuickGELUActivation()
+        acts = {"eager": act, "compiled": torch.compile(act, dynamic=True)}
+        for n in rows:
+            med = {v: 1000 * statistics.median(activation_seconds(a, n, tokens, vision.intermediate_size, 20)
+                                               for _ in range(args.rounds)) for v, a in acts.items()}
+            report["activation_ms"][str(n)] = med
+            print(f"QuickGELU forward+backward, {n} x {tokens} x {vision.intermediate_size}: "
+                  f"eager {med['eager']:.2f} ms, compiled {med['compiled']:.2f} ms")
+    report["load_after"] = os.getloadavg()
+    write_report(args.json, report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
