@@ -277,18 +277,20 @@ def apgd_robust(model: Callable[[Tensor], Tensor], images: Tensor, labels: Tenso
     eval mode on frozen parameters during the attack. ``clean_logits`` (the model's logits on ``images``,
     when the caller has them) saves the clean forward; ``speed`` picks how the runs execute (:class:`APGDSpeed`).
     ``ce_restarts`` gives APGD-CE its own number of runs (default ``restarts``; the robust-CLIP benchmark's
-    AutoAttack runs 5); ``alive`` restricts the attack to those images (default: the ones classified
-    correctly), e.g. the survivors of a smaller budget.
+    AutoAttack runs 5); ``alive`` restricts the attack to those of the correctly classified images (e.g. the
+    survivors of a smaller budget); the others are not robust.
     """
     ce_restarts = restarts if ce_restarts is None else ce_restarts
     if iterations < 1 or restarts < 1 or ce_restarts < 1 or targets < 0 or eps < 0:
-        raise AttackError(f"APGD needs iterations >= 1, restarts >= 1, targets >= 0 and eps >= 0; got "
-                          f"{iterations}, {restarts}, {targets}, {eps}")
+        raise AttackError(f"APGD needs iterations >= 1, restarts >= 1, ce_restarts >= 1, targets >= 0 and eps >= 0; "
+                          f"got {iterations}, {restarts}, {ce_restarts}, {targets}, {eps}")
     generator = torch.Generator(device=images.device).manual_seed(seed)
     frozen = attack_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext(model)
     with frozen as forward:
         clean = _predict(forward, images, speed) if clean_logits is None else clean_logits.detach()
-        robust = clean.argmax(dim=1) == labels if alive is None else alive.clone()
+        robust = clean.argmax(dim=1) == labels
+        if alive is not None:
+            robust &= alive
         if eps == 0:
             return robust
         ranked = clean.argsort(dim=1, descending=True)

@@ -216,15 +216,19 @@ def test_binary_dataset_runs_no_targeted_attack(monkeypatch):
     def clf(classes):
         return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, classes))
 
-    x, y, alive = torch.rand(3, 3, 4, 4), torch.tensor([0, 1, 0]), torch.ones(3, dtype=torch.bool)
-    protocol_mod.robust_verdicts(clf(2), x, y, alive, 4, Protocol(**CHEAP), seed=0)
-    assert seen == ["ce_loss"]  # ce_restarts=1, and no targeted run with 2 classes
-    seen.clear()
-    protocol_mod.robust_verdicts(clf(3), x, y, alive, 4, Protocol(**CHEAP), seed=0)
-    assert seen == ["ce_loss", "targeted_dlr_loss", "targeted_dlr_loss"]
-    seen.clear()
-    protocol_mod.robust_verdicts(clf(10), x, y, alive, 4, Protocol(iterations=1), seed=0)
-    assert seen == ["ce_loss"] * 5 + ["targeted_dlr_loss"] * 9  # the reference's AutoAttack 'custom'
+    x, alive = torch.rand(3, 3, 4, 4), torch.ones(3, dtype=torch.bool)
+
+    def runs(classes, protocol):
+        seen.clear()
+        model = clf(classes)
+        with torch.no_grad():
+            y = model(x).argmax(1)  # every image correct: every one is attacked
+        protocol_mod.robust_verdicts(model, x, y, alive, 4, protocol, seed=0)
+        return seen
+
+    assert runs(2, Protocol(**CHEAP)) == ["ce_loss"]  # ce_restarts=1, and no targeted run with 2 classes
+    assert runs(3, Protocol(**CHEAP)) == ["ce_loss", "targeted_dlr_loss", "targeted_dlr_loss"]
+    assert runs(10, Protocol(iterations=1)) == ["ce_loss"] * 5 + ["targeted_dlr_loss"] * 9  # AutoAttack 'custom'
 
 
 @pytest.mark.slow

@@ -328,3 +328,17 @@ def test_attack_compile_flag_reaches_the_apgd_of_the_robust_metric(tiny_clip_pat
                      "--metrics", "robust", "--methods", "saliency", "--eps", "1", "--attack-steps", "1",
                      "--attack-targets", "0", "--out", str(tmp_path / out), *flag]) == 0
     assert seen == [True, False]
+
+
+def test_alive_restricts_the_attack_to_correct_images_and_ce_restarts_are_checked():
+    """``alive`` (the survivors of a smaller budget) narrows the attacked set, never widens it past the correctly
+    classified images; ``ce_restarts`` must be >= 1 like ``restarts``."""
+    model, x, labels = _linear_two_class()
+    wrong = labels.clone()
+    wrong[:5] = 1 - wrong[:5]  # the first five are now misclassified
+    alive = torch.ones(len(x), dtype=torch.bool)
+    alive[5:10] = False  # and the next five did not survive a smaller budget
+    robust = apgd_robust(model, x, wrong, 0.0, iterations=1, targets=1, alive=alive)  # eps 0: no attack runs
+    assert not robust[:10].any() and robust[10:].all()
+    with pytest.raises(apgd_module.AttackError, match="ce_restarts >= 1"):
+        apgd_robust(model, x, labels, 1 / 255, ce_restarts=0)
