@@ -7,7 +7,7 @@ report.json (``schema`` ``aft_hf.benchmark``, ``schema_version`` 1)::
      "complete": bool,                     # every (model, dataset) done
      "models": [str], "text_model": str|null, "protocol": {Protocol fields}, "is_protocol": bool,
      "deviations": [str],                  # every way a number differs from the protocol's
-     "launch": {"num_processes": int, "device": str},
+     "launch": {"num_processes": int, "device": str, "compiled_encoder": bool},
      "datasets": [{"name", "ref", "hub_id", "local_dir", "split", "images", "classes", "templates",
                    "image_types": {ext: n}, "shards": n, "clean_images", "robust_images",
                    "protocol_robust_images", "in_average", "deviations": [str]}],
@@ -135,7 +135,8 @@ def markdown(report: dict) -> str:
         lines.append(f"| {d['name']} | `{d['hub_id'] or d['local_dir']}` | {d['split']} | {d['clean_images']} | "
                      f"{d['robust_images']} | {d['classes']} | {d['templates']} | {types} |")
     lines += ["", f"Settings: {', '.join(f'{k} `{v}`' for k, v in p.items())}; "
-                  f"{report['launch'].get('num_processes', 1)} process(es) on {report['launch'].get('device')}.", ""]
+                  f"{report['launch'].get('num_processes', 1)} process(es) on {report['launch'].get('device')}"
+                  f"{', image encoder compiled' if report['launch'].get('compiled_encoder') else ''}.", ""]
     if report["figures"]:
         lines += [f"![benchmark]({report['figures']['benchmark']})", ""]
     return "\n".join(lines)

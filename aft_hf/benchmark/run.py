@@ -65,9 +65,12 @@ def _eta(name: str, position: int, total: int, seconds: float, started: list) ->
 
 def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out: str | Path,
                   protocol: Optional[Protocol] = None, text_model: Optional[str] = None, data_root: Optional[str] = None,
-                  split: str = "test", device: str = "auto", accelerator=None, print_fn=print) -> dict:
+                  split: str = "test", device: str = "auto", accelerator=None, print_fn=print,
+                  compile_encoder: bool = False) -> dict:
     """Benchmark ``models`` on ``requests``; returns the report (also written to ``out``) on the main process,
-    None on the others."""
+    None on the others. ``compile_encoder`` runs each image encoder through ``torch.compile`` (dynamic shapes):
+    a compilation per model first, then cheaper passes; speed only, so not part of the protocol (a run can be
+    resumed with or without it), recorded under ``launch``."""
     from ..explain.loading import load_models_and_texts
 
     protocol = protocol or Protocol()
@@ -93,7 +96,7 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
         for line in cost_lines(plans, protocol, len(models)):
             print_fn(line)
     acc.wait_for_everyone()
-    launch = {"num_processes": acc.num_processes, "device": acc.device.type}
+    launch = {"num_processes": acc.num_processes, "device": acc.device.type, "compiled_encoder": compile_encoder}
     results: dict[str, dict] = {m: {} for m in models}
     report = None
     left = sum(run_work([p for p in plans if read_json(out / STATE_DIR / slug(m) / p.request.name / "result.json")
@@ -110,6 +113,8 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
             continue
         (encoder,), (text,), _ = load_models_and_texts([model], text_model, acc.device)
         weights = tower_weights_sha256(encoder.vision.state_dict())  # what push checks a card against
+        if compile_encoder:
+            encoder.compile(dynamic=True)  # in place: parameter names (and the attack's functional_call) unchanged
         for plan in todo:
             results[model][plan.request.name] = _run_dataset(acc, encoder, text, plan, protocol,
                                                              state / plan.request.name, model, run_state,

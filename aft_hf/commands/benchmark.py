@@ -50,6 +50,9 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=50, help="images per batch (the protocol's 50)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the image encoder (recorded; not the "
                                                        "protocol's)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each image encoder: a compilation per model first (about a minute on a small "
+                        "CPU), then cheaper passes (speed only, not the protocol's business: recorded, resumable)")
     p.add_argument("--seed", type=int, default=0, help="seeds the attacks' random starts")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto: CUDA when available (under accelerate launch, each process its own GPU)")
@@ -76,7 +79,7 @@ def _cli_benchmark(args, extra) -> int:
         if not torch.cuda.is_available():
             raise BenchmarkError("--device cuda: no CUDA device is available here; use --device cpu (or auto)")
     report = run_benchmark(args.model, _requests(args), args.out, protocol, args.text_model, args.data_root,
-                           args.split, args.device)
+                           args.split, args.device, compile_encoder=args.compile)
     if report is not None and report.get("complete"):
         print(f"report: {args.out}/report.md" + ("" if report["is_protocol"] else " (not the protocol's numbers: "
                                                  + "; ".join(report["deviations"]) + ")"))

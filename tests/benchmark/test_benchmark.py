@@ -442,3 +442,34 @@ def test_protocol_attack_is_the_packages_apgd_ce_then_apgd_t(targets):
         ref = apgd_robust(model, x, y, eps / 255, "linf", 5, restarts=1, targets=targets, seed=7)
         assert torch.equal(ours, ref)
     assert 0 < int(ours.sum()) < int(alive.sum())  # the attack did something, and not everything
+
+
+@pytest.mark.slow
+def test_compiled_encoder_runs_compiled_is_recorded_and_resumes_either_way(copies, tiny_clip_path, tmp_path,
+                                                                             single_thread):
+    """``aft-hf benchmark --compile``: the encoder runs compiled (dynamo captures its graphs, a few, not one per
+    batch size), the report says so under ``launch`` and in report.md, and since compiling is speed only a run
+    started compiled resumes uncompiled (the protocol, hence the settings check, is the same)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    three, _ = copies
+    torch._dynamo.reset()
+    counters.clear()
+    out = tmp_path / "c"
+    rc = main(["benchmark", "--model", str(tiny_clip_path), "--datasets", str(three), "--eps", "2", "--iterations",
+               "2", "--ce-restarts", "1", "--targets", "1", "--robust-images", "6", "--batch-size", "4", "--compile",
+               "--out", str(out)])
+    assert rc == 0
+    graphs = counters["stats"]["unique_graphs"]
+    assert 1 <= graphs <= 8  # clean (no grad) and attack graphs; batches of 4 and 2 images do not each recompile
+    report = json.loads((out / "report.json").read_text())
+    assert report["launch"]["compiled_encoder"] is True and report["complete"]
+    assert "image encoder compiled" in (out / "report.md").read_text()
+    r = report["results"][str(tiny_clip_path)]["three"]
+    assert all(0 <= v <= r["clean_top1_attacked_images"] + 1e-9 for v in r["robust_top1"].values())
+    torch._dynamo.reset()
+    rc = main(["benchmark", "--model", str(tiny_clip_path), "--datasets", str(three), "--eps", "2", "--iterations",
+               "2", "--ce-restarts", "1", "--targets", "1", "--robust-images", "6", "--batch-size", "4",
+               "--out", str(out)])  # the same run, resumed without --compile: accepted (all done already)
+    assert rc == 0
