@@ -447,9 +447,10 @@ def test_protocol_attack_is_the_packages_apgd_ce_then_apgd_t(targets):
 @pytest.mark.slow
 def test_compiled_encoder_runs_compiled_is_recorded_and_resumes_either_way(copies, tiny_clip_path, tmp_path,
                                                                              single_thread):
-    """``aft-hf benchmark --compile``: the encoder runs compiled (dynamo captures its graphs, a few, not one per
-    batch size), the report says so under ``launch`` and in report.md, and since compiling is speed only a run
-    started compiled resumes uncompiled (the protocol, hence the settings check, is the same)."""
+    """``aft-hf benchmark --compile``: the encoder runs compiled (dynamo captures its graphs; that batches of other
+    sizes reuse them is the compiled attack's test in tests/evaluate/test_apgd.py), the report says so under
+    ``launch`` and in report.md, and since compiling is speed only a run started compiled resumes uncompiled (the
+    protocol, hence the settings check, is the same)."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
@@ -461,8 +462,7 @@ def test_compiled_encoder_runs_compiled_is_recorded_and_resumes_either_way(copie
                "2", "--ce-restarts", "1", "--targets", "1", "--robust-images", "6", "--batch-size", "4", "--compile",
                "--out", str(out)])
     assert rc == 0
-    graphs = counters["stats"]["unique_graphs"]
-    assert 1 <= graphs <= 8  # clean (no grad) and attack graphs; batches of 4 and 2 images do not each recompile
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo compiled the encoder (0 if --compile were ignored)
     report = json.loads((out / "report.json").read_text())
     assert report["launch"]["compiled_encoder"] is True and report["complete"]
     assert "image encoder compiled" in (out / "report.md").read_text()
