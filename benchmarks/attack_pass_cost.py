@@ -34,18 +34,22 @@ from apgd_vs_autoattack import CASES  # noqa: E402
 from aft_hf.attack import attack_mode  # noqa: E402
 
 
-def pass_seconds(forward, images: torch.Tensor, labels: torch.Tensor, reps: int) -> float:
-    """Seconds per forward + gradient of the cross-entropy w.r.t. the images (one APGD iteration's model work)."""
-    def once():
-        x = images.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(F.cross_entropy(forward(x), labels), x)
-        return grad
-
+def seconds_per_call(once, reps: int) -> float:
+    """Seconds per call of ``once()`` over ``reps`` calls, after one untimed call."""
     once()
     t0 = time.perf_counter()
     for _ in range(reps):
         once()
     return (time.perf_counter() - t0) / reps
+
+
+def pass_seconds(forward, images: torch.Tensor, labels: torch.Tensor, reps: int) -> float:
+    """Seconds per forward + gradient of the cross-entropy w.r.t. the images (one APGD iteration's model work)."""
+    def once():
+        x = images.detach().requires_grad_(True)
+        torch.autograd.grad(F.cross_entropy(forward(x), labels), x)
+
+    return seconds_per_call(once, reps)
 
 
 def activation_seconds(act, rows: int, tokens: int, width: int, reps: int) -> float:
@@ -56,11 +60,7 @@ def activation_seconds(act, rows: int, tokens: int, width: int, reps: int) -> fl
         h = base.clone().requires_grad_(True)
         torch.autograd.grad(act(h), h, base)
 
-    once()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        once()
-    return (time.perf_counter() - t0) / reps
+    return seconds_per_call(once, reps)
 
 
 def main(argv=None) -> int:

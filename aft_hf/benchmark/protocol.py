@@ -127,13 +127,16 @@ def attack_runs(protocol: Protocol, num_classes: int) -> list[tuple[str, int]]:
 
 
 def robust_verdicts(model: nn.Module, images: Tensor, labels: Tensor, alive: Tensor, eps: float,
-                    protocol: Protocol, seed: int) -> Tensor:
+                    protocol: Protocol, seed: int, clean_logits: Optional[Tensor] = None) -> Tensor:
     """Per image, whether it is still classified correctly after every run of :func:`attack_runs` at
     ``eps`` (1/255 units): the package's :func:`~aft_hf.evaluate.apgd.apgd_robust` with the protocol's
     restarts; only the images with ``alive`` set are attacked (the others are False). The class count (no
-    targeted runs with 2 classes) is that of the model's logits."""
-    with attack_mode(model) as forward, torch.no_grad():
-        clean = forward(images)
+    targeted runs with 2 classes) is that of the model's logits; ``clean_logits`` (the caller's clean pass
+    over ``images``) saves computing them again."""
+    clean = clean_logits
+    if clean is None:
+        with attack_mode(model) as forward, torch.no_grad():
+            clean = forward(images)
     return apgd_robust(model, images, labels, eps / 255, protocol.norm, protocol.iterations, protocol.t_restarts,
                        protocol.targets_for(clean.shape[1]), seed, clean_logits=clean,
                        ce_restarts=protocol.ce_restarts, alive=alive)

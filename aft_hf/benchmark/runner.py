@@ -135,7 +135,7 @@ class BatchWork:
             alive = pred[:n_att] == y
             for i, eps in enumerate(sorted(self.protocol.eps)):
                 verdict = robust_verdicts(self.classifier, x, y, alive, eps, self.protocol,
-                                          batch_seed(self.protocol.seed, b, i))
+                                          batch_seed(self.protocol.seed, b, i), clean_logits=logits[:n_att])
                 record["robust"][budget_key(eps)] = verdict.tolist()
                 if self.protocol.nested:
                     alive = verdict
