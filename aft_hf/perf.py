@@ -6,6 +6,9 @@ Each lever is a ``perf.*`` config switch, equivalence-tested against the plain p
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -40,19 +43,39 @@ class MatmulPatchEmbedding(nn.Conv2d):
         return out.reshape(b, gh, gw, self.out_channels).permute(0, 3, 1, 2)
 
 
+def _switch_patchifying_convs(module: nn.Module) -> list[nn.Conv2d]:
+    """Switch each plain ``nn.Conv2d`` of ``module`` whose stride equals its kernel; returns the switched ones."""
+    switched = [sub for sub in module.modules()
+                if type(sub) is nn.Conv2d and tuple(sub.stride) == tuple(sub.kernel_size) and sub.groups == 1
+                and tuple(sub.dilation) == (1, 1) and sub.padding in ((0, 0), "valid")]
+    for sub in switched:
+        sub.__class__ = MatmulPatchEmbedding
+    return switched
+
+
 def use_matmul_patch_embedding(module: nn.Module) -> int:
     """Switch every patchifying ``nn.Conv2d`` inside ``module`` to :class:`MatmulPatchEmbedding`.
 
     The switch is in place (the class of the existing module changes; its parameters stay the same
     objects), so it is safe before or after an optimiser was built. Returns how many were switched.
     """
-    switched = 0
-    for sub in module.modules():
-        if type(sub) is nn.Conv2d and tuple(sub.stride) == tuple(sub.kernel_size) and sub.groups == 1 \
-                and tuple(sub.dilation) == (1, 1) and sub.padding in ((0, 0), "valid"):
-            sub.__class__ = MatmulPatchEmbedding
-            switched += 1
-    return switched
+    return len(_switch_patchifying_convs(module))
+
+
+@contextlib.contextmanager
+def matmul_patch_embedding(module: nn.Module) -> Iterator[int]:
+    """:func:`use_matmul_patch_embedding` for the duration of a ``with`` block (the evaluation attack's lever).
+
+    On exit exactly the convolutions it switched become plain ``nn.Conv2d`` again, so a model whose
+    trainer switched them already (``perf.patch_embedding_matmul``) keeps its own switch. Yields how
+    many it switched.
+    """
+    switched = _switch_patchifying_convs(module)
+    try:
+        yield len(switched)
+    finally:
+        for sub in switched:
+            sub.__class__ = nn.Conv2d
 
 
 def restore_conv_patch_embedding(module: nn.Module) -> None:
@@ -62,4 +85,4 @@ def restore_conv_patch_embedding(module: nn.Module) -> None:
             sub.__class__ = nn.Conv2d
 
 
-__all__ = ["MatmulPatchEmbedding", "restore_conv_patch_embedding", "use_matmul_patch_embedding"]
+__all__ = ["MatmulPatchEmbedding", "matmul_patch_embedding", "restore_conv_patch_embedding", "use_matmul_patch_embedding"]

@@ -12,7 +12,8 @@ Same model, images, labels, eps, iterations (100), restarts (1) and targets (9) 
 
 Variants: ``reference`` (pyautoattack ``AutoAttack(attacks=["apgd-ce", "apgd-t"])``), ``package`` (every
 lever of :class:`aft_hf.evaluate.apgd.APGDSpeed` at its default) and, with ``--levers``, the package with
-one lever switched (``no-shrink``, ``batch-targets``, ``recompute-clean``, ``bf16``, ``compile``). Every round runs
+one lever switched (``no-shrink``, ``serial-targets``, ``wide-rows``, ``recompute-clean``, ``bf16``, ``compile``,
+``conv-patch``) or several (``compile+wide-rows``). Every round runs
 each variant once (A, B, C, ..., then again), so load changes on a shared machine hit all variants alike;
 medians over rounds, ratios against the reference and against ``package``, robust counts and the share of
 images on which each variant's verdict equals the reference's are printed (and written with ``--json``).
@@ -77,12 +78,25 @@ def random_case(n: int) -> tuple[ZeroShotClassifier, torch.Tensor, torch.Tensor]
 
 
 CASES: dict[str, Callable[[int], tuple]] = {"world": world_case, "random": random_case}
-LEVERS = {"no-shrink": dict(speed=APGDSpeed(shrink=False)),
-          "batch-targets": dict(speed=APGDSpeed(batch_targets=True)),
-          "recompute-clean": dict(reuse_clean=False),
-          "bf16": dict(speed=APGDSpeed(autocast=torch.bfloat16)),
-          "compile": dict(speed=APGDSpeed(compile=True))}
-"""One lever switched against the package's default (``batch-targets`` and ``bf16`` switch on what is off by default)."""
+LEVERS: dict[str, dict] = {"no-shrink": {"shrink": False}, "serial-targets": {"batch_targets": False},
+                           "wide-rows": {"max_rows": 256}, "recompute-clean": {"reuse_clean": False},
+                           "bf16": {"autocast": torch.bfloat16}, "compile": {"compile": True},
+                           "conv-patch": {"patch_matmul": False}}
+"""Each lever's switch against the package's default: ``serial-targets`` one APGD-T run per class (the reference's
+way) instead of side by side, ``wide-rows`` up to 256 side-by-side rows at once instead of as many as the images
+given, ``conv-patch`` the convolution for the patch embedding, ``bf16`` and ``compile`` switch on what is off by
+default; ``a+b`` switches several together."""
+
+
+def lever_kwargs(name: str) -> dict:
+    """``package_run`` keyword arguments of the variant ``name`` (one lever, or several joined by ``+``)."""
+    fields: dict = {}
+    for part in name.split("+"):
+        if part not in LEVERS:
+            raise SystemExit(f"unknown lever {part!r} in {name!r} (choose from {', '.join(LEVERS)}, joined by '+')")
+        fields |= LEVERS[part]
+    reuse_clean = fields.pop("reuse_clean", True)
+    return dict(speed=APGDSpeed(**fields), reuse_clean=reuse_clean)
 
 
 def package_run(clf, images, labels, eps, iterations, targets, seed, speed=APGDSpeed(), reuse_clean=True):
@@ -121,7 +135,8 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", type=int, default=100)
     p.add_argument("--targets", type=int, default=9)
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (each variant once per round)")
-    p.add_argument("--levers", default="", help="comma list of " + ", ".join(LEVERS) + " (or 'all')")
+    p.add_argument("--levers", default="", help="comma list of " + ", ".join(LEVERS) +
+                   " (or 'all'); join levers with '+' to switch them together, e.g. compile+wide-rows")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None)
@@ -131,7 +146,7 @@ def main(argv=None) -> int:
     levers = list(LEVERS) if args.levers == "all" else [x for x in args.levers.split(",") if x]
     variants: dict[str, Callable] = {"reference": reference_run, "package": package_run}
     for lever in levers:
-        variants[lever] = lambda *a, _kw=LEVERS[lever]: package_run(*a, **_kw)
+        variants[lever] = lambda *a, _kw=lever_kwargs(lever): package_run(*a, **_kw)
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "load_before": os.getloadavg(), "args": vars(args) | {"json": None},
@@ -160,8 +175,9 @@ def main(argv=None) -> int:
             report["results"].append(row)
             print(f"\n{case}, eps {eps:g}/255, {len(images)} images ({clean_correct} correct clean), "
                   f"{args.iterations} iterations, {args.targets} targets, {args.rounds} interleaved round(s):")
+            width = max(map(len, variants))
             for v in variants:
-                print(f"  {v:>17}: {med[v]:7.2f} s  robust {row['robust'][v]:3d}  "
+                print(f"  {v:>{width}}: {med[v]:7.2f} s  robust {row['robust'][v]:3d}  "
                       f"same verdict as reference {100 * row['agreement_with_reference'][v]:5.1f}%  "
                       f"reference/this {row['speedup_vs_reference'][v]:5.2f}x  this/package {row['ratio_vs_package'][v]:5.2f}")
     report["load_after"] = os.getloadavg()

@@ -6,8 +6,11 @@ Where images stay robust, APGD's time is (1 + targets) x iterations of this pass
 implementation, so its cost per image decides how far the attack can beat the reference AutoAttack. The pass
 is timed on the models of ``apgd_vs_autoattack.py`` (``world``: the shipped world CLIP, ``random``: a small
 random-weight CLIP ViT), through :func:`aft_hf.attack.attack_mode` as the attack calls it, at several batch
-sizes (rows), eager and, with ``--compile``, through ``torch.compile(dynamic=True)`` (its compilation time is
-printed apart). Variants alternate per round; medians of ``--rounds``. ``--activation`` adds the QuickGELU
+sizes (rows): ``conv`` (the patch embedding a convolution, as the model ships and the reference runs it),
+``eager`` (the package's default: the patch embedding as a matmul, ``APGDSpeed.patch_matmul``) and, with
+``--compile``, ``compiled`` (that, through ``torch.compile(dynamic=True)``; its compilation time is printed
+apart); with ``--bf16`` each of ``eager`` and ``compiled`` also under bf16 autocast (``APGDSpeed.autocast``).
+Variants alternate per round; medians of ``--rounds``. ``--activation`` adds the QuickGELU
 activation alone at the tower's MLP width, eager and compiled: the elementwise share of the pass.
 """
 
@@ -32,6 +35,8 @@ from aft_step import write_report  # noqa: E402
 from apgd_vs_autoattack import CASES  # noqa: E402
 
 from aft_hf.attack import attack_mode  # noqa: E402
+from aft_hf.evaluate.apgd import autocast_context  # noqa: E402
+from aft_hf.perf import matmul_patch_embedding  # noqa: E402
 
 
 def seconds_per_call(once, reps: int) -> float:
@@ -52,6 +57,24 @@ def pass_seconds(forward, images: torch.Tensor, labels: torch.Tensor, reps: int)
     return seconds_per_call(once, reps)
 
 
+def with_matmul_patches(model: torch.nn.Module, forward):
+    """``forward`` with the model's patch embedding as a matmul during each call (``APGDSpeed.patch_matmul``)."""
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with matmul_patch_embedding(model):
+            return forward(x)
+
+    return run
+
+
+def in_bf16(forward):
+    """``forward`` under bf16 autocast on its input's device, logits back in fp32 (as the attack runs it)."""
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with autocast_context(x.device, torch.bfloat16):
+            return forward(x).float()
+
+    return run
+
+
 def activation_seconds(act, rows: int, tokens: int, width: int, reps: int) -> float:
     """Seconds per forward + backward of the activation alone on a (rows, tokens, width) input."""
     base = torch.randn(rows, tokens, width)
@@ -69,6 +92,7 @@ def main(argv=None) -> int:
     p.add_argument("--rows", default="7,20,64,180", help="comma list of batch sizes")
     p.add_argument("--compile", action="store_true", help="also time the pass through torch.compile")
     p.add_argument("--activation", action="store_true", help="also time the QuickGELU activation alone")
+    p.add_argument("--bf16", action="store_true", help="also time the eager (and compiled) pass under bf16 autocast")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, default=None)
@@ -81,13 +105,17 @@ def main(argv=None) -> int:
               "threads": torch.get_num_threads(), "torch": torch.__version__, "load_before": os.getloadavg(),
               "args": vars(args) | {"json": None}, "pass_ms_per_image": {}, "activation_ms": {}}
     with attack_mode(clf) as forward:
-        variants = {"eager": forward}
+        variants = {"conv": forward, "eager": with_matmul_patches(clf, forward)}
+        if args.bf16:
+            variants["eager-bf16"] = with_matmul_patches(clf, in_bf16(forward))
         if args.compile:
             t0 = time.perf_counter()
-            variants["compiled"] = torch.compile(forward, dynamic=True)
+            variants["compiled"] = with_matmul_patches(clf, torch.compile(forward, dynamic=True))
             pass_seconds(variants["compiled"], images[:rows[0]], labels[:rows[0]], 1)
             report["compile_s"] = time.perf_counter() - t0
             print(f"compilation (first call, forward and backward): {report['compile_s']:.1f} s")
+            if args.bf16:
+                variants["compiled-bf16"] = with_matmul_patches(clf, torch.compile(in_bf16(forward), dynamic=True))
         for n in rows:
             reps = max(3, 400 // n)
             samples = {v: [] for v in variants}
@@ -97,6 +125,7 @@ def main(argv=None) -> int:
             med = {v: 1000 * statistics.median(s) for v, s in samples.items()}
             report["pass_ms_per_image"][str(n)] = med
             print(f"rows {n:4d}: " + "  ".join(f"{v} {m:.2f} ms/image" for v, m in med.items()) +
+                  f"  conv/eager {med['conv'] / med['eager']:.2f}x" +
                   (f"  eager/compiled {med['eager'] / med['compiled']:.2f}x" if "compiled" in med else ""))
     if args.activation:
         vision = clf.encoder.vision.config

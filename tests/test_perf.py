@@ -181,6 +181,22 @@ def test_linear_fit_of_scaling():
     assert linear_fit([1, 2, 3], [1.0, 3.0, 1.0])["r2"] < 0.1
 
 
+def test_matmul_patch_embedding_context_switches_back_only_what_it_switched():
+    """The evaluation attack's ``with matmul_patch_embedding(model)``: switches the plain patchifying convolutions,
+    and on exit (an error included) only those; one the trainer switched before stays a matmul."""
+    from torch import nn
+
+    from aft_hf.perf import MatmulPatchEmbedding, matmul_patch_embedding, use_matmul_patch_embedding
+
+    plain, trained, overlapping = nn.Conv2d(3, 4, 2, stride=2), nn.Conv2d(3, 4, 2, stride=2), nn.Conv2d(3, 4, 3)
+    use_matmul_patch_embedding(trained)
+    with pytest.raises(RuntimeError, match="inside"):
+        with matmul_patch_embedding(nn.ModuleList([plain, trained, overlapping])) as switched:
+            assert switched == 1 and type(plain) is MatmulPatchEmbedding and type(overlapping) is nn.Conv2d
+            raise RuntimeError("inside")
+    assert type(plain) is nn.Conv2d and type(trained) is MatmulPatchEmbedding and type(overlapping) is nn.Conv2d
+
+
 def test_matmul_patch_embedding_is_the_convolution(tiny_clip_path, tmp_path):
     """Same forward, same input gradient, same parameters and checkpoint as the convolution it replaces."""
     import torch
@@ -306,11 +322,14 @@ def test_bf16_benchmark_times_fp32_and_bf16_alternating(tmp_path, unit):
 def test_attack_pass_cost_benchmark_times_the_pass_per_image_and_the_activation(tmp_path):
     """attack_pass_cost.py times APGD's forward+input-gradient pass per image at each batch size, and QuickGELU alone."""
     out = tmp_path / "pass.json"
-    done = _run_benchmark("attack_pass_cost.py", "--case random --rows 2,4 --rounds 1 --activation --threads 1", out)
+    done = _run_benchmark("attack_pass_cost.py", "--case random --rows 2,4 --rounds 1 --activation --bf16 --threads 1",
+                          out)
     report = json.loads(out.read_text())
-    assert set(report["pass_ms_per_image"]) == {"2", "4"} and report["pass_ms_per_image"]["4"]["eager"] > 0
+    assert set(report["pass_ms_per_image"]) == {"2", "4"}
+    assert set(report["pass_ms_per_image"]["4"]) == {"conv", "eager", "eager-bf16"}
+    assert min(report["pass_ms_per_image"]["4"].values()) > 0
     assert set(report["activation_ms"]["2"]) == {"eager", "compiled"} and "compile_s" not in report
-    assert "rows    4: eager" in done.stdout
+    assert "rows    4: conv" in done.stdout and "conv/eager" in done.stdout
 
 def test_fused_adamw_is_the_default_on_cpu_and_can_be_switched_off(tiny_clip_path):
     """The trainer's AdamW runs torch's fused kernel on CPU as on CUDA (the path GPUs take is the tested one);
@@ -393,7 +412,7 @@ def test_apgd_vs_autoattack_benchmark_smoke(tmp_path):
     """The APGD benchmark times the reference and the package interleaved and reports per-image agreement."""
     pytest.importorskip("pyautoattack", reason="the reference: pip install aft_hf[autoattack]")
     out = tmp_path / "apgd.json"
-    levers = "no-shrink,batch-targets,recompute-clean,bf16"  # not compile: its cold compilation takes a minute
+    levers = "no-shrink,serial-targets,wide-rows,recompute-clean,bf16,conv-patch,serial-targets+no-shrink"  # no compile
     _run_benchmark("apgd_vs_autoattack.py", "--cases random --images 6 --eps 4 --iterations 3 --targets 2 "
                                              f"--rounds 2 --levers {levers} --threads 1", out)
     (row,) = json.loads(out.read_text())["results"]
@@ -401,3 +420,10 @@ def test_apgd_vs_autoattack_benchmark_smoke(tmp_path):
     assert set(row["median_s"]) == variants and all(len(t) == 2 for t in row["times_s"].values())
     assert row["agreement_with_reference"]["reference"] == 1.0 and row["clean_correct"] == 6
     assert all(0 <= a <= 1 for a in row["agreement_with_reference"].values())
+
+
+def test_apgd_vs_autoattack_refuses_an_unknown_lever_in_one_line():
+    """A misspelt lever (alone or joined by '+') stops the benchmark before any model is built, naming it."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "apgd_vs_autoattack.py"), "--levers", "compile+shrimp"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "unknown lever 'shrimp' in 'compile+shrimp'" in done.stderr

@@ -10,7 +10,6 @@ The attack here is the package's APGD (:func:`aft_hf.evaluate.apgd.apgd`), run i
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -18,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attack import attack_mode
-from ..evaluate.apgd import apgd_robust
+from ..evaluate.apgd import apgd_robust, autocast_context
 from ..threat_models import Linf
 from .errors import BenchmarkError
 
@@ -96,12 +95,6 @@ def budget_key(eps: float) -> str:
     return f"{eps:g}/255"
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 class PrecisionForward(nn.Module):
     """``model`` under the run's autocast (bf16 or none); logits come back as float32."""
 
@@ -113,7 +106,7 @@ class PrecisionForward(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         self.image_passes += images.shape[0]
-        with _autocast(images.device, self.precision):
+        with autocast_context(images.device, torch.bfloat16 if self.precision == "bf16" else None):
             return self.model(images).float()
 
 

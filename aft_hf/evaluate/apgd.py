@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attack import AttackError, attack_mode
+from ..perf import matmul_patch_embedding
 from ..threat_models import DEFAULT_NORM, ThreatModel, apgd_norms, get_threat_model, norm_label
 
 _TINY = 1e-12
@@ -109,23 +110,32 @@ class APGDSpeed:
       for all iterations of a run); with ``batch_targets`` all its target rows leave together.
     - ``batch_targets``: the APGD-T runs against the ``targets`` classes go side by side, one batch of
       (images x targets) rows per restart instead of one run per class (the same verdict: an image is
-      robust iff every run fails), in chunks of at most ``max_rows`` rows (bounds the memory). Off by
-      default: on CPU it was slower (0.85-0.96x, ``docs/performance.md``): a wider batch gains little
-      there, and an image keeps being attacked with every target until one succeeds, where one run at a
-      time skips the later targets. Meant for devices that a wider batch fills (GPUs; not measured yet).
+      robust iff every run fails), the rows of an image leaving together once one of them fools it. On
+      by default: an image that only its 5th target breaks no longer waits through four full runs first
+      (world CLIP at 4/255: 2.1x faster than one run per class; at 2/255, where images stay robust, the
+      wider batch 1.1-1.2x; ``docs/performance.md``).
+    - ``max_rows``: side-by-side rows attacked at once, in chunks of whole images; default (None): as many
+      as the images given to :func:`apgd_robust` (the evaluation's batch), so the attack holds no more
+      rows, and no more memory, than that batch's one-run-per-class attack.
     - ``autocast``: ``torch.bfloat16`` (or ``torch.float16`` on CUDA) runs the model's forward under
       ``torch.autocast`` on the images' device; losses, steps and projections stay fp32.
     - ``compile``: the forward goes through ``torch.compile`` (dynamic shapes, so rows leaving the batch do
       not recompile), which fuses the elementwise work between the matmuls. Costs a compilation first
       (about 50 s for a small CLIP on a 2-core CPU, cached on disk by torch for later processes); pays on
       long evaluations. Verdicts can differ from eager ones only on images that fp32 rounding decides.
+    - ``patch_matmul``: a module's ViT patch embedding (a convolution whose stride equals its kernel) runs as
+      a matmul during the attack (:func:`aft_hf.perf.matmul_patch_embedding`, the trainer's
+      ``perf.patch_embedding_matmul``): the same map, whose input gradient costs far less than the
+      convolution's on CPU. Switched back when the attack ends. Verdicts can differ only where fp32
+      rounding decides, as with ``compile``.
     """
 
     shrink: bool = True
-    batch_targets: bool = False
-    max_rows: int = 256
+    batch_targets: bool = True
+    max_rows: Optional[int] = None
     autocast: Optional[torch.dtype] = None
     compile: bool = False
+    patch_matmul: bool = True
 
     @classmethod
     def from_mixed_precision(cls, mixed_precision: Optional[str], device: torch.device, **kwargs) -> "APGDSpeed":
@@ -139,8 +149,9 @@ class APGDSpeed:
         return cls(autocast=AUTOCAST_DTYPES[name], **kwargs)
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_rows, bool) or not isinstance(self.max_rows, int) or self.max_rows < 1:
-            raise AttackError(f"APGDSpeed.max_rows must be an integer >= 1, got {self.max_rows!r}")
+        if self.max_rows is not None and (isinstance(self.max_rows, bool) or not isinstance(self.max_rows, int)
+                                          or self.max_rows < 1):
+            raise AttackError(f"APGDSpeed.max_rows must be None or an integer >= 1, got {self.max_rows!r}")
         if self.autocast not in (None, torch.float32, torch.bfloat16, torch.float16):
             raise AttackError(f"APGDSpeed.autocast must be None, torch.bfloat16 or torch.float16, got {self.autocast}")
 
@@ -248,11 +259,11 @@ def apgd(forward: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor, ep
 
 def _targeted_rows(forward: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor, ranked: Tensor,
                    eps: float, norm: str, iterations: int, count: int, generator: Optional[torch.Generator],
-                   speed: APGDSpeed) -> Tensor:
+                   speed: APGDSpeed, max_rows: int) -> Tensor:
     """APGD-T against the ``count`` classes ranked 2nd, 3rd, ... side by side: one row per (image, target),
-    in chunks of whole images of at most ``speed.max_rows`` rows. Returns which images were fooled."""
+    in chunks of whole images of at most ``max_rows`` rows (one image at least). Returns which images were fooled."""
     fooled = torch.zeros(len(images), dtype=torch.bool, device=images.device)
-    per_chunk = max(speed.max_rows // count, 1)
+    per_chunk = max(max_rows // count, 1)
     for start in range(0, len(images), per_chunk):
         chunk = slice(start, start + per_chunk)
         m = len(images[chunk])
@@ -285,8 +296,10 @@ def apgd_robust(model: Callable[[Tensor], Tensor], images: Tensor, labels: Tenso
         raise AttackError(f"APGD needs iterations >= 1, restarts >= 1, ce_restarts >= 1, targets >= 0 and eps >= 0; "
                           f"got {iterations}, {restarts}, {ce_restarts}, {targets}, {eps}")
     generator = torch.Generator(device=images.device).manual_seed(seed)
-    frozen = attack_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext(model)
-    with frozen as forward:
+    is_module = isinstance(model, nn.Module)
+    frozen = attack_mode(model) if is_module else contextlib.nullcontext(model)
+    patches = matmul_patch_embedding(model) if is_module and speed.patch_matmul else contextlib.nullcontext()
+    with frozen as forward, patches:
         clean = _predict(forward, images, speed) if clean_logits is None else clean_logits.detach()
         robust = clean.argmax(dim=1) == labels
         if alive is not None:
@@ -307,7 +320,7 @@ def apgd_robust(model: Callable[[Tensor], Tensor], images: Tensor, labels: Tenso
                 break
             if isinstance(target, str):
                 fooled = _targeted_rows(forward, images[idx], labels[idx], ranked[idx], eps, norm, iterations,
-                                        count, generator, speed)
+                                        count, generator, speed, speed.max_rows or len(images))
             else:
                 _, fooled = apgd(forward, images[idx], labels[idx], eps, norm, iterations, loss,
                                  None if target is None else target[idx], generator=generator, speed=speed)

@@ -166,9 +166,9 @@ def test_benchmark_end_to_end(copies, tiny_clip_path, tmp_path, monkeypatch, sin
     runs = []
     real = apgd_mod.apgd
 
-    def spy(forward, images, labels, eps, norm, iterations, loss, target, generator=None, speed=None):
+    def spy(forward, images, labels, eps, norm, iterations, loss, target, **kw):
         runs.append((loss.__name__, len(images)))
-        return real(forward, images, labels, eps, norm, iterations, loss, target, generator=generator, speed=speed)
+        return real(forward, images, labels, eps, norm, iterations, loss, target, **kw)
 
     monkeypatch.setattr(apgd_mod, "apgd", spy)  # what the protocol's apgd_robust calls
     requests = [DatasetRequest.from_ref(str(three)), DatasetRequest.from_ref(str(binary))]
@@ -208,8 +208,9 @@ def test_benchmark_end_to_end(copies, tiny_clip_path, tmp_path, monkeypatch, sin
 def test_binary_dataset_runs_no_targeted_attack(monkeypatch):
     seen = []
 
-    def fake_apgd(forward, images, labels, eps, norm, iterations, loss, target, generator=None, speed=None):
-        seen.append(loss.__name__)
+    def fake_apgd(forward, images, labels, eps, norm, iterations, loss, target, generator=None, groups=None,
+                  speed=None):
+        seen.append((loss.__name__, len(images)))
         return images, torch.zeros(len(images), dtype=torch.bool)  # never fooled: every run happens
 
     monkeypatch.setattr(apgd_mod, "apgd", fake_apgd)  # what the protocol's apgd_robust calls
@@ -219,16 +220,18 @@ def test_binary_dataset_runs_no_targeted_attack(monkeypatch):
     x, alive = torch.rand(3, 3, 4, 4), torch.ones(3, dtype=torch.bool)
 
     def runs(classes, protocol):
+        """APGD-CE runs, and (image, target) rows of APGD-T (the targets go side by side, in chunks)."""
         seen.clear()
         model = clf(classes)
         with torch.no_grad():
             y = model(x).argmax(1)  # every image correct: every one is attacked
         protocol_mod.robust_verdicts(model, x, y, alive, 4, protocol, seed=0)
-        return seen
+        return (sum(name == "ce_loss" for name, _ in seen),
+                sum(rows for name, rows in seen if name == "targeted_dlr_loss"))
 
-    assert runs(2, Protocol(**CHEAP)) == ["ce_loss"]  # ce_restarts=1, and no targeted run with 2 classes
-    assert runs(3, Protocol(**CHEAP)) == ["ce_loss", "targeted_dlr_loss", "targeted_dlr_loss"]
-    assert runs(10, Protocol(iterations=1)) == ["ce_loss"] * 5 + ["targeted_dlr_loss"] * 9  # AutoAttack 'custom'
+    assert runs(2, Protocol(**CHEAP)) == (1, 0)  # ce_restarts=1, and no targeted run with 2 classes
+    assert runs(3, Protocol(**CHEAP)) == (1, 3 * 2)
+    assert runs(10, Protocol(iterations=1)) == (5, 3 * 9)  # AutoAttack 'custom'
 
 
 @pytest.mark.slow

@@ -54,6 +54,30 @@ def test_apgd_reaches_the_exact_linf_robust_accuracy_of_a_linear_head(eps):
     assert torch.equal(robust, exact)
 
 
+@pytest.mark.parametrize("patch_matmul", [True, False])
+def test_patch_embedding_runs_as_a_matmul_during_the_attack_only(patch_matmul):
+    """APGDSpeed.patch_matmul (default on): during the attack a patchifying convolution runs as a matmul
+    (its class, seen by a hook), and is a plain convolution again afterwards; the verdicts are the exact
+    ones of the linear model either way (the convolution here copies each pixel to one channel)."""
+    from aft_hf.perf import MatmulPatchEmbedding
+
+    eps = 4 / 255
+    head, x, labels = _linear_two_class(scale=15 * eps)
+    patchify = nn.Conv2d(3, 48, kernel_size=4, stride=4, bias=False)
+    with torch.no_grad():
+        patchify.weight.copy_(torch.eye(48).view(48, 3, 4, 4))
+    model = nn.Sequential(patchify, head)  # head = Flatten + Linear on the 48 copied pixels
+    seen = set()
+    patchify.register_forward_pre_hook(lambda module, args: seen.add(type(module)))
+    margin = _exact_linf_robust(head, x, labels, eps)
+    keep = margin.abs() > 1e-3
+    robust = apgd_robust(model, x[keep], labels[keep], eps, iterations=10, targets=1,
+                         speed=APGDSpeed(patch_matmul=patch_matmul))
+    assert torch.equal(robust, margin[keep] > 0)
+    assert seen == ({MatmulPatchEmbedding} if patch_matmul else {nn.Conv2d})
+    assert type(patchify) is nn.Conv2d
+
+
 def test_apgd_l2_reaches_the_exact_robust_accuracy_away_from_the_box_edges():
     g = torch.Generator().manual_seed(1)
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
@@ -84,7 +108,7 @@ def test_checkpoints_and_targeted_dlr_follow_the_paper():
 
 def test_an_image_is_robust_only_if_every_attack_fails(monkeypatch):
     """APGD-CE first, then APGD-T against the classes ranked 2nd, 3rd, ... on the clean image; each run
-    sees only the images still robust."""
+    sees only the images still robust (one run per class, as the reference runs them)."""
     calls = []
     breaks = {0: [0], 2: [1]}  # run 0 (CE) breaks image 0, run 2 (2nd target) breaks image 1
 
@@ -98,7 +122,8 @@ def test_an_image_is_robust_only_if_every_attack_fails(monkeypatch):
     logits = torch.tensor([[9.0, 1, 5, 7], [9.0, 8, 7, 1], [9.0, 2, 3, 4]])
     model = lambda x: logits[x[:, 0, 0, 0].round().long()]  # noqa: E731 image i carries its index
     images = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 3, 2, 2).contiguous()
-    robust = apgd_robust(model, images, torch.zeros(3, dtype=torch.long), 1 / 255, targets=9)
+    robust = apgd_robust(model, images, torch.zeros(3, dtype=torch.long), 1 / 255, targets=9,
+                         speed=APGDSpeed(batch_targets=False))
     assert robust.tolist() == [False, False, True]
     assert [c[0] for c in calls] == ["ce_loss"] + ["targeted_dlr_loss"] * 3  # 9 targets capped at 4 - 1
     assert calls[0][2] == [0.0, 1.0, 2.0] and calls[1][2] == [1.0, 2.0] and calls[3][2] == [2.0]
@@ -106,8 +131,9 @@ def test_an_image_is_robust_only_if_every_attack_fails(monkeypatch):
 
 
 def test_batched_targets_attack_every_image_target_pair_in_one_run(monkeypatch):
-    """APGDSpeed.batch_targets: after APGD-CE, one APGD-T run holds one row per (image still robust, target),
-    the rows of an image grouped, in chunks of whole images of at most max_rows rows."""
+    """APGDSpeed.batch_targets (the default): after APGD-CE, one APGD-T run holds one row per (image still robust,
+    target), the rows of an image grouped, in chunks of whole images of at most max_rows rows (default: as many
+    rows as images given, the memory of the batch's one-run-per-class attack)."""
     calls = []
 
     def fake_apgd(forward, images, labels, eps, norm, iterations, loss, target, generator=None, groups=None,
@@ -128,6 +154,11 @@ def test_batched_targets_attack_every_image_target_pair_in_one_run(monkeypatch):
     assert [c[0] for c in calls] == ["ce_loss", "targeted_dlr_loss", "targeted_dlr_loss"]
     assert calls[1][1:] == ([1, 2, 3], [1.0, 1.0, 1.0], [0, 0, 0])  # image 1 against its classes ranked 2nd-4th
     assert calls[2][1:] == ([3, 2, 1], [2.0, 2.0, 2.0], [0, 0, 0])
+    # the default: side by side, at most as many rows at once as images were given (3 here: one image a chunk)
+    calls.clear()
+    robust = apgd_robust(model, images, torch.zeros(3, dtype=torch.long), 1 / 255, targets=9)
+    assert robust.tolist() == [False, False, True] and [len(c[2]) for c in calls] == [3, 3, 3]
+    assert APGDSpeed().batch_targets and APGDSpeed().max_rows is None
 
 
 def test_a_group_stops_once_one_of_its_rows_is_fooled():
