@@ -116,7 +116,8 @@ class APGDSpeed:
       wider batch 1.1-1.2x; ``docs/performance.md``).
     - ``max_rows``: side-by-side rows attacked at once, in chunks of whole images; default (None): as many
       as the images given to :func:`apgd_robust` (the evaluation's batch), so the attack holds no more
-      rows, and no more memory, than that batch's one-run-per-class attack.
+      rows, and no more memory, than that batch's one-run-per-class attack; always at least one image's
+      ``targets`` rows.
     - ``autocast``: ``torch.bfloat16`` (or ``torch.float16`` on CUDA) runs the model's forward under
       ``torch.autocast`` on the images' device; losses, steps and projections stay fp32.
     - ``compile``: the forward goes through ``torch.compile`` (dynamic shapes, so rows leaving the batch do
