@@ -44,10 +44,12 @@ class MatmulPatchEmbedding(nn.Conv2d):
 
 
 def _switch_patchifying_convs(module: nn.Module) -> list[nn.Conv2d]:
-    """Switch each plain ``nn.Conv2d`` of ``module`` whose stride equals its kernel; returns the switched ones."""
+    """Switch each plain ``nn.Conv2d`` of ``module`` whose stride equals its kernel (larger than 1 x 1: a
+    pointwise convolution is no patch embedding); returns the switched ones."""
     switched = [sub for sub in module.modules()
                 if type(sub) is nn.Conv2d and tuple(sub.stride) == tuple(sub.kernel_size) and sub.groups == 1
-                and tuple(sub.dilation) == (1, 1) and sub.padding in ((0, 0), "valid")]
+                and tuple(sub.kernel_size) != (1, 1) and tuple(sub.dilation) == (1, 1)
+                and sub.padding in ((0, 0), "valid")]
     for sub in switched:
         sub.__class__ = MatmulPatchEmbedding
     return switched

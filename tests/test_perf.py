@@ -189,10 +189,12 @@ def test_matmul_patch_embedding_context_switches_back_only_what_it_switched():
     from aft_hf.perf import MatmulPatchEmbedding, matmul_patch_embedding, use_matmul_patch_embedding
 
     plain, trained, overlapping = nn.Conv2d(3, 4, 2, stride=2), nn.Conv2d(3, 4, 2, stride=2), nn.Conv2d(3, 4, 3)
+    pointwise = nn.Conv2d(3, 4, 1)  # stride = kernel = 1, but no patch embedding: left alone
     use_matmul_patch_embedding(trained)
     with pytest.raises(RuntimeError, match="inside"):
-        with matmul_patch_embedding(nn.ModuleList([plain, trained, overlapping])) as switched:
-            assert switched == 1 and type(plain) is MatmulPatchEmbedding and type(overlapping) is nn.Conv2d
+        with matmul_patch_embedding(nn.ModuleList([plain, trained, overlapping, pointwise])) as switched:
+            assert switched == 1 and type(plain) is MatmulPatchEmbedding
+            assert type(overlapping) is nn.Conv2d and type(pointwise) is nn.Conv2d
             raise RuntimeError("inside")
     assert type(plain) is nn.Conv2d and type(trained) is MatmulPatchEmbedding and type(overlapping) is nn.Conv2d
 

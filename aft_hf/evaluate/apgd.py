@@ -112,12 +112,12 @@ class APGDSpeed:
       (images x targets) rows per restart instead of one run per class (the same verdict: an image is
       robust iff every run fails), the rows of an image leaving together once one of them fools it. On
       by default: an image that only its 5th target breaks no longer waits through four full runs first
-      (world CLIP at 4/255: 2.1x faster than one run per class; at 2/255, where images stay robust, the
-      wider batch 1.1-1.2x; ``docs/performance.md``).
+      (world CLIP at 4/255: 2.3x faster than one run per class; at 2/255, where images stay robust, the
+      wider batch 1.1x; ``docs/performance.md``).
     - ``max_rows``: side-by-side rows attacked at once, in chunks of whole images; default (None): as many
-      as the images given to :func:`apgd_robust` (the evaluation's batch), so the attack holds no more
-      rows, and no more memory, than that batch's one-run-per-class attack; always at least one image's
-      ``targets`` rows.
+      as the images given to :func:`apgd_robust` (``robust_verdicts`` gives it the whole batch, with
+      ``alive`` marking the images still attacked), so the attack holds no more rows, and no more memory,
+      than that batch's one-run-per-class attack; always at least one image's ``targets`` rows.
     - ``autocast``: ``torch.bfloat16`` (or ``torch.float16`` on CUDA) runs the model's forward under
       ``torch.autocast`` on the images' device; losses, steps and projections stay fp32.
     - ``compile``: the forward goes through ``torch.compile`` (dynamic shapes, so rows leaving the batch do

@@ -209,11 +209,10 @@ def robust_verdicts(classifier: ZeroShotClassifier, images: Tensor, labels: Tens
         out = []
         for i, budget in enumerate(budgets):
             seed_b = batch_seed(seed, b, i)
-            if attack == "apgd":
-                idx = alive.nonzero().squeeze(1)
-                if idx.numel():
-                    alive[idx] = apgd_robust(classifier, x[idx], y[idx], budget / 255, norm, steps, restarts,
-                                             targets, seed_b, clean_logits=clean[idx], speed=speed)
+            if attack == "apgd":  # the whole batch, so side-by-side targets may use the batch's rows
+                if alive.any():
+                    alive = apgd_robust(classifier, x, y, budget / 255, norm, steps, restarts, targets, seed_b,
+                                        clean_logits=clean, speed=speed, alive=alive)
             else:
                 generator = torch.Generator(device=device).manual_seed(seed_b)
                 with autocast_context(x.device, speed.autocast):

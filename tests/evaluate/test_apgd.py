@@ -161,6 +161,49 @@ def test_batched_targets_attack_every_image_target_pair_in_one_run(monkeypatch):
     assert APGDSpeed().batch_targets and APGDSpeed().max_rows is None
 
 
+def test_side_by_side_targets_go_in_chunks_of_whole_images(monkeypatch):
+    """5 images, 2 targets, max_rows 4: chunks of 2, 2 and 1 images (4, 4 and 2 rows), each image's rows one group,
+    every (image, target) pair attacked once."""
+    calls = []
+
+    def fake_apgd(forward, images, labels, eps, norm, iterations, loss, target, generator=None, groups=None,
+                  speed=None):
+        if target is not None:
+            calls.append((images[:, 0, 0, 0].tolist(), target.tolist(), groups.tolist()))
+        return images, torch.zeros(len(images), dtype=torch.bool)  # never fooled
+
+    monkeypatch.setattr(apgd_module, "apgd", fake_apgd)
+    model = lambda x: torch.tensor([[5.0, 1.0, 3.0]]).expand(len(x), 3)  # noqa: E731 ranks: 0, then 2, then 1
+    images = torch.arange(5.0).view(5, 1, 1, 1).expand(5, 3, 2, 2).contiguous()
+    robust = apgd_robust(model, images, torch.zeros(5, dtype=torch.long), 1 / 255, targets=2,
+                         speed=APGDSpeed(max_rows=4))
+    assert robust.all()
+    assert [len(c[0]) for c in calls] == [4, 4, 2]
+    assert [c[0] for c in calls] == [[0.0, 0.0, 1.0, 1.0], [2.0, 2.0, 3.0, 3.0], [4.0, 4.0]]
+    assert [c[1] for c in calls] == [[2, 1, 2, 1], [2, 1, 2, 1], [2, 1]]
+    assert [c[2] for c in calls] == [[0, 0, 1, 1], [0, 0, 1, 1], [0, 0]]
+
+
+def test_robust_verdicts_hand_apgd_the_whole_batch_with_the_images_still_attacked(monkeypatch):
+    """robust_verdicts gives apgd_robust each whole batch and marks the survivors with ``alive`` (the side-by-side
+    targets' rows are bounded by the batch, not by the survivors: 64 -> 3 survivors would be one image a chunk)."""
+    from aft_hf.evaluate import zeroshot
+
+    clf, x, y = _tiny_zero_shot(0)
+    y[:5] = (y[:5] + 1) % 10  # 5 images wrong clean: not attacked
+    seen, real = [], zeroshot.apgd_robust
+
+    def spy(model, images, labels, *args, alive=None, **kwargs):
+        seen.append((len(images), None if alive is None else int(alive.sum())))
+        return real(model, images, labels, *args, alive=alive, **kwargs)
+
+    monkeypatch.setattr(zeroshot, "apgd_robust", spy)
+    verdicts = zeroshot.robust_verdicts(clf, x, y, eps=(1, 4), steps=3, targets=2, batch_size=32, progress=False)
+    assert [n for n, _ in seen] == [32, 32, 32, 32]  # 2 batches x 2 budgets, each the whole batch
+    assert seen[0][1] == 32 - 5 and seen[1][1] == int(verdicts["1/255"][:32].sum())  # the survivors only
+    assert not verdicts["4/255"][:5].any()
+
+
 def test_a_group_stops_once_one_of_its_rows_is_fooled():
     """Rows of one group share the verdict's fate: once one row is fooled the others leave the batch, so a
     forward counts fewer rows than without groups; the fooled row keeps its misclassified iterate."""
