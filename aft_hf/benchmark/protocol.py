@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attack import attack_mode
-from ..evaluate.apgd import apgd_robust, autocast_context
+from ..evaluate.apgd import AUTOCAST_DTYPES, apgd_robust, autocast_context
 from ..threat_models import Linf
 from .errors import BenchmarkError
 
@@ -106,7 +106,7 @@ class PrecisionForward(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         self.image_passes += images.shape[0]
-        with autocast_context(images.device, torch.bfloat16 if self.precision == "bf16" else None):
+        with autocast_context(images.device, AUTOCAST_DTYPES.get(self.precision)):  # fp32: None, no autocast
             return self.model(images).float()
 
 
