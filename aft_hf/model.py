@@ -122,6 +122,12 @@ class ImageEncoder(nn.Module):
         """True when the vision model carries CLIP's ``visual_projection`` (zero-shot is possible)."""
         return isinstance(self.vision, CLIPVisionModelWithProjection)
 
+    @property
+    def pools_class_token(self) -> bool:
+        """True when the output is CLIP's pooled class token (``pooled`` embedding of a CLIP tower): then only
+        the last layer's first row matters (:class:`aft_hf.perf.ClassTokenLastLayer`)."""
+        return self.embedding == "pooled" and self.family == "clip"
+
     def check_input(self, pixels: Tensor) -> None:
         """Refuse what is not a float (B, C, H, W) batch at the model's size, naming the problem.
 

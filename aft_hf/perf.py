@@ -7,10 +7,14 @@ Each lever is a ``perf.*`` config switch, equivalence-tested against the plain p
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPEncoderLayer, eager_attention_forward
+
+from .model import ImageEncoder
 
 
 class MatmulPatchEmbedding(nn.Conv2d):
@@ -87,4 +91,63 @@ def restore_conv_patch_embedding(module: nn.Module) -> None:
             sub.__class__ = nn.Conv2d
 
 
-__all__ = ["MatmulPatchEmbedding", "matmul_patch_embedding", "restore_conv_patch_embedding", "use_matmul_patch_embedding"]
+class ClassTokenLastLayer(CLIPEncoderLayer):
+    """The last encoder layer of a CLIP vision tower, computing the class token's row only.
+
+    Where the encoder's output is the pooled class token (CLIP's ``pooler_output`` and ``image_embeds``:
+    the post-layernorm of the last layer's first row), the last layer's other rows are computed and thrown
+    away. The class token needs every token's key and value, but only its own query, attention row, output
+    projection and MLP; the rest (four fifths of the layer) is skipped. Same parameters (the class of the
+    existing module changes), same numbers up to float rounding. It returns a ``(batch, 1, width)`` hidden
+    state, so it is switched on only where nothing reads the other rows: :func:`class_token_last_layer`.
+    """
+
+    def forward(self, hidden_states: Tensor, attention_mask: Optional[Tensor] = None, **kwargs) -> Tensor:
+        if attention_mask is not None:  # CLIP's vision tower passes none; anything else runs the whole layer
+            return super().forward(hidden_states, attention_mask, **kwargs)
+        attn = self.self_attn
+        normed = self.layer_norm1(hidden_states)
+        batch, tokens, width = normed.shape
+
+        def heads(x: Tensor) -> Tensor:
+            return x.view(batch, x.shape[1], -1, attn.head_dim).transpose(1, 2)
+
+        attend = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, eager_attention_forward)
+        out, _ = attend(attn, heads(attn.q_proj(normed[:, :1])), heads(attn.k_proj(normed)), heads(attn.v_proj(normed)),
+                        None, scaling=attn.scale, dropout=attn.dropout if attn.training else 0.0)
+        hidden = hidden_states[:, :1] + attn.out_proj(out.reshape(batch, 1, width))
+        return hidden + self.mlp(self.layer_norm2(hidden))
+
+
+def _class_token_last_layers(modules: tuple[nn.Module, ...]) -> list[CLIPEncoderLayer]:
+    """The last encoder layer of each CLIP image encoder in ``modules`` whose output is the pooled class token
+    (:attr:`aft_hf.model.ImageEncoder.pools_class_token`), unless a hook watches that layer's output."""
+    layers: dict[int, CLIPEncoderLayer] = {}
+    for encoder in (sub for module in modules for sub in module.modules()):
+        if isinstance(encoder, ImageEncoder) and encoder.pools_class_token:
+            towers = [sub for sub in encoder.vision.modules() if isinstance(sub, CLIPEncoder)]
+            last = towers[0].layers[-1] if len(towers) == 1 and len(towers[0].layers) else None
+            if type(last) is CLIPEncoderLayer and not (last._forward_hooks or last._forward_pre_hooks):
+                layers[id(last)] = last
+    return list(layers.values())
+
+
+@contextlib.contextmanager
+def class_token_last_layer(*modules: nn.Module) -> Iterator[int]:
+    """For a ``with`` block, the last layer of every CLIP image encoder in ``modules`` that returns the pooled
+    class token computes that token only (:class:`ClassTokenLastLayer`; the attack's
+    ``APGDSpeed.class_token_last_layer``, the trainer's ``perf.class_token_last_layer``). On exit exactly the
+    layers it switched become whole again; yields how many it switched (0 for SigLIP, LLaVA's patch tokens, or
+    a hooked layer, which stay as they are)."""
+    switched = _class_token_last_layers(modules)
+    for layer in switched:
+        layer.__class__ = ClassTokenLastLayer
+    try:
+        yield len(switched)
+    finally:
+        for layer in switched:
+            layer.__class__ = CLIPEncoderLayer
+
+
+__all__ = ["ClassTokenLastLayer", "MatmulPatchEmbedding", "class_token_last_layer", "matmul_patch_embedding",
+           "restore_conv_patch_embedding", "use_matmul_patch_embedding"]

@@ -46,7 +46,7 @@ from .lora import apply_lora, save_adapter, trainable_parameters
 from .model import ImageEncoder, ModelLoadError, export_pretrained, load_image_encoder, load_model_config
 from .objective_setup import build_objective
 from .objectives import EmbeddingObjective, Objective
-from .perf import use_matmul_patch_embedding
+from .perf import class_token_last_layer, use_matmul_patch_embedding
 from .resume import apply_optim_config, check_resume_config
 from .train_eval import build_evaluator
 
@@ -155,6 +155,7 @@ def aft_step(
     guard: Optional[NonFiniteGuard] = None,
     objective: Optional[Objective] = None,
     labels: Optional[torch.Tensor] = None,
+    class_token_only: bool = True,
 ) -> tuple[torch.Tensor, object]:
     """One AFT micro-batch: frozen targets -> attack -> training forward/backward -> optimiser step.
 
@@ -167,8 +168,17 @@ def aft_step(
     loss or gradient norm is not finite. ``objective`` (default: the embedding objective against
     ``frozen``) gives the targets and the per-sample loss that the attack maximises and the update
     minimises; ``labels`` are the batch's class indices when it needs them (:mod:`aft_hf.objectives`).
+    ``class_token_only`` (``perf.class_token_last_layer``): the last layer of the encoders computes the pooled
+    class token alone for the step's duration (:func:`aft_hf.perf.class_token_last_layer`; same numbers).
     """
     objective = objective if objective is not None else EmbeddingObjective(frozen)
+    with class_token_last_layer(unwrapped, frozen) if class_token_only else contextlib.nullcontext():
+        return _aft_step(accelerator, model, unwrapped, attacker, optimizer, scheduler, images, generator,
+                         max_grad_norm, timings, guard, objective, labels)
+
+
+def _aft_step(accelerator, model, unwrapped, attacker, optimizer, scheduler, images, generator, max_grad_norm,
+              timings, guard, objective, labels) -> tuple[torch.Tensor, object]:
     clock = time.perf_counter
     if timings is not None:
         _sync(images.device)
@@ -415,7 +425,8 @@ class TrainingLoop:
         generator = attack_generator(self.cfg.seed, self.progress.step, self.micro_batch, acc)
         loss, self.targets = aft_step(acc, self.model, self.unwrapped, self.frozen, self.attacker, self.optimizer,
                                       self.scheduler, self.images, generator, self.cfg.optim.max_grad_norm,
-                                      guard=self.guard, objective=self.objective, labels=labels)
+                                      guard=self.guard, objective=self.objective, labels=labels,
+                                      class_token_only=self.cfg.perf.class_token_last_layer)
         self.progress.batches_in_epoch += 1
         self.progress.records_in_epoch += int(batch["records"])
         self.micro_batch = 0 if acc.sync_gradients else self.micro_batch + 1

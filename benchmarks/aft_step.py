@@ -54,7 +54,7 @@ GEOMETRIES = {
                 patch_size=14, image_size=224, projection_dim=768),
 }
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
-ABLATIONS = ("freeze", "attn", "fused", "compile", "checkpointing", "patchmm")
+ABLATIONS = ("freeze", "attn", "fused", "compile", "checkpointing", "patchmm", "clstoken")
 
 
 # --------------------------------------------------------------------------- options
@@ -70,13 +70,15 @@ class StepOptions:
     compile: bool = False
     gradient_checkpointing: bool = False
     patch_embedding_matmul: bool = True
+    class_token_last_layer: bool = True
 
     def label(self) -> str:
         fused = "auto" if self.fused_adamw is None else ("on" if self.fused_adamw else "off")
         return (f"freeze={'on' if self.freeze_params_in_attack else 'off'} attn={self.attn_implementation} "
                 f"fused={fused} compile={'on' if self.compile else 'off'} "
                 f"ckpt={'on' if self.gradient_checkpointing else 'off'} "
-                f"patchmm={'on' if self.patch_embedding_matmul else 'off'}")
+                f"patchmm={'on' if self.patch_embedding_matmul else 'off'} "
+                f"clstoken={'on' if self.class_token_last_layer else 'off'}")
 
     def flipped(self, switch: str, device: torch.device) -> "StepOptions":
         """The same options with one switch changed (``ABLATIONS``)."""
@@ -94,6 +96,8 @@ class StepOptions:
             new.gradient_checkpointing = not self.gradient_checkpointing
         elif switch == "patchmm":
             new.patch_embedding_matmul = not self.patch_embedding_matmul
+        elif switch == "clstoken":
+            new.class_token_last_layer = not self.class_token_last_layer
         else:
             raise ValueError(f"unknown switch '{switch}' (choose from {', '.join(ABLATIONS)})")
         return new
@@ -315,7 +319,8 @@ class AftRunner:
         from aft_hf.train import aft_step
 
         return aft_step(self.accelerator, self.model, self.unwrapped, self.frozen, self.attacker, self.optimizer,
-                        self.scheduler, images, generator, self.max_grad_norm, timings)
+                        self.scheduler, images, generator, self.max_grad_norm, timings,
+                        class_token_only=self.options.class_token_last_layer)
 
     def baseline(self, images: torch.Tensor) -> None:
         """One training forward+backward+update of the same batch, no attack (the memory yardstick)."""

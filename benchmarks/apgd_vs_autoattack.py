@@ -17,6 +17,9 @@ one lever switched (``no-shrink``, ``serial-targets``, ``wide-rows``, ``recomput
 each variant once (A, B, C, ..., then again), so load changes on a shared machine hit all variants alike;
 medians over rounds, ratios against the reference and against ``package``, robust counts and the share of
 images on which each variant's verdict equals the reference's are printed (and written with ``--json``).
+``--profile VARIANT`` runs that variant once more under ``torch.profiler`` after the rounds and splits its
+self time into attention, matmuls, compiled (fused) kernels, dynamo's guard checks and the rest (the
+model's elementwise work when eager, APGD's own step arithmetic).
 """
 
 from __future__ import annotations
@@ -81,10 +84,11 @@ CASES: dict[str, Callable[[int], tuple]] = {"world": world_case, "random": rando
 LEVERS: dict[str, dict] = {"no-shrink": {"shrink": False}, "serial-targets": {"batch_targets": False},
                            "wide-rows": {"max_rows": 256}, "recompute-clean": {"reuse_clean": False},
                            "bf16": {"autocast": torch.bfloat16}, "compile": {"compile": True},
-                           "conv-patch": {"patch_matmul": False}}
+                           "conv-patch": {"patch_matmul": False}, "full-last-layer": {"class_token_last_layer": False}}
 """Each lever's switch against the package's default: ``serial-targets`` one APGD-T run per class (the reference's
 way) instead of side by side, ``wide-rows`` up to 256 side-by-side rows at once instead of as many as the images
-given, ``conv-patch`` the convolution for the patch embedding, ``bf16`` and ``compile`` switch on what is off by
+given, ``conv-patch`` the convolution for the patch embedding, ``full-last-layer`` every row of the tower's last
+layer (not the class token's alone), ``bf16`` and ``compile`` switch on what is off by
 default; ``a+b`` switches several together."""
 
 
@@ -127,6 +131,30 @@ def reference_run(clf, images, labels, eps, iterations, targets, seed):
         return clf(x_adv).argmax(1) == labels
 
 
+PROFILE_GROUPS: dict[str, Callable[[str], bool]] = {
+    "attention": lambda name: "scaled_dot_product" in name,
+    "matmuls": lambda name: name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::convolution",
+                                     "aten::convolution_backward", "aten::mkldnn_convolution"),
+    "compiled kernels": lambda name: name.startswith("## Call CompiledFxGraph"),
+    "dynamo guards": lambda name: name == "TorchDynamo Cache Lookup",
+}
+"""How ``--profile`` groups the profiler's operators by self time (the first group that matches; else "rest")."""
+
+
+def profile_groups(run: Callable[[], object]) -> dict[str, float]:
+    """Self CPU seconds of ``run()`` per :data:`PROFILE_GROUPS` group, plus ``rest`` and ``total``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    groups = dict.fromkeys([*PROFILE_GROUPS, "rest"], 0.0)
+    for event in prof.key_averages():
+        group = next((g for g, match in PROFILE_GROUPS.items() if match(event.key)), "rest")
+        groups[group] += event.self_cpu_time_total / 1e6
+    groups["total"] = sum(groups.values())
+    return groups
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cases", default="world,random", help="comma list of: " + ", ".join(CASES))
@@ -139,6 +167,8 @@ def main(argv=None) -> int:
                    " (or 'all'); join levers with '+' to switch them together, e.g. compile+wide-rows")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", default=None, metavar="VARIANT",
+                   help="after the rounds, run this variant (package, reference or a lever) once under the profiler")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if args.threads:
@@ -147,6 +177,8 @@ def main(argv=None) -> int:
     variants: dict[str, Callable] = {"reference": reference_run, "package": package_run}
     for lever in levers:
         variants[lever] = lambda *a, _kw=lever_kwargs(lever): package_run(*a, **_kw)
+    if args.profile and args.profile not in variants:
+        raise SystemExit(f"--profile {args.profile!r} is not a variant of this run (choose from {', '.join(variants)})")
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "load_before": os.getloadavg(), "args": vars(args) | {"json": None},
@@ -172,6 +204,9 @@ def main(argv=None) -> int:
                                                 for v in variants},
                    "speedup_vs_reference": {v: med["reference"] / med[v] for v in variants},
                    "ratio_vs_package": {v: med[v] / med["package"] for v in variants}}
+            if args.profile:
+                row["profile_s"] = profile_groups(lambda: variants[args.profile](
+                    clf, images, labels, eps, args.iterations, args.targets, args.seed))
             report["results"].append(row)
             print(f"\n{case}, eps {eps:g}/255, {len(images)} images ({clean_correct} correct clean), "
                   f"{args.iterations} iterations, {args.targets} targets, {args.rounds} interleaved round(s):")
@@ -180,6 +215,10 @@ def main(argv=None) -> int:
                 print(f"  {v:>{width}}: {med[v]:7.2f} s  robust {row['robust'][v]:3d}  "
                       f"same verdict as reference {100 * row['agreement_with_reference'][v]:5.1f}%  "
                       f"reference/this {row['speedup_vs_reference'][v]:5.2f}x  this/package {row['ratio_vs_package'][v]:5.2f}")
+            if args.profile:
+                total = row["profile_s"]["total"]
+                print(f"  profile of {args.profile} ({total:.2f} s self time): " + ", ".join(
+                    f"{g} {t:.2f} s ({100 * t / total:.0f}%)" for g, t in row["profile_s"].items() if g != "total"))
     report["load_after"] = os.getloadavg()
     print(f"\nload average before {report['load_before'][0]:.1f}, after {report['load_after'][0]:.1f}; "
           f"{report['threads']} thread(s)")

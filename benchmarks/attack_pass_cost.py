@@ -6,12 +6,16 @@ Where images stay robust, APGD's time is (1 + targets) x iterations of this pass
 implementation, so its cost per image decides how far the attack can beat the reference AutoAttack. The pass
 is timed on the models of ``apgd_vs_autoattack.py`` (``world``: the shipped world CLIP, ``random``: a small
 random-weight CLIP ViT), through :func:`aft_hf.attack.attack_mode` as the attack calls it, at several batch
-sizes (rows): ``conv`` (the patch embedding a convolution, as the model ships and the reference runs it),
-``eager`` (the package's default: the patch embedding as a matmul, ``APGDSpeed.patch_matmul``) and, with
-``--compile``, ``compiled`` (that, through ``torch.compile(dynamic=True)``; its compilation time is printed
-apart); with ``--bf16`` each of ``eager`` and ``compiled`` also under bf16 autocast (``APGDSpeed.autocast``).
+sizes (rows): ``conv`` (the model as it ships and the reference runs it: the patch embedding a convolution, the
+whole last layer), ``matmul-patch`` (the patch embedding as a matmul, ``APGDSpeed.patch_matmul``), ``eager`` (the
+package's default: that, and the last layer for the class token alone, ``APGDSpeed.class_token_last_layer``) and,
+with ``--compile``, ``compiled`` (the default through ``torch.compile(dynamic=True)``; its compilation time is
+printed apart); with ``--bf16`` each of ``eager`` and ``compiled`` also under bf16 autocast (``APGDSpeed.autocast``).
 Variants alternate per round; medians of ``--rounds``. ``--activation`` adds the QuickGELU
 activation alone at the tower's MLP width, eager and compiled: the elementwise share of the pass.
+``--attention`` adds one layer's attention alone (forward + backward at the tower's heads, tokens and head
+size): SDPA's default CPU kernel (``flash``, what the model runs), SDPA's ``math`` kernel and a compiled
+``softmax(Q K^T) V`` (``compiled``): which attention a small tower should run.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from apgd_vs_autoattack import CASES  # noqa: E402
 
 from aft_hf.attack import attack_mode  # noqa: E402
 from aft_hf.evaluate.apgd import autocast_context  # noqa: E402
-from aft_hf.perf import matmul_patch_embedding  # noqa: E402
+from aft_hf.perf import class_token_last_layer, matmul_patch_embedding  # noqa: E402
 
 
 def seconds_per_call(once, reps: int) -> float:
@@ -66,6 +70,16 @@ def with_matmul_patches(model: torch.nn.Module, forward):
     return run
 
 
+def with_defaults(model: torch.nn.Module, forward):
+    """``forward`` as the attack runs it by default: the patch embedding as a matmul and the last layer for the class
+    token alone (``APGDSpeed.patch_matmul``, ``APGDSpeed.class_token_last_layer``)."""
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with matmul_patch_embedding(model), class_token_last_layer(model):
+            return forward(x)
+
+    return run
+
+
 def in_bf16(forward):
     """``forward`` under bf16 autocast on its input's device, logits back in fp32 (as the attack runs it)."""
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -86,6 +100,33 @@ def activation_seconds(act, rows: int, tokens: int, width: int, reps: int) -> fl
     return seconds_per_call(once, reps)
 
 
+def attention_variants() -> dict:
+    """One layer's attention three ways, ``(q, k, v) -> output``: SDPA's default CPU kernel, its math kernel,
+    and ``softmax(q k^T / sqrt(d)) v`` through ``torch.compile``."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def math_kernel(q, k, v):
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v)
+
+    def spelled_out(q, k, v):
+        return torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1) @ v
+
+    return {"flash": F.scaled_dot_product_attention, "math": math_kernel,
+            "compiled": torch.compile(spelled_out, dynamic=True)}
+
+
+def attention_seconds(attend, rows: int, heads: int, tokens: int, head_dim: int, reps: int) -> float:
+    """Seconds per forward + backward (to q, k and v) of ``attend`` on (rows, heads, tokens, head_dim) inputs."""
+    base = [torch.randn(rows, heads, tokens, head_dim) for _ in range(4)]
+
+    def once():
+        q, k, v = (t.clone().requires_grad_(True) for t in base[:3])
+        torch.autograd.grad(attend(q, k, v), (q, k, v), base[3])
+
+    return seconds_per_call(once, reps)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--case", default="world", choices=sorted(CASES))
@@ -93,6 +134,7 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true", help="also time the pass through torch.compile")
     p.add_argument("--activation", action="store_true", help="also time the QuickGELU activation alone")
     p.add_argument("--bf16", action="store_true", help="also time the eager (and compiled) pass under bf16 autocast")
+    p.add_argument("--attention", action="store_true", help="also time one layer's attention alone, three ways")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, default=None)
@@ -103,19 +145,20 @@ def main(argv=None) -> int:
     clf, images, labels = CASES[args.case](max(rows))
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
               "threads": torch.get_num_threads(), "torch": torch.__version__, "load_before": os.getloadavg(),
-              "args": vars(args) | {"json": None}, "pass_ms_per_image": {}, "activation_ms": {}}
+              "args": vars(args) | {"json": None}, "pass_ms_per_image": {}, "activation_ms": {},
+              "attention_ms": {}}
     with attack_mode(clf) as forward:
-        variants = {"conv": forward, "eager": with_matmul_patches(clf, forward)}
+        variants = {"conv": forward, "matmul-patch": with_matmul_patches(clf, forward), "eager": with_defaults(clf, forward)}
         if args.bf16:
-            variants["eager-bf16"] = with_matmul_patches(clf, in_bf16(forward))
+            variants["eager-bf16"] = with_defaults(clf, in_bf16(forward))
         if args.compile:
             t0 = time.perf_counter()
-            variants["compiled"] = with_matmul_patches(clf, torch.compile(forward, dynamic=True))
+            variants["compiled"] = with_defaults(clf, torch.compile(forward, dynamic=True))
             pass_seconds(variants["compiled"], images[:rows[0]], labels[:rows[0]], 1)
             report["compile_s"] = time.perf_counter() - t0
             print(f"compilation (first call, forward and backward): {report['compile_s']:.1f} s")
             if args.bf16:
-                variants["compiled-bf16"] = with_matmul_patches(clf, torch.compile(in_bf16(forward), dynamic=True))
+                variants["compiled-bf16"] = with_defaults(clf, torch.compile(in_bf16(forward), dynamic=True))
         for n in rows:
             reps = max(3, 400 // n)
             samples = {v: [] for v in variants}
@@ -125,6 +168,8 @@ def main(argv=None) -> int:
             med = {v: 1000 * statistics.median(s) for v, s in samples.items()}
             report["pass_ms_per_image"][str(n)] = med
             print(f"rows {n:4d}: " + "  ".join(f"{v} {m:.2f} ms/image" for v, m in med.items()) +
+                  f"  conv/matmul-patch {med['conv'] / med['matmul-patch']:.2f}x"
+                  f"  matmul-patch/eager {med['matmul-patch'] / med['eager']:.2f}x"
                   f"  conv/eager {med['conv'] / med['eager']:.2f}x" +
                   (f"  eager/compiled {med['eager'] / med['compiled']:.2f}x" if "compiled" in med else ""))
     if args.activation:
@@ -140,6 +185,20 @@ def main(argv=None) -> int:
             report["activation_ms"][str(n)] = med
             print(f"QuickGELU forward+backward, {n} x {tokens} x {vision.intermediate_size}: "
                   f"eager {med['eager']:.2f} ms, compiled {med['compiled']:.2f} ms")
+    if args.attention:
+        vision = clf.encoder.vision.config
+        tokens = (vision.image_size // vision.patch_size) ** 2 + 1
+        heads, head_dim = vision.num_attention_heads, vision.hidden_size // vision.num_attention_heads
+        kinds = attention_variants()
+        for n in rows:
+            samples = {k: [] for k in kinds}
+            for _ in range(args.rounds):
+                for name, attend in kinds.items():
+                    samples[name].append(attention_seconds(attend, n, heads, tokens, head_dim, 10))
+            med = {k: 1000 * statistics.median(v) for k, v in samples.items()}
+            report["attention_ms"][str(n)] = med
+            print(f"attention forward+backward, one layer, {n} x {heads} heads x {tokens} tokens x {head_dim}: "
+                  + ", ".join(f"{k} {m:.2f} ms" for k, m in med.items()))
     report["load_after"] = os.getloadavg()
     write_report(args.json, report)
     return 0

@@ -68,9 +68,11 @@ class RecordMatmuls(TorchDispatchMode):
 
 def _build(spec, device):
     if isinstance(spec, _Spec):
-        shape, stride, dtype = spec
-        t = torch.empty_strided(shape, stride, dtype=dtype, device=device)
-        return t.normal_(0, 0.1) if dtype.is_floating_point else t.zero_()
+        shape, stride, dtype = spec  # filled through its storage: a broadcast (stride 0) layout shares elements
+        size = 1 + sum((n - 1) * st for n, st in zip(shape, stride)) if all(shape) else 0
+        storage = torch.empty(size, dtype=dtype, device=device)
+        storage = storage.normal_(0, 0.1) if dtype.is_floating_point else storage.zero_()
+        return storage.as_strided(shape, stride)
     return spec
 
 

@@ -37,13 +37,14 @@ from tests.image_helpers import write_png_folder
 REPO = Path(__file__).resolve().parents[1]
 PLAIN = ["--perf.freeze_params_in_attack", "false", "--model.attn_implementation", "eager",
          "--perf.fused_adamw", "false", "--perf.gradient_checkpointing", "false",
-         "--perf.patch_embedding_matmul", "false"]
+         "--perf.patch_embedding_matmul", "false", "--perf.class_token_last_layer", "false"]
 SWITCHES = {
     "freeze_params_in_attack": ["--perf.freeze_params_in_attack", "true"],
     "sdpa": ["--model.attn_implementation", "sdpa"],
     "fused_adamw": ["--perf.fused_adamw", "true"],
     "gradient_checkpointing": ["--perf.gradient_checkpointing", "true"],
     "patch_embedding_matmul": ["--perf.patch_embedding_matmul", "true"],
+    "class_token_last_layer": ["--perf.class_token_last_layer", "true"],
 }
 # Forward and input gradient: float32 rounding through a 2-layer tower is ~1e-7 relative (measured
 # 1.6e-7 to 4e-7, native AVX-512 and forced AVX2 alike); 1e-4 is far above it and far below a wrong
@@ -108,6 +109,28 @@ def test_switch_leaves_trained_model_within_tolerance(runs, switch):
     gap = _relative_gap(embeddings[switch], embeddings["plain"], initial)
     print(f"{switch}: relative gap {gap:.2e}")
     assert gap <= TRAINING_TOLERANCE, f"{switch}: embeddings differ by {gap:.2e} of the update (tol {TRAINING_TOLERANCE})"
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_trainer_runs_the_class_token_last_layer_when_switched_on(tiny_clip_path, tmp_path, monkeypatch, single_thread, on):
+    """``perf.class_token_last_layer`` reaches every pass of the trainer's step (the frozen targets, the attack and
+    the update), and the trained model's last layer is whole afterwards (it saves and explains as before)."""
+    from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+
+    from aft_hf.perf import ClassTokenLastLayer
+
+    calls, real = [], ClassTokenLastLayer.forward
+    monkeypatch.setattr(ClassTokenLastLayer, "forward", lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1])
+    cfg = load_config(None, [
+        "--model.name_or_path", str(tiny_clip_path), "--data.dataset", str(write_png_folder(tmp_path / "imgs", 4)),
+        "--output_dir", str(tmp_path / "out"), "--optim.batch_size", "4", "--max_steps", "1", "--warmup_steps", "0",
+        "--attack.steps", "2",
+        "--logging.report_to", "none", "--perf.class_token_last_layer", str(on).lower()])
+    out = train(cfg)
+    # per step: 1 frozen target pass, attack steps x (forward + backward through the layer), 1 update forward
+    assert len(calls) == (1 + 2 + 1 if on else 0)
+    last = CLIPVisionModelWithProjection.from_pretrained(out).vision_model.encoder.layers[-1]
+    assert type(last) is CLIPEncoderLayer
 
 
 @pytest.mark.slow
@@ -231,6 +254,63 @@ def test_matmul_patch_embedding_is_the_convolution(tiny_clip_path, tmp_path):
     assert type(vision.vision_model.embeddings.patch_embedding) is nn.Conv2d
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_class_token_last_layer_gives_the_pooled_embedding_and_its_input_gradient(tiny_clip_path, attn):
+    """The last layer computing the class token alone: same embedding and input gradient as the whole layer
+    (bare vision tower and one with projection, both attention implementations), the layer whole again after."""
+    from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+
+    from aft_hf.model import load_image_encoder
+    from aft_hf.perf import ClassTokenLastLayer, class_token_last_layer
+
+    torch.manual_seed(0)
+    enc = load_image_encoder(str(tiny_clip_path), attn_implementation=attn).eval()
+    last = enc.vision.vision_model.encoder.layers[-1]
+    x = torch.rand(3, 3, 32, 32)
+    direction = torch.randn(3, enc(x).shape[-1])
+
+    def embedding_and_gradient():
+        pixels = x.clone().requires_grad_(True)
+        out = enc(pixels)
+        return out.detach(), torch.autograd.grad((out * direction).sum(), pixels)[0]
+
+    whole = embedding_and_gradient()
+    with class_token_last_layer(enc) as switched:
+        assert switched == 1 and type(last) is ClassTokenLastLayer
+        only_class_token = embedding_and_gradient()
+    assert type(last) is CLIPEncoderLayer
+    for a, b in zip(only_class_token, whole):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(whole[1], torch.zeros_like(whole[1]))
+
+
+def test_class_token_last_layer_leaves_what_reads_other_rows_alone(tiny_clip_path, tmp_path):
+    """Only encoders returning CLIP's pooled class token are switched: LLaVA's patch tokens, a SigLIP tower
+    (attention-pooling head over all rows) and a layer a hook watches stay whole; on exit (an error included)
+    exactly the switched layers become whole again."""
+    from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+
+    from aft_hf.model import load_image_encoder, save_tiny_siglip, tower
+    from aft_hf.perf import ClassTokenLastLayer, class_token_last_layer
+
+    pooled = load_image_encoder(str(tiny_clip_path))
+    tokens = load_image_encoder(str(tiny_clip_path), embedding="patch_tokens")
+    siglip = load_image_encoder(str(save_tiny_siglip(tmp_path / "siglip")))
+    hooked = load_image_encoder(str(tiny_clip_path))
+    hooked.vision.vision_model.encoder.layers[-1].register_forward_hook(lambda *args: None)
+    last = [tower(e.vision).encoder.layers[-1] for e in (pooled, tokens, siglip, hooked)]
+    before = [type(layer) for layer in last]
+    with pytest.raises(RuntimeError, match="inside"):
+        with class_token_last_layer(torch.nn.ModuleList([pooled, tokens, siglip, hooked])) as switched:
+            assert switched == 1
+            assert [type(layer) for layer in last] == [ClassTokenLastLayer] + before[1:]
+            raise RuntimeError("inside")
+    assert [type(layer) for layer in last] == before and before[0] is CLIPEncoderLayer
+    x = torch.rand(2, 3, 32, 32)
+    with class_token_last_layer(tokens):  # patch tokens come out whole, from the penultimate layer
+        assert tokens(x).shape == (2, 16 * tokens.vision.config.hidden_size)
+
+
 @pytest.mark.slow
 def test_data_pipeline_benchmark_smoke(tmp_path):
     """The data benchmark decodes real JPEGs through the trainer's loader, skips the corrupt one, writes JSON."""
@@ -245,6 +325,16 @@ def test_data_pipeline_benchmark_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_ab_switch_benchmark_counts_each_variants_flops(tmp_path):
+    """With ``--switch clstoken`` the whole last layer does more FLOPs than the class token's row alone: each
+    variant's FLOPs are its own (a fraction of the peak from the other's count would be wrong)."""
+    out = tmp_path / "ab.json"
+    _run_benchmark("ab_switch.py", "--switch clstoken --model tiny --batch-size 2 --steps 1 --rounds 2 --threads 1", out)
+    flops = json.loads(out.read_text())["flops_per_step"]
+    assert flops["flip clstoken"] > flops["default"] > 1e6
+
+
+@pytest.mark.slow
 def test_ab_switch_benchmark_smoke(tmp_path):
     """The interleaved A/B benchmark times both variants in alternation and writes their ratio."""
     out = tmp_path / "ab.json"
@@ -256,7 +346,7 @@ def test_ab_switch_benchmark_smoke(tmp_path):
     assert report["options"]["default"]["patch_embedding_matmul"] is True
     assert report["options"]["flip patchmm"]["patch_embedding_matmul"] is False
     ratio = report["median_step_s"]["flip patchmm"] / report["median_step_s"]["default"]
-    assert report["speedup_of_default"] == pytest.approx(ratio) and report["flops_per_step"] > 1e6
+    assert report["speedup_of_default"] == pytest.approx(ratio) and min(report["flops_per_step"].values()) > 1e6
 
 
 @pytest.mark.slow
@@ -324,14 +414,15 @@ def test_bf16_benchmark_times_fp32_and_bf16_alternating(tmp_path, unit):
 def test_attack_pass_cost_benchmark_times_the_pass_per_image_and_the_activation(tmp_path):
     """attack_pass_cost.py times APGD's forward+input-gradient pass per image at each batch size, and QuickGELU alone."""
     out = tmp_path / "pass.json"
-    done = _run_benchmark("attack_pass_cost.py", "--case random --rows 2,4 --rounds 1 --activation --bf16 --threads 1",
-                          out)
+    done = _run_benchmark("attack_pass_cost.py", "--case random --rows 2,4 --rounds 1 --activation --attention --bf16 "
+                                                  "--threads 1", out)
     report = json.loads(out.read_text())
     assert set(report["pass_ms_per_image"]) == {"2", "4"}
-    assert set(report["pass_ms_per_image"]["4"]) == {"conv", "eager", "eager-bf16"}
+    assert set(report["pass_ms_per_image"]["4"]) == {"conv", "matmul-patch", "eager", "eager-bf16"}
     assert min(report["pass_ms_per_image"]["4"].values()) > 0
     assert set(report["activation_ms"]["2"]) == {"eager", "compiled"} and "compile_s" not in report
-    assert "rows    4: conv" in done.stdout and "conv/eager" in done.stdout
+    assert "rows    4: conv" in done.stdout and "matmul-patch/eager" in done.stdout
+    assert set(report["attention_ms"]["4"]) == {"flash", "math", "compiled"} and "attention forward" in done.stdout
 
 def test_fused_adamw_is_the_default_on_cpu_and_can_be_switched_off(tiny_clip_path):
     """The trainer's AdamW runs torch's fused kernel on CPU as on CUDA (the path GPUs take is the tested one);
@@ -414,14 +505,19 @@ def test_apgd_vs_autoattack_benchmark_smoke(tmp_path):
     """The APGD benchmark times the reference and the package interleaved and reports per-image agreement."""
     pytest.importorskip("pyautoattack", reason="the reference: pip install aft_hf[autoattack]")
     out = tmp_path / "apgd.json"
-    levers = "no-shrink,serial-targets,wide-rows,recompute-clean,bf16,conv-patch,serial-targets+no-shrink"  # no compile
-    _run_benchmark("apgd_vs_autoattack.py", "--cases random --images 6 --eps 4 --iterations 3 --targets 2 "
-                                             f"--rounds 2 --levers {levers} --threads 1", out)
+    levers = ("no-shrink,serial-targets,wide-rows,recompute-clean,bf16,conv-patch,full-last-layer,"
+              "serial-targets+no-shrink")  # no compile
+    done = _run_benchmark("apgd_vs_autoattack.py", "--cases random --images 6 --eps 4 --iterations 3 --targets 2 "
+                                                    f"--rounds 2 --levers {levers} --threads 1 --profile package", out)
     (row,) = json.loads(out.read_text())["results"]
     variants = {"reference", "package", *levers.split(",")}
     assert set(row["median_s"]) == variants and all(len(t) == 2 for t in row["times_s"].values())
     assert row["agreement_with_reference"]["reference"] == 1.0 and row["clean_correct"] == 6
     assert all(0 <= a <= 1 for a in row["agreement_with_reference"].values())
+    profile = row["profile_s"]  # the eager package: attention and matmuls, nothing compiled
+    assert profile["attention"] > 0 and profile["matmuls"] > 0 and profile["compiled kernels"] == 0
+    assert profile["total"] == pytest.approx(sum(t for g, t in profile.items() if g != "total"))
+    assert "profile of package" in done.stdout
 
 
 def test_apgd_vs_autoattack_refuses_an_unknown_lever_in_one_line():

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attack import AttackError, attack_mode
-from ..perf import matmul_patch_embedding
+from ..perf import class_token_last_layer, matmul_patch_embedding
 from ..threat_models import DEFAULT_NORM, ThreatModel, apgd_norms, get_threat_model, norm_label
 
 _TINY = 1e-12
@@ -129,6 +129,11 @@ class APGDSpeed:
       ``perf.patch_embedding_matmul``): the same map, whose input gradient costs far less than the
       convolution's on CPU. Switched back when the attack ends. Verdicts can differ only where fp32
       rounding decides, as with ``compile``.
+    - ``class_token_last_layer``: the last layer of a CLIP image encoder whose output is the pooled class
+      token computes that token's row only during the attack (:func:`aft_hf.perf.class_token_last_layer`):
+      the other rows of that layer feed nothing the zero-shot head reads. Saves about four fifths of one
+      layer per pass (world CLIP, 4 layers: 1.2x cheaper; ViT-B/32, 12 layers: a few per cent). Switched
+      back when the attack ends; verdicts can differ only where fp32 rounding decides.
     """
 
     shrink: bool = True
@@ -137,6 +142,7 @@ class APGDSpeed:
     autocast: Optional[torch.dtype] = None
     compile: bool = False
     patch_matmul: bool = True
+    class_token_last_layer: bool = True
 
     @classmethod
     def from_mixed_precision(cls, mixed_precision: Optional[str], device: torch.device, **kwargs) -> "APGDSpeed":
@@ -300,7 +306,8 @@ def apgd_robust(model: Callable[[Tensor], Tensor], images: Tensor, labels: Tenso
     is_module = isinstance(model, nn.Module)
     frozen = attack_mode(model) if is_module else contextlib.nullcontext(model)
     patches = matmul_patch_embedding(model) if is_module and speed.patch_matmul else contextlib.nullcontext()
-    with frozen as forward, patches:
+    last = class_token_last_layer(model) if is_module and speed.class_token_last_layer else contextlib.nullcontext()
+    with frozen as forward, patches, last:
         clean = _predict(forward, images, speed) if clean_logits is None else clean_logits.detach()
         robust = clean.argmax(dim=1) == labels
         if alive is not None:

@@ -78,6 +78,33 @@ def test_patch_embedding_runs_as_a_matmul_during_the_attack_only(patch_matmul):
     assert type(patchify) is nn.Conv2d
 
 
+@pytest.mark.parametrize("class_token_only", [True, False])
+def test_last_layer_computes_the_class_token_only_during_the_attack(tiny_clip_path, monkeypatch, class_token_only):
+    """APGDSpeed.class_token_last_layer (default on): every attack pass of a zero-shot CLIP runs the last layer for
+    the class token alone (the only row the head reads), the layer is whole again afterwards, and the verdicts
+    are those of the whole layer (rounding may decide an image at the decision boundary: one of 24 at most)."""
+    from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+
+    from aft_hf.model import load_image_encoder
+    from aft_hf.perf import ClassTokenLastLayer
+
+    calls, real = [], ClassTokenLastLayer.forward
+    monkeypatch.setattr(ClassTokenLastLayer, "forward", lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1])
+    torch.manual_seed(0)
+    encoder = load_image_encoder(str(tiny_clip_path)).eval()
+    clf = ZeroShotClassifier(encoder, torch.randn(5, encoder.vision.config.projection_dim)).eval()
+    x = torch.rand(24, 3, 32, 32)
+    with torch.no_grad():
+        labels = clf(x).argmax(1)
+    kwargs = dict(eps=1 / 255, iterations=5, targets=2)
+    whole = apgd_robust(clf, x, labels, speed=APGDSpeed(class_token_last_layer=False), **kwargs)
+    assert calls == []
+    robust = apgd_robust(clf, x, labels, speed=APGDSpeed(class_token_last_layer=class_token_only), **kwargs)
+    assert (len(calls) > 5) == class_token_only
+    assert type(encoder.vision.vision_model.encoder.layers[-1]) is CLIPEncoderLayer
+    assert 0 < int(whole.sum()) < len(x) and int((robust != whole).sum()) <= 1
+
+
 def test_apgd_l2_reaches_the_exact_robust_accuracy_away_from_the_box_edges():
     g = torch.Generator().manual_seed(1)
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
