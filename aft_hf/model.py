@@ -126,7 +126,7 @@ class ImageEncoder(nn.Module):
     def pools_class_token(self) -> bool:
         """True when the output is CLIP's pooled class token (``pooled`` embedding of a CLIP tower): then only
         the last layer's first row matters (:class:`aft_hf.perf.ClassTokenLastLayer`)."""
-        return self.embedding == "pooled" and self.family == "clip"
+        return self.embedding == "pooled" and FAMILIES[self.family].pools_class_token
 
     def check_input(self, pixels: Tensor) -> None:
         """Refuse what is not a float (B, C, H, W) batch at the model's size, naming the problem.
@@ -292,11 +292,14 @@ class Family:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     """The family's pixel normalisation, used when a checkpoint has no processor saved with it."""
+    pools_class_token: bool = False
+    """True when the tower's pooled output is its last layer's class token row alone (CLIP); False when a head
+    reads every row (SigLIP's attention pooling)."""
 
 
 FAMILIES: dict[str, Family] = {
     "clip": Family("clip", "clip", "clip_vision_model", CLIPModel, CLIPVisionModelWithProjection,
-                   "CLIPImageProcessorPil", CLIP_MEAN, CLIP_STD),
+                   "CLIPImageProcessorPil", CLIP_MEAN, CLIP_STD, pools_class_token=True),
     "siglip": Family("siglip", "siglip", "siglip_vision_model", SiglipModel, SiglipVisionModel,
                      "SiglipImageProcessorPil", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }

@@ -1,4 +1,4 @@
-"""Speed levers that change how a computation runs, never what it computes.
+"""Speed levers that change how a computation runs, never the result its caller reads.
 
 Each lever is a ``perf.*`` config switch, equivalence-tested against the plain path
 (``tests/test_perf.py``) and measured by ``benchmarks/aft_step.py --ablate``.
@@ -91,6 +91,20 @@ def restore_conv_patch_embedding(module: nn.Module) -> None:
             sub.__class__ = nn.Conv2d
 
 
+_OUTPUT_RECORDER = "transformers.utils.output_capturing"
+"""Where transformers' own hooks come from (installed on every layer at the first ``output_hidden_states`` or
+``output_attentions`` request, then kept): they record only on such a request, when the whole layer runs."""
+
+
+def _watched(layer: nn.Module) -> bool:
+    """True when a hook other than transformers' output recorder watches ``layer`` or any module inside it."""
+    for sub in layer.modules():
+        for hooks in (sub._forward_hooks, sub._forward_pre_hooks, sub._backward_hooks, sub._backward_pre_hooks):
+            if any(getattr(hook, "__module__", None) != _OUTPUT_RECORDER for hook in hooks.values()):
+                return True
+    return False
+
+
 class ClassTokenLastLayer(CLIPEncoderLayer):
     """The last encoder layer of a CLIP vision tower, computing the class token's row only.
 
@@ -98,12 +112,16 @@ class ClassTokenLastLayer(CLIPEncoderLayer):
     the post-layernorm of the last layer's first row), the last layer's other rows are computed and thrown
     away. The class token needs every token's key and value, but only its own query, attention row, output
     projection and MLP; the rest (four fifths of the layer) is skipped. Same parameters (the class of the
-    existing module changes), same numbers up to float rounding. It returns a ``(batch, 1, width)`` hidden
-    state, so it is switched on only where nothing reads the other rows: :func:`class_token_last_layer`.
+    existing module changes), the same embedding up to float rounding (under dropout, the same distribution:
+    the masks are drawn for one row). It returns a ``(batch, 1, width)`` hidden state, so it is switched on only
+    where nothing reads the other rows (:func:`class_token_last_layer`), and runs the whole layer whenever
+    something could: a request for hidden states or attentions, an attention mask, or a hook on the layer or a
+    part of it (checked at every call).
     """
 
     def forward(self, hidden_states: Tensor, attention_mask: Optional[Tensor] = None, **kwargs) -> Tensor:
-        if attention_mask is not None:  # CLIP's vision tower passes none; anything else runs the whole layer
+        if (attention_mask is not None or kwargs.get("output_hidden_states") or kwargs.get("output_attentions")
+                or _watched(self)):
             return super().forward(hidden_states, attention_mask, **kwargs)
         attn = self.self_attn
         normed = self.layer_norm1(hidden_states)
@@ -121,13 +139,13 @@ class ClassTokenLastLayer(CLIPEncoderLayer):
 
 def _class_token_last_layers(modules: tuple[nn.Module, ...]) -> list[CLIPEncoderLayer]:
     """The last encoder layer of each CLIP image encoder in ``modules`` whose output is the pooled class token
-    (:attr:`aft_hf.model.ImageEncoder.pools_class_token`), unless a hook watches that layer's output."""
+    (:attr:`aft_hf.model.ImageEncoder.pools_class_token`), unless a hook watches that layer or a part of it."""
     layers: dict[int, CLIPEncoderLayer] = {}
     for encoder in (sub for module in modules for sub in module.modules()):
         if isinstance(encoder, ImageEncoder) and encoder.pools_class_token:
             towers = [sub for sub in encoder.vision.modules() if isinstance(sub, CLIPEncoder)]
             last = towers[0].layers[-1] if len(towers) == 1 and len(towers[0].layers) else None
-            if type(last) is CLIPEncoderLayer and not (last._forward_hooks or last._forward_pre_hooks):
+            if type(last) is CLIPEncoderLayer and not _watched(last):
                 layers[id(last)] = last
     return list(layers.values())
 
@@ -137,16 +155,17 @@ def class_token_last_layer(*modules: nn.Module) -> Iterator[int]:
     """For a ``with`` block, the last layer of every CLIP image encoder in ``modules`` that returns the pooled
     class token computes that token only (:class:`ClassTokenLastLayer`; the attack's
     ``APGDSpeed.class_token_last_layer``, the trainer's ``perf.class_token_last_layer``). On exit exactly the
-    layers it switched become whole again; yields how many it switched (0 for SigLIP, LLaVA's patch tokens, or
-    a hooked layer, which stay as they are)."""
-    switched = _class_token_last_layers(modules)
-    for layer in switched:
+    layers it switched get their class back; yields how many it switched (0 for SigLIP, LLaVA's patch tokens,
+    a hooked layer, or one switched already by an enclosing block). The switch is visible to every user of the
+    model while the block runs: do not share the model with another thread meanwhile."""
+    switched = [(layer, type(layer)) for layer in _class_token_last_layers(modules)]
+    for layer, _ in switched:
         layer.__class__ = ClassTokenLastLayer
     try:
         yield len(switched)
     finally:
-        for layer in switched:
-            layer.__class__ = CLIPEncoderLayer
+        for layer, original in switched:
+            layer.__class__ = original
 
 
 __all__ = ["ClassTokenLastLayer", "MatmulPatchEmbedding", "class_token_last_layer", "matmul_patch_embedding",

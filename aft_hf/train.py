@@ -24,6 +24,7 @@ from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from . import perf
 from .attack import PGDAttacker, UniformNoise, embedding_distance  # noqa: F401 (re-exported)
 from .checkpointing import (  # noqa: F401
     EVAL_HISTORY_FILE,
@@ -46,7 +47,7 @@ from .lora import apply_lora, save_adapter, trainable_parameters
 from .model import ImageEncoder, ModelLoadError, export_pretrained, load_image_encoder, load_model_config
 from .objective_setup import build_objective
 from .objectives import EmbeddingObjective, Objective
-from .perf import class_token_last_layer, use_matmul_patch_embedding
+from .perf import use_matmul_patch_embedding
 from .resume import apply_optim_config, check_resume_config
 from .train_eval import build_evaluator
 
@@ -155,7 +156,7 @@ def aft_step(
     guard: Optional[NonFiniteGuard] = None,
     objective: Optional[Objective] = None,
     labels: Optional[torch.Tensor] = None,
-    class_token_only: bool = True,
+    class_token_last_layer: bool = True,
 ) -> tuple[torch.Tensor, object]:
     """One AFT micro-batch: frozen targets -> attack -> training forward/backward -> optimiser step.
 
@@ -168,47 +169,42 @@ def aft_step(
     loss or gradient norm is not finite. ``objective`` (default: the embedding objective against
     ``frozen``) gives the targets and the per-sample loss that the attack maximises and the update
     minimises; ``labels`` are the batch's class indices when it needs them (:mod:`aft_hf.objectives`).
-    ``class_token_only`` (``perf.class_token_last_layer``): the last layer of the encoders computes the pooled
-    class token alone for the step's duration (:func:`aft_hf.perf.class_token_last_layer`; same numbers).
+    ``class_token_last_layer`` (``perf.class_token_last_layer``): for the step's duration the last layer of the
+    encoders computes the pooled class token alone (:func:`aft_hf.perf.class_token_last_layer`; same embedding).
     """
     objective = objective if objective is not None else EmbeddingObjective(frozen)
-    with class_token_last_layer(unwrapped, frozen) if class_token_only else contextlib.nullcontext():
-        return _aft_step(accelerator, model, unwrapped, attacker, optimizer, scheduler, images, generator,
-                         max_grad_norm, timings, guard, objective, labels)
-
-
-def _aft_step(accelerator, model, unwrapped, attacker, optimizer, scheduler, images, generator, max_grad_norm,
-              timings, guard, objective, labels) -> tuple[torch.Tensor, object]:
-    clock = time.perf_counter
-    if timings is not None:
-        _sync(images.device)
-        t0 = clock()
-    with accelerator.accumulate(model):
-        with torch.no_grad(), accelerator.autocast():
-            targets = objective.targets(images, labels)
+    levers = perf.class_token_last_layer(unwrapped, frozen) if class_token_last_layer else contextlib.nullcontext()
+    with levers:
+        clock = time.perf_counter
         if timings is not None:
             _sync(images.device)
-            t1 = clock()
-        with accelerator.autocast():
-            adversarial = attacker(unwrapped, images, lambda e: objective.loss(e, targets), generator)
+            t0 = clock()
+        with accelerator.accumulate(model):
+            with torch.no_grad(), accelerator.autocast():
+                targets = objective.targets(images, labels)
             if timings is not None:
                 _sync(images.device)
-                t2 = clock()
-            loss = objective.loss(model(adversarial), targets).mean()
-        accelerator.backward(loss)
-        if guard is not None and accelerator.sync_gradients:
-            guard.step(accelerator, optimizer, loss, _grad_norm(accelerator, model, max_grad_norm))
-        else:
-            if accelerator.sync_gradients and max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-    if timings is not None:
-        _sync(images.device)
-        t3 = clock()
-        timings.update(target=t1 - t0, attack=t2 - t1, update=t3 - t2)
-    return loss.detach(), targets
+                t1 = clock()
+            with accelerator.autocast():
+                adversarial = attacker(unwrapped, images, lambda e: objective.loss(e, targets), generator)
+                if timings is not None:
+                    _sync(images.device)
+                    t2 = clock()
+                loss = objective.loss(model(adversarial), targets).mean()
+            accelerator.backward(loss)
+            if guard is not None and accelerator.sync_gradients:
+                guard.step(accelerator, optimizer, loss, _grad_norm(accelerator, model, max_grad_norm))
+            else:
+                if accelerator.sync_gradients and max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        if timings is not None:
+            _sync(images.device)
+            t3 = clock()
+            timings.update(target=t1 - t0, attack=t2 - t1, update=t3 - t2)
+        return loss.detach(), targets
 
 
 def build_accelerator(cfg: TrainConfig, output_dir: Path) -> Accelerator:
@@ -426,7 +422,7 @@ class TrainingLoop:
         loss, self.targets = aft_step(acc, self.model, self.unwrapped, self.frozen, self.attacker, self.optimizer,
                                       self.scheduler, self.images, generator, self.cfg.optim.max_grad_norm,
                                       guard=self.guard, objective=self.objective, labels=labels,
-                                      class_token_only=self.cfg.perf.class_token_last_layer)
+                                      class_token_last_layer=self.cfg.perf.class_token_last_layer)
         self.progress.batches_in_epoch += 1
         self.progress.records_in_epoch += int(batch["records"])
         self.micro_batch = 0 if acc.sync_gradients else self.micro_batch + 1

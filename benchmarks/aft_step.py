@@ -54,6 +54,9 @@ GEOMETRIES = {
                 patch_size=14, image_size=224, projection_dim=768),
 }
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+BOOLEAN_SWITCHES = {"freeze": "freeze_params_in_attack", "compile": "compile", "checkpointing": "gradient_checkpointing",
+                    "patchmm": "patch_embedding_matmul", "clstoken": "class_token_last_layer"}
+"""Each on/off switch's name in ``--ablate`` -> its :class:`StepOptions` field (``attn`` and ``fused`` have more values)."""
 ABLATIONS = ("freeze", "attn", "fused", "compile", "checkpointing", "patchmm", "clstoken")
 
 
@@ -83,21 +86,13 @@ class StepOptions:
     def flipped(self, switch: str, device: torch.device) -> "StepOptions":
         """The same options with one switch changed (``ABLATIONS``)."""
         new = StepOptions(**vars(self))
-        if switch == "freeze":
-            new.freeze_params_in_attack = not self.freeze_params_in_attack
-        elif switch == "attn":
+        if switch == "attn":
             new.attn_implementation = "eager" if self.attn_implementation == "sdpa" else "sdpa"
         elif switch == "fused":
             current = self.fused_adamw if self.fused_adamw is not None else device.type == "cuda"
             new.fused_adamw = not current
-        elif switch == "compile":
-            new.compile = not self.compile
-        elif switch == "checkpointing":
-            new.gradient_checkpointing = not self.gradient_checkpointing
-        elif switch == "patchmm":
-            new.patch_embedding_matmul = not self.patch_embedding_matmul
-        elif switch == "clstoken":
-            new.class_token_last_layer = not self.class_token_last_layer
+        elif switch in BOOLEAN_SWITCHES:
+            setattr(new, BOOLEAN_SWITCHES[switch], not getattr(self, BOOLEAN_SWITCHES[switch]))
         else:
             raise ValueError(f"unknown switch '{switch}' (choose from {', '.join(ABLATIONS)})")
         return new
@@ -320,7 +315,7 @@ class AftRunner:
 
         return aft_step(self.accelerator, self.model, self.unwrapped, self.frozen, self.attacker, self.optimizer,
                         self.scheduler, images, generator, self.max_grad_norm, timings,
-                        class_token_only=self.options.class_token_last_layer)
+                        class_token_last_layer=self.options.class_token_last_layer)
 
     def baseline(self, images: torch.Tensor) -> None:
         """One training forward+backward+update of the same batch, no attack (the memory yardstick)."""

@@ -171,7 +171,8 @@ def main(argv=None) -> int:
                   f"  conv/matmul-patch {med['conv'] / med['matmul-patch']:.2f}x"
                   f"  matmul-patch/eager {med['matmul-patch'] / med['eager']:.2f}x"
                   f"  conv/eager {med['conv'] / med['eager']:.2f}x" +
-                  (f"  eager/compiled {med['eager'] / med['compiled']:.2f}x" if "compiled" in med else ""))
+                  (f"  eager/compiled {med['eager'] / med['compiled']:.2f}x  conv/compiled {med['conv'] / med['compiled']:.2f}x"
+                   if "compiled" in med else ""))
     if args.activation:
         vision = clf.encoder.vision.config
         tokens = (vision.image_size // vision.patch_size) ** 2 + 1
