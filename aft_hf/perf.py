@@ -47,16 +47,26 @@ class MatmulPatchEmbedding(nn.Conv2d):
         return out.reshape(b, gh, gw, self.out_channels).permute(0, 3, 1, 2)
 
 
-def _switch_patchifying_convs(module: nn.Module) -> list[nn.Conv2d]:
-    """Switch each plain ``nn.Conv2d`` of ``module`` whose stride equals its kernel (larger than 1 x 1: a
-    pointwise convolution is no patch embedding); returns the switched ones."""
-    switched = [sub for sub in module.modules()
-                if type(sub) is nn.Conv2d and tuple(sub.stride) == tuple(sub.kernel_size) and sub.groups == 1
-                and tuple(sub.kernel_size) != (1, 1) and tuple(sub.dilation) == (1, 1)
-                and sub.padding in ((0, 0), "valid")]
-    for sub in switched:
-        sub.__class__ = MatmulPatchEmbedding
-    return switched
+def _patchifying_convs(module: nn.Module) -> list[nn.Conv2d]:
+    """Each plain ``nn.Conv2d`` of ``module`` whose stride equals its kernel (larger than 1 x 1: a pointwise
+    convolution is no patch embedding)."""
+    return [sub for sub in module.modules()
+            if type(sub) is nn.Conv2d and tuple(sub.stride) == tuple(sub.kernel_size) and sub.groups == 1
+            and tuple(sub.kernel_size) != (1, 1) and tuple(sub.dilation) == (1, 1) and sub.padding in ((0, 0), "valid")]
+
+
+@contextlib.contextmanager
+def _as_class(modules: list[nn.Module], cls: type) -> Iterator[int]:
+    """Give each of ``modules`` the class ``cls`` for a ``with`` block (same parameters, another ``forward``), and
+    each its own class back on exit, an error included; yields how many were switched."""
+    originals = [(module, type(module)) for module in modules]
+    for module, _ in originals:
+        module.__class__ = cls
+    try:
+        yield len(originals)
+    finally:
+        for module, original in originals:
+            module.__class__ = original
 
 
 def use_matmul_patch_embedding(module: nn.Module) -> int:
@@ -65,23 +75,20 @@ def use_matmul_patch_embedding(module: nn.Module) -> int:
     The switch is in place (the class of the existing module changes; its parameters stay the same
     objects), so it is safe before or after an optimiser was built. Returns how many were switched.
     """
-    return len(_switch_patchifying_convs(module))
+    convs = _patchifying_convs(module)
+    for conv in convs:
+        conv.__class__ = MatmulPatchEmbedding
+    return len(convs)
 
 
-@contextlib.contextmanager
-def matmul_patch_embedding(module: nn.Module) -> Iterator[int]:
+def matmul_patch_embedding(module: nn.Module) -> contextlib.AbstractContextManager[int]:
     """:func:`use_matmul_patch_embedding` for the duration of a ``with`` block (the evaluation attack's lever).
 
     On exit exactly the convolutions it switched become plain ``nn.Conv2d`` again, so a model whose
     trainer switched them already (``perf.patch_embedding_matmul``) keeps its own switch. Yields how
     many it switched.
     """
-    switched = _switch_patchifying_convs(module)
-    try:
-        yield len(switched)
-    finally:
-        for sub in switched:
-            sub.__class__ = nn.Conv2d
+    return _as_class(_patchifying_convs(module), MatmulPatchEmbedding)
 
 
 def restore_conv_patch_embedding(module: nn.Module) -> None:
@@ -150,22 +157,14 @@ def _class_token_last_layers(modules: tuple[nn.Module, ...]) -> list[CLIPEncoder
     return list(layers.values())
 
 
-@contextlib.contextmanager
-def class_token_last_layer(*modules: nn.Module) -> Iterator[int]:
+def class_token_last_layer(*modules: nn.Module) -> contextlib.AbstractContextManager[int]:
     """For a ``with`` block, the last layer of every CLIP image encoder in ``modules`` that returns the pooled
     class token computes that token only (:class:`ClassTokenLastLayer`; the attack's
     ``APGDSpeed.class_token_last_layer``, the trainer's ``perf.class_token_last_layer``). On exit exactly the
     layers it switched get their class back; yields how many it switched (0 for SigLIP, LLaVA's patch tokens,
     a hooked layer, or one switched already by an enclosing block). The switch is visible to every user of the
     model while the block runs: do not share the model with another thread meanwhile."""
-    switched = [(layer, type(layer)) for layer in _class_token_last_layers(modules)]
-    for layer, _ in switched:
-        layer.__class__ = ClassTokenLastLayer
-    try:
-        yield len(switched)
-    finally:
-        for layer, original in switched:
-            layer.__class__ = original
+    return _as_class(_class_token_last_layers(modules), ClassTokenLastLayer)
 
 
 __all__ = ["ClassTokenLastLayer", "MatmulPatchEmbedding", "class_token_last_layer", "matmul_patch_embedding",

@@ -47,7 +47,6 @@ from .lora import apply_lora, save_adapter, trainable_parameters
 from .model import ImageEncoder, ModelLoadError, export_pretrained, load_image_encoder, load_model_config
 from .objective_setup import build_objective
 from .objectives import EmbeddingObjective, Objective
-from .perf import use_matmul_patch_embedding
 from .resume import apply_optim_config, check_resume_config
 from .train_eval import build_evaluator
 
@@ -113,7 +112,7 @@ def build_optimizer(cfg: TrainConfig, encoder: ImageEncoder, device: torch.devic
 def apply_perf_options(cfg: TrainConfig, encoder: ImageEncoder) -> None:
     """Matmul patch embedding, gradient checkpointing and ``torch.compile`` of the vision tower, when asked for."""
     if cfg.perf.patch_embedding_matmul:
-        use_matmul_patch_embedding(encoder.vision)
+        perf.use_matmul_patch_embedding(encoder.vision)
     if cfg.perf.gradient_checkpointing:  # renamed in recent transformers; the old name warns
         enable = getattr(encoder.vision, "activation_checkpointing_enable", None) or \
             encoder.vision.gradient_checkpointing_enable

@@ -21,6 +21,7 @@ size): SDPA's default CPU kernel (``flash``, what the model runs), SDPA's ``math
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import statistics
@@ -61,20 +62,12 @@ def pass_seconds(forward, images: torch.Tensor, labels: torch.Tensor, reps: int)
     return seconds_per_call(once, reps)
 
 
-def with_matmul_patches(model: torch.nn.Module, forward):
-    """``forward`` with the model's patch embedding as a matmul during each call (``APGDSpeed.patch_matmul``)."""
+def as_attack_runs(model: torch.nn.Module, forward, class_token: bool = True):
+    """``forward`` with the attack's levers on during each call: the patch embedding as a matmul
+    (``APGDSpeed.patch_matmul``) and, with ``class_token`` (the default, as the attack), the last layer for the class
+    token alone (``APGDSpeed.class_token_last_layer``)."""
     def run(x: torch.Tensor) -> torch.Tensor:
-        with matmul_patch_embedding(model):
-            return forward(x)
-
-    return run
-
-
-def with_defaults(model: torch.nn.Module, forward):
-    """``forward`` as the attack runs it by default: the patch embedding as a matmul and the last layer for the class
-    token alone (``APGDSpeed.patch_matmul``, ``APGDSpeed.class_token_last_layer``)."""
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with matmul_patch_embedding(model), class_token_last_layer(model):
+        with matmul_patch_embedding(model), class_token_last_layer(model) if class_token else contextlib.nullcontext():
             return forward(x)
 
     return run
@@ -148,17 +141,18 @@ def main(argv=None) -> int:
               "args": vars(args) | {"json": None}, "pass_ms_per_image": {}, "activation_ms": {},
               "attention_ms": {}}
     with attack_mode(clf) as forward:
-        variants = {"conv": forward, "matmul-patch": with_matmul_patches(clf, forward), "eager": with_defaults(clf, forward)}
+        variants = {"conv": forward, "matmul-patch": as_attack_runs(clf, forward, class_token=False),
+                    "eager": as_attack_runs(clf, forward)}
         if args.bf16:
-            variants["eager-bf16"] = with_defaults(clf, in_bf16(forward))
+            variants["eager-bf16"] = as_attack_runs(clf, in_bf16(forward))
         if args.compile:
             t0 = time.perf_counter()
-            variants["compiled"] = with_defaults(clf, torch.compile(forward, dynamic=True))
+            variants["compiled"] = as_attack_runs(clf, torch.compile(forward, dynamic=True))
             pass_seconds(variants["compiled"], images[:rows[0]], labels[:rows[0]], 1)
             report["compile_s"] = time.perf_counter() - t0
             print(f"compilation (first call, forward and backward): {report['compile_s']:.1f} s")
             if args.bf16:
-                variants["compiled-bf16"] = with_defaults(clf, torch.compile(in_bf16(forward), dynamic=True))
+                variants["compiled-bf16"] = as_attack_runs(clf, torch.compile(in_bf16(forward), dynamic=True))
         for n in rows:
             reps = max(3, 400 // n)
             samples = {v: [] for v in variants}
@@ -173,9 +167,9 @@ def main(argv=None) -> int:
                   f"  conv/eager {med['conv'] / med['eager']:.2f}x" +
                   (f"  eager/compiled {med['eager'] / med['compiled']:.2f}x  conv/compiled {med['conv'] / med['compiled']:.2f}x"
                    if "compiled" in med else ""))
+    vision = clf.encoder.vision.config
+    tokens = (vision.image_size // vision.patch_size) ** 2 + 1
     if args.activation:
-        vision = clf.encoder.vision.config
-        tokens = (vision.image_size // vision.patch_size) ** 2 + 1
         from transformers.activations import QuickGELUActivation
 
         act = QuickGELUActivation()
@@ -187,8 +181,6 @@ def main(argv=None) -> int:
             print(f"QuickGELU forward+backward, {n} x {tokens} x {vision.intermediate_size}: "
                   f"eager {med['eager']:.2f} ms, compiled {med['compiled']:.2f} ms")
     if args.attention:
-        vision = clf.encoder.vision.config
-        tokens = (vision.image_size // vision.patch_size) ** 2 + 1
         heads, head_dim = vision.num_attention_heads, vision.hidden_size // vision.num_attention_heads
         kinds = attention_variants()
         for n in rows:

@@ -127,3 +127,13 @@ def open_clip():
         for name in stub:
             sys.modules.pop(name, None)
     return module
+
+
+@pytest.fixture
+def class_token_calls(monkeypatch):
+    """A list that gets one entry per call of the class-token last layer's short path (``ClassTokenLastLayer``)."""
+    from aft_hf.perf import ClassTokenLastLayer
+
+    calls, real = [], ClassTokenLastLayer.forward
+    monkeypatch.setattr(ClassTokenLastLayer, "forward", lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1])
+    return calls

@@ -79,17 +79,15 @@ def test_patch_embedding_runs_as_a_matmul_during_the_attack_only(patch_matmul):
 
 
 @pytest.mark.parametrize("class_token_only", [True, False])
-def test_last_layer_computes_the_class_token_only_during_the_attack(tiny_clip_path, monkeypatch, class_token_only):
+def test_last_layer_computes_the_class_token_only_during_the_attack(tiny_clip_path, class_token_calls, class_token_only):
     """APGDSpeed.class_token_last_layer (default on): every attack pass of a zero-shot CLIP runs the last layer for
     the class token alone (the only row the head reads), the layer is whole again afterwards, and the verdicts
     are those of the whole layer (rounding may decide an image at the decision boundary: one of 24 at most)."""
     from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
     from aft_hf.model import load_image_encoder
-    from aft_hf.perf import ClassTokenLastLayer
 
-    calls, real = [], ClassTokenLastLayer.forward
-    monkeypatch.setattr(ClassTokenLastLayer, "forward", lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1])
+    calls = class_token_calls
     torch.manual_seed(0)
     encoder = load_image_encoder(str(tiny_clip_path)).eval()
     clf = ZeroShotClassifier(encoder, torch.randn(5, encoder.vision.config.projection_dim)).eval()
