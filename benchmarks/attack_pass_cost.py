@@ -10,7 +10,9 @@ sizes (rows): ``conv`` (the model as it ships and the reference runs it: the pat
 whole last layer), ``matmul-patch`` (the patch embedding as a matmul, ``APGDSpeed.patch_matmul``), ``eager`` (the
 package's default: that, and the last layer for the class token alone, ``APGDSpeed.class_token_last_layer``) and,
 with ``--compile``, ``compiled`` (the default through ``torch.compile(dynamic=True)``; its compilation time is
-printed apart); with ``--bf16`` each of ``eager`` and ``compiled`` also under bf16 autocast (``APGDSpeed.autocast``).
+printed apart); with ``--bf16`` each of ``eager`` and ``compiled`` also under bf16 autocast (``APGDSpeed.autocast``);
+with ``--fused``, ``fused`` (forward, loss and input gradient traced together as one compiled graph through
+``torch.func.grad``, the default's levers on: what compiling the whole pass, not only the forward, would gain).
 Variants alternate per round; medians of ``--rounds``. ``--activation`` adds the QuickGELU
 activation alone at the tower's MLP width, eager and compiled: the elementwise share of the pass.
 ``--attention`` adds one layer's attention alone (forward + backward at the tower's heads, tokens and head
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import os
 import statistics
 import sys
@@ -60,6 +63,19 @@ def pass_seconds(forward, images: torch.Tensor, labels: torch.Tensor, reps: int)
         torch.autograd.grad(F.cross_entropy(forward(x), labels), x)
 
     return seconds_per_call(once, reps)
+
+
+def fused_pass(model: torch.nn.Module, forward):
+    """``(images, labels) -> input gradient`` of the cross-entropy with the pass compiled whole: forward, loss and
+    backward traced together by ``torch.func.grad`` under one ``torch.compile(dynamic=True)``, the attack's levers
+    switched on around each call (the first call compiles)."""
+    compiled = torch.compile(torch.func.grad(lambda x, y: F.cross_entropy(forward(x), y)), dynamic=True)
+
+    def gradient(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with matmul_patch_embedding(model), class_token_last_layer(model):
+            return compiled(x, y)
+
+    return gradient
 
 
 def as_attack_runs(model: torch.nn.Module, forward, class_token: bool = True):
@@ -128,6 +144,8 @@ def main(argv=None) -> int:
     p.add_argument("--activation", action="store_true", help="also time the QuickGELU activation alone")
     p.add_argument("--bf16", action="store_true", help="also time the eager (and compiled) pass under bf16 autocast")
     p.add_argument("--attention", action="store_true", help="also time one layer's attention alone, three ways")
+    p.add_argument("--fused", action="store_true",
+                   help="also time the whole pass (forward, loss, input gradient) compiled as one graph")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, default=None)
@@ -153,12 +171,24 @@ def main(argv=None) -> int:
             print(f"compilation (first call, forward and backward): {report['compile_s']:.1f} s")
             if args.bf16:
                 variants["compiled-bf16"] = as_attack_runs(clf, torch.compile(in_bf16(forward), dynamic=True))
+        timers = {name: functools.partial(pass_seconds, fwd) for name, fwd in variants.items()}  # (images, labels, reps)
+        if args.fused:
+            t0 = time.perf_counter()
+            fused = fused_pass(clf, forward)
+            fused(images[:rows[0]], labels[:rows[0]])
+            report["fused_compile_s"] = time.perf_counter() - t0
+            print(f"compilation of the fused pass (first call): {report['fused_compile_s']:.1f} s")
+            timers["fused"] = lambda x, y, reps: seconds_per_call(functools.partial(fused, x, y), reps)
+            x, y = images[:rows[0]], labels[:rows[0]]  # the same gradient as the eager pass, up to float32 rounding
+            eager_grad = torch.func.grad(lambda z: F.cross_entropy(variants["eager"](z), y))(x)
+            report["fused_gradient_rel_diff"] = ((fused(x, y) - eager_grad).norm() / eager_grad.norm()).item()
+            print(f"fused gradient against the eager pass's: relative difference {report['fused_gradient_rel_diff']:.1e}")
         for n in rows:
             reps = max(3, 400 // n)
-            samples = {v: [] for v in variants}
+            samples = {v: [] for v in timers}
             for _ in range(args.rounds):
-                for name, fwd in variants.items():
-                    samples[name].append(pass_seconds(fwd, images[:n], labels[:n], reps) / n)
+                for name, timer in timers.items():
+                    samples[name].append(timer(images[:n], labels[:n], reps) / n)
             med = {v: 1000 * statistics.median(s) for v, s in samples.items()}
             report["pass_ms_per_image"][str(n)] = med
             print(f"rows {n:4d}: " + "  ".join(f"{v} {m:.2f} ms/image" for v, m in med.items()) +
@@ -166,7 +196,9 @@ def main(argv=None) -> int:
                   f"  matmul-patch/eager {med['matmul-patch'] / med['eager']:.2f}x"
                   f"  conv/eager {med['conv'] / med['eager']:.2f}x" +
                   (f"  eager/compiled {med['eager'] / med['compiled']:.2f}x  conv/compiled {med['conv'] / med['compiled']:.2f}x"
-                   if "compiled" in med else ""))
+                   if "compiled" in med else "") +
+                  (f"  compiled/fused {med['compiled'] / med['fused']:.2f}x" if "compiled" in med and "fused" in med else "") +
+                  (f"  eager/fused {med['eager'] / med['fused']:.2f}x" if "fused" in med else ""))
     vision = clf.encoder.vision.config
     tokens = (vision.image_size // vision.patch_size) ** 2 + 1
     if args.activation:

@@ -471,6 +471,19 @@ def test_attack_pass_cost_benchmark_times_the_pass_per_image_and_the_activation(
     assert "rows    4: conv" in done.stdout and "matmul-patch/eager" in done.stdout
     assert set(report["attention_ms"]["4"]) == {"flash", "math", "compiled"} and "attention forward" in done.stdout
 
+
+@pytest.mark.slow
+def test_attack_pass_cost_fused_pass_computes_the_eager_gradient(tmp_path):
+    """``--fused`` times the pass compiled whole (torch.func.grad under torch.compile) and checks that it computes the
+    eager pass's input gradient (relative 1e-4: float32 rounding through a small tower is ~1e-7, a wrong graph O(1))."""
+    out = tmp_path / "fused.json"
+    done = _run_benchmark("attack_pass_cost.py", "--case random --rows 2,3 --rounds 1 --fused --threads 1", out)
+    report = json.loads(out.read_text())
+    assert set(report["pass_ms_per_image"]["3"]) == {"conv", "matmul-patch", "eager", "fused"}
+    assert report["fused_gradient_rel_diff"] < FORWARD_TOLERANCE and report["fused_compile_s"] > 0
+    assert "eager/fused" in done.stdout
+
+
 def test_fused_adamw_is_the_default_on_cpu_and_can_be_switched_off(tiny_clip_path):
     """The trainer's AdamW runs torch's fused kernel on CPU as on CUDA (the path GPUs take is the tested one);
     ``perf.fused_adamw: false`` gives the per-parameter loop."""
