@@ -11,6 +11,7 @@ from typing import Iterator, Optional
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as module_hooks
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPEncoderLayer, eager_attention_forward
 
@@ -98,18 +99,29 @@ def restore_conv_patch_embedding(module: nn.Module) -> None:
             sub.__class__ = nn.Conv2d
 
 
-_OUTPUT_RECORDER = "transformers.utils.output_capturing"
-"""Where transformers' own hooks come from (installed on every layer at the first ``output_hidden_states`` or
-``output_attentions`` request, then kept): they record only on such a request, when the whole layer runs."""
+_HARMLESS_HOOKS = ("transformers.utils.output_capturing", "torch.utils.module_tracker")
+"""Where hooks come from that never read the other rows: transformers' output recorder (installed on every layer at
+the first ``output_hidden_states`` or ``output_attentions`` request, then kept; it records only on such a request,
+when the whole layer runs) and torch's module tracker (global hooks of ``FlopCounterMode`` and the memory tracker,
+which note which module runs, not what it returns)."""
 
 
 def _watched(layer: nn.Module) -> bool:
-    """True when a hook other than transformers' output recorder watches ``layer`` or any module inside it."""
-    for sub in layer.modules():
+    """True when a hook (other than :data:`_HARMLESS_HOOKS`) could see the layer's short output: one on
+    ``layer`` or any module inside it, on a module between the tower and the layer (they see the tower's
+    ``last_hidden_state``; recorded by :func:`class_token_last_layer` as ``_class_token_ancestors``), or a global
+    module hook (``torch.nn.modules.module.register_module_forward_hook`` and its kin)."""
+    ancestors = getattr(layer, "_class_token_ancestors", ())
+    for sub in (*layer.modules(), *ancestors):
         for hooks in (sub._forward_hooks, sub._forward_pre_hooks, sub._backward_hooks, sub._backward_pre_hooks):
-            if any(getattr(hook, "__module__", None) != _OUTPUT_RECORDER for hook in hooks.values()):
+            if any(getattr(hook, "__module__", None) not in _HARMLESS_HOOKS for hook in hooks.values()):
                 return True
-    return False
+    return any(getattr(hook, "__module__", None) not in _HARMLESS_HOOKS for hooks in _GLOBAL_HOOKS for hook in hooks.values())
+
+
+_GLOBAL_HOOKS = (module_hooks._global_forward_hooks, module_hooks._global_forward_pre_hooks,
+                 module_hooks._global_backward_hooks, module_hooks._global_backward_pre_hooks)
+"""torch's global module hooks, which every module's call runs (each an ordered dict, empty when none is set)."""
 
 
 class ClassTokenLastLayer(CLIPEncoderLayer):
@@ -122,8 +134,9 @@ class ClassTokenLastLayer(CLIPEncoderLayer):
     existing module changes), the same embedding up to float rounding (under dropout, the same distribution:
     the masks are drawn for one row). It returns a ``(batch, 1, width)`` hidden state, so it is switched on only
     where nothing reads the other rows (:func:`class_token_last_layer`), and runs the whole layer whenever
-    something could: a request for hidden states or attentions, an attention mask, or a hook on the layer or a
-    part of it (checked at every call).
+    something could: a request for hidden states or attentions, an attention mask, or a hook that would see its
+    output (on the layer, a part of it, a module between the tower and it, or a global module hook; checked at
+    every call, :func:`_watched`).
     """
 
     def forward(self, hidden_states: Tensor, attention_mask: Optional[Tensor] = None, **kwargs) -> Tensor:
@@ -144,27 +157,49 @@ class ClassTokenLastLayer(CLIPEncoderLayer):
         return hidden + self.mlp(self.layer_norm2(hidden))
 
 
-def _class_token_last_layers(modules: tuple[nn.Module, ...]) -> list[CLIPEncoderLayer]:
+def _class_token_last_layers(modules: tuple[nn.Module, ...]) -> dict[nn.Module, list[nn.Module]]:
     """The last encoder layer of each CLIP image encoder in ``modules`` whose output is the pooled class token
-    (:attr:`aft_hf.model.ImageEncoder.pools_class_token`), unless a hook watches that layer or a part of it."""
-    layers: dict[int, CLIPEncoderLayer] = {}
+    (:attr:`aft_hf.model.ImageEncoder.pools_class_token`), unless a hook watches it, each with the modules between
+    its tower and itself (whose hooks would see the tower's ``last_hidden_state``)."""
+    layers: dict[nn.Module, list[nn.Module]] = {}
     for encoder in (sub for module in modules for sub in module.modules()):
         if isinstance(encoder, ImageEncoder) and encoder.pools_class_token:
             towers = [sub for sub in encoder.vision.modules() if isinstance(sub, CLIPEncoder)]
             last = towers[0].layers[-1] if len(towers) == 1 and len(towers[0].layers) else None
-            if type(last) is CLIPEncoderLayer and not _watched(last):
-                layers[id(last)] = last
-    return list(layers.values())
+            if type(last) is not CLIPEncoderLayer or last in layers:
+                continue
+            path = next(name for name, sub in encoder.vision.named_modules() if sub is last).split(".")
+            ancestors = [encoder.vision.get_submodule(".".join(path[:i])) for i in range(len(path))]
+            last._class_token_ancestors = ancestors
+            if _watched(last):
+                del last._class_token_ancestors
+            else:
+                layers[last] = ancestors
+    return layers
 
 
-def class_token_last_layer(*modules: nn.Module) -> contextlib.AbstractContextManager[int]:
+@contextlib.contextmanager
+def class_token_last_layer(*modules: nn.Module) -> Iterator[int]:
     """For a ``with`` block, the last layer of every CLIP image encoder in ``modules`` that returns the pooled
     class token computes that token only (:class:`ClassTokenLastLayer`; the attack's
     ``APGDSpeed.class_token_last_layer``, the trainer's ``perf.class_token_last_layer``). On exit exactly the
     layers it switched get their class back; yields how many it switched (0 for SigLIP, LLaVA's patch tokens,
-    a hooked layer, or one switched already by an enclosing block). The switch is visible to every user of the
-    model while the block runs: do not share the model with another thread meanwhile."""
-    return _as_class(_class_token_last_layers(modules), ClassTokenLastLayer)
+    a hooked layer, one switched already by an enclosing block, or a bare transformers model, whose
+    ``last_hidden_state`` is its output: the lever acts on :class:`aft_hf.model.ImageEncoder` s, whose output is
+    the pooled embedding).
+
+    Inside the block, the encoder's own call is what reads the tower: calling its tower directly
+    (``encoder.vision(...)``) returns a one-row ``last_hidden_state`` unless hidden states are asked for. Hooks on the
+    layer, a part of it, a module between the tower and the layer, or global module hooks make the whole layer run.
+    The switch is visible to every user of the model while the block runs: do not share the model with another
+    thread meanwhile."""
+    layers = _class_token_last_layers(modules)
+    try:
+        with _as_class(list(layers), ClassTokenLastLayer) as switched:
+            yield switched
+    finally:
+        for layer in layers:
+            del layer._class_token_ancestors
 
 
 __all__ = ["ClassTokenLastLayer", "MatmulPatchEmbedding", "class_token_last_layer", "matmul_patch_embedding",

@@ -27,16 +27,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aft_step import ABLATIONS, GEOMETRIES, AftRunner, StepOptions, count_flops, make_batch, matmul_peak, write_report  # noqa: E402
+from arguments import at_least, positive_int  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--switch", default="patchmm", choices=[a for a in ABLATIONS if a != "compile"])
     p.add_argument("--model", default="b32", choices=sorted(GEOMETRIES))
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=10, help="attack iterations K")
-    p.add_argument("--rounds", type=int, default=4, help="A/B rounds (the first is a warm-up)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--steps", type=at_least(0), default=10, help="attack iterations K")
+    p.add_argument("--rounds", type=at_least(2), default=4, help="A/B rounds (the first is a warm-up)")
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if args.threads:

@@ -42,6 +42,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from arguments import name_list, positive_int, refuse_fp16_on_cpu  # noqa: E402
+
 # geometries of docs/method.md#model-geometries (vision tower only: AFT never touches the text tower)
 GEOMETRIES = {
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -89,7 +92,9 @@ class StepOptions:
         if switch == "attn":
             new.attn_implementation = "eager" if self.attn_implementation == "sdpa" else "sdpa"
         elif switch == "fused":
-            current = self.fused_adamw if self.fused_adamw is not None else device.type == "cuda"
+            from aft_hf.train import FUSED_ADAMW_DEVICES  # the trainer's default: fused on these devices
+
+            current = self.fused_adamw if self.fused_adamw is not None else device.type in FUSED_ADAMW_DEVICES
             new.fused_adamw = not current
         elif switch in BOOLEAN_SWITCHES:
             setattr(new, BOOLEAN_SWITCHES[switch], not getattr(self, BOOLEAN_SWITCHES[switch]))
@@ -542,18 +547,19 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=10, help="attack iterations K")
     p.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
-                   help="fp32, or bf16/fp16 autocast with fp32 master weights (GPU; bf16 is very slow on most CPUs)")
+                   help="fp32, or bf16/fp16 autocast with fp32 master weights (fp16: GPU only; bf16 on CPU pays only "
+                        "where lscpu lists avx512_bf16 or amx_bf16, and is many times slower elsewhere)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda if available")
     p.add_argument("--repeats", type=int, default=3, help="timed steps per variant (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (FLOPs counted in the first)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention of the AFT step")
     p.add_argument("--no-freeze", action="store_true", help="perf.freeze_params_in_attack=false")
     p.add_argument("--fused-adamw", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--compile", action="store_true", help="torch.compile the vision tower")
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--ablate", default="", help=f"comma list of switches to flip one at a time, from: "
-                   f"{', '.join(ABLATIONS)} (or 'all' = all but compile)")
+    p.add_argument("--ablate", default="", type=_ablations, help=f"comma list of switches to flip one at a time, from: "
+                   f"{', '.join(ABLATIONS)} (or 'all' = all but compile; 'all,compile' = every one)")
     p.add_argument("--no-reference", action="store_true", help="skip the plain reference loop")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
     p.add_argument("--peak-seconds", type=float, default=1.5, help="time per size of the matmul peak probe")
@@ -565,7 +571,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be > 0")
     if args.steps < 0 or args.warmup < 1:
         p.error("--steps must be >= 0 and --warmup >= 1 (the warm-up step counts the FLOPs)")
+    refuse_fp16_on_cpu(p, args.precision, args.device == "cuda" or (args.device is None and torch.cuda.is_available()))
     return args
+
+
+def _ablations(text: str) -> list[str]:
+    """``--ablate``: a comma list of :data:`ABLATIONS`; ``all`` stands for all of them but ``compile``."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    expanded = [s for name in names for s in ([a for a in ABLATIONS if a != "compile"] if name == "all" else [name])]
+    return name_list(ABLATIONS)(",".join(dict.fromkeys(expanded))) if expanded else []
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -581,9 +595,7 @@ def run(args: argparse.Namespace) -> dict:
     options = StepOptions(freeze_params_in_attack=not args.no_freeze, attn_implementation=args.attn,
                           fused_adamw={"auto": None, "on": True, "off": False}[args.fused_adamw],
                           compile=args.compile, gradient_checkpointing=args.gradient_checkpointing)
-    switches = [s.strip() for s in args.ablate.split(",") if s.strip()]
-    if switches == ["all"]:
-        switches = [s for s in ABLATIONS if s != "compile"]
+    switches = args.ablate
     variants = [("optimised", options)] + [(f"flip {s}", options.flipped(s, device)) for s in switches]
 
     memory = Memory(device)

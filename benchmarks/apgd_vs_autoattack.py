@@ -44,6 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aft_step import write_report  # noqa: E402
+from arguments import at_least, budget_list, name_list, positive_int  # noqa: E402
 from step_matmuls import MATMUL_NAMES  # noqa: E402
 
 from aft_hf.evaluate import ZeroShotClassifier  # noqa: E402
@@ -159,20 +160,22 @@ def profile_groups(run: Callable[[], object]) -> dict[str, float]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--cases", default="world,random", help="comma list of: " + ", ".join(CASES))
-    p.add_argument("--eps", default="2,4", help="comma list of L-inf budgets in 1/255")
-    p.add_argument("--images", type=int, default=64)
-    p.add_argument("--iterations", type=int, default=100)
-    p.add_argument("--targets", type=int, default=9)
-    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (each variant once per round)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0] + " The defaults (both cases, both budgets, 64 "
+                                "images, 2 rounds) take about half an hour on 2 cores; --images 8 --rounds 1 is a quick look.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--cases", default="world,random", type=name_list(CASES), help="comma list of: " + ", ".join(CASES))
+    p.add_argument("--eps", default="2,4", type=budget_list, help="comma list of L-inf budgets in 1/255")
+    p.add_argument("--images", type=positive_int, default=64, help="images per case (held-out world images, or random)")
+    p.add_argument("--iterations", type=positive_int, default=100, help="APGD iterations per run")
+    p.add_argument("--targets", type=at_least(0), default=9, help="APGD-T target classes")
+    p.add_argument("--rounds", type=positive_int, default=2, help="interleaved rounds (each variant once per round)")
     p.add_argument("--levers", default="", help="comma list of " + ", ".join(LEVERS) +
                    " (or 'all'); join levers with '+' to switch them together, e.g. compile+wide-rows")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (round r uses seed + r)")
     p.add_argument("--profile", default=None, metavar="VARIANT",
                    help="after the rounds, run this variant (package, reference or a lever) once under the profiler")
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--json", type=Path, default=None, help="write the full report here")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -186,11 +189,11 @@ def main(argv=None) -> int:
               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "load_before": os.getloadavg(), "args": vars(args) | {"json": None},
               "results": []}
-    for case in args.cases.split(","):
+    for case in args.cases:
         clf, images, labels = CASES[case](args.images)
         with torch.no_grad():
             clean_correct = int((clf(images).argmax(1) == labels).sum())
-        for eps in (float(e) for e in args.eps.split(",")):
+        for eps in args.eps:
             times = {v: [] for v in variants}
             verdicts = {}
             for r in range(args.rounds):

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aft_step import write_report  # noqa: E402
 from apgd_vs_autoattack import CASES  # noqa: E402
+from arguments import int_list, positive_int  # noqa: E402
 
 from aft_hf.attack import attack_mode  # noqa: E402
 from aft_hf.evaluate.apgd import autocast_context  # noqa: E402
@@ -139,20 +140,20 @@ def attention_seconds(attend, rows: int, heads: int, tokens: int, head_dim: int,
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--case", default="world", choices=sorted(CASES))
-    p.add_argument("--rows", default="7,20,64,180", help="comma list of batch sizes")
+    p.add_argument("--rows", default="7,20,64,180", type=int_list, help="comma list of batch sizes")
     p.add_argument("--compile", action="store_true", help="also time the pass through torch.compile")
     p.add_argument("--activation", action="store_true", help="also time the QuickGELU activation alone")
     p.add_argument("--bf16", action="store_true", help="also time the eager (and compiled) pass under bf16 autocast")
     p.add_argument("--attention", action="store_true", help="also time one layer's attention alone, three ways")
     p.add_argument("--fused", action="store_true",
                    help="also time the whole pass (forward, loss, input gradient) compiled as one graph")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--rounds", type=positive_int, default=3)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = [int(r) for r in args.rows.split(",")]
+    rows = args.rows
     clf, images, labels = CASES[args.case](max(rows))
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
               "threads": torch.get_num_threads(), "torch": torch.__version__, "load_before": os.getloadavg(),

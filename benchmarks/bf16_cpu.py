@@ -34,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aft_step import GEOMETRIES, build_encoder, make_batch, write_report  # noqa: E402
+from arguments import at_least, positive_int  # noqa: E402
 
 from aft_hf.perf import use_matmul_patch_embedding  # noqa: E402
 
@@ -85,12 +86,12 @@ def step_work(args: argparse.Namespace):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="b32", choices=sorted(GEOMETRIES))
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--rounds", type=positive_int, default=3)
     p.add_argument("--unit", choices=["fwdbwd", "step"], default="fwdbwd",
                    help="forward+backward of the tower (default) or the whole trainer step (--steps attack iterations)")
-    p.add_argument("--steps", type=int, default=10, help="--unit step: attack iterations K")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--steps", type=at_least(0), default=10, help="--unit step: attack iterations K")
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if args.threads:

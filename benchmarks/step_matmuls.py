@@ -33,6 +33,7 @@ from torch.utils._pytree import tree_map
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aft_step import GEOMETRIES, PRECISIONS, AftRunner, StepOptions, count_flops, make_batch, matmul_peak, write_report  # noqa: E402,E501
+from arguments import at_least, positive_int, refuse_fp16_on_cpu  # noqa: E402
 
 aten = torch.ops.aten
 MATMUL_OPS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default,
@@ -115,18 +116,19 @@ def profile_step(runner, images: torch.Tensor, device: torch.device) -> list[dic
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="b32", choices=sorted(GEOMETRIES))
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=10, help="attack iterations K")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--steps", type=at_least(0), default=10, help="attack iterations K")
     p.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
     p.add_argument("--compile", action="store_true", help="torch.compile the vision tower (perf.compile)")
     p.add_argument("--fused-adamw", default="auto", choices=["auto", "on", "off"], help="perf.fused_adamw")
-    p.add_argument("--rounds", type=int, default=2, help="alternating (step, matmul replay) rounds after a warm-up")
-    p.add_argument("--reps", type=int, default=3, help="timings of each distinct kernel (best kept)")
+    p.add_argument("--rounds", type=positive_int, default=2, help="alternating (step, matmul replay) rounds after a warm-up")
+    p.add_argument("--reps", type=positive_int, default=3, help="timings of each distinct kernel (best kept)")
     p.add_argument("--profile", action="store_true",
                    help="after the rounds, one more step under torch.profiler: the ops by self time, matmuls in context")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
+    refuse_fp16_on_cpu(p, args.precision, torch.cuda.is_available())
     if args.threads:
         torch.set_num_threads(args.threads)
     from accelerate import Accelerator

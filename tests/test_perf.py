@@ -358,6 +358,41 @@ def test_class_token_last_layer_leaves_what_reads_other_rows_alone(tiny_clip_pat
         assert tokens(x).shape == (2, 16 * tokens.vision.config.hidden_size)
 
 
+def test_class_token_last_layer_runs_whole_where_a_hook_above_the_layer_or_a_global_hook_would_see_it(tiny_clip_path):
+    """A hook on a module between the tower and its last layer (here the encoder, which returns the tower's
+    ``last_hidden_state``) or a global module hook sees every row: set before or inside the block, it makes the
+    layer run whole; once removed, the short path runs again. No attribute is left on the layer after the block."""
+    from aft_hf.model import load_image_encoder, tower
+    from aft_hf.perf import class_token_last_layer
+
+    encoder = load_image_encoder(str(tiny_clip_path)).eval()
+    x, seen = torch.rand(2, 3, 32, 32), []
+    layers = tower(encoder.vision).encoder
+    tokens = layers.layers[-1].self_attn.config.image_size // layers.layers[-1].self_attn.config.patch_size
+    tokens = tokens ** 2 + 1
+
+    def record(module, args, out):
+        seen.append(out.last_hidden_state.shape[1] if hasattr(out, "last_hidden_state") else out.shape[1])
+
+    handle = layers.register_forward_hook(record)
+    with class_token_last_layer(encoder) as switched:  # hooked before the block: not switched at all
+        assert switched == 0
+        encoder(x)
+    handle.remove()
+    with class_token_last_layer(encoder) as switched:
+        assert switched == 1
+        handle = layers.register_forward_hook(record)  # hooked inside the block: the whole layer from then on
+        encoder(x)
+        handle.remove()
+        unhooked = encoder.vision(pixel_values=x).last_hidden_state.shape[1]
+        handle = torch.nn.modules.module.register_module_forward_hook(
+            lambda module, args, out: seen.append(out.shape[1]) if module is layers.layers[-1] else None)
+        encoder(x)
+        handle.remove()
+    assert seen == [tokens, tokens, tokens] and unhooked == 1
+    assert not hasattr(layers.layers[-1], "_class_token_ancestors")
+
+
 @pytest.mark.slow
 def test_data_pipeline_benchmark_smoke(tmp_path):
     """The data benchmark decodes real JPEGs through the trainer's loader, skips the corrupt one, writes JSON."""
@@ -585,3 +620,49 @@ def test_apgd_vs_autoattack_refuses_an_unknown_lever_in_one_line():
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "apgd_vs_autoattack.py"), "--levers", "compile+shrimp"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "unknown lever 'shrimp' in 'compile+shrimp'" in done.stderr
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("apgd_vs_autoattack", ["--cases", "world,foo"], "argument --cases: unknown 'foo' (choose from world, random)"),
+    ("apgd_vs_autoattack", ["--eps", "2,x"], "argument --eps: expected a number, got 'x'"),
+    ("apgd_vs_autoattack", ["--rounds", "0"], "argument --rounds: must be >= 1, got 0"),
+    ("attack_pass_cost", ["--rows", "4,-2"], "argument --rows: must be >= 1, got -2"),
+    ("ab_switch", ["--rounds", "1"], "argument --rounds: must be >= 2, got 1"),  # the first round is a warm-up
+    ("bf16_cpu", ["--threads", "0"], "argument --threads: must be >= 1, got 0"),
+    ("step_matmuls", ["--reps", "0"], "argument --reps: must be >= 1, got 0"),
+    ("aft_step", ["--ablate", "attn,bogus"], "argument --ablate: unknown 'bogus'"),
+])
+def test_benchmarks_refuse_bad_arguments_in_one_line(script, args, message, capsys, monkeypatch):
+    """Bad sizes, lists and names stop a benchmark at once with argparse's one-line error, not minutes later."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    module = __import__(script)
+    entry = module.parse_args if script == "aft_step" else module.main
+    with pytest.raises(SystemExit) as stop:
+        entry(args)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused only where there is no GPU")
+@pytest.mark.parametrize("script", ["aft_step", "step_matmuls"])
+def test_step_benchmarks_refuse_fp16_on_cpu(script, capsys, monkeypatch):
+    """accelerate keeps fp16 on CPU in fp32: timing it as fp16 would mislabel fp32's numbers."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    module = __import__(script)
+    with pytest.raises(SystemExit):
+        (module.parse_args if script == "aft_step" else module.main)(["--precision", "fp16"])
+    assert "--precision fp16 needs a GPU" in capsys.readouterr().err
+
+
+def test_step_benchmark_ablations_flip_the_trainers_defaults(monkeypatch):
+    """``--ablate fused`` flips the trainer's default on this device (fused AdamW on CPU and CUDA), so the flipped
+    variant really runs the other optimiser; ``all`` is every switch but compile, ``all,compile`` every one."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from aft_step import ABLATIONS, StepOptions, parse_args
+
+    from aft_hf.train import FUSED_ADAMW_DEVICES
+
+    cpu = torch.device("cpu")
+    assert "cpu" in FUSED_ADAMW_DEVICES and StepOptions().flipped("fused", cpu).fused_adamw is False
+    assert StepOptions(fused_adamw=False).flipped("fused", cpu).fused_adamw is True
+    assert parse_args(["--ablate", "all"]).ablate == [a for a in ABLATIONS if a != "compile"]
+    assert sorted(parse_args(["--ablate", "all,compile"]).ablate) == sorted(ABLATIONS)

@@ -119,7 +119,9 @@ class APGDSpeed:
       ``alive`` marking the images still attacked), so the attack holds no more rows, and no more memory,
       than that batch's one-run-per-class attack; always at least one image's ``targets`` rows.
     - ``autocast``: ``torch.bfloat16`` (or ``torch.float16`` on CUDA) runs the model's forward under
-      ``torch.autocast`` on the images' device; losses, steps and projections stay fp32.
+      ``torch.autocast`` on the images' device; losses, steps and projections stay fp32. bf16 rounds each value
+      to about 2^-9 of itself, so verdicts can differ from fp32's on images whose margin is within that rounding
+      (a few per cent of a small model's images; bounded in ``tests/evaluate/test_apgd.py``).
     - ``compile``: the forward goes through ``torch.compile`` (dynamic shapes, so rows leaving the batch do
       not recompile), which fuses the elementwise work between the matmuls. Costs a compilation first
       (about 50 s for a small CLIP on a 2-core CPU, cached on disk by torch for later processes); pays on
@@ -152,10 +154,15 @@ class APGDSpeed:
         if name not in AUTOCAST_DTYPES:
             raise AttackError(f"unknown mixed precision '{name}' (choose from {', '.join(AUTOCAST_DTYPES)})")
         if name == "fp16" and torch.device(device).type == "cpu":
-            raise AttackError("mixed precision fp16 is not supported on CPU (autocast would stay fp32): use bf16 or no")
+            raise AttackError("mixed precision fp16 is not supported on CPU (a GPU setting here, as in training): "
+                              "use bf16 or no")
         return cls(autocast=AUTOCAST_DTYPES[name], **kwargs)
 
     def __post_init__(self) -> None:
+        switches = ("shrink", "batch_targets", "compile", "patch_matmul", "class_token_last_layer")
+        not_bool = [f"{name}={getattr(self, name)!r}" for name in switches if not isinstance(getattr(self, name), bool)]
+        if not_bool:  # a string such as "false" would count as on
+            raise AttackError(f"APGDSpeed switches must be True or False, got {', '.join(not_bool)}")
         if self.max_rows is not None and (isinstance(self.max_rows, bool) or not isinstance(self.max_rows, int)
                                           or self.max_rows < 1):
             raise AttackError(f"APGDSpeed.max_rows must be None or an integer >= 1, got {self.max_rows!r}")

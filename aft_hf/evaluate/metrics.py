@@ -95,6 +95,10 @@ class RobustAccuracy(Metric):
                  "steps": steps}
         if o.attack == "apgd":
             setup.update(restarts=o.restarts, targets=min(o.targets, ctx.class_weights.shape[0] - 1))
+        if speed.autocast is not None:  # bf16 rounding can flip near-tie verdicts: the report says it was used
+            setup["precision"] = o.mixed_precision
+        if o.compile and o.attack == "apgd":
+            setup["compiled"] = True
         out = self.result({"robust_top1": acc, "robust_attack": {**setup, "eps": [f"{e:g}/255" for e in o.eps]}})
         out.verdicts = {"robust": {k: v.tolist() for k, v in verdicts.items()}}
         return out

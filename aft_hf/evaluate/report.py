@@ -19,7 +19,8 @@ readers of the flat ``metrics`` keep working and older reports without ``results
         "zeroshot_top1": float, "zeroshot_top5": float|null,   # top-5 null (n/a) with fewer than 5 classes
         "robust_top1": {"1/255": float, "2/255": float, "4/255": float},
         "robust_attack": {"attack": "apgd"|"pgd", "name": str, "norm": str, "steps": int,
-                          "restarts": int, "targets": int, "eps": [str]},   # restarts/targets: apgd only
+                          "restarts": int, "targets": int, "eps": [str],    # restarts/targets: apgd only
+                          "precision": "bf16"|"fp16", "compiled": true},      # only when autocast / compile was used
         "deletion":  {"fractions": [float], "order": "most"|"least", "baseline": "zero"|"blur"|"mean",
                       "clean_probability": float, "normalised": str,
                       "methods": {method|"random": {"auc": float, "auc_unnormalised": float, "curve": [float],

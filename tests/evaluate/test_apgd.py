@@ -1,6 +1,7 @@
 """APGD-CE + APGD-T: known answers on linear heads, agreement with the reference (pyautoattack), never
 weaker than the package's PGD, the worst case per image, and how reports and the card name the attack."""
 
+import json
 import logging
 
 import pytest
@@ -371,6 +372,14 @@ def test_mixed_precision_names_map_to_autocast_and_fp16_on_cpu_is_refused():
         APGDSpeed(max_rows=0)
 
 
+@pytest.mark.parametrize("switch", ["shrink", "batch_targets", "compile", "patch_matmul", "class_token_last_layer"])
+def test_apgd_speed_refuses_a_switch_that_is_not_a_bool(switch):
+    """``compile="false"`` would be truthy and switch compilation on: every on/off lever must be a real bool."""
+    with pytest.raises(apgd_module.AttackError, match=f"APGDSpeed switches must be True or False, got {switch}='false'"):
+        APGDSpeed(**{switch: "false"})
+    assert getattr(APGDSpeed(**{switch: False}), switch) is False
+
+
 def test_robust_accuracy_in_bf16_stays_within_a_few_images_of_fp32():
     """The same evaluation under bf16 autocast: the robust accuracy may differ only on images whose margin is
     within bf16's rounding, a few of 64 on this small zero-shot model, never the bulk."""
@@ -432,11 +441,15 @@ def test_attack_compile_flag_reaches_the_apgd_of_the_robust_metric(tiny_clip_pat
 
     monkeypatch.setattr(metrics_module, "robust_verdicts", spy)
     data = write_shapes_imagefolder(tmp_path / "shapes", num_images=4, size=32)
-    for flag, out in (["--attack-compile"], "on"), ([], "off"):
+    for flag, out in (["--attack-compile", "--mixed-precision", "bf16"], "on"), ([], "off"):
         assert main(["evaluate", "--model", str(tiny_clip_path), "--dataset", str(data), "--max-samples", "4",
                      "--metrics", "robust", "--methods", "saliency", "--eps", "1", "--attack-steps", "1",
                      "--attack-targets", "0", "--out", str(tmp_path / out), *flag]) == 0
     assert seen == [True, False]
+    # the report says how the attack ran where that can move a verdict (bf16) or a reader would ask (compiled)
+    attack = {out: json.loads((tmp_path / out / "report.json").read_text())["metrics"]["robust_attack"] for out in ("on", "off")}
+    assert attack["on"]["precision"] == "bf16" and attack["on"]["compiled"] is True
+    assert "precision" not in attack["off"] and "compiled" not in attack["off"]
 
 
 def test_alive_restricts_the_attack_to_correct_images_and_ce_restarts_are_checked():
