@@ -158,6 +158,12 @@ def _check_options(args) -> list[str]:
     problems.require(0 <= args.roar_floor <= 1, f"--roar-floor is an accuracy in [0, 1], got {args.roar_floor:g}")
     problems.require(args.mixed_precision in AUTOCAST_DTYPES, f"--mixed-precision '{args.mixed_precision}' is not one "
                      f"of {', '.join(AUTOCAST_DTYPES)} (from ACCELERATE_MIXED_PRECISION?)")
+    if args.mixed_precision == "fp16" and "robust" in metrics:
+        import torch
+
+        on_cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
+        problems.require(not on_cpu, "--mixed-precision fp16 is not supported on CPU (a GPU setting here, as in "
+                                     "training): use bf16 or no")
     bad = [f for f in args.roar_fractions if not 0 < f < 1]
     problems.require(not bad, "--roar-fractions must lie strictly between 0 and 1 (fractions of pixels removed), "
                               f"got {', '.join(f'{f:g}' for f in bad)}")

@@ -190,6 +190,16 @@ def test_fp16_on_cpu_is_refused(tmp_path, monkeypatch, capsys):
         apply_launch(load_config(None), fake)
 
 
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused only on a CPU device")
+def test_evaluate_refuses_fp16_on_cpu_before_loading_anything(tmp_path, capsys):
+    """``aft-hf evaluate --mixed-precision fp16`` on CPU stops with the other option problems, before a model loads
+    (the model named here does not exist: a late check would fail on loading it instead)."""
+    code, _, err = run_cli(["evaluate", "--model", str(tmp_path / "no-model"), "--dataset", str(tmp_path),
+                            "--metrics", "robust", "--mixed-precision", "fp16", "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and "--mixed-precision fp16 is not supported on CPU" in err and "no-model" not in err
+
+
 def test_flash_attention_checked_up_front(tmp_path, monkeypatch, capsys):
     code, _, err = run_cli(_train_args(tmp_path, "--model.attn_implementation", "flash_attention_2", "--cpu"), capsys)
     assert code == 2 and "flash_attention_2 needs a CUDA GPU" in err
