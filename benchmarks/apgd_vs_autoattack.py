@@ -44,7 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aft_step import write_report  # noqa: E402
-from arguments import at_least, budget_list, name_list, positive_int  # noqa: E402
+from arguments import at_least, budget_list, name_list, positive_int, show_defaults  # noqa: E402
 from step_matmuls import MATMUL_NAMES  # noqa: E402
 
 from aft_hf.evaluate import ZeroShotClassifier  # noqa: E402
@@ -161,8 +161,7 @@ def profile_groups(run: Callable[[], object]) -> dict[str, float]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0] + " The defaults (both cases, both budgets, 64 "
-                                "images, 2 rounds) take about half an hour on 2 cores; --images 8 --rounds 1 is a quick look.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                "images, 2 rounds) take about half an hour on 2 cores; --images 8 --rounds 1 is a quick look.")
     p.add_argument("--cases", default="world,random", type=name_list(CASES), help="comma list of: " + ", ".join(CASES))
     p.add_argument("--eps", default="2,4", type=budget_list, help="comma list of L-inf budgets in 1/255")
     p.add_argument("--images", type=positive_int, default=64, help="images per case (held-out world images, or random)")
@@ -176,7 +175,7 @@ def main(argv=None) -> int:
     p.add_argument("--profile", default=None, metavar="VARIANT",
                    help="after the rounds, run this variant (package, reference or a lever) once under the profiler")
     p.add_argument("--json", type=Path, default=None, help="write the full report here")
-    args = p.parse_args(argv)
+    args = show_defaults(p).parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     levers = list(LEVERS) if args.levers == "all" else [x for x in args.levers.split(",") if x]

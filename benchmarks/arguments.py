@@ -72,3 +72,14 @@ def refuse_fp16_on_cpu(parser: argparse.ArgumentParser, precision: str, on_gpu: 
     """fp16 autocast is a GPU setting: accelerate keeps a CPU run in fp32, so its timings would be fp32's."""
     if precision == "fp16" and not on_gpu:
         parser.error("--precision fp16 needs a GPU (on CPU accelerate runs fp32); use bf16 or fp32")
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Append ``(default: ...)`` to the help of every option that has a default (a flag's is off), so ``--help`` says
+    what a bare run does; returns the parser."""
+    for action in parser._actions:
+        text = action.help or ""
+        if (action.option_strings and action.default not in (None, False, "", argparse.SUPPRESS)
+                and text != argparse.SUPPRESS and "%(default)" not in text and "default:" not in text):
+            action.help = f"{text} (default: %(default)s)".strip()
+    return parser

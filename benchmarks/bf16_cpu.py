@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aft_step import GEOMETRIES, build_encoder, make_batch, write_report  # noqa: E402
-from arguments import at_least, positive_int  # noqa: E402
+from arguments import at_least, positive_int, show_defaults  # noqa: E402
 
 from aft_hf.perf import use_matmul_patch_embedding  # noqa: E402
 
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=at_least(0), default=10, help="--unit step: attack iterations K")
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--json", type=Path, default=None)
-    args = p.parse_args(argv)
+    args = show_defaults(p).parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     work = step_work(args) if args.unit == "step" else fwdbwd_work(args)

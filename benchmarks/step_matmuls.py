@@ -33,7 +33,7 @@ from torch.utils._pytree import tree_map
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aft_step import GEOMETRIES, PRECISIONS, AftRunner, StepOptions, count_flops, make_batch, matmul_peak, write_report  # noqa: E402,E501
-from arguments import at_least, positive_int, refuse_fp16_on_cpu  # noqa: E402
+from arguments import at_least, positive_int, refuse_fp16_on_cpu, show_defaults  # noqa: E402
 
 aten = torch.ops.aten
 MATMUL_OPS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default,
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
                    help="after the rounds, one more step under torch.profiler: the ops by self time, matmuls in context")
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--json", type=Path, default=None)
-    args = p.parse_args(argv)
+    args = show_defaults(p).parse_args(argv)
     refuse_fp16_on_cpu(p, args.precision, torch.cuda.is_available())
     if args.threads:
         torch.set_num_threads(args.threads)

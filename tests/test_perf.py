@@ -666,3 +666,17 @@ def test_step_benchmark_ablations_flip_the_trainers_defaults(monkeypatch):
     assert StepOptions(fused_adamw=False).flipped("fused", cpu).fused_adamw is True
     assert parse_args(["--ablate", "all"]).ablate == [a for a in ABLATIONS if a != "compile"]
     assert sorted(parse_args(["--ablate", "all,compile"]).ablate) == sorted(ABLATIONS)
+
+
+@pytest.mark.parametrize("script, shown", [
+    ("apgd_vs_autoattack", "(default: world,random)"), ("attack_pass_cost", "(default: 7,20,64,180)"),
+    ("ab_switch", "(default: patchmm)"), ("bf16_cpu", "(default: b32)"), ("step_matmuls", "(default: fp32)"),
+    ("aft_step", "(default: 8)"),
+])
+def test_benchmark_help_says_what_a_bare_run_does(script, shown, capsys, monkeypatch):
+    """``--help`` of each benchmark prints every option's default, so a bare run's size is no surprise."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    module = __import__(script)
+    with pytest.raises(SystemExit) as stop:
+        (module.parse_args if script == "aft_step" else module.main)(["--help"])
+    assert stop.value.code == 0 and shown in " ".join(capsys.readouterr().out.split())
