@@ -42,8 +42,9 @@ def check_pixels(images: Tensor, name: str = "images", check_range: bool = True)
     """Refuse anything but a float tensor (B, C, H, W) with values in [0, 1] (with a 1e-3 tolerance).
 
     The attack clamps to [0, 1], so 8-bit values (0..255) would be destroyed silently, and CLIP-normalised
-    pixels would make the budget meaningless: both are errors that say what to pass instead. The value
-    range needs a device-to-host sync, so attackers check it on their first call only (``check_range``).
+    pixels would make the budget meaningless: both are errors that say what to pass instead. On a GPU the value
+    range needs a device-to-host sync, so attackers check it there on their first call only (``check_range``);
+    on CPU, where it costs one reduction, at every call (:func:`_range_due`).
     """
     if not torch.is_tensor(images):
         raise AttackError(f"{name} must be a torch.Tensor (B, C, H, W) in [0, 1], got {type(images).__name__}")
@@ -57,6 +58,11 @@ def check_pixels(images: Tensor, name: str = "images", check_range: bool = True)
         if lo < -1e-3 or hi > 1 + 1e-3:
             raise AttackError(f"{name} must be pixels in [0, 1] (un-normalised; the model wrapper normalises), "
                               f"got values in [{lo.item():.3g}, {hi.item():.3g}]")
+
+
+def _range_due(attacker, images: Tensor) -> bool:
+    """Whether ``attacker`` checks the pixel range of ``images``: always on CPU, else on its first call only."""
+    return not attacker._range_checked or (torch.is_tensor(images) and images.device.type == "cpu")
 
 
 def _check_settings(norm: str, eps: float, eps2: float, steps: int, alpha: float, momentum: float,
@@ -195,7 +201,7 @@ class PGDAttacker(nn.Module):
             loss_fn: maps outputs to a per-sample loss (B,) or a scalar.
             generator: optional RNG for the start and the noise.
         """
-        check_pixels(images, check_range=not self._range_checked)
+        check_pixels(images, check_range=_range_due(self, images))
         self._range_checked = True
         images = images.detach()
         self.last_losses = []
@@ -244,7 +250,7 @@ class UniformNoise(nn.Module):
                 generator: Optional[torch.Generator] = None) -> Tensor:
         """clamp(images + u, 0, 1) with u the threat model's random sample; ``forward`` and ``loss_fn`` are
         unused (same call signature as :class:`PGDAttacker`)."""
-        check_pixels(images, check_range=not self._range_checked)
+        check_pixels(images, check_range=_range_due(self, images))
         self._range_checked = True
         images = images.detach()
         return (images + self.threat.sample(images, generator)).clamp(0, 1)

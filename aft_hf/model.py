@@ -388,6 +388,9 @@ def _could_not_load(name_or_path: str, error: OSError) -> ModelLoadError:
     hint = (" HF_HUB_OFFLINE is set: only local folders and models already in the Hub cache can be loaded."
             if hub_offline() else " Check the id, your network, and for gated models `hf auth login` or HF_TOKEN.")
     cause = " ".join(str(error).split()).rstrip(".")
+    parent = Path(name_or_path).expanduser().parent
+    if parent != Path(".") and parent.is_dir():  # 'out/final' with a local 'out': most likely a mistyped folder
+        cause = f"no such local folder ('{parent}' exists, '{name_or_path}' does not); as a Hub id: {cause}"
     return ModelLoadError(f"could not load model '{name_or_path}': {cause}.{hint}")
 
 

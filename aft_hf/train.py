@@ -231,6 +231,9 @@ def find_resume_point(cfg: TrainConfig, output_dir: Path) -> tuple[Optional[Path
             logger.info("no checkpoint under %s yet: starting from scratch", output_dir, main_process_only=True)
         return None, Progress()
     path, progress = found
+    if progress.step > cfg.optim.max_steps:  # it would train nothing and export the checkpoint as a shorter run
+        raise ConfigError([f"{path} is at step {progress.step}, past max_steps {cfg.optim.max_steps}: resume with "
+                           f"--max_steps {progress.step} or more, or start a new run in another output_dir"])
     changes = check_resume_config(path, cfg)
     if changes:
         logger.warning("resuming with changed settings (allow_config_change): %s", "; ".join(changes),

@@ -70,17 +70,23 @@ def test_attack_refuses_images_that_are_not_pixels(encoder, images, make, match)
         PGDAttacker(steps=1)(encoder, make(images), lambda e: embedding_distance(e, targets))
 
 
-def test_attack_checks_the_value_range_on_its_first_call_only(encoder, images):
-    """The range check syncs the device with the host, so a training loop pays it once, not per step;
-    a fresh attacker (a new run) checks again."""
+def test_attack_checks_the_value_range_at_every_call_on_cpu_and_once_on_an_accelerator(encoder, images):
+    """A reused attacker still refuses 0..255 images on CPU (the check is one reduction there); on an accelerator
+    the check syncs the device with the host, so a training loop pays it on the first call only."""
+    from aft_hf.attack import _range_due
+
     with torch.no_grad():
         targets = encoder(images)
     loss = lambda e: embedding_distance(e, targets)  # noqa: E731
     attacker = PGDAttacker(steps=1)
     attacker(encoder, images, loss)
-    attacker(encoder, images * 255, loss)  # not checked again: no sync in later steps
     with pytest.raises(AttackError, match=r"in \[0, 1\]"):
-        PGDAttacker(steps=1)(encoder, images * 255, loss)
+        attacker(encoder, images * 255, loss)
+    on_gpu = torch.empty(1, 3, 2, 2, device="meta")  # stands for a CUDA tensor: only its device type is read
+    fresh = PGDAttacker(steps=1)
+    assert _range_due(fresh, on_gpu) and _range_due(attacker, images)
+    fresh._range_checked = True
+    assert not _range_due(fresh, on_gpu)
 
 
 @pytest.mark.parametrize("make,match", [

@@ -85,13 +85,18 @@ def test_export_vision_only(tiny_vision_path, tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_load_errors(tmp_path):
+def test_load_errors(tmp_path, monkeypatch):
     with pytest.raises(ModelLoadError, match="(?s)could not load model 'me/not-there'.*HF_HUB_OFFLINE"):
         load_image_encoder("me/not-there")
     with pytest.raises(ModelLoadError, match="unknown builtin model"):
         load_image_encoder("builtin:huge")
     with pytest.raises(ModelLoadError, match="'./not-there': no such folder"):  # not a Hub-id error
         load_image_encoder("./not-there")
+    (tmp_path / "out").mkdir()  # 'out/final' could be a Hub id, but with a local 'out' a mistyped folder is likelier
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match="could not load model 'out/fnal': no such local folder \\('out' exists, "
+                                             "'out/fnal' does not\\); as a Hub id: "):
+        load_image_encoder("out/fnal")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelLoadError, match="is not a model folder \\(no config.json\\)"):  # was a ValueError
         load_image_encoder(str(tmp_path / "empty"))

@@ -84,6 +84,20 @@ def test_new_batch_geometry_resumes_at_the_same_image(tiny_clip_path, numbered, 
         assert sum(progress["records_per_process"]) == len(order)
 
 
+def test_resume_past_max_steps_is_refused_and_the_run_is_kept(tiny_clip_path, numbered, tmp_path):
+    """A resume whose max_steps is below the checkpoint's step would train nothing and re-export the checkpoint as a
+    shorter run (its card saying fewer steps than were trained): refused in one message, even with
+    --allow_config_change, and the run already written stays as it was."""
+    out = tmp_path / "run"
+    train(cfg_for(tiny_clip_path, numbered, out, "--max_steps", "2", "--optim.batch_size", "4"))
+    final = (out / "final" / "aft_config.yaml").read_text()
+    with pytest.raises(ConfigError, match="is at step 2, past max_steps 1: resume with --max_steps 2 or more"):
+        train(cfg_for(tiny_clip_path, numbered, out, "--max_steps", "1", "--optim.batch_size", "4",
+                      "--resume_from_checkpoint", "latest", "--allow_config_change"))
+    assert (out / "final" / "aft_config.yaml").read_text() == final
+    assert [p.name for p in (out / "checkpoints").glob("step_*")] == ["step_00000002"]
+
+
 def test_epoch_position_and_sampler():
     assert epoch_position([8, 8], 8, 2) == 16  # every process's count, summed
     assert epoch_position(None, 6, 2) == 12  # an older checkpoint: this process's count x processes

@@ -102,7 +102,9 @@ def _fetcher(ref: str, data_root: Optional[str]) -> tuple[Callable[[str], Option
         if local is not None and local.is_dir():
             folder, hub_id = local, ref
         elif ref.count("/") == 1 and not ref.startswith((".", "/", "~")):
-            return _hub_fetcher(ref), ref, None
+            if local is not None:
+                logger.warning("no copy of '%s' under --data-root (%s does not exist): reading it from the Hub", ref, local)
+            return _hub_fetcher(ref, missing_copy=local), ref, None
         else:
             raise BenchmarkError(f"dataset '{ref}' is neither a folder nor a Hub id (owner/name)"
                                  + (f", and '{local}' does not exist" if local is not None else ""))
@@ -114,7 +116,7 @@ def _fetcher(ref: str, data_root: Optional[str]) -> tuple[Callable[[str], Option
     return local_file, hub_id, str(folder)
 
 
-def _hub_fetcher(repo_id: str) -> Callable[[str], Optional[Path]]:
+def _hub_fetcher(repo_id: str, missing_copy: Optional[Path] = None) -> Callable[[str], Optional[Path]]:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
@@ -128,8 +130,10 @@ def _hub_fetcher(repo_id: str) -> Callable[[str], Optional[Path]]:
                 return None
         except Exception as e:  # offline, gated, no such repo: one line that says which
             raise BenchmarkError(f"could not download '{rel}' of the dataset '{repo_id}' from the Hub "
-                                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); offline, "
-                                 "give a local copy with --data-root DIR (DIR/<repo name>) or a folder") from None
+                                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                                 + (f"there is no local copy at '{missing_copy}' either (check --data-root)"
+                                    if missing_copy is not None else
+                                    "offline, give a local copy with --data-root DIR (DIR/<repo name>) or a folder")) from None
     return fetch
 
 

@@ -7,6 +7,8 @@ models over a named suite or the user's webdataset copies.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..benchmark.errors import BenchmarkError
 from ..benchmark.protocol import Protocol
 from ..benchmark.runner import DatasetRequest
@@ -68,6 +70,12 @@ def _requests(args) -> list[DatasetRequest]:
 
 def _cli_benchmark(args, extra) -> int:
     from ..benchmark.run import run_benchmark
+    from ..explain.options import check_output_folder
+
+    check_output_folder("--out", args.out)
+    if args.data_root is not None and not Path(args.data_root).expanduser().is_dir():
+        raise BenchmarkError(f"--data-root '{args.data_root}' is not a folder (it holds local copies named like the "
+                             "Hub datasets, e.g. DIR/wds_vtab-cifar10)")
 
     protocol = Protocol(eps=tuple(args.eps), iterations=args.iterations, ce_restarts=args.ce_restarts,
                         t_restarts=args.t_restarts, targets=args.targets, robust_images=args.robust_images,

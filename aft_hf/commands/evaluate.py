@@ -145,6 +145,7 @@ def _check_options(args) -> list[str]:
     if args.label is not None:
         problems.call(lambda: model_labels(args.model, args.label))
     problems.at_least("--max-samples", args.max_samples, 1)
+    problems.output_folder("--out", args.out)
     check_data_quality_arguments(args, problems)
     problems.at_least("--batch-size", args.batch_size, 1)
     problems.at_least("--deletion-steps", args.deletion_steps, 1)

@@ -71,6 +71,7 @@ def _check_options(args) -> tuple[list[str], list[Path], list[str]]:
                      "module path such as vision_model.encoder.layers.10")
     problems.at_least("--max-images", args.max_images, 1)
     problems.at_least("--batch-size", args.batch_size, 1)
+    problems.output_folder("--out", args.out)
     check_data_quality_arguments(args, problems)
     # an --out inside an --images folder holds our own figure: never an input (a rerun would explain it)
     files = problems.call(lambda: collect_images(args.images, max(args.max_images, 1),

@@ -6,6 +6,7 @@ import json
 
 import torch
 
+from ..explain.options import check_output_folder
 from ..world.config import CLI_FIELDS, PretrainConfig
 from ..world.dataset import WorldConfig, WorldError, write_imagefolder
 from ..world.pretrain import pretrain
@@ -14,6 +15,7 @@ from ..world.zeroshot import evaluate_zero_shot
 
 
 def _cli_pretrain(args, extra) -> int:
+    check_output_folder("--out", args.out)  # before minutes of pretraining, not when saving
     overrides = {name: getattr(args, name) for name in CLI_FIELDS if getattr(args, name) is not None}
     base = PretrainConfig().to_dict()
     if args.image_size is not None:
@@ -33,6 +35,7 @@ def _check_count(n: int) -> None:
 
 def _cli_sample(args, extra) -> int:
     _check_count(args.num_images)
+    check_output_folder("--out", args.out)
     cfg = load_world_config(args.model).world if args.model else WorldConfig()
     print(write_imagefolder(args.out, args.num_images, seed=args.seed, cfg=cfg))
     return 0

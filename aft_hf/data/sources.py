@@ -118,7 +118,7 @@ def load_source(cfg: DataConfig, token: Optional[str] = None):
     if not folder.is_dir():
         if folder.is_file():
             raise DataError(f"data set '{name}' is a file; give the folder that holds it")
-        if name.startswith((".", "/", "~")):  # clearly meant as a path, not a Hub id
+        if name.startswith((".", "/", "~")) or name.endswith(("/", "\\")) or name.count("/") > 1:  # no Hub id looks so
             raise DataError(f"there is no folder '{name}'; give an existing folder or a Hub dataset id")
         return _load_hub(name, cfg, token)
     name = str(folder)

@@ -35,6 +35,12 @@ class OptionProblems:
         if path is not None:
             self.require(Path(path).is_file(), f"{option} '{path}' is not a file")
 
+    def output_folder(self, option: str, path: Optional[str]) -> None:
+        """``path`` must be a folder or a name that can become one: not a file, nor inside one (found before the
+        work, not when its results are written)."""
+        if path is not None:
+            self.call(lambda: check_output_folder(option, path))
+
     def call(self, check: Callable[[], object]) -> object:
         """Run a check that raises an :class:`AftError`; keep its message as a problem."""
         try:
@@ -50,4 +56,19 @@ class OptionProblems:
             raise error(f"{len(self.problems)} problems with the options: " + "; ".join(self.problems))
 
 
-__all__ = ["OptionProblems"]
+def check_output_folder(option: str, path: str) -> None:
+    """Raise :class:`AftError` in one line when ``path`` cannot be an output folder: it is a file, or the closest
+    of its parents that exists is a file or not writable."""
+    import os
+
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise AftError(f"{option} '{path}' is a file, not a folder")
+    parent = next((p for p in (target, *target.parents) if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise AftError(f"{option} '{path}': '{parent}' is a file, so no folder can be made there")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise AftError(f"{option} '{path}': '{parent}' is not writable")
+
+
+__all__ = ["OptionProblems", "check_output_folder"]

@@ -364,6 +364,16 @@ def test_hub_dataset_offline_is_one_line(tiny_clip_path, tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1
     assert "could not download 'classnames.txt' of the dataset 'clip-benchmark/wds_vtab-pets'" in err
     assert "--data-root" in err
+    # a --data-root without the copy: the message names the copy it looked for; a --data-root that is no folder
+    (tmp_path / "mirror").mkdir()
+    code = main(["benchmark", "--model", str(tiny_clip_path), "--datasets", "clip-benchmark/wds_vtab-pets",
+                 "--data-root", str(tmp_path / "mirror"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and f"no local copy at '{tmp_path / 'mirror' / 'wds_vtab-pets'}' either" in err
+    code = main(["benchmark", "--model", str(tiny_clip_path), "--datasets", "clip-benchmark/wds_vtab-pets",
+                 "--data-root", str(tmp_path / "mirrr"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and f"--data-root '{tmp_path / 'mirrr'}' is not a folder" in err and len(err.splitlines()) == 1
 
 
 @pytest.mark.slow

@@ -267,3 +267,24 @@ def test_config_precision_overrides_the_launcher(monkeypatch):
     assert launch.requested_precision(load_config(None, ["--optim.mixed_precision", "no"])) == "no"
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
     assert launch.requested_precision(load_config(None)) == "no"
+
+
+@pytest.mark.parametrize("command", [
+    ["world", "sample", "-n", "2"],
+    ["explain", "--model", "builtin:world-clip", "--images", "IMAGES"],
+    ["evaluate", "--model", "builtin:world-clip", "--dataset", "IMAGES", "--metrics", "zeroshot"],
+    ["benchmark", "--model", "builtin:world-clip", "--datasets", "cifar10"],
+])
+@pytest.mark.parametrize("inside", [False, True])
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(command, inside, tmp_path, capsys):
+    """``--out`` naming a file (or a folder inside one) stops each command at once in one line, not after its
+    work, when the results are written (an evaluation's hours would be lost); the file is left as it was."""
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("keep me")
+    (tmp_path / "imgs").mkdir()
+    args = [str(tmp_path / "imgs") if a == "IMAGES" else a for a in command]
+    out = blocker / "run" if inside else blocker
+    code, _, err = run_cli([*args, "--out", str(out)], capsys)
+    expected = "is a file, so no folder can be made there" if inside else "is a file, not a folder"
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
+    assert blocker.read_text() == "keep me"

@@ -41,5 +41,8 @@ def test_paths_that_cannot_be_a_data_set_are_named(tmp_path):
         load_source(DataConfig(dataset=str(tmp_path / "file.parquet")))
     with pytest.raises(DataError, match="there is no folder './no-such-folder'"):
         load_source(DataConfig(dataset="./no-such-folder"))
+    for typo in ("world_sampels/", "data/world/sampels"):  # a trailing slash or two slashes: no Hub id looks so
+        with pytest.raises(DataError, match=f"there is no folder '{typo}'"):
+            load_source(DataConfig(dataset=typo))
     with pytest.raises(DataError, match="imagefolder needs data.data_dir"):
         load_source(DataConfig(dataset="imagefolder"))
