@@ -10,7 +10,8 @@ report.json (``schema`` ``aft_hf.benchmark``, ``schema_version`` 1)::
      "launch": {"num_processes": int, "device": str, "compiled_encoder": bool},
      "datasets": [{"name", "ref", "hub_id", "local_dir", "split", "images", "classes", "templates",
                    "image_types": {ext: n}, "shards": n, "clean_images", "robust_images",
-                   "protocol_robust_images", "in_average", "deviations": [str]}],
+                   "protocol_robust_images", "in_average", "copy_of_hub_dataset": bool,
+                   "deviations": [str]}],
      "results": {model: {dataset name: {"clean_top1", "clean_top5" (null under 5 classes),
                  "clean_mean_per_class_recall", "clean_images", "robust_top1": {"2/255": float, ...},
                  "robust_images", "clean_top1_attacked_images", "targets", "attacks", "worst_case_steps_per_image"}}},
@@ -33,6 +34,7 @@ from ..evaluate.report import SCHEMA_VERSION as EVALUATE_SCHEMA_VERSION
 from ..evaluate.runner import slug
 from ..files import WEIGHTS_HASH_KEY
 from .protocol import Protocol, budget_key
+from .suites import known_dataset
 
 SCHEMA = "aft_hf.benchmark"
 SCHEMA_VERSION = 1
@@ -42,19 +44,27 @@ REPORT_JSON, REPORT_MD, FIGURE = "report.json", "report.md", "benchmark.png"
 def dataset_entry(plan, protocol: Protocol) -> dict:
     """What report.json records of one dataset: where it came from, its size, its sample, its deviations."""
     data, req = plan.data, plan.request
-    deviations = []
+    deviations, same_classes = [], True
     if plan.clean_images < len(data):
         deviations.append(f"clean accuracy on the first {plan.clean_images} of {len(data)} test images")
     if plan.robust_images != min(req.protocol_robust_images, len(data)):
         deviations.append(f"{plan.robust_images} images attacked (protocol {req.protocol_robust_images})")
     if data.hub_id is None:
         deviations.append("a local folder, not a known Hub dataset")
+    else:  # a copy under --data-root: no copy of the Hub dataset if it is smaller than the sample or its classes differ
+        known = known_dataset(data.hub_id)
+        if len(data) < req.protocol_robust_images:
+            deviations.append(f"{len(data)} test images, fewer than the {req.protocol_robust_images} the protocol attacks: "
+                              f"not a whole copy of {data.hub_id}")
+        if known is not None and known.classes is not None and len(data.classnames) != known.classes:
+            same_classes = False
+            deviations.append(f"{len(data.classnames)} classes where {data.hub_id} has {known.classes}: not a copy of it")
     return {"name": req.name, "ref": req.ref, "hub_id": data.hub_id, "local_dir": data.local_dir,
             "split": data.split, "images": len(data), "classes": len(data.classnames),
             "templates": len(data.templates), "image_types": data.image_types, "shards": len(data.shards),
             "clean_images": plan.clean_images, "robust_images": plan.robust_images,
             "protocol_robust_images": req.protocol_robust_images, "in_average": req.in_average,
-            "deviations": deviations}
+            "copy_of_hub_dataset": data.hub_id is not None and same_classes, "deviations": deviations}
 
 
 def averages(results: dict, datasets: Sequence[dict], protocol: Protocol) -> dict:
@@ -194,7 +204,9 @@ def card_report(report: dict, model: str) -> dict:
                    "robust_top1": r["robust_top1"], "robust_attack": attack}
         subs.append({"schema_version": EVALUATE_SCHEMA_VERSION, "measured_with": "aft-hf benchmark",
                      "model": model, "text_model": report["text_model"] or model,
-                     "dataset": d["hub_id"] or d["local_dir"], "split": d["split"], "num_samples": r["clean_images"],
+                     # a folder that is no copy of the Hub dataset it stands in for is named as the folder it is
+                     "dataset": d["hub_id"] if d.get("copy_of_hub_dataset", d["hub_id"] is not None) else d["local_dir"],
+                     "split": d["split"], "num_samples": r["clean_images"],
                      "num_classes": d["classes"], "num_templates": d["templates"],
                      "class_names_source": "the dataset's classnames.txt", "seed": p["seed"],
                      "metrics": {k: v for k, v in metrics.items() if v is not None}})

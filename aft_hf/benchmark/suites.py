@@ -29,6 +29,9 @@ class SuiteDataset:
     robust_images: int = PROTOCOL_ROBUST_IMAGES
     in_average: bool = True
     """Part of the suite's average (ImageNet is reported beside the 13-dataset average, not in it)."""
+    classes: Optional[int] = None
+    """Its number of classes (``classnames.txt`` lines), where known: a local copy with another count is no copy
+    of it, and its numbers are not published as the protocol's."""
 
 
 def _wds(name: str, wds_name: str, **kw) -> SuiteDataset:
@@ -37,13 +40,15 @@ def _wds(name: str, wds_name: str, **kw) -> SuiteDataset:
 
 SUITES: dict[str, tuple[SuiteDataset, ...]] = {
     "robustvlm13": (
-        _wds("cifar10", "vtab-cifar10"), _wds("stl10", "stl10"), _wds("cifar100", "vtab-cifar100"),
-        _wds("cars", "cars"), _wds("caltech101", "vtab-caltech101"), _wds("pets", "vtab-pets"),
-        _wds("flowers", "vtab-flowers"), _wds("dtd", "vtab-dtd"), _wds("eurosat", "vtab-eurosat"),
-        _wds("fgvc_aircraft", "fgvc_aircraft"), _wds("pcam", "vtab-pcam"), _wds("imagenet-r", "imagenet-r"),
-        _wds("imagenet_sketch", "imagenet_sketch"),
+        _wds("cifar10", "vtab-cifar10", classes=10), _wds("stl10", "stl10", classes=10),
+        _wds("cifar100", "vtab-cifar100", classes=100), _wds("cars", "cars", classes=196),
+        _wds("caltech101", "vtab-caltech101"), _wds("pets", "vtab-pets", classes=37),
+        _wds("flowers", "vtab-flowers", classes=102), _wds("dtd", "vtab-dtd", classes=47),
+        _wds("eurosat", "vtab-eurosat", classes=10), _wds("fgvc_aircraft", "fgvc_aircraft", classes=100),
+        _wds("pcam", "vtab-pcam", classes=2), _wds("imagenet-r", "imagenet-r", classes=200),
+        _wds("imagenet_sketch", "imagenet_sketch", classes=1000),
     ),
-    "imagenet1k": (_wds("imagenet1k", "imagenet1k", robust_images=5000, in_average=False),),
+    "imagenet1k": (_wds("imagenet1k", "imagenet1k", robust_images=5000, in_average=False, classes=1000),),
 }
 """Suite name -> datasets, in the order the field's tables list them."""
 

@@ -281,6 +281,11 @@ def test_card_entries_per_dataset(copies, tiny_clip_path, tmp_path, single_threa
                  "--device", "cpu", "--out", str(tmp_path / "b")])
     assert code == 0
     report = json.loads((tmp_path / "b" / "report.json").read_text())
+    # a 3-class, 15-image folder under the cifar10 name is no copy of it: said, and never published as the protocol's
+    cifar10 = next(d for d in report["datasets"] if d["name"] == "cifar10")
+    assert "3 classes where clip-benchmark/wds_vtab-cifar10 has 10: not a copy of it" in cifar10["deviations"]
+    assert any(x.startswith("15 test images, fewer than the 1000") for x in cifar10["deviations"])
+    assert not report["is_protocol"]
     card_file = tmp_path / "b" / report["card_reports"][str(tiny_clip_path)]
     card = build_model_card(tiny_clip_path, "me/model", report=json.loads(card_file.read_text()))
     text = str(card)
@@ -293,11 +298,14 @@ def test_card_entries_per_dataset(copies, tiny_clip_path, tmp_path, single_threa
     from aft_hf.hub import prepare_hub_folder  # what `aft-hf push --report card_<model>.json` builds
 
     hub = prepare_hub_folder(tiny_clip_path, tmp_path / "hub", "me/model", card_file)
-    assert "### clip-benchmark/wds_vtab-cifar10" in (hub / "README.md").read_text()
-    assert (hub / "assets" / "benchmark.png").is_file()
-    cifar = [r for r in results if r.dataset_name == "clip-benchmark/wds_vtab-cifar10"]
-    assert any("APGD-CE+APGD-T" in r.metric_name and r.metric_value == report["results"][str(tiny_clip_path)]
-               ["cifar10"]["robust_top1"]["4/255"] for r in cifar)
+    readme = (hub / "README.md").read_text()
+    assert "### clip-benchmark/wds_vtab-pcam" in readme and (hub / "assets" / "benchmark.png").is_file()
+    assert any(r.metric_type == "robust_accuracy" and r.metric_value == report["results"][str(tiny_clip_path)]
+               ["pcam"]["robust_top1"]["4/255"] for r in pcam)
+    # the 3-class stand-in for cifar10 is published under no Hub dataset's name: its numbers are the folder's
+    assert cifar10["copy_of_hub_dataset"] is False
+    assert not [r for r in results if r.dataset_name == "clip-benchmark/wds_vtab-cifar10"]
+    assert "### clip-benchmark/wds_vtab-cifar10" not in readme and "wds_vtab-cifar10" in readme
 
 
 @pytest.mark.slow
