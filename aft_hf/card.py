@@ -283,6 +283,7 @@ def _method_section(recipe: dict, base: str, cls: str = "CLIPModel") -> str:
                     "effect from plain noise augmentation. It is not an adversarially trained model.")
     else:
         training = _attack_sentence(attack)
+    training += _lora_sentence(recipe.get("lora") or {})
     objective = recipe.get("objective") or EmbeddingObjective.name
     if objective != EmbeddingObjective.name:
         return _other_objective_section(objective, base, training, optim, cls)
@@ -306,6 +307,16 @@ def _method_section(recipe: dict, base: str, cls: str = "CLIPModel") -> str:
         "is why AFT gives sparser, more object-focused gradient saliency maps than the base model (the paper's "
         "finding).",
     ])
+
+
+def _lora_sentence(lora: dict) -> str:
+    """What a LoRA run trained (empty without LoRA): the weights here have the adapters merged in."""
+    if not lora.get("r"):
+        return ""
+    modules = ", ".join(f"`{m}`" for m in lora.get("target_modules") or [])
+    return (f" Only LoRA adapters were trained (peft; rank {lora['r']}, alpha {_fmt(lora.get('alpha'))}"
+            + (f", on {modules}" if modules else "") + "); the weights in this repository have them merged in, so "
+            "they load without peft" + ("; the adapter alone is in `adapter/`." if lora.get("save_adapter") else "."))
 
 
 def _other_objective_section(objective: str, base: str, training: str, optim: dict, cls: str) -> str:
@@ -345,7 +356,8 @@ def _recipe_section(recipe: dict) -> str:
             f"Exactly as in `{CONFIG_FILE}` in this repository (budgets `eps`, `eps2`, `alpha`, `noise_std` in "
             "1/255 pixel units; pixels in [0, 1], the checkpoint's own mean/std normalisation inside the model):", "",
             "| parameter | value |", "|---|---|"]
-    for section in RECIPE_SECTIONS:
+    sections = RECIPE_SECTIONS + (("lora",) if (recipe.get("lora") or {}).get("r") else ())
+    for section in sections:
         for key, value in (recipe.get(section) or {}).items():
             if isinstance(value, str) and _is_local_path(value):
                 value = display_ref(value)

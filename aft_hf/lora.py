@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from torch import nn
 
@@ -84,12 +84,15 @@ def merged_copy(vision: nn.Module) -> nn.Module:
     return merged
 
 
-def save_adapter(vision: nn.Module, base_vision: nn.Module, cfg: LoraConfig, out_dir: Union[str, Path]) -> Path:
+def save_adapter(vision: nn.Module, base_vision: nn.Module, cfg: LoraConfig, out_dir: Union[str, Path],
+                 base_model: Optional[str] = None) -> Path:
     """Write the adapter of ``vision`` in peft's format to ``out_dir``.
 
     ``base_vision`` is the tower without adapters (the frozen original); a copy of it is wrapped in a
     ``PeftModel`` and given the trained adapter weights, so the folder loads back with
     ``PeftModel.from_pretrained(CLIPVisionModelWithProjection.from_pretrained(base), out_dir)``.
+    ``base_model`` (the Hub id trained from) goes into ``adapter_config.json`` and the folder's README, as
+    peft's ``base_model_name_or_path``; a local folder's path is left out (it means nothing elsewhere).
     """
     peft = _peft()
     state = peft.get_peft_model_state_dict(vision)
@@ -97,7 +100,19 @@ def save_adapter(vision: nn.Module, base_vision: nn.Module, cfg: LoraConfig, out
     result = peft.set_peft_model_state_dict(wrapped, {PEFT_PREFIX + k: v for k, v in state.items()})
     if getattr(result, "unexpected_keys", None):
         raise LoraError(f"adapter weights did not fit the base tower: {result.unexpected_keys[:3]}")
+    local = base_model is None or Path(base_model).expanduser().exists() or base_model.count("/") > 1 \
+        or base_model.startswith((".", "/", "~", "\\", "builtin:"))
+    hub_id = None if local else base_model
+    wrapped.peft_config["default"].base_model_name_or_path = hub_id
     wrapped.save_pretrained(str(out_dir))
+    base = f"`{hub_id}`" if hub_id else "the base model this run was trained from"
+    (Path(out_dir) / "README.md").write_text(  # instead of peft's empty template
+        f"# LoRA adapter of an AFT run\n\nThe LoRA adapter (rank {cfg.r}, alpha {cfg.alpha:g}, on "
+        f"{', '.join(cfg.target_modules)}) trained by `aft_hf` on the vision tower of {base}. The folder above holds "
+        "the same model with the adapter merged in; to use the adapter itself:\n\n```python\n"
+        "from peft import PeftModel\nfrom transformers import CLIPVisionModelWithProjection\n\n"
+        f"base = CLIPVisionModelWithProjection.from_pretrained({hub_id or 'BASE'!r})\n"
+        "model = PeftModel.from_pretrained(base, 'adapter')\n```\n")
     return Path(out_dir)
 
 

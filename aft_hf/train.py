@@ -493,7 +493,8 @@ class TrainingLoop:
             export_pretrained(self.unwrapped, final, extra_files={CONFIG_FILE: self.cfg.to_yaml()},
                               revision=self.cfg.model.revision)
             if self.cfg.lora.r > 0 and self.cfg.lora.save_adapter:
-                save_adapter(self.unwrapped.vision, self.frozen.vision, self.cfg.lora, final / "adapter")
+                save_adapter(self.unwrapped.vision, self.frozen.vision, self.cfg.lora, final / "adapter",
+                             base_model=self.cfg.model.name_or_path)
             summary = {"steps": progress.step, "num_processes": acc.num_processes,
                        "images_seen_per_process": progress.images_seen_per_process,
                        "images_seen": sum(progress.images_seen_per_process), "skipped_images": skipped,

@@ -1,6 +1,8 @@
 """LoRA through peft: only adapters train, final/ is merged and loads without peft, the adapter on
 request loads with peft, a resume is bitwise, and bad settings are named."""
 
+import json
+
 import pytest
 import torch
 from transformers import CLIPVisionModelWithProjection
@@ -74,6 +76,31 @@ def test_training_writes_the_adapter_on_request(tiny_clip_path, tmp_path, single
     final = train(_cfg(tiny_clip_path, data, tmp_path / "run", "--max_steps", "1", "--lora.save_adapter"))
     assert (final / "adapter" / "adapter_config.json").is_file()
     assert (final / "adapter" / "adapter_model.safetensors").is_file()
+    # the adapter says what it is (peft's README template would not); a local base's path is not written into it
+    readme = (final / "adapter" / "README.md").read_text()
+    assert "LoRA adapter of an AFT run" in readme and "PeftModel.from_pretrained" in readme
+    assert json.loads((final / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] is None
+    assert str(tiny_clip_path) not in readme
+    # the card of the merged model says that only adapters were trained, and lists the lora settings
+    from aft_hf.card import build_model_card
+
+    card = str(build_model_card(final, "me/model"))
+    assert "Only LoRA adapters were trained (peft; rank 4" in card and "the adapter alone is in `adapter/`" in card
+    assert "| `lora.r` | 4 |" in card
+
+
+def test_saved_adapter_names_a_hub_base_model(tiny_clip_path, tmp_path):
+    """With a Hub id as the base, adapter_config.json names it (peft's base_model_name_or_path) and so does its README."""
+    from aft_hf.config import LoraConfig
+
+    encoder = load_image_encoder(str(tiny_clip_path))
+    base_vision = encoder.frozen_copy().vision
+    lora = LoraConfig(r=2)
+    apply_lora(encoder.vision, lora)
+    folder = save_adapter(encoder.vision, base_vision, lora, tmp_path / "adapter", base_model="openai/clip-vit-base-patch32")
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        "openai/clip-vit-base-patch32"
+    assert "from_pretrained('openai/clip-vit-base-patch32')" in (folder / "README.md").read_text()
 
 
 
