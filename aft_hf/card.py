@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence, Union
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .constants import CONFIG_FILE, IMPORT_FILE  # noqa: F401  (provenance of a converted checkpoint; card.IMPORT_FILE stays)
+from .constants import CONFIG_CHANGES_FILE, CONFIG_FILE, IMPORT_FILE  # noqa: F401  (provenance of a converted checkpoint; card.IMPORT_FILE stays)
 from .constants import VERSION as __version__
 from .errors import AftError
 from .objectives import OBJECTIVES, EmbeddingObjective
@@ -351,7 +351,7 @@ USE_TEXT = {
 }
 
 
-def _recipe_section(recipe: dict) -> str:
+def _recipe_section(recipe: dict, changes: Optional[list] = None) -> str:
     rows = ["## Training recipe", "",
             f"Exactly as in `{CONFIG_FILE}` in this repository (budgets `eps`, `eps2`, `alpha`, `noise_std` in "
             "1/255 pixel units; pixels in [0, 1], the checkpoint's own mean/std normalisation inside the model):", "",
@@ -364,6 +364,10 @@ def _recipe_section(recipe: dict) -> str:
             rows.append(f"| `{section}.{key}` | {_fmt(value)} |")
     if "seed" in recipe:
         rows.append(f"| `seed` | {_fmt(recipe['seed'])} |")
+    if changes:  # a resume with --allow_config_change: the table holds the last values
+        rows += ["", f"The run was resumed with changed settings (`{CONFIG_CHANGES_FILE}`); the table shows the values "
+                 "in force at the end:"] + [f"- from step {c.get('step')}: {'; '.join(map(str, c.get('changes') or []))}"
+                                           for c in changes if isinstance(c, dict)]
     return "\n".join(rows)
 
 
@@ -612,7 +616,9 @@ def build_model_card(folder: Union[str, Path], repo_id: Optional[str] = None, re
         intro = "A CLIP model exported with `aft_hf`."
     sections = [f"# {model_name}", "", intro, "", arch]
     if recipe is not None:
-        sections += ["", _method_section(recipe, base_text, cls), "", _recipe_section(recipe)]
+        changes = _read_json(folder / CONFIG_CHANGES_FILE)
+        sections += ["", _method_section(recipe, base_text, cls), "",
+                     _recipe_section(recipe, changes if isinstance(changes, list) else None)]
     if imported is not None:
         sections += ["", _import_section(imported)]
     results_text = _results_section(report) if report else None

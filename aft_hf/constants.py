@@ -26,3 +26,7 @@ REPORT_SCHEMA_VERSION = 1
 
 CONFIG_FILE = "aft_config.yaml"
 """The resolved training config, saved in every checkpoint and exported folder (the recipe a card shows)."""
+
+CONFIG_CHANGES_FILE = "config_changes.json"
+"""Beside ``aft_config.yaml`` in ``final/`` when a resume changed settings: ``[{"step": N, "changes": [...]}]``
+(``aft_config.yaml`` holds the last values only)."""

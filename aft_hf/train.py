@@ -37,7 +37,7 @@ from .checkpointing import (  # noqa: F401
     save_checkpoint,
 )
 from .config import ConfigError, TrainConfig
-from .constants import CONFIG_FILE
+from .constants import CONFIG_CHANGES_FILE, CONFIG_FILE
 from .data import build_dataloader, epoch_position, image_geometry, resume_position, stream_positions, watch_stalls
 from .files import write_json
 from .guards import NonFiniteGuard, StopOnSignal, TrainingStopped, preflight, require_finite_weights
@@ -490,8 +490,10 @@ class TrainingLoop:
         require_finite_weights(self.unwrapped, "final/")
         skipped = acc.gather(torch.tensor([progress.skipped_images], device=acc.device)).sum().item()
         if acc.is_main_process:
-            export_pretrained(self.unwrapped, final, extra_files={CONFIG_FILE: self.cfg.to_yaml()},
-                              revision=self.cfg.model.revision)
+            extra = {CONFIG_FILE: self.cfg.to_yaml()}
+            if progress.config_changes:  # aft_config.yaml holds the last values: the card also says what changed when
+                extra[CONFIG_CHANGES_FILE] = json.dumps(progress.config_changes, indent=2)
+            export_pretrained(self.unwrapped, final, extra_files=extra, revision=self.cfg.model.revision)
             if self.cfg.lora.r > 0 and self.cfg.lora.save_adapter:
                 save_adapter(self.unwrapped.vision, self.frozen.vision, self.cfg.lora, final / "adapter",
                              base_model=self.cfg.model.name_or_path)

@@ -98,6 +98,23 @@ def test_resume_past_max_steps_is_refused_and_the_run_is_kept(tiny_clip_path, nu
     assert [p.name for p in (out / "checkpoints").glob("step_*")] == ["step_00000002"]
 
 
+def test_settings_changed_on_resume_reach_the_exported_folder_and_its_card(tiny_clip_path, numbered, tmp_path):
+    """aft_config.yaml holds the last values; what a resume changed (and from which step) is exported beside it and
+    said on the card, so the card does not present the last learning rate as the whole run's."""
+    from aft_hf.card import build_model_card
+
+    out = tmp_path / "run"
+    train(cfg_for(tiny_clip_path, numbered, out, "--max_steps", "2", "--optim.batch_size", "4",
+                  "--checkpointing_steps", "1"))
+    assert not (out / "final" / "config_changes.json").exists()
+    train(cfg_for(tiny_clip_path, numbered, out, "--max_steps", "3", "--optim.batch_size", "4", "--lr", "5e-5",
+                  "--resume_from_checkpoint", "latest", "--allow_config_change"))
+    changes = json.loads((out / "final" / "config_changes.json").read_text())
+    assert [c["step"] for c in changes] == [2] and any("lr" in x for x in changes[0]["changes"])
+    card = str(build_model_card(out / "final", "me/model"))
+    assert "The run was resumed with changed settings" in card and "- from step 2:" in card
+
+
 def test_epoch_position_and_sampler():
     assert epoch_position([8, 8], 8, 2) == 16  # every process's count, summed
     assert epoch_position(None, 6, 2) == 12  # an older checkpoint: this process's count x processes
