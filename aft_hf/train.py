@@ -227,8 +227,9 @@ def find_resume_point(cfg: TrainConfig, output_dir: Path) -> tuple[Optional[Path
     """The checkpoint to resume from (validated, config compared) and its progress."""
     found = resolve_checkpoint(cfg.checkpoint.resume_from_checkpoint, output_dir)
     if found is None:
-        if cfg.checkpoint.resume_from_checkpoint == "latest":
-            logger.info("no checkpoint under %s yet: starting from scratch", output_dir, main_process_only=True)
+        if cfg.checkpoint.resume_from_checkpoint == "latest":  # a warning: a mistyped output_dir also lands here
+            logger.warning("no checkpoint under %s yet: starting from scratch (resume_from_checkpoint latest)",
+                           output_dir, main_process_only=True)
         return None, Progress()
     path, progress = found
     if progress.step > cfg.optim.max_steps:  # it would train nothing and export the checkpoint as a shorter run

@@ -124,7 +124,7 @@ class TrainEvaluator:
         self.images, raw_labels, feature, self.split = load_eval_images(cfg, image_geometry(encoder))
         self.labels, self.class_weights, self.logit_scale, why = _zero_shot(cfg, encoder, raw_labels, feature)
         self.history: list[dict] = []
-        logger.info("eval: %d held-out images (split '%s') every %d steps: %s", len(self.images), self.split,
+        logger.info("eval: %d images (split '%s') every %d steps: %s", len(self.images), self.split,
                     cfg.eval.every_steps, "embedding distance and zero-shot accuracy" if why == "" else
                     f"embedding distance only, no zero-shot accuracy because {why}")
 

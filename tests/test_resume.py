@@ -115,6 +115,17 @@ def test_settings_changed_on_resume_reach_the_exported_folder_and_its_card(tiny_
     assert "The run was resumed with changed settings" in card and "- from step 2:" in card
 
 
+def test_resume_latest_without_a_checkpoint_warns(tiny_clip_path, numbered, tmp_path, caplog):
+    """--resume_from_checkpoint latest into an output_dir with no checkpoint (a first launch, or a mistyped folder)
+    starts from scratch with a warning, not an INFO line a user would miss."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="aft_hf.train"):
+        train(cfg_for(tiny_clip_path, numbered, tmp_path / "run_typo", "--max_steps", "1", "--optim.batch_size", "4",
+                      "--resume_from_checkpoint", "latest"))
+    assert any(r.levelno == logging.WARNING and "no checkpoint under" in r.getMessage() for r in caplog.records)
+
+
 def test_epoch_position_and_sampler():
     assert epoch_position([8, 8], 8, 2) == 16  # every process's count, summed
     assert epoch_position(None, 6, 2) == 12  # an older checkpoint: this process's count x processes

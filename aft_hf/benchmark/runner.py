@@ -198,11 +198,28 @@ def check_settings(out: Path, settings: dict, write: bool = True) -> None:
     path = out / STATE_DIR / SETTINGS_FILE
     saved = read_json(path)
     if saved is not None and saved != settings:
-        changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
-        raise BenchmarkError(f"'{out}' holds a benchmark run with other settings ({', '.join(changed)}): "
-                             "resume with the same options or use another --out")
+        raise BenchmarkError(f"'{out}' holds a benchmark run with other settings ({'; '.join(_differences(saved, settings))}):"
+                             " resume with the same options or use another --out")
     if saved is None and write:
         write_json(path, settings)
+
+
+def _differences(saved: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key: saved -> new`` for each setting that differs, nested dicts by their dotted keys, long values cut."""
+    def show(value) -> str:
+        text = json.dumps(value) if value is not None else "(none)"
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    out = []
+    for key in sorted(set(saved) | set(new)):
+        old_value, new_value = saved.get(key), new.get(key)
+        if old_value == new_value:
+            continue
+        if isinstance(old_value, dict) and isinstance(new_value, dict):
+            out += _differences(old_value, new_value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}: {show(old_value)} -> {show(new_value)}")
+    return out
 
 
 __all__ = ["BatchWork", "DatasetPlan", "DatasetRequest", "LOGIT_SCALE", "check_settings", "cost_lines",

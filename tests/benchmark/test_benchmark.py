@@ -259,9 +259,10 @@ def test_killed_run_resumes_to_the_same_report(copies, tiny_clip_path, tmp_path,
     resumed = run_benchmark([str(tiny_clip_path)], requests, tmp_path / "cut", protocol, print_fn=lambda s: None)
     assert calls[6:] == [1]  # only the batch in flight was redone (batch 0 of binary was saved)
     assert _strip(resumed) == _strip(full)
-    with pytest.raises(BenchmarkError, match="other settings"):
+    with pytest.raises(BenchmarkError, match="other settings") as refused:
         run_benchmark([str(tiny_clip_path)], requests, tmp_path / "cut", Protocol(eps=(2,), robust_images=6, **CHEAP),
                       print_fn=lambda s: None)
+    assert "protocol.eps: [4.0] -> [2.0]" in str(refused.value)  # which value, old and new
 
 
 @pytest.mark.slow
