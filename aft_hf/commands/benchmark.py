@@ -7,9 +7,13 @@ models over a named suite or the user's webdataset copies.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from pathlib import Path
+from typing import Iterator
 
-from ..benchmark.errors import BenchmarkError
+from ..benchmark.errors import BenchmarkError, BenchmarkStopped
 from ..benchmark.protocol import Protocol
 from ..benchmark.runner import DatasetRequest
 from ..benchmark.suites import SUITES, suite_datasets
@@ -68,6 +72,32 @@ def _requests(args) -> list[DatasetRequest]:
     return [DatasetRequest.from_ref(ref) for ref in args.datasets]
 
 
+class _Signalled(KeyboardInterrupt):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_signalled(signum, frame) -> None:
+    raise _Signalled(signum)
+
+
+@contextlib.contextmanager
+def _stop_on_signal(out: str) -> Iterator[None]:
+    """Ctrl-C or SIGTERM (a scheduler's pre-emption) ends the run in one line saying how to resume, instead of a
+    traceback or a silent exit: the batch in flight is dropped, every finished one is on disk already."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_signalled)
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        raise BenchmarkStopped(getattr(e, "signum", signal.SIGINT), out) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def _cli_benchmark(args, extra) -> int:
     from ..benchmark.run import run_benchmark
     from ..explain.options import check_output_folder
@@ -86,8 +116,9 @@ def _cli_benchmark(args, extra) -> int:
 
         if not torch.cuda.is_available():
             raise BenchmarkError("--device cuda: no CUDA device is available here; use --device cpu (or auto)")
-    report = run_benchmark(args.model, _requests(args), args.out, protocol, args.text_model, args.data_root,
-                           args.split, args.device, compile_encoder=args.compile)
+    with _stop_on_signal(args.out):
+        report = run_benchmark(args.model, _requests(args), args.out, protocol, args.text_model, args.data_root,
+                               args.split, args.device, compile_encoder=args.compile)
     if report is not None and report.get("complete"):
         print(f"report: {args.out}/report.md" + ("" if report["is_protocol"] else " (not the protocol's numbers: "
                                                  + "; ".join(report["deviations"]) + ")"))

@@ -495,3 +495,38 @@ def test_compiled_encoder_runs_compiled_is_recorded_and_resumes_either_way(copie
                "2", "--ce-restarts", "1", "--targets", "1", "--robust-images", "6", "--batch-size", "4",
                "--out", str(out)])  # the same run, resumed without --compile: accepted (all done already)
     assert rc == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_run_in_one_line_and_the_same_command_resumes(copies, tiny_clip_path, tmp_path, capsys,
+                                                                          monkeypatch, single_thread, signum):
+    """A scheduler's SIGTERM or a Ctrl-C mid-run: exit 128 + signal with one line saying how to resume (no traceback,
+    no silent 143); the same command then finishes without redoing the saved batches."""
+    import signal
+
+    from aft_hf.benchmark import runner
+
+    three, _ = copies
+    args = ["benchmark", "--model", str(tiny_clip_path), "--datasets", str(three), "--eps", "4", "--iterations", "2",
+            "--ce-restarts", "1", "--targets", "2", "--robust-images", "4", "--batch-size", "4", "--device", "cpu",
+            "--out", str(tmp_path / "b")]
+    real, calls, sent = runner.BatchWork.compute, [], []
+
+    def signalled_on_the_second_batch(self, b):
+        calls.append(b)
+        if len(calls) == 2 and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), getattr(signal, signum))
+        return real(self, b)
+
+    monkeypatch.setattr(runner.BatchWork, "compute", signalled_on_the_second_batch)
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 128 + getattr(signal, signum) and "Traceback" not in err  # (stderr also holds progress bars)
+    assert err.splitlines()[-1] == (f"aft-hf benchmark: error: stopped by {signum}: every finished batch is saved in "
+                                    f"'{tmp_path / 'b'}'; run the same command to resume")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is given back
+    calls.clear()
+    assert main(args) == 0 and json.loads((tmp_path / "b" / "report.json").read_text())["complete"]
+    assert calls and calls[0] == 1  # resumed at the batch in flight: batch 0 was saved
