@@ -39,12 +39,13 @@ from .checkpointing import (  # noqa: F401
 from .config import ConfigError, TrainConfig
 from .constants import CONFIG_CHANGES_FILE, CONFIG_FILE
 from .data import build_dataloader, epoch_position, image_geometry, resume_position, stream_positions, watch_stalls
+from .errors import AftError
 from .files import write_json
 from .guards import NonFiniteGuard, StopOnSignal, TrainingStopped, preflight, require_finite_weights
 from .hub_sync import HubSync
 from .launch import apply_launch, check_training_environment, run_info
 from .lora import apply_lora, save_adapter, trainable_parameters
-from .model import ImageEncoder, ModelLoadError, export_pretrained, load_image_encoder, load_model_config
+from .model import ImageEncoder, export_pretrained, load_image_encoder, load_model_config
 from .objective_setup import build_objective
 from .objectives import EmbeddingObjective, Objective
 from .resume import apply_optim_config, check_resume_config
@@ -277,22 +278,27 @@ def load_checkpoint(accelerator: Accelerator, path: Path, optimizer, scheduler, 
 def train(cfg: TrainConfig) -> Path:
     """Run AFT as configured; returns the exported folder ``<output_dir>/final``.
 
-    Raises :class:`~aft_hf.guards.TrainingStopped` after a SIGTERM/SIGINT (checkpoint saved).
+    Raises :class:`~aft_hf.guards.TrainingStopped` after a SIGTERM/SIGINT (checkpoint saved). A run refused before
+    it wrote anything (a mistyped model or data set) leaves no empty output folder behind.
     """
-    check_training_environment(cfg)  # missing tracker, fp16 on CPU, FSDP/DeepSpeed: refused before anything loads
     output_dir = Path(cfg.checkpoint.output_dir)
     fresh_dir = not output_dir.exists()
+    try:
+        return _train(cfg, output_dir)
+    except AftError:
+        if fresh_dir:
+            with contextlib.suppress(OSError):
+                output_dir.rmdir()  # only if still empty
+        raise
+
+
+def _train(cfg: TrainConfig, output_dir: Path) -> Path:
+    check_training_environment(cfg)  # missing tracker, fp16 on CPU, FSDP/DeepSpeed: refused before anything loads
     accelerator = build_accelerator(cfg, output_dir)
     apply_launch(cfg, accelerator)  # records the effective precision and global batch in cfg
     batch_size = per_device_batch_size(cfg, accelerator.num_processes)
     preflight(cfg, accelerator)  # writable output, hub reachable + token, no foreign checkpoints
-    try:  # the model's config (no weights): a mistyped model fails here, leaving no empty output folder
-        load_model_config(cfg.model.name_or_path, cfg.model.revision)
-    except ModelLoadError:
-        if fresh_dir and accelerator.is_main_process:
-            with contextlib.suppress(OSError):
-                output_dir.rmdir()  # only if still empty
-        raise
+    load_model_config(cfg.model.name_or_path, cfg.model.revision)  # no weights: a mistyped model fails fast
     resume_path, progress = find_resume_point(cfg, output_dir)
     set_seed(cfg.seed, device_specific=True)
 

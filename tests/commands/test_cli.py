@@ -288,3 +288,15 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(command, ins
     expected = "is a file, so no folder can be made there" if inside else "is a file, not a folder"
     assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
     assert blocker.read_text() == "keep me"
+
+
+def test_a_run_refused_for_its_data_leaves_no_empty_output_folder(tmp_path, capsys):
+    """A mistyped data set is found after the output folder's write check: the refusal removes the folder it made
+    (still empty), so no empty ``out/`` is left to be mistaken for a run."""
+    code, _, err = run_cli(_train_args(tmp_path, "--data.dataset", str(tmp_path / "no-such-images")), capsys)
+    assert code == 2 and "there is no folder" in err
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "kept").mkdir()  # a folder that existed before the run is never removed
+    code, _, _ = run_cli(["train", "--config", "tiny_offline", "--output_dir", str(tmp_path / "kept"),
+                          "--data.dataset", str(tmp_path / "no-such-images")], capsys)
+    assert code == 2 and (tmp_path / "kept").is_dir()
