@@ -9,6 +9,7 @@ import enum
 import importlib.util
 import os
 import sys
+import tempfile
 import types
 
 # Forced, not defaulted: a shell with HF_HUB_OFFLINE=0 must not let the tests reach for the network.
@@ -16,10 +17,18 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest
-import torch
+# torch.compile's on-disk cache does not key on the instruction sets forced by these variables: a kernel compiled in
+# a native run, reused in a run with AVX2 forced on the same machine, gave NaN (measured 2026-12-06). Each forced
+# setting gets its own cache folder (unless one is set), so the two runs of the suite never share compiled code.
+_ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+if any(os.environ.get(v) for v in _ISA_VARIABLES) and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _isa = "-".join(os.environ.get(v, "native") for v in _ISA_VARIABLES).lower()
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"torchinductor_aft_hf_{_isa}")
 
-from tests.image_helpers import write_png_folder
+import pytest  # noqa: E402 (after the environment above)
+import torch  # noqa: E402
+
+from tests.image_helpers import write_png_folder  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
