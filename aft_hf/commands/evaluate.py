@@ -299,6 +299,7 @@ def _write_comparison(reports: dict, folders: dict, out: Path) -> None:
     its sub-folder). ``aft-hf push --report`` picks the pushed folder's row from it by the weights hash."""
     from urllib.parse import quote
 
+    from ..evaluate.report import format_value
     from ..evaluate.runner import curve_figures
     from ..figures import metric_curves
     from ..files import write_json
@@ -314,14 +315,14 @@ def _write_comparison(reports: dict, folders: dict, out: Path) -> None:
             for s in r.scalars:
                 if s.method is None and not s.baseline:
                     columns[(s.quantity, s.setting)] = None
-                    values[(k, s.quantity, s.setting)] = s.value
+                    values[(k, s.quantity, s.setting)] = s
     names = [f"{q} @ {st}" if st else q for q, st in columns]
     lines = ["# Model comparison", "", "| label | model | text tower | " + " | ".join(names) + " |",
              "|---|---|---|" + "---|" * len(names)]
     for k, r in reports.items():
         cells = [values.get((k, q, st)) for q, st in columns]
         lines.append(f"| {k} | `{r.get('model')}` | `{r.get('text_model')}` | "
-                     + " | ".join("n/a" if v is None else f"{v:.3f}" for v in cells) + " |")
+                     + " | ".join("n/a" if v is None else format_value(v) for v in cells) + " |")  # as report.md
     lines += ["", "Per-model reports: " + ", ".join(f"[{k}]({quote(folders[k])}/report.md)" for k in reports), ""]
     (out / "comparison.md").write_text("\n".join(lines))
     rows = [{**r, "figures": {n: f"{folders[k]}/{f}" for n, f in (r.get("figures") or {}).items()}}

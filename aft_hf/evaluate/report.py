@@ -65,7 +65,8 @@ from ..results import Scalar, report_results
 SCHEMA_VERSION = REPORT_SCHEMA_VERSION
 
 
-def _value(scalar: Scalar) -> str:
+def format_value(scalar: Scalar) -> str:
+    """A scalar as the reports print it: a fraction marked ``percent`` as ``76.6%``, other floats to 3 decimals."""
     v = scalar.value
     if v is None:
         return "n/a"
@@ -83,7 +84,7 @@ def markdown(report: dict) -> str:
     plain = [s for r in results.values() for s in r.scalars if s.method is None]
     if plain:
         lines += ["## Results", "", "| metric | setting | value |", "|---|---|---|"]
-        lines += [f"| {s.quantity} | {s.setting or ''} | {_value(s)} |" for s in plain]
+        lines += [f"| {s.quantity} | {s.setting or ''} | {format_value(s)} |" for s in plain]
         lines.append("")
     per_method = [s for r in results.values() for s in r.scalars if s.method is not None]
     if per_method:
@@ -93,7 +94,7 @@ def markdown(report: dict) -> str:
         cols = list(dict.fromkeys(cols))
         rows: dict[str, dict[str, str]] = {}
         for s in per_method:
-            rows.setdefault(s.row or s.quantity, {})[s.method] = _value(s)
+            rows.setdefault(s.row or s.quantity, {})[s.method] = format_value(s)
         lines += ["## Attribution quality", "", "| metric | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         lines += [f"| {name} | " + " | ".join(vals.get(c, "") for c in cols) + " |" for name, vals in rows.items()]
         lines.append("")

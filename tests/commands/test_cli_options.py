@@ -115,6 +115,9 @@ def test_each_full_clip_uses_its_own_text_tower(two_clips, shapes, tmp_path, cap
     assert beside[str(b)]["metrics"] == alone["metrics"]  # B scores the same alone and beside A
     comparison = (tmp_path / "both" / "comparison.md").read_text()
     assert f"| `{a}` |" in comparison and f"| `{b}` |" in comparison
+    accuracy = f"{100 * alone['metrics']['zeroshot_top1']:.1f}%"  # printed as report.md prints it
+    assert accuracy in (tmp_path / "alone" / "report.md").read_text()
+    assert f"| `{b}` | `{b}` | {accuracy} |" in comparison
     out = tmp_path / "explain"
     assert main(["explain", "--model", str(a), "--model", str(b), "--images", str(shapes), "--max-images", "2",
                  "--methods", "saliency", "--out", str(out)]) == 0
