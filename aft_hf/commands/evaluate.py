@@ -234,18 +234,16 @@ def _cli_evaluate(args, extra) -> int:
     several = len(args.model) > 1
     labels = model_labels(args.model, args.label)
     folders = dict(zip(labels, model_folders(labels))) if several else {labels[0]: ""}
-    reports = {}
+    reports, prepared = {}, {size: data}  # images prepared once per geometry, however many models share it
     for name, label, encoder, text, text_source in zip(args.model, labels, encoders, texts, text_sources):
-        if image_geometry(encoder) != size:
-            logger.warning("model %s prepares images differently (%r); they are prepared again for it", name,
-                           image_geometry(encoder))
-            data_m = load_labelled_images(args.dataset, image_geometry(encoder), args.split, args.data_dir, args.config_name,
-                                          args.image_column, args.label_column, args.max_samples, args.streaming,
-                                          args.seed, args.mask_column, args.box_column,
-                                          max_bad_fraction=args.max_bad_fraction, box_format=args.box_format,
-                                          box_units=args.box_units)
-        else:
-            data_m = data
+        geometry = image_geometry(encoder)
+        if geometry not in prepared:
+            logger.warning("model %s prepares images differently (%r); they are prepared again for it", name, geometry)
+            prepared[geometry] = load_labelled_images(
+                args.dataset, geometry, args.split, args.data_dir, args.config_name, args.image_column,
+                args.label_column, args.max_samples, args.streaming, args.seed, args.mask_column, args.box_column,
+                max_bad_fraction=args.max_bad_fraction, box_format=args.box_format, box_units=args.box_units)
+        data_m = prepared[geometry]
         info = {"model": name, "label": label, WEIGHTS_HASH_KEY: tower_weights_sha256(encoder.vision.state_dict()),
                 "text_model": text_source, "dataset": args.dataset, "split": data_m.split,
                 "skipped_images": data_m.skipped, "class_names_source": source}

@@ -154,3 +154,21 @@ def test_a_model_that_cannot_be_read_is_named_as_such(tmp_path, capsys, shapes, 
     assert main([command, "--model", str(tmp_path / "no_such_model"), *data, "--out", str(tmp_path / "o")]) == 2
     err = _error(capsys)
     assert "no_such_model': no such folder" in err and "--text-model" not in err
+
+
+@pytest.mark.slow
+def test_models_sharing_a_geometry_share_the_prepared_images(shapes, tmp_path, caplog):
+    """Three models, the last two at another size than the first: the images are prepared again once for that size
+    (one warning), not once per model."""
+    import logging
+
+    from aft_hf.model import save_tiny_clip
+
+    small = save_tiny_clip(tmp_path / "small")
+    large = [save_tiny_clip(tmp_path / f"large{i}", seed=i, image_size=48) for i in range(2)]
+    with caplog.at_level(logging.WARNING):
+        assert main(["evaluate", "--model", str(small), "--model", str(large[0]), "--model", str(large[1]),
+                     "--dataset", str(shapes), "--metrics", "zeroshot", "--methods", "saliency",
+                     "--out", str(tmp_path / "three")]) == 0
+    again = [r.getMessage() for r in caplog.records if "prepares images differently" in r.getMessage()]
+    assert len(again) == 1 and str(large[0]) in again[0]
