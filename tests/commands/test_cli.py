@@ -191,12 +191,15 @@ def test_fp16_on_cpu_is_refused(tmp_path, monkeypatch, capsys):
 
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused only on a CPU device")
-def test_evaluate_refuses_fp16_on_cpu_before_loading_anything(tmp_path, capsys):
-    """``aft-hf evaluate --mixed-precision fp16`` on CPU stops with the other option problems, before a model loads
-    (the model named here does not exist: a late check would fail on loading it instead)."""
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_evaluate_refuses_fp16_on_cpu_before_loading_anything(tmp_path, capsys, monkeypatch, device):
+    """``aft-hf evaluate --mixed-precision fp16`` on CPU (asked for, or ``auto`` on a machine made to look GPU-less)
+    stops with the other option problems, before a model loads (the model named here does not exist: a late check
+    would fail on loading it instead)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     code, _, err = run_cli(["evaluate", "--model", str(tmp_path / "no-model"), "--dataset", str(tmp_path),
-                            "--metrics", "robust", "--mixed-precision", "fp16", "--out", str(tmp_path / "out")], capsys)
+                            "--metrics", "robust", "--mixed-precision", "fp16", "--device", device,
+                            "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and "--mixed-precision fp16 is not supported on CPU" in err and "no-model" not in err
 
 
