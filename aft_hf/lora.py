@@ -100,9 +100,9 @@ def save_adapter(vision: nn.Module, base_vision: nn.Module, cfg: LoraConfig, out
     result = peft.set_peft_model_state_dict(wrapped, {PEFT_PREFIX + k: v for k, v in state.items()})
     if getattr(result, "unexpected_keys", None):
         raise LoraError(f"adapter weights did not fit the base tower: {result.unexpected_keys[:3]}")
-    local = base_model is None or Path(base_model).expanduser().exists() or base_model.count("/") > 1 \
-        or base_model.startswith((".", "/", "~", "\\", "builtin:"))
-    hub_id = None if local else base_model
+    from .card import hub_id_of
+
+    hub_id = hub_id_of(base_model)
     wrapped.peft_config["default"].base_model_name_or_path = hub_id
     wrapped.save_pretrained(str(out_dir))
     base = f"`{hub_id}`" if hub_id else "the base model this run was trained from"

@@ -7,7 +7,7 @@ Each lever is a ``perf.*`` config switch, equivalence-tested against the plain p
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -106,12 +106,11 @@ when the whole layer runs) and torch's module tracker (global hooks of ``FlopCou
 which note which module runs, not what it returns)."""
 
 
-def _watched(layer: nn.Module) -> bool:
+def _watched(layer: nn.Module, ancestors: Sequence[nn.Module] = ()) -> bool:
     """True when a hook (other than :data:`_HARMLESS_HOOKS`) could see the layer's short output: one on
-    ``layer`` or any module inside it, on a module between the tower and the layer (they see the tower's
-    ``last_hidden_state``; recorded by :func:`class_token_last_layer` as ``_class_token_ancestors``), or a global
-    module hook (``torch.nn.modules.module.register_module_forward_hook`` and its kin)."""
-    ancestors = getattr(layer, "_class_token_ancestors", ())
+    ``layer`` or any module inside it, on one of ``ancestors`` (the modules between the tower and the layer: they
+    see the tower's ``last_hidden_state``), or a global module hook (``torch.nn.modules.module.register_module_forward_hook``
+    and its kin)."""
     for sub in (*layer.modules(), *ancestors):
         for hooks in (sub._forward_hooks, sub._forward_pre_hooks, sub._backward_hooks, sub._backward_pre_hooks):
             if any(getattr(hook, "__module__", None) not in _HARMLESS_HOOKS for hook in hooks.values()):
@@ -141,7 +140,7 @@ class ClassTokenLastLayer(CLIPEncoderLayer):
 
     def forward(self, hidden_states: Tensor, attention_mask: Optional[Tensor] = None, **kwargs) -> Tensor:
         if (attention_mask is not None or kwargs.get("output_hidden_states") or kwargs.get("output_attentions")
-                or _watched(self)):
+                or _watched(self, getattr(self, "_class_token_ancestors", ()))):
             return super().forward(hidden_states, attention_mask, **kwargs)
         attn = self.self_attn
         normed = self.layer_norm1(hidden_states)
@@ -157,24 +156,23 @@ class ClassTokenLastLayer(CLIPEncoderLayer):
         return hidden + self.mlp(self.layer_norm2(hidden))
 
 
-def _class_token_last_layers(modules: tuple[nn.Module, ...]) -> dict[nn.Module, list[nn.Module]]:
+def _class_token_last_layers(modules: tuple[nn.Module, ...]) -> list[CLIPEncoderLayer]:
     """The last encoder layer of each CLIP image encoder in ``modules`` whose output is the pooled class token
-    (:attr:`aft_hf.model.ImageEncoder.pools_class_token`), unless a hook watches it, each with the modules between
-    its tower and itself (whose hooks would see the tower's ``last_hidden_state``)."""
-    layers: dict[nn.Module, list[nn.Module]] = {}
+    (:attr:`aft_hf.model.ImageEncoder.pools_class_token`), unless a hook watches it; each is given the modules
+    between its tower and itself as ``_class_token_ancestors`` (whose hooks would see the tower's
+    ``last_hidden_state``; :class:`ClassTokenLastLayer` checks them at every call)."""
+    layers: list[CLIPEncoderLayer] = []
     for encoder in (sub for module in modules for sub in module.modules()):
         if isinstance(encoder, ImageEncoder) and encoder.pools_class_token:
             towers = [sub for sub in encoder.vision.modules() if isinstance(sub, CLIPEncoder)]
             last = towers[0].layers[-1] if len(towers) == 1 and len(towers[0].layers) else None
-            if type(last) is not CLIPEncoderLayer or last in layers:
+            if type(last) is not CLIPEncoderLayer or any(last is layer for layer in layers):
                 continue
             path = next(name for name, sub in encoder.vision.named_modules() if sub is last).split(".")
             ancestors = [encoder.vision.get_submodule(".".join(path[:i])) for i in range(len(path))]
-            last._class_token_ancestors = ancestors
-            if _watched(last):
-                del last._class_token_ancestors
-            else:
-                layers[last] = ancestors
+            if not _watched(last, ancestors):
+                last._class_token_ancestors = ancestors
+                layers.append(last)
     return layers
 
 
@@ -195,7 +193,7 @@ def class_token_last_layer(*modules: nn.Module) -> Iterator[int]:
     thread meanwhile."""
     layers = _class_token_last_layers(modules)
     try:
-        with _as_class(list(layers), ClassTokenLastLayer) as switched:
+        with _as_class(layers, ClassTokenLastLayer) as switched:
             yield switched
     finally:
         for layer in layers:

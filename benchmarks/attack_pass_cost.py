@@ -70,22 +70,16 @@ def fused_pass(model: torch.nn.Module, forward):
     """``(images, labels) -> input gradient`` of the cross-entropy with the pass compiled whole: forward, loss and
     backward traced together by ``torch.func.grad`` under one ``torch.compile(dynamic=True)``, the attack's levers
     switched on around each call (the first call compiles)."""
-    compiled = torch.compile(torch.func.grad(lambda x, y: F.cross_entropy(forward(x), y)), dynamic=True)
-
-    def gradient(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with matmul_patch_embedding(model), class_token_last_layer(model):
-            return compiled(x, y)
-
-    return gradient
+    return as_attack_runs(model, torch.compile(torch.func.grad(lambda x, y: F.cross_entropy(forward(x), y)), dynamic=True))
 
 
 def as_attack_runs(model: torch.nn.Module, forward, class_token: bool = True):
-    """``forward`` with the attack's levers on during each call: the patch embedding as a matmul
-    (``APGDSpeed.patch_matmul``) and, with ``class_token`` (the default, as the attack), the last layer for the class
-    token alone (``APGDSpeed.class_token_last_layer``)."""
-    def run(x: torch.Tensor) -> torch.Tensor:
+    """``forward`` (any function of the model's inputs) with the attack's levers on during each call: the patch
+    embedding as a matmul (``APGDSpeed.patch_matmul``) and, with ``class_token`` (the default, as the attack), the last
+    layer for the class token alone (``APGDSpeed.class_token_last_layer``)."""
+    def run(*args: torch.Tensor) -> torch.Tensor:
         with matmul_patch_embedding(model), class_token_last_layer(model) if class_token else contextlib.nullcontext():
-            return forward(x)
+            return forward(*args)
 
     return run
 

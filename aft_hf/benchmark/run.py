@@ -78,6 +78,9 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
         raise BenchmarkError("no model given (--model)")
     if not requests:
         raise BenchmarkError("no dataset given (--suite or --datasets)")
+    if data_root is not None and not Path(data_root).expanduser().is_dir():
+        raise BenchmarkError(f"--data-root '{data_root}' is not a folder (it holds local copies named like the "
+                             "Hub datasets, e.g. DIR/wds_vtab-cifar10)")
     names = [r.name for r in requests]
     if len(set(names)) != len(names):
         raise BenchmarkError(f"two datasets share a name ({', '.join(sorted({n for n in names if names.count(n) > 1}))})")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from pathlib import Path
 from typing import Iterator
 
 from ..benchmark.errors import BenchmarkError, BenchmarkStopped
@@ -103,9 +102,6 @@ def _cli_benchmark(args, extra) -> int:
     from ..explain.options import check_output_folder
 
     check_output_folder("--out", args.out)
-    if args.data_root is not None and not Path(args.data_root).expanduser().is_dir():
-        raise BenchmarkError(f"--data-root '{args.data_root}' is not a folder (it holds local copies named like the "
-                             "Hub datasets, e.g. DIR/wds_vtab-cifar10)")
 
     protocol = Protocol(eps=tuple(args.eps), iterations=args.iterations, ce_restarts=args.ce_restarts,
                         t_restarts=args.t_restarts, targets=args.targets, robust_images=args.robust_images,
