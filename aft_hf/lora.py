@@ -91,8 +91,9 @@ def save_adapter(vision: nn.Module, base_vision: nn.Module, cfg: LoraConfig, out
     ``base_vision`` is the tower without adapters (the frozen original); a copy of it is wrapped in a
     ``PeftModel`` and given the trained adapter weights, so the folder loads back with
     ``PeftModel.from_pretrained(CLIPVisionModelWithProjection.from_pretrained(base), out_dir)``.
-    ``base_model`` (the Hub id trained from) goes into ``adapter_config.json`` and the folder's README, as
-    peft's ``base_model_name_or_path``; a local folder's path is left out (it means nothing elsewhere).
+    ``base_model`` (the Hub id trained from, :func:`aft_hf.card.base_model_of`; None for a local or builtin base, whose
+    path means nothing elsewhere) goes into ``adapter_config.json`` and the folder's README, as peft's
+    ``base_model_name_or_path``.
     """
     peft = _peft()
     state = peft.get_peft_model_state_dict(vision)
@@ -100,18 +101,15 @@ def save_adapter(vision: nn.Module, base_vision: nn.Module, cfg: LoraConfig, out
     result = peft.set_peft_model_state_dict(wrapped, {PEFT_PREFIX + k: v for k, v in state.items()})
     if getattr(result, "unexpected_keys", None):
         raise LoraError(f"adapter weights did not fit the base tower: {result.unexpected_keys[:3]}")
-    from .card import hub_id_of
-
-    hub_id = hub_id_of(base_model)
-    wrapped.peft_config["default"].base_model_name_or_path = hub_id
+    wrapped.peft_config["default"].base_model_name_or_path = base_model
     wrapped.save_pretrained(str(out_dir))
-    base = f"`{hub_id}`" if hub_id else "the base model this run was trained from"
+    base = f"`{base_model}`" if base_model else "the base model this run was trained from"
     (Path(out_dir) / "README.md").write_text(  # instead of peft's empty template
         f"# LoRA adapter of an AFT run\n\nThe LoRA adapter (rank {cfg.r}, alpha {cfg.alpha:g}, on "
         f"{', '.join(cfg.target_modules)}) trained by `aft_hf` on the vision tower of {base}. The folder above holds "
         "the same model with the adapter merged in; to use the adapter itself:\n\n```python\n"
         "from peft import PeftModel\nfrom transformers import CLIPVisionModelWithProjection\n\n"
-        f"base = CLIPVisionModelWithProjection.from_pretrained({hub_id or 'BASE'!r})\n"
+        f"base = CLIPVisionModelWithProjection.from_pretrained({base_model or 'BASE'!r})\n"
         "model = PeftModel.from_pretrained(base, 'adapter')\n```\n")
     return Path(out_dir)
 

@@ -26,6 +26,7 @@ from transformers import get_scheduler
 
 from . import perf
 from .attack import PGDAttacker, UniformNoise, embedding_distance  # noqa: F401 (re-exported)
+from .card import hub_id_of
 from .checkpointing import (  # noqa: F401
     EVAL_HISTORY_FILE,
     HISTORY_FILE,
@@ -503,7 +504,7 @@ class TrainingLoop:
             export_pretrained(self.unwrapped, final, extra_files=extra, revision=self.cfg.model.revision)
             if self.cfg.lora.r > 0 and self.cfg.lora.save_adapter:
                 save_adapter(self.unwrapped.vision, self.frozen.vision, self.cfg.lora, final / "adapter",
-                             base_model=self.cfg.model.name_or_path)
+                             base_model=hub_id_of(self.cfg.model.name_or_path))
             summary = {"steps": progress.step, "num_processes": acc.num_processes,
                        "images_seen_per_process": progress.images_seen_per_process,
                        "images_seen": sum(progress.images_seen_per_process), "skipped_images": skipped,
