@@ -252,6 +252,17 @@ def _fill_hub_folder(out: Path, folder: Path, report, report_dict: Optional[dict
 # --------------------------------------------------------------------------- push
 
 
+OFFLINE_PUSH = "HF_HUB_OFFLINE is set, so nothing can be uploaded: unset it, or use --dry-run --out DIR"
+
+
+def require_online(what: str = "") -> None:
+    """Refuse a push in offline mode before any work (and before anything says "uploading")."""
+    from .env import hub_offline
+
+    if hub_offline():
+        raise HubError(f"{what}{OFFLINE_PUSH}")
+
+
 def require_token(token: Optional[str]) -> str:
     token = token or get_token()
     if not token:
@@ -265,7 +276,7 @@ def _explain(e: Exception, token: str) -> str:
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     if isinstance(e, OfflineModeIsEnabled):
-        why = "HF_HUB_OFFLINE is set, so nothing can be uploaded: unset it, or use --dry-run --out DIR"
+        why = OFFLINE_PUSH
     elif isinstance(e, HfHubHTTPError) and e.response is not None and e.response.status_code in (401, 403):
         why = (f"the Hub refused the token (HTTP {e.response.status_code}): log in again with `hf auth login` "
                "and check that the token has write access to this repo")
@@ -295,6 +306,7 @@ def push_folder(folder: Union[str, Path], repo_id: str, private: bool = False, t
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise HubError(f"'{folder}' is not an exported model folder (no config.json)")
+    require_online(f"could not push {name or repr(str(folder))} to '{repo_id}': ")
     token = require_token(token)
     api = HfApi(token=token)
     logger.info("uploading %s to %s", folder, repo_id)
@@ -321,7 +333,8 @@ def push_model(folder: Union[str, Path], repo_id: str, report: Union[str, Path, 
     """
     check_repo_id(repo_id)
     check_license(license)
-    token = require_token(token)  # fail before any work when there is no token
+    require_online(f"could not push '{folder}' to '{repo_id}': ")  # fail before any work, as without a token
+    token = require_token(token)
     source = Path(folder).resolve()
     extra = "".join(f" --{k} {v}" for k, v in (("report", report), ("figure", figure), ("license", license))
                     if isinstance(v, (str, Path)))

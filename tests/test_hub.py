@@ -227,6 +227,7 @@ class _Recorder:
 
         monkeypatch.setattr(HfApi, "create_repo", create_repo)
         monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+        monkeypatch.setattr("aft_hf.env.hub_offline", lambda: False)  # the faked Hub is reachable offline too
         return self
 
 
@@ -260,9 +261,24 @@ def test_push_without_token_is_a_clear_error(exported, monkeypatch, capsys):
     assert "no Hugging Face token" in capsys.readouterr().err and rec.calls == []
 
 
-def test_push_offline_is_a_clear_error_without_the_token(exported, monkeypatch):
-    """The real HfApi in offline mode (as here): fails fast, says why, never echoes the token."""
+def test_push_offline_is_a_clear_error_without_the_token(exported, monkeypatch, caplog):
+    """Offline mode (as here): refused before the card is built or anything says "uploading"; says why,
+    never echoes the token."""
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    built = []
+    monkeypatch.setattr(hub, "prepare_hub_folder", lambda *a, **k: built.append(a))
+    with caplog.at_level("INFO", logger="aft_hf"), pytest.raises(HubError) as info:
+        push_model(exported, "me/x")
+    assert "HF_HUB_OFFLINE" in str(info.value) and FAKE_TOKEN not in str(info.value)
+    assert "'me/x'" in str(info.value) and built == [] and "uploading" not in caplog.text
+
+
+def test_push_offline_through_the_real_hf_api_still_says_why(exported, monkeypatch):
+    """Should huggingface_hub itself refuse (our check passed), the same one-line reason comes out."""
+    from aft_hf import env
+
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setattr(env, "hub_offline", lambda: False)
     with pytest.raises(HubError) as info:
         push_model(exported, "me/x")
     assert "HF_HUB_OFFLINE" in str(info.value) and FAKE_TOKEN not in str(info.value)

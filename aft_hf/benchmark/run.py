@@ -112,6 +112,9 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
             saved = read_json(state / p.request.name / "result.json")
             if saved is not None:
                 results[model][p.request.name] = saved
+                if main:
+                    logger.info("%s on %s: already done in '%s' (loaded, not recomputed)", model, p.request.name,
+                                state / p.request.name)
         if not todo:
             continue
         (encoder,), (text,), _ = load_models_and_texts([model], text_model, acc.device)
@@ -144,6 +147,10 @@ def _run_dataset(acc, encoder, text, plan: DatasetPlan, protocol: Protocol, fold
     if acc.is_main_process:
         logger.info("%s on %s: %d batches of %d over %d process(es)", model, name, work.num_batches,
                     protocol.batch_size, acc.num_processes)
+        done = work.saved_batches()
+        if done:
+            logger.info("%s on %s: resuming: %d of %d batches already saved in '%s' (loaded, not recomputed)",
+                        model, name, done, work.num_batches, folder)
     started: list = []
 
     def progress(position: int, total: int, seconds: float) -> None:

@@ -141,19 +141,22 @@ class BatchWork:
                     alive = verdict
         return record
 
+    def saved_batches(self) -> int:
+        """How many of this (model, dataset)'s batches an earlier run saved (any process's)."""
+        return sum(self.path(b).is_file() for b in range(self.num_batches))
+
     def run(self, mine: Sequence[int], progress: Callable[[int, int, float], None]) -> list[dict]:
         """Records of the batches ``mine``: saved ones loaded, the others computed and saved one by one;
-        ``progress(position, len(mine), seconds)`` after each computed batch."""
-        records = []
-        for i, b in enumerate(mine):
-            saved = read_json(self.path(b))
-            if saved is None:
-                start = time.perf_counter()
-                saved = self.compute(b)
-                write_json(self.path(b), saved)
-                progress(i + 1, len(mine), time.perf_counter() - start)
-            records.append(saved)
-        return records
+        ``progress(computed, to_compute, seconds)`` after each computed batch (a resumed run counts only the
+        batches it computes, so its estimate is not flattered by the loaded ones)."""
+        saved = {b: read_json(self.path(b)) for b in mine}
+        missing = [b for b in mine if saved[b] is None]
+        for i, b in enumerate(missing):
+            start = time.perf_counter()
+            saved[b] = self.compute(b)
+            write_json(self.path(b), saved[b])
+            progress(i + 1, len(missing), time.perf_counter() - start)
+        return [saved[b] for b in mine]
 
 
 def summarise(records: Sequence[dict], plan: DatasetPlan, protocol: Protocol) -> dict:

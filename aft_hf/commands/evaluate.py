@@ -254,7 +254,8 @@ def _cli_evaluate(args, extra) -> int:
             continue
         folder = out / folders[label]
         figure_label = label if several or args.label else ""
-        reports[label] = write_outputs(report, ctx, folder, figure_label, class_names=names)
+        reports[label] = write_outputs(report, ctx, folder, figure_label, class_names=names,
+                                       sources=data_m.sources)
         print(f"{name}{f' ({label})' if label != name else ''}: {folder / 'report.json'}")
     if several and shard.is_main:
         _write_comparison(reports, folders, out)

@@ -11,8 +11,10 @@ or boxes raise :class:`EvaluationError` naming the column.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -42,6 +44,7 @@ class LabelledImages:
     masks: Optional[Tensor]
     split: str
     skipped: int
+    sources: list[str] = field(default_factory=list)  # per image: its file name, else "row N" of the split
 
 
 def _mask_tensor(mask_image: Image.Image, image_size: tuple[int, int], size: "int | ImageGeometry",
@@ -117,6 +120,13 @@ def _open_mask(value: Any, column: str) -> Image.Image:
                               f"{value!r:.80} as an image ({type(e).__name__})") from None
 
 
+def _source_name(value, row: int) -> str:
+    """What names an image for a person looking for it: its file name when the dataset keeps one, else its row
+    in the split (the order ``load_dataset`` gives)."""
+    path = value.get("path") if isinstance(value, dict) else value if isinstance(value, str) else None
+    return Path(path).name if path else f"row {row}"
+
+
 def load_labelled_images(dataset: str, size: "int | ImageGeometry", split: Optional[str] = None, data_dir: Optional[str] = None,
                          config_name: Optional[str] = None, image_column: str = "image", label_column: str = "label",
                          max_samples: Optional[int] = None, streaming: bool = False, seed: int = 0,
@@ -153,16 +163,18 @@ def load_labelled_images(dataset: str, size: "int | ImageGeometry", split: Optio
     for col in (image_column, mask_column):
         if col and isinstance(features.get(col), datasets.Image):
             ds = ds.cast_column(col, datasets.Image(decode=False))
-    if not streaming:
-        ds = ds.shuffle(seed=seed)
+    if not streaming:  # the rows ds.shuffle(seed=seed) would give, kept so each image can be named by its row
+        rows = np.random.default_rng(seed).permutation(len(ds))
+        rows = rows[:max_samples] if max_samples is not None else rows
+        ds = ds.select(rows)
+    else:
+        rows = range(max_samples) if max_samples is not None else itertools.count()
         if max_samples is not None:
-            ds = ds.select(range(min(max_samples, len(ds))))
-    elif max_samples is not None:
-        ds = ds.take(max_samples)
-    images, labels, masks = [], [], []
+            ds = ds.take(max_samples)
+    images, labels, masks, sources = [], [], [], []
     bad = BadSamples(max_bad_fraction, f"'{dataset}'")
     total = max_samples if streaming else len(ds)
-    for example in tqdm(ds, desc="decoding", total=total, disable=not progress, leave=False):
+    for row, example in zip(rows, tqdm(ds, desc="decoding", total=total, disable=not progress, leave=False)):
         value = example[image_column]
         try:
             raw = open_image(value)
@@ -172,6 +184,7 @@ def load_labelled_images(dataset: str, size: "int | ImageGeometry", split: Optio
             continue
         bad.good()
         images.append(image)
+        sources.append(_source_name(value, int(row)))
         labels.append(_label(example[label_column], label_column))
         if mask_column:
             masks.append(_mask_tensor(_open_mask(example[mask_column], mask_column), raw.size, geometry, mask_column,
@@ -185,4 +198,4 @@ def load_labelled_images(dataset: str, size: "int | ImageGeometry", split: Optio
     if bad.skipped:
         logger.warning("dataset '%s': %s, skipped", dataset, bad.summary())
     return LabelledImages(torch.stack(images), torch.tensor(labels), features.get(label_column),
-                          torch.stack(masks) if masks else None, split or "", bad.skipped)
+                          torch.stack(masks) if masks else None, split or "", bad.skipped, sources)

@@ -127,11 +127,12 @@ def report_sections(results) -> dict:
 
 
 def write_outputs(report: dict, ctx: EvalContext, out_dir: Path, label: str, num_examples: int = 4,
-                  class_names: Optional[Sequence[str]] = None) -> dict:
+                  class_names: Optional[Sequence[str]] = None, sources: Sequence[str] = ()) -> dict:
     """Figures (examples grid, ROAR, deletion/insertion), report.json and report.md in ``out_dir``.
 
     ``label`` prefixes the figures' series ("label / method"; "" for just the method); the examples
-    name each image's true class when ``class_names`` is given and show the object mask when there is one.
+    name each image by ``sources`` (its file name or row in the split) when given, else by its position, with
+    its true class when ``class_names`` is given, and show the object mask when there is one.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = {}
@@ -140,7 +141,8 @@ def write_outputs(report: dict, ctx: EvalContext, out_dir: Path, label: str, num
         maps = {f"{label} / {m}" if label else m: ctx.display_maps(m)[:k] for m in ctx.methods}
         if ctx.masks is not None:
             maps = {"object mask": ctx.masks[:k].float(), **maps}
-        rows = [f"image {i}" + (f"\n{class_names[int(y)]}" if class_names else "") for i, y in enumerate(ctx.labels[:k])]
+        rows = [(sources[i] if i < len(sources) else f"image {i}") + (f"\n{class_names[int(y)]}" if class_names else "")
+                for i, y in enumerate(ctx.labels[:k])]
         attribution_grid(ctx.images[:k], maps, out_dir / "examples.png", row_titles=rows,
                          plain=["object mask"] if ctx.masks is not None else ())
         figures["examples"] = "examples.png"

@@ -500,7 +500,7 @@ def test_compiled_encoder_runs_compiled_is_recorded_and_resumes_either_way(copie
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
 def test_a_signal_stops_the_run_in_one_line_and_the_same_command_resumes(copies, tiny_clip_path, tmp_path, capsys,
-                                                                          monkeypatch, single_thread, signum):
+                                                                          caplog, monkeypatch, single_thread, signum):
     """A scheduler's SIGTERM or a Ctrl-C mid-run: exit 128 + signal with one line saying how to resume (no traceback,
     no silent 143); the same command then finishes without redoing the saved batches."""
     import signal
@@ -528,5 +528,9 @@ def test_a_signal_stops_the_run_in_one_line_and_the_same_command_resumes(copies,
                                     f"'{tmp_path / 'b'}'; run the same command to resume")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is given back
     calls.clear()
+    caplog.set_level("INFO", logger="aft_hf")
     assert main(args) == 0 and json.loads((tmp_path / "b" / "report.json").read_text())["complete"]
     assert calls and calls[0] == 1  # resumed at the batch in flight: batch 0 was saved
+    assert "resuming: 1 of 4 batches already saved" in caplog.text  # and it says so
+    caplog.clear()
+    assert main(args) == 0 and "already done" in caplog.text

@@ -131,3 +131,42 @@ def test_cli_evaluate_takes_the_box_convention(tiny_clip_path, tmp_path, capsys)
     assert main(base + ["--out", str(tmp_path / "a")]) == 2
     assert "not a valid xyxy" in capsys.readouterr().err
     assert main(base + ["--box-format", "xywh", "--out", str(tmp_path / "b")]) == 0
+
+
+def test_images_are_the_shuffled_rows_named_by_file_or_row(tmp_path):
+    """The images are those ``ds.shuffle(seed).select(range(n))`` gives (so results match earlier versions), each
+    named for a person looking for it: by its file name in an image folder, by its row in the split otherwise."""
+    import datasets
+
+    folder = _folder(tmp_path / "f", n=6)
+    data = _load(folder, max_samples=4, seed=3)
+    assert data.sources and all(s.startswith("img") and s.endswith(".png") for s in data.sources)
+    reference = datasets.load_dataset(str(folder), split="train").shuffle(seed=3).select(range(4))
+    assert [int(s[3:-4]) for s in data.sources] == [int(r["image"].filename.split("img")[-1][:-4]) for r in reference]
+    assert data.labels.tolist() == reference["cls"]
+
+    rows = [{"image": {"bytes": (folder / f"img{i}.png").read_bytes(), "path": None}, "cls": i % 2} for i in range(6)]
+    features = datasets.Features({"image": datasets.Image(), "cls": datasets.Value("int64")})
+    datasets.Dataset.from_list(rows, features=features).save_to_disk(str(tmp_path / "saved"))
+    saved = _load(tmp_path / "saved", max_samples=4, seed=3)
+    expected = list(np.random.default_rng(3).permutation(6)[:4])
+    assert saved.sources == [f"row {i}" for i in expected]
+    assert saved.labels.tolist() == [i % 2 for i in expected]
+
+
+@pytest.mark.slow
+def test_examples_figure_names_each_row_by_its_source(tiny_clip_path, tmp_path, monkeypatch):
+    from aft_hf.cli import main
+    from aft_hf.evaluate import runner
+
+    titles = []
+    real = runner.attribution_grid
+    monkeypatch.setattr(runner, "attribution_grid", lambda *a, **k: titles.extend(k["row_titles"]) or real(*a, **k))
+    folder = _folder(tmp_path / "f", n=4)
+    (tmp_path / "names.txt").write_text("cat\ndog\n")
+    assert main(["evaluate", "--model", str(tiny_clip_path), "--dataset", str(folder), "--label-column", "cls",
+                 "--class-names", str(tmp_path / "names.txt"), "--metrics", "zeroshot", "--methods", "saliency",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert len(titles) == 4 and all(t.split("\n")[0].startswith("img") for t in titles), titles
+    assert all(t.split("\n")[1] in ("cat", "dog") for t in titles)
+    assert (tmp_path / "out" / "examples.png").stat().st_size > 0
