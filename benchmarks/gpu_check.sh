@@ -7,7 +7,8 @@
 # transformers, accelerate): it installs nothing and needs no network (random-weight models).
 # Writes into $OUT: env.txt, nvidia-smi.txt, b16_bf16_b128.json/.txt, l14_bf16_b128.json/.txt,
 # and b16_fp32_b128.json/.txt (the fp32 number for comparison with the 27 images/s of docs/method.md#recipes).
-# Each benchmark is time-boxed, so the whole script stays under about 9 minutes on an H200.
+# Each benchmark is time-boxed (150 + 150 + 50 s), so the whole script ends within about 6 minutes, leaving a
+# lent machine's 15 minutes room for its start and one rerun.
 set -uo pipefail
 
 OUT="${OUT:?set OUT to the folder that receives the results}"
@@ -45,11 +46,11 @@ bench() {  # name, seconds, arguments...
 }
 
 # ViT-B/16: the optimised step with the three GPU switches flipped one at a time, plus the reference
-bench b16_bf16_b128 180 --model b16 --batch-size 128 --steps 10 --precision bf16 --repeats 5 --warmup 2 \
+bench b16_bf16_b128 150 --model b16 --batch-size 128 --steps 10 --precision bf16 --repeats 5 --warmup 2 \
   --ablate freeze,fused,checkpointing
 # ViT-L/14: optimised vs reference (fp32 eager reference: about 90 GB at batch 128; an OOM is recorded)
-bench l14_bf16_b128 240 --model l14 --batch-size 128 --steps 10 --precision bf16 --repeats 3 --warmup 1
+bench l14_bf16_b128 150 --model l14 --batch-size 128 --steps 10 --precision bf16 --repeats 3 --warmup 1
 # ViT-B/16 in fp32 (TF32 off): the number to compare with the 4 x Quadro RTX 6000 reproduction
-bench b16_fp32_b128 90 --model b16 --batch-size 128 --steps 10 --precision fp32 --repeats 2 --warmup 1 \
+bench b16_fp32_b128 50 --model b16 --batch-size 128 --steps 10 --precision fp32 --repeats 2 --warmup 1 \
   --no-reference --no-memory
 exit $status
