@@ -13,10 +13,11 @@ import importlib.util
 import logging
 import os
 import platform
+from typing import Optional
 
 import torch
 
-from .config import TrainConfig
+from .config import MIXED_PRECISION, TrainConfig
 from .env import env_flag
 from .errors import AftError
 
@@ -44,7 +45,15 @@ class LaunchError(AftError, RuntimeError):
 
 def requested_precision(cfg: TrainConfig) -> str:
     """What precision the run will ask accelerate for: the config's, else the launcher's, else `no`."""
-    return cfg.optim.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    return cfg.optim.mixed_precision or (os.environ.get("ACCELERATE_MIXED_PRECISION") or "no").strip().lower()
+
+
+def accelerator_precision(cfg: TrainConfig) -> Optional[str]:
+    """What to hand ``Accelerator(mixed_precision=...)``: the requested precision, normalised (accelerate would
+    run ``ACCELERATE_MIXED_PRECISION=BF16`` in fp32 while recording "BF16"); None when neither the config nor
+    the launcher says, so accelerate's already initialised state is left as it is."""
+    asked = cfg.optim.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION")
+    return requested_precision(cfg) if asked else None
 
 
 def check_training_environment(cfg: TrainConfig) -> None:
@@ -60,7 +69,10 @@ def check_training_environment(cfg: TrainConfig) -> None:
             problems.append(f"logging.report_to: tracker '{tracker}' is not installed: {install} "
                             "(or --logging.report_to none)")
     cpu = cfg.cpu if cfg.cpu is not None else not torch.cuda.is_available()
-    if cpu and requested_precision(cfg) == "fp16":
+    if requested_precision(cfg) not in MIXED_PRECISION:  # only the launcher's can be: the config's is validated
+        problems.append(f"ACCELERATE_MIXED_PRECISION={os.environ.get('ACCELERATE_MIXED_PRECISION')!r} (set by "
+                        f"`accelerate launch --mixed_precision` or its config) is not one of {', '.join(MIXED_PRECISION)}")
+    elif cpu and requested_precision(cfg) == "fp16":
         problems.append("optim.mixed_precision: fp16 is not supported on CPU (autocast would leave the run in "
                         "fp32): use bf16 or no")
     problems.extend(attention_problems(cfg.model.attn_implementation, cpu))

@@ -192,7 +192,11 @@ def _robust(data: dict) -> MetricResult:
         extra = f", {attack.get('restarts', 1)} restart(s), {attack['targets']} target classes" if "targets" in attack \
             else ""
         iterations = attack.get("steps", attack.get("iterations"))
-        notes.append(f"Attack: {attack.get('name', 'PGD, L-inf')}, {iterations} iterations{extra}; an "
+        how = "".join(f"; {text}" for key, text in (
+            ("precision", f"forward passes under {attack.get('precision')} autocast (its rounding can flip a "
+                          "verdict at a near-tie)"),
+            ("compiled", "forward compiled with torch.compile")) if attack.get(key))
+        notes.append(f"Attack: {attack.get('name', 'PGD, L-inf')}, {iterations} iterations{extra}{how}; an "
                      "image counts as robust only when correct clean and every attack fails, at this and every "
                      "smaller budget.")
     return MetricResult("", "", scalars, metadata=dict(attack), notes=notes,

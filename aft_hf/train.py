@@ -44,7 +44,7 @@ from .errors import AftError
 from .files import write_json
 from .guards import NonFiniteGuard, StopOnSignal, TrainingStopped, preflight, require_finite_weights
 from .hub_sync import HubSync
-from .launch import apply_launch, check_training_environment, run_info
+from .launch import accelerator_precision, apply_launch, check_training_environment, run_info
 from .lora import apply_lora, save_adapter, trainable_parameters
 from .model import ImageEncoder, export_pretrained, load_image_encoder, load_model_config
 from .objective_setup import build_objective
@@ -212,7 +212,7 @@ def build_accelerator(cfg: TrainConfig, output_dir: Path) -> Accelerator:
     cpu = cfg.cpu if cfg.cpu is not None else not torch.cuda.is_available()
     return Accelerator(
         cpu=cpu,
-        mixed_precision=cfg.optim.mixed_precision,
+        mixed_precision=accelerator_precision(cfg),
         # no sync at the end of an epoch: a short last accumulation carries over into the next epoch,
         # so every optimiser step sees exactly optim.batch_size images
         gradient_accumulation_plugin=GradientAccumulationPlugin(
@@ -330,9 +330,10 @@ def _train(cfg: TrainConfig, output_dir: Path) -> Path:
         load_checkpoint(accelerator, resume_path, optimizer, scheduler, cfg)
     if accelerator.log_with:
         accelerator.init_trackers(cfg.logging.project_name, config=_tracker_config(cfg))
-    logger.info("AFT: %d steps x %d images (%d per process x %d processes x %d accumulation), attack %s",
-                cfg.optim.max_steps, cfg.optim.batch_size, batch_size, accelerator.num_processes,
-                cfg.optim.gradient_accumulation_steps, attacker, main_process_only=True)
+    logger.info("AFT: %d steps x %d images (%d per process x %d processes x %d accumulation) on %s, precision %s, "
+                "attack %s", cfg.optim.max_steps, cfg.optim.batch_size, batch_size, accelerator.num_processes,
+                cfg.optim.gradient_accumulation_steps, accelerator.device, accelerator.mixed_precision, attacker,
+                main_process_only=True)
 
     loop = TrainingLoop(cfg, accelerator, model, frozen, attacker, optimizer, scheduler, progress,
                         resume_path, batch_size, make_loader, objective=objective)

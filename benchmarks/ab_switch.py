@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aft_step import ABLATIONS, GEOMETRIES, AftRunner, StepOptions, count_flops, make_batch, matmul_peak, write_report  # noqa: E402
-from arguments import at_least, positive_int, show_defaults  # noqa: E402
+from arguments import at_least, output_file, positive_int, show_defaults  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=at_least(0), default=10, help="attack iterations K")
     p.add_argument("--rounds", type=at_least(2), default=4, help="A/B rounds (the first is a warm-up)")
     p.add_argument("--threads", type=positive_int, default=None)
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--json", type=output_file, default=None)
     args = show_defaults(p).parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

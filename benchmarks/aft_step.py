@@ -43,7 +43,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from arguments import name_list, positive_int, refuse_fp16_on_cpu, show_defaults  # noqa: E402
+from arguments import name_list, output_file, positive_int, refuse_fp16_on_cpu, show_defaults  # noqa: E402
 
 # geometries of docs/method.md#model-geometries (vision tower only: AFT never touches the text tower)
 GEOMETRIES = {
@@ -564,7 +564,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
     p.add_argument("--peak-seconds", type=float, default=1.5, help="time per size of the matmul peak probe")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="write the full report here")
+    p.add_argument("--json", type=output_file, default=None, help="write the full report here")
     args = show_defaults(p).parse_args(argv)
     for name in ("batch_size", "repeats"):
         if getattr(args, name) <= 0:

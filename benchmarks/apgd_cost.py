@@ -10,7 +10,10 @@ iterations and targets and extrapolated linearly in gradient evaluations: APGD-C
 
 from __future__ import annotations
 
+import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -18,9 +21,12 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 from aft_hf.evaluate import ZeroShotClassifier, robust_accuracy
 from aft_hf.model import ImageEncoder
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from arguments import at_least, positive_int, show_defaults  # noqa: E402
 
-def main(n: int = 2, iterations: int = 5, targets: int = 1) -> None:
-    torch.set_num_threads(1)
+
+def main(n: int = 2, iterations: int = 5, targets: int = 1, threads: int = 1) -> None:
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                            patch_size=32, image_size=224, projection_dim=512, hidden_act="quick_gelu")
@@ -44,4 +50,10 @@ def main(n: int = 2, iterations: int = 5, targets: int = 1) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--images", type=positive_int, default=2, help="images timed")
+    p.add_argument("--iterations", type=positive_int, default=5, help="APGD iterations timed (then extrapolated)")
+    p.add_argument("--targets", type=at_least(0), default=1, help="APGD-T target classes timed (then extrapolated)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
+    a = show_defaults(p).parse_args()
+    main(a.images, a.iterations, a.targets, a.threads)

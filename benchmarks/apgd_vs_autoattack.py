@@ -13,7 +13,8 @@ Same model, images, labels, eps, iterations (100), restarts (1) and targets (9) 
 Variants: ``reference`` (pyautoattack ``AutoAttack(attacks=["apgd-ce", "apgd-t"])``), ``package`` (every
 lever of :class:`aft_hf.evaluate.apgd.APGDSpeed` at its default) and, with ``--levers``, the package with
 one lever switched (``no-shrink``, ``serial-targets``, ``wide-rows``, ``recompute-clean``, ``bf16``, ``compile``,
-``conv-patch``) or several (``compile+wide-rows``). Every round runs
+``conv-patch``, ``full-last-layer``) or several (``compile+wide-rows``). A compiled variant runs once untimed
+before the rounds (its compilation; printed), so its medians time the compiled attack alone. Every round runs
 each variant once (A, B, C, ..., then again), so load changes on a shared machine hit all variants alike;
 medians over rounds, ratios against the reference and against ``package``, robust counts and the share of
 images on which each variant's verdict equals the reference's are printed (and written with ``--json``).
@@ -44,7 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aft_step import write_report  # noqa: E402
-from arguments import at_least, budget_list, name_list, positive_int, show_defaults  # noqa: E402
+from arguments import at_least, budget_list, name_list, output_file, positive_int, show_defaults  # noqa: E402
 from step_matmuls import MATMUL_NAMES  # noqa: E402
 
 from aft_hf.evaluate import ZeroShotClassifier  # noqa: E402
@@ -174,7 +175,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (round r uses seed + r)")
     p.add_argument("--profile", default=None, metavar="VARIANT",
                    help="after the rounds, run this variant (package, reference or a lever) once under the profiler")
-    p.add_argument("--json", type=Path, default=None, help="write the full report here")
+    p.add_argument("--json", type=output_file, default=None, help="write the full report here")
     args = show_defaults(p).parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -182,6 +183,9 @@ def main(argv=None) -> int:
     variants: dict[str, Callable] = {"reference": reference_run, "package": package_run}
     for lever in levers:
         variants[lever] = lambda *a, _kw=lever_kwargs(lever): package_run(*a, **_kw)
+    compiled = [lever for lever in levers if lever_kwargs(lever)["speed"].compile]
+    if any(eps == 0 for eps in args.eps):
+        p.error("argument --eps: budgets must be > 0 (at 0 no image can be fooled: nothing to time)")
     if args.profile and args.profile not in variants:
         raise SystemExit(f"--profile {args.profile!r} is not a variant of this run (choose from {', '.join(variants)})")
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
@@ -191,19 +195,28 @@ def main(argv=None) -> int:
     for case in args.cases:
         clf, images, labels = CASES[case](args.images)
         with torch.no_grad():
-            clean_correct = int((clf(images).argmax(1) == labels).sum())
+            clean = clf(images)
+        clean_correct, classes = int((clean.argmax(1) == labels).sum()), clean.shape[1]
+        targets = min(args.targets, classes - 1)  # what both implementations run: one target per other class at most
+        warmup = {}
+        for name in compiled:  # compile outside the timed rounds (torch caches it for the later runs of this model)
+            t0 = time.perf_counter()
+            variants[name](clf, images, labels, args.eps[0], args.iterations, targets, args.seed)
+            warmup[name] = time.perf_counter() - t0
+            print(f"  [{case}] {name}: compilation run {warmup[name]:.2f} s (not timed)", flush=True)
         for eps in args.eps:
             times = {v: [] for v in variants}
             verdicts = {}
             for r in range(args.rounds):
                 for name, run in variants.items():
                     t0 = time.perf_counter()
-                    verdicts[name] = run(clf, images, labels, eps, args.iterations, args.targets, args.seed + r)
+                    verdicts[name] = run(clf, images, labels, eps, args.iterations, targets, args.seed + r)
                     times[name].append(time.perf_counter() - t0)
                     print(f"  [{case} eps {eps:g} round {r + 1}] {name}: {times[name][-1]:.2f} s, robust "
                           f"{int(verdicts[name].sum())}", flush=True)
             med = {v: statistics.median(t) for v, t in times.items()}
-            row = {"case": case, "eps": eps, "images": len(images), "clean_correct": clean_correct, "times_s": times,
+            row = {"case": case, "eps": eps, "images": len(images), "clean_correct": clean_correct, "classes": classes,
+                   "targets": targets, "compilation_run_s": warmup, "times_s": times,
                    "median_s": med, "robust": {v: int(verdicts[v].sum()) for v in variants},
                    "agreement_with_reference": {v: float((verdicts[v] == verdicts["reference"]).float().mean())
                                                 for v in variants},
@@ -211,10 +224,12 @@ def main(argv=None) -> int:
                    "ratio_vs_package": {v: med[v] / med["package"] for v in variants}}
             if args.profile:
                 row["profile_s"] = profile_groups(lambda: variants[args.profile](
-                    clf, images, labels, eps, args.iterations, args.targets, args.seed))
+                    clf, images, labels, eps, args.iterations, targets, args.seed))
             report["results"].append(row)
             print(f"\n{case}, eps {eps:g}/255, {len(images)} images ({clean_correct} correct clean), "
-                  f"{args.iterations} iterations, {args.targets} targets, {args.rounds} interleaved round(s):")
+                  f"{args.iterations} iterations, {targets} targets" + (f" (of {args.targets} asked: {classes} classes)"
+                  if targets < args.targets else "") + f", {args.rounds} interleaved round(s)"
+                  + (" after one untimed compilation run of each compiled variant" if compiled else "") + ":")
             width = max(map(len, variants))
             for v in variants:
                 print(f"  {v:>{width}}: {med[v]:7.2f} s  robust {row['robust'][v]:3d}  "

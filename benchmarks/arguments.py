@@ -1,10 +1,19 @@
 """Argument types shared by the benchmark scripts: a bad value is refused by argparse in one line
-(``error: argument --rows: ...``) instead of failing minutes later with a traceback."""
+(``error: argument --rows: ...``) instead of failing minutes later with a traceback.
+
+Importing it also makes the script's output line-buffered, so a long run piped to a file or ``tee`` shows each
+progress line when it is printed, not when the run ends."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
 from typing import Callable, Iterable
+
+if hasattr(sys.stdout, "reconfigure"):
+    sys.stdout.reconfigure(line_buffering=True)
 
 
 def at_least(minimum: int) -> Callable[[str], int]:
@@ -49,6 +58,20 @@ def budget_list(text: str) -> list[float]:
             raise argparse.ArgumentTypeError(f"budgets must be >= 0, got {item}")
         values.append(value)
     return values
+
+
+def output_file(text: str) -> Path:
+    """A file to write at the end (``--json``): refused now when its folder is missing or read-only, or it is a
+    folder, so a long run does not lose its report at the last moment."""
+    path = Path(text).expanduser()
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"'{text}' is a folder; give a file name")
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"folder '{folder}' does not exist")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"'{text}' cannot be written")
+    return path
 
 
 def name_list(choices: Iterable[str]) -> Callable[[str], list[str]]:

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aft_step import write_report  # noqa: E402
 from apgd_vs_autoattack import CASES  # noqa: E402
-from arguments import int_list, positive_int, show_defaults  # noqa: E402
+from arguments import int_list, output_file, positive_int, show_defaults  # noqa: E402
 
 from aft_hf.attack import attack_mode  # noqa: E402
 from aft_hf.evaluate.apgd import autocast_context  # noqa: E402
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
                    help="also time the whole pass (forward, loss, input gradient) compiled as one graph")
     p.add_argument("--rounds", type=positive_int, default=3)
     p.add_argument("--threads", type=positive_int, default=None)
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--json", type=output_file, default=None)
     args = show_defaults(p).parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

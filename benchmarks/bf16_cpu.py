@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -34,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aft_step import GEOMETRIES, build_encoder, make_batch, write_report  # noqa: E402
-from arguments import at_least, positive_int, show_defaults  # noqa: E402
+from arguments import at_least, output_file, positive_int, show_defaults  # noqa: E402
 
 from aft_hf.perf import use_matmul_patch_embedding  # noqa: E402
 
@@ -92,8 +91,10 @@ def main(argv=None) -> int:
                    help="forward+backward of the tower (default) or the whole trainer step (--steps attack iterations)")
     p.add_argument("--steps", type=at_least(0), default=10, help="--unit step: attack iterations K")
     p.add_argument("--threads", type=positive_int, default=None)
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--json", type=output_file, default=None)
     args = show_defaults(p).parse_args(argv)
+    if args.unit == "fwdbwd" and "--steps" in (argv if argv is not None else sys.argv[1:]):
+        print("note: --steps is used only with --unit step (the forward+backward unit has no attack iterations)")
     if args.threads:
         torch.set_num_threads(args.threads)
     work = step_work(args) if args.unit == "step" else fwdbwd_work(args)
@@ -112,10 +113,15 @@ def main(argv=None) -> int:
               "isa_env": {k: os.environ.get(k) for k in ISA_ENV}, "threads": torch.get_num_threads(),
               "load": os.getloadavg(), "args": vars(args) | {"json": None}, "seconds": times, "median_s": med,
               "fp32_over_bf16": med["fp32"] / med["bf16"]}
-    print(json.dumps({k: report[k] for k in ("cpu_flags", "torch_cpu_capability", "isa_env", "threads")}))
+    forced = ", ".join(f"{k}={v}" for k, v in report["isa_env"].items() if v)
+    print(f"CPU flags {' '.join(report['cpu_flags']) or '(none read)'}; torch kernels at "
+          f"{report['torch_cpu_capability']}" + (f" (instruction sets limited by {forced}: the CPU's bf16 units may be "
+                                                 "unused)" if forced else "") + f"; {report['threads']} thread(s)")
     unit = f"AFT step (K={args.steps})" if args.unit == "step" else "forward+backward"
+    rounds = f"{args.rounds} alternating round{'s' if args.rounds > 1 else ''}"
     print(f"{args.model} batch {args.batch_size} {unit}: fp32 {med['fp32']:.3f} s, bf16 {med['bf16']:.3f} s "
-          f"-> bf16 is {report['fp32_over_bf16']:.2f}x fp32's speed ({args.rounds} alternating rounds)")
+          f"-> bf16 is {report['fp32_over_bf16']:.2f}x fp32's speed ({rounds}" + (", instruction sets limited" if forced
+                                                                                   else "") + ")")
     write_report(args.json, report)
     return 0
 

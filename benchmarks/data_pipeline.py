@@ -33,6 +33,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from arguments import output_file, positive_int, show_defaults  # noqa: E402
+
 
 def write_jpegs(folder: Path, n: int, bad_fraction: float = 0.01, seed: int = 0) -> dict:
     """n photo-like JPEGs (about 500x375, quality 90) in one class folder; some of them corrupt."""
@@ -95,16 +98,16 @@ def loader_rate(folder: Path, size: int, batch_size: int, workers: int, streamin
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n-images", type=int, default=256)
-    p.add_argument("--size", type=int, default=224, help="model input size")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--n-images", type=positive_int, default=256)
+    p.add_argument("--size", type=positive_int, default=224, help="model input size")
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--workers", default="0,1,2", help="comma list of DataLoader worker counts")
-    p.add_argument("--batches", type=int, default=6, help="timed batches per loader setting")
+    p.add_argument("--batches", type=positive_int, default=6, help="timed batches per loader setting")
     p.add_argument("--target", type=float, default=550.0, help="images/s the GPU step needs")
-    p.add_argument("--cores", type=int, default=16, help="cores of the GPU machine the estimate is for")
+    p.add_argument("--cores", type=positive_int, default=16, help="cores of the GPU machine the estimate is for")
     p.add_argument("--folder", type=Path, default=None, help="reuse/keep the JPEG folder here")
-    p.add_argument("--json", type=Path, default=None)
-    return p.parse_args(argv)
+    p.add_argument("--json", type=output_file, default=None)
+    return show_defaults(p).parse_args(argv)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

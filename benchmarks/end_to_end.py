@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aft_step import GEOMETRIES, AftRunner, StepOptions, build_encoder, make_batch, write_report  # noqa: E402
+from arguments import at_least, output_file, positive_int, show_defaults  # noqa: E402
 from data_pipeline import write_jpegs  # noqa: E402
 
 
@@ -80,17 +81,17 @@ def train_seconds(model_dir: Path, data_dir: Path, out: Path, args, steps: int) 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="b32", choices=sorted(GEOMETRIES))
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--attack-steps", type=int, default=2, help="attack iterations K")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--attack-steps", type=positive_int, default=2, help="attack iterations K")
     p.add_argument("--steps", default="3,9", help="N1,N2 optimiser steps of the two train() runs")
-    p.add_argument("--log-every", type=int, default=1)
-    p.add_argument("--checkpointing-steps", type=int, default=3)
-    p.add_argument("--workers", type=int, default=1, help="data.num_workers")
+    p.add_argument("--log-every", type=positive_int, default=1)
+    p.add_argument("--checkpointing-steps", type=positive_int, default=3)
+    p.add_argument("--workers", type=at_least(0), default=1, help="data.num_workers")
     p.add_argument("--report-to", default="tensorboard")
-    p.add_argument("--repeats", type=int, default=3, help="timed bare steps")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", type=Path, default=None)
-    return p.parse_args(argv)
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed bare steps")
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--json", type=output_file, default=None)
+    return show_defaults(p).parse_args(argv)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

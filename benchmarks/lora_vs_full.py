@@ -16,6 +16,10 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from arguments import output_file, positive_int, show_defaults  # noqa: E402
 
 GEOMETRIES = {  # docs/method.md#model-geometries: hidden, MLP, layers, heads, patch, image, projection
     "b32": (768, 3072, 12, 12, 32, 224, 512),
@@ -67,15 +71,15 @@ def run_variant(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(GEOMETRIES), default="b32")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--attack-steps", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant and round")
-    parser.add_argument("--rounds", type=int, default=2, help="alternations of full and LoRA")
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--attack-steps", type=positive_int, default=2)
+    parser.add_argument("--steps", type=positive_int, default=3, help="timed steps per variant and round")
+    parser.add_argument("--rounds", type=positive_int, default=2, help="alternations of full and LoRA")
+    parser.add_argument("--rank", type=positive_int, default=8)
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--json", type=output_file, help="write the results here")
     parser.add_argument("--variant", choices=["full", "lora"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = show_defaults(parser).parse_args()
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
@@ -101,7 +105,7 @@ def main() -> None:
           f"({args.model}, batch {args.batch_size}, K={args.attack_steps}, rank {args.rank}, {args.threads} threads)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"settings": vars(args), "results": summary}, f, indent=2)
+            json.dump({"settings": vars(args) | {"json": str(args.json)}, "results": summary}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aft_step import GEOMETRIES, AftRunner, StepOptions, make_batch  # noqa: E402
+from arguments import output_file, positive_int, show_defaults  # noqa: E402
 
 HERE = Path(__file__).resolve()
 
@@ -178,21 +179,21 @@ def format_tables(report: dict) -> str:
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="b32", choices=sorted(GEOMETRIES))
-    p.add_argument("--batch-size", type=int, default=4, help="batch of the K sweep")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="batch of the K sweep")
     p.add_argument("--ks", type=_ints, default=[1, 2, 5, 10], help="K values of the K sweep")
     p.add_argument("--batch-sizes", type=_ints, default=[1, 2, 4, 8], help="batch sizes of the batch sweep")
-    p.add_argument("--batch-k", type=int, default=2, help="K of the batch sweep")
+    p.add_argument("--batch-k", type=positive_int, default=2, help="K of the batch sweep")
     p.add_argument("--processes", type=_ints, default=[1, 2], help="process counts to compare")
-    p.add_argument("--process-batch-size", type=int, default=8, help="global batch of the process comparison")
-    p.add_argument("--process-k", type=int, default=2, help="K of the process comparison")
+    p.add_argument("--process-batch-size", type=positive_int, default=8, help="global batch of the process comparison")
+    p.add_argument("--process-k", type=positive_int, default=2, help="K of the process comparison")
     p.add_argument("--skip", default="", help="comma list of sections to skip: k,batch,processes")
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--threads", type=int, default=None, help="total CPU threads (default: torch's choice)")
-    p.add_argument("--json", default=None)
+    p.add_argument("--repeats", type=positive_int, default=2)
+    p.add_argument("--threads", type=positive_int, default=None, help="total CPU threads (default: torch's choice)")
+    p.add_argument("--json", type=output_file, default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--k", type=int, default=2, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    p.add_argument("--k", type=positive_int, default=2, help=argparse.SUPPRESS)
+    args = show_defaults(p).parse_args(argv)
     if args.repeats <= 0 or args.batch_size <= 0 or args.process_batch_size <= 0 or 0 in args.batch_sizes:
         p.error("--repeats, --batch-size, --batch-sizes and --process-batch-size must be > 0")
     if 0 in args.processes:

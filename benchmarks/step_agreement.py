@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from arguments import output_file, positive_int, show_defaults  # noqa: E402
 
 
 def plain_loop(model: str, batch_size: int, k: int, threads: int, repeats: int, mmap_threshold: bool) -> list[float]:
@@ -80,24 +82,32 @@ def main(argv=None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
         _child(sys.argv[2:])
         return 0
+    sys.path.insert(0, str(HERE))
+    from aft_step import GEOMETRIES
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="b32")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=10, help="attack iterations K")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=2, help="timed steps per process")
-    p.add_argument("--rounds", type=int, default=2, help="processes per variant, alternating")
+    p.add_argument("--model", default="b32", choices=list(GEOMETRIES))
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--steps", type=positive_int, default=10, help="attack iterations K")
+    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--repeats", type=positive_int, default=2, help="timed steps per process")
+    p.add_argument("--rounds", type=positive_int, default=2, help="processes per variant, alternating")
     p.add_argument("--diagnose", action="store_true", help="add the plain loop under the old allocator setting")
-    p.add_argument("--json", type=Path, default=None)
-    args = p.parse_args(argv)
+    p.add_argument("--json", type=output_file, default=None)
+    args = show_defaults(p).parse_args(argv)
     variants = ["benchmark", "plain"] + (["plain+mmap"] if args.diagnose else [])
     samples: dict[str, list[float]] = {v: [] for v in variants}
-    for _ in range(args.rounds):
+    for r in range(args.rounds):
         for v in variants:
             cmd = [sys.executable, __file__, "--child", v, args.model, str(args.batch_size), str(args.steps),
                    str(args.threads), str(args.repeats)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            samples[v] += json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+            run = subprocess.run(cmd, capture_output=True, text=True)
+            if run.returncode != 0:  # say why in one line (the child's last error line), not a CalledProcessError
+                why = next((line for line in reversed(run.stderr.splitlines()) if line.strip()), "no output")
+                raise SystemExit(f"step_agreement: the {v} process (round {r + 1}) failed (exit {run.returncode}): {why}")
+            samples[v] += json.loads(next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))[7:])
+            print(f"  [round {r + 1}/{args.rounds}] {v}: " + ", ".join(f"{t:.2f}" for t in samples[v][-args.repeats:])
+                  + " s/step", flush=True)
     med = {v: statistics.median(s) for v, s in samples.items()}
     print(f"model {args.model}, batch {args.batch_size}, K={args.steps}, {args.threads} thread(s), "
           f"{args.rounds} process(es) x {args.repeats} step(s) per variant, alternating:")

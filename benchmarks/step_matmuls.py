@@ -33,7 +33,7 @@ from torch.utils._pytree import tree_map
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aft_step import GEOMETRIES, PRECISIONS, AftRunner, StepOptions, count_flops, make_batch, matmul_peak, write_report  # noqa: E402,E501
-from arguments import at_least, positive_int, refuse_fp16_on_cpu, show_defaults  # noqa: E402
+from arguments import at_least, output_file, positive_int, refuse_fp16_on_cpu, show_defaults  # noqa: E402
 
 aten = torch.ops.aten
 MATMUL_OPS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default,
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     p.add_argument("--profile", action="store_true",
                    help="after the rounds, one more step under torch.profiler: the ops by self time, matmuls in context")
     p.add_argument("--threads", type=positive_int, default=None)
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--json", type=output_file, default=None)
     args = show_defaults(p).parse_args(argv)
     refuse_fp16_on_cpu(p, args.precision, torch.cuda.is_available())
     if args.threads:
@@ -138,6 +138,7 @@ def main(argv=None) -> int:
     fused = {"auto": None, "on": True, "off": False}[args.fused_adamw]
     # the kernels are recorded and the FLOPs counted on an eager twin: under a dispatch mode a compiled tower
     # recompiles, and past dynamo's recompile limit it would run eager for good (the timed steps with it)
+    print(f"recording the matrix products of one {args.model} step and counting its FLOPs ...", flush=True)
     probe = AftRunner(accelerator, args.model, args.steps, StepOptions(fused_adamw=fused))
     images = make_batch(args.batch_size, probe.image_size, device)
     recorder = RecordMatmuls()
@@ -149,7 +150,10 @@ def main(argv=None) -> int:
         runner = AftRunner(accelerator, args.model, args.steps, StepOptions(compile=True, fused_adamw=fused))
     else:
         runner = probe
+    t0 = time.perf_counter()
     runner.step(images, torch.Generator(device=device).manual_seed(0))  # warm-up (compiles when asked)
+    print(f"warm-up step{' (with compilation)' if args.compile else ''}: {time.perf_counter() - t0:.1f} s; then "
+          f"{args.rounds} round(s) of one step and one replay of its matmuls", flush=True)
     steps, replays = [], []
     for i in range(args.rounds):
         t0 = time.perf_counter()
@@ -158,6 +162,8 @@ def main(argv=None) -> int:
             torch.cuda.synchronize(device)
         steps.append(time.perf_counter() - t0)
         replays.append(time_matmuls(recorder, device, args.reps))
+        print(f"  [round {i + 1}/{args.rounds}] step {steps[-1]:.3f} s, its matmuls alone {replays[-1]['seconds']:.3f} s",
+              flush=True)
     peak = matmul_peak(device, torch.float32 if args.precision == "fp32" else torch.bfloat16, seconds=1.0)
     step_s = statistics.median(steps)
     matmul_s = statistics.median(r["seconds"] for r in replays)

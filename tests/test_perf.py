@@ -615,6 +615,36 @@ def test_apgd_vs_autoattack_benchmark_smoke(tmp_path):
     assert "profile of package" in done.stdout and row["bound_vs_reference"] > 0
 
 
+def test_apgd_vs_autoattack_compiles_outside_the_timed_rounds_and_caps_the_targets(tmp_path, monkeypatch, capsys):
+    """A compiled variant runs once untimed before the rounds (its compilation would otherwise sit in a round and,
+    with 2 rounds, in the median); every run gets the targets both implementations can run (classes - 1), and the
+    header says how many were asked. The attacks are stand-ins here: this is about the timing loop."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import apgd_vs_autoattack as bench
+
+    images, labels = torch.rand(4, 3, 8, 8), torch.zeros(4, dtype=torch.long)
+    five_classes = lambda x: torch.arange(5.0).flip(0).expand(len(x), 5)  # noqa: E731  (every image: class 0)
+    monkeypatch.setitem(bench.CASES, "random", lambda n: (five_classes, images, labels))
+    calls = []
+
+    def fake(name):
+        def run(clf, x, y, eps, iterations, targets, seed, **kw):
+            calls.append((name, targets, kw.get("speed").compile if "speed" in kw else None))
+            return torch.ones(len(x), dtype=torch.bool)
+        return run
+
+    monkeypatch.setattr(bench, "reference_run", fake("reference"))
+    monkeypatch.setattr(bench, "package_run", fake("package"))
+    out = tmp_path / "r.json"
+    assert bench.main(["--cases", "random", "--eps", "4", "--rounds", "2", "--levers", "compile", "--targets", "20",
+                       "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    assert [c[2] for c in calls].count(True) == 3 and calls[0][2] is True  # compiled: 1 untimed + 2 timed runs
+    assert len(row["times_s"]["compile"]) == 2 and set(row["compilation_run_s"]) == {"compile"}
+    assert {c[1] for c in calls} == {4} and row["targets"] == 4  # 5 classes: at most 4 targets
+    assert "4 targets (of 20 asked: 5 classes)" in capsys.readouterr().out
+
+
 def test_apgd_vs_autoattack_refuses_an_unknown_lever_in_one_line():
     """A misspelt lever (alone or joined by '+') stops the benchmark before any model is built, naming it."""
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "apgd_vs_autoattack.py"), "--levers", "compile+shrimp"],
@@ -626,6 +656,11 @@ def test_apgd_vs_autoattack_refuses_an_unknown_lever_in_one_line():
     ("apgd_vs_autoattack", ["--cases", "world,foo"], "argument --cases: unknown 'foo' (choose from world, random)"),
     ("apgd_vs_autoattack", ["--eps", "2,x"], "argument --eps: expected a number, got 'x'"),
     ("apgd_vs_autoattack", ["--rounds", "0"], "argument --rounds: must be >= 1, got 0"),
+    ("apgd_vs_autoattack", ["--eps", "0,2"], "argument --eps: budgets must be > 0"),
+    ("apgd_vs_autoattack", ["--json", "/nonexistent-folder/r.json"], "argument --json: folder '/nonexistent-folder' does not"),
+    ("step_agreement", ["--model", "foo"], "argument --model: invalid choice: 'foo'"),
+    ("step_agreement", ["--rounds", "0"], "argument --rounds: must be >= 1, got 0"),
+    ("step_matmuls", ["--json", "/tmp"], "argument --json: '/tmp' is a folder"),
     ("attack_pass_cost", ["--rows", "4,-2"], "argument --rows: must be >= 1, got -2"),
     ("ab_switch", ["--rounds", "1"], "argument --rounds: must be >= 2, got 1"),  # the first round is a warm-up
     ("bf16_cpu", ["--threads", "0"], "argument --threads: must be >= 1, got 0"),
@@ -675,7 +710,7 @@ def test_step_benchmark_ablations_flip_the_trainers_defaults(monkeypatch):
 @pytest.mark.parametrize("script, shown", [
     ("apgd_vs_autoattack", "(default: world,random)"), ("attack_pass_cost", "(default: 7,20,64,180)"),
     ("ab_switch", "(default: patchmm)"), ("bf16_cpu", "(default: b32)"), ("step_matmuls", "(default: fp32)"),
-    ("aft_step", "(default: 8)"),
+    ("aft_step", "(default: 8)"), ("step_agreement", "(default: b32)"),
 ])
 def test_benchmark_help_says_what_a_bare_run_does(script, shown, capsys, monkeypatch):
     """``--help`` of each benchmark prints every option's default, so a bare run's size is no surprise."""

@@ -157,6 +157,8 @@ def _check_options(args) -> list[str]:
     problems.at_least("--roar-epochs", args.roar_epochs, 1)
     problems.at_least("--roar-repeats", args.roar_repeats, 1)
     problems.require(0 <= args.roar_floor <= 1, f"--roar-floor is an accuracy in [0, 1], got {args.roar_floor:g}")
+    problems.require(not (args.attack_compile and args.robust_attack != "apgd"),
+                     f"--attack-compile applies to --robust-attack apgd only ({args.robust_attack} runs eager)")
     problems.require(args.mixed_precision in AUTOCAST_DTYPES, f"--mixed-precision '{args.mixed_precision}' is not one "
                      f"of {', '.join(AUTOCAST_DTYPES)} (from ACCELERATE_MIXED_PRECISION?)")
     if args.mixed_precision == "fp16" and "robust" in metrics:

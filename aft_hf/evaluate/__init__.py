@@ -20,7 +20,7 @@ from .faithfulness import (
     roar,
 )
 from .localisation import boxes_to_masks, empty_masks, energy_in_mask, pointing_game
-from .metrics import METRICS
+from .metrics import METRICS, RobustOptions
 from .runner import evaluate_model, run_metrics, write_outputs
 from .sanity import randomisation_check, randomized_copy, spearman
 from .zeroshot import (
@@ -35,7 +35,8 @@ from .zeroshot import (
 
 __all__ = [
     "METRICS", "CNNOptions", "Curve", "EvalContext", "EvaluationError", "LinearProbe", "Metric", "MetricResult",
-    "RoarOptions", "Scalar", "SmallCNN", "ZeroShotClassifier", "auc", "check_labels", "label_indices", "report_results",
+    "RoarOptions", "RobustOptions", "Scalar", "SmallCNN", "ZeroShotClassifier", "auc", "check_labels", "label_indices",
+    "report_results",
     "run_metrics", "zero_shot_accuracy",
     "boxes_to_masks", "empty_masks", "normalised_auc", "clip_templates", "energy_in_mask", "evaluate_model", "gini",
     "imagenet_classnames",

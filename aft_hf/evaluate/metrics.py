@@ -74,6 +74,8 @@ class RobustOptions:
     def __post_init__(self):
         if self.attack not in ATTACKS:
             raise ValueError(f"unknown attack '{self.attack}' (choose from {', '.join(ATTACKS)})")
+        if self.compile and self.attack != "apgd":
+            raise ValueError(f"compile applies to the APGD attack only (attack '{self.attack}' runs eager)")
 
 
 class RobustAccuracy(Metric):
@@ -97,7 +99,7 @@ class RobustAccuracy(Metric):
             setup.update(restarts=o.restarts, targets=min(o.targets, ctx.class_weights.shape[0] - 1))
         if speed.autocast is not None:  # bf16 rounding can flip near-tie verdicts: the report says it was used
             setup["precision"] = o.mixed_precision
-        if o.compile and o.attack == "apgd":
+        if o.compile:
             setup["compiled"] = True
         out = self.result({"robust_top1": acc, "robust_attack": {**setup, "eps": [f"{e:g}/255" for e in o.eps]}})
         out.verdicts = {"robust": {k: v.tolist() for k, v in verdicts.items()}}

@@ -253,6 +253,7 @@ def test_precision_and_layout_come_from_the_launch(tiny_clip_path, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "ACCELERATE_MIXED_PRECISION": "bf16"}
     run = subprocess.run([sys.executable, "-m", "aft_hf", *args], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
+    assert "on cpu, precision bf16, attack" in run.stderr  # the start-up line says how the run computes
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["mixed_precision"] == "bf16" and summary["num_processes"] == 1
     assert summary["gradient_accumulation_steps"] == 2 and summary["global_batch_size"] == 4
@@ -262,6 +263,27 @@ def test_precision_and_layout_come_from_the_launch(tiny_clip_path, tmp_path):
     from aft_hf.card import build_model_card
 
     assert "| `optim.mixed_precision` | bf16 |" in str(build_model_card(out / "final", repo_id="me/x"))
+
+
+def test_the_launchers_precision_is_read_in_any_case_and_a_bad_one_refused(tmp_path, monkeypatch, capsys):
+    """accelerate itself takes ``ACCELERATE_MIXED_PRECISION=BF16`` as fp32 while recording "BF16": the trainer
+    normalises the value it hands on, and refuses one that is none of no / fp16 / bf16 before any work."""
+    from accelerate.state import AcceleratorState
+
+    from aft_hf.train import build_accelerator
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "BF16")
+    cfg = load_config(None, ["--cpu"])
+    assert launch.requested_precision(cfg) == "bf16"
+    AcceleratorState._reset_state(True)
+    try:
+        assert build_accelerator(cfg, tmp_path / "acc").mixed_precision == "bf16"
+    finally:  # later tests of this process must not inherit a bf16 state
+        AcceleratorState._reset_state(True)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bogus")
+    code, _, err = run_cli(_train_args(tmp_path, "--cpu"), capsys)
+    assert code == 2 and "ACCELERATE_MIXED_PRECISION='bogus'" in err and "no, fp16, bf16" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
 def test_config_precision_overrides_the_launcher(monkeypatch):

@@ -450,6 +450,20 @@ def test_attack_compile_flag_reaches_the_apgd_of_the_robust_metric(tiny_clip_pat
     attack = {out: json.loads((tmp_path / out / "report.json").read_text())["metrics"]["robust_attack"] for out in ("on", "off")}
     assert attack["on"]["precision"] == "bf16" and attack["on"]["compiled"] is True
     assert "precision" not in attack["off"] and "compiled" not in attack["off"]
+    notes = {out: (tmp_path / out / "report.md").read_text() for out in ("on", "off")}  # and so does report.md
+    assert "under bf16 autocast" in notes["on"] and "compiled with torch.compile" in notes["on"]
+    assert "autocast" not in notes["off"] and "torch.compile" not in notes["off"]
+
+
+def test_attack_compile_with_pgd_is_refused_not_ignored(tmp_path, capsys):
+    from aft_hf.cli import main
+    from aft_hf.evaluate import RobustOptions
+
+    with pytest.raises(ValueError, match="compile applies to the APGD attack only"):
+        RobustOptions(attack="pgd", compile=True)
+    assert main(["evaluate", "--model", "builtin:world-clip", "--dataset", str(tmp_path), "--metrics", "robust",
+                 "--robust-attack", "pgd", "--attack-compile", "--out", str(tmp_path / "out")]) == 2
+    assert "--attack-compile applies to --robust-attack apgd only" in capsys.readouterr().err
 
 
 def test_alive_restricts_the_attack_to_correct_images_and_ce_restarts_are_checked():
