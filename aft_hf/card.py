@@ -107,13 +107,15 @@ def eval_results_from_report(report: dict) -> list[EvalResult]:
     dataset = str(report.get("dataset") or "")
     if not dataset or _is_local_path(dataset):
         return []
+    attack = (report.get("metrics") or {}).get("robust_attack") or {}
+    caveat = (" (not the protocol's)" if str(attack.get("protocol", "")).startswith("not the protocol's") else "")
     # the dataset's Hub id, else a slug of its name (model-index needs an identifier; the name is shown as is)
     dataset_type = dataset if _DATASET_NAME.match(dataset) else re.sub(r"[^\w.]+", "-", dataset).strip("-").lower()
     return [
         EvalResult(
             task_type=ZS, task_name=s.task, dataset_type=dataset_type, dataset_name=dataset,
             dataset_split=report.get("split"), metric_type=s.hub_metric,
-            metric_name=f"{s.quantity}, {s.setting_kind} {setting}" if setting else s.quantity,
+            metric_name=(f"{s.quantity}, {s.setting_kind} {setting}" if setting else s.quantity) + caveat,
             metric_value=value, metric_config=f"{s.setting_kind}={setting}" if setting else None,
             metric_args={s.setting_kind: setting} if setting else None,
         )
@@ -138,7 +140,9 @@ _DATASET_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def _is_local_path(ref: str) -> bool:
-    return Path(ref).expanduser().exists() or ref.startswith(("/", ".", "~")) or "\\" in ref or ref.count("/") > 1
+    """A folder on the author's machine, or its published marker (``local:NAME``, :mod:`aft_hf.published`)."""
+    return (ref.startswith(LOCAL_PREFIX) or Path(ref).expanduser().exists() or ref.startswith(("/", ".", "~"))
+            or "\\" in ref or ref.count("/") > 1)
 
 
 def display_ref(ref: Optional[str]) -> Optional[str]:

@@ -196,7 +196,9 @@ def _robust(data: dict) -> MetricResult:
             ("precision", f"forward passes under {attack.get('precision')} autocast (its rounding can flip a "
                           "verdict at a near-tie)"),
             ("compiled", "forward compiled with torch.compile")) if attack.get(key))
-        notes.append(f"Attack: {attack.get('name', 'PGD, L-inf')}, {iterations} iterations{extra}{how}; an "
+        name = str(attack.get("name", "PGD, L-inf"))
+        name += "" if name.endswith(" iterations") else f", {iterations} iterations"  # a weaker APGD's name says it
+        notes.append(f"Attack: {name}{extra}{how}; an "
                      "image counts as robust only when correct clean and every attack fails, at this and every "
                      "smaller budget.")
     return MetricResult("", "", scalars, metadata=dict(attack), notes=notes,

@@ -356,3 +356,20 @@ def test_report_on_a_local_folder_stays_out_of_model_index(exported, tmp_path):
     assert card.data.eval_results is None and card.data.datasets == ["ILSVRC/imagenet-1k"]
     assert str(tmp_path) not in str(card) and "dataset `local folder my_images`" in card.text
     assert "| Zero-shot top-1 accuracy |  | 0.6125 | higher |" in card.text  # the numbers are still in the text
+
+
+def test_model_index_holds_hub_datasets_only_and_says_when_numbers_are_not_the_protocols():
+    """A report on a local folder (``local:NAME`` once published) gives no model-index entry; a benchmark report
+    that is not the protocol's marks every entry, the clean ones too; a weaker APGD names its iterations."""
+    from aft_hf.card import eval_results_from_report
+    from aft_hf.evaluate.apgd import attack_description
+
+    assert eval_results_from_report({**REPORT, "dataset": "local:ws"}) == []
+    assert eval_results_from_report({**REPORT, "dataset": "/data/ws"}) == []
+    hub = eval_results_from_report(REPORT)
+    assert hub and not any("not the protocol's" in r.metric_name for r in hub)
+    attack = {**REPORT["metrics"]["robust_attack"], "protocol": "not the protocol's: iterations 2 (protocol 100)"}
+    marked = eval_results_from_report({**REPORT, "metrics": {**REPORT["metrics"], "robust_attack": attack}})
+    assert len(marked) == len(hub) and all(r.metric_name.endswith("(not the protocol's)") for r in marked)
+    assert attack_description("apgd", "linf", 100) == "APGD-CE+APGD-T, L-inf"
+    assert attack_description("apgd", "linf", 5) == "APGD-CE+APGD-T, L-inf, 5 iterations"

@@ -44,7 +44,7 @@ REPORT_JSON, REPORT_MD, FIGURE = "report.json", "report.md", "benchmark.png"
 def dataset_entry(plan, protocol: Protocol) -> dict:
     """What report.json records of one dataset: where it came from, its size, its sample, its deviations."""
     data, req = plan.data, plan.request
-    deviations, same_classes = [], True
+    deviations, is_copy = [], True
     if plan.clean_images < len(data):
         deviations.append(f"clean accuracy on the first {plan.clean_images} of {len(data)} test images")
     if plan.robust_images != min(req.protocol_robust_images, len(data)):
@@ -53,18 +53,18 @@ def dataset_entry(plan, protocol: Protocol) -> dict:
         deviations.append("a local folder, not a known Hub dataset")
     else:  # a copy under --data-root: no copy of the Hub dataset if it is smaller than the sample or its classes differ
         known = known_dataset(data.hub_id)
-        if len(data) < req.protocol_robust_images:
+        if len(data) < req.protocol_robust_images:  # still its data: its numbers carry "not the protocol's"
             deviations.append(f"{len(data)} test images, fewer than the {req.protocol_robust_images} the protocol attacks: "
                               f"not a whole copy of {data.hub_id}")
         if known is not None and known.classes is not None and len(data.classnames) != known.classes:
-            same_classes = False
+            is_copy = False
             deviations.append(f"{len(data.classnames)} classes where {data.hub_id} has {known.classes}: not a copy of it")
     return {"name": req.name, "ref": req.ref, "hub_id": data.hub_id, "local_dir": data.local_dir,
             "split": data.split, "images": len(data), "classes": len(data.classnames),
             "templates": len(data.templates), "image_types": data.image_types, "shards": len(data.shards),
             "clean_images": plan.clean_images, "robust_images": plan.robust_images,
             "protocol_robust_images": req.protocol_robust_images, "in_average": req.in_average,
-            "copy_of_hub_dataset": data.hub_id is not None and same_classes, "deviations": deviations}
+            "copy_of_hub_dataset": data.hub_id is not None and is_copy, "deviations": deviations}
 
 
 def averages(results: dict, datasets: Sequence[dict], protocol: Protocol) -> dict:

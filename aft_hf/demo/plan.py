@@ -214,7 +214,8 @@ def robust_settings(opts: DemoOptions) -> dict:
 
     return {"robust_attack": opts.robust_attack, "robust_steps": opts.robust_steps,
             "robust_targets": opts.robust_targets if opts.robust_attack == "apgd" else None,
-            "robust_attack_name": attack_description(opts.robust_attack, DEFAULT_NORM, opts.robust_steps)}
+            "robust_attack_name": attack_description(  # the reports add APGD's iterations and targets themselves
+                opts.robust_attack, DEFAULT_NORM, opts.robust_steps if opts.robust_attack == "pgd" else None)}
 
 
 def _clear_earlier_runs(out: Path, keep: Path) -> None:

@@ -40,6 +40,8 @@ from ..threat_models import DEFAULT_NORM, ThreatModel, apgd_norms, get_threat_mo
 
 _TINY = 1e-12
 ATTACK_NAMES = {"apgd": "APGD-CE+APGD-T", "pgd": "PGD"}
+APGD_ITERATIONS = 100
+"""The protocol's iterations per APGD run (Croce & Hein 2020; RobustVLM)."""
 """How reports and the model card name each ``--robust-attack``."""
 
 
@@ -350,11 +352,14 @@ def _predict(forward: Callable[[Tensor], Tensor], images: Tensor, speed: APGDSpe
 
 
 def attack_description(attack: str, norm: str = DEFAULT_NORM, iterations: Optional[int] = None) -> str:
-    """Short human-readable name of an evaluation attack, e.g. ``APGD-CE+APGD-T, L-inf``."""
+    """Short human-readable name of an evaluation attack, e.g. ``APGD-CE+APGD-T, L-inf``; an APGD run with other
+    than the protocol's 100 iterations says so (``APGD-CE+APGD-T, L-inf, 5 iterations``): the name travels into
+    the model card's metadata, where a weaker attack must not pass for the field's."""
     name = ATTACK_NAMES.get(attack, attack)
     if attack == "pgd" and iterations:
         name = f"PGD-{iterations}"
-    return f"{name}, {norm_label(norm)}"
+    weaker = f", {iterations} iterations" if attack == "apgd" and iterations and iterations != APGD_ITERATIONS else ""
+    return f"{name}, {norm_label(norm)}{weaker}"
 
 
 __all__ = ["APGDSpeed", "ATTACK_NAMES", "AUTOCAST_DTYPES", "apgd", "autocast_context", "apgd_robust", "attack_description",

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..attack import PGDAttacker
 from ..threat_models import DEFAULT_NORM, apgd_norms
-from .apgd import APGDSpeed, apgd_robust, autocast_context
+from .apgd import APGD_ITERATIONS, APGDSpeed, apgd_robust, autocast_context
 from .errors import EvaluationError
 from .sharding import Shard, batch_seed, map_batches, num_batches
 
@@ -143,7 +143,7 @@ def topk_accuracy(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) ->
 
 
 ATTACKS = ("apgd", "pgd")
-DEFAULT_ITERATIONS = {"apgd": 100, "pgd": 10}
+DEFAULT_ITERATIONS = {"apgd": APGD_ITERATIONS, "pgd": 10}
 
 
 def robust_accuracy(classifier: ZeroShotClassifier, images: Tensor, labels: Tensor,

@@ -296,6 +296,7 @@ def test_card_entries_per_dataset(copies, tiny_clip_path, tmp_path, single_threa
     pcam = [r for r in results if r.dataset_name == "clip-benchmark/wds_vtab-pcam"]
     assert {r.metric_type for r in pcam} == {"accuracy", "robust_accuracy"}
     assert all("APGD-CE, L-inf, not the protocol's" in r.metric_name for r in pcam if r.metric_type != "accuracy")
+    assert all(r.metric_name.endswith("(not the protocol's)") for r in pcam)  # the clean numbers too (8 images)
     from aft_hf.hub import prepare_hub_folder  # what `aft-hf push --report card_<model>.json` builds
 
     hub = prepare_hub_folder(tiny_clip_path, tmp_path / "hub", "me/model", card_file)

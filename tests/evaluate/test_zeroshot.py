@@ -120,7 +120,8 @@ def test_cli_evaluate_writes_json_markdown_and_pngs(tiny_clip_path, tiny_vision_
     m = report["metrics"]
     assert 0 <= m["zeroshot_top1"] <= 1 and set(m["robust_top1"]) == {"1/255", "2/255", "4/255"}
     assert max(m["robust_top1"].values()) <= m["zeroshot_top1"]
-    assert m["robust_attack"] == {"attack": "apgd", "name": "APGD-CE+APGD-T, L-inf", "norm": "linf", "steps": 2,
+    # 2 of the protocol's 100 iterations: the name says so, since it goes into the card's metadata
+    assert m["robust_attack"] == {"attack": "apgd", "name": "APGD-CE+APGD-T, L-inf, 2 iterations", "norm": "linf", "steps": 2,
                                   "restarts": 1, "targets": min(9, report["num_classes"] - 1),
                                   "eps": ["1/255", "2/255", "4/255"]}
     assert "Attack: APGD-CE+APGD-T, L-inf, 2 iterations, 1 restart(s)" in (out / "report.md").read_text()
