@@ -61,8 +61,12 @@ class ModelConfig:
     """`sdpa` or `eager`; `flash_attention_2` only with CUDA and the flash-attn package."""
     embedding: str = "pooled"
     """What AFT keeps close: `pooled` (the projected embedding; a bare CLIPVisionModel's pooled
-    output) or `patch_tokens` (penultimate-layer patch tokens, as LLaVA consumes them; the
+    output) or `patch_tokens` (the patch tokens of `model.feature_layer`, as LLaVA consumes them; the
     distance is the mean over patches of the per-patch squared distance)."""
+    feature_layer: int = -2
+    """`patch_tokens`: the hidden state whose patch tokens AFT keeps close, counted as a VLM's
+    `vision_feature_layer` (-2: the penultimate layer, LLaVA-1.5's; -1: the last, e.g. LLaVA-OneVision's
+    shortened SigLIP tower). `aft-hf graft` refuses a VLM that reads another layer."""
     image_size: Optional[int] = None
     """Input side in pixels; null: the checkpoint's (336 for openai/clip-vit-large-patch14-336). Another
     size (a multiple of the patch size) interpolates the position embeddings once at load; the model is
@@ -671,18 +675,30 @@ def validate(cfg: TrainConfig) -> list[str]:
         p.append(f"logging.log_every: must be > 0, got {lg.log_every}")
     if cfg.hub.push_to_hub and not cfg.hub.hub_model_id:
         p.append("hub.push_to_hub needs hub.hub_model_id (e.g. --hub_model_id me/clip-vit-b16-aft)")
-    if cfg.model.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
-        p.append(f"model.attn_implementation: unknown value '{cfg.model.attn_implementation}'")
+    p.extend(_validate_model(cfg.model))
     p.extend(_validate_eval_and_hub(cfg))
     p.extend(_local_markers(cfg))
     p.extend(_validate_run(cfg))
-    if cfg.model.image_size is not None and cfg.model.image_size <= 0:
-        p.append(f"model.image_size: must be > 0 or null (the checkpoint's), got {cfg.model.image_size}")
-    if cfg.model.embedding not in ("pooled", "patch_tokens"):
-        p.append(f"model.embedding: unknown value '{cfg.model.embedding}' (choose pooled or patch_tokens)")
     from .objectives import objective_problems
 
     p.extend(objective_problems(cfg))
+    return p
+
+
+def _validate_model(m: ModelConfig) -> list[str]:
+    """The ``model.*`` values that need more than a type."""
+    p = []
+    if m.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
+        p.append(f"model.attn_implementation: unknown value '{m.attn_implementation}'")
+    if m.image_size is not None and m.image_size <= 0:
+        p.append(f"model.image_size: must be > 0 or null (the checkpoint's), got {m.image_size}")
+    if m.embedding not in ("pooled", "patch_tokens"):
+        p.append(f"model.embedding: unknown value '{m.embedding}' (choose pooled or patch_tokens)")
+    if not isinstance(m.feature_layer, int) or isinstance(m.feature_layer, bool):
+        p.append(f"model.feature_layer: a hidden state's index (e.g. -2, the penultimate layer), got {m.feature_layer!r}")
+    elif m.feature_layer != -2 and m.embedding != "patch_tokens":
+        p.append("model.feature_layer is read only with model.embedding patch_tokens (pooled embeddings come from "
+                 "the last layer)")
     return p
 
 

@@ -37,6 +37,8 @@ ANCHOR = "embeddings.patch_embedding.weight"
 """The tensor every CLIP/SigLIP vision tower has exactly once; the text before it is the tower's root."""
 GEOMETRY = ("model_type", "image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_channels")
 """Vision-config fields that must agree between the AFT model and the VLM's tower."""
+FUNCTION = ("hidden_act", "layer_norm_eps")
+"""Vision-config fields that change what the same weights compute: they must agree too."""
 NOT_VISION = ("text_model.", "text_projection", "logit_scale", "logit_bias")
 """Top-level AFT tensors that belong to the text side (silently not grafted; everything else is named)."""
 KEPT_BUFFERS = ("position_ids",)
@@ -140,6 +142,54 @@ def check_geometry(aft_vision: Any, vlm_config: Any) -> None:
                              f"(hidden states {-(layers + 1)}..{layers})")
 
 
+def check_function(aft_vision: Any, tower: Any, aft_dir: Path, vlm_dir: Path) -> None:
+    """Refuse towers that would compute another function from the grafted weights: another activation or
+    LayerNorm epsilon, or pixels normalised with another mean / std by the VLM's processor."""
+    diffs = [f"{name} {getattr(aft_vision, name, None)} vs {getattr(tower, name, None)}" for name in FUNCTION
+             if getattr(aft_vision, name, None) != getattr(tower, name, None)]
+    stats = [_pixel_stats(aft_dir), _pixel_stats(vlm_dir)]
+    if None not in stats and any(abs(a - b) > 1e-4 for a, b in zip(stats[0], stats[1])):
+        diffs.append(f"pixel mean / std {stats[0]} vs {stats[1]} (preprocessor_config.json)")
+    if diffs:
+        raise GraftError(f"the VLM's vision tower computes another function from the same weights (AFT vs VLM): "
+                         f"{'; '.join(diffs)}: fine-tune the VLM's own tower (save it with save_pretrained) instead")
+
+
+def _pixel_stats(folder: Path) -> Optional[tuple[float, ...]]:
+    """The processor's image mean and std, flattened, or None when the folder has no such processor config."""
+    path = folder / "preprocessor_config.json"
+    try:
+        cfg = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return None
+    mean, std = cfg.get("image_mean"), cfg.get("image_std")
+    if not (isinstance(mean, list) and isinstance(std, list)):
+        return None
+    return tuple(round(float(v), 6) for v in mean + std)
+
+
+def check_feature_layer(aft_dir: Path, vlm_config: Any) -> None:
+    """An AFT run that kept ``patch_tokens`` close must have used the layer the VLM reads (its recipe,
+    ``aft_config.yaml``, says which); a pooled run trains the whole tower and fits any layer."""
+    import yaml
+
+    from .constants import CONFIG_FILE
+
+    path = aft_dir / CONFIG_FILE
+    try:
+        model = (yaml.safe_load(path.read_text()) or {}).get("model") or {} if path.is_file() else {}
+    except (OSError, yaml.YAMLError):
+        return
+    feature = getattr(vlm_config, "vision_feature_layer", None)
+    if model.get("embedding") != "patch_tokens" or not isinstance(feature, int):
+        return
+    layers = vlm_config.vision_config.num_hidden_layers
+    trained = int(model.get("feature_layer", -2))
+    if trained % (layers + 1) != feature % (layers + 1):
+        raise GraftError(f"the AFT run kept the patch tokens of layer {trained} close but the VLM reads "
+                         f"vision_feature_layer {feature}: train with --model.feature_layer {feature}")
+
+
 def _shape(checkpoint: Checkpoint, name: str) -> tuple[list[int], str]:
     with safe_open(str(checkpoint.folder / checkpoint.weight_map[name]), "pt") as f:
         piece = f.get_slice(name)
@@ -231,6 +281,8 @@ def graft(aft_folder: Union[str, Path], into: Union[str, Path], out: Union[str, 
         raise GraftError(f"--into '{into}' is a '{vlm_config.model_type}' model, not a VLM with a vision tower "
                          "and a language model")
     check_geometry(vision_config(aft_config), vlm_config)
+    check_function(vision_config(aft_config), vlm_config.vision_config, aft_dir, vlm_dir)
+    check_feature_layer(aft_dir, vlm_config)
     aft, vlm = read_checkpoint(aft_dir, "AFT folder"), read_checkpoint(vlm_dir, "VLM")
     plan = plan_graft(aft, vlm)
     by_file: dict[str, dict[str, str]] = {}

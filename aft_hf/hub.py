@@ -79,7 +79,8 @@ def check_report(report: dict, name: str = "the report") -> None:
     if "schema_version" not in report or not isinstance(report.get("metrics"), dict):
         found = ", ".join(map(str, list(report)[:8])) or "nothing"
         raise HubError(f"'{name}' is not an `aft-hf evaluate` report (it needs 'schema_version' and a 'metrics' "
-                       f"object; found keys: {found}): pass the report.json written by `aft-hf evaluate`")
+                       f"object; found keys: {found}): pass the report.json written by `aft-hf evaluate`, or the "
+                       "card_<model>.json that `aft-hf benchmark` writes beside its report.json")
     if report["schema_version"] != SCHEMA_VERSION:
         raise HubError(f"'{name}' has report schema_version {report['schema_version']!r}; this aft_hf reads "
                        f"schema {SCHEMA_VERSION}: re-run `aft-hf evaluate` with this version")

@@ -83,13 +83,20 @@ class ImageEncoder(nn.Module):
         image_std: tuple[float, ...] = CLIP_STD,
         normalize: bool = True,
         embedding: str = "pooled",
+        feature_layer: int = -2,
     ):
         super().__init__()
         if embedding not in EMBEDDINGS:
             raise ModelLoadError(f"unknown embedding '{embedding}' (choose from {', '.join(EMBEDDINGS)})")
+        layers = vision.config.num_hidden_layers
+        if embedding == "patch_tokens" and not -(layers + 1) <= feature_layer <= layers:
+            raise ModelLoadError(f"model.feature_layer {feature_layer} is no hidden state of a {layers}-layer tower "
+                                 f"({-(layers + 1)}..{layers}, as a VLM's vision_feature_layer)")
         self.vision = vision
         self.normalize = normalize
         self.embedding = embedding
+        self.feature_layer = feature_layer
+        """The hidden state ``patch_tokens`` reads (-2: the penultimate layer's, LLaVA's ``vision_feature_layer``)."""
         self.register_buffer("mean", torch.tensor(image_mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(image_std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.source: Optional[str] = None
@@ -154,7 +161,7 @@ class ImageEncoder(nn.Module):
         pixel_values = normalize_pixels(pixels, self.mean, self.std)
         if self.embedding == "patch_tokens":
             hidden = self.vision(pixel_values=pixel_values, output_hidden_states=True).hidden_states
-            tokens = hidden[-2][:, self.num_prefix_tokens:]  # penultimate layer, CLS dropped (LLaVA's default)
+            tokens = hidden[self.feature_layer][:, self.num_prefix_tokens:]  # the VLM's feature layer, CLS dropped
             if self.normalize:
                 tokens = F.normalize(tokens, dim=-1)
             return tokens.flatten(1) / tokens.shape[1] ** 0.5
@@ -418,6 +425,7 @@ def load_image_encoder(
     token: Optional[str] = None,
     embedding: str = "pooled",
     image_size: Optional[int] = None,
+    feature_layer: int = -2,
 ) -> ImageEncoder:
     """Load a CLIP (or SigLIP) image encoder from a Hub id or a folder.
 
@@ -465,7 +473,7 @@ def load_image_encoder(
     if embedding == "pooled" and not getattr(vision.config, "vision_use_head", True):
         raise ModelLoadError(f"'{name_or_path}' is a SigLIP tower without its attention-pooling head (no pooled "
                              "embedding): use model.embedding patch_tokens")
-    encoder = ImageEncoder(vision, mean, std, normalize=normalize, embedding=embedding)
+    encoder = ImageEncoder(vision, mean, std, normalize=normalize, embedding=embedding, feature_layer=feature_layer)
     encoder.source, encoder.base_is_full_clip, encoder.image_processor = name_or_path, is_full, processor
     encoder.family = family.name
     return encoder

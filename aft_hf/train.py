@@ -249,7 +249,7 @@ def build_models(cfg: TrainConfig, accelerator: Accelerator):
     """The trainable encoder, its frozen copy (the targets), the attacker, AdamW and its schedule."""
     encoder = load_image_encoder(cfg.model.name_or_path, cfg.model.revision, cfg.model.output_normalize,
                                  cfg.model.attn_implementation, embedding=cfg.model.embedding,
-                                 image_size=cfg.model.image_size)
+                                 image_size=cfg.model.image_size, feature_layer=cfg.model.feature_layer)
     frozen = encoder.frozen_copy().to(accelerator.device)
     if cfg.lora.r > 0:
         trainable = apply_lora(encoder.vision, cfg.lora)

@@ -203,3 +203,37 @@ def test_graft_into_the_hub_layout_of_llava_hf(aft48, tmp_path):
     assert torch.equal(after["vision_tower.vision_model.embeddings.position_ids"][0], torch.arange(37).unsqueeze(0))
     check_graft(tmp_path / "hub", tmp_path / "out", aft48)
     run_generate(tmp_path / "out")
+
+
+def test_a_tower_that_computes_another_function_is_refused(aft48, tmp_path):
+    """Same shapes, another function: another activation, or the VLM's processor normalising pixels with another
+    mean / std than the AFT model was trained with. The grafted weights would compute what nobody trained."""
+    torch.manual_seed(1)
+    cfg = LlavaConfig(vision_config=CLIPVisionConfig(**{**vision_cfg().to_dict(), "hidden_act": "gelu"}),
+                      text_config=text_cfg(), image_token_index=IMAGE_TOKEN)
+    LlavaForConditionalGeneration(cfg).save_pretrained(tmp_path / "gelu")
+    with pytest.raises(GraftError, match="hidden_act quick_gelu vs gelu"):
+        graft(aft48, tmp_path / "gelu", tmp_path / "out")
+    src = save_llava(tmp_path / "llava")
+    processor = json.loads((src / "preprocessor_config.json").read_text())
+    (src / "preprocessor_config.json").write_text(json.dumps({**processor, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
+    with pytest.raises(GraftError, match=r"pixel mean / std .* vs \(0\.5, 0\.5"):
+        graft(aft48, src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_patch_token_runs_graft_only_where_the_vlm_reads_the_layer_they_trained(aft48, tmp_path):
+    """A ``patch_tokens`` run keeps one layer's tokens close (its recipe says which); a VLM reading another layer
+    gets features that AFT never protected: refused, naming the option that fits."""
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "aft_patch"
+    shutil.copytree(aft48, run)
+    (run / "aft_config.yaml").write_text(yaml.safe_dump({"model": {"embedding": "patch_tokens", "feature_layer": -2}}))
+    with pytest.raises(GraftError, match="layer -2 close but the VLM reads vision_feature_layer -1: train with "
+                                         "--model.feature_layer -1"):
+        graft(run, save_llava(tmp_path / "last", vision_feature_layer=-1), tmp_path / "out")
+    assert graft(run, save_llava(tmp_path / "penultimate", vision_feature_layer=-2), tmp_path / "ok")["grafted"] > 0
+    assert graft(run, save_llava(tmp_path / "as_positive", vision_feature_layer=1), tmp_path / "ok1")["grafted"] > 0

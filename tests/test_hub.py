@@ -373,3 +373,11 @@ def test_model_index_holds_hub_datasets_only_and_says_when_numbers_are_not_the_p
     assert len(marked) == len(hub) and all(r.metric_name.endswith("(not the protocol's)") for r in marked)
     assert attack_description("apgd", "linf", 100) == "APGD-CE+APGD-T, L-inf"
     assert attack_description("apgd", "linf", 5) == "APGD-CE+APGD-T, L-inf, 5 iterations"
+
+
+@pytest.mark.parametrize("option", ["--report", "--figure"])
+def test_push_refuses_a_second_report_or_figure_rather_than_dropping_the_first(exported, option, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["push", str(exported), "--repo-id", "me/x", option, "a.json", option, "b.json", "--dry-run", "--out", "o"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"argument {option}: given twice ('a.json', 'b.json')" in err

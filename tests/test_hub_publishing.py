@@ -181,6 +181,17 @@ def test_bare_vision_tower_card_says_what_it_is(three_kinds, tmp_path):
     assert "export-openclip" not in text  # which refuses a folder without projection
     assert "patch-token features" in text and "penultimate layer" in text  # the objective that was trained
     assert 'load_image_encoder("me/tiny-aft", embedding="patch_tokens")' in text
+    import shutil
+
+    import yaml
+
+    last = shutil.copytree(three_kinds["CLIPVisionModel"], tmp_path / "last_layer")  # a run for another VLM layer
+    recipe = yaml.safe_load((last / "aft_config.yaml").read_text())
+    recipe["model"]["feature_layer"] = -1
+    (last / "aft_config.yaml").write_text(yaml.safe_dump(recipe))
+    text = (prepare_hub_folder(last, tmp_path / "hub_last", repo_id=REPO) / "README.md").read_text()
+    assert "hidden state -1 (`model.feature_layer`)" in text and "penultimate" not in text.split("## Usage")[0]
+    assert 'load_image_encoder("me/tiny-aft", embedding="patch_tokens", feature_layer=-1)' in text
     pooled = (prepare_hub_folder(three_kinds["CLIPVisionModel, pooled"], tmp_path / "pooled", repo_id=REPO)
               / "README.md").read_text()
     assert "the pooled output itself for a tower without projection" in pooled and "patch-token" not in pooled

@@ -177,6 +177,25 @@ def test_patch_tokens_embedding_is_the_mean_per_patch_distance(bare_vision_path,
         load_image_encoder(str(tiny_clip_path), embedding="cls")
 
 
+def test_patch_tokens_follow_the_feature_layer_a_vlm_reads(tiny_clip_path, batch):
+    """``model.feature_layer`` picks the hidden state (as a VLM's ``vision_feature_layer``): -1 reads the last
+    layer's tokens, which -2 (LLaVA-1.5's default) leaves out; an index that is no layer is refused."""
+    from aft_hf.config import ConfigError, load_config
+
+    last = load_image_encoder(str(tiny_clip_path), embedding="patch_tokens", feature_layer=-1)
+    with torch.no_grad():
+        hidden = last.vision(pixel_values=(batch - last.mean) / last.std, output_hidden_states=True).hidden_states
+        assert torch.allclose(last(batch), F.normalize(hidden[-1][:, 1:], dim=-1).flatten(1) / 4, atol=1e-6)
+        assert not torch.allclose(last(batch), load_image_encoder(str(tiny_clip_path), embedding="patch_tokens")(batch))
+    layers = last.vision.config.num_hidden_layers
+    for bad in (layers + 1, -(layers + 2)):
+        with pytest.raises(ModelLoadError, match=f"model.feature_layer {bad} is no hidden state of a {layers}-layer"):
+            load_image_encoder(str(tiny_clip_path), embedding="patch_tokens", feature_layer=bad)
+    with pytest.raises(ConfigError, match="model.feature_layer is read only with model.embedding patch_tokens"):
+        load_config(None, ["--model.feature_layer", "-1"])
+    assert load_config(None, ["--model.embedding", "patch_tokens", "--model.feature_layer", "-1"]).model.feature_layer == -1
+
+
 def test_missing_weights_are_an_error(bare_vision_path, tiny_clip_path, tmp_path):
     """A checkpoint lacking a weight (here: a CLIPVisionModel folder claiming a projection) is refused."""
     import shutil

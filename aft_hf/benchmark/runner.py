@@ -200,11 +200,18 @@ def check_settings(out: Path, settings: dict, write: bool = True) -> None:
     """
     path = out / STATE_DIR / SETTINGS_FILE
     saved = read_json(path)
+    if saved is not None and saved != settings and not _any_work(out / STATE_DIR):
+        saved = None  # a run that stopped before its first batch (a mistyped model, say) binds nothing: replaced
     if saved is not None and saved != settings:
         raise BenchmarkError(f"'{out}' holds a benchmark run with other settings ({'; '.join(_differences(saved, settings))}):"
                              " resume with the same options or use another --out")
     if saved is None and write:
         write_json(path, settings)
+
+
+def _any_work(state: Path) -> bool:
+    """Whether a run saved any batch or dataset result under ``state``."""
+    return any(state.rglob("batch_*.json")) or any(state.rglob("result.json"))
 
 
 def _differences(saved: dict, new: dict, prefix: str = "") -> list[str]:
@@ -213,15 +220,22 @@ def _differences(saved: dict, new: dict, prefix: str = "") -> list[str]:
         text = json.dumps(value) if value is not None else "(none)"
         return text if len(text) <= 60 else text[:57] + "..."
 
+    def as_dict(value):  # lists of records compare record by record (datasets[1].ref: ...)
+        return dict(enumerate(value)) if isinstance(value, list) else value
+
     out = []
-    for key in sorted(set(saved) | set(new)):
+    for key in sorted(set(saved) | set(new), key=str):
         old_value, new_value = saved.get(key), new.get(key)
         if old_value == new_value:
             continue
+        name = f"{prefix[:-1]}[{key}]" if isinstance(key, int) else f"{prefix}{key}"
+        if (isinstance(old_value, list) and isinstance(new_value, list) and len(old_value) == len(new_value)
+                and any(isinstance(v, dict) for v in old_value + new_value)):
+            old_value, new_value = as_dict(old_value), as_dict(new_value)
         if isinstance(old_value, dict) and isinstance(new_value, dict):
-            out += _differences(old_value, new_value, f"{prefix}{key}.")
+            out += _differences(old_value, new_value, f"{name}.")
         else:
-            out.append(f"{prefix}{key}: {show(old_value)} -> {show(new_value)}")
+            out.append(f"{name}: {show(old_value)} -> {show(new_value)}")
     return out
 
 

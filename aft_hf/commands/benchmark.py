@@ -101,7 +101,7 @@ def _cli_benchmark(args, extra) -> int:
     from ..benchmark.run import run_benchmark
     from ..explain.options import check_output_folder
 
-    check_output_folder("--out", args.out)
+    check_output_folder("--out", args.out, results=True)
 
     protocol = Protocol(eps=tuple(args.eps), iterations=args.iterations, ce_restarts=args.ce_restarts,
                         t_restarts=args.t_restarts, targets=args.targets, robust_images=args.robust_images,

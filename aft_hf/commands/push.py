@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from ..hub import HubError, prepare_hub_folder, push_model
 
 
@@ -13,11 +15,13 @@ def add_subcommand(subparsers) -> None:
                     "numbers, saliency figure) and upload it. --dry-run builds it under --out without network.")
     p.add_argument("folder", help="an exported folder, e.g. out/final, or a converted one")
     p.add_argument("--repo-id", required=True, help="e.g. me/clip-vit-b16-aft")
-    p.add_argument("--report", help="JSON report of `aft-hf evaluate` (results table and model-index)")
+    p.add_argument("--report", action=_Once,
+                   help="the results for the card (table and model-index): the report.json of `aft-hf evaluate`, or "
+                        "the card_<model>.json of `aft-hf benchmark`; one report per card")
     p.add_argument("--allow-unverified-report", action="store_true",
                    help="accept a report of an earlier aft_hf that records no weights hash (by default a report "
                         "must hold a row that measured this folder's weights)")
-    p.add_argument("--figure", help="a saliency figure (PNG/JPEG) to embed in the card")
+    p.add_argument("--figure", action=_Once, help="a saliency figure (PNG/JPEG) to embed in the card")
     p.add_argument("--license", help="license id; default: inherited from the base model's card when known")
     p.add_argument("--tag", action="append", default=[], help="an extra tag (repeatable)")
     p.add_argument("--private", action="store_true", help="create the Hub repo as private")
@@ -26,6 +30,16 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out if it is a folder that aft_hf wrote (any other folder is refused)")
     p.set_defaults(func=_cli_push)
+
+
+class _Once(argparse.Action):
+    """An option that may be given once: a second value would silently replace the first."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest) is not None:
+            parser.error(f"argument {option_string}: given twice ({getattr(namespace, self.dest)!r}, {values!r}); "
+                         "the card takes one")
+        setattr(namespace, self.dest, values)
 
 
 def _cli_push(args, extra) -> int:

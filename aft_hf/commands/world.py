@@ -35,7 +35,7 @@ def _check_count(n: int) -> None:
 
 def _cli_sample(args, extra) -> int:
     _check_count(args.num_images)
-    check_output_folder("--out", args.out)
+    check_output_folder("--out", args.out, results=True)
     cfg = load_world_config(args.model).world if args.model else WorldConfig()
     print(write_imagefolder(args.out, args.num_images, seed=args.seed, cfg=cfg))
     return 0

@@ -37,9 +37,9 @@ class OptionProblems:
 
     def output_folder(self, option: str, path: Optional[str]) -> None:
         """``path`` must be a folder or a name that can become one: not a file, nor inside one (found before the
-        work, not when its results are written)."""
+        work, not when its results are written), nor a model's folder."""
         if path is not None:
-            self.call(lambda: check_output_folder(option, path))
+            self.call(lambda: check_output_folder(option, path, results=True))
 
     def call(self, check: Callable[[], object]) -> object:
         """Run a check that raises an :class:`AftError`; keep its message as a problem."""
@@ -56,14 +56,18 @@ class OptionProblems:
             raise error(f"{len(self.problems)} problems with the options: " + "; ".join(self.problems))
 
 
-def check_output_folder(option: str, path: str) -> None:
+def check_output_folder(option: str, path: str, results: bool = False) -> None:
     """Raise :class:`AftError` in one line when ``path`` cannot be an output folder: it is a file, or the closest
-    of its parents that exists is a file or not writable."""
+    of its parents that exists is a file or not writable. ``results``: the folder receives reports, so a model's
+    folder (``config.json``) is refused too (``aft-hf push`` would upload the reports with the model)."""
     import os
 
     target = Path(path)
     if target.exists() and not target.is_dir():
         raise AftError(f"{option} '{path}' is a file, not a folder")
+    if results and (target / "config.json").is_file():
+        raise AftError(f"{option} '{path}' holds a model (config.json): its results would be uploaded with the model "
+                       "by `aft-hf push`; write them to another folder")
     parent = next((p for p in (target, *target.parents) if p.exists()), Path("."))
     if not parent.is_dir():
         raise AftError(f"{option} '{path}': '{parent}' is a file, so no folder can be made there")

@@ -265,6 +265,24 @@ def test_killed_run_resumes_to_the_same_report(copies, tiny_clip_path, tmp_path,
     assert "protocol.eps: [4.0] -> [2.0]" in str(refused.value)  # which value, old and new
 
 
+def test_a_run_that_computed_nothing_does_not_bind_its_folder(copies, tiny_clip_path, tmp_path, single_thread):
+    """A first try that stops before any batch (a mistyped model) leaves settings behind; the corrected command
+    is not refused as "another run" but replaces them. Once a batch is saved, other settings are refused, each
+    difference named down to the dataset record that differs."""
+    from aft_hf.benchmark.runner import _differences
+
+    three, _ = copies
+    requests = [DatasetRequest.from_ref(str(three))]
+    protocol = Protocol(eps=(4,), robust_images=4, **CHEAP)
+    with pytest.raises(Exception, match="typo"):
+        run_benchmark([str(tmp_path / "typo")], requests, tmp_path / "b", protocol, print_fn=lambda s: None)
+    assert (tmp_path / "b" / "state" / "settings.json").is_file()
+    report = run_benchmark([str(tiny_clip_path)], requests, tmp_path / "b", protocol, print_fn=lambda s: None)
+    assert report["complete"]
+    assert _differences({"datasets": [{"name": "c", "ref": "x/a"}]}, {"datasets": [{"name": "c", "ref": "x/b"}]}) == [
+        'datasets[0].ref: "x/a" -> "x/b"']
+
+
 @pytest.mark.slow
 def test_card_entries_per_dataset(copies, tiny_clip_path, tmp_path, single_thread):
     """With --data-root, a local copy keeps its Hub id, so push puts model-index entries per dataset."""

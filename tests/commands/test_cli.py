@@ -315,6 +315,25 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(command, ins
     assert blocker.read_text() == "keep me"
 
 
+@pytest.mark.parametrize("command", [
+    ["world", "sample", "-n", "2"],
+    ["explain", "--model", "builtin:world-clip", "--images", "IMAGES"],
+    ["evaluate", "--model", "builtin:world-clip", "--dataset", "IMAGES", "--metrics", "zeroshot"],
+    ["benchmark", "--model", "builtin:world-clip", "--datasets", "cifar10"],
+])
+def test_results_are_never_written_into_a_models_folder(command, tmp_path, capsys):
+    """``--out`` naming an exported model's folder is refused: ``aft-hf push`` uploads that folder as it is, so
+    reports, benchmark state or images written there would be published with the model."""
+    model = tmp_path / "final"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (tmp_path / "imgs").mkdir()
+    args = [str(tmp_path / "imgs") if a == "IMAGES" else a for a in command]
+    code, _, err = run_cli([*args, "--out", str(model)], capsys)
+    assert code == 2 and "holds a model (config.json)" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in model.iterdir()) == ["config.json"]
+
+
 def test_a_run_refused_for_its_data_leaves_no_empty_output_folder(tmp_path, capsys):
     """A mistyped data set is found after the output folder's write check: the refusal removes the folder it made
     (still empty), so no empty ``out/`` is left to be mistaken for a run."""
