@@ -417,6 +417,18 @@ def load_model_config(name_or_path: str, revision: Optional[str] = None,
         raise ModelLoadError(f"could not read the config of model '{name_or_path}': {cause}") from e
 
 
+def encoder_family(name_or_path: str, config=None) -> "Family":
+    """The :data:`FAMILIES` entry of a checkpoint (its config read, not its weights); a model that is no CLIP or
+    SigLIP encoder (a VLM, a language model) is a :class:`ModelLoadError` naming what it is."""
+    config = config if config is not None else load_model_config(name_or_path)
+    family = family_of(config.model_type)
+    if family is None:
+        raise ModelLoadError(
+            f"'{name_or_path}' is a '{config.model_type}' model; aft_hf fine-tunes CLIP and SigLIP (a CLIPModel, "
+            "CLIPVisionModelWithProjection, CLIPVisionModel, SiglipModel or SiglipVisionModel checkpoint)")
+    return family
+
+
 def load_image_encoder(
     name_or_path: str,
     revision: Optional[str] = None,
@@ -445,11 +457,7 @@ def load_image_encoder(
     source = resolve_builtin_model(name_or_path)
     kwargs = dict(revision=revision, token=token, attn_implementation=attn_implementation)
     config = load_model_config(name_or_path, revision=revision, token=token)
-    family = family_of(config.model_type)
-    if family is None:
-        raise ModelLoadError(
-            f"'{name_or_path}' is a '{config.model_type}' model; aft_hf fine-tunes CLIP and SigLIP (a CLIPModel, "
-            "CLIPVisionModelWithProjection, CLIPVisionModel, SiglipModel or SiglipVisionModel checkpoint)")
+    family = encoder_family(name_or_path, config)
     is_full = config.model_type == family.full_type
     try:
         if is_full:

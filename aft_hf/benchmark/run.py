@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..evaluate.runner import slug
-from ..evaluate.sharding import Shard, make_accelerator
+from ..evaluate.sharding import Shard, make_accelerator, num_batches
 from ..evaluate.zeroshot import ZeroShotClassifier
 from ..files import WEIGHTS_HASH_KEY, tower_weights_sha256, write_json
 from .errors import BenchmarkError
@@ -63,6 +63,30 @@ def _eta(name: str, position: int, total: int, seconds: float, started: list) ->
                     elapsed, elapsed / position * (total - position))
 
 
+def _work_left(folder: Path, plan: DatasetPlan, protocol: Protocol) -> int:
+    """:func:`run_work` of one (model, dataset) less the share of its batches an earlier run saved."""
+    if read_json(folder / "result.json") is not None:
+        return 0
+    total = num_batches(plan.clean_images, protocol.batch_size)
+    saved = sum(1 for _ in folder.glob("batch_*.json")) if folder.is_dir() else 0
+    return round(run_work([plan], protocol) * max(total - saved, 0) / max(total, 1))
+
+
+def _open_all(requests: Sequence[DatasetRequest], split: str, data_root: Optional[str]) -> list:
+    """Every dataset opened, or one error listing each that cannot be (a partial mirror: all its gaps at once)."""
+    data, problems = [], []
+    for r in requests:
+        try:
+            data.append(open_wds(r.ref, split, data_root))
+        except BenchmarkError as e:
+            problems.append(str(e))
+    if len(problems) == 1:
+        raise BenchmarkError(problems[0])
+    if problems:
+        raise BenchmarkError(f"{len(problems)} of {len(requests)} datasets cannot be opened: " + "; ".join(problems))
+    return data
+
+
 def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out: str | Path,
                   protocol: Optional[Protocol] = None, text_model: Optional[str] = None, data_root: Optional[str] = None,
                   split: str = "test", device: str = "auto", accelerator=None, print_fn=print,
@@ -88,7 +112,7 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
     acc = accelerator or make_accelerator(device)
     main = acc.is_main_process
     with acc.main_process_first():
-        data = [open_wds(r.ref, split, data_root) for r in requests]
+        data = _open_all(requests, split, data_root)
     plans = [plan_dataset(r, d, protocol) for r, d in zip(requests, data)]
     entries = [dataset_entry(p, protocol) for p in plans]
     settings = {"models": list(models), "text_model": text_model, "protocol": protocol.as_dict(), "split": split,
@@ -102,8 +126,7 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
     launch = {"num_processes": acc.num_processes, "device": acc.device.type, "compiled_encoder": compile_encoder}
     results: dict[str, dict] = {m: {} for m in models}
     report = None
-    left = sum(run_work([p for p in plans if read_json(out / STATE_DIR / slug(m) / p.request.name / "result.json")
-                         is None], protocol) for m in models)
+    left = sum(_work_left(out / STATE_DIR / slug(m) / p.request.name, p, protocol) for m in models for p in plans)
     run_state = {"work_left": left, "eta_logged": False}
     for model in models:
         state = out / STATE_DIR / slug(model)

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..model import ImageEncoder, ModelLoadError, load_image_encoder
+from ..model import ImageEncoder, ModelLoadError, encoder_family, load_image_encoder
 from .targets import TextTower, is_full_clip, load_text_tower
 
 
@@ -49,6 +49,8 @@ def load_models_and_texts(models: Sequence[str], text_model: Optional[str], devi
     model is vision-only. Towers are loaded once per source. Checked before any weights load.
     ``image_size`` (``--image-size``) runs every encoder at that size (:mod:`aft_hf.resolution`).
     """
+    for m in models:  # a VLM or other model is named as such before any text-tower advice
+        encoder_family(m)
     if need_text and not text_model:
         vision_only = [m for m in models if not is_full_clip(m)]
         if vision_only:
@@ -69,6 +71,10 @@ def load_models_and_texts(models: Sequence[str], text_model: Optional[str], devi
         if getattr(encoder, "family", "clip") != towers[source].family:
             raise ModelLoadError(f"model {model} is a {encoder.family} model but the text tower of {source} is "
                                  f"{towers[source].family}'s: pass a --text-model of the same family")
+        if getattr(encoder, "family", "clip") == "clip" and not getattr(encoder, "has_projection", True):
+            raise ModelLoadError(f"model {model} is a CLIPVisionModel without visual_projection: its pooled output is "
+                                 "not in the text tower's embedding space, so zero-shot scores would mean nothing "
+                                 "(whatever the widths): use the full CLIPModel or a CLIPVisionModelWithProjection")
         if image_dim is not None and image_dim != text_dim:
             raise ModelLoadError(f"model {model} embeds images in {image_dim} dimensions but the text tower of "
                                  f"{source} in {text_dim} (the model's embedding: {what}): pass a --text-model "

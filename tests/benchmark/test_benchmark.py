@@ -399,6 +399,11 @@ def test_hub_dataset_offline_is_one_line(tiny_clip_path, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and f"no local copy at '{tmp_path / 'mirror' / 'wds_vtab-pets'}' either" in err
     code = main(["benchmark", "--model", str(tiny_clip_path), "--datasets", "clip-benchmark/wds_vtab-pets",
+                 "clip-benchmark/wds_vtab-dtd", "--data-root", str(tmp_path / "mirror"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()  # a partial mirror: every gap in one line, not one per attempt
+    assert code == 2 and len(err.splitlines()) == 1 and err.count("no local copy at") == 2
+    assert "2 of 2 datasets cannot be opened" in err
+    code = main(["benchmark", "--model", str(tiny_clip_path), "--datasets", "clip-benchmark/wds_vtab-pets",
                  "--data-root", str(tmp_path / "mirrr"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and f"--data-root '{tmp_path / 'mirrr'}' is not a folder" in err and len(err.splitlines()) == 1
@@ -540,16 +545,24 @@ def test_a_signal_stops_the_run_in_one_line_and_the_same_command_resumes(copies,
         return real(self, b)
 
     monkeypatch.setattr(runner.BatchWork, "compute", signalled_on_the_second_batch)
+    caplog.set_level("INFO", logger="aft_hf")
     code = main(args)
     err = capsys.readouterr().err.strip()
+    import re
+
+    def passes_left() -> int:  # the whole run's estimate, logged after the first computed batch
+        return int(re.search(r"\(([\d,]+) passes at most", caplog.text).group(1).replace(",", ""))
+
+    fresh = passes_left()
+    caplog.clear()
     assert code == 128 + getattr(signal, signum) and "Traceback" not in err  # (stderr also holds progress bars)
     assert err.splitlines()[-1] == (f"aft-hf benchmark: error: stopped by {signum}: every finished batch is saved in "
                                     f"'{tmp_path / 'b'}'; run the same command to resume")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is given back
     calls.clear()
-    caplog.set_level("INFO", logger="aft_hf")
     assert main(args) == 0 and json.loads((tmp_path / "b" / "report.json").read_text())["complete"]
     assert calls and calls[0] == 1  # resumed at the batch in flight: batch 0 was saved
     assert "resuming: 1 of 4 batches already saved" in caplog.text  # and it says so
+    assert passes_left() == round(fresh * 3 / 4)  # and its estimate leaves out the saved batch
     caplog.clear()
     assert main(args) == 0 and "already done" in caplog.text

@@ -26,16 +26,27 @@ def _last_line(err: str) -> str:
     return [line for line in err.splitlines() if line.strip()][-1]
 
 
-def test_evaluate_names_the_pooled_width_of_a_bare_tower(bare48, tiny_clip_path, tmp_path, capfd):
-    """The issue: the dimension check read the config's projection_dim (32, as the text tower) for a bare tower
-    whose embedding is 48 wide, so nothing was refused until a matmul failed."""
+@pytest.fixture(scope="module")
+def bare32(tmp_path_factory):
+    """A bare CLIPVisionModel exactly as wide (32) as the tiny CLIP's text embedding."""
+    path = tmp_path_factory.mktemp("bare32") / "tower"
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                     image_size=32, patch_size=8)).save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("bare", ["bare48", "bare32"])
+def test_evaluate_refuses_zero_shot_on_a_bare_tower_whatever_its_width(bare, request, tiny_clip_path, tmp_path, capfd):
+    """A CLIPVisionModel's pooled output is not in the text tower's space: refused before any score, also where its
+    width happens to equal the text tower's (once a matmul failure at 48 wide, a silent meaningless score at 32)."""
+    bare48 = request.getfixturevalue(bare)
     data = write_png_folder(tmp_path / "imgs", 2)
     rc = main(["evaluate", "--model", str(bare48), "--text-model", str(tiny_clip_path), "--dataset", "imagefolder",
                "--data-dir", str(data), "--metrics", "zeroshot", "--device", "cpu", "--out", str(tmp_path / "ev")])
     assert rc == 2
     line = _last_line(capfd.readouterr().err)
-    assert "embeds images in 48 dimensions but the text tower of" in line
-    assert "in 32 (the model's embedding: the pooled output of a CLIPVisionModel without projection)" in line
+    assert "is a CLIPVisionModel without visual_projection: its pooled output is not in the text tower's" in line
 
 
 @pytest.mark.parametrize("command", ["evaluate", "explain"])
@@ -97,3 +108,14 @@ def test_held_report_is_emitted_when_nothing_is_refused():
         assert seen == []  # dropped: the refusal says it
     finally:
         logger.removeHandler(handler)
+
+
+def test_a_vlm_given_as_model_is_named_before_any_text_tower_advice(tmp_path, capfd):
+    """A LLaVA folder is no CLIP: said at once, not "pass --text-model" first and the real problem after."""
+    from tests.test_graft import save_llava
+
+    llava = save_llava(tmp_path / "llava")
+    (tmp_path / "imgs").mkdir()
+    rc = main(["evaluate", "--model", str(llava), "--dataset", str(tmp_path / "imgs"), "--metrics", "zeroshot",
+               "--out", str(tmp_path / "o")])
+    assert rc == 2 and "is a 'llava' model; aft_hf fine-tunes CLIP and SigLIP" in _last_line(capfd.readouterr().err)
