@@ -234,7 +234,8 @@ def _fill_hub_folder(out: Path, folder: Path, report, report_dict: Optional[dict
             src = Path(report).parent / str(rel) if isinstance(report, (str, Path)) else None
             if src is not None and src.is_file():
                 moved[name] = _copy_figure(src, out)
-                figures[f"{name.replace('_', ' ').capitalize()} (aft-hf evaluate)"] = moved[name]
+                measured = report_dict.get("measured_with") or "aft-hf evaluate"
+                figures[f"{name.replace('_', ' ').capitalize()} ({measured})"] = moved[name]
             else:
                 logger.info("figure '%s' of the report not found: left out of the card", rel)
         if report_figures:

@@ -171,13 +171,15 @@ def figure(report: dict, out: Path) -> Path:
             ys = [(r["clean_top1"] if measure == "clean" else r["robust_top1"].get(measure)) if r else None
                   for r in (per.get(n) for n in names)]
             xs = [i + (j - (len(models) - 1) / 2) * width for i in range(len(names))]
-            ax.bar(xs, [100 * y if y is not None else 0 for y in ys], width, label=slug(m))
+            ax.bar(xs, [100 * y if y is not None else 0 for y in ys], width, label=m if len(m) <= 40 else "..." + m[-37:])
         ax.set_ylabel(f"{measure} top-1 (%)")
         ax.set_ylim(0, 100)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
     axes[0].legend(fontsize=8)
-    axes[0].set_title("zero-shot accuracy, clean and under APGD-CE + APGD-T (L-inf)")
+    axes[0].set_title("zero-shot accuracy, clean and under APGD-CE + APGD-T, L-inf\n(APGD-CE alone on 2-class datasets)"
+                      + ("" if report.get("is_protocol", True) else "; not the protocol's: see the report's deviations"),
+                      fontsize=9)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(out, dpi=110)

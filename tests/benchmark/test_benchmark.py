@@ -320,6 +320,7 @@ def test_card_entries_per_dataset(copies, tiny_clip_path, tmp_path, single_threa
     hub = prepare_hub_folder(tiny_clip_path, tmp_path / "hub", "me/model", card_file)
     readme = (hub / "README.md").read_text()
     assert "### clip-benchmark/wds_vtab-pcam" in readme and (hub / "assets" / "benchmark.png").is_file()
+    assert "![Benchmark (aft-hf benchmark)](assets/benchmark.png)" in readme  # the tool that measured it
     assert any(r.metric_type == "robust_accuracy" and r.metric_value == report["results"][str(tiny_clip_path)]
                ["pcam"]["robust_top1"]["4/255"] for r in pcam)
     # the 3-class stand-in for cifar10 is published under no Hub dataset's name: its numbers are the folder's
