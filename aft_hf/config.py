@@ -293,8 +293,9 @@ class EvalConfig:
     label_column: str = "label"
     """Column holding the integer class labels of the held-out images."""
     class_names: Optional[str] = None
-    """Zero-shot class names: null = the label column's ClassLabel names, `imagenet` = the shipped
-    ImageNet-1k names, or a file with one name per line."""
+    """Zero-shot class names: null = the label column's ClassLabel names (else the `classnames.txt` of a
+    local eval folder, as `aft-hf world sample` writes), `imagenet` = the shipped ImageNet-1k names, or a
+    file with one name per line."""
     robust_eps: list[float] = field(default_factory=lambda: [1.0, 4.0])
     """L-inf budgets (1/255 units) of the robust zero-shot accuracy; [] for clean accuracy only."""
     attack_steps: int = 5

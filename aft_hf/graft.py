@@ -277,6 +277,9 @@ def graft(aft_folder: Union[str, Path], into: Union[str, Path], out: Union[str, 
         aft_config, vlm_config = AutoConfig.from_pretrained(aft_dir), AutoConfig.from_pretrained(vlm_dir)
     except (OSError, ValueError) as e:
         raise GraftError(f"could not read a config: {' '.join(str(e).split())[:300]}") from e
+    if aft_config.model_type not in ENCODER_TYPES:
+        raise GraftError(f"the AFT folder '{aft_folder}' is a '{aft_config.model_type}' model, not a CLIP or SigLIP "
+                         "export: pass the final/ folder of an aft-hf train run")
     if vlm_config.model_type in ENCODER_TYPES or getattr(vlm_config, "vision_config", None) is None:
         raise GraftError(f"--into '{into}' is a '{vlm_config.model_type}' model, not a VLM with a vision tower "
                          "and a language model")
@@ -307,6 +310,6 @@ def graft(aft_folder: Union[str, Path], into: Union[str, Path], out: Union[str, 
         raise
     replace_dir(tmp, out)
     report["out"] = str(out)
-    logger.info("grafted %d tensors into %s (%s); left out: %s", len(plan.pairs), out, plan.tower_root,
+    logger.debug("grafted %d tensors into %s (%s); left out: %s", len(plan.pairs), out, plan.tower_root,
                 ", ".join(plan.left_out) or "nothing")
     return report

@@ -17,6 +17,7 @@ robustness: ``aft-hf evaluate`` runs the field's protocol (APGD-CE then APGD-T, 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import datasets
@@ -85,6 +86,15 @@ def load_eval_images(cfg: TrainConfig, size: "int | ImageGeometry") -> tuple[Ten
     return torch.stack(images), labels if label_col else None, feature, split
 
 
+def _folder_classnames(cfg: TrainConfig) -> Optional[Path]:
+    """``classnames.txt`` (one name per line, in label order) of a local eval folder, when it has one."""
+    dcfg = _eval_data_config(cfg)
+    for folder in (dcfg.data_dir, dcfg.dataset):
+        if folder and (Path(folder).expanduser() / "classnames.txt").is_file():
+            return Path(folder).expanduser() / "classnames.txt"
+    return None
+
+
 def _zero_shot(cfg: TrainConfig, encoder: ImageEncoder, raw_labels: Optional[list], feature
                ) -> tuple[Optional[Tensor], Optional[Tensor], float, str]:
     """Labels as class indices, zero-shot class weights and logit scale, or (None, None, 0, why not).
@@ -102,6 +112,9 @@ def _zero_shot(cfg: TrainConfig, encoder: ImageEncoder, raw_labels: Optional[lis
     source = cfg.eval.class_names
     names = (imagenet_classnames() if source == "imagenet" else read_names_file(source) if source
              else names_from_feature(feature))
+    beside = _folder_classnames(cfg) if names is None and not source else None
+    if beside is not None:  # a local folder that names its classes (`aft-hf world sample`, clip_benchmark's layout)
+        names, source = read_names_file(str(beside)), str(beside)
     by_name = bool(raw_labels) and all(isinstance(v, str) for v in raw_labels)
     if names is None and not by_name:
         return None, None, 0.0, (f"'{cfg.eval.label_column}' is not a ClassLabel: set eval.class_names "

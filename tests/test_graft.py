@@ -237,3 +237,11 @@ def test_patch_token_runs_graft_only_where_the_vlm_reads_the_layer_they_trained(
         graft(run, save_llava(tmp_path / "last", vision_feature_layer=-1), tmp_path / "out")
     assert graft(run, save_llava(tmp_path / "penultimate", vision_feature_layer=-2), tmp_path / "ok")["grafted"] > 0
     assert graft(run, save_llava(tmp_path / "as_positive", vision_feature_layer=1), tmp_path / "ok1")["grafted"] > 0
+
+
+def test_a_vlm_is_no_aft_folder(tmp_path):
+    """Grafting a LLaVA's tower into another LLaVA would pass the geometry checks and list the whole language model
+    as "left out": the source must be a CLIP or SigLIP export."""
+    src = save_llava(tmp_path / "llava")
+    with pytest.raises(GraftError, match="is a 'llava' model, not a CLIP or SigLIP export"):
+        graft(src, save_llava(tmp_path / "other", seed=2), tmp_path / "out")

@@ -146,3 +146,17 @@ def test_robust_accuracy_while_training_is_the_documented_pgd(tmp_path, monkeypa
     assert EVAL_ATTACK == "pgd" and calls and set(calls) == {3}
     doc = {name: text for name, _, text in field_help()}["eval.attack_steps"]
     assert "L-inf PGD" in doc and "APGD" in doc  # the help says what runs here and what evaluate runs
+
+
+@pytest.mark.slow
+def test_a_world_sample_folder_names_its_classes_for_the_eval_too(tmp_path, single_thread):
+    """``aft-hf world sample`` writes plain integer labels and a ``classnames.txt``: the eval while training reads
+    the names from there (as ``aft-hf evaluate`` does), so the zero-shot accuracy is logged, not skipped."""
+    from aft_hf.world.dataset import write_imagefolder
+
+    samples = write_imagefolder(tmp_path / "ws", 12, seed=3)
+    cfg = run_cfg("builtin:world-clip", samples, tmp_path / "run", "--max_steps", "1", "--eval.every_steps", "1",
+                  "--eval.num_samples", "6", "--eval.robust_eps", "[]")
+    train(cfg)
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert "eval/zeroshot_top1" in summary["eval"] and 0 <= summary["eval"]["eval/zeroshot_top1"] <= 1
