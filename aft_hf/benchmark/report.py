@@ -7,7 +7,8 @@ report.json (``schema`` ``aft_hf.benchmark``, ``schema_version`` 1)::
      "complete": bool,                     # every (model, dataset) done
      "models": [str], "text_model": str|null, "protocol": {Protocol fields}, "is_protocol": bool,
      "deviations": [str],                  # every way a number differs from the protocol's
-     "launch": {"num_processes": int, "device": str, "compiled_encoder": bool},
+     "launch": {"num_processes": int, "device": str, "compiled_encoder": bool,
+                "image_sizes": {model: int}},     # the side each model saw (the models run in this process)
      "datasets": [{"name", "ref", "hub_id", "local_dir", "split", "images", "classes", "templates",
                    "image_types": {ext: n}, "shards": n, "clean_images", "robust_images",
                    "protocol_robust_images", "in_average", "copy_of_hub_dataset": bool,
@@ -146,7 +147,9 @@ def markdown(report: dict) -> str:
                      f"{d['robust_images']} | {d['classes']} | {d['templates']} | {types} |")
     lines += ["", f"Settings: {', '.join(f'{k} `{v}`' for k, v in p.items())}; "
                   f"{report['launch'].get('num_processes', 1)} process(es) on {report['launch'].get('device')}"
-                  f"{', image encoder compiled' if report['launch'].get('compiled_encoder') else ''}.", ""]
+                  f"{', image encoder compiled' if report['launch'].get('compiled_encoder') else ''}"
+                  + "".join(f"; `{slug(m)}` at {px} px" for m, px in (report["launch"].get("image_sizes") or {}).items())
+                  + ".", ""]
     if report["figures"]:
         lines += [f"![benchmark]({report['figures']['benchmark']})", ""]
     return "\n".join(lines)

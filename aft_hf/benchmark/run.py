@@ -123,7 +123,8 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
         for line in cost_lines(plans, protocol, len(models)):
             print_fn(line)
     acc.wait_for_everyone()
-    launch = {"num_processes": acc.num_processes, "device": acc.device.type, "compiled_encoder": compile_encoder}
+    launch = {"num_processes": acc.num_processes, "device": acc.device.type, "compiled_encoder": compile_encoder,
+              "image_sizes": {}}
     results: dict[str, dict] = {m: {} for m in models}
     report = None
     left = sum(_work_left(out / STATE_DIR / slug(m) / p.request.name, p, protocol) for m in models for p in plans)
@@ -141,6 +142,7 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
         if not todo:
             continue
         (encoder,), (text,), _ = load_models_and_texts([model], text_model, acc.device)
+        launch["image_sizes"][model] = encoder.image_size
         weights = tower_weights_sha256(encoder.vision.state_dict())  # what push checks a card against
         if compile_encoder:
             encoder.compile(dynamic=True)  # in place: parameter names (and the attack's functional_call) unchanged

@@ -248,7 +248,7 @@ def _cli_evaluate(args, extra) -> int:
         data_m = prepared[geometry]
         info = {"model": name, "label": label, WEIGHTS_HASH_KEY: tower_weights_sha256(encoder.vision.state_dict()),
                 "text_model": text_source, "dataset": args.dataset, "split": data_m.split,
-                "skipped_images": data_m.skipped, "class_names_source": source}
+                "skipped_images": data_m.skipped, "class_names_source": source, "image_size": encoder.image_size}
         report, ctx = evaluate_model(encoder, text, names, templates, data_m.images, data_m.labels, metrics,
                                      args.methods, data_m.masks, options, args.batch_size, args.seed, info=info,
                                      shard=shard)

@@ -7,6 +7,7 @@ readers of the flat ``metrics`` keep working and older reports without ``results
      "model": str, "text_model": str, "dataset": str, "split": str,
      "num_samples": int, "skipped_images": int, "num_classes": int,
      "class_names_source": str, "num_templates": int, "methods": [str], "seed": int,
+     "image_size": int,                            # the side the model saw (since 2026-12-06; absent before)
      "results": {metric name: {                    # one entry per metric run, keyed by its --metrics name
         "family": str, "setup_title": str,
         "scalars": [{"quantity": str, "value": float|null, "setting": str|null, "setting_kind": str,
@@ -79,8 +80,9 @@ def markdown(report: dict) -> str:
     lines = [f"# Evaluation of `{report['model']}`", "",
              f"Dataset `{report['dataset']}` split `{report['split']}`: {report['num_samples']} images "
              f"({report['skipped_images']} unreadable skipped), {report['num_classes']} classes "
-             f"({report['class_names_source']}), {report['num_templates']} prompt template(s). "
-             f"Text tower: `{report['text_model']}`.", ""]
+             f"({report['class_names_source']}), {report['num_templates']} prompt template(s)"
+             + (f", {report['image_size']} px input" if report.get("image_size") else "")
+             + f". Text tower: `{report['text_model']}`.", ""]
     plain = [s for r in results.values() for s in r.scalars if s.method is None]
     if plain:
         lines += ["## Results", "", "| metric | setting | value |", "|---|---|---|"]

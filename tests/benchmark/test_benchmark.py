@@ -325,6 +325,7 @@ def test_card_entries_per_dataset(copies, tiny_clip_path, tmp_path, single_threa
                ["pcam"]["robust_top1"]["4/255"] for r in pcam)
     # the 3-class stand-in for cifar10 is published under no Hub dataset's name: its numbers are the folder's
     assert cifar10["copy_of_hub_dataset"] is False
+    assert report["launch"]["image_sizes"] == {str(tiny_clip_path): 32}
     assert not [r for r in results if r.dataset_name == "clip-benchmark/wds_vtab-cifar10"]
     assert "### clip-benchmark/wds_vtab-cifar10" not in readme and "wds_vtab-cifar10" in readme
 

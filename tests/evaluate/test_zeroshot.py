@@ -117,6 +117,7 @@ def test_cli_evaluate_writes_json_markdown_and_pngs(tiny_clip_path, tiny_vision_
     report = json.loads((out / "report.json").read_text())
     assert report["schema_version"] == 1 and report["num_samples"] == 12 and report["split"] == "train"
     assert report["class_names_source"] == "dataset ClassLabel"
+    assert report["image_size"] == 32 and "32 px input" in (out / "report.md").read_text()  # the side the model saw
     m = report["metrics"]
     assert 0 <= m["zeroshot_top1"] <= 1 and set(m["robust_top1"]) == {"1/255", "2/255", "4/255"}
     assert max(m["robust_top1"].values()) <= m["zeroshot_top1"]
