@@ -186,6 +186,10 @@ def test_noise_control_is_not_called_adversarial(tiny_encoder, tmp_path):
     folder = export_pretrained(tiny_encoder, tmp_path / "final", extra_files={"aft_config.yaml": cfg.to_yaml()})
     card = build_model_card(folder)
     assert "adversarial-training" not in card.data.tags and "control run" in card.text
+    assert "Adversarial training with a budget" not in card.text  # nor credited with what adversarial training does
+    adversarial = build_model_card(export_pretrained(tiny_encoder, tmp_path / "aft",
+                                                     extra_files={"aft_config.yaml": TrainConfig().to_yaml()}))
+    assert "Adversarial training with a budget" in adversarial.text and "a finding about the method" in adversarial.text
 
 
 def test_bad_inputs_give_clear_errors(exported, inputs, tmp_path, capsys):
