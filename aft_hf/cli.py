@@ -34,6 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Run one ``aft-hf`` command; returns its exit status. Ctrl-C while the libraries load (or in a command that
+    does not catch it itself) ends in one line, exit 130, not a traceback from deep inside an import."""
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        print("aft-hf: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+
+
+def _run(argv: Optional[list[str]]) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)

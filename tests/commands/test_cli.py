@@ -344,3 +344,15 @@ def test_a_run_refused_for_its_data_leaves_no_empty_output_folder(tmp_path, caps
     code, _, _ = run_cli(["train", "--config", "tiny_offline", "--output_dir", str(tmp_path / "kept"),
                           "--data.dataset", str(tmp_path / "no-such-images")], capsys)
     assert code == 2 and (tmp_path / "kept").is_dir()
+
+
+def test_ctrl_c_while_the_libraries_load_is_one_line(monkeypatch, capsys):
+    """A Ctrl-C during the seconds of imports before a command runs: exit 130 and one line, no import traceback."""
+    from aft_hf import cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["benchmark", "--help"]) == 130
+    assert capsys.readouterr().err.strip() == "aft-hf: interrupted (Ctrl-C)"
