@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 from transformers import (
-    CLIPImageProcessorPil,
     CLIPModel,
     CLIPVisionConfig,
     LlavaConfig,
@@ -19,24 +18,7 @@ from transformers import (
 from aft_hf.cli import main
 from aft_hf.graft import ANCHOR, GraftError, _header, graft
 from aft_hf.model import export_pretrained, load_image_encoder, save_tiny_clip
-from tests.graft_helpers import IMAGE_TOKEN, tensors, text_cfg
-
-
-def vision_cfg(image_size=48):
-    return CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                            image_size=image_size, patch_size=8, hidden_act="quick_gelu")
-
-
-def save_llava(path, image_size=48, dtype=torch.float32, shard=None, seed=1, **config):
-    torch.manual_seed(seed)
-    cfg = LlavaConfig(vision_config=vision_cfg(image_size), text_config=text_cfg(), image_token_index=IMAGE_TOKEN,
-                      **config)
-    model = LlavaForConditionalGeneration(cfg).to(dtype)
-    model.save_pretrained(path, **({"max_shard_size": shard} if shard else {}))
-    CLIPImageProcessorPil(size={"shortest_edge": image_size},
-                          crop_size={"height": image_size, "width": image_size}).save_pretrained(path)
-    (path / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
-    return path
+from tests.graft_helpers import IMAGE_TOKEN, save_llava, tensors, text_cfg, vision_cfg
 
 
 @pytest.fixture(scope="module")

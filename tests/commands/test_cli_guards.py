@@ -112,7 +112,7 @@ def test_held_report_is_emitted_when_nothing_is_refused():
 
 def test_a_vlm_given_as_model_is_named_before_any_text_tower_advice(tmp_path, capfd):
     """A LLaVA folder is no CLIP: said at once, not "pass --text-model" first and the real problem after."""
-    from tests.test_graft import save_llava
+    from tests.graft_helpers import save_llava
 
     llava = save_llava(tmp_path / "llava")
     (tmp_path / "imgs").mkdir()
