@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence, Union
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .constants import CONFIG_CHANGES_FILE, CONFIG_FILE, IMPORT_FILE  # noqa: F401  (provenance of a converted checkpoint; card.IMPORT_FILE stays)
+from .constants import CONFIG_CHANGES_FILE, CONFIG_FILE, IMPORT_FILE, LLAVA_FEATURE_LAYER  # noqa: F401  (provenance of a converted checkpoint; card.IMPORT_FILE stays)
 from .constants import VERSION as __version__
 from .errors import AftError
 from .objectives import OBJECTIVES, EmbeddingObjective
@@ -278,11 +278,11 @@ EMBEDDING_TEXT = {
 def _method_section(recipe: dict, base: str, cls: str = "CLIPModel") -> str:
     model, attack, optim = recipe.get("model", {}), recipe.get("attack", {}), recipe.get("optim", {})
     embedding = model.get("embedding") or "pooled"
-    layer = int(model.get("feature_layer", -2))
+    layer = int(model.get("feature_layer", LLAVA_FEATURE_LAYER))
     what = EMBEDDING_TEXT.get(embedding, f"{{normalised}}'{embedding}' embedding").format(
         normalised="per-token L2-normalised " if model.get("output_normalize") and embedding == "patch_tokens"
         else "L2-normalised " if model.get("output_normalize") else "",
-        layer="the penultimate layer" if layer == -2 else f"hidden state {layer} (`model.feature_layer`)")
+        layer="the penultimate layer" if layer == LLAVA_FEATURE_LAYER else f"hidden state {layer} (`model.feature_layer`)")
     if attack.get("mode") == "noise":
         training = ("**This is a control run**: the adversarial attack was replaced by uniform random noise of the "
                     f"same budget ({attack.get('norm')}, {_fmt(attack.get('eps'))}/255), to separate the adversarial "
@@ -473,13 +473,15 @@ def _transformers_snippet(repo: str, cls: str, processor: str) -> list[str]:
     return lines + [_TOWER.format(repo=repo), *_FEATURES]
 
 
-def _usage_section(repo: str, cls: str, folder: Path, embedding: str = "pooled", feature_layer: int = -2) -> str:
+def _usage_section(repo: str, cls: str, folder: Path, embedding: str = "pooled", feature_layer: int = LLAVA_FEATURE_LAYER) -> str:
     """Usage snippets that run on this folder: transformers (by its class), aft_hf, and open_clip only
     where ``aft-hf export-openclip`` accepts the folder."""
     from .openclip.exporter import config_problem
 
     config = _read_json(folder / "config.json") or {}
     size = (_geometry(config)[1] if config else {}).get("image_size") or 224
+    other_layer = feature_layer != LLAVA_FEATURE_LAYER  # patch tokens of another layer than LLaVA-1.5's
+    layer = f"hidden state {feature_layer}" if other_layer else "penultimate layer"
     processor = (f'processor = CLIPImageProcessor.from_pretrained("{repo}")'
                  if (folder / "preprocessor_config.json").is_file() else
                  f'processor = CLIPImageProcessor(size={{"shortest_edge": {size}}}, '
@@ -487,8 +489,7 @@ def _usage_section(repo: str, cls: str, folder: Path, embedding: str = "pooled",
     code = ["```python", *_transformers_snippet(repo, cls, processor), "```"]
     output = {"pooled": "L2-normalised image embeddings" if cls != "CLIPVisionModel"
               else "the L2-normalised pooled output (no projection in this folder)",
-              "patch_tokens": "the normalised patch tokens of the " + (
-                  "penultimate layer" if feature_layer == -2 else f"hidden state {feature_layer}") + ", flattened",
+              "patch_tokens": f"the normalised patch tokens of the {layer}, flattened",
               }.get(embedding, embedding)
     lines = ["## Usage", "", *code, ""]
     if cls.startswith("Siglip"):
@@ -508,7 +509,7 @@ def _usage_section(repo: str, cls: str, folder: Path, embedding: str = "pooled",
     lines += ["With `aft_hf` (pixels in [0, 1], normalisation inside; for attacks and saliency maps):", "",
               f'```python\nimport torch\nfrom aft_hf import load_image_encoder\n\n'
               f'encoder = load_image_encoder("{repo}"' + (f', embedding="{embedding}"' if embedding != "pooled" else "")
-              + (f", feature_layer={feature_layer}" if embedding == "patch_tokens" and feature_layer != -2 else "")
+              + (f", feature_layer={feature_layer}" if embedding == "patch_tokens" and other_layer else "")
               + f')\npixels = torch.rand(1, 3, {size}, {size})  # (B, 3, H, W) in [0, 1], resized and cropped to '
               f'{size} px\nembeddings = encoder(pixels)  # {output}\n```']
     problem = config_problem(folder) if (folder / "config.json").is_file() else "no config.json"
@@ -641,7 +642,7 @@ def build_model_card(folder: Union[str, Path], repo_id: Optional[str] = None, re
             sections += ["", f"![{caption}]({path})"]
     model_recipe = (recipe or {}).get("model") or {}
     sections += ["", _usage_section(repo_id or model_name, cls, folder, model_recipe.get("embedding") or "pooled",
-                                    int(model_recipe.get("feature_layer", -2))), "",
+                                    int(model_recipe.get("feature_layer", LLAVA_FEATURE_LAYER))), "",
                  _limitations_section(recipe, imported, report), "", CITATION, "",
                  f"<sub>Card generated by aft_hf {__version__} from the files in this repository.</sub>", ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(sections))

@@ -28,6 +28,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from .constants import LLAVA_FEATURE_LAYER
 from .errors import AftError
 from .threat_models import DEFAULT_NORM, available_norms, get_threat_model, still_start_problem
 
@@ -63,7 +64,7 @@ class ModelConfig:
     """What AFT keeps close: `pooled` (the projected embedding; a bare CLIPVisionModel's pooled
     output) or `patch_tokens` (the patch tokens of `model.feature_layer`, as LLaVA consumes them; the
     distance is the mean over patches of the per-patch squared distance)."""
-    feature_layer: int = -2
+    feature_layer: int = LLAVA_FEATURE_LAYER
     """`patch_tokens`: the hidden state whose patch tokens AFT keeps close, counted as a VLM's
     `vision_feature_layer` (-2: the penultimate layer, LLaVA-1.5's; -1: the last, e.g. LLaVA-OneVision's
     shortened SigLIP tower). `aft-hf graft` refuses a VLM that reads another layer."""
@@ -697,7 +698,7 @@ def _validate_model(m: ModelConfig) -> list[str]:
         p.append(f"model.embedding: unknown value '{m.embedding}' (choose pooled or patch_tokens)")
     if not isinstance(m.feature_layer, int) or isinstance(m.feature_layer, bool):
         p.append(f"model.feature_layer: a hidden state's index (e.g. -2, the penultimate layer), got {m.feature_layer!r}")
-    elif m.feature_layer != -2 and m.embedding != "patch_tokens":
+    elif m.feature_layer != LLAVA_FEATURE_LAYER and m.embedding != "patch_tokens":
         p.append("model.feature_layer is read only with model.embedding patch_tokens (pooled embeddings come from "
                  "the last layer)")
     return p

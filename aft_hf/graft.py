@@ -173,7 +173,7 @@ def check_feature_layer(aft_dir: Path, vlm_config: Any) -> None:
     ``aft_config.yaml``, says which); a pooled run trains the whole tower and fits any layer."""
     import yaml
 
-    from .constants import CONFIG_FILE
+    from .constants import CONFIG_FILE, LLAVA_FEATURE_LAYER
 
     path = aft_dir / CONFIG_FILE
     try:
@@ -184,7 +184,7 @@ def check_feature_layer(aft_dir: Path, vlm_config: Any) -> None:
     if model.get("embedding") != "patch_tokens" or not isinstance(feature, int):
         return
     layers = vlm_config.vision_config.num_hidden_layers
-    trained = int(model.get("feature_layer", -2))
+    trained = int(model.get("feature_layer", LLAVA_FEATURE_LAYER))
     if trained % (layers + 1) != feature % (layers + 1):
         raise GraftError(f"the AFT run kept the patch tokens of layer {trained} close but the VLM reads "
                          f"vision_feature_layer {feature}: train with --model.feature_layer {feature}")

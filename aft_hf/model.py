@@ -43,7 +43,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from .constants import BUILTIN_PREFIX, CLIP_MEAN, CLIP_STD, CONFIG_FILE, WORLD_CLIP_DIR
+from .constants import BUILTIN_PREFIX, CLIP_MEAN, CLIP_STD, CONFIG_FILE, LLAVA_FEATURE_LAYER, WORLD_CLIP_DIR
 from .env import hub_offline
 from .errors import AftError, InputError
 from .resolution import resize_embeddings, resize_image_processor
@@ -83,7 +83,7 @@ class ImageEncoder(nn.Module):
         image_std: tuple[float, ...] = CLIP_STD,
         normalize: bool = True,
         embedding: str = "pooled",
-        feature_layer: int = -2,
+        feature_layer: int = LLAVA_FEATURE_LAYER,
     ):
         super().__init__()
         if embedding not in EMBEDDINGS:
@@ -437,7 +437,7 @@ def load_image_encoder(
     token: Optional[str] = None,
     embedding: str = "pooled",
     image_size: Optional[int] = None,
-    feature_layer: int = -2,
+    feature_layer: int = LLAVA_FEATURE_LAYER,
 ) -> ImageEncoder:
     """Load a CLIP (or SigLIP) image encoder from a Hub id or a folder.
 

@@ -106,5 +106,22 @@ def discard(tmp: PathLike) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["MARKER", "OutputError", "check_output_dir", "discard", "is_marked", "replace_dir", "staging_dir",
-           "write_marker"]
+def check_output_folder(option: str, path: str, results: bool = False) -> None:
+    """Raise :class:`AftError` in one line when ``path`` cannot be an output folder: it is a file, or the closest
+    of its parents that exists is a file or not writable. ``results``: the folder receives reports, so a model's
+    folder (``config.json``) is refused too (``aft-hf push`` would upload the reports with the model)."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise AftError(f"{option} '{path}' is a file, not a folder")
+    if results and (target / "config.json").is_file():
+        raise AftError(f"{option} '{path}' holds a model (config.json): its results would be uploaded with the model "
+                       "by `aft-hf push`; write them to another folder")
+    parent = next((p for p in (target, *target.parents) if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise AftError(f"{option} '{path}': '{parent}' is a file, so no folder can be made there")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise AftError(f"{option} '{path}': '{parent}' is not writable")
+
+
+__all__ = ["MARKER", "OutputError", "check_output_dir", "check_output_folder", "discard", "is_marked", "replace_dir",
+           "staging_dir", "write_marker"]

@@ -33,8 +33,6 @@ def plain_loop(model: str, batch_size: int, k: int, threads: int, repeats: int, 
     """Seconds per step of ``aft_hf.train.aft_step`` called directly (after one warm-up step)."""
     import torch
     from accelerate import Accelerator
-
-    sys.path.insert(0, str(HERE))
     from aft_step import GEOMETRIES, AftRunner, StepOptions, make_batch
 
     from aft_hf.train import aft_step
@@ -60,7 +58,6 @@ def plain_loop(model: str, batch_size: int, k: int, threads: int, repeats: int, 
 
 def benchmark_run(model: str, batch_size: int, k: int, threads: int, repeats: int) -> list[float]:
     """The step times ``aft_step.py`` reports for its optimised variant (reference loop skipped)."""
-    sys.path.insert(0, str(HERE))
     from aft_step import parse_args, run
 
     args = parse_args(["--model", model, "--batch-size", str(batch_size), "--steps", str(k), "--threads",
@@ -82,7 +79,6 @@ def main(argv=None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
         _child(sys.argv[2:])
         return 0
-    sys.path.insert(0, str(HERE))
     from aft_step import GEOMETRIES
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

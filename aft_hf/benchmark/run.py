@@ -30,6 +30,7 @@ from .runner import (
     cost_lines,
     plan_dataset,
     read_json,
+    saved_batches,
     summarise,
 )
 from .wds import open_wds
@@ -68,8 +69,7 @@ def _work_left(folder: Path, plan: DatasetPlan, protocol: Protocol) -> int:
     if read_json(folder / "result.json") is not None:
         return 0
     total = num_batches(plan.clean_images, protocol.batch_size)
-    saved = sum(1 for _ in folder.glob("batch_*.json")) if folder.is_dir() else 0
-    return round(run_work([plan], protocol) * max(total - saved, 0) / max(total, 1))
+    return round(run_work([plan], protocol) * (total - saved_batches(folder, total)) / max(total, 1))
 
 
 def _open_all(requests: Sequence[DatasetRequest], split: str, data_root: Optional[str]) -> list:

@@ -102,6 +102,20 @@ def cost_lines(plans: Sequence[DatasetPlan], protocol: Protocol, num_models: int
     return lines
 
 
+BATCH_FILES = "batch_*.json"
+"""The per-batch records of a (model, dataset) folder (:func:`batch_path`)."""
+
+
+def batch_path(folder: Path, b: int) -> Path:
+    """Where batch ``b``'s record is saved."""
+    return folder / f"batch_{b:06d}.json"
+
+
+def saved_batches(folder: Path, total: int) -> int:
+    """How many of the ``total`` batches of ``folder`` an earlier run saved."""
+    return sum(batch_path(folder, b).is_file() for b in range(total))
+
+
 class BatchWork:
     """The batches of one (model, dataset): computes, saves and loads per-batch records."""
 
@@ -112,7 +126,7 @@ class BatchWork:
         self.num_batches = num_batches(plan.clean_images, protocol.batch_size)
 
     def path(self, b: int) -> Path:
-        return self.folder / f"batch_{b:06d}.json"
+        return batch_path(self.folder, b)
 
     def bounds(self, b: int) -> tuple[int, int]:
         return batch_bounds(b, self.protocol.batch_size, self.plan.clean_images)
@@ -143,7 +157,7 @@ class BatchWork:
 
     def saved_batches(self) -> int:
         """How many of this (model, dataset)'s batches an earlier run saved (any process's)."""
-        return sum(self.path(b).is_file() for b in range(self.num_batches))
+        return saved_batches(self.folder, self.num_batches)
 
     def run(self, mine: Sequence[int], progress: Callable[[int, int, float], None]) -> list[dict]:
         """Records of the batches ``mine``: saved ones loaded, the others computed and saved one by one;
@@ -211,7 +225,7 @@ def check_settings(out: Path, settings: dict, write: bool = True) -> None:
 
 def _any_work(state: Path) -> bool:
     """Whether a run saved any batch or dataset result under ``state``."""
-    return any(state.rglob("batch_*.json")) or any(state.rglob("result.json"))
+    return any(state.rglob(BATCH_FILES)) or any(state.rglob("result.json"))
 
 
 def _differences(saved: dict, new: dict, prefix: str = "") -> list[str]:

@@ -99,7 +99,7 @@ def _stop_on_signal(out: str) -> Iterator[None]:
 
 def _cli_benchmark(args, extra) -> int:
     from ..benchmark.run import run_benchmark
-    from ..explain.options import check_output_folder
+    from ..outputs import check_output_folder
 
     check_output_folder("--out", args.out, results=True)
 

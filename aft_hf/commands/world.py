@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from ..explain.options import check_output_folder
+from ..outputs import check_output_folder
 from ..world.config import CLI_FIELDS, PretrainConfig
 from ..world.dataset import WorldConfig, WorldError, write_imagefolder
 from ..world.pretrain import pretrain

@@ -24,18 +24,23 @@ def pick_device(spec: str = "auto") -> torch.device:
 def embedding_width(encoder) -> tuple[Optional[int], str]:
     """(width of the embedding ``encoder`` returns, what it is); (None, "") when not a CLIP ImageEncoder.
 
-    A projected tower returns ``visual_projection`` outputs (``projection_dim``); a bare
-    ``CLIPVisionModel`` returns its pooled output, ``hidden_size`` wide: its config still carries a
-    ``projection_dim`` (a default of the config class) that describes no layer it has.
+    A CLIP tower returns ``visual_projection`` outputs (``projection_dim``; a bare ``CLIPVisionModel`` is refused
+    before, :func:`_refuse_bare_clip`); a SigLIP tower its pooled output (``hidden_size``).
     """
     config = getattr(getattr(encoder, "vision", None), "config", None)
     if config is None:
         return None, ""
     if getattr(encoder, "family", "clip") != "clip":
         return getattr(config, "hidden_size", None), f"the pooled output of a {encoder.family} tower"
-    if getattr(encoder, "has_projection", True):
-        return getattr(config, "projection_dim", None), "the projected embedding"
-    return getattr(config, "hidden_size", None), "the pooled output of a CLIPVisionModel without projection"
+    return getattr(config, "projection_dim", None), "the projected embedding"
+
+
+def _refuse_bare_clip(model: str, encoder) -> None:
+    """A ``CLIPVisionModel``'s pooled output is not in any text tower's space, whatever the widths: no zero-shot."""
+    if getattr(encoder, "family", "clip") == "clip" and not getattr(encoder, "has_projection", True):
+        raise ModelLoadError(f"model {model} is a CLIPVisionModel without visual_projection: its pooled output is "
+                             "not in the text tower's embedding space, so zero-shot scores would mean nothing "
+                             "(whatever the widths): use the full CLIPModel or a CLIPVisionModelWithProjection")
 
 
 def load_models_and_texts(models: Sequence[str], text_model: Optional[str], device: torch.device,
@@ -60,6 +65,8 @@ def load_models_and_texts(models: Sequence[str], text_model: Optional[str], devi
     encoders = [load_image_encoder(m, image_size=image_size).to(device).eval() for m in models]
     if not need_text:
         return encoders, [None] * len(models), [None] * len(models)
+    for model, encoder in zip(models, encoders):  # before any text tower loads
+        _refuse_bare_clip(model, encoder)
     sources = [text_model or m for m in models]
     towers: dict[str, TextTower] = {}
     for source in sources:
@@ -71,10 +78,6 @@ def load_models_and_texts(models: Sequence[str], text_model: Optional[str], devi
         if getattr(encoder, "family", "clip") != towers[source].family:
             raise ModelLoadError(f"model {model} is a {encoder.family} model but the text tower of {source} is "
                                  f"{towers[source].family}'s: pass a --text-model of the same family")
-        if getattr(encoder, "family", "clip") == "clip" and not getattr(encoder, "has_projection", True):
-            raise ModelLoadError(f"model {model} is a CLIPVisionModel without visual_projection: its pooled output is "
-                                 "not in the text tower's embedding space, so zero-shot scores would mean nothing "
-                                 "(whatever the widths): use the full CLIPModel or a CLIPVisionModelWithProjection")
         if image_dim is not None and image_dim != text_dim:
             raise ModelLoadError(f"model {model} embeds images in {image_dim} dimensions but the text tower of "
                                  f"{source} in {text_dim} (the model's embedding: {what}): pass a --text-model "

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from ..errors import AftError
+from ..outputs import check_output_folder
 
 
 class OptionProblems:
@@ -54,25 +55,6 @@ class OptionProblems:
             raise error(self.problems[0])
         if self.problems:
             raise error(f"{len(self.problems)} problems with the options: " + "; ".join(self.problems))
-
-
-def check_output_folder(option: str, path: str, results: bool = False) -> None:
-    """Raise :class:`AftError` in one line when ``path`` cannot be an output folder: it is a file, or the closest
-    of its parents that exists is a file or not writable. ``results``: the folder receives reports, so a model's
-    folder (``config.json``) is refused too (``aft-hf push`` would upload the reports with the model)."""
-    import os
-
-    target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise AftError(f"{option} '{path}' is a file, not a folder")
-    if results and (target / "config.json").is_file():
-        raise AftError(f"{option} '{path}' holds a model (config.json): its results would be uploaded with the model "
-                       "by `aft-hf push`; write them to another folder")
-    parent = next((p for p in (target, *target.parents) if p.exists()), Path("."))
-    if not parent.is_dir():
-        raise AftError(f"{option} '{path}': '{parent}' is a file, so no folder can be made there")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise AftError(f"{option} '{path}': '{parent}' is not writable")
 
 
 __all__ = ["OptionProblems", "check_output_folder"]
