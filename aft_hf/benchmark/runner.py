@@ -98,7 +98,7 @@ def cost_lines(plans: Sequence[DatasetPlan], protocol: Protocol, num_models: int
                      f"{p.steps_per_image:>13} {steps:>17,}")
     lines.append(f"total per model: {total:,} gradient steps at most (forward+backward of the image encoder; "
                  f"an image stops being attacked once fooled); {num_models} model(s), budgets "
-                 f"{', '.join(budget_key(e) for e in protocol.eps)}")
+                 f"{', '.join(budget_key(e) for e in protocol.eps)}, precision {protocol.precision}")
     return lines
 
 

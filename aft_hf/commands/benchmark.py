@@ -8,6 +8,7 @@ models over a named suite or the user's webdataset copies.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from typing import Iterator
@@ -17,6 +18,8 @@ from ..benchmark.protocol import Protocol
 from ..benchmark.runner import DatasetRequest
 from ..benchmark.suites import SUITES, suite_datasets
 from . import DefaultsHelpFormatter
+
+MIXED_PRECISIONS = {"no": "fp32", "bf16": "bf16"}  # --mixed-precision -> Protocol.precision
 
 
 def add_subcommand(subparsers) -> None:
@@ -53,8 +56,11 @@ def add_subcommand(subparsers) -> None:
                    help="attack each budget only on the images robust at the smaller one (cheaper; not the "
                         "protocol's)")
     p.add_argument("--batch-size", type=int, default=50, help="images per batch (the protocol's 50)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the image encoder (recorded; not the "
-                                                       "protocol's)")
+    p.add_argument("--mixed-precision", choices=list(MIXED_PRECISIONS),
+                   help="autocast of the image encoder: bf16 (recorded; not the protocol's) or no (fp32, the "
+                        "protocol's); default: accelerate's ACCELERATE_MIXED_PRECISION (accelerate launch "
+                        "--mixed_precision), as for `aft-hf evaluate`, else no")
+    p.add_argument("--bf16", action="store_true", help="the same as --mixed-precision bf16")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each image encoder: a compilation per model first (about a minute on a small "
                         "CPU), then cheaper passes (speed only, not the protocol's business: recorded, resumable)")
@@ -63,6 +69,23 @@ def add_subcommand(subparsers) -> None:
                    help="auto: CUDA when available (under accelerate launch, each process its own GPU)")
     p.add_argument("--out", required=True, help="output folder (a run in it is resumed)")
     p.set_defaults(func=_cli_benchmark)
+
+
+def _precision(args) -> str:
+    """The protocol's precision from ``--mixed-precision`` / ``--bf16``, else from the launcher's
+    ``ACCELERATE_MIXED_PRECISION`` (so ``accelerate launch --mixed_precision bf16`` is not silently run in fp32)."""
+    asked = args.mixed_precision
+    if args.bf16:
+        if asked not in (None, "bf16"):
+            raise BenchmarkError(f"--bf16 and --mixed-precision {asked} contradict each other: give one of them")
+        asked = "bf16"
+    if asked is None:
+        launcher = (os.environ.get("ACCELERATE_MIXED_PRECISION") or "no").strip().lower()
+        if launcher not in MIXED_PRECISIONS:
+            raise BenchmarkError(f"ACCELERATE_MIXED_PRECISION={launcher!r} (accelerate launch --mixed_precision?): the "
+                                 f"benchmark runs in {' or '.join(MIXED_PRECISIONS)}; pass --mixed-precision to choose")
+        asked = launcher
+    return MIXED_PRECISIONS[asked]
 
 
 def _requests(args) -> list[DatasetRequest]:
@@ -106,7 +129,7 @@ def _cli_benchmark(args, extra) -> int:
     protocol = Protocol(eps=tuple(args.eps), iterations=args.iterations, ce_restarts=args.ce_restarts,
                         t_restarts=args.t_restarts, targets=args.targets, robust_images=args.robust_images,
                         clean_images=args.clean_images, nested=args.nested_eps,
-                        precision="bf16" if args.bf16 else "fp32", batch_size=args.batch_size, seed=args.seed)
+                        precision=_precision(args), batch_size=args.batch_size, seed=args.seed)
     if args.device == "cuda":
         import torch
 

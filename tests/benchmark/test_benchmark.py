@@ -192,6 +192,7 @@ def test_benchmark_end_to_end(copies, tiny_clip_path, tmp_path, monkeypatch, sin
         assert all(v <= r["clean_top1_attacked_images"] + 1e-9 for v in r["robust_top1"].values())
     # cost printed first; outputs written; every setting recorded; not the protocol: said so
     assert "worst-case steps" in printed[0] and any(line.startswith("three") for line in printed)
+    assert printed[-1].endswith("precision fp32")  # the precision is named before the run, not only in the report
     out = tmp_path / "out"
     for name in ("report.json", "report.md", "benchmark.png"):
         assert (out / name).is_file()
@@ -438,6 +439,46 @@ def test_bf16_is_recorded_and_returns_float32_logits():
     assert forward(torch.rand(2, 4)).dtype == torch.float32
     with pytest.raises(BenchmarkError, match="precision"):
         Protocol(precision="fp16")
+
+
+@pytest.mark.parametrize("env, flags, precision", [
+    (None, [], "fp32"), ("bf16", [], "bf16"), ("BF16", [], "bf16"), ("no", [], "fp32"),
+    (None, ["--bf16"], "bf16"), (None, ["--mixed-precision", "bf16"], "bf16"),
+    ("bf16", ["--mixed-precision", "no"], "fp32"), ("fp16", ["--mixed-precision", "no"], "fp32"),
+])
+def test_precision_follows_the_flags_then_the_launcher(tmp_path, monkeypatch, env, flags, precision):
+    """`accelerate launch --mixed_precision bf16 -m aft_hf benchmark ...` runs the benchmark in bf16, as it does
+    `aft-hf evaluate`; an explicit flag wins over the launcher."""
+    import aft_hf.benchmark.run as run_mod
+
+    seen = {}
+    monkeypatch.setattr(run_mod, "run_benchmark", lambda models, requests, out, protocol, *a, **k: seen.update(
+        precision=protocol.precision))
+    if env is None:
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", env)
+    assert main(["benchmark", "--model", "m", "--datasets", "d", "--out", str(tmp_path / "o"), *flags]) == 0
+    assert seen == {"precision": precision}
+
+
+@pytest.mark.parametrize("env, flags, message", [
+    ("fp16", [], "ACCELERATE_MIXED_PRECISION='fp16' (accelerate launch --mixed_precision?): the benchmark runs in "
+                 "no or bf16"),
+    (None, ["--bf16", "--mixed-precision", "no"], "--bf16 and --mixed-precision no contradict each other"),
+])
+def test_precision_the_benchmark_cannot_honour_is_one_line(tmp_path, monkeypatch, capsys, env, flags, message):
+    import aft_hf.benchmark.run as run_mod
+
+    monkeypatch.setattr(run_mod, "run_benchmark", lambda *a, **k: pytest.fail("the run started"))
+    if env is None:
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", env)
+    assert main(["benchmark", "--model", "m", "--datasets", "d", "--out", str(tmp_path / "o"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
 
 
 def test_markdown_has_a_row_per_dataset_the_average_and_the_difference_between_models():
