@@ -23,3 +23,31 @@ def hub_offline() -> bool:
 def datasets_offline() -> bool:
     """``HF_DATASETS_OFFLINE`` or ``HF_HUB_OFFLINE`` is set: ``datasets`` cannot reach the Hub."""
     return env_flag("HF_DATASETS_OFFLINE") or hub_offline()
+
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+"""``/proc/cpuinfo`` flags of x86 CPUs that compute bf16 matmuls natively (oneDNN's AVX512_CORE_BF16 / AMX)."""
+_ONEDNN_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
+def cpu_bf16_native(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
+    """Whether this x86 CPU runs bf16 matmuls natively: one of :data:`BF16_CPU_FLAGS` is listed and oneDNN is
+    not capped below it (``ONEDNN_MAX_CPU_ISA``). None where it cannot be told (no x86 flags line to read)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        return None
+    if flags is None:
+        return None
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in _ONEDNN_WITHOUT_BF16
+    return any(flag in flags for flag in BF16_CPU_FLAGS) and not capped
+
+
+def emulated_bf16_warning(device_type: str, precision: str | None) -> str | None:
+    """A one-line warning when bf16 autocast is asked for on a CPU that would emulate it (measured about 30x
+    slower than fp32 there, docs/performance.md), else None. The run stays valid, so this warns, not refuses."""
+    if device_type != "cpu" or precision != "bf16" or cpu_bf16_native() is not False:
+        return None
+    return ("bf16 on this CPU is emulated (neither avx512_bf16 nor amx_bf16 usable): measured about 30x slower than "
+            "fp32 (docs/performance.md, 'bf16 on CPU'); fp32 is the faster choice here")

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from .config import MIXED_PRECISION, TrainConfig
-from .env import env_flag
+from .env import emulated_bf16_warning, env_flag
 from .errors import AftError
 
 logger = logging.getLogger(__name__)
@@ -111,6 +111,8 @@ def apply_launch(cfg: TrainConfig, accelerator) -> None:
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
     if cfg.optim.mixed_precision and launcher and launcher.lower() != cfg.optim.mixed_precision:
         logger.warning("optim.mixed_precision=%s overrides the launcher's %s", cfg.optim.mixed_precision, launcher)
+    if accelerator.is_main_process and (warning := emulated_bf16_warning(accelerator.device.type, effective)):
+        logger.warning("optim.mixed_precision bf16: %s", warning)
     cfg.optim.mixed_precision = effective
     if cfg.optim.per_device_batch_size is not None:
         cfg.optim.batch_size = (cfg.optim.per_device_batch_size * accelerator.num_processes

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..env import emulated_bf16_warning
 from ..evaluate.runner import slug
 from ..evaluate.sharding import Shard, make_accelerator, num_batches
 from ..evaluate.zeroshot import ZeroShotClassifier
@@ -111,6 +112,8 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
     out = Path(out)
     acc = accelerator or make_accelerator(device)
     main = acc.is_main_process
+    if main and (warning := emulated_bf16_warning(acc.device.type, protocol.precision)):
+        logger.warning("--mixed-precision bf16: %s", warning)
     with acc.main_process_first():
         data = _open_all(requests, split, data_root)
     plans = [plan_dataset(r, d, protocol) for r, d in zip(requests, data)]

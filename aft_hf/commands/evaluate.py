@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..data.images import image_geometry
+from ..env import emulated_bf16_warning
 from ..evaluate.apgd import AUTOCAST_DTYPES
 from ..evaluate.boxes import BOX_FORMATS, BOX_UNITS
 from ..evaluate.classnames import names_from_feature, resolve_classnames, resolve_templates
@@ -208,6 +209,8 @@ def _cli_evaluate(args, extra) -> int:
     metrics = _check_options(args)  # before loading models and data
     check_shardable(metrics, launched_processes())
     device, shard, acc = _launch(args.device)
+    if "robust" in metrics and (warning := emulated_bf16_warning(device.type, args.mixed_precision)):
+        logger.warning("--mixed-precision bf16: %s", warning)
     encoders, texts, text_sources = load_models_and_texts(args.model, args.text_model, device,
                                                           image_size=args.image_size)
     size = image_geometry(encoders[0])  # the first model's own resize and crop
