@@ -205,25 +205,40 @@ def _robust(data: dict) -> MetricResult:
                         setup_title="robust accuracy under")
 
 
+PERTURBATION_BETTER: dict[tuple[str, str], str] = {
+    ("deletion", "most"): "lower",  # MoRF: a faithful map makes the score fall fast
+    ("insertion", "most"): "higher",  # MoRF: the score rises fast
+    ("deletion", "least"): "higher",  # LeRF: the unimportant pixels go first, the score stays up
+    ("insertion", "least"): "lower",  # LeRF: the unimportant pixels come first, the score stays down
+}
+"""(mode, order) -> which AUC a faithful map gives: the one place report.md, report.json and the figures read."""
+
+
+def perturbation_better(mode: str, order: Optional[str]) -> str:
+    """"lower" or "higher": the faithful direction of a deletion/insertion AUC perturbed ``order``-relevant first
+    (a report without ``order`` was made most-relevant first)."""
+    return PERTURBATION_BETTER[(mode, order or "most")]
+
+
 def _perturbation(mode: str, data: dict) -> MetricResult:
     d = data[mode]
     methods = d.get("methods") or {}
-    better = "lower" if mode == "deletion" else "higher"
+    better = perturbation_better(mode, d.get("order"))
     prob = d.get("clean_probability")
-    row = (f"{mode} AUC ({better} better), / clean prob. {'n/a' if prob is None else f'{prob:.3f}'}, "
+    first = {"most": ", most relevant first", "least": ", least relevant first"}.get(d.get("order"), "")
+    lerf = first if d.get("order") == "least" else ""  # MoRF, the usual reading, is not repeated in every row
+    row = (f"{mode} AUC{lerf} ({better} better), / clean prob. {'n/a' if prob is None else f'{prob:.3f}'}, "
            f"baseline {d.get('baseline', 'mean')}")
     scalars = [Scalar(f"{mode.capitalize()} AUC", v.get("auc"), m, "method", m, row, better,
                       baseline=m == "random") for m, v in methods.items() if isinstance(v, dict)]
-    ahead = "negative" if mode == "deletion" else "positive"
+    ahead = "negative" if better == "lower" else "positive"
     scalars += [Scalar(f"{mode.capitalize()} AUC minus random", v["auc_minus_random"], m, "method", m,
-                       f"{mode} AUC minus random ({ahead} = better than random)", better)
+                       f"{mode} AUC{lerf} minus random ({ahead} = better than random)", better)
                 for m, v in methods.items() if isinstance(v, dict) and "auc_minus_random" in v]
     curves = []
     if d.get("fractions") and all(isinstance(v, dict) and "curve" in v for v in methods.values()):
-        order = d.get("order")
-        first = {"most": ", most relevant first", "least": ", least relevant first"}.get(order, "")
         curves.append(Curve(
-            mode, f"{mode} ({better} AUC = better)", list(d["fractions"]),
+            mode, f"{mode}{lerf} ({better} AUC = better)", list(d["fractions"]),
             {m: v["curve"] for m, v in methods.items()},
             f"pixels {'removed' if mode == 'deletion' else 'inserted'} (%){first}",
             "label probability / model's clean probability" if prob is not None
