@@ -308,10 +308,15 @@ def _gini(data: dict) -> MetricResult:
 
 
 def _randomisation(data: dict) -> MetricResult:
+    undefined = {m: n for m, n in (data.get("randomisation_undefined") or {}).items() if n}
+    notes = [("Spearman vs randomised model: undefined where a map is constant (no rank order), so those images "
+              "are left out of the mean: " + ", ".join(f"{m} {n}" for m, n in undefined.items()) + ".")] \
+        if undefined else []
     return MetricResult("", "", [
         Scalar("Spearman correlation after weight randomisation", v, m, "method", m,
                "Spearman vs randomised model (lower better)", "lower")
-        for m, v in data["randomisation_spearman"].items()])
+        for m, v in data["randomisation_spearman"].items()], notes=notes,
+        metadata={"undefined_images": undefined} if undefined else {})
 
 
 @dataclass(frozen=True)
@@ -337,7 +342,7 @@ FLAT_LAYOUTS: dict[str, FlatLayout] = {layout.metric: layout for layout in (
     FlatLayout("pointing", "localisation", ("pointing_game", "n_empty_masks"), _pointing),
     FlatLayout("energy", "localisation", ("energy_in_mask", "n_empty_masks"), _energy),
     FlatLayout("gini", "complexity", ("gini",), _gini),
-    FlatLayout("randomisation", "sanity", ("randomisation_spearman",), _randomisation),
+    FlatLayout("randomisation", "sanity", ("randomisation_spearman", "randomisation_undefined"), _randomisation),
 )}
 """Metric name -> its flat layout (the registered metrics of :mod:`aft_hf.evaluate.metrics` point here)."""
 

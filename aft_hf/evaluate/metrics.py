@@ -293,11 +293,11 @@ class Randomisation(Metric):
     def compute(self, ctx: EvalContext) -> MetricResult:
         k = min(self.options.max_images, ctx.images.shape[0])
         images, targets = ctx.images[:k], ctx.targets(ctx.labels[:k])
-        out = {}
+        out, undefined = {}, {}
         for m in ctx.methods:
             res = randomisation_check(ctx.encoder, lambda enc: ctx.explainer(m, enc).attribute(images, targets), ctx.seed)
-            out[m] = res["spearman_mean"]
-        return self.result({"randomisation_spearman": out})
+            out[m], undefined[m] = res["spearman_mean"], res["undefined"]
+        return self.result({"randomisation_spearman": out, "randomisation_undefined": undefined})
 
 
 

@@ -38,7 +38,8 @@ readers of the flat ``metrics`` keep working and older reports without ``results
         "energy_in_mask": {method: {"energy": float, "chance": float}},
         "n_empty_masks": int,                     # with pointing/energy: masks skipped as empty
         "gini": {method: float},
-        "randomisation_spearman": {method: float}},
+        "randomisation_spearman": {method: float|null},   # mean over images whose maps are not constant
+        "randomisation_undefined": {method: int}},        # images left out: a constant map has no rank order
      "metric_inputs": {metric: str},              # what each metric reads (raw maps, never display maps)
      "citations": {metric: str}, "timing_s": {metric: float}, "figures": {name: relative path},
      "per_image": {"label": [int], "zeroshot_pred": [int],    # with zeroshot / robust; in image order,
