@@ -12,6 +12,7 @@ would break inline plots in a notebook that imports aft_hf) and nothing opens a 
 from __future__ import annotations
 
 from pathlib import Path
+from textwrap import fill
 from typing import Mapping, Optional, Sequence, Union
 
 import torch
@@ -88,7 +89,11 @@ def metric_curves(curves: Mapping[str, Sequence], out: Union[str, Path]) -> Path
     """One panel per curve name, every model's series in it: ``curves`` = {model label: [Curve]}.
 
     ``Curve`` is :class:`aft_hf.results.Curve` (deletion/insertion, ROAR, any metric's curve);
-    its ``dashed`` series (the random ranking) are drawn dashed, ``labels`` extend a series' legend entry.
+    its ``dashed`` series (the random ranking) are drawn dashed, ``labels`` extend a series' legend entry,
+    ``spread`` (sd over repeats) is a band around its series. A curve with ``absent`` set (ROAR below its
+    floor) is not drawn: the panel names the model and says why. Series are named by their method's
+    display label (``method_label``: "Integrated Gradients"). Models whose y labels differ (each ROAR
+    evaluator's intact accuracy) each get a line of the axis label.
     """
     names: list[str] = []
     for items in curves.values():
@@ -96,18 +101,42 @@ def metric_curves(curves: Mapping[str, Sequence], out: Union[str, Path]) -> Path
     fig = Figure(figsize=(5 * max(len(names), 1), 3.6))
     axes = fig.subplots(1, max(len(names), 1), squeeze=False)
     for ax, name in zip(axes[0], names):
-        for model, items in curves.items():
-            for c in (c for c in items if c.name == name):
-                x = [100 * v for v in c.x] if c.x_percent else list(c.x)
-                for series, y in c.series.items():
-                    label = f"{model} / {series}" if model else series
-                    extra = c.labels.get(series)
-                    ys = [float("nan") if v is None else v for v in y]
-                    ax.plot(x, ys, "--" if series in c.dashed else "-", marker="o" if len(x) <= 12 else None, ms=3,
-                            label=f"{label} ({extra})" if extra else label)
-                ax.set_xlabel(c.x_label)
-                ax.set_ylabel(c.y_label)
-                ax.set_title(c.title)
+        panel = [(model, c) for model, items in curves.items() for c in items if c.name == name]
+        for model, c in panel:
+            _draw_curve(ax, model, c)
+        ax.set_xlabel(panel[-1][1].x_label)
+        ax.set_ylabel(_panel_label({model: c.y_label for model, c in panel}))
+        ax.set_title(panel[-1][1].title)
+        absent = [f"{model + ': ' if model else ''}{c.absent}" for model, c in panel if c.absent]
+        if absent:
+            ax.text(0.5, 0.5, "\n".join(fill(a, 60) for a in absent), transform=ax.transAxes, ha="center",
+                    va="center", fontsize=7)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
     return _save(fig, out)
+
+
+def _draw_curve(ax, model: str, c) -> None:
+    from .explain.base import method_label
+
+    x = [100 * v for v in c.x] if c.x_percent else list(c.x)
+    for series, y in c.series.items():
+        label = f"{model} / {method_label(series)}" if model else method_label(series)
+        extra = c.labels.get(series)
+        ys = [float("nan") if v is None else v for v in y]
+        (line,) = ax.plot(x, ys, "--" if series in c.dashed else "-", marker="o" if len(x) <= 12 else None, ms=3,
+                          label=f"{label} ({extra})" if extra else label)
+        sd = c.spread.get(series) or []
+        if any(v is not None for v in sd):
+            band = [0.0 if v is None else v for v in sd]
+            ax.fill_between(x, [a - b for a, b in zip(ys, band)], [a + b for a, b in zip(ys, band)],
+                            color=line.get_color(), alpha=0.2, linewidth=0)
+
+
+def _panel_label(labels: Mapping[str, str]) -> str:
+    """The y label of a panel: the models' shared one, or one line per model where they differ."""
+    distinct = list(dict.fromkeys(labels.values()))
+    if len(distinct) == 1:
+        return distinct[0]
+    return "\n".join(f"{model}: {label}" if model else label for model, label in labels.items())

@@ -71,6 +71,8 @@ class Scalar:
     baseline: bool = False
     hub_metric: Optional[str] = None
     task: Optional[str] = None
+    sd: Optional[float] = None
+    """The spread of ``value`` over repeats (sample sd, e.g. ROAR's evaluator seeds): report.md shows ``± sd``."""
 
     @property
     def name(self) -> str:
@@ -83,7 +85,8 @@ class Curve:
     """``series[name][i]`` is the y value at ``x[i]``; ``dashed`` series are reference levels (random).
 
     ``figure`` names the PNG the curve is drawn in (curves of one figure become its panels);
-    ``labels`` adds text to a series' legend entry (e.g. its AUC); ``x_percent`` shows x as %.
+    ``labels`` adds text to a series' legend entry (e.g. its AUC); ``x_percent`` shows x as %;
+    ``spread`` is drawn as a band; a curve with ``absent`` set is named in its panel, not drawn.
     """
 
     name: str
@@ -96,6 +99,10 @@ class Curve:
     x_percent: bool = True
     dashed: tuple[str, ...] = ("random",)
     labels: dict[str, str] = field(default_factory=dict)
+    spread: dict[str, list[Optional[float]]] = field(default_factory=dict)
+    """A series' sd at each x over repeats (ROAR's evaluator seeds), drawn as a band around it."""
+    absent: str = ""
+    """Why the curve has no series (ROAR below its floor): the panel names the model and says it instead."""
 
 
 @dataclass
@@ -248,12 +255,32 @@ def _perturbation(mode: str, data: dict) -> MetricResult:
     return MetricResult("", "", scalars, curves, metadata)
 
 
-def _roar_evaluator_note(r: dict) -> str:
-    """What every ROAR curve is shown beside: how well its evaluator reads intact images, against the floor."""
+def sample_sd(values) -> Optional[float]:
+    """Sample standard deviation (``None`` for fewer than two values: there is no spread to show)."""
+    values = [v for v in values if v is not None]
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+def roar_evaluator_text(result: dict) -> str:
+    """"evaluator accuracy on intact images 0.234 ± 0.106 over 2 evaluator seeds (floor 0.80)": what every ROAR
+    curve is shown beside (``result``: the ``roar`` entry of ``report.json``'s ``metrics``)."""
+    if result.get("intact_accuracy") is None:
+        return "evaluator accuracy on intact images not recorded"
+    seeds = result.get("intact_accuracy_per_seed") or []
+    sd = sample_sd(seeds)
+    spread = f" ± {sd:.3f} over {len(seeds)} evaluator seeds" if sd is not None else ""
+    floor = f" (floor {result['floor']:.2f})" if result.get("floor") is not None else ""
+    return f"evaluator accuracy on intact images {result['intact_accuracy']:.3f}{spread}{floor}"
+
+
+def _roar_intact(r: dict) -> list[Scalar]:
     if r.get("intact_accuracy") is None:
-        return "ROAR evaluator accuracy on intact images: not recorded."
-    return (f"ROAR evaluator accuracy on intact images: {r['intact_accuracy']:.3f} "
-            f"(floor {r.get('floor', 0):.2f}).")
+        return []
+    return [Scalar("ROAR evaluator accuracy on intact images", r["intact_accuracy"], None, "setting", None,
+                   "ROAR evaluator, intact images", "higher", True, sd=sample_sd(r.get("intact_accuracy_per_seed") or []))]
 
 
 def _roar(data: dict) -> MetricResult:
@@ -261,25 +288,30 @@ def _roar(data: dict) -> MetricResult:
     evaluator = str(r.get("evaluator", ""))
     split = r.get("split") or {}
     about = f"ROAR evaluator: {evaluator}; train/test {split.get('train')}/{split.get('test')}."
-    intact = ([Scalar("ROAR evaluator accuracy on intact images", r["intact_accuracy"], None, "setting", None,
-                      "ROAR evaluator, intact images", "higher", True)] if r.get("intact_accuracy") is not None else [])
+    seen = f"ROAR {roar_evaluator_text(r)}."
+    intact = _roar_intact(r)
+    kind = "CNN" if "CNN" in evaluator else "linear probe" if "probe" in evaluator else "evaluator"
+    sd = next(iter(s.sd for s in intact), None)
+    ylabel = f"test accuracy (retrained {kind}" + (
+        f", intact {r['intact_accuracy']:.2f}{'' if sd is None else f' ± {sd:.2f}'})" if intact else ")")
     if r.get("below_floor"):  # an evaluator that cannot read intact images: its curve would be noise
-        return MetricResult("", "", intact, notes=[about, _roar_evaluator_note(r) + " **Not a result:** "
-                                                   f"{r.get('skipped', 'the evaluator is below the floor')}; no "
-                                                   "curve is drawn."])
+        why = r.get("skipped", "the evaluator is below the floor")
+        return MetricResult("", "", intact, [Curve("roar", "ROAR (lower = more faithful)", list(r.get("fractions") or []),
+                                                   {}, "pixels removed and retrained (%)", ylabel, "roar",
+                                                   absent=f"not a result, {why}")],
+                            notes=[about, seen + f" **Not a result:** {why}; no curve is drawn."])
     if "accuracy" not in r:
         return MetricResult("", "", notes=[f"ROAR skipped: {r.get('skipped', 'no result')}."])
     fractions = list(r.get("fractions") or [])
+    spread = {m: list(v) for m, v in (r.get("accuracy_sd") or {}).items() if any(x is not None for x in v or [])}
     scalars = intact + [Scalar("ROAR accuracy (evaluator retrained)", a, f"{m} @ {f:g}", "method @ fraction removed",
-                               m, f"ROAR accuracy, {100 * f:.0f}% removed", "lower", True, baseline=m == "random")
-                        for m, curve in r["accuracy"].items() for f, a in zip(fractions, curve or [])]
-    kind = "CNN" if "CNN" in evaluator else "linear probe" if "probe" in evaluator else "evaluator"
-    ylabel = f"test accuracy (retrained {kind}" + (f", intact {r['intact_accuracy']:.2f})"
-                                                  if r.get("intact_accuracy") is not None else ")")
+                               m, f"ROAR accuracy, {100 * f:.0f}% removed", "lower", True, baseline=m == "random",
+                               sd=(spread.get(m) or [None] * len(curve))[i])
+                        for m, curve in r["accuracy"].items() for i, (f, a) in enumerate(zip(fractions, curve or []))]
     curves = [Curve("roar", "ROAR (lower = more faithful)", fractions, dict(r["accuracy"]),
-                    "pixels removed and retrained (%)", ylabel, "roar")]
+                    "pixels removed and retrained (%)", ylabel, "roar", spread=spread)]
     metadata = {"evaluator": evaluator, **{f"{k}_images": v for k, v in split.items()}}
-    return MetricResult("", "", scalars, curves, metadata, [about, _roar_evaluator_note(r)])
+    return MetricResult("", "", scalars, curves, metadata, [about, seen])
 
 
 def _pointing(data: dict) -> MetricResult:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from matplotlib.figure import Figure
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,3 +36,39 @@ def test_import_and_drawing_keep_the_backend(tmp_path):
     assert res.stdout.split() == ["svg", "svg", "svg"]
     for name in ("grid.png", "roar.png", "del.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def _drawn(monkeypatch, curves) -> Figure:
+    import aft_hf.figures as F
+
+    saved = []
+    monkeypatch.setattr(F, "_save", lambda fig, out: saved.append(fig) or Path(out))
+    F.metric_curves(curves, "unused.png")
+    return saved[0]
+
+
+def test_several_models_keep_each_y_label_and_their_spread_and_display_names(monkeypatch):
+    from aft_hf.results import Curve
+
+    def roar(intact, sd=None):
+        return Curve("roar", "ROAR", [0.0, 0.5], {"integrated_gradients": [intact, 0.3], "random": [intact, 0.4]},
+                     "removed", f"acc (intact {intact:.2f})", "roar",
+                     spread={"integrated_gradients": [0.05, 0.02]} if sd else {})
+
+    (ax,) = _drawn(monkeypatch, {"a": [roar(0.31, sd=True)], "b": [roar(0.16)]}).axes
+    assert ax.get_ylabel() == "a: acc (intact 0.31)\nb: acc (intact 0.16)"
+    assert len(ax.collections) == 1  # model a's band; b had one seed
+    labels = ax.get_legend_handles_labels()[1]
+    assert "a / Integrated Gradients" in labels and "b / random" in labels
+    (ax,) = _drawn(monkeypatch, {"a": [roar(0.31)], "b": [roar(0.31)]}).axes
+    assert ax.get_ylabel() == "acc (intact 0.31)"
+
+
+def test_a_curve_that_is_not_a_result_names_its_model_instead(monkeypatch):
+    from aft_hf.results import Curve
+
+    drawn = Curve("roar", "ROAR", [0.0, 0.5], {"saliency": [0.9, 0.3]}, "removed", "acc", "roar")
+    absent = Curve("roar", "ROAR", [0.0, 0.5], {}, "removed", "acc", "roar", absent="not a result, below the floor")
+    (ax,) = _drawn(monkeypatch, {"good": [drawn], "weak": [absent]}).axes
+    assert [t.get_text() for t in ax.texts] == ["weak: not a result, below the floor"]
+    assert len(ax.lines) == 1

@@ -29,8 +29,9 @@ from typing import Callable, Sequence
 import torch
 
 from ..evaluate import CNNOptions, EvalContext, RoarOptions, SmallCNN, roar
-from ..evaluate.faithfulness import roar_evaluator_text, roar_flag
+from ..evaluate.faithfulness import roar_flag
 from ..explain import method_label
+from ..results import roar_evaluator_text
 
 
 def _demo_roar_options() -> RoarOptions:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..results import sample_sd
 from .errors import EvaluationError
 from .evaluators import CNNOptions
 
@@ -234,14 +235,6 @@ def _probe(seed: int) -> Evaluator:
     return LinearProbe()
 
 
-def _sd(values: Sequence[float]) -> Optional[float]:
-    """Sample standard deviation (``None`` for a single value: there is no spread to show)."""
-    if len(values) < 2:
-        return None
-    mean = sum(values) / len(values)
-    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-
-
 def roar(train_images: Tensor, train_labels: Tensor, test_images: Tensor, test_labels: Tensor,
          train_maps: dict[str, Tensor], test_maps: dict[str, Tensor],
          fractions: Sequence[float] = DEFAULT_ROAR_FRACTIONS,
@@ -314,7 +307,7 @@ def roar(train_images: Tensor, train_labels: Tensor, test_images: Tensor, test_l
     bar.close()
     points = {name: list(zip(*curves)) for name, curves in per_seed.items()}
     result["accuracy"] = {name: [sum(p) / len(p) for p in pts] for name, pts in points.items()}
-    result["accuracy_sd"] = {name: [_sd(p) for p in pts] for name, pts in points.items()}
+    result["accuracy_sd"] = {name: [sample_sd(p) for p in pts] for name, pts in points.items()}
     result["per_seed"] = per_seed
     return result
 
@@ -324,13 +317,3 @@ def roar_flag(result: dict) -> Optional[str]:
     if result.get("below_floor") or "accuracy" not in result:
         return result.get("skipped", "no ROAR curve")
     return None
-
-
-def roar_evaluator_text(result: dict) -> str:
-    """"evaluator accuracy on intact images 0.953 (floor 0.80)": what every ROAR curve is shown beside."""
-    if result.get("intact_accuracy") is None:
-        return "evaluator accuracy on intact images not recorded"
-    seeds = result.get("intact_accuracy_per_seed") or []
-    spread = f" ± {_sd(seeds):.3f} over {len(seeds)} evaluator seeds" if len(seeds) > 1 else ""
-    return (f"evaluator accuracy on intact images {result['intact_accuracy']:.3f}{spread} "
-            f"(floor {result.get('floor', DEFAULT_ROAR_FLOOR):.2f})")

@@ -12,9 +12,11 @@ readers of the flat ``metrics`` keep working and older reports without ``results
         "family": str, "setup_title": str,
         "scalars": [{"quantity": str, "value": float|null, "setting": str|null, "setting_kind": str,
                      "method": str|null, "row": str|null, "better": "higher"|"lower"|null, "percent": bool,
-                     "baseline": bool, "hub_metric": str|null, "task": str|null}],
+                     "baseline": bool, "hub_metric": str|null, "task": str|null,
+                     "sd": float|null}],                # sd: spread over repeats (ROAR's evaluator seeds)
         "curves": [{"name": str, "title": str, "x": [float], "series": {str: [float|null]}, "x_label": str,
-                    "y_label": str, "figure": str, "x_percent": bool, "dashed": [str], "labels": {str: str}}],
+                    "y_label": str, "figure": str, "x_percent": bool, "dashed": [str], "labels": {str: str},
+                    "spread": {str: [float|null]}, "absent": str}],  # spread: sd band; absent: why not drawn
         "metadata": {str: JSON value}, "notes": [str]}},
      "metrics": {                                  # the flat entries each metric writes (schema 1 keys)
         "zeroshot_top1": float, "zeroshot_top5": float|null,   # top-5 null (n/a) with fewer than 5 classes
@@ -68,11 +70,17 @@ SCHEMA_VERSION = REPORT_SCHEMA_VERSION
 
 
 def format_value(scalar: Scalar) -> str:
-    """A scalar as the reports print it: a fraction marked ``percent`` as ``76.6%``, other floats to 3 decimals."""
+    """A scalar as the reports print it: a fraction marked ``percent`` as ``76.6%``, other floats to 3 decimals,
+    followed by ``± sd`` when the scalar has a spread over repeats (``76.6% ± 2.1%``)."""
     v = scalar.value
     if v is None:
         return "n/a"
-    return f"{100 * v:.1f}%" if scalar.percent else f"{v:.3f}" if isinstance(v, float) else str(v)
+    text = _number(v, scalar.percent)
+    return text if scalar.sd is None else f"{text} ± {_number(scalar.sd, scalar.percent)}"
+
+
+def _number(v, percent: bool) -> str:
+    return f"{100 * v:.1f}%" if percent else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
 def markdown(report: dict) -> str:
