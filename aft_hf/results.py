@@ -277,10 +277,15 @@ def roar_evaluator_text(result: dict) -> str:
 
 
 def _roar_intact(r: dict) -> list[Scalar]:
+    """The evaluator's accuracy on intact images: a reference level (``baseline``) for the CNN evaluator, which is
+    trained on the same intact images whatever the model (it describes the data, not the model); the linear
+    probe reads the model's own embeddings."""
     if r.get("intact_accuracy") is None:
         return []
+    cnn = r.get("evaluator_kind", "cnn" if "CNN" in str(r.get("evaluator", "")) else None) == "cnn"
     return [Scalar("ROAR evaluator accuracy on intact images", r["intact_accuracy"], None, "setting", None,
-                   "ROAR evaluator, intact images", "higher", True, sd=sample_sd(r.get("intact_accuracy_per_seed") or []))]
+                   "ROAR evaluator, intact images", "higher", True, baseline=cnn,
+                   sd=sample_sd(r.get("intact_accuracy_per_seed") or []))]
 
 
 def _roar(data: dict) -> MetricResult:

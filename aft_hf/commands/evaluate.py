@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from ..data.images import image_geometry
 from ..env import emulated_bf16_warning
@@ -40,6 +40,7 @@ from ..explain import available_methods, resolve_method
 from ..explain.loading import load_models_and_texts, pick_device
 from ..explain.options import OptionProblems
 from ..files import WEIGHTS_HASH_KEY, tower_weights_sha256
+from ..results import Scalar
 from . import (
     DefaultsHelpFormatter,
     add_data_quality_arguments,
@@ -327,6 +328,12 @@ def _write_comparison(reports: dict, folders: dict, out: Path) -> None:
         cells = [values.get((k, q, st)) for q, st in columns]
         lines.append(f"| {k} | `{r.get('model')}` | `{r.get('text_model')}` | "
                      + " | ".join("n/a" if v is None else format_value(v) for v in cells) + " |")  # as report.md
+    lines += comparison_table(results, lambda s: s.method is not None, "Attribution quality", (
+        "A row per metric and method (setting `random`: a random ranking on the same model and images, `chance`: "
+        "the mask's area), a column per model."))
+    lines += comparison_table(results, lambda s: s.method is None and s.baseline, "Reference levels", (
+        "Not results of the models: they describe the data (the ROAR CNN evaluator is trained on the same intact "
+        "images for every model) or chance."))
     lines += ["", "Per-model reports: " + ", ".join(f"[{k}]({quote(folders[k])}/report.md)" for k in reports), ""]
     (out / "comparison.md").write_text("\n".join(lines))
     rows = [{**r, "figures": {n: f"{folders[k]}/{f}" for n, f in (r.get("figures") or {}).items()}}
@@ -334,3 +341,24 @@ def _write_comparison(reports: dict, folders: dict, out: Path) -> None:
     first = next(iter(reports.values()))
     write_json(out / "report.json", {"schema_version": first["schema_version"], "aft_hf_version": first.get("aft_hf_version"),
                 "created": first.get("created"), "reports": rows})
+
+
+def comparison_table(results: dict, keep: Callable[[Scalar], bool], title: str, intro: str) -> list[str]:
+    """comparison.md's lines for the scalars ``keep`` selects: a row per (quantity, setting), a column per model
+    (``results``: label -> {metric: MetricResult}), values as report.md prints them; [] when none is kept."""
+    from ..evaluate.report import format_value
+
+    rows: dict[tuple, dict[str, Scalar]] = {}
+    for label, by_metric in results.items():
+        for r in by_metric.values():
+            for s in r.scalars:
+                if keep(s):
+                    rows.setdefault((s.quantity, s.setting, s.better), {})[label] = s
+    if not rows:
+        return []
+    lines = ["", f"## {title}", "", intro, "", "| metric | setting | better | " + " | ".join(results) + " |",
+             "|---|---|---|" + "---|" * len(results)]
+    for (quantity, setting, better), by_label in rows.items():
+        cells = ["n/a" if by_label.get(k) is None else format_value(by_label[k]) for k in results]
+        lines.append(f"| {quantity} | {setting or ''} | {better or ''} | " + " | ".join(cells) + " |")
+    return lines
