@@ -204,7 +204,8 @@ def _robust(data: dict) -> MetricResult:
                           "verdict at a near-tie)"),
             ("compiled", "forward compiled with torch.compile")) if attack.get(key))
         name = str(attack.get("name", "PGD, L-inf"))
-        name += "" if name.endswith(" iterations") else f", {iterations} iterations"  # a weaker APGD's name says it
+        said = name.endswith(" iterations") or name.startswith(f"PGD-{iterations},")  # a weaker APGD's, PGD-10's
+        name += "" if said else f", {iterations} iterations"
         notes.append(f"Attack: {name}{extra}{how}; an "
                      "image counts as robust only when correct clean and every attack fails, at this and every "
                      "smaller budget.")

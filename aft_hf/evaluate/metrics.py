@@ -101,7 +101,7 @@ class RobustAccuracy(Metric):
             setup["precision"] = o.mixed_precision
         if o.compile:
             setup["compiled"] = True
-        out = self.result({"robust_top1": acc, "robust_attack": {**setup, "eps": [f"{e:g}/255" for e in o.eps]}})
+        out = self.result({"robust_top1": acc, "robust_attack": {**setup, "eps": list(acc)}})  # sorted, as its keys
         out.verdicts = {"robust": {k: v.tolist() for k, v in verdicts.items()}}
         return out
 

@@ -414,3 +414,18 @@ def test_roar_metric_defaults_to_the_cnn_and_names_the_evaluator(tiny_encoder, t
         assert r["evaluator_kind"] == kind and words in r["evaluator"] and words in markdown(report)
     with pytest.raises(EvaluationError, match="unknown ROAR evaluator 'svm'"):
         ROAR(evaluator="svm").compute(_ctx(tiny_encoder))
+
+
+def test_robust_attack_lists_its_budgets_in_the_order_of_robust_top1(tiny_encoder, tiny_clip_path):
+    from aft_hf.explain import load_text_tower
+
+    images, labels = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1] * 2)
+    report, _ = evaluate_model(
+        tiny_encoder, load_text_tower(str(tiny_clip_path)), ["a", "b"], ["{}"], images, labels, ["robust"], [], None,
+        {"robust": {"eps": [4, 1], "steps": 1, "attack": "pgd"}}, progress=False,
+        info={"model": "tiny", "text_model": "tiny", "dataset": "rand", "split": "test", "skipped_images": 0,
+              "class_names_source": "list"})
+    m = report["metrics"]
+    assert list(m["robust_top1"]) == m["robust_attack"]["eps"] == ["1/255", "4/255"]
+    note = " ".join(n for r in report["results"].values() for n in r["notes"])
+    assert "Attack: PGD-1, L-inf; an image" in note and "iterations" not in note  # PGD-1 says it once
