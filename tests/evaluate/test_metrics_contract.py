@@ -110,3 +110,18 @@ def test_every_registered_metric_presents_through_its_own_layout():
 
     for name, cls in METRICS.items():
         assert cls.layout is FLAT_LAYOUTS[name] and cls.family == cls.layout.family, name
+
+
+def test_docs_table_lists_every_option_of_every_metric():
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    table = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text().split("## The contract")[0]
+    for name, cls in METRICS.items():
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{name}`") or f", `{name}` |" in line)
+        listed = set(re.findall(r"`(\w+)`", row.split("|")[3]))
+        fields = {f.name for f in dataclasses.fields(cls.Options)} if dataclasses.is_dataclass(cls.Options) else set()
+        assert fields <= listed, f"docs/metrics.md: metric {name} lacks options {sorted(fields - listed)}"
+    message = str(pytest.raises(EvaluationError, RobustAccuracy, step=5).value)
+    assert message in (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
