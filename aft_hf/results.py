@@ -235,6 +235,7 @@ def _perturbation(mode: str, data: dict) -> MetricResult:
     prob = d.get("clean_probability")
     first = {"most": ", most relevant first", "least": ", least relevant first"}.get(d.get("order"), "")
     lerf = first if d.get("order") == "least" else ""  # MoRF, the usual reading, is not repeated in every row
+    # (the figure says the order in its x label)
     row = (f"{mode} AUC{lerf} ({better} better), / clean prob. {'n/a' if prob is None else f'{prob:.3f}'}, "
            f"baseline {d.get('baseline', 'mean')}")
     scalars = [Scalar(f"{mode.capitalize()} AUC", v.get("auc"), m, "method", m, row, better,
@@ -246,7 +247,7 @@ def _perturbation(mode: str, data: dict) -> MetricResult:
     curves = []
     if d.get("fractions") and all(isinstance(v, dict) and "curve" in v for v in methods.values()):
         curves.append(Curve(
-            mode, f"{mode}{lerf} ({better} AUC = better)", list(d["fractions"]),
+            mode, f"{mode} ({better} AUC = better)", list(d["fractions"]),
             {m: v["curve"] for m, v in methods.items()},
             f"pixels {'removed' if mode == 'deletion' else 'inserted'} (%){first}",
             "label probability / model's clean probability" if prob is not None
@@ -304,7 +305,7 @@ def _roar(data: dict) -> MetricResult:
         why = r.get("skipped", "the evaluator is below the floor")
         return MetricResult("", "", intact, [Curve("roar", "ROAR (lower = more faithful)", list(r.get("fractions") or []),
                                                    {}, "pixels removed and retrained (%)", ylabel, "roar",
-                                                   absent=f"not a result, {why}")],
+                                                   absent=f"no curve: {why}")],
                             notes=[about, seen + f" **Not a result:** {why}; no curve is drawn."])
     if "accuracy" not in r:
         return MetricResult("", "", notes=[f"ROAR skipped: {r.get('skipped', 'no result')}."])

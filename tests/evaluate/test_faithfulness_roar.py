@@ -50,7 +50,7 @@ def test_a_weak_evaluator_is_flagged_and_no_curve_is_computed_or_drawn(tmp_path)
     flagged = FLAT_LAYOUTS["roar"].present({"roar": weak})  # what report.md, the card and the figures read
     text = " ".join(flagged.notes)
     assert "Not a result" in text and f"intact images {weak['intact_accuracy']:.3f}" in text
-    assert not flagged.curves[0].series and flagged.curves[0].absent.startswith("not a result")  # named, not drawn
+    assert not flagged.curves[0].series and flagged.curves[0].absent.startswith("no curve: ")  # named, not drawn
     good = roar(xtr, ytr, xte, yte, _maps(80), _maps(40), (0.1, 0.5), lambda seed: LinearProbe(None, max_iter=30),
                 progress=False)
     assert not good["below_floor"] and good["intact_accuracy"] >= 0.9

@@ -71,5 +71,5 @@ def test_roar_spread_over_evaluator_seeds_is_shown():
 def test_roar_below_the_floor_keeps_a_panel_that_says_so():
     result = legacy_results(_roar([0.2, 0.1], floor=0.8, below=True))["roar"]
     (curve,) = result.curves
-    assert not curve.series and curve.absent.startswith("not a result, the evaluator reaches 0.150")
+    assert not curve.series and curve.absent.startswith("no curve: the evaluator reaches 0.150")
     assert any("**Not a result:**" in n for n in result.notes)
