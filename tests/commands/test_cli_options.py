@@ -118,6 +118,13 @@ def test_each_full_clip_uses_its_own_text_tower(two_clips, shapes, tmp_path, cap
     accuracy = f"{100 * alone['metrics']['zeroshot_top1']:.1f}%"  # printed as report.md prints it
     assert accuracy in (tmp_path / "alone" / "report.md").read_text()
     assert f"| `{b}` | `{b}` | {accuracy} |" in comparison
+    # the same --out again with one model: the two-model run's comparison and sub-folders go, the user's file stays
+    (tmp_path / "both" / "notes.txt").write_text("mine")
+    assert len([p for p in (tmp_path / "both").iterdir() if p.is_dir()]) == 2
+    assert main(["evaluate", "--model", str(b), *args, "--out", str(tmp_path / "both")]) == 0
+    left = sorted(p.name for p in (tmp_path / "both").iterdir())
+    assert left == sorted([".aft_hf_results.json", "examples.png", "notes.txt", "report.json", "report.md"])
+    assert json.loads((tmp_path / "both" / "report.json").read_text())["metrics"] == alone["metrics"]
     out = tmp_path / "explain"
     assert main(["explain", "--model", str(a), "--model", str(b), "--images", str(shapes), "--max-images", "2",
                  "--methods", "saliency", "--out", str(out)]) == 0
