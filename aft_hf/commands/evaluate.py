@@ -71,7 +71,8 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--config-name", help="dataset configuration name (passed to datasets.load_dataset)")
     p.add_argument("--split", help="default: validation, else test, else train")
     p.add_argument("--image-column", default="image", help="column holding the images")
-    p.add_argument("--label-column", default="label", help="column holding the integer class labels")
+    p.add_argument("--label-column", default="label",
+                   help="column holding the labels: class indices, or class names looked up in the class names")
     p.add_argument("--mask-column", help="image column of object masks (pointing game, energy)")
     p.add_argument("--box-column", help="column of object boxes (one box or a list: their union), in the "
                                         "convention of --box-format and --box-units")
@@ -222,13 +223,16 @@ def _cli_evaluate(args, extra) -> int:
                                     args.seed, args.mask_column, args.box_column,
                                     max_bad_fraction=args.max_bad_fraction, box_format=args.box_format,
                                     box_units=args.box_units)
-    world = (None if names_from_feature(data.label_feature) else
-             world_label_feature(args.data_dir or args.dataset, args.label_column))
+    named = data.named_labels  # labels given as class names: a world folder's full list of classes, if it is one
+    world = (None if names_from_feature(data.label_feature) and not named else
+             world_label_feature(args.data_dir or args.dataset, "label" if named else args.label_column))
     names = resolve_classnames(args.class_names, world or data.label_feature, args.imagenet_classnames)
     source = ("file " + args.class_names if args.class_names else
               "shipped cleaned ImageNet-1k names" if args.imagenet_classnames or is_imagenet_1k(names)
-              else "world.json (aft-hf world sample)" if world else "dataset ClassLabel")
+              else "world.json (aft-hf world sample)" if world
+              else "the labels' class names, sorted" if named else "dataset ClassLabel")
     templates = resolve_templates(args.templates, names)
+    data = data.for_class_names(names)  # labels given as class names: looked up in the run's names
     options = {"robust": {"eps": args.eps, "steps": args.attack_steps, "attack": args.robust_attack,
                           "restarts": args.attack_restarts, "targets": args.attack_targets,
                           "mixed_precision": args.mixed_precision, "compile": args.attack_compile},
@@ -276,7 +280,7 @@ def _evaluate_each(args, run: _Run, models, prepared: dict, reports: dict) -> No
                 args.dataset, geometry, args.split, args.data_dir, args.config_name, args.image_column,
                 args.label_column, args.max_samples, args.streaming, args.seed, args.mask_column, args.box_column,
                 max_bad_fraction=args.max_bad_fraction, box_format=args.box_format, box_units=args.box_units)
-        data_m = prepared[geometry]
+        data_m = prepared[geometry].for_class_names(names)
         info = {"model": name, "label": label, WEIGHTS_HASH_KEY: tower_weights_sha256(encoder.vision.state_dict()),
                 "text_model": text_source, "dataset": args.dataset, "split": data_m.split,
                 "skipped_images": data_m.skipped, "class_names_source": run.names_source,
