@@ -39,7 +39,8 @@ def add_subcommand(subparsers) -> None:
                                           "explanations.png (image rows x model/method columns), maps.pt, "
                                           "explain.json.", formatter_class=DefaultsHelpFormatter)
     add_model_arguments(p)
-    p.add_argument("--images", nargs="+", required=True, help="image files and/or folders")
+    p.add_argument("--images", nargs="+", required=True, help="image files and/or folders (a folder with a metadata.jsonl, "
+                   "as aft-hf world sample writes: the images its file_name column lists)")
     p.add_argument("--prompt", default="a photo of a {}.", help="template with {} for the label")
     p.add_argument("--labels", nargs="+", help="one label for all images or one per image (default: each "
                    "image's class_name in a metadata.jsonl, as aft-hf world sample writes, else its folder name)")
