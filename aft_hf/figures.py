@@ -122,7 +122,7 @@ def _overlay_colorbar(fig, cmap: str, height_in: float, signed: bool = False, sl
     ax = fig.add_axes((left, -0.47 / height_in, width, 0.12 / height_in))
     norm = Normalize(-1.0, 1.0) if signed else Normalize(0.0, 1.0)
     bar = fig.colorbar(ScalarMappable(norm, cmap=cmap), cax=ax, orientation="horizontal")
-    bar.set_label("signed relevance (each map from -1 to 1 times its own largest |value|; 0 is white)" if signed
+    bar.set_label("signed relevance (0 is white; each map symmetric about 0 at its largest |value|)" if signed
                   else "relevance (each map scaled from 0 to its own maximum)", fontsize=8)
     bar.ax.tick_params(labelsize=7)
 
