@@ -118,9 +118,8 @@ def _figure(out: Path, views: dict, geometries: dict, per_model: dict, rows: lis
     from ..figures import attribution_grid
 
     if len(set(geometries.values())) == 1:
-        (short, *_) = views
         flat = {k: m for maps in per_model.values() for k, m in maps.items()}
-        return attribution_grid(views[short], flat, out / FIGURE, row_titles=rows, title=title)
+        return attribution_grid(next(iter(views.values())), flat, out / FIGURE, row_titles=rows, title=title)
     grouped = {short: {k.split(" / ", 1)[-1]: m for k, m in maps.items()} for short, maps in per_model.items()}
     return attribution_grid(views, grouped, out / FIGURE, row_titles=rows, title=title)
 
