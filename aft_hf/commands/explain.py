@@ -20,6 +20,7 @@ from ..explain.loading import load_models_and_texts, pick_device
 from ..explain.methods import Explainer, available_methods, resolve_method
 from ..explain.options import OptionProblems
 from ..explain.targets import ExplainError, check_template, image_targets
+from ..outputs import results_folder
 from . import (
     DefaultsHelpFormatter,
     add_data_quality_arguments,
@@ -132,7 +133,6 @@ def _cli_explain(args, extra) -> int:
     encoders, texts, text_sources = load_models_and_texts(args.model, args.text_model, device, need_text,
                                                           image_size=args.image_size)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     timing, maps, warnings, unreadable = {}, {}, [], []
     views, geometries, per_model = {}, {}, {}  # per model: its own prepared images, their geometry, its maps
     for name, short, encoder, text in zip(args.model, model_labels(args.model), encoders, texts):
@@ -158,13 +158,15 @@ def _cli_explain(args, extra) -> int:
             timing[key] = (time.perf_counter() - start) / len(files)
             maps[key] = per_model[short][key] = m
     rows = [f"{f.name}\n{lab}" if lab else f.name for f, lab in zip(files, labels)]
-    png = _figure(out, views, geometries, per_model, rows, "explaining the similarity to the " + target_description(args))
-    torch.save({k: v for k, v in maps.items()}, out / "maps.pt")
-    summary = {"models": args.model, "text_model": args.text_model, "text_models": text_sources,
-               "images": [str(f) for f in files], "labels": labels, "target": target_description(args),
-               "image_geometries": {short: repr(g) for short, g in geometries.items()},
-               "methods": methods, "seconds_per_image": timing, "figure": png.name, "maps": "maps.pt",
-               "warnings": [w for w in warnings if w], "unreadable_images": unreadable}
-    (out / "explain.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with results_folder(out, "aft-hf explain"):  # run again into the same --out: nothing of the earlier run left over
+        png = _figure(out, views, geometries, per_model, rows,
+                      "explaining the similarity to the " + target_description(args))
+        torch.save({k: v for k, v in maps.items()}, out / "maps.pt")
+        summary = {"models": args.model, "text_model": args.text_model, "text_models": text_sources,
+                   "images": [str(f) for f in files], "labels": labels, "target": target_description(args),
+                   "image_geometries": {short: repr(g) for short, g in geometries.items()},
+                   "methods": methods, "seconds_per_image": timing, "figure": png.name, "maps": "maps.pt",
+                   "warnings": [w for w in warnings if w], "unreadable_images": unreadable}
+        (out / "explain.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(png)
     return 0

@@ -85,3 +85,20 @@ def test_the_figure_names_a_caption_or_reference_image(tiny_clip_path, wide_imag
                  *extra, "--out", str(tmp_path / "figs")]) == 0
     (call,) = drawn
     assert ("caption 'a blue disc'" if target == "caption" else f"reference image {wide_image}") in call["title"]
+
+
+def test_run_again_into_the_same_out_lists_what_it_wrote_and_keeps_the_users_files(tiny_clip_path, wide_image,
+                                                                                     tmp_path):
+    from aft_hf.outputs import RESULTS_MANIFEST
+
+    out = tmp_path / "figs"
+    args = ["explain", "--model", str(tiny_clip_path), "--images", str(wide_image), "--labels", "blue circle",
+            "--methods", "saliency", "--out", str(out)]
+    assert main(args) == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "old_figure.png").write_bytes(b"")  # as if an earlier aft-hf run had written it
+    manifest = json.loads((out / RESULTS_MANIFEST).read_text())
+    assert manifest["writer"] == "aft-hf explain" and set(manifest["entries"]) >= {"explain.json", "maps.pt"}
+    (out / RESULTS_MANIFEST).write_text(json.dumps({**manifest, "entries": [*manifest["entries"], "old_figure.png"]}))
+    assert main(args) == 0
+    assert (out / "notes.txt").is_file() and not (out / "old_figure.png").exists()
