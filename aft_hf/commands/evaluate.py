@@ -52,6 +52,9 @@ from . import (
 
 logger = logging.getLogger(__name__)
 
+ATTACK_RESTARTS, ATTACK_TARGETS = 1, 9
+"""APGD's restarts and target classes by default (the field's protocol); PGD takes neither."""
+
 
 def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="zero-shot accuracy (clean, under APGD/PGD) and saliency metrics "
@@ -98,8 +101,8 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--attack-steps", type=int,
                    help="iterations per attack run (default: " +
                         ", ".join(f"{k} {v}" for k, v in DEFAULT_ITERATIONS.items()) + ")")
-    p.add_argument("--attack-restarts", type=int, default=1, help="APGD: random restarts of each attack")
-    p.add_argument("--attack-targets", type=int, default=9,
+    p.add_argument("--attack-restarts", type=int, default=ATTACK_RESTARTS, help="APGD: random restarts of each attack")
+    p.add_argument("--attack-targets", type=int, default=ATTACK_TARGETS,
                    help="APGD-T: target classes (the highest-ranked other classes; 0 = APGD-CE only)")
     p.add_argument("--mixed-precision", choices=list(AUTOCAST_DTYPES),
                    default=os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower(),
@@ -161,6 +164,13 @@ def _check_options(args) -> list[str]:
     problems.at_least("--roar-epochs", args.roar_epochs, 1)
     problems.at_least("--roar-repeats", args.roar_repeats, 1)
     problems.require(0 <= args.roar_floor <= 1, f"--roar-floor is an accuracy in [0, 1], got {args.roar_floor:g}")
+    problems.require(args.robust_attack == "apgd" or (args.attack_restarts == ATTACK_RESTARTS and
+                                                   args.attack_targets == ATTACK_TARGETS),
+                     f"--attack-restarts and --attack-targets apply to --robust-attack apgd only ({args.robust_attack} "
+                     "runs once, untargeted): leave them out")
+    problems.require(args.roar_evaluator == "cnn" or args.roar_epochs == CNNOptions.epochs,
+                     f"--roar-epochs trains the cnn evaluator; --roar-evaluator {args.roar_evaluator} has no epochs: "
+                     "leave it out")
     problems.require(not (args.attack_compile and args.robust_attack != "apgd"),
                      f"--attack-compile applies to --robust-attack apgd only ({args.robust_attack} runs eager)")
     problems.require(args.mixed_precision in AUTOCAST_DTYPES, f"--mixed-precision '{args.mixed_precision}' is not one "

@@ -34,6 +34,10 @@ logger = logging.getLogger(__name__)
 FIGURE = "explanations.png"
 
 
+PROMPT = "a photo of a {}."
+"""The class prompt of each image's label (``--prompt``)."""
+
+
 def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser("explain", help="saliency maps of CLIP models as PNG grids",
                               description="Saliency maps of one or more CLIP models for the same images -> OUT/"
@@ -42,7 +46,7 @@ def add_subcommand(subparsers) -> None:
     add_model_arguments(p)
     p.add_argument("--images", nargs="+", required=True, help="image files and/or folders (a folder with a metadata.jsonl, "
                    "as aft-hf world sample writes: the images its file_name column lists)")
-    p.add_argument("--prompt", default="a photo of a {}.", help="template with {} for the label")
+    p.add_argument("--prompt", default=PROMPT, help="template with {} for the label")
     p.add_argument("--labels", nargs="+", help="one label for all images or one per image (default: each "
                    "image's class_name in a metadata.jsonl, as aft-hf world sample writes, else its folder name)")
     p.add_argument("--caption", help="explain similarity to this caption instead of a class prompt")
@@ -67,6 +71,11 @@ def _check_options(args) -> tuple[list[str], list[Path], list[str]]:
     problems.require(args.caption is None or args.reference_image is None,
                      "give --caption or --reference-image, not both")
     problems.file("--reference-image", args.reference_image)
+    other_target = "--caption" if args.caption is not None else "--reference-image" if args.reference_image else None
+    problems.require(other_target is None or (args.labels is None and args.prompt == PROMPT),
+                     f"--labels and --prompt make class-prompt targets, which {other_target} replaces: leave them out")
+    problems.require(not (args.layer or "").strip() or "gradcam" in methods,
+                     "--layer is Grad-CAM's layer, and --methods has no gradcam: add gradcam or leave --layer out")
     problems.require(args.layer is None or bool(args.layer.strip()),
                      "--layer is empty: leave it out (the last block's layer_norm1), or give 'penultimate' or a "
                      "module path such as vision_model.encoder.layers.10")

@@ -79,6 +79,23 @@ def test_explain_reports_every_bad_option_before_loading(tmp_path, capsys, no_lo
     assert "--max-images must be >= 1, got -1" in _error(capsys)
 
 
+@pytest.mark.parametrize("command, options, message", [
+    ("evaluate", ["--robust-attack", "pgd", "--attack-targets", "3"],
+     "--attack-restarts and --attack-targets apply to --robust-attack apgd only (pgd runs once, untargeted)"),
+    ("evaluate", ["--robust-attack", "pgd", "--attack-restarts", "5"], "apply to --robust-attack apgd only"),
+    ("evaluate", ["--roar-evaluator", "probe", "--roar-epochs", "50"],
+     "--roar-evaluator probe has no epochs: leave it out"),
+    ("explain", ["--layer", "penultimate", "--methods", "saliency"], "--methods has no gradcam"),
+    ("explain", ["--caption", "a dog", "--labels", "cat"], "which --caption replaces"),
+    ("explain", ["--caption", "a dog", "--prompt", "a sketch of a {}."], "which --caption replaces"),
+])
+def test_options_that_would_be_silently_ignored_are_refused(tmp_path, capsys, no_loading, shapes, command, options,
+                                                              message):
+    source = ["--dataset", str(shapes)] if command == "evaluate" else ["--images", str(shapes)]
+    assert main([command, "--model", "m", *source, "--out", str(tmp_path / "o"), *options]) == 2
+    assert message in _error(capsys)
+
+
 @pytest.fixture(scope="module")
 def two_clips(tmp_path_factory):
     """Two tiny CLIPs whose text towers differ: other seeds, other widths (text hidden size and projection)."""
