@@ -100,7 +100,7 @@ class DataConfig:
     world.json of an `aft-hf world sample` folder), `imagenet` = the shipped ImageNet-1k names, or a file."""
     templates: Optional[str] = None
     """Prompt templates of the class embeddings (as `aft-hf evaluate --templates`): `simple`, `clip80`, a file
-    (one per line) or one template with {}; null: clip80 for 1000 classes, else simple."""
+    (one per line) or one template with {}; null: clip80 for ImageNet-1k's classes, else simple."""
     streaming: bool = False
     """Stream the dataset (split across processes, shuffled with a buffer)."""
     shuffle_buffer: int = 10_000

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from textwrap import fill
-from typing import Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 from matplotlib.figure import Figure
@@ -36,52 +36,95 @@ def _save(fig, out: Union[str, Path]) -> Path:
     return out
 
 
-def attribution_grid(images: Tensor, maps: Mapping[str, Tensor], out: Union[str, Path],
+SIGNED_CMAP = "RdBu_r"
+"""Colour map of signed maps (negative blue, zero white, positive red), symmetric about 0."""
+
+Column = tuple[str, Tensor, Optional[Tensor]]
+"""One grid column: (title, the (B, 3, H, W) images drawn, the (B, 1, H, W) map over them or None for the image)."""
+
+
+def grid_columns(images: Union[Tensor, Mapping[str, Tensor]], maps: Mapping[str, Any]) -> list[Column]:
+    """The columns of :func:`attribution_grid`: one image column, then every map over it; or, with
+    ``images`` = {group: images} and ``maps`` = {group: {name: map}}, per group its own image column
+    followed by that group's maps drawn over *its* images (models that prepare images differently)."""
+    if torch.is_tensor(images):
+        return [("image", images, None), *((key, images, m) for key, m in maps.items())]
+    columns: list[Column] = []
+    for group, view in images.items():
+        columns.append((f"{group}: image", view, None))
+        columns += [(f"{group} / {name}", view, m) for name, m in maps.get(group, {}).items()]
+    return columns
+
+
+def overlay_style(heat: Tensor, signed: bool, cmap: str) -> dict:
+    """``imshow`` colour settings of one map: from 0 to its maximum, or (``signed``, a map with negative
+    values) a diverging colour map symmetric about 0 at its largest |value|, so negative attributions show."""
+    if signed:
+        top = max(float(heat.abs().max()), 1e-12)
+        return {"cmap": SIGNED_CMAP, "vmin": -top, "vmax": top}
+    return {"cmap": cmap, "vmin": 0.0, "vmax": max(float(heat.max()), 1e-12)}
+
+
+def attribution_grid(images: Union[Tensor, Mapping[str, Tensor]], maps: Mapping[str, Any], out: Union[str, Path],
                      row_titles: Optional[Sequence[str]] = None, normalized: bool = False,
                      alpha: float = 0.5, cmap: str = "jet", cell: float = 2.0,
-                     plain: Sequence[str] = ()) -> Path:
+                     plain: Sequence[str] = (), title: Optional[str] = None) -> Path:
     """Rows = images; columns = the image, then one overlay per ``maps`` key (e.g. "model / method").
 
-    ``maps[key]`` is (B, 1, H, W) with values in [0, 1] (post-processed maps); ``images`` (B, 3, H, W).
-    Keys in ``plain`` (e.g. a ground-truth mask) are drawn in grey on their own, not overlaid.
+    ``maps[key]`` is (B, 1, H, W) (post-processed maps in [0, 1], drawn from 0 to each map's maximum; a
+    map with negative values, a raw signed map, is drawn with a diverging colour map symmetric about 0);
+    ``images`` (B, 3, H, W). Keys in ``plain`` (e.g. a ground-truth mask) are drawn in grey on their own,
+    not overlaid. Models that see an image differently (CLIP's centre crop, SigLIP's squash) each need their
+    own image: pass ``images`` = {group: images} and ``maps`` = {group: {name: map}} (see :func:`grid_columns`).
+    ``title``: a line above the grid (e.g. what the maps explain).
     """
-    imgs = unnormalize(images) if normalized else images.clamp(0, 1)
-    imgs = imgs.detach().float().cpu().permute(0, 2, 3, 1).numpy()
-    keys = list(maps)
-    rows, cols = imgs.shape[0], 1 + len(keys)
+    columns = grid_columns(images, maps)
+    rows, cols = columns[0][1].shape[0], len(columns)
     fig = Figure(figsize=(cell * cols, cell * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
-    for r in range(rows):
-        axes[r, 0].imshow(imgs[r])
-        axes[r, 0].set_ylabel(row_titles[r] if row_titles else f"image {r}", fontsize=8)
-        for c, key in enumerate(keys, start=1):
-            heat = maps[key][r, 0].detach().float().cpu().numpy()
-            if key in plain:
-                axes[r, c].imshow(heat, cmap="gray", vmin=0.0, vmax=1.0)
+    drawn = set()
+    for c, (key, view, m) in enumerate(columns):
+        imgs = unnormalize(view) if normalized else view.clamp(0, 1)
+        imgs = imgs.detach().float().cpu().permute(0, 2, 3, 1).numpy()
+        signed = m is not None and key not in plain and bool(m.min() < 0)
+        for r in range(rows):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if m is not None and key in plain:
+                ax.imshow(m[r, 0].detach().float().cpu().numpy(), cmap="gray", vmin=0.0, vmax=1.0)
                 continue
-            axes[r, c].imshow(imgs[r])
-            axes[r, c].imshow(heat, cmap=cmap, alpha=alpha, vmin=0.0, vmax=max(float(heat.max()), 1e-12))
-        for c in range(cols):
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
-    axes[0, 0].set_title("image", fontsize=9)
-    for c, key in enumerate(keys, start=1):
-        axes[0, c].set_title(key, fontsize=8)
+            ax.imshow(imgs[r])
+            if m is not None:
+                heat = m[r, 0].detach().float().cpu()
+                ax.imshow(heat.numpy(), alpha=alpha, **overlay_style(heat, signed, cmap))
+                drawn.add(signed)
+        axes[0, c].set_title(f"{key}\n(signed)" if signed else key, fontsize=9 if m is None else 8)
+    for r in range(rows):
+        axes[r, 0].set_ylabel(row_titles[r] if row_titles else f"image {r}", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    if any(k not in plain for k in keys):
-        _overlay_colorbar(fig, cmap, cell * rows)
+    for i, signed in enumerate(sorted(drawn)):
+        _overlay_colorbar(fig, SIGNED_CMAP if signed else cmap, cell * rows, signed, slot=(i, len(drawn)))
     return _save(fig, out)
 
 
-def _overlay_colorbar(fig, cmap: str, height_in: float) -> None:
-    """One horizontal colour bar under the grid (a fixed 0.12 in high, 0.35 in below it, whatever the
-    number of rows): what the overlay colours mean. Each map is drawn from 0 to its own maximum."""
+def _overlay_colorbar(fig, cmap: str, height_in: float, signed: bool = False, slot: tuple[int, int] = (0, 1)) -> None:
+    """A horizontal colour bar under the grid (a fixed 0.12 in high, 0.35 in below it, whatever the
+    number of rows): what the overlay colours mean. Each map is drawn from 0 to its own maximum, or
+    (``signed``) from minus to plus its own largest |value|. ``slot``: (index, count) of bars side by side."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    ax = fig.add_axes((0.25, -0.47 / height_in, 0.5, 0.12 / height_in))
-    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap=cmap), cax=ax, orientation="horizontal")
-    bar.set_label("relevance (each map scaled from 0 to its own maximum)", fontsize=8)
+    index, count = slot
+    width = 0.5 if count == 1 else 0.4
+    left = 0.25 if count == 1 else 0.05 + 0.5 * index
+    ax = fig.add_axes((left, -0.47 / height_in, width, 0.12 / height_in))
+    norm = Normalize(-1.0, 1.0) if signed else Normalize(0.0, 1.0)
+    bar = fig.colorbar(ScalarMappable(norm, cmap=cmap), cax=ax, orientation="horizontal")
+    bar.set_label("signed relevance (0 is white; each map symmetric about 0 at its largest |value|)" if signed
+                  else "relevance (each map scaled from 0 to its own maximum)", fontsize=8)
     bar.ax.tick_params(labelsize=7)
 
 

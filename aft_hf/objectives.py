@@ -57,11 +57,12 @@ def embedding_distance(embeds: Tensor, targets: Tensor) -> Tensor:
 class ObjectiveServices:
     """What an objective may need at start-up, provided by the trainer (:mod:`aft_hf.objective_setup`):
     ``text_tower(source, revision)`` -> a text tower (``class_embeddings``, ``logit_scale``, ``dim``);
-    ``class_names(data_config)`` -> the training labels' class names; ``templates(name_or_file)`` -> prompts."""
+    ``class_names(data_config)`` -> the training labels' class names; ``templates(name_or_file, class_names)``
+    -> prompts (None: the default for those classes)."""
 
     text_tower: Callable[[str, Optional[str]], Any]
     class_names: Callable[[Any], list]
-    templates: Callable[[str], list]
+    templates: Callable[[Optional[str], list], list]
 
 
 class ObjectiveError(AftError, ValueError):
@@ -185,7 +186,7 @@ class TecoaObjective(Objective):
             raise ObjectiveError(f"objective tecoa needs a projected image embedding: '{m.name_or_path}' is a bare "
                                  "CLIPVisionModel without visual_projection")
         names = services.class_names(cfg.data)
-        templates = services.templates(cfg.data.templates or ("clip80" if len(names) == 1000 else "simple"))
+        templates = services.templates(cfg.data.templates, names)
         source = m.text_model or m.name_or_path
         text = services.text_tower(source, None if m.text_model else m.revision).to(device)
         if text.text_projection.out_features != encoder.vision.config.projection_dim:

@@ -6,23 +6,31 @@ checkpoint, the demo's output) carries a marker file, :data:`MARKER`, naming wha
 replaces only a folder with that marker; any other non-empty folder is refused, so a mistyped
 ``--out`` can never delete a user's files. No command replaces its own input or a folder above it.
 
+``explain`` and ``evaluate`` may be run again into the same ``--out`` (:func:`results_folder`): each run lists
+what it wrote in :data:`RESULTS_MANIFEST`, and a later run removes, once it has finished, what the earlier one
+wrote and it did not rewrite, so the folder never mixes two runs; files aft_hf did not write are left alone.
+
 A folder is built in a temporary sibling (:func:`staging_dir`) and moved into place at the end
 (:func:`replace_dir`), so a failed run leaves the target as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 from .constants import VERSION as __version__
 from .errors import AftError
 from .files import respect_umask
+
+logger = logging.getLogger(__name__)
 
 MARKER = ".aft_hf_output"
 """Marker file in every folder written by aft_hf (JSON: writer, aft_hf version, time)."""
@@ -123,5 +131,58 @@ def check_output_folder(option: str, path: str, results: bool = False) -> None:
         raise AftError(f"{option} '{path}': '{parent}' is not writable")
 
 
+RESULTS_MANIFEST = ".aft_hf_results.json"
+"""What the last ``explain`` / ``evaluate`` run wrote into a results folder (JSON: writer, time, entries)."""
+
+
+def _touched_since(path: Path, since: float) -> bool:
+    if path.is_dir() and not path.is_symlink():
+        return path.stat().st_mtime >= since or any(p.stat().st_mtime >= since for p in path.rglob("*"))
+    return path.lstat().st_mtime >= since
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def results_folder(out: PathLike, writer: str) -> Iterator[Path]:
+    """``out``, made if needed, for a command that writes named results into it. When the block ends (also by an
+    error), what this run wrote (top-level entries modified since it began) is listed in :data:`RESULTS_MANIFEST`,
+    and what the previous run listed there but this one did not rewrite is removed: a three-model evaluation
+    followed by a one-model one leaves no stale comparison.md or model folders. A run that fails leaves the
+    earlier results it did not reach as they were."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = out / RESULTS_MANIFEST
+    try:
+        earlier = json.loads(manifest.read_text()).get("entries", []) if manifest.is_file() else []
+    except (OSError, ValueError, AttributeError):
+        earlier = []
+    manifest.write_text(json.dumps({"writer": writer, "running": True}) + "\n")
+    since = manifest.stat().st_mtime  # the file system's own clock, not time.time()
+    finished = False
+    try:
+        yield out
+        finished = True
+    finally:
+        written = sorted(p.name for p in out.iterdir() if p.name != RESULTS_MANIFEST and _touched_since(p, since))
+        earlier = [name for name in earlier if isinstance(name, str) and (out / name).parent == out
+                   and name not in ("", ".", "..") and (out / name).exists()]
+        stale = [name for name in earlier if name not in written] if finished else []
+        if not finished:  # keep listing the earlier run's entries, so the next finished run removes them
+            written = sorted(set(written) | set(earlier))
+        for name in stale:
+            _remove(out / name)
+        if stale:
+            logger.warning("%s: removed what an earlier run wrote there and this one did not rewrite: %s", out,
+                           ", ".join(stale))
+        manifest.write_text(json.dumps({"writer": writer, "aft_hf_version": __version__, "entries": written,
+                                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+
+
 __all__ = ["MARKER", "OutputError", "check_output_dir", "check_output_folder", "discard", "is_marked", "replace_dir",
-           "staging_dir", "write_marker"]
+           "RESULTS_MANIFEST", "results_folder", "staging_dir", "write_marker"]

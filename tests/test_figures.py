@@ -72,3 +72,24 @@ def test_a_curve_that_is_not_a_result_names_its_model_instead(monkeypatch):
     (ax,) = _drawn(monkeypatch, {"good": [drawn], "weak": [absent]}).axes
     assert [t.get_text() for t in ax.texts] == ["weak: not a result, below the floor"]
     assert len(ax.lines) == 1
+
+
+def test_signed_maps_are_drawn_symmetric_about_zero(tmp_path, monkeypatch):
+    """A raw (signed) map was clipped at 0, hiding its negative half; non-negative maps keep 0..max."""
+    import torch
+    from matplotlib.axes import Axes
+
+    import aft_hf.figures as F
+
+    overlays, titles = [], []
+    real_imshow, real_title = Axes.imshow, Axes.set_title
+    monkeypatch.setattr(Axes, "imshow", lambda self, x, **kw: (overlays.append(kw) if "alpha" in kw else None)
+                        or real_imshow(self, x, **kw))
+    monkeypatch.setattr(Axes, "set_title", lambda self, t, **kw: titles.append(t) or real_title(self, t, **kw))
+    signed = torch.linspace(-2, 1, 64).view(1, 1, 8, 8)
+    positive = torch.linspace(0, 3, 64).view(1, 1, 8, 8)
+    F.attribution_grid(torch.rand(1, 3, 8, 8), {"raw": signed, "post": positive}, tmp_path / "grid.png")
+    raw, post = overlays
+    assert raw["cmap"] == F.SIGNED_CMAP and (raw["vmin"], raw["vmax"]) == (-2.0, 2.0)
+    assert post["cmap"] == "jet" and (post["vmin"], post["vmax"]) == (0.0, 3.0)
+    assert titles == ["image", "raw\n(signed)", "post"]

@@ -201,8 +201,9 @@ def test_streamed_imagenet_style_labels(tmp_path):
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(buf, format="PNG")
         return {"bytes": buf.getvalue(), "path": None}
 
+    synsets = ["n01440764", "n01443537", *[f"n{i:08d}" for i in range(2, 999)], "n15075141"]  # ImageNet's ids
     features = datasets.Features({"image": datasets.Image(),
-                                  "label": datasets.ClassLabel(names=[f"n{i:08d}" for i in range(1000)])})
+                                  "label": datasets.ClassLabel(names=synsets)})
     ds = datasets.Dataset.from_dict({"image": [png() for _ in range(12)], "label": [7 * i for i in range(12)]},
                                     features=features)
     (tmp_path / "imagenet" / "data").mkdir(parents=True)

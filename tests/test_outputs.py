@@ -200,3 +200,30 @@ def test_outputs_follow_a_private_umask(run_dir, tmp_path):
     finally:
         os.umask(old)
     assert _modes(out)["."] == "0o700" and _modes(out)["model.safetensors"] == "0o600"
+
+
+def test_a_results_folder_never_mixes_two_runs(tmp_path):
+    """What an earlier run wrote and this one did not rewrite is removed once this run finishes; files aft_hf
+    did not write stay; a run that fails removes nothing and keeps listing the earlier entries."""
+    import json
+
+    from aft_hf.outputs import RESULTS_MANIFEST, results_folder
+
+    out = tmp_path / "ev"
+    with results_folder(out, "test") as folder:
+        for name in ("report.json", "comparison.md"):
+            (folder / name).write_text("first")
+        (folder / "model_a").mkdir()
+        (folder / "model_a" / "report.json").write_text("first")
+    (out / "notes.txt").write_text("the user's")
+    assert json.loads((out / RESULTS_MANIFEST).read_text())["entries"] == ["comparison.md", "model_a", "report.json"]
+    with pytest.raises(RuntimeError):
+        with results_folder(out, "test") as folder:
+            (folder / "report.json").write_text("second, failed")
+            raise RuntimeError("the run fails")
+    assert (out / "comparison.md").is_file() and (out / "model_a").is_dir()  # nothing removed by a failed run
+    with results_folder(out, "test") as folder:
+        (folder / "report.json").write_text("third")
+    assert sorted(p.name for p in out.iterdir()) == [RESULTS_MANIFEST, "notes.txt", "report.json"]
+    assert (out / "report.json").read_text() == "third"
+    assert json.loads((out / RESULTS_MANIFEST).read_text())["entries"] == ["report.json"]

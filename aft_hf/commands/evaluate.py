@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -20,7 +21,7 @@ from ..data.images import image_geometry
 from ..env import emulated_bf16_warning
 from ..evaluate.apgd import AUTOCAST_DTYPES
 from ..evaluate.boxes import BOX_FORMATS, BOX_UNITS
-from ..evaluate.classnames import names_from_feature, resolve_classnames, resolve_templates
+from ..evaluate.classnames import is_imagenet_1k, names_from_feature, resolve_classnames, resolve_templates
 from ..evaluate.data import load_labelled_images
 from ..evaluate.evaluators import CNNOptions
 from ..evaluate.faithfulness import DEFAULT_ROAR_FLOOR
@@ -40,6 +41,7 @@ from ..explain import available_methods, resolve_method
 from ..explain.loading import load_models_and_texts, pick_device
 from ..explain.options import OptionProblems
 from ..files import WEIGHTS_HASH_KEY, tower_weights_sha256
+from ..outputs import results_folder
 from ..results import Scalar
 from . import (
     DefaultsHelpFormatter,
@@ -50,6 +52,9 @@ from . import (
 )
 
 logger = logging.getLogger(__name__)
+
+ATTACK_RESTARTS, ATTACK_TARGETS = 1, 9
+"""APGD's restarts and target classes by default (the field's protocol); PGD takes neither."""
 
 
 def add_subcommand(subparsers) -> None:
@@ -70,7 +75,8 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--config-name", help="dataset configuration name (passed to datasets.load_dataset)")
     p.add_argument("--split", help="default: validation, else test, else train")
     p.add_argument("--image-column", default="image", help="column holding the images")
-    p.add_argument("--label-column", default="label", help="column holding the integer class labels")
+    p.add_argument("--label-column", default="label",
+                   help="column holding the labels: class indices, or class names looked up in the class names")
     p.add_argument("--mask-column", help="image column of object masks (pointing game, energy)")
     p.add_argument("--box-column", help="column of object boxes (one box or a list: their union), in the "
                                         "convention of --box-format and --box-units")
@@ -96,8 +102,8 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--attack-steps", type=int,
                    help="iterations per attack run (default: " +
                         ", ".join(f"{k} {v}" for k, v in DEFAULT_ITERATIONS.items()) + ")")
-    p.add_argument("--attack-restarts", type=int, default=1, help="APGD: random restarts of each attack")
-    p.add_argument("--attack-targets", type=int, default=9,
+    p.add_argument("--attack-restarts", type=int, default=ATTACK_RESTARTS, help="APGD: random restarts of each attack")
+    p.add_argument("--attack-targets", type=int, default=ATTACK_TARGETS,
                    help="APGD-T: target classes (the highest-ranked other classes; 0 = APGD-CE only)")
     p.add_argument("--mixed-precision", choices=list(AUTOCAST_DTYPES),
                    default=os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower(),
@@ -159,6 +165,13 @@ def _check_options(args) -> list[str]:
     problems.at_least("--roar-epochs", args.roar_epochs, 1)
     problems.at_least("--roar-repeats", args.roar_repeats, 1)
     problems.require(0 <= args.roar_floor <= 1, f"--roar-floor is an accuracy in [0, 1], got {args.roar_floor:g}")
+    problems.require(args.robust_attack == "apgd" or (args.attack_restarts == ATTACK_RESTARTS and
+                                                   args.attack_targets == ATTACK_TARGETS),
+                     f"--attack-restarts and --attack-targets apply to --robust-attack apgd only ({args.robust_attack} "
+                     "runs once, untargeted): leave them out")
+    problems.require(args.roar_evaluator == "cnn" or args.roar_epochs == CNNOptions.epochs,
+                     f"--roar-epochs trains the cnn evaluator; --roar-evaluator {args.roar_evaluator} has no epochs: "
+                     "leave it out")
     problems.require(not (args.attack_compile and args.robust_attack != "apgd"),
                      f"--attack-compile applies to --robust-attack apgd only ({args.robust_attack} runs eager)")
     problems.require(args.mixed_precision in AUTOCAST_DTYPES, f"--mixed-precision '{args.mixed_precision}' is not one "
@@ -221,13 +234,16 @@ def _cli_evaluate(args, extra) -> int:
                                     args.seed, args.mask_column, args.box_column,
                                     max_bad_fraction=args.max_bad_fraction, box_format=args.box_format,
                                     box_units=args.box_units)
-    world = (None if names_from_feature(data.label_feature) else
-             world_label_feature(args.data_dir or args.dataset, args.label_column))
+    named = data.named_labels  # labels given as class names: a world folder's full list of classes, if it is one
+    world = (None if names_from_feature(data.label_feature) and not named else
+             world_label_feature(args.data_dir or args.dataset, "label" if named else args.label_column))
     names = resolve_classnames(args.class_names, world or data.label_feature, args.imagenet_classnames)
     source = ("file " + args.class_names if args.class_names else
-              "shipped cleaned ImageNet-1k names" if args.imagenet_classnames or len(names) == 1000
-              else "world.json (aft-hf world sample)" if world else "dataset ClassLabel")
-    templates = resolve_templates(args.templates or ("clip80" if len(names) == 1000 else "simple"))
+              "shipped cleaned ImageNet-1k names" if args.imagenet_classnames or is_imagenet_1k(names)
+              else "world.json (aft-hf world sample)" if world
+              else "the labels' class names, sorted" if named else "dataset ClassLabel")
+    templates = resolve_templates(args.templates, names)
+    data = data.for_class_names(names)  # labels given as class names: looked up in the run's names
     options = {"robust": {"eps": args.eps, "steps": args.attack_steps, "attack": args.robust_attack,
                           "restarts": args.attack_restarts, "targets": args.attack_targets,
                           "mixed_precision": args.mixed_precision, "compile": args.attack_compile},
@@ -241,7 +257,33 @@ def _cli_evaluate(args, extra) -> int:
     labels = model_labels(args.model, args.label)
     folders = dict(zip(labels, model_folders(labels))) if several else {labels[0]: ""}
     reports, prepared = {}, {size: data}  # images prepared once per geometry, however many models share it
-    for name, label, encoder, text, text_source in zip(args.model, labels, encoders, texts, text_sources):
+    run = _Run(names, templates, metrics, options, source, folders, shard)
+    with results_folder(out, "aft-hf evaluate") if shard.is_main else contextlib.nullcontext():
+        _evaluate_each(args, run, zip(args.model, labels, encoders, texts, text_sources), prepared, reports)
+    if acc is not None:
+        acc.wait_for_everyone()
+    return 0
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every model of one ``aft-hf evaluate`` run is scored with, and where its outputs go."""
+
+    class_names: list
+    templates: list
+    metrics: list
+    options: dict
+    names_source: str
+    folders: dict
+    shard: Shard
+
+
+def _evaluate_each(args, run: _Run, models, prepared: dict, reports: dict) -> None:
+    """Each model (name, label, encoder, text tower, its source) evaluated and its outputs written in turn (a
+    sub-folder each when there are several), then the comparison; ``prepared``: images by geometry, filled as
+    models need them; ``reports``: label -> report, filled."""
+    out, several, shard, names = Path(args.out), len(args.model) > 1, run.shard, run.class_names
+    for name, label, encoder, text, text_source in models:
         geometry = image_geometry(encoder)
         if geometry not in prepared:
             logger.warning("model %s prepares images differently (%r); they are prepared again for it", name, geometry)
@@ -249,25 +291,23 @@ def _cli_evaluate(args, extra) -> int:
                 args.dataset, geometry, args.split, args.data_dir, args.config_name, args.image_column,
                 args.label_column, args.max_samples, args.streaming, args.seed, args.mask_column, args.box_column,
                 max_bad_fraction=args.max_bad_fraction, box_format=args.box_format, box_units=args.box_units)
-        data_m = prepared[geometry]
+        data_m = prepared[geometry].for_class_names(names)
         info = {"model": name, "label": label, WEIGHTS_HASH_KEY: tower_weights_sha256(encoder.vision.state_dict()),
                 "text_model": text_source, "dataset": args.dataset, "split": data_m.split,
-                "skipped_images": data_m.skipped, "class_names_source": source, "image_size": encoder.image_size}
-        report, ctx = evaluate_model(encoder, text, names, templates, data_m.images, data_m.labels, metrics,
-                                     args.methods, data_m.masks, options, args.batch_size, args.seed, info=info,
+                "skipped_images": data_m.skipped, "class_names_source": run.names_source,
+                "image_size": encoder.image_size}
+        report, ctx = evaluate_model(encoder, text, names, run.templates, data_m.images, data_m.labels, run.metrics,
+                                     args.methods, data_m.masks, run.options, args.batch_size, args.seed, info=info,
                                      shard=shard)
         if not shard.is_main:  # every process has the same report; only the main one writes
             continue
-        folder = out / folders[label]
+        folder = out / run.folders[label]
         figure_label = label if several or args.label else ""
         reports[label] = write_outputs(report, ctx, folder, figure_label, class_names=names,
                                        sources=data_m.sources)
         print(f"{name}{f' ({label})' if label != name else ''}: {folder / 'report.json'}")
     if several and shard.is_main:
-        _write_comparison(reports, folders, out)
-    if acc is not None:
-        acc.wait_for_everyone()
-    return 0
+        _write_comparison(reports, run.folders, out)
 
 
 def model_labels(models: Sequence[str], given: Optional[Sequence[str]] = None) -> list[str]:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..data.images import image_geometry, load_images, load_readable_images
 from ..explain.inputs import collect_images, image_labels, model_labels
@@ -21,6 +20,7 @@ from ..explain.loading import load_models_and_texts, pick_device
 from ..explain.methods import Explainer, available_methods, resolve_method
 from ..explain.options import OptionProblems
 from ..explain.targets import ExplainError, check_template, image_targets
+from ..outputs import results_folder
 from . import (
     DefaultsHelpFormatter,
     add_data_quality_arguments,
@@ -34,14 +34,19 @@ logger = logging.getLogger(__name__)
 FIGURE = "explanations.png"
 
 
+PROMPT = "a photo of a {}."
+"""The class prompt of each image's label (``--prompt``)."""
+
+
 def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser("explain", help="saliency maps of CLIP models as PNG grids",
                               description="Saliency maps of one or more CLIP models for the same images -> OUT/"
                                           "explanations.png (image rows x model/method columns), maps.pt, "
                                           "explain.json.", formatter_class=DefaultsHelpFormatter)
     add_model_arguments(p)
-    p.add_argument("--images", nargs="+", required=True, help="image files and/or folders")
-    p.add_argument("--prompt", default="a photo of a {}.", help="template with {} for the label")
+    p.add_argument("--images", nargs="+", required=True, help="image files and/or folders (a folder with a metadata.jsonl, "
+                   "as aft-hf world sample writes: the images its file_name column lists)")
+    p.add_argument("--prompt", default=PROMPT, help="template with {} for the label")
     p.add_argument("--labels", nargs="+", help="one label for all images or one per image (default: each "
                    "image's class_name in a metadata.jsonl, as aft-hf world sample writes, else its folder name)")
     p.add_argument("--caption", help="explain similarity to this caption instead of a class prompt")
@@ -66,6 +71,11 @@ def _check_options(args) -> tuple[list[str], list[Path], list[str]]:
     problems.require(args.caption is None or args.reference_image is None,
                      "give --caption or --reference-image, not both")
     problems.file("--reference-image", args.reference_image)
+    other_target = "--caption" if args.caption is not None else "--reference-image" if args.reference_image else None
+    problems.require(other_target is None or (args.labels is None and args.prompt == PROMPT),
+                     f"--labels and --prompt make class-prompt targets, which {other_target} replaces: leave them out")
+    problems.require(not (args.layer or "").strip() or "gradcam" in methods,
+                     "--layer is Grad-CAM's layer, and --methods has no gradcam: add gradcam or leave --layer out")
     problems.require(args.layer is None or bool(args.layer.strip()),
                      "--layer is empty: leave it out (the last block's layer_norm1), or give 'penultimate' or a "
                      "module path such as vision_model.encoder.layers.10")
@@ -95,6 +105,35 @@ def warn_if_gradcam_is_zero(maps: torch.Tensor, model: str, layer: Optional[str]
     return message
 
 
+def _targets(args, encoder, text, labels: list[str], device) -> torch.Tensor:
+    """What each image's similarity is explained against: a reference image's embedding, a caption's, or each
+    image's class prompt."""
+    if args.reference_image:
+        return image_targets(encoder, load_images([args.reference_image], image_geometry(encoder)).to(device))
+    if args.caption is not None:
+        return text.encode([args.caption])
+    return text.encode([args.prompt.format(label) for label in labels])
+
+
+def target_description(args) -> str:
+    """The target in words, for explain.json and the figure's title."""
+    if args.reference_image:
+        return "reference image " + args.reference_image
+    return "caption " + repr(args.caption) if args.caption is not None else "prompt " + repr(args.prompt)
+
+
+def _figure(out: Path, views: dict, geometries: dict, per_model: dict, rows: list[str], title: str) -> Path:
+    """The grid: one image column for all models when they prepare images alike (same resize and crop),
+    else each model's maps drawn over its *own* view of the images (CLIP crops, SigLIP squashes)."""
+    from ..figures import attribution_grid
+
+    if len(set(geometries.values())) == 1:
+        flat = {k: m for maps in per_model.values() for k, m in maps.items()}
+        return attribution_grid(next(iter(views.values())), flat, out / FIGURE, row_titles=rows, title=title)
+    grouped = {short: {k.split(" / ", 1)[-1]: m for k, m in maps.items()} for short, maps in per_model.items()}
+    return attribution_grid(views, grouped, out / FIGURE, row_titles=rows, title=title)
+
+
 def _cli_explain(args, extra) -> int:
     refuse_distributed_launch("explain", ExplainError)
     methods, files, labels = _check_options(args)
@@ -103,10 +142,11 @@ def _cli_explain(args, extra) -> int:
     encoders, texts, text_sources = load_models_and_texts(args.model, args.text_model, device, need_text,
                                                           image_size=args.image_size)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    shown, timing, maps, warnings, unreadable = None, {}, {}, [], []  # shown: the first model's images, the rows of the grid
+    timing, maps, warnings, unreadable = {}, {}, [], []
+    views, geometries, per_model = {}, {}, {}  # per model: its own prepared images, their geometry, its maps
     for name, short, encoder, text in zip(args.model, model_labels(args.model), encoders, texts):
-        images, kept = load_readable_images(files, image_geometry(encoder),  # unreadable files skipped (logged)
+        geometries[short] = image_geometry(encoder)
+        images, kept = load_readable_images(files, geometries[short],  # unreadable files skipped (logged)
                                             max_bad_fraction=args.max_bad_fraction)
         if len(kept) < len(files):
             if not kept:
@@ -114,12 +154,8 @@ def _cli_explain(args, extra) -> int:
             unreadable += [str(f) for i, f in enumerate(files) if i not in kept]
             files, labels = [files[i] for i in kept], [labels[i] for i in kept]
         images = images.to(device)
-        if args.reference_image:
-            target = image_targets(encoder, load_images([args.reference_image], image_geometry(encoder)).to(device))
-        elif args.caption is not None:
-            target = text.encode([args.caption])
-        else:
-            target = text.encode([args.prompt.format(label) for label in labels])
+        target = _targets(args, encoder, text, labels, device)
+        views[short], per_model[short] = images.cpu(), {}
         for method in methods:
             explainer = Explainer(encoder, method, postprocess=not args.no_postprocess, batch_size=args.batch_size,
                                   layer=args.layer)
@@ -127,23 +163,19 @@ def _cli_explain(args, extra) -> int:
             m = explainer.attribute(images, target).cpu()
             if method == "gradcam":
                 warnings.append(warn_if_gradcam_is_zero(m, name, args.layer))
-            if shown is not None and m.shape[-2:] != shown.shape[-2:]:  # models of different input sizes
-                m = F.interpolate(m, size=shown.shape[-2:], mode="bilinear", align_corners=False)
             key = f"{short} / {method}" if len(args.model) > 1 else method
             timing[key] = (time.perf_counter() - start) / len(files)
-            maps[key] = m
-        shown = images.cpu() if shown is None else shown
-    from ..figures import attribution_grid
-
+            maps[key] = per_model[short][key] = m
     rows = [f"{f.name}\n{lab}" if lab else f.name for f, lab in zip(files, labels)]
-    png = attribution_grid(shown, maps, out / FIGURE, row_titles=rows)
-    torch.save({k: v for k, v in maps.items()}, out / "maps.pt")
-    summary = {"models": args.model, "text_model": args.text_model, "text_models": text_sources,
-               "images": [str(f) for f in files], "labels": labels,
-               "target": ("reference image " + args.reference_image if args.reference_image else
-                          "caption " + repr(args.caption) if args.caption is not None else "prompt " + repr(args.prompt)),
-               "methods": methods, "seconds_per_image": timing, "figure": png.name, "maps": "maps.pt",
-               "warnings": [w for w in warnings if w], "unreadable_images": unreadable}
-    (out / "explain.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with results_folder(out, "aft-hf explain"):  # run again into the same --out: nothing of the earlier run left over
+        png = _figure(out, views, geometries, per_model, rows,
+                      "explaining the similarity to the " + target_description(args))
+        torch.save({k: v for k, v in maps.items()}, out / "maps.pt")
+        summary = {"models": args.model, "text_model": args.text_model, "text_models": text_sources,
+                   "images": [str(f) for f in files], "labels": labels, "target": target_description(args),
+                   "image_geometries": {short: repr(g) for short, g in geometries.items()},
+                   "methods": methods, "seconds_per_image": timing, "figure": png.name, "maps": "maps.pt",
+                   "warnings": [w for w in warnings if w], "unreadable_images": unreadable}
+        (out / "explain.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(png)
     return 0

@@ -78,9 +78,15 @@ class EvalContext:
             return self._maps[method]
         return self.explainer(method).attribute(images, self.targets(labels)).cpu()
 
-    def display_maps(self, method: str) -> Tensor:
-        """The cached raw maps after the display post-processing (99th-percentile clip, min-max): figures only."""
-        return postprocess(self.maps(method), absolute=True, clip_percentile=99.0, minmax=True)
+    def display_maps(self, method: str, count: Optional[int] = None) -> Tensor:
+        """The raw maps of the first ``count`` images (all: None) after the display post-processing
+        (99th-percentile clip, min-max): figures only. Maps a metric computed are reused; otherwise only those
+        ``count`` images are explained (a figure of 4 examples must not explain 5000 images)."""
+        if method in self._maps or count is None or count >= len(self.images):
+            raw = self.maps(method)[:count]
+        else:
+            raw = self.maps(method, self.images[:count], self.labels[:count])
+        return postprocess(raw, absolute=True, clip_percentile=99.0, minmax=True)
 
     def label_probability(self, images: Tensor, labels: Tensor) -> Tensor:
         """Zero-shot softmax probability of each image's label (the deletion/insertion score)."""

@@ -9,11 +9,14 @@ or templates given inline.
 
 from __future__ import annotations
 
+import logging
 from importlib import resources
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from ..explain.targets import ExplainError, check_template
+
+logger = logging.getLogger(__name__)
 
 SIMPLE_TEMPLATES = ("a photo of a {}.",)
 
@@ -44,14 +47,36 @@ def read_names_file(path: Union[str, Path]) -> list[str]:
     return names
 
 
+IMAGENET_1K_MARKERS = {0: ("tench", "n01440764"), 1: ("goldfish", "n01443537"),
+                       999: ("toilet tissue", "toilet paper", "n15075141")}
+"""What ImageNet-1k's classes 0, 1 and 999 are called, as raw WordNet names ("tench, Tinca tinca"), the shipped
+cleaned names or WordNet ids: enough to tell ImageNet's 1000 classes, in ImageNet's order, from any other list of
+1000 names."""
+
+
+def _first_name(name: str) -> str:
+    return name.replace("_", " ").split(",")[0].strip().lower()
+
+
+def is_imagenet_1k(names: Sequence[str]) -> bool:
+    """``names`` are ImageNet-1k's classes in ImageNet's label order (see :data:`IMAGENET_1K_MARKERS`)."""
+    return len(names) == 1000 and all(_first_name(names[i]) in known for i, known in IMAGENET_1K_MARKERS.items())
+
+
 def names_from_feature(feature) -> Optional[list[str]]:
-    """Readable names from a ``datasets.ClassLabel`` (underscores to spaces; 1000 ImageNet classes -> cleaned)."""
+    """Readable names from a ``datasets.ClassLabel``: underscores to spaces, the first of comma-separated synonyms;
+    ImageNet-1k's own classes (:func:`is_imagenet_1k`), or 1000 classes named by number only, become the shipped
+    cleaned names. Any other 1000-class dataset keeps its own names."""
     import datasets
 
     if not isinstance(feature, datasets.ClassLabel):
         return None
     names = list(feature.names)
-    if len(names) == 1000:
+    if is_imagenet_1k(names):
+        return imagenet_classnames()
+    if names == [str(i) for i in range(1000)]:  # numbers only, as some ImageNet mirrors store them
+        logger.warning("the 1000 classes are named by number only: taking them as ImageNet-1k's, in its order (give "
+                       "--class-names / eval.class_names for another data set)")
         return imagenet_classnames()
     return [n.replace("_", " ").split(",")[0].strip() for n in names]
 
@@ -69,8 +94,12 @@ def resolve_classnames(names_file: Optional[str] = None, feature=None, imagenet:
     return names
 
 
-def resolve_templates(spec: Union[None, str, Sequence[str]] = None) -> list[str]:
-    """``None``/``"simple"`` -> one template; ``"clip80"`` -> the 80 CLIP templates; a file; or a list."""
+def resolve_templates(spec: Union[None, str, Sequence[str]] = None, names: Optional[Sequence[str]] = None
+                      ) -> list[str]:
+    """``"simple"`` -> one template; ``"clip80"`` -> the 80 CLIP templates; a file; or a list. ``None``: clip80
+    for ImageNet-1k's classes (``names``, :func:`is_imagenet_1k`), where CLIP's authors tuned them, else simple."""
+    if spec is None and names is not None and is_imagenet_1k(names):
+        spec = "clip80"
     if spec is None or spec == "simple":
         templates = list(SIMPLE_TEMPLATES)
     elif spec == "clip80":

@@ -11,11 +11,12 @@ or boxes raise :class:`EvaluationError` naming the column.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +46,20 @@ class LabelledImages:
     split: str
     skipped: int
     sources: list[str] = field(default_factory=list)  # per image: its file name, else "row N" of the split
+    named_labels: bool = False
+    """The label column held class names (``"red circle"``): ``labels`` index ``label_feature``'s names, the
+    distinct names found, sorted, until :meth:`for_class_names` maps them onto the run's class names."""
+
+    def for_class_names(self, class_names: Sequence[str]) -> "LabelledImages":
+        """These images with labels that index ``class_names`` (labels given as names are looked up there; a
+        name not in the list is an :class:`EvaluationError`); integer labels are returned as they are."""
+        if not self.named_labels or list(class_names) == list(self.label_feature.names):
+            return self
+        from .zeroshot import label_indices
+
+        values = [self.label_feature.names[i] for i in self.labels.tolist()]
+        labels, _ = label_indices(values, class_names)
+        return dataclasses.replace(self, labels=labels, named_labels=False)  # mapped once
 
 
 def _mask_tensor(mask_image: Image.Image, image_size: tuple[int, int], size: "int | ImageGeometry",
@@ -102,14 +117,32 @@ def _box_mask(value: Any, image_size: tuple[int, int], size: "int | ImageGeometr
     return _mask_tensor(Image.fromarray((union.numpy() * 255).astype(np.uint8)), image_size, size, column)
 
 
-def _label(value: Any, column: str) -> int:
+def _label(value: Any, column: str) -> "int | str":
+    """A class index, or a class name (a non-empty string that is not a number)."""
+    if isinstance(value, str) and value.strip() and not value.strip().lstrip("-").isdigit():
+        return value.strip()
     try:
         if isinstance(value, float) and not value.is_integer():
             raise ValueError
         return int(value)
     except (TypeError, ValueError):
-        raise EvaluationError(f"--label-column '{column}' must hold integer class indices (or a ClassLabel), got "
+        raise EvaluationError(f"--label-column '{column}' must hold class indices, class names or a ClassLabel, got "
                               f"{value!r:.80}; pick the label column with --label-column") from None
+
+
+def _label_tensor(labels: list, feature: Any, column: str) -> tuple[Tensor, Any, bool]:
+    """(labels as indices, the label feature, whether they were names): names index their sorted distinct set,
+    which becomes the feature's ClassLabel (as training does with eval.class_names null)."""
+    named = [v for v in labels if isinstance(v, str)]
+    if not named:
+        return torch.tensor(labels, dtype=torch.long), feature, False
+    if len(named) != len(labels):
+        raise EvaluationError(f"--label-column '{column}' mixes class names and class indices: give one or the other")
+    import datasets
+
+    found = sorted(set(named))
+    index = {name: i for i, name in enumerate(found)}
+    return torch.tensor([index[v] for v in labels], dtype=torch.long), datasets.ClassLabel(names=found), True
 
 
 def _open_mask(value: Any, column: str) -> Image.Image:
@@ -197,5 +230,6 @@ def load_labelled_images(dataset: str, size: "int | ImageGeometry", split: Optio
         raise DataError(f"no readable images in dataset '{dataset}' split '{split}' ({bad.summary()})")
     if bad.skipped:
         logger.warning("dataset '%s': %s, skipped", dataset, bad.summary())
-    return LabelledImages(torch.stack(images), torch.tensor(labels), features.get(label_column),
-                          torch.stack(masks) if masks else None, split or "", bad.skipped, sources)
+    label_tensor, feature, named = _label_tensor(labels, features.get(label_column), label_column)
+    return LabelledImages(torch.stack(images), label_tensor, feature, torch.stack(masks) if masks else None,
+                          split or "", bad.skipped, sources, named)

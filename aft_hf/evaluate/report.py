@@ -83,15 +83,26 @@ def _number(v, percent: bool) -> str:
     return f"{100 * v:.1f}%" if percent else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _header(report: dict) -> list[str]:
+    """Title and data line; what the caller did not describe (``evaluate_model(info=...)``, optional) is left out."""
+    given = {k: v for k, v in report.items() if v is not None}
+    where = ""
+    if "dataset" in given:
+        where = f"Dataset `{given['dataset']}`" + (f" split `{given['split']}`" if "split" in given else "") + ": "
+    line = (where + f"{report['num_samples']} images"
+            + (f" ({given['skipped_images']} unreadable skipped)" if "skipped_images" in given else "")
+            + f", {report['num_classes']} classes"
+            + (f" ({given['class_names_source']})" if "class_names_source" in given else "")
+            + f", {report['num_templates']} prompt template(s)"
+            + (f", {given['image_size']} px input" if given.get("image_size") else "") + "."
+            + (f" Text tower: `{given['text_model']}`." if "text_model" in given else ""))
+    return [f"# Evaluation of `{given['model']}`" if "model" in given else "# Evaluation", "", line, ""]
+
+
 def markdown(report: dict) -> str:
     """A human-readable summary of one report, built from its results (any metric, no metric named here)."""
     results = report_results(report)
-    lines = [f"# Evaluation of `{report['model']}`", "",
-             f"Dataset `{report['dataset']}` split `{report['split']}`: {report['num_samples']} images "
-             f"({report['skipped_images']} unreadable skipped), {report['num_classes']} classes "
-             f"({report['class_names_source']}), {report['num_templates']} prompt template(s)"
-             + (f", {report['image_size']} px input" if report.get("image_size") else "")
-             + f". Text tower: `{report['text_model']}`.", ""]
+    lines = _header(report)
     plain = [s for r in results.values() for s in r.scalars if s.method is None]
     if plain:
         lines += ["## Results", "", "| metric | setting | value |", "|---|---|---|"]

@@ -39,13 +39,17 @@ def resolve_metrics(names: Sequence[str], have_masks: bool) -> list[str]:
     return out
 
 
+def _refuse_unknown_metrics(options: dict) -> None:
+    unknown = [k for k in options if k not in METRICS]
+    if unknown:
+        raise EvaluationError(f"options for unknown metric '{unknown[0]}' (metrics: {', '.join(METRICS)})")
+
+
 def run_metrics(ctx: EvalContext, names: Sequence[str], options: Optional[dict] = None) -> dict[str, MetricResult]:
     """Each registered metric of ``names`` (resolved names) on ``ctx``, built with ``options[name]`` (every
     metric is built, so every option checked, before any is computed); each result carries its wall time."""
     options = options or {}
-    unknown = [k for k in options if k not in METRICS]
-    if unknown:
-        raise EvaluationError(f"options for unknown metric '{unknown[0]}' (metrics: {', '.join(METRICS)})")
+    _refuse_unknown_metrics(options)
     results = {}
     metrics = [METRICS[name](**options.get(name, {})) for name in names]  # every option checked before any work
     for name, metric in zip(names, metrics):
@@ -90,6 +94,7 @@ def evaluate_model(encoder: torch.nn.Module, text: TextTower, class_names: Seque
                               "per image, resized and centre-cropped like it")
     methods = [resolve_method(m) for m in methods]
     options = {ALIASES.get(k, k): v for k, v in (metric_options or {}).items()}
+    _refuse_unknown_metrics(options)  # options of metrics not asked for are allowed (the CLI passes them all)
     for name in names:  # refuse a misspelt option before the text tower and the maps are computed
         METRICS[name](**options.get(name, {}))
     device = next(encoder.parameters()).device
@@ -138,7 +143,7 @@ def write_outputs(report: dict, ctx: EvalContext, out_dir: Path, label: str, num
     figures = {}
     k = min(num_examples, ctx.images.shape[0])
     if ctx.methods and k:
-        maps = {f"{label} / {m}" if label else m: ctx.display_maps(m)[:k] for m in ctx.methods}
+        maps = {f"{label} / {m}" if label else m: ctx.display_maps(m, k) for m in ctx.methods}
         if ctx.masks is not None:
             maps = {"object mask": ctx.masks[:k].float(), **maps}
         rows = [(sources[i] if i < len(sources) else f"image {i}") + (f"\n{class_names[int(y)]}" if class_names else "")

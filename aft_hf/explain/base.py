@@ -83,6 +83,9 @@ def check_images(images: Union[Tensor, Sequence[Tensor]], image_size: Optional[i
     if images.shape[1] != 3:
         raise ExplainError(f"images must have 1 (grayscale) or 3 (RGB) channels; got {images.shape[1]}")
     images = images.float()
+    if images.numel() and not bool(torch.isfinite(images).all()):
+        raise ExplainError(f"{int((~torch.isfinite(images)).sum())} pixel values are NaN or infinite: pixels must be "
+                           "finite values in [0, 1]")
     if images.numel() and (images.min() < -1e-3 or images.max() > 1 + 1e-3):
         raise ExplainError(f"pixels must be in [0, 1] (range {images.min().item():.3g}..{images.max().item():.3g}); "
                            "pass un-normalised images (divide 8-bit data by 255)")

@@ -12,16 +12,42 @@ from .targets import ExplainError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 
+def listed_images(folder: Path) -> Optional[list[Path]]:
+    """The images a ``folder/metadata.jsonl`` lists (its ``file_name`` column, in its order), or None when the
+    folder has no such file. That is the ``datasets`` imagefolder layout (``aft-hf world sample`` writes it):
+    masks, figures and anything else in the folder are not its images."""
+    meta = folder / "metadata.jsonl"
+    if not meta.is_file():
+        return None
+    files = []
+    for number, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
+            raise ExplainError(f"{meta} line {number} is not a JSON object with a file_name: every row of an "
+                               "imagefolder's metadata.jsonl names its image")
+        files.append(folder / row["file_name"])
+    return files
+
+
 def collect_images(paths: Sequence[str], max_images: Optional[int] = None,
                    exclude: Sequence[Path] = ()) -> list[Path]:
-    """Image files from files and folders (folders searched recursively, sorted).
+    """Image files from files and folders: a folder with a ``metadata.jsonl`` gives the images it lists
+    (:func:`listed_images`), any other folder every image file under it (searched recursively, sorted).
 
     ``exclude``: files never taken from a folder (the figure a previous run wrote into it).
     """
     files: list[Path] = []
     skip = {Path(e).resolve() for e in exclude}
     for p in map(Path, paths):
-        if p.is_dir():
+        listed = listed_images(p) if p.is_dir() else None
+        if listed is not None:
+            files += [f for f in listed if f.resolve() not in skip]
+        elif p.is_dir():
             files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.resolve() not in skip)
         elif p.is_file():
             files.append(p)

@@ -167,6 +167,14 @@ class GradCAM(_ViTMethod):
         except AttributeError as e:
             raise ExplainError(f"Grad-CAM layer '{self.layer}' not found in the vision model: {e}") from e
 
+    def refuse_layer(self, output: object, tokens: str) -> None:
+        """The one-line error for a layer whose output is not the ViT's tokens (a whole encoder's
+        ``BaseModelOutput``, the pooled output after ``post_layernorm``...): what it gives, and which layers work."""
+        layer = self.layer if isinstance(self.layer, str) else type(self.layer).__name__
+        raise ExplainError(f"Grad-CAM layer '{layer}' outputs {output}, not {tokens} ViT tokens: use a block or a "
+                           "module inside one (vision_model.encoder.layers.K, ...layers.K.layer_norm1), 'penultimate', "
+                           "or leave --layer out (the last block's layer_norm1)")
+
     def raw_maps(self, images: Tensor, targets: Tensor) -> Tensor:
         from captum.attr import LayerGradCam
 
@@ -176,9 +184,9 @@ class GradCAM(_ViTMethod):
 
         def to_grid(module, inputs, output):
             tokens = output[0] if isinstance(output, tuple) else output
-            if tokens.dim() != 3 or tokens.shape[1] != prefix + h * w:
-                raise ExplainError(f"Grad-CAM layer output {tuple(tokens.shape)} is not (B, {prefix}+{h * w}, D) "
-                                   "ViT tokens")
+            if not torch.is_tensor(tokens) or tokens.dim() != 3 or tokens.shape[1] != prefix + h * w:
+                self.refuse_layer(tuple(tokens.shape) if torch.is_tensor(tokens) else type(output).__name__,
+                                  f"(B, {prefix}+{h * w}, D)")
             cls, patches = tokens[:, :prefix], tokens[:, prefix:]
             b, n, d = patches.shape
             grid_tokens = grid(patches.transpose(1, 2).reshape(b, d, h, w))

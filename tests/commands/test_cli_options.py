@@ -79,6 +79,23 @@ def test_explain_reports_every_bad_option_before_loading(tmp_path, capsys, no_lo
     assert "--max-images must be >= 1, got -1" in _error(capsys)
 
 
+@pytest.mark.parametrize("command, options, message", [
+    ("evaluate", ["--robust-attack", "pgd", "--attack-targets", "3"],
+     "--attack-restarts and --attack-targets apply to --robust-attack apgd only (pgd runs once, untargeted)"),
+    ("evaluate", ["--robust-attack", "pgd", "--attack-restarts", "5"], "apply to --robust-attack apgd only"),
+    ("evaluate", ["--roar-evaluator", "probe", "--roar-epochs", "50"],
+     "--roar-evaluator probe has no epochs: leave it out"),
+    ("explain", ["--layer", "penultimate", "--methods", "saliency"], "--methods has no gradcam"),
+    ("explain", ["--caption", "a dog", "--labels", "cat"], "which --caption replaces"),
+    ("explain", ["--caption", "a dog", "--prompt", "a sketch of a {}."], "which --caption replaces"),
+])
+def test_options_that_would_be_silently_ignored_are_refused(tmp_path, capsys, no_loading, shapes, command, options,
+                                                              message):
+    source = ["--dataset", str(shapes)] if command == "evaluate" else ["--images", str(shapes)]
+    assert main([command, "--model", "m", *source, "--out", str(tmp_path / "o"), *options]) == 2
+    assert message in _error(capsys)
+
+
 @pytest.fixture(scope="module")
 def two_clips(tmp_path_factory):
     """Two tiny CLIPs whose text towers differ: other seeds, other widths (text hidden size and projection)."""
@@ -118,6 +135,13 @@ def test_each_full_clip_uses_its_own_text_tower(two_clips, shapes, tmp_path, cap
     accuracy = f"{100 * alone['metrics']['zeroshot_top1']:.1f}%"  # printed as report.md prints it
     assert accuracy in (tmp_path / "alone" / "report.md").read_text()
     assert f"| `{b}` | `{b}` | {accuracy} |" in comparison
+    # the same --out again with one model: the two-model run's comparison and sub-folders go, the user's file stays
+    (tmp_path / "both" / "notes.txt").write_text("mine")
+    assert len([p for p in (tmp_path / "both").iterdir() if p.is_dir()]) == 2
+    assert main(["evaluate", "--model", str(b), *args, "--out", str(tmp_path / "both")]) == 0
+    left = sorted(p.name for p in (tmp_path / "both").iterdir())
+    assert left == sorted([".aft_hf_results.json", "examples.png", "notes.txt", "report.json", "report.md"])
+    assert json.loads((tmp_path / "both" / "report.json").read_text())["metrics"] == alone["metrics"]
     out = tmp_path / "explain"
     assert main(["explain", "--model", str(a), "--model", str(b), "--images", str(shapes), "--max-images", "2",
                  "--methods", "saliency", "--out", str(out)]) == 0

@@ -57,7 +57,8 @@ def test_a_mask_of_another_aspect_ratio_is_an_error(tmp_path):
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"label_column": "name"}, r"--label-column 'name' must hold integer class indices.*'cat'"),
+    ({"label_column": "caption", "max_samples": 1}, None),  # names (a caption is one too): allowed, below
+    ({"label_column": "boxes"}, r"--label-column 'boxes' must hold class indices, class names or a ClassLabel"),
     ({"mask_column": "caption"}, r"--mask-column 'caption' must hold mask images.*'a dog on grass'"),
     ({"box_column": "cls"}, r"--box-column 'cls' must hold a box \[x0, y0, x1, y1\]"),
     ({"box_column": "caption"}, r"--box-column 'caption' must hold a box"),
@@ -65,8 +66,36 @@ def test_a_mask_of_another_aspect_ratio_is_an_error(tmp_path):
 def test_malformed_columns_name_the_column_and_what_it_should_hold(tmp_path, kw, match):
     folder = _folder(tmp_path / "bad")
     kw = {"label_column": "cls", **kw}
+    if match is None:
+        load_labelled_images(str(folder), 32, progress=False, **kw)
+        return
     with pytest.raises(EvaluationError, match=match):
         load_labelled_images(str(folder), 32, progress=False, **kw)
+
+
+def test_labels_given_as_class_names_index_the_runs_class_names(tmp_path):
+    """`"label": "cat"` in metadata.jsonl: the distinct names, sorted, are the classes until the run's own class
+    names (a --class-names file, a world's names) are known, then the labels index those."""
+    folder = _folder(tmp_path / "named", n=4)
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    for row, name in zip(rows, ["dog", "cat", "dog", "bird"]):
+        row["name"] = name
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    data = load_labelled_images(str(folder), 32, label_column="name", progress=False)
+    assert data.named_labels and list(data.label_feature.names) == ["bird", "cat", "dog"]
+    given = {f"img{i}.png": name for i, name in enumerate(["dog", "cat", "dog", "bird"])}  # rows come shuffled
+    names = [given[source] for source in data.sources]
+    assert data.labels.tolist() == [["bird", "cat", "dog"].index(n) for n in names]
+    mapped = data.for_class_names(["cat", "dog", "fish", "bird"])
+    assert mapped.labels.tolist() == [["cat", "dog", "fish", "bird"].index(n) for n in names]
+    assert not mapped.named_labels
+    assert mapped.for_class_names(["cat", "dog", "fish", "bird"]) is mapped  # mapped once
+    with pytest.raises(EvaluationError, match="label 'bird' is not one of the 2 class names"):
+        data.for_class_names(["cat", "dog"])
+    from aft_hf.evaluate.data import _label_tensor  # datasets itself refuses a JSON column of mixed types
+
+    with pytest.raises(EvaluationError, match="--label-column 'name' mixes class names and class indices"):
+        _label_tensor(["cat", 3], None, "name")
 
 
 @pytest.mark.slow
@@ -78,9 +107,18 @@ def test_cli_evaluate_bad_mask_or_label_column_exits_2(tiny_clip_path, tmp_path,
             "--out", str(tmp_path / "out")]
     assert main(base + ["--label-column", "cls", "--mask-column", "mask"]) == 2
     assert "aspect ratio" in capsys.readouterr().err
-    assert main(base + ["--label-column", "name"]) == 2
+    assert main(base + ["--label-column", "boxes"]) == 2
     err = capsys.readouterr().err
-    assert "--label-column 'name'" in err and "Traceback" not in err
+    assert "--label-column 'boxes'" in err and "Traceback" not in err
+    # labels given as class names ("cat"): looked up in the --class-names file, one line when one is missing
+    (tmp_path / "names.txt").write_text("dog\nbird\n")
+    assert main(base + ["--label-column", "name", "--class-names", str(tmp_path / "names.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "error: label 'cat' is not one of the 2 class names (dog, bird)\n" in err and "Traceback" not in err
+    (tmp_path / "names.txt").write_text("dog\ncat\n")
+    assert main(base + ["--label-column", "name", "--class-names", str(tmp_path / "names.txt")]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["num_classes"] == 2 and report["per_image"]["label"] == [1, 1, 1, 1]
 
 
 def _box_folder(root, **boxes):

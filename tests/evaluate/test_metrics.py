@@ -245,6 +245,23 @@ def test_metrics_read_raw_maps_and_figures_the_display_maps(tiny_encoder):
     assert abs(gini(raw).mean() - gini(shown).mean()) > 0.01  # clipping and min-max change what Gini measures
 
 
+def test_the_examples_figure_explains_only_the_images_it_shows(tiny_encoder, monkeypatch):
+    """`evaluate --metrics zeroshot` on 5000 images with the default --methods must not explain all 5000 for a
+    figure of 4; maps a metric already computed are reused, not recomputed."""
+    from aft_hf.explain import Explainer, postprocess
+
+    explained = []
+    original = Explainer.attribute
+    monkeypatch.setattr(Explainer, "attribute", lambda self, x, *a, **k: explained.append(len(x)) or original(
+        self, x, *a, **k))
+    ctx = _ctx(tiny_encoder, n=8)
+    shown = ctx.display_maps("saliency", 2)
+    assert explained == [2] and shown.shape == (2, 1, 32, 32)
+    full = ctx.maps("saliency")  # a metric asks for every image: computed once, then the figure reuses it
+    assert torch.allclose(ctx.display_maps("saliency", 2), postprocess(full[:2], True, 99.0, True))
+    assert explained == [2, 8]
+
+
 def test_evaluate_and_demo_score_the_raw_maps(tiny_encoder, tiny_clip_path):
     from aft_hf.demo.measure import EvalSet, measure
     from aft_hf.explain import load_text_tower

@@ -60,6 +60,31 @@ def test_misspelt_option_stops_evaluate_before_any_work(tiny_encoder, tiny_clip_
                        ["deletion"], ["saliency"], None, {"deletion": {"stpes": 4}}, progress=False, info=INFO)
 
 
+def test_options_for_a_misspelt_metric_stop_evaluate_before_any_work(tiny_encoder, tiny_clip_path):
+    """Options of a metric not asked for are allowed (the CLI passes every metric's); a name that is no metric
+    (`robustt`) is refused, not dropped, or the robust metric would quietly run with its defaults."""
+    from aft_hf.evaluate import evaluate_model
+    from aft_hf.explain import load_text_tower
+
+    images, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])
+    with pytest.raises(EvaluationError, match="options for unknown metric 'robustt'"):
+        evaluate_model(tiny_encoder, load_text_tower(str(tiny_clip_path)), ["a", "b"], ["{}"], images, labels,
+                       ["zeroshot", "robust"], [], None, {"robustt": {"steps": 2}}, progress=False, info=INFO)
+
+
+def test_write_outputs_without_info_writes_a_report(tiny_encoder, tiny_clip_path, tmp_path):
+    """`info` is optional in evaluate_model, so the report it returns is written without one."""
+    from aft_hf.evaluate import evaluate_model, write_outputs
+    from aft_hf.explain import load_text_tower
+
+    images, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])
+    report, ctx = evaluate_model(tiny_encoder, load_text_tower(str(tiny_clip_path)), ["a", "b"], ["{}"], images,
+                                 labels, ["zeroshot"], [], None, {"roar": {"repeats": 2}}, progress=False)
+    write_outputs(report, ctx, tmp_path / "ev", "")
+    text = (tmp_path / "ev" / "report.md").read_text()
+    assert text.startswith("# Evaluation\n") and "4 images, 2 classes, 1 prompt template(s)." in text
+
+
 @pytest.mark.slow
 def test_a_metric_registered_in_a_test_reaches_report_and_card(tiny_encoder, tiny_clip_path, tmp_path, monkeypatch):
     from aft_hf.evaluate import evaluate_model, write_outputs

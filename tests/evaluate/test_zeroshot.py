@@ -89,7 +89,24 @@ def test_class_names_and_templates():
         resolve_templates(["a photo", "a {} {}"])
     feature = datasets.ClassLabel(names=["red_circle", "blue_square"])
     assert resolve_classnames(feature=feature) == ["red circle", "blue square"]
-    assert resolve_classnames(feature=datasets.ClassLabel(num_classes=1000)) == names
+    assert resolve_classnames(feature=datasets.ClassLabel(num_classes=1000)) == names  # numbers only: ImageNet's
+
+
+@pytest.mark.parametrize("first, second, last", [("tench, Tinca tinca", "goldfish, Carassius auratus",
+                                                   "toilet tissue, toilet paper, bathroom tissue"),
+                                                  ("n01440764", "n01443537", "n15075141")])
+def test_imagenet_names_replace_only_imagenets_own_classes(first, second, last):
+    """The raw ImageNet-1k ClassLabel (WordNet names or ids) becomes the cleaned names; another data set of 1000
+    classes keeps its own, and its templates stay `simple` (clip80 is for ImageNet's classes)."""
+    names = imagenet_classnames()
+    raw = [first, second, *[f"class_{i}" for i in range(2, 999)], last]
+    assert resolve_classnames(feature=datasets.ClassLabel(names=raw)) == names
+    assert resolve_templates(None, raw) == clip_templates()
+    species = [f"species_{i}" for i in range(1000)]
+    assert resolve_classnames(feature=datasets.ClassLabel(names=species)) == [f"species {i}" for i in range(1000)]
+    assert resolve_classnames(feature=datasets.ClassLabel(names=sorted(names))) == sorted(names)  # another order
+    assert resolve_templates(None, species) == ["a photo of a {}."]
+    assert resolve_templates("simple", names) == ["a photo of a {}."]
     with pytest.raises(ExplainError, match="--class-names"):
         resolve_classnames(feature=datasets.Value("int64"))
 

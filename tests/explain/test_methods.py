@@ -154,6 +154,26 @@ def test_bad_input_gives_clear_errors(tiny_encoder, batch):
     assert torch.allclose(sal.attribute(gray, t), sal.attribute(gray.expand(-1, 3, -1, -1), t))
 
 
+def test_non_finite_pixels_are_refused(tiny_encoder, batch):
+    """The [0, 1] range check never fails on NaN (every comparison with it is false): NaN would give NaN maps."""
+    for bad in (float("nan"), float("inf")):
+        images = batch.clone()
+        images[0, 1, 3, 4] = bad
+        with pytest.raises(ExplainError, match="1 pixel values are NaN or infinite"):
+            Explainer(tiny_encoder, "saliency", progress=False).attribute(images, torch.randn(32))
+
+
+@pytest.mark.parametrize("layer, output", [("vision_model.encoder", "BaseModelOutput"),
+                                           ("vision_model.post_layernorm", r"\(4, 32\)")])
+def test_a_gradcam_layer_that_gives_no_vit_tokens_is_named(tiny_encoder, batch, layer, output):
+    """A whole encoder returns a ``BaseModelOutput`` (it raised AttributeError: no attribute 'dim'), the last norm
+    the pooled (B, D) vector: one error names the layer, what it gives and which layers work."""
+    explainer = Explainer(tiny_encoder, "gradcam", layer=layer, progress=False)
+    with pytest.raises(ExplainError, match=rf"layer '{layer}' outputs {output}, not .* use a block") as info:
+        explainer.attribute(batch, torch.randn(32))
+    assert "\n" not in str(info.value) and "penultimate" in str(info.value)
+
+
 def test_unnormalize_uses_clip_statistics():
     x = torch.rand(2, 3, 8, 8)
     mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
