@@ -38,8 +38,8 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     """Spearman rank correlation between maps, per image (B,), with average ranks for ties (as
     ``scipy.stats.spearmanr`` and Quantus). NaN where a map is constant: its correlation is undefined
     (:func:`randomisation_check` leaves those images out of the mean and counts them)."""
-    ra = average_ranks(a.detach().double().flatten(1))
-    rb = average_ranks(b.detach().double().flatten(1))
+    ra = average_ranks(a.detach().flatten(1).cpu().double())  # float64 on the CPU: MPS has none
+    rb = average_ranks(b.detach().flatten(1).cpu().double())
     ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
     scale = ra.norm(dim=1) * rb.norm(dim=1)
     rho = (ra * rb).sum(1) / scale.clamp_min(1e-300)
