@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..constants import VERSION as __version__
-from ..explain import ExplainError, resolve_method
+from ..explain import ExplainError, method_label, resolve_method
 from ..explain.targets import TextTower
 from ..figures import attribution_grid, metric_curves
 from ..files import write_json
@@ -143,7 +143,7 @@ def write_outputs(report: dict, ctx: EvalContext, out_dir: Path, label: str, num
     figures = {}
     k = min(num_examples, ctx.images.shape[0])
     if ctx.methods and k:
-        maps = {f"{label} / {m}" if label else m: ctx.display_maps(m, k) for m in ctx.methods}
+        maps = {f"{label} / {method_label(m)}" if label else method_label(m): ctx.display_maps(m, k) for m in ctx.methods}
         if ctx.masks is not None:
             maps = {"object mask": ctx.masks[:k].float(), **maps}
         rows = [(sources[i] if i < len(sources) else f"image {i}") + (f"\n{class_names[int(y)]}" if class_names else "")

@@ -72,17 +72,21 @@ def test_options_for_a_misspelt_metric_stop_evaluate_before_any_work(tiny_encode
                        ["zeroshot", "robust"], [], None, {"robustt": {"steps": 2}}, progress=False, info=INFO)
 
 
-def test_write_outputs_without_info_writes_a_report(tiny_encoder, tiny_clip_path, tmp_path):
-    """`info` is optional in evaluate_model, so the report it returns is written without one."""
-    from aft_hf.evaluate import evaluate_model, write_outputs
+def test_write_outputs_without_info_writes_a_report(tiny_encoder, tiny_clip_path, tmp_path, monkeypatch):
+    """`info` is optional in evaluate_model, so the report it returns is written without one; the examples
+    figure names each method as the reports do."""
+    from aft_hf.evaluate import evaluate_model, runner, write_outputs
     from aft_hf.explain import load_text_tower
 
+    columns = []
+    monkeypatch.setattr(runner, "attribution_grid", lambda images, maps, *a, **k: columns.extend(maps))
     images, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])
     report, ctx = evaluate_model(tiny_encoder, load_text_tower(str(tiny_clip_path)), ["a", "b"], ["{}"], images,
-                                 labels, ["zeroshot"], [], None, {"roar": {"repeats": 2}}, progress=False)
+                                 labels, ["zeroshot"], ["saliency"], None, {"roar": {"repeats": 2}}, progress=False)
     write_outputs(report, ctx, tmp_path / "ev", "")
     text = (tmp_path / "ev" / "report.md").read_text()
     assert text.startswith("# Evaluation\n") and "4 images, 2 classes, 1 prompt template(s)." in text
+    assert columns == ["Simple Gradient"]
 
 
 @pytest.mark.slow
