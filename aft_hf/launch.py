@@ -111,7 +111,7 @@ def apply_launch(cfg: TrainConfig, accelerator) -> None:
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
     if cfg.optim.mixed_precision and launcher and launcher.lower() != cfg.optim.mixed_precision:
         logger.warning("optim.mixed_precision=%s overrides the launcher's %s", cfg.optim.mixed_precision, launcher)
-    if accelerator.is_main_process and (warning := emulated_bf16_warning(accelerator.device.type, effective)):
+    if getattr(accelerator, "is_main_process", True) and (warning := emulated_bf16_warning(accelerator.device.type, effective)):
         logger.warning("optim.mixed_precision bf16: %s", warning)
     cfg.optim.mixed_precision = effective
     if cfg.optim.per_device_batch_size is not None:
