@@ -18,6 +18,7 @@ R, normalise and project are the threat model's; this module knows no norm by na
 from __future__ import annotations
 
 import contextlib
+import logging
 import numbers
 from typing import Callable, Iterator, Optional, Union
 
@@ -36,6 +37,8 @@ from .threat_models import (
     patch_blocks,
     still_start_problem,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def check_pixels(images: Tensor, name: str = "images", check_range: bool = True) -> None:
@@ -148,7 +151,10 @@ class PGDAttacker(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: AttackConfig, patch_size: Optional[int] = None, freeze_params: bool = True) -> "PGDAttacker":
-        """Build from an :class:`AttackConfig` (budgets there are in 1/255 units)."""
+        """Build from an :class:`AttackConfig` (budgets there are in 1/255 units); warns when the steps cannot
+        cross the budget (:meth:`~aft_hf.threat_models.ThreatModel.reach_warning`)."""
+        if warning := get_threat_model(cfg.norm).reach_warning(cfg.eps, cfg.steps, cfg.alpha):
+            logger.warning(warning)
         return cls(
             norm=cfg.norm, eps=cfg.eps / 255, eps2=cfg.eps2 / 255, steps=cfg.steps, alpha=cfg.alpha / 255,
             momentum=cfg.momentum, noise_std=cfg.noise_std / 255, random_start=cfg.random_start,

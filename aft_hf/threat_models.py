@@ -88,6 +88,11 @@ def _per_sample_l2(x: Tensor) -> Tensor:
     return x.flatten(1).norm(dim=1).clamp_min(_TINY).view(-1, *([1] * (x.dim() - 1)))
 
 
+MIN_BUDGET_PER255 = 0.1
+"""Budgets (in 1/255 units) below this are refused in configs: far below one grey level, they are a budget
+already divided by 255 (4/255 = 0.0157 typed where 4 was meant), not an experiment."""
+
+
 class ThreatModel(abc.ABC):
     """One norm bound to its budget: ``eps`` (and ``eps2`` where used) in pixel units, ``patch_size`` where needed.
 
@@ -136,10 +141,26 @@ class ThreatModel(abc.ABC):
             p.append(("eps", f"norm '{cls.name}' needs eps > 0 when the attack takes steps, got {eps}"))
         if cls.uses_eps2 and eps2 <= 0:
             p.append(("eps2", f"norm '{cls.name}' needs eps2 > 0, got {eps2}"))
+        for name, value in (("eps", eps), ("eps2", eps2)):
+            if per255 and 0 < value < MIN_BUDGET_PER255:
+                p.append((name, f"{name} is in 1/255 units: {value:g} means {value:g}/255 = {value / 255:.1e} of the "
+                                f"pixel range, a budget that does nothing; did you mean {value * 255:g} (the value "
+                                "already divided by 255)?"))
         if cls.eps_per_pixel and eps > (255 if per255 else 1):
             p.append(("eps", f"norm '{cls.name}' bounds each pixel: eps is in 1/255 units, at most 255, got {eps}"
                       if per255 else f"eps is in pixel units ([0, 1] scale), got {eps}: did you mean {eps:g} / 255?"))
         return p
+
+    @classmethod
+    def reach_warning(cls, eps: float, steps: int, alpha: float) -> Optional[str]:
+        """A warning when ``steps`` steps of length ``alpha`` (in this norm, the units of ``eps``, 1/255) cannot
+        cross the budget ``eps``: the attack then stays close to its random start and is weak, silently (an L2
+        budget of 128/255 with the L-inf recipe's step of 1/255, say). None when they can."""
+        if not cls.needs_eps or steps <= 0 or eps <= 0 or alpha * steps >= eps:
+            return None
+        return (f"attack.alpha x attack.steps = {alpha * steps:g}/255 is less than the {cls.name} budget eps "
+                f"{eps:g}/255: the attack moves at most that far from its random start, so it stays weak; a usual "
+                f"step is 2.5 x eps / steps (--attack.alpha {2.5 * eps / steps:.3g})")
 
     @classmethod
     def budget_label(cls, eps: float, eps2: float = 0.0) -> str:

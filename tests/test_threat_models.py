@@ -286,3 +286,29 @@ def test_the_python_examples_of_the_doc_run_as_written():
         assert THREAT_MODELS["sparse_box"].description.startswith("an L-inf box")
     finally:
         THREAT_MODELS.pop("sparse_box", None)
+
+
+def test_a_config_budget_already_divided_by_255_is_refused_with_the_value_meant():
+    with pytest.raises(ConfigError, match=r"attack\.eps: eps is in 1/255 units: 0\.0157 means 0\.0157/255.*did you mean "
+                                          r"4\.0035"):
+        load_config(None, ["--attack.eps", "0.0157"])
+    with pytest.raises(ConfigError, match=r"attack\.eps2: eps2 is in 1/255 units"):
+        load_config(None, ["--attack.norm", "huber", "--attack.eps", "1", "--attack.eps2", "0.004"])
+    load_config(None, ["--attack.eps", "0.5"])  # half a grey level: small, but a budget someone may study
+
+
+@pytest.mark.parametrize("norm, eps, steps, alpha, warned", [
+    ("l2", 128, 10, 1, True),      # the L-inf recipe's step in an L2 ball of radius 0.5: 10/255 of travel
+    ("l2", 128, 10, 32, False),    # 2.5 x eps / steps
+    ("linf", 4, 10, 1, False),     # the paper's recipe
+    ("linf", 16, 10, 1, True),
+    ("elastic", 1, 10, 1, False),  # no ball to cross
+])
+def test_an_attack_whose_steps_cannot_cross_its_budget_is_warned(norm, eps, steps, alpha, warned, caplog):
+    args = ["--attack.norm", norm, "--attack.eps", str(eps), "--attack.steps", str(steps), "--attack.alpha", str(alpha)]
+    if norm == "elastic":
+        args += ["--attack.eps2", "1"]
+    PGDAttacker.from_config(load_config(None, args).attack, patch_size=8)
+    assert ("the attack moves at most that far from its random start" in caplog.text) is warned
+    if warned:
+        assert f"--attack.alpha {2.5 * eps / steps:.3g}" in caplog.text
