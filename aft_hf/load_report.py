@@ -20,6 +20,9 @@ class _Hold(logging.Filter):
     def __init__(self):
         super().__init__()
         self.records: list[logging.LogRecord] = []
+        self.expected = False
+        """Set inside the block when the caller found the report holds nothing a user must see (the text tower's
+        weights left out of a vision-only load, say): it is then dropped, not re-emitted."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if "LOAD REPORT" in str(record.msg):
@@ -29,14 +32,15 @@ class _Hold(logging.Filter):
 
 
 @contextlib.contextmanager
-def held_load_report() -> Iterator[None]:
-    """Hold load reports logged inside the block; re-emit them only if the block does not raise."""
+def held_load_report() -> Iterator[_Hold]:
+    """Hold load reports logged inside the block; re-emit them only if the block does not raise and did not mark
+    them ``expected``."""
     logger = logging.getLogger(REPORTING_LOGGER)
     hold = _Hold()
     logger.addFilter(hold)
     try:
-        yield
+        yield hold
     finally:
         logger.removeFilter(hold)
-    for record in hold.records:  # reached only without an exception: nothing refused, the table is news
+    for record in [] if hold.expected else hold.records:  # reached only without an exception: the table is news
         logger.handle(record)

@@ -26,6 +26,8 @@ HUB_CHECKPOINT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.
                         "open_clip_pytorch_model.bin")
 """Weights files of an open_clip model repo on the Hub, in the order open_clip itself prefers them."""
 OPEN_CLIP_CONFIG = "open_clip_config.json"
+READ_FROM = "_read_from"
+"""Key :func:`read_open_clip_config` adds to the model_cfg it returns: the name of the file it read."""
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
 
@@ -155,8 +157,11 @@ def _download(repo_id: str, filename: str, revision: Optional[str]) -> str:
 
 
 def read_open_clip_config(checkpoint: Path, repo_id: Optional[str], revision: Optional[str] = None) -> Optional[dict]:
-    """The ``model_cfg`` of ``open_clip_config.json`` beside the checkpoint (local folder or Hub repo), if any."""
-    candidate: Optional[Path] = checkpoint.parent / OPEN_CLIP_CONFIG
+    """The ``model_cfg`` beside the checkpoint, if any: its own ``<name>.json`` (what ``aft-hf export-openclip``
+    writes next to ``<name>.safetensors``, open_clip's custom-model format), else ``open_clip_config.json``
+    (local folder or Hub repo)."""
+    own = checkpoint.with_suffix(".json")
+    candidate: Optional[Path] = own if own.is_file() and own != checkpoint else checkpoint.parent / OPEN_CLIP_CONFIG
     if repo_id is not None and not candidate.is_file():
         try:
             candidate = Path(_download(repo_id, OPEN_CLIP_CONFIG, revision))
@@ -168,4 +173,6 @@ def read_open_clip_config(checkpoint: Path, repo_id: Optional[str], revision: Op
         config = json.loads(candidate.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return config.get("model_cfg", config) if isinstance(config, dict) else None
+    if not isinstance(config, dict) or not isinstance(config.get("model_cfg", config), dict):
+        return None
+    return {**config.get("model_cfg", config), READ_FROM: candidate.name}

@@ -28,7 +28,7 @@ from ..constants import IMPORT_FILE
 from ..files import sha256_file
 from ..model import save_preprocessing
 from ..outputs import OutputError, check_output_dir, discard, replace_dir, staging_dir, write_marker
-from .files import ConvertError, load_checkpoint_file, read_open_clip_config, resolve_checkpoint
+from .files import OPEN_CLIP_CONFIG, READ_FROM, ConvertError, load_checkpoint_file, read_open_clip_config, resolve_checkpoint
 from .keymap import vision_from_open_clip
 
 logger = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ def checkpoint_activation(option: str, arch: str, open_clip_cfg: Optional[dict])
     # only an explicit flag counts: open_clip writes the config of the model *name*, so a fine-tune of OpenAI
     # weights built as "ViT-L-14" with pretrained="openai" may be saved without quick_gelu although it uses it
     if open_clip_cfg is not None and isinstance(open_clip_cfg.get("quick_gelu"), bool):
-        return ("quick_gelu" if open_clip_cfg["quick_gelu"] else "gelu"), "open_clip_config.json"
+        return ("quick_gelu" if open_clip_cfg["quick_gelu"] else "gelu"), open_clip_cfg.get(READ_FROM, OPEN_CLIP_CONFIG)
     return None, "base"
 
 

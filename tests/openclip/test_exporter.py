@@ -198,3 +198,34 @@ def test_image_tower_snippet_runs_in_open_clip(open_clip, tiny_vision_path, tmp_
     with torch.no_grad():
         diff = (scope["visual"].eval()(_pixels()) - hf(pixel_values=_pixels()).image_embeds).abs().max()
     assert diff < TOL
+
+
+def test_an_export_imports_back_with_the_activation_its_config_states(tiny_clip_path, tmp_path, capsys):
+    """export-openclip writes NAME.json beside NAME.safetensors; import-checkpoint reads the activation from it
+    (before, only open_clip_config.json counted, and the import fell back to the base's activation)."""
+    from transformers import AutoConfig
+
+    out = tmp_path / "oc" / "tiny_export.safetensors"
+    assert main(["export-openclip", str(tiny_clip_path), "--out", str(out)]) == 0
+    stated = "quick_gelu" if json.loads(out.with_suffix(".json").read_text())["quick_gelu"] else "gelu"
+    capsys.readouterr()
+    assert main(["import-checkpoint", str(out), "--base", str(tiny_clip_path), "--out", str(tmp_path / "back")]) == 0
+    assert f"activation {stated} [tiny_export.json]" in capsys.readouterr().out
+    assert AutoConfig.from_pretrained(tmp_path / "back").vision_config.hidden_act == stated
+
+
+@pytest.mark.slow
+def test_vision_only_export_of_a_full_clip_prints_no_load_report(tiny_clip_path, tmp_path):
+    """The text tower left out on purpose is not news: no transformers table of 'UNEXPECTED' keys (a fresh
+    process, as a user runs it: transformers reports a load once per process)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "visual.safetensors"
+    run = subprocess.run([sys.executable, "-m", "aft_hf", "export-openclip", str(tiny_clip_path), "--vision-only",
+                          "--out", str(out)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert run.returncode == 0, run.stderr
+    assert out.is_file() and "LOAD REPORT" not in run.stderr + run.stdout and "UNEXPECTED" not in run.stderr
