@@ -601,7 +601,7 @@ def _validate_lora(lora: LoraConfig) -> list[str]:
     p = []
     if lora.r < 0:
         p.append(f"lora.r: must be >= 0 (0: off), got {lora.r}")
-    if lora.r > 0:
+    if lora.r != 0:  # a negative r is a mistyped rank: report the adapter's other problems with it, in one message
         if lora.alpha <= 0:
             p.append(f"lora.alpha: must be > 0, got {lora.alpha}")
         if not 0 <= lora.dropout < 1:

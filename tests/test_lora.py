@@ -131,6 +131,9 @@ def test_bad_lora_settings_are_named(tiny_clip_path):
     assert "lora.dropout" in str(e.value) and "lora.target_modules" in str(e.value)
     from aft_hf.config import LoraConfig
 
+    with pytest.raises(ConfigError) as e:  # a negative rank does not hide the adapter's other problems
+        load_config(None, ["--lora.r", "-2", "--lora.dropout", "1.5", "--lora.alpha", "0"])
+    assert all(name in str(e.value) for name in ("lora.r", "lora.dropout", "lora.alpha"))
     encoder = load_image_encoder(str(tiny_clip_path))
     with pytest.raises(LoraError, match="query"):
         apply_lora(encoder.vision, LoraConfig(r=2, target_modules=["query"]))
