@@ -194,7 +194,8 @@ class CheckpointConfig:
     resume_from_checkpoint: Optional[str] = None
     """`latest` or a checkpoint folder."""
     overwrite_output_dir: bool = False
-    """Start afresh in an output_dir that holds another run's checkpoints (deletes them)."""
+    """Start afresh in an output_dir that holds another run's checkpoints (deletes them) or finished model
+    (`final/` and `train_summary.json`, replaced at the end of the run)."""
     allow_config_change: bool = False
     """Resume with a config that changes the optimisation (optimiser, schedule, batch geometry, seed of
     the data order; recorded). The model, data set, objective and attack never change in a resume

@@ -38,7 +38,7 @@ from .checkpointing import (  # noqa: F401
     save_checkpoint,
 )
 from .config import ConfigError, TrainConfig
-from .constants import CONFIG_CHANGES_FILE, CONFIG_FILE
+from .constants import CONFIG_CHANGES_FILE, CONFIG_FILE, SUMMARY_FILE
 from .data import build_dataloader, epoch_position, image_geometry, resume_position, stream_positions, watch_stalls
 from .errors import AftError
 from .files import write_json
@@ -502,10 +502,9 @@ class TrainingLoop:
             extra = {CONFIG_FILE: self.cfg.to_yaml()}
             if progress.config_changes:  # aft_config.yaml holds the last values: the card also says what changed when
                 extra[CONFIG_CHANGES_FILE] = json.dumps(progress.config_changes, indent=2)
-            export_pretrained(self.unwrapped, final, extra_files=extra, revision=self.cfg.model.revision)
-            if self.cfg.lora.r > 0 and self.cfg.lora.save_adapter:
-                save_adapter(self.unwrapped.vision, self.frozen.vision, self.cfg.lora, final / "adapter",
-                             base_model=hub_id_of(self.cfg.model.name_or_path))
+            export_pretrained(self.unwrapped, final, extra_files=extra, revision=self.cfg.model.revision,
+                              write_extra=self.write_adapter if self.cfg.lora.r > 0 and self.cfg.lora.save_adapter
+                              else None)
             summary = {"steps": progress.step, "num_processes": acc.num_processes,
                        "images_seen_per_process": progress.images_seen_per_process,
                        "images_seen": sum(progress.images_seen_per_process), "skipped_images": skipped,
@@ -516,9 +515,15 @@ class TrainingLoop:
                 summary.update({"eval": self.eval_history[-1] if self.eval_history else None,
                                 "eval_history": self.eval_history})
                 summary.update(self.evaluator.summary() if self.evaluator is not None else {})
-            write_json(self.output_dir / "train_summary.json", summary)
+            write_json(self.output_dir / SUMMARY_FILE, summary)
             logger.info("exported %s (skipped %d unreadable images in total)", final, skipped)
         return final
+
+
+    def write_adapter(self, folder: Path) -> None:
+        """The LoRA adapter alone, in ``<folder>/adapter`` (written into the export before it is moved into place)."""
+        save_adapter(self.unwrapped.vision, self.frozen.vision, self.cfg.lora, folder / "adapter",
+                     base_model=hub_id_of(self.cfg.model.name_or_path))
 
 
 def _log_window(accelerator, unwrapped, attacker, objective, images, targets, mean_loss, images_per_s, lr, progress,
