@@ -64,6 +64,10 @@ class Progress:
     records_per_process: Optional[list] = None
     """``records_in_epoch`` of every process at the checkpoint: a stream resumes each shard there; a
     map-style epoch resumes at their sum, the images of its permutation already drawn."""
+    working_dir: Optional[str] = None
+    """The working directory of the run that wrote the checkpoint: the relative paths of its saved config
+    (``--data.dataset ./imgs``) are relative to it, so a resume from another directory compares them right
+    (None in checkpoints written before it was recorded)."""
 
     @classmethod
     def from_json(cls, text: str) -> "Progress":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,7 +238,7 @@ def find_resume_point(cfg: TrainConfig, output_dir: Path) -> tuple[Optional[Path
     if progress.step > cfg.optim.max_steps:  # it would train nothing and export the checkpoint as a shorter run
         raise ConfigError([f"{path} is at step {progress.step}, past max_steps {cfg.optim.max_steps}: resume with "
                            f"--max_steps {progress.step} or more, or start a new run in another output_dir"])
-    changes = check_resume_config(path, cfg)
+    changes = check_resume_config(path, cfg, progress.working_dir)
     if changes:
         logger.warning("resuming with changed settings (allow_config_change): %s", "; ".join(changes),
                        main_process_only=True)
@@ -483,6 +484,7 @@ class TrainingLoop:
         # every process's position in the epoch (its stream shard, or its share of the permutation)
         self.progress.records_per_process = stream_positions(acc, self.progress.records_in_epoch)
         self.progress.nonfinite_steps = self.guard.check()
+        self.progress.working_dir = os.getcwd()  # what the saved config's relative paths are relative to
         require_finite_weights(self.unwrapped, f"checkpoint at step {self.progress.step}")
         seen = acc.gather(torch.tensor([self.images_seen], device=acc.device))
         self.progress.images_seen_per_process = [int(x) for x in seen.tolist()]
