@@ -133,7 +133,7 @@ def test_bare_boolean_means_true(flag, get):
 def test_per_device_batch_becomes_the_global_batch():
     cfg = load_config(None, ["--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2"])
     fake = SimpleNamespace(distributed_type=DistributedType.MULTI_GPU, mixed_precision="no",
-                           device=torch.device("cpu"), num_processes=3)
+                           device=torch.device("cpu"), num_processes=3, is_main_process=True)
     apply_launch(cfg, fake)
     assert cfg.optim.batch_size == 4 * 3 * 2 and cfg.optim.per_device_batch_size == 4
     with pytest.raises(ConfigError, match="not both"):
