@@ -28,12 +28,11 @@ from typing import Optional
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 
-from .constants import CONFIG_FILE
+from .constants import CONFIG_FILE, PROGRESS_FILE
 from .errors import AftError
 from .files import json_safe, respect_umask, write_json  # noqa: F401  (json_safe: re-exported)
 
 logger = get_logger(__name__)
-PROGRESS_FILE = "progress.json"
 HISTORY_FILE = "log_history.json"
 EVAL_HISTORY_FILE = "eval_history.json"
 VERSIONS_FILE = "versions.json"
