@@ -26,7 +26,7 @@ import yaml
 
 from .checkpointing import CONFIG_FILE
 from .config import ConfigError, TrainConfig, flatten
-from .published import matches_published
+from .published import PATH_FIELDS, matches_published
 
 
 class Change(enum.Enum):
@@ -75,6 +75,15 @@ def _same_path(a: Any, b: Any, saved_dir: Optional[str] = None) -> bool:
     return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
 
 
+def _elsewhere(key: str, a: Any, b: Any, saved_dir: Optional[str]) -> bool:
+    """One relative spelling of a path field that names another existing folder from here than it did from the
+    saved run's working directory (``./imgs`` run in ``x``, resumed from ``x/out`` holding its own ``imgs``)."""
+    if key not in PATH_FIELDS or a != b or not isinstance(a, str) or ":" in a or saved_dir is None \
+            or Path(a).expanduser().is_absolute():
+        return False
+    return (Path(saved_dir) / a).exists() and Path(b).exists() and not _same_path(a, b, saved_dir)
+
+
 def _kind(key: str, old: Any, new: Any) -> Change:
     if key == "optim.max_steps" and isinstance(old, int) and isinstance(new, int) and new < old:
         return Change.FLAG
@@ -91,7 +100,9 @@ def classify_changes(saved: dict, new: TrainConfig, saved_dir: Optional[str] = N
     out: dict[Change, list[str]] = {k: [] for k in Change}
     for key in sorted(set(old) & set(cur)):
         a, b = old[key], cur[key]
-        if not matches_published(a, b) and not _same_path(a, b, saved_dir):  # local:<name> from a Hub checkpoint
+        if _elsewhere(key, a, b, saved_dir):
+            out[_kind(key, a, b)].append(f"{key}: {a!r} in {saved_dir} -> {b!r} in {Path.cwd()} (another folder)")
+        elif not matches_published(a, b) and not _same_path(a, b, saved_dir):  # local:<name> from a Hub checkpoint
             out[_kind(key, a, b)].append(f"{key}: {a!r} -> {b!r}")
     return out
 

@@ -236,6 +236,9 @@ def test_saved_relative_paths_are_relative_to_the_run_that_saved_them(tiny_clip_
     with pytest.raises(ConfigError, match=r"data.dataset: './imgs' -> '.*/x/out/imgs'"):
         train(cfg_for("../model", work / "out" / "imgs", "sp", "--optim.batch_size", "4", "--max_steps", "2",
                       "--resume_from_checkpoint", "latest"))
+    with pytest.raises(ConfigError, match=r"data.dataset: './imgs' in .*/x -> './imgs' in .*/x/out \(another folder\)"):
+        train(cfg_for("../model", "./imgs", "sp", "--optim.batch_size", "4", "--max_steps", "2",
+                      "--resume_from_checkpoint", "latest"))
     final = train(cfg_for(work / "model", work / "imgs", "sp", "--optim.batch_size", "4", "--max_steps", "2",
                           "--resume_from_checkpoint", "latest"))
     assert json.loads((final.parent / "train_summary.json").read_text())["steps"] == 2
