@@ -251,6 +251,10 @@ class UniformNoise(nn.Module):
         """Build from an :class:`AttackConfig` (budgets there are in 1/255 units)."""
         return cls(get_threat_model(cfg.norm)(cfg.eps / 255, cfg.eps2 / 255, patch_size))
 
+    def extra_repr(self) -> str:  # the start-up line names the budget, as PGDAttacker's does
+        eps2 = f", eps2={self.threat.eps2 * 255:g}/255" if self.threat.uses_eps2 else ""
+        return f"norm={self.threat.name}, eps={self.threat.eps * 255:g}/255{eps2}"
+
     def forward(self, forward: Optional[Callable[[Tensor], Tensor]], images: Tensor,
                 loss_fn: Optional[Callable[[Tensor], Tensor]] = None,
                 generator: Optional[torch.Generator] = None) -> Tensor:

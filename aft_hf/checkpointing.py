@@ -28,12 +28,11 @@ from typing import Optional
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 
-from .constants import CONFIG_FILE
+from .constants import CONFIG_FILE, PROGRESS_FILE
 from .errors import AftError
 from .files import json_safe, respect_umask, write_json  # noqa: F401  (json_safe: re-exported)
 
 logger = get_logger(__name__)
-PROGRESS_FILE = "progress.json"
 HISTORY_FILE = "log_history.json"
 EVAL_HISTORY_FILE = "eval_history.json"
 VERSIONS_FILE = "versions.json"
@@ -64,6 +63,10 @@ class Progress:
     records_per_process: Optional[list] = None
     """``records_in_epoch`` of every process at the checkpoint: a stream resumes each shard there; a
     map-style epoch resumes at their sum, the images of its permutation already drawn."""
+    working_dir: Optional[str] = None
+    """The working directory of the run that wrote the checkpoint: the relative paths of its saved config
+    (``--data.dataset ./imgs``) are relative to it, so a resume from another directory compares them right
+    (None in checkpoints written before it was recorded)."""
 
     @classmethod
     def from_json(cls, text: str) -> "Progress":

@@ -194,7 +194,8 @@ class CheckpointConfig:
     resume_from_checkpoint: Optional[str] = None
     """`latest` or a checkpoint folder."""
     overwrite_output_dir: bool = False
-    """Start afresh in an output_dir that holds another run's checkpoints (deletes them)."""
+    """Start afresh in an output_dir that holds another run's checkpoints (deletes them) or finished model
+    (`final/` and `train_summary.json`, replaced at the end of the run)."""
     allow_config_change: bool = False
     """Resume with a config that changes the optimisation (optimiser, schedule, batch geometry, seed of
     the data order; recorded). The model, data set, objective and attack never change in a resume
@@ -601,7 +602,7 @@ def _validate_lora(lora: LoraConfig) -> list[str]:
     p = []
     if lora.r < 0:
         p.append(f"lora.r: must be >= 0 (0: off), got {lora.r}")
-    if lora.r > 0:
+    if lora.r != 0:  # a negative r is a mistyped rank: report the adapter's other problems with it, in one message
         if lora.alpha <= 0:
             p.append(f"lora.alpha: must be > 0, got {lora.alpha}")
         if not 0 <= lora.dropout < 1:

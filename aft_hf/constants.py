@@ -31,6 +31,12 @@ CONFIG_CHANGES_FILE = "config_changes.json"
 """Beside ``aft_config.yaml`` in ``final/`` when a resume changed settings: ``[{"step": N, "changes": [...]}]``
 (``aft_config.yaml`` holds the last values only)."""
 
+PROGRESS_FILE = "progress.json"
+"""Where a checkpoint's run is (``aft_hf.checkpointing.Progress``): step, position in the epoch, working directory."""
+
+SUMMARY_FILE = "train_summary.json"
+"""What a finished training run writes beside ``final/`` in its output_dir (steps, images seen, log history)."""
+
 LLAVA_FEATURE_LAYER = -2
 """The hidden state LLaVA-1.5 reads from its vision tower (``vision_feature_layer``): the default of
 ``model.feature_layer``."""

@@ -19,6 +19,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 
 from .checkpointing import CheckpointError, list_checkpoints, remove_stale_temporaries
+from .constants import SUMMARY_FILE
 from .env import hub_offline
 from .errors import AftError
 
@@ -181,16 +182,42 @@ def check_writable(output_dir: Path, process_index: int = 0) -> None:
                               "another --output_dir or fix its permissions") from None
 
 
+def finished_model(output_dir: Path) -> Optional[str]:
+    """What of a finished run's results ``output_dir`` holds (``"final/"``, ``"train_summary.json"``), None: nothing.
+
+    ``final/`` counts when aft_hf wrote it (its marker, or an export of an earlier version); an unrelated
+    folder there is refused on its own by :func:`check_final_dir`.
+    """
+    from .model import _earlier_export
+    from .outputs import is_marked
+
+    final = output_dir / "final"
+    held = [name for name, present in (("final/", final.is_dir() and (is_marked(final) or _earlier_export(final))),
+                                       (SUMMARY_FILE, (output_dir / SUMMARY_FILE).is_file())) if present]
+    return " and ".join(held) or None
+
+
 def refuse_other_runs(output_dir: Path, resume: Optional[str], overwrite: bool) -> None:
-    """A fresh run must not mix with another run's checkpoints (HF's ``overwrite_output_dir`` rule)."""
-    if resume is not None or overwrite:
+    """A fresh run must not mix with, nor replace, another run's checkpoints or finished model
+    (HF's ``overwrite_output_dir`` rule).
+
+    ``--resume_from_checkpoint latest`` with no checkpoint left starts from scratch, so it is a fresh run
+    here too: with a finished model beside it (its checkpoints deleted), it would silently replace it.
+    """
+    if overwrite or resume not in (None, "latest"):
         return
     found = list_checkpoints(output_dir)
-    if found:
+    if found and resume is None:
         raise CheckpointError(
             f"checkpoint.output_dir '{output_dir}' already holds checkpoints of another run ({found[-1].name}, ...): "
             "continue it with --resume_from_checkpoint latest, or start afresh with --overwrite_output_dir "
             "(deletes those checkpoints), or choose another --output_dir")
+    held = None if found else finished_model(output_dir)
+    if held:
+        raise CheckpointError(
+            f"checkpoint.output_dir '{output_dir}' already holds the finished model of another run ({held}) and no "
+            "checkpoint to continue it from: a new run would replace it. Start afresh with --overwrite_output_dir "
+            "(replaces it at the end of the run), or choose another --output_dir")
 
 
 def check_final_dir(final: Path) -> None:

@@ -9,6 +9,7 @@ from deep inside a library.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 import os
@@ -114,9 +115,43 @@ def apply_launch(cfg: TrainConfig, accelerator) -> None:
     if getattr(accelerator, "is_main_process", True) and (warning := emulated_bf16_warning(accelerator.device.type, effective)):
         logger.warning("optim.mixed_precision bf16: %s", warning)
     cfg.optim.mixed_precision = effective
+    resolve_global_batch(cfg, accelerator.num_processes)
+
+
+def resolve_global_batch(cfg: TrainConfig, num_processes: int) -> None:
+    """``optim.batch_size`` from ``optim.per_device_batch_size`` when that is given: per device x processes x
+    accumulation steps (the global batch the run trains with and records); left alone otherwise."""
     if cfg.optim.per_device_batch_size is not None:
-        cfg.optim.batch_size = (cfg.optim.per_device_batch_size * accelerator.num_processes
-                                * cfg.optim.gradient_accumulation_steps)
+        cfg.optim.batch_size = cfg.optim.per_device_batch_size * num_processes * cfg.optim.gradient_accumulation_steps
+
+
+WORLD_SIZE_ENV = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+"""Where a launcher (``accelerate launch``, torchrun, MPI) puts the number of processes, as accelerate reads it."""
+
+
+def resolved_for_print(cfg: TrainConfig) -> str:
+    """``--print-config``: the config as this launch would run and save it (``aft_config.yaml``), as YAML.
+
+    What :func:`apply_launch` decides once the Accelerator exists is resolved here from the launcher's
+    environment without creating one: the precision (the config's, else the launcher's, else ``no``) and,
+    with ``optim.per_device_batch_size``, the global batch for this launch's process count (a comment line
+    says so: under another launch the same config trains with another global batch).
+    """
+    from accelerate.utils.environment import get_int_from_env
+
+    resolved, comments = copy.deepcopy(cfg), []
+    precision = requested_precision(cfg)
+    if cfg.optim.mixed_precision is None and precision in MIXED_PRECISION:  # an unknown one is refused at start
+        resolved.optim.mixed_precision = precision
+        comments.append(f"optim.mixed_precision resolved for this launch: {precision} (the launcher's "
+                        "ACCELERATE_MIXED_PRECISION, else no)")
+    if cfg.optim.per_device_batch_size is not None:
+        processes = get_int_from_env(list(WORLD_SIZE_ENV), 1)
+        resolve_global_batch(resolved, processes)
+        comments.append(f"optim.batch_size resolved for this launch: per_device_batch_size "
+                        f"{cfg.optim.per_device_batch_size} x {processes} process(es) x gradient_accumulation_steps "
+                        f"{cfg.optim.gradient_accumulation_steps}")
+    return "".join(f"# {line}\n" for line in comments) + resolved.to_yaml()
 
 
 def run_info(cfg: TrainConfig, accelerator) -> dict:

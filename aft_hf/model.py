@@ -496,7 +496,7 @@ def _earlier_export(folder: Path) -> bool:
 
 
 def export_pretrained(encoder: ImageEncoder, out_dir: Union[str, Path], extra_files: Optional[dict[str, str]] = None,
-                      revision: Optional[str] = None) -> Path:
+                      revision: Optional[str] = None, write_extra: Optional[Callable[[Path], object]] = None) -> Path:
     """Write the fine-tuned encoder with ``save_pretrained`` (safetensors) to ``out_dir``.
 
     A base that was a full ``CLIPModel`` is written as a full ``CLIPModel`` (original text tower at
@@ -505,7 +505,9 @@ def export_pretrained(encoder: ImageEncoder, out_dir: Union[str, Path], extra_fi
     loads the vision part. A vision-only base keeps its class: ``CLIPVisionModelWithProjection`` or ``CLIPVisionModel``
     (no projection is added). LoRA adapters are merged into their base weights first, so the folder
     loads without peft.
-    ``extra_files`` maps names to text content. The folder is written next to ``out_dir``, marked
+    ``extra_files`` maps names to text content; ``write_extra``, when given, is called with the folder being
+    written to add more (the LoRA adapter in ``adapter/``), so it is moved into place with the rest and gets
+    the same umask modes. The folder is written next to ``out_dir``, marked
     as aft_hf output and moved into place; an existing ``out_dir`` is replaced only when aft_hf
     wrote it (an unrelated folder raises :class:`aft_hf.outputs.OutputError`).
     """
@@ -536,6 +538,8 @@ def export_pretrained(encoder: ImageEncoder, out_dir: Union[str, Path], extra_fi
                 encoder.image_processor.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+        if write_extra is not None:
+            write_extra(tmp)
         write_marker(tmp, "aft_hf export_pretrained")
     except BaseException:
         discard(tmp)

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from .constants import CONFIG_FILE, IMPORT_FILE
+from .constants import CONFIG_FILE, IMPORT_FILE, PROGRESS_FILE
 
 LOCAL_PREFIX = "local:"
 PATH_FIELDS = frozenset({
@@ -31,7 +31,7 @@ PATH_FIELDS = frozenset({
 })
 """Fields that name a model, a data set or a folder: a local path there is replaced even when relative.
 (Absolute paths are replaced in any field.)"""
-PUBLISHED_FILES = (CONFIG_FILE, "eval_report.json", IMPORT_FILE)
+PUBLISHED_FILES = (CONFIG_FILE, "eval_report.json", IMPORT_FILE, PROGRESS_FILE)  # progress: its working_dir
 """The files of a model folder or checkpoint that may hold local paths; each is rewritten on the way out."""
 
 

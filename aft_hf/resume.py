@@ -26,7 +26,7 @@ import yaml
 
 from .checkpointing import CONFIG_FILE
 from .config import ConfigError, TrainConfig, flatten
-from .published import matches_published
+from .published import PATH_FIELDS, matches_published
 
 
 class Change(enum.Enum):
@@ -60,12 +60,28 @@ def kind_of(key: str) -> Change:
     return RESUME_RULES.get(key) or RESUME_RULES.get(key.split(".")[0], Change.FLAG)
 
 
-def _same_path(a: Any, b: Any) -> bool:
-    """Two spellings of one local folder (``m48`` and ``./m48``, relative and absolute) are equal."""
+def _same_path(a: Any, b: Any, saved_dir: Optional[str] = None) -> bool:
+    """Two spellings of one local folder (``m48`` and ``./m48``, relative and absolute) are equal.
+
+    ``a`` is the saved value, relative to ``saved_dir`` (the working directory of the run that saved it) when
+    known and still there (a checkpoint brought from another machine falls back), else to the current one;
+    ``b`` the new value, relative to the current working directory.
+    """
     if not (isinstance(a, str) and isinstance(b, str)) or ":" in a or ":" in b:
         return False
     pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if saved_dir is not None and not pa.is_absolute() and Path(saved_dir).is_dir():
+        pa = Path(saved_dir) / pa
     return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def _elsewhere(key: str, a: Any, b: Any, saved_dir: Optional[str]) -> bool:
+    """One relative spelling of a path field that names another existing folder from here than it did from the
+    saved run's working directory (``./imgs`` run in ``x``, resumed from ``x/out`` holding its own ``imgs``)."""
+    if key not in PATH_FIELDS or a != b or not isinstance(a, str) or ":" in a or saved_dir is None \
+            or Path(a).expanduser().is_absolute():
+        return False
+    return (Path(saved_dir) / a).exists() and Path(b).exists() and not _same_path(a, b, saved_dir)
 
 
 def _kind(key: str, old: Any, new: Any) -> Change:
@@ -74,16 +90,19 @@ def _kind(key: str, old: Any, new: Any) -> Change:
     return kind_of(key)
 
 
-def classify_changes(saved: dict, new: TrainConfig) -> dict[Change, list[str]]:
+def classify_changes(saved: dict, new: TrainConfig, saved_dir: Optional[str] = None) -> dict[Change, list[str]]:
     """``{kind: ["optim.lr: 0.0001 -> 0.01", ...]}`` for every field that differs.
 
-    A field unknown to the older checkpoint keeps its default meaning and is not a change.
+    A field unknown to the older checkpoint keeps its default meaning and is not a change. ``saved_dir``: the
+    working directory the saved config's relative paths are relative to (None: the current one).
     """
     old, cur = flatten(saved), flatten(new.to_dict())
     out: dict[Change, list[str]] = {k: [] for k in Change}
     for key in sorted(set(old) & set(cur)):
         a, b = old[key], cur[key]
-        if not matches_published(a, b) and not _same_path(a, b):  # local:<name> from a Hub checkpoint
+        if _elsewhere(key, a, b, saved_dir):
+            out[_kind(key, a, b)].append(f"{key}: {a!r} in {saved_dir} -> {b!r} in {Path.cwd()} (another folder)")
+        elif not matches_published(a, b) and not _same_path(a, b, saved_dir):  # local:<name> from a Hub checkpoint
             out[_kind(key, a, b)].append(f"{key}: {a!r} -> {b!r}")
     return out
 
@@ -93,17 +112,18 @@ def optimisation_changes(saved: dict, new: TrainConfig) -> list[str]:
     return classify_changes(saved, new)[Change.FLAG]
 
 
-def check_resume_config(checkpoint: Path, cfg: TrainConfig) -> list[str]:
+def check_resume_config(checkpoint: Path, cfg: TrainConfig, saved_dir: Optional[str] = None) -> list[str]:
     """Compare the checkpoint's saved config with ``cfg``; raise unless the differences are allowed.
 
     Returns the changes allowed by the flag (to be recorded); a checkpoint from before configs
-    were saved is accepted as is.
+    were saved is accepted as is. ``saved_dir``: the working directory of the run that wrote the checkpoint
+    (its ``Progress.working_dir``), against which the saved relative paths are resolved.
     """
     path = Path(checkpoint) / CONFIG_FILE
     if not path.is_file():
         return []
     saved = yaml.safe_load(path.read_text()) or {}
-    changes = classify_changes(saved, cfg)
+    changes = classify_changes(saved, cfg, saved_dir)
     if changes[Change.NEVER]:
         raise ConfigError([f"resuming from {checkpoint} would change what defines the run (saved -> new), "
                            "which no resume may change, not even with --allow_config_change:"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ from .checkpointing import (  # noqa: F401
     save_checkpoint,
 )
 from .config import ConfigError, TrainConfig
-from .constants import CONFIG_CHANGES_FILE, CONFIG_FILE
+from .constants import CONFIG_CHANGES_FILE, CONFIG_FILE, SUMMARY_FILE
 from .data import build_dataloader, epoch_position, image_geometry, resume_position, stream_positions, watch_stalls
 from .errors import AftError
 from .files import write_json
@@ -237,7 +238,7 @@ def find_resume_point(cfg: TrainConfig, output_dir: Path) -> tuple[Optional[Path
     if progress.step > cfg.optim.max_steps:  # it would train nothing and export the checkpoint as a shorter run
         raise ConfigError([f"{path} is at step {progress.step}, past max_steps {cfg.optim.max_steps}: resume with "
                            f"--max_steps {progress.step} or more, or start a new run in another output_dir"])
-    changes = check_resume_config(path, cfg)
+    changes = check_resume_config(path, cfg, progress.working_dir)
     if changes:
         logger.warning("resuming with changed settings (allow_config_change): %s", "; ".join(changes),
                        main_process_only=True)
@@ -483,6 +484,7 @@ class TrainingLoop:
         # every process's position in the epoch (its stream shard, or its share of the permutation)
         self.progress.records_per_process = stream_positions(acc, self.progress.records_in_epoch)
         self.progress.nonfinite_steps = self.guard.check()
+        self.progress.working_dir = os.getcwd()  # what the saved config's relative paths are relative to
         require_finite_weights(self.unwrapped, f"checkpoint at step {self.progress.step}")
         seen = acc.gather(torch.tensor([self.images_seen], device=acc.device))
         self.progress.images_seen_per_process = [int(x) for x in seen.tolist()]
@@ -502,10 +504,9 @@ class TrainingLoop:
             extra = {CONFIG_FILE: self.cfg.to_yaml()}
             if progress.config_changes:  # aft_config.yaml holds the last values: the card also says what changed when
                 extra[CONFIG_CHANGES_FILE] = json.dumps(progress.config_changes, indent=2)
-            export_pretrained(self.unwrapped, final, extra_files=extra, revision=self.cfg.model.revision)
-            if self.cfg.lora.r > 0 and self.cfg.lora.save_adapter:
-                save_adapter(self.unwrapped.vision, self.frozen.vision, self.cfg.lora, final / "adapter",
-                             base_model=hub_id_of(self.cfg.model.name_or_path))
+            export_pretrained(self.unwrapped, final, extra_files=extra, revision=self.cfg.model.revision,
+                              write_extra=self.write_adapter if self.cfg.lora.r > 0 and self.cfg.lora.save_adapter
+                              else None)
             summary = {"steps": progress.step, "num_processes": acc.num_processes,
                        "images_seen_per_process": progress.images_seen_per_process,
                        "images_seen": sum(progress.images_seen_per_process), "skipped_images": skipped,
@@ -516,9 +517,15 @@ class TrainingLoop:
                 summary.update({"eval": self.eval_history[-1] if self.eval_history else None,
                                 "eval_history": self.eval_history})
                 summary.update(self.evaluator.summary() if self.evaluator is not None else {})
-            write_json(self.output_dir / "train_summary.json", summary)
+            write_json(self.output_dir / SUMMARY_FILE, summary)
             logger.info("exported %s (skipped %d unreadable images in total)", final, skipped)
         return final
+
+
+    def write_adapter(self, folder: Path) -> None:
+        """The LoRA adapter alone, in ``<folder>/adapter`` (written into the export before it is moved into place)."""
+        save_adapter(self.unwrapped.vision, self.frozen.vision, self.cfg.lora, folder / "adapter",
+                     base_model=hub_id_of(self.cfg.model.name_or_path))
 
 
 def _log_window(accelerator, unwrapped, attacker, objective, images, targets, mean_loss, images_per_s, lr, progress,

@@ -156,6 +156,13 @@ def test_noise_control_stays_in_budget(tiny_encoder, batch):
     assert 0 < (adv - batch).abs().max() <= 4 / 255 + 1e-6
 
 
+def test_noise_control_describes_its_budget():
+    """The start-up line names the noise control's norm and budget, as it does PGD's."""
+    assert repr(UniformNoise(PGDAttacker(norm="linf", eps=4 / 255))) == "UniformNoise(norm=linf, eps=4/255)"
+    huber = UniformNoise(PGDAttacker(norm="huber", eps=4 / 255, eps2=2 / 255))
+    assert "norm=huber" in repr(huber) and "eps=4/255" in repr(huber) and "eps2=2/255" in repr(huber)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(norm="l3"), "unknown norm"),
     (dict(eps=-1.0), "eps must be >= 0"),

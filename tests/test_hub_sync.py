@@ -30,7 +30,9 @@ class FakeHub:
             root = Path(folder_path)
             call = {"repo_id": repo_id, "path_in_repo": kw.get("path_in_repo"), "message": kw.get("commit_message"),
                     "files": sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()),
-                    "thread": threading.current_thread().name, "delete_patterns": kw.get("delete_patterns")}
+                    "thread": threading.current_thread().name, "delete_patterns": kw.get("delete_patterns"),
+                    "progress": json.loads((root / "progress.json").read_text())
+                    if (root / "progress.json").is_file() else None}
             if fake.fail(call, fake.attempts):
                 raise ConnectionError("the Hub is down")
             fake.uploads.append(call)
@@ -67,6 +69,7 @@ def test_checkpoint_strategy_retries_a_failed_upload_and_pushes_last_checkpoint(
     step_model, ckpt = fake.uploads[0], fake.uploads[1]
     assert {"config.json", "model.safetensors", "README.md", "aft_config.yaml"} <= set(step_model["files"])
     assert "progress.json" in ckpt["files"] and ckpt["delete_patterns"] == "*"
+    assert ckpt["progress"]["working_dir"].startswith("local:")  # no local path uploaded (the resume falls back)
     assert json.loads((tmp_path / "run" / "checkpoints" / "step_00000004" / "progress.json").read_text())["step"] == 4
     assert all(u["thread"] != threading.main_thread().name for u in fake.uploads[:3])  # in the background
     assert not (tmp_path / "run" / hub_sync.STAGING_DIR).exists()  # staging cleaned up

@@ -2,6 +2,9 @@
 request loads with peft, a resume is bitwise, and bad settings are named."""
 
 import json
+import os
+import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,9 +74,27 @@ def test_merged_export_and_saved_adapter_compute_the_adapted_model(tiny_clip_pat
 
 
 @pytest.mark.slow
-def test_training_writes_the_adapter_on_request(tiny_clip_path, tmp_path, single_thread):
+def test_training_writes_the_adapter_on_request(tiny_clip_path, tmp_path, single_thread, monkeypatch):
+    import aft_hf.outputs as outputs
+
     data = write_png_folder(tmp_path / "imgs", 8)
-    final = train(_cfg(tiny_clip_path, data, tmp_path / "run", "--max_steps", "1", "--lora.save_adapter"))
+    replace_dir, moved = outputs.replace_dir, []
+
+    def recording_replace_dir(tmp, final):  # what the export holds when it is moved into place
+        moved.append(sorted(p.relative_to(tmp).as_posix() for p in Path(tmp).rglob("*")))
+        return replace_dir(tmp, final)
+
+    monkeypatch.setattr(outputs, "replace_dir", recording_replace_dir)
+    previous = os.umask(0o022)
+    try:
+        final = train(_cfg(tiny_clip_path, data, tmp_path / "run", "--max_steps", "1", "--lora.save_adapter"))
+    finally:
+        os.umask(previous)
+    # the adapter is part of the export moved into place at once, with the umask's modes like every other file
+    assert "adapter/adapter_model.safetensors" in moved[-1]
+    modes = {p.relative_to(final).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in final.rglob("*")}
+    assert {m for p, m in modes.items() if (final / p).is_file()} == {"0o644"}, modes
+    assert {m for p, m in modes.items() if (final / p).is_dir()} == {"0o755"}, modes
     assert (final / "adapter" / "adapter_config.json").is_file()
     assert (final / "adapter" / "adapter_model.safetensors").is_file()
     # the adapter says what it is (peft's README template would not); a local base's path is not written into it
@@ -131,6 +152,9 @@ def test_bad_lora_settings_are_named(tiny_clip_path):
     assert "lora.dropout" in str(e.value) and "lora.target_modules" in str(e.value)
     from aft_hf.config import LoraConfig
 
+    with pytest.raises(ConfigError) as e:  # a negative rank does not hide the adapter's other problems
+        load_config(None, ["--lora.r", "-2", "--lora.dropout", "1.5", "--lora.alpha", "0"])
+    assert all(name in str(e.value) for name in ("lora.r", "lora.dropout", "lora.alpha"))
     encoder = load_image_encoder(str(tiny_clip_path))
     with pytest.raises(LoraError, match="query"):
         apply_lora(encoder.vision, LoraConfig(r=2, target_modules=["query"]))

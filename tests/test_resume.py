@@ -221,6 +221,29 @@ def test_two_spellings_of_one_folder_are_no_change(tmp_path, monkeypatch):
     assert check_resume_config(ckpt, load_config(None, ["--model.name_or_path", str(tmp_path / "m48")])) == []
 
 
+def test_saved_relative_paths_are_relative_to_the_run_that_saved_them(tiny_clip_path, numbered, tmp_path, monkeypatch,
+                                                                     single_thread):
+    """The issue: a run started in /tmp/x with `--data.dataset ./imgs` was refused as a "never" change when resumed
+    from /tmp/x/out with `--data.dataset /tmp/x/imgs` (the saved './imgs' was resolved against /tmp/x/out)."""
+    work = tmp_path / "x"
+    work.mkdir()
+    (work / "imgs").symlink_to(numbered, target_is_directory=True)
+    (work / "model").symlink_to(tiny_clip_path, target_is_directory=True)
+    monkeypatch.chdir(work)
+    train(cfg_for("./model", "./imgs", "./out/sp/", "--optim.batch_size", "4", "--max_steps", "1"))
+    monkeypatch.chdir(work / "out")
+    (work / "out" / "imgs").mkdir()  # another folder under the saved spelling: still another data set
+    with pytest.raises(ConfigError, match=r"data.dataset: './imgs' -> '.*/x/out/imgs'"):
+        train(cfg_for("../model", work / "out" / "imgs", "sp", "--optim.batch_size", "4", "--max_steps", "2",
+                      "--resume_from_checkpoint", "latest"))
+    with pytest.raises(ConfigError, match=r"data.dataset: './imgs' in .*/x -> './imgs' in .*/x/out \(another folder\)"):
+        train(cfg_for("../model", "./imgs", "sp", "--optim.batch_size", "4", "--max_steps", "2",
+                      "--resume_from_checkpoint", "latest"))
+    final = train(cfg_for(work / "model", work / "imgs", "sp", "--optim.batch_size", "4", "--max_steps", "2",
+                          "--resume_from_checkpoint", "latest"))
+    assert json.loads((final.parent / "train_summary.json").read_text())["steps"] == 2
+
+
 def test_kind_of_sections_and_fields():
     assert kind_of("lora.r") is Change.NEVER
     assert kind_of("data.num_workers") is Change.FREE and kind_of("data.dataset") is Change.NEVER

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 import yaml
@@ -71,6 +72,13 @@ def test_checkpoint_contents_and_fresh_run_refused(tiny_clip_path, data, tmp_pat
         train(cfg)
     args = ["train", "--config", str(ckpt / "aft_config.yaml")]
     assert cli_main(args) == 2 and "already holds checkpoints" in capsys.readouterr().err
+    shutil.copytree(out, tmp_path / "lw")  # the same finished run with its checkpoints deleted
+    shutil.rmtree(tmp_path / "lw" / "checkpoints")
+    weights = (tmp_path / "lw" / "final" / "model.safetensors").read_bytes()
+    for resume in ([], ["--resume_from_checkpoint", "latest"]):
+        with pytest.raises(CheckpointError, match="already holds the finished model of another run"):
+            train(small_cfg(tiny_clip_path, data, tmp_path / "lw", "--max_steps", "1", *resume))
+    assert (tmp_path / "lw" / "final" / "model.safetensors").read_bytes() == weights
     stale = out / "checkpoints" / ".tmp_step_00000099"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"half")
@@ -131,3 +139,38 @@ def test_foreign_final_folder_is_refused_before_loading(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match="not written by aft_hf"):
         train(load_config(None, ["--output_dir", str(tmp_path / "run"), "--report_to", "none"]))
     assert (final / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("held", [("final",), ("summary",), ("final", "summary")])
+def test_finished_model_without_checkpoints_is_refused(tmp_path, monkeypatch, capsys, held):
+    """The issue: with `checkpoints/` gone, a new run (or `--resume_from_checkpoint latest`, which then starts
+    from scratch) silently replaced the earlier run's `final/` and `train_summary.json`. Refused now, in one
+    line, before the model is loaded, unless --overwrite_output_dir."""
+    from aft_hf.guards import refuse_other_runs
+    from aft_hf.outputs import write_marker
+
+    def no_model(*a, **k):
+        raise AssertionError("the model must not be loaded: the check comes first")
+
+    monkeypatch.setattr(train_mod, "load_image_encoder", no_model)
+    monkeypatch.setattr(train_mod, "load_model_config", no_model)
+    out = tmp_path / "run"
+    out.mkdir()
+    if "final" in held:
+        (out / "final").mkdir()
+        (out / "final" / "model.safetensors").write_bytes(b"the earlier run's weights")
+        write_marker(out / "final", "aft_hf export_pretrained")
+    if "summary" in held:
+        (out / "train_summary.json").write_text('{"steps": 4}')
+    base = ["train", "--output_dir", str(out), "--report_to", "none", "--cpu", "true"]
+    for resume in ([], ["--resume_from_checkpoint", "latest"]):
+        with pytest.raises(CheckpointError, match="already holds the finished model of another run"):
+            train(load_config(None, base[1:] + resume))
+        assert cli_main(base + resume) == 2
+        err = capsys.readouterr().err.strip()
+        assert "already holds the finished model of another run" in err and "--overwrite_output_dir" in err
+        assert len(err.splitlines()) == 1
+    assert "final" not in held or (out / "final" / "model.safetensors").read_bytes() == b"the earlier run's weights"
+    assert "summary" not in held or (out / "train_summary.json").read_text() == '{"steps": 4}'
+    refuse_other_runs(out, None, overwrite=True)  # the way to start afresh there
+    refuse_other_runs(out, str(tmp_path / "elsewhere" / "step_00000004"), overwrite=False)  # an explicit resume

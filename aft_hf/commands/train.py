@@ -9,6 +9,7 @@ import textwrap
 from ..config import AMBIGUOUS, load_config
 from ..config_help import format_aliases, format_fields
 from ..guards import TrainingStopped
+from ..launch import resolved_for_print
 from ..recipes import format_recipes
 from ..train import train
 
@@ -21,7 +22,8 @@ def add_subcommand(subparsers) -> None:
                     "(or a unique field name alone, e.g. --lr 2e-5 or --resume_from_checkpoint latest).")
     p.add_argument("--config", help="YAML file, or a shipped recipe by name (e.g. tiny_offline; "
                                     "see --list-configs); defaults fill missing fields")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (as this launch would run and save it) and exit")
     p.add_argument("--list-configs", action="store_true", help="list the shipped recipes and exit")
     p.set_defaults(func=_cli_train, accepts_overrides=True)
     describe_config_cli(p)
@@ -33,7 +35,7 @@ def _cli_train(args, overrides: list[str]) -> int:
         return 0
     cfg = load_config(args.config, overrides)
     if args.print_config:
-        print(cfg.to_yaml())
+        print(resolved_for_print(cfg))
         return 0
     try:
         print(f"exported: {train(cfg)}")

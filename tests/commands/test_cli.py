@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 from accelerate.utils import DistributedType
 
 from aft_hf import launch
@@ -132,11 +133,29 @@ def test_bare_boolean_means_true(flag, get):
 def test_per_device_batch_becomes_the_global_batch():
     cfg = load_config(None, ["--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2"])
     fake = SimpleNamespace(distributed_type=DistributedType.MULTI_GPU, mixed_precision="no",
-                           device=torch.device("cpu"), num_processes=3)
+                           device=torch.device("cpu"), num_processes=3, is_main_process=True)
     apply_launch(cfg, fake)
     assert cfg.optim.batch_size == 4 * 3 * 2 and cfg.optim.per_device_batch_size == 4
     with pytest.raises(ConfigError, match="not both"):
         load_config(None, ["--per_device_train_batch_size", "4", "--optim.batch_size", "8"])
+
+
+@pytest.mark.slow
+def test_print_config_is_the_config_the_run_saves(tmp_path, capsys, monkeypatch, single_thread):
+    """The issue: `--per_device_train_batch_size 4 --print-config` printed `batch_size: 32` (the recipe's) while the
+    run trained with a global batch of 4 and saved `batch_size: 4` in aft_config.yaml."""
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    args = _train_args(tmp_path, "--per_device_train_batch_size", "4", "--max_steps", "1", "--warmup_steps", "0",
+                       "--logging.report_to", "none", "--data.max_samples", "8")
+    code, printed, _ = run_cli([*args, "--print-config"], capsys)
+    assert code == 0 and "# optim.batch_size resolved for this launch: per_device_batch_size 4 x 1 process" in printed
+    assert run_cli(args, capsys)[0] == 0
+    saved = (tmp_path / "out" / "final" / "aft_config.yaml").read_text()
+    assert yaml.safe_load(printed) == yaml.safe_load(saved)
+    assert yaml.safe_load(printed)["optim"]["batch_size"] == 4
+    monkeypatch.setenv("WORLD_SIZE", "3")  # what `accelerate launch` sets: the global batch of that launch
+    code, printed, _ = run_cli([*args, "--print-config"], capsys)
+    assert "4 x 3 process(es)" in printed and yaml.safe_load(printed)["optim"]["batch_size"] == 12
 
 
 # --------------------------------------------------------------------------- recipes
