@@ -11,6 +11,7 @@ A local folder is one of three things, told apart by what it holds:
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Optional
@@ -21,6 +22,8 @@ from PIL import Image
 from ..config import DataConfig
 from ..env import datasets_offline
 from .errors import DataError
+
+logger = logging.getLogger("aft_hf.data")
 
 TABLE_SUFFIXES = (".parquet", ".arrow")
 
@@ -86,11 +89,51 @@ def _load_imagefolder(data_dir: Optional[str], cfg: DataConfig):
     if not data_dir or not Path(data_dir).is_dir():
         raise DataError(f"imagefolder needs data.data_dir pointing to a folder of images, got {data_dir!r}")
     try:
-        return datasets.load_dataset("imagefolder", data_dir=data_dir, split=cfg.split, streaming=cfg.streaming)
+        ds = datasets.load_dataset("imagefolder", data_dir=data_dir, split=cfg.split, streaming=cfg.streaming)
     except FileNotFoundError as e:  # datasets' EmptyDatasetError: nothing at all in the folder
         raise DataError(f"the folder '{data_dir}' holds no images: {e}") from e
     except ValueError as e:  # e.g. 'Instruction "train" corresponds to no data!'
         raise DataError(f"no images for split '{cfg.split}' in the folder '{data_dir}': {e}") from e
+    _report_inferred_splits(Path(data_dir), cfg.split)
+    return ds
+
+
+def _is_image(path: str, suffixes: set) -> bool:
+    return Path(path).suffix.lower() in suffixes
+
+
+def _report_inferred_splits(folder: Path, split: Optional[str]) -> None:
+    """Say which splits ``datasets`` made of an image folder from its file or folder names, when it made any.
+
+    A file or folder named ``train*``, ``test*``, ``eval*``, ``valid*`` ... makes ``datasets`` split the
+    folder by name, and every image whose name matches no split is left out (30 ``photo*.png`` beside
+    10 ``train_*.png`` train on 10 images). A warning names the splits and the images left out; a folder
+    that splits without leaving any out (``train/`` and ``test/``) gets an info line.
+    """
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    patterns = get_data_patterns(str(folder))
+    if list(patterns) == ["train"] and patterns["train"] == ["**"]:
+        return  # no names matched: the whole folder is the one split 'train'
+    suffixes = set(Image.registered_extensions())
+    counts = {str(k): sum(_is_image(f, suffixes) for f in files)
+              for k, files in DataFilesDict.from_patterns(patterns, base_path=str(folder)).items()}
+    total = sum(_is_image(f, suffixes) for root, dirs, files in os.walk(folder)
+                for f in files if not f.startswith((".", "__")) and not _hidden(Path(root), folder))
+    unsplit = total - sum(counts.values())
+    named = ", ".join(f"'{k}' ({n} images)" for k, n in counts.items())
+    message = f"datasets split the folder '{folder}' by file and folder names into {named}" + (
+        f"; split '{split}' reads {counts.get(split, 0)} of its {total} images" if split else "")
+    if unsplit > 0:
+        logger.warning("%s, and %d images whose names match no split are left out: rename or move them into "
+                       "train/ (and test/) folders to train on them", message, unsplit)
+    else:
+        logger.info(message)
+
+
+def _hidden(root: Path, folder: Path) -> bool:
+    """Whether ``root`` lies in a folder that ``datasets`` ignores (hidden, or ``__``-prefixed) below ``folder``."""
+    return any(part.startswith((".", "__")) for part in root.relative_to(folder).parts)
 
 
 def _load_hub(name: str, cfg: DataConfig, token: Optional[str]):

@@ -46,3 +46,24 @@ def test_paths_that_cannot_be_a_data_set_are_named(tmp_path):
             load_source(DataConfig(dataset=typo))
     with pytest.raises(DataError, match="imagefolder needs data.data_dir"):
         load_source(DataConfig(dataset="imagefolder"))
+
+
+def test_splits_inferred_from_file_names_are_reported(tmp_path, caplog):
+    """30 photo*.png beside 10 train_*.png and 10 test_*.png: datasets trains on the 10 train_* only; a warning
+    names the splits and the 30 images left out. Folders train/ and test/ leave none out: no warning."""
+    folder = write_png_folder(tmp_path / "names", 30)
+    for prefix in ("train_", "test_"):
+        write_png_folder(tmp_path / prefix, 10)
+        for f in (tmp_path / prefix / "a").iterdir():
+            f.rename(folder / "a" / f"{prefix}{f.name}")
+    assert len(load_source(DataConfig(dataset=str(folder)))) == 10
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "'train' (10 images), 'test' (10 images)" in warned[0]
+    assert "split 'train' reads 10 of its 50 images, and 30 images whose names match no split are left out" in warned[0]
+    caplog.clear()
+    for split in ("train", "test"):
+        write_png_folder(tmp_path / "dirs" / split, 3)
+    assert len(load_source(DataConfig(dataset=str(tmp_path / "dirs")))) == 3
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(load_source(DataConfig(dataset=str(write_png_folder(tmp_path / "plain", 4))))) == 4
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
