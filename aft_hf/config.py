@@ -82,8 +82,8 @@ class DataConfig:
     """Where training images come from. Labels are read only by an objective that needs them (`tecoa`)."""
 
     dataset: str = "ILSVRC/imagenet-1k"
-    """Hub dataset id; a local folder of images, of parquet/arrow shards (as `hf download` leaves a
-    Hub dataset) or written by `save_to_disk`; `imagefolder` (with `data_dir`); or `builtin:shapes`."""
+    """Hub dataset id; a local folder of images, of parquet/arrow or webdataset `.tar` shards (as `hf download`
+    leaves a Hub dataset) or written by `save_to_disk`; `imagefolder` (with `data_dir`); or `builtin:shapes`."""
     data_dir: Optional[str] = None
     """Folder of images for `imagefolder` (passed to `datasets.load_dataset`)."""
     config_name: Optional[str] = None

@@ -2,11 +2,13 @@
 
 import datasets
 import pytest
+import torch
 
 from aft_hf.config import DataConfig
+from aft_hf.data import build_dataloader
 from aft_hf.data.errors import DataError
 from aft_hf.data.sources import load_source, local_format
-from tests.image_helpers import write_png_folder
+from tests.image_helpers import write_png_folder, write_webdataset_shards
 
 
 def test_local_format_by_content(tmp_path):
@@ -67,3 +69,24 @@ def test_splits_inferred_from_file_names_are_reported(tmp_path, caplog):
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(load_source(DataConfig(dataset=str(write_png_folder(tmp_path / "plain", 4))))) == 4
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_webdataset_shards_train_with_images_and_labels(tmp_path, streaming):
+    """A folder of webdataset tars (as `hf download` leaves a webdataset data set): the jpg of each sample is the
+    image, its .cls the label; the split comes from the shard names."""
+    wds = write_webdataset_shards(tmp_path / "wds", ["train-0000.tar", "train-0001.tar"])
+    assert local_format(wds) == "webdataset"
+    loader = build_dataloader(DataConfig(dataset=str(wds), streaming=streaming), 32, batch_size=4, seed=0,
+                              label_column="label", num_classes=3)
+    batches = list(loader)
+    assert len(batches) == 3 and batches[0]["pixel_values"].shape == (4, 3, 32, 32)
+    assert sorted(torch.cat([b["labels"] for b in batches]).tolist()) == [0] * 4 + [1] * 4 + [2] * 4
+    assert sum(int(b["skipped"]) for b in batches) == 0
+
+
+def test_webdataset_with_two_image_keys_asks_for_one(tmp_path):
+    wds = write_webdataset_shards(tmp_path / "wds", ["train-0000.tar"], formats=("png", "jpg"))
+    with pytest.raises(DataError, match=r"several image keys \(png, jpg\): set data.image_column"):
+        load_source(DataConfig(dataset=str(wds)))
+    assert "jpg" in load_source(DataConfig(dataset=str(wds), image_column="jpg")).column_names
