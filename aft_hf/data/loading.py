@@ -3,7 +3,8 @@
 Images are decoded by us, not by ``datasets`` (the column is cast to ``Image(decode=False)``),
 so one corrupt or hostile file is skipped and counted instead of ending the run (any exception
 from decoding, after a header check of its size). A skipped sample is replaced by the next
-readable one, which keeps every batch full (and DDP in step). The share of skipped samples is
+readable one, which keeps every batch full (and DDP in step); it is counted when it is drawn, once per
+epoch, never when a search for a replacement passes over it. The share of skipped samples is
 bounded by ``data.max_bad_fraction``.
 
 A streamed epoch is fast-forwarded on resume by the number of *records read* (unreadable ones
