@@ -143,8 +143,9 @@ def resolve_checkpoint(spec: Optional[str], output_dir: os.PathLike) -> Optional
         if not (path / PROGRESS_FILE).is_file():
             from .config import ConfigError
 
-            raise ConfigError([f"checkpoint.resume_from_checkpoint: '{spec}' is not a complete aft_hf checkpoint "
-                               f"(no {PROGRESS_FILE}); use 'latest' or a folder under <output_dir>/checkpoints"])
+            why = "does not exist" if not path.exists() else f"is not a complete aft_hf checkpoint (no {PROGRESS_FILE})"
+            raise ConfigError([f"checkpoint.resume_from_checkpoint: '{spec}' {why}; use 'latest' or a folder under "
+                               "<output_dir>/checkpoints"])
         return path, check_checkpoint(path)
     found = list_checkpoints(output_dir)
     for path in reversed(found):

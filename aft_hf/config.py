@@ -82,8 +82,8 @@ class DataConfig:
     """Where training images come from. Labels are read only by an objective that needs them (`tecoa`)."""
 
     dataset: str = "ILSVRC/imagenet-1k"
-    """Hub dataset id; a local folder of images, of parquet/arrow shards (as `hf download` leaves a
-    Hub dataset) or written by `save_to_disk`; `imagefolder` (with `data_dir`); or `builtin:shapes`."""
+    """Hub dataset id; a local folder of images, of parquet/arrow or webdataset `.tar` shards (as `hf download`
+    leaves a Hub dataset) or written by `save_to_disk`; `imagefolder` (with `data_dir`); or `builtin:shapes`."""
     data_dir: Optional[str] = None
     """Folder of images for `imagefolder` (passed to `datasets.load_dataset`)."""
     config_name: Optional[str] = None
@@ -682,9 +682,30 @@ def validate(cfg: TrainConfig) -> list[str]:
     p.extend(_validate_eval_and_hub(cfg))
     p.extend(_local_markers(cfg))
     p.extend(_validate_run(cfg))
+    p.extend(_output_inside_data(cfg))
     from .objectives import objective_problems
 
     p.extend(objective_problems(cfg))
+    return p
+
+
+def _output_inside_data(cfg: TrainConfig) -> list[str]:
+    """An ``output_dir`` that is, or lies inside, a local data folder: refused.
+
+    ``datasets`` reads such a folder whole and infers its splits from file names, so the run's own files
+    (``train_summary.json``, ``checkpoints/*/eval_history.json``) would become data, or split the folder
+    into 'train' and 'test' and break it as a data set on the next run or resume. Data inside output_dir
+    is fine (nothing the run writes lands in it).
+    """
+    out = Path(cfg.checkpoint.output_dir).expanduser().resolve()
+    folders = [("data.dataset", cfg.data.dataset), ("data.data_dir", cfg.data.data_dir),
+               ("eval.eval_dataset", cfg.eval.eval_dataset), ("eval.eval_data_dir", cfg.eval.eval_data_dir)]
+    p = []
+    for key, value in folders:
+        folder = Path(value).expanduser() if value and value != "imagefolder" else None
+        if folder is not None and folder.is_dir() and (out == folder.resolve() or folder.resolve() in out.parents):
+            p.append(f"output_dir '{cfg.checkpoint.output_dir}' lies inside the data folder {key} '{value}': the run's files "
+                     "would be read as data and break it as a data set; choose an output_dir outside it")
     return p
 
 

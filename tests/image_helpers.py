@@ -28,3 +28,33 @@ def write_mixed_folder(root):
     Image.new("CMYK", (40, 40), (0, 255, 255, 0)).save(folder / "cmyk.jpg")
     (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
     return root / "mixed"
+
+
+def write_webdataset_shards(folder, names, per_shard: int = 6, classes: int = 3, formats=("jpg",), seed: int = 0):
+    """Webdataset tars ``folder/<name>`` (e.g. ``train-0000.tar``): samples ``NNN.<format>`` (each of
+    ``formats``) + ``NNN.cls``."""
+    import io
+    import tarfile
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    index = 0
+    for name in names:
+        with tarfile.open(folder / name, "w") as tar:
+            for _ in range(per_shard):
+                picture = Image.fromarray(rng.integers(0, 256, (36, 44, 3), dtype=np.uint8))
+                members = [(f"{index:03d}.{fmt}", _encoded(picture, fmt)) for fmt in formats]
+                for member, data in members + [(f"{index:03d}.cls", str(index % classes).encode())]:
+                    info = tarfile.TarInfo(member)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+                index += 1
+    return folder
+
+
+def _encoded(picture, fmt: str) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    picture.save(out, format=fmt.replace("jpg", "jpeg"))
+    return out.getvalue()

@@ -72,6 +72,25 @@ def test_each_bad_value_has_a_clear_error(override, fragment):
         load_config(CONFIGS / "tiny_offline.yaml", override)
 
 
+def test_output_dir_inside_a_local_data_folder_is_refused(tmp_path, monkeypatch):
+    """datasets would read the run's files (train_summary.json, eval_history.json) as data and split the folder
+    by their names: refused at start, with the other problems; data inside output_dir is fine."""
+    imgs = tmp_path / "imgs"
+    (imgs / "a").mkdir(parents=True)
+    monkeypatch.chdir(imgs)
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIGS / "tiny_offline.yaml", ["--data.dataset", ".", "--output_dir", "out", "--lr", "-1"])
+    assert len(err.value.problems) == 2 and "optim.lr: must be > 0" in str(err.value)
+    assert "output_dir 'out' lies inside the data folder data.dataset '.'" in str(err.value)
+    for key, value in (("data.dataset", str(imgs)), ("data.data_dir", str(imgs)), ("eval.eval_dataset", "a/..")):
+        extra = ["--data.dataset", "imagefolder"] if key == "data.data_dir" else []
+        with pytest.raises(ConfigError, match=f"inside the data folder {key} "):
+            load_config(CONFIGS / "tiny_offline.yaml", extra + [f"--{key}", value, "--output_dir", str(imgs / "a")])
+    monkeypatch.chdir(tmp_path)
+    assert load_config(CONFIGS / "tiny_offline.yaml", ["--data.dataset", "imgs", "--output_dir", "imgs_out"])
+    assert load_config(CONFIGS / "tiny_offline.yaml", ["--data.dataset", "imgs", "--output_dir", "."])
+
+
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,9 @@ def test_bad_resume_path_is_a_clear_error(tiny_clip_path, tmp_path):
     data = write_png_folder(tmp_path / "imgs", 8)
     with pytest.raises(ConfigError, match="not a complete aft_hf checkpoint"):
         train(tiny_cfg(tiny_clip_path, data, tmp_path / "out", "--resume_from_checkpoint", str(tmp_path)))
+    missing = str(tmp_path / "out" / "checkpoints" / "step_99")
+    with pytest.raises(ConfigError, match=re.escape(f"'{missing}' does not exist; use 'latest'")):
+        train(tiny_cfg(tiny_clip_path, data, tmp_path / "out", "--resume_from_checkpoint", missing))
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
 Images are decoded by us, not by ``datasets`` (the column is cast to ``Image(decode=False)``),
 so one corrupt or hostile file is skipped and counted instead of ending the run (any exception
 from decoding, after a header check of its size). A skipped sample is replaced by the next
-readable one, which keeps every batch full (and DDP in step). The share of skipped samples is
+readable one, which keeps every batch full (and DDP in step); it is counted when it is drawn, once per
+epoch, never when a search for a replacement passes over it. The share of skipped samples is
 bounded by ``data.max_bad_fraction``.
 
 A streamed epoch is fast-forwarded on resume by the number of *records read* (unreadable ones
@@ -84,7 +85,17 @@ def _where(value) -> Optional[str]:
 
 
 class DecodedImages(Dataset):
-    """Map-style view: item i is (pixels, skipped, 1), the first readable image at or after i."""
+    """Map-style view: item i is (pixels, skipped, 1), the first readable image at or after i.
+
+    ``skipped`` is 1 when record i itself is unreadable (it is then replaced by the next readable
+    record), else 0: an unreadable file is counted when it is *drawn*, never when a scan for a
+    replacement passes over it, so one epoch counts each unreadable file exactly once (and each
+    epoch again), and the count travels in the batch: exact with any ``num_workers`` and across a
+    resume. :attr:`bad` judges the share of unreadable draws in this process (with worker processes:
+    in each worker, over the draws it made). Records found unreadable are remembered (per process
+    and worker), so they are not decoded again; the replacement of an index is the same whatever
+    is remembered, which keeps the order of a resumed run exact.
+    """
 
     def __init__(self, hf_dataset: datasets.Dataset, column: str, size: Union[int, ImageGeometry],
                  limits: ImageLimits = ImageLimits(), bad: Optional[BadSamples] = None,
@@ -92,21 +103,34 @@ class DecodedImages(Dataset):
         self.ds, self.column, self.size, self.limits = hf_dataset, column, size, limits
         self.bad = bad or BadSamples()
         self.label_column, self.num_classes = label_column, num_classes  # labels: items end with the label
+        self.unreadable: dict[int, tuple[Optional[str], BaseException]] = {}  # record -> (path, error)
 
     def __len__(self) -> int:
         return len(self.ds)
 
+    def _decode(self, i: int):
+        """(example, pixels) of record i, or None when it is unreadable (remembered in :attr:`unreadable`)."""
+        if i in self.unreadable:
+            return None
+        example = self.ds[i]
+        value = example[self.column]
+        try:
+            return example, preprocess(value, self.size, self.limits)
+        except Exception as e:  # any decoder failure on any file: skip it, count it when it is drawn
+            self.unreadable[i] = (_where(value), e)
+            return None
+
     def __getitem__(self, index: int):
-        for skipped in range(min(MAX_CONSECUTIVE_FAILURES, len(self.ds))):
-            example = self.ds[(index + skipped) % len(self.ds)]
-            value = example[self.column]
-            try:
-                pixels = preprocess(value, self.size, self.limits)
-            except Exception as e:  # any decoder failure on any file: skip it, count it
-                self.bad.bad(_where(value), e)
-                continue
-            self.bad.good()
-            return (pixels, skipped, 1) + _label(example, self.label_column, self.num_classes)
+        n = len(self.ds)
+        for step in range(min(MAX_CONSECUTIVE_FAILURES, n)):
+            decoded = self._decode((index + step) % n)
+            if step == 0 and decoded:
+                self.bad.good()
+            elif step == 0:
+                self.bad.bad(*self.unreadable[index % n])
+            if decoded:
+                example, pixels = decoded
+                return (pixels, int(step > 0), 1) + _label(example, self.label_column, self.num_classes)
         raise DataError(f"{MAX_CONSECUTIVE_FAILURES} consecutive unreadable images from index {index}: check the data")
 
     def describe(self) -> str:

@@ -30,19 +30,22 @@ class BadSamples:
         self.read = 0
         self.skipped = 0
         self.last_error: Optional[str] = None
+        self.logged: set[str] = set()  # the samples named in a warning so far (at most max_logged)
 
     def good(self) -> None:
         self.read += 1
 
     def bad(self, where: Optional[str], error: BaseException) -> None:
-        """Count one unreadable sample (``where``: its path or position), log it while under the cap."""
+        """Count one unreadable sample (``where``: its path or position); log it the first time it is
+        seen, while fewer than ``max_logged`` have been named (a file drawn in every epoch is named once)."""
         self.read += 1
         self.skipped += 1
-        name = f" '{where}'" if where else ""
         self.last_error = f"{where or 'a sample'}: {type(error).__name__}: {error}"
-        if self.skipped <= self.max_logged:
-            logger.warning("skipping unreadable image%s: %s", name, error)
-            if self.skipped == self.max_logged:
+        key = where or f"#{self.skipped}"
+        if key not in self.logged and len(self.logged) < self.max_logged:
+            self.logged.add(key)
+            logger.warning("skipping unreadable image%s: %s", f" '{where}'" if where else "", error)
+            if len(self.logged) == self.max_logged:
                 logger.warning("%d unreadable images so far; further ones are counted, not logged", self.skipped)
         self.check()
 

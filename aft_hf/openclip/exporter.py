@@ -73,6 +73,8 @@ def config_problem(folder: Union[str, Path], vision_only: bool = False) -> Optio
     from ..model import _vision_class
 
     folder = Path(folder)
+    if not folder.exists():
+        return f"'{folder}' does not exist: give the folder of a transformers CLIP model (e.g. <output_dir>/final)"
     if not (folder / "config.json").is_file():
         return f"'{folder}' is not a transformers model folder (no config.json)"
     config = AutoConfig.from_pretrained(folder)

@@ -72,6 +72,14 @@ def test_export_refusal_is_the_last_line_without_the_load_table(bare48, tmp_path
     assert _last_line(err).startswith("aft-hf export-openclip: error:") and "no visual projection" in _last_line(err)
 
 
+def test_export_of_a_missing_folder_says_it_does_not_exist(tmp_path, capfd):
+    assert main(["export-openclip", str(tmp_path / "nope_folder"), "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert f"'{tmp_path / 'nope_folder'}' does not exist" in _last_line(capfd.readouterr().err)
+    (tmp_path / "empty").mkdir()
+    assert main(["export-openclip", str(tmp_path / "empty"), "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "is not a transformers model folder (no config.json)" in _last_line(capfd.readouterr().err)
+
+
 def test_model_refusal_is_the_last_line_without_the_load_table(bare48, tmp_path, capfd):
     """A folder that says CLIPVisionModelWithProjection but holds no projection: refused, in one last line."""
     import json

@@ -147,6 +147,25 @@ def test_training_loader_skips_hostile_images_and_any_decode_failure(tmp_path, m
     assert "strip.png" in caplog.text and "huge.png" in caplog.text and "surprise" in caplog.text
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_each_unreadable_file_counts_once_per_epoch(tmp_path, caplog, workers):
+    """4 unreadable files in a row (the last records, so the scan for a replacement wraps around): one epoch
+    counts 4, not 4 + 3 + 2 + 1 as when every file a scan passed over was counted; with worker processes too."""
+    folder = write_png_folder(tmp_path / "d", 28)
+    for c in "abcd":
+        (folder / "a" / f"bad_{c}.png").write_bytes(b"not an image")
+    cfg = DataConfig(dataset=str(folder), max_bad_fraction=0.5, num_workers=workers)
+    loader = build_dataloader(cfg, 32, batch_size=4, seed=0)
+    for epoch in (1, 2):
+        loader.sampler.set_epoch(epoch)
+        batches = list(loader)
+        assert len(batches) == 8 and sum(int(b["skipped"]) for b in batches) == 4
+    if workers == 0:
+        assert (loader.dataset.bad.skipped, loader.dataset.bad.read) == (8, 64)
+        named = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping unreadable")]
+        assert sorted(m.split("'")[1].rsplit("/", 1)[1] for m in named) == [f"bad_{c}.png" for c in "abcd"]
+
+
 def test_exif_orientation_is_applied_and_boxes_line_up(tmp_path):
     """Stored 40 wide x 20 high, red left half; Orientation=6 shows it 20 x 40 with red on top."""
     stored = Image.new("RGB", (40, 20), BLUE)
@@ -291,10 +310,10 @@ def test_train_and_evaluate_on_parquet_and_save_to_disk(tiny_clip_path, saved_fo
 
     for name in ("parquet", "saved"):
         cfg = load_config(None, ["--model.name_or_path", str(tiny_clip_path), "--data.dataset", str(saved_forms[name]),
-                                 "--output_dir", str(tmp_path / name), "--optim.batch_size", "4", "--max_steps", "2",
+                                 "--output_dir", str(tmp_path / f"out_{name}"), "--optim.batch_size", "4", "--max_steps", "2",
                                  "--warmup_steps", "1", "--attack.steps", "1", "--logging.report_to", "none"])
         assert (train(cfg) / "model.safetensors").is_file()
-        summary = json.loads((tmp_path / name / "train_summary.json").read_text())
+        summary = json.loads((tmp_path / f"out_{name}" / "train_summary.json").read_text())
         assert summary["steps"] == 2 and summary["images_seen_per_process"] == [8]
     out = tmp_path / "report"
     rc = main(["evaluate", "--model", str(tiny_clip_path), "--dataset", str(saved_forms["hub"]), "--max-samples", "8",
