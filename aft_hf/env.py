@@ -12,6 +12,12 @@ def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().upper() in _TRUE
 
 
+def launcher_precision(default: str = "no") -> str:
+    """The precision ``accelerate launch --mixed_precision`` (or its config) asked for, normalised:
+    ``ACCELERATE_MIXED_PRECISION`` stripped and lower-cased, ``default`` when unset or empty."""
+    return (os.environ.get("ACCELERATE_MIXED_PRECISION") or default).strip().lower()
+
+
 def hub_offline() -> bool:
     """``HF_HUB_OFFLINE`` is set (in the environment, or as huggingface_hub read it at import): nothing can be
     fetched from (or pushed to) the Hub."""

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from .config import MIXED_PRECISION, TrainConfig
-from .env import emulated_bf16_warning, env_flag
+from .env import emulated_bf16_warning, env_flag, launcher_precision
 from .errors import AftError
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class LaunchError(AftError, RuntimeError):
 
 def requested_precision(cfg: TrainConfig) -> str:
     """What precision the run will ask accelerate for: the config's, else the launcher's, else `no`."""
-    return cfg.optim.mixed_precision or (os.environ.get("ACCELERATE_MIXED_PRECISION") or "no").strip().lower()
+    return cfg.optim.mixed_precision or launcher_precision()
 
 
 def accelerator_precision(cfg: TrainConfig) -> Optional[str]:
@@ -112,7 +112,7 @@ def apply_launch(cfg: TrainConfig, accelerator) -> None:
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
     if cfg.optim.mixed_precision and launcher and launcher.lower() != cfg.optim.mixed_precision:
         logger.warning("optim.mixed_precision=%s overrides the launcher's %s", cfg.optim.mixed_precision, launcher)
-    if getattr(accelerator, "is_main_process", True) and (warning := emulated_bf16_warning(accelerator.device.type, effective)):
+    if accelerator.is_main_process and (warning := emulated_bf16_warning(accelerator.device.type, effective)):
         logger.warning("optim.mixed_precision bf16: %s", warning)
     cfg.optim.mixed_precision = effective
     resolve_global_batch(cfg, accelerator.num_processes)

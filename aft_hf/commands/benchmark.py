@@ -8,7 +8,6 @@ models over a named suite or the user's webdataset copies.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 from typing import Iterator
@@ -17,6 +16,7 @@ from ..benchmark.errors import BenchmarkError, BenchmarkStopped
 from ..benchmark.protocol import Protocol
 from ..benchmark.runner import DatasetRequest
 from ..benchmark.suites import SUITES, suite_datasets
+from ..env import launcher_precision
 from . import DefaultsHelpFormatter
 
 MIXED_PRECISIONS = {"no": "fp32", "bf16": "bf16"}  # --mixed-precision -> Protocol.precision
@@ -80,7 +80,7 @@ def _precision(args) -> str:
             raise BenchmarkError(f"--bf16 and --mixed-precision {asked} contradict each other: give one of them")
         asked = "bf16"
     if asked is None:
-        launcher = (os.environ.get("ACCELERATE_MIXED_PRECISION") or "no").strip().lower()
+        launcher = launcher_precision()
         if launcher not in MIXED_PRECISIONS:
             raise BenchmarkError(f"ACCELERATE_MIXED_PRECISION={launcher!r} (accelerate launch --mixed_precision?): the "
                                  f"benchmark runs in {' or '.join(MIXED_PRECISIONS)}; pass --mixed-precision to choose")

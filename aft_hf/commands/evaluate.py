@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ..data.images import image_geometry
-from ..env import emulated_bf16_warning
+from ..env import emulated_bf16_warning, launcher_precision
 from ..evaluate.apgd import AUTOCAST_DTYPES
 from ..evaluate.boxes import BOX_FORMATS, BOX_UNITS
 from ..evaluate.classnames import is_imagenet_1k, names_from_feature, resolve_classnames, resolve_templates
@@ -106,7 +105,7 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--attack-targets", type=int, default=ATTACK_TARGETS,
                    help="APGD-T: target classes (the highest-ranked other classes; 0 = APGD-CE only)")
     p.add_argument("--mixed-precision", choices=list(AUTOCAST_DTYPES),
-                   default=os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower(),
+                   default=launcher_precision(),
                    help="autocast of the robust-accuracy attack's forward passes (bf16 on CPUs with AVX-512 bf16 / "
                         "AMX, or on GPUs; fp16 on CUDA only); default: accelerate's ACCELERATE_MIXED_PRECISION or no")
     p.add_argument("--attack-compile", action="store_true",
@@ -243,7 +242,6 @@ def _cli_evaluate(args, extra) -> int:
               else "world.json (aft-hf world sample)" if world
               else "the labels' class names, sorted" if named else "dataset ClassLabel")
     templates = resolve_templates(args.templates, names)
-    data = data.for_class_names(names)  # labels given as class names: looked up in the run's names
     options = {"robust": {"eps": args.eps, "steps": args.attack_steps, "attack": args.robust_attack,
                           "restarts": args.attack_restarts, "targets": args.attack_targets,
                           "mixed_precision": args.mixed_precision, "compile": args.attack_compile},
