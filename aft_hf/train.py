@@ -297,6 +297,18 @@ def train(cfg: TrainConfig) -> Path:
 def _train(cfg: TrainConfig, output_dir: Path) -> Path:
     check_training_environment(cfg)  # missing tracker, fp16 on CPU, FSDP/DeepSpeed: refused before anything loads
     accelerator = build_accelerator(cfg, output_dir)
+    final = _run_training(cfg, accelerator, output_dir)  # the model, its DDP wrapper and the loop die with its frame
+    # end_training destroys the process group. A DDP wrapper still alive then would hold its last reference, and
+    # destroying it from there joins gloo's worker threads with the GIL held: a worker that still needs the GIL
+    # to free the last collective's tensors deadlocks both (seen ~1 run in 10 at the end of a 2-process CPU run).
+    # Released first, the wrapper never holds the last reference, and torch frees the group without the GIL.
+    accelerator.free_memory()  # its own references, and a gc pass for any cycle
+    accelerator.end_training()
+    return final
+
+
+def _run_training(cfg: TrainConfig, accelerator: Accelerator, output_dir: Path) -> Path:
+    """Everything from the launch checks to the pushed export; returns ``<output_dir>/final``."""
     apply_launch(cfg, accelerator)  # records the effective precision and global batch in cfg
     batch_size = per_device_batch_size(cfg, accelerator.num_processes)
     preflight(cfg, accelerator)  # writable output, hub reachable + token, no foreign checkpoints
@@ -350,7 +362,6 @@ def _train(cfg: TrainConfig, output_dir: Path) -> Path:
         from .hub import push_model
 
         push_model(final, cfg.hub.hub_model_id, private=cfg.hub.private)  # same folder + card as `aft-hf push`
-    accelerator.end_training()
     return final
 
 

@@ -161,3 +161,32 @@ def test_tensorboard_tracker_logs_metrics(tiny_clip_path, tmp_path):
     blob = b"".join(p.read_bytes() for p in events)
     for tag in (b"train/loss", b"train/clean_distance", b"train/lr", b"train/images_per_s", b"data/skipped_images"):
         assert tag in blob, tag
+
+
+def test_model_released_before_the_process_group_is_destroyed(tiny_clip_path, tmp_path, monkeypatch):
+    """accelerate's end_training destroys the process group; a DDP wrapper alive then holds the group's last
+    reference and joins gloo's threads with the GIL held (a deadlock seen at the end of 2-process CPU runs).
+    So nothing the trainer prepared may outlive the loop: every prepared module is gone by end_training."""
+    import weakref
+
+    from accelerate import Accelerator
+
+    prepared, alive_at_end = [], []
+    original_prepare, original_end = Accelerator.prepare, Accelerator.end_training
+
+    def prepare(self, *objects, **kwargs):
+        out = original_prepare(self, *objects, **kwargs)
+        prepared.extend(weakref.ref(o) for o in (out if isinstance(out, tuple) else (out,))
+                        if isinstance(o, torch.nn.Module))
+        return out
+
+    def end_training(self):
+        alive_at_end.extend(r() for r in prepared if r() is not None)
+        return original_end(self)
+
+    monkeypatch.setattr(Accelerator, "prepare", prepare)
+    monkeypatch.setattr(Accelerator, "end_training", end_training)
+    data = write_png_folder(tmp_path / "imgs", 8)
+    train(tiny_cfg(tiny_clip_path, data, tmp_path / "out", "--max_steps", "2", "--checkpointing_steps", "2"))
+    assert prepared, "the trainer prepared no module: the spy is not on the trainer's path"
+    assert not alive_at_end, [type(m).__name__ for m in alive_at_end]
