@@ -40,7 +40,7 @@ from .checkpointing import (  # noqa: F401
 )
 from .config import ConfigError, TrainConfig
 from .constants import CONFIG_CHANGES_FILE, CONFIG_FILE, SUMMARY_FILE
-from .data import build_dataloader, epoch_position, image_geometry, resume_position, stream_positions, watch_stalls
+from .data import build_dataloader, check_source, epoch_position, image_geometry, resume_position, stream_positions, watch_stalls
 from .errors import AftError
 from .files import write_json
 from .guards import NonFiniteGuard, StopOnSignal, TrainingStopped, preflight, require_finite_weights
@@ -311,6 +311,7 @@ def _run_training(cfg: TrainConfig, accelerator: Accelerator, output_dir: Path) 
     """Everything from the launch checks to the pushed export; returns ``<output_dir>/final``."""
     apply_launch(cfg, accelerator)  # records the effective precision and global batch in cfg
     batch_size = per_device_batch_size(cfg, accelerator.num_processes)
+    check_source(cfg.data)  # a local data folder that is not there: before any checkpoint is touched or model loaded
     preflight(cfg, accelerator)  # writable output, hub reachable + token, no foreign checkpoints
     load_model_config(cfg.model.name_or_path, cfg.model.revision)  # no weights: a mistyped model fails fast
     resume_path, progress = find_resume_point(cfg, output_dir)

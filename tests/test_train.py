@@ -190,3 +190,24 @@ def test_model_released_before_the_process_group_is_destroyed(tiny_clip_path, tm
     train(tiny_cfg(tiny_clip_path, data, tmp_path / "out", "--max_steps", "2", "--checkpointing_steps", "2"))
     assert prepared, "the trainer prepared no module: the spy is not on the trainer's path"
     assert not alive_at_end, [type(m).__name__ for m in alive_at_end]
+
+
+def test_missing_data_folder_is_refused_before_the_model_loads(tiny_clip_path, tmp_path, monkeypatch):
+    """A ViT-L takes a minute to load: a mistyped local data folder is refused before that, and before
+    --overwrite_output_dir clears anything."""
+    import aft_hf.train as trainer
+    from aft_hf.data import DataError
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data folder was checked")
+
+    monkeypatch.setattr(trainer, "load_model_config", no_model)
+    monkeypatch.setattr(trainer, "load_image_encoder", no_model)
+    kept = tmp_path / "out" / "checkpoints" / "step_00000006"
+    kept.mkdir(parents=True)
+    for missing in (tmp_path / "no-such-images", tmp_path / "a-file.png"):
+        if missing.suffix:
+            missing.write_bytes(b"not a folder")
+        with pytest.raises(DataError, match="there is no folder|is a file"):
+            train(tiny_cfg(tiny_clip_path, missing, tmp_path / "out", "--overwrite_output_dir", "true"))
+    assert kept.is_dir()

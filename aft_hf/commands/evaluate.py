@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from ..config import DataConfig
+from ..data import check_source
 from ..data.images import image_geometry
 from ..env import emulated_bf16_warning, launcher_precision
 from ..evaluate.apgd import AUTOCAST_DTYPES
@@ -220,6 +222,7 @@ def _launch(device: str) -> tuple:
 
 def _cli_evaluate(args, extra) -> int:
     metrics = _check_options(args)  # before loading models and data
+    check_source(DataConfig(dataset=args.dataset, data_dir=args.data_dir))  # a missing folder, before the models load
     check_shardable(metrics, launched_processes())
     device, shard, acc = _launch(args.device)
     if "robust" in metrics and (warning := emulated_bf16_warning(device.type, args.mixed_precision)):

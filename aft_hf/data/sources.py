@@ -112,9 +112,13 @@ def _load_webdataset(folder: Path, cfg: DataConfig):
     return ds.rename_columns(renames) if renames else ds
 
 
-def _load_imagefolder(data_dir: Optional[str], cfg: DataConfig):
+def _require_data_dir(data_dir: Optional[str]) -> None:
     if not data_dir or not Path(data_dir).is_dir():
         raise DataError(f"imagefolder needs data.data_dir pointing to a folder of images, got {data_dir!r}")
+
+
+def _load_imagefolder(data_dir: Optional[str], cfg: DataConfig):
+    _require_data_dir(data_dir)
     try:
         ds = datasets.load_dataset("imagefolder", data_dir=data_dir, split=cfg.split, streaming=cfg.streaming)
     except FileNotFoundError as e:  # datasets' EmptyDatasetError: nothing at all in the folder
@@ -184,14 +188,33 @@ def load_source(cfg: DataConfig, token: Optional[str] = None):
     name = resolve_builtin_dataset(cfg.dataset)
     if name == "imagefolder":
         return _load_imagefolder(cfg.data_dir, cfg)
-    folder = Path(name).expanduser()
-    if not folder.is_dir():
-        if folder.is_file():
-            raise DataError(f"data set '{name}' is a file; give the folder that holds it")
-        if name.startswith((".", "/", "~")) or name.endswith(("/", "\\")) or name.count("/") > 1:  # no Hub id looks so
-            raise DataError(f"there is no folder '{name}'; give an existing folder or a Hub dataset id")
+    folder = _local_folder(name)
+    if folder is None:
         return _load_hub(name, cfg, token)
     return LOADERS[local_format(folder)](folder, cfg)
+
+
+def _local_folder(name: str) -> Optional[Path]:
+    """The local folder ``name`` names; None for a Hub id. A path that is no folder is refused."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return folder
+    if folder.is_file():
+        raise DataError(f"data set '{name}' is a file; give the folder that holds it")
+    if name.startswith((".", "/", "~")) or name.endswith(("/", "\\")) or name.count("/") > 1:  # no Hub id looks so
+        raise DataError(f"there is no folder '{name}'; give an existing folder or a Hub dataset id")
+    return None
+
+
+def check_source(cfg: DataConfig) -> None:
+    """Refuse the path mistakes :func:`load_source` would, without reading any data: a run checks its data set
+    before it spends time loading the model. Hub ids and built-in data sets are checked when they load."""
+    if cfg.dataset.startswith("builtin:"):
+        return
+    if cfg.dataset == "imagefolder":
+        _require_data_dir(cfg.data_dir)
+    else:
+        _local_folder(cfg.dataset)
 
 
 LOADERS = {

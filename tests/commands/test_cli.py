@@ -375,3 +375,16 @@ def test_ctrl_c_while_the_libraries_load_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "build_parser", interrupted)
     assert cli.main(["benchmark", "--help"]) == 130
     assert capsys.readouterr().err.strip() == "aft-hf: interrupted (Ctrl-C)"
+
+
+def test_evaluate_refuses_a_missing_data_folder_before_loading_models(tmp_path, capsys, monkeypatch):
+    import aft_hf.commands.evaluate as evaluate_command
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("the models were loaded before the data folder was checked")
+
+    monkeypatch.setattr(evaluate_command, "load_models_and_texts", no_models)
+    code, _, err = run_cli(["evaluate", "--model", "openai/clip-vit-base-patch32", "--dataset",
+                            str(tmp_path / "no-such-images"), "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "there is no folder" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
