@@ -181,13 +181,18 @@ def check_feature_layer(aft_dir: Path, vlm_config: Any) -> None:
     except (OSError, yaml.YAMLError):
         return
     feature = getattr(vlm_config, "vision_feature_layer", None)
-    if model.get("embedding") != "patch_tokens" or not isinstance(feature, int):
+    if model.get("embedding") != "patch_tokens" or feature is None:
         return
     layers = vlm_config.vision_config.num_hidden_layers
     trained = int(model.get("feature_layer", LLAVA_FEATURE_LAYER))
-    if trained % (layers + 1) != feature % (layers + 1):
+    read = [feature] if isinstance(feature, int) else list(feature)  # some VLMs concatenate several layers
+    untrained = [layer for layer in read if layer % (layers + 1) != trained % (layers + 1)]
+    if len(read) == 1 and untrained:
         raise GraftError(f"the AFT run kept the patch tokens of layer {trained} close but the VLM reads "
                          f"vision_feature_layer {feature}: train with --model.feature_layer {feature}")
+    if untrained:
+        raise GraftError(f"the AFT run kept the patch tokens of layer {trained} close but the VLM also reads "
+                         f"layer(s) {untrained} (vision_feature_layer {feature}), which the run never kept close")
 
 
 def _shape(checkpoint: Checkpoint, name: str) -> tuple[list[int], str]:

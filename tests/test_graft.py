@@ -219,6 +219,11 @@ def test_patch_token_runs_graft_only_where_the_vlm_reads_the_layer_they_trained(
         graft(run, save_llava(tmp_path / "last", vision_feature_layer=-1), tmp_path / "out")
     assert graft(run, save_llava(tmp_path / "penultimate", vision_feature_layer=-2), tmp_path / "ok")["grafted"] > 0
     assert graft(run, save_llava(tmp_path / "as_positive", vision_feature_layer=1), tmp_path / "ok1")["grafted"] > 0
+    # a VLM that concatenates several layers reads the untrained one too
+    with pytest.raises(GraftError, match=r"layer -2 close but the VLM also reads layer\(s\) \[-1\]"):
+        graft(run, save_llava(tmp_path / "both", vision_feature_layer=[-2, -1]), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert graft(run, save_llava(tmp_path / "listed", vision_feature_layer=[-2]), tmp_path / "ok2")["grafted"] > 0
 
 
 def test_a_vlm_is_no_aft_folder(tmp_path):
