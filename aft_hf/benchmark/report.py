@@ -32,7 +32,7 @@ from typing import Optional, Sequence
 from ..constants import VERSION as __version__
 from ..evaluate.apgd import attack_description
 from ..evaluate.report import SCHEMA_VERSION as EVALUATE_SCHEMA_VERSION
-from ..evaluate.runner import slug
+from ..evaluate.runner import distinct_slugs
 from ..files import WEIGHTS_HASH_KEY
 from .protocol import Protocol, budget_key
 from .suites import known_dataset
@@ -107,6 +107,7 @@ def markdown(report: dict) -> str:
     several models, each other model minus the first."""
     models, budgets = report["models"], [budget_key(e) for e in report["protocol"]["eps"]]
     budgets = sorted(budgets, key=lambda k: float(k.split("/")[0]))
+    short = dict(zip(models, distinct_slugs(models)))  # the column names: one per model, as its state folder
     cols = ["clean"] + budgets
     p = report["protocol"]
     lines = ["# Zero-shot robustness benchmark", "",
@@ -121,9 +122,9 @@ def markdown(report: dict) -> str:
         lines += [f"- {d}" for d in report["deviations"]] + [""]
     if not report["complete"]:
         lines += ["**Incomplete run**: datasets without numbers are still to do (run the same command again).", ""]
-    header = ["dataset"] + [f"`{slug(m)}` {c}" for m in models for c in cols]
+    header = ["dataset"] + [f"`{short[m]}` {c}" for m in models for c in cols]
     others = models[1:]
-    header += [f"`{slug(m)}` - `{slug(models[0])}` {c}" for m in others for c in cols]
+    header += [f"`{short[m]}` - `{short[models[0]]}` {c}" for m in others for c in cols]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def values(r: Optional[dict]) -> list[Optional[float]]:
@@ -148,7 +149,7 @@ def markdown(report: dict) -> str:
     lines += ["", f"Settings: {', '.join(f'{k} `{v}`' for k, v in p.items())}; "
                   f"{report['launch'].get('num_processes', 1)} process(es) on {report['launch'].get('device')}"
                   f"{', image encoder compiled' if report['launch'].get('compiled_encoder') else ''}"
-                  + "".join(f"; `{slug(m)}` at {px} px" for m, px in (report["launch"].get("image_sizes") or {}).items())
+                  + "".join(f"; `{short.get(m, m)}` at {px} px" for m, px in (report["launch"].get("image_sizes") or {}).items())
                   + ".", ""]
     if report["figures"]:
         lines += [f"![benchmark]({report['figures']['benchmark']})", ""]
@@ -229,8 +230,8 @@ def write_reports(report: dict, out: Path) -> dict:
     if any(report["results"].values()):
         figure(report, out / FIGURE)
         report["figures"] = {"benchmark": FIGURE}
-    for m in report["models"]:
-        name = f"card_{slug(m)}.json"
+    for m, short in zip(report["models"], distinct_slugs(report["models"])):
+        name = f"card_{short}.json"
         (out / name).write_text(json.dumps(card_report(report, m), indent=1))
         report["card_reports"][m] = name
     (out / REPORT_JSON).write_text(json.dumps(report, indent=1))

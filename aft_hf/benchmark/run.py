@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..env import emulated_bf16_warning
-from ..evaluate.runner import slug
+from ..evaluate.runner import distinct_slugs
 from ..evaluate.sharding import Shard, make_accelerator, num_batches
 from ..evaluate.zeroshot import ZeroShotClassifier
 from ..files import WEIGHTS_HASH_KEY, tower_weights_sha256, write_json
@@ -101,6 +101,11 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
     protocol = protocol or Protocol()
     if not models:
         raise BenchmarkError("no model given (--model)")
+    where = [str(Path(m).expanduser().resolve()) if Path(m).expanduser().exists() else m for m in models]
+    if len(set(where)) != len(where):  # `run/final` and `./run/final/` are one model
+        raise BenchmarkError("a model is given twice (" + ", ".join(m for m, w in zip(models, where)
+                                                                  if where.count(w) > 1) + ")")
+    folders = dict(zip(models, distinct_slugs(models)))  # `builtin:tiny-clip` and `./tiny-clip`: two folders
     if not requests:
         raise BenchmarkError("no dataset given (--suite or --datasets)")
     if data_root is not None and not Path(data_root).expanduser().is_dir():
@@ -130,10 +135,10 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
               "image_sizes": {}}
     results: dict[str, dict] = {m: {} for m in models}
     report = None
-    left = sum(_work_left(out / STATE_DIR / slug(m) / p.request.name, p, protocol) for m in models for p in plans)
+    left = sum(_work_left(out / STATE_DIR / folders[m] / p.request.name, p, protocol) for m in models for p in plans)
     run_state = {"work_left": left, "eta_logged": False}
     for model in models:
-        state = out / STATE_DIR / slug(model)
+        state = out / STATE_DIR / folders[model]
         todo = [p for p in plans if read_json(state / p.request.name / "result.json") is None]
         for p in plans:
             saved = read_json(state / p.request.name / "result.json")
@@ -187,7 +192,7 @@ def _run_dataset(acc, encoder, text, plan: DatasetPlan, protocol: Protocol, fold
         if not run_state["eta_logged"]:  # once per run, after its first computed batch
             run_state["eta_logged"] = True
             _whole_run_eta(classifier, seconds, run_state["work_left"], acc.num_processes)
-        _eta(f"{slug(model)} / {name}", position, total, seconds, started)
+        _eta(f"{model} / {name}", position, total, seconds, started)
 
     records = work.run(mine, progress)
     result = summarise(shard.gather(records), plan, protocol)

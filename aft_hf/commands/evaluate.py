@@ -31,9 +31,10 @@ from ..evaluate.runner import (
     DEFAULT_METRICS,
     EvaluationError,
     check_shardable,
+    distinct_slugs,
     evaluate_model,
+    numbered,
     resolve_metrics,
-    slug,
     write_outputs,
 )
 from ..evaluate.sharding import Shard, launched_processes, make_accelerator
@@ -321,22 +322,12 @@ def model_labels(models: Sequence[str], given: Optional[Sequence[str]] = None) -
         if any(not g.strip() for g in given) or len(set(given)) != len(given):
             raise EvaluationError(f"--label values must be distinct and not empty (got {', '.join(map(repr, given))})")
         return list(given)
-    return _numbered([Path(m.split(":", 1)[-1].rstrip("/\\")).name or m for m in models], "#")
+    return numbered([Path(m.split(":", 1)[-1].rstrip("/\\")).name or m for m in models], "#")
 
 
 def model_folders(labels: Sequence[str]) -> list[str]:
     """Distinct sub-folder names for the labels (``slug``; a clash after slugging is numbered ``_2``)."""
-    return _numbered([slug(label) for label in labels], "_")
-
-
-def _numbered(names: Sequence[str], sep: str) -> list[str]:
-    out: list[str] = []
-    for name in names:
-        unique, n = name, 2
-        while unique in out:
-            unique, n = f"{name}{sep}{n}", n + 1
-        out.append(unique)
-    return out
+    return distinct_slugs(labels)
 
 
 def _write_comparison(reports: dict, folders: dict, out: Path) -> None:

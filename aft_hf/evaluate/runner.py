@@ -176,5 +176,23 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in s.replace("/", "__")).strip("._") or "model"
 
 
+def numbered(names: Sequence[str], sep: str) -> list[str]:
+    """The names, a repeated one numbered (``final``, ``final{sep}2``, ...): one distinct name each, in order."""
+    out: list[str] = []
+    for name in names:
+        unique, n = name, 2
+        while unique in out:
+            unique, n = f"{name}{sep}{n}", n + 1
+        out.append(unique)
+    return out
+
+
+def distinct_slugs(names: Sequence[str]) -> list[str]:
+    """:func:`slug` of each name, numbered ``_2`` where two names give the same one (``builtin:tiny-clip`` and
+    ``./tiny-clip``, ``org/model`` and ``org__model``): each model its own folder, saved state and card."""
+    return numbered([slug(name) for name in names], "_")
+
+
 __all__ = ["DEFAULT_METRICS", "EvaluationError", "ExplainError", "check_shardable", "curve_figures", "evaluate_model",
-           "report_sections", "resolve_metrics", "run_metrics", "slug", "write_outputs"]
+           "distinct_slugs", "numbered", "report_sections", "resolve_metrics", "run_metrics", "slug",
+           "write_outputs"]

@@ -609,3 +609,31 @@ def test_a_signal_stops_the_run_in_one_line_and_the_same_command_resumes(copies,
     assert passes_left() == round(fresh * 3 / 4)  # and its estimate leaves out the saved batch
     caplog.clear()
     assert main(args) == 0 and "already done" in caplog.text
+
+
+@pytest.mark.slow
+def test_two_models_whose_names_slug_alike_keep_their_own_results(copies, tmp_path, single_thread, capsys):
+    """`org/model` and `org__model` (or `builtin:tiny-clip` and `./tiny-clip`) used to share one state folder and
+    card: the second model was reported with the first one's numbers and weights."""
+    from aft_hf.files import WEIGHTS_HASH_KEY
+    from aft_hf.model import save_tiny_clip
+
+    three, _ = copies
+    a = save_tiny_clip(tmp_path / "org" / "model", seed=0)
+    b = save_tiny_clip(tmp_path / "org__model", seed=3)
+    common = ["benchmark", "--datasets", str(three), "--eps", "4", "--iterations", "2", "--ce-restarts", "1",
+              "--targets", "1", "--robust-images", "4", "--batch-size", "8", "--device", "cpu"]
+    assert main([*common, "--model", str(a), "--model", str(b), "--out", str(tmp_path / "both")]) == 0
+    both = json.loads((tmp_path / "both" / "report.json").read_text())
+    (name,) = both["results"][str(a)]
+    hashes = {m: both["results"][m][name][WEIGHTS_HASH_KEY] for m in (str(a), str(b))}
+    assert len(set(hashes.values())) == 2
+    assert len(set(both["card_reports"].values())) == 2  # a card each
+    for m in (str(a), str(b)):  # each model's numbers are its own: the same as benchmarked alone
+        alone = tmp_path / f"alone_{len(m)}"
+        assert main([*common, "--model", m, "--out", str(alone)]) == 0
+        mine = json.loads((alone / "report.json").read_text())["results"][m][name]
+        assert mine[WEIGHTS_HASH_KEY] == hashes[m]
+        assert mine["clean_top1"] == both["results"][m][name]["clean_top1"]
+    assert main([*common, "--model", str(a), "--model", str(a) + "/", "--out", str(tmp_path / "twice")]) == 2
+    assert "a model is given twice" in capsys.readouterr().err
