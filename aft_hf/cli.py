@@ -37,10 +37,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Run one ``aft-hf`` command; returns its exit status. Ctrl-C while the libraries load (or in a command that
     does not catch it itself) ends in one line, exit 130, not a traceback from deep inside an import."""
     try:
-        return _run(argv)
+        code = _run(argv)
     except KeyboardInterrupt:
         print("aft-hf: interrupted (Ctrl-C)", file=sys.stderr)
-        return 130
+        code = 130
+    release_process_group()
+    return code
+
+
+def release_process_group() -> None:
+    """Destroy the default process group of a launched run while the interpreter is whole, once the command's
+    frames (and any DDP wrapper in them) are gone. Left to interpreter exit, gloo's worker threads may still hold
+    the last collective's tensors and the rank aborts ("terminate called without an active exception", seen at
+    the end of a 2-process CPU benchmark). Nothing to do without torch or a process group."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _run(argv: Optional[list[str]]) -> int:

@@ -148,6 +148,34 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _results_writer(out: Path) -> Optional[str]:
+    manifest = out / RESULTS_MANIFEST
+    try:
+        return json.loads(manifest.read_text()).get("writer") if manifest.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_results_owner(out: PathLike, writer: str) -> None:
+    """Refuse ``out`` when another command's results are in it: ``aft-hf evaluate`` run into ``aft-hf explain``'s
+    folder would remove the maps as stale, ``aft-hf benchmark`` would replace evaluate's report.json, and the
+    other way round. Cheap: commands call it before they load anything."""
+    earlier = _results_writer(Path(out))
+    if earlier and earlier != writer:
+        raise OutputError(f"'{out}' holds the results of `{earlier}`, which `{writer}` would replace or remove: "
+                          "give another --out")
+
+
+def claim_results_folder(out: PathLike, writer: str) -> None:
+    """For a command that keeps its own state in ``out`` (``aft-hf benchmark``): refuse another command's results
+    folder, and name this one as the writer, so that other commands refuse it in turn."""
+    out = Path(out)
+    check_results_owner(out, writer)
+    if _results_writer(out) is None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RESULTS_MANIFEST).write_text(json.dumps({"writer": writer, "aft_hf_version": __version__}) + "\n")
+
+
 @contextlib.contextmanager
 def results_folder(out: PathLike, writer: str) -> Iterator[Path]:
     """``out``, made if needed, for a command that writes named results into it. When the block ends (also by an
@@ -156,6 +184,7 @@ def results_folder(out: PathLike, writer: str) -> Iterator[Path]:
     followed by a one-model one leaves no stale comparison.md or model folders. A run that fails leaves the
     earlier results it did not reach as they were."""
     out = Path(out)
+    check_results_owner(out, writer)
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / RESULTS_MANIFEST
     try:
@@ -184,5 +213,6 @@ def results_folder(out: PathLike, writer: str) -> Iterator[Path]:
                                         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
 
 
-__all__ = ["MARKER", "OutputError", "check_output_dir", "check_output_folder", "discard", "is_marked", "replace_dir",
-           "RESULTS_MANIFEST", "results_folder", "staging_dir", "write_marker"]
+__all__ = ["MARKER", "OutputError", "check_output_dir", "check_output_folder", "check_results_owner",
+           "claim_results_folder", "discard", "is_marked", "replace_dir", "RESULTS_MANIFEST", "results_folder",
+           "staging_dir", "write_marker"]

@@ -227,3 +227,24 @@ def test_a_results_folder_never_mixes_two_runs(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [RESULTS_MANIFEST, "notes.txt", "report.json"]
     assert (out / "report.json").read_text() == "third"
     assert json.loads((out / RESULTS_MANIFEST).read_text())["entries"] == ["report.json"]
+
+
+def test_a_results_folder_belongs_to_one_command(tmp_path):
+    """evaluate into explain's folder would remove the maps as stale; benchmark would replace evaluate's
+    report.json: another command's results folder is refused, in one line naming the command."""
+    from aft_hf.outputs import OutputError, check_results_owner, claim_results_folder, results_folder
+
+    with results_folder(tmp_path / "maps", "aft-hf explain") as folder:
+        (folder / "maps.pt").write_text("maps")
+    check_results_owner(tmp_path / "maps", "aft-hf explain")  # its own command may run again
+    check_results_owner(tmp_path / "new", "aft-hf evaluate")  # a folder with no results yet
+    with pytest.raises(OutputError, match=r"holds the results of `aft-hf explain`, which `aft-hf evaluate` would"):
+        with results_folder(tmp_path / "maps", "aft-hf evaluate"):
+            pass
+    assert (tmp_path / "maps" / "maps.pt").read_text() == "maps"
+    with pytest.raises(OutputError, match="results of `aft-hf explain`"):
+        claim_results_folder(tmp_path / "maps", "aft-hf benchmark")
+    claim_results_folder(tmp_path / "bench", "aft-hf benchmark")
+    claim_results_folder(tmp_path / "bench", "aft-hf benchmark")  # a resumed benchmark
+    with pytest.raises(OutputError, match="results of `aft-hf benchmark`"):
+        check_results_owner(tmp_path / "bench", "aft-hf evaluate")

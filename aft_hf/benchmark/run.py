@@ -18,6 +18,7 @@ from ..evaluate.runner import distinct_slugs
 from ..evaluate.sharding import Shard, make_accelerator, num_batches
 from ..evaluate.zeroshot import ZeroShotClassifier
 from ..files import WEIGHTS_HASH_KEY, tower_weights_sha256, write_json
+from ..outputs import check_results_owner, claim_results_folder
 from .errors import BenchmarkError
 from .protocol import PrecisionForward, Protocol
 from .report import build_report, dataset_entry, write_reports
@@ -37,6 +38,8 @@ from .runner import (
 from .wds import open_wds
 
 logger = logging.getLogger(__name__)
+WRITER = "aft-hf benchmark"
+"""How a benchmark folder names its writer in the results manifest (:func:`aft_hf.outputs.claim_results_folder`)."""
 
 
 def run_work(plans: Sequence[DatasetPlan], protocol: Protocol) -> int:
@@ -99,13 +102,7 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
     from ..explain.loading import load_models_and_texts
 
     protocol = protocol or Protocol()
-    if not models:
-        raise BenchmarkError("no model given (--model)")
-    where = [str(Path(m).expanduser().resolve()) if Path(m).expanduser().exists() else m for m in models]
-    if len(set(where)) != len(where):  # `run/final` and `./run/final/` are one model
-        raise BenchmarkError("a model is given twice (" + ", ".join(m for m, w in zip(models, where)
-                                                                  if where.count(w) > 1) + ")")
-    folders = dict(zip(models, distinct_slugs(models)))  # `builtin:tiny-clip` and `./tiny-clip`: two folders
+    folders = _state_folders(models)
     if not requests:
         raise BenchmarkError("no dataset given (--suite or --datasets)")
     if data_root is not None and not Path(data_root).expanduser().is_dir():
@@ -115,6 +112,7 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
     if len(set(names)) != len(names):
         raise BenchmarkError(f"two datasets share a name ({', '.join(sorted({n for n in names if names.count(n) > 1}))})")
     out = Path(out)
+    check_results_owner(out, WRITER)  # evaluate's or explain's results: never replaced
     acc = accelerator or make_accelerator(device)
     main = acc.is_main_process
     if main and (warning := emulated_bf16_warning(acc.device.type, protocol.precision)):
@@ -127,6 +125,8 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
                 "datasets": [{k: e[k] for k in ("name", "ref", "images", "clean_images", "robust_images")}
                              for e in entries]}
     check_settings(out, settings, write=main)
+    if main:
+        claim_results_folder(out, WRITER)  # so evaluate and explain refuse this folder in turn
     if main:
         for line in cost_lines(plans, protocol, len(models)):
             print_fn(line)
@@ -167,6 +167,18 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
         report = write_reports(build_report(models, text_model, protocol, entries, results, launch), out)
     acc.wait_for_everyone()
     return report if main else None
+
+
+def _state_folders(models: Sequence[str]) -> dict[str, str]:
+    """Each model's own folder name under ``state/`` (and its column and card): `builtin:tiny-clip` and
+    `./tiny-clip` get two. A model given twice (`run/final` and `./run/final/`) is refused."""
+    if not models:
+        raise BenchmarkError("no model given (--model)")
+    where = [str(Path(m).expanduser().resolve()) if Path(m).expanduser().exists() else m for m in models]
+    if len(set(where)) != len(where):
+        raise BenchmarkError("a model is given twice (" + ", ".join(m for m, w in zip(models, where)
+                                                                  if where.count(w) > 1) + ")")
+    return dict(zip(models, distinct_slugs(models)))
 
 
 def _run_dataset(acc, encoder, text, plan: DatasetPlan, protocol: Protocol, folder: Path, model: str,

@@ -43,7 +43,7 @@ from ..explain import available_methods, resolve_method
 from ..explain.loading import load_models_and_texts, pick_device
 from ..explain.options import OptionProblems
 from ..files import WEIGHTS_HASH_KEY, tower_weights_sha256
-from ..outputs import results_folder
+from ..outputs import check_results_owner, results_folder
 from ..results import Scalar
 from . import (
     DefaultsHelpFormatter,
@@ -224,6 +224,7 @@ def _launch(device: str) -> tuple:
 def _cli_evaluate(args, extra) -> int:
     metrics = _check_options(args)  # before loading models and data
     check_source(DataConfig(dataset=args.dataset, data_dir=args.data_dir))  # a missing folder, before the models load
+    check_results_owner(args.out, "aft-hf evaluate")
     check_shardable(metrics, launched_processes())
     device, shard, acc = _launch(args.device)
     if "robust" in metrics and (warning := emulated_bf16_warning(device.type, args.mixed_precision)):

@@ -20,7 +20,7 @@ from ..explain.loading import load_models_and_texts, pick_device
 from ..explain.methods import Explainer, available_methods, resolve_method
 from ..explain.options import OptionProblems
 from ..explain.targets import ExplainError, check_template, image_targets
-from ..outputs import results_folder
+from ..outputs import check_results_owner, results_folder
 from . import (
     DefaultsHelpFormatter,
     add_data_quality_arguments,
@@ -137,6 +137,7 @@ def _figure(out: Path, views: dict, geometries: dict, per_model: dict, rows: lis
 def _cli_explain(args, extra) -> int:
     refuse_distributed_launch("explain", ExplainError)
     methods, files, labels = _check_options(args)
+    check_results_owner(args.out, "aft-hf explain")  # before the models load
     device = pick_device(args.device)
     need_text = args.reference_image is None
     encoders, texts, text_sources = load_models_and_texts(args.model, args.text_model, device, need_text,

@@ -388,3 +388,43 @@ def test_evaluate_refuses_a_missing_data_folder_before_loading_models(tmp_path, 
                             str(tmp_path / "no-such-images"), "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and "there is no folder" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r").exists()
+
+
+def test_commands_refuse_each_others_results_folders_before_loading(tmp_path, capsys):
+    """Cheap, before any model or data set loads: the folder names are all it takes."""
+    from aft_hf.outputs import claim_results_folder, results_folder
+
+    with results_folder(tmp_path / "ev", "aft-hf evaluate") as folder:
+        (folder / "report.json").write_text("{}")
+    claim_results_folder(tmp_path / "bench", "aft-hf benchmark")
+    (tmp_path / "imgs").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "a.png")
+    for argv, owner in [
+        (["benchmark", "--model", "no/such-model", "--datasets", "no/such-data", "--out", str(tmp_path / "ev")],
+         "aft-hf evaluate"),
+        (["evaluate", "--model", "no/such-model", "--dataset", str(tmp_path / "imgs"), "--out",
+          str(tmp_path / "bench")], "aft-hf benchmark"),
+        (["explain", "--model", "no/such-model", "--images", str(tmp_path / "imgs"), "--out",
+          str(tmp_path / "ev")], "aft-hf evaluate"),
+    ]:
+        code, _, err = run_cli(argv, capsys)
+        assert code == 2 and f"holds the results of `{owner}`" in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "ev" / "report.json").read_text() == "{}"
+
+
+def test_a_launched_command_destroys_its_process_group_before_the_interpreter_exits(tmp_path, capsys):
+    """Left to interpreter exit, gloo's threads can abort a rank after its work is done; main() destroys the
+    group once the command has returned (here a one-rank gloo group, and a command that fails in one line)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        code, _, err = run_cli(["evaluate", "--model", "m", "--dataset", str(tmp_path / "none"), "--out",
+                                str(tmp_path / "r")], capsys)
+        assert code == 2 and "there is no folder" in err
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
