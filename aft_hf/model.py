@@ -392,6 +392,9 @@ def _could_not_load(name_or_path: str, error: OSError) -> ModelLoadError:
     if _looks_like_path(name_or_path) and not Path(name_or_path).expanduser().exists():
         return ModelLoadError(f"could not load model '{name_or_path}': no such folder (a Hub id looks like "
                               "org/name)")
+    if Path(name_or_path).expanduser().is_file():
+        return ModelLoadError(f"could not load model '{name_or_path}': it is a file; give the folder that holds "
+                              f"it ('{Path(name_or_path).parent}')")
     hint = (" HF_HUB_OFFLINE is set: only local folders and models already in the Hub cache can be loaded."
             if hub_offline() else " Check the id, your network, and for gated models `hf auth login` or HF_TOKEN.")
     cause = " ".join(str(error).split()).rstrip(".")

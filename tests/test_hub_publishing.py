@@ -284,6 +284,11 @@ def test_uploads_hold_no_local_paths_and_a_pushed_checkpoint_resumes_elsewhere(t
     final = train(load_config(None, _train_args(model_b, data_b, there / "run", *resume)))
     summary = json.loads((there / "run" / "train_summary.json").read_text())
     assert summary["steps"] == 6 and (final / "model.safetensors").is_file()
+    # as docs/publishing.md says it: the run's own recipe from the checkpoint, the local paths on the command line
+    recipe = remote / "last-checkpoint" / "aft_config.yaml"
+    final = train(load_config(recipe, ["--model.name_or_path", str(model_b), "--data.dataset", str(data_b),
+                                       "--checkpoint.output_dir", str(there / "run3"), *resume]))
+    assert json.loads((there / "run3" / "train_summary.json").read_text())["steps"] == 6
     # another model folder is not the one the checkpoint was trained from
     other = shutil.copytree(model, there / "other-model")
     with pytest.raises(ConfigError, match="model.name_or_path: 'local:tiny-base'"):

@@ -97,6 +97,10 @@ def test_load_errors(tmp_path, monkeypatch):
     with pytest.raises(ModelLoadError, match="could not load model 'out/fnal': no such local folder \\('out' exists, "
                                              "'out/fnal' does not\\); as a Hub id: "):
         load_image_encoder("out/fnal")
+    (tmp_path / "out" / "model.safetensors").write_bytes(b"weights")  # the weights file, not its folder
+    with pytest.raises(ModelLoadError, match="'out/model.safetensors': it is a file; give the folder that holds it "
+                                             r"\('out'\)"):
+        load_image_encoder("out/model.safetensors")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelLoadError, match="is not a model folder \\(no config.json\\)"):  # was a ValueError
         load_image_encoder(str(tmp_path / "empty"))
