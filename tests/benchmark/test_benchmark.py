@@ -637,3 +637,26 @@ def test_two_models_whose_names_slug_alike_keep_their_own_results(copies, tmp_pa
         assert mine["clean_top1"] == both["results"][m][name]["clean_top1"]
     assert main([*common, "--model", str(a), "--model", str(a) + "/", "--out", str(tmp_path / "twice")]) == 2
     assert "a model is given twice" in capsys.readouterr().err
+
+
+def test_markdown_gives_the_clean_accuracy_of_the_attacked_images_when_they_are_a_subset():
+    """Clean accuracy covers the split, robust accuracy its first images: on a small sample robust can exceed
+    clean, so report.md gives the attacked images' own clean accuracy beside."""
+    from aft_hf.benchmark.report import build_report, markdown
+
+    datasets = [{"name": n, "in_average": True, "hub_id": f"clip-benchmark/wds_{n}", "local_dir": None,
+                 "split": "test", "clean_images": 20, "robust_images": robust, "classes": 10, "templates": 1,
+                 "image_types": {"png": 20}, "deviations": []} for n, robust in (("cifar10", 8), ("pets", 20))]
+
+    def result(clean, attacked, robust):
+        return {"clean_top1": clean, "clean_top5": None, "robust_top1": {"2/255": robust, "4/255": 0.0},
+                "clean_top1_attacked_images": attacked, "targets": 9, "robust_images": 8, "clean_images": 20}
+
+    results = {"base": {"cifar10": result(0.2, 0.375, 0.25), "pets": result(0.5, 0.5, 0.1)}}
+    md = markdown(build_report(["base"], None, Protocol(), datasets, results, {"num_processes": 1, "device": "cpu"}))
+    assert "| cifar10 | 8 | 37.5 |" in md  # beside clean 20.0 and robust 25.0
+    assert "| pets | 20 |" not in md  # every image attacked: nothing to add
+    whole = dict(datasets[0], robust_images=20)
+    md = markdown(build_report(["base"], None, Protocol(), [whole], {"base": {"cifar10": results["base"]["cifar10"]}},
+                               {"num_processes": 1, "device": "cpu"}))
+    assert "clean on them" not in md
