@@ -80,14 +80,21 @@ class Protocol:
         return self.iterations * (self.ce_restarts + self.t_restarts * self.targets_for(num_classes))
 
     def deviations(self) -> list[str]:
-        """How the attack differs from the protocol's (empty: it is the protocol's)."""
+        """How the attack differs from the protocol's on every dataset (empty: it is the protocol's). The
+        targets are a dataset's matter (:meth:`target_deviation`): 20 asked on 10 classes are the protocol's 9."""
         ref = Protocol()
         out = [f"{name} {getattr(self, name)} (protocol {getattr(ref, name)})"
-               for name in ("iterations", "ce_restarts", "t_restarts", "targets", "precision")
+               for name in ("iterations", "ce_restarts", "t_restarts", "precision")
                if getattr(self, name) != getattr(ref, name)]
         if self.nested:
             out.append("nested budgets (protocol: each budget attacks every clean-correct image)")
         return out
+
+
+    def target_deviation(self, num_classes: int) -> Optional[str]:
+        """How the APGD-T targets on a dataset of ``num_classes`` differ from the protocol's; None: they do not."""
+        mine, protocol = self.targets_for(num_classes), Protocol().targets_for(num_classes)
+        return None if mine == protocol else f"{mine} APGD-T target classes (protocol {protocol})"
 
 
 def budget_key(eps: float) -> str:

@@ -48,6 +48,8 @@ def dataset_entry(plan, protocol: Protocol) -> dict:
     deviations, is_copy = [], True
     if plan.clean_images < len(data):
         deviations.append(f"clean accuracy on the first {plan.clean_images} of {len(data)} test images")
+    if (targets := protocol.target_deviation(len(data.classnames))) is not None:
+        deviations.append(targets)
     if plan.robust_images != min(req.protocol_robust_images, len(data)):
         deviations.append(f"{plan.robust_images} images attacked (protocol {req.protocol_robust_images})")
     if data.hub_id is None:

@@ -152,6 +152,11 @@ def test_protocol_settings_and_deviations():
     assert p.targets_for(2) == 0 and p.targets_for(3) == 2 and p.targets_for(100) == 9
     assert p.steps_per_image(100) == 100 * (5 + 9) and p.steps_per_image(2) == 500
     assert "iterations 3 (protocol 100)" in Protocol(iterations=3).deviations()
+    # targets depend on the dataset: 20 asked are the protocol's 9 on 10 classes; pcam (2 classes) has none
+    assert Protocol(targets=20).deviations() == [] and Protocol(targets=20).target_deviation(10) is None
+    assert Protocol(targets=0).target_deviation(2) is None
+    assert Protocol(targets=20).target_deviation(100) == "20 APGD-T target classes (protocol 9)"
+    assert Protocol(targets=2).target_deviation(10) == "2 APGD-T target classes (protocol 9)"
     with pytest.raises(BenchmarkError, match="--iterations must be >= 1"):
         Protocol(iterations=0)
 
