@@ -81,6 +81,9 @@ def resolve_folder(spec: Union[str, Path], what: str, revision: Optional[str] = 
     ``snapshot_download`` (safetensors, JSON, text and tokenizer files only)."""
     path = Path(spec).expanduser()
     if path.is_dir():
+        if not (path / "config.json").is_file() and (path / "final" / "config.json").is_file():  # a training run
+            raise GraftError(f"{what} '{spec}' is a training run's folder: give its exported model, "
+                             f"'{Path(spec) / 'final'}'")
         return path
     from .model import _looks_like_path
 

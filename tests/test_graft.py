@@ -232,3 +232,15 @@ def test_a_vlm_is_no_aft_folder(tmp_path):
     src = save_llava(tmp_path / "llava")
     with pytest.raises(GraftError, match="is a 'llava' model, not a CLIP or SigLIP export"):
         graft(src, save_llava(tmp_path / "other", seed=2), tmp_path / "out")
+
+
+def test_a_training_run_folder_points_to_its_export(aft48, tmp_path):
+    """`graft out/run` (the run, not `out/run/final`) used to end in transformers' "Unrecognized model" message."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(aft48, run / "final")
+    (run / "checkpoints").mkdir()
+    with pytest.raises(GraftError, match=f"is a training run's folder: give its exported model, '{run / 'final'}'"):
+        graft(run, save_llava(tmp_path / "llava"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
