@@ -482,8 +482,9 @@ def load_image_encoder(
             logger.info("'%s' resized from %d to %d px (position embeddings interpolated once)",
                         name_or_path, old_size, image_size)
     if embedding == "pooled" and not getattr(vision.config, "vision_use_head", True):
-        raise ModelLoadError(f"'{name_or_path}' is a SigLIP tower without its attention-pooling head (no pooled "
-                             "embedding): use model.embedding patch_tokens")
+        raise ModelLoadError(f"'{name_or_path}' is a SigLIP tower without its attention-pooling head, so it has no "
+                             "pooled embedding (zero-shot needs one): train it with --model.embedding patch_tokens, "
+                             "and evaluate it with its full SigLIP model")
     encoder = ImageEncoder(vision, mean, std, normalize=normalize, embedding=embedding, feature_layer=feature_layer)
     encoder.source, encoder.base_is_full_clip, encoder.image_processor = name_or_path, is_full, processor
     encoder.family = family.name

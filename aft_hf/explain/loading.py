@@ -60,8 +60,8 @@ def load_models_and_texts(models: Sequence[str], text_model: Optional[str], devi
         vision_only = [m for m in models if not is_full_clip(m)]
         if vision_only:
             raise ModelLoadError(f"no text tower for the vision-only model(s) {', '.join(vision_only)}: pass "
-                                 "--text-model with a full CLIP checkpoint (the original one, e.g. "
-                                 "openai/clip-vit-base-patch16)")
+                                 "--text-model with the full model it came from (CLIP or SigLIP, e.g. "
+                                 "openai/clip-vit-base-patch16 or google/siglip-base-patch16-224)")
     encoders = [load_image_encoder(m, image_size=image_size).to(device).eval() for m in models]
     if not need_text:
         return encoders, [None] * len(models), [None] * len(models)
