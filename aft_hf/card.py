@@ -443,7 +443,9 @@ def _siglip_snippet(repo: str, cls: str) -> list[str]:
         lines += [f'classifier = pipeline("zero-shot-image-classification", model="{repo}")  # per-class sigmoids',
                   'print(classifier(image, candidate_labels=["a photo of a cat", "a photo of a dog"]))',
                   'embeddings = model.get_image_features(**processor(images=image, return_tensors="pt"))',
-                  'embeddings = getattr(embeddings, "pooler_output", embeddings)  # the attention-pooling head']
+                  'embeddings = getattr(embeddings, "pooler_output", embeddings)  # the attention-pooling head',
+                  'out = model.vision_model(**processor(images=image, return_tensors="pt"), output_hidden_states=True)',
+                  "features = out.hidden_states[-2]  # penultimate layer: every patch (SigLIP has no class token)"]
     else:
         lines += ['out = model(**processor(images=image, return_tensors="pt"), output_hidden_states=True)',
                   "embeddings = out.pooler_output  # the attention-pooling head",
@@ -510,8 +512,9 @@ def _usage_section(repo: str, cls: str, folder: Path, embedding: str = "pooled",
               f'```python\nimport torch\nfrom aft_hf import load_image_encoder\n\n'
               f'encoder = load_image_encoder("{repo}"' + (f', embedding="{embedding}"' if embedding != "pooled" else "")
               + (f", feature_layer={feature_layer}" if embedding == "patch_tokens" and other_layer else "")
-              + f')\npixels = torch.rand(1, 3, {size}, {size})  # (B, 3, H, W) in [0, 1], resized and cropped to '
-              f'{size} px\nembeddings = encoder(pixels)  # {output}\n```']
+              + f')\npixels = torch.rand(1, 3, {size}, {size})  # (B, 3, H, W) in [0, 1], resized '
+              + ("(no crop)" if cls.startswith("Siglip") else "and cropped") + f' to {size} px\n'
+              f'embeddings = encoder(pixels)  # {output}\n```']
     problem = config_problem(folder) if (folder / "config.json").is_file() else "no config.json"
     if problem is None:
         lines += ["", "With open_clip: convert a local copy with `aft-hf export-openclip` (it prints the matching "

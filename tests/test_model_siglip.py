@@ -236,6 +236,13 @@ def test_push_builds_a_siglip_card_whose_snippets_run(siglip48, tmp_path, monkey
         namespace: dict = {}
         exec(compile(code.replace('"me/siglip-aft"', repr(str(out))), f"<{cls} card>", "exec"), namespace)
         assert namespace.get("embeddings") is not None
+    # the patch tokens VLMs read, from the full model too; and SigLIP's images are not cropped
+    transformers_block = snippets[0]
+    namespace = {}
+    exec(compile(transformers_block.replace('"me/siglip-aft"', repr(str(out))), f"<{cls} card>", "exec"), namespace)
+    vision = getattr(namespace["model"].config, "vision_config", namespace["model"].config)
+    assert namespace["features"].shape[:2] == (1, (vision.image_size // vision.patch_size) ** 2)  # every patch
+    assert "resized (no crop)" in snippets[1] and "cropped" not in snippets[1]
 
 
 def test_siglip_images_are_resized_without_a_crop_as_its_processor_does(siglip48):
