@@ -18,6 +18,7 @@ from ..evaluate.runner import distinct_slugs
 from ..evaluate.sharding import Shard, make_accelerator, num_batches
 from ..evaluate.zeroshot import ZeroShotClassifier
 from ..files import WEIGHTS_HASH_KEY, tower_weights_sha256, write_json
+from ..model import encoder_family
 from ..outputs import check_results_owner, claim_results_folder
 from .errors import BenchmarkError
 from .protocol import PrecisionForward, Protocol
@@ -102,6 +103,7 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
     from ..explain.loading import load_models_and_texts
 
     protocol = protocol or Protocol()
+    check_results_owner(out, WRITER)  # evaluate's or explain's results: never replaced (first: the cheapest check)
     folders = _state_folders(models)
     if not requests:
         raise BenchmarkError("no dataset given (--suite or --datasets)")
@@ -112,7 +114,6 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
     if len(set(names)) != len(names):
         raise BenchmarkError(f"two datasets share a name ({', '.join(sorted({n for n in names if names.count(n) > 1}))})")
     out = Path(out)
-    check_results_owner(out, WRITER)  # evaluate's or explain's results: never replaced
     acc = accelerator or make_accelerator(device)
     main = acc.is_main_process
     if main and (warning := emulated_bf16_warning(acc.device.type, protocol.precision)):
@@ -174,6 +175,8 @@ def _state_folders(models: Sequence[str]) -> dict[str, str]:
     `./tiny-clip` get two. A model given twice (`run/final` and `./run/final/`) is refused."""
     if not models:
         raise BenchmarkError("no model given (--model)")
+    for model in models:  # its config only: a mistyped --model fails before any dataset is read
+        encoder_family(model)
     where = [str(Path(m).expanduser().resolve()) if Path(m).expanduser().exists() else m for m in models]
     if len(set(where)) != len(where):
         raise BenchmarkError("a model is given twice (" + ", ".join(m for m, w in zip(models, where)

@@ -272,12 +272,16 @@ def test_killed_run_resumes_to_the_same_report(copies, tiny_clip_path, tmp_path,
 
 
 def test_a_run_that_computed_nothing_does_not_bind_its_folder(copies, tiny_clip_path, tmp_path, single_thread):
-    """A first try that stops before any batch (a mistyped model) leaves settings behind; the corrected command
-    is not refused as "another run" but replaces them. Once a batch is saved, other settings are refused, each
-    difference named down to the dataset record that differs."""
+    """A first try that stops before any batch (a model folder without weights) leaves settings behind; the
+    corrected command is not refused as "another run" but replaces them. Once a batch is saved, other settings
+    are refused, each difference named down to the dataset record that differs."""
+    import shutil
+
     from aft_hf.benchmark.runner import _differences
 
     three, _ = copies
+    (tmp_path / "typo").mkdir()
+    shutil.copy(tiny_clip_path / "config.json", tmp_path / "typo")  # a config: it passes the up-front check
     requests = [DatasetRequest.from_ref(str(three))]
     protocol = Protocol(eps=(4,), robust_images=4, **CHEAP)
     with pytest.raises(Exception, match="typo"):
@@ -665,3 +669,18 @@ def test_markdown_gives_the_clean_accuracy_of_the_attacked_images_when_they_are_
     md = markdown(build_report(["base"], None, Protocol(), [whole], {"base": {"cifar10": results["base"]["cifar10"]}},
                                {"num_processes": 1, "device": "cpu"}))
     assert "clean on them" not in md
+
+
+def test_a_model_that_is_none_is_refused_before_any_dataset_is_read(tmp_path, monkeypatch, capsys):
+    import aft_hf.benchmark.run as benchmark_run
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the datasets were read before the models were checked")
+
+    monkeypatch.setattr(benchmark_run, "_open_all", no_data)
+    (tmp_path / "not_a_model").mkdir()
+    (tmp_path / "not_a_model" / "notes.txt").write_text("no config.json here")
+    code = main(["benchmark", "--model", str(tmp_path / "not_a_model"), "--datasets", "clip-benchmark/wds_vtab-cifar10",
+                 "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not a model folder (no config.json)" in err and len(err.strip().splitlines()) == 1, err
