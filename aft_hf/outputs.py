@@ -148,30 +148,31 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _results_writer(out: Path) -> Optional[str]:
-    manifest = out / RESULTS_MANIFEST
+def _manifest(out: Path) -> dict:
+    """The results manifest of ``out`` ({} when there is none or it cannot be read)."""
     try:
-        return json.loads(manifest.read_text()).get("writer") if manifest.is_file() else None
-    except (OSError, ValueError, AttributeError):
-        return None
+        manifest = json.loads((out / RESULTS_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
 
 
-def check_results_owner(out: PathLike, writer: str) -> None:
+def check_results_owner(out: PathLike, writer: str) -> Optional[str]:
     """Refuse ``out`` when another command's results are in it: ``aft-hf evaluate`` run into ``aft-hf explain``'s
     folder would remove the maps as stale, ``aft-hf benchmark`` would replace evaluate's report.json, and the
-    other way round. Cheap: commands call it before they load anything."""
-    earlier = _results_writer(Path(out))
+    other way round. Cheap: commands call it before they load anything. Returns the folder's writer (None: none)."""
+    earlier = _manifest(Path(out)).get("writer")
     if earlier and earlier != writer:
         raise OutputError(f"'{out}' holds the results of `{earlier}`, which `{writer}` would replace or remove: "
                           "give another --out")
+    return earlier
 
 
 def claim_results_folder(out: PathLike, writer: str) -> None:
     """For a command that keeps its own state in ``out`` (``aft-hf benchmark``): refuse another command's results
     folder, and name this one as the writer, so that other commands refuse it in turn."""
     out = Path(out)
-    check_results_owner(out, writer)
-    if _results_writer(out) is None:
+    if check_results_owner(out, writer) is None:
         out.mkdir(parents=True, exist_ok=True)
         (out / RESULTS_MANIFEST).write_text(json.dumps({"writer": writer, "aft_hf_version": __version__}) + "\n")
 
@@ -187,10 +188,7 @@ def results_folder(out: PathLike, writer: str) -> Iterator[Path]:
     check_results_owner(out, writer)
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / RESULTS_MANIFEST
-    try:
-        earlier = json.loads(manifest.read_text()).get("entries", []) if manifest.is_file() else []
-    except (OSError, ValueError, AttributeError):
-        earlier = []
+    earlier = _manifest(out).get("entries", [])
     manifest.write_text(json.dumps({"writer": writer, "running": True}) + "\n")
     since = manifest.stat().st_mtime  # the file system's own clock, not time.time()
     finished = False

@@ -90,7 +90,6 @@ class Protocol:
             out.append("nested budgets (protocol: each budget attacks every clean-correct image)")
         return out
 
-
     def target_deviation(self, num_classes: int) -> Optional[str]:
         """How the APGD-T targets on a dataset of ``num_classes`` differ from the protocol's; None: they do not."""
         mine, protocol = self.targets_for(num_classes), Protocol().targets_for(num_classes)

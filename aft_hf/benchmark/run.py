@@ -128,7 +128,6 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
     check_settings(out, settings, write=main)
     if main:
         claim_results_folder(out, WRITER)  # so evaluate and explain refuse this folder in turn
-    if main:
         for line in cost_lines(plans, protocol, len(models)):
             print_fn(line)
     acc.wait_for_everyone()

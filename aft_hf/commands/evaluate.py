@@ -54,6 +54,7 @@ from . import (
 )
 
 logger = logging.getLogger(__name__)
+WRITER = "aft-hf evaluate"  # what this command's results manifest names (aft_hf.outputs.results_folder)
 
 ATTACK_RESTARTS, ATTACK_TARGETS = 1, 9
 """APGD's restarts and target classes by default (the field's protocol); PGD takes neither."""
@@ -224,7 +225,7 @@ def _launch(device: str) -> tuple:
 def _cli_evaluate(args, extra) -> int:
     metrics = _check_options(args)  # before loading models and data
     check_source(DataConfig(dataset=args.dataset, data_dir=args.data_dir))  # a missing folder, before the models load
-    check_results_owner(args.out, "aft-hf evaluate")
+    check_results_owner(args.out, WRITER)
     check_shardable(metrics, launched_processes())
     device, shard, acc = _launch(args.device)
     if "robust" in metrics and (warning := emulated_bf16_warning(device.type, args.mixed_precision)):
@@ -258,10 +259,10 @@ def _cli_evaluate(args, extra) -> int:
     out = Path(args.out)
     several = len(args.model) > 1
     labels = model_labels(args.model, args.label)
-    folders = dict(zip(labels, model_folders(labels))) if several else {labels[0]: ""}
+    folders = dict(zip(labels, distinct_slugs(labels))) if several else {labels[0]: ""}
     reports, prepared = {}, {size: data}  # images prepared once per geometry, however many models share it
     run = _Run(names, templates, metrics, options, source, folders, shard)
-    with results_folder(out, "aft-hf evaluate") if shard.is_main else contextlib.nullcontext():
+    with results_folder(out, WRITER) if shard.is_main else contextlib.nullcontext():
         _evaluate_each(args, run, zip(args.model, labels, encoders, texts, text_sources), prepared, reports)
     if acc is not None:
         acc.wait_for_everyone()
@@ -324,11 +325,6 @@ def model_labels(models: Sequence[str], given: Optional[Sequence[str]] = None) -
             raise EvaluationError(f"--label values must be distinct and not empty (got {', '.join(map(repr, given))})")
         return list(given)
     return numbered([Path(m.split(":", 1)[-1].rstrip("/\\")).name or m for m in models], "#")
-
-
-def model_folders(labels: Sequence[str]) -> list[str]:
-    """Distinct sub-folder names for the labels (``slug``; a clash after slugging is numbered ``_2``)."""
-    return distinct_slugs(labels)
 
 
 def _write_comparison(reports: dict, folders: dict, out: Path) -> None:

@@ -31,6 +31,7 @@ from . import (
 )
 
 logger = logging.getLogger(__name__)
+WRITER = "aft-hf explain"  # what this command's results manifest names (aft_hf.outputs.results_folder)
 FIGURE = "explanations.png"
 
 
@@ -137,7 +138,7 @@ def _figure(out: Path, views: dict, geometries: dict, per_model: dict, rows: lis
 def _cli_explain(args, extra) -> int:
     refuse_distributed_launch("explain", ExplainError)
     methods, files, labels = _check_options(args)
-    check_results_owner(args.out, "aft-hf explain")  # before the models load
+    check_results_owner(args.out, WRITER)  # before the models load
     device = pick_device(args.device)
     need_text = args.reference_image is None
     encoders, texts, text_sources = load_models_and_texts(args.model, args.text_model, device, need_text,
@@ -168,7 +169,7 @@ def _cli_explain(args, extra) -> int:
             timing[key] = (time.perf_counter() - start) / len(files)
             maps[key] = per_model[short][key] = m
     rows = [f"{f.name}\n{lab}" if lab else f.name for f, lab in zip(files, labels)]
-    with results_folder(out, "aft-hf explain"):  # run again into the same --out: nothing of the earlier run left over
+    with results_folder(out, WRITER):  # run again into the same --out: nothing of the earlier run left over
         png = _figure(out, views, geometries, per_model, rows,
                       "explaining the similarity to the " + target_description(args))
         torch.save({k: v for k, v in maps.items()}, out / "maps.pt")
