@@ -108,16 +108,17 @@ def _raise_signalled(signum, frame) -> None:
 def _stop_on_signal(out: str) -> Iterator[None]:
     """Ctrl-C or SIGTERM (a scheduler's pre-emption) ends the run in one line saying how to resume, instead of a
     traceback or a silent exit: the batch in flight is dropped, every finished one is on disk already."""
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise_signalled)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # SIGINT too: its handler may not be Python's default
+        previous = {s: signal.signal(s, _raise_signalled) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     except KeyboardInterrupt as e:
         raise BenchmarkStopped(getattr(e, "signum", signal.SIGINT), out) from None
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
 
 
 def _cli_benchmark(args, extra) -> int:

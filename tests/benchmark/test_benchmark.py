@@ -684,3 +684,22 @@ def test_a_model_that_is_none_is_refused_before_any_dataset_is_read(tmp_path, mo
                  "--out", str(tmp_path / "b")])
     err = capsys.readouterr().err
     assert code == 2 and "is not a model folder (no config.json)" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_ctrl_c_stops_the_run_even_where_sigint_was_ignored_before():
+    """Ctrl-C must not rely on Python's default SIGINT handler: a host (or an earlier test) may have replaced it."""
+    import signal
+
+    from aft_hf.benchmark.errors import BenchmarkStopped
+    from aft_hf.commands.benchmark import _stop_on_signal
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(BenchmarkStopped):
+            with _stop_on_signal("out"):
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(1000):  # the handler runs between bytecodes
+                    pass
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # given back
+    finally:
+        signal.signal(signal.SIGINT, before)
