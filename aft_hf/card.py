@@ -96,6 +96,12 @@ def sub_reports(report: dict) -> list[dict]:
     return [r for r in subs if isinstance(r, dict)] if isinstance(subs, list) else [report]
 
 
+def _with_caveat(name: str, caveat: str) -> str:
+    """``name`` marked with ``caveat`` once, at its end (a benchmark's attack name, inside it, says "not the
+    protocol's" too: that mention is dropped from the metric name, not repeated)."""
+    return name.replace(", " + caveat.strip(" ()"), "") + caveat if caveat else name
+
+
 def eval_results_from_report(report: dict) -> list[EvalResult]:
     """model-index entries for the report's zero-shot classification results (values exactly as reported).
 
@@ -115,7 +121,7 @@ def eval_results_from_report(report: dict) -> list[EvalResult]:
         EvalResult(
             task_type=ZS, task_name=s.task, dataset_type=dataset_type, dataset_name=dataset,
             dataset_split=report.get("split"), metric_type=s.hub_metric,
-            metric_name=(f"{s.quantity}, {s.setting_kind} {setting}" if setting else s.quantity) + caveat,
+            metric_name=_with_caveat(f"{s.quantity}, {s.setting_kind} {setting}" if setting else s.quantity, caveat),
             metric_value=value, metric_config=f"{s.setting_kind}={setting}" if setting else None,
             metric_args={s.setting_kind: setting} if setting else None,
         )

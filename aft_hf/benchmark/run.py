@@ -17,8 +17,8 @@ from ..env import emulated_bf16_warning
 from ..evaluate.runner import distinct_slugs
 from ..evaluate.sharding import Shard, make_accelerator, num_batches
 from ..evaluate.zeroshot import ZeroShotClassifier
-from ..files import WEIGHTS_HASH_KEY, tower_weights_sha256, write_json
-from ..model import encoder_family
+from ..files import WEIGHTS_HASH_KEY, write_json
+from ..model import encoder_family, load_image_encoder
 from ..outputs import check_results_owner, claim_results_folder
 from .errors import BenchmarkError
 from .protocol import PrecisionForward, Protocol
@@ -37,6 +37,7 @@ from .runner import (
     summarise,
 )
 from .wds import open_wds
+from .weights import WEIGHTS_FILE, check_same_weights, measured_weights
 
 logger = logging.getLogger(__name__)
 WRITER = "aft-hf benchmark"
@@ -130,13 +131,14 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
         claim_results_folder(out, WRITER)  # so evaluate and explain refuse this folder in turn
         for line in cost_lines(plans, protocol, len(models)):
             print_fn(line)
-    acc.wait_for_everyone()
     launch = {"num_processes": acc.num_processes, "device": acc.device.type, "compiled_encoder": compile_encoder,
               "image_sizes": {}}
     results: dict[str, dict] = {m: {} for m in models}
     report = None
     left = sum(_work_left(out / STATE_DIR / folders[m] / p.request.name, p, protocol) for m in models for p in plans)
     run_state = {"work_left": left, "eta_logged": False}
+    measured = {m: measured_weights(out / STATE_DIR / folders[m]) for m in models}  # read before anyone writes
+    acc.wait_for_everyone()
     for model in models:
         state = out / STATE_DIR / folders[model]
         todo = [p for p in plans if read_json(state / p.request.name / "result.json") is None]
@@ -148,10 +150,14 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
                     logger.info("%s on %s: already done in '%s' (loaded, not recomputed)", model, p.request.name,
                                 state / p.request.name)
         if not todo:
+            if measured[model] is not None:  # a finished model is checked too: its results go on its card
+                check_same_weights(model, state, measured[model], load_image_encoder(model).vision.state_dict())
             continue
         (encoder,), (text,), _ = load_models_and_texts([model], text_model, acc.device)
         launch["image_sizes"][model] = encoder.image_size
-        weights = tower_weights_sha256(encoder.vision.state_dict())  # what push checks a card against
+        weights = check_same_weights(model, state, measured[model], encoder.vision.state_dict())
+        if main and measured[model] is None:
+            write_json(state / WEIGHTS_FILE, {"model": model, WEIGHTS_HASH_KEY: weights})
         if compile_encoder:
             encoder.compile(dynamic=True)  # in place: parameter names (and the attack's functional_call) unchanged
         for plan in todo:

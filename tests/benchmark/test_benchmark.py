@@ -323,8 +323,9 @@ def test_card_entries_per_dataset(copies, tiny_clip_path, tmp_path, single_threa
     results = card.data.eval_results
     pcam = [r for r in results if r.dataset_name == "clip-benchmark/wds_vtab-pcam"]
     assert {r.metric_type for r in pcam} == {"accuracy", "robust_accuracy"}
-    assert all("APGD-CE, L-inf, not the protocol's" in r.metric_name for r in pcam if r.metric_type != "accuracy")
+    assert all("(APGD-CE, L-inf), eps 4/255" in r.metric_name for r in pcam if r.metric_type != "accuracy")
     assert all(r.metric_name.endswith("(not the protocol's)") for r in pcam)  # the clean numbers too (8 images)
+    assert all(r.metric_name.count("not the protocol's") == 1 for r in pcam)  # said once, not twice
     from aft_hf.hub import prepare_hub_folder  # what `aft-hf push --report card_<model>.json` builds
 
     hub = prepare_hub_folder(tiny_clip_path, tmp_path / "hub", "me/model", card_file)
@@ -703,3 +704,64 @@ def test_ctrl_c_stops_the_run_even_where_sigint_was_ignored_before():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # given back
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_measured_weights_and_the_check(tmp_path):
+    """What a state folder says it measured: nothing without saved work, its weights.json or result.json's hash
+    otherwise; a different model is refused in one line, two hashes in one folder too."""
+    from aft_hf.benchmark.weights import WEIGHTS_FILE, check_same_weights, measured_weights
+    from aft_hf.files import WEIGHTS_HASH_KEY, tower_weights_sha256
+
+    a = {"vision_model.w": torch.zeros(2, 2)}
+    b = {"vision_model.w": torch.ones(2, 2)}
+    state = tmp_path / "state" / "m"
+    (state / "three").mkdir(parents=True)
+    (state / WEIGHTS_FILE).write_text(json.dumps({WEIGHTS_HASH_KEY: tower_weights_sha256(a)}))
+    assert measured_weights(state) is None  # no batch saved yet: it binds nothing
+    (state / "three" / "batch_000000.json").write_text("{}")
+    assert measured_weights(state) == tower_weights_sha256(a)
+    assert check_same_weights("m", state, measured_weights(state), a) == tower_weights_sha256(a)
+    with pytest.raises(BenchmarkError, match=r"^m has changed since this folder measured it .* delete '") as e:
+        check_same_weights("m", state, measured_weights(state), b)
+    assert "\n" not in str(e.value)
+    (state / WEIGHTS_FILE).unlink()  # a folder from before weights.json: result.json names the weights
+    (state / "three" / "result.json").write_text(json.dumps({WEIGHTS_HASH_KEY: tower_weights_sha256(b)}))
+    assert measured_weights(state) == tower_weights_sha256(b)
+    (state / WEIGHTS_FILE).write_text(json.dumps({WEIGHTS_HASH_KEY: tower_weights_sha256(a)}))
+    with pytest.raises(BenchmarkError, match="2 different weights"):
+        measured_weights(state)
+
+
+@pytest.mark.slow
+def test_a_model_changed_between_runs_is_refused_not_mixed_in(copies, tmp_path, single_thread, capsys):
+    """The same command after the model folder was retrained (or replaced) used to load the old weights' saved
+    batches and results and report them, with the new ones', under one name and one hash. Now it stops in one
+    line, whether the model's datasets were all done or half done, and the saved work and report stay."""
+    import shutil
+
+    from aft_hf.model import save_tiny_clip
+
+    three, binary = copies
+    model = save_tiny_clip(tmp_path / "run" / "final", seed=0)
+    common = ["benchmark", "--model", str(model), "--eps", "4", "--iterations", "2", "--ce-restarts", "1",
+              "--targets", "1", "--robust-images", "4", "--batch-size", "4", "--device", "cpu"]
+    done = [*common, "--datasets", str(three), "--out", str(tmp_path / "done")]
+    assert main(done) == 0
+    assert main(done) == 0  # the same weights: resumed (nothing to do), not refused
+    report = (tmp_path / "done" / "report.json").read_text()
+    assert main([*common, "--datasets", str(three), str(binary), "--out", str(tmp_path / "half")]) == 0
+    (state,) = [p for p in (tmp_path / "half" / "state").iterdir() if p.is_dir()]
+    shutil.rmtree(state / "binary")  # as if killed before the second dataset
+    (state / "three" / "result.json").unlink()  # ... and half way through the first one
+    for batch in sorted((state / "three").glob("batch_*.json"))[1:]:
+        batch.unlink()
+    shutil.rmtree(model)
+    save_tiny_clip(model, seed=5)  # retrained into the same folder
+    capsys.readouterr()
+    for args in (done, [*common, "--datasets", str(three), str(binary), "--out", str(tmp_path / "half")]):
+        assert main(args) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # not the load's progress bar
+        assert len(errors) == 1 and f"{model} has changed since this folder measured it" in errors[0], errors
+    assert (tmp_path / "done" / "report.json").read_text() == report  # nothing lost
+    assert len(list((state / "three").glob("batch_*.json"))) == 1
+    assert main([*common, "--datasets", str(three), "--out", str(tmp_path / "new")]) == 0  # another --out measures it
