@@ -18,7 +18,7 @@ from ..evaluate.runner import distinct_slugs
 from ..evaluate.sharding import Shard, make_accelerator, num_batches
 from ..evaluate.zeroshot import ZeroShotClassifier
 from ..files import WEIGHTS_HASH_KEY, write_json
-from ..model import encoder_family, load_image_encoder
+from ..model import encoder_family
 from ..outputs import check_results_owner, claim_results_folder
 from .errors import BenchmarkError
 from .protocol import PrecisionForward, Protocol
@@ -37,7 +37,7 @@ from .runner import (
     summarise,
 )
 from .wds import open_wds
-from .weights import WEIGHTS_FILE, check_same_weights, measured_weights
+from .weights import WEIGHTS_FILE, check_same_weights, fingerprint, measured_weights
 
 logger = logging.getLogger(__name__)
 WRITER = "aft-hf benchmark"
@@ -124,8 +124,8 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
     plans = [plan_dataset(r, d, protocol) for r, d in zip(requests, data)]
     entries = [dataset_entry(p, protocol) for p in plans]
     settings = {"models": list(models), "text_model": text_model, "protocol": protocol.as_dict(), "split": split,
-                "datasets": [{k: e[k] for k in ("name", "ref", "images", "clean_images", "robust_images")}
-                             for e in entries]}
+                "datasets": [{**{k: e[k] for k in ("name", "ref", "images", "clean_images", "robust_images")},
+                              "content_sha256": p.data.content_sha256} for e, p in zip(entries, plans)]}
     check_settings(out, settings, write=main)
     if main:
         claim_results_folder(out, WRITER)  # so evaluate and explain refuse this folder in turn
@@ -149,21 +149,22 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
                 if main:
                     logger.info("%s on %s: already done in '%s' (loaded, not recomputed)", model, p.request.name,
                                 state / p.request.name)
-        if not todo:
-            if measured[model] is not None:  # a finished model is checked too: its results go on its card
-                check_same_weights(model, state, measured[model], load_image_encoder(model).vision.state_dict())
+        if not todo and measured[model] is None:
             continue
         (encoder,), (text,), _ = load_models_and_texts([model], text_model, acc.device)
+        weights = fingerprint(encoder, text)  # a finished model is checked too: its results go on its card
+        check_same_weights(model, text_model or model, state, measured[model], weights)
+        if not todo:
+            continue
         launch["image_sizes"][model] = encoder.image_size
-        weights = check_same_weights(model, state, measured[model], encoder.vision.state_dict())
         if main and measured[model] is None:
-            write_json(state / WEIGHTS_FILE, {"model": model, WEIGHTS_HASH_KEY: weights})
+            write_json(state / WEIGHTS_FILE, {"model": model, "text_model": text_model or model, **weights})
         if compile_encoder:
             encoder.compile(dynamic=True)  # in place: parameter names (and the attack's functional_call) unchanged
         for plan in todo:
             results[model][plan.request.name] = _run_dataset(acc, encoder, text, plan, protocol,
                                                              state / plan.request.name, model, run_state,
-                                                             weights)
+                                                             weights[WEIGHTS_HASH_KEY])
             run_state["work_left"] = max(run_state["work_left"] - run_work([plan], protocol), 0)
             if main:
                 report = write_reports(build_report(models, text_model, protocol, entries, results, launch), out)

@@ -213,7 +213,7 @@ def check_settings(out: Path, settings: dict, write: bool = True) -> None:
     Every process checks (so that all of them stop, not only the main one); only ``write`` records them.
     """
     path = out / STATE_DIR / SETTINGS_FILE
-    saved = read_json(path)
+    saved = _with_fields_added_since(read_json(path), settings)
     if saved is not None and saved != settings and not _any_work(out / STATE_DIR):
         saved = None  # a run that stopped before its first batch (a mistyped model, say) binds nothing: replaced
     if saved is not None and saved != settings:
@@ -221,6 +221,15 @@ def check_settings(out: Path, settings: dict, write: bool = True) -> None:
                              " resume with the same options or use another --out")
     if saved is None and write:
         write_json(path, settings)
+
+
+def _with_fields_added_since(saved: Optional[dict], settings: dict) -> Optional[dict]:
+    """``saved`` with the dataset-record fields that a later aft_hf added (``content_sha256``) taken from
+    ``settings``: a folder written before a field existed is compared on the fields it has."""
+    for old, new in zip((saved or {}).get("datasets", []), settings.get("datasets", [])):
+        if isinstance(old, dict) and old.get("name") == new.get("name"):
+            old.update({k: v for k, v in new.items() if k not in old})
+    return saved
 
 
 def _any_work(state: Path) -> bool:
@@ -234,20 +243,27 @@ def _differences(saved: dict, new: dict, prefix: str = "") -> list[str]:
         text = json.dumps(value) if value is not None else "(none)"
         return text if len(text) <= 60 else text[:57] + "..."
 
-    def as_dict(value):  # lists of records compare record by record (datasets[1].ref: ...)
-        return dict(enumerate(value)) if isinstance(value, list) else value
+    def as_dict(value):  # lists of records compare record by record, by name where each has one (datasets[pcam].ref)
+        if not isinstance(value, list):
+            return value
+        names = [v.get("name") if isinstance(v, dict) else None for v in value]
+        return dict(zip(names, value)) if None not in names and len(set(names)) == len(names) else dict(enumerate(value))
 
     out = []
     for key in sorted(set(saved) | set(new), key=str):
         old_value, new_value = saved.get(key), new.get(key)
         if old_value == new_value:
             continue
-        name = f"{prefix[:-1]}[{key}]" if isinstance(key, int) else f"{prefix}{key}"
-        if (isinstance(old_value, list) and isinstance(new_value, list) and len(old_value) == len(new_value)
+        name = f"{prefix[:-3]}[{key}]" if prefix.endswith("[].") else f"{prefix}{key}"
+        if (isinstance(old_value, list) and isinstance(new_value, list)
                 and any(isinstance(v, dict) for v in old_value + new_value)):
-            old_value, new_value = as_dict(old_value), as_dict(new_value)
-        if isinstance(old_value, dict) and isinstance(new_value, dict):
+            out += _differences(as_dict(old_value), as_dict(new_value), f"{name}[].")
+        elif isinstance(old_value, dict) and isinstance(new_value, dict):
             out += _differences(old_value, new_value, f"{name}.")
+        elif prefix.endswith("[].") and (old_value is None or new_value is None):  # a record on one side only
+            out.append(f"{name}: {'added' if old_value is None else 'not given now'}")
+        elif key == "content_sha256":
+            out.append(f"{prefix[:-1]}: its files changed (class names, templates, labels or shards)")
         else:
             out.append(f"{name}: {show(old_value)} -> {show(new_value)}")
     return out

@@ -290,7 +290,10 @@ def test_a_run_that_computed_nothing_does_not_bind_its_folder(copies, tiny_clip_
     report = run_benchmark([str(tiny_clip_path)], requests, tmp_path / "b", protocol, print_fn=lambda s: None)
     assert report["complete"]
     assert _differences({"datasets": [{"name": "c", "ref": "x/a"}]}, {"datasets": [{"name": "c", "ref": "x/b"}]}) == [
-        'datasets[0].ref: "x/a" -> "x/b"']
+        'datasets[c].ref: "x/a" -> "x/b"']
+    two = {"datasets": [{"name": "c", "ref": "x/a"}, {"name": "p", "ref": "x/p"}]}
+    assert _differences(two, {"datasets": two["datasets"][:1]}) == ["datasets[p]: not given now"]  # not cut at 60 chars
+    assert _differences({"datasets": two["datasets"][:1]}, two) == ["datasets[p]: added"]
 
 
 @pytest.mark.slow
@@ -708,28 +711,43 @@ def test_ctrl_c_stops_the_run_even_where_sigint_was_ignored_before():
 
 def test_measured_weights_and_the_check(tmp_path):
     """What a state folder says it measured: nothing without saved work, its weights.json or result.json's hash
-    otherwise; a different model is refused in one line, two hashes in one folder too."""
-    from aft_hf.benchmark.weights import WEIGHTS_FILE, check_same_weights, measured_weights
-    from aft_hf.files import WEIGHTS_HASH_KEY, tower_weights_sha256
+    otherwise; other image or text weights are refused in one line naming which, two hashes in one folder too."""
+    from aft_hf.benchmark.weights import TEXT_HASH_KEY, WEIGHTS_FILE, check_same_weights, measured_weights
+    from aft_hf.files import WEIGHTS_HASH_KEY
 
-    a = {"vision_model.w": torch.zeros(2, 2)}
-    b = {"vision_model.w": torch.ones(2, 2)}
+    a, b, t, u = "a" * 64, "b" * 64, "t" * 64, "u" * 64
     state = tmp_path / "state" / "m"
     (state / "three").mkdir(parents=True)
-    (state / WEIGHTS_FILE).write_text(json.dumps({WEIGHTS_HASH_KEY: tower_weights_sha256(a)}))
+    (state / WEIGHTS_FILE).write_text(json.dumps({WEIGHTS_HASH_KEY: a, TEXT_HASH_KEY: t}))
     assert measured_weights(state) is None  # no batch saved yet: it binds nothing
     (state / "three" / "batch_000000.json").write_text("{}")
-    assert measured_weights(state) == tower_weights_sha256(a)
-    assert check_same_weights("m", state, measured_weights(state), a) == tower_weights_sha256(a)
+    assert measured_weights(state) == {WEIGHTS_HASH_KEY: a, TEXT_HASH_KEY: t}
+    check_same_weights("m", "m", state, measured_weights(state), {WEIGHTS_HASH_KEY: a, TEXT_HASH_KEY: t})
     with pytest.raises(BenchmarkError, match=r"^m has changed since this folder measured it .* delete '") as e:
-        check_same_weights("m", state, measured_weights(state), b)
+        check_same_weights("m", "m", state, measured_weights(state), {WEIGHTS_HASH_KEY: b, TEXT_HASH_KEY: t})
     assert "\n" not in str(e.value)
-    (state / WEIGHTS_FILE).unlink()  # a folder from before weights.json: result.json names the weights
-    (state / "three" / "result.json").write_text(json.dumps({WEIGHTS_HASH_KEY: tower_weights_sha256(b)}))
-    assert measured_weights(state) == tower_weights_sha256(b)
-    (state / WEIGHTS_FILE).write_text(json.dumps({WEIGHTS_HASH_KEY: tower_weights_sha256(a)}))
+    with pytest.raises(BenchmarkError, match=r"^the text tower of m \(txt\) has changed since"):
+        check_same_weights("m", "txt", state, measured_weights(state), {WEIGHTS_HASH_KEY: a, TEXT_HASH_KEY: u})
+    (state / WEIGHTS_FILE).unlink()  # a folder from before weights.json: result.json names the image tower
+    (state / "three" / "result.json").write_text(json.dumps({WEIGHTS_HASH_KEY: b}))
+    assert measured_weights(state) == {WEIGHTS_HASH_KEY: b}
+    check_same_weights("m", "m", state, measured_weights(state), {WEIGHTS_HASH_KEY: b, TEXT_HASH_KEY: u})
+    (state / WEIGHTS_FILE).write_text(json.dumps({WEIGHTS_HASH_KEY: a}))
     with pytest.raises(BenchmarkError, match="2 different weights"):
         measured_weights(state)
+
+
+def test_text_tower_hash_follows_weights_and_vocabulary(tiny_clip_path, tmp_path):
+    from aft_hf.benchmark.weights import text_tower_sha256
+    from aft_hf.explain.targets import load_text_tower
+    from aft_hf.model import save_tiny_clip
+
+    first = load_text_tower(str(tiny_clip_path))
+    assert text_tower_sha256(first) == text_tower_sha256(load_text_tower(str(tiny_clip_path)))
+    other = load_text_tower(str(save_tiny_clip(tmp_path / "other", seed=3)))
+    assert text_tower_sha256(other) != text_tower_sha256(first)
+    first.tokenizer.add_tokens(["zebroid"])
+    assert text_tower_sha256(first) != text_tower_sha256(load_text_tower(str(tiny_clip_path)))
 
 
 @pytest.mark.slow
@@ -765,3 +783,55 @@ def test_a_model_changed_between_runs_is_refused_not_mixed_in(copies, tmp_path, 
     assert (tmp_path / "done" / "report.json").read_text() == report  # nothing lost
     assert len(list((state / "three").glob("batch_*.json"))) == 1
     assert main([*common, "--datasets", str(three), "--out", str(tmp_path / "new")]) == 0  # another --out measures it
+
+
+@pytest.mark.slow
+def test_a_text_tower_or_dataset_changed_between_runs_is_refused(copies, tmp_path, single_thread, capsys):
+    """Zero-shot numbers depend on the text tower and on the dataset's class names, templates and labels too: a
+    resumed run whose --text-model folder was replaced, or whose data copy changed, used to report the old numbers."""
+    import shutil
+
+    from aft_hf.model import load_image_encoder, save_tiny_clip
+
+    three, _ = copies
+    data = shutil.copytree(three, tmp_path / "data" / "wds_three")
+    save_tiny_clip(tmp_path / "full", seed=0)
+    vision = tmp_path / "vision"
+    encoder = load_image_encoder(str(tmp_path / "full"))
+    encoder.vision.save_pretrained(vision)
+    encoder.image_processor.save_pretrained(vision)
+    text = save_tiny_clip(tmp_path / "text", seed=1)
+    args = ["benchmark", "--model", str(vision), "--text-model", str(text), "--datasets", str(data), "--eps", "4",
+            "--iterations", "2", "--ce-restarts", "1", "--targets", "1", "--robust-images", "4", "--batch-size", "8",
+            "--device", "cpu", "--out", str(tmp_path / "b")]
+    assert main(args) == 0
+    assert main(args) == 0  # unchanged: resumed
+    shutil.rmtree(text)
+    save_tiny_clip(text, seed=2)
+    capsys.readouterr()
+    assert main(args) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and f"the text tower of {vision} ({text}) has changed" in errors[0], errors
+    shutil.rmtree(text)
+    save_tiny_clip(text, seed=1)  # the text tower back; now a class name fixed in the data copy
+    assert main(args) == 0
+    (data / "classnames.txt").write_text("cat\ndog\nsparrow\n")
+    capsys.readouterr()
+    assert main(args) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "datasets[three]: its files changed (class names, templates, labels or shards)" in \
+        errors[0], errors
+
+
+def test_a_folder_from_before_the_dataset_fingerprint_resumes_on_the_fields_it_has(tmp_path):
+    from aft_hf.benchmark.runner import check_settings
+
+    old = {"models": ["m"], "datasets": [{"name": "c", "ref": "x/c", "images": 5}]}
+    (tmp_path / "state" / "m" / "c").mkdir(parents=True)
+    (tmp_path / "state" / "m" / "c" / "batch_000000.json").write_text("{}")
+    (tmp_path / "state" / "settings.json").write_text(json.dumps(old))
+    check_settings(tmp_path, {"models": ["m"], "datasets": [{"name": "c", "ref": "x/c", "images": 5,
+                                                             "content_sha256": "f" * 64}]}, write=False)
+    with pytest.raises(BenchmarkError, match=r"datasets\[c\]\.images: 5 -> 6"):
+        check_settings(tmp_path, {"models": ["m"], "datasets": [{"name": "c", "ref": "x/c", "images": 6,
+                                                                 "content_sha256": "f" * 64}]}, write=False)
