@@ -272,11 +272,20 @@ def _attack_sentence(attack: dict) -> str:
             f"(step {_fmt(attack.get('alpha'))}/255) inside {budget}.")
 
 
+HEADLESS_SIGLIP = "SiglipVisionModel (headless)"
+"""The card's name for a ``SiglipVisionModel`` folder saved without its pooling head (``vision_use_head: false``)."""
+
+
+def _card_kind(cls: str, vision: dict) -> str:
+    """``cls``, or :data:`HEADLESS_SIGLIP` for a SigLIP tower saved without its attention-pooling head."""
+    return HEADLESS_SIGLIP if cls == "SiglipVisionModel" and vision.get("vision_use_head", True) is False else cls
+
+
 EMBEDDING_TEXT = {
     "pooled": "{normalised}embedding (the projected pooled output; the pooled output itself for a tower without "
               "projection)",
-    "patch_tokens": "patch-token features ({normalised}hidden states of {layer}, class token dropped: "
-                    "what LLaVA-style vision-language models read from their CLIP tower)",
+    "patch_tokens": "patch-token features ({normalised}hidden states of {layer}, {tokens}: "
+                    "what LLaVA-style vision-language models read from their image tower)",
 }
 """How each ``model.embedding`` of the recipe is described (the quantity the AFT objective compares)."""
 
@@ -288,7 +297,8 @@ def _method_section(recipe: dict, base: str, cls: str = "CLIPModel") -> str:
     what = EMBEDDING_TEXT.get(embedding, f"{{normalised}}'{embedding}' embedding").format(
         normalised="per-token L2-normalised " if model.get("output_normalize") and embedding == "patch_tokens"
         else "L2-normalised " if model.get("output_normalize") else "",
-        layer="the penultimate layer" if layer == LLAVA_FEATURE_LAYER else f"hidden state {layer} (`model.feature_layer`)")
+        layer="the penultimate layer" if layer == LLAVA_FEATURE_LAYER else f"hidden state {layer} (`model.feature_layer`)",
+        tokens="every patch: SigLIP has no class token" if cls.startswith("Siglip") else "class token dropped")
     if attack.get("mode") == "noise":
         training = ("**This is a control run**: the adversarial attack was replaced by uniform random noise of the "
                     f"same budget ({attack.get('norm')}, {_fmt(attack.get('eps'))}/255), to separate the adversarial "
@@ -360,6 +370,9 @@ USE_TEXT = {
                    "like its base.",
     "SiglipVisionModel": "This folder holds the SigLIP image tower with its attention-pooling head: pair it with the "
                          "base's text tower for zero-shot classification.",
+    HEADLESS_SIGLIP: "This folder holds the SigLIP image tower without its attention-pooling head: it gives the patch "
+                     "tokens that a vision-language model reads (LLaVA-OneVision keeps its tower this way), and no "
+                     "image embedding, so it cannot classify zero-shot.",
     "CLIPVisionModel": "This folder holds the bare image tower (no projection, no text tower): it gives hidden "
                        "states for a LLaVA-style model, not CLIP's joint image-text embedding.",
 }
@@ -435,34 +448,46 @@ _IMAGE = 'image = Image.open("cat.jpg")  # your image'
 _TOWER = "tower = CLIPVisionModel.from_pretrained(\"{repo}\")  # hidden states: the vision tower of LLaVA-style models"
 _FEATURES = [
     "out = tower(**processor(images=image, return_tensors=\"pt\"), output_hidden_states=True)",
-    "features = out.hidden_states[-2][:, 1:]  # penultimate layer, class token dropped (LLaVA's default)",
+    "features = out.hidden_states[{layer}][:, 1:]  # {which}, class token dropped",
 ]
 
 
-def _siglip_snippet(repo: str, cls: str) -> list[str]:
-    """A SigLIP folder's usage: sigmoid zero-shot scores (full model), the pooled output, the patch tokens."""
-    lines = ["from PIL import Image", f"from transformers import SiglipImageProcessorPil, {cls}"
+def _features(layer: int, siglip: bool = False) -> str:
+    """The snippet line reading patch tokens at hidden state ``layer`` (the one AFT trained, or LLaVA's default)."""
+    which = ("penultimate layer (LLaVA's default)" if layer == LLAVA_FEATURE_LAYER
+             else f"hidden state {layer}, the layer AFT trained")
+    if siglip:
+        return f"features = out.hidden_states[{layer}]  # {which}: every patch (SigLIP has no class token)"
+    return _FEATURES[1].format(layer=layer, which=which)
+
+
+def _siglip_snippet(repo: str, cls: str, layer: int = LLAVA_FEATURE_LAYER) -> list[str]:
+    """A SigLIP folder's usage: sigmoid zero-shot scores (full model), the pooled output (where the tower has its
+    pooling head), the patch tokens of hidden state ``layer``."""
+    name = "SiglipVisionModel" if cls == HEADLESS_SIGLIP else cls  # the class in code
+    lines = ["from PIL import Image", f"from transformers import SiglipImageProcessorPil, {name}"
              + (", pipeline" if cls == "SiglipModel" else ""), "", _IMAGE,
              f'processor = SiglipImageProcessorPil.from_pretrained("{repo}")  # resize, no crop',
-             f'model = {cls}.from_pretrained("{repo}")']
+             f'model = {name}.from_pretrained("{repo}")']
     if cls == "SiglipModel":
         lines += [f'classifier = pipeline("zero-shot-image-classification", model="{repo}")  # per-class sigmoids',
                   'print(classifier(image, candidate_labels=["a photo of a cat", "a photo of a dog"]))',
                   'embeddings = model.get_image_features(**processor(images=image, return_tensors="pt"))',
                   'embeddings = getattr(embeddings, "pooler_output", embeddings)  # the attention-pooling head',
                   'out = model.vision_model(**processor(images=image, return_tensors="pt"), output_hidden_states=True)',
-                  "features = out.hidden_states[-2]  # penultimate layer: every patch (SigLIP has no class token)"]
+                  _features(layer, siglip=True)]
     else:
         lines += ['out = model(**processor(images=image, return_tensors="pt"), output_hidden_states=True)',
-                  "embeddings = out.pooler_output  # the attention-pooling head",
-                  "features = out.hidden_states[-2]  # penultimate layer: every patch (SigLIP has no class token)"]
+                  *(["embeddings = out.pooler_output  # the attention-pooling head"] if cls != HEADLESS_SIGLIP else []),
+                  _features(layer, siglip=True)]
     return lines
 
 
-def _transformers_snippet(repo: str, cls: str, processor: str) -> list[str]:
-    """Lines of the transformers usage of a folder saved as ``cls`` (each one runs on the folder)."""
+def _transformers_snippet(repo: str, cls: str, processor: str, layer: int = LLAVA_FEATURE_LAYER) -> list[str]:
+    """Lines of the transformers usage of a folder saved as ``cls`` (each one runs on the folder); patch tokens are
+    read at hidden state ``layer``."""
     if cls.startswith("Siglip"):
-        return _siglip_snippet(repo, cls)
+        return _siglip_snippet(repo, cls, layer)
     if cls == "CLIPModel":
         return ["from PIL import Image", "from transformers import CLIPModel, CLIPProcessor, CLIPVisionModel, "
                 "CLIPVisionModelWithProjection, pipeline", "", _IMAGE,
@@ -472,13 +497,13 @@ def _transformers_snippet(repo: str, cls: str, processor: str) -> list[str]:
                 'print(classifier(image, candidate_labels=["a photo of a cat", "a photo of a dog"]))', "",
                 f'vision = CLIPVisionModelWithProjection.from_pretrained("{repo}")  # projected image embeddings',
                 'embeddings = vision(**processor(images=image, return_tensors="pt")).image_embeds',
-                _TOWER.format(repo=repo), *_FEATURES]
+                _TOWER.format(repo=repo), _FEATURES[0], _features(layer)]
     lines = ["from PIL import Image", f"from transformers import CLIPImageProcessor, {cls}"
              + (", CLIPVisionModel" if cls != "CLIPVisionModel" else ""), "", _IMAGE, processor]
     if cls == "CLIPVisionModelWithProjection":
         lines += [f'vision = CLIPVisionModelWithProjection.from_pretrained("{repo}")  # projected image embeddings',
                   'embeddings = vision(**processor(images=image, return_tensors="pt")).image_embeds']
-    return lines + [_TOWER.format(repo=repo), *_FEATURES]
+    return lines + [_TOWER.format(repo=repo), _FEATURES[0], _features(layer)]
 
 
 def _usage_section(repo: str, cls: str, folder: Path, embedding: str = "pooled", feature_layer: int = LLAVA_FEATURE_LAYER) -> str:
@@ -494,7 +519,8 @@ def _usage_section(repo: str, cls: str, folder: Path, embedding: str = "pooled",
                  if (folder / "preprocessor_config.json").is_file() else
                  f'processor = CLIPImageProcessor(size={{"shortest_edge": {size}}}, '
                  f'crop_size={{"height": {size}, "width": {size}}})  # no processor saved: CLIP\'s at {size} px')
-    code = ["```python", *_transformers_snippet(repo, cls, processor), "```"]
+    snippet_layer = feature_layer if embedding == "patch_tokens" else LLAVA_FEATURE_LAYER
+    code = ["```python", *_transformers_snippet(repo, cls, processor, snippet_layer), "```"]
     output = {"pooled": "L2-normalised image embeddings" if cls != "CLIPVisionModel"
               else "the L2-normalised pooled output (no projection in this folder)",
               "patch_tokens": f"the normalised patch tokens of the {layer}, flattened",
@@ -597,7 +623,7 @@ def build_model_card(folder: Union[str, Path], repo_id: Optional[str] = None, re
     if config is None:
         raise CardError(f"'{folder}' is not an exported model folder (no config.json)")
     full_clip, vision = _geometry(config)
-    cls = folder_class(config)
+    cls = _card_kind(folder_class(config), vision)
     recipe = _read_yaml(folder / CONFIG_FILE)
     imported = _read_json(folder / IMPORT_FILE)
     base = (recipe or {}).get("model", {}).get("name_or_path") or (imported or {}).get("base")
@@ -605,7 +631,8 @@ def build_model_card(folder: Union[str, Path], repo_id: Optional[str] = None, re
     dataset_id = _dataset_id((recipe or {}).get("data", {}).get("dataset"))
     model_name = (repo_id or folder.resolve().name).split("/")[-1]
     adversarial = recipe is not None and (recipe.get("attack") or {}).get("mode", "pgd") != "noise"
-    tags = list(AFT_TAGS) if adversarial else ["clip", "aft"] if recipe is not None else ["clip", "open_clip-conversion"]
+    tags = (list(AFT_TAGS) if adversarial else ["clip", "aft"] if recipe is not None
+            else ["clip", "open_clip-conversion"] if imported is not None else ["clip"])
     tags += [t for t in extra_tags if t not in tags]
     results = eval_results_from_report(report) if report else []
 
@@ -627,14 +654,18 @@ def build_model_card(folder: Union[str, Path], repo_id: Optional[str] = None, re
                                   "vision tower of LLaVA-style models.",
                "SiglipModel": "; a full `SiglipModel` (image and text towers, sigmoid zero-shot scores).",
                "SiglipVisionModel": "; the SigLIP image tower with its attention-pooling head "
-                                    "(`SiglipVisionModel`)."}[cls])
+                                    "(`SiglipVisionModel`).",
+               HEADLESS_SIGLIP: "; the SigLIP image tower without its attention-pooling head (`SiglipVisionModel`, "
+                                "`vision_use_head: false`): patch tokens only."}[cls])
     if recipe is not None:
         intro = (f"`{base_text}` with its image encoder fine-tuned by "
                  f"{'adversarial fine-tuning (AFT)' if adversarial else 'a noise-control run of AFT'} using `aft_hf`.")
     elif imported is not None:
         intro = "A released open_clip image encoder converted to the transformers CLIP format with `aft_hf`."
-    else:
-        intro = "A CLIP model exported with `aft_hf`."
+    else:  # a plain save_pretrained folder: a baseline, or weights trained elsewhere
+        intro = (f"A {'SigLIP' if cls.startswith('Siglip') else 'CLIP'} model. This folder holds no `aft_hf` training "
+                 f"record (`{CONFIG_FILE}`) or conversion record (`{IMPORT_FILE}`), so this card does not say how "
+                 "its weights were trained.")
     sections = [f"# {model_name}", "", intro, "", arch]
     if recipe is not None:
         changes = _read_json(folder / CONFIG_CHANGES_FILE)

@@ -385,3 +385,13 @@ def test_push_refuses_a_second_report_or_figure_rather_than_dropping_the_first(e
         main(["push", str(exported), "--repo-id", "me/x", option, "a.json", option, "b.json", "--dry-run", "--out", "o"])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and f"argument {option}: given twice ('a.json', 'b.json')" in err
+
+
+def test_a_plain_folder_is_not_called_a_conversion_or_an_aft_export(tiny_clip_path):
+    """A baseline saved with save_pretrained (no aft_config.yaml, no aft_import.json) used to be tagged
+    open_clip-conversion and introduced as "exported with aft_hf"."""
+    from aft_hf.card import build_model_card
+
+    card = build_model_card(tiny_clip_path, "me/baseline")
+    assert card.data.tags == ["clip"]
+    assert "exported with `aft_hf`" not in card.text and "does not say how its weights were trained" in card.text

@@ -258,3 +258,38 @@ def test_siglip_images_are_resized_without_a_crop_as_its_processor_does(siglip48
     theirs = encoder.image_processor(images=image, do_rescale=True, do_normalize=False, return_tensors="pt")
     assert ours.shape[-2:] == (encoder.image_size, encoder.image_size)
     assert (ours - theirs["pixel_values"][0]).abs().max() < 1e-5  # a centre crop would keep only the middle third
+
+
+@pytest.mark.slow
+def test_the_card_of_a_headless_siglip_tower_trained_on_its_last_layer(tmp_path, monkeypatch):
+    """A LLaVA-OneVision-style tower (no pooling head) trained on hidden state -1: the card used to promise an
+    attention-pooling head, a class token dropped and the penultimate layer, and its snippet's pooler_output was None."""
+    import re
+
+    import numpy as np
+    from PIL import Image
+    from transformers import SiglipImageProcessorPil, SiglipVisionModel
+
+    from aft_hf.hub import prepare_hub_folder
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    SiglipVisionModel(_siglip_tower_cfg()).save_pretrained(tmp_path / "tower")
+    SiglipImageProcessorPil(size={"height": 48, "width": 48}).save_pretrained(tmp_path / "tower")
+    cfg = load_config(None, [
+        "--model.name_or_path", str(tmp_path / "tower"), "--model.embedding", "patch_tokens", "--model.feature_layer",
+        "-1", "--data.dataset", str(write_png_folder(tmp_path / "imgs", 4, size=48)), "--output_dir",
+        str(tmp_path / "out"), "--optim.batch_size", "4", "--max_steps", "1", "--warmup_steps", "0", "--attack.steps",
+        "1", "--logging.report_to", "none", "--checkpointing_steps", "100"])
+    out = prepare_hub_folder(train(cfg), tmp_path / "hub", repo_id="me/ov-tower-aft")
+    text = (out / "README.md").read_text()
+    assert "without its attention-pooling head" in text and "with its attention-pooling head" not in text
+    assert "class token dropped" not in text and "hidden_states[-2]" not in text and "pooler_output" not in text
+    assert "every patch: SigLIP has no class token" in text  # the method section
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save("cat.jpg")
+    transformers_block = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+    namespace: dict = {}
+    exec(compile(transformers_block.replace('"me/ov-tower-aft"', repr(str(out))), "<card>", "exec"), namespace)
+    features, hidden = namespace["features"], namespace["out"].hidden_states
+    assert features.shape == (1, 36, 32) and torch.equal(features, hidden[-1])  # hidden state -1: what AFT trained
