@@ -84,9 +84,15 @@ def resolve_folder(spec: Union[str, Path], what: str, revision: Optional[str] = 
         if not (path / "config.json").is_file() and (path / "final" / "config.json").is_file():  # a training run
             raise GraftError(f"{what} '{spec}' is a training run's folder: give its exported model, "
                              f"'{Path(spec) / 'final'}'")
+        if not (path / "config.json").is_file():  # a training checkpoint (accelerate state), a data folder...
+            raise GraftError(f"{what} '{spec}' is not a model folder (no config.json)"
+                             + ("; a training checkpoint holds no exported model: give the run's final/ folder"
+                                if path.parent.name == "checkpoints" else ""))
         return path
     from .model import _looks_like_path
 
+    if path.is_file():
+        raise GraftError(f"{what} '{spec}' is a file; give the folder that holds it ('{path.parent}')")
     if _looks_like_path(str(spec)):
         raise GraftError(f"{what} '{spec}' is not a folder")
     from huggingface_hub import snapshot_download
@@ -95,7 +101,13 @@ def resolve_folder(spec: Union[str, Path], what: str, revision: Optional[str] = 
         return Path(snapshot_download(str(spec), revision=revision,
                                       allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]))
     except Exception as e:  # offline, unknown id, gated: one line
-        raise GraftError(f"could not get {what} '{spec}': {' '.join(str(e).split())[:300]}") from e
+        from .env import hub_offline
+
+        if hub_offline():  # the Hub's own text is a paragraph about its cache
+            raise GraftError(f"could not get {what} '{spec}': no local folder of that name, and HF_HUB_OFFLINE is set "
+                             "(a Hub id loads offline only from the Hub cache)") from e
+        raise GraftError(f"could not get {what} '{spec}': no local folder of that name, and the Hub says: "
+                         f"{' '.join(str(e).split())[:300]}") from e
 
 
 def read_checkpoint(folder: Path, what: str) -> Checkpoint:

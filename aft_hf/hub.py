@@ -111,8 +111,10 @@ def report_for_folder(report: dict, folder: Union[str, Path], allow_unverified: 
         matches = [r for r in hashed if r[WEIGHTS_HASH_KEY] == mine]
         if not matches:
             measured = "; ".join(f"{_row_name(r)} [weights {r[WEIGHTS_HASH_KEY][:12]}]" for r in hashed)
-            raise HubError(f"{name} has no row for '{folder}' (weights {mine[:12]}); it measured {measured}: "
-                           f"evaluate this folder with `aft-hf evaluate --model {folder} ...` and pass that report")
+            fix = (f"benchmark this folder (`aft-hf benchmark --model {folder} ...`) and pass its card_<model>.json"
+                   if any(r.get("measured_with") == "aft-hf benchmark" for r in hashed) else
+                   f"evaluate this folder with `aft-hf evaluate --model {folder} ...` and pass that report")
+            raise HubError(f"{name} has no row for '{folder}' (weights {mine[:12]}); it measured {measured}: {fix}")
         if len(matches) > 1:
             logger.info("%d rows of %s measured these weights; the card shows the first (%s)", len(matches), name,
                         _row_name(matches[0]))

@@ -244,3 +244,25 @@ def test_a_training_run_folder_points_to_its_export(aft48, tmp_path):
     with pytest.raises(GraftError, match=f"is a training run's folder: give its exported model, '{run / 'final'}'"):
         graft(run, save_llava(tmp_path / "llava"), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_missing_folders_files_and_checkpoints_are_named_as_such(aft48, tmp_path, monkeypatch):
+    """A mistyped relative folder used to end in the Hub cache's paragraph about snapshots, a training checkpoint in
+    transformers' "Unrecognized model"."""
+    import shutil
+
+    llava = save_llava(tmp_path / "llava")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(GraftError, match=r"^could not get AFT folder 'out/nope': no local folder of that name, and "
+                                         r"HF_HUB_OFFLINE is set \(a Hub id loads offline only from the Hub cache\)$"):
+        graft("out/nope", llava, tmp_path / "out")
+    with pytest.raises(GraftError, match=f"^VLM '{llava / 'config.json'}' is a file; give the folder that holds it"):
+        graft(aft48, llava / "config.json", tmp_path / "out")
+    step = tmp_path / "run" / "checkpoints" / "step_00000006"
+    shutil.copytree(aft48, step)
+    (step / "config.json").unlink()
+    with pytest.raises(GraftError, match="is not a model folder \\(no config.json\\); a training checkpoint holds no "
+                                         "exported model: give the run's final/ folder"):
+        graft(step, llava, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

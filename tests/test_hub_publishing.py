@@ -84,7 +84,7 @@ def test_push_takes_only_the_row_of_the_pushed_weights(evaluations, world, tmp_p
     push = ["push", str(tuned), "--repo-id", "me/wc-aft", "--dry-run"]
     assert main([*push, "--report", str(base_report), "--out", str(tmp_path / "a")]) == 2
     err = _error(capsys)
-    assert "has no row for" in err and "builtin:world-clip" in err
+    assert "has no row for" in err and "builtin:world-clip" in err and f"aft-hf evaluate --model {tuned}" in err
     assert not (tmp_path / "a").exists()
 
     assert main([*push, "--report", str(both / "report.json"), "--out", str(tmp_path / "b")]) == 0

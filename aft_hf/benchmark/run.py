@@ -20,7 +20,7 @@ from ..evaluate.zeroshot import ZeroShotClassifier
 from ..files import WEIGHTS_HASH_KEY, write_json
 from ..model import encoder_family
 from ..outputs import check_results_owner, claim_results_folder
-from .errors import BenchmarkError
+from .errors import BenchmarkError, DatasetNotHere
 from .protocol import PrecisionForward, Protocol
 from .report import build_report, dataset_entry, write_reports
 from .runner import (
@@ -80,16 +80,24 @@ def _work_left(folder: Path, plan: DatasetPlan, protocol: Protocol) -> int:
 
 def _open_all(requests: Sequence[DatasetRequest], split: str, data_root: Optional[str]) -> list:
     """Every dataset opened, or one error listing each that cannot be (a partial mirror: all its gaps at once)."""
-    data, problems = [], []
+    data, problems, not_here = [], [], []
     for r in requests:
         try:
             data.append(open_wds(r.ref, split, data_root))
+        except DatasetNotHere as e:
+            not_here.append(e)
         except BenchmarkError as e:
             problems.append(str(e))
-    if len(problems) == 1:
+    if len(not_here) == 1:
+        problems.append(str(not_here[0]))
+    elif not_here:  # a suite against a partial mirror, offline: one sentence, not a paragraph per dataset
+        where = f"under --data-root '{data_root}'" if data_root else "(no --data-root given)"
+        problems.append(f"no local copy {where} of {', '.join(e.repo_id for e in not_here)}, and {not_here[0].why}")
+    if len(problems) == 1 and len(data) == len(requests) - 1:
         raise BenchmarkError(problems[0])
     if problems:
-        raise BenchmarkError(f"{len(problems)} of {len(requests)} datasets cannot be opened: " + "; ".join(problems))
+        raise BenchmarkError(f"{len(requests) - len(data)} of {len(requests)} datasets cannot be opened: "
+                             + "; ".join(problems))
     return data
 
 

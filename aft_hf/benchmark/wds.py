@@ -29,8 +29,9 @@ import torch
 from torch import Tensor
 
 from ..data.images import preprocess
+from ..env import hub_offline
 from ..explain.targets import ExplainError, check_template
-from .errors import BenchmarkError
+from .errors import BenchmarkError, DatasetNotHere
 
 logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")
@@ -94,15 +95,23 @@ class WdsDataset:
         """Decoded images ``start:stop`` as (n, 3, size, size) in [0, 1]; an unreadable one is an error."""
         rows = self.table[start:stop]
         out = []
-        for key, value in zip(rows["__key__"], rows["image"]):
+        for row, (key, value) in enumerate(zip(rows["__key__"], rows["image"]), start):
             if value is None:
-                raise BenchmarkError(f"{self.ref}: sample '{key}' has no image")
+                raise BenchmarkError(f"{self.ref}: sample '{key}' of {self.shard_of(row)} has no image")
             try:
                 out.append(preprocess(value, size))
             except Exception as e:  # any decoder failure: the protocol's sample would silently change
-                raise BenchmarkError(f"{self.ref}: image of sample '{key}' cannot be decoded "
+                raise BenchmarkError(f"{self.ref}: image of sample '{key}' of {self.shard_of(row)} cannot be decoded "
                                      f"({type(e).__name__}: {e})") from None
         return torch.stack(out)
+
+    def shard_of(self, row: int) -> str:
+        """The shard (relative path) holding row ``row`` of the table, for error messages."""
+        for shard in self.shards:
+            if row < shard.images:
+                return shard.relpath
+            row -= shard.images
+        return "no shard"
 
 
 def _fetcher(ref: str, data_root: Optional[str]) -> tuple[Callable[[str], Optional[Path]], Optional[str],
@@ -116,7 +125,7 @@ def _fetcher(ref: str, data_root: Optional[str]) -> tuple[Callable[[str], Option
         if local is not None and local.is_dir():
             folder, hub_id = local, ref
         elif ref.count("/") == 1 and not ref.startswith((".", "/", "~")):
-            if local is not None:
+            if local is not None and not hub_offline():  # offline, the Hub cache has it or the error says so
                 logger.warning("no copy of '%s' under --data-root (%s does not exist): reading it from the Hub", ref, local)
             return _hub_fetcher(ref, missing_copy=local), ref, None
         else:
@@ -138,11 +147,15 @@ def _hub_fetcher(repo_id: str, missing_copy: Optional[Path] = None) -> Callable[
         try:
             try:
                 return Path(hf_hub_download(repo_id, rel, repo_type="dataset"))
-            except LocalEntryNotFoundError:  # offline and not cached: not a file missing from the repo
-                raise
+            except LocalEntryNotFoundError as e:  # offline (or no network) and not cached: not a file missing from the repo
+                why = ("HF_HUB_OFFLINE is set (not in the Hub cache either)" if hub_offline() else
+                       f"the Hub cannot be reached ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})")
+                raise DatasetNotHere(repo_id, missing_copy, why) from None
             except EntryNotFoundError:  # the repo has no such file (optional files: nshards.txt)
                 return None
-        except Exception as e:  # offline, gated, no such repo: one line that says which
+        except DatasetNotHere:
+            raise
+        except Exception as e:  # gated, no such repo: one line that says which
             raise BenchmarkError(f"could not download '{rel}' of the dataset '{repo_id}' from the Hub "
                                  f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                                  + (f"there is no local copy at '{missing_copy}' either (check --data-root)"
@@ -257,11 +270,12 @@ def open_wds(ref: str, split: str = "test", data_root: Optional[str] = None) -> 
     if len(table) != expected:
         raise BenchmarkError(f"dataset '{ref}': {len(table)} rows read but the shards hold {expected} images")
     labels = table["cls"]
-    bad = [v for v in labels if v is None or not 0 <= int(v) < len(classnames)]
+    ds = WdsDataset(ref, hub_id, local_dir, split, classnames, templates, shards, table)
+    bad = [i for i, v in enumerate(labels) if v is None or not 0 <= int(v) < len(classnames)]
     if bad:
         raise BenchmarkError(f"dataset '{ref}': {len(bad)} labels outside 0..{len(classnames) - 1} "
-                             f"({len(classnames)} class names), e.g. {bad[0]}")
-    ds = WdsDataset(ref, hub_id, local_dir, split, classnames, templates, shards, table)
+                             f"({len(classnames)} class names), e.g. {labels[bad[0]]} (sample "
+                             f"'{table[bad[0]]['__key__']}' of {ds.shard_of(bad[0])})")
     logger.info("%s: %d images in %d shards (%s), %d classes, %d templates", ref, len(ds), len(shards),
                 ", ".join(f"{k} {v}" for k, v in ds.image_types.items()), len(classnames), len(templates))
     return ds

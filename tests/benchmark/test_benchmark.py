@@ -126,11 +126,14 @@ def test_incomplete_copies_fail_loudly(tmp_path):
         _add(tf, "s0000077.cls", b"1")
     ds = open_wds(str(broken))
     assert len(ds) == 6
-    with pytest.raises(BenchmarkError, match="image of sample 's0000077' cannot be decoded"):
+    with pytest.raises(BenchmarkError, match="image of sample 's0000077' of test/0.tar cannot be decoded"):
         ds.images(0, 6, 16)
-    labels = write_wds(tmp_path / "labels", ["a", "b"], ["png"])
-    (labels / "classnames.txt").write_text("a\n")
-    with pytest.raises(BenchmarkError, match="labels outside"):
+    labels = write_wds(tmp_path / "labels", ["a", "b", "c"], ["png", "png"])
+    with tarfile.open(labels / "test" / "1.tar", "a") as tf:  # one label past the class list, in the second shard
+        _add(tf, "s0000042.png", _image_bytes(np.random.default_rng(1), "png"))
+        _add(tf, "s0000042.cls", b"7")
+    with pytest.raises(BenchmarkError, match=r"1 labels outside 0..2 \(3 class names\), e.g. 7 \(sample 's0000042' of "
+                                             r"test/1.tar\)"):
         open_wds(str(labels))
 
 
@@ -332,6 +335,12 @@ def test_card_entries_per_dataset(copies, tiny_clip_path, tmp_path, single_threa
     from aft_hf.hub import prepare_hub_folder  # what `aft-hf push --report card_<model>.json` builds
 
     hub = prepare_hub_folder(tiny_clip_path, tmp_path / "hub", "me/model", card_file)
+    from aft_hf.hub import HubError
+    from aft_hf.model import save_tiny_clip
+
+    other = save_tiny_clip(tmp_path / "other", seed=4)  # a card of other weights: the fix is a benchmark of this one
+    with pytest.raises(HubError, match=f"benchmark this folder \\(`aft-hf benchmark --model {other.resolve()} ...`\\)"):
+        prepare_hub_folder(other, tmp_path / "hub_other", "me/other", card_file)
     readme = (hub / "README.md").read_text()
     assert "### clip-benchmark/wds_vtab-pcam" in readme and (hub / "assets" / "benchmark.png").is_file()
     assert "![Benchmark (aft-hf benchmark)](assets/benchmark.png)" in readme  # the tool that measured it
@@ -401,24 +410,29 @@ def test_docs_examples_run(copies, tmp_path, monkeypatch, single_thread):
 
 
 @pytest.mark.slow
-def test_hub_dataset_offline_is_one_line(tiny_clip_path, tmp_path, capsys):
+def test_hub_dataset_offline_is_one_line(tiny_clip_path, tmp_path, capsys, monkeypatch, caplog):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code = main(["benchmark", "--model", str(tiny_clip_path), "--datasets", "clip-benchmark/wds_vtab-pets",
                  "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    assert "could not download 'classnames.txt' of the dataset 'clip-benchmark/wds_vtab-pets'" in err
-    assert "--data-root" in err
+    assert ("dataset 'clip-benchmark/wds_vtab-pets': no local copy (give one with --data-root DIR, as DIR/<repo name>), "
+            "and HF_HUB_OFFLINE is set (not in the Hub cache either)") in err
     # a --data-root without the copy: the message names the copy it looked for; a --data-root that is no folder
     (tmp_path / "mirror").mkdir()
     code = main(["benchmark", "--model", str(tiny_clip_path), "--datasets", "clip-benchmark/wds_vtab-pets",
                  "--data-root", str(tmp_path / "mirror"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and f"no local copy at '{tmp_path / 'mirror' / 'wds_vtab-pets'}' either" in err
-    code = main(["benchmark", "--model", str(tiny_clip_path), "--datasets", "clip-benchmark/wds_vtab-pets",
-                 "clip-benchmark/wds_vtab-dtd", "--data-root", str(tmp_path / "mirror"), "--out", str(tmp_path / "o")])
-    err = capsys.readouterr().err.strip()  # a partial mirror: every gap in one line, not one per attempt
-    assert code == 2 and len(err.splitlines()) == 1 and err.count("no local copy at") == 2
-    assert "2 of 2 datasets cannot be opened" in err
+    assert code == 2 and f"no copy at '{tmp_path / 'mirror' / 'wds_vtab-pets'}', and HF_HUB_OFFLINE is set" in err
+    suite = ["benchmark", "--model", str(tiny_clip_path), "--suite", "robustvlm13", "--data-root", str(tmp_path / "mirror"),
+             "--out", str(tmp_path / "o")]
+    caplog.clear()
+    code = main(suite)
+    err = capsys.readouterr().err.strip()  # a partial mirror: every gap in one short line, not a paragraph per dataset
+    assert code == 2 and len(err.splitlines()) == 1 and len(err) < 800, err
+    assert f"13 of 13 datasets cannot be opened: no local copy under --data-root '{tmp_path / 'mirror'}' of " in err
+    assert "clip-benchmark/wds_vtab-pets" in err and err.count("HF_HUB_OFFLINE") == 1
+    assert "reading it from the Hub" not in caplog.text  # offline: no promise of a download
     code = main(["benchmark", "--model", str(tiny_clip_path), "--datasets", "clip-benchmark/wds_vtab-pets",
                  "--data-root", str(tmp_path / "mirrr"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
