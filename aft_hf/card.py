@@ -604,6 +604,35 @@ FARE, the unsupervised adversarial fine-tuning objective AFT builds on:
 # --------------------------------------------------------------------------- the card
 
 
+def _intro_and_architecture(cls: str, vision: dict, recipe: Optional[dict], imported: Optional[dict],
+                            adversarial: bool, base_text: str) -> tuple[str, str]:
+    """The card's first sentence (what made the folder) and its architecture line (the class and its geometry)."""
+    arch = (f"Architecture: {'SigLIP' if cls.startswith('Siglip') else 'CLIP'} ViT, width {vision.get('hidden_size')}, "
+            f"{vision.get('num_hidden_layers')} layer{'s' * (vision.get('num_hidden_layers') != 1)}, "
+            f"{vision.get('num_attention_heads')} heads, patch {vision.get('patch_size')}, "
+            f"{vision.get('image_size')} px"
+            + {"CLIPModel": f", projection {vision.get('projection_dim')}; a full `CLIPModel` (image and text towers).",
+               "CLIPVisionModelWithProjection": f", projection {vision.get('projection_dim')}; image tower with "
+                                                "projection only (`CLIPVisionModelWithProjection`).",
+               "CLIPVisionModel": "; a bare image tower (`CLIPVisionModel`: no projection, no text tower), the "
+                                  "vision tower of LLaVA-style models.",
+               "SiglipModel": "; a full `SiglipModel` (image and text towers, sigmoid zero-shot scores).",
+               "SiglipVisionModel": "; the SigLIP image tower with its attention-pooling head "
+                                    "(`SiglipVisionModel`).",
+               HEADLESS_SIGLIP: "; the SigLIP image tower without its attention-pooling head (`SiglipVisionModel`, "
+                                "`vision_use_head: false`): patch tokens only."}[cls])
+    if recipe is not None:
+        intro = (f"`{base_text}` with its image encoder fine-tuned by "
+                 f"{'adversarial fine-tuning (AFT)' if adversarial else 'a noise-control run of AFT'} using `aft_hf`.")
+    elif imported is not None:
+        intro = "A released open_clip image encoder converted to the transformers CLIP format with `aft_hf`."
+    else:  # a plain save_pretrained folder: a baseline, or weights trained elsewhere
+        intro = (f"A {'SigLIP' if cls.startswith('Siglip') else 'CLIP'} model. This folder holds no `aft_hf` training "
+                 f"record (`{CONFIG_FILE}`) or conversion record (`{IMPORT_FILE}`), so this card does not say how "
+                 "its weights were trained.")
+    return intro, arch
+
+
 def build_model_card(folder: Union[str, Path], repo_id: Optional[str] = None, report: Optional[dict] = None,
                      figures: Optional[dict[str, str]] = None, license: Optional[str] = None,
                      allow_network: bool = False, extra_tags: Sequence[str] = ()) -> ModelCard:
@@ -643,29 +672,7 @@ def build_model_card(folder: Union[str, Path], repo_id: Optional[str] = None, re
         tags=tags, model_name=model_name, eval_results=results or None,
     )
     base_text = base_id or display_ref(base) or "the base model"
-    arch = (f"Architecture: {'SigLIP' if cls.startswith('Siglip') else 'CLIP'} ViT, width {vision.get('hidden_size')}, "
-            f"{vision.get('num_hidden_layers')} layers, "
-            f"{vision.get('num_attention_heads')} heads, patch {vision.get('patch_size')}, "
-            f"{vision.get('image_size')} px"
-            + {"CLIPModel": f", projection {vision.get('projection_dim')}; a full `CLIPModel` (image and text towers).",
-               "CLIPVisionModelWithProjection": f", projection {vision.get('projection_dim')}; image tower with "
-                                                "projection only (`CLIPVisionModelWithProjection`).",
-               "CLIPVisionModel": "; a bare image tower (`CLIPVisionModel`: no projection, no text tower), the "
-                                  "vision tower of LLaVA-style models.",
-               "SiglipModel": "; a full `SiglipModel` (image and text towers, sigmoid zero-shot scores).",
-               "SiglipVisionModel": "; the SigLIP image tower with its attention-pooling head "
-                                    "(`SiglipVisionModel`).",
-               HEADLESS_SIGLIP: "; the SigLIP image tower without its attention-pooling head (`SiglipVisionModel`, "
-                                "`vision_use_head: false`): patch tokens only."}[cls])
-    if recipe is not None:
-        intro = (f"`{base_text}` with its image encoder fine-tuned by "
-                 f"{'adversarial fine-tuning (AFT)' if adversarial else 'a noise-control run of AFT'} using `aft_hf`.")
-    elif imported is not None:
-        intro = "A released open_clip image encoder converted to the transformers CLIP format with `aft_hf`."
-    else:  # a plain save_pretrained folder: a baseline, or weights trained elsewhere
-        intro = (f"A {'SigLIP' if cls.startswith('Siglip') else 'CLIP'} model. This folder holds no `aft_hf` training "
-                 f"record (`{CONFIG_FILE}`) or conversion record (`{IMPORT_FILE}`), so this card does not say how "
-                 "its weights were trained.")
+    intro, arch = _intro_and_architecture(cls, vision, recipe, imported, adversarial, base_text)
     sections = [f"# {model_name}", "", intro, "", arch]
     if recipe is not None:
         changes = _read_json(folder / CONFIG_CHANGES_FILE)

@@ -288,6 +288,7 @@ def graft(aft_folder: Union[str, Path], into: Union[str, Path], out: Union[str, 
     from transformers import AutoConfig
 
     from .outputs import check_output_dir, discard, replace_dir, staging_dir, write_marker
+    from .published import publishable
 
     if sys.byteorder != "little":
         raise GraftError("graft writes safetensors bytes directly and needs a little-endian machine")
@@ -323,7 +324,7 @@ def graft(aft_folder: Union[str, Path], into: Union[str, Path], out: Union[str, 
         report = {"aft_folder": str(aft_folder), "vlm": str(into), "vlm_architectures": vlm_config.architectures,
                   "tower_root": plan.tower_root, "aft_root": plan.aft_root, "grafted": len(plan.pairs),
                   "shards_patched": sorted(by_file), "left_out": plan.left_out}
-        (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+        (tmp / REPORT).write_text(json.dumps(publishable(report), indent=2) + "\n")  # the VLM folder gets uploaded
         write_marker(tmp, "aft-hf graft")
     except BaseException:
         discard(tmp)

@@ -483,8 +483,8 @@ def load_image_encoder(
                         name_or_path, old_size, image_size)
     if embedding == "pooled" and not getattr(vision.config, "vision_use_head", True):
         raise ModelLoadError(f"'{name_or_path}' is a SigLIP tower without its attention-pooling head, so it has no "
-                             "pooled embedding (zero-shot needs one): train it with --model.embedding patch_tokens, "
-                             "and evaluate it with its full SigLIP model")
+                             "pooled embedding: zero-shot accuracy needs its full SigLIP model (with the head), and "
+                             "training reads its patch tokens (--model.embedding patch_tokens)")
     encoder = ImageEncoder(vision, mean, std, normalize=normalize, embedding=embedding, feature_layer=feature_layer)
     encoder.source, encoder.base_is_full_clip, encoder.image_processor = name_or_path, is_full, processor
     encoder.family = family.name

@@ -117,13 +117,17 @@ def discard(tmp: PathLike) -> None:
 def check_output_folder(option: str, path: str, results: bool = False) -> None:
     """Raise :class:`AftError` in one line when ``path`` cannot be an output folder: it is a file, or the closest
     of its parents that exists is a file or not writable. ``results``: the folder receives reports, so a model's
-    folder (``config.json``) is refused too (``aft-hf push`` would upload the reports with the model)."""
+    folder (``config.json``) is refused too (``aft-hf push`` would upload the reports with the model), and a training
+    run's (``train --overwrite`` replaces the whole folder)."""
     target = Path(path)
     if target.exists() and not target.is_dir():
         raise AftError(f"{option} '{path}' is a file, not a folder")
     if results and (target / "config.json").is_file():
         raise AftError(f"{option} '{path}' holds a model (config.json): its results would be uploaded with the model "
                        "by `aft-hf push`; write them to another folder")
+    if results and ((target / "final" / "config.json").is_file() or (target / "checkpoints").is_dir()):
+        raise AftError(f"{option} '{path}' holds a training run (final/ or checkpoints/): a later `aft-hf train "
+                       "--overwrite` of it would delete these results; write them to another folder")
     parent = next((p for p in (target, *target.parents) if p.exists()), Path("."))
     if not parent.is_dir():
         raise AftError(f"{option} '{path}': '{parent}' is a file, so no folder can be made there")

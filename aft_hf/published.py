@@ -28,6 +28,8 @@ PATH_FIELDS = frozenset({
     "checkpoint.resume_from_checkpoint", "eval.eval_dataset", "eval.eval_data_dir", "eval.class_names",
     # evaluate reports and converted checkpoints
     "model", "text_model", "dataset", "data_dir", "base", "source_checkpoint",
+    # a grafted VLM's aft_graft.json
+    "aft_folder", "vlm",
 })
 """Fields that name a model, a data set or a folder: a local path there is replaced even when relative.
 (Absolute paths are replaced in any field.)"""

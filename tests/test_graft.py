@@ -266,3 +266,15 @@ def test_missing_folders_files_and_checkpoints_are_named_as_such(aft48, tmp_path
                                          "exported model: give the run's final/ folder"):
         graft(step, llava, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_graft_record_names_local_folders_without_their_paths(aft48, tmp_path):
+    """aft_graft.json travels with the VLM folder a user uploads: it must not publish the author's file system."""
+    from aft_hf.graft import REPORT
+
+    report = graft(aft48, save_llava(tmp_path / "llava"), tmp_path / "out")
+    assert report["aft_folder"] == str(aft48)  # in memory (and printed) as given
+    text = (tmp_path / "out" / REPORT).read_text()
+    saved = json.loads(text)
+    assert saved["aft_folder"] == f"local:{aft48.name}" and saved["vlm"] == "local:llava"
+    assert str(tmp_path) not in text and saved["grafted"] == report["grafted"]

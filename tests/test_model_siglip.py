@@ -50,7 +50,7 @@ def test_a_siglip_tower_without_its_head_has_no_pooled_embedding(tmp_path):
     cfg = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                              image_size=48, patch_size=8, vision_use_head=False)
     SiglipVisionModel(cfg).save_pretrained(tmp_path / "headless")
-    with pytest.raises(ModelLoadError, match="no pooled embedding .* --model.embedding patch_tokens"):
+    with pytest.raises(ModelLoadError, match=r"no pooled embedding: .* \(--model.embedding patch_tokens\)"):
         load_image_encoder(str(tmp_path / "headless"))
     assert load_image_encoder(str(tmp_path / "headless"), embedding="patch_tokens").image_size == 48
 

@@ -137,7 +137,7 @@ def markdown(report: dict) -> str:
     rows = [(d["name"] + ("" if d["in_average"] else " (not in average)"),
              [values(report["results"].get(m, {}).get(d["name"])) for m in models]) for d in report["datasets"]]
     n_avg = sum(d["in_average"] for d in report["datasets"])
-    rows.append((f"**average ({n_avg} datasets)**", [values(report["average"].get(m)) for m in models]))
+    rows.append((f"**average ({n_avg} dataset{'s' * (n_avg != 1)})**", [values(report["average"].get(m)) for m in models]))
     for name, per_model in rows:
         cells = [name] + [_pct(v) for vals in per_model for v in vals]
         cells += [_diff(a, b) for vals in per_model[1:] for a, b in zip(per_model[0], vals)]

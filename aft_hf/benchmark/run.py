@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..env import emulated_bf16_warning
-from ..evaluate.runner import distinct_slugs
+from ..evaluate.runner import distinct_slugs, numbered
 from ..evaluate.sharding import Shard, make_accelerator, num_batches
 from ..evaluate.zeroshot import ZeroShotClassifier
 from ..files import WEIGHTS_HASH_KEY, write_json
-from ..model import encoder_family
 from ..outputs import check_results_owner, claim_results_folder
 from .errors import BenchmarkError, DatasetNotHere
 from .protocol import PrecisionForward, Protocol
@@ -109,19 +108,15 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
     None on the others. ``compile_encoder`` runs each image encoder through ``torch.compile`` (dynamic shapes):
     a compilation per model first, then cheaper passes; speed only, so not part of the protocol (a run can be
     resumed with or without it), recorded under ``launch``."""
-    from ..explain.loading import load_models_and_texts
+    from ..explain.loading import check_text_sources, load_models_and_texts
 
     protocol = protocol or Protocol()
     check_results_owner(out, WRITER)  # evaluate's or explain's results: never replaced (first: the cheapest check)
-    folders = _state_folders(models)
-    if not requests:
-        raise BenchmarkError("no dataset given (--suite or --datasets)")
-    if data_root is not None and not Path(data_root).expanduser().is_dir():
-        raise BenchmarkError(f"--data-root '{data_root}' is not a folder (it holds local copies named like the "
-                             "Hub datasets, e.g. DIR/wds_vtab-cifar10)")
-    names = [r.name for r in requests]
-    if len(set(names)) != len(names):
-        raise BenchmarkError(f"two datasets share a name ({', '.join(sorted({n for n in names if names.count(n) > 1}))})")
+    if not models:
+        raise BenchmarkError("no model given (--model)")
+    check_text_sources(models, text_model or None)  # configs only: a mistyped --model fails before any dataset is read
+    folders = _state_folders(models, Path(out))
+    _check_requests(requests, data_root)
     out = Path(out)
     acc = accelerator or make_accelerator(device)
     main = acc.is_main_process
@@ -137,8 +132,7 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
     check_settings(out, settings, write=main)
     if main:
         claim_results_folder(out, WRITER)  # so evaluate and explain refuse this folder in turn
-        for line in cost_lines(plans, protocol, len(models)):
-            print_fn(line)
+        _announce(plans, protocol, len(models), print_fn)
     launch = {"num_processes": acc.num_processes, "device": acc.device.type, "compiled_encoder": compile_encoder,
               "image_sizes": {}}
     results: dict[str, dict] = {m: {} for m in models}
@@ -184,18 +178,45 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
     return report if main else None
 
 
-def _state_folders(models: Sequence[str]) -> dict[str, str]:
+def _check_requests(requests: Sequence[DatasetRequest], data_root: Optional[str]) -> None:
+    """The datasets asked for, checked before any is opened: at least one, distinct names, a --data-root folder."""
+    if not requests:
+        raise BenchmarkError("no dataset given (--suite or --datasets)")
+    if data_root is not None and not Path(data_root).expanduser().is_dir():
+        raise BenchmarkError(f"--data-root '{data_root}' is not a folder (it holds local copies named like the "
+                             "Hub datasets, e.g. DIR/wds_vtab-cifar10)")
+    names = [r.name for r in requests]
+    if len(set(names)) != len(names):
+        raise BenchmarkError(f"two datasets share a name ({', '.join(sorted({n for n in names if names.count(n) > 1}))})")
+
+
+def _announce(plans: Sequence[DatasetPlan], protocol: Protocol, num_models: int, print_fn) -> None:
+    """What the run will do, before it starts: a sample smaller than asked for, and the work per dataset."""
+    for p in plans:
+        if (protocol.robust_images or 0) > p.robust_images:  # the attacked images are the first clean ones
+            logger.warning("%s: %d images attacked, not the %d asked for: it has %d %s", p.request.name,
+                           p.robust_images, protocol.robust_images, p.clean_images,
+                           "images" if p.clean_images == len(p.data) else "images in the clean sample (--clean-images)")
+    for line in cost_lines(plans, protocol, num_models):
+        print_fn(line)
+
+
+def _state_folders(models: Sequence[str], out: Path) -> dict[str, str]:
     """Each model's own folder name under ``state/`` (and its column and card): `builtin:tiny-clip` and
-    `./tiny-clip` get two. A model given twice (`run/final` and `./run/final/`) is refused."""
-    if not models:
-        raise BenchmarkError("no model given (--model)")
-    for model in models:  # its config only: a mistyped --model fails before any dataset is read
-        encoder_family(model)
+    `./tiny-clip` get two. A model given twice (`run/final` and `./run/final/`) is refused. A model that an earlier
+    run in ``out`` measured keeps its folder (named in its ``weights.json``), whatever the order of ``--model`` now."""
     where = [str(Path(m).expanduser().resolve()) if Path(m).expanduser().exists() else m for m in models]
     if len(set(where)) != len(where):
         raise BenchmarkError("a model is given twice (" + ", ".join(m for m, w in zip(models, where)
                                                                   if where.count(w) > 1) + ")")
-    return dict(zip(models, distinct_slugs(models)))
+    owners = {f.parent.name: (read_json(f) or {}).get("model") for f in sorted(Path(out, STATE_DIR).glob(f"*/{WEIGHTS_FILE}"))}
+    folders = {m: name for name, m in owners.items() if m in models}
+    taken = set(owners)
+    for model, name in zip(models, distinct_slugs(models)):
+        if model not in folders:
+            folders[model] = numbered([*sorted(taken), name], "_")[-1]  # not a folder another model measured
+            taken.add(folders[model])
+    return folders
 
 
 def _run_dataset(acc, encoder, text, plan: DatasetPlan, protocol: Protocol, folder: Path, model: str,

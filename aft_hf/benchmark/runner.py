@@ -207,19 +207,40 @@ def summarise(records: Sequence[dict], plan: DatasetPlan, protocol: Protocol) ->
     }
 
 
+BINDING_SETTINGS = ("text_model", "protocol", "split")
+"""The settings every result in an output folder shares: a run with others is refused. Models and datasets are not
+among them: each (model, dataset) has its own state folder, so a later run may add models or datasets (or give
+them in another order) and reuse what is saved; a dataset given again must be the same (its record is compared)."""
+
+
 def check_settings(out: Path, settings: dict, write: bool = True) -> None:
-    """A resumed run must be the same run: refuse an output folder that holds other settings.
+    """A resumed run must measure what the saved work measured: refuse an output folder whose saved settings differ
+    in :data:`BINDING_SETTINGS` or in the record of a dataset given again; record the union of models and datasets.
 
     Every process checks (so that all of them stop, not only the main one); only ``write`` records them.
     """
     path = out / STATE_DIR / SETTINGS_FILE
     saved = _with_fields_added_since(read_json(path), settings)
-    if saved is not None and saved != settings and not _any_work(out / STATE_DIR):
+    if saved is not None and not _any_work(out / STATE_DIR):
         saved = None  # a run that stopped before its first batch (a mistyped model, say) binds nothing: replaced
-    if saved is not None and saved != settings:
-        raise BenchmarkError(f"'{out}' holds a benchmark run with other settings ({'; '.join(_differences(saved, settings))}):"
-                             " resume with the same options or use another --out")
-    if saved is None and write:
+    if saved is not None:
+        names = {d.get("name") for d in settings.get("datasets", [])} & {d.get("name") for d in saved.get("datasets", [])}
+
+        def bound(s: dict) -> dict:
+            return {**{k: s.get(k) for k in BINDING_SETTINGS},
+                    "datasets": [d for d in s.get("datasets", []) if d.get("name") in names]}
+
+        differences = _differences(bound(saved), bound(settings))
+        if differences:
+            raise BenchmarkError(f"'{out}' holds a benchmark run with other settings ({'; '.join(differences)}): use "
+                                 "the same protocol, split, text model and dataset copies (models and datasets may be "
+                                 "added), or another --out")
+        given = {d.get("name") for d in settings.get("datasets", [])}
+        settings = {**settings, "models": [*saved.get("models", []), *(m for m in settings["models"]
+                                                                         if m not in saved.get("models", []))],
+                    "datasets": [d for d in saved.get("datasets", []) if d.get("name") not in given]
+                    + settings.get("datasets", [])}
+    if write and settings != saved:
         write_json(path, settings)
 
 

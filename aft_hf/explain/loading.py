@@ -43,6 +43,20 @@ def _refuse_bare_clip(model: str, encoder) -> None:
                              "(whatever the widths): use the full CLIPModel or a CLIPVisionModelWithProjection")
 
 
+def check_text_sources(models: Sequence[str], text_model: Optional[str]) -> None:
+    """Each model's config read (a VLM or other model named as such), and a one-line error when a vision-only
+    model has no ``text_model`` to build its zero-shot classifier (``text_model=""``: none is needed). Cheap: no
+    weights load, so a command calls it before it writes anything."""
+    for m in models:  # a VLM or other model is named as such before any text-tower advice
+        encoder_family(m)
+    if text_model is None:
+        vision_only = [m for m in models if not is_full_clip(m)]
+        if vision_only:
+            raise ModelLoadError(f"no text tower for the vision-only model(s) {', '.join(vision_only)}: pass "
+                                 "--text-model with the full model it came from (CLIP or SigLIP, e.g. "
+                                 "openai/clip-vit-base-patch16 or google/siglip-base-patch16-224)")
+
+
 def load_models_and_texts(models: Sequence[str], text_model: Optional[str], device: torch.device,
                           need_text: bool = True,
                           image_size: Optional[int] = None) -> tuple[list[ImageEncoder], list[Optional[TextTower]],
@@ -54,14 +68,7 @@ def load_models_and_texts(models: Sequence[str], text_model: Optional[str], devi
     model is vision-only. Towers are loaded once per source. Checked before any weights load.
     ``image_size`` (``--image-size``) runs every encoder at that size (:mod:`aft_hf.resolution`).
     """
-    for m in models:  # a VLM or other model is named as such before any text-tower advice
-        encoder_family(m)
-    if need_text and not text_model:
-        vision_only = [m for m in models if not is_full_clip(m)]
-        if vision_only:
-            raise ModelLoadError(f"no text tower for the vision-only model(s) {', '.join(vision_only)}: pass "
-                                 "--text-model with the full model it came from (CLIP or SigLIP, e.g. "
-                                 "openai/clip-vit-base-patch16 or google/siglip-base-patch16-224)")
+    check_text_sources(models, (text_model or None) if need_text else "")
     encoders = [load_image_encoder(m, image_size=image_size).to(device).eval() for m in models]
     if not need_text:
         return encoders, [None] * len(models), [None] * len(models)

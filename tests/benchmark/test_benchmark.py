@@ -394,18 +394,20 @@ def test_docs_examples_run(copies, tmp_path, monkeypatch, single_thread):
     shutil.copytree(binary, tmp_path / "mirror" / "wds_vtab-pcam")
     monkeypatch.chdir(tmp_path)
     commands = _tested_commands(REPO / "docs" / "benchmark.md")
-    assert len(commands) == 2
+    assert len(commands) == 3
     stamps = None
     for command in commands:
         argv = shlex.split(command)
         assert argv[0] == "aft-hf"
         assert main(argv[1:]) == 0, command
-        saved = {p: p.stat().st_mtime_ns for p in (tmp_path / "bench_small" / "state").rglob("*.json")}
-        assert stamps is None or saved == stamps  # the second run resumed: nothing recomputed
+        saved = {p: p.stat().st_mtime_ns for p in (tmp_path / "bench_small" / "state" / "tiny-clip").rglob("*")}
+        assert saved and (stamps is None or saved == stamps)  # the second and third runs: nothing of tiny-clip recomputed
         stamps = saved
     report = json.loads((tmp_path / "bench_small" / "report.json").read_text())
     assert report["complete"] and [d["hub_id"] for d in report["datasets"]] == [
         "clip-benchmark/wds_vtab-cifar10", "clip-benchmark/wds_vtab-pcam"]
+    assert report["models"] == ["builtin:tiny-clip", "builtin:world-clip"] and all(
+        set(report["results"][m]) == {"cifar10", "pcam"} for m in report["models"])
     assert not list((tmp_path / "bench_small" / "state").rglob("*.tmp"))
 
 
@@ -849,3 +851,67 @@ def test_a_folder_from_before_the_dataset_fingerprint_resumes_on_the_fields_it_h
     with pytest.raises(BenchmarkError, match=r"datasets\[c\]\.images: 5 -> 6"):
         check_settings(tmp_path, {"models": ["m"], "datasets": [{"name": "c", "ref": "x/c", "images": 6,
                                                                  "content_sha256": "f" * 64}]}, write=False)
+
+
+@pytest.mark.slow
+def test_a_comparison_is_extended_with_models_and_datasets_reusing_what_is_saved(copies, tmp_path, monkeypatch,
+                                                                                single_thread):
+    """Adding a model (or a dataset) to a finished comparison used to be refused as "other settings", so extending it
+    meant recomputing everything. Now the saved (model, dataset) results are reused, whatever the order of --model, and
+    a model keeps its own state folder even where a new model's name gives the same folder name."""
+    from aft_hf.benchmark import runner
+    from aft_hf.benchmark.weights import WEIGHTS_FILE
+    from aft_hf.model import save_tiny_clip
+
+    three, binary = copies
+    a = save_tiny_clip(tmp_path / "org" / "model", seed=0)
+    b = save_tiny_clip(tmp_path / "org__model", seed=3)  # the same folder name as a's
+    protocol = Protocol(eps=(4,), robust_images=4, **CHEAP)
+    out = tmp_path / "cmp"
+    first = run_benchmark([str(a)], [DatasetRequest.from_ref(str(three))], out, protocol, print_fn=lambda s: None)
+    real, computed = runner.BatchWork.compute, []
+    monkeypatch.setattr(runner.BatchWork, "compute", lambda self, i: computed.append((self.folder.parent.name,
+                                                                                        self.folder.name)) or real(self, i))
+    both = run_benchmark([str(b), str(a)], [DatasetRequest.from_ref(str(binary)), DatasetRequest.from_ref(str(three))],
+                         out, protocol, print_fn=lambda s: None)
+    assert both["complete"] and both["models"] == [str(b), str(a)]
+    assert both["results"][str(a)]["three"] == first["results"][str(a)]["three"]  # loaded, not recomputed
+    folders = {json.loads(f.read_text())["model"]: f.parent.name for f in (out / "state").glob(f"*/{WEIGHTS_FILE}")}
+    assert folders[str(a)] != folders[str(b)] and folders[str(b)].endswith("_2")  # a keeps the folder it had
+    assert (folders[str(a)], "three") not in computed and (folders[str(a)], "binary") in computed
+    assert {(folders[str(b)], "three"), (folders[str(b)], "binary")} <= set(computed)
+    computed.clear()
+    alone = run_benchmark([str(a)], [DatasetRequest.from_ref(str(three))], out, protocol, print_fn=lambda s: None)
+    assert not computed and alone["results"][str(a)]["three"] == first["results"][str(a)]["three"]
+    settings = json.loads((out / "state" / "settings.json").read_text())
+    assert settings["models"] == [str(a), str(b)] and {d["name"] for d in settings["datasets"]} == {"three", "binary"}
+    with pytest.raises(BenchmarkError, match=r"other settings \(datasets\[three\]\.clean_images: 15 -> 8; protocol"):
+        run_benchmark([str(a)], [DatasetRequest.from_ref(str(three))], out, Protocol(eps=(4,), robust_images=4,
+                                                                                     clean_images=8, **CHEAP),
+                      print_fn=lambda s: None)
+
+
+@pytest.mark.slow
+def test_a_sample_smaller_than_asked_for_is_said(copies, tiny_clip_path, tmp_path, single_thread, caplog):
+    three, _ = copies
+    caplog.set_level("WARNING")
+    report = run_benchmark([str(tiny_clip_path)], [DatasetRequest.from_ref(str(three))], tmp_path / "b",
+                           Protocol(eps=(4,), robust_images=6, clean_images=4, **CHEAP), print_fn=lambda s: None)
+    assert report["results"][str(tiny_clip_path)]["three"]["robust_images"] == 4
+    assert "three: 4 images attacked, not the 6 asked for: it has 4 images in the clean sample (--clean-images)" in \
+        caplog.text
+
+
+def test_a_vision_only_model_without_a_text_model_is_refused_before_anything_is_written(tiny_vision_path, tmp_path,
+                                                                                         monkeypatch, capsys):
+    import aft_hf.benchmark.run as benchmark_run
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the datasets were read before the text tower was checked")
+
+    monkeypatch.setattr(benchmark_run, "_open_all", no_data)
+    code = main(["benchmark", "--model", str(tiny_vision_path), "--datasets", "clip-benchmark/wds_vtab-cifar10",
+                 "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no text tower for the vision-only model(s)" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()  # no settings or manifest left behind

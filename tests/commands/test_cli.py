@@ -351,6 +351,11 @@ def test_results_are_never_written_into_a_models_folder(command, tmp_path, capsy
     code, _, err = run_cli([*args, "--out", str(model)], capsys)
     assert code == 2 and "holds a model (config.json)" in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in model.iterdir()) == ["config.json"]
+    run = tmp_path / "run"  # a training run's folder: `train --overwrite` would delete results written there
+    (run / "checkpoints").mkdir(parents=True)
+    code, _, err = run_cli([*args, "--out", str(run)], capsys)
+    assert code == 2 and "holds a training run (final/ or checkpoints/)" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints"]
 
 
 def test_a_run_refused_for_its_data_leaves_no_empty_output_folder(tmp_path, capsys):
