@@ -17,7 +17,8 @@ report.json (``schema`` ``aft_hf.benchmark``, ``schema_version`` 1)::
                  "clean_mean_per_class_recall", "clean_images", "robust_top1": {"2/255": float, ...},
                  "robust_images", "clean_top1_attacked_images", "targets", "attacks", "worst_case_steps_per_image"}}},
      "average": {model: {"datasets": [name], "clean_top1": float, "robust_top1": {budget: float}}},
-     "figures": {"benchmark": "benchmark.png"}, "card_reports": {model: "card_<model>.json"}}
+     "figures": {"benchmark": "benchmark.png"}, "card_reports": {model: "card_<model>.json"},
+     "columns": {model: str}}            # each model's short name: its state folder, report.md column and card
 
 A card report is an ``aft-hf evaluate``-style report (schema 1) whose ``reports`` list holds one
 evaluate-style report per dataset; :mod:`aft_hf.card` turns each into model-index entries.
@@ -85,7 +86,8 @@ def averages(results: dict, datasets: Sequence[dict], protocol: Protocol) -> dic
 
 
 def build_report(models: Sequence[str], text_model: Optional[str], protocol: Protocol, datasets: list[dict],
-                 results: dict, launch: dict) -> dict:
+                 results: dict, launch: dict, columns: Optional[dict] = None) -> dict:
+    """report.json's content; ``columns``: each model's short name (its state folder), default numbered slugs."""
     deviations = protocol.deviations() + [f"{d['name']}: {x}" for d in datasets for x in d["deviations"]]
     complete = all(d["name"] in results.get(m, {}) for m in models for d in datasets)
     return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "aft_hf_version": __version__,
@@ -93,7 +95,8 @@ def build_report(models: Sequence[str], text_model: Optional[str], protocol: Pro
             "complete": complete, "models": list(models), "text_model": text_model,
             "protocol": protocol.as_dict(), "is_protocol": not deviations, "deviations": deviations,
             "launch": launch, "datasets": datasets, "results": results,
-            "average": averages(results, datasets, protocol), "figures": {}, "card_reports": {}}
+            "average": averages(results, datasets, protocol), "figures": {}, "card_reports": {},
+            "columns": dict(columns or zip(models, distinct_slugs(models)))}
 
 
 def _pct(v: Optional[float]) -> str:
@@ -109,7 +112,7 @@ def markdown(report: dict) -> str:
     several models, each other model minus the first."""
     models, budgets = report["models"], [budget_key(e) for e in report["protocol"]["eps"]]
     budgets = sorted(budgets, key=lambda k: float(k.split("/")[0]))
-    short = dict(zip(models, distinct_slugs(models)))  # the column names: one per model, as its state folder
+    short = _columns(report)
     cols = ["clean"] + budgets
     p = report["protocol"]
     lines = ["# Zero-shot robustness benchmark", "",
@@ -142,6 +145,8 @@ def markdown(report: dict) -> str:
         cells = [name] + [_pct(v) for vals in per_model for v in vals]
         cells += [_diff(a, b) for vals in per_model[1:] for a, b in zip(per_model[0], vals)]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(short[m] != m for m in models):  # a column names its model in full once
+        lines += ["", "Models: " + "; ".join(f"`{short[m]}` = `{m}`" for m in models) + "."]
     lines += _attacked_subset_lines(report, models, short)
     lines += ["", "| dataset | source | split | images | attacked | classes | templates | image types |",
               "|---|---|---|---|---|---|---|---|"]
@@ -157,6 +162,11 @@ def markdown(report: dict) -> str:
     if report["figures"]:
         lines += [f"![benchmark]({report['figures']['benchmark']})", ""]
     return "\n".join(lines)
+
+
+def _columns(report: dict) -> dict:
+    """{model: its short name}: the report's own (state folders), or numbered slugs for a report without them."""
+    return report.get("columns") or dict(zip(report["models"], distinct_slugs(report["models"])))
 
 
 def _attacked_subset_lines(report: dict, models: Sequence[str], short: dict) -> list[str]:
@@ -250,7 +260,7 @@ def write_reports(report: dict, out: Path) -> dict:
     if any(report["results"].values()):
         figure(report, out / FIGURE)
         report["figures"] = {"benchmark": FIGURE}
-    for m, short in zip(report["models"], distinct_slugs(report["models"])):
+    for m, short in _columns(report).items():
         name = f"card_{short}.json"
         (out / name).write_text(json.dumps(card_report(report, m), indent=1))
         report["card_reports"][m] = name

@@ -141,6 +141,7 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
     run_state = {"work_left": left, "eta_logged": False}
     measured = {m: measured_weights(out / STATE_DIR / folders[m]) for m in models}  # read before anyone writes
     acc.wait_for_everyone()
+    checked = _check_saved_weights(models, folders, measured, out, text_model, acc.device, launch)
     for model in models:
         state = out / STATE_DIR / folders[model]
         todo = [p for p in plans if read_json(state / p.request.name / "result.json") is None]
@@ -151,16 +152,14 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
                 if main:
                     logger.info("%s on %s: already done in '%s' (loaded, not recomputed)", model, p.request.name,
                                 state / p.request.name)
-        if not todo and measured[model] is None:
-            continue
-        (encoder,), (text,), _ = load_models_and_texts([model], text_model, acc.device)
-        weights = fingerprint(encoder, text)  # a finished model is checked too: its results go on its card
-        check_same_weights(model, text_model or model, state, measured[model], weights)
         if not todo:
             continue
+        (encoder,), (text,), _ = load_models_and_texts([model], text_model, acc.device)
         launch["image_sizes"][model] = encoder.image_size
+        weights = checked.get(model) or fingerprint(encoder, text)
         if main and measured[model] is None:
-            write_json(state / WEIGHTS_FILE, {"model": model, "text_model": text_model or model, **weights})
+            write_json(state / WEIGHTS_FILE, {"model": model, "path": _local_path(model),
+                                              "text_model": text_model or model, **weights})
         if compile_encoder:
             encoder.compile(dynamic=True)  # in place: parameter names (and the attack's functional_call) unchanged
         for plan in todo:
@@ -169,13 +168,36 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
                                                              weights[WEIGHTS_HASH_KEY])
             run_state["work_left"] = max(run_state["work_left"] - run_work([plan], protocol), 0)
             if main:
-                report = write_reports(build_report(models, text_model, protocol, entries, results, launch), out)
+                report = write_reports(build_report(models, text_model, protocol, entries, results, launch, folders), out)
             acc.wait_for_everyone()
         del encoder, text
     if main:
-        report = write_reports(build_report(models, text_model, protocol, entries, results, launch), out)
+        report = write_reports(build_report(models, text_model, protocol, entries, results, launch, folders), out)
     acc.wait_for_everyone()
     return report if main else None
+
+
+def _check_saved_weights(models: Sequence[str], folders: dict, measured: dict, out: Path, text_model: Optional[str],
+                         device, launch: dict) -> dict:
+    """Before any batch: each model with saved work loaded, hashed and compared with what that work measured
+    (:func:`aft_hf.benchmark.weights.check_same_weights`), so that a changed model or text tower stops the run
+    before hours go into the other models. Returns {model: its fingerprint}; records the image sizes."""
+    from ..explain.loading import load_models_and_texts
+
+    checked = {}
+    for model in (m for m in models if measured[m] is not None):
+        (encoder,), (text,), _ = load_models_and_texts([model], text_model, device)
+        checked[model] = fingerprint(encoder, text)
+        check_same_weights(model, text_model or model, out / STATE_DIR / folders[model], measured[model], checked[model])
+        launch["image_sizes"][model] = encoder.image_size
+        del encoder, text
+    return checked
+
+
+def _local_path(model: str) -> Optional[str]:
+    """The resolved folder of a local model (how a later run matches it, however it is spelled); None for Hub ids."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else None
 
 
 def _check_requests(requests: Sequence[DatasetRequest], data_root: Optional[str]) -> None:
@@ -209,8 +231,13 @@ def _state_folders(models: Sequence[str], out: Path) -> dict[str, str]:
     if len(set(where)) != len(where):
         raise BenchmarkError("a model is given twice (" + ", ".join(m for m, w in zip(models, where)
                                                                   if where.count(w) > 1) + ")")
-    owners = {f.parent.name: (read_json(f) or {}).get("model") for f in sorted(Path(out, STATE_DIR).glob(f"*/{WEIGHTS_FILE}"))}
-    folders = {m: name for name, m in owners.items() if m in models}
+    owners = {f.parent.name: read_json(f) or {} for f in sorted(Path(out, STATE_DIR).glob(f"*/{WEIGHTS_FILE}"))}
+    folders = {}
+    for model, path in zip(models, where):  # by the name given, else by the folder (`./run/final` then `run/final`)
+        name = next((n for n, o in owners.items() if o.get("model") == model), None) or next(
+            (n for n, o in owners.items() if o.get("path") and o.get("path") == path), None)
+        if name is not None:
+            folders[model] = name
     taken = set(owners)
     for model, name in zip(models, distinct_slugs(models)):
         if model not in folders:

@@ -802,7 +802,7 @@ def test_a_model_changed_between_runs_is_refused_not_mixed_in(copies, tmp_path, 
 
 
 @pytest.mark.slow
-def test_a_text_tower_or_dataset_changed_between_runs_is_refused(copies, tmp_path, single_thread, capsys):
+def test_a_text_tower_or_dataset_changed_between_runs_is_refused(copies, tmp_path, single_thread, capsys, monkeypatch):
     """Zero-shot numbers depend on the text tower and on the dataset's class names, templates and labels too: a
     resumed run whose --text-model folder was replaced, or whose data copy changed, used to report the old numbers."""
     import shutil
@@ -825,9 +825,16 @@ def test_a_text_tower_or_dataset_changed_between_runs_is_refused(copies, tmp_pat
     shutil.rmtree(text)
     save_tiny_clip(text, seed=2)
     capsys.readouterr()
-    assert main(args) == 2
+    from aft_hf.benchmark import runner
+
+    computed = []
+    real = runner.BatchWork.compute
+    monkeypatch.setattr(runner.BatchWork, "compute", lambda self, i: computed.append(i) or real(self, i))
+    other = save_tiny_clip(tmp_path / "other", seed=7)  # a new model first: refused before any of its batches
+    assert main([*args[:2], str(other), *args[1:]]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 1 and f"the text tower of {vision} ({text}) has changed" in errors[0], errors
+    assert computed == [] and not any("other" in p.name for p in (tmp_path / "b" / "state").iterdir())
     shutil.rmtree(text)
     save_tiny_clip(text, seed=1)  # the text tower back; now a class name fixed in the data copy
     assert main(args) == 0
@@ -880,11 +887,18 @@ def test_a_comparison_is_extended_with_models_and_datasets_reusing_what_is_saved
     assert folders[str(a)] != folders[str(b)] and folders[str(b)].endswith("_2")  # a keeps the folder it had
     assert (folders[str(a)], "three") not in computed and (folders[str(a)], "binary") in computed
     assert {(folders[str(b)], "three"), (folders[str(b)], "binary")} <= set(computed)
+    for model in (a, b):  # columns and cards follow the state folders, whatever the order of --model
+        assert both["columns"][str(model)] == folders[str(model)]
+        card = json.loads((out / both["card_reports"][str(model)]).read_text())
+        assert both["card_reports"][str(model)] == f"card_{folders[str(model)]}.json" and card["model"] == str(model)
+    assert f"`{folders[str(a)]}` = `{a}`" in (out / "report.md").read_text()  # each column named in full
     computed.clear()
-    alone = run_benchmark([str(a)], [DatasetRequest.from_ref(str(three))], out, protocol, print_fn=lambda s: None)
-    assert not computed and alone["results"][str(a)]["three"] == first["results"][str(a)]["three"]
+    monkeypatch.chdir(tmp_path)  # the same folder spelled otherwise: the same state, nothing recomputed
+    alone = run_benchmark(["./org/model"], [DatasetRequest.from_ref(str(three))], out, protocol, print_fn=lambda s: None)
+    assert not computed and alone["results"]["./org/model"]["three"] == first["results"][str(a)]["three"]
+    assert alone["columns"]["./org/model"] == folders[str(a)]
     settings = json.loads((out / "state" / "settings.json").read_text())
-    assert settings["models"] == [str(a), str(b)] and {d["name"] for d in settings["datasets"]} == {"three", "binary"}
+    assert settings["models"][:2] == [str(a), str(b)] and {d["name"] for d in settings["datasets"]} == {"three", "binary"}
     with pytest.raises(BenchmarkError, match=r"other settings \(datasets\[three\]\.clean_images: 15 -> 8; protocol"):
         run_benchmark([str(a)], [DatasetRequest.from_ref(str(three))], out, Protocol(eps=(4,), robust_images=4,
                                                                                      clean_images=8, **CHEAP),
