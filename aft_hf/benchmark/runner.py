@@ -247,9 +247,10 @@ def check_settings(out: Path, settings: dict, write: bool = True) -> None:
 def _with_fields_added_since(saved: Optional[dict], settings: dict) -> Optional[dict]:
     """``saved`` with the dataset-record fields that a later aft_hf added (``content_sha256``) taken from
     ``settings``: a folder written before a field existed is compared on the fields it has."""
-    for old, new in zip((saved or {}).get("datasets", []), settings.get("datasets", [])):
-        if isinstance(old, dict) and old.get("name") == new.get("name"):
-            old.update({k: v for k, v in new.items() if k not in old})
+    new_records = {d.get("name"): d for d in settings.get("datasets", []) if isinstance(d, dict)}
+    for old in (saved or {}).get("datasets", []):
+        if isinstance(old, dict) and old.get("name") in new_records:
+            old.update({k: v for k, v in new_records[old["name"]].items() if k not in old})
     return saved
 
 
