@@ -182,6 +182,8 @@ def prepare_hub_folder(folder: Union[str, Path], out: Union[str, Path], repo_id:
     report of an earlier aft_hf that records no weights hash).
     """
     folder = Path(folder).resolve()
+    if folder.is_file():
+        raise HubError(f"'{folder}' is a file; give the model folder that holds it ('{folder.parent}')")
     if not (folder / "config.json").is_file():
         raise HubError(f"'{folder}' is not an exported model folder (no config.json)")
     check_repo_id(repo_id)

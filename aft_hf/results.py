@@ -342,7 +342,7 @@ def _energy(data: dict) -> MetricResult:
 
 def _gini(data: dict) -> MetricResult:
     return MetricResult("", "", [
-        Scalar("Gini sparseness of saliency", v, m, "method", m, "Gini sparseness (higher = sparser)")
+        Scalar("Gini sparseness of the map", v, m, "method", m, "Gini sparseness (higher = sparser)")
         for m, v in data["gini"].items()])
 
 

@@ -200,6 +200,8 @@ def test_bad_inputs_give_clear_errors(exported, inputs, tmp_path, capsys):
         prepare_hub_folder(exported, tmp_path / "b", figure=inputs / "report.json")
     with pytest.raises(HubError, match="no config.json"):
         prepare_hub_folder(tmp_path, tmp_path / "c")
+    with pytest.raises(HubError, match=r"config.json' is a file; give the model folder that holds it"):
+        prepare_hub_folder(exported / "config.json", tmp_path / "c")  # not "no config.json" about config.json itself
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "keep.txt").write_text("user data")
     with pytest.raises(HubError, match="--overwrite"):

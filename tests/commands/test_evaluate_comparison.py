@@ -22,7 +22,7 @@ def test_comparison_shows_every_method_scalar_per_model_and_the_data_apart(tmp_p
     _write_comparison(reports, {"A": "A", "B": "B"}, tmp_path)
     text = (tmp_path / "comparison.md").read_text()
     assert "| metric | setting | better | A | B |" in text
-    assert "| Gini sparseness of saliency | saliency |  | 0.410 | 0.630 |" in text
+    assert "| Gini sparseness of the map | saliency |  | 0.410 | 0.630 |" in text
     assert "| Deletion AUC | saliency | lower | 0.200 | 0.300 |" in text
     assert "| Deletion AUC | random | lower | 0.400 | 0.400 |" in text
     assert "| ROAR accuracy (evaluator retrained) | saliency @ 0.5 | lower | 25.0% | 25.0% |" in text
@@ -31,3 +31,11 @@ def test_comparison_shows_every_method_scalar_per_model_and_the_data_apart(tmp_p
     reference = text.split("## Reference levels")[1]
     assert "| ROAR evaluator accuracy on intact images |  | higher | 50.0% ± 14.1% | 50.0% ± 14.1% |" in reference
     assert (tmp_path / "roar.png").is_file() and (tmp_path / "deletion_insertion.png").is_file()
+
+
+def test_a_grad_cam_gini_is_not_called_saliency():
+    """The Gini row was named "of saliency" for every method, so a card showed a Grad-CAM number as saliency's."""
+    from aft_hf.results import legacy_results
+
+    (scalar,) = legacy_results({"gini": {"gradcam": 0.55}})["gini"].scalars
+    assert scalar.setting == "gradcam" and "saliency" not in scalar.quantity
