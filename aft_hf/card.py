@@ -446,10 +446,7 @@ def _results_section(report: dict) -> Optional[str]:
 
 _IMAGE = 'image = Image.open("cat.jpg")  # your image'
 _TOWER = "tower = CLIPVisionModel.from_pretrained(\"{repo}\")  # hidden states: the vision tower of LLaVA-style models"
-_FEATURES = [
-    "out = tower(**processor(images=image, return_tensors=\"pt\"), output_hidden_states=True)",
-    "features = out.hidden_states[{layer}][:, 1:]  # {which}, class token dropped",
-]
+_TOWER_CALL = "out = tower(**processor(images=image, return_tensors=\"pt\"), output_hidden_states=True)"
 
 
 def _features(layer: int, siglip: bool = False) -> str:
@@ -458,7 +455,7 @@ def _features(layer: int, siglip: bool = False) -> str:
              else f"hidden state {layer}, the layer AFT trained")
     if siglip:
         return f"features = out.hidden_states[{layer}]  # {which}: every patch (SigLIP has no class token)"
-    return _FEATURES[1].format(layer=layer, which=which)
+    return f"features = out.hidden_states[{layer}][:, 1:]  # {which}, class token dropped"
 
 
 def _siglip_snippet(repo: str, cls: str, layer: int = LLAVA_FEATURE_LAYER) -> list[str]:
@@ -497,13 +494,13 @@ def _transformers_snippet(repo: str, cls: str, processor: str, layer: int = LLAV
                 'print(classifier(image, candidate_labels=["a photo of a cat", "a photo of a dog"]))', "",
                 f'vision = CLIPVisionModelWithProjection.from_pretrained("{repo}")  # projected image embeddings',
                 'embeddings = vision(**processor(images=image, return_tensors="pt")).image_embeds',
-                _TOWER.format(repo=repo), _FEATURES[0], _features(layer)]
+                _TOWER.format(repo=repo), _TOWER_CALL, _features(layer)]
     lines = ["from PIL import Image", f"from transformers import CLIPImageProcessor, {cls}"
              + (", CLIPVisionModel" if cls != "CLIPVisionModel" else ""), "", _IMAGE, processor]
     if cls == "CLIPVisionModelWithProjection":
         lines += [f'vision = CLIPVisionModelWithProjection.from_pretrained("{repo}")  # projected image embeddings',
                   'embeddings = vision(**processor(images=image, return_tensors="pt")).image_embeds']
-    return lines + [_TOWER.format(repo=repo), _FEATURES[0], _features(layer)]
+    return lines + [_TOWER.format(repo=repo), _TOWER_CALL, _features(layer)]
 
 
 def _usage_section(repo: str, cls: str, folder: Path, embedding: str = "pooled", feature_layer: int = LLAVA_FEATURE_LAYER) -> str:

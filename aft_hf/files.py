@@ -48,18 +48,24 @@ def tower_weights_sha256(state: Mapping[str, "object"]) -> str:
     folder (:func:`folder_weights_sha256`), whatever the class or the saved dtype (fp16 and bf16
     widen to float32 exactly), so a report can name the weights it measured and ``push`` can check it.
     """
-    import torch
 
-    h = hashlib.sha256()
     keys = _tower_keys(state)
     if not keys:
         raise ValueError("no image-tower weights (vision_model.*) to hash")
-    for name, key in keys.items():
-        t = state[key]
+    h = hashlib.sha256()
+    hash_tensors(h, ((name, state[key]) for name, key in keys.items()))
+    return h.hexdigest()
+
+
+def hash_tensors(h: "hashlib._Hash", named: Iterable[tuple[str, "object"]]) -> None:
+    """Feed ``h`` each (name, tensor) in the given order: the name, the shape and the float32 values (fp16 and bf16
+    widen exactly), so the same weights give the same bytes whatever their dtype or device."""
+    import torch
+
+    for name, t in named:
         t = t.detach().to("cpu", torch.float32).contiguous()
         h.update(f"{name}:{tuple(t.shape)};".encode())
         h.update(t.numpy().tobytes())
-    return h.hexdigest()
 
 
 def _weight_files(folder: Path) -> list[Path]:

@@ -144,14 +144,13 @@ def run_benchmark(models: Sequence[str], requests: Sequence[DatasetRequest], out
     checked = _check_saved_weights(models, folders, measured, out, text_model, acc.device, launch)
     for model in models:
         state = out / STATE_DIR / folders[model]
-        todo = [p for p in plans if read_json(state / p.request.name / "result.json") is None]
-        for p in plans:
-            saved = read_json(state / p.request.name / "result.json")
-            if saved is not None:
-                results[model][p.request.name] = saved
+        saved = {p.request.name: read_json(state / p.request.name / "result.json") for p in plans}
+        todo = [p for p in plans if saved[p.request.name] is None]
+        for name, result in saved.items():
+            if result is not None:
+                results[model][name] = result
                 if main:
-                    logger.info("%s on %s: already done in '%s' (loaded, not recomputed)", model, p.request.name,
-                                state / p.request.name)
+                    logger.info("%s on %s: already done in '%s' (loaded, not recomputed)", model, name, state / name)
         if not todo:
             continue
         (encoder,), (text,), _ = load_models_and_texts([model], text_model, acc.device)
@@ -227,7 +226,7 @@ def _state_folders(models: Sequence[str], out: Path) -> dict[str, str]:
     """Each model's own folder name under ``state/`` (and its column and card): `builtin:tiny-clip` and
     `./tiny-clip` get two. A model given twice (`run/final` and `./run/final/`) is refused. A model that an earlier
     run in ``out`` measured keeps its folder (named in its ``weights.json``), whatever the order of ``--model`` now."""
-    where = [str(Path(m).expanduser().resolve()) if Path(m).expanduser().exists() else m for m in models]
+    where = [_local_path(m) or m for m in models]
     if len(set(where)) != len(where):
         raise BenchmarkError("a model is given twice (" + ", ".join(m for m, w in zip(models, where)
                                                                   if where.count(w) > 1) + ")")

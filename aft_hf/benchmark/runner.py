@@ -224,7 +224,8 @@ def check_settings(out: Path, settings: dict, write: bool = True) -> None:
     if saved is not None and not _any_work(out / STATE_DIR):
         saved = None  # a run that stopped before its first batch (a mistyped model, say) binds nothing: replaced
     if saved is not None:
-        names = {d.get("name") for d in settings.get("datasets", [])} & {d.get("name") for d in saved.get("datasets", [])}
+        given = {d.get("name") for d in settings.get("datasets", [])}
+        names = given & {d.get("name") for d in saved.get("datasets", [])}
 
         def bound(s: dict) -> dict:
             return {**{k: s.get(k) for k in BINDING_SETTINGS},
@@ -235,7 +236,6 @@ def check_settings(out: Path, settings: dict, write: bool = True) -> None:
             raise BenchmarkError(f"'{out}' holds a benchmark run with other settings ({'; '.join(differences)}): use "
                                  "the same protocol, split, text model and dataset copies (models and datasets may be "
                                  "added), or another --out")
-        given = {d.get("name") for d in settings.get("datasets", [])}
         settings = {**settings, "models": [*saved.get("models", []), *(m for m in settings["models"]
                                                                          if m not in saved.get("models", []))],
                     "datasets": [d for d in saved.get("datasets", []) if d.get("name") not in given]

@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from ..files import WEIGHTS_HASH_KEY, tower_weights_sha256
+from ..files import WEIGHTS_HASH_KEY, hash_tensors, tower_weights_sha256
 from .errors import BenchmarkError
 from .runner import BATCH_FILES, read_json
 
@@ -31,12 +31,8 @@ TEXT_HASH_KEY = "text_tower_sha256"
 def text_tower_sha256(text: torch.nn.Module) -> str:
     """SHA-256 of a text tower's weights (names, shapes, float32 values) and its tokenizer's vocabulary: what its
     class embeddings depend on besides the class names and templates."""
-    h = hashlib.sha256()
-    for name, t in sorted(text.state_dict().items()):
-        if not name.endswith("position_ids"):  # a buffer some transformers versions save and others do not
-            t = t.detach().to("cpu", torch.float32).contiguous()
-            h.update(f"{name}:{tuple(t.shape)};".encode())
-            h.update(t.numpy().tobytes())
+    h = hashlib.sha256()  # position_ids: a buffer some transformers versions save and others do not
+    hash_tensors(h, (item for item in sorted(text.state_dict().items()) if not item[0].endswith("position_ids")))
     vocab = getattr(getattr(text, "tokenizer", None), "get_vocab", dict)()
     h.update(json.dumps(sorted(vocab.items())).encode())
     return h.hexdigest()
