@@ -75,6 +75,10 @@ def check_output_dir(out: PathLike, overwrite: bool = False, inputs: Iterable[Op
     if out.exists() and not out.is_dir():
         raise OutputError(f"{option} '{out}' is an existing file, not a folder: choose another path")
     if out.is_dir() and any(out.iterdir()):
+        results_writer = _manifest(out).get("writer")
+        if results_writer and not is_marked(out):
+            raise OutputError(f"{option} '{out}' holds the results of `{results_writer}`, which this would delete: "
+                              "choose an empty or new folder")
         if not overwrite:
             raise OutputError(f"{option} '{out}' exists and is not empty (pass --overwrite to replace a folder "
                               "that aft_hf wrote)")

@@ -330,7 +330,7 @@ def _pointing(data: dict) -> MetricResult:
 
 def _energy(data: dict) -> MetricResult:
     e = data["energy_in_mask"]
-    scalars = [Scalar("Energy in mask", d.get("energy"), f"{m}, energy", "method", m, "energy in mask",
+    scalars = [Scalar("Energy in mask", d.get("energy"), m, "method", m, "energy in mask",
                       percent=True) for m, d in e.items()]
     chance = next((d["chance"] for d in e.values() if "chance" in d), None)  # the mask's area: one per image set
     if chance is not None:

@@ -118,7 +118,7 @@ def test_card_text(dry_run):
                    "Gong, Shizhan and Lei, Haoyu and Dou, Qi and Farnia, Farzan",
                    "Schlarmann", "an L-inf box of radius 1/255 with a colour-channel L2 penalty",
                    "| Deletion AUC | simple_gradient | 0.1234 | lower |", "| Pointing game | simple_gradient, exact",
-                   "| Energy in mask | simple_gradient, energy | 0.61 |", "| new_metric |  | 3.5 |",
+                   "| Energy in mask | simple_gradient | 0.61 |", "| new_metric |  | 3.5 |",
                    "## Limitations", "CLIPVisionModel.from_pretrained(\"me/tiny-aft\")", "aft-hf export-openclip"):
         assert needed in text, needed
     assert "More Information Needed" not in text and "4/255 |" not in text and "new_structure" not in text

@@ -248,3 +248,19 @@ def test_a_results_folder_belongs_to_one_command(tmp_path):
     claim_results_folder(tmp_path / "bench", "aft-hf benchmark")  # a resumed benchmark
     with pytest.raises(OutputError, match="results of `aft-hf benchmark`"):
         check_results_owner(tmp_path / "bench", "aft-hf evaluate")
+
+
+def test_push_onto_an_evaluate_results_folder_names_those_results(run_dir, tmp_path, capsys):
+    """--out that holds `aft-hf evaluate` results: the refusal names them (it said 'not written by aft_hf'), with
+    or without --overwrite, and the results stay."""
+    from aft_hf.outputs import results_folder
+
+    with results_folder(tmp_path / "ev", "aft-hf evaluate") as folder:
+        (folder / "report.json").write_text("{}")
+    before = _tree(tmp_path / "ev")
+    for extra in ([], ["--overwrite"]):
+        rc = main(["push", str(run_dir / "final"), "--repo-id", "me/x", "--dry-run", "--out", str(tmp_path / "ev"),
+                   *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and "holds the results of `aft-hf evaluate`, which this would delete" in err, err
+        assert _tree(tmp_path / "ev") == before

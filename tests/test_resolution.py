@@ -136,7 +136,25 @@ def test_cli_evaluate_and_explain_at_another_size(clip48, tmp_path, capsys):
     assert rc == 0 and any((tmp_path / "maps").glob("*.png"))
     rc = main(["evaluate", "--model", str(clip48), "--image-size", "60", "--dataset", str(data),
                "--metrics", "zeroshot", "--out", str(tmp_path / "bad")])
-    assert rc == 2 and "not a positive multiple of the patch size 8" in capsys.readouterr().err
+    assert rc == 2 and "--image-size 60 is not a positive multiple of the patch size 8" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_bad_image_size_option_is_named_as_the_option_before_any_weights_load(clip48, tmp_path, capsys, monkeypatch):
+    import aft_hf.explain.loading as loading
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights loaded before --image-size was checked")
+
+    from PIL import Image
+
+    Image.new("RGB", (48, 48)).save(tmp_path / "one.png")
+    monkeypatch.setattr(loading, "load_image_encoder", no_weights)
+    rc = main(["explain", "--model", str(clip48), "--image-size", "-8", "--images", str(tmp_path), "--labels", "circle",
+               "--out", str(tmp_path / "maps")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--image-size -8 is not a positive multiple of the patch size 8 (try 8)" in err
+    assert "model.image_size" not in err and not (tmp_path / "maps").exists()
 
 
 def test_patch_tokens_follow_the_new_grid(clip48):

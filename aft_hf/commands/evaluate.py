@@ -240,13 +240,14 @@ def _cli_evaluate(args, extra) -> int:
                                     max_bad_fraction=args.max_bad_fraction, box_format=args.box_format,
                                     box_units=args.box_units)
     named = data.named_labels  # labels given as class names: a world folder's full list of classes, if it is one
-    world = (None if names_from_feature(data.label_feature) and not named else
+    world = (None if names_from_feature(data.label_feature) and not (named or data.names_column) else
              world_label_feature(args.data_dir or args.dataset, "label" if named else args.label_column))
     names = resolve_classnames(args.class_names, world or data.label_feature, args.imagenet_classnames)
     source = ("file " + args.class_names if args.class_names else
               "shipped cleaned ImageNet-1k names" if args.imagenet_classnames or is_imagenet_1k(names)
               else "world.json (aft-hf world sample)" if world
-              else "the labels' class names, sorted" if named else "dataset ClassLabel")
+              else "the labels' class names, sorted" if named
+              else f"the dataset's {data.names_column} column" if data.names_column else "dataset ClassLabel")
     templates = resolve_templates(args.templates, names)
     options = {"robust": {"eps": args.eps, "steps": args.attack_steps, "attack": args.robust_attack,
                           "restarts": args.attack_restarts, "targets": args.attack_targets,

@@ -35,6 +35,8 @@ from .localisation import boxes_to_masks
 
 logger = logging.getLogger(__name__)
 SPLIT_PREFERENCE = ("validation", "test", "train")
+NAME_COLUMN = "class_name"
+"""The column that names integer labels in an imagefolder's ``metadata.jsonl`` (as ``aft-hf world sample`` writes)."""
 
 
 @dataclass
@@ -49,6 +51,8 @@ class LabelledImages:
     named_labels: bool = False
     """The label column held class names (``"red circle"``): ``labels`` index ``label_feature``'s names, the
     distinct names found, sorted, until :meth:`for_class_names` maps them onto the run's class names."""
+    names_column: Optional[str] = None
+    """The column whose names ``label_feature`` holds (:data:`NAME_COLUMN`), when the label column had none."""
 
     def for_class_names(self, class_names: Sequence[str]) -> "LabelledImages":
         """These images with labels that index ``class_names`` (labels given as names are looked up there; a
@@ -145,6 +149,31 @@ def _label_tensor(labels: list, feature: Any, column: str) -> tuple[Tensor, Any,
     return torch.tensor([index[v] for v in labels], dtype=torch.long), datasets.ClassLabel(names=found), True
 
 
+def _names_from_column(ds: Any, features: Any, label_column: str) -> Any:
+    """A ``ClassLabel`` for integer labels without names, from the split's :data:`NAME_COLUMN` (read whole, no image
+    decoded, so a ``--max-samples`` subset keeps every class the split names); None when there is no such column or
+    it cannot name each class 0..max once (a warning says why)."""
+    import datasets
+
+    if (label_column == NAME_COLUMN or NAME_COLUMN not in features
+            or isinstance(features.get(label_column), datasets.ClassLabel)):
+        return None
+    names: dict[int, str] = {}
+    for label, name in zip(ds[label_column], ds[NAME_COLUMN]):
+        if isinstance(label, str) or not isinstance(name, str) or not name.strip():
+            return None  # labels that are names already, or rows without a name
+        if names.setdefault(int(label), name) != name:
+            logger.warning("column '%s' gives label %d two names ('%s', '%s'): not used as class names",
+                           NAME_COLUMN, int(label), names[int(label)], name)
+            return None
+    missing = sorted(set(range(max(names, default=-1) + 1)) - set(names))
+    if missing or min(names, default=0) < 0:
+        logger.warning("column '%s' names no class %s: not used as class names", NAME_COLUMN,
+                       ", ".join(map(str, missing[:5])) or "below 0")
+        return None
+    return datasets.ClassLabel(names=[names[i] for i in range(len(names))])
+
+
 def _open_mask(value: Any, column: str) -> Image.Image:
     try:
         return open_image(value)
@@ -196,6 +225,7 @@ def load_labelled_images(dataset: str, size: "int | ImageGeometry", split: Optio
     for col in (image_column, mask_column):
         if col and isinstance(features.get(col), datasets.Image):
             ds = ds.cast_column(col, datasets.Image(decode=False))
+    named_by = None if streaming else _names_from_column(ds, features, label_column)
     if not streaming:  # the rows ds.shuffle(seed=seed) would give, kept so each image can be named by its row
         rows = np.random.default_rng(seed).permutation(len(ds))
         rows = rows[:max_samples] if max_samples is not None else rows
@@ -230,6 +260,6 @@ def load_labelled_images(dataset: str, size: "int | ImageGeometry", split: Optio
         raise DataError(f"no readable images in dataset '{dataset}' split '{split}' ({bad.summary()})")
     if bad.skipped:
         logger.warning("dataset '%s': %s, skipped", dataset, bad.summary())
-    label_tensor, feature, named = _label_tensor(labels, features.get(label_column), label_column)
+    label_tensor, feature, named = _label_tensor(labels, named_by or features.get(label_column), label_column)
     return LabelledImages(torch.stack(images), label_tensor, feature, torch.stack(masks) if masks else None,
-                          split or "", bad.skipped, sources, named)
+                          split or "", bad.skipped, sources, named, NAME_COLUMN if named_by and not named else None)

@@ -10,7 +10,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..model import ImageEncoder, ModelLoadError, encoder_family, load_image_encoder
+from ..model import ImageEncoder, ModelLoadError, encoder_family, load_image_encoder, load_model_config
+from ..resolution import check_image_size
 from .targets import TextTower, is_full_clip, load_text_tower
 
 
@@ -57,6 +58,14 @@ def check_text_sources(models: Sequence[str], text_model: Optional[str]) -> None
                                  "openai/clip-vit-base-patch16 or google/siglip-base-patch16-224)")
 
 
+def check_image_size_option(models: Sequence[str], image_size: int) -> None:
+    """Refuse ``--image-size`` in one line, naming the option, when it is no positive multiple of a model's patch
+    size (read from each config, before any weights load)."""
+    for model in models:
+        config = load_model_config(model)
+        check_image_size(image_size, getattr(config, "vision_config", config).patch_size, "--image-size")
+
+
 def load_models_and_texts(models: Sequence[str], text_model: Optional[str], device: torch.device,
                           need_text: bool = True,
                           image_size: Optional[int] = None) -> tuple[list[ImageEncoder], list[Optional[TextTower]],
@@ -69,6 +78,8 @@ def load_models_and_texts(models: Sequence[str], text_model: Optional[str], devi
     ``image_size`` (``--image-size``) runs every encoder at that size (:mod:`aft_hf.resolution`).
     """
     check_text_sources(models, (text_model or None) if need_text else "")
+    if image_size is not None:
+        check_image_size_option(models, image_size)
     encoders = [load_image_encoder(m, image_size=image_size).to(device).eval() for m in models]
     if not need_text:
         return encoders, [None] * len(models), [None] * len(models)

@@ -57,3 +57,42 @@ def test_readme_world_sample_then_evaluate(tmp_path):
     # the pointing tolerance scales with the 64 px input: 15 px at 224 px -> 4 px
     assert set(result["metrics"]["pointing_game"]["saliency"]) == {"exact", "tolerance_4px"}
     assert (report / "examples.png").stat().st_size > 0
+
+
+def _named_folder(root, rows):
+    root.mkdir()
+    for i, (label, name) in enumerate(rows):
+        Image.new("RGB", (32, 32), (40 * i, 0, 0)).save(root / f"{i}.png")
+    (root / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"{i}.png", "label": label, "class_name": n})
+                                                 + "\n" for i, (label, n) in enumerate(rows)))
+    return root
+
+
+def test_integer_labels_take_their_names_from_a_class_name_column(tmp_path, caplog):
+    """metadata.jsonl with `"label": 2, "class_name": "bird"`: the classes are named from the whole split's
+    class_name column (a --max-samples subset still has every class), as explain reads the same column."""
+    folder = _named_folder(tmp_path / "named", [(0, "cat"), (1, "dog"), (2, "bird"), (1, "dog")])
+    data = load_labelled_images(str(folder), 32, max_samples=1, progress=False)
+    assert list(data.label_feature.names) == ["cat", "dog", "bird"] and data.names_column == "class_name"
+    assert not data.named_labels and len(data.labels) == 1
+    clash = _named_folder(tmp_path / "clash", [(0, "cat"), (0, "dog"), (1, "bird")])
+    gap = _named_folder(tmp_path / "gap", [(0, "cat"), (2, "bird")])
+    for folder, said in ((clash, "gives label 0 two names ('cat', 'dog')"), (gap, "names no class 1")):
+        caplog.clear()
+        data = load_labelled_images(str(folder), 32, progress=False)
+        assert data.names_column is None and not hasattr(data.label_feature, "names") and said in caplog.text
+
+
+@pytest.mark.slow
+def test_evaluate_names_the_classes_from_the_class_name_column(tmp_path, tiny_clip_path, capsys):
+    from aft_hf.cli import main
+
+    folder = _named_folder(tmp_path / "named", [(0, "cat"), (1, "dog"), (2, "bird"), (1, "dog")])
+    assert main(["evaluate", "--model", str(tiny_clip_path), "--dataset", str(folder), "--metrics", "zeroshot",
+                 "--max-samples", "2", "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["num_classes"] == 3 and report["class_names_source"] == "the dataset's class_name column"
+    clash = _named_folder(tmp_path / "clash", [(0, "cat"), (0, "dog"), (1, "bird")])
+    assert main(["evaluate", "--model", str(tiny_clip_path), "--dataset", str(clash), "--metrics", "zeroshot",
+                 "--out", str(tmp_path / "ev2")]) == 2
+    assert "no class names" in capsys.readouterr().err
