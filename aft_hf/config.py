@@ -609,6 +609,12 @@ def _validate_lora(lora: LoraConfig) -> list[str]:
             p.append(f"lora.dropout: must be in [0, 1), got {lora.dropout}")
         if not lora.target_modules:
             p.append("lora.target_modules: name at least one linear layer (e.g. [q_proj,v_proj])")
+    else:  # LoRA is off: an adapter option given without a rank would be ignored, and the run be full fine-tuning
+        given = [f"lora.{f.name}" for f in dataclasses.fields(lora)
+                 if f.name != "r" and getattr(lora, f.name) != getattr(LoraConfig(), f.name)]
+        if given:
+            p.append(f"{', '.join(given)}: read only with LoRA on, and lora.r is 0 (off, full fine-tuning): set "
+                     "lora.r, e.g. --lora.r 8")
     return p
 
 

@@ -81,13 +81,10 @@ def resolve_folder(spec: Union[str, Path], what: str, revision: Optional[str] = 
     ``snapshot_download`` (safetensors, JSON, text and tokenizer files only)."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file() and (path / "final" / "config.json").is_file():  # a training run
-            raise GraftError(f"{what} '{spec}' is a training run's folder: give its exported model, "
-                             f"'{Path(spec) / 'final'}'")
-        if not (path / "config.json").is_file():  # a training checkpoint (accelerate state), a data folder...
-            raise GraftError(f"{what} '{spec}' is not a model folder (no config.json)"
-                             + ("; a training checkpoint holds no exported model: give the run's final/ folder"
-                                if path.parent.name == "checkpoints" else ""))
+        from .model import run_folder_hint
+
+        if not (path / "config.json").is_file():  # a training run or checkpoint (accelerate state), a data folder...
+            raise GraftError(f"{what} '{spec}' is not a model folder (no config.json){run_folder_hint(spec)}")
         return path
     from .model import _looks_like_path
 
@@ -146,8 +143,10 @@ def check_geometry(aft_vision: Any, vlm_config: Any) -> None:
     diffs = [f"{name} {getattr(aft_vision, name, None)} vs {getattr(tower, name, None)}" for name in GEOMETRY
              if getattr(aft_vision, name, None) != getattr(tower, name, None)]
     if diffs:
+        same_family = getattr(aft_vision, "model_type", None) == getattr(tower, "model_type", None)
         hint = (f" (fine-tune at the VLM's size: --model.image_size {tower.image_size})"
-                if getattr(aft_vision, "image_size", None) != tower.image_size else "")
+                if same_family and getattr(aft_vision, "image_size", None) != tower.image_size
+                else "" if same_family else " (fine-tune the VLM's own tower: docs/vlm.md)")
         raise GraftError(f"the AFT model does not fit the VLM's vision tower (AFT vs VLM): {'; '.join(diffs)}{hint}")
     layers = tower.num_hidden_layers
     feature = getattr(vlm_config, "vision_feature_layer", None)
@@ -208,6 +207,11 @@ def check_feature_layer(aft_dir: Path, vlm_config: Any) -> None:
     if untrained:
         raise GraftError(f"the AFT run kept the patch tokens of layer {trained} close but the VLM also reads "
                          f"layer(s) {untrained} (vision_feature_layer {feature}), which the run never kept close")
+    strategy = getattr(vlm_config, "vision_feature_select_strategy", "default")
+    if strategy == "full" and "clip" in getattr(vlm_config.vision_config, "model_type", ""):
+        raise GraftError("the AFT run kept the patch tokens close without the class token, but the VLM reads the "
+                         "class token too (vision_feature_select_strategy 'full'), which the run left free: "
+                         "train with --model.embedding pooled, which is not tied to the tokens a VLM reads")
 
 
 def _shape(checkpoint: Checkpoint, name: str) -> tuple[list[int], str]:

@@ -25,6 +25,7 @@ from huggingface_hub import HfApi, get_token
 
 from .errors import AftError
 from .files import WEIGHTS_HASH_KEY, folder_weights_sha256
+from .model import run_folder_hint
 from .outputs import MARKER, OutputError, check_output_dir, discard, replace_dir, staging_dir, write_marker
 from .published import publishable, rewrite_for_upload
 
@@ -185,7 +186,7 @@ def prepare_hub_folder(folder: Union[str, Path], out: Union[str, Path], repo_id:
     if folder.is_file():
         raise HubError(f"'{folder}' is a file; give the model folder that holds it ('{folder.parent}')")
     if not (folder / "config.json").is_file():
-        raise HubError(f"'{folder}' is not an exported model folder (no config.json)")
+        raise HubError(f"'{folder}' is not an exported model folder (no config.json){run_folder_hint(folder)}")
     check_repo_id(repo_id)
     check_license(license)
     if figure is not None and not Path(figure).is_file():
@@ -311,7 +312,7 @@ def push_folder(folder: Union[str, Path], repo_id: str, private: bool = False, t
     """
     folder = Path(folder)
     if not (folder / "config.json").is_file():
-        raise HubError(f"'{folder}' is not an exported model folder (no config.json)")
+        raise HubError(f"'{folder}' is not an exported model folder (no config.json){run_folder_hint(folder)}")
     require_online(f"could not push {name or repr(str(folder))} to '{repo_id}': ")
     token = require_token(token)
     api = HfApi(token=token)

@@ -51,6 +51,11 @@ from .resolution import resize_embeddings, resize_image_processor
 logger = logging.getLogger(__name__)
 
 EMBEDDINGS = ("pooled", "patch_tokens")
+WEIGHTS_DTYPE = torch.float32
+"""The dtype every checkpoint is loaded in, whatever it was saved in. transformers loads a checkpoint in its saved
+dtype (a VLM's tower is often fp16 or bf16), and AFT's optimiser needs fp32 weights: AdamW on fp16 weights
+underflows its eps and blows updates up to about the fp16 maximum times lr, on bf16 weights most updates of
+lr 1e-5 round away. Reduced precision is autocast's job (``--mixed_precision``); exports are fp32 too."""
 TINY_CLIP_VERSION = 2
 """Bumped whenever the tiny CLIP's recipe changes, so a copy cached by an older version is not reused."""
 
@@ -404,6 +409,17 @@ def _could_not_load(name_or_path: str, error: OSError) -> ModelLoadError:
     return ModelLoadError(f"could not load model '{name_or_path}': {cause}.{hint}")
 
 
+def run_folder_hint(folder: Union[str, Path]) -> str:
+    """What to give instead of a folder without config.json that aft_hf wrote while training: "" for any other.
+    A run's folder (``final/``, ``checkpoints/``) or one of its checkpoints holds no model to load."""
+    path = Path(folder).expanduser()
+    if (path / "final" / CONFIG_FILE).is_file() or (path / "checkpoints").is_dir():
+        return f": it is a training run's folder; give its exported model, '{Path(folder) / 'final'}'"
+    if path.parent.name == "checkpoints":
+        return ": a training checkpoint holds no exported model; give the run's final/ folder"
+    return ""
+
+
 def load_model_config(name_or_path: str, revision: Optional[str] = None,
                       token: Optional[str] = None) -> PretrainedConfig:
     """The ``transformers`` config of a Hub id, folder or builtin model, read without any weights (to check
@@ -415,7 +431,8 @@ def load_model_config(name_or_path: str, revision: Optional[str] = None,
         raise _could_not_load(name_or_path, e) from e
     except ValueError as e:  # transformers 5: a folder without config.json, or an unknown model_type
         if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
-            raise ModelLoadError(f"'{name_or_path}' is not a model folder (no config.json)") from e
+            raise ModelLoadError(f"'{name_or_path}' is not a model folder (no config.json)"
+                                 + run_folder_hint(source)) from e
         cause = " ".join(str(e).split())
         raise ModelLoadError(f"could not read the config of model '{name_or_path}': {cause}") from e
 
@@ -458,10 +475,14 @@ def load_image_encoder(
     if embedding not in EMBEDDINGS:
         raise ModelLoadError(f"unknown model.embedding '{embedding}' (choose from {', '.join(EMBEDDINGS)})")
     source = resolve_builtin_model(name_or_path)
-    kwargs = dict(revision=revision, token=token, attn_implementation=attn_implementation)
+    kwargs = dict(revision=revision, token=token, attn_implementation=attn_implementation, dtype=WEIGHTS_DTYPE)
     config = load_model_config(name_or_path, revision=revision, token=token)
     family = encoder_family(name_or_path, config)
     is_full = config.model_type == family.full_type
+    saved = getattr(config, "dtype", None)
+    if saved not in (None, WEIGHTS_DTYPE, "float32"):
+        logger.info("'%s' stores %s weights: loaded as %s (see aft_hf.model.WEIGHTS_DTYPE)", name_or_path,
+                    str(saved).replace("torch.", ""), str(WEIGHTS_DTYPE).replace("torch.", ""))
     try:
         if is_full:
             full = _checked_from_pretrained(family.full_class, source, name_or_path, **kwargs)
@@ -528,7 +549,7 @@ def export_pretrained(encoder: ImageEncoder, out_dir: Union[str, Path], extra_fi
         vision = merged_copy(encoder.vision) if has_lora(encoder.vision) else encoder.vision
         source = resolve_builtin_model(encoder.source) if encoder.source else None
         if encoder.base_is_full_clip and source is not None:
-            full = FAMILIES[encoder.family].full_class.from_pretrained(source, revision=revision)
+            full = FAMILIES[encoder.family].full_class.from_pretrained(source, revision=revision, dtype=WEIGHTS_DTYPE)
             resize_embeddings(full.vision_model.embeddings, full.config.vision_config, encoder.image_size)
             full.vision_model.load_state_dict(tower(vision).state_dict())
             if encoder.has_projection:

@@ -64,10 +64,11 @@ def training_class_names(data: DataConfig) -> list[str]:
 def training_services() -> ObjectiveServices:
     """The services of :class:`ObjectiveServices`, bound to the package's text towers, class names and templates."""
     from .evaluate.classnames import resolve_templates
+    from .explain.loading import text_tower_problem
     from .explain.targets import load_text_tower
 
     return ObjectiveServices(text_tower=load_text_tower, class_names=training_class_names,
-                             templates=resolve_templates)
+                             templates=resolve_templates, text_tower_problem=text_tower_problem)
 
 
 def build_objective(cfg: TrainConfig, encoder: ImageEncoder, frozen: ImageEncoder, device: torch.device) -> Objective:

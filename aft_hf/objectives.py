@@ -58,11 +58,13 @@ class ObjectiveServices:
     """What an objective may need at start-up, provided by the trainer (:mod:`aft_hf.objective_setup`):
     ``text_tower(source, revision)`` -> a text tower (``class_embeddings``, ``logit_scale``, ``dim``);
     ``class_names(data_config)`` -> the training labels' class names; ``templates(name_or_file, class_names)``
-    -> prompts (None: the default for those classes)."""
+    -> prompts (None: the default for those classes); ``text_tower_problem(model, encoder, source, tower)`` -> why
+    that tower cannot score the encoder's embeddings (another family or width), or None."""
 
     text_tower: Callable[[str, Optional[str]], Any]
     class_names: Callable[[Any], list]
     templates: Callable[[Optional[str], list], list]
+    text_tower_problem: Callable[[str, Any, str, Any], Optional[str]] = lambda *args: None
 
 
 class ObjectiveError(AftError, ValueError):
@@ -189,10 +191,9 @@ class TecoaObjective(Objective):
         templates = services.templates(cfg.data.templates, names)
         source = m.text_model or m.name_or_path
         text = services.text_tower(source, None if m.text_model else m.revision).to(device)
-        if text.text_projection.out_features != encoder.vision.config.projection_dim:
-            raise ObjectiveError(f"the text tower of '{source}' embeds in {text.text_projection.out_features} "
-                                 f"dimensions but '{m.name_or_path}' in {encoder.vision.config.projection_dim}: "
-                                 "set model.text_model to a CLIP of the same family")
+        problem = services.text_tower_problem(f"'{m.name_or_path}'", encoder, f"'{source}'", text)
+        if problem:
+            raise ObjectiveError(f"objective tecoa: {problem}; set model.text_model to the full model it came from")
         weights = text.class_embeddings(names, templates)
         logger.info("tecoa: %d classes x %d templates from the text tower of %s, logit scale %.4g",
                     len(names), len(templates), source, text.logit_scale)

@@ -196,8 +196,13 @@ def results_folder(out: PathLike, writer: str) -> Iterator[Path]:
     check_results_owner(out, writer)
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / RESULTS_MANIFEST
-    earlier = _manifest(out).get("entries", [])
-    manifest.write_text(json.dumps({"writer": writer, "running": True}) + "\n")
+    previous = _manifest(out)
+    earlier = [name for name in previous.get("entries", []) if isinstance(name, str)]
+    if previous.get("running"):  # a run killed before it listed what it wrote: what it touched counts as written
+        started = manifest.stat().st_mtime
+        earlier += [p.name for p in out.iterdir() if p.name != RESULTS_MANIFEST and _touched_since(p, started)]
+    # listed already now, so that a run killed in turn leaves them for the next finished run to judge
+    manifest.write_text(json.dumps({"writer": writer, "running": True, "entries": sorted(set(earlier))}) + "\n")
     since = manifest.stat().st_mtime  # the file system's own clock, not time.time()
     finished = False
     try:

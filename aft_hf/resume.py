@@ -115,7 +115,7 @@ def optimisation_changes(saved: dict, new: TrainConfig) -> list[str]:
 def check_resume_config(checkpoint: Path, cfg: TrainConfig, saved_dir: Optional[str] = None) -> list[str]:
     """Compare the checkpoint's saved config with ``cfg``; raise unless the differences are allowed.
 
-    Returns the changes allowed by the flag (to be recorded); a checkpoint from before configs
+    Returns the changes to record: those allowed by the flag, and a longer ``optim.max_steps``; a checkpoint from before configs
     were saved is accepted as is. ``saved_dir``: the working directory of the run that wrote the checkpoint
     (its ``Progress.working_dir``), against which the saved relative paths are resolved.
     """
@@ -128,13 +128,15 @@ def check_resume_config(checkpoint: Path, cfg: TrainConfig, saved_dir: Optional[
         raise ConfigError([f"resuming from {checkpoint} would change what defines the run (saved -> new), "
                            "which no resume may change, not even with --allow_config_change:"]
                           + changes[Change.NEVER]
-                          + ["resume with the saved values, or start a new run in another output_dir"])
+                          + [f"resume with the saved values (--config {path} holds them), or start a new run in "
+                             "another output_dir"])
     if changes[Change.FLAG] and not cfg.checkpoint.allow_config_change:
         raise ConfigError([f"resuming from {checkpoint} with settings that change the optimisation (saved -> new):"]
                           + changes[Change.FLAG]
                           + ["resume with the saved values, or add --allow_config_change to continue with the new "
                              "ones (they apply from the resume step on and are recorded in train_summary.json)"])
-    return changes[Change.FLAG]
+    # a longer run needs no flag but reshapes the schedule from here on: recorded with the others
+    return changes[Change.FLAG] + [c for c in changes[Change.FREE] if c.startswith("optim.max_steps:")]
 
 
 def apply_optim_config(optimizer, scheduler, cfg: TrainConfig) -> None:

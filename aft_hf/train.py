@@ -240,7 +240,7 @@ def find_resume_point(cfg: TrainConfig, output_dir: Path) -> tuple[Optional[Path
                            f"--max_steps {progress.step} or more, or start a new run in another output_dir"])
     changes = check_resume_config(path, cfg, progress.working_dir)
     if changes:
-        logger.warning("resuming with changed settings (allow_config_change): %s", "; ".join(changes),
+        logger.warning("resuming with changed settings: %s", "; ".join(changes),
                        main_process_only=True)
         progress.config_changes.append({"step": progress.step, "changes": changes})
     return path, progress
@@ -313,8 +313,9 @@ def _run_training(cfg: TrainConfig, accelerator: Accelerator, output_dir: Path) 
     batch_size = per_device_batch_size(cfg, accelerator.num_processes)
     check_source(cfg.data)  # a local data folder that is not there: before any checkpoint is touched or model loaded
     preflight(cfg, accelerator)  # writable output, hub reachable + token, no foreign checkpoints
-    load_model_config(cfg.model.name_or_path, cfg.model.revision)  # no weights: a mistyped model fails fast
+    # the saved config first: a resume without --config names the fields that differ, not the default model
     resume_path, progress = find_resume_point(cfg, output_dir)
+    load_model_config(cfg.model.name_or_path, cfg.model.revision)  # no weights: a mistyped model fails fast
     set_seed(cfg.seed, device_specific=True)
 
     encoder, frozen, attacker, optimizer, scheduler = build_models(cfg, accelerator)

@@ -224,6 +224,12 @@ def test_patch_token_runs_graft_only_where_the_vlm_reads_the_layer_they_trained(
         graft(run, save_llava(tmp_path / "both", vision_feature_layer=[-2, -1]), tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert graft(run, save_llava(tmp_path / "listed", vision_feature_layer=[-2]), tmp_path / "ok2")["grafted"] > 0
+    # a VLM that reads the class token too (strategy 'full') reads a token the run left free (it was accepted)
+    with pytest.raises(GraftError, match="reads the class token too \\(vision_feature_select_strategy 'full'\\)"):
+        graft(run, save_llava(tmp_path / "full", vision_feature_select_strategy="full"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert graft(aft48, save_llava(tmp_path / "full_pooled", vision_feature_select_strategy="full"),
+                 tmp_path / "ok3")["grafted"] > 0  # a pooled run is not tied to the tokens the VLM reads
 
 
 def test_a_vlm_is_no_aft_folder(tmp_path):
@@ -241,7 +247,7 @@ def test_a_training_run_folder_points_to_its_export(aft48, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(aft48, run / "final")
     (run / "checkpoints").mkdir()
-    with pytest.raises(GraftError, match=f"is a training run's folder: give its exported model, '{run / 'final'}'"):
+    with pytest.raises(GraftError, match=f"is a training run's folder; give its exported model, '{run / 'final'}'"):
         graft(run, save_llava(tmp_path / "llava"), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -262,8 +268,8 @@ def test_missing_folders_files_and_checkpoints_are_named_as_such(aft48, tmp_path
     step = tmp_path / "run" / "checkpoints" / "step_00000006"
     shutil.copytree(aft48, step)
     (step / "config.json").unlink()
-    with pytest.raises(GraftError, match="is not a model folder \\(no config.json\\); a training checkpoint holds no "
-                                         "exported model: give the run's final/ folder"):
+    with pytest.raises(GraftError, match="is not a model folder \\(no config.json\\): a training checkpoint holds no "
+                                         "exported model; give the run's final/ folder"):
         graft(step, llava, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -278,3 +284,28 @@ def test_the_graft_record_names_local_folders_without_their_paths(aft48, tmp_pat
     saved = json.loads(text)
     assert saved["aft_folder"] == f"local:{aft48.name}" and saved["vlm"] == "local:llava"
     assert str(tmp_path) not in text and saved["grafted"] == report["grafted"]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "explain", "export-openclip", "push"])
+def test_every_command_points_from_a_run_folder_to_its_export(aft48, tmp_path, capsys, command):
+    """graft said 'give its exported model, out/run/final'; evaluate, explain, export-openclip and push only said
+    'not a model folder': one hint everywhere (aft_hf.model.run_folder_hint)."""
+    import shutil
+
+    from aft_hf.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(aft48, run / "final")
+    (run / "checkpoints" / "step_00000002").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (48, 48)).save(tmp_path / "img.png")
+    args = {"evaluate": ["--model", str(run), "--dataset", "builtin:shapes", "--out", str(tmp_path / "o")],
+            "explain": ["--model", str(run), "--images", str(tmp_path / "img.png"), "--out", str(tmp_path / "o")],
+            "export-openclip": [str(run), "--out", str(tmp_path / "o.safetensors")],
+            "push": [str(run), "--repo-id", "me/x", "--dry-run", "--out", str(tmp_path / "o")]}[command]
+    assert main([command, *args]) == 2
+    assert f"is a training run's folder; give its exported model, '{run / 'final'}'" in capsys.readouterr().err
+    if command == "evaluate":
+        assert main([command, "--model", str(run / "checkpoints" / "step_00000002"), *args[2:]]) == 2
+        assert "a training checkpoint holds no exported model; give the run's final/ folder" in capsys.readouterr().err

@@ -155,6 +155,9 @@ def test_bad_lora_settings_are_named(tiny_clip_path):
     with pytest.raises(ConfigError) as e:  # a negative rank does not hide the adapter's other problems
         load_config(None, ["--lora.r", "-2", "--lora.dropout", "1.5", "--lora.alpha", "0"])
     assert all(name in str(e.value) for name in ("lora.r", "lora.dropout", "lora.alpha"))
+    with pytest.raises(ConfigError, match=r"lora.alpha, lora.save_adapter: read only with LoRA on, and lora.r is 0"):
+        load_config(None, ["--lora.save_adapter", "--lora.alpha", "32"])  # was a silent full fine-tuning
+    assert load_config(None, ["--lora.r", "4", "--lora.save_adapter"]).lora.save_adapter
     encoder = load_image_encoder(str(tiny_clip_path))
     with pytest.raises(LoraError, match="query"):
         apply_lora(encoder.vision, LoraConfig(r=2, target_modules=["query"]))

@@ -248,3 +248,36 @@ def test_unknown_embedding_is_a_one_line_cli_error(capsys):
 
     assert main(["train", "--model.embedding", "cls", "--print-config"]) == 2
     assert "model.embedding: unknown value 'cls'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_checkpoint_is_loaded_trained_and_exported_in_fp32(tiny_clip_path, tmp_path, png_folder, dtype):
+    """A VLM's tower is saved in fp16 or bf16, and transformers loads a checkpoint in its saved dtype: trained so,
+    AdamW wrecked fp16 weights (changes of 0.5 at lr 1e-5) and left bf16 ones unchanged, and a full fp16 CLIP
+    crashed on a dtype mismatch. Every checkpoint is loaded, trained and exported in fp32."""
+    from aft_hf.cli import main
+    from aft_hf.explain.targets import load_text_tower
+
+    half = tmp_path / "half"
+    CLIPModel.from_pretrained(tiny_clip_path).to(dtype).save_pretrained(half)
+    for name in ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                 "special_tokens_map.json"):
+        if (tiny_clip_path / name).is_file():
+            (half / name).write_bytes((tiny_clip_path / name).read_bytes())
+    encoder, text = load_image_encoder(str(half)), load_text_tower(str(half))
+    assert {p.dtype for p in [*encoder.parameters(), *text.parameters()]} == {torch.float32}
+    scores = F.normalize(encoder(torch.rand(2, 3, 32, 32)), dim=-1) @ text.class_embeddings(["a", "b"]).T
+    assert torch.isfinite(scores).all()
+    rc = main(["train", "--model.name_or_path", str(half), "--data.dataset", str(png_folder), "--output_dir",
+               str(tmp_path / "run"), "--optim.batch_size", "4", "--max_steps", "3", "--warmup_steps", "1",
+               "--lr", "1e-5", "--attack.steps", "1", "--logging.report_to", "none"])
+    assert rc == 0
+    base, tuned = CLIPModel.from_pretrained(half), CLIPModel.from_pretrained(tmp_path / "run" / "final")
+    assert {p.dtype for p in tuned.parameters()} == {torch.float32}
+    changes = [(t.float() - b.float()).abs().max().item() for (name, t), b in
+               zip(tuned.vision_model.state_dict().items(), base.vision_model.state_dict().values())
+               if t.is_floating_point()]
+    # the saved weights are exact in fp32, so a change is the updates alone: 3 Adam steps at lr <= 1e-5 move a
+    # weight by at most about 3e-5 (an early Adam step is lr * sign(grad) at most, with bias correction)
+    assert max(changes) < 5e-5
+    assert sum(c > 0 for c in changes) > len(changes) // 2  # the updates were not rounded away

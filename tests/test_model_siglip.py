@@ -153,6 +153,12 @@ def test_graft_a_siglip_into_a_llava_with_a_headless_siglip_tower(siglip48, tmp_
     LlavaForConditionalGeneration(cfg).save_pretrained(tmp_path / "llava", max_shard_size="40KB")
     report = graft(aft, tmp_path / "llava", tmp_path / "out")
     assert report["left_out"] and all(".head." in k for k in report["left_out"])  # the VLM drops the head
+    from aft_hf.graft import GraftError
+    from tests.graft_helpers import save_llava
+
+    with pytest.raises(GraftError, match=r"model_type siglip_vision_model vs clip_vision_model; image_size 48 vs 64 "
+                                         r"\(fine-tune the VLM's own tower: docs/vlm.md\)$"):
+        graft(aft, save_llava(tmp_path / "clip_llava", image_size=64), tmp_path / "bad")  # no size advice: a CLIP
     root = report["tower_root"]
     before, after = tensors(tmp_path / "llava"), tensors(tmp_path / "out")
     tuned = SiglipModel.from_pretrained(aft).vision_model.state_dict()

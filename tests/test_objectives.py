@@ -145,6 +145,19 @@ def test_vision_only_base_needs_a_text_model(tiny_clip_path, tiny_vision_path, t
 
 
 
+
+def test_a_text_model_of_another_family_is_refused_in_one_line(tiny_clip_path, tmp_path):
+    """--model.text_model a SigLIP for a CLIP base: one line naming both (it was an AttributeError traceback)."""
+    from aft_hf.model import save_tiny_siglip
+
+    siglip = save_tiny_siglip(tmp_path / "siglip", seed=0)
+    data = labelled_folder(tmp_path / "imgs", per_class=2)
+    with pytest.raises(ObjectiveError, match=r"is a clip model but the text tower of '.*siglip' is siglip's; set "
+                                             r"model.text_model") as err:
+        train(tecoa_cfg(tiny_clip_path, data, tmp_path / "out", "--model.text_model", str(siglip)))
+    assert "\n" not in str(err.value) and not (tmp_path / "out" / "checkpoints").exists()
+
+
 @pytest.mark.slow
 def test_resume_with_tecoa_matches_uninterrupted_run(tiny_clip_path, tmp_path, monkeypatch):
     data = labelled_folder(tmp_path / "imgs", per_class=6)  # 24 images, batch 8: step 2 is mid-epoch

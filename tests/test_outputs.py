@@ -264,3 +264,25 @@ def test_push_onto_an_evaluate_results_folder_names_those_results(run_dir, tmp_p
         err = capsys.readouterr().err
         assert rc == 2 and "holds the results of `aft-hf evaluate`, which this would delete" in err, err
         assert _tree(tmp_path / "ev") == before
+
+
+def test_a_results_folder_killed_mid_run_is_not_mixed_by_the_next_run(tmp_path):
+    """`kill -9` during an evaluate run: the next finished run still removes the results of the run before the kill
+    that it did not rewrite (the kill used to leave the manifest without them, so two runs' results mixed)."""
+    import subprocess
+    import sys
+
+    from aft_hf.outputs import RESULTS_MANIFEST, results_folder
+
+    out = tmp_path / "ev"
+    with results_folder(out, "aft-hf evaluate") as folder:  # a finished two-model run
+        for name in ("comparison.md", "a", "b"):
+            (folder / name).mkdir() if name in "ab" else (folder / name).write_text("old")
+    killed = ("import os, signal, sys\nfrom aft_hf.outputs import results_folder\n"
+              "with results_folder(sys.argv[1], 'aft-hf evaluate') as f:\n"
+              "    (f / 'report.json').write_text('half')\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    assert subprocess.run([sys.executable, "-c", killed, str(out)]).returncode == -9
+    with results_folder(out, "aft-hf evaluate") as folder:  # then a one-model run that writes report.json only
+        (folder / "report.json").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == [RESULTS_MANIFEST, "report.json"]
+    assert json.loads((out / RESULTS_MANIFEST).read_text())["entries"] == ["report.json"]

@@ -98,6 +98,22 @@ def test_resume_past_max_steps_is_refused_and_the_run_is_kept(tiny_clip_path, nu
     assert [p.name for p in (out / "checkpoints").glob("step_*")] == ["step_00000002"]
 
 
+
+def test_a_resume_without_its_config_names_the_differences_not_the_default_model(tiny_clip_path, numbered, tmp_path,
+                                                                                monkeypatch):
+    """`train --resume_from_checkpoint latest --output_dir run` without --config: the defaults' Hub model was loaded
+    first (offline: "could not load model 'openai/...'"); the saved config is compared first, and names itself."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "run"
+    train(cfg_for(tiny_clip_path, numbered, out, "--max_steps", "1", "--optim.batch_size", "4"))
+    with pytest.raises(ConfigError) as e:
+        train(load_config(None, ["--resume_from_checkpoint", "latest", "--output_dir", str(out)]))
+    assert "model.name_or_path: " in str(e.value) and "-> 'openai/clip-vit-base-patch16'" in str(e.value)
+    saved = out / "checkpoints" / "step_00000001" / "aft_config.yaml"
+    assert f"--config {saved} holds them" in str(e.value)
+    train(load_config(saved, ["--resume_from_checkpoint", "latest", "--output_dir", str(out)]))  # as it says
+
+
 def test_settings_changed_on_resume_reach_the_exported_folder_and_its_card(tiny_clip_path, numbered, tmp_path):
     """aft_config.yaml holds the last values; what a resume changed (and from which step) is exported beside it and
     said on the card, so the card does not present the last learning rate as the whole run's."""
@@ -212,6 +228,10 @@ def test_free_fields_need_no_flag_and_flag_fields_are_returned(tmp_path):
         check_resume_config(ckpt, load_config(None, ["--lr", "0.5"]))
     assert check_resume_config(ckpt, load_config(None, ["--lr", "0.5", "--allow_config_change"])) == \
         ["optim.lr: 1e-05 -> 0.5"]
+    # training longer needs no flag, but reshapes the schedule: recorded (the card described one schedule)
+    longer = str(load_config(None, []).optim.max_steps * 2)
+    assert check_resume_config(ckpt, load_config(None, ["--max_steps", longer])) == \
+        [f"optim.max_steps: {load_config(None, []).optim.max_steps} -> {longer}"]
 
 
 def test_two_spellings_of_one_folder_are_no_change(tmp_path, monkeypatch):

@@ -152,7 +152,8 @@ def _label_tensor(labels: list, feature: Any, column: str) -> tuple[Tensor, Any,
 def _names_from_column(ds: Any, features: Any, label_column: str) -> Any:
     """A ``ClassLabel`` for integer labels without names, from the split's :data:`NAME_COLUMN` (read whole, no image
     decoded, so a ``--max-samples`` subset keeps every class the split names); None when there is no such column or
-    it cannot name each class 0..max once (a warning says why)."""
+    it cannot name each class 0..max once (a label with two names is warned about; a class without images, as in a
+    small world sample whose world.json names them all, is not)."""
     import datasets
 
     if (label_column == NAME_COLUMN or NAME_COLUMN not in features
@@ -166,10 +167,7 @@ def _names_from_column(ds: Any, features: Any, label_column: str) -> Any:
             logger.warning("column '%s' gives label %d two names ('%s', '%s'): not used as class names",
                            NAME_COLUMN, int(label), names[int(label)], name)
             return None
-    missing = sorted(set(range(max(names, default=-1) + 1)) - set(names))
-    if missing or min(names, default=0) < 0:
-        logger.warning("column '%s' names no class %s: not used as class names", NAME_COLUMN,
-                       ", ".join(map(str, missing[:5])) or "below 0")
+    if sorted(names) != list(range(len(names))):  # a class without images (a world sample's): names unknown
         return None
     return datasets.ClassLabel(names=[names[i] for i in range(len(names))])
 

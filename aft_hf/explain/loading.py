@@ -44,6 +44,18 @@ def _refuse_bare_clip(model: str, encoder) -> None:
                              "(whatever the widths): use the full CLIPModel or a CLIPVisionModelWithProjection")
 
 
+def text_tower_problem(model: str, encoder, source: str, text: TextTower) -> Optional[str]:
+    """Why the text tower of ``source`` cannot score ``model``'s embeddings (another family, CLIP vs SigLIP, or
+    another width), or None."""
+    if getattr(encoder, "family", "clip") != text.family:
+        return f"model {model} is a {encoder.family} model but the text tower of {source} is {text.family}'s"
+    image_dim, what = embedding_width(encoder)
+    if image_dim is not None and image_dim != text.dim:
+        return (f"model {model} embeds images in {image_dim} dimensions but the text tower of {source} in "
+                f"{text.dim} (the model's embedding: {what})")
+    return None
+
+
 def check_text_sources(models: Sequence[str], text_model: Optional[str]) -> None:
     """Each model's config read (a VLM or other model named as such), and a one-line error when a vision-only
     model has no ``text_model`` to build its zero-shot classifier (``text_model=""``: none is needed). Cheap: no
@@ -91,13 +103,6 @@ def load_models_and_texts(models: Sequence[str], text_model: Optional[str], devi
         if source not in towers:
             towers[source] = load_text_tower(source).to(device)
     for model, encoder, source in zip(models, encoders, sources):
-        image_dim, what = embedding_width(encoder)
-        text_dim = towers[source].dim
-        if getattr(encoder, "family", "clip") != towers[source].family:
-            raise ModelLoadError(f"model {model} is a {encoder.family} model but the text tower of {source} is "
-                                 f"{towers[source].family}'s: pass a --text-model of the same family")
-        if image_dim is not None and image_dim != text_dim:
-            raise ModelLoadError(f"model {model} embeds images in {image_dim} dimensions but the text tower of "
-                                 f"{source} in {text_dim} (the model's embedding: {what}): pass a --text-model "
-                                 "from the same CLIP family")
+        if problem := text_tower_problem(model, encoder, source, towers[source]):
+            raise ModelLoadError(f"{problem}: pass a --text-model of the same family")
     return encoders, [towers[s] for s in sources], list(sources)

@@ -122,7 +122,7 @@ def load_text_tower(name_or_path: str, revision: Optional[str] = None, token: Op
     """The text half of a full CLIP (or SigLIP) checkpoint (Hub id or folder) with its tokenizer."""
     from transformers import AutoTokenizer
 
-    from ..model import FAMILIES, ModelLoadError, load_model_config, resolve_builtin_model
+    from ..model import FAMILIES, WEIGHTS_DTYPE, ModelLoadError, load_model_config, resolve_builtin_model
 
     source = resolve_builtin_model(name_or_path)
     config = load_model_config(name_or_path, revision=revision, token=token)  # a missing one: one clear line
@@ -132,7 +132,7 @@ def load_text_tower(name_or_path: str, revision: Optional[str] = None, token: Op
             f"'{name_or_path}' is a '{config.model_type}' checkpoint without a text tower; pass a full CLIP "
             "checkpoint as the text model (e.g. --text-model openai/clip-vit-base-patch16)")
     try:
-        model = family.full_class.from_pretrained(source, revision=revision, token=token)
+        model = family.full_class.from_pretrained(source, revision=revision, token=token, dtype=WEIGHTS_DTYPE)
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, token=token)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"could not load the text tower or tokenizer of '{name_or_path}': {e}") from e

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import AftError
 from ..files import respect_umask
+from ..model import WEIGHTS_DTYPE, run_folder_hint
 from .importer import ARCHS, VitGeometry, arch_geometry
 from .keymap import text_to_open_clip, vision_to_open_clip
 
@@ -76,7 +77,7 @@ def config_problem(folder: Union[str, Path], vision_only: bool = False) -> Optio
     if not folder.exists():
         return f"'{folder}' does not exist: give the folder of a transformers CLIP model (e.g. <output_dir>/final)"
     if not (folder / "config.json").is_file():
-        return f"'{folder}' is not a transformers model folder (no config.json)"
+        return f"'{folder}' is not a transformers model folder (no config.json){run_folder_hint(folder)}"
     config = AutoConfig.from_pretrained(folder)
     if config.model_type not in ("clip", "clip_vision_model"):
         return f"'{folder}' holds a '{config.model_type}' model; export-openclip writes CLIP ViTs"
@@ -112,7 +113,7 @@ def _load(folder: Path, vision_only: bool):
     from ..load_report import held_load_report
 
     with held_load_report() as report:  # a refusal below is the last line printed, not transformers' table
-        model, info = cls.from_pretrained(folder, output_loading_info=True)
+        model, info = cls.from_pretrained(folder, output_loading_info=True, dtype=WEIGHTS_DTYPE)
         if any(k.startswith("visual_projection") for k in info.get("missing_keys", ())):
             raise ExportError(NO_PROJECTION.format(folder=folder))
         # --vision-only of a full CLIP: the text tower's weights are left out on purpose, not news
