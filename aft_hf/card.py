@@ -379,6 +379,12 @@ USE_TEXT = {
 
 
 def _recipe_section(recipe: dict, changes: Optional[list] = None) -> str:
+    from .config import config_from_dict, unread_fields
+
+    try:
+        unread = set(unread_fields(config_from_dict(recipe), given_only=False))
+    except (TypeError, ValueError, KeyError, AttributeError):  # a recipe this version cannot read: mark nothing
+        unread = set()
     rows = ["## Training recipe", "",
             f"Exactly as in `{CONFIG_FILE}` in this repository (budgets `eps`, `eps2`, `alpha`, `noise_std` in "
             "1/255 pixel units; pixels in [0, 1], the checkpoint's own mean/std normalisation inside the model):", "",
@@ -388,7 +394,8 @@ def _recipe_section(recipe: dict, changes: Optional[list] = None) -> str:
         for key, value in (recipe.get(section) or {}).items():
             if isinstance(value, str) and _is_local_path(value):
                 value = display_ref(value)
-            rows.append(f"| `{section}.{key}` | {_fmt(value)} |")
+            note = " (not read by this run)" if f"{section}.{key}" in unread else ""
+            rows.append(f"| `{section}.{key}` | {_fmt(value)}{note} |")
     if "seed" in recipe:
         rows.append(f"| `seed` | {_fmt(recipe['seed'])} |")
     if changes:  # a resume with --allow_config_change: the table holds the last values

@@ -30,7 +30,7 @@ import yaml
 
 from .constants import LLAVA_FEATURE_LAYER
 from .errors import AftError
-from .threat_models import DEFAULT_NORM, available_norms, get_threat_model, still_start_problem
+from .threat_models import DEFAULT_NORM, available_norms, get_threat_model, robust_budget_problems, still_start_problem
 
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -742,6 +742,34 @@ def _local_markers(cfg: TrainConfig) -> list[str]:
             if isinstance(value, str) and value.startswith(LOCAL_PREFIX)]
 
 
+def config_from_dict(data: dict) -> TrainConfig:
+    """The config a saved ``aft_config.yaml`` (as a dict) describes, unvalidated: fields it lacks keep their
+    defaults, and fields this version does not know are dropped (a recipe of another aft_hf version)."""
+    return _build(TrainConfig, data if isinstance(data, dict) else {}, "", [])
+
+
+NOISE_UNREAD = ("attack.steps", "attack.alpha", "attack.momentum", "attack.noise_std", "attack.random_start")
+"""The attack proper's settings, which ``attack.mode: noise`` (a random sample of the budget) never reads."""
+
+
+def unread_fields(cfg: TrainConfig, given_only: bool = True) -> list[str]:
+    """The fields this run never reads, so their values change nothing: the attack's own settings under
+    ``attack.mode: noise``, ``attack.eps2`` of a norm without a second budget, and the fields of another objective
+    (:attr:`aft_hf.objectives.Objective.reads`). ``given_only``: only those set other than their defaults (what
+    ``aft-hf train`` warns about; the model card marks them all)."""
+    from .objectives import OBJECTIVES
+
+    unread = list(NOISE_UNREAD) if cfg.attack.mode == "noise" else []
+    if cfg.attack.norm in available_norms() and not get_threat_model(cfg.attack.norm).uses_eps2:
+        unread.append("attack.eps2")
+    chosen = set(OBJECTIVES[cfg.objective].reads) if cfg.objective in OBJECTIVES else set()
+    unread += sorted({f for name in OBJECTIVES.names() for f in OBJECTIVES[name].reads} - chosen)
+    if not given_only:
+        return unread
+    now, default = flatten(cfg.to_dict()), flatten(TrainConfig().to_dict())
+    return [f for f in unread if now.get(f) != default.get(f)]
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     """A nested config dict as ``{"section.field": value}`` (the names overrides and resume rules use)."""
     out: dict[str, Any] = {}
@@ -762,6 +790,7 @@ def _validate_eval_and_hub(cfg: TrainConfig) -> list[str]:
         p.append(f"eval.attack_steps: must be >= 0, got {e.attack_steps}")
     if any(x <= 0 for x in e.robust_eps):
         p.append(f"eval.robust_eps: budgets must be > 0 (1/255 units), got {e.robust_eps}")
+    p += [f"eval.robust_eps: {problem}" for problem in robust_budget_problems(x for x in e.robust_eps if x > 0)]
     if cfg.hub.upload_timeout_s < 0:
         p.append(f"hub.upload_timeout_s: must be >= 0 seconds, got {cfg.hub.upload_timeout_s}")
     if cfg.hub.strategy not in HUB_STRATEGIES:

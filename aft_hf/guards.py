@@ -197,6 +197,14 @@ def finished_model(output_dir: Path) -> Optional[str]:
     return " and ".join(held) or None
 
 
+def refuse_results_folder(output_dir: Path) -> None:
+    """An ``evaluate`` / ``explain`` / ``benchmark`` results folder is no training run's: its model sub-folders (a
+    model labelled ``final``) would be replaced, and a later ``--overwrite_output_dir`` would delete its results."""
+    from .outputs import check_results_owner
+
+    check_results_owner(output_dir, "aft-hf train", option="--output_dir")
+
+
 def refuse_other_runs(output_dir: Path, resume: Optional[str], overwrite: bool) -> None:
     """A fresh run must not mix with, nor replace, another run's checkpoints or finished model
     (HF's ``overwrite_output_dir`` rule).
@@ -233,6 +241,7 @@ def preflight(cfg, accelerator: Accelerator) -> None:
     """Everything the end of the run needs, checked before the first step (on every rank)."""
     output_dir = Path(cfg.checkpoint.output_dir)
     check_writable(output_dir, accelerator.process_index)
+    refuse_results_folder(output_dir)
     refuse_other_runs(output_dir, cfg.checkpoint.resume_from_checkpoint, cfg.checkpoint.overwrite_output_dir)
     check_final_dir(output_dir / "final")
     if cfg.hub.push_to_hub:  # fail now (on every rank, so none waits for the others), not after training

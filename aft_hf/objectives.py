@@ -97,6 +97,8 @@ class Objective(abc.ABC):
     """The objective in one line (for reports and model cards)."""
     citation: ClassVar[str] = ""
     """Where the objective comes from."""
+    reads: ClassVar[tuple[str, ...]] = ()
+    """Config fields only this objective reads (another objective leaves them unread: :func:`aft_hf.config.unread_fields`)."""
     num_classes: Optional[int] = None
 
     @classmethod
@@ -156,6 +158,7 @@ class TecoaObjective(Objective):
 
     name = "tecoa"
     needs_labels = True
+    reads = ("model.text_model", "data.class_names", "data.templates", "data.label_column")
     clean_metric = "train/clean_cross_entropy"
     formula = ("min_theta E_(x,y) CE(s * cos(f_theta(x + delta*), T), y), "
                "delta* = argmax_delta CE(s * cos(f_theta(x + delta), T), y)")

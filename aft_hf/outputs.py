@@ -165,14 +165,14 @@ def _manifest(out: Path) -> dict:
     return manifest if isinstance(manifest, dict) else {}
 
 
-def check_results_owner(out: PathLike, writer: str) -> Optional[str]:
+def check_results_owner(out: PathLike, writer: str, option: str = "--out") -> Optional[str]:
     """Refuse ``out`` when another command's results are in it: ``aft-hf evaluate`` run into ``aft-hf explain``'s
     folder would remove the maps as stale, ``aft-hf benchmark`` would replace evaluate's report.json, and the
     other way round. Cheap: commands call it before they load anything. Returns the folder's writer (None: none)."""
     earlier = _manifest(Path(out)).get("writer")
     if earlier and earlier != writer:
         raise OutputError(f"'{out}' holds the results of `{earlier}`, which `{writer}` would replace or remove: "
-                          "give another --out")
+                          f"give another {option}")
     return earlier
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import abc
 import numbers
-from typing import ClassVar, Optional
+from typing import ClassVar, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -311,6 +311,22 @@ class Group(ThreatModel):
 DEFAULT_NORM = Linf.name
 """The default threat model of training, and the norm of robust-accuracy evaluation (the field's L-inf)."""
 
+
+
+def robust_budget_problems(eps: Iterable[float], norm: str = DEFAULT_NORM) -> list[str]:
+    """What is wrong with robust-accuracy budgets ``eps`` (1/255 units; 0 measures the clean images), one message per
+    bad value: negative, already divided by 255 (``0.0157`` for 4/255 attacks nothing and reports the clean accuracy
+    as robust), or past the pixel range. Checked with the options, before any model loads."""
+    model = get_threat_model(norm)
+    out = []
+    for e in eps:
+        if e < 0:
+            out.append(f"budgets are >= 0 (1/255 units), got {e:g}")
+        else:
+            out += [message for name, message in model.budget_problems(e, 1.0, per255=True) if name == "eps"]
+    return out
+
+
 __all__ = ["DEFAULT_NORM", "THREAT_MODELS", "AttackError", "ThreatModel", "apgd_norms", "available_norms",
-           "check_number", "get_threat_model", "norm_label", "patch_blocks", "register_threat_model",
+           "robust_budget_problems", "check_number", "get_threat_model", "norm_label", "patch_blocks", "register_threat_model",
            "still_start_problem"]

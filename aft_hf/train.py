@@ -38,7 +38,7 @@ from .checkpointing import (  # noqa: F401
     resolve_checkpoint,
     save_checkpoint,
 )
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, unread_fields
 from .constants import CONFIG_CHANGES_FILE, CONFIG_FILE, SUMMARY_FILE
 from .data import build_dataloader, check_source, epoch_position, image_geometry, resume_position, stream_positions, watch_stalls
 from .errors import AftError
@@ -313,6 +313,9 @@ def _run_training(cfg: TrainConfig, accelerator: Accelerator, output_dir: Path) 
     batch_size = per_device_batch_size(cfg, accelerator.num_processes)
     check_source(cfg.data)  # a local data folder that is not there: before any checkpoint is touched or model loaded
     preflight(cfg, accelerator)  # writable output, hub reachable + token, no foreign checkpoints
+    if unread := unread_fields(cfg):
+        logger.warning("settings this run does not read, so they change nothing (the model card marks them): %s",
+                       ", ".join(unread), main_process_only=True)
     # the saved config first: a resume without --config names the fields that differ, not the default model
     resume_path, progress = find_resume_point(cfg, output_dir)
     load_model_config(cfg.model.name_or_path, cfg.model.revision)  # no weights: a mistyped model fails fast

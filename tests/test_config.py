@@ -103,3 +103,20 @@ def test_yaml_round_trip(tmp_path):
     cfg = load_config(CONFIGS / "aft_vit_b16_huber.yaml")
     (tmp_path / "r.yaml").write_text(cfg.to_yaml())
     assert load_config(tmp_path / "r.yaml") == cfg
+
+
+def test_fields_a_run_does_not_read_are_named_and_marked_on_the_card():
+    """`--attack.mode noise --attack.alpha 7`, an eps2 of L-inf, TeCoA's text model under the AFT objective: accepted
+    silently and listed on the card as the recipe. Training now warns about them and the card marks them."""
+    from aft_hf.card import _recipe_section
+    from aft_hf.config import unread_fields
+
+    cfg = load_config(None, ["--attack.mode", "noise", "--attack.alpha", "7", "--attack.eps2", "3",
+                             "--model.text_model", "org/clip"])
+    assert unread_fields(cfg) == ["attack.alpha", "attack.eps2", "model.text_model"]
+    assert "attack.steps" in unread_fields(cfg, given_only=False)  # default, unread all the same
+    assert unread_fields(load_config(None, ["--objective", "tecoa", "--model.text_model", "org/clip"])) == []
+    assert unread_fields(load_config(None, ["--attack.norm", "huber", "--attack.eps2", "3"])) == []
+    card = _recipe_section(cfg.to_dict())
+    assert "| `attack.alpha` | 7 (not read by this run) |" in card and "| `attack.eps` | 4 |" in card
+    assert "| `attack.steps` | 10 (not read by this run) |" in card

@@ -118,7 +118,9 @@ def test_explain_accepts_one_method_name(encoder, images):
 @pytest.mark.parametrize("kwargs,match", [
     (dict(attack="fgsm"), "unknown attack 'fgsm'"),
     (dict(norm="l1"), "unknown norm 'l1'"),
-    (dict(eps=(-1,)), "eps must be >= 0"),
+    (dict(eps=(-1,)), r"eps: budgets are >= 0 \(1/255 units\), got -1"),
+    (dict(eps=(4 / 255,)), r"eps: eps is in 1/255 units: 0.0156863 means .* did you mean 4 \(the value already divided"),
+    (dict(eps=(300,)), "at most 255, got 300"),  # it used to be found only after the clean batch, in pixel units
 ])
 def test_robust_accuracy_settings_raise_evaluation_error(encoder, images, kwargs, match):
     classifier = ZeroShotClassifier(encoder, torch.randn(3, 32))

@@ -268,6 +268,7 @@ def test_a_half_precision_checkpoint_is_loaded_trained_and_exported_in_fp32(tiny
     assert {p.dtype for p in [*encoder.parameters(), *text.parameters()]} == {torch.float32}
     scores = F.normalize(encoder(torch.rand(2, 3, 32, 32)), dim=-1) @ text.class_embeddings(["a", "b"]).T
     assert torch.isfinite(scores).all()
+    assert torch.equal(text(["a photo of a b."]), text.encode(["a photo of a b."]))  # a module called on prompts
     rc = main(["train", "--model.name_or_path", str(half), "--data.dataset", str(png_folder), "--output_dir",
                str(tmp_path / "run"), "--optim.batch_size", "4", "--max_steps", "3", "--warmup_steps", "1",
                "--lr", "1e-5", "--attack.steps", "1", "--logging.report_to", "none"])

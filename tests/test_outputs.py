@@ -286,3 +286,19 @@ def test_a_results_folder_killed_mid_run_is_not_mixed_by_the_next_run(tmp_path):
         (folder / "report.json").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == [RESULTS_MANIFEST, "report.json"]
     assert json.loads((out / RESULTS_MANIFEST).read_text())["entries"] == ["report.json"]
+
+
+def test_train_into_an_evaluate_results_folder_names_those_results(tmp_path, capsys):
+    """An evaluate folder whose model was labelled `final` made train say `final/` 'was not written by aft_hf';
+    the folder's results are named instead, before anything loads, and stay."""
+    from aft_hf.outputs import results_folder
+
+    with results_folder(tmp_path / "ev", "aft-hf evaluate") as folder:
+        (folder / "final").mkdir()
+        (folder / "final" / "report.json").write_text("{}")
+    before = _tree(tmp_path / "ev")
+    rc = main(["train", "--config", "tiny_offline", "--output_dir", str(tmp_path / "ev"), "--max_steps", "2",
+               "--warmup_steps", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "holds the results of `aft-hf evaluate`" in err and "give another --output_dir" in err, err
+    assert _tree(tmp_path / "ev") == before

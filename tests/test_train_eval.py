@@ -77,6 +77,9 @@ def test_eval_off_by_default_and_bad_values(tiny_clip_path, tmp_path):
     assert "eval_history" not in json.loads((tmp_path / "run" / "train_summary.json").read_text())
     with pytest.raises(ConfigError, match="eval.robust_eps"):
         load_config(None, ["--eval.robust_eps", "[0]"])
+    with pytest.raises(ConfigError) as e:  # a budget already divided by 255, one past the pixel range: at start-up
+        load_config(None, ["--eval.robust_eps", "[0.0157, 300]"])
+    assert "eval.robust_eps: eps is in 1/255 units: 0.0157 means" in str(e.value) and "at most 255, got 300" in str(e.value)
     with pytest.raises(ConfigError, match="eval.num_samples"):
         load_config(None, ["--eval.num_samples", "0"])
 

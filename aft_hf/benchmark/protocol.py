@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..attack import attack_mode
 from ..evaluate.apgd import AUTOCAST_DTYPES, apgd_robust, autocast_context
-from ..threat_models import Linf
+from ..threat_models import Linf, robust_budget_problems
 from .errors import BenchmarkError
 
 PRECISIONS = ("fp32", "bf16")
@@ -51,6 +51,7 @@ class Protocol:
         problems = []
         if not self.eps or any(e <= 0 for e in self.eps):
             problems.append(f"--eps needs budgets > 0 (1/255 units), got {list(self.eps)}")
+        problems += [f"--eps: {problem}" for problem in robust_budget_problems(e for e in self.eps if e > 0)]
         for name in ("iterations", "ce_restarts", "batch_size"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")

@@ -9,6 +9,7 @@ from ..demo import DEFAULT_CONFIG, HEADLINE, DemoOptions, run_demo
 from ..demo.plan import check_overrides
 from ..demo.roar import WorldRoar
 from ..objectives import available_objectives
+from ..threat_models import robust_budget_problems
 
 NOT_OPTIONS = ("command", "func", "accepts_overrides")
 
@@ -74,6 +75,8 @@ def _cli_demo(args, overrides: list[str]) -> int:
         raise ConfigError(["--seeds, --train-images, --eval-images and --robust-steps must be >= 1"])
     if args.eps and any(e <= 0 for e in args.eps):
         raise ConfigError([f"--eps must be > 0 (1/255 units), got {args.eps}"])
+    if args.eps and (problems := robust_budget_problems(args.eps)):
+        raise ConfigError([f"--eps: {problem}" for problem in problems])
     if args.study and args.roar:
         raise ConfigError(["--roar runs with the demo, not with --study (the study has one model per budget)"])
     if args.roar_train_images < 1 or args.roar_test_images < 1:

@@ -45,6 +45,7 @@ from ..explain.options import OptionProblems
 from ..files import WEIGHTS_HASH_KEY, tower_weights_sha256
 from ..outputs import check_results_owner, results_folder
 from ..results import Scalar
+from ..threat_models import robust_budget_problems
 from . import (
     DefaultsHelpFormatter,
     add_data_quality_arguments,
@@ -95,7 +96,8 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--imagenet-classnames", action="store_true", help="use the shipped cleaned ImageNet-1k names")
     p.add_argument("--templates", help="'simple', 'clip80', a file (one per line) or one template with {} "
                                        "(default: clip80 for ImageNet names, else simple)")
-    p.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), help=f"from: {', '.join(METRICS)}")
+    p.add_argument("--metrics", nargs="+", action="extend",
+                   help=f"from: {', '.join(METRICS)} (repeatable; default: {' '.join(DEFAULT_METRICS)})")
     p.add_argument("--methods", nargs="+", default=["saliency", "gradcam"],
                    help=f"attribution methods for the map metrics, from: {', '.join(available_methods())}")
     p.add_argument("--eps", nargs="+", type=float, default=[1, 2, 4], help="L-inf budgets in 1/255 units (>= 0)")
@@ -115,6 +117,18 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--attack-compile", action="store_true",
                    help="torch.compile the APGD attack's forward: a compilation first (about a minute on a small "
                         "CPU), then cheaper iterations; for long evaluations")
+    _add_attribution_metric_arguments(p)
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward/backward pass")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the image subset and every random part of the metrics (attack starts, random "
+                        "rankings, ROAR training)")
+    add_device_and_out_arguments(p)
+    p.set_defaults(func=_cli_evaluate, metric_option_defaults={
+        dest: p.get_default(dest) for dests in METRIC_OPTIONS.values() for dest in dests})
+
+
+def _add_attribution_metric_arguments(p) -> None:
+    """The options of ROAR, deletion/insertion and the pointing game."""
     p.add_argument("--roar-fractions", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9],
                    help="ROAR: fractions of the pixels removed (each strictly between 0 and 1)")
     p.add_argument("--deletion-steps", type=int, default=20, help="deletion/insertion: points on each curve")
@@ -134,18 +148,36 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--tolerance", type=int, default=None,
                    help="pointing-game tolerance in pixels (default: 15 px at 224 px, scaled to the model's input "
                         "size, e.g. 4 px at 64 px)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward/backward pass")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seeds the image subset and every random part of the metrics (attack starts, random "
-                        "rankings, ROAR training)")
-    add_device_and_out_arguments(p)
-    p.set_defaults(func=_cli_evaluate)
+
+
+METRIC_OPTIONS = {"robust": ("eps", "robust_attack", "attack_steps", "attack_restarts", "attack_targets",
+                             "attack_compile"),
+                  "roar": ("roar_fractions", "roar_evaluator", "roar_epochs", "roar_repeats", "roar_floor"),
+                  "deletion or insertion": ("deletion_steps", "deletion_order", "baseline"),
+                  "pointing": ("tolerance",)}
+"""The options that only a metric reads: given without it, they would be ignored silently, so they are refused."""
+
+
+def _unused_metric_options(args, metrics: list[str]) -> list[str]:
+    """A problem per metric whose options were given (other than their defaults) while the metric is not run."""
+    defaults = getattr(args, "metric_option_defaults", {})
+    problems = []
+    for metric, dests in METRIC_OPTIONS.items():
+        given = [f"--{d.replace('_', '-')}" for d in dests if d in defaults and getattr(args, d) != defaults[d]]
+        if given and not any(m in metrics for m in metric.split(" or ")):
+            several = len(given) > 1
+            problems.append(f"{', '.join(given)} only appl{'y' if several else 'ies'} to the {metric} metric, which "
+                            f"--metrics does not run: add it to --metrics or leave {'them' if several else 'it'} out")
+    return problems
 
 
 def _check_options(args) -> list[str]:
     """Every option problem at once, before any model or data loads; returns the metric names."""
     problems = OptionProblems()
-    metrics = problems.call(lambda: resolve_metrics(args.metrics, bool(args.mask_column or args.box_column))) or []
+    metrics = problems.call(lambda: resolve_metrics(args.metrics or list(DEFAULT_METRICS),
+                                                    bool(args.mask_column or args.box_column))) or []
+    if metrics:
+        problems.problems += _unused_metric_options(args, metrics)
     for method in args.methods:
         problems.call(lambda m=method: resolve_method(m))
     if args.templates:
@@ -161,7 +193,7 @@ def _check_options(args) -> list[str]:
     problems.at_least("--batch-size", args.batch_size, 1)
     problems.at_least("--deletion-steps", args.deletion_steps, 1)
     problems.at_least("--tolerance", args.tolerance, 0)
-    problems.each_at_least("--eps", args.eps, 0)
+    problems.problems += [f"--eps: {problem}" for problem in robust_budget_problems(args.eps or ())]
     problems.at_least("--attack-steps", args.attack_steps, 1)
     problems.at_least("--attack-restarts", args.attack_restarts, 1)
     problems.at_least("--attack-targets", args.attack_targets, 0)
@@ -352,12 +384,11 @@ def _write_comparison(reports: dict, folders: dict, out: Path) -> None:
                     columns[(s.quantity, s.setting)] = None
                     values[(k, s.quantity, s.setting)] = s
     names = [f"{q} @ {st}" if st else q for q, st in columns]
-    lines = ["# Model comparison", "", "| label | model | text tower | " + " | ".join(names) + " |",
-             "|---|---|---|" + "---|" * len(names)]
+    lines = ["# Model comparison", "", "| " + " | ".join(["label", "model", "text tower", *names]) + " |",
+             "|" + "---|" * (3 + len(names))]
     for k, r in reports.items():
-        cells = [values.get((k, q, st)) for q, st in columns]
-        lines.append(f"| {k} | `{r.get('model')}` | `{r.get('text_model')}` | "
-                     + " | ".join("n/a" if v is None else format_value(v) for v in cells) + " |")  # as report.md
+        cells = ["n/a" if v is None else format_value(v) for v in (values.get((k, q, st)) for q, st in columns)]
+        lines.append("| " + " | ".join([k, f"`{r.get('model')}`", f"`{r.get('text_model')}`", *cells]) + " |")
     lines += comparison_table(results, lambda s: s.method is not None, "Attribution quality", (
         "A row per metric and method (setting `random`: a random ranking on the same model and images, `chance`: "
         "the mask's area), a column per model."))

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..attack import PGDAttacker
-from ..threat_models import DEFAULT_NORM, apgd_norms
+from ..threat_models import DEFAULT_NORM, apgd_norms, robust_budget_problems
 from .apgd import APGD_ITERATIONS, APGDSpeed, apgd_robust, autocast_context
 from .errors import EvaluationError
 from .sharding import Shard, batch_seed, map_batches, num_batches
@@ -196,8 +196,9 @@ def robust_verdicts(classifier: ZeroShotClassifier, images: Tensor, labels: Tens
         raise EvaluationError(f"{len(images)} images but {len(labels)} labels")
     steps = DEFAULT_ITERATIONS[attack] if steps is None else steps
     budgets = sorted(float(e) for e in eps)
-    if any(e < 0 for e in budgets):
-        raise EvaluationError(f"eps must be >= 0 (1/255 units), got {list(eps)}")
+    problems = robust_budget_problems(budgets, norm)
+    if problems:
+        raise EvaluationError(f"eps: {problems[0]}")
     device = classifier.class_weights.device
     bar = _progress_bar(len(images), batch_size, shard, f"robust ({attack})", progress)
 

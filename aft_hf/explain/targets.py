@@ -89,6 +89,10 @@ class TextTower(nn.Module):
         return logits.sigmoid() if self.sigmoid else logits.softmax(dim=-1)
 
     @torch.no_grad()
+    def forward(self, prompts: Sequence[str]) -> Tensor:
+        """``tower(prompts)``: :meth:`encode`."""
+        return self.encode(prompts)
+
     def encode(self, prompts: Sequence[str], batch_size: int = 256) -> Tensor:
         """L2-normalised text embeddings of ``prompts`` (N, D)."""
         if isinstance(prompts, str):

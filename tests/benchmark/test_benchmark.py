@@ -162,6 +162,8 @@ def test_protocol_settings_and_deviations():
     assert Protocol(targets=2).target_deviation(10) == "2 APGD-T target classes (protocol 9)"
     with pytest.raises(BenchmarkError, match="--iterations must be >= 1"):
         Protocol(iterations=0)
+    with pytest.raises(BenchmarkError, match=r"--eps: eps is in 1/255 units: 0.0156863 means .*did you mean 4 "):
+        Protocol(eps=(4 / 255,))  # a budget already divided by 255 attacks nothing: robust = clean accuracy
 
 
 def _strip(report: dict) -> dict:

@@ -42,12 +42,15 @@ def _error(capsys) -> str:
 def test_evaluate_reports_every_bad_option_before_loading(tmp_path, capsys, no_loading):
     rc = main(["evaluate", "--model", "nowhere/model", "--dataset", "builtin:shapes", "--out", str(tmp_path),
                "--deletion-steps", "0", "--batch-size", "0", "--roar-fractions", "0.5", "1.5", "--eps", "-4", "2",
+               "0.0157", "300",
                "--attack-steps", "-1", "--attack-restarts", "0", "--attack-targets", "-2", "--max-samples", "0",
                "--metrics", "zeroshot", "nonsense", "--methods", "lime", "--templates", "a {} {x}"])
     assert rc == 2
     err = _error(capsys)
-    for needed in ("11 problems", "--deletion-steps must be >= 1, got 0", "--batch-size must be >= 1, got 0",
-                   "--roar-fractions must lie strictly between 0 and 1", "got 1.5", "--eps values must be >= 0, got -4",
+    for needed in ("13 problems", "--deletion-steps must be >= 1, got 0", "--batch-size must be >= 1, got 0",
+                   "--roar-fractions must lie strictly between 0 and 1", "got 1.5",
+                   "--eps: budgets are >= 0 (1/255 units), got -4", "--eps: eps is in 1/255 units: 0.0157 means",
+                   "did you mean 4.0035", "--eps: norm 'linf' bounds each pixel: eps is in 1/255 units, at most 255",
                    "--attack-steps must be >= 1, got -1", "--attack-restarts", "--attack-targets",
                    "--max-samples must be >= 1, got 0", "unknown metric 'nonsense'",
                    "unknown attribution method 'lime'",
@@ -196,3 +199,20 @@ def test_models_sharing_a_geometry_share_the_prepared_images(shapes, tmp_path, c
                      "--out", str(tmp_path / "three")]) == 0
     again = [r.getMessage() for r in caplog.records if "prepares images differently" in r.getMessage()]
     assert len(again) == 1 and str(large[0]) in again[0]
+
+
+def test_evaluate_refuses_options_of_metrics_it_does_not_run(tmp_path, capsys, no_loading):
+    """--eps, --attack-steps, --robust-attack with --metrics zeroshot, or --roar-epochs without roar, were ignored
+    silently; --metrics given twice kept only the last list."""
+    rc = main(["evaluate", "--model", "m", "--dataset", "builtin:shapes", "--out", str(tmp_path / "o"), "--metrics",
+               "zeroshot", "--eps", "8", "--attack-steps", "3", "--robust-attack", "pgd", "--roar-epochs", "2"])
+    err = _error(capsys)
+    assert rc == 2 and "2 problems" in err
+    assert ("--eps, --robust-attack, --attack-steps only apply to the robust metric, which --metrics does not run"
+            in err and "--roar-epochs only applies to the roar metric" in err)
+    from aft_hf.cli import build_parser
+    from aft_hf.commands.evaluate import _check_options
+
+    args = build_parser().parse_args(["evaluate", "--model", "m", "--dataset", "d", "--out", str(tmp_path / "o"),
+                                      "--metrics", "zeroshot", "robust", "--metrics", "gini", "--eps", "8"])
+    assert _check_options(args) == ["zeroshot", "robust", "gini"]  # both lists, and --eps belongs to robust

@@ -39,3 +39,13 @@ def test_a_grad_cam_gini_is_not_called_saliency():
 
     (scalar,) = legacy_results({"gini": {"gradcam": 0.55}})["gini"].scalars
     assert scalar.setting == "gradcam" and "saliency" not in scalar.quantity
+
+
+def test_the_models_table_is_well_formed_without_any_plain_result(tmp_path):
+    """With only attribution metrics (--metrics gini) the models table had 4 header cells over a 3-cell separator."""
+    reports = {k: {"schema_version": 1, "model": k.lower(), "text_model": k.lower(), "figures": {},
+                   "metrics": {"gini": {"saliency": 0.5}}} for k in ("A", "B")}
+    _write_comparison(reports, {"A": "A", "B": "B"}, tmp_path)
+    table = (tmp_path / "comparison.md").read_text().split("## Attribution quality")[0].strip().splitlines()[2:]
+    assert table == ["| label | model | text tower |", "|---|---|---|", "| A | `a` | `a` |", "| B | `b` | `b` |"]
+    assert all(line.count("|") == 4 for line in table)

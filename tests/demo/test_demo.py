@@ -119,7 +119,7 @@ def test_demo_tecoa_arm(quick_world, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--eps", "1", "2"], "add --study"), (["--eps", "0"], "--eps must be > 0"),
+    (["--eps", "1", "2"], "add --study"), (["--eps", "0"], "--eps must be > 0"), (["--eps", "0.0157"], "did you mean 4.0035"),
     (["--robust-steps", "0"], "must be >= 1"), (["--objectives", "tecoa"], "must include embedding"),
     (["--objective", "tecoa"], "use --objectives"),
 ])

@@ -136,7 +136,7 @@ def test_evaluate_refuses_bad_roar_options_before_loading(tmp_path, capsys):
     from aft_hf.cli import main
 
     rc = main(["evaluate", "--model", "nowhere/model", "--dataset", "builtin:shapes", "--out", str(tmp_path),
-               "--roar-floor", "1.5", "--roar-repeats", "0", "--roar-epochs", "0"])
+               "--roar-floor", "1.5", "--roar-repeats", "0", "--roar-epochs", "0", "--metrics", "zeroshot", "roar"])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     for needed in ("3 problems", "--roar-floor is an accuracy in [0, 1], got 1.5", "--roar-repeats must be >= 1",
