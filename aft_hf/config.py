@@ -397,7 +397,9 @@ def _build(cls, data: Any, where: str, problems: list[str]):
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in types_:
-            problems.append(f"unknown key '{path}' (known: {', '.join(types_)})")
+            close = difflib.get_close_matches(key, list(types_), n=1, cutoff=0.6)
+            hint = f"; did you mean '{where + '.' if where else ''}{close[0]}'?" if close else ""
+            problems.append(f"unknown key '{path}'{hint} (known: {', '.join(types_)})")
             continue
         tp = types_[key]
         if dataclasses.is_dataclass(tp):

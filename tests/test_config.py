@@ -120,3 +120,13 @@ def test_fields_a_run_does_not_read_are_named_and_marked_on_the_card():
     card = _recipe_section(cfg.to_dict())
     assert "| `attack.alpha` | 7 (not read by this run) |" in card and "| `attack.eps` | 4 |" in card
     assert "| `attack.steps` | 10 (not read by this run) |" in card
+
+
+def test_a_mistyped_yaml_key_gets_the_close_name(tmp_path):
+    """The command line said "did you mean"; a YAML file only listed the section's keys."""
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("attack:\n  epss: 4\nseeed: 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(typo)
+    text = str(err.value)
+    assert "unknown key 'attack.epss'; did you mean 'attack.eps'?" in text and "unknown key 'seeed'; did you mean 'seed'?" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 
@@ -38,7 +39,9 @@ def _cli_train(args, overrides: list[str]) -> int:
         print(resolved_for_print(cfg))
         return 0
     try:
-        print(f"exported: {train(cfg)}")
+        final = train(cfg)
+        if os.environ.get("RANK", "0") == "0":  # once per launch, not once per process
+            print(f"exported: {final}")
     except TrainingStopped as e:  # not an error: the run can continue from the checkpoint
         print(f"aft-hf train: {e}", file=sys.stderr)
         return e.exit_code

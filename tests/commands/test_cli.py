@@ -433,3 +433,14 @@ def test_a_launched_command_destroys_its_process_group_before_the_interpreter_ex
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_exported_is_printed_by_the_main_process_only(tmp_path, capsys, monkeypatch):
+    """Under `accelerate launch` every rank printed `exported: ...`."""
+    import aft_hf.commands.train as train_command
+
+    monkeypatch.setattr(train_command, "train", lambda cfg: tmp_path / "final")
+    for rank, printed in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["train", "--config", "tiny_offline", "--output_dir", str(tmp_path)]) == 0
+        assert ("exported: " in capsys.readouterr().out) == printed
