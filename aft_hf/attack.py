@@ -79,6 +79,10 @@ def _check_settings(norm: str, eps: float, eps2: float, steps: int, alpha: float
     if not 0 <= momentum < 1:
         raise AttackError(f"momentum must be in [0, 1), got {momentum}")
     problems = [message for _, message in cls.budget_problems(eps, eps2, steps)]
+    # a per-pixel step of 1 or more only makes sense for budgets of half the range or more (robust accuracy at 128/255+)
+    per_pixel = [("noise_std", noise_std)] + ([("alpha", alpha)] if cls.eps_per_pixel and eps < 0.5 else [])
+    problems += [f"{name} is in pixel units ([0, 1] scale), got {value:g}: a step across the whole pixel range; did you "
+                 f"mean {value:g}/255 = {value / 255:.4g}?" for name, value in per_pixel if value >= 1]
     problems.append(still_start_problem(random_start, noise_std, steps, maximize))
     if any(problems):
         raise AttackError(next(p for p in problems if p))

@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence, Union
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .constants import CONFIG_CHANGES_FILE, CONFIG_FILE, IMPORT_FILE, LLAVA_FEATURE_LAYER  # noqa: F401  (provenance of a converted checkpoint; card.IMPORT_FILE stays)
+from .constants import CHECKPOINT_EXPORT_FILE, CONFIG_CHANGES_FILE, CONFIG_FILE, IMPORT_FILE, LLAVA_FEATURE_LAYER, OVERLAP_KEY  # noqa: F401  (provenance of a converted checkpoint; card.IMPORT_FILE stays)
 from .constants import VERSION as __version__
 from .errors import AftError
 from .objectives import OBJECTIVES, EmbeddingObjective
@@ -378,7 +378,16 @@ USE_TEXT = {
 }
 
 
-def _recipe_section(recipe: dict, changes: Optional[list] = None) -> str:
+def _checkpoint_sentence(info: Optional[dict]) -> list[str]:
+    """The line saying that these weights are a checkpoint of a run that went on (``aft-hf export``)."""
+    if not isinstance(info, dict) or not isinstance(info.get("step"), int):
+        return []
+    of = f" of the {info['max_steps']} the recipe sets" if isinstance(info.get("max_steps"), int) else ""
+    return ["", f"**These weights are the training checkpoint at step {info['step']}{of}** (`{CHECKPOINT_EXPORT_FILE}`), "
+                "exported with `aft-hf export`: the learning-rate schedule in the table ran only up to that step."]
+
+
+def _recipe_section(recipe: dict, changes: Optional[list] = None, checkpoint: Optional[dict] = None) -> str:
     from .config import config_from_dict, unread_fields
 
     try:
@@ -398,6 +407,7 @@ def _recipe_section(recipe: dict, changes: Optional[list] = None) -> str:
             rows.append(f"| `{section}.{key}` | {_fmt(value)}{note} |")
     if "seed" in recipe:
         rows.append(f"| `seed` | {_fmt(recipe['seed'])} |")
+    rows += _checkpoint_sentence(checkpoint)
     if changes:  # a resume with --allow_config_change: the table holds the last values
         rows += ["", f"The run was resumed with changed settings (`{CONFIG_CHANGES_FILE}`); the table shows the values "
                  "in force at the end:"] + [f"- from step {c.get('step')}: {'; '.join(map(str, c.get('changes') or []))}"
@@ -436,8 +446,10 @@ def _results_section(report: dict) -> Optional[str]:
     setup += [t for t in (r.setup_text() for r in report_results(report).values()) if t]
     lines = ["## Evaluation", "",
              f"Measured with `{report.get('measured_with', 'aft-hf evaluate')}` (report: `{REPORT_FILE}`)"
-             + (": " + ", ".join(setup) if setup else "") + ".",
-             "", "| metric | setting | value | better |", "|---|---|---|---|"]
+             + (": " + ", ".join(setup) if setup else "") + "."]
+    if report.get(OVERLAP_KEY):  # written by aft-hf evaluate: these images come from the model's training split
+        lines += ["", f"**Warning: {report[OVERLAP_KEY]}.**"]
+    lines += ["", "| metric | setting | value | better |", "|---|---|---|---|"]
     lines += [f"| {s.quantity} | {_fmt(setting) if setting else ''} | {_fmt(value)} | {s.better or ''} |"
               for s, setting, value in rows if not s.baseline]
     baselines = {(s.quantity, setting): value for s, setting, value in rows if s.baseline}
@@ -681,7 +693,8 @@ def build_model_card(folder: Union[str, Path], repo_id: Optional[str] = None, re
     if recipe is not None:
         changes = _read_json(folder / CONFIG_CHANGES_FILE)
         sections += ["", _method_section(recipe, base_text, cls), "",
-                     _recipe_section(recipe, changes if isinstance(changes, list) else None)]
+                     _recipe_section(recipe, changes if isinstance(changes, list) else None,
+                                     _read_json(folder / CHECKPOINT_EXPORT_FILE))]
     if imported is not None:
         sections += ["", _import_section(imported)]
     results_text = _results_section(report) if report else None

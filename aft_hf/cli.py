@@ -19,7 +19,8 @@ from .constants import VERSION as __version__
 from .errors import AftError
 
 COMMAND_MODULES = [f"aft_hf.commands.{name}" for name in ("train", "push", "world", "import_checkpoint", "explain",
-                                                            "evaluate", "demo", "export_openclip", "benchmark", "graft")]
+                                                            "evaluate", "demo", "export_openclip", "benchmark", "graft",
+                                                            "export")]
 QUIET_LOGGERS = ("httpx", "httpcore", "urllib3", "filelock", "fsspec", "accelerate.checkpointing",
                  "accelerate.accelerator")
 

@@ -22,6 +22,8 @@ IMPORT_FILE = "aft_import.json"
 """Provenance of a converted open_clip checkpoint, written by ``aft_hf.openclip.importer`` and read by the model card."""
 
 REPORT_SCHEMA_VERSION = 1
+OVERLAP_KEY = "training_overlap"
+"""Report key of the warning that the evaluated images come from the model's training split."""
 """Version of the ``report.json`` schema written by ``aft-hf evaluate`` (documented in ``aft_hf/evaluate/report.py``)."""
 
 CONFIG_FILE = "aft_config.yaml"
@@ -30,6 +32,9 @@ CONFIG_FILE = "aft_config.yaml"
 CONFIG_CHANGES_FILE = "config_changes.json"
 """Beside ``aft_config.yaml`` in ``final/`` when a resume changed settings: ``[{"step": N, "changes": [...]}]``
 (``aft_config.yaml`` holds the last values only)."""
+
+CHECKPOINT_EXPORT_FILE = "aft_checkpoint.json"
+"""In a model folder exported from a training checkpoint (``aft-hf export``): its step and the run's max_steps."""
 
 PROGRESS_FILE = "progress.json"
 """Where a checkpoint's run is (``aft_hf.checkpointing.Progress``): step, position in the epoch, working directory."""

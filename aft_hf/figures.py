@@ -154,6 +154,9 @@ def metric_curves(curves: Mapping[str, Sequence], out: Union[str, Path]) -> Path
         if absent:
             ax.text(0.5, 0.5, "\n".join(fill(a, 60) for a in absent), transform=ax.transAxes, ha="center",
                     va="center", fontsize=7)
+        if len(absent) == len(panel):  # nothing drawn: no 0-1 ticks under a "%" axis label
+            ax.set_xticks([])
+            ax.set_yticks([])
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)

@@ -416,7 +416,8 @@ def run_folder_hint(folder: Union[str, Path]) -> str:
     if (path / "final" / CONFIG_FILE).is_file() or (path / "checkpoints").is_dir():
         return f": it is a training run's folder; give its exported model, '{Path(folder) / 'final'}'"
     if path.parent.name == "checkpoints":
-        return ": a training checkpoint holds no exported model; give the run's final/ folder"
+        return (f": a training checkpoint holds no exported model; write one with `aft-hf export {folder} --out DIR`, "
+                "or give the run's final/ folder")
     return ""
 
 

@@ -33,6 +33,7 @@ class Change(enum.Enum):
     """What a resume may do with a field."""
 
     FREE = "free"
+    RECORDED = "recorded"  # free, but it reshapes what follows: recorded in train_summary.json (a longer run)
     FLAG = "flag"
     NEVER = "never"
 
@@ -85,8 +86,8 @@ def _elsewhere(key: str, a: Any, b: Any, saved_dir: Optional[str]) -> bool:
 
 
 def _kind(key: str, old: Any, new: Any) -> Change:
-    if key == "optim.max_steps" and isinstance(old, int) and isinstance(new, int) and new < old:
-        return Change.FLAG
+    if key == "optim.max_steps" and isinstance(old, int) and isinstance(new, int):
+        return Change.FLAG if new < old else Change.RECORDED
     return kind_of(key)
 
 
@@ -135,8 +136,7 @@ def check_resume_config(checkpoint: Path, cfg: TrainConfig, saved_dir: Optional[
                           + changes[Change.FLAG]
                           + ["resume with the saved values, or add --allow_config_change to continue with the new "
                              "ones (they apply from the resume step on and are recorded in train_summary.json)"])
-    # a longer run needs no flag but reshapes the schedule from here on: recorded with the others
-    return changes[Change.FLAG] + [c for c in changes[Change.FREE] if c.startswith("optim.max_steps:")]
+    return changes[Change.FLAG] + changes[Change.RECORDED]
 
 
 def apply_optim_config(optimizer, scheduler, cfg: TrainConfig) -> None:

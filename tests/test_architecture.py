@@ -56,7 +56,7 @@ LAYERS = [
      "results", "objectives"},
     {"card", "hub", "openclip", "graft"},
     {"figures", "explain", "evaluate", "benchmark"},
-    {"train", "train_eval", "hub_sync", "checkpointing", "guards", "resume", "objective_setup"},
+    {"train", "train_eval", "hub_sync", "checkpointing", "checkpoint_export", "guards", "resume", "objective_setup"},
     {"world", "demo"},
 ]
 """The layer diagram of docs/development.md, top (imported by everything) to bottom; the command modules

@@ -72,6 +72,10 @@ def test_a_curve_that_is_not_a_result_names_its_model_instead(monkeypatch):
     (ax,) = _drawn(monkeypatch, {"good": [drawn], "weak": [absent]}).axes
     assert [t.get_text() for t in ax.texts] == ["weak: not a result, below the floor"]
     assert len(ax.lines) == 1
+    assert len(ax.get_xticks()) > 0
+    (ax,) = _drawn(monkeypatch, {"weak": [absent]}).axes  # nothing drawn: no 0-1 ticks under a "% removed" label
+    assert list(ax.get_xticks()) == [] and list(ax.get_yticks()) == []
+    assert [t.get_text() for t in ax.texts] == ["weak: not a result, below the floor"]
 
 
 def test_signed_maps_are_drawn_symmetric_about_zero(tmp_path, monkeypatch):

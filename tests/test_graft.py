@@ -269,7 +269,8 @@ def test_missing_folders_files_and_checkpoints_are_named_as_such(aft48, tmp_path
     shutil.copytree(aft48, step)
     (step / "config.json").unlink()
     with pytest.raises(GraftError, match="is not a model folder \\(no config.json\\): a training checkpoint holds no "
-                                         "exported model; give the run's final/ folder"):
+                                         "exported model; write one with `aft-hf export .*step_00000006 --out DIR`, "
+                                         "or give the run's final/ folder"):
         graft(step, llava, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -308,4 +309,6 @@ def test_every_command_points_from_a_run_folder_to_its_export(aft48, tmp_path, c
     assert f"is a training run's folder; give its exported model, '{run / 'final'}'" in capsys.readouterr().err
     if command == "evaluate":
         assert main([command, "--model", str(run / "checkpoints" / "step_00000002"), *args[2:]]) == 2
-        assert "a training checkpoint holds no exported model; give the run's final/ folder" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "a training checkpoint holds no exported model; write one with `aft-hf export " in err
+        assert "step_00000002 --out DIR`, or give the run's final/ folder" in err

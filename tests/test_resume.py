@@ -185,7 +185,7 @@ def test_every_field_has_a_rule():
 @pytest.mark.parametrize("field, value, kind", [
     ("eval.every_steps", 5, Change.FREE), ("logging.log_every", 3, Change.FREE),
     ("hub.private", True, Change.FREE), ("checkpoint.checkpointing_steps", 7, Change.FREE),
-    ("perf.compile", True, Change.FREE), ("data.num_workers", 2, Change.FREE), ("optim.max_steps", 50_000, Change.FREE),
+    ("perf.compile", True, Change.FREE), ("data.num_workers", 2, Change.FREE), ("optim.max_steps", 50_000, Change.RECORDED),
     ("optim.max_steps", 10_000, Change.FLAG), ("optim.lr", 0.5, Change.FLAG), ("optim.batch_size", 64, Change.FLAG),
     ("optim.gradient_accumulation_steps", 2, Change.FLAG), ("optim.scheduler", "constant", Change.FLAG),
     ("seed", 7, Change.FLAG),
@@ -193,7 +193,7 @@ def test_every_field_has_a_rule():
     ("model.output_normalize", False, Change.NEVER), ("data.dataset", "other", Change.NEVER),
     ("data.split", "test", Change.NEVER), ("attack.eps", 8.0, Change.NEVER), ("attack.norm", "l2", Change.NEVER),
 ])
-def test_changes_fall_in_three_kinds(field, value, kind):
+def test_changes_fall_in_four_kinds(field, value, kind):
     saved = load_config(None, []).to_dict()
     section, _, leaf = field.rpartition(".")
     new = load_config(None, [f"--{field}", json.dumps(value) if not isinstance(value, str) else value])

@@ -134,6 +134,17 @@ def test_still_attack_is_refused_from_python_as_by_the_config():
     PGDAttacker(random_start=False, noise_std=1 / 255)
 
 
+def test_steps_given_in_1_255_units_to_the_pixel_unit_class_are_refused():
+    """PGDAttacker takes pixel units; ``alpha=1`` (the config's 1/255 units) would step across the whole range."""
+    with pytest.raises(AttackError, match=r"alpha is in pixel units .*got 1: .*did you mean 1/255") as e:
+        PGDAttacker(norm="linf", eps=4 / 255, alpha=1)
+    assert "\n" not in str(e.value)
+    with pytest.raises(AttackError, match=r"noise_std is in pixel units .*got 2"):
+        PGDAttacker(norm="l2", eps=0.5, noise_std=2)
+    PGDAttacker(norm="l2", eps=3.0, alpha=1.5)  # an L2 step is a length, not a per-pixel change: allowed
+    PGDAttacker(norm="linf", eps=4 / 255, alpha=0.9)
+
+
 def test_noise_control_in_mode_noise_needs_no_attack_settings():
     """`attack.mode noise` with random_start false and noise_std 0 is valid; the control does not build a PGD."""
     cfg = load_config(None, ["--attack.random_start", "false", "--attack.noise_std", "0", "--attack.mode", "noise"])

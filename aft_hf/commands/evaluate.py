@@ -26,6 +26,7 @@ from ..evaluate.classnames import is_imagenet_1k, names_from_feature, resolve_cl
 from ..evaluate.data import load_labelled_images
 from ..evaluate.evaluators import CNNOptions
 from ..evaluate.faithfulness import DEFAULT_ROAR_FLOOR
+from ..evaluate.held_out import OVERLAP_KEY, training_data_of, training_overlap
 from ..evaluate.metrics import METRICS
 from ..evaluate.runner import (
     DEFAULT_METRICS,
@@ -177,7 +178,7 @@ def _check_options(args) -> list[str]:
     metrics = problems.call(lambda: resolve_metrics(args.metrics or list(DEFAULT_METRICS),
                                                     bool(args.mask_column or args.box_column))) or []
     if metrics:
-        problems.problems += _unused_metric_options(args, metrics)
+        problems.extend(_unused_metric_options(args, metrics))
     for method in args.methods:
         problems.call(lambda m=method: resolve_method(m))
     if args.templates:
@@ -193,7 +194,7 @@ def _check_options(args) -> list[str]:
     problems.at_least("--batch-size", args.batch_size, 1)
     problems.at_least("--deletion-steps", args.deletion_steps, 1)
     problems.at_least("--tolerance", args.tolerance, 0)
-    problems.problems += [f"--eps: {problem}" for problem in robust_budget_problems(args.eps or ())]
+    problems.extend(robust_budget_problems(args.eps or ()), prefix="--eps: ")
     problems.at_least("--attack-steps", args.attack_steps, 1)
     problems.at_least("--attack-restarts", args.attack_restarts, 1)
     problems.at_least("--attack-targets", args.attack_targets, 0)
@@ -333,6 +334,9 @@ def _evaluate_each(args, run: _Run, models, prepared: dict, reports: dict) -> No
                 "text_model": text_source, "dataset": args.dataset, "split": data_m.split,
                 "skipped_images": data_m.skipped, "class_names_source": run.names_source,
                 "image_size": encoder.image_size}
+        if overlap := training_overlap(training_data_of(name), args.dataset, data_m.split, args.data_dir):
+            logger.warning("model %s: %s", name, overlap)
+            info[OVERLAP_KEY] = overlap
         report, ctx = evaluate_model(encoder, text, names, run.templates, data_m.images, data_m.labels, run.metrics,
                                      args.methods, data_m.masks, run.options, args.batch_size, args.seed, info=info,
                                      shard=shard)

@@ -8,6 +8,7 @@ readers of the flat ``metrics`` keep working and older reports without ``results
      "num_samples": int, "skipped_images": int, "num_classes": int,
      "class_names_source": str, "num_templates": int, "methods": [str], "seed": int,
      "image_size": int,                            # the side the model saw (since 2026-12-06; absent before)
+     "training_overlap": str,                      # only when the images are the model's training split (2026-12-07)
      "results": {metric name: {                    # one entry per metric run, keyed by its --metrics name
         "family": str, "setup_title": str,
         "scalars": [{"quantity": str, "value": float|null, "setting": str|null, "setting_kind": str,
@@ -63,7 +64,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Union
 
-from ..constants import REPORT_SCHEMA_VERSION
+from ..constants import OVERLAP_KEY, REPORT_SCHEMA_VERSION
 from ..results import Scalar, report_results
 
 SCHEMA_VERSION = REPORT_SCHEMA_VERSION
@@ -96,7 +97,8 @@ def _header(report: dict) -> list[str]:
             + f", {report['num_templates']} prompt template(s)"
             + (f", {given['image_size']} px input" if given.get("image_size") else "") + "."
             + (f" Text tower: `{given['text_model']}`." if "text_model" in given else ""))
-    return [f"# Evaluation of `{given['model']}`" if "model" in given else "# Evaluation", "", line, ""]
+    warning = [f"**Warning: {given[OVERLAP_KEY]}.**", ""] if given.get(OVERLAP_KEY) else []
+    return [f"# Evaluation of `{given['model']}`" if "model" in given else "# Evaluation", "", line, "", *warning]
 
 
 def markdown(report: dict) -> str:

@@ -42,6 +42,10 @@ class OptionProblems:
         if path is not None:
             self.call(lambda: check_output_folder(option, path, results=True))
 
+    def extend(self, problems: Iterable[str], prefix: str = "") -> None:
+        """Add problems found by another check (each after ``prefix``, e.g. ``"--eps: "``)."""
+        self.problems += [prefix + problem for problem in problems]
+
     def call(self, check: Callable[[], object]) -> object:
         """Run a check that raises an :class:`AftError`; keep its message as a problem."""
         try:
