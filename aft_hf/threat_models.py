@@ -119,6 +119,13 @@ class ThreatModel(abc.ABC):
     headline: ClassVar[Optional[tuple[float, Optional[float]]]] = None
     """The paper's headline training budget ``(eps, eps2)`` in 1/255 units; the demo trains the norms that have one."""
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.apgd_supported and (cls.uses_eps2 or cls.needs_patch_size):  # APGD has one budget and no model
+            raise AttackError(f"norm '{cls.name}' declares apgd_supported but has a "
+                              f"{'second budget (uses_eps2)' if cls.uses_eps2 else 'patch grid (needs_patch_size)'}: "
+                              "APGD attacks a norm given by eps alone, so set apgd_supported = False")
+
     def __init__(self, eps: float, eps2: float = 0.0, patch_size: Optional[int] = None):
         check_number("eps", eps)
         check_number("eps2", eps2)

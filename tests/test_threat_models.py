@@ -192,8 +192,37 @@ def test_robust_accuracy_takes_the_norms_apgd_supports_with_either_attack():
     for norm in apgd_norms():
         acc = robust_accuracy(clf, images, labels, eps=(0, 64), steps=3, attack="pgd", norm=norm, progress=False)
         assert acc["0/255"] == 1.0 and acc["64/255"] < 1.0
-    with pytest.raises(EvaluationError, match="unknown norm 'huber' for robust accuracy .choose from linf, l2"):
+    with pytest.raises(EvaluationError, match=r"robust accuracy attacks linf, l2 \(the norms APGD supports\), not norm "
+                                              "'huber'$"):
         robust_accuracy(clf, images, labels, eps=(1,), attack="pgd", norm="huber", progress=False)
+    with pytest.raises(EvaluationError, match="not unknown norm 'l3'"):
+        robust_accuracy(clf, images, labels, eps=(1,), attack="pgd", norm="l3", progress=False)
+
+
+def test_a_norm_apgd_cannot_attack_cannot_declare_it():
+    """A norm with a second budget that declared apgd_supported crashed inside APGD (eps2 > 0, got 0.0)."""
+    with pytest.raises(AttackError, match="norm 'blue' declares apgd_supported but has a second budget"):
+        class Blue(ThreatModel):
+            name, uses_eps2, apgd_supported = "blue", True, True
+    with pytest.raises(AttackError, match="patch grid"):
+        class Grid(ThreatModel):
+            name, needs_patch_size, apgd_supported = "grid", True, True
+
+
+@pytest.mark.slow
+def test_evaluate_measures_robust_accuracy_under_the_norm_asked_for(tmp_path):
+    """evaluate measured L-inf only: --robust-norm l2 reaches the attack, the report, report.md and the card."""
+    sample = tmp_path / "ws"
+    assert main(["world", "sample", "--out", str(sample), "-n", "4"]) == 0
+    common = ["evaluate", "--model", "builtin:world-clip", "--dataset", str(sample), "--metrics", "robust",
+              "--attack-steps", "2", "--attack-targets", "1"]
+    assert main([*common, "--robust-norm", "l2", "--eps", "64", "--out", str(tmp_path / "l2")]) == 0
+    report = json.loads((tmp_path / "l2" / "report.json").read_text())
+    attack = report["metrics"]["robust_attack"]
+    assert attack["norm"] == "l2" and attack["name"].startswith("APGD-CE+APGD-T, L2")
+    assert "L2" in (tmp_path / "l2" / "report.md").read_text()
+    assert main([*common, "--robust-norm", "huber", "--eps", "1", "--out", str(tmp_path / "h")]) == 2
+    assert main([*common[:6], "zeroshot", "--robust-norm", "l2", "--out", str(tmp_path / "z")]) == 2  # not run: refused
 
 
 # --------------------------------------------------------------------------- the attacker and the noise control

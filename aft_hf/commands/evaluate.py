@@ -46,7 +46,7 @@ from ..explain.options import OptionProblems
 from ..files import WEIGHTS_HASH_KEY, tower_weights_sha256
 from ..outputs import check_results_owner, results_folder
 from ..results import Scalar
-from ..threat_models import robust_budget_problems
+from ..threat_models import DEFAULT_NORM, apgd_norms, robust_budget_problems
 from . import (
     DefaultsHelpFormatter,
     add_data_quality_arguments,
@@ -101,7 +101,11 @@ def add_subcommand(subparsers) -> None:
                    help=f"from: {', '.join(METRICS)} (repeatable; default: {' '.join(DEFAULT_METRICS)})")
     p.add_argument("--methods", nargs="+", default=["saliency", "gradcam"],
                    help=f"attribution methods for the map metrics, from: {', '.join(available_methods())}")
-    p.add_argument("--eps", nargs="+", type=float, default=[1, 2, 4], help="L-inf budgets in 1/255 units (>= 0)")
+    p.add_argument("--eps", nargs="+", type=float, default=[1, 2, 4],
+                   help="budgets in 1/255 units (>= 0): per pixel for L-inf, the L2 radius for --robust-norm l2")
+    p.add_argument("--robust-norm", default=DEFAULT_NORM,
+                   help=f"the threat model of the robust accuracy: {', '.join(apgd_norms())} (default {DEFAULT_NORM}; "
+                        "the field's table is L-inf), or a norm of yours registered with apgd_supported")
     p.add_argument("--robust-attack", choices=ATTACKS, default="apgd",
                    help="robust accuracy under APGD-CE then APGD-T (AutoAttack's APGD part, worst case per image) "
                         "or the package's PGD (weaker: over-estimates robustness)")
@@ -151,7 +155,7 @@ def _add_attribution_metric_arguments(p) -> None:
                         "size, e.g. 4 px at 64 px)")
 
 
-METRIC_OPTIONS = {"robust": ("eps", "robust_attack", "attack_steps", "attack_restarts", "attack_targets",
+METRIC_OPTIONS = {"robust": ("eps", "robust_norm", "robust_attack", "attack_steps", "attack_restarts", "attack_targets",
                              "attack_compile"),
                   "roar": ("roar_fractions", "roar_evaluator", "roar_epochs", "roar_repeats", "roar_floor"),
                   "deletion or insertion": ("deletion_steps", "deletion_order", "baseline"),
@@ -194,7 +198,10 @@ def _check_options(args) -> list[str]:
     problems.at_least("--batch-size", args.batch_size, 1)
     problems.at_least("--deletion-steps", args.deletion_steps, 1)
     problems.at_least("--tolerance", args.tolerance, 0)
-    problems.extend(robust_budget_problems(args.eps or ()), prefix="--eps: ")
+    problems.require(args.robust_norm in apgd_norms(), f"--robust-norm: APGD attacks {', '.join(apgd_norms())}, "
+                                                        f"not {args.robust_norm!r}")
+    if args.robust_norm in apgd_norms():
+        problems.extend(robust_budget_problems(args.eps or (), args.robust_norm), prefix="--eps: ")
     problems.at_least("--attack-steps", args.attack_steps, 1)
     problems.at_least("--attack-restarts", args.attack_restarts, 1)
     problems.at_least("--attack-targets", args.attack_targets, 0)
@@ -282,7 +289,7 @@ def _cli_evaluate(args, extra) -> int:
               else "the labels' class names, sorted" if named
               else f"the dataset's {data.names_column} column" if data.names_column else "dataset ClassLabel")
     templates = resolve_templates(args.templates, names)
-    options = {"robust": {"eps": args.eps, "steps": args.attack_steps, "attack": args.robust_attack,
+    options = {"robust": {"eps": args.eps, "norm": args.robust_norm, "steps": args.attack_steps, "attack": args.robust_attack,
                           "restarts": args.attack_restarts, "targets": args.attack_targets,
                           "mixed_precision": args.mixed_precision, "compile": args.attack_compile},
                "roar": {"fractions": args.roar_fractions, "evaluator": args.roar_evaluator,

@@ -13,10 +13,11 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..registry import Registry
 from ..results import FLAT_LAYOUTS, MetricResult, finite  # noqa: F401  (finite: re-exported, its old home)
-from ..threat_models import DEFAULT_NORM
+from ..threat_models import DEFAULT_NORM, apgd_norms
 from .apgd import APGDSpeed, attack_description
-from .base import RAW_MAP, EvalContext, Metric
+from .base import RAW_MAP, EvalContext, EvaluationError, Metric
 from .complexity import gini
 from .evaluators import SmallCNN
 from .faithfulness import (
@@ -54,7 +55,9 @@ class ZeroShotAccuracy(Metric):
 @dataclass(frozen=True)
 class RobustOptions:
     eps: Sequence[float] = (1, 2, 4)
-    """Budgets in 1/255 units."""
+    """Budgets in 1/255 units (per pixel for L-inf, the radius for L2)."""
+    norm: str = DEFAULT_NORM
+    """The threat model: ``linf`` (the field's table), ``l2``, or a registered norm that declares ``apgd_supported``."""
     attack: str = "apgd"
     """``apgd`` (APGD-CE then APGD-T) or ``pgd`` (the package's PGD)."""
     steps: Optional[int] = None
@@ -74,6 +77,9 @@ class RobustOptions:
     def __post_init__(self):
         if self.attack not in ATTACKS:
             raise ValueError(f"unknown attack '{self.attack}' (choose from {', '.join(ATTACKS)})")
+        if self.norm not in apgd_norms():
+            raise ValueError(f"norm {self.norm!r}: robust accuracy attacks {', '.join(apgd_norms())} (norms declaring "
+                             "apgd_supported)")
         if self.compile and self.attack != "apgd":
             raise ValueError(f"compile applies to the APGD attack only (attack '{self.attack}' runs eager)")
 
@@ -90,11 +96,10 @@ class RobustAccuracy(Metric):
         steps = o.steps or DEFAULT_ITERATIONS[o.attack]
         speed = APGDSpeed.from_mixed_precision(o.mixed_precision, ctx.class_weights.device, compile=o.compile)
         verdicts = robust_verdicts(ctx.classifier, ctx.images, ctx.labels, o.eps, steps, o.alpha, ctx.batch_size,
-                                   ctx.seed, ctx.progress, o.attack, o.restarts, o.targets, shard=ctx.shard,
-                                   speed=speed)
+                                   ctx.seed, ctx.progress, o.attack, o.restarts, o.targets, norm=o.norm,
+                                   shard=ctx.shard, speed=speed)
         acc = robust_shares(verdicts)
-        setup = {"attack": o.attack, "name": attack_description(o.attack, DEFAULT_NORM, steps), "norm": DEFAULT_NORM,
-                 "steps": steps}
+        setup = {"attack": o.attack, "name": attack_description(o.attack, o.norm, steps), "norm": o.norm, "steps": steps}
         if o.attack == "apgd":
             setup.update(restarts=o.restarts, targets=min(o.targets, ctx.class_weights.shape[0] - 1))
         if speed.autocast is not None:  # bf16 rounding can flip near-tie verdicts: the report says it was used
@@ -302,8 +307,11 @@ class Randomisation(Metric):
 
 
 
-METRICS: dict[str, type[Metric]] = {cls.name: cls for cls in (
-    ZeroShotAccuracy, RobustAccuracy, Deletion, Insertion, ROAR, PointingGame, EnergyInMask, Gini, Randomisation)}
-"""The registry: ``--metrics`` names -> classes. A metric's name is also its key in ``report.json``'s ``results``."""
 ALIASES = {"sparseness": "gini", "complexity": "gini", "sanity": "randomisation", "accuracy": "zeroshot",
            "localisation": "pointing"}
+METRICS: Registry = Registry("metric", EvaluationError, aliases=ALIASES)
+"""The registry: ``--metrics`` names -> classes. A metric's name is also its key in ``report.json``'s ``results``;
+``METRICS.resolve`` accepts the :data:`ALIASES` too (a metric registered under an alias's name wins over it)."""
+register_metric = METRICS.register
+for _cls in (ZeroShotAccuracy, RobustAccuracy, Deletion, Insertion, ROAR, PointingGame, EnergyInMask, Gini, Randomisation):
+    register_metric(_cls)

@@ -17,7 +17,7 @@ from ..figures import attribution_grid, metric_curves
 from ..files import write_json
 from ..results import MetricResult, finite, report_results
 from .base import EvalContext, EvaluationError
-from .metrics import ALIASES, METRICS
+from .metrics import METRICS
 from .report import SCHEMA_VERSION, write_markdown
 from .sharding import Shard
 from .zeroshot import check_labels
@@ -29,14 +29,20 @@ DEFAULT_METRICS = ("zeroshot", "robust", "deletion", "insertion", "gini")
 def resolve_metrics(names: Sequence[str], have_masks: bool) -> list[str]:
     out = []
     for name in names:
-        key = ALIASES.get(name.strip().lower(), name.strip().lower())
-        if key not in METRICS:
-            raise EvaluationError(f"unknown metric '{name}' (choose from {', '.join(METRICS)})")
+        key = METRICS.resolve(name)
         if METRICS[key].needs_masks and not have_masks:
             raise EvaluationError(f"metric '{key}' needs object masks or boxes: pass --mask-column or --box-column")
         if key not in out:
             out.append(key)
     return out
+
+
+def _option_key(name: str) -> str:
+    """The metric that options given under ``name`` are for (an alias is its metric; unknown names stay, to be refused)."""
+    try:
+        return METRICS.resolve(name)
+    except EvaluationError:
+        return name
 
 
 def _refuse_unknown_metrics(options: dict) -> None:
@@ -66,7 +72,7 @@ def check_shardable(names: Sequence[str], processes: int) -> None:
     others before any work, in one line (each process would otherwise repeat them on every image)."""
     if processes <= 1:
         return
-    resolved = [ALIASES.get(n.strip().lower(), n.strip().lower()) for n in names]
+    resolved = [_option_key(n) for n in names]
     alone = [n for n in dict.fromkeys(resolved) if n in METRICS and not METRICS[n].shards]
     if alone:
         sharded = ", ".join(n for n, cls in METRICS.items() if cls.shards)
@@ -93,7 +99,7 @@ def evaluate_model(encoder: torch.nn.Module, text: TextTower, class_names: Seque
         raise EvaluationError(f"masks {tuple(masks.shape)} do not match images {tuple(images.shape)}: give one mask "
                               "per image, resized and centre-cropped like it")
     methods = [resolve_method(m) for m in methods]
-    options = {ALIASES.get(k, k): v for k, v in (metric_options or {}).items()}
+    options = {_option_key(k): v for k, v in (metric_options or {}).items()}
     _refuse_unknown_metrics(options)  # options of metrics not asked for are allowed (the CLI passes them all)
     for name in names:  # refuse a misspelt option before the text tower and the maps are computed
         METRICS[name](**options.get(name, {}))

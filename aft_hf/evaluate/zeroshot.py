@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..attack import PGDAttacker
-from ..threat_models import DEFAULT_NORM, apgd_norms, robust_budget_problems
+from ..threat_models import DEFAULT_NORM, THREAT_MODELS, apgd_norms, robust_budget_problems
 from .apgd import APGD_ITERATIONS, APGDSpeed, apgd_robust, autocast_context
 from .errors import EvaluationError
 from .sharding import Shard, batch_seed, map_batches, num_batches
@@ -191,7 +191,8 @@ def robust_verdicts(classifier: ZeroShotClassifier, images: Tensor, labels: Tens
     if attack not in ATTACKS:
         raise EvaluationError(f"unknown attack '{attack}' (choose from {', '.join(ATTACKS)})")
     if norm not in apgd_norms():
-        raise EvaluationError(f"unknown norm '{norm}' for robust accuracy (choose from {', '.join(apgd_norms())})")
+        raise EvaluationError(f"robust accuracy attacks {', '.join(apgd_norms())} (the norms APGD supports), not "
+                              f"{'norm' if norm in THREAT_MODELS else 'unknown norm'} '{norm}'")
     if len(images) != len(labels):
         raise EvaluationError(f"{len(images)} images but {len(labels)} labels")
     steps = DEFAULT_ITERATIONS[attack] if steps is None else steps

@@ -37,24 +37,18 @@ available_methods = METHODS.names
 
 
 def method_label(name: str) -> str:
-    """Display name of a method for figures and reports (``name`` itself when it is not registered)."""
-    key = _key(name)
-    return METHODS[key].label or key if key in METHODS else name
-
-
-def _key(name: str) -> str:
-    return name.strip().lower().replace("-", "_")
+    """Display name of a method for figures and reports (an alias reads as its method; ``name`` itself when it is
+    not registered)."""
+    try:
+        key = METHODS.resolve(name)
+    except ExplainError:
+        return name
+    return METHODS[key].label or key
 
 
 def resolve_method(name: str) -> str:
     """Canonical method name (aliases and ``-``/``_`` spellings accepted); unknown names raise :class:`ExplainError`."""
-    key = _key(name)
-    if key in METHODS:
-        return key
-    for canonical, cls in METHODS.items():
-        if key in cls.aliases:
-            return canonical
-    raise ExplainError(f"unknown attribution method '{name}' (choose from {', '.join(METHODS)})")
+    return METHODS.resolve(name)
 
 
 # --------------------------------------------------------------------------- input checks and post-processing

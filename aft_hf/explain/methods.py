@@ -293,19 +293,21 @@ class Explainer:
         minmax: with ``postprocess``, min-max scale each map (``False`` together with
             ``clip_percentile=None`` gives the raw map the metrics score: |attribution| summed over channels).
         batch_size: images per internal batch (a progress bar runs over batches).
-        layer: Grad-CAM layer (see :class:`GradCAM`). n_steps: Integrated Gradients steps.
-        nt_samples, stdevs: SmoothGrad samples and noise std. These are passed only to the
-            methods that take them; ``**options`` go to the method and must be among its options.
+        layer: Grad-CAM layer (see :class:`GradCAM`). n_steps: Integrated Gradients steps (32).
+        nt_samples, stdevs: SmoothGrad samples and noise std (16, 0.15). These are passed only to the
+            methods that take them, and only when given: otherwise each method keeps its own default (a
+            method of yours with ``options = {"n_steps": 4}`` gets 4). ``**options`` go to the method and
+            must be among its options.
     """
 
     def __init__(self, encoder: nn.Module, method: str = "saliency", postprocess: bool = True,
-                 batch_size: int = 8, layer: Union[None, str, nn.Module] = None, n_steps: int = 32,
-                 nt_samples: int = 16, stdevs: float = 0.15, clip_percentile: float = 99.0,
+                 batch_size: int = 8, layer: Union[None, str, nn.Module] = None, n_steps: Optional[int] = None,
+                 nt_samples: Optional[int] = None, stdevs: Optional[float] = None, clip_percentile: float = 99.0,
                  progress: bool = True, minmax: bool = True, **options: Any):
         self.method = resolve_method(method)
         cls = METHODS[self.method]
         shared = {"layer": layer, "n_steps": n_steps, "nt_samples": nt_samples, "stdevs": stdevs}
-        options = {**{k: v for k, v in shared.items() if k in cls.options}, **options}
+        options = {**{k: v for k, v in shared.items() if k in cls.options and v is not None}, **options}
         self.impl: AttributionMethod = cls(encoder, postprocess=postprocess, batch_size=batch_size,
                                            clip_percentile=clip_percentile, progress=progress, minmax=minmax,
                                            **options)

@@ -8,6 +8,7 @@ L2-normalised (docs/method.md#traps: un-normalised text embeddings skew the argm
 
 from __future__ import annotations
 
+import logging
 from typing import Optional, Sequence, Union
 
 import torch
@@ -15,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import AftError
+
+logger = logging.getLogger(__name__)
 
 
 class ExplainError(AftError, ValueError):
@@ -119,7 +122,28 @@ class TextTower(nn.Module):
         for name in class_names:
             emb = self.encode([t.format(name) for t in templates])
             weights.append(F.normalize(emb.mean(dim=0), dim=-1))
-        return torch.stack(weights)
+        weights = torch.stack(weights)
+        self._check_distinct(weights, class_names, templates)
+        return weights
+
+    def _check_distinct(self, weights: Tensor, class_names: Sequence[str], templates: Sequence[str]) -> None:
+        """Refuse classes that all get one embedding (zero-shot would be chance, silently), warn about pairs that do.
+
+        A checkpoint saved without its tokenizer's vocabulary loads a tokenizer that reads every word as
+        the same unknown token: every prompt then has the same tokens and every class the same embedding."""
+        same = [(a, b) for a in range(len(weights)) for b in range(a + 1, len(weights)) if torch.equal(weights[a], weights[b])]
+        if not same:
+            return
+        if len(same) == len(weights) * (len(weights) - 1) // 2:
+            tokens = self.tokenizer([templates[0].format(n) for n in class_names])["input_ids"]
+            why = (f"its tokenizer ({len(self.tokenizer)} tokens in its vocabulary) reads every prompt as the same tokens"
+                   if all(t == tokens[0] for t in tokens) else "its text model maps them to one point")
+            raise ExplainError(f"the text tower gives all {len(weights)} classes the same embedding, so zero-shot scores "
+                               f"cannot tell them apart: {why}; was the checkpoint saved without its tokenizer files? "
+                               "Load the text tower from a checkpoint with its tokenizer (e.g. --text-model)")
+        pairs = ", ".join(f"'{class_names[a]}' = '{class_names[b]}'" for a, b in same[:3])
+        logger.warning("classes with the same text embedding, which zero-shot scores cannot tell apart: %s%s", pairs,
+                       f" and {len(same) - 3} more pairs" if len(same) > 3 else "")
 
 
 def load_text_tower(name_or_path: str, revision: Optional[str] = None, token: Optional[str] = None) -> TextTower:

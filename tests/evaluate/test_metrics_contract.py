@@ -40,7 +40,7 @@ class ToyBrightness(Metric):
 
 
 def test_unknown_option_is_refused_naming_the_metric_and_its_options():
-    with pytest.raises(EvaluationError, match=r"metric 'robust' has no option 'step' \(its options: eps, attack, "
+    with pytest.raises(EvaluationError, match=r"metric 'robust' has no option 'step' \(its options: eps, norm, attack, "
                                               r"steps, alpha, restarts, targets, mixed_precision, compile\)"):
         RobustAccuracy(step=5)
     with pytest.raises(EvaluationError, match="metric 'gini' has no option 'tolerance' \\(its options: none\\)"):

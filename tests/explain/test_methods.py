@@ -206,3 +206,33 @@ def test_cli_explain_writes_png_json_and_maps(tiny_clip_path, tiny_vision_path, 
     bad = main(["explain", "--model", str(tiny_clip_path), "--images", str(images), "--prompt", "no slot",
                 "--out", str(out)])
     assert bad == 2
+
+
+def test_a_tokenizer_that_reads_every_class_alike_is_refused(tiny_clip_path, tmp_path, caplog, capsys):
+    """A CLIP saved without its tokenizer files loads a tokenizer that reads every word as one unknown token:
+    every class got the same embedding and zero-shot accuracy was chance, with no message."""
+    import logging
+
+    from PIL import Image
+    from transformers import CLIPModel
+
+    from aft_hf.cli import main
+    from aft_hf.explain.targets import load_text_tower
+
+    tower = load_text_tower(str(tiny_clip_path))
+    with pytest.raises(ExplainError, match=r"all 2 classes the same embedding.*reads every prompt as the same tokens"):
+        tower.class_embeddings(["0", "1"])  # neither is in the tiny vocabulary
+    with caplog.at_level(logging.WARNING):
+        tower.class_embeddings(["cat", "0", "1"])
+    assert "the same text embedding, which zero-shot scores cannot tell apart: '0' = '1'" in caplog.text
+    bare = tmp_path / "bare"
+    CLIPModel.from_pretrained(tiny_clip_path).save_pretrained(bare)  # no tokenizer, no processor files
+    images = tmp_path / "imgs"
+    for cls in ("cat", "dog"):
+        (images / cls).mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(images / cls / "0.png")
+    assert main(["evaluate", "--model", str(bare), "--dataset", str(images), "--metrics", "zeroshot",
+                 "--out", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if "error:" in x]
+    assert line.startswith("aft-hf evaluate: error: ") and "same embedding" in line
