@@ -226,28 +226,32 @@ def folder_class(config: dict) -> str:
 
     from .model import _vision_class
 
-    if config.get("model_type") in FULL_CLASSES:
-        return FULL_CLASSES[config["model_type"]]
-    if config.get("model_type") == "siglip_vision_model":
-        return "SiglipVisionModel"
+    full_classes = _full_classes()
+    if config.get("model_type") in full_classes:
+        return full_classes[config["model_type"]]
     return _vision_class(SimpleNamespace(architectures=config.get("architectures"),
                                          model_type=config.get("model_type", ""))).__name__
 
 
-FULL_CLASSES = {"clip": "CLIPModel", "siglip": "SiglipModel"}
-"""``model_type`` of a full (image + text) checkpoint -> its class; vision-only folders have their own."""
+def _full_classes() -> dict[str, str]:
+    """``model_type`` of a full (image + text) checkpoint -> its class name, for every family in ``FAMILIES``."""
+    from .model import FAMILIES
+
+    return {f.full_type: f.full_class.__name__ for f in FAMILIES.values()}
 
 
 def _geometry(config: dict) -> tuple[bool, dict]:
     """(is a full image-text model, the vision tower's config) from ``config.json``: CLIP or SigLIP."""
-    if config.get("model_type") in FULL_CLASSES:
+    from .model import FAMILIES
+
+    if config.get("model_type") in _full_classes():
         vision = dict(config.get("vision_config") or {})
         vision.setdefault("projection_dim", config.get("projection_dim"))
         return True, vision
-    if config.get("model_type") in ("clip_vision_model", "siglip_vision_model"):
+    if config.get("model_type") in {f.vision_type for f in FAMILIES.values()}:
         return False, config
-    raise CardError(f"config.json has model_type '{config.get('model_type')}': aft_hf publishes CLIP and SigLIP "
-                    "models")
+    raise CardError(f"config.json has model_type '{config.get('model_type')}': aft_hf publishes the models of its "
+                    f"tower families ({', '.join(FAMILIES)})")
 
 
 def _fmt(v: Any) -> str:
@@ -325,7 +329,7 @@ def _method_section(recipe: dict, base: str, cls: str = "CLIPModel") -> str:
         f"Optimiser: AdamW, lr {_fmt(optim.get('lr'))}, {optim.get('max_steps')} steps of {optim.get('batch_size')} "
         f"images, {optim.get('scheduler')} schedule with {optim.get('warmup_steps')} warm-up steps.",
         "",
-        USE_TEXT[cls] + ("" if attack.get("mode") == "noise" else
+        _use_text(cls) + ("" if attack.get("mode") == "noise" else
                          " Adversarial training with a budget penalises the dual norm of the input gradient; the AFT "
                          "paper finds sparser, more object-focused gradient saliency maps after it than for the base "
                          "model (a finding about the method: for this model, see the saliency metrics in the results, "
@@ -357,7 +361,7 @@ def _other_objective_section(objective: str, base: str, training: str, optim: di
         "", f"    {formula}" if formula else "", "", training,
         f"Optimiser: AdamW, lr {_fmt(optim.get('lr'))}, {optim.get('max_steps')} steps of {optim.get('batch_size')} "
         f"images, {optim.get('scheduler')} schedule with {optim.get('warmup_steps')} warm-up steps.", "",
-        USE_TEXT[cls],
+        _use_text(cls),
     ])
 
 
@@ -376,6 +380,16 @@ USE_TEXT = {
     "CLIPVisionModel": "This folder holds the bare image tower (no projection, no text tower): it gives hidden "
                        "states for a LLaVA-style model, not CLIP's joint image-text embedding.",
 }
+
+
+def _use_text(cls: str) -> str:
+    """How the folder is used, by its class; a family added to ``aft_hf.model.FAMILIES`` reads as a full model or
+    an image tower by its class name."""
+    if cls in USE_TEXT:
+        return USE_TEXT[cls]
+    if "Vision" in cls:
+        return "This folder holds the image tower only: pair it with the base's text tower for zero-shot classification."
+    return "The text encoder is not changed, so the model is used for zero-shot classification exactly like its base."
 
 
 def _checkpoint_sentence(info: Optional[dict]) -> list[str]:
@@ -504,6 +518,13 @@ def _transformers_snippet(repo: str, cls: str, processor: str, layer: int = LLAV
     read at hidden state ``layer``."""
     if cls.startswith("Siglip"):
         return _siglip_snippet(repo, cls, layer)
+    if not cls.startswith("CLIP"):  # a family added to aft_hf.model.FAMILIES: the Auto classes load it
+        return ["from PIL import Image", "from transformers import AutoImageProcessor, AutoModel", "", _IMAGE,
+                f'processor = AutoImageProcessor.from_pretrained("{repo}")',
+                f'model = AutoModel.from_pretrained("{repo}")  # a {cls}',
+                'out = model(**processor(images=image, return_tensors="pt"), output_hidden_states=True)'
+                if not cls.endswith("Model") or "Vision" in cls else
+                'out = model.get_image_features(**processor(images=image, return_tensors="pt"))']
     if cls == "CLIPModel":
         return ["from PIL import Image", "from transformers import CLIPModel, CLIPProcessor, CLIPVisionModel, "
                 "CLIPVisionModelWithProjection, pipeline", "", _IMAGE,
@@ -547,6 +568,8 @@ def _usage_section(repo: str, cls: str, folder: Path, embedding: str = "pooled",
                   "classes, and pads every prompt to the text model's full length, as the pipeline does. "
                   "Vision-language models with a SigLIP tower (LLaVA-OneVision, PaliGemma, Idefics3) read its patch "
                   "tokens; `aft-hf graft` writes this tower into such a checkpoint.", ""]
+    elif not cls.startswith("CLIP"):
+        pass  # a family added to FAMILIES: no VLM of it is known to aft_hf (the graft reads CLIP and SigLIP towers)
     elif cls == "CLIPVisionModel":
         lines += ["This folder is a bare `CLIPVisionModel` (no `visual_projection`, no text tower): it gives the "
                   "hidden states that LLaVA-style vision-language models read from their CLIP vision tower, and it can "
@@ -636,7 +659,7 @@ def _intro_and_architecture(cls: str, vision: dict, recipe: Optional[dict], impo
                "SiglipVisionModel": "; the SigLIP image tower with its attention-pooling head "
                                     "(`SiglipVisionModel`).",
                HEADLESS_SIGLIP: "; the SigLIP image tower without its attention-pooling head (`SiglipVisionModel`, "
-                                "`vision_use_head: false`): patch tokens only."}[cls])
+                                "`vision_use_head: false`): patch tokens only."}.get(cls, f"; a `{cls}` folder."))
     if recipe is not None:
         intro = (f"`{base_text}` with its image encoder fine-tuned by "
                  f"{'adversarial fine-tuning (AFT)' if adversarial else 'a noise-control run of AFT'} using `aft_hf`.")

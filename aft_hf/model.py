@@ -131,8 +131,8 @@ class ImageEncoder(nn.Module):
 
     @property
     def has_projection(self) -> bool:
-        """True when the vision model carries CLIP's ``visual_projection`` (zero-shot is possible)."""
-        return isinstance(self.vision, CLIPVisionModelWithProjection)
+        """True when the vision model carries a ``visual_projection`` (CLIP's; zero-shot is possible)."""
+        return isinstance(getattr(self.vision, "visual_projection", None), nn.Module)
 
     @property
     def pools_class_token(self) -> bool:
@@ -307,15 +307,23 @@ class Family:
     pools_class_token: bool = False
     """True when the tower's pooled output is its last layer's class token row alone (CLIP); False when a head
     reads every row (SigLIP's attention pooling)."""
+    projection: bool = False
+    """True when the full model projects image features into the text space (CLIP's ``visual_projection``, of
+    width ``projection_dim``); False when the pooled output is the embedding (SigLIP)."""
+    bare_vision_class: Optional[type] = None
+    """The vision class without the projection, loaded for a checkpoint saved as it (CLIP: ``CLIPVisionModel``)."""
 
 
 FAMILIES: dict[str, Family] = {
     "clip": Family("clip", "clip", "clip_vision_model", CLIPModel, CLIPVisionModelWithProjection,
-                   "CLIPImageProcessorPil", CLIP_MEAN, CLIP_STD, pools_class_token=True),
+                   "CLIPImageProcessorPil", CLIP_MEAN, CLIP_STD, pools_class_token=True, projection=True,
+                   bare_vision_class=CLIPVisionModel),
     "siglip": Family("siglip", "siglip", "siglip_vision_model", SiglipModel, SiglipVisionModel,
                      "SiglipImageProcessorPil", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
-"""Supported families by name (a new tower family goes here). SigLIP2 checkpoints at a fixed resolution
+"""Supported families by name: a new tower family is one entry here (loading, training, evaluation, explanation,
+export and a generic model card follow from it; the VLM graft and the open_clip conversion know CLIP and SigLIP
+only). SigLIP2 checkpoints at a fixed resolution
 are ``siglip`` models; the variable-resolution NaFlex ``siglip2`` classes are not supported."""
 
 
@@ -344,7 +352,7 @@ def _load_image_processor(source: str, revision: Optional[str], family: str = "c
 def _vision_from_full(full: nn.Module, family: Family) -> nn.Module:
     """The vision model of a full CLIP/SigLIP, with its weights (CLIP: and ``visual_projection``)."""
     vcfg = copy.deepcopy(full.config.vision_config)
-    if family.name == "clip":
+    if family.projection:
         vcfg.projection_dim = full.config.projection_dim
     vision = family.vision_class(vcfg)
     tower(vision).load_state_dict(full.vision_model.state_dict())
@@ -383,7 +391,8 @@ def _vision_class(config, family: Optional[Family] = None) -> type:
     ``family``: the checkpoint's (default: read from ``config.model_type``, CLIP when it has none)."""
     family = family or family_of(getattr(config, "model_type", "")) or FAMILIES["clip"]
     architectures = getattr(config, "architectures", None) or []
-    return CLIPVisionModel if "CLIPVisionModel" in architectures else family.vision_class
+    bare = family.bare_vision_class
+    return bare if bare is not None and bare.__name__ in architectures else family.vision_class
 
 
 def _looks_like_path(name: str) -> bool:
@@ -446,7 +455,9 @@ def encoder_family(name_or_path: str, config=None) -> "Family":
     if family is None:
         raise ModelLoadError(
             f"'{name_or_path}' is a '{config.model_type}' model; aft_hf fine-tunes CLIP and SigLIP (a CLIPModel, "
-            "CLIPVisionModelWithProjection, CLIPVisionModel, SiglipModel or SiglipVisionModel checkpoint)")
+            "CLIPVisionModelWithProjection, CLIPVisionModel, SiglipModel or SiglipVisionModel checkpoint"
+            + "".join(f", a {f.full_class.__name__}" for f in FAMILIES.values() if f.name not in ("clip", "siglip"))
+            + "; another tower family is an entry in aft_hf.model.FAMILIES)")
     return family
 
 

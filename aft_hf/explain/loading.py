@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..model import ImageEncoder, ModelLoadError, encoder_family, load_image_encoder, load_model_config
+from ..model import FAMILIES, ImageEncoder, ModelLoadError, encoder_family, load_image_encoder, load_model_config
 from ..resolution import check_image_size
 from .targets import TextTower, is_full_clip, load_text_tower
 
@@ -22,6 +22,12 @@ def pick_device(spec: str = "auto") -> torch.device:
     return resolve_device(spec)
 
 
+def _projects(encoder) -> bool:
+    """Whether ``encoder``'s family embeds images through a projection (CLIP) rather than its pooled output (SigLIP)."""
+    family = FAMILIES.get(getattr(encoder, "family", "clip"))
+    return family is None or family.projection
+
+
 def embedding_width(encoder) -> tuple[Optional[int], str]:
     """(width of the embedding ``encoder`` returns, what it is); (None, "") when not a CLIP ImageEncoder.
 
@@ -31,14 +37,14 @@ def embedding_width(encoder) -> tuple[Optional[int], str]:
     config = getattr(getattr(encoder, "vision", None), "config", None)
     if config is None:
         return None, ""
-    if getattr(encoder, "family", "clip") != "clip":
+    if not _projects(encoder):
         return getattr(config, "hidden_size", None), f"the pooled output of a {encoder.family} tower"
     return getattr(config, "projection_dim", None), "the projected embedding"
 
 
 def _refuse_bare_clip(model: str, encoder) -> None:
     """A ``CLIPVisionModel``'s pooled output is not in any text tower's space, whatever the widths: no zero-shot."""
-    if getattr(encoder, "family", "clip") == "clip" and not getattr(encoder, "has_projection", True):
+    if _projects(encoder) and not getattr(encoder, "has_projection", True):
         raise ModelLoadError(f"model {model} is a CLIPVisionModel without visual_projection: its pooled output is "
                              "not in the text tower's embedding space, so zero-shot scores would mean nothing "
                              "(whatever the widths): use the full CLIPModel or a CLIPVisionModelWithProjection")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import AftError
+from ..model import family_of
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ class TextTower(nn.Module):
         self.logit_bias = float(bias.detach().reshape(-1)[0]) if bias is not None else 0.0
         self.sigmoid = bias is not None
         """True for SigLIP: scores are per-class sigmoids, not a softmax over classes."""
-        self.family = "siglip" if self.sigmoid else "clip"
+        family = family_of(getattr(getattr(clip_model, "config", None), "model_type", ""))
+        self.family = family.name if family is not None else "siglip" if self.sigmoid else "clip"
         self.padding: Union[bool, str] = "max_length" if self.sigmoid else True
         self.tokenizer = tokenizer
         positions = getattr(self.text_model.config, "max_position_embeddings", None) or 77
