@@ -625,7 +625,8 @@ def validate(cfg: TrainConfig) -> list[str]:
     p: list[str] = _validate_lora(cfg.lora)
     a, o, d, c, lg = cfg.attack, cfg.optim, cfg.data, cfg.checkpoint, cfg.logging
     if a.norm not in available_norms():
-        p.append(f"attack.norm: unknown norm '{a.norm}' (choose from {', '.join(available_norms())})")
+        p.append(f"attack.norm: unknown norm '{a.norm}' (choose from {', '.join(available_norms())}; a norm you "
+                 "registered in Python exists in that process only: train there with aft_hf.train.train)")
     if a.mode not in ("pgd", "noise"):
         p.append(f"attack.mode: unknown mode '{a.mode}' (choose pgd or noise)")
     for name in ("eps", "eps2", "alpha", "noise_std"):

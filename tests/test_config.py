@@ -55,6 +55,7 @@ def test_every_problem_listed_at_once(tmp_path):
                      "unknown norm 'l3'", "attack.eps: must be >= 0", "optim.lr: must be > 0",
                      "warmup_steps (50) is longer than training"]:
         assert expected in text, expected
+    assert "a norm you registered in Python exists in that process only" in text
     assert len(err.value.problems) == 7
 
 

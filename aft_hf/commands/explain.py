@@ -17,6 +17,7 @@ import torch
 from ..data.images import image_geometry, load_images, load_readable_images
 from ..explain.inputs import collect_images, image_labels, model_labels
 from ..explain.loading import load_models_and_texts, pick_device
+from ..explain.base import method_label
 from ..explain.methods import Explainer, available_methods, resolve_method
 from ..explain.options import OptionProblems
 from ..explain.targets import ExplainError, check_template, image_targets
@@ -128,10 +129,14 @@ def _figure(out: Path, views: dict, geometries: dict, per_model: dict, rows: lis
     else each model's maps drawn over its *own* view of the images (CLIP crops, SigLIP squashes)."""
     from ..figures import attribution_grid
 
+    def shown(key: str) -> str:  # "model / integrated_gradients" -> "model / Integrated Gradients", as evaluate draws it
+        model, _, method = key.rpartition(" / ")
+        return f"{model} / {method_label(method)}" if model else method_label(method)
+
     if len(set(geometries.values())) == 1:
-        flat = {k: m for maps in per_model.values() for k, m in maps.items()}
+        flat = {shown(k): m for maps in per_model.values() for k, m in maps.items()}
         return attribution_grid(next(iter(views.values())), flat, out / FIGURE, row_titles=rows, title=title)
-    grouped = {short: {k.split(" / ", 1)[-1]: m for k, m in maps.items()} for short, maps in per_model.items()}
+    grouped = {short: {method_label(k.split(" / ", 1)[-1]): m for k, m in maps.items()} for short, maps in per_model.items()}
     return attribution_grid(views, grouped, out / FIGURE, row_titles=rows, title=title)
 
 

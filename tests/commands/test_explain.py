@@ -62,9 +62,10 @@ def test_each_model_is_drawn_over_its_own_view_of_the_image(tiny_clip_path, sigl
     assert (crop - squash).abs().max() > 0.5  # the disc is in one view only
     assert set(call["images"]) == {"model", "tinysig"}
     assert torch.equal(call["images"]["model"], crop) and torch.equal(call["images"]["tinysig"], squash)
-    assert list(call["maps"]["tinysig"]) == ["saliency"] and list(call["maps"]["model"]) == ["saliency"]
+    # the figure names methods as evaluate's figures do; maps.pt keeps the registry names
+    assert list(call["maps"]["tinysig"]) == ["Simple Gradient"] and list(call["maps"]["model"]) == ["Simple Gradient"]
     saved = torch.load(out / "maps.pt")
-    assert torch.equal(saved["tinysig / saliency"], call["maps"]["tinysig"]["saliency"])
+    assert torch.equal(saved["tinysig / saliency"], call["maps"]["tinysig"]["Simple Gradient"])
     geometries = json.loads((out / "explain.json").read_text())["image_geometries"]
     assert "centre" not in geometries["tinysig"] and geometries["tinysig"] != geometries["model"]
 
@@ -75,7 +76,7 @@ def test_models_that_see_images_alike_share_one_image_column(tiny_clip_path, wid
                  str(wide_image), "--labels", "blue circle", "--methods", "saliency", "--out", str(out)]) == 0
     (call,) = drawn
     assert torch.equal(call["images"], _view(tiny_clip_path, wide_image))
-    assert list(call["maps"]) == ["model / saliency", "model#2 / saliency"]
+    assert list(call["maps"]) == ["model / Simple Gradient", "model#2 / Simple Gradient"]
 
 
 @pytest.mark.parametrize("target", ["caption", "reference"])
