@@ -23,10 +23,12 @@ dataset repos write them)."""
 
 def label_feature(data: DataConfig):
     """The feature of ``data.label_column`` of the training split; refuses a data set without that column."""
-    from .data.loading import load_image_dataset
+    from .data.loading import load_image_dataset, load_source
+    from .evaluate.data import names_from_column
 
-    ds = load_image_dataset(data, label_column=data.label_column)
-    return (ds.features or {}).get(data.label_column)
+    ds = load_image_dataset(data, label_column=data.label_column)  # its label column alone: the names column is read
+    named = names_from_column(load_source(data), data.label_column)  # from the whole split, as evaluate reads it
+    return named or (ds.features or {}).get(data.label_column)
 
 
 def _folder_class_names(data: DataConfig):
@@ -42,16 +44,14 @@ def training_class_names(data: DataConfig) -> list[str]:
     """Class names of the training labels: ``data.class_names`` (a file, or ``imagenet``), else the label
     column's ClassLabel, else the data folder's ``classnames.txt``. A data set without the label column, or
     whose labels have no names, is refused in one line (the data set's features are read, no image decoded)."""
-    from .evaluate.classnames import imagenet_classnames, names_from_feature, read_names_file
+    from .evaluate.classnames import imagenet_classnames, names_from_feature, names_order_problem, read_names_file
 
     feature = label_feature(data)
     source = data.class_names
     if source:
         names = imagenet_classnames() if source == "imagenet" else read_names_file(source)
-        classes = getattr(feature, "num_classes", None)
-        if classes is not None and classes != len(names):
-            raise ObjectiveError(f"data.class_names gives {len(names)} names but '{data.label_column}' of "
-                                 f"'{data.dataset}' has {classes} classes")
+        if problem := names_order_problem(names, feature, "data.class_names"):
+            raise ObjectiveError(f"{problem} ('{data.label_column}' of '{data.dataset}')")
         return names
     names = names_from_feature(feature) or _folder_class_names(data)
     if names is None:

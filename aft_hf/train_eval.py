@@ -29,6 +29,7 @@ from .attack import embedding_distance
 from .config import DataConfig, TrainConfig
 from .data.images import DECODE_ERRORS, ImageGeometry, ImageModeError, image_geometry, open_image, to_rgb, to_tensor
 from .data.loading import DataError, _load_hub_or_folder
+from .evaluate.data import names_from_column
 from .evaluate.errors import EvaluationError
 from .model import ImageEncoder
 
@@ -68,6 +69,7 @@ def load_eval_images(cfg: TrainConfig, size: "int | ImageGeometry") -> tuple[Ten
         raise DataError(f"eval: dataset '{dcfg.dataset}' has no column '{dcfg.image_column}' "
                         f"(columns: {', '.join(ds.column_names)})")
     label_col = cfg.eval.label_column if cfg.eval.label_column in ds.column_names else None
+    named = names_from_column(ds, label_col) if label_col else None  # metadata's class_name, as evaluate reads it
     if isinstance(ds.features[dcfg.image_column], datasets.Image):
         ds = ds.cast_column(dcfg.image_column, datasets.Image(decode=False))
     ds = ds.shuffle(seed=cfg.seed).select(range(min(cfg.eval.num_samples, len(ds))))
@@ -82,7 +84,7 @@ def load_eval_images(cfg: TrainConfig, size: "int | ImageGeometry") -> tuple[Ten
             labels.append(example[label_col])
     if not images:
         raise DataError(f"eval: no readable images in '{dcfg.dataset}' split '{split}'")
-    feature = ds.features[label_col] if label_col else None
+    feature = named or (ds.features[label_col] if label_col else None)
     return torch.stack(images), labels if label_col else None, feature, split
 
 
@@ -100,7 +102,7 @@ def _zero_shot(cfg: TrainConfig, encoder: ImageEncoder, raw_labels: Optional[lis
     """Labels as class indices, zero-shot class weights and logit scale, or (None, None, 0, why not).
 
     Raises :class:`EvaluationError` where ``aft-hf evaluate`` does: a label with no class name."""
-    from .evaluate.classnames import imagenet_classnames, names_from_feature, read_names_file
+    from .evaluate.classnames import imagenet_classnames, names_from_feature, names_order_problem, read_names_file
     from .evaluate.zeroshot import label_indices
 
     if not encoder.base_is_full_clip:
@@ -112,6 +114,8 @@ def _zero_shot(cfg: TrainConfig, encoder: ImageEncoder, raw_labels: Optional[lis
     source = cfg.eval.class_names
     names = (imagenet_classnames() if source == "imagenet" else read_names_file(source) if source
              else names_from_feature(feature))
+    if source and source != "imagenet" and (problem := names_order_problem(names, feature, "eval.class_names")):
+        raise EvaluationError(f"eval: {problem}")
     beside = _folder_classnames(cfg) if names is None and not source else None
     if beside is not None:  # a local folder that names its classes (`aft-hf world sample`, clip_benchmark's layout)
         names, source = read_names_file(str(beside)), str(beside)

@@ -124,7 +124,7 @@ def test_class_names_file_shorter_than_the_labels_is_refused_as_evaluate_does(tm
     data = write_shapes_imagefolder(tmp_path / "shapes", num_images=24, size=40)
     short = tmp_path / "names.txt"
     short.write_text("red circle\nblue square\n")
-    with pytest.raises(EvaluationError, match=r"eval: label \d+ has no class name \(2 names given\)"):
+    with pytest.raises(EvaluationError, match=r"eval: eval.class_names gives 2 names but the label column has \d+ classes"):
         train(run_cfg("builtin:world-clip", data, tmp_path / "run", "--eval.every_steps", "2",
                       "--eval.num_samples", "24", "--eval.class_names", str(short)))
     assert not (tmp_path / "run" / "final").exists()

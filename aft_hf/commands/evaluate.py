@@ -282,7 +282,9 @@ def _cli_evaluate(args, extra) -> int:
     named = data.named_labels  # labels given as class names: a world folder's full list of classes, if it is one
     world = (None if names_from_feature(data.label_feature) and not (named or data.names_column) else
              world_label_feature(args.data_dir or args.dataset, "label" if named else args.label_column))
-    names = resolve_classnames(args.class_names, world or data.label_feature, args.imagenet_classnames)
+    # labels given as names index the names found, not a data set's classes: a names file is then looked up by name
+    feature = world or (None if named and args.class_names else data.label_feature)
+    names = resolve_classnames(args.class_names, feature, args.imagenet_classnames)
     source = ("file " + args.class_names if args.class_names else
               "shipped cleaned ImageNet-1k names" if args.imagenet_classnames or is_imagenet_1k(names)
               else "world.json (aft-hf world sample)" if world

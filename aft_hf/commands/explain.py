@@ -15,9 +15,9 @@ from typing import Optional
 import torch
 
 from ..data.images import image_geometry, load_images, load_readable_images
+from ..explain.base import method_label
 from ..explain.inputs import collect_images, image_labels, model_labels
 from ..explain.loading import load_models_and_texts, pick_device
-from ..explain.base import method_label
 from ..explain.methods import Explainer, available_methods, resolve_method
 from ..explain.options import OptionProblems
 from ..explain.targets import ExplainError, check_template, image_targets

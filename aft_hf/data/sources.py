@@ -89,7 +89,9 @@ def _as_stream(ds: datasets.Dataset) -> datasets.IterableDataset:
 def _load_tables(folder: Path, cfg: DataConfig, what: str = "parquet/arrow"):
     """Parquet/arrow (or webdataset tar) shards; splits from the README ``configs:`` block or the file names."""
     try:
-        return datasets.load_dataset(str(folder), cfg.config_name, split=cfg.split, streaming=cfg.streaming)
+        # resolved: a relative 'parquet' or 'webdataset' is also a datasets loader name, which reads the whole
+        # working directory instead of the folder
+        return datasets.load_dataset(str(folder.resolve()), cfg.config_name, split=cfg.split, streaming=cfg.streaming)
     except ValueError as e:  # unknown split or config: datasets lists the known ones
         raise DataError(f"could not read the {what} folder '{folder}': {e}; set data.split / "
                         "data.config_name") from e

@@ -81,16 +81,47 @@ def names_from_feature(feature) -> Optional[list[str]]:
     return [n.replace("_", " ").split(",")[0].strip() for n in names]
 
 
+def _comparable(name: str) -> str:
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+def names_order_problem(names: Sequence[str], feature, option: str = "--class-names") -> Optional[str]:
+    """Why names given for a labelled data set (``option``: where they came from) cannot be its classes' names:
+    another count than its ``ClassLabel`` has, or the ``ClassLabel``'s own names in another order (zero-shot
+    would score every image against another class's name: 0% on a perfect model, silently). None when they fit
+    (other names in the same count, e.g. readable names for WordNet ids, are the point of a names file)."""
+    import datasets
+
+    if not isinstance(feature, datasets.ClassLabel):
+        return None
+    if len(names) != feature.num_classes:
+        return f"{option} gives {len(names)} names but the label column has {feature.num_classes} classes"
+    own = [_comparable(n) for n in feature.names]
+    given = [_comparable(n) for n in names]
+    if given != own and sorted(given) == sorted(own):
+        first = next(i for i, (a, b) in enumerate(zip(own, given)) if a != b)
+        return (f"{option} lists the data set's own class names in another order (label {first} is "
+                f"'{feature.names[first]}' in the data set, '{names[first]}' in the file): every image would be scored "
+                "against another class's name; put the names in label order, or leave the option out to use the "
+                "data set's names")
+    return None
+
+
 def resolve_classnames(names_file: Optional[str] = None, feature=None, imagenet: bool = False) -> list[str]:
-    """Class names from a file, a ClassLabel feature, or the shipped ImageNet list (see module docstring)."""
+    """Class names from a file, a ClassLabel feature, or the shipped ImageNet list (see module docstring); a file that
+    does not fit the ClassLabel (:func:`names_order_problem`) is refused."""
     if names_file:
-        return read_names_file(names_file)
+        names = read_names_file(names_file)
+        if problem := names_order_problem(names, feature):
+            raise ExplainError(problem)
+        return names
     if imagenet:
         return imagenet_classnames()
     names = names_from_feature(feature) if feature is not None else None
     if names is None:
-        raise ExplainError("no class names: the label column is not a ClassLabel; pass --class-names FILE "
-                           "(one name per line) or --imagenet-classnames")
+        raise ExplainError("no class names: the label column is not a ClassLabel, and no class_name column names "
+                           "every label 0..max once; pass --class-names FILE (one name per line, in label order) or "
+                           "--imagenet-classnames")
     return names
 
 

@@ -149,18 +149,22 @@ def _label_tensor(labels: list, feature: Any, column: str) -> tuple[Tensor, Any,
     return torch.tensor([index[v] for v in labels], dtype=torch.long), datasets.ClassLabel(names=found), True
 
 
-def _names_from_column(ds: Any, features: Any, label_column: str) -> Any:
+def names_from_column(ds: Any, label_column: str, features: Any = None) -> Any:
     """A ``ClassLabel`` for integer labels without names, from the split's :data:`NAME_COLUMN` (read whole, no image
     decoded, so a ``--max-samples`` subset keeps every class the split names); None when there is no such column or
     it cannot name each class 0..max once (a label with two names is warned about; a class without images, as in a
-    small world sample whose world.json names them all, is not)."""
+    small world sample whose world.json names them all, is not). A row without a label is an error."""
     import datasets
 
-    if (label_column == NAME_COLUMN or NAME_COLUMN not in features
-            or isinstance(features.get(label_column), datasets.ClassLabel)):
+    features = features if features is not None else ds.features
+    if (label_column == NAME_COLUMN or NAME_COLUMN not in features or label_column not in features
+            or isinstance(features.get(label_column), datasets.ClassLabel) or not isinstance(ds, datasets.Dataset)):
         return None
     names: dict[int, str] = {}
-    for label, name in zip(ds[label_column], ds[NAME_COLUMN]):
+    for row, (label, name) in enumerate(zip(ds[label_column], ds[NAME_COLUMN])):
+        if label is None:
+            raise EvaluationError(f"row {row} of the split has no '{label_column}' (it is null or missing there): give "
+                                  "every image a label")
         if isinstance(label, str) or not isinstance(name, str) or not name.strip():
             return None  # labels that are names already, or rows without a name
         if names.setdefault(int(label), name) != name:
@@ -223,7 +227,7 @@ def load_labelled_images(dataset: str, size: "int | ImageGeometry", split: Optio
     for col in (image_column, mask_column):
         if col and isinstance(features.get(col), datasets.Image):
             ds = ds.cast_column(col, datasets.Image(decode=False))
-    named_by = None if streaming else _names_from_column(ds, features, label_column)
+    named_by = None if streaming else names_from_column(ds, label_column, features)
     if not streaming:  # the rows ds.shuffle(seed=seed) would give, kept so each image can be named by its row
         rows = np.random.default_rng(seed).permutation(len(ds))
         rows = rows[:max_samples] if max_samples is not None else rows

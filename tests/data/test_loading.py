@@ -3,6 +3,7 @@ reads, bad-sample limits, every local form of a data set, and one-line errors in
 
 import json
 import logging
+import shutil
 import time
 
 import datasets
@@ -302,6 +303,16 @@ def test_parquet_readme_and_save_to_disk_folders_load(saved_forms, streaming):
         assert len(pixels(loader)) == 8, name
     with pytest.raises(DataError, match="no split 'test'.*train"):
         load_image_dataset(DataConfig(dataset=str(saved_forms["saved"]), split="test"))
+
+
+def test_a_relative_folder_named_like_a_datasets_loader_reads_that_folder_only(saved_forms, tmp_path, monkeypatch):
+    """`--data.dataset parquet` from the folder holding `parquet/` read every parquet file of the working directory
+    (datasets took it for its `parquet` loader): 16 images here instead of the folder's 8."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "other").mkdir()
+    shutil.copy(next((saved_forms["parquet"] / "data").iterdir()), tmp_path / "other" / "train-extra.parquet")
+    for spelling in ("parquet", "./parquet"):
+        assert len(load_image_dataset(DataConfig(dataset=spelling, split="train"))) == 8, spelling
 
 
 @pytest.mark.slow

@@ -97,3 +97,57 @@ def test_evaluate_names_the_classes_from_the_class_name_column(tmp_path, tiny_cl
     assert main(["evaluate", "--model", str(tiny_clip_path), "--dataset", str(clash), "--metrics", "zeroshot",
                  "--out", str(tmp_path / "ev2")]) == 2
     assert "no class names" in capsys.readouterr().err
+
+
+def test_a_names_file_in_another_order_or_count_than_the_classlabel_is_refused(tmp_path, tiny_clip_path, capsys):
+    """Class folders are named in sorted order; a file with the same names in another order scored 0% silently."""
+    import datasets
+
+    from aft_hf.cli import main
+    from aft_hf.evaluate.classnames import names_order_problem
+
+    feature = datasets.ClassLabel(names=["blue_square", "green_triangle", "red_circle"])
+    problem = names_order_problem(["red circle", "blue square", "green triangle"], feature)
+    assert "in another order (label 0 is 'blue_square' in the data set, 'red circle' in the file)" in problem
+    assert "gives 4 names but the label column has 3 classes" in names_order_problem(list("abcd"), feature)
+    assert names_order_problem(["Blue square", "green triangle", "red circle"], feature) is None  # same order
+    assert names_order_problem(["a square", "a triangle", "a circle"], feature) is None  # other names: the point
+    folder = tmp_path / "shapes"
+    for cls in ("blue_square", "red_circle"):
+        (folder / cls).mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(folder / cls / "0.png")
+    (tmp_path / "names.txt").write_text("red circle\nblue square\n")
+    assert main(["evaluate", "--model", str(tiny_clip_path), "--dataset", str(folder), "--metrics", "zeroshot",
+                 "--class-names", str(tmp_path / "names.txt"), "--out", str(tmp_path / "ev")]) == 2
+    assert "--class-names lists the data set's own class names in another order" in capsys.readouterr().err
+
+
+def test_a_row_without_a_label_is_named_not_a_traceback(tmp_path):
+    folder = _named_folder(tmp_path / "named", [(0, "cat"), (1, "dog"), (2, "bird")])
+    rows = (folder / "metadata.jsonl").read_text().splitlines()
+    rows[1] = json.dumps({"file_name": "1.png", "class_name": "dog"})  # no "label"
+    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(EvaluationError, match="row 1 of the split has no 'label'"):
+        load_labelled_images(str(folder), 32, progress=False)
+
+
+@pytest.mark.slow
+def test_training_reads_the_class_name_column_as_evaluate_does(tmp_path, caplog):
+    """Training's eval.* logged 'not a ClassLabel' and TeCoA refused the folder that evaluate named by its column."""
+    import logging
+
+    from aft_hf.config import load_config
+    from aft_hf.objective_setup import training_class_names
+    from aft_hf.train import train
+
+    names = ["red circle", "blue square", "green cross"]  # words the world CLIP's tokenizer knows
+    folder = _named_folder(tmp_path / "named", [(i % 3, names[i % 3]) for i in range(8)])
+    assert training_class_names(load_config(None, ["--data.dataset", str(folder)]).data) == names
+    with caplog.at_level(logging.INFO):
+        train(load_config(None, [
+            "--model.name_or_path", "builtin:world-clip", "--data.dataset", str(folder), "--output_dir",
+            str(tmp_path / "run"), "--optim.batch_size", "4", "--max_steps", "2", "--warmup_steps", "0",
+            "--attack.steps", "1", "--logging.report_to", "none", "--eval.every_steps", "2", "--eval.num_samples", "8"]))
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["eval"]["eval/zeroshot_top1"] is not None, summary["eval"]
+    assert "not a ClassLabel" not in caplog.text
