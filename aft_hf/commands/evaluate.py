@@ -198,6 +198,8 @@ def _check_options(args) -> list[str]:
     problems.at_least("--batch-size", args.batch_size, 1)
     problems.at_least("--deletion-steps", args.deletion_steps, 1)
     problems.at_least("--tolerance", args.tolerance, 0)
+    problems.require(not (args.mask_column and args.box_column), "--mask-column and --box-column both given: the "
+                     "localisation metrics read one region per image; give one of them")
     problems.require(args.robust_norm in apgd_norms(), f"--robust-norm: APGD attacks {', '.join(apgd_norms())}, "
                                                         f"not {args.robust_norm!r}")
     if args.robust_norm in apgd_norms():

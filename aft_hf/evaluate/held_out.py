@@ -9,6 +9,7 @@ on the model card.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -54,16 +55,61 @@ def _same_data(a: Optional[str], b: Optional[str]) -> bool:
     return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
 
 
+_PART = re.compile(r"^\s*(?P<base>[^\[\]+]+?)\s*(?:\[(?P<a>-?\d*)(?P<ap>%?):(?P<b>-?\d*)(?P<bp>%?)\])?\s*$")
+
+
+def _parts(split: str) -> Optional[list[tuple[str, Optional[tuple[str, float, float]]]]]:
+    """``train[:80%]+validation`` -> [("train", ("%", 0, 80)), ("validation", None)]; None when not understood."""
+    out = []
+    for part in split.split("+"):
+        m = _PART.match(part)
+        if m is None:
+            return None
+        if m["a"] is None:
+            out.append((m["base"], None))
+            continue
+        unit = "%" if m["ap"] or m["bp"] else "rows"
+        if (m["ap"] and m["a"] == "") or (m["bp"] and m["b"] == ""):
+            unit = "%"
+        start = float(m["a"]) if m["a"] else 0.0
+        end = float(m["b"]) if m["b"] else (100.0 if unit == "%" else float("inf"))
+        if start < 0 or end < 0:  # counted from the end: the length is unknown here
+            out.append((m["base"], ("?", 0.0, 0.0)))
+        else:
+            out.append((m["base"], (unit, start, end)))
+    return out
+
+
+def _splits_overlap(a: str, b: str) -> bool:
+    """Whether two split expressions (``datasets`` slicing: ``train``, ``train[:80%]``, ``train[100:200]``,
+    ``a+b``) may share rows: same split name and slices that intersect (or cannot be compared)."""
+    pa, pb = _parts(a), _parts(b)
+    if pa is None or pb is None:
+        return a == b
+    for base_a, slice_a in pa:
+        for base_b, slice_b in pb:
+            if base_a != base_b:
+                continue
+            if slice_a is None or slice_b is None or slice_a[0] != slice_b[0] or slice_a[0] == "?":
+                return True
+            if max(slice_a[1], slice_b[1]) < min(slice_a[2], slice_b[2]):
+                return True
+    return False
+
+
 def training_overlap(training_data: Optional[dict], dataset: str, split: Optional[str],
                      data_dir: Optional[str] = None) -> Optional[str]:
-    """A one-line warning when ``dataset`` / ``split`` (as evaluated) is the split the model was trained on
-    (``training_data``: the ``data`` section of its training config); None otherwise or when unknown."""
+    """A one-line warning when ``dataset`` / ``split`` (as evaluated) may share images with the split the model was
+    trained on (``training_data``: the ``data`` section of its training config; slices such as ``train[:80%]`` are
+    compared); None otherwise or when unknown."""
     data = training_data or {}
     trained = _reference(data.get("dataset"), data.get("data_dir"))
-    if not split or split != data.get("split", "train") or not _same_data(trained, _reference(dataset, data_dir)):
+    trained_split = str(data.get("split", "train"))
+    if not split or not _splits_overlap(split, trained_split) or not _same_data(trained, _reference(dataset, data_dir)):
         return None
     shown = _reference(dataset, data_dir)
     shown = Path(shown).name if Path(shown).expanduser().exists() else shown  # a report may be published: no local path
-    return (f"not held out: split '{split}' of '{shown}' is the split this model was trained "
-            "on, so these images may include its training images and the numbers do not compare with other models' "
-            "held-out results; evaluate on another split")
+    what = ("is the split this model was trained on" if split == trained_split
+            else f"overlaps '{trained_split}', the split this model was trained on")
+    return (f"not held out: split '{split}' of '{shown}' {what}, so these images may include its training images and "
+            "the numbers do not compare with other models' held-out results; evaluate on another split")

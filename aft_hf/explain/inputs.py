@@ -4,20 +4,27 @@ and short column labels for the models compared (used by ``aft-hf explain``, usa
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
 from .targets import ExplainError
 
+logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 
 def listed_images(folder: Path) -> Optional[list[Path]]:
-    """The images a ``folder/metadata.jsonl`` lists (its ``file_name`` column, in its order), or None when the
-    folder has no such file. That is the ``datasets`` imagefolder layout (``aft-hf world sample`` writes it):
-    masks, figures and anything else in the folder are not its images."""
+    """The images a ``folder/metadata.jsonl`` (or ``metadata.csv``) lists (its ``file_name`` column, in its order), or
+    None when the folder has no such file. That is the ``datasets`` imagefolder layout (``aft-hf world sample``
+    writes it): masks, figures and anything else in the folder are not its images."""
     meta = folder / "metadata.jsonl"
     if not meta.is_file():
+        if (folder / "metadata.csv").is_file():
+            rows = _metadata_rows(folder)
+            if not rows or any(not (r.get("file_name") or "").strip() for r in rows):
+                raise ExplainError(f"{folder / 'metadata.csv'} needs a file_name column naming each row's image")
+            return [folder / r["file_name"] for r in rows]
         return None
     files = []
     for number, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
@@ -60,33 +67,60 @@ def collect_images(paths: Sequence[str], max_images: Optional[int] = None,
     return files if max_images is None else files[:max_images]
 
 
+def _metadata_rows(folder: Path) -> list[dict]:
+    """The rows of ``folder/metadata.jsonl`` or ``folder/metadata.csv`` (the imagefolder conventions), [] when none."""
+    import csv
+
+    meta = folder / "metadata.jsonl"
+    if meta.is_file():
+        rows = []
+        for line in meta.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+        return [r for r in rows if isinstance(r, dict)]
+    meta = folder / "metadata.csv"
+    if meta.is_file():
+        with meta.open(encoding="utf-8", newline="") as fh:
+            return list(csv.DictReader(fh))
+    return []
+
+
 def _metadata_class_names(folder: Path, cache: dict) -> dict:
-    """``file_name`` -> ``class_name`` from ``folder/metadata.jsonl`` (the imagefolder convention that
-    ``aft-hf world sample`` writes); {} when there is none or it has no class names."""
+    """``file_name`` -> its class name from the folder's metadata (``metadata.jsonl`` or ``.csv``, the imagefolder
+    conventions that ``aft-hf world sample`` writes): its ``class_name``, else a ``label`` that is a name (not a
+    number); None for a listed file without either. {} when there is no metadata."""
     if folder not in cache:
-        names, meta = {}, folder / "metadata.jsonl"
-        if meta.is_file():
-            for line in meta.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(row, dict) and isinstance(row.get("class_name"), str) and "file_name" in row:
-                    names[str(Path(row["file_name"]))] = row["class_name"]
+        names: dict = {}
+        for row in _metadata_rows(folder):
+            if "file_name" not in row:
+                continue
+            name, label = row.get("class_name"), row.get("label")
+            if not (isinstance(name, str) and name.strip()):
+                name = label if isinstance(label, str) and label.strip() and not label.strip().isdigit() else None
+            names[str(Path(row["file_name"]))] = name
         cache[folder] = names
     return cache[folder]
 
 
 def default_label(file: Path, cache: dict) -> str:
-    """The ``class_name`` a ``metadata.jsonl`` in the image's folder or the two above gives it, else the
-    folder name (underscores to spaces), as for an ``ImageFolder`` tree ``cat/1.jpg``."""
+    """The class name the metadata of the image's folder or the two above gives it (``class_name``, or a ``label``
+    that is a name), else the folder name (underscores to spaces), as for an ``ImageFolder`` tree ``cat/1.jpg``.
+    An image the metadata lists without a name (integer labels only) is labelled by its folder with a warning."""
     for folder in [file.parent, *file.parent.parents][:3]:
         try:
-            name = _metadata_class_names(folder, cache).get(str(file.relative_to(folder)))
+            names = _metadata_class_names(folder, cache)
+            key = str(file.relative_to(folder))
         except ValueError:
-            name = None
-        if name:
-            return name
+            continue
+        if names.get(key):
+            return names[key]
+        if key in names and ("warned", folder) not in cache:
+            cache[("warned", folder)] = True
+            logger.warning("the metadata in %s gives no class name for %s (a class_name column, or labels that are "
+                           "names): labelled '%s' after its folder; give --labels", folder, key,
+                           file.parent.name.replace("_", " "))
     return file.parent.name.replace("_", " ")
 
 

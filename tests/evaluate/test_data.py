@@ -110,6 +110,8 @@ def test_cli_evaluate_bad_mask_or_label_column_exits_2(tiny_clip_path, tmp_path,
     assert main(base + ["--label-column", "boxes"]) == 2
     err = capsys.readouterr().err
     assert "--label-column 'boxes'" in err and "Traceback" not in err
+    assert main(base + ["--label-column", "cls", "--mask-column", "mask", "--box-column", "boxes"]) == 2  # boxes were ignored
+    assert "--mask-column and --box-column both given" in capsys.readouterr().err
     # labels given as class names ("cat"): looked up in the --class-names file, one line when one is missing
     (tmp_path / "names.txt").write_text("dog\nbird\n")
     assert main(base + ["--label-column", "name", "--class-names", str(tmp_path / "names.txt")]) == 2

@@ -25,6 +25,29 @@ def test_explain_labels_come_from_metadata_class_name(tmp_path):
     assert image_labels(files, None) == ["red circle", "blue square", "other"]
 
 
+def test_explain_labels_come_from_string_labels_and_metadata_csv_and_an_unnamed_label_is_said(tmp_path, caplog):
+    """A metadata.jsonl whose labels are names, or a metadata.csv, labelled every image 'images' (its folder)."""
+    import logging
+
+    for kind in ("jsonl", "csv", "ints"):
+        (tmp_path / kind / "images").mkdir(parents=True)
+        for name in ("a.png", "b.png"):
+            Image.new("RGB", (8, 8)).save(tmp_path / kind / "images" / name)
+    (tmp_path / "jsonl" / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": f"images/{n}.png", "label": c}) + "\n" for n, c in (("a", "red circle"),
+                                                                                          ("b", "blue square"))))
+    (tmp_path / "csv" / "metadata.csv").write_text("file_name,label\nimages/a.png,red circle\nimages/b.png,blue square\n")
+    (tmp_path / "ints" / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": f"images/{n}.png", "label": i}) + "\n" for i, n in enumerate("ab")))
+    for kind in ("jsonl", "csv"):
+        files = collect_images([str(tmp_path / kind)])
+        assert [f.name for f in files] == ["a.png", "b.png"]
+        assert image_labels(files, None) == ["red circle", "blue square"], kind
+    with caplog.at_level(logging.WARNING):
+        assert image_labels(collect_images([str(tmp_path / "ints")]), None) == ["images", "images"]
+    assert "gives no class name for images/a.png" in caplog.text and "give --labels" in caplog.text
+
+
 def test_world_folder_gives_class_names(tmp_path):
     write_imagefolder(tmp_path, 4, seed=0)
     feature = world_label_feature(str(tmp_path))

@@ -64,3 +64,16 @@ def test_evaluate_and_the_card_say_when_the_images_are_the_training_split(tmp_pa
         card = (out / "README.md").read_text()
         assert ("**Warning: not held out" in card) is warned
         assert str(tmp_path) not in card  # the warning names the data as the card does, not the author's path
+
+
+@pytest.mark.parametrize("trained, evaluated, overlap", [
+    ("train[:80%]", "train", True), ("train[:80%]", "train[80%:]", False), ("train[:80%]", "train[70%:]", True),
+    ("train[:100]", "train[100:200]", False), ("train[:100]", "train[50:]", True), ("train[:100]", "train[50%:]", True),
+    ("train+validation", "validation", True), ("train", "test", False), ("train[-10%:]", "train[:5%]", True),
+])
+def test_slices_of_the_training_split_are_compared(trained, evaluated, overlap):
+    """The documented recipe trains on train[:80%]; evaluating on `train` then measured 80% training images, unsaid."""
+    flagged = training_overlap({"dataset": "me/data", "split": trained}, "me/data", evaluated)
+    assert (flagged is not None) is overlap
+    if flagged and trained != evaluated:
+        assert f"overlaps '{trained}', the split this model was trained on" in flagged
