@@ -4,6 +4,29 @@ is done by calls into the library modules. :mod:`aft_hf.cli` loads every module 
 """
 
 import argparse
+import contextlib
+import re
+from typing import Iterator, Mapping
+
+EVALUATE_DATA_OPTIONS = {"data.dataset": "--dataset", "data.split": "--split", "data.config_name": "--config-name",
+                         "data.data_dir": "--data-dir", "data.image_column": "--image-column",
+                         "data.label_column": "--label-column", "data.class_names": "--class-names"}
+"""The config fields that the data loaders' messages name, as ``aft-hf evaluate`` spells them."""
+
+
+@contextlib.contextmanager
+def data_messages_as(options: Mapping[str, str]) -> Iterator[None]:
+    """Data errors raised inside name the command's options (``--split``), not the training config's fields
+    (``data.split``) that the shared loaders name."""
+    from ..data.errors import DataError
+
+    try:
+        yield
+    except DataError as e:
+        text = re.sub(r"\bdata\.[a-z_]+", lambda m: options.get(m.group(0), m.group(0)), str(e))
+        if text == str(e):
+            raise
+        raise type(e)(text) from e
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):

@@ -48,11 +48,13 @@ from ..outputs import check_results_owner, results_folder
 from ..results import Scalar
 from ..threat_models import DEFAULT_NORM, apgd_norms, robust_budget_problems
 from . import (
+    EVALUATE_DATA_OPTIONS,
     DefaultsHelpFormatter,
     add_data_quality_arguments,
     add_device_and_out_arguments,
     add_model_arguments,
     check_data_quality_arguments,
+    data_messages_as,
 )
 
 logger = logging.getLogger(__name__)
@@ -266,7 +268,8 @@ def _launch(device: str) -> tuple:
 
 def _cli_evaluate(args, extra) -> int:
     metrics = _check_options(args)  # before loading models and data
-    check_source(DataConfig(dataset=args.dataset, data_dir=args.data_dir))  # a missing folder, before the models load
+    with data_messages_as(EVALUATE_DATA_OPTIONS):  # a missing folder, before the models load
+        check_source(DataConfig(dataset=args.dataset, data_dir=args.data_dir))
     check_results_owner(args.out, WRITER)
     check_shardable(metrics, launched_processes())
     device, shard, acc = _launch(args.device)
@@ -275,7 +278,7 @@ def _cli_evaluate(args, extra) -> int:
     encoders, texts, text_sources = load_models_and_texts(args.model, args.text_model, device,
                                                           image_size=args.image_size)
     size = image_geometry(encoders[0])  # the first model's own resize and crop
-    with acc.main_process_first() if acc else contextlib.nullcontext():  # the datasets cache, built once
+    with acc.main_process_first() if acc else contextlib.nullcontext(), data_messages_as(EVALUATE_DATA_OPTIONS):
         data = load_labelled_images(args.dataset, size, args.split, args.data_dir, args.config_name,
                                     args.image_column, args.label_column, args.max_samples, args.streaming,
                                     args.seed, args.mask_column, args.box_column,
@@ -336,10 +339,11 @@ def _evaluate_each(args, run: _Run, models, prepared: dict, reports: dict) -> No
         geometry = image_geometry(encoder)
         if geometry not in prepared:
             logger.warning("model %s prepares images differently (%r); they are prepared again for it", name, geometry)
-            prepared[geometry] = load_labelled_images(
-                args.dataset, geometry, args.split, args.data_dir, args.config_name, args.image_column,
-                args.label_column, args.max_samples, args.streaming, args.seed, args.mask_column, args.box_column,
-                max_bad_fraction=args.max_bad_fraction, box_format=args.box_format, box_units=args.box_units)
+            with data_messages_as(EVALUATE_DATA_OPTIONS):
+                prepared[geometry] = load_labelled_images(
+                    args.dataset, geometry, args.split, args.data_dir, args.config_name, args.image_column,
+                    args.label_column, args.max_samples, args.streaming, args.seed, args.mask_column, args.box_column,
+                    max_bad_fraction=args.max_bad_fraction, box_format=args.box_format, box_units=args.box_units)
         data_m = prepared[geometry].for_class_names(names)
         info = {"model": name, "label": label, WEIGHTS_HASH_KEY: tower_weights_sha256(encoder.vision.state_dict()),
                 "text_model": text_source, "dataset": args.dataset, "split": data_m.split,

@@ -62,9 +62,16 @@ def _pick_split(ds, cfg: DataConfig, where: str):
     """One split of a DatasetDict (``cfg.split``), or the dict itself when no split is asked for."""
     if not isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)) or cfg.split is None:
         return ds
-    if cfg.split not in ds:
+    if cfg.split in ds:
+        return ds[cfg.split]
+    try:  # datasets' split syntax, as load_dataset reads it: 'train[:80%]', 'train[100:200]+validation'
+        parts = datasets.ReadInstruction.from_spec(cfg.split).to_absolute({k: len(v) for k, v in ds.items()})
+    except (ValueError, KeyError, AssertionError, TypeError):
+        parts = None
+    if parts is None or isinstance(ds, datasets.IterableDatasetDict):
         raise DataError(f"{where} has no split '{cfg.split}' (splits: {', '.join(ds)}); set data.split")
-    return ds[cfg.split]
+    pieces = [ds[p.splitname].select(range(p.from_, p.to)) for p in parts]
+    return pieces[0] if len(pieces) == 1 else datasets.concatenate_datasets(pieces)
 
 
 def _load_saved(folder: Path, cfg: DataConfig):
@@ -178,8 +185,11 @@ def _load_hub(name: str, cfg: DataConfig, token: Optional[str]):
                 if datasets_offline() else
                 "check the id and your network; for a gated dataset such as ILSVRC/imagenet-1k accept its "
                 "terms on the Hub and log in (`hf auth login`) or set HF_TOKEN")
+        parent = Path(name).expanduser().parent
         if "/" not in name and not Path(name).exists():
             hint += f"; there is no local folder named '{name}' either"
+        elif parent != Path(".") and parent.is_dir():  # 'data/trian' beside a local 'data': a mistyped folder
+            hint = f"no such local folder ('{parent}' exists, '{name}' does not); as a Hub id: {hint}"
         raise DataError(f"could not load dataset '{cfg.dataset}': {str(e).rstrip('.')}. {hint}") from e
 
 

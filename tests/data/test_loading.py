@@ -305,6 +305,15 @@ def test_parquet_readme_and_save_to_disk_folders_load(saved_forms, streaming):
         load_image_dataset(DataConfig(dataset=str(saved_forms["saved"]), split="test"))
 
 
+def test_a_save_to_disk_folder_takes_slices_of_its_splits(saved_forms):
+    """`data.split 'train[:80%]'` (the documented held-out recipe) was refused for a save_to_disk DatasetDict."""
+    saved = str(saved_forms["saved"])
+    assert len(load_image_dataset(DataConfig(dataset=saved, split="train[:75%]"))) == 6
+    assert len(load_image_dataset(DataConfig(dataset=saved, split="train[75%:]"))) == 2
+    with pytest.raises(DataError, match="no split 'train\\[:7' .*splits: train"):
+        load_image_dataset(DataConfig(dataset=saved, split="train[:7"))
+
+
 def test_a_relative_folder_named_like_a_datasets_loader_reads_that_folder_only(saved_forms, tmp_path, monkeypatch):
     """`--data.dataset parquet` from the folder holding `parquet/` read every parquet file of the working directory
     (datasets took it for its `parquet` loader): 16 images here instead of the folder's 8."""

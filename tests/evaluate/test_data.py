@@ -210,3 +210,20 @@ def test_examples_figure_names_each_row_by_its_source(tiny_clip_path, tmp_path, 
     assert len(titles) == 4 and all(t.split("\n")[0].startswith("img") for t in titles), titles
     assert all(t.split("\n")[1] in ("cat", "dog") for t in titles)
     assert (tmp_path / "out" / "examples.png").stat().st_size > 0
+
+
+def test_evaluate_data_errors_name_its_own_options_and_a_mistyped_folder(tmp_path, monkeypatch, capsys):
+    """The shared loaders name training's fields (data.split); evaluate's user types --split."""
+    from aft_hf.cli import main
+    from aft_hf.commands import EVALUATE_DATA_OPTIONS, data_messages_as
+    from aft_hf.data.errors import DataError
+
+    with pytest.raises(DataError, match=r"^could not read x: set --split / --config-name \(data.jsonl\)$"):
+        with data_messages_as(EVALUATE_DATA_OPTIONS):
+            raise DataError("could not read x: set data.split / data.config_name (data.jsonl)")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad").mkdir()
+    assert main(["evaluate", "--model", "builtin:world-clip", "--dataset", "bad/nonexistent_dir", "--metrics",
+                 "zeroshot", "--out", "ev"]) == 2
+    err = capsys.readouterr().err
+    assert "no such local folder ('bad' exists, 'bad/nonexistent_dir' does not)" in err and "data.dataset" not in err
