@@ -23,6 +23,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_scheduler
 
 from . import perf
@@ -353,12 +354,13 @@ def _run_training(cfg: TrainConfig, accelerator: Accelerator, output_dir: Path) 
                 cfg.optim.gradient_accumulation_steps, accelerator.device, accelerator.mixed_precision, attacker,
                 main_process_only=True)
 
-    loop = TrainingLoop(cfg, accelerator, model, frozen, attacker, optimizer, scheduler, progress,
-                        resume_path, batch_size, make_loader, objective=objective)
-    if loop.evaluator is not None and progress.step == 0:
-        loop.evaluator.run(accelerator, loop.unwrapped, 0)  # the original's numbers, the baseline
-    with StopOnSignal() as stop:
-        loop.run(dataloader, stop)
+    with logging_redirect_tqdm():  # log lines (evaluations, checkpoints) above the progress bar, not glued onto it
+        loop = TrainingLoop(cfg, accelerator, model, frozen, attacker, optimizer, scheduler, progress,
+                            resume_path, batch_size, make_loader, objective=objective)
+        if loop.evaluator is not None and progress.step == 0:
+            loop.evaluator.run(accelerator, loop.unwrapped, 0)  # the original's numbers, the baseline
+        with StopOnSignal() as stop:
+            loop.run(dataloader, stop)
     final = loop.finish()
     accelerator.wait_for_everyone()
     if loop.hub_sync is not None:

@@ -180,8 +180,11 @@ def _open_mask(value: Any, column: str) -> Image.Image:
     try:
         return open_image(value)
     except (*DECODE_ERRORS, ImageModeError, OSError, ValueError) as e:
+        path = value.get("path") if isinstance(value, dict) else value if isinstance(value, str) else None
+        what = f"'{path}'" if path else f"{value!r:.80}"
+        why = "no such file" if isinstance(e, FileNotFoundError) else type(e).__name__
         raise EvaluationError(f"--mask-column '{column}' must hold mask images (or paths to them); could not read "
-                              f"{value!r:.80} as an image ({type(e).__name__})") from None
+                              f"{what} as an image ({why})") from None
 
 
 def _source_name(value, row: int) -> str:

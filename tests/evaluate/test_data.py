@@ -227,3 +227,11 @@ def test_evaluate_data_errors_name_its_own_options_and_a_mistyped_folder(tmp_pat
                  "zeroshot", "--out", "ev"]) == 2
     err = capsys.readouterr().err
     assert "no such local folder ('bad' exists, 'bad/nonexistent_dir' does not)" in err and "data.dataset" not in err
+
+
+def test_a_missing_mask_file_is_named_by_its_path(tmp_path):
+    from aft_hf.evaluate.data import _open_mask
+
+    missing = str(tmp_path / "masks" / "004.png")
+    with pytest.raises(EvaluationError, match=r"could not read '.*masks/004.png' as an image \(no such file\)$"):
+        _open_mask({"bytes": None, "path": missing}, "mask")
