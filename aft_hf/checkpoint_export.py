@@ -34,14 +34,14 @@ def find_checkpoint(path: Union[str, Path]) -> tuple[Path, Progress]:
     path = Path(path).expanduser()
     if (path / PROGRESS_FILE).is_file():
         return path, check_checkpoint(path)
-    found = list_checkpoints(path)
+    found, damage = list_checkpoints(path), ""
     for candidate in reversed(found):
         try:
             return candidate, check_checkpoint(candidate)
-        except CheckpointError:
-            continue
+        except CheckpointError as e:
+            damage = damage or f" (the newest: {e})"
     why = ("does not exist" if not path.exists() else
-           f"has only damaged checkpoints under {path / 'checkpoints'}" if found else
+           f"has only damaged checkpoints under {path / 'checkpoints'}{damage}" if found else
            f"is neither a checkpoint (no {PROGRESS_FILE}) nor a run folder with checkpoints/")
     raise CheckpointError(f"'{path}' {why}: give a folder such as <output_dir>/checkpoints/step_00000500, or the run's "
                           "output_dir for its newest checkpoint")

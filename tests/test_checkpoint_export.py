@@ -119,3 +119,21 @@ def test_the_training_doc_export_commands_run(tmp_path, monkeypatch, capsys):
         assert main(argv[1:]) == 0, argv
     assert json.loads(Path("out/tiny_offline/newest/aft_checkpoint.json").read_text())["step"] == 50
     assert json.loads(Path("out/ev_step50/report.json").read_text())["model"] == "out/tiny_offline/step50"
+
+
+def test_what_is_no_checkpoint_is_named_before_anything_loads(tmp_path, capsys):
+    """Fast: a missing folder, a folder with no checkpoints, a checkpoint written before configs were saved."""
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    for path, said in ((tmp_path / "nowhere", "does not exist"),
+                       (tmp_path / "run", "is neither a checkpoint (no progress.json) nor a run folder with checkpoints/")):
+        assert main(["export", str(path), "--out", str(tmp_path / "o")]) == 2
+        assert said in capsys.readouterr().err
+    old = tmp_path / "run" / "checkpoints" / "step_00000002"
+    old.mkdir()
+    (old / "progress.json").write_text(json.dumps({"step": 2}))
+    with pytest.raises(CheckpointError, match=r"has only damaged checkpoints .*\(the newest: checkpoint .*is damaged"):
+        export_checkpoint(tmp_path / "run", tmp_path / "o")
+    (old / "progress.json").write_text(json.dumps({"step": 2, "epoch": 0, "batches_in_epoch": 2}))
+    with pytest.raises(CheckpointError, match="has no aft_config.yaml .*written before aft_hf saved configs"):
+        export_checkpoint(tmp_path / "run", tmp_path / "o")
+    assert not (tmp_path / "o").exists()

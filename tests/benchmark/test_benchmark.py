@@ -63,6 +63,16 @@ def copies(tmp_path_factory):
     return three, binary
 
 
+@pytest.fixture(scope="module")
+def world_copies(tmp_path_factory):
+    """The same copies with class names both builtin models' tokenizers know (the world CLIP's knows its world's words
+    only: other names would all read as one unknown token, which evaluation refuses)."""
+    root = tmp_path_factory.mktemp("wds_world")
+    three = write_wds(root / "wds_three", ["red circle", "blue square", "green cross"], ["png", "webp", "png"], seed=1)
+    binary = write_wds(root / "wds_binary", ["yellow triangle", "red square"], ["webp", "jpg"], per_shard=4, seed=2)
+    return three, binary
+
+
 def _direct_accuracy(model_path, folder) -> float:
     """Clean zero-shot top-1 by hand: every tar member decoded here, classifier built from the files."""
     from aft_hf.data.images import preprocess
@@ -386,12 +396,12 @@ def _tested_commands(doc: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_docs_examples_run(copies, tmp_path, monkeypatch, single_thread):
+def test_docs_examples_run(world_copies, tmp_path, monkeypatch, single_thread):
     """docs/benchmark.md: the commands marked as tested run offline on tiny copies; the others need the Hub/GPU."""
     import shlex
     import shutil
 
-    three, binary = copies
+    three, binary = world_copies
     shutil.copytree(three, tmp_path / "mirror" / "wds_vtab-cifar10")
     shutil.copytree(binary, tmp_path / "mirror" / "wds_vtab-pcam")
     monkeypatch.chdir(tmp_path)
