@@ -18,9 +18,9 @@ from typing import Optional
 from .constants import VERSION as __version__
 from .errors import AftError
 
-COMMAND_MODULES = [f"aft_hf.commands.{name}" for name in ("train", "push", "world", "import_checkpoint", "explain",
-                                                            "evaluate", "demo", "export_openclip", "benchmark", "graft",
-                                                            "export")]
+COMMAND_MODULES = [f"aft_hf.commands.{name}" for name in ("train", "export", "push", "world", "import_checkpoint",
+                                                            "explain", "evaluate", "demo", "export_openclip", "benchmark",
+                                                            "graft")]
 QUIET_LOGGERS = ("httpx", "httpcore", "urllib3", "filelock", "fsspec", "accelerate.checkpointing",
                  "accelerate.accelerator")
 
