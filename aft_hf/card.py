@@ -396,7 +396,11 @@ def _checkpoint_sentence(info: Optional[dict]) -> list[str]:
     """The line saying that these weights are a checkpoint of a run that went on (``aft-hf export``)."""
     if not isinstance(info, dict) or not isinstance(info.get("step"), int):
         return []
-    of = f" of the {info['max_steps']} the recipe sets" if isinstance(info.get("max_steps"), int) else ""
+    total = info.get("max_steps")
+    if isinstance(total, int) and info["step"] >= total:  # the last checkpoint of the schedule: the whole run
+        return ["", f"These weights are the run's checkpoint at step {info['step']}, the last of the schedule "
+                    f"(`{CHECKPOINT_EXPORT_FILE}`, exported with `aft-hf export`)."]
+    of = f" of the {total} the recipe sets" if isinstance(total, int) else ""
     return ["", f"**These weights are the training checkpoint at step {info['step']}{of}** (`{CHECKPOINT_EXPORT_FILE}`), "
                 "exported with `aft-hf export`: the learning-rate schedule in the table ran only up to that step."]
 

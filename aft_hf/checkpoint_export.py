@@ -11,6 +11,7 @@ the model card says that the run's schedule went on past it.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Union
 
@@ -25,6 +26,7 @@ from .model import ImageEncoder, export_pretrained, load_image_encoder
 from .outputs import check_output_dir
 
 __all__ = ["export_checkpoint", "find_checkpoint"]
+logger = logging.getLogger(__name__)
 
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # a compiled or DDP-wrapped model's keys, should a state carry them
 
@@ -40,6 +42,7 @@ def find_checkpoint(path: Union[str, Path]) -> tuple[Path, Progress]:
             return candidate, check_checkpoint(candidate)
         except CheckpointError as e:
             damage = damage or f" (the newest: {e})"
+            logger.warning("%s: skipped, the checkpoint before it is exported", e)
     why = ("does not exist" if not path.exists() else
            f"has only damaged checkpoints under {path / 'checkpoints'}{damage}" if found else
            f"is neither a checkpoint (no {PROGRESS_FILE}) nor a run folder with checkpoints/")
@@ -98,7 +101,8 @@ def export_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path], overw
     _load_weights(encoder, path)
     extra = {CONFIG_FILE: (path / CONFIG_FILE).read_text(),
              CHECKPOINT_EXPORT_FILE: json.dumps({"step": progress.step, "max_steps": cfg.optim.max_steps,
-                                                 "checkpoint": path.name}, indent=2) + "\n"}
+                                                 "checkpoint": path.name, "working_dir": progress.working_dir},
+                                                indent=2) + "\n"}
     if progress.config_changes:
         extra[CONFIG_CHANGES_FILE] = json.dumps(progress.config_changes, indent=2)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from .constants import CONFIG_FILE, IMPORT_FILE, PROGRESS_FILE
+from .constants import CHECKPOINT_EXPORT_FILE, CONFIG_FILE, IMPORT_FILE, PROGRESS_FILE
 
 LOCAL_PREFIX = "local:"
 PATH_FIELDS = frozenset({
@@ -33,7 +33,7 @@ PATH_FIELDS = frozenset({
 })
 """Fields that name a model, a data set or a folder: a local path there is replaced even when relative.
 (Absolute paths are replaced in any field.)"""
-PUBLISHED_FILES = (CONFIG_FILE, "eval_report.json", IMPORT_FILE, PROGRESS_FILE)  # progress: its working_dir
+PUBLISHED_FILES = (CONFIG_FILE, "eval_report.json", IMPORT_FILE, PROGRESS_FILE, CHECKPOINT_EXPORT_FILE)  # working_dir
 """The files of a model folder or checkpoint that may hold local paths; each is rewritten on the way out."""
 
 

@@ -21,6 +21,12 @@ NAME = re.compile(r"[a-z][a-z0-9_]*")
 """What a registered name looks like: what :meth:`Registry.key` makes of any spelling a user types."""
 
 
+def _suggestion(name: str) -> str:
+    """A registrable spelling of ``name``: ``My Norm`` -> ``my_norm``, ``2d`` -> ``n2d``."""
+    key = re.sub(r"[^a-z0-9_]+", "_", name.strip().lower()).strip("_") or "name"
+    return key if key[0].isalpha() else "n" + key
+
+
 def _origin(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -35,9 +41,11 @@ class Registry(dict, Generic[T]):
         self.aliases: dict[str, str] = dict(aliases or {})
 
     def __setitem__(self, name: str, cls: T) -> None:
-        if not isinstance(name, str) or not NAME.fullmatch(name):
-            raise self.error(f"{self.kind} name {name!r} cannot be looked up: use lower-case letters, digits and _ "
-                             f"(e.g. {self.key(str(name))!r})")
+        for spelling in (name, *getattr(cls, "aliases", ())):
+            if not isinstance(spelling, str) or not NAME.fullmatch(spelling):
+                what = "name" if spelling is name else f"alias (of '{name}')"
+                raise self.error(f"{self.kind} {what} {spelling!r} cannot be looked up: use lower-case letters, digits "
+                                 f"and _ (e.g. {_suggestion(str(spelling))!r})")
         old = self.get(name)
         if old is not None and old is not cls and _origin(old) != _origin(cls):  # a re-run notebook cell is no news
             logger.warning("%s '%s' (%s) is replaced by %s", self.kind, name, _origin(old), _origin(cls))

@@ -1,6 +1,7 @@
 """``aft-hf export``: a training checkpoint becomes a model folder that evaluate, explain and push read."""
 
 import json
+import logging
 import shutil
 
 import pytest
@@ -43,7 +44,8 @@ def test_the_last_checkpoint_exports_the_final_model_and_an_earlier_one_its_own(
     assert (tmp_path / "s8" / "aft_config.yaml").read_text() == (folder / "final" / "aft_config.yaml").read_text()
     CLIPModel.from_pretrained(tmp_path / "s8")  # a full CLIP, as final/: zero-shot tools read it
     assert main(["export", str(folder), "--out", str(tmp_path / "latest")]) == 0  # a run folder: its newest one
-    assert json.loads((tmp_path / "latest" / "aft_checkpoint.json").read_text()) == {
+    record = json.loads((tmp_path / "latest" / "aft_checkpoint.json").read_text())
+    assert {k: record[k] for k in ("step", "max_steps", "checkpoint")} == {
         "step": 8, "max_steps": 8, "checkpoint": "step_00000008"}
     earlier = export_checkpoint(folder / "checkpoints" / "step_00000006", tmp_path / "s6")
     six = _vision(earlier)
@@ -60,11 +62,13 @@ def test_an_exported_checkpoint_is_evaluated_and_its_card_names_the_step(run, tm
                  "--dry-run", "--out", str(tmp_path / "hub")]) == 0
     card = (tmp_path / "hub" / "README.md").read_text()
     assert "**These weights are the training checkpoint at step 6 of the 8 the recipe sets**" in card
+    published = json.loads((tmp_path / "hub" / "aft_checkpoint.json").read_text())
+    assert published["working_dir"].startswith("local:")  # the run's folder stays on this machine
     assert "not held out" in card  # evaluated on the images it trained on: said so
 
 
 @pytest.mark.slow
-def test_bad_exports_are_refused_in_one_line_and_lose_nothing(run, tmp_path, capsys):
+def test_bad_exports_are_refused_in_one_line_and_lose_nothing(run, tmp_path, capsys, caplog):
     folder, _ = run
     ckpt = folder / "checkpoints" / "step_00000008"
     (tmp_path / "mine").mkdir()
@@ -78,6 +82,13 @@ def test_bad_exports_are_refused_in_one_line_and_lose_nothing(run, tmp_path, cap
         err = capsys.readouterr().err
         assert said in err and len(err.strip().splitlines()) == 1, err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me" and (ckpt / "model.safetensors").is_file()
+    copy = tmp_path / "run_copy"  # a run whose newest checkpoint is damaged: the one before, said in a warning
+    shutil.copytree(folder, copy)
+    (copy / "checkpoints" / "step_00000008" / "model.safetensors").write_bytes(b"cut")
+    with caplog.at_level(logging.WARNING, logger="aft_hf.checkpoint_export"):
+        out = export_checkpoint(copy, tmp_path / "from_copy")
+    assert "step_00000008 is damaged" in caplog.text and "the checkpoint before it is exported" in caplog.text
+    assert json.loads((out / "aft_checkpoint.json").read_text())["step"] == 6
     broken = tmp_path / "broken"
     shutil.copytree(ckpt, broken)
     (broken / "model.safetensors").write_bytes(b"not safetensors")

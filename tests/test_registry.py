@@ -25,6 +25,14 @@ def test_a_name_no_lookup_can_find_is_refused_at_registration(registry, error, n
     assert name not in registry
 
 
+def test_aliases_are_checked_and_the_suggestion_is_a_valid_name():
+    with pytest.raises(ExplainError, match=r"alias \(of 'foo'\) 'Foo-Bar' cannot be looked up.*e.g. 'foo_bar'"):
+        METHODS.register(type("Foo", (), {"name": "foo", "aliases": ("Foo-Bar",)}))
+    with pytest.raises(AttackError, match="e.g. 'my_norm'"):
+        THREAT_MODELS.register(type("Mine", (), {"name": "My Norm"}))
+    assert "foo" not in METHODS and "My Norm" not in THREAT_MODELS
+
+
 def test_replacing_a_registered_class_is_said(caplog, monkeypatch):
     registry = Registry("norm", AttackError, aliases={"box": "linf"})
     first = registry.register(type("Linf", (), {"name": "linf"}))

@@ -216,7 +216,7 @@ def test_evaluate_measures_robust_accuracy_under_the_norm_asked_for(tmp_path):
     assert main(["world", "sample", "--out", str(sample), "-n", "4"]) == 0
     common = ["evaluate", "--model", "builtin:world-clip", "--dataset", str(sample), "--metrics", "robust",
               "--attack-steps", "2", "--attack-targets", "1"]
-    assert main([*common, "--robust-norm", "l2", "--eps", "64", "--out", str(tmp_path / "l2")]) == 0
+    assert main([*common, "--robust-norm", "L2", "--eps", "64", "--out", str(tmp_path / "l2")]) == 0  # any case
     report = json.loads((tmp_path / "l2" / "report.json").read_text())
     attack = report["metrics"]["robust_attack"]
     assert attack["norm"] == "l2" and attack["name"].startswith("APGD-CE+APGD-T, L2")

@@ -45,6 +45,7 @@ from ..explain.loading import load_models_and_texts, pick_device
 from ..explain.options import OptionProblems
 from ..files import WEIGHTS_HASH_KEY, tower_weights_sha256
 from ..outputs import check_results_owner, results_folder
+from ..registry import Registry
 from ..results import Scalar
 from ..threat_models import DEFAULT_NORM, apgd_norms, robust_budget_problems
 from . import (
@@ -105,7 +106,7 @@ def add_subcommand(subparsers) -> None:
                    help=f"attribution methods for the map metrics, from: {', '.join(available_methods())}")
     p.add_argument("--eps", nargs="+", type=float, default=[1, 2, 4],
                    help="budgets in 1/255 units (>= 0): per pixel for L-inf, the L2 radius for --robust-norm l2")
-    p.add_argument("--robust-norm", default=DEFAULT_NORM,
+    p.add_argument("--robust-norm", default=DEFAULT_NORM, type=Registry.key,
                    help=f"the threat model of the robust accuracy: {', '.join(apgd_norms())} (default {DEFAULT_NORM}; "
                         "the field's table is L-inf), or a norm of yours registered with apgd_supported")
     p.add_argument("--robust-attack", choices=ATTACKS, default="apgd",
@@ -202,8 +203,9 @@ def _check_options(args) -> list[str]:
     problems.at_least("--tolerance", args.tolerance, 0)
     problems.require(not (args.mask_column and args.box_column), "--mask-column and --box-column both given: the "
                      "localisation metrics read one region per image; give one of them")
-    problems.require(args.robust_norm in apgd_norms(), f"--robust-norm: APGD attacks {', '.join(apgd_norms())}, "
-                                                        f"not {args.robust_norm!r}")
+    problems.require(args.robust_norm in apgd_norms(), f"--robust-norm: robust accuracy attacks "
+                                                        f"{', '.join(apgd_norms())} (with APGD or PGD), not "
+                                                        f"{args.robust_norm!r}")
     if args.robust_norm in apgd_norms():
         problems.extend(robust_budget_problems(args.eps or (), args.robust_norm), prefix="--eps: ")
     problems.at_least("--attack-steps", args.attack_steps, 1)

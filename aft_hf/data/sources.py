@@ -59,8 +59,14 @@ def local_format(folder: Path) -> str:
 
 
 def _pick_split(ds, cfg: DataConfig, where: str):
-    """One split of a DatasetDict (``cfg.split``), or the dict itself when no split is asked for."""
-    if not isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)) or cfg.split is None:
+    """One split of a DatasetDict (``cfg.split``, slices such as ``train[:80%]`` included), or the dict itself when no
+    split is asked for. A single saved ``Dataset`` is the one split it was saved as (``train`` when it has no name):
+    another split name is refused and a slice applies to it, rather than the whole set being read silently."""
+    if cfg.split is None:
+        return ds
+    if isinstance(ds, datasets.Dataset):
+        ds = datasets.DatasetDict({str(ds.split or "train"): ds})
+    if not isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         return ds
     if cfg.split in ds:
         return ds[cfg.split]

@@ -9,6 +9,7 @@ on the model card.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Optional
@@ -22,8 +23,11 @@ __all__ = ["OVERLAP_KEY", "training_data_of", "training_overlap"]
 
 def training_data_of(model: str) -> Optional[dict]:
     """The ``data`` section of the training config a model carries: a local folder's ``aft_config.yaml``, or the
-    one of a Hub model already in the local cache (nothing is downloaded). None when there is none."""
-    path = Path(model).expanduser() / CONFIG_FILE
+    one of a Hub model already in the local cache (nothing is downloaded). None when there is none. Relative data
+    paths are made absolute from the training run's working directory where it is known (:func:`_run_directory`),
+    so the comparison does not depend on where the evaluation runs."""
+    folder = Path(model).expanduser()
+    path = folder / CONFIG_FILE
     if not path.is_file() and ":" not in model and model.count("/") == 1:
         try:
             from huggingface_hub import try_to_load_from_cache
@@ -37,7 +41,32 @@ def training_data_of(model: str) -> Optional[dict]:
     except (OSError, yaml.YAMLError):
         return None
     data = config.get("data") if isinstance(config, dict) else None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    run_dir = _run_directory(folder)
+    for key in ("dataset", "data_dir"):
+        value = data.get(key)
+        if run_dir is not None and isinstance(value, str) and ":" not in value and not Path(value).is_absolute() \
+                and (Path(run_dir) / value).exists():
+            data = {**data, key: str(Path(run_dir) / value)}
+    return data
+
+
+def _run_directory(folder: Path) -> Optional[str]:
+    """The working directory of the run that trained the model in ``folder``: recorded by ``aft-hf export`` in
+    ``aft_checkpoint.json``, or in the progress of the run's checkpoints beside its ``final/``."""
+    from ..constants import CHECKPOINT_EXPORT_FILE, PROGRESS_FILE
+
+    candidates = [folder / CHECKPOINT_EXPORT_FILE]
+    candidates += sorted((folder.parent / "checkpoints").glob(f"step_*/{PROGRESS_FILE}"), reverse=True)
+    for candidate in candidates:
+        try:
+            value = json.loads(candidate.read_text()).get("working_dir")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, str) and Path(value).is_dir():
+            return value
+    return None
 
 
 def _reference(dataset: Optional[str], data_dir: Optional[str]) -> Optional[str]:
@@ -49,10 +78,10 @@ def _same_data(a: Optional[str], b: Optional[str]) -> bool:
     """The same Hub id or spelling (``./x/`` is ``x``), or one existing local folder spelled two ways."""
     if not (isinstance(a, str) and isinstance(b, str)):
         return False
-    if a.rstrip("/").removeprefix("./") == b.rstrip("/").removeprefix("./"):
-        return True
     pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+    if pa.exists() and pb.exists():  # two local folders: the same one, however spelled
+        return pa.resolve() == pb.resolve()
+    return a.rstrip("/").removeprefix("./") == b.rstrip("/").removeprefix("./")  # Hub ids (or a folder gone since)
 
 
 _PART = re.compile(r"^\s*(?P<base>[^\[\]+]+?)\s*(?:\[(?P<a>-?\d*)(?P<ap>%?):(?P<b>-?\d*)(?P<bp>%?)\])?\s*$")

@@ -312,6 +312,11 @@ def test_a_save_to_disk_folder_takes_slices_of_its_splits(saved_forms):
     assert len(load_image_dataset(DataConfig(dataset=saved, split="train[75%:]"))) == 2
     with pytest.raises(DataError, match="no split 'train\\[:7' .*splits: train"):
         load_image_dataset(DataConfig(dataset=saved, split="train[:7"))
+    single = saved_forms["saved"].parent / "single"  # one Dataset saved: it is its split, not every split at once
+    datasets.load_from_disk(saved)["train"].save_to_disk(str(single))
+    assert len(load_image_dataset(DataConfig(dataset=str(single), split="train[:75%]"))) == 6
+    with pytest.raises(DataError, match="no split 'validation' .*splits: train"):
+        load_image_dataset(DataConfig(dataset=str(single), split="validation"))
 
 
 def test_a_relative_folder_named_like_a_datasets_loader_reads_that_folder_only(saved_forms, tmp_path, monkeypatch):

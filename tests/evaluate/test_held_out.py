@@ -77,3 +77,22 @@ def test_slices_of_the_training_split_are_compared(trained, evaluated, overlap):
     assert (flagged is not None) is overlap
     if flagged and trained != evaluated:
         assert f"overlaps '{trained}', the split this model was trained on" in flagged
+
+
+def test_relative_training_paths_are_read_from_the_runs_working_directory(tmp_path, monkeypatch):
+    """A run trained with `--data.dataset ws` in A: evaluating `../A/ws` from B was missed, and B's own `ws` flagged."""
+    a, b = tmp_path / "A", tmp_path / "B"
+    for folder in (a / "ws", b / "ws", a / "run" / "final", a / "run" / "checkpoints" / "step_00000004"):
+        folder.mkdir(parents=True)
+    (a / "run" / "final" / "aft_config.yaml").write_text("data:\n  dataset: ws\n  split: train\n")
+    (a / "run" / "checkpoints" / "step_00000004" / "progress.json").write_text(json.dumps({"working_dir": str(a)}))
+    monkeypatch.chdir(b)
+    trained = training_data_of("../A/run/final")
+    assert trained["dataset"] == str(a / "ws")
+    assert training_overlap(trained, "../A/ws", "train") is not None
+    assert training_overlap(trained, "ws", "train") is None  # B's own folder of the same name
+    exported = b / "exported"  # an `aft-hf export` folder records the working directory itself
+    exported.mkdir()
+    (exported / "aft_config.yaml").write_text("data:\n  dataset: ws\n")
+    (exported / "aft_checkpoint.json").write_text(json.dumps({"step": 2, "working_dir": str(a)}))
+    assert training_data_of(str(exported))["dataset"] == str(a / "ws")
