@@ -109,35 +109,44 @@ def _parts(split: str) -> Optional[list[tuple[str, Optional[tuple[str, float, fl
     return out
 
 
-def _splits_overlap(a: str, b: str) -> bool:
+def _splits_overlap(a: str, b: str) -> Optional[str]:
     """Whether two split expressions (``datasets`` slicing: ``train``, ``train[:80%]``, ``train[100:200]``,
-    ``a+b``) may share rows: same split name and slices that intersect (or cannot be compared)."""
+    ``a+b``) share rows: ``"yes"`` (the same split name and slices that intersect, or no slice), ``"maybe"`` (slices
+    in rows against percent, or counted from the end: not comparable without the split's size), None (no)."""
     pa, pb = _parts(a), _parts(b)
     if pa is None or pb is None:
-        return a == b
+        return "yes" if a == b else None
+    found = None
     for base_a, slice_a in pa:
         for base_b, slice_b in pb:
             if base_a != base_b:
                 continue
-            if slice_a is None or slice_b is None or slice_a[0] != slice_b[0] or slice_a[0] == "?":
-                return True
-            if max(slice_a[1], slice_b[1]) < min(slice_a[2], slice_b[2]):
-                return True
-    return False
+            if slice_a is None or slice_b is None:
+                return "yes"
+            if slice_a[0] != slice_b[0] or slice_a[0] == "?":
+                found = "maybe"
+            elif max(slice_a[1], slice_b[1]) < min(slice_a[2], slice_b[2]):
+                return "yes"
+    return found
 
 
 def training_overlap(training_data: Optional[dict], dataset: str, split: Optional[str],
                      data_dir: Optional[str] = None) -> Optional[str]:
-    """A one-line warning when ``dataset`` / ``split`` (as evaluated) may share images with the split the model was
-    trained on (``training_data``: the ``data`` section of its training config; slices such as ``train[:80%]`` are
-    compared); None otherwise or when unknown."""
+    """A one-line warning when ``dataset`` / ``split`` (as evaluated) shares (or may share) images with the split the
+    model was trained on (``training_data``: the ``data`` section of its training config; slices such as
+    ``train[:80%]`` are compared); None otherwise or when unknown."""
     data = training_data or {}
     trained = _reference(data.get("dataset"), data.get("data_dir"))
     trained_split = str(data.get("split", "train"))
-    if not split or not _splits_overlap(split, trained_split) or not _same_data(trained, _reference(dataset, data_dir)):
+    overlap = _splits_overlap(split, trained_split) if split else None
+    if overlap is None or not _same_data(trained, _reference(dataset, data_dir)):
         return None
     shown = _reference(dataset, data_dir)
     shown = Path(shown).name if Path(shown).expanduser().exists() else shown  # a report may be published: no local path
+    if overlap == "maybe":
+        return (f"perhaps not held out: split '{split}' of '{shown}' and '{trained_split}', the split this model was "
+                "trained on, are slices of one split that cannot be compared here (rows against percent, or counted "
+                "from the end); check that they do not overlap before comparing with other models' held-out results")
     what = ("is the split this model was trained on" if split == trained_split
             else f"overlaps '{trained_split}', the split this model was trained on")
     return (f"not held out: split '{split}' of '{shown}' {what}, so these images may include its training images and "
