@@ -64,7 +64,7 @@ def add_subcommand(subparsers) -> None:
     p.set_defaults(func=_cli_explain)
 
 
-def _check_options(args) -> tuple[list[str], list[Path], list[str]]:
+def _check_options(args) -> tuple[list[str], list[Path], list[str], list[Path]]:
     """Every option problem at once, before any model loads; returns (methods, image files, labels)."""
     problems = OptionProblems()
     methods = [problems.call(lambda m=m: resolve_method(m)) for m in args.methods]
@@ -86,13 +86,37 @@ def _check_options(args) -> tuple[list[str], list[Path], list[str]]:
     problems.output_folder("--out", args.out)
     check_data_quality_arguments(args, problems)
     # an --out inside an --images folder holds our own figure: never an input (a rerun would explain it)
-    files = problems.call(lambda: collect_images(args.images, max(args.max_images, 1),
-                                                 exclude=[Path(args.out) / FIGURE])) or []
+    pool = problems.call(lambda: collect_images(args.images, None, exclude=[Path(args.out) / FIGURE])) or []
+    files = pool[:max(args.max_images, 1)]
     labels = [""] * len(files)
     if files and args.reference_image is None and args.caption is None:
         labels = problems.call(lambda: image_labels(files, args.labels)) or labels
     problems.raise_if_any(ExplainError)
-    return methods, files, labels
+    # images that stand in for unreadable ones, as training fills its batch; not when labels are given per image
+    spare = pool[len(files):len(files) + 4 * len(files)] if len(args.labels or ()) <= 1 else []
+    return methods, files, labels, spare
+
+
+def readable_files(args, files: list[Path], labels: list[str], spare: list[Path], geometry) -> tuple:
+    """The first ``len(files)`` readable images of ``files`` then ``spare`` (an unreadable file's place goes to the
+    next image), their labels, and the unreadable files met; every file is read once here, in ``geometry``."""
+    kept_files, kept_labels, unreadable, want = [], [], [], len(files)
+    queue = list(zip(files, labels)) + [(f, None) for f in spare]
+    while queue and len(kept_files) < want:
+        chunk, queue = queue[:want - len(kept_files)], queue[want - len(kept_files):]
+        _, kept = load_readable_images([f for f, _ in chunk], geometry, max_bad_fraction=args.max_bad_fraction)
+        for i, (f, label) in enumerate(chunk):
+            if i not in kept:
+                unreadable.append(str(f))
+                continue
+            if label is None:  # a spare image: labelled as its own kind would have been
+                label = image_labels([f], args.labels)[0] if args.reference_image is None and args.caption is None \
+                    else ""
+            kept_files.append(f)
+            kept_labels.append(label)
+    if not kept_files:
+        raise ExplainError(f"none of the {len(files) + len(spare)} images could be read (see the warnings above)")
+    return kept_files, kept_labels, unreadable
 
 
 def warn_if_gradcam_is_zero(maps: torch.Tensor, model: str, layer: Optional[str]) -> Optional[str]:
@@ -142,24 +166,19 @@ def _figure(out: Path, views: dict, geometries: dict, per_model: dict, rows: lis
 
 def _cli_explain(args, extra) -> int:
     refuse_distributed_launch("explain", ExplainError)
-    methods, files, labels = _check_options(args)
+    methods, files, labels, spare = _check_options(args)
     check_results_owner(args.out, WRITER)  # before the models load
     device = pick_device(args.device)
     need_text = args.reference_image is None
     encoders, texts, text_sources = load_models_and_texts(args.model, args.text_model, device, need_text,
                                                           image_size=args.image_size)
     out = Path(args.out)
-    timing, maps, warnings, unreadable = {}, {}, [], []
+    timing, maps, warnings = {}, {}, []
     views, geometries, per_model = {}, {}, {}  # per model: its own prepared images, their geometry, its maps
+    files, labels, unreadable = readable_files(args, files, labels, spare, image_geometry(encoders[0]))
     for name, short, encoder, text in zip(args.model, model_labels(args.model), encoders, texts):
         geometries[short] = image_geometry(encoder)
-        images, kept = load_readable_images(files, geometries[short],  # unreadable files skipped (logged)
-                                            max_bad_fraction=args.max_bad_fraction)
-        if len(kept) < len(files):
-            if not kept:
-                raise ExplainError(f"none of the {len(files)} images could be read (see the warnings above)")
-            unreadable += [str(f) for i, f in enumerate(files) if i not in kept]
-            files, labels = [files[i] for i in kept], [labels[i] for i in kept]
+        images, _ = load_readable_images(files, geometries[short])  # every one was read above
         images = images.to(device)
         target = _targets(args, encoder, text, labels, device)
         views[short], per_model[short] = images.cpu(), {}

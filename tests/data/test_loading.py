@@ -5,6 +5,7 @@ import json
 import logging
 import shutil
 import time
+from pathlib import Path
 
 import datasets
 import pytest
@@ -251,6 +252,21 @@ def test_bad_fraction_limit_and_capped_warnings(tmp_path, caplog):
         (folder / "a" / f"bad{i}.png").write_bytes(b"")
     with pytest.raises(DataError, match="max_bad_fraction"):
         list(build_dataloader(DataConfig(dataset=str(folder), streaming=True), 32, batch_size=2, seed=0))
+
+
+@pytest.mark.slow
+def test_explain_puts_the_next_image_in_an_unreadable_ones_place(tiny_clip_path, tmp_path):
+    """--max-images 4 with two unreadable files among the first four explained two images; training fills its batch."""
+    images = write_png_folder(tmp_path / "imgs", 6)  # a/000.png ... a/005.png
+    for name in ("000.png", "002.png"):
+        (images / "a" / name).write_bytes(b"broken")
+    out = tmp_path / "out"
+    assert main(["explain", "--model", str(tiny_clip_path), "--images", str(images), "--max-images", "4",
+                 "--methods", "saliency", "--out", str(out)]) == 0
+    summary = json.loads((out / "explain.json").read_text())
+    assert [Path(p).name for p in summary["images"]] == ["001.png", "003.png", "004.png", "005.png"]
+    assert sorted(Path(p).name for p in summary["unreadable_images"]) == ["000.png", "002.png"]
+    assert torch.load(out / "maps.pt")["saliency"].shape[0] == 4
 
 
 @pytest.mark.slow
