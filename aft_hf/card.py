@@ -572,8 +572,9 @@ def _usage_section(repo: str, cls: str, folder: Path, embedding: str = "pooled",
                   "classes, and pads every prompt to the text model's full length, as the pipeline does. "
                   "Vision-language models with a SigLIP tower (LLaVA-OneVision, PaliGemma, Idefics3) read its patch "
                   "tokens; `aft-hf graft` writes this tower into such a checkpoint.", ""]
-    elif not cls.startswith("CLIP"):
-        pass  # a family added to FAMILIES: no VLM of it is known to aft_hf (the graft reads CLIP and SigLIP towers)
+    elif not cls.startswith("CLIP"):  # a family added to aft_hf.model.FAMILIES
+        lines += [f"`aft-hf graft` writes CLIP and SigLIP towers into vision-language models; a `{cls}` tower is not "
+                  "among them, so this folder is used as the image-text model it is.", ""]
     elif cls == "CLIPVisionModel":
         lines += ["This folder is a bare `CLIPVisionModel` (no `visual_projection`, no text tower): it gives the "
                   "hidden states that LLaVA-style vision-language models read from their CLIP vision tower, and it can "

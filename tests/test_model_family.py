@@ -64,6 +64,7 @@ def test_a_family_added_as_one_entry_loads_trains_evaluates_and_publishes(metacl
                  "--dry-run", "--out", str(tmp_path / "hub")]) == 0
     card = (tmp_path / "hub" / "README.md").read_text()
     assert "a `MetaClip2Model` folder" in card and "AutoModel.from_pretrained(\"me/mc\")" in card
+    assert "a `MetaClip2Model` tower is not among them" in card  # the graft's limit, said on the card
     snippet = card.split("## Usage")[1].split("```python\n")[1].split("```")[0]
     image = next((data / "cat").iterdir())
     namespace: dict = {}
