@@ -21,14 +21,13 @@ from .card import hub_id_of
 from .checkpointing import CheckpointError, Progress, check_checkpoint, list_checkpoints
 from .config import TrainConfig, load_config
 from .constants import CHECKPOINT_EXPORT_FILE, CONFIG_CHANGES_FILE, CONFIG_FILE, PROGRESS_FILE
+from .files import run_relative
 from .lora import apply_lora, save_adapter
 from .model import ImageEncoder, export_pretrained, load_image_encoder
 from .outputs import check_output_dir
 
 __all__ = ["export_checkpoint", "find_checkpoint"]
 logger = logging.getLogger(__name__)
-
-_WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # a compiled or DDP-wrapped model's keys, should a state carry them
 
 
 def find_checkpoint(path: Union[str, Path]) -> tuple[Path, Progress]:
@@ -56,11 +55,15 @@ def _saved_config(checkpoint: Path, progress: Progress) -> TrainConfig:
         raise CheckpointError(f"checkpoint {checkpoint} has no {CONFIG_FILE} (written before aft_hf saved configs): "
                               "its model cannot be rebuilt")
     cfg = load_config(str(checkpoint / CONFIG_FILE))
-    model = Path(cfg.model.name_or_path).expanduser()
-    if progress.working_dir and not model.is_absolute() and not model.exists() \
-            and (Path(progress.working_dir) / model).exists():
-        cfg.model.name_or_path = str(Path(progress.working_dir) / model)
+    if not Path(cfg.model.name_or_path).expanduser().exists():
+        cfg.model.name_or_path = run_relative(cfg.model.name_or_path, progress.working_dir)
     return cfg
+
+
+def _unwrapped(key: str) -> str:
+    """A weight's name without wrapper levels: ``_orig_mod`` (a compiled module) anywhere, ``module`` (DDP) in front."""
+    parts = key.split(".")
+    return ".".join(p for i, p in enumerate(parts) if p != "_orig_mod" and not (i == 0 and p == "module"))
 
 
 def _load_weights(encoder: ImageEncoder, checkpoint: Path) -> None:
@@ -75,9 +78,7 @@ def _load_weights(encoder: ImageEncoder, checkpoint: Path) -> None:
             state.update(load_file(str(f)))
         else:
             state.update(torch.load(f, map_location="cpu", weights_only=True))
-    for prefix in _WRAPPER_PREFIXES:
-        state = {k.replace(prefix, "", 1) if k.startswith(prefix) else k.replace("." + prefix, ".", 1): v
-                 for k, v in state.items()}
+    state = {_unwrapped(k): v for k, v in state.items()}
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {checkpoint} does not fit the model its config names "

@@ -22,9 +22,10 @@ IMPORT_FILE = "aft_import.json"
 """Provenance of a converted open_clip checkpoint, written by ``aft_hf.openclip.importer`` and read by the model card."""
 
 REPORT_SCHEMA_VERSION = 1
+"""Version of the ``report.json`` schema written by ``aft-hf evaluate`` (documented in ``aft_hf/evaluate/report.py``)."""
+
 OVERLAP_KEY = "training_overlap"
 """Report key of the warning that the evaluated images come from the model's training split."""
-"""Version of the ``report.json`` schema written by ``aft-hf evaluate`` (documented in ``aft_hf/evaluate/report.py``)."""
 
 CONFIG_FILE = "aft_config.yaml"
 """The resolved training config, saved in every checkpoint and exported folder (the recipe a card shows)."""

@@ -14,6 +14,15 @@ from typing import Any, Iterable, Mapping, Optional, Union
 from huggingface_hub.utils.sha import sha_fileobj
 
 
+def run_relative(value: str, working_dir: Optional[str]) -> str:
+    """A relative local path saved by a training run (``--data.dataset ws``), as that run meant it: joined to the
+    run's ``working_dir`` when the folder is there; ``value`` unchanged for Hub ids, ``builtin:``/``local:`` names,
+    absolute paths, or an unknown working directory."""
+    if not working_dir or ":" in value or Path(value).expanduser().is_absolute() or not (Path(working_dir) / value).exists():
+        return value
+    return str(Path(working_dir) / value)
+
+
 def sha256_file(path: Union[str, Path]) -> str:
     """Hex SHA-256 of a file, streamed (huggingface_hub's helper, the one the Hub uses for LFS files)."""
     with open(path, "rb") as f:

@@ -46,12 +46,12 @@ class Registry(dict, Generic[T]):
                 what = "name" if spelling is name else f"alias (of '{name}')"
                 raise self.error(f"{self.kind} {what} {spelling!r} cannot be looked up: use lower-case letters, digits "
                                  f"and _ (e.g. {_suggestion(str(spelling))!r})")
-        old = self.get(name)
+        old, aliased = self.get(name), self._alias_target(name)
         if old is not None and old is not cls and _origin(old) != _origin(cls):  # a re-run notebook cell is no news
             logger.warning("%s '%s' (%s) is replaced by %s", self.kind, name, _origin(old), _origin(cls))
-        elif old is None and self._alias_target(name):
+        elif old is None and aliased:
             logger.warning("%s '%s' is also an alias of '%s': the name now means the new %s", self.kind, name,
-                           self._alias_target(name), self.kind)
+                           aliased, self.kind)
         super().__setitem__(name, cls)
 
     def register(self, cls: T) -> T:

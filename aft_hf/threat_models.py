@@ -319,7 +319,6 @@ DEFAULT_NORM = Linf.name
 """The default threat model of training, and the norm of robust-accuracy evaluation (the field's L-inf)."""
 
 
-
 def robust_budget_problems(eps: Iterable[float], norm: str = DEFAULT_NORM) -> list[str]:
     """What is wrong with robust-accuracy budgets ``eps`` (1/255 units; 0 measures the clean images), one message per
     bad value: negative, already divided by 255 (``0.0157`` for 4/255 attacks nothing and reports the clean accuracy
@@ -335,5 +334,5 @@ def robust_budget_problems(eps: Iterable[float], norm: str = DEFAULT_NORM) -> li
 
 
 __all__ = ["DEFAULT_NORM", "THREAT_MODELS", "AttackError", "ThreatModel", "apgd_norms", "available_norms",
-           "robust_budget_problems", "check_number", "get_threat_model", "norm_label", "patch_blocks", "register_threat_model",
-           "still_start_problem"]
+           "check_number", "get_threat_model", "norm_label", "patch_blocks", "register_threat_model",
+           "robust_budget_problems", "still_start_problem"]

@@ -99,12 +99,13 @@ def _check_options(args) -> tuple[list[str], list[Path], list[str], list[Path]]:
 
 def readable_files(args, files: list[Path], labels: list[str], spare: list[Path], geometry) -> tuple:
     """The first ``len(files)`` readable images of ``files`` then ``spare`` (an unreadable file's place goes to the
-    next image), their labels, and the unreadable files met; every file is read once here, in ``geometry``."""
-    kept_files, kept_labels, unreadable, want = [], [], [], len(files)
+    next image), their labels, the unreadable files met, and the images prepared in ``geometry`` (each file read once)."""
+    kept_files, kept_labels, unreadable, batches, want = [], [], [], [], len(files)
     queue = list(zip(files, labels)) + [(f, None) for f in spare]
     while queue and len(kept_files) < want:
         chunk, queue = queue[:want - len(kept_files)], queue[want - len(kept_files):]
-        _, kept = load_readable_images([f for f, _ in chunk], geometry, max_bad_fraction=args.max_bad_fraction)
+        images, kept = load_readable_images([f for f, _ in chunk], geometry, max_bad_fraction=args.max_bad_fraction)
+        batches.append(images)
         for i, (f, label) in enumerate(chunk):
             if i not in kept:
                 unreadable.append(str(f))
@@ -116,7 +117,7 @@ def readable_files(args, files: list[Path], labels: list[str], spare: list[Path]
             kept_labels.append(label)
     if not kept_files:
         raise ExplainError(f"none of the {len(files) + len(spare)} images could be read (see the warnings above)")
-    return kept_files, kept_labels, unreadable
+    return kept_files, kept_labels, unreadable, torch.cat(batches)
 
 
 def warn_if_gradcam_is_zero(maps: torch.Tensor, model: str, layer: Optional[str]) -> Optional[str]:
@@ -175,10 +176,11 @@ def _cli_explain(args, extra) -> int:
     out = Path(args.out)
     timing, maps, warnings = {}, {}, []
     views, geometries, per_model = {}, {}, {}  # per model: its own prepared images, their geometry, its maps
-    files, labels, unreadable = readable_files(args, files, labels, spare, image_geometry(encoders[0]))
+    first = image_geometry(encoders[0])
+    files, labels, unreadable, first_images = readable_files(args, files, labels, spare, first)
     for name, short, encoder, text in zip(args.model, model_labels(args.model), encoders, texts):
         geometries[short] = image_geometry(encoder)
-        images, _ = load_readable_images(files, geometries[short])  # every one was read above
+        images = first_images if geometries[short] == first else load_readable_images(files, geometries[short])[0]
         images = images.to(device)
         target = _targets(args, encoder, text, labels, device)
         views[short], per_model[short] = images.cpu(), {}

@@ -16,7 +16,8 @@ from typing import Optional
 
 import yaml
 
-from ..constants import CONFIG_FILE, OVERLAP_KEY
+from ..constants import CHECKPOINT_EXPORT_FILE, CONFIG_FILE, OVERLAP_KEY, PROGRESS_FILE
+from ..files import run_relative
 
 __all__ = ["OVERLAP_KEY", "training_data_of", "training_overlap"]
 
@@ -44,19 +45,13 @@ def training_data_of(model: str) -> Optional[dict]:
     if not isinstance(data, dict):
         return None
     run_dir = _run_directory(folder)
-    for key in ("dataset", "data_dir"):
-        value = data.get(key)
-        if run_dir is not None and isinstance(value, str) and ":" not in value and not Path(value).is_absolute() \
-                and (Path(run_dir) / value).exists():
-            data = {**data, key: str(Path(run_dir) / value)}
-    return data
+    return {**data, **{key: run_relative(data[key], run_dir) for key in ("dataset", "data_dir")
+                       if isinstance(data.get(key), str)}}
 
 
 def _run_directory(folder: Path) -> Optional[str]:
     """The working directory of the run that trained the model in ``folder``: recorded by ``aft-hf export`` in
     ``aft_checkpoint.json``, or in the progress of the run's checkpoints beside its ``final/``."""
-    from ..constants import CHECKPOINT_EXPORT_FILE, PROGRESS_FILE
-
     candidates = [folder / CHECKPOINT_EXPORT_FILE]
     candidates += sorted((folder.parent / "checkpoints").glob(f"step_*/{PROGRESS_FILE}"), reverse=True)
     for candidate in candidates:

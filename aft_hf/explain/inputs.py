@@ -3,6 +3,7 @@ and short column labels for the models compared (used by ``aft-hf explain``, usa
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from pathlib import Path
@@ -69,8 +70,6 @@ def collect_images(paths: Sequence[str], max_images: Optional[int] = None,
 
 def _metadata_rows(folder: Path) -> list[dict]:
     """The rows of ``folder/metadata.jsonl`` or ``folder/metadata.csv`` (the imagefolder conventions), [] when none."""
-    import csv
-
     meta = folder / "metadata.jsonl"
     if meta.is_file():
         rows = []

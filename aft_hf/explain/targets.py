@@ -133,10 +133,12 @@ class TextTower(nn.Module):
 
         A checkpoint saved without its tokenizer's vocabulary loads a tokenizer that reads every word as
         the same unknown token: every prompt then has the same tokens and every class the same embedding."""
-        same = [(a, b) for a in range(len(weights)) for b in range(a + 1, len(weights)) if torch.equal(weights[a], weights[b])]
-        if not same:
+        _, group, counts = torch.unique(weights, dim=0, return_inverse=True, return_counts=True)  # C log C, not C^2
+        if int(counts.max()) == 1:
             return
-        if len(same) == len(weights) * (len(weights) - 1) // 2:
+        members = [torch.nonzero(group == g).flatten().tolist() for g in torch.nonzero(counts > 1).flatten().tolist()]
+        same = sorted((a, b) for m in members for i, a in enumerate(m) for b in m[i + 1:])
+        if len(counts) == 1:
             tokens = self.tokenizer([templates[0].format(n) for n in class_names])["input_ids"]
             why = (f"its tokenizer ({len(self.tokenizer)} tokens in its vocabulary) reads every prompt as the same tokens"
                    if all(t == tokens[0] for t in tokens) else "its text model maps them to one point")
